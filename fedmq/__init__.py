@@ -1,0 +1,32 @@
+"""fedmq: remote execution, federated learning and SMPC for PyTorch, on RabbitMQ.
+
+The data path, top to bottom (each a small module):
+    hook.py              TorchHook: adds .send/.get/.move/... to tensors and modules
+    pointers/            PointerTensor; dispatch.py turns torch calls into Commands
+    module.py            model.send()/get()/move()/copy()
+    client.py            WorkerClient: what a pointer's .location is (call / post)
+    messages.py          the message dataclasses
+    serde/               the wire format (msgpack + raw tensor bytes; never pickle)
+    transport/           local (in-process) and amqp: move frames, nothing else
+    worker.py            Worker.handle(message) -> Reply, the same for every transport
+    execution.py, ops/   the executor and the op allowlist
+"""
+from fedmq.errors import (FedmqError, ObjectNotFoundError, OpNotAllowedError, PointerError,
+                          RemoteError, RemoteExecutionError, ReplyTimeout, SerdeError,
+                          TransportError)
+from fedmq.hook import TorchHook
+from fedmq.pointers import PointerTensor, RemoteParameter
+from fedmq.workers import VirtualWorker
+
+#: set by TorchHook(torch)
+hook = None
+#: the worker "me", set by TorchHook(torch)
+local_worker = None
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FedmqError", "ObjectNotFoundError", "OpNotAllowedError", "PointerError", "PointerTensor",
+    "RemoteError", "RemoteExecutionError", "RemoteParameter", "ReplyTimeout", "SerdeError",
+    "TorchHook", "TransportError", "VirtualWorker", "hook", "local_worker",
+]

@@ -1,0 +1,92 @@
+"""Every exception fedmq raises, in one tree.
+
+    FedmqError
+    ├── SerdeError              bytes that are not a valid fedmq frame (malformed, truncated,
+    │                           unknown type, shape that does not match its payload, ...)
+    ├── PointerError            misuse of a pointer caught before anything is sent
+    │   │                       (pointers at two locations, a local tensor mixed with a pointer,
+    │   │                       a pointer used after .get())
+    │   └── OpNotAllowedError   the op is not on the allowlist (also a NotImplementedError)
+    ├── TransportError          the message could not be delivered or answered
+    │   └── ReplyTimeout        no reply within the call's timeout (also a TimeoutError)
+    └── RemoteError             the worker received the message and refused or failed it;
+        │                       carries the worker id, the op and the worker's own message
+        ├── ObjectNotFoundError the id is not in the worker's store (never sent, deleted, got)
+        ├── RemoteOpNotAllowed  the worker's allowlist refused the op
+        ├── RemoteSerdeError    the worker could not decode what we sent
+        └── RemoteExecutionError the op raised on the worker (shape mismatch, wrong dtype, ...)
+
+Remote errors travel as data (`ErrorInfo(code, message, ...)`); the caller maps the code to a
+class through `ERROR_CODES` below. An exception class is never looked up by a name that came
+over the wire.
+"""
+from __future__ import annotations
+
+
+class FedmqError(Exception):
+    """Base class of every fedmq error."""
+
+
+class SerdeError(FedmqError, ValueError):
+    """Bytes that cannot be decoded into allowlisted fedmq values."""
+
+
+class PointerError(FedmqError):
+    """A pointer was used in a way that cannot work; nothing was sent."""
+
+
+class OpNotAllowedError(PointerError, NotImplementedError):
+    """The op is not on fedmq's allowlist, so it cannot run on a pointer."""
+
+
+class TransportError(FedmqError):
+    """The message could not be delivered, or its reply did not arrive."""
+
+
+class ReplyTimeout(TransportError, TimeoutError):
+    """No reply arrived within the call's timeout."""
+
+
+class RemoteError(FedmqError):
+    """A worker refused or failed a message. `worker`, `op` and `remote_message` say which."""
+
+    code = "remote_error"
+
+    def __init__(self, remote_message: str, *, worker: str | None = None, op: str | None = None):
+        self.remote_message = remote_message
+        self.worker = worker
+        self.op = op
+        where = f"worker {worker!r}" if worker else "the worker"
+        what = f" running {op}" if op else ""
+        super().__init__(f"{where} failed{what}: {remote_message}")
+
+
+class ObjectNotFoundError(RemoteError, KeyError):
+    code = "object_not_found"
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class RemoteOpNotAllowed(RemoteError, NotImplementedError):
+    code = "op_not_allowed"
+
+
+class RemoteSerdeError(RemoteError, ValueError):
+    code = "serde_error"
+
+
+class RemoteExecutionError(RemoteError, RuntimeError):
+    code = "execution_error"
+
+
+ERROR_CODES: dict[str, type[RemoteError]] = {
+    cls.code: cls
+    for cls in (RemoteError, ObjectNotFoundError, RemoteOpNotAllowed, RemoteSerdeError,
+                RemoteExecutionError)
+}
+
+
+def remote_error_from(code: str, message: str, worker: str | None, op: str | None) -> RemoteError:
+    """Build the exception for an error that a worker reported as data."""
+    return ERROR_CODES.get(code, RemoteError)(message, worker=worker, op=op)

@@ -1,0 +1,109 @@
+"""`TorchHook(torch)`: adds fedmq's methods to tensors and modules, and creates the local
+worker "me".
+
+It only *adds* methods that torch does not have (`send`, `get`, `move`, `copy`, `tag`,
+`describe` on tensors; `send`, `get`, `move`, `copy` on modules); no torch function is replaced,
+so plain PyTorch code runs exactly as before and pays nothing. Remote behaviour comes from the
+pointer classes' `__torch_function__`, not from patching torch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedmq import messages as m
+from fedmq import module as module_ops
+from fedmq.ids import new_id
+from fedmq.transport.local import LocalNetwork
+
+#: the in-process network every VirtualWorker joins (shared by all hooks in the process)
+NETWORK = LocalNetwork()
+
+
+# -- tensor methods (a PointerTensor overrides each of them) -------------------------------------
+
+def tensor_send(self: torch.Tensor, *locations: Any, **_ignored: Any):
+    """Send this tensor to a worker and return a pointer to it there."""
+    from fedmq.pointers.tensor import PointerTensor, _one_location
+
+    location = _one_location(locations)
+    rid = new_id()
+    tags = sorted(getattr(self, "tags", None) or ())
+    description = getattr(self, "description", None)
+    location.post(m.ObjectMessage([m.StoredObject(rid, self, tags, description)]))
+    return PointerTensor(location, rid, tuple(self.shape), self.dtype, self.requires_grad,
+                         owner=getattr(location.network, "local_worker", None), tags=tags,
+                         description=description)
+
+
+def tensor_get(self: torch.Tensor) -> torch.Tensor:
+    """A local tensor is already here."""
+    return self
+
+
+def tensor_move(self: torch.Tensor, location: Any, **kwargs: Any):
+    return tensor_send(self, location, **kwargs)
+
+
+def tensor_copy(self: torch.Tensor) -> torch.Tensor:
+    return self.clone()
+
+
+def tensor_tag(self: torch.Tensor, *tags: str) -> torch.Tensor:
+    """Add search tags (they travel with the tensor when it is sent)."""
+    current = getattr(self, "tags", None) or set()
+    self.tags = set(current) | set(tags)
+    return self
+
+
+def tensor_describe(self: torch.Tensor, description: str) -> torch.Tensor:
+    self.description = description
+    return self
+
+
+TENSOR_METHODS = {"send": tensor_send, "get": tensor_get, "move": tensor_move,
+                  "copy": tensor_copy, "tag": tensor_tag, "describe": tensor_describe}
+MODULE_METHODS = {"send": module_ops.send, "get": module_ops.get, "move": module_ops.move,
+                  "copy": module_ops.copy_module}
+
+_installed = False
+
+
+def install() -> None:
+    """Add fedmq's methods to torch.Tensor and nn.Module (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    for cls, methods in ((torch.Tensor, TENSOR_METHODS), (nn.Module, MODULE_METHODS)):
+        for name, fn in methods.items():
+            existing = cls.__dict__.get(name)
+            if existing is not None and getattr(existing, "__module__", "").startswith("fedmq"):
+                continue
+            if hasattr(cls, name):
+                raise RuntimeError(f"torch already defines {cls.__name__}.{name}; fedmq will "
+                                   f"not replace it")
+            setattr(cls, name, fn)
+    _installed = True
+
+
+class TorchHook:
+    """`hook = fedmq.TorchHook(torch)`: install fedmq's methods and create the worker "me"."""
+
+    def __init__(self, torch_module: Any = torch, local_worker: Any = None,
+                 is_client: bool = True, verbose: bool = False) -> None:
+        import fedmq
+        from fedmq.workers.virtual import VirtualWorker
+
+        install()
+        self.torch = torch_module
+        self.network = NETWORK
+        self.local_worker = local_worker or VirtualWorker(self, id="me")
+        self.local_worker.is_client_worker = is_client
+        self.network.local_worker = self.local_worker
+        fedmq.hook = self
+        fedmq.local_worker = self.local_worker
+
+    def __repr__(self) -> str:
+        return f"<TorchHook local_worker={self.local_worker.id!r}>"

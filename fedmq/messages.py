@@ -1,0 +1,156 @@
+"""The messages workers exchange: small dataclasses, each a wire record (see fedmq.serde).
+
+A worker's logic is `Worker.handle(message) -> Reply | None` (fedmq/worker.py); transports only
+carry the encoded bytes. Messages whose result stays on the worker (storing, commands that make
+pointers, deletes) need no reply, so a client can pipeline them; every other message is answered
+with a `Reply` that carries the value or an `ErrorInfo`.
+
+`WIRE_VERSION` is checked on every envelope: a worker refuses a version it does not speak.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedmq.serde import record
+
+WIRE_VERSION = 1
+
+
+# -- values that appear inside messages -------------------------------------------------------
+
+@record(20)
+@dataclass(slots=True, frozen=True)
+class Ref:
+    """An object in the receiving worker's store; `attr` names an allowlisted attribute of it
+    (only "grad", the gradient of a stored leaf tensor)."""
+    id: int
+    attr: str | None = None
+
+
+@record(21)
+@dataclass(slots=True, frozen=True)
+class PointerRef:
+    """A pointer as data: "object `id_at_location` on worker `location`". Whoever decodes it
+    becomes the owner of the pointer (sending a pointer hands over its ownership)."""
+    location: str
+    id_at_location: int
+    shape: tuple
+    dtype: Any
+    requires_grad: bool
+    tags: list = field(default_factory=list)
+    description: str | None = None
+
+
+@record(22)
+@dataclass(slots=True, frozen=True)
+class ErrorInfo:
+    """An error as data. `code` is one of fedmq.errors.ERROR_CODES."""
+    code: str
+    message: str
+    worker: str | None = None
+    op: str | None = None
+
+
+@record(23)
+@dataclass(slots=True, frozen=True)
+class StoredObject:
+    """An object to store under `id`, with the tags and description search finds it by."""
+    id: int
+    obj: Any
+    tags: list = field(default_factory=list)
+    description: str | None = None
+
+
+# -- messages -----------------------------------------------------------------------------------
+
+@record(40)
+@dataclass(slots=True, frozen=True)
+class Envelope:
+    """What travels: the message plus who sent it and which wire version it speaks."""
+    version: int
+    sender: str
+    message: Any
+    msg_id: int = 0
+
+
+@record(41)
+@dataclass(slots=True, frozen=True)
+class ObjectMessage:
+    """Store these objects (a tensor's `.send`, a module's parameters in one message)."""
+    objects: list
+
+
+@record(42)
+@dataclass(slots=True, frozen=True)
+class GetRequest:
+    """Reply with these objects; `delete` removes them (`.get()`), otherwise they are copied."""
+    ids: list
+    delete: bool = True
+
+
+@record(43)
+@dataclass(slots=True, frozen=True)
+class DeleteObjects:
+    """Forget these objects (a pointer was garbage collected). Unknown ids are ignored."""
+    ids: list
+
+
+@record(44)
+@dataclass(slots=True, frozen=True)
+class Command:
+    """Run allowlisted op `op` on `args`/`kwargs` (which may hold `Ref`s) and store the tensor
+    results under `result_ids` (pipelined: no reply needed). With `reply=True` the worker answers
+    with the value instead (for ops whose result is data, such as `item`, or a result whose shape
+    cannot be known in advance)."""
+    op: str
+    args: tuple
+    kwargs: dict
+    result_ids: list
+    grad_enabled: bool = True
+    reply: bool = False
+
+
+@record(45)
+@dataclass(slots=True, frozen=True)
+class ForwardObjects:
+    """Send these objects straight to worker `to` under the same ids (`.move()`): the data
+    never passes through the caller. `keep=False` deletes the local copies."""
+    ids: list
+    to: str
+    keep: bool = False
+
+
+@record(46)
+@dataclass(slots=True, frozen=True)
+class ObjectsCount:
+    """Reply with the number of objects in the store."""
+
+
+@record(47)
+@dataclass(slots=True, frozen=True)
+class SearchRequest:
+    """Reply with `PointerRef`s to every object carrying all of `query`'s tags (or ids)."""
+    query: list
+
+
+@record(48)
+@dataclass(slots=True, frozen=True)
+class ClearObjects:
+    """Forget every object in the store."""
+
+
+@record(60)
+@dataclass(slots=True, frozen=True)
+class Reply:
+    """The answer to a message: `value`, or `error` when the worker refused or failed it."""
+    value: Any = None
+    error: ErrorInfo | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+#: Messages whose sender does not wait for a reply (their errors are stored under result ids).
+PIPELINED = (ObjectMessage, DeleteObjects)

@@ -1,0 +1,6 @@
+"""Pointers: local handles to remote objects (tensor.py), the dispatch that turns torch calls
+on them into Commands (dispatch.py, meta.py), and sent models' parameters (parameter.py)."""
+from fedmq.pointers.parameter import RemoteBuffer, RemoteParameter
+from fedmq.pointers.tensor import PointerTensor
+
+__all__ = ["PointerTensor", "RemoteBuffer", "RemoteParameter"]

@@ -1,0 +1,261 @@
+"""`__torch_function__` for pointers and remote parameters: torch calls become Commands.
+
+The pipeline, for every call that touches remote data:
+    unwrap (pointers -> Refs, one location, no local tensors)
+    -> allowlist (fedmq.ops; anything else: OpNotAllowedError)
+    -> result metadata on meta tensors (meta.py; cached)
+    -> Command with caller-chosen result ids, posted without waiting
+    -> wrap (a PointerTensor per new result; in-place ops return their input)
+Metadata queries (shape, dtype, dim, hash, ...) are answered locally and send nothing.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from fedmq import messages as m, ops
+from fedmq.errors import OpNotAllowedError, PointerError
+from fedmq.ids import new_id
+from fedmq.pointers import meta
+
+
+def is_remote(value: Any) -> bool:
+    return getattr(type(value), "_fedmq_kind", None) is not None
+
+
+def remote_id(value: Any) -> int:
+    return value.id_at_location if type(value)._fedmq_kind == "pointer" else value._fedmq_id
+
+
+def location_of(value: Any) -> Any:
+    return value.location if type(value)._fedmq_kind == "pointer" else value._fedmq_location
+
+
+def owner_of(value: Any) -> Any:
+    return value.owner if type(value)._fedmq_kind == "pointer" else value._fedmq_owner
+
+
+# -- calls answered without sending anything ----------------------------------------------------
+
+def _plain(func: Callable, args: tuple, kwargs: dict) -> Any:
+    with torch._C.DisableTorchFunctionSubclass():
+        return func(*args, **kwargs)
+
+
+def _repr(func: Callable, args: tuple, kwargs: dict) -> str:
+    obj = args[0]
+    if type(obj)._fedmq_kind == "pointer":
+        return obj.pointer_repr()
+    loc = obj._fedmq_location
+    return f"(Wrapper)>[RemoteParameter | {loc.id}:{obj._fedmq_id} shape={tuple(obj.shape)}]"
+
+
+def _format(func: Callable, args: tuple, kwargs: dict) -> str:
+    return _repr(func, args, kwargs)
+
+
+def _hash(func: Callable, args: tuple, kwargs: dict) -> int:
+    return id(args[0])
+
+
+def _refuse_copy(func: Callable, args: tuple, kwargs: dict) -> Any:
+    raise PointerError("a remote tensor cannot be copied or pickled locally: use .copy() on "
+                       "the pointer for a remote copy, or .get() to fetch it")
+
+
+def _grad_get(func: Callable, args: tuple, kwargs: dict) -> Any:
+    t = args[0]
+    if type(t)._fedmq_kind == "pointer":
+        return _remote_call("Tensor.grad", func, args, kwargs, sync=True)
+    if not t._fedmq_has_grad:
+        return None
+    ptr = t.__dict__.get("_fedmq_grad_ptr")
+    if ptr is None or ptr.location is not t._fedmq_location:
+        from fedmq.pointers.tensor import PointerTensor
+        shape, dtype, _ = meta.local_meta(t)
+        ptr = PointerTensor(t._fedmq_location, t._fedmq_id, shape, dtype, False,
+                            owner=t._fedmq_owner, attr="grad", gc=False)
+        t._fedmq_grad_ptr = ptr
+    return ptr
+
+
+def _grad_set(func: Callable, args: tuple, kwargs: dict) -> None:
+    t, value = args
+    if type(t)._fedmq_kind == "pointer":
+        return _remote_call("Tensor.grad.__set__", func, args, kwargs)
+    if value is None:
+        if t._fedmq_has_grad:
+            t._fedmq_location.post(m.Command("Tensor.grad.__set__", (m.Ref(t._fedmq_id), None),
+                                             {}, []))
+        t._fedmq_has_grad = False
+        return None
+    _remote_call("Tensor.grad.__set__", func, args, kwargs)
+    t._fedmq_has_grad = True
+    return None
+
+
+_LOCAL: dict[Any, Callable[[Callable, tuple, dict], Any]] = {}
+for _attr in ("shape", "dtype", "device", "ndim", "requires_grad", "is_leaf", "layout",
+              "is_sparse", "is_cuda", "is_meta", "is_quantized", "is_nested", "is_mkldnn",
+              "is_cpu", "names", "itemsize", "nbytes", "_version"):
+    if hasattr(torch.Tensor, _attr):
+        _LOCAL[getattr(torch.Tensor, _attr).__get__] = _plain
+for _fn in (torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.Tensor.nelement,
+            torch.Tensor.ndimension, torch.Tensor.is_floating_point, torch.Tensor.is_complex,
+            torch.Tensor.element_size, torch.Tensor.__len__, torch.Tensor.is_contiguous,
+            torch.Tensor.stride, torch.Tensor.is_signed, torch.Tensor.get_device,
+            torch.is_complex, torch.is_floating_point, torch.numel, torch.Tensor.__dir__,
+            torch.Tensor.dim_order):
+    _LOCAL[_fn] = _plain
+_LOCAL[torch.Tensor.__repr__] = _repr
+_LOCAL[torch.Tensor.__format__] = _format
+_LOCAL[torch.Tensor.__hash__] = _hash
+for _fn in (torch.Tensor.__deepcopy__, torch.Tensor.__reduce_ex__, torch.Tensor.__array__,
+            torch.Tensor.__setstate__):
+    _LOCAL[_fn] = _refuse_copy
+_LOCAL[torch.Tensor.grad.__get__] = _grad_get
+_LOCAL[torch.Tensor.grad.__set__] = _grad_set
+
+
+# -- the dispatch -------------------------------------------------------------------------------
+
+def torch_function(cls, func, types, args=(), kwargs=None):
+    kwargs = kwargs or {}
+    try:
+        local = _LOCAL.get(func)
+    except TypeError:
+        local = None
+    if local is not None:
+        return local(func, args, kwargs)
+    name = ops.name_of(func)
+    if name is None:
+        raise OpNotAllowedError(f"{_func_name(func)} is not on fedmq's allowlist, so it cannot "
+                                f"run on remote data (see fedmq/ops/allowlist.py)")
+    return _remote_call(name, func, args, kwargs)
+
+
+def _remote_call(name: str, func: Callable, args: tuple, kwargs: dict, sync: bool = False) -> Any:
+    found: list = []
+    wire_args = _unwrap(args, found, name)
+    wire_kwargs = _unwrap(kwargs, found, name)
+    if not found:
+        raise PointerError(f"{name} was dispatched to fedmq without a remote argument")
+    location = location_of(found[0])
+    for other in found[1:]:
+        other_loc = location_of(other)
+        if other_loc is not location and other_loc.id != location.id:
+            raise PointerError(f"{name}: arguments live on different workers "
+                               f"({location.id!r} and {other_loc.id!r}); move one first")
+    owner = owner_of(found[0])
+    grad = torch.is_grad_enabled()
+
+    if name == "Tensor.backward":
+        with_grad = location.call(m.Command(name, wire_args, wire_kwargs, [], grad))
+        registry = location._remote_params
+        for rid in with_grad or ():
+            param = registry.get(rid)
+            if param is not None:
+                param._fedmq_has_grad = True
+        return None
+    if name in ("Tensor.to", "Tensor.cpu") and _to_is_noop(args, kwargs):
+        return args[0]
+
+    spec = None if sync else meta.spec_for(func, name, args, kwargs, is_remote)
+    if spec is None:
+        value = location.call(m.Command(name, wire_args, wire_kwargs, [], grad, reply=True))
+        from fedmq.pointers.tensor import materialize
+        return materialize(value, owner, location.network)
+
+    result_ids = [None if type(leaf) is meta.Alias else new_id() for leaf in spec.leaves]
+    location.post(m.Command(name, wire_args, wire_kwargs, result_ids, grad))
+    return _wrap(spec.template, iter(result_ids), _distinct(args, kwargs), location, owner)
+
+
+def _unwrap(value: Any, found: list, name: str) -> Any:
+    if isinstance(value, torch.Tensor):
+        if is_remote(value):
+            found.append(value)
+            if type(value)._fedmq_kind == "pointer":
+                value._check_usable()
+                return m.Ref(value.id_at_location, value.attr)
+            return m.Ref(value._fedmq_id)
+        kind = "parameter" if isinstance(value, torch.nn.Parameter) else "tensor"
+        raise PointerError(f"{name}: a local {kind} of shape {tuple(value.shape)} was mixed with "
+                           f"remote data; send it to the worker first (a local tensor is never "
+                           f"moved implicitly)")
+    cls = type(value)
+    if cls is tuple or cls is list:
+        return cls(_unwrap(v, found, name) for v in value)
+    if cls is dict:
+        return {k: _unwrap(v, found, name) for k, v in value.items()}
+    if isinstance(value, tuple) and not isinstance(value, torch.Size):
+        return tuple(_unwrap(v, found, name) for v in value)
+    return value
+
+
+def _distinct(args: tuple, kwargs: dict) -> list:
+    """Remote inputs in first-appearance order (the order meta.Alias indexes)."""
+    seen: dict[int, Any] = {}
+    _collect(args, seen)
+    _collect(kwargs, seen)
+    return list(seen.values())
+
+
+def _collect(value: Any, seen: dict) -> None:
+    # A module-level function, not a closure: a recursive closure is a reference cycle, and
+    # a cycle would keep dead pointers (and so their remote objects) alive until the next GC.
+    if isinstance(value, torch.Tensor):
+        if is_remote(value) and id(value) not in seen:
+            seen[id(value)] = value
+    elif type(value) in (tuple, list):
+        for v in value:
+            _collect(v, seen)
+    elif type(value) is dict:
+        for v in value.values():
+            _collect(v, seen)
+
+
+def _wrap(template: Any, ids, inputs: list, location: Any, owner: Any) -> Any:
+    from fedmq.pointers.tensor import PointerTensor
+
+    if template is None:
+        return None
+    cls = type(template)
+    if cls is meta.New:
+        return PointerTensor(location, next(ids), template.shape, template.dtype,
+                             template.requires_grad, owner=owner)
+    if cls is meta.Alias:
+        next(ids)
+        target = inputs[template.index]
+        if meta.local_meta(target)[2] != template.requires_grad:
+            with torch._C.DisableTorchFunctionSubclass():
+                target.requires_grad_(template.requires_grad)
+        return target
+    kind, parts = template
+    values = [_wrap(p, ids, inputs, location, owner) for p in parts]
+    if kind in (tuple, list):
+        return kind(values)
+    try:
+        return kind(*values)  # namedtuples such as torch.return_types.max
+    except TypeError:
+        return kind(values)
+
+
+def _to_is_noop(args: tuple, kwargs: dict) -> bool:
+    src = args[0]
+    _, dtype, _ = meta.local_meta(src)
+    for value in list(args[1:]) + list(kwargs.values()):
+        if isinstance(value, torch.dtype) and value != dtype:
+            return False
+        if isinstance(value, (str, torch.device)) and torch.device(value).type != "cpu":
+            return False
+        if isinstance(value, torch.Tensor):
+            return False
+    return not kwargs.get("copy", False)
+
+
+def _func_name(func: Any) -> str:
+    qual = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    module = getattr(func, "__module__", None)
+    return f"{module}.{qual}" if module and not qual.startswith(module) else str(qual)

@@ -1,0 +1,76 @@
+"""Parameters and buffers of a sent model: the same Python objects, with remote data.
+
+`model.send(bob)` must keep every `nn.Parameter` the object it was, or an optimizer built before
+the send would step tensors nobody uses. So a sent parameter keeps its identity and changes its
+class to `RemoteParameter` (its buffers to `RemoteBuffer`); its local data becomes a zero-memory
+placeholder of the right shape and dtype (`torch.zeros(()).expand(shape)`); every torch call on it
+goes through the same dispatch as a pointer. `.get()` restores the class and the real data.
+
+Gradients stay on the worker. The worker's reply to `backward` lists which stored leaves now
+have a gradient; `param.grad` then returns a pointer to it (no message), and `param.grad = None`
+(what `optimizer.zero_grad()` does) clears it remotely.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+
+from fedmq.pointers import dispatch
+
+
+class RemoteParameter(torch.nn.Parameter):
+    _fedmq_kind = "parameter"
+    __torch_function__ = classmethod(dispatch.torch_function)
+
+
+class RemoteBuffer(torch.Tensor):
+    _fedmq_kind = "buffer"
+    __torch_function__ = classmethod(dispatch.torch_function)
+
+
+def is_remote_tensor(t: torch.Tensor) -> bool:
+    return type(t) in (RemoteParameter, RemoteBuffer)
+
+
+def make_remote(t: torch.Tensor, location: Any, remote_id: int, owner: Any,
+                has_grad: bool) -> None:
+    """Turn local tensor `t` (already stored on `location` under `remote_id`) into a handle."""
+    local_class = type(t)
+    placeholder = torch.zeros((), dtype=t.dtype).expand(t.shape)
+    t.grad = None
+    t.data = placeholder
+    t.__class__ = RemoteParameter if isinstance(t, torch.nn.Parameter) else RemoteBuffer
+    t._fedmq_local_class = local_class
+    _attach(t, location, remote_id, owner)
+    t._fedmq_has_grad = has_grad
+
+
+def retarget(t: torch.Tensor, location: Any) -> None:
+    """`t`'s remote object moved to `location` under the same id."""
+    t._fedmq_finalizer.detach()
+    t._fedmq_location._remote_params.pop(t._fedmq_id, None)
+    t.__dict__.pop("_fedmq_grad_ptr", None)
+    _attach(t, location, t._fedmq_id, t._fedmq_owner)
+
+
+def make_local(t: torch.Tensor, value: torch.Tensor) -> None:
+    """Give `t` back its class and the data fetched from the worker."""
+    t._fedmq_finalizer.detach()
+    t._fedmq_location._remote_params.pop(t._fedmq_id, None)
+    t.__class__ = t._fedmq_local_class
+    for attr in ("_fedmq_local_class", "_fedmq_location", "_fedmq_id", "_fedmq_owner",
+                 "_fedmq_finalizer", "_fedmq_has_grad", "_fedmq_grad_ptr"):
+        t.__dict__.pop(attr, None)
+    grad = value.grad if value.requires_grad else None
+    t.data = value.detach()
+    t.grad = None if grad is None else grad
+
+
+def _attach(t: torch.Tensor, location: Any, remote_id: int, owner: Any) -> None:
+    t._fedmq_location = location
+    t._fedmq_id = remote_id
+    t._fedmq_owner = owner
+    t._fedmq_finalizer = weakref.finalize(t, location.release, remote_id)
+    location._remote_params[remote_id] = t

@@ -1,0 +1,200 @@
+"""PointerTensor: a tensor whose data lives on another worker.
+
+It is a `torch.Tensor` wrapper subclass with no storage (like DTensor or FakeTensor): shape,
+dtype and requires_grad are real, so code that inspects tensors works, and every torch call on
+it is intercepted by `__torch_function__` (dispatch.py) and becomes a `Command` to its location.
+
+Ownership: one pointer owns its remote object. When it is garbage collected the object is
+deleted remotely; `.get()` consumes it; sending or moving a pointer hands ownership on.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+
+from fedmq import messages as m
+from fedmq.errors import PointerError
+from fedmq.ids import new_id
+from fedmq.pointers import dispatch
+
+
+class PointerTensor(torch.Tensor):
+    _fedmq_kind = "pointer"
+
+    @staticmethod
+    def __new__(cls, location: Any, id_at_location: int, shape, dtype: torch.dtype,
+                requires_grad: bool = False, *, owner: Any = None, id: int | None = None,
+                attr: str | None = None, gc: bool = True, tags=None,
+                description: str | None = None) -> "PointerTensor":
+        self = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device="cpu",
+                                                   requires_grad=requires_grad)
+        self.location = location
+        self.id_at_location = id_at_location
+        self.id = new_id() if id is None else id
+        self.owner = owner
+        self.attr = attr  # "grad": this points at the gradient of object id_at_location
+        self.tags = set(tags or ())
+        self.description = description
+        self._consumed = False
+        self._finalizer = None
+        if gc and attr is None:
+            self._finalizer = weakref.finalize(self, location.release, id_at_location)
+        return self
+
+    __torch_function__ = classmethod(dispatch.torch_function)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise PointerError(f"internal error: aten op {func} reached a PointerTensor; "
+                           f"its data is remote")
+
+    # -- the pointer API ------------------------------------------------------------------------
+    @property
+    def garbage_collect_data(self) -> bool:
+        return self._finalizer is not None and self._finalizer.alive
+
+    @garbage_collect_data.setter
+    def garbage_collect_data(self, value: bool) -> None:
+        if not value:
+            self._disown()
+        elif not self.garbage_collect_data and self.attr is None:
+            self._finalizer = weakref.finalize(self, self.location.release, self.id_at_location)
+
+    def get(self) -> Any:
+        """Fetch the object (deleting it remotely) and return it; this pointer is then spent."""
+        self._check_usable()
+        if self.attr is not None:  # a gradient: copy it out, the parameter keeps it
+            value = self.location.call(m.GetRequest([m.Ref(self.id_at_location, self.attr)],
+                                                    delete=False))[0]
+        else:
+            value = self.location.call(m.GetRequest([self.id_at_location], delete=True))[0]
+            self._disown()
+            self._consumed = True
+        return materialize(value, self.owner, self.location.network)
+
+    def send(self, *locations: Any, **_ignored: Any) -> "PointerTensor":
+        """Send this pointer to another worker: returns a pointer to the pointer there."""
+        location = _one_location(locations)
+        self._check_usable()
+        rid = new_id()
+        location.post(m.ObjectMessage([m.StoredObject(rid, self, sorted(self.tags),
+                                                      self.description)]))
+        return PointerTensor(location, rid, self.shape_local, self.dtype_local,
+                             self.requires_grad_local, owner=self.owner)
+
+    def move(self, location: Any, **_ignored: Any) -> Any:
+        """Move the object to `location` worker to worker (it never passes through us)."""
+        self._check_usable()
+        if location is self.location or getattr(location, "id", None) == self.location.id:
+            return self
+        if location is getattr(self.location.network, "local_worker", None) or \
+                location is self.owner:
+            return self.get()
+        self.location.call(m.ForwardObjects([self.id_at_location], location.id, keep=False))
+        self._disown()
+        self.location = location
+        self._finalizer = weakref.finalize(self, location.release, self.id_at_location)
+        return self
+
+    def copy(self) -> "PointerTensor":
+        """A new remote object with the same value (`clone` on the worker)."""
+        return self.clone()
+
+    def tag(self, *tags: str) -> "PointerTensor":
+        self.tags.update(tags)
+        return self
+
+    def describe(self, description: str) -> "PointerTensor":
+        self.description = description
+        return self
+
+    # -- metadata without dispatch ----------------------------------------------------------------
+    @property
+    def shape_local(self) -> torch.Size:
+        with torch._C.DisableTorchFunctionSubclass():
+            return self.shape
+
+    @property
+    def dtype_local(self) -> torch.dtype:
+        with torch._C.DisableTorchFunctionSubclass():
+            return self.dtype
+
+    @property
+    def requires_grad_local(self) -> bool:
+        with torch._C.DisableTorchFunctionSubclass():
+            return self.requires_grad
+
+    def __fedmq_encode__(self) -> m.PointerRef:
+        """Sending a pointer hands over ownership of the remote object to the receiver."""
+        self._check_usable()
+        self._disown()
+        return m.PointerRef(self.location.id, self.id_at_location, tuple(self.shape_local),
+                            self.dtype_local, self.requires_grad_local, sorted(self.tags),
+                            self.description)
+
+    def _disown(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+
+    def _check_usable(self) -> None:
+        if self._consumed:
+            raise PointerError(f"this pointer to object {self.id_at_location} on "
+                               f"{self.location.id!r} was already used by .get()")
+
+    def describe_pointer(self) -> str:
+        owner = getattr(self.owner, "id", self.owner)
+        target = f"{self.location.id}:{self.id_at_location}"
+        if self.attr:
+            target += f".{self.attr}"
+        return f"(Wrapper)>[PointerTensor | {owner}:{self.id} -> {target}]"
+
+    def pointer_repr(self) -> str:
+        text = self.describe_pointer()
+        if self.tags:
+            text += "\n\tTags: " + " ".join(sorted(self.tags))
+        if self.description:
+            first = self.description.strip().splitlines()[0] if self.description.strip() else ""
+            text += f"\n\tDescription: {first[:60]}{'...' if len(self.description) > 60 else ''}"
+        if self.tags or self.description:
+            text += f"\n\tShape: {self.shape_local}"
+        return text
+
+
+def _one_location(locations: tuple) -> Any:
+    if len(locations) != 1:
+        raise NotImplementedError("sending to several workers at once is not supported; "
+                                  "use .share() to split a tensor across workers")
+    return locations[0]
+
+
+def pointer_from_ref(ref: m.PointerRef, owner: Any, network: Any, id: int | None = None,
+                     gc: bool = True) -> PointerTensor:
+    if network is None:
+        raise PointerError(f"cannot reach worker {ref.location!r} to hold a pointer to it")
+    location = network.client(ref.location)
+    return PointerTensor(location, ref.id_at_location, tuple(ref.shape), ref.dtype,
+                         ref.requires_grad, owner=owner, id=id, gc=gc, tags=ref.tags,
+                         description=ref.description)
+
+
+def ref_for(worker_id: str, obj_id: int, obj: Any, tags=(), description=None) -> m.PointerRef:
+    """A PointerRef describing stored object `obj_id` (for search results and replies)."""
+    if isinstance(obj, PointerTensor):
+        shape, dtype, rg = tuple(obj.shape_local), obj.dtype_local, obj.requires_grad_local
+    elif isinstance(obj, torch.Tensor):
+        shape, dtype, rg = tuple(obj.shape), obj.dtype, obj.requires_grad
+    else:
+        shape, dtype, rg = (), None, False
+    return m.PointerRef(worker_id, obj_id, shape, dtype, rg, sorted(tags), description)
+
+
+def materialize(value: Any, owner: Any, network: Any) -> Any:
+    """Turn PointerRefs in a reply into pointers owned by `owner`."""
+    if isinstance(value, m.PointerRef):
+        return pointer_from_ref(value, owner, network)
+    if type(value) in (list, tuple):
+        return type(value)(materialize(v, owner, network) for v in value)
+    return value

@@ -1,0 +1,229 @@
+"""msgpack with fedmq's extension types; the only way bytes become objects in fedmq.
+
+Decoding builds nothing but msgpack's own types and the ext types below; records (messages,
+references, error reports) must have been registered with `@record(code)`. There is no pickle,
+no import of names from the wire, and every size is checked (see `tensors.py`, `frame.py`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from typing import Any, Callable, TypeVar
+
+import msgpack
+import numpy as np
+import torch
+
+from fedmq.errors import SerdeError
+from fedmq.serde import tensors
+from fedmq.serde.frame import join_frame, split_frame
+
+# Ext type codes (part of the wire format: never renumber).
+EXT_TENSOR = 1
+EXT_BIGINT = 2
+EXT_TUPLE = 3
+EXT_SLICE = 4
+EXT_ELLIPSIS = 5
+EXT_DTYPE = 6
+EXT_SIZE = 7
+EXT_DEVICE = 8
+EXT_RECORD = 9
+EXT_MEMORY_FORMAT = 10
+EXT_COMPLEX = 11
+EXT_SET = 12
+
+MAX_HEADER = 256 * 1024 * 1024
+_MEMORY_FORMATS = {1: torch.contiguous_format, 2: torch.preserve_format,
+                   3: torch.channels_last, 4: torch.channels_last_3d}
+_MEMORY_FORMAT_CODES = {v: k for k, v in _MEMORY_FORMATS.items()}
+
+_RECORDS: dict[int, type] = {}
+_RECORD_CODES: dict[type, int] = {}
+_RECORD_FIELDS: dict[type, tuple[str, ...]] = {}
+
+T = TypeVar("T")
+
+
+def record(code: int) -> Callable[[type[T]], type[T]]:
+    """Register a dataclass as a wire record under `code` (its fields travel in order)."""
+
+    def register(cls: type[T]) -> type[T]:
+        if code in _RECORDS:
+            raise RuntimeError(f"record code {code} is taken by {_RECORDS[code].__name__}")
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"{cls.__name__} must be a dataclass to be a wire record")
+        _RECORDS[code] = cls
+        _RECORD_CODES[cls] = code
+        _RECORD_FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+        return cls
+
+    return register
+
+
+class _Encoder:
+    """Packs one frame; tensors' bytes are collected as out-of-band buffers."""
+
+    def __init__(self) -> None:
+        self.buffers: list[memoryview] = []
+
+    def pack(self, obj: Any) -> bytes:
+        # A fresh packer per call: ext payloads are packed from inside `default`, and one
+        # msgpack.Packer must not be re-entered.
+        return msgpack.packb(obj, default=self.default, strict_types=True, use_bin_type=True)
+
+    def add_buffer(self, buf: memoryview) -> int:
+        self.buffers.append(buf)
+        return len(self.buffers) - 1
+
+    def default(self, obj: Any) -> Any:  # noqa: C901 - a flat type switch reads best
+        if isinstance(obj, torch.Tensor):
+            hook = getattr(obj, "__fedmq_encode__", None)
+            if hook is not None:  # pointers and remote parameters encode as references
+                return self.default(hook())
+            data = self.add_buffer(tensors.tensor_bytes(obj))
+            grad = obj.grad if obj.requires_grad and obj.is_leaf else None
+            grad_index = None if grad is None else self.add_buffer(tensors.tensor_bytes(grad))
+            return msgpack.ExtType(EXT_TENSOR, tensors.pack_header(obj, data, grad_index))
+        cls = type(obj)
+        if cls in _RECORD_CODES:
+            fields = [getattr(obj, name) for name in _RECORD_FIELDS[cls]]
+            return msgpack.ExtType(EXT_RECORD, self.pack([_RECORD_CODES[cls], *fields]))
+        if cls is int:  # only ints outside 64 bits reach here
+            if obj.bit_length() > 4096:
+                raise SerdeError("integer too large to send")
+            return msgpack.ExtType(EXT_BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8,
+                                                             "little", signed=True))
+        if cls is tuple or isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+            return msgpack.ExtType(EXT_TUPLE, self.pack(list(obj)))
+        if isinstance(obj, torch.Size):
+            return msgpack.ExtType(EXT_SIZE, self.pack(list(obj)))
+        if isinstance(obj, tuple):  # namedtuple (e.g. torch.return_types): travels as a tuple
+            return msgpack.ExtType(EXT_TUPLE, self.pack(list(obj)))
+        if cls is slice:
+            return msgpack.ExtType(EXT_SLICE, self.pack([obj.start, obj.stop, obj.step]))
+        if obj is Ellipsis:
+            return msgpack.ExtType(EXT_ELLIPSIS, b"")
+        if isinstance(obj, torch.dtype):
+            if obj not in tensors.DTYPE_CODES:
+                raise SerdeError(f"dtype {obj} cannot be sent")
+            return msgpack.ExtType(EXT_DTYPE, bytes([tensors.DTYPE_CODES[obj]]))
+        if isinstance(obj, torch.device):
+            return msgpack.ExtType(EXT_DEVICE, str(obj).encode())
+        if isinstance(obj, torch.memory_format):
+            return msgpack.ExtType(EXT_MEMORY_FORMAT, bytes([_MEMORY_FORMAT_CODES[obj]]))
+        if cls is complex:
+            return msgpack.ExtType(EXT_COMPLEX, self.pack([obj.real, obj.imag]))
+        if isinstance(obj, (set, frozenset)):
+            return msgpack.ExtType(EXT_SET, self.pack(sorted(obj, key=repr)))
+        if isinstance(obj, dict):  # OrderedDict and friends travel as plain dicts
+            return dict(obj)
+        if isinstance(obj, (list, str, bytes, bool, float)):  # subclasses of native types
+            return {list: list, str: str, bytes: bytes, bool: bool, float: float}[
+                next(t for t in (bool, list, str, bytes, float) if isinstance(obj, t))](obj)
+        if isinstance(obj, int):  # IntEnum and the like
+            return int(obj)
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(obj))
+        raise SerdeError(f"cannot send an object of type {cls.__module__}.{cls.__qualname__}")
+
+
+def encode(obj: Any) -> bytes:
+    """Encode `obj` (messages, tensors, plain values) into one frame."""
+    encoder = _Encoder()
+    try:
+        header = encoder.pack(obj)
+    except SerdeError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerdeError(f"cannot encode {type(obj).__name__}: {exc}") from exc
+    return join_frame(header, encoder.buffers)
+
+
+def decode(frame: bytes | bytearray | memoryview) -> Any:
+    """Decode one frame into allowlisted objects, or raise SerdeError saying what is wrong."""
+    header, buffers = split_frame(frame)
+    if len(header) > MAX_HEADER:
+        raise SerdeError(f"header of {len(header)} bytes is over the {MAX_HEADER} limit")
+
+    def ext_hook(code: int, data: bytes) -> Any:
+        if code == EXT_TENSOR:
+            return tensors.unpack_tensor(data, buffers)
+        if code == EXT_RECORD:
+            items = unpack(data)
+            if not isinstance(items, list) or not items or not isinstance(items[0], int):
+                raise SerdeError("malformed record")
+            cls = _RECORDS.get(items[0])
+            if cls is None:
+                raise SerdeError(f"unknown record type {items[0]}")
+            fields = _RECORD_FIELDS[cls]
+            if len(items) - 1 != len(fields):
+                raise SerdeError(f"{cls.__name__} has {len(fields)} fields, got {len(items) - 1}")
+            try:
+                return cls(*items[1:])
+            except (TypeError, ValueError) as exc:
+                raise SerdeError(f"invalid {cls.__name__}: {exc}") from exc
+        if code == EXT_BIGINT:
+            return int.from_bytes(data, "little", signed=True)
+        if code == EXT_TUPLE:
+            return tuple(_list(unpack(data), "tuple"))
+        if code == EXT_SIZE:
+            items = _list(unpack(data), "torch.Size")
+            if not all(type(i) is int and i >= 0 for i in items):
+                raise SerdeError("torch.Size holds non-negative ints only")
+            return torch.Size(items)
+        if code == EXT_SLICE:
+            items = _list(unpack(data), "slice")
+            if len(items) != 3:
+                raise SerdeError("a slice has three fields")
+            return slice(*items)
+        if code == EXT_ELLIPSIS:
+            return Ellipsis
+        if code == EXT_DTYPE:
+            if len(data) != 1 or data[0] not in tensors.DTYPES:
+                raise SerdeError("unknown dtype code")
+            return tensors.DTYPES[data[0]]
+        if code == EXT_DEVICE:
+            try:
+                return torch.device(data.decode())
+            except (RuntimeError, UnicodeDecodeError) as exc:
+                raise SerdeError(f"invalid device: {exc}") from exc
+        if code == EXT_MEMORY_FORMAT:
+            if len(data) != 1 or data[0] not in _MEMORY_FORMATS:
+                raise SerdeError("unknown memory format code")
+            return _MEMORY_FORMATS[data[0]]
+        if code == EXT_COMPLEX:
+            items = _list(unpack(data), "complex")
+            if len(items) != 2 or not all(type(i) is float for i in items):
+                raise SerdeError("a complex number is two floats")
+            return complex(*items)
+        if code == EXT_SET:
+            try:
+                return frozenset(_list(unpack(data), "set"))
+            except TypeError as exc:
+                raise SerdeError(f"unhashable set member: {exc}") from exc
+        raise SerdeError(f"unknown extension type {code}")
+
+    def unpack(data: bytes | memoryview) -> Any:
+        return msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=False,
+                               use_list=True)
+
+    try:
+        return unpack(header)
+    except SerdeError:
+        raise
+    except RecursionError as exc:
+        raise SerdeError("frame nests too deeply") from exc
+    except Exception as exc:  # msgpack raises many types on garbage; callers see one
+        raise SerdeError(f"malformed frame: {type(exc).__name__}: {exc}") from exc
+
+
+def _list(value: Any, what: str) -> list:
+    if not isinstance(value, list):
+        raise SerdeError(f"malformed {what}")
+    return value
+
+
+def to_plain_dict(obj: Any) -> dict:  # pragma: no cover - debugging aid
+    return OrderedDict((f, getattr(obj, f)) for f in _RECORD_FIELDS[type(obj)])

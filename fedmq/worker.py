@@ -1,0 +1,150 @@
+"""A worker: an object store plus `handle(message) -> Reply | None`. No transport code here.
+
+`VirtualWorker` (in-process) and the RabbitMQ worker service feed this same class the same
+frames; `handle_frame` is the whole server side: decode, dispatch on the message type, encode.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Protocol
+
+from fedmq import errors, messages as m, serde
+from fedmq.execution import fail_results, run_command
+from fedmq.store import FailedResult, ObjectStore
+
+log = logging.getLogger("fedmq.worker")
+
+
+class Network(Protocol):
+    """How a worker reaches other workers (for `.move()` and pointers to pointers)."""
+
+    def client(self, worker_id: str) -> Any: ...
+
+
+class Worker:
+    def __init__(self, id: str, network: Network | None = None) -> None:
+        self.id = id
+        self.network = network
+        self.store = ObjectStore(id)
+        self.message_count = 0
+        self._handlers: dict[type, Callable[[Any], Any]] = {
+            m.ObjectMessage: self._on_objects,
+            m.GetRequest: self._on_get,
+            m.DeleteObjects: self._on_delete,
+            m.Command: self._on_command,
+            m.ForwardObjects: self._on_forward,
+            m.ObjectsCount: lambda msg: len(self.store),
+            m.SearchRequest: self._on_search,
+            m.ClearObjects: lambda msg: self.store.clear(),
+        }
+
+    def register(self, message_type: type, handler: Callable[[Any], Any]) -> None:
+        """Add a handler for another message type (services add Fit, Evaluate, ...)."""
+        if message_type in self._handlers:
+            raise RuntimeError(f"{message_type.__name__} already has a handler")
+        self._handlers[message_type] = handler
+
+    # -- the whole server side ------------------------------------------------------------------
+    def handle_frame(self, frame: bytes) -> bytes:
+        """Decode a frame, handle it, and encode the reply. Never raises for bad input."""
+        self.message_count += 1
+        try:
+            envelope = serde.decode(frame)
+        except errors.SerdeError as exc:
+            log.warning("worker %s: undecodable message: %s", self.id, exc)
+            return serde.encode(m.Reply(error=m.ErrorInfo("serde_error", str(exc), self.id)))
+        reply = self.handle(envelope)
+        try:
+            return serde.encode(reply)
+        except errors.SerdeError as exc:
+            return serde.encode(m.Reply(error=m.ErrorInfo(
+                "serde_error", f"the result cannot be sent back: {exc}", self.id)))
+
+    def handle(self, envelope: Any) -> m.Reply:
+        if not isinstance(envelope, m.Envelope):
+            return self._error("serde_error", f"expected an Envelope, got "
+                                              f"{type(envelope).__name__}")
+        if envelope.version != m.WIRE_VERSION:
+            return self._error("serde_error", f"wire version {envelope.version} is not "
+                                              f"supported (this worker speaks {m.WIRE_VERSION})")
+        message = envelope.message
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            return self._error("serde_error", f"no handler for message type "
+                                              f"{type(message).__name__}")
+        try:
+            return m.Reply(value=handler(message))
+        except errors.RemoteError as exc:
+            self._after_failure(message, exc.code, exc.remote_message, exc.op)
+            return self._error(exc.code, exc.remote_message, exc.op)
+        except errors.OpNotAllowedError as exc:
+            self._after_failure(message, "op_not_allowed", str(exc), getattr(message, "op", None))
+            return self._error("op_not_allowed", str(exc), getattr(message, "op", None))
+        except Exception as exc:  # the op itself failed: report it, keep serving
+            op = getattr(message, "op", None)
+            text = f"{type(exc).__name__}: {exc}"
+            self._after_failure(message, "execution_error", text, op)
+            return self._error("execution_error", text, op)
+
+    def _error(self, code: str, text: str, op: str | None = None) -> m.Reply:
+        log.info("worker %s: %s%s", self.id, f"{op}: " if op else "", text)
+        return m.Reply(error=m.ErrorInfo(code, text, self.id, op))
+
+    def _after_failure(self, message: Any, code: str, text: str, op: str | None) -> None:
+        if isinstance(message, m.Command) and not message.reply:
+            fail_results(message, self.store, m.ErrorInfo(code, text, self.id, op))
+
+    # -- handlers -------------------------------------------------------------------------------
+    def _on_objects(self, msg: m.ObjectMessage) -> None:
+        from fedmq.pointers.tensor import pointer_from_ref
+
+        for item in msg.objects:
+            obj = item.obj
+            if isinstance(obj, m.PointerRef):  # a pointer handed to us: we own it now
+                obj = pointer_from_ref(obj, owner=self, network=self.network, id=item.id)
+            self.store.put(item.id, obj, item.tags, item.description)
+
+    def _on_get(self, msg: m.GetRequest) -> list:
+        values = []
+        for obj_id in msg.ids:
+            entry = self.store.entry(obj_id)
+            if isinstance(entry.obj, FailedResult):
+                self.store.delete(obj_id)
+                err = entry.obj.error
+                raise errors.remote_error_from(err.code, f"an earlier op failed: {err.message}",
+                                               self.id, err.op)
+            values.append(entry.obj)
+        if msg.delete:
+            for obj_id in msg.ids:
+                self.store.delete(obj_id)
+        return values
+
+    def _on_delete(self, msg: m.DeleteObjects) -> None:
+        for obj_id in msg.ids:
+            self.store.delete(obj_id)
+
+    def _on_command(self, msg: m.Command) -> Any:
+        return run_command(msg, self.store, self.id)
+
+    def _on_forward(self, msg: m.ForwardObjects) -> None:
+        if self.network is None:
+            raise errors.RemoteExecutionError("this worker cannot reach other workers",
+                                              worker=self.id)
+        target = self.network.client(msg.to)
+        entries = [(obj_id, self.store.entry(obj_id)) for obj_id in msg.ids]
+        target.call(m.ObjectMessage([m.StoredObject(obj_id, e.obj, sorted(e.tags),
+                                                    e.description) for obj_id, e in entries]),
+                    sender=self.id)
+        if not msg.keep:
+            for obj_id, _ in entries:
+                self.store.delete(obj_id)
+
+    def _on_search(self, msg: m.SearchRequest) -> list:
+        from fedmq.pointers.tensor import ref_for
+
+        query = msg.query if isinstance(msg.query, list) else [msg.query]
+        return [ref_for(self.id, obj_id, e.obj, e.tags, e.description)
+                for obj_id, e in self.store.search(query)]
+
+    def __repr__(self) -> str:
+        return f"<Worker id:{self.id} #objects:{len(self.store)}>"

@@ -1,0 +1,3 @@
+from fedmq.workers.virtual import VirtualWorker
+
+__all__ = ["VirtualWorker"]
