@@ -6,8 +6,8 @@ waiting when the transport can pipeline. Both go through a `Transport` (fedmq/tr
 moves encoded frames and nothing else.
 
 Pointers that are garbage collected call `release(id)`; the ids are deleted remotely in one
-`DeleteObjects` sent just before the next message to this worker (or on `flush()`), so GC never
-sends from inside a finalizer.
+list attached to the next message's envelope (or sent by `flush()`), so GC never sends from
+inside a finalizer and never costs a message of its own in a loop.
 """
 from __future__ import annotations
 
@@ -51,8 +51,17 @@ class WorkerClient:
             self._value(serde.decode(reply_frame), message)
 
     def _frame(self, message: Any, sender: str | None) -> bytes:
-        self.flush()
-        return serde.encode(m.Envelope(m.WIRE_VERSION, sender or self.sender, message))
+        return serde.encode(m.Envelope(m.WIRE_VERSION, sender or self.sender, message,
+                                       release=self._take_pending()))
+
+    def _take_pending(self) -> list[int]:
+        ids = []
+        while self._pending_deletes:
+            try:
+                ids.append(self._pending_deletes.popleft())
+            except IndexError:  # emptied by another thread
+                break
+        return ids
 
     def _value(self, reply: Any, message: Any) -> Any:
         if not isinstance(reply, m.Reply):
@@ -70,17 +79,11 @@ class WorkerClient:
         self._pending_deletes.append(obj_id)
 
     def flush(self) -> None:
-        """Send pending deletes now."""
-        if not self._pending_deletes:
-            return
-        with self._lock:
-            ids = []
-            while self._pending_deletes:
-                ids.append(self._pending_deletes.popleft())
-            if ids:
-                frame = serde.encode(m.Envelope(m.WIRE_VERSION, self.sender,
-                                                m.DeleteObjects(ids)))
-                self.transport.send(self.id, frame)
+        """Send pending deletes now (they otherwise ride along with the next message)."""
+        ids = self._take_pending()
+        if ids:
+            frame = serde.encode(m.Envelope(m.WIRE_VERSION, self.sender, m.DeleteObjects(ids)))
+            self.transport.send(self.id, frame)
 
     # -- conveniences every worker answers --------------------------------------------------------
     def objects_count(self) -> int:

@@ -1,10 +1,173 @@
-"""`fedmq queues`: fedmq's queues as the RabbitMQ management API sees them."""
+"""`fedmq queues`: fedmq's queues as the RabbitMQ management API sees them.
+
+Two layers, so other code (tests, a dashboard, the coordinator) can use the numbers without
+the printing:
+
+    api_get(path, ...) -> JSON            GET /api/<path> with basic auth, clear errors
+    list_queues(...) -> list[QueueRow]    GET /api/queues/<vhost>, one row per queue
+    format_table(rows) -> str             the table `fedmq queues` prints
+
+Only the standard library is used (urllib): the management API is plain HTTP + JSON with basic
+auth. Depths and rates come from the broker's statistics, which the management plugin
+refreshes every `collect_statistics_interval` (5 s by default), so a queue's numbers lag the
+queue by up to that long.
+"""
 from __future__ import annotations
 
 import argparse
+import base64
+import http.client
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from fedmq.errors import FedmqError
+
+DEFAULT_URL = "http://127.0.0.1:15672"
+#: queues whose name starts with this are fedmq's (worker queues, the dead-letter queue)
+FEDMQ_PREFIX = "fedmq."
+#: exit code of `fedmq queues` when the management API cannot be used
+EXIT_API_ERROR = 2
+
+ENABLE_HINT = ("Is the management plugin enabled? On the broker run "
+               "`rabbitmq-plugins enable rabbitmq_management` (the API then listens on port "
+               "15672).")
+
+
+class ManagementAPIError(FedmqError):
+    """The RabbitMQ management API could not be reached or refused the request."""
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """One queue's numbers, as last sampled by the management plugin."""
+
+    name: str
+    #: messages waiting to be delivered (the queue's depth)
+    messages_ready: int
+    #: delivered to a consumer, not yet acked (e.g. a Fit being trained)
+    messages_unacknowledged: int
+    consumers: int
+    #: messages/s published into the queue
+    publish_rate: float
+    #: messages/s delivered to consumers or fetched with basic.get
+    deliver_rate: float
+
+    @classmethod
+    def from_api(cls, item: dict[str, Any]) -> "QueueRow":
+        """Build a row from one element of GET /api/queues; missing numbers count as 0 (a
+        fresh queue has no statistics until the plugin's next sample)."""
+        stats = item.get("message_stats") or {}
+        return cls(
+            name=item["name"],
+            messages_ready=int(item.get("messages_ready") or 0),
+            messages_unacknowledged=int(item.get("messages_unacknowledged") or 0),
+            consumers=int(item.get("consumers") or 0),
+            publish_rate=_rate(stats, "publish"),
+            deliver_rate=_rate(stats, "deliver_get"),
+        )
+
+
+def _rate(stats: dict[str, Any], key: str) -> float:
+    details = stats.get(f"{key}_details") or {}
+    return float(details.get("rate") or 0.0)
+
+
+def list_queues(url: str = DEFAULT_URL, user: str = "guest", password: str = "guest",
+                vhost: str = "/", include_all: bool = False,
+                timeout: float = 10.0) -> list[QueueRow]:
+    """Return the queues of `vhost`, sorted by name: only fedmq's (`fedmq.*`) unless
+    `include_all`. Raises ManagementAPIError with a message meant for a person."""
+    path = f"queues/{urllib.parse.quote(vhost, safe='')}"
+    items = api_get(path, url, user, password, timeout)
+    if not isinstance(items, list):
+        raise ManagementAPIError(f"unexpected answer from {url}/api/{path}: not a list")
+    rows = [QueueRow.from_api(item) for item in items]
+    if not include_all:
+        rows = [row for row in rows if row.name.startswith(FEDMQ_PREFIX)]
+    return sorted(rows, key=lambda row: row.name)
+
+
+def api_get(path: str, url: str = DEFAULT_URL, user: str = "guest", password: str = "guest",
+            timeout: float = 10.0) -> Any:
+    """GET `<url>/api/<path>` (path already URL-quoted, e.g. "exchanges/%2F/fedmq.dlx") and
+    return the decoded JSON. Raises ManagementAPIError with a message meant for a person."""
+    endpoint = f"{url.rstrip('/')}/api/{path.lstrip('/')}"
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    request = urllib.request.Request(endpoint, headers={"Authorization": f"Basic {token}",
+                                                        "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        raise ManagementAPIError(_http_error_message(exc, endpoint, user)) from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ManagementAPIError(f"cannot reach the RabbitMQ management API at {endpoint} "
+                                 f"({reason}). {ENABLE_HINT}") from None
+    except ValueError as exc:  # json.JSONDecodeError
+        raise ManagementAPIError(f"{endpoint} did not answer with JSON ({exc}); is this the "
+                                 f"RabbitMQ management API? {ENABLE_HINT}") from None
+
+
+def _http_error_message(exc: urllib.error.HTTPError, endpoint: str, user: str) -> str:
+    if exc.code == 401:
+        return (f"the management API at {endpoint} refused user {user!r} (401): wrong "
+                f"--user/--password, or the user lacks the 'management' or 'monitoring' tag")
+    if exc.code == 404:
+        return f"{endpoint} not found (404): does the vhost (or object) exist?"
+    return f"the management API at {endpoint} answered {exc.code} {exc.reason}"
+
+
+COLUMNS = ("queue", "ready", "unacked", "consumers", "publish/s", "deliver/s")
+
+
+def format_table(rows: list[QueueRow]) -> str:
+    """The rows as a fixed-width text table with a header line."""
+    cells = [COLUMNS] + [
+        (r.name, str(r.messages_ready), str(r.messages_unacknowledged), str(r.consumers),
+         f"{r.publish_rate:.1f}", f"{r.deliver_rate:.1f}")
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    lines = []
+    for line in cells:
+        name, *numbers = line
+        lines.append("  ".join([name.ljust(widths[0])]
+                               + [n.rjust(w) for n, w in zip(numbers, widths[1:])]).rstrip())
+    return "\n".join(lines)
+
+
+def run_queues(args: argparse.Namespace) -> int:
+    """The `fedmq queues` command: print the table, or a clear error and exit code 2."""
+    try:
+        rows = list_queues(args.url, args.user, args.password, args.vhost, args.all)
+    except ManagementAPIError as exc:
+        print(f"fedmq queues: {exc}", file=sys.stderr)
+        return EXIT_API_ERROR
+    if not rows:
+        which = "queues" if args.all else "fedmq queues (fedmq.*; --all shows every queue)"
+        print(f"no {which} in vhost {args.vhost!r}")
+        return 0
+    print(format_table(rows))
+    return 0
 
 
 def add_queues_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("queues", help="list fedmq queues with depth, consumers and rates")
-    p.add_argument("--url", default="http://127.0.0.1:15672")
-    p.set_defaults(func=lambda args: print("not implemented yet") or 1)
+    """Register `fedmq queues` on the `fedmq` parser's subcommands."""
+    p = sub.add_parser(
+        "queues", help="list fedmq queues with depth, consumers and rates",
+        description="List fedmq's queues (fedmq.*) with depth, unacked messages, consumers "
+                    "and publish/deliver rates, from the RabbitMQ management API. Numbers "
+                    "are sampled by the broker every 5 s by default.")
+    p.add_argument("--url", default=DEFAULT_URL,
+                   help=f"management API base URL (default {DEFAULT_URL})")
+    p.add_argument("--user", default="guest", help="management user (default guest)")
+    p.add_argument("--password", default="guest", help="its password (default guest)")
+    p.add_argument("--vhost", default="/", help="virtual host (default /)")
+    p.add_argument("--all", action="store_true", help="include queues that are not fedmq's")
+    p.set_defaults(func=run_queues)

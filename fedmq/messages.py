@@ -67,11 +67,14 @@ class StoredObject:
 @record(40)
 @dataclass(slots=True, frozen=True)
 class Envelope:
-    """What travels: the message plus who sent it and which wire version it speaks."""
+    """What travels: the message plus who sent it and which wire version it speaks.
+    `release` lists objects whose pointers were garbage collected: the worker deletes them
+    before handling `message` (deletes ride along instead of costing messages of their own)."""
     version: int
     sender: str
     message: Any
     msg_id: int = 0
+    release: list = field(default_factory=list)
 
 
 @record(41)

@@ -9,7 +9,7 @@ import logging
 from typing import Any, Callable, Protocol
 
 from fedmq import errors, messages as m, serde
-from fedmq.execution import fail_results, run_command
+from fedmq.execution import fail_results, resolve, run_command
 from fedmq.store import FailedResult, ObjectStore
 
 log = logging.getLogger("fedmq.worker")
@@ -67,6 +67,8 @@ class Worker:
         if envelope.version != m.WIRE_VERSION:
             return self._error("serde_error", f"wire version {envelope.version} is not "
                                               f"supported (this worker speaks {m.WIRE_VERSION})")
+        for obj_id in envelope.release:
+            self.store.delete(obj_id)
         message = envelope.message
         handler = self._handlers.get(type(message))
         if handler is None:
@@ -107,6 +109,9 @@ class Worker:
     def _on_get(self, msg: m.GetRequest) -> list:
         values = []
         for obj_id in msg.ids:
+            if isinstance(obj_id, m.Ref):  # an attribute (a gradient): copied, never deleted
+                values.append(resolve(obj_id, self.store))
+                continue
             entry = self.store.entry(obj_id)
             if isinstance(entry.obj, FailedResult):
                 self.store.delete(obj_id)
@@ -116,7 +121,8 @@ class Worker:
             values.append(entry.obj)
         if msg.delete:
             for obj_id in msg.ids:
-                self.store.delete(obj_id)
+                if not isinstance(obj_id, m.Ref):
+                    self.store.delete(obj_id)
         return values
 
     def _on_delete(self, msg: m.DeleteObjects) -> None:

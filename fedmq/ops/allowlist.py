@@ -35,6 +35,7 @@ TENSOR_METHODS = [
     "exp_", "expand", "expand_as", "fill_", "flatten", "flip", "float", "floor", "fmod", "gather",
     "ge", "gt", "half", "index_select", "int", "is_nonzero", "isnan", "item", "le", "lerp",
     "lerp_", "log", "log_", "logical_not", "long", "lt", "masked_fill", "masked_fill_",
+    "masked_select",
     "matmul", "max", "maximum", "mean", "min", "minimum", "mm", "mul", "mul_", "mv", "ne", "neg",
     "neg_", "nonzero", "norm", "normal_", "numpy", "permute", "pow", "pow_", "prod",
     "reciprocal", "relu", "relu_", "remainder", "repeat", "requires_grad_", "reshape",
