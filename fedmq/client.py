@@ -1,13 +1,18 @@
 """The client side of a worker: what a pointer's `.location` is.
 
 `WorkerClient.call(msg)` sends a message and returns the reply's value (raising the worker's
-error as a fedmq exception); `post(msg)` sends a message whose result stays remote, without
-waiting when the transport can pipeline. Both go through a `Transport` (fedmq/transport), which
-moves encoded frames and nothing else.
+error as a fedmq exception). `post(msg)` is for messages whose result stays remote:
 
-Pointers that are garbage collected call `release(id)`; the ids are deleted remotely in one
-list attached to the next message's envelope (or sent by `flush()`), so GC never sends from
-inside a finalizer and never costs a message of its own in a loop.
+* Commands are buffered and go out together as one `Batch` (a stream, as on a GPU): at the
+  next sync point (any `call`), when the buffer is full, or on `flush()`. A training step is
+  then a few frames, not one per op.
+* Before anything else is sent, every client's buffer is flushed, so a worker never sees a
+  message before the commands it depends on, even when another worker relays it.
+* A pipelined op that fails is recorded under its result ids on the worker, and its error is
+  raised at the caller's next sync point with that worker (`get`, `item`, a call).
+
+Pointers that are garbage collected call `release(id)`; the ids ride along with the next
+message's envelope (or go out on `flush()`), so GC never sends from inside a finalizer.
 """
 from __future__ import annotations
 
@@ -18,6 +23,21 @@ from typing import Any
 
 from fedmq import messages as m, serde
 from fedmq.errors import remote_error_from
+
+#: how many commands a buffer holds before it is sent on its own
+MAX_BATCH = 256
+_dirty: dict[int, "WorkerClient"] = {}
+_dirty_lock = threading.Lock()
+
+
+def flush_all() -> None:
+    """Send every client's buffered commands (repeats while flushing produces more)."""
+    while _dirty:
+        with _dirty_lock:
+            clients = list(_dirty.values())
+            _dirty.clear()
+        for client in clients:
+            client._send_buffer()
 
 
 class WorkerClient:
@@ -30,25 +50,68 @@ class WorkerClient:
         self.network = network
         self.sender = sender
         self._pending_deletes: collections.deque[int] = collections.deque()
-        self._lock = threading.RLock()
+        self._buffer: list = []
+        self._async_errors: list = []
         #: remote parameters of sent models, by remote id (for gradient bookkeeping)
         self._remote_params: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
     # -- sending ---------------------------------------------------------------------------------
     def call(self, message: Any, *, sender: str | None = None, timeout: float | None = None) -> Any:
         """Send `message`, wait for the reply, return its value or raise the worker's error."""
+        flush_all()
+        self._raise_async_error()
         frame = self._frame(message, sender)
         reply = serde.decode(self.transport.request(self.id, frame, timeout=timeout))
         return self._value(reply, message)
 
     def post(self, message: Any, *, sender: str | None = None) -> None:
-        """Send a message whose result stays on the worker. Transports that can pipeline
-        return at once (errors then surface at the next sync point); the in-process transport
-        has the reply anyway and raises right here."""
-        frame = self._frame(message, sender)
-        reply_frame = self.transport.send(self.id, frame)
+        """Send a message whose result stays on the worker, without waiting for it."""
+        if type(message) is m.Command:
+            self._buffer.append(message)
+            if len(self._buffer) == 1:
+                with _dirty_lock:
+                    _dirty[id(self)] = self
+            if len(self._buffer) >= MAX_BATCH:
+                self._send_buffer()
+            return
+        flush_all()
+        self._send_now(message, sender)
+
+    def flush(self) -> None:
+        """Send buffered commands and pending deletes now."""
+        flush_all()
+        ids = self._take_pending()
+        if ids:
+            self._send_now(m.DeleteObjects(ids), None)
+
+    def _send_buffer(self) -> None:
+        commands, self._buffer = self._buffer, []
+        with _dirty_lock:
+            _dirty.pop(id(self), None)
+        if commands:
+            self._send_now(commands[0] if len(commands) == 1 else m.Batch(commands), None)
+
+    def _send_now(self, message: Any, sender: str | None) -> None:
+        reply_frame = self.transport.send(self.id, self._frame(message, sender))
         if reply_frame is not None:
-            self._value(serde.decode(reply_frame), message)
+            self.on_async_reply(serde.decode(reply_frame), message)
+
+    def on_async_reply(self, reply: Any, message: Any) -> None:
+        """A reply to a posted message: keep its errors for the next sync point."""
+        if not isinstance(reply, m.Reply):
+            return
+        if reply.error is not None:
+            self._async_errors.append((reply.error, message))
+        elif isinstance(message, m.Batch) and reply.value:
+            for index, error in reply.value:
+                self._async_errors.append((error, message.messages[index]))
+
+    def _raise_async_error(self) -> None:
+        if self._async_errors:
+            error, message = self._async_errors[0]
+            self._async_errors.clear()
+            raise remote_error_from(error.code, error.message, error.worker or self.id,
+                                    error.op or getattr(message, "op", None))
 
     def _frame(self, message: Any, sender: str | None) -> bytes:
         return serde.encode(m.Envelope(m.WIRE_VERSION, sender or self.sender, message,
@@ -77,13 +140,6 @@ class WorkerClient:
     def release(self, obj_id: int) -> None:
         """Called from finalizers (any thread): delete `obj_id` remotely soon."""
         self._pending_deletes.append(obj_id)
-
-    def flush(self) -> None:
-        """Send pending deletes now (they otherwise ride along with the next message)."""
-        ids = self._take_pending()
-        if ids:
-            frame = serde.encode(m.Envelope(m.WIRE_VERSION, self.sender, m.DeleteObjects(ids)))
-            self.transport.send(self.id, frame)
 
     # -- conveniences every worker answers --------------------------------------------------------
     def objects_count(self) -> int:

@@ -16,6 +16,7 @@ from torch import nn
 from fedmq import messages as m
 from fedmq import module as module_ops
 from fedmq.ids import new_id
+from fedmq.runtime import tune_malloc
 from fedmq.transport.local import LocalNetwork
 
 #: the in-process network every VirtualWorker joins (shared by all hooks in the process)
@@ -97,6 +98,7 @@ class TorchHook:
         from fedmq.workers.virtual import VirtualWorker
 
         install()
+        tune_malloc()
         self.torch = torch_module
         self.network = NETWORK
         self.local_worker = local_worker or VirtualWorker(self, id="me")

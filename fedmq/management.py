@@ -96,6 +96,9 @@ def api_get(path: str, url: str = DEFAULT_URL, user: str = "guest", password: st
             timeout: float = 10.0) -> Any:
     """GET `<url>/api/<path>` (path already URL-quoted, e.g. "exchanges/%2F/fedmq.dlx") and
     return the decoded JSON. Raises ManagementAPIError with a message meant for a person."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ManagementAPIError(f"management API URL must start with http:// or https://, "
+                                 f"got {url!r} (e.g. {DEFAULT_URL})")
     endpoint = f"{url.rstrip('/')}/api/{path.lstrip('/')}"
     token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
     request = urllib.request.Request(endpoint, headers={"Authorization": f"Basic {token}",

@@ -20,7 +20,7 @@ WIRE_VERSION = 1
 # -- values that appear inside messages -------------------------------------------------------
 
 @record(20)
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Ref:
     """An object in the receiving worker's store; `attr` names an allowlisted attribute of it
     (only "grad", the gradient of a stored leaf tensor)."""
@@ -29,7 +29,7 @@ class Ref:
 
 
 @record(21)
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class PointerRef:
     """A pointer as data: "object `id_at_location` on worker `location`". Whoever decodes it
     becomes the owner of the pointer (sending a pointer hands over its ownership)."""
@@ -43,7 +43,7 @@ class PointerRef:
 
 
 @record(22)
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class ErrorInfo:
     """An error as data. `code` is one of fedmq.errors.ERROR_CODES."""
     code: str
@@ -53,7 +53,7 @@ class ErrorInfo:
 
 
 @record(23)
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class StoredObject:
     """An object to store under `id`, with the tags and description search finds it by."""
     id: int
@@ -65,11 +65,11 @@ class StoredObject:
 # -- messages -----------------------------------------------------------------------------------
 
 @record(40)
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Envelope:
     """What travels: the message plus who sent it and which wire version it speaks.
     `release` lists objects whose pointers were garbage collected: the worker deletes them
-    before handling `message` (deletes ride along instead of costing messages of their own)."""
+    before and after handling `message` (deletes ride along instead of costing messages of their own)."""
     version: int
     sender: str
     message: Any
@@ -78,14 +78,14 @@ class Envelope:
 
 
 @record(41)
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class ObjectMessage:
     """Store these objects (a tensor's `.send`, a module's parameters in one message)."""
     objects: list
 
 
 @record(42)
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class GetRequest:
     """Reply with these objects; `delete` removes them (`.get()`), otherwise they are copied."""
     ids: list
@@ -93,14 +93,14 @@ class GetRequest:
 
 
 @record(43)
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class DeleteObjects:
     """Forget these objects (a pointer was garbage collected). Unknown ids are ignored."""
     ids: list
 
 
 @record(44)
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Command:
     """Run allowlisted op `op` on `args`/`kwargs` (which may hold `Ref`s) and store the tensor
     results under `result_ids` (pipelined: no reply needed). With `reply=True` the worker answers
@@ -115,7 +115,7 @@ class Command:
 
 
 @record(45)
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class ForwardObjects:
     """Send these objects straight to worker `to` under the same ids (`.move()`): the data
     never passes through the caller. `keep=False` deletes the local copies."""
@@ -125,26 +125,35 @@ class ForwardObjects:
 
 
 @record(46)
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class ObjectsCount:
     """Reply with the number of objects in the store."""
 
 
 @record(47)
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class SearchRequest:
     """Reply with `PointerRef`s to every object carrying all of `query`'s tags (or ids)."""
     query: list
 
 
 @record(48)
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class ClearObjects:
     """Forget every object in the store."""
 
 
+@record(49)
+@dataclass(slots=True)
+class Batch:
+    """Several pipelined messages (Commands) in one frame, run in order. A failure is recorded
+    under the failed command's result ids and the rest of the batch still runs (ops that use a
+    failed result fail in turn). The reply's value lists `[index, ErrorInfo]` per failure."""
+    messages: list
+
+
 @record(60)
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Reply:
     """The answer to a message: `value`, or `error` when the worker refused or failed it."""
     value: Any = None

@@ -36,6 +36,7 @@ class Worker:
             m.ObjectsCount: lambda msg: len(self.store),
             m.SearchRequest: self._on_search,
             m.ClearObjects: lambda msg: self.store.clear(),
+            m.Batch: self._on_batch,
         }
 
     def register(self, message_type: type, handler: Callable[[Any], Any]) -> None:
@@ -54,6 +55,9 @@ class Worker:
             log.warning("worker %s: undecodable message: %s", self.id, exc)
             return serde.encode(m.Reply(error=m.ErrorInfo("serde_error", str(exc), self.id)))
         reply = self.handle(envelope)
+        if self.network is not None and hasattr(self.network, "flush_all"):
+            # commands this worker pipelined to others while handling the message go out now
+            self.network.flush_all()
         try:
             return serde.encode(reply)
         except errors.SerdeError as exc:
@@ -67,9 +71,17 @@ class Worker:
         if envelope.version != m.WIRE_VERSION:
             return self._error("serde_error", f"wire version {envelope.version} is not "
                                               f"supported (this worker speaks {m.WIRE_VERSION})")
+        # Released ids are deleted before the message (so it sees an up-to-date store) and again
+        # after it: with buffered commands a result's pointer can die before the batch that
+        # creates the result is even sent.
         for obj_id in envelope.release:
             self.store.delete(obj_id)
-        message = envelope.message
+        reply = self.handle_message(envelope.message)
+        for obj_id in envelope.release:
+            self.store.delete(obj_id)
+        return reply
+
+    def handle_message(self, message: Any) -> m.Reply:
         handler = self._handlers.get(type(message))
         if handler is None:
             return self._error("serde_error", f"no handler for message type "
@@ -124,6 +136,17 @@ class Worker:
                 if not isinstance(obj_id, m.Ref):
                     self.store.delete(obj_id)
         return values
+
+    def _on_batch(self, msg: m.Batch) -> list:
+        errors_seen = []
+        for index, message in enumerate(msg.messages):
+            if isinstance(message, m.Batch):
+                errors_seen.append([index, m.ErrorInfo("serde_error", "nested batch", self.id)])
+                continue
+            reply = self.handle_message(message)
+            if reply.error is not None:
+                errors_seen.append([index, reply.error])
+        return errors_seen
 
     def _on_delete(self, msg: m.DeleteObjects) -> None:
         for obj_id in msg.ids:

@@ -24,7 +24,8 @@ def test_wrong_dtype_raises(bob):
     a = torch.ones(2, 2).send(bob)
     b = torch.ones(2, 2, dtype=torch.int64).send(bob)
     with pytest.raises(fedmq.RemoteExecutionError, match="(?i)dtype|type"):
-        torch.mm(a, b)
+        torch.mm(a, b).get()  # raised where the op ran or, if it was pipelined, at this sync
+    assert (a + 1).get().tolist() == [[2.0, 2.0], [2.0, 2.0]]
 
 
 def test_data_dependent_error_surfaces_at_next_sync_point(bob):

@@ -60,6 +60,22 @@ def record(code: int) -> Callable[[type[T]], type[T]]:
     return register
 
 
+class _Marker:
+    """Decoded form of a marker ext: only meaningful as the first item of an array."""
+    __slots__ = ("code",)
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+# Structured values travel as msgpack arrays led by an empty marker ext: [<mark>, items...].
+# One packer and one unpacker handle the whole message (no nested msgpack calls).
+_MARKS = {code: msgpack.ExtType(code, b"") for code in
+          (EXT_TUPLE, EXT_SLICE, EXT_SIZE, EXT_RECORD, EXT_COMPLEX, EXT_SET)}
+_MARKERS = {code: _Marker(code) for code in _MARKS}
+_T_MARK, _R_MARK = _MARKS[EXT_TUPLE], _MARKS[EXT_RECORD]
+
+
 class _Encoder:
     """Packs one frame; tensors' bytes are collected as out-of-band buffers."""
 
@@ -67,8 +83,6 @@ class _Encoder:
         self.buffers: list[memoryview] = []
 
     def pack(self, obj: Any) -> bytes:
-        # A fresh packer per call: ext payloads are packed from inside `default`, and one
-        # msgpack.Packer must not be re-entered.
         return msgpack.packb(obj, default=self.default, strict_types=True, use_bin_type=True)
 
     def add_buffer(self, buf: memoryview) -> int:
@@ -76,6 +90,12 @@ class _Encoder:
         return len(self.buffers) - 1
 
     def default(self, obj: Any) -> Any:  # noqa: C901 - a flat type switch reads best
+        cls = type(obj)
+        fields = _RECORD_FIELDS.get(cls)
+        if fields is not None:
+            return [_R_MARK, _RECORD_CODES[cls], *[getattr(obj, name) for name in fields]]
+        if cls is tuple:
+            return [_T_MARK, *obj]
         if isinstance(obj, torch.Tensor):
             hook = getattr(obj, "__fedmq_encode__", None)
             if hook is not None:  # pointers and remote parameters encode as references
@@ -84,23 +104,17 @@ class _Encoder:
             grad = obj.grad if obj.requires_grad and obj.is_leaf else None
             grad_index = None if grad is None else self.add_buffer(tensors.tensor_bytes(grad))
             return msgpack.ExtType(EXT_TENSOR, tensors.pack_header(obj, data, grad_index))
-        cls = type(obj)
-        if cls in _RECORD_CODES:
-            fields = [getattr(obj, name) for name in _RECORD_FIELDS[cls]]
-            return msgpack.ExtType(EXT_RECORD, self.pack([_RECORD_CODES[cls], *fields]))
         if cls is int:  # only ints outside 64 bits reach here
             if obj.bit_length() > 4096:
                 raise SerdeError("integer too large to send")
             return msgpack.ExtType(EXT_BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8,
                                                              "little", signed=True))
-        if cls is tuple or isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-            return msgpack.ExtType(EXT_TUPLE, self.pack(list(obj)))
         if isinstance(obj, torch.Size):
-            return msgpack.ExtType(EXT_SIZE, self.pack(list(obj)))
+            return [_MARKS[EXT_SIZE], *obj]
         if isinstance(obj, tuple):  # namedtuple (e.g. torch.return_types): travels as a tuple
-            return msgpack.ExtType(EXT_TUPLE, self.pack(list(obj)))
+            return [_T_MARK, *obj]
         if cls is slice:
-            return msgpack.ExtType(EXT_SLICE, self.pack([obj.start, obj.stop, obj.step]))
+            return [_MARKS[EXT_SLICE], obj.start, obj.stop, obj.step]
         if obj is Ellipsis:
             return msgpack.ExtType(EXT_ELLIPSIS, b"")
         if isinstance(obj, torch.dtype):
@@ -112,16 +126,14 @@ class _Encoder:
         if isinstance(obj, torch.memory_format):
             return msgpack.ExtType(EXT_MEMORY_FORMAT, bytes([_MEMORY_FORMAT_CODES[obj]]))
         if cls is complex:
-            return msgpack.ExtType(EXT_COMPLEX, self.pack([obj.real, obj.imag]))
+            return [_MARKS[EXT_COMPLEX], obj.real, obj.imag]
         if isinstance(obj, (set, frozenset)):
-            return msgpack.ExtType(EXT_SET, self.pack(sorted(obj, key=repr)))
+            return [_MARKS[EXT_SET], *sorted(obj, key=repr)]
         if isinstance(obj, dict):  # OrderedDict and friends travel as plain dicts
             return dict(obj)
-        if isinstance(obj, (list, str, bytes, bool, float)):  # subclasses of native types
-            return {list: list, str: str, bytes: bytes, bool: bool, float: float}[
-                next(t for t in (bool, list, str, bytes, float) if isinstance(obj, t))](obj)
-        if isinstance(obj, int):  # IntEnum and the like
-            return int(obj)
+        for base in (bool, str, bytes, float, list, int):  # subclasses of native types
+            if isinstance(obj, base):
+                return base(obj)
         if isinstance(obj, np.generic):
             return obj.item()
         if isinstance(obj, np.ndarray):
@@ -150,34 +162,13 @@ def decode(frame: bytes | bytearray | memoryview) -> Any:
     def ext_hook(code: int, data: bytes) -> Any:
         if code == EXT_TENSOR:
             return tensors.unpack_tensor(data, buffers)
-        if code == EXT_RECORD:
-            items = unpack(data)
-            if not isinstance(items, list) or not items or not isinstance(items[0], int):
-                raise SerdeError("malformed record")
-            cls = _RECORDS.get(items[0])
-            if cls is None:
-                raise SerdeError(f"unknown record type {items[0]}")
-            fields = _RECORD_FIELDS[cls]
-            if len(items) - 1 != len(fields):
-                raise SerdeError(f"{cls.__name__} has {len(fields)} fields, got {len(items) - 1}")
-            try:
-                return cls(*items[1:])
-            except (TypeError, ValueError) as exc:
-                raise SerdeError(f"invalid {cls.__name__}: {exc}") from exc
+        marker = _MARKERS.get(code)
+        if marker is not None:
+            if data:
+                raise SerdeError(f"marker {code} carries data")
+            return marker
         if code == EXT_BIGINT:
             return int.from_bytes(data, "little", signed=True)
-        if code == EXT_TUPLE:
-            return tuple(_list(unpack(data), "tuple"))
-        if code == EXT_SIZE:
-            items = _list(unpack(data), "torch.Size")
-            if not all(type(i) is int and i >= 0 for i in items):
-                raise SerdeError("torch.Size holds non-negative ints only")
-            return torch.Size(items)
-        if code == EXT_SLICE:
-            items = _list(unpack(data), "slice")
-            if len(items) != 3:
-                raise SerdeError("a slice has three fields")
-            return slice(*items)
         if code == EXT_ELLIPSIS:
             return Ellipsis
         if code == EXT_DTYPE:
@@ -193,30 +184,59 @@ def decode(frame: bytes | bytearray | memoryview) -> Any:
             if len(data) != 1 or data[0] not in _MEMORY_FORMATS:
                 raise SerdeError("unknown memory format code")
             return _MEMORY_FORMATS[data[0]]
-        if code == EXT_COMPLEX:
-            items = _list(unpack(data), "complex")
-            if len(items) != 2 or not all(type(i) is float for i in items):
-                raise SerdeError("a complex number is two floats")
-            return complex(*items)
-        if code == EXT_SET:
-            try:
-                return frozenset(_list(unpack(data), "set"))
-            except TypeError as exc:
-                raise SerdeError(f"unhashable set member: {exc}") from exc
         raise SerdeError(f"unknown extension type {code}")
 
-    def unpack(data: bytes | memoryview) -> Any:
-        return msgpack.unpackb(data, ext_hook=ext_hook, raw=False, strict_map_key=False,
-                               use_list=True)
-
     try:
-        return unpack(header)
+        value = msgpack.unpackb(header, ext_hook=ext_hook, list_hook=_list_hook, raw=False,
+                                strict_map_key=False, use_list=True)
     except SerdeError:
         raise
     except RecursionError as exc:
         raise SerdeError("frame nests too deeply") from exc
     except Exception as exc:  # msgpack raises many types on garbage; callers see one
         raise SerdeError(f"malformed frame: {type(exc).__name__}: {exc}") from exc
+    if type(value) is _Marker:
+        raise SerdeError("a marker outside an array")
+    return value
+
+
+def _list_hook(items: list) -> Any:
+    if not items or type(items[0]) is not _Marker:
+        return items
+    code = items[0].code
+    if code == EXT_TUPLE:
+        return tuple(items[1:])
+    if code == EXT_RECORD:
+        if len(items) < 2 or type(items[1]) is not int:
+            raise SerdeError("malformed record")
+        cls = _RECORDS.get(items[1])
+        if cls is None:
+            raise SerdeError(f"unknown record type {items[1]}")
+        fields = _RECORD_FIELDS[cls]
+        if len(items) - 2 != len(fields):
+            raise SerdeError(f"{cls.__name__} has {len(fields)} fields, got {len(items) - 2}")
+        try:
+            return cls(*items[2:])
+        except (TypeError, ValueError) as exc:
+            raise SerdeError(f"invalid {cls.__name__}: {exc}") from exc
+    if code == EXT_SIZE:
+        if not all(type(i) is int and i >= 0 for i in items[1:]):
+            raise SerdeError("torch.Size holds non-negative ints only")
+        return torch.Size(items[1:])
+    if code == EXT_SLICE:
+        if len(items) != 4 or not all(i is None or type(i) is int for i in items[1:]):
+            raise SerdeError("a slice is three ints or None")
+        return slice(*items[1:])
+    if code == EXT_COMPLEX:
+        if len(items) != 3 or not all(type(i) is float for i in items[1:]):
+            raise SerdeError("a complex number is two floats")
+        return complex(items[1], items[2])
+    if code == EXT_SET:
+        try:
+            return frozenset(items[1:])
+        except TypeError as exc:
+            raise SerdeError(f"unhashable set member: {exc}") from exc
+    raise SerdeError(f"marker {code} cannot lead an array")  # pragma: no cover
 
 
 def _list(value: Any, what: str) -> list:

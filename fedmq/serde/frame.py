@@ -1,6 +1,7 @@
 """The frame: one message as bytes.
 
-    b"FMQ1" | u32 n | n x (u64 offset, u64 length) | u32 header length | msgpack header | data
+    b"FMQ1" | u32 n | n x (u64 offset, u64 length) | u32 header length | msgpack header
+            | zero padding to a multiple of 64 | data (each buffer at a 64-byte aligned offset)
 
 The msgpack header holds the message (see `codec.py`); tensors in it name a buffer by index and
 their bytes follow the header, so big payloads are neither copied into msgpack nor escaped.
@@ -18,14 +19,27 @@ _U32 = struct.Struct("<I")
 _SPAN = struct.Struct("<QQ")
 
 
-def join_frame(header: bytes, buffers: list[memoryview]) -> bytes:
+ALIGN = 64
+
+
+def join_frame(header: bytes, buffers: list[memoryview]) -> bytearray:
+    """One frame, as a bytearray: writable, so a decoder in the same process can hand out
+    tensors that alias it instead of copying. Buffers start at 64-byte aligned offsets."""
     table = bytearray()
+    parts: list = []
     offset = 0
     for buf in buffers:
+        pad = -offset % ALIGN
+        if pad:
+            parts.append(bytes(pad))
+            offset += pad
         table += _SPAN.pack(offset, len(buf))
+        parts.append(buf)
         offset += len(buf)
-    return b"".join([MAGIC, _U32.pack(len(buffers)), bytes(table), _U32.pack(len(header)),
-                     header, *buffers])
+    head = [MAGIC, _U32.pack(len(buffers)), bytes(table), _U32.pack(len(header)), header]
+    lead = sum(len(h) for h in head)
+    return bytearray().join(head + [bytes(-lead % ALIGN)] + parts) if buffers else \
+        bytearray().join(head)
 
 
 def split_frame(frame: bytes | bytearray | memoryview) -> tuple[memoryview, list[memoryview]]:
@@ -47,6 +61,8 @@ def split_frame(frame: bytes | bytearray | memoryview) -> tuple[memoryview, list
     data_start = header_start + header_len
     if data_start > len(view):
         raise SerdeError("truncated frame: header runs past the end")
+    if count:
+        data_start += -data_start % ALIGN
     data = view[data_start:]
     buffers = []
     for offset, length in spans:
@@ -54,4 +70,4 @@ def split_frame(frame: bytes | bytearray | memoryview) -> tuple[memoryview, list
             raise SerdeError(f"truncated frame: a buffer of {length} bytes at {offset} runs past "
                              f"the {len(data)} bytes of data")
         buffers.append(data[offset:offset + length])
-    return view[header_start:data_start], buffers
+    return view[header_start:header_start + header_len], buffers

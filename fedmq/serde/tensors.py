@@ -100,6 +100,8 @@ def _tensor_from(buffers: list[memoryview], index: int, shape: tuple[int, ...],
                          f"{numel * itemsize} bytes, the payload has {len(raw)}")
     if numel == 0:
         return torch.empty(shape, dtype=dtype)
+    if not raw.readonly:  # a writable frame (bytearray): alias it, no copy
+        return torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape)
     out = torch.empty(len(raw), dtype=torch.uint8)
     out.numpy()[:] = np.frombuffer(raw, dtype=np.uint8)
     return out.view(dtype).reshape(shape)

@@ -48,5 +48,9 @@ class LocalNetwork:
         except KeyError:
             raise TransportError(f"no in-process worker with id {worker_id!r}") from None
 
+    def flush_all(self) -> None:
+        from fedmq.client import flush_all
+        flush_all()
+
     def __contains__(self, worker_id: str) -> bool:
         return worker_id in self._clients
