@@ -17,6 +17,7 @@ from fedmq.errors import (FedmqError, ObjectNotFoundError, OpNotAllowedError, Po
 from fedmq.hook import TorchHook
 from fedmq.pointers import PointerTensor, RemoteParameter
 from fedmq.workers import VirtualWorker
+from fedmq.workers.amqp import AMQPClientWorker
 
 #: set by TorchHook(torch)
 hook = None
@@ -26,7 +27,7 @@ local_worker = None
 __version__ = "0.1.0"
 
 __all__ = [
-    "FedmqError", "ObjectNotFoundError", "OpNotAllowedError", "PointerError", "PointerTensor",
+    "AMQPClientWorker", "FedmqError", "ObjectNotFoundError", "OpNotAllowedError", "PointerError", "PointerTensor",
     "RemoteError", "RemoteExecutionError", "RemoteParameter", "ReplyTimeout", "SerdeError",
     "TorchHook", "TransportError", "VirtualWorker", "hook", "local_worker",
 ]

@@ -61,7 +61,9 @@ class WorkerClient:
         flush_all()
         self._raise_async_error()
         frame = self._frame(message, sender)
-        reply = serde.decode(self.transport.request(self.id, frame, timeout=timeout))
+        reply = serde.decode(self.transport.request(self.id, frame, timeout=timeout,
+                                                    message_type=type(message).__name__))
+        self._raise_async_error()  # a pipelined failure that arrived before this reply
         return self._value(reply, message)
 
     def post(self, message: Any, *, sender: str | None = None) -> None:
@@ -82,7 +84,7 @@ class WorkerClient:
         flush_all()
         ids = self._take_pending()
         if ids:
-            self._send_now(m.DeleteObjects(ids), None)
+            self._send_now(m.DeleteObjects(ids), None, want_reply=False)
 
     def _send_buffer(self) -> None:
         commands, self._buffer = self._buffer, []
@@ -91,10 +93,17 @@ class WorkerClient:
         if commands:
             self._send_now(commands[0] if len(commands) == 1 else m.Batch(commands), None)
 
-    def _send_now(self, message: Any, sender: str | None) -> None:
-        reply_frame = self.transport.send(self.id, self._frame(message, sender))
-        if reply_frame is not None:
-            self.on_async_reply(serde.decode(reply_frame), message)
+    def _send_now(self, message: Any, sender: str | None, want_reply: bool = True) -> None:
+        def on_reply(frame: bytes) -> None:
+            try:
+                self.on_async_reply(serde.decode(frame), message)
+            except serde.SerdeError as exc:
+                self._async_errors.append((m.ErrorInfo("serde_error", str(exc), self.id),
+                                           message))
+
+        self.transport.send(self.id, self._frame(message, sender),
+                            on_reply=on_reply if want_reply else None,
+                            message_type=type(message).__name__)
 
     def on_async_reply(self, reply: Any, message: Any) -> None:
         """A reply to a posted message: keep its errors for the next sync point."""

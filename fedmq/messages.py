@@ -152,6 +152,19 @@ class Batch:
     messages: list
 
 
+@record(50)
+@dataclass(slots=True)
+class ListObjects:
+    """Reply with {id: object} for every stored object (pointers held there come back as
+    `PointerRef`s that do not take ownership): PySyft's `worker._objects`, remotely."""
+
+
+@record(51)
+@dataclass(slots=True)
+class WorkerStats:
+    """Reply with {"message_count": ..., "objects": ...}."""
+
+
 @record(60)
 @dataclass(slots=True)
 class Reply:

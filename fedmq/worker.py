@@ -37,6 +37,10 @@ class Worker:
             m.SearchRequest: self._on_search,
             m.ClearObjects: lambda msg: self.store.clear(),
             m.Batch: self._on_batch,
+            m.ListObjects: self._on_list,
+            # counts the messages handled before this one, so asking does not change the answer
+            m.WorkerStats: lambda msg: {"message_count": self.message_count - 1,
+                                         "objects": len(self.store)},
         }
 
     def register(self, message_type: type, handler: Callable[[Any], Any]) -> None:
@@ -48,21 +52,27 @@ class Worker:
     # -- the whole server side ------------------------------------------------------------------
     def handle_frame(self, frame: bytes) -> bytes:
         """Decode a frame, handle it, and encode the reply. Never raises for bad input."""
+        return self.handle_frame_checked(frame)[0]
+
+    def handle_frame_checked(self, frame: bytes) -> tuple[bytes, bool]:
+        """`handle_frame`, also saying whether the message failed (services dead-letter it)."""
         self.message_count += 1
         try:
             envelope = serde.decode(frame)
         except errors.SerdeError as exc:
             log.warning("worker %s: undecodable message: %s", self.id, exc)
-            return serde.encode(m.Reply(error=m.ErrorInfo("serde_error", str(exc), self.id)))
+            return serde.encode(m.Reply(error=m.ErrorInfo("serde_error", str(exc), self.id))), True
         reply = self.handle(envelope)
         if self.network is not None and hasattr(self.network, "flush_all"):
             # commands this worker pipelined to others while handling the message go out now
             self.network.flush_all()
+        failed = reply.error is not None or (
+            isinstance(getattr(envelope, "message", None), m.Batch) and bool(reply.value))
         try:
-            return serde.encode(reply)
+            return serde.encode(reply), failed
         except errors.SerdeError as exc:
             return serde.encode(m.Reply(error=m.ErrorInfo(
-                "serde_error", f"the result cannot be sent back: {exc}", self.id)))
+                "serde_error", f"the result cannot be sent back: {exc}", self.id))), True
 
     def handle(self, envelope: Any) -> m.Reply:
         if not isinstance(envelope, m.Envelope):
@@ -147,6 +157,21 @@ class Worker:
             if reply.error is not None:
                 errors_seen.append([index, reply.error])
         return errors_seen
+
+    def _on_list(self, msg: m.ListObjects) -> dict:
+        from fedmq.pointers.tensor import PointerTensor, ref_for
+
+        out = {}
+        for obj_id, entry in self.store._entries.items():
+            obj = entry.obj
+            if isinstance(obj, PointerTensor):  # describe it; ownership stays here
+                ref = ref_for(obj.location.id, obj.id_at_location, obj, entry.tags,
+                              entry.description)
+                obj = ref
+            elif isinstance(obj, FailedResult):
+                obj = f"<failed: {obj.error.message}>"
+            out[obj_id] = obj
+        return out
 
     def _on_delete(self, msg: m.DeleteObjects) -> None:
         for obj_id in msg.ids:

@@ -73,7 +73,8 @@ def test_optimizer_built_after_send_and_remote_grads(bob):
     assert model.weight.grad is None and grad.shape == (1, 3)
 
 
-def test_module_send_is_one_message(bob):
+def test_module_send_is_one_message(vbob):
+    bob = vbob
     model = SmallCNN()
     before = bob.message_count
     model.send(bob)

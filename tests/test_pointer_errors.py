@@ -69,12 +69,13 @@ def test_pointers_on_two_workers(bob, alice):
         torch.ones(2).send(bob) + torch.ones(2).send(alice)
 
 
-def _send_raw(worker, message):
+def _send_raw(worker, message):  # in-process only: looks inside the worker
     frame = serde.encode(m.Envelope(m.WIRE_VERSION, "mallory", message))
     return serde.decode(worker.worker.handle_frame(frame))
 
 
-def test_worker_refuses_non_allowlisted_op_name_from_the_wire(bob):
+def test_worker_refuses_non_allowlisted_op_name_from_the_wire(vbob):
+    bob = vbob
     x = torch.ones(2).send(bob)
     reply = _send_raw(bob, m.Command("os.system", ("echo pwned",), {}, [1]))
     assert reply.error.code == "op_not_allowed" and "os.system" in reply.error.message
@@ -97,7 +98,8 @@ class _Boom:
     serde.encode(m.Envelope(99, "x", m.ObjectsCount())),
     serde.encode(["not", "an", "envelope"]),
 ])
-def test_worker_answers_garbage_with_an_error_and_keeps_serving(bob, frame):
+def test_worker_answers_garbage_with_an_error_and_keeps_serving(vbob, frame):
+    bob = vbob
     reply = serde.decode(bob.worker.handle_frame(frame))
     assert isinstance(reply, m.Reply) and reply.error is not None
     assert reply.error.code == "serde_error"
@@ -105,7 +107,8 @@ def test_worker_answers_garbage_with_an_error_and_keeps_serving(bob, frame):
     assert (torch.ones(1).send(bob) + 1).get().tolist() == [2.0]
 
 
-def test_unknown_id_in_command(bob):
+def test_unknown_id_in_command(vbob):
+    bob = vbob
     reply = _send_raw(bob, m.Command("torch.add", (m.Ref(12345), m.Ref(12345)), {}, [1]))
     assert reply.error.code == "object_not_found"
     # the failed result is recorded: using it reports the original failure

@@ -1,7 +1,8 @@
 """The seed's §1–4 listings, run with only the import line changed, against what they print.
 
 Each listing is in tests/seed/. `worker_factory` is None for in-process workers; the RabbitMQ
-suite parametrizes it with worker processes (test_amqp_seed.py).
+fixture (tests/conftest.py) runs every listing twice: in-process, and with each
+`sy.VirtualWorker(...)` replaced by a client of a worker service over RabbitMQ.
 """
 from __future__ import annotations
 
@@ -20,11 +21,6 @@ TENSOR_LINE = re.compile(r"tensor\(([-\d.e]+)\)")
 def _objects_line(line: str) -> list[str]:
     """The values printed for a worker's `_objects` dict, in order."""
     return re.findall(r"\d+: (tensor\([^)]*\)|\(Wrapper\)>\[[^\]]*\])", line)
-
-
-@pytest.fixture(params=["local"])
-def worker_factory(request):
-    return None
 
 
 def test_s1_1_send_and_get(worker_factory):

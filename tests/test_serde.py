@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import fedmq
 import fedmq.messages as m
 from fedmq.serde import DTYPES, SerdeError, codec, decode, encode, record
+from fedmq.serde.frame import ALIGN  # buffers start at multiples of ALIGN bytes into the data
 
 MAGIC = b"FMQ1"
 NO_GRAD = 0xFFFFFFFF
@@ -123,14 +124,19 @@ def round_trip(obj):
 
 
 def build_frame(header: bytes, buffers=()) -> bytes:
-    """A frame made by hand from the documented layout:
-    b"FMQ1" | u32 n | n x (u64 offset, u64 length) | u32 header length | header | data."""
-    table, offset = b"", 0
+    """A frame made by hand from the documented layout (fedmq/serde/frame.py):
+    b"FMQ1" | u32 n | n x (u64 offset, u64 length) | u32 header length | header
+    | zero padding to a multiple of ALIGN (only when n > 0) | data, each buffer ALIGN-aligned.
+    Returned as read-only bytes (encode() returns a writable bytearray)."""
+    table, data = b"", b""
     for buf in buffers:
-        table += struct.pack("<QQ", offset, len(buf))
-        offset += len(buf)
-    return (MAGIC + struct.pack("<I", len(buffers)) + table + struct.pack("<I", len(header))
-            + header + b"".join(buffers))
+        data += bytes(-len(data) % ALIGN)
+        table += struct.pack("<QQ", len(data), len(buf))
+        data += bytes(buf)
+    head = MAGIC + struct.pack("<I", len(buffers)) + table + struct.pack("<I", len(header)) + header
+    if buffers:
+        head += bytes(-len(head) % ALIGN)
+    return head + data
 
 
 def tensor_ext(dtype_code: int, shape, flags: int = 0, data_index: int = 0,
@@ -185,12 +191,16 @@ def assert_allowlisted(value, path: str = "value") -> None:
 
 def split_documented(frame: bytes) -> tuple[bytes, list[bytes]]:
     """(msgpack header, buffers) of a valid frame, parsed from the documented layout."""
+    frame = bytes(frame)
     (count,) = struct.unpack_from("<I", frame, 4)
     spans = [struct.unpack_from("<QQ", frame, 8 + 16 * i) for i in range(count)]
     pos = 8 + 16 * count
     (header_len,) = struct.unpack_from("<I", frame, pos)
     header = frame[pos + 4:pos + 4 + header_len]
-    data = frame[pos + 4 + header_len:]
+    data_start = pos + 4 + header_len
+    if count:
+        data_start += -data_start % ALIGN
+    data = frame[data_start:]
     return header, [data[off:off + n] for off, n in spans]
 
 
@@ -485,17 +495,32 @@ class TestAutogradState:
 
 
 def test_decoded_tensors_are_writable_and_independent():
-    """Decoded tensors own their memory: writing one touches neither the frame nor another."""
+    """Decoded tensors are writable and never alias the tensor that was encoded; decoded from
+    read-only bytes they own their memory. (From a writable frame, such as the bytearray
+    encode() returns, decode may alias the frame instead of copying.)"""
     t = torch.arange(6, dtype=torch.float32)
     frame = encode(t)
-    a, b = decode(frame), decode(frame)
-    a.add_(1)
-    assert torch.equal(b, t) and torch.equal(decode(frame), t)
-    # also from a mutable buffer that is changed afterwards
-    buf = bytearray(frame)
-    c = decode(buf)
-    buf[-4:] = b"\xff\xff\xff\xff"
-    assert torch.equal(c, t)
+    d = decode(frame)
+    d.add_(1)
+    assert torch.equal(t, torch.arange(6, dtype=torch.float32))
+    ro = bytes(frame)
+    a, b = decode(ro), decode(ro)
+    a.mul_(0)
+    assert torch.equal(b, t) and torch.equal(decode(ro), t)
+
+
+@pytest.mark.parametrize("dtype", DTYPE_LIST, ids=str)
+@pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview", "unaligned_memoryview"])
+def test_decode_accepts_every_buffer_kind(dtype, kind):
+    """bytes, bytearray and memoryviews (even one starting at an odd address) all decode."""
+    t = seeded_tensor((3, 5), dtype, seed=9)
+    frame = bytes(encode({"t": t, "g": t[:, 1]}))
+    data = {"bytes": lambda: frame, "bytearray": lambda: bytearray(frame),
+            "memoryview": lambda: memoryview(frame),
+            "unaligned_memoryview": lambda: memoryview(bytearray(b"x") + frame)[1:]}[kind]()
+    got = decode(data)
+    assert_same(got["t"], t)
+    assert_same(got["g"], t[:, 1])
 
 
 # -- plain values and records -------------------------------------------------------------------
@@ -622,21 +647,30 @@ def test_envelope_wrapping_command_keeps_refs_and_tensors():
 # -- the frame: layout and size ------------------------------------------------------------------
 
 def test_frame_layout():
-    """encode() writes the documented layout; a tensor's bytes follow the header verbatim."""
+    """encode() writes the documented layout; each tensor's bytes sit verbatim at an
+    ALIGN-aligned offset after the header."""
     t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
-    frame = encode(t)
-    raw = t.numpy().tobytes()
+    u = torch.arange(5, dtype=torch.int16)
+    frame = bytes(encode([t, u]))
     assert frame[:4] == MAGIC
     (count,) = struct.unpack_from("<I", frame, 4)
-    assert count == 1
-    assert struct.unpack_from("<QQ", frame, 8) == (0, len(raw))
-    (header_len,) = struct.unpack_from("<I", frame, 24)
-    header = frame[28:28 + header_len]
-    assert frame[28 + header_len:] == raw
-    ext = msgpack.unpackb(header)
-    assert isinstance(ext, msgpack.ExtType) and ext.code == codec.EXT_TENSOR
-    assert ext.data == TENSOR_HEAD.pack(DTYPE_CODE[torch.float32], 0, 2, 0, NO_GRAD) + \
+    assert count == 2
+    spans = [struct.unpack_from("<QQ", frame, 8 + 16 * i) for i in range(2)]
+    (header_len,) = struct.unpack_from("<I", frame, 40)
+    header = frame[44:44 + header_len]
+    data_start = 44 + header_len + (-(44 + header_len) % ALIGN)
+    assert frame[44 + header_len:data_start] == bytes(data_start - 44 - header_len)  # padding
+    for (offset, length), tensor in zip(spans, (t, u)):
+        assert offset % ALIGN == 0 and (data_start + offset) % ALIGN == 0
+        assert frame[data_start + offset:data_start + offset + length] == tensor.numpy().tobytes()
+    assert data_start + spans[1][0] + spans[1][1] == len(frame)
+    exts = msgpack.unpackb(header)
+    assert [e.code for e in exts] == [codec.EXT_TENSOR] * 2
+    assert exts[0].data == TENSOR_HEAD.pack(DTYPE_CODE[torch.float32], 0, 2, 0, NO_GRAD) + \
         struct.pack("<2q", 3, 4)
+    assert exts[1].data == TENSOR_HEAD.pack(DTYPE_CODE[torch.int16], 0, 1, 1, NO_GRAD) + \
+        struct.pack("<1q", 5)
+    assert split_documented(frame) == (header, [t.numpy().tobytes(), u.numpy().tobytes()])
 
 
 def test_hand_built_frame_decodes():
@@ -740,11 +774,15 @@ def test_random_ext_payloads_raise_only_serde_error(exts, buffers):
 
 @pytest.mark.parametrize("frame", SAMPLE_FRAMES, ids=lambda f: f"{len(f)}B")
 def test_every_truncation_raises_serde_error(frame):
-    """A valid frame cut short at any length is refused with SerdeError."""
-    decode(frame)  # the whole frame is valid
+    """A valid frame cut short at any length is refused with SerdeError (or, if the cut only
+    removed alignment padding, decodes to the very same value)."""
+    whole = decode(bytes(frame))
     for n in range(len(frame)):
-        with pytest.raises(SerdeError):
-            decode(frame[:n])
+        try:
+            got = decode(bytes(frame[:n]))
+        except SerdeError:
+            continue
+        assert_same(got, whole, f"frame cut to {n} of {len(frame)} bytes")
 
 
 def test_truncated_large_frame_raises_serde_error():

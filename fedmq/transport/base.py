@@ -5,7 +5,7 @@ with the same docstring: what it is, its URL, its features.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 
 class Transport:
@@ -14,13 +14,17 @@ class Transport:
     #: True when `send` returns without waiting for the worker (pipelining)
     pipelines: bool = False
 
-    def request(self, worker_id: str, frame: bytes, timeout: float | None = None) -> bytes:
-        """Deliver `frame` to `worker_id` and return the reply frame."""
+    def request(self, worker_id: str, frame: bytes, timeout: float | None = None,
+                message_type: str = "message") -> bytes:
+        """Deliver `frame` to `worker_id` and return the reply frame (`message_type` names the
+        message in a timeout error)."""
         raise NotImplementedError(f"transport {self.name!r} does not implement request()")
 
-    def send(self, worker_id: str, frame: bytes) -> Optional[bytes]:
-        """Deliver `frame`; return the reply frame if the transport has it at no cost, else
-        None (the reply is not awaited)."""
+    def send(self, worker_id: str, frame: bytes,
+             on_reply: Optional[Callable[[bytes], None]] = None,
+             message_type: str = "message") -> None:
+        """Deliver `frame` without waiting; `on_reply`, if given, receives the reply frame
+        whenever it arrives (at once for in-process workers)."""
         raise NotImplementedError(f"transport {self.name!r} does not implement send()")
 
     def close(self) -> None:

@@ -21,15 +21,18 @@ class LocalTransport(Transport):
         self.worker = worker
         self._lock = threading.RLock()
 
-    def request(self, worker_id: str, frame: bytes, timeout: float | None = None) -> bytes:
+    def request(self, worker_id: str, frame: bytes, timeout: float | None = None,
+                message_type: str = "message") -> bytes:
         if worker_id != self.worker.id:
             raise TransportError(f"local transport of {self.worker.id!r} cannot reach "
                                  f"{worker_id!r}")
         with self._lock:
             return self.worker.handle_frame(frame)
 
-    def send(self, worker_id: str, frame: bytes) -> bytes:
-        return self.request(worker_id, frame)
+    def send(self, worker_id: str, frame: bytes, on_reply=None, message_type: str = "message"):
+        reply = self.request(worker_id, frame)
+        if on_reply is not None:
+            on_reply(reply)
 
 
 class LocalNetwork:

@@ -1,0 +1,233 @@
+"""The worker service: `fedmq worker --id alice --url amqp://...`.
+
+It consumes `fedmq.worker.<id>` and runs every frame through the same `Worker.handle_frame` as
+an in-process VirtualWorker. The rules (aio-pika's master/worker pattern, adapted):
+* one message at a time, in queue order (a single processing task; the op runs in a worker
+  thread so heartbeats keep flowing during long work);
+* the reply (direct reply-to, same correlation id) is published before the message is acked;
+* a message that cannot be decoded or executed is answered with an error, then rejected
+  without requeue, so the broker dead-letters it to `fedmq.dead-letters`;
+* a redelivered message whose id was already handled (the service crashed after handling it,
+  before the ack) is acked without running again, its cached reply resent if we have it;
+  handled ids are kept in a file under --state-dir, so this holds across restarts;
+* SIGTERM/SIGINT: stop consuming, finish the message in hand; prefetched messages that were
+  not started go back to the queue when the channel closes.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import os
+import pathlib
+import signal
+from typing import Any
+
+import aio_pika
+
+from fedmq.transport.amqp import (CHUNK_SIZE, DEAD_LETTER_EXCHANGE, DEFAULT_URL, AMQPConnection,
+                                  ChunkAssembler, chunk_messages, declare_topology, queue_name)
+from fedmq.worker import Worker
+
+log = logging.getLogger("fedmq.service")
+
+
+class HandledIds:
+    """Ids of messages already handled: the last `size` in memory, appended to a file."""
+
+    def __init__(self, path: pathlib.Path | None, size: int = 100_000) -> None:
+        self.path = path
+        self.size = size
+        self._order: collections.deque[str] = collections.deque()
+        self._set: set[str] = set()
+        self._replies: collections.OrderedDict[str, tuple[bytes, str]] = collections.OrderedDict()
+        if path is not None and path.exists():
+            for line in path.read_text().split()[-size:]:
+                self._remember(line)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._set
+
+    def add(self, key: str, reply: bytes | None = None, reply_to: str | None = None) -> None:
+        self._remember(key)
+        if reply is not None and reply_to:
+            self._replies[key] = (reply, reply_to)
+            while len(self._replies) > 64:
+                self._replies.popitem(last=False)
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(key + "\n")
+
+    def reply_for(self, key: str) -> tuple[bytes, str] | None:
+        return self._replies.get(key)
+
+    def _remember(self, key: str) -> None:
+        if key in self._set:
+            return
+        self._order.append(key)
+        self._set.add(key)
+        while len(self._order) > self.size:
+            self._set.discard(self._order.popleft())
+
+
+class WorkerService:
+    def __init__(self, worker_id: str, url: str = DEFAULT_URL, *, prefetch: int = 64,
+                 state_dir: str | os.PathLike | None = None, worker: Worker | None = None,
+                 chunk_size: int = CHUNK_SIZE) -> None:
+        self.id = worker_id
+        self.url = url
+        self.prefetch = prefetch
+        self.chunk_size = chunk_size
+        self.worker = worker
+        state = pathlib.Path(state_dir) if state_dir else None
+        if state is not None:
+            state.mkdir(parents=True, exist_ok=True)
+        self.handled = HandledIds(state / f"{worker_id}.handled" if state else None)
+        self._inbox: asyncio.Queue | None = None
+        self._stopping: asyncio.Event | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fedmq-op")
+        self._assembler = ChunkAssembler()
+        self._chunks: dict[str, list] = {}
+
+    async def start(self) -> None:
+        from fedmq.runtime import tune_malloc
+        from fedmq.workers.amqp import AMQPNetwork
+
+        tune_malloc()
+        self._inbox = asyncio.Queue()
+        self._stopping = asyncio.Event()
+        self.connection = await aio_pika.connect_robust(
+            self.url, client_properties={"connection_name": f"fedmq worker {self.id}"})
+        self.channel = await self.connection.channel()
+        await self.channel.set_qos(prefetch_count=self.prefetch)
+        exchanges = await declare_topology(self.channel)
+        self.queue = await self.channel.declare_queue(
+            queue_name(self.id), durable=True,
+            arguments={"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE})
+        await self.queue.bind(exchanges["commands"], routing_key=self.id)
+        # Outbound (moves, pointers to pointers): a client connection on this same loop.
+        self.outbound = await AMQPConnection.on_running_loop(self.url, chunk_size=self.chunk_size,
+                                                             confirm=True)
+        network = AMQPNetwork(self.outbound, sender=self.id)
+        if self.worker is None:
+            self.worker = Worker(self.id, network)
+        else:
+            self.worker.network = network
+        self._processor = asyncio.ensure_future(self._process_loop())
+        self._consumer_tag = await self.queue.consume(self._inbox.put)
+        log.info("fedmq worker %s: consuming %s on %s (prefetch %d)", self.id, self.queue.name,
+                 self.outbound._safe_url(), self.prefetch)
+
+    async def run_until_stopped(self) -> None:
+        assert self._stopping is not None
+        await self._stopping.wait()
+        await self.stop()
+
+    def request_stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def stop(self) -> None:
+        """Stop consuming, finish the message in hand, requeue the rest, close."""
+        try:
+            await self.queue.cancel(self._consumer_tag)
+        except Exception:  # pragma: no cover - the channel may already be gone
+            pass
+        assert self._inbox is not None
+        await self._inbox.join() if self._inbox.qsize() == 0 else None
+        self._processor.cancel()
+        try:
+            await self.channel.close()  # unacked prefetched messages go back to the queue
+        finally:
+            await self.outbound.aclose()
+            await self.connection.close()
+            self._executor.shutdown(wait=True)
+        log.info("fedmq worker %s: stopped", self.id)
+
+    async def _process_loop(self) -> None:
+        assert self._inbox is not None
+        while True:
+            message = await self._inbox.get()
+            try:
+                if self._stopping.is_set():
+                    continue  # not started: it is requeued when the channel closes
+                await self._handle(message)
+            except Exception:  # never let one message stop the service
+                log.exception("fedmq worker %s: failed to process a message", self.id)
+            finally:
+                self._inbox.task_done()
+
+    async def _handle(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        headers = message.headers or {}
+        key = str(headers.get("x-fedmq-frame") or message.message_id or "")
+        if "x-fedmq-chunks" in headers:
+            self._chunks.setdefault(key, []).append(message)
+        frame = self._assembler.add(headers, message.body)
+        if frame is None:
+            return  # more chunks to come; acked together once the whole frame is handled
+        messages = self._chunks.pop(key, [message])
+        if key and key in self.handled:
+            log.warning("fedmq worker %s: message %s was already handled; not running it again",
+                        self.id, key)
+            cached = self.handled.reply_for(key)
+            if cached is not None:
+                await self._reply(cached[0], cached[1], message.correlation_id)
+            for msg in messages:
+                await msg.ack()
+            return
+        loop = asyncio.get_running_loop()
+        reply, failed = await loop.run_in_executor(self._executor,
+                                                   self.worker.handle_frame_checked, frame)
+        if message.reply_to:
+            await self._reply(reply, message.reply_to, message.correlation_id)
+        if key:
+            self.handled.add(key, reply if message.reply_to else None, message.reply_to)
+        for msg in messages:
+            if failed:
+                await msg.reject(requeue=False)  # -> fedmq.dlx -> fedmq.dead-letters
+            else:
+                await msg.ack()
+
+    async def _reply(self, reply: bytes, reply_to: str, correlation_id: str | None) -> None:
+        for out in chunk_messages(reply, self.chunk_size, correlation_id=correlation_id,
+                                  content_type="application/x-fedmq-frame"):
+            await self.channel.default_exchange.publish(out, routing_key=reply_to,
+                                                        mandatory=False)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = None
+    if args.dataset or args.testing:
+        from fedmq.data.worker_data import build_worker  # arrives with the data sources
+        worker = build_worker(args)
+
+    async def main() -> None:
+        service = WorkerService(args.id, args.url, prefetch=args.prefetch,
+                                state_dir=args.state_dir, worker=worker)
+        await service.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.request_stop)
+        await service.run_until_stopped()
+
+    asyncio.run(main())
+    return 0
+
+
+def add_worker_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="run a worker service consuming fedmq.worker.<id>")
+    p.add_argument("--id", required=True, help="worker id (queue fedmq.worker.<id>)")
+    p.add_argument("--url", default=os.environ.get("FEDMQ_AMQP_URL", DEFAULT_URL),
+                   help="broker URL (default $FEDMQ_AMQP_URL or %(default)s)")
+    p.add_argument("--prefetch", type=int, default=64)
+    p.add_argument("--state-dir", default=os.environ.get("FEDMQ_STATE_DIR"),
+                   help="where handled message ids are kept across restarts")
+    p.add_argument("--dataset", help="dataset this worker holds (mnist5k, fashion-mnist, ...)")
+    p.add_argument("--labels", help="label range of this worker's partition, e.g. 0-3")
+    p.add_argument("--testing", action="store_true", help="hold the held-out test set")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=run_worker)

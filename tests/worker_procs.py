@@ -1,0 +1,92 @@
+"""Real worker processes (`python -m fedmq.cli worker --id ...`) for the RabbitMQ tests."""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pika
+
+AMQP_URL = os.environ.get("FEDMQ_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def _channel():
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    return conn, conn.channel()
+
+
+def consumer_count(queue: str) -> int:
+    conn, ch = _channel()
+    try:
+        return ch.queue_declare(queue, passive=True).method.consumer_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def purge(queue: str) -> None:
+    conn, ch = _channel()
+    try:
+        ch.queue_purge(queue)
+    except pika.exceptions.ChannelClosedByBroker:
+        pass
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+class WorkerProcesses:
+    """Starts, stops and kills worker services; their output goes to log files."""
+
+    def __init__(self, log_dir: pathlib.Path) -> None:
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, worker_id: str, *extra: str, wait: bool = True) -> subprocess.Popen:
+        purge(f"fedmq.worker.{worker_id}") if worker_id not in self.procs else None
+        log = open(self.log_dir / f"{worker_id}.log", "a")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fedmq.cli", "worker", "--id", worker_id, "--url", AMQP_URL,
+             "--state-dir", str(self.log_dir / "state"), *extra],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.procs[worker_id] = proc
+        if wait:
+            self.wait_consuming(worker_id, proc)
+        return proc
+
+    def wait_consuming(self, worker_id: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker {worker_id} exited: {self.log(worker_id)[-2000:]}")
+            if consumer_count(f"fedmq.worker.{worker_id}") >= 1 and \
+                    "consuming" in self.log(worker_id):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"worker {worker_id} did not start: {self.log(worker_id)[-2000:]}")
+
+    def log(self, worker_id: str) -> str:
+        path = self.log_dir / f"{worker_id}.log"
+        return path.read_text() if path.exists() else ""
+
+    def stop(self, worker_id: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        proc = self.procs.pop(worker_id)
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def kill(self, worker_id: str) -> None:
+        self.stop(worker_id, signal.SIGKILL)
+
+    def stop_all(self) -> None:
+        for worker_id in list(self.procs):
+            self.stop(worker_id)
