@@ -178,8 +178,11 @@ class WorkerService:
                 await msg.ack()
             return
         loop = asyncio.get_running_loop()
+        started = loop.time()
         reply, failed = await loop.run_in_executor(self._executor,
                                                    self.worker.handle_frame_checked, frame)
+        log.debug("fedmq worker %s: handled message %s in %.1f ms%s", self.id, key,
+                  (loop.time() - started) * 1e3, " (failed)" if failed else "")
         if message.reply_to:
             await self._reply(reply, message.reply_to, message.correlation_id)
         if key:

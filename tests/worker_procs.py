@@ -47,8 +47,11 @@ class WorkerProcesses:
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, worker_id: str, *extra: str, wait: bool = True) -> subprocess.Popen:
-        purge(f"fedmq.worker.{worker_id}") if worker_id not in self.procs else None
+    def start(self, worker_id: str, *extra: str, wait: bool = True,
+              fresh: bool = True) -> subprocess.Popen:
+        """Start a worker; `fresh` empties its queue first (not on a restart)."""
+        if fresh:
+            purge(f"fedmq.worker.{worker_id}")
         log = open(self.log_dir / f"{worker_id}.log", "a")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(

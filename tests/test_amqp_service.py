@@ -1,0 +1,164 @@
+"""The worker service over the real broker: bad input is answered and dead-lettered, crashes
+lose nothing acknowledged, big payloads are chunked, shutdown is clean."""
+from __future__ import annotations
+
+import pickle
+import time
+import uuid
+
+import pika
+import pytest
+import torch
+
+import fedmq
+from fedmq import messages as m, serde
+from fedmq.transport.amqp import DEAD_LETTER_QUEUE
+from worker_procs import AMQP_URL, WorkerProcesses
+
+pytestmark = pytest.mark.amqp
+
+
+@pytest.fixture
+def procs(tmp_path):
+    p = WorkerProcesses(tmp_path)
+    yield p
+    p.stop_all()
+
+
+class RawClient:
+    """Publishes raw bytes to a worker's queue and reads the reply (pika, direct reply-to)."""
+
+    def __init__(self) -> None:
+        self.conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        self.ch = self.conn.channel()
+        self.replies: dict[str, bytes] = {}
+        self.ch.basic_consume("amq.rabbitmq.reply-to", self._on_reply, auto_ack=True)
+
+    def _on_reply(self, ch, method, props, body):
+        self.replies[props.correlation_id] = body
+
+    def call(self, worker_id: str, body: bytes, message_id: str | None = None,
+             timeout: float = 30) -> m.Reply:
+        corr = uuid.uuid4().hex
+        self.ch.basic_publish("fedmq.commands", worker_id, body, pika.BasicProperties(
+            reply_to="amq.rabbitmq.reply-to", correlation_id=corr,
+            message_id=message_id or uuid.uuid4().hex))
+        deadline = time.monotonic() + timeout
+        while corr not in self.replies and time.monotonic() < deadline:
+            self.conn.process_data_events(time_limit=0.1)
+        assert corr in self.replies, f"no reply from {worker_id}"
+        return serde.decode(self.replies.pop(corr))
+
+    def dead_lettered(self, message_id: str, timeout: float = 10) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            method, props, body = self.ch.basic_get(DEAD_LETTER_QUEUE, auto_ack=True)
+            if method is None:
+                time.sleep(0.1)
+            elif props.message_id == message_id:
+                return True
+        return False
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def envelope(message) -> bytes:
+    return bytes(serde.encode(m.Envelope(m.WIRE_VERSION, "test", message)))
+
+
+def test_service_logs_its_start(procs):
+    procs.start("svc_log")
+    line = next(line for line in procs.log("svc_log").splitlines() if "consuming" in line)
+    assert "svc_log" in line and "fedmq.worker.svc_log" in line and "127.0.0.1:5672" in line
+
+
+def test_call_without_a_worker_times_out_clearly(hook):
+    nobody = fedmq.AMQPClientWorker(hook, id=f"nobody-{uuid.uuid4().hex[:6]}", url=AMQP_URL,
+                                    timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(fedmq.ReplyTimeout) as info:
+        nobody.objects_count()
+    assert time.monotonic() - started < 5
+    assert nobody.id in str(info.value) and "ObjectsCount" in str(info.value)
+
+
+@pytest.mark.parametrize("name,body", [
+    ("garbage", b"\x00\x01 this is not a frame"),
+    ("pickle", pickle.dumps({"evil": "payload"})),
+    ("not allowlisted", envelope(m.Command("os.system", ("echo pwned",), {}, [], reply=True))),
+    ("truncated", envelope(m.ObjectsCount())[:-3]),
+])
+def test_bad_messages_get_an_error_reply_and_are_dead_lettered(procs, name, body):
+    procs.start("svc_bad")
+    raw = RawClient()
+    try:
+        msg_id = uuid.uuid4().hex
+        reply = raw.call("svc_bad", body, message_id=msg_id)
+        assert isinstance(reply, m.Reply) and reply.error is not None
+        assert reply.error.code in ("serde_error", "op_not_allowed")
+        assert raw.dead_lettered(msg_id), "the failed message did not reach fedmq.dead-letters"
+        # ... and the worker answers the next request
+        assert raw.call("svc_bad", envelope(m.ObjectsCount())).value == 0
+    finally:
+        raw.close()
+
+
+def test_redelivered_message_is_not_run_twice(procs):
+    procs.start("svc_dedup")
+    raw = RawClient()
+    try:
+        raw.call("svc_dedup", envelope(m.ObjectMessage([m.StoredObject(7, torch.zeros(2))])))
+        inc = envelope(m.Command("Tensor.add_", (m.Ref(7), 1), {}, [None]))
+        raw.call("svc_dedup", inc, message_id="same-id")
+        raw.call("svc_dedup", inc, message_id="same-id")  # as a redelivery after a crash
+        value = raw.call("svc_dedup", envelope(m.GetRequest([7], delete=False))).value[0]
+        assert value.tolist() == [1.0, 1.0]
+        assert "already handled" in procs.log("svc_dedup")
+    finally:
+        raw.close()
+
+
+def test_killed_worker_runs_the_unacked_command_once_after_restart(procs, hook):
+    procs.start("svc_crash", "--log-level", "debug")
+    raw = RawClient()
+    try:
+        # A self-contained batch that takes seconds: store a tensor, then many big matmuls.
+        n = 1200
+        work = [m.ObjectMessage([m.StoredObject(1, torch.ones(n, n) / n)])]
+        work += [m.Command("torch.mm", (m.Ref(1), m.Ref(1)), {}, [2])] * 40
+        work += [m.Command("Tensor.sum", (m.Ref(2),), {}, [3])]
+        msg_id = uuid.uuid4().hex
+        corr = uuid.uuid4().hex
+        raw.ch.basic_publish("fedmq.commands", "svc_crash", envelope(m.Batch(work)),
+                             pika.BasicProperties(reply_to="amq.rabbitmq.reply-to",
+                                                  correlation_id=corr, message_id=msg_id))
+        time.sleep(1.5)  # the worker is inside the batch, the message unacked
+        procs.kill("svc_crash")
+        assert f"handled message {msg_id}" not in procs.log("svc_crash")
+        procs.start("svc_crash", "--log-level", "debug", fresh=False)  # the batch is redelivered
+        deadline = time.monotonic() + 120
+        while corr not in raw.replies and time.monotonic() < deadline:
+            raw.conn.process_data_events(time_limit=0.2)
+        assert corr in raw.replies, "the caller never got an answer"
+        assert serde.decode(raw.replies[corr]).error is None
+        result = raw.call("svc_crash", envelope(m.GetRequest([3]))).value[0]
+        assert result.item() == pytest.approx(n, rel=1e-3)
+        assert procs.log("svc_crash").count(f"handled message {msg_id}") == 1
+    finally:
+        raw.close()
+
+
+def test_payload_above_the_broker_limit_is_chunked(worker_processes, hook):
+    bob = fedmq.AMQPClientWorker(hook, id="bob", url=AMQP_URL, timeout=120)
+    big = torch.arange(36 * 1024 * 1024, dtype=torch.float32)  # 144 MiB > 128 MiB default limit
+    ptr = big.send(bob)
+    doubled = (ptr * 2).get()
+    assert doubled.shape == big.shape and doubled[-1].item() == 2 * big[-1].item()
+    assert torch.equal(doubled, big * 2)
+
+
+def test_sigterm_stops_cleanly(procs):
+    procs.start("svc_term")
+    assert procs.stop("svc_term") == 0
+    assert "stopped" in procs.log("svc_term")
