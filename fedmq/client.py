@@ -26,6 +26,9 @@ from fedmq.errors import remote_error_from
 
 #: how many commands a buffer holds before it is sent on its own
 MAX_BATCH = 256
+#: messages that look at a worker's store: deferred gets are carried out before them
+_LOOKS_AT_STORE = (m.ObjectsCount, m.ListObjects, m.WorkerStats, m.SearchRequest,
+                   m.ClearObjects)
 _dirty: dict[int, "WorkerClient"] = {}
 _dirty_lock = threading.Lock()
 
@@ -54,10 +57,14 @@ class WorkerClient:
         self._async_errors: list = []
         #: remote parameters of sent models, by remote id (for gradient bookkeeping)
         self._remote_params: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        #: deferred `model.get()`s from this worker (pointers/parameter.py PendingGet)
+        self._pending_gets: dict[int, Any] = {}
 
     # -- sending ---------------------------------------------------------------------------------
     def call(self, message: Any, *, sender: str | None = None, timeout: float | None = None) -> Any:
         """Send `message`, wait for the reply, return its value or raise the worker's error."""
+        if self._pending_gets and type(message) in _LOOKS_AT_STORE:
+            self.carry_out_pending_gets()
         flush_all()
         self._raise_async_error()
         frame = self._frame(message, sender)
@@ -78,6 +85,11 @@ class WorkerClient:
             return
         flush_all()
         self._send_now(message, sender)
+
+    def carry_out_pending_gets(self) -> None:
+        """Finish every deferred `model.get()` from this worker (before anyone looks at it)."""
+        for pending in list(self._pending_gets.values()):
+            pending.carry_out()
 
     def flush(self) -> None:
         """Send buffered commands and pending deletes now."""

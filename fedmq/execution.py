@@ -21,6 +21,8 @@ class PreviousOpFailed(RemoteExecutionError):
 def resolve(value: Any, store: ObjectStore) -> Any:
     """Replace every `Ref` in `value` (nested in tuples, lists, dicts) with the stored object."""
     cls = type(value)
+    if cls is int or cls is float or value is None or cls is bool:
+        return value
     if cls is Ref:
         obj = store.get(value.id)
         if isinstance(obj, FailedResult):
@@ -57,9 +59,12 @@ def run_command(cmd: Command, store: ObjectStore, worker_id: str) -> Any:
     stored). With `cmd.reply` the value is returned, tensors as `PointerRef`s to fresh ids."""
     op = ops.lookup(cmd.op)
     args = resolve(cmd.args, store)
-    kwargs = resolve(cmd.kwargs, store)
-    with torch.set_grad_enabled(cmd.grad_enabled):
+    kwargs = resolve(cmd.kwargs, store) if cmd.kwargs else {}
+    if cmd.grad_enabled == torch.is_grad_enabled():
         result = op.fn(*args, **kwargs)
+    else:
+        with torch.set_grad_enabled(cmd.grad_enabled):
+            result = op.fn(*args, **kwargs)
     if cmd.op == "Tensor.backward":
         return store.ids_with_grad()
     if cmd.reply:

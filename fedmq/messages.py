@@ -69,7 +69,7 @@ class StoredObject:
 class Envelope:
     """What travels: the message plus who sent it and which wire version it speaks.
     `release` lists objects whose pointers were garbage collected: the worker deletes them
-    before and after handling `message` (deletes ride along instead of costing messages of their own)."""
+    after a Command or Batch (which may still read or create them), before anything else (deletes ride along instead of costing messages of their own)."""
     version: int
     sender: str
     message: Any

@@ -14,7 +14,7 @@ from torch import nn
 from fedmq import messages as m
 from fedmq.errors import PointerError
 from fedmq.ids import new_id
-from fedmq.pointers.parameter import is_remote_tensor, make_local, make_remote, retarget
+from fedmq.pointers.parameter import PendingGet, is_remote_tensor, make_remote, retarget
 
 
 def module_tensors(module: nn.Module) -> list[torch.Tensor]:
@@ -44,6 +44,9 @@ def send(module: nn.Module, *locations: Any, **_ignored: Any) -> nn.Module:
         raise NotImplementedError("a model is sent to one worker at a time; use .share() to "
                                   "split it across workers")
     location = locations[0]
+    pending = _pending(module)
+    if pending is not None:  # get() not carried out yet: the model never has to come home
+        pending.cancel()
     current = location_of(module)
     if current is not None:
         return module if current is location else move(module, location)
@@ -57,14 +60,30 @@ def send(module: nn.Module, *locations: Any, **_ignored: Any) -> nn.Module:
 
 
 def get(module: nn.Module) -> nn.Module:
+    """Bring the model home. Carried out lazily, like a non-blocking device copy: the
+    parameters arrive (in one message) the first time anything looks at them or at the
+    worker's store; if the model is sent out again before that, nothing travels at all (a
+    `send` to the same worker), or it goes worker to worker (a `send` elsewhere)."""
     location = location_of(module)
-    if location is None:
+    if location is None or _pending(module) is not None:
         return module
-    tensors = module_tensors(module)
-    values = location.call(m.GetRequest([t._fedmq_id for t in tensors], delete=True))
-    for t, value in zip(tensors, values):
-        make_local(t, value)
+    PendingGet(location, module_tensors(module))
     return module
+
+
+def fetch(module: nn.Module) -> nn.Module:
+    """`get()` carried out now."""
+    get(module)
+    pending = _pending(module)
+    if pending is not None:
+        pending.carry_out()
+    return module
+
+
+def _pending(module: nn.Module) -> PendingGet | None:
+    for t in module_tensors(module):
+        return t._fedmq_pending if is_remote_tensor(t) else None
+    return None
 
 
 def move(module: nn.Module, destination: Any, **_ignored: Any) -> nn.Module:
@@ -84,6 +103,9 @@ def move(module: nn.Module, destination: Any, **_ignored: Any) -> nn.Module:
 
 
 def copy_module(module: nn.Module) -> nn.Module:
+    pending = _pending(module)
+    if pending is not None:
+        pending.carry_out()
     if location_of(module) is not None:
         raise PointerError("copy() a model before sending it (this one is on a worker)")
     return copy.deepcopy(module)

@@ -136,7 +136,9 @@ class WorkerService:
         except Exception:  # pragma: no cover - the channel may already be gone
             pass
         assert self._inbox is not None
-        await self._inbox.join() if self._inbox.qsize() == 0 else None
+        # The message in hand is finished; queued ones are skipped (see _process_loop) and,
+        # never acked, go back to the queue when the channel closes.
+        await self._inbox.join()
         self._processor.cancel()
         try:
             await self.channel.close()  # unacked prefetched messages go back to the queue

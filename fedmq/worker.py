@@ -79,14 +79,18 @@ class Worker:
         if envelope.version != m.WIRE_VERSION:
             return self._error("serde_error", f"wire version {envelope.version} is not "
                                               f"supported (this worker speaks {m.WIRE_VERSION})")
-        # Released ids are deleted before the message (so it sees an up-to-date store) and again
-        # after it: with buffered commands a result's pointer can die before the batch that
-        # creates the result is even sent.
-        for obj_id in envelope.release:
-            self.store.delete(obj_id)
+        # Released ids: their pointers are dead. Commands in the same envelope may still read
+        # them (they were buffered while the pointer lived) or create them (a result's pointer
+        # can die before its batch is sent), so deletes run after a Command or Batch, and
+        # before anything else (so ObjectsCount and friends see an up-to-date store).
+        after = type(envelope.message) in (m.Command, m.Batch)
+        if not after:
+            for obj_id in envelope.release:
+                self.store.delete(obj_id)
         reply = self.handle_message(envelope.message)
-        for obj_id in envelope.release:
-            self.store.delete(obj_id)
+        if after:
+            for obj_id in envelope.release:
+                self.store.delete(obj_id)
         return reply
 
     def handle_message(self, message: Any) -> m.Reply:

@@ -73,14 +73,55 @@ def test_optimizer_built_after_send_and_remote_grads(bob):
     assert model.weight.grad is None and grad.shape == (1, 3)
 
 
-def test_module_send_is_one_message(vbob):
+def test_module_send_and_get_are_one_message_each(vbob):
     bob = vbob
     model = SmallCNN()
+    expected = copy.deepcopy(model.state_dict())
     before = bob.message_count
     model.send(bob)
     assert bob.message_count - before == 1
-    model.get()
+    model.get()  # deferred: carried out by the first look at the parameters
+    assert bob.message_count - before == 1
+    assert torch.equal(model.conv.weight, expected["conv.weight"])
     assert bob.message_count - before == 2
+    assert all(type(p) is nn.Parameter for p in model.parameters())
+    assert bob.objects_count() == 0
+
+
+def test_deferred_get_then_send_again_moves_nothing(vbob, hook):
+    import fedmq
+    bob = vbob
+    alice = fedmq.VirtualWorker(hook, id="alice")
+    model = nn.Linear(4, 2)
+    expected = copy.deepcopy(model.state_dict())
+    model.send(bob).get()
+    before = bob.message_count
+    model.send(bob)  # the get was never carried out: nothing travels
+    assert bob.message_count == before
+    model.get()
+    model.send(alice)  # goes bob -> alice directly
+    assert bob.objects_count() == 0 and alice.objects_count() == 2
+    model.get()
+    assert alice.objects_count() == 0  # looking at the store carries the get out
+    for k, v in expected.items():
+        assert torch.equal(model.state_dict()[k], v)
+
+
+def test_deferred_get_is_carried_out_by_any_use(vbob):
+    import fedmq
+    model = nn.Linear(3, 1)
+    expected = model.weight.detach().clone()
+    model.send(vbob).get()
+    assert torch.equal(model.weight.data, expected)  # .data
+    model.send(vbob).get()
+    assert "Parameter" in repr(model.weight)          # printing
+    model.send(vbob).get()
+    clone = copy.deepcopy(model)                       # copying
+    assert torch.equal(clone.weight, expected)
+    model.send(vbob).get()
+    assert torch.equal(model(torch.ones(1, 3)), clone(torch.ones(1, 3)))  # running it
+    assert isinstance(model.weight, nn.Parameter) and not isinstance(
+        model.weight, fedmq.RemoteParameter)
 
 
 def test_model_move_goes_worker_to_worker(bob, alice):

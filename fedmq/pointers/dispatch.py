@@ -55,10 +55,6 @@ def _format(func: Callable, args: tuple, kwargs: dict) -> str:
     return _repr(func, args, kwargs)
 
 
-def _hash(func: Callable, args: tuple, kwargs: dict) -> int:
-    return id(args[0])
-
-
 def _refuse_copy(func: Callable, args: tuple, kwargs: dict) -> Any:
     raise PointerError("a remote tensor cannot be copied or pickled locally: use .copy() on "
                        "the pointer for a remote copy, or .get() to fetch it")
@@ -108,9 +104,9 @@ for _fn in (torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.Tenso
             torch.is_complex, torch.is_floating_point, torch.numel, torch.Tensor.__dir__,
             torch.Tensor.dim_order):
     _LOCAL[_fn] = _plain
+_LOCAL[torch.Tensor.__hash__] = _plain  # hashing never fetches (optimizer state is keyed by it)
 _LOCAL[torch.Tensor.__repr__] = _repr
 _LOCAL[torch.Tensor.__format__] = _format
-_LOCAL[torch.Tensor.__hash__] = _hash
 for _fn in (torch.Tensor.__deepcopy__, torch.Tensor.__reduce_ex__, torch.Tensor.__array__,
             torch.Tensor.__setstate__):
     _LOCAL[_fn] = _refuse_copy
@@ -126,6 +122,8 @@ def torch_function(cls, func, types, args=(), kwargs=None):
         local = _LOCAL.get(func)
     except TypeError:
         local = None
+    if local is not _plain and _carry_out_pending_gets(args, kwargs):
+        return func(*args, **kwargs)  # the model came home: run the call as usual
     if local is not None:
         return local(func, args, kwargs)
     name = ops.name_of(func)
@@ -135,10 +133,27 @@ def torch_function(cls, func, types, args=(), kwargs=None):
     return _remote_call(name, func, args, kwargs)
 
 
+def _carry_out_pending_gets(args: tuple, kwargs: dict) -> bool:
+    """A deferred `model.get()` is carried out as soon as one of its tensors is used."""
+    done = False
+    for value in (*args, *kwargs.values()):
+        if type(value) in (tuple, list):
+            done |= _carry_out_pending_gets(tuple(value), {})
+        else:
+            pending = getattr(value, "_fedmq_pending", None)
+            if pending is not None and is_remote(value):
+                pending.carry_out()
+                done = True
+    return done
+
+
 def _remote_call(name: str, func: Callable, args: tuple, kwargs: dict, sync: bool = False) -> Any:
     found: list = []
-    wire_args = _unwrap(args, found, name)
-    wire_kwargs = _unwrap(kwargs, found, name)
+    distinct: dict[int, Any] = {}
+    key: list = [name, torch.is_grad_enabled()]  # the meta-cache key, built on the same walk
+    wire_args = _unwrap(args, found, name, distinct, key)
+    key.append("|")
+    wire_kwargs = _unwrap(kwargs, found, name, distinct, key) if kwargs else kwargs
     if not found:
         raise PointerError(f"{name} was dispatched to fedmq without a remote argument")
     location = location_of(found[0])
@@ -161,7 +176,8 @@ def _remote_call(name: str, func: Callable, args: tuple, kwargs: dict, sync: boo
     if name in ("Tensor.to", "Tensor.cpu") and _to_is_noop(args, kwargs):
         return args[0]
 
-    spec = None if sync else meta.spec_for(func, name, args, kwargs, is_remote)
+    spec = None if sync else meta.spec_for(func, name, args, kwargs, is_remote,
+                                           key=tuple(key) if key[-1] is not _UNHASHABLE else None)
     if spec is None:
         value = location.call(m.Command(name, wire_args, wire_kwargs, [], grad, reply=True))
         from fedmq.pointers.tensor import materialize
@@ -169,51 +185,60 @@ def _remote_call(name: str, func: Callable, args: tuple, kwargs: dict, sync: boo
 
     result_ids = [None if type(leaf) is meta.Alias else new_id() for leaf in spec.leaves]
     location.post(m.Command(name, wire_args, wire_kwargs, result_ids, grad))
-    return _wrap(spec.template, iter(result_ids), _distinct(args, kwargs), location, owner)
+    return _wrap(spec.template, iter(result_ids), [v for _, v in distinct.values()], location,
+                 owner)
 
 
-def _unwrap(value: Any, found: list, name: str) -> Any:
+_UNHASHABLE = object()
+
+
+def _unwrap(value: Any, found: list, name: str, distinct: dict, key: list) -> Any:
+    """Pointers -> Refs; `found` gets every remote input, `distinct` each one once, in
+    first-appearance order (the order meta.Alias indexes); `key` gets a flat, hashable
+    description of the call for the meta cache (ends with _UNHASHABLE if there is none)."""
+    cls = type(value)
+    if cls is int or cls is float or value is None or cls is bool or cls is str:
+        key.append(cls)
+        key.append(value)
+        return value
     if isinstance(value, torch.Tensor):
-        if is_remote(value):
+        kind = getattr(cls, "_fedmq_kind", None)
+        if kind is not None:
             found.append(value)
-            if type(value)._fedmq_kind == "pointer":
-                value._check_usable()
+            n = len(distinct)
+            index = distinct.setdefault(id(value), (n, value))[0]
+            with torch._C.DisableTorchFunctionSubclass():
+                key.append((index, value.shape, value.dtype, value.requires_grad))
+            if kind == "pointer":
+                if value._consumed:
+                    value._check_usable()
                 return m.Ref(value.id_at_location, value.attr)
             return m.Ref(value._fedmq_id)
         kind = "parameter" if isinstance(value, torch.nn.Parameter) else "tensor"
         raise PointerError(f"{name}: a local {kind} of shape {tuple(value.shape)} was mixed with "
                            f"remote data; send it to the worker first (a local tensor is never "
                            f"moved implicitly)")
-    cls = type(value)
+    # Module-level recursion, never a closure: a recursive closure is a reference cycle, and a
+    # cycle would keep dead pointers (and so their remote objects) alive until the next GC.
     if cls is tuple or cls is list:
-        return cls(_unwrap(v, found, name) for v in value)
+        key.append(cls)
+        key.append(len(value))
+        return cls([_unwrap(v, found, name, distinct, key) for v in value])
     if cls is dict:
-        return {k: _unwrap(v, found, name) for k, v in value.items()}
+        key.append(dict)
+        key.append(tuple(value))
+        return {k: _unwrap(v, found, name, distinct, key) for k, v in value.items()}
     if isinstance(value, tuple) and not isinstance(value, torch.Size):
-        return tuple(_unwrap(v, found, name) for v in value)
+        key.append(tuple)
+        key.append(len(value))
+        return tuple(_unwrap(v, found, name, distinct, key) for v in value)
+    try:
+        hash(value)
+        key.append(cls)
+        key.append(value)
+    except TypeError:
+        key.append(_UNHASHABLE)
     return value
-
-
-def _distinct(args: tuple, kwargs: dict) -> list:
-    """Remote inputs in first-appearance order (the order meta.Alias indexes)."""
-    seen: dict[int, Any] = {}
-    _collect(args, seen)
-    _collect(kwargs, seen)
-    return list(seen.values())
-
-
-def _collect(value: Any, seen: dict) -> None:
-    # A module-level function, not a closure: a recursive closure is a reference cycle, and
-    # a cycle would keep dead pointers (and so their remote objects) alive until the next GC.
-    if isinstance(value, torch.Tensor):
-        if is_remote(value) and id(value) not in seen:
-            seen[id(value)] = value
-    elif type(value) in (tuple, list):
-        for v in value:
-            _collect(v, seen)
-    elif type(value) is dict:
-        for v in value.values():
-            _collect(v, seen)
 
 
 def _wrap(template: Any, ids, inputs: list, location: Any, owner: Any) -> Any:

@@ -43,10 +43,11 @@ def local_meta(t: torch.Tensor) -> tuple[tuple, torch.dtype, bool]:
 
 
 def spec_for(func: Callable, name: str, args: tuple, kwargs: dict,
-             is_remote: Callable[[Any], bool]) -> Spec | None:
-    order: list = []
-    index: dict[int, int] = {}
-    key = _key((name, torch.is_grad_enabled(), args, kwargs), is_remote, order, index)
+             is_remote: Callable[[Any], bool], key: Any = None) -> Spec | None:
+    """The result spec of `func(*args, **kwargs)`; `key` is a precomputed cache key (the
+    dispatcher builds one while unwrapping), else one is computed here."""
+    if key is None:
+        key = _key((name, torch.is_grad_enabled(), args, kwargs), is_remote, [], {})
     if key is not None:
         try:
             return _CACHE[key]
@@ -60,8 +61,16 @@ def spec_for(func: Callable, name: str, args: tuple, kwargs: dict,
     return spec
 
 
+_SCALARS = (int, float, bool, str, type(None))
+
+
 def _key(value: Any, is_remote, order: list, index: dict) -> Any:
     """A hashable summary of the call; None if some argument cannot be summarised."""
+    cls = type(value)
+    if cls in _SCALARS:
+        return (cls, value)
+    if cls is tuple and all(type(v) is int for v in value):  # sizes, strides, paddings
+        return (tuple, value)
     if isinstance(value, torch.Tensor):
         if not is_remote(value):
             return None
@@ -70,7 +79,6 @@ def _key(value: Any, is_remote, order: list, index: dict) -> Any:
             k = index[id(value)] = len(order)
             order.append(value)
         return ("P", k) + local_meta(value)
-    cls = type(value)
     if cls in (tuple, list) or isinstance(value, tuple):
         items = []
         for v in value:

@@ -22,12 +22,63 @@ from fedmq.pointers import dispatch
 
 class RemoteParameter(torch.nn.Parameter):
     _fedmq_kind = "parameter"
+    _fedmq_pending = None  # a PendingGet while `model.get()` has not been carried out yet
     __torch_function__ = classmethod(dispatch.torch_function)
+
+    def __deepcopy__(self, memo):
+        return _deepcopy_remote(self, memo)
 
 
 class RemoteBuffer(torch.Tensor):
     _fedmq_kind = "buffer"
+    _fedmq_pending = None
     __torch_function__ = classmethod(dispatch.torch_function)
+
+    def __deepcopy__(self, memo):
+        return _deepcopy_remote(self, memo)
+
+
+class PendingGet:
+    """`model.get()`, deferred until someone looks (see module.get): the tensors of one model
+    that are to come home from `location` together, in one message."""
+
+    def __init__(self, location: Any, tensors: list) -> None:
+        self.location = location
+        self.tensors = tensors
+        for t in tensors:
+            t._fedmq_pending = self
+        location._pending_gets[id(self)] = self
+
+    def carry_out(self) -> None:
+        """Fetch now (one GetRequest) and make every tensor local again."""
+        from fedmq import messages as m
+
+        if not self.tensors:
+            return
+        tensors, self.tensors = self.tensors, []
+        self.location._pending_gets.pop(id(self), None)
+        values = self.location.call(m.GetRequest([t._fedmq_id for t in tensors], delete=True))
+        for t, value in zip(tensors, values):
+            make_local(t, value)
+
+    def cancel(self) -> list:
+        """The model goes back out before anyone looked: keep it where it is."""
+        tensors, self.tensors = self.tensors, []
+        self.location._pending_gets.pop(id(self), None)
+        for t in tensors:
+            t.__dict__.pop("_fedmq_pending", None)
+        return tensors
+
+
+def _deepcopy_remote(t: torch.Tensor, memo: dict) -> torch.Tensor:
+    import copy
+
+    from fedmq.errors import PointerError
+
+    if t._fedmq_pending is not None:
+        t._fedmq_pending.carry_out()
+        return copy.deepcopy(t, memo)
+    raise PointerError("a tensor on a worker cannot be copied locally: .get() it first")
 
 
 def is_remote_tensor(t: torch.Tensor) -> bool:
@@ -61,7 +112,7 @@ def make_local(t: torch.Tensor, value: torch.Tensor) -> None:
     t._fedmq_location._remote_params.pop(t._fedmq_id, None)
     t.__class__ = t._fedmq_local_class
     for attr in ("_fedmq_local_class", "_fedmq_location", "_fedmq_id", "_fedmq_owner",
-                 "_fedmq_finalizer", "_fedmq_has_grad", "_fedmq_grad_ptr"):
+                 "_fedmq_finalizer", "_fedmq_has_grad", "_fedmq_grad_ptr", "_fedmq_pending"):
         t.__dict__.pop(attr, None)
     grad = value.grad if value.requires_grad else None
     t.data = value.detach()

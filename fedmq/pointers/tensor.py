@@ -22,6 +22,13 @@ from fedmq.pointers import dispatch
 
 class PointerTensor(torch.Tensor):
     _fedmq_kind = "pointer"
+    # class-level defaults: most pointers never set these, and setting attributes on a tensor
+    # is not free on the hot path
+    attr: str | None = None
+    description: str | None = None
+    _consumed = False
+    _finalizer = None
+    _tags: set | None = None
 
     @staticmethod
     def __new__(cls, location: Any, id_at_location: int, shape, dtype: torch.dtype,
@@ -32,16 +39,37 @@ class PointerTensor(torch.Tensor):
                                                    requires_grad=requires_grad)
         self.location = location
         self.id_at_location = id_at_location
-        self.id = new_id() if id is None else id
+        if id is not None:
+            self._id = id
         self.owner = owner
-        self.attr = attr  # "grad": this points at the gradient of object id_at_location
-        self.tags = set(tags or ())
-        self.description = description
-        self._consumed = False
-        self._finalizer = None
+        if attr is not None:
+            self.attr = attr  # "grad": this points at the gradient of object id_at_location
+        if tags:
+            self._tags = set(tags)
+        if description is not None:
+            self.description = description
         if gc and attr is None:
             self._finalizer = weakref.finalize(self, location.release, id_at_location)
         return self
+
+    _id: int | None = None
+
+    @property
+    def id(self) -> int:
+        """This pointer's own id (drawn when first asked for)."""
+        if self._id is None:
+            self._id = new_id()
+        return self._id
+
+    @property
+    def tags(self) -> set:
+        if self._tags is None:
+            self._tags = set()
+        return self._tags
+
+    @tags.setter
+    def tags(self, value) -> None:
+        self._tags = set(value or ())
 
     __torch_function__ = classmethod(dispatch.torch_function)
 

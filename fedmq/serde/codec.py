@@ -1,6 +1,6 @@
 """msgpack with fedmq's extension types; the only way bytes become objects in fedmq.
 
-Decoding builds nothing but msgpack's own types and the ext types below; records (messages,
+Decoding builds nothing but msgpack's plain types (no timestamps) and the ext types below; records (messages,
 references, error reports) must have been registered with `@record(code)`. There is no pickle,
 no import of names from the wire, and every size is checked (see `tensors.py`, `frame.py`).
 """
@@ -73,6 +73,7 @@ class _Marker:
 _MARKS = {code: msgpack.ExtType(code, b"") for code in
           (EXT_TUPLE, EXT_SLICE, EXT_SIZE, EXT_RECORD, EXT_COMPLEX, EXT_SET)}
 _MARKERS = {code: _Marker(code) for code in _MARKS}
+_Timestamp = msgpack.Timestamp
 _T_MARK, _R_MARK = _MARKS[EXT_TUPLE], _MARKS[EXT_RECORD]
 
 
@@ -148,7 +149,7 @@ def encode(obj: Any) -> bytes:
         header = encoder.pack(obj)
     except SerdeError:
         raise
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
         raise SerdeError(f"cannot encode {type(obj).__name__}: {exc}") from exc
     return join_frame(header, encoder.buffers)
 
@@ -159,6 +160,8 @@ def decode(frame: bytes | bytearray | memoryview) -> Any:
     if len(header) > MAX_HEADER:
         raise SerdeError(f"header of {len(header)} bytes is over the {MAX_HEADER} limit")
 
+    markers = [0]  # markers made minus markers consumed by _list_hook: must end at 0
+
     def ext_hook(code: int, data: bytes) -> Any:
         if code == EXT_TENSOR:
             return tensors.unpack_tensor(data, buffers)
@@ -166,6 +169,7 @@ def decode(frame: bytes | bytearray | memoryview) -> Any:
         if marker is not None:
             if data:
                 raise SerdeError(f"marker {code} carries data")
+            markers[0] += 1
             return marker
         if code == EXT_BIGINT:
             return int.from_bytes(data, "little", signed=True)
@@ -186,23 +190,40 @@ def decode(frame: bytes | bytearray | memoryview) -> Any:
             return _MEMORY_FORMATS[data[0]]
         raise SerdeError(f"unknown extension type {code}")
 
+    def list_hook(items: list) -> Any:
+        for item in items:  # msgpack decodes ext -1 itself (a Timestamp); fedmq never sends it
+            if type(item) is _Timestamp:
+                raise SerdeError("unknown extension type -1 (msgpack timestamp)")
+        if items and type(items[0]) is _Marker:
+            markers[0] -= 1
+            return _list_hook(items)
+        return items
+
+    def pairs_hook(pairs: list) -> dict:
+        for key, item in pairs:
+            if type(key) is _Timestamp or type(item) is _Timestamp:
+                raise SerdeError("unknown extension type -1 (msgpack timestamp)")
+        return dict(pairs)
+
     try:
-        value = msgpack.unpackb(header, ext_hook=ext_hook, list_hook=_list_hook, raw=False,
-                                strict_map_key=False, use_list=True)
+        value = msgpack.unpackb(header, ext_hook=ext_hook, list_hook=list_hook, raw=False,
+                                object_pairs_hook=pairs_hook, strict_map_key=False,
+                                use_list=True)
     except SerdeError:
         raise
     except RecursionError as exc:
         raise SerdeError("frame nests too deeply") from exc
     except Exception as exc:  # msgpack raises many types on garbage; callers see one
         raise SerdeError(f"malformed frame: {type(exc).__name__}: {exc}") from exc
-    if type(value) is _Marker:
-        raise SerdeError("a marker outside an array")
+    if markers[0] != 0:
+        raise SerdeError("a structure marker stands where it means nothing")
+    if type(value) is _Timestamp:
+        raise SerdeError("unknown extension type -1 (msgpack timestamp)")
     return value
 
 
 def _list_hook(items: list) -> Any:
-    if not items or type(items[0]) is not _Marker:
-        return items
+    """Build the value of an array led by a marker: [<mark>, items...]."""
     code = items[0].code
     if code == EXT_TUPLE:
         return tuple(items[1:])

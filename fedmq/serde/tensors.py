@@ -26,6 +26,7 @@ DTYPES: dict[int, torch.dtype] = {
     15: torch.uint64, 16: torch.complex32,
 }
 DTYPE_CODES: dict[torch.dtype, int] = {dtype: code for code, dtype in DTYPES.items()}
+ITEMSIZE: dict[torch.dtype, int] = {dtype: dtype.itemsize for dtype in DTYPES.values()}
 
 FLAG_REQUIRES_GRAD = 1
 FLAG_PARAMETER = 2
@@ -37,11 +38,12 @@ _HEAD = struct.Struct("<BBBII")
 def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The tensor's elements as a read-only byte view, copying only if it is not contiguous."""
     t = t.detach().resolve_conj().resolve_neg()
-    if not t.is_contiguous():
-        t = t.contiguous()
     if t.numel() == 0:
         return memoryview(b"")
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy()).cast("B")
+    flat = t.reshape(-1)
+    if flat.stride(0) != 1:  # a true strided view, or one element with a stride torch ignores
+        flat = flat.as_strided((1,), (1,)) if flat.numel() == 1 else flat.contiguous()
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
 
 
 def pack_header(t: torch.Tensor, data_index: int, grad_index: int | None) -> bytes:
@@ -94,14 +96,16 @@ def _tensor_from(buffers: list[memoryview], index: int, shape: tuple[int, ...],
     numel = 1
     for s in shape:
         numel *= s
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = ITEMSIZE[dtype]
     if numel * itemsize != len(raw):
         raise SerdeError(f"tensor of shape {tuple(shape)} and dtype {dtype} needs "
                          f"{numel * itemsize} bytes, the payload has {len(raw)}")
     if numel == 0:
         return torch.empty(shape, dtype=dtype)
-    if not raw.readonly:  # a writable frame (bytearray): alias it, no copy
-        return torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape)
+    if not raw.readonly:  # a writable frame (bytearray): alias it, no copy, if aligned
+        aliased = torch.frombuffer(raw, dtype=dtype)
+        if aliased.data_ptr() % max(16, itemsize) == 0:
+            return aliased.reshape(shape)
     out = torch.empty(len(raw), dtype=torch.uint8)
     out.numpy()[:] = np.frombuffer(raw, dtype=np.uint8)
     return out.view(dtype).reshape(shape)

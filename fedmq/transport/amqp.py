@@ -57,7 +57,7 @@ async def declare_topology(channel: aio_pika.abc.AbstractChannel) -> dict[str, A
     dlx = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT,
                                          durable=True)
     dead = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True)
-    await dead.bind(dlx, routing_key="#")
+    await dead.bind(dlx, routing_key="")  # fanout: the key is ignored; "" as in definitions.json
     return {"commands": commands, "events": events, "dlx": dlx}
 
 

@@ -28,6 +28,7 @@ class VirtualWorker(WorkerClient):
     @property
     def _objects(self) -> dict:
         """The worker's store as {id: object} (PySyft's VirtualWorker attribute)."""
+        self.carry_out_pending_gets()
         self.flush()
         return dict(self.worker.store.items())
 
