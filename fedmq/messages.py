@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedmq.serde import record
+from fedmq.serde.codec import use_ref_type
 
 WIRE_VERSION = 1
 
 
 # -- values that appear inside messages -------------------------------------------------------
 
+@use_ref_type
 @record(20)
 @dataclass(slots=True)
 class Ref:

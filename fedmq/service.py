@@ -181,6 +181,7 @@ class WorkerService:
             return
         loop = asyncio.get_running_loop()
         started = loop.time()
+        log.debug("fedmq worker %s: handling message %s", self.id, key)
         reply, failed = await loop.run_in_executor(self._executor,
                                                    self.worker.handle_frame_checked, frame)
         log.debug("fedmq worker %s: handled message %s in %.1f ms%s", self.id, key,

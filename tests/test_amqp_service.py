@@ -126,15 +126,18 @@ def test_killed_worker_runs_the_unacked_command_once_after_restart(procs, hook):
         # A self-contained batch that takes seconds: store a tensor, then many big matmuls.
         n = 1200
         work = [m.ObjectMessage([m.StoredObject(1, torch.ones(n, n) / n)])]
-        work += [m.Command("torch.mm", (m.Ref(1), m.Ref(1)), {}, [2])] * 40
+        work += [m.Command("torch.mm", (m.Ref(1), m.Ref(1)), {}, [2])] * 80
         work += [m.Command("Tensor.sum", (m.Ref(2),), {}, [3])]
         msg_id = uuid.uuid4().hex
         corr = uuid.uuid4().hex
         raw.ch.basic_publish("fedmq.commands", "svc_crash", envelope(m.Batch(work)),
                              pika.BasicProperties(reply_to="amq.rabbitmq.reply-to",
                                                   correlation_id=corr, message_id=msg_id))
-        time.sleep(1.5)  # the worker is inside the batch, the message unacked
-        procs.kill("svc_crash")
+        deadline = time.monotonic() + 30
+        while f"handling message {msg_id}" not in procs.log("svc_crash"):
+            assert time.monotonic() < deadline, "the worker never started the batch"
+            time.sleep(0.02)
+        procs.kill("svc_crash")  # inside the batch: the message is unacked
         assert f"handled message {msg_id}" not in procs.log("svc_crash")
         procs.start("svc_crash", "--log-level", "debug", fresh=False)  # the batch is redelivered
         deadline = time.monotonic() + 120

@@ -964,15 +964,20 @@ class TestMaliciousFrames:
         with pytest.raises(SerdeError, match="dtype"):
             decode(frame_of(msgpack.ExtType(codec.EXT_DTYPE, data)))
 
-    @pytest.mark.parametrize("code", [0, 13, 42, 100, 127, -1, -2, -128])
+    @pytest.mark.parametrize("code", [0, 14, 42, 100, 127, -1, -2, -128])
     def test_unknown_ext_type(self, code):
-        """fedmq's ext codes are 1-12; any other code, msgpack's reserved negative ones
+        """fedmq's ext codes are 1-13; any other code, msgpack's reserved negative ones
         included (-1 is msgpack's timestamp), is refused."""
         ext = b"\xd7" + struct.pack("b", code) + bytes(8)  # fixext 8
         with pytest.raises(SerdeError) as info:
             decode(build_frame(b"\x92\xa2ok" + ext))
         if code >= 0:  # msgpack handles -1 itself, so only fedmq's own codes must be named
             assert re.search(rf"(?<!\d){code}(?!\d)", str(info.value)), str(info.value)
+
+    @pytest.mark.parametrize("data", [b"", b"\x01" * 15])
+    def test_truncated_reference(self, data):
+        with pytest.raises(SerdeError, match="reference"):
+            decode(frame_of(msgpack.ExtType(codec.EXT_REF, data)))
 
     @pytest.mark.parametrize("code", [0, 1, 19, 24, 59, 61, 999, 2 ** 40, -5])
     def test_unknown_record_type(self, code):

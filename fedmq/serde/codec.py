@@ -31,6 +31,7 @@ EXT_RECORD = 9
 EXT_MEMORY_FORMAT = 10
 EXT_COMPLEX = 11
 EXT_SET = 12
+EXT_REF = 13
 
 MAX_HEADER = 256 * 1024 * 1024
 _MEMORY_FORMATS = {1: torch.contiguous_format, 2: torch.preserve_format,
@@ -74,6 +75,14 @@ _MARKS = {code: msgpack.ExtType(code, b"") for code in
           (EXT_TUPLE, EXT_SLICE, EXT_SIZE, EXT_RECORD, EXT_COMPLEX, EXT_SET)}
 _MARKERS = {code: _Marker(code) for code in _MARKS}
 _Timestamp = msgpack.Timestamp
+_Ref: type = type(None)  # fedmq.messages.Ref, once messages registers it (see use_ref_type)
+
+
+def use_ref_type(cls: type) -> type:
+    """Give object references (fedmq.messages.Ref) their compact ext type."""
+    global _Ref
+    _Ref = cls
+    return cls
 _T_MARK, _R_MARK = _MARKS[EXT_TUPLE], _MARKS[EXT_RECORD]
 
 
@@ -92,6 +101,15 @@ class _Encoder:
 
     def default(self, obj: Any) -> Any:  # noqa: C901 - a flat type switch reads best
         cls = type(obj)
+        if cls is int:  # only ints outside 64 bits reach here (object ids, mostly)
+            if obj.bit_length() > 4096:
+                raise SerdeError("integer too large to send")
+            return msgpack.ExtType(EXT_BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8,
+                                                             "little", signed=True))
+        if cls is _Ref and type(obj.id) is int and 0 <= obj.id < 1 << 128:
+            # the most frequent record on the wire: 16 id bytes, then the attribute name
+            return msgpack.ExtType(EXT_REF, obj.id.to_bytes(16, "little")
+                                   + (obj.attr or "").encode())
         fields = _RECORD_FIELDS.get(cls)
         if fields is not None:
             return [_R_MARK, _RECORD_CODES[cls], *[getattr(obj, name) for name in fields]]
@@ -105,11 +123,6 @@ class _Encoder:
             grad = obj.grad if obj.requires_grad and obj.is_leaf else None
             grad_index = None if grad is None else self.add_buffer(tensors.tensor_bytes(grad))
             return msgpack.ExtType(EXT_TENSOR, tensors.pack_header(obj, data, grad_index))
-        if cls is int:  # only ints outside 64 bits reach here
-            if obj.bit_length() > 4096:
-                raise SerdeError("integer too large to send")
-            return msgpack.ExtType(EXT_BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8,
-                                                             "little", signed=True))
         if isinstance(obj, torch.Size):
             return [_MARKS[EXT_SIZE], *obj]
         if isinstance(obj, tuple):  # namedtuple (e.g. torch.return_types): travels as a tuple
@@ -173,6 +186,14 @@ def decode(frame: bytes | bytearray | memoryview) -> Any:
             return marker
         if code == EXT_BIGINT:
             return int.from_bytes(data, "little", signed=True)
+        if code == EXT_REF:
+            if len(data) < 16:
+                raise SerdeError("truncated reference")
+            try:
+                attr = data[16:].decode() or None
+            except UnicodeDecodeError as exc:
+                raise SerdeError(f"invalid reference attribute: {exc}") from exc
+            return _Ref(int.from_bytes(data[:16], "little"), attr)
         if code == EXT_ELLIPSIS:
             return Ellipsis
         if code == EXT_DTYPE:
