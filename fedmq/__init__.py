@@ -19,6 +19,23 @@ from fedmq.pointers import PointerTensor, RemoteParameter
 from fedmq.workers import VirtualWorker
 from fedmq.workers.amqp import AMQPClientWorker
 
+#: names that live in extension packages, imported on first use
+_LAZY = {
+    "BaseDataset": "fedmq.federated", "FederatedDataset": "fedmq.federated",
+    "FederatedDataLoader": "fedmq.federated", "create_sandbox": "fedmq.sandbox",
+    "PrivateGridNetwork": "fedmq.grid", "func2plan": "fedmq.plans", "Plan": "fedmq.plans",
+    "Protocol": "fedmq.plans", "PointerPlan": "fedmq.plans",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fedmq' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(module), name)
+
+
 #: set by TorchHook(torch)
 hook = None
 #: the worker "me", set by TorchHook(torch)

@@ -69,18 +69,53 @@ TENSOR_METHODS = {"send": tensor_send, "get": tensor_get, "move": tensor_move,
 MODULE_METHODS = {"send": module_ops.send, "get": module_ops.get, "move": module_ops.move,
                   "copy": module_ops.copy_module}
 
+DATASET_METHODS: dict = {}
+
+#: modules that add methods or handlers when imported (federated data, plans, SMPC); a module
+#: that does not exist (yet) is skipped
+EXTENSIONS = ("fedmq.federated.hooks", "fedmq.plans.hooks", "fedmq.smpc.hooks")
+
 _installed = False
 
 
+def register_tensor_method(name: str, fn) -> None:
+    """Extensions add tensor methods here (before TorchHook installs them)."""
+    TENSOR_METHODS[name] = fn
+
+
+def register_module_method(name: str, fn) -> None:
+    MODULE_METHODS[name] = fn
+
+
+def register_dataset_method(name: str, fn) -> None:
+    """Methods for torch.utils.data.Dataset (e.g. `federate`)."""
+    DATASET_METHODS[name] = fn
+
+
+def _load_extensions() -> None:
+    import importlib
+
+    for name in EXTENSIONS:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not name.startswith(exc.name):
+                raise  # the extension exists but something it imports is missing
+
+
 def install() -> None:
-    """Add fedmq's methods to torch.Tensor and nn.Module (idempotent)."""
+    """Add fedmq's methods to torch.Tensor, nn.Module and Dataset (idempotent)."""
     global _installed
     if _installed:
         return
-    for cls, methods in ((torch.Tensor, TENSOR_METHODS), (nn.Module, MODULE_METHODS)):
+    _load_extensions()
+    from torch.utils.data import Dataset
+    for cls, methods in ((torch.Tensor, TENSOR_METHODS), (nn.Module, MODULE_METHODS),
+                         (Dataset, DATASET_METHODS)):
         for name, fn in methods.items():
             existing = cls.__dict__.get(name)
             if existing is not None and getattr(existing, "__module__", "").startswith("fedmq"):
+                setattr(cls, name, fn)
                 continue
             if hasattr(cls, name):
                 raise RuntimeError(f"torch already defines {cls.__name__}.{name}; fedmq will "

@@ -21,6 +21,17 @@ class Network(Protocol):
     def client(self, worker_id: str) -> Any: ...
 
 
+#: handlers extensions add for their own message types: {type: fn(worker, message) -> value}
+EXTRA_HANDLERS: dict[type, Callable[["Worker", Any], Any]] = {}
+
+
+def register_handler(message_type: type, handler: Callable[["Worker", Any], Any]) -> None:
+    """Let every worker answer `message_type` (plans, protocols, federated training, ...)."""
+    if message_type in EXTRA_HANDLERS:
+        raise RuntimeError(f"{message_type.__name__} already has a handler")
+    EXTRA_HANDLERS[message_type] = handler
+
+
 class Worker:
     def __init__(self, id: str, network: Network | None = None) -> None:
         self.id = id
@@ -95,6 +106,9 @@ class Worker:
 
     def handle_message(self, message: Any) -> m.Reply:
         handler = self._handlers.get(type(message))
+        if handler is None and type(message) in EXTRA_HANDLERS:
+            extra = EXTRA_HANDLERS[type(message)]
+            handler = self._handlers[type(message)] = lambda msg: extra(self, msg)
         if handler is None:
             return self._error("serde_error", f"no handler for message type "
                                               f"{type(message).__name__}")
