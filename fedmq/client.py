@@ -65,12 +65,21 @@ class WorkerClient:
         """Send `message`, wait for the reply, return its value or raise the worker's error."""
         if self._pending_gets and type(message) in _LOOKS_AT_STORE:
             self.carry_out_pending_gets()
+        # Our own buffered commands ride in the same frame as the call; everyone else's go first.
+        buffered, self._buffer = self._buffer, []
+        with _dirty_lock:
+            _dirty.pop(id(self), None)
         flush_all()
         self._raise_async_error()
-        frame = self._frame(message, sender)
+        wire = m.Batch(buffered + [message], reply_last=True) if buffered else message
+        frame = self._frame(wire, sender)
         reply = serde.decode(self.transport.request(self.id, frame, timeout=timeout,
                                                     message_type=type(message).__name__))
-        self._raise_async_error()  # a pipelined failure that arrived before this reply
+        if isinstance(reply, m.Reply) and isinstance(reply.value, m.BatchReply):
+            for index, error in reply.value.errors:
+                self._async_errors.append((error, buffered[index]))
+            reply = m.Reply(reply.value.value, reply.error)
+        self._raise_async_error()  # a pipelined failure comes before this call's own result
         return self._value(reply, message)
 
     def post(self, message: Any, *, sender: str | None = None) -> None:
@@ -185,3 +194,11 @@ class WorkerClient:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} id:{self.id}>"
+
+    def request_search(self, query: Any, location: Any) -> list:
+        """PySyft's `me.request_search(query, location=worker)`: search `location` (any worker
+        client) for objects carrying every tag in `query`; returns non-owning pointers."""
+        if location is None or not hasattr(location, "search"):
+            raise TypeError(f"request_search needs a worker to search as location=, "
+                            f"got {location!r}")
+        return location.search(query)

@@ -150,8 +150,20 @@ class ClearObjects:
 class Batch:
     """Several pipelined messages (Commands) in one frame, run in order. A failure is recorded
     under the failed command's result ids and the rest of the batch still runs (ops that use a
-    failed result fail in turn). The reply's value lists `[index, ErrorInfo]` per failure."""
+    failed result fail in turn). The reply's value lists `[index, ErrorInfo]` per failure.
+    With `reply_last`, the last message is a call riding along with the buffered commands: the
+    reply is that call's own (value or error), its value wrapped in a `BatchReply`."""
     messages: list
+    reply_last: bool = False
+
+
+@record(52)
+@dataclass(slots=True)
+class BatchReply:
+    """The reply to a `Batch(reply_last=True)`: failures of the buffered commands, and the
+    value of the last message."""
+    errors: list
+    value: Any = None
 
 
 @record(50)

@@ -75,8 +75,10 @@ class Worker:
         if self.network is not None and hasattr(self.network, "flush_all"):
             # commands this worker pipelined to others while handling the message go out now
             self.network.flush_all()
+        value = reply.value
         failed = reply.error is not None or (
-            isinstance(getattr(envelope, "message", None), m.Batch) and bool(reply.value))
+            isinstance(getattr(envelope, "message", None), m.Batch) and bool(
+                value.errors if isinstance(value, m.BatchReply) else value))
         try:
             return serde.encode(reply), failed
         except errors.SerdeError as exc:
@@ -105,6 +107,10 @@ class Worker:
         return reply
 
     def handle_message(self, message: Any) -> m.Reply:
+        if type(message) is m.Batch and message.reply_last and message.messages:
+            errors_seen = self._on_batch(m.Batch(message.messages[:-1]))
+            last = self.handle_message(message.messages[-1])
+            return m.Reply(value=m.BatchReply(errors_seen, last.value), error=last.error)
         handler = self._handlers.get(type(message))
         if handler is None and type(message) in EXTRA_HANDLERS:
             extra = EXTRA_HANDLERS[type(message)]

@@ -111,8 +111,8 @@ def test_pipelined_ops_are_batched_without_round_trips(vbob):
     assert calls == []
     del bob.call
     assert y.get().tolist() == [2047.0] * 4
-    # ... then one batch of 20 commands and the get itself
-    assert bob.message_count - before == 2
+    # ... then the 20 commands and the get itself, in one frame
+    assert bob.message_count - before == 1
 
 
 def test_metadata_queries_send_nothing(vbob):

@@ -607,6 +607,9 @@ def sample_messages() -> list:
         m.Envelope(version=1, sender="bob", message=m.Reply(value=(x.t(), None)), msg_id=0),
         *([m.Batch(messages=[command, m.Command("relu", (m.Ref(2),), {}, [3])])]
           if hasattr(m, "Batch") else []),
+        *([m.Batch(messages=[command, m.GetRequest([3])], reply_last=True),
+           m.BatchReply(errors=[[0, m.ErrorInfo("execution_error", "boom", "bob", "add")]],
+                        value=[x])] if hasattr(m, "BatchReply") else []),
     ]
     sampled = {type(s) for s in samples}
     for cls in sorted(message_records() - sampled, key=lambda c: c.__name__):

@@ -180,13 +180,16 @@ class PointerTensor(torch.Tensor):
         return f"(Wrapper)>[PointerTensor | {owner}:{self.id} -> {target}]"
 
     def pointer_repr(self) -> str:
+        """The pointer line; for tagged or described objects (search results) also PySyft's
+        `Tags:` (each followed by a space), `Description:` (first line, cut at 80 characters,
+        then "...") and `Shape:` lines, as the seed prints them."""
         text = self.describe_pointer()
         if self.tags:
-            text += "\n\tTags: " + " ".join(sorted(self.tags))
-        if self.description:
-            first = self.description.strip().splitlines()[0] if self.description.strip() else ""
-            text += f"\n\tDescription: {first[:60]}{'...' if len(self.description) > 60 else ''}"
-        if self.tags or self.description:
+            text += "\n\tTags: " + "".join(f"{tag} " for tag in sorted(self.tags))
+        if self.description is not None:
+            lines = self.description.split("\n")
+            text += f"\n\tDescription: {lines[0][:80]}..."
+        if self.tags or self.description is not None:
             text += f"\n\tShape: {self.shape_local}"
         return text
 
