@@ -207,8 +207,7 @@ def _unwrap(value: Any, found: list, name: str, distinct: dict, key: list) -> An
             found.append(value)
             n = len(distinct)
             index = distinct.setdefault(id(value), (n, value))[0]
-            with torch._C.DisableTorchFunctionSubclass():
-                key.append((index, value.shape, value.dtype, value.requires_grad))
+            key.append((index, meta.local_meta(value)))
             if kind == "pointer":
                 if value._consumed:
                     value._check_usable()
@@ -253,9 +252,11 @@ def _wrap(template: Any, ids, inputs: list, location: Any, owner: Any) -> Any:
     if cls is meta.Alias:
         next(ids)
         target = inputs[template.index]
-        if meta.local_meta(target)[2] != template.requires_grad:
+        shape, dtype, requires_grad = meta.local_meta(target)
+        if requires_grad != template.requires_grad:
             with torch._C.DisableTorchFunctionSubclass():
                 target.requires_grad_(template.requires_grad)
+            target.__dict__["_fedmq_meta"] = (shape, dtype, template.requires_grad)
         return target
     kind, parts = template
     values = [_wrap(p, ids, inputs, location, owner) for p in parts]

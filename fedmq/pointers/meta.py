@@ -38,6 +38,10 @@ class Spec:
 
 
 def local_meta(t: torch.Tensor) -> tuple[tuple, torch.dtype, bool]:
+    """(shape, dtype, requires_grad) of a remote tensor, without dispatch (cached on it)."""
+    cached = t.__dict__.get("_fedmq_meta")
+    if cached is not None:
+        return cached
     with torch._C.DisableTorchFunctionSubclass():
         return tuple(t.shape), t.dtype, t.requires_grad
 

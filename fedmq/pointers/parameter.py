@@ -94,6 +94,8 @@ def make_remote(t: torch.Tensor, location: Any, remote_id: int, owner: Any,
     t.data = placeholder
     t.__class__ = RemoteParameter if isinstance(t, torch.nn.Parameter) else RemoteBuffer
     t._fedmq_local_class = local_class
+    with torch._C.DisableTorchFunctionSubclass():
+        t._fedmq_meta = (tuple(t.shape), t.dtype, t.requires_grad)
     _attach(t, location, remote_id, owner)
     t._fedmq_has_grad = has_grad
 
@@ -112,7 +114,8 @@ def make_local(t: torch.Tensor, value: torch.Tensor) -> None:
     t._fedmq_location._remote_params.pop(t._fedmq_id, None)
     t.__class__ = t._fedmq_local_class
     for attr in ("_fedmq_local_class", "_fedmq_location", "_fedmq_id", "_fedmq_owner",
-                 "_fedmq_finalizer", "_fedmq_has_grad", "_fedmq_grad_ptr", "_fedmq_pending"):
+                 "_fedmq_finalizer", "_fedmq_has_grad", "_fedmq_grad_ptr", "_fedmq_pending",
+                 "_fedmq_meta"):
         t.__dict__.pop(attr, None)
     grad = value.grad if value.requires_grad else None
     t.data = value.detach()

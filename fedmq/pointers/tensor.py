@@ -37,6 +37,7 @@ class PointerTensor(torch.Tensor):
                 description: str | None = None) -> "PointerTensor":
         self = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device="cpu",
                                                    requires_grad=requires_grad)
+        self._fedmq_meta = (tuple(shape), dtype, requires_grad)  # read on every dispatch
         self.location = location
         self.id_at_location = id_at_location
         if id is not None:

@@ -1,0 +1,472 @@
+"""Additive secret sharing over the ring Z/2^64Z (int64 with native wraparound).
+
+`x.share(bob, alice, crypto_provider=cp)` splits an integer tensor x into n uniformly random
+shares s_1..s_n with s_1 + ... + s_n = x (mod 2^64) and sends s_i to party i; the result, an
+`AdditiveSharingTensor`, holds one fedmq pointer per party. Linear operations (add, sub, neg,
+multiplication by a public value, sum, reshapes, slicing) are Commands each party runs on its own
+share; products and comparisons are protocols (beaver.py, truncation.py, comparison.py) that
+open only uniformly masked values to the coordinator and take their correlated randomness from
+the crypto provider (provider.py), which sends it to the parties directly.
+
+Floats are refused: call `.fix_precision()` first (PySyft silently shared garbage, #2176).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fedmq import messages as m, ops
+from fedmq.ids import new_id
+from fedmq.pointers.tensor import PointerTensor
+
+#: the ring's size: shares and values live in Z/2^64Z
+FIELD = 2 ** 64
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _owner(location: Any) -> Any:
+    return getattr(location.network, "local_worker", None)
+
+
+def make_pointer(location: Any, obj_id: int, shape, dtype=torch.int64) -> PointerTensor:
+    """A pointer owning object `obj_id` on `location` (stored there by someone else)."""
+    return PointerTensor(location, obj_id, tuple(shape), dtype, False, owner=_owner(location))
+
+
+def _to_meta(value: Any) -> Any:
+    if isinstance(value, PointerTensor):
+        return torch.empty(value.shape_local, dtype=value.dtype_local, device="meta")
+    if isinstance(value, torch.Tensor):
+        return value.to("meta")
+    if type(value) in (list, tuple):
+        return type(value)(_to_meta(v) for v in value)
+    return value
+
+
+def _to_wire(value: Any, location: Any) -> Any:
+    if isinstance(value, PointerTensor):
+        if value.location is not location and value.location.id != location.id:
+            raise ValueError(f"internal error: a share of {value.location.id!r} was used on "
+                             f"{location.id!r}")
+        value._check_usable()
+        return m.Ref(value.id_at_location)
+    if type(value) in (list, tuple):
+        return type(value)(_to_wire(v, location) for v in value)
+    return value  # ints, public tensors (sent inline), None
+
+
+def remote(location: Any, op: str, *args: Any, **kwargs: Any) -> Any:
+    """Run allowlisted `op` on `location` (args: pointers there, public tensors, numbers);
+    returns pointers to the results. Pipelined: one buffered Command, no round trip."""
+    fn = ops.lookup(op).fn
+    template = fn(*_to_meta(args), **_to_meta(kwargs))
+    leaves = template if isinstance(template, tuple) else (template,)
+    ids = [new_id() for _ in leaves]
+    location.post(m.Command(op, _to_wire(args, location), _to_wire(kwargs, location), ids, False))
+    out = tuple(make_pointer(location, i, t.shape, t.dtype) for i, t in zip(ids, leaves))
+    return out if isinstance(template, tuple) else out[0]
+
+
+def open_shares(groups: list[list[PointerTensor]], combine: str = "add",
+                delete: bool = True) -> list[torch.Tensor]:
+    """Open several shared values at once: one GetRequest per party (one round).
+    `groups[k]` is the list of shares (one per party, same party order) of value k;
+    `combine` is "add" (additive shares) or "xor" (binary shares)."""
+    if not groups:
+        return []
+    n_parties = len(groups[0])
+    per_party: list[list[torch.Tensor]] = []
+    for p in range(n_parties):
+        ptrs = [g[p] for g in groups]
+        location = ptrs[0].location
+        for ptr in ptrs:
+            ptr._check_usable()
+        values = location.call(m.GetRequest([ptr.id_at_location for ptr in ptrs], delete=delete))
+        if delete:
+            for ptr in ptrs:
+                ptr._disown()
+                ptr._consumed = True
+        per_party.append(values)
+    out = []
+    for k in range(len(groups)):
+        total = per_party[0][k]
+        for p in range(1, n_parties):
+            total = total + per_party[p][k] if combine == "add" else total ^ per_party[p][k]
+        out.append(total)
+    _stats.rounds += 1
+    return out
+
+
+class _Stats:
+    """Openings performed (communication rounds of the online phase), for benchmarks."""
+    rounds = 0
+
+
+_stats = _Stats()
+
+
+def _check_parties(workers: tuple, crypto_provider: Any) -> list:
+    if len(workers) == 1 and isinstance(workers[0], (list, tuple)):
+        workers = tuple(workers[0])
+    if not 2 <= len(workers) <= 5:
+        raise ValueError(f"share() takes 2 to 5 workers, got {len(workers)}")
+    ids = [getattr(w, "id", None) for w in workers]
+    if None in ids or len(set(ids)) != len(ids):
+        raise ValueError("share() needs distinct workers")
+    if crypto_provider is not None:
+        if crypto_provider.id in ids:
+            raise ValueError(f"the crypto provider {crypto_provider.id!r} must not be one of the "
+                             f"share holders: it would see both its share and the triples")
+        local = getattr(getattr(crypto_provider, "network", None), "local_worker", None)
+        if crypto_provider is local:
+            raise ValueError("the crypto provider must not be the local worker (the "
+                             "coordinator would see the triples): use a separate worker")
+    return list(workers)
+
+
+def share_tensor(tensor: torch.Tensor, *workers: Any, crypto_provider: Any = None,
+                 **_pysyft_options: Any) -> "AdditiveSharingTensor":
+    """`tensor.share(*workers, crypto_provider=None)`: additive shares, one per worker."""
+    from fedmq.smpc.provider import additive_split
+
+    if isinstance(tensor, PointerTensor):
+        raise NotImplementedError("sharing a remote tensor is not supported yet: .get() it "
+                                  "first, or share it where it lives")
+    if tensor.is_floating_point() or tensor.is_complex():
+        raise ValueError(f"cannot secret-share a {tensor.dtype} tensor: shares live in the "
+                         f"integers mod 2**64. Encode it first with "
+                         f"tensor.fix_precision().share(...) and decode the result with "
+                         f".get().float_precision()")
+    if tensor.dtype == torch.bool:
+        tensor = tensor.long()
+    parties = _check_parties(workers, crypto_provider)
+    shares = additive_split(tensor.detach().to(torch.int64), len(parties))
+    pointers = [s.send(w) for s, w in zip(shares, parties)]
+    return AdditiveSharingTensor(pointers, crypto_provider)
+
+
+def _is_public_int(value: Any) -> bool:
+    return type(value) is int or type(value) is bool
+
+
+class AdditiveSharingTensor:
+    """A tensor secret-shared among 2-5 workers: `shares[i]` is a pointer to party i's share.
+
+    PySyft chained wrapper -> AdditiveSharingTensor; here the object is both, so `x.child` is
+    `x` itself and `x.child.field` is the ring size 2**64, as in the seed.
+    """
+
+    field = FIELD
+
+    def __init__(self, shares: list[PointerTensor], crypto_provider: Any = None) -> None:
+        if len(shares) < 2:
+            raise ValueError("a shared tensor needs at least two shares")
+        self.shares = list(shares)
+        self.crypto_provider = crypto_provider
+        self.shape = shares[0].shape_local
+        self.dtype = torch.int64
+
+    # -- structure -----------------------------------------------------------------------------
+    @property
+    def child(self) -> "AdditiveSharingTensor":
+        return self
+
+    @property
+    def locations(self) -> list:
+        return [s.location for s in self.shares]
+
+    @property
+    def n_parties(self) -> int:
+        return len(self.shares)
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _new(self, shares: list) -> "AdditiveSharingTensor":
+        return AdditiveSharingTensor(shares, self.crypto_provider)
+
+    def _same_parties(self, other: "AdditiveSharingTensor") -> None:
+        if [l.id for l in self.locations] != [l.id for l in other.locations]:
+            raise ValueError("both shared tensors must be shared among the same workers, in "
+                             "the same order")
+
+    def _provider(self, what: str) -> Any:
+        if self.crypto_provider is None:
+            raise ValueError(f"{what} on shared tensors needs a crypto provider: share with "
+                             f".share(*workers, crypto_provider=some_other_worker)")
+        return self.crypto_provider
+
+    def map(self, op: str, *args: Any, **kwargs: Any) -> "AdditiveSharingTensor":
+        """Run a linear op on every share (args are public)."""
+        return self._new([remote(s.location, op, s, *args, **kwargs) for s in self.shares])
+
+    # -- opening -----------------------------------------------------------------------------------
+    def get(self) -> torch.Tensor:
+        """Reconstruct the value (sum of the shares mod 2^64) and delete the shares."""
+        return open_shares([self.shares])[0]
+
+    def virtual_get(self) -> torch.Tensor:
+        """Reconstruct without deleting the shares."""
+        return open_shares([self.shares], delete=False)[0]
+
+    reconstruct = virtual_get
+
+    def copy(self) -> "AdditiveSharingTensor":
+        return self.map("torch.clone")
+
+    # -- linear operations ---------------------------------------------------------------------
+    def _public(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            if isinstance(value, PointerTensor):
+                raise ValueError("cannot combine a shared tensor with a pointer: share it too")
+            if value.is_floating_point():
+                raise ValueError("cannot combine a shared integer tensor with a float tensor: "
+                                 "use fix_precision() on both")
+            return value.to(torch.int64)
+        if _is_public_int(value):
+            if not INT64_MIN <= int(value) <= INT64_MAX:
+                raise ValueError(f"public value {value} does not fit in int64")
+            return int(value)
+        if isinstance(value, float):
+            raise ValueError("cannot combine a shared integer tensor with a float: use "
+                             "fix_precision()")
+        raise TypeError(f"unsupported operand {type(value).__name__}")
+
+    def add(self, other: Any) -> "AdditiveSharingTensor":
+        if isinstance(other, AdditiveSharingTensor):
+            self._same_parties(other)
+            return self._new([remote(a.location, "torch.add", a, b)
+                              for a, b in zip(self.shares, other.shares)])
+        pub = self._public(other)
+        first = remote(self.shares[0].location, "torch.add", self.shares[0], pub)
+        rest = [s if not isinstance(pub, torch.Tensor) or pub.shape == self.shape
+                else remote(s.location, "torch.add", s, torch.zeros_like(pub))
+                for s in self.shares[1:]]  # broadcast every share alike
+        return self._new([first, *rest])
+
+    def neg(self) -> "AdditiveSharingTensor":
+        return self.map("torch.neg")
+
+    def sub(self, other: Any) -> "AdditiveSharingTensor":
+        if isinstance(other, AdditiveSharingTensor):
+            self._same_parties(other)
+            return self._new([remote(a.location, "torch.sub", a, b)
+                              for a, b in zip(self.shares, other.shares)])
+        pub = self._public(other)
+        return self.add(-pub)
+
+    def rsub(self, other: Any) -> "AdditiveSharingTensor":
+        return self.neg().add(other)
+
+    def mul(self, other: Any) -> "AdditiveSharingTensor":
+        if isinstance(other, AdditiveSharingTensor):
+            from fedmq.smpc.beaver import beaver_op
+            return beaver_op("mul", self, other)
+        return self.map("torch.mul", self._public(other))
+
+    def matmul(self, other: Any) -> "AdditiveSharingTensor":
+        if isinstance(other, AdditiveSharingTensor):
+            from fedmq.smpc.beaver import beaver_op
+            return beaver_op("matmul", self, other)
+        return self.map("torch.matmul", self._public(other))
+
+    def rmatmul(self, other: Any) -> "AdditiveSharingTensor":
+        pub = self._public(other)
+        return self._new([remote(s.location, "torch.matmul", pub, s) for s in self.shares])
+
+    mm = matmul
+
+    def conv2d(self, weight: Any, bias: Any = None, stride=1, padding=0, dilation=1,
+               groups=1) -> "AdditiveSharingTensor":
+        kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        if isinstance(weight, AdditiveSharingTensor):
+            from fedmq.smpc.beaver import beaver_op
+            out = beaver_op("conv2d", self, weight, **kwargs)
+        else:
+            out = self.map("F.conv2d", self._public(weight), None, **kwargs)
+        if bias is not None:
+            out = out + (bias.reshape(1, -1, 1, 1) if isinstance(bias, AdditiveSharingTensor)
+                         else self._public(bias).reshape(1, -1, 1, 1))
+        return out
+
+    def div(self, divisor: int) -> "AdditiveSharingTensor":
+        """Division by a public positive int (probabilistic truncation, truncation.py)."""
+        from fedmq.smpc.truncation import truncate
+        if not _is_public_int(divisor) or divisor <= 0:
+            raise ValueError("a shared tensor can only be divided by a positive public int")
+        return truncate(self, int(divisor))
+
+    def sum(self, dim=None, keepdim: bool = False) -> "AdditiveSharingTensor":
+        if dim is None:
+            return self.map("torch.sum")
+        return self.map("torch.sum", dim, keepdim=keepdim)
+
+    def mean(self, dim=None, keepdim: bool = False) -> "AdditiveSharingTensor":
+        count = self.numel() if dim is None else _count(self.shape, dim)
+        return self.sum(dim, keepdim).div(count)
+
+    # shape manipulation: local on every share
+    def reshape(self, *shape) -> "AdditiveSharingTensor":
+        return self.map("torch.reshape", tuple(_flat_shape(shape)))
+
+    view = reshape
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "AdditiveSharingTensor":
+        return self.map("torch.flatten", start_dim, end_dim)
+
+    def t(self) -> "AdditiveSharingTensor":
+        return self.map("torch.t")
+
+    def transpose(self, d0: int, d1: int) -> "AdditiveSharingTensor":
+        return self.map("torch.transpose", d0, d1)
+
+    def permute(self, *dims) -> "AdditiveSharingTensor":
+        return self.map("torch.permute", tuple(_flat_shape(dims)))
+
+    def unsqueeze(self, dim: int) -> "AdditiveSharingTensor":
+        return self.map("torch.unsqueeze", dim)
+
+    def squeeze(self, *dim) -> "AdditiveSharingTensor":
+        return self.map("torch.squeeze", *dim)
+
+    def __getitem__(self, index: Any) -> "AdditiveSharingTensor":
+        return self.map("Tensor.__getitem__", index)
+
+    @staticmethod
+    def cat(tensors: list, dim: int = 0) -> "AdditiveSharingTensor":
+        first = tensors[0]
+        for t in tensors[1:]:
+            first._same_parties(t)
+        return first._new([remote(first.shares[p].location, "torch.cat",
+                                  [t.shares[p] for t in tensors], dim)
+                           for p in range(first.n_parties)])
+
+    @staticmethod
+    def stack(tensors: list, dim: int = 0) -> "AdditiveSharingTensor":
+        first = tensors[0]
+        for t in tensors[1:]:
+            first._same_parties(t)
+        return first._new([remote(first.shares[p].location, "torch.stack",
+                                  [t.shares[p] for t in tensors], dim)
+                           for p in range(first.n_parties)])
+
+    # -- comparisons and friends (comparison.py) ---------------------------------------------------
+    def _diff(self, other: Any) -> "AdditiveSharingTensor":
+        return self.sub(other)
+
+    def lt(self, other: Any) -> "AdditiveSharingTensor":
+        from fedmq.smpc.comparison import ltz
+        return ltz(self.sub(other))
+
+    def gt(self, other: Any) -> "AdditiveSharingTensor":
+        from fedmq.smpc.comparison import ltz
+        return ltz(self.rsub(other) if not isinstance(other, AdditiveSharingTensor)
+                   else other.sub(self))
+
+    def ge(self, other: Any) -> "AdditiveSharingTensor":
+        return self.lt(other).rsub(1)
+
+    def le(self, other: Any) -> "AdditiveSharingTensor":
+        return self.gt(other).rsub(1)
+
+    def eq(self, other: Any) -> "AdditiveSharingTensor":
+        from fedmq.smpc.comparison import eq
+        return eq(self, other)
+
+    def ne(self, other: Any) -> "AdditiveSharingTensor":
+        return self.eq(other).rsub(1)
+
+    def relu(self) -> "AdditiveSharingTensor":
+        from fedmq.smpc.comparison import relu
+        return relu(self)
+
+    def abs(self) -> "AdditiveSharingTensor":
+        from fedmq.smpc.comparison import abs_
+        return abs_(self)
+
+    def sign(self) -> "AdditiveSharingTensor":
+        from fedmq.smpc.comparison import ltz
+        return ltz(self).mul(-2).add(1)
+
+    def max(self, dim: int | None = None, keepdim: bool = False):
+        from fedmq.smpc.comparison import max_
+        return max_(self, dim, keepdim)
+
+    def min(self, dim: int | None = None, keepdim: bool = False):
+        from fedmq.smpc.comparison import max_
+        out = max_(self.neg(), dim, keepdim)
+        if dim is None:
+            return out.neg()
+        return type(out)(out.values.neg(), out.indices)
+
+    def argmax(self, dim: int | None = None, keepdim: bool = False) -> "AdditiveSharingTensor":
+        from fedmq.smpc.comparison import max_
+        if dim is None:
+            return max_(self.flatten(), 0, False).indices
+        return max_(self, dim, keepdim).indices
+
+    def argmin(self, dim: int | None = None, keepdim: bool = False) -> "AdditiveSharingTensor":
+        return self.neg().argmax(dim, keepdim)
+
+    # -- operators ---------------------------------------------------------------------------------
+    __add__ = __radd__ = add
+    __sub__ = sub
+    __rsub__ = rsub
+    __mul__ = __rmul__ = mul
+    __matmul__ = matmul
+    __rmatmul__ = rmatmul
+    __neg__ = neg
+    __lt__ = lt
+    __gt__ = gt
+    __le__ = le
+    __ge__ = ge
+    __eq__ = eq  # type: ignore[assignment]
+    __ne__ = ne  # type: ignore[assignment]
+    __hash__ = object.__hash__
+    __abs__ = abs
+
+    def __floordiv__(self, other: int) -> "AdditiveSharingTensor":
+        return self.div(other)
+
+    def __truediv__(self, other: int) -> "AdditiveSharingTensor":
+        return self.div(other)
+
+    def __bool__(self) -> bool:
+        raise ValueError("the truth value of a shared tensor is secret: .get() it first")
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        from fedmq.smpc.hooks import torch_function_for
+        return torch_function_for(cls, func, args, kwargs or {})
+
+    def __repr__(self) -> str:
+        lines = ["(Wrapper)>[AdditiveSharingTensor]"]
+        for s in self.shares:
+            lines.append("\t-> " + s.describe_pointer().replace("(Wrapper)>", ""))
+        provider = getattr(self.crypto_provider, "id", None)
+        lines.append(f"\t*crypto provider: {provider}*")
+        return "\n".join(lines)
+
+
+def _flat_shape(shape: tuple) -> list:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
+        return list(shape[0])
+    return list(shape)
+
+
+def _count(shape: torch.Size, dim) -> int:
+    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    n = 1
+    for d in dims:
+        n *= shape[d]
+    return n

@@ -1,0 +1,37 @@
+"""Wire records of the SMPC extension (record codes 90-99 are reserved for it).
+
+The coordinator asks the crypto provider for correlated randomness with one `DealRequest`
+holding any number of `Deal`s. The provider generates each primitive and sends every party its
+shares directly (one `ObjectMessage` per party, under ids the coordinator chose), then answers
+the coordinator with `None`: the coordinator never sees a share of a triple or of a mask.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fedmq.serde import record
+
+
+@record(90)
+@dataclass(slots=True)
+class Deal:
+    """One primitive to deal.
+
+    kind: "mul", "matmul", "conv2d" (Beaver triples), "trunc" (truncation pair), "edabit"
+    (a random ring element shared both additively and bitwise-XOR), "and" (binary triple),
+    "bit" (a random bit shared both ways).
+    parties: ids of the share holders, in share order.
+    ids: for each party, the ids its shares are stored under (as many as the kind produces).
+    params: shapes and constants (see fedmq.smpc.provider.KINDS).
+    """
+    kind: str
+    parties: list
+    ids: list
+    params: dict = field(default_factory=dict)
+
+
+@record(91)
+@dataclass(slots=True)
+class DealRequest:
+    """Deal these primitives (handled by the crypto provider; the reply's value is None)."""
+    deals: list

@@ -1,0 +1,300 @@
+"""The crypto provider: a trusted dealer of correlated randomness (Beaver triples, truncation
+pairs, edaBits, binary triples, random bits), and the coordinator's store of dealt primitives.
+
+Trust model (semi-honest, as PySyft 0.2's "crypto provider" and CrypTen's TTP mode): the
+provider is a separate worker that does not collude with any share holder. It never sees the
+parties' inputs; the parties never see the provider's secrets, only their own shares; the
+coordinator sees neither (it chooses ids and receives openings of uniformly masked values).
+
+    CryptoProvider        abc.ABC: what a dealer must generate (one method per primitive)
+    TrustedDealer         the CSPRNG implementation a provider worker runs
+    handle_deal_request   the worker handler: generate, then ObjectMessage each party its shares
+    PrimitiveStore        coordinator side: deal on demand or ahead of time (preprocessing)
+
+Randomness comes from the operating system's CSPRNG (`os.urandom`), never from torch's
+Mersenne Twister (PySyft drew shares from `torch.random_`, issue #2708 / notes C3).
+"""
+from __future__ import annotations
+
+import abc
+import collections
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fedmq import messages as m
+from fedmq.ids import new_id
+from fedmq.smpc.messages import Deal, DealRequest
+
+#: largest number of elements one dealt tensor may have (a request is not a way to exhaust memory)
+MAX_ELEMENTS = 1 << 26
+#: how many shares each kind stores per party, and their names (in `Deal.ids` order)
+KINDS = {
+    "mul": ("a", "b", "c"), "matmul": ("a", "b", "c"), "conv2d": ("a", "b", "c"),
+    "trunc": ("r", "r_div"), "edabit": ("r_arith", "r_xor"), "and": ("a", "b", "c"),
+    "bit": ("b_xor", "b_arith"),
+}
+
+
+def uniform(shape) -> torch.Tensor:
+    """Uniform int64 ring elements (the ring Z/2^64Z) from the OS CSPRNG."""
+    shape = tuple(int(s) for s in shape)
+    n = 1
+    for s in shape:
+        n *= s
+    if n == 0:
+        return torch.zeros(shape, dtype=torch.int64)
+    return torch.frombuffer(bytearray(os.urandom(8 * n)), dtype=torch.int64).reshape(shape)
+
+
+def random_bits(shape) -> torch.Tensor:
+    return uniform(shape) & 1
+
+
+def additive_split(value: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """n additive shares of `value` in Z/2^64Z (int64 wraparound): n-1 uniform, one fixing up."""
+    shares = [uniform(value.shape) for _ in range(n - 1)]
+    last = value.clone()
+    for s in shares:
+        last = last - s
+    return shares + [last]
+
+
+def xor_split(value: torch.Tensor, n: int, bits_only: bool = False) -> list[torch.Tensor]:
+    """n XOR shares of `value` (bitwise, packed in int64 words)."""
+    draw = random_bits if bits_only else uniform
+    shares = [draw(value.shape) for _ in range(n - 1)]
+    last = value.clone()
+    for s in shares:
+        last = last ^ s
+    return shares + [last]
+
+
+class CryptoProvider(abc.ABC):
+    """What a dealer generates. Each method returns, per party, the list of that party's shares
+    (in the order of `KINDS[kind]`)."""
+
+    @abc.abstractmethod
+    def triple(self, op: str, shape_a, shape_b, n: int, **op_kwargs: Any) -> list[list[torch.Tensor]]:
+        """Beaver triple (Beaver, CRYPTO'91): a, b uniform, c = op(a, b) (op bilinear)."""
+
+    @abc.abstractmethod
+    def truncation_pair(self, shape, divisor: int, n: int) -> list[list[torch.Tensor]]:
+        """(r, floor(r / divisor)) for probabilistic truncation (ABY3, Mohassel & Rindal 2018)."""
+
+    @abc.abstractmethod
+    def edabit(self, shape, n: int) -> list[list[torch.Tensor]]:
+        """r shared additively and bitwise-XOR (edaBits, Escudero et al., CRYPTO 2020)."""
+
+    @abc.abstractmethod
+    def binary_triple(self, shape, n: int) -> list[list[torch.Tensor]]:
+        """a, b uniform words, c = a & b, all XOR-shared (Beaver triples over GF(2)^64)."""
+
+    @abc.abstractmethod
+    def random_bit(self, shape, n: int) -> list[list[torch.Tensor]]:
+        """A random bit b shared XOR-wise (each share 0/1) and additively (B2A, CrypTen)."""
+
+    def deal(self, deal: Deal) -> list[list[torch.Tensor]]:
+        """Dispatch one `Deal` to the method generating it, after checking its parameters."""
+        n = len(deal.parties)
+        p = deal.params or {}
+        if deal.kind in ("mul", "matmul", "conv2d"):
+            _check_shape(p.get("a")), _check_shape(p.get("b"))
+            kwargs = {k: p[k] for k in ("stride", "padding", "dilation", "groups") if k in p}
+            return self.triple(deal.kind, p["a"], p["b"], n, **kwargs)
+        if deal.kind == "trunc":
+            divisor = p.get("divisor")
+            if type(divisor) is not int or not 1 <= divisor < 1 << 62:
+                raise ValueError(f"truncation divisor must be an int in [1, 2**62), got {divisor!r}")
+            return self.truncation_pair(_check_shape(p.get("shape")), divisor, n)
+        if deal.kind == "edabit":
+            return self.edabit(_check_shape(p.get("shape")), n)
+        if deal.kind == "and":
+            return self.binary_triple(_check_shape(p.get("shape")), n)
+        if deal.kind == "bit":
+            return self.random_bit(_check_shape(p.get("shape")), n)
+        raise ValueError(f"unknown primitive kind {deal.kind!r} (known: {sorted(KINDS)})")
+
+
+def _check_shape(shape) -> tuple:
+    if not isinstance(shape, (list, tuple)) or not all(type(s) is int and s >= 0 for s in shape):
+        raise ValueError(f"a shape is a list of non-negative ints, got {shape!r}")
+    n = 1
+    for s in shape:
+        n *= s
+    if n > MAX_ELEMENTS:
+        raise ValueError(f"a dealt tensor may have at most {MAX_ELEMENTS} elements, got {n}")
+    return tuple(shape)
+
+
+class TrustedDealer(CryptoProvider):
+    """Generates every primitive from the OS CSPRNG, in the clear, on the provider worker."""
+
+    def triple(self, op, shape_a, shape_b, n, **op_kwargs):
+        a, b = uniform(shape_a), uniform(shape_b)
+        if op == "mul":
+            c = a * b
+        elif op == "matmul":
+            c = torch.matmul(a, b)
+        elif op == "conv2d":
+            c = F.conv2d(a, b, **op_kwargs)
+        else:
+            raise ValueError(f"no Beaver triple for op {op!r}")
+        return _per_party(additive_split(a, n), additive_split(b, n), additive_split(c, n))
+
+    def truncation_pair(self, shape, divisor, n):
+        r = uniform(shape)
+        r_div = torch.div(r, divisor, rounding_mode="floor")
+        return _per_party(additive_split(r, n), additive_split(r_div, n))
+
+    def edabit(self, shape, n):
+        r = uniform(shape)
+        return _per_party(additive_split(r, n), xor_split(r, n))
+
+    def binary_triple(self, shape, n):
+        a, b = uniform(shape), uniform(shape)
+        return _per_party(xor_split(a, n), xor_split(b, n), xor_split(a & b, n))
+
+    def random_bit(self, shape, n):
+        b = random_bits(shape)
+        return _per_party(xor_split(b, n, bits_only=True), additive_split(b, n))
+
+
+def _per_party(*split_values: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    return [list(shares) for shares in zip(*split_values)]
+
+
+#: the dealer a provider worker runs
+DEALER: CryptoProvider = TrustedDealer()
+
+
+def handle_deal_request(worker: Any, msg: DealRequest) -> None:
+    """On the provider: generate every deal and send each party its shares directly.
+
+    1. Check the request: the provider is not a party, ids match the kind.
+    2. Generate each primitive in the clear (TrustedDealer) and split it into shares.
+    3. Send each party one ObjectMessage with all its shares, under the caller's ids.
+    The reply (to the coordinator) carries nothing but success.
+    """
+    if worker.network is None:
+        raise ValueError("this worker cannot reach other workers, so it cannot be a provider")
+    outgoing: dict[str, list] = collections.defaultdict(list)
+    for deal in msg.deals:
+        if not isinstance(deal, Deal):
+            raise ValueError("a DealRequest holds Deal records only")
+        if worker.id in deal.parties:
+            raise ValueError(f"the crypto provider {worker.id!r} cannot hold shares itself")
+        if len(set(deal.parties)) != len(deal.parties) or len(deal.parties) < 2:
+            raise ValueError("a deal needs at least two distinct parties")
+        names = KINDS.get(deal.kind)
+        if names is None:
+            raise ValueError(f"unknown primitive kind {deal.kind!r}")
+        if len(deal.ids) != len(deal.parties) or any(
+                len(ids) != len(names) for ids in deal.ids):
+            raise ValueError(f"a {deal.kind!r} deal stores {len(names)} shares per party")
+        shares = DEALER.deal(deal)
+        for party, ids, party_shares in zip(deal.parties, deal.ids, shares):
+            outgoing[party].extend(m.StoredObject(i, s) for i, s in zip(ids, party_shares))
+    for party, objects in outgoing.items():
+        worker.network.client(party).call(m.ObjectMessage(objects), sender=worker.id)
+    return None
+
+
+class PrimitiveStore:
+    """Coordinator side: dealt primitives, by (provider, parties, kind, params).
+
+    `take` returns a dealt primitive (pointers to each party's shares), dealing it on demand if
+    none is stored; `provide` deals many ahead of time in one request (preprocessing: the online
+    phase then needs only openings). `deal_now` deals several different primitives in one round
+    trip to the provider (what a protocol that needs several uses).
+    """
+
+    def __init__(self) -> None:
+        self._pool: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
+        #: round trips to providers and primitives dealt (for benchmarks)
+        self.requests = 0
+        self.dealt = 0
+
+    @staticmethod
+    def _key(provider: Any, parties: list, kind: str, params: dict) -> tuple:
+        return (provider.id, tuple(p.id for p in parties), kind,
+                tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                             for k, v in params.items())))
+
+    def provide(self, provider: Any, parties: list, kind: str, params: dict,
+                n_instances: int = 1) -> None:
+        """Deal `n_instances` of a primitive now and keep them for later `take`s."""
+        dealt = self.deal_now(provider, parties, [(kind, params)] * n_instances)
+        self._pool[self._key(provider, parties, kind, params)].extend(dealt)
+
+    def take(self, provider: Any, parties: list, kind: str, params: dict) -> list:
+        pool = self._pool.get(self._key(provider, parties, kind, params))
+        if pool:
+            return pool.popleft()
+        return self.deal_now(provider, parties, [(kind, params)])[0]
+
+    def take_many(self, provider: Any, parties: list, wanted: list[tuple[str, dict]]) -> list:
+        """Several primitives: stored ones first, the rest dealt in one request."""
+        out: list = [None] * len(wanted)
+        missing = []
+        for index, (kind, params) in enumerate(wanted):
+            pool = self._pool.get(self._key(provider, parties, kind, params))
+            if pool:
+                out[index] = pool.popleft()
+            else:
+                missing.append(index)
+        if missing:
+            dealt = self.deal_now(provider, parties, [wanted[i] for i in missing])
+            for index, value in zip(missing, dealt):
+                out[index] = value
+        return out
+
+    def deal_now(self, provider: Any, parties: list, wanted: list[tuple[str, dict]]) -> list:
+        """Deal `wanted` in one request; each result is a list (one per share name) of lists
+        (one pointer per party)."""
+        from fedmq.smpc.additive import make_pointer
+
+        deals, metas = [], []
+        for kind, params in wanted:
+            names = KINDS[kind]
+            ids = [[new_id() for _ in names] for _ in parties]
+            deals.append(Deal(kind, [p.id for p in parties], ids, dict(params)))
+            metas.append((kind, params, ids))
+        provider.call(DealRequest(deals))
+        self.requests += 1
+        self.dealt += len(deals)
+        out = []
+        for kind, params, ids in metas:
+            shapes = _share_shapes(kind, params)
+            out.append([[make_pointer(party, ids[pi][si], shapes[si]) for pi, party in
+                         enumerate(parties)] for si in range(len(KINDS[kind]))])
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._pool.values())
+
+    def clear(self) -> None:
+        self._pool.clear()
+
+
+def _share_shapes(kind: str, params: dict) -> list[tuple]:
+    if kind in ("mul", "matmul", "conv2d"):
+        a = torch.empty(tuple(params["a"]), dtype=torch.int64, device="meta")
+        b = torch.empty(tuple(params["b"]), dtype=torch.int64, device="meta")
+        if kind == "mul":
+            c = a * b
+        elif kind == "matmul":
+            c = torch.matmul(a, b)
+        else:
+            kwargs = {k: params[k] for k in ("stride", "padding", "dilation", "groups")
+                      if k in params}
+            c = F.conv2d(a, b, **kwargs)
+        return [tuple(params["a"]), tuple(params["b"]), tuple(c.shape)]
+    shape = tuple(params["shape"])
+    return [shape] * len(KINDS[kind])
+
+
+#: the coordinator's store (module level: one per process, like PySyft's crypto_store)
+STORE = PrimitiveStore()

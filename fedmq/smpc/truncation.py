@@ -1,0 +1,49 @@
+"""Division of a shared value by a public positive integer: ABY3's probabilistic truncation
+with a preprocessed truncation pair (Mohassel & Rindal, "ABY3: A Mixed Protocol Framework for
+Machine Learning", CCS 2018, §5.1.1, Π_trunc2; CrypTen's TTP mode uses the same pair).
+
+It rescales fixed-point products (divisor base**precision_fractional) and computes `mean` and
+public division, for any number of parties (PySyft divided each share locally, which is only
+right for two parties and not always then: #2706, notes C1).
+
+Guarantee. With x the shared value and d the divisor, the result is floor(x/d) or
+floor(x/d) - 1 (so within two units in the last place of x/d; PySyft truncates toward zero,
+this may be one unit lower), unless the opened x - r wrapped around the int64 range, which
+happens with probability |x| / 2**64 per element (2**-24 for |x| < 2**40). Privacy is perfect:
+the opened value x - r is uniform because r is.
+"""
+from __future__ import annotations
+
+import torch
+
+from fedmq.smpc.additive import AdditiveSharingTensor, open_shares, remote
+from fedmq.smpc.provider import STORE
+
+
+def truncation_params(shape, divisor: int) -> dict:
+    return {"shape": list(shape), "divisor": int(divisor)}
+
+
+def truncate(x: AdditiveSharingTensor, divisor: int) -> AdditiveSharingTensor:
+    """[x / divisor] (rounded down, see the module docstring).
+
+    1. Get a truncation pair ([r], [r'] with r' = floor(r / d)) dealt by the crypto provider.
+    2. Each party computes [y] = [x] - [r] locally.
+    3. Open y (one round). y is uniform: r is uniform in the ring.
+    4. [z] = floor(y / d) + [r']: party 0 adds the public floor(y / d) to its share of r'.
+       floor(y/d) + floor(r/d) is floor((y + r)/d) or one less, and y + r = x (no wrap).
+    """
+    if divisor == 1:
+        return x
+    provider = x._provider("division (and fixed-point rescaling)")
+    r, r_div = STORE.take(provider, x.locations, "trunc", truncation_params(x.shape, divisor))
+    return truncate_finish(x, divisor, r, r_div)
+
+
+def truncate_finish(x: AdditiveSharingTensor, divisor: int, r: list, r_div: list
+                    ) -> AdditiveSharingTensor:
+    y_shares = [remote(s.location, "torch.sub", s, ri) for s, ri in zip(x.shares, r)]
+    (y,) = open_shares([y_shares])
+    public = torch.div(y, divisor, rounding_mode="floor")
+    first = remote(r_div[0].location, "torch.add", r_div[0], public)
+    return x._new([first, *r_div[1:]])

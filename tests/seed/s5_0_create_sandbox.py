@@ -1,0 +1,3 @@
+import torch
+import fedmq as sy
+sy.create_sandbox(globals())
