@@ -96,6 +96,8 @@ class WorkerService:
         from fedmq.workers.amqp import AMQPNetwork
 
         tune_malloc()
+        from fedmq.hook import _load_extensions
+        _load_extensions()  # extension messages (plans, SMPC, ...) must decode and have handlers
         self._inbox = asyncio.Queue()
         self._stopping = asyncio.Event()
         self.connection = await aio_pika.connect_robust(

@@ -11,6 +11,15 @@ list, then sent to workers and run there with one message per call.
 A plan is data: its ops (allowlisted wire names, see tracer.py), its state tensors, and which
 slots hold its inputs and output (`PlanRecord`). Calling a built plan locally runs that same op
 list; calling it on pointers sends it to their worker (once per worker) and runs it there.
+
+A training step can be a plan: `loss.backward()`, the `.grad` reads and the in-place updates
+(by hand under `torch.no_grad()`, or `torch.optim.SGD(..., foreach=False).step()`) are recorded
+like any op, and the state (the weights) is updated on the worker at every run.
+
+Limits (those of tracing): Python control flow runs once, at build time: loops unroll and
+branches keep the path they took. So clear gradients *after* the update (`opt.zero_grad()` before
+the first backward sees no `.grad` and records nothing); a run that takes another path than the
+build (a `.grad` that was None then) fails with an error that says so, never silently.
 """
 from __future__ import annotations
 
@@ -55,7 +64,6 @@ class Plan(nn.Module):
         self._record: PlanRecord | None = None  # the op list, once built (state not filled in)
         self._kind = type(self).__name__
         self._pointers: dict[str, Any] = {}     # location id -> PointerPlan (one send per worker)
-        self._specs: dict[Any, list | None] = {}  # input metadata -> output metadata
 
     # -- building ---------------------------------------------------------------------------------
     @property
@@ -92,7 +100,6 @@ class Plan(nn.Module):
         self._record = PlanRecord(self.id, self.name, traced.input_slots, traced.state_slots, [],
                                   traced.ops, traced.output, self.include_state, self._kind)
         self._pointers.clear()
-        self._specs.clear()
         return traced.output_value
 
     def _call_python(self, *args: Any) -> Any:
@@ -197,6 +204,19 @@ class Plan(nn.Module):
         plan._kind = rec.kind
         return plan
 
+    def __deepcopy__(self, memo: dict) -> "Plan":
+        """A deep copy (as for any nn.Module) with a new id; the owner is shared and the copy
+        has not been sent anywhere."""
+        import copy
+
+        memo[id(self.owner)] = self.owner
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = {} if key == "_pointers" else copy.deepcopy(value, memo)
+        new.__dict__["id"] = new_id()
+        return new
+
     def load_state(self, tensors: list) -> None:
         """Copy `tensors` (values and gradients) into the plan's state, in place (optimizers
         holding the parameters keep working)."""
@@ -242,7 +262,7 @@ def _example_inputs(args: tuple, name: str) -> list:
     return inputs
 
 
-# -- the printed form ------------------------------------------------------------------------------
+# -- the printed form -----------------------------------------------------------------------------
 
 def plan_source(name: str, rec: PlanRecord | None, state: list) -> str:
     """The op list as Python-like source, as PySyft printed it (`_2 = _1.add(1)`)."""
@@ -280,14 +300,15 @@ def _op_source(op: m.Command) -> str:
         this = _value_source(args[0]) if args else "?"
         if attr.endswith(".__set__"):
             return f"{this}.{attr[:-len('.__set__')]} = {', '.join(params)}"
-        if not callable_attr(attr):
+        if not _callable_attr(attr):
             return f"{lhs}{this}.{attr}"
         return f"{lhs}{this}.{attr}({', '.join(params)})"
-    call = [_value_source(a) for a in args] + params[len(args) - 1 if args else 0:]
+    call = [_value_source(a) for a in args] + [f"{k}={_value_source(v)}"
+                                               for k, v in op.kwargs.items()]
     return f"{lhs}{op.op}({', '.join(call)})"
 
 
-def callable_attr(attr: str) -> bool:
+def _callable_attr(attr: str) -> bool:
     from fedmq.ops import allowlist
     return attr not in allowlist.TENSOR_GETTERS
 
@@ -310,7 +331,7 @@ def _value_source(value: Any, top: bool = False) -> str:
     return repr(value)
 
 
-# -- the decorator ----------------------------------------------------------------------------------
+# -- the decorator --------------------------------------------------------------------------------
 
 _AUTO_BUILD_FAILED = (
     "Automatic build using @func2plan failed!\nCheck that:\n"

@@ -34,6 +34,11 @@ def validate(plan: Any, worker_id: str | None = None) -> None:
         ops.lookup(op.op)  # OpNotAllowedError names the op
 
 
+_DIVERGED = (" (the plan took another path when it was built: a value that was None then, such "
+             "as a .grad read before the first backward, is not None now; zero gradients after "
+             "the update, not before it)")
+
+
 def execute(plan: Any, args: list | tuple, state: list, worker_id: str) -> Any:
     """Run `plan`'s ops on `args` and `state`; return its output structure (real values)."""
     if len(args) != len(plan.input_slots):
@@ -50,7 +55,10 @@ def execute(plan: Any, args: list | tuple, state: list, worker_id: str) -> Any:
         except OpNotAllowedError:
             raise
         except RemoteError as exc:
-            raise type(exc)(f"plan {plan.name!r}, op {index} ({op.op}): {exc.remote_message}",
+            text = exc.remote_message
+            if "the caller expected" in text:  # a None (e.g. a .grad) or a shape differs
+                text += _DIVERGED
+            raise type(exc)(f"plan {plan.name!r}, op {index} ({op.op}): {text}",
                             worker=worker_id, op=op.op) from exc
         except Exception as exc:
             raise RemoteExecutionError(f"plan {plan.name!r}, op {index} ({op.op}): "

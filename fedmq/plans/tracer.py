@@ -83,12 +83,12 @@ class Tracer(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         try:
-            passthrough = func in PASSTHROUGH
+            passthrough, factory = func in PASSTHROUGH, func in CONSTANT_FACTORIES
         except TypeError:  # unhashable callable
-            passthrough = False
-        if passthrough:
+            passthrough = factory = False
+        if passthrough or _is_profiler_marker(func):
             return func(*args, **kwargs)
-        if func in CONSTANT_FACTORIES and not self._touches_plan(args, kwargs):
+        if factory and not self._touches_plan(args, kwargs):
             return func(*args, **kwargs)
         name = ops.name_of(func)
         if name is None:
@@ -104,7 +104,9 @@ class Tracer(TorchFunctionMode):
         result_ids = []
         for leaf in flatten_tensors(result, []):
             # an in-place op returns its input: no new value, later ops keep the input's slot
-            result_ids.append(None if id(leaf) in inputs else self.new_slot(leaf))
+            # (a constant changed in place gets a slot, so later ops see the change)
+            known = id(leaf) in inputs and id(leaf) in self.slots
+            result_ids.append(None if known else self.new_slot(leaf))
         self.ops.append(m.Command(name, wire_args, wire_kwargs, result_ids, grad))
         return result
 
@@ -152,6 +154,12 @@ class Tracer(TorchFunctionMode):
                 [self.output(v) for v in value]
         raise PlanBuildError(f"a plan returns tensors (or a tuple or list of them), not a "
                              f"{type(value).__name__}")
+
+
+def _is_profiler_marker(func: Any) -> bool:
+    """`torch.ops.profiler.*` (optimizers mark their steps with them): bookkeeping, no data."""
+    return str(getattr(func, "_qualified_op_name", "")).startswith("profiler::") or \
+        str(getattr(func, "__module__", "")).startswith("torch._ops.profiler")
 
 
 def _check_tensor_result(result: Any, name: str) -> None:

@@ -206,6 +206,9 @@ def pointer_from_ref(ref: m.PointerRef, owner: Any, network: Any, id: int | None
                      gc: bool = True) -> PointerTensor:
     if network is None:
         raise PointerError(f"cannot reach worker {ref.location!r} to hold a pointer to it")
+    to_pointer = getattr(ref, "to_pointer", None)  # a plan or protocol (fedmq.plans.PlanRef)
+    if to_pointer is not None:
+        return to_pointer(owner, network, id=id, gc=gc)
     location = network.client(ref.location)
     return PointerTensor(location, ref.id_at_location, tuple(ref.shape), ref.dtype,
                          ref.requires_grad, owner=owner, id=id, gc=gc, tags=ref.tags,
@@ -219,6 +222,9 @@ def ref_for(worker_id: str, obj_id: int, obj: Any, tags=(), description=None) ->
     elif isinstance(obj, torch.Tensor):
         shape, dtype, rg = tuple(obj.shape), obj.dtype, obj.requires_grad
     else:
+        describe = getattr(obj, "__fedmq_pointer_ref__", None)  # plans, protocols
+        if describe is not None:
+            return describe(worker_id, obj_id, tags, description)
         shape, dtype, rg = (), None, False
     return m.PointerRef(worker_id, obj_id, shape, dtype, rg, sorted(tags), description)
 

@@ -56,11 +56,44 @@ def _to_wire(value: Any, location: Any) -> Any:
     return value  # ints, public tensors (sent inline), None
 
 
+def _key(value: Any) -> Any:
+    if isinstance(value, PointerTensor):
+        return (value.shape_local, value.dtype_local)
+    if isinstance(value, torch.Tensor):
+        return (value.shape, value.dtype)
+    if type(value) in (list, tuple):
+        return (type(value), tuple(_key(v) for v in value))
+    if type(value) is slice:
+        return ("slice", value.start, value.stop, value.step)
+    if type(value) is dict:
+        return tuple((k, _key(v)) for k, v in value.items())
+    return (type(value), value)
+
+
+#: result metadata of (op, argument shapes): protocols repeat the same few shapes many times
+_META_CACHE: dict = {}
+
+
+def _template(op: str, args: tuple, kwargs: dict) -> Any:
+    try:
+        key = (op, _key(args), _key(kwargs))
+        hash(key)
+    except TypeError:
+        key = None
+    template = _META_CACHE.get(key) if key is not None else None
+    if template is None:
+        template = ops.lookup(op).fn(*_to_meta(args), **_to_meta(kwargs))
+        if key is not None:
+            if len(_META_CACHE) > 4096:
+                _META_CACHE.clear()
+            _META_CACHE[key] = template
+    return template
+
+
 def remote(location: Any, op: str, *args: Any, **kwargs: Any) -> Any:
     """Run allowlisted `op` on `location` (args: pointers there, public tensors, numbers);
     returns pointers to the results. Pipelined: one buffered Command, no round trip."""
-    fn = ops.lookup(op).fn
-    template = fn(*_to_meta(args), **_to_meta(kwargs))
+    template = _template(op, args, kwargs)
     leaves = template if isinstance(template, tuple) else (template,)
     ids = [new_id() for _ in leaves]
     location.post(m.Command(op, _to_wire(args, location), _to_wire(kwargs, location), ids, False))
@@ -249,9 +282,12 @@ class AdditiveSharingTensor:
                               for a, b in zip(self.shares, other.shares)])
         pub = self._public(other)
         first = remote(self.shares[0].location, "torch.add", self.shares[0], pub)
-        rest = [s if not isinstance(pub, torch.Tensor) or pub.shape == self.shape
+        # the other parties copy their share (a result never aliases an input's share: `.get()`
+        # of one must not consume the other), broadcasting like party 0's if needed
+        rest = [remote(s.location, "torch.clone", s)
+                if not isinstance(pub, torch.Tensor) or pub.shape == self.shape
                 else remote(s.location, "torch.add", s, torch.zeros_like(pub))
-                for s in self.shares[1:]]  # broadcast every share alike
+                for s in self.shares[1:]]
         return self._new([first, *rest])
 
     def neg(self) -> "AdditiveSharingTensor":
@@ -361,9 +397,6 @@ class AdditiveSharingTensor:
                            for p in range(first.n_parties)])
 
     # -- comparisons and friends (comparison.py) ---------------------------------------------------
-    def _diff(self, other: Any) -> "AdditiveSharingTensor":
-        return self.sub(other)
-
     def lt(self, other: Any) -> "AdditiveSharingTensor":
         from fedmq.smpc.comparison import ltz
         return ltz(self.sub(other))

@@ -23,7 +23,7 @@ from collections import namedtuple
 
 import torch
 
-from fedmq.smpc.additive import AdditiveSharingTensor, open_shares, remote
+from fedmq.smpc.additive import AdditiveSharingTensor, _stats, open_shares, remote
 from fedmq.smpc.provider import STORE
 
 MASK63 = (1 << 63) - 1
@@ -56,7 +56,8 @@ def _and_public(a, mask):
 
 
 def binary_and(f: list, g: list, triple: list) -> list:
-    """[f & g] from XOR shares f, g (lists of per-party pointers) and a binary triple.
+    """[f & g] from XOR shares f, g (lists of per-party pointers) and a binary triple, as
+    Commands (the reference form of the AND layer `ltz` runs fused into its LocalSteps).
 
     1. [u] = [f] ^ [a], [v] = [g] ^ [b] locally; 2. open u and v (one round);
     3. [f & g] = [c] ^ (u & [b]) ^ (v & [a]), and party 0 also XORs u & v.
@@ -75,6 +76,99 @@ def binary_and(f: list, g: list, triple: list) -> list:
     return out
 
 
+# -- each party's local computation, one message per party per round ----------------------------
+# These run on the share holders (handled as LocalStep messages): `STEPS` is their allowlist.
+
+def _rshift(t: torch.Tensor, s: int) -> torch.Tensor:
+    return t >> s  # arithmetic shift: linear over XOR shares (see `_shift`)
+
+
+def _step_mask(x: torch.Tensor, r: torch.Tensor):
+    """Step 2: this party's share of c = x + r (to be opened)."""
+    return (), (x + r,)
+
+
+def _step_start(r_xor: torch.Tensor, c, a: torch.Tensor, b: torch.Tensor, s: int):
+    """Step 3, then the masking of the first AND layer: e = (c ^ r) & (2^63-1), g = e >> s."""
+    e = (r_xor ^ c if c is not None else r_xor) & MASK63
+    g = _rshift(e, s)
+    return (e, g), (e ^ a, g ^ b)
+
+
+def _step_or(f, g, a, b, c, u, v, first: bool, nxt_a, nxt_b, nxt_s):
+    """Finish an AND layer (f | g = f ^ g ^ (f & g)) and mask the next one, if any."""
+    fg = c ^ (b & u) ^ (a & v)
+    if first:
+        fg = fg ^ (u & v)
+    f = f ^ g ^ fg
+    if nxt_a is None:
+        return (f,), ()
+    g = _rshift(f, nxt_s)
+    return (f, g), (f ^ nxt_a, g ^ nxt_b)
+
+
+def _step_finish(f, r_xor, not_c, c_sign, b_xor):
+    """Step 5 and the masking of B2A: <MSB(x)> ^ <b> (to be opened)."""
+    w = ((f ^ _rshift(f, 1)) & not_c) ^ (r_xor & SIGN_BIT)
+    if c_sign is not None:
+        w = w ^ c_sign
+    for s in _FOLD_SHIFTS:
+        w = w ^ _rshift(w, s)
+    return (), ((w & 1) ^ b_xor,)
+
+
+def _step_b2a(b_arith, u, first: bool):
+    """Step 6: this party's share of u + [b] - 2u[b]."""
+    out = b_arith * (1 - 2 * u)
+    return ((out + u) if first else out,), ()
+
+
+STEPS = {"ltz_mask": _step_mask, "ltz_start": _step_start, "ltz_or": _step_or,
+         "ltz_finish": _step_finish, "b2a": _step_b2a}
+
+
+def handle_local_step(worker, msg) -> list:
+    """On a share holder: run one allowlisted step, keep its results, return what it opens."""
+    from fedmq.execution import resolve
+
+    fn = STEPS.get(msg.step) if isinstance(msg.step, str) else None
+    if fn is None:
+        raise ValueError(f"unknown SMPC step {msg.step!r}")
+    kept, opened = fn(*resolve(list(msg.args), worker.store))
+    if len(kept) != len(msg.result_ids):
+        raise ValueError(f"step {msg.step} keeps {len(kept)} tensors, "
+                         f"{len(msg.result_ids)} ids were given")
+    for rid, value in zip(msg.result_ids, kept):
+        worker.store.put(rid, value)
+    return list(opened)
+
+
+def _run_steps(step: str, per_party_args: list, n_kept: int, shapes, want_reply: bool):
+    """Send `step` to every party; returns (kept pointers per party, opened values per party)."""
+    from fedmq import messages as m
+    from fedmq.ids import new_id
+    from fedmq.smpc.additive import _to_wire, make_pointer
+    from fedmq.smpc.messages import LocalStep
+
+    kept, opened = [], []
+    for location, args in per_party_args:
+        ids = [new_id() for _ in range(n_kept)]
+        msg = LocalStep(step, _to_wire(list(args), location), ids)
+        if want_reply:
+            opened.append(location.call(msg))
+        else:
+            location.post(msg)
+        kept.append([make_pointer(location, i, shapes) for i in ids])
+    return kept, opened
+
+
+def _combine(opened: list, index: int, combine: str) -> torch.Tensor:
+    total = opened[0][index]
+    for values in opened[1:]:
+        total = total + values[index] if combine == "add" else total ^ values[index]
+    return total
+
+
 def ltz(x: AdditiveSharingTensor) -> AdditiveSharingTensor:
     """[x < 0] as additive shares of 0/1, x read as a signed 64-bit value.
 
@@ -84,46 +178,58 @@ def ltz(x: AdditiveSharingTensor) -> AdditiveSharingTensor:
        MSB(x) = c_63 ^ r_63 ^ borrow, where borrow = [c mod 2^63 < r mod 2^63].
     3. <e> = (c ^ <r>) & (2^63 - 1): the bits where c and r differ (party 0 XORs c).
     4. Suffix-OR <f_j> = OR_{k>=j} e_k in 6 layers f |= f >> s (s = 1..32); OR via one AND
-       (f | g = f ^ g ^ (f & g)), each AND one round with a binary triple.
+       (f | g = f ^ g ^ (f & g)), each AND one round with a binary triple (`binary_and`).
     5. <d> = <f> ^ (<f> >> 1) marks the highest differing bit (at most one bit set). There
        r_j = 1 - c_j, so borrow = OR_j (d_j & ~c_j) = parity(<d> & ~c): local, because c is
        public. XOR in r_63 (each share's own bit 63) and c_63 (party 0), fold the parity into
        bit 0 by shifts and XORs, keep bit 0: <MSB(x)>, each share 0/1.
     6. B2A: open u = MSB(x) ^ b (one round, uniform bit), then
        [MSB(x)] = u + [b] - 2u[b] (party 0 adds u).
+    Each round is one LocalStep message per party that finishes the previous round and
+    returns the next masked values (8 messages per party in all).
     """
     provider = x._provider("comparison")
     parties = x.locations
-    prims = STORE.take_many(provider, parties, comparison_primitives(x.shape))
+    shape = tuple(x.shape)
+    prims = STORE.take_many(provider, parties, comparison_primitives(shape))
     (r_arith, r_xor), ands, (b_xor, b_arith) = prims[0], prims[1:7], prims[7]
+    n = len(parties)
 
-    c_sh = [remote(s.location, "torch.add", s, ri) for s, ri in zip(x.shares, r_arith)]
-    (c,) = open_shares([c_sh])
+    _, opened = _run_steps("ltz_mask", [(loc, (xs, ri)) for loc, xs, ri in
+                                        zip(parties, x.shares, r_arith)], 0, shape, True)
+    c = _combine(opened, 0, "add")
 
-    e = [_and_public(_xor(ri, c) if i == 0 else ri, MASK63) for i, ri in enumerate(r_xor)]
-    f = e
-    for s, triple in zip(_OR_SHIFTS, ands):
-        g = [_shift(fi, s) for fi in f]
-        fg = binary_and(f, g, triple)
-        f = [_xor(_xor(fi, gi), hi) for fi, gi, hi in zip(f, g, fg)]
+    a1, b1, _ = ands[0]
+    (kept, opened) = _run_steps("ltz_start", [(parties[i], (r_xor[i], c if i == 0 else None,
+                                                           a1[i], b1[i], _OR_SHIFTS[0]))
+                                              for i in range(n)], 2, shape, True)
+    f = [k[0] for k in kept]
+    g = [k[1] for k in kept]
+    u, v = _combine(opened, 0, "xor"), _combine(opened, 1, "xor")
+    for layer in range(len(_OR_SHIFTS)):
+        a, b, cc = ands[layer]
+        last = layer == len(_OR_SHIFTS) - 1
+        nxt = (None, None, None) if last else (ands[layer + 1][0], ands[layer + 1][1],
+                                                 _OR_SHIFTS[layer + 1])
+        args = [(parties[i], (f[i], g[i], a[i], b[i], cc[i], u, v, i == 0,
+                              None if last else nxt[0][i], None if last else nxt[1][i], nxt[2]))
+                for i in range(n)]
+        kept, opened = _run_steps("ltz_or", args, 1 if last else 2, shape, not last)
+        f = [k[0] for k in kept]
+        if not last:
+            g = [k[1] for k in kept]
+            u, v = _combine(opened, 0, "xor"), _combine(opened, 1, "xor")
+    _stats.rounds += len(_OR_SHIFTS) + 2
 
     not_c = (~c) & MASK63
-    w = []
-    for i, (fi, ri) in enumerate(zip(f, r_xor)):
-        d = _xor(fi, _shift(fi, 1))
-        wi = _xor(_and_public(d, not_c), _and_public(ri, SIGN_BIT))
-        if i == 0:
-            wi = _xor(wi, c & SIGN_BIT)
-        for s in _FOLD_SHIFTS:
-            wi = _xor(wi, _shift(wi, s))
-        w.append(_and_public(wi, 1))
-
-    u_sh = [_xor(wi, bi) for wi, bi in zip(w, b_xor)]
-    (u,) = open_shares([u_sh], combine="xor")
-    factor = 1 - 2 * u
-    out = [remote(b_arith[0].location, "torch.addcmul", u, b_arith[0], factor)]
-    out += [remote(bi.location, "torch.mul", bi, factor) for bi in b_arith[1:]]
-    return x._new(out)
+    c_sign = c & SIGN_BIT
+    _, opened = _run_steps("ltz_finish", [(parties[i], (f[i], r_xor[i], not_c,
+                                                        c_sign if i == 0 else None, b_xor[i]))
+                                          for i in range(n)], 0, shape, True)
+    u = _combine(opened, 0, "xor")
+    kept, _ = _run_steps("b2a", [(parties[i], (b_arith[i], u, i == 0)) for i in range(n)], 1,
+                         shape, False)
+    return x._new([k[0] for k in kept])
 
 
 def eq(x: AdditiveSharingTensor, y) -> AdditiveSharingTensor:

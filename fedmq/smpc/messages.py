@@ -35,3 +35,15 @@ class Deal:
 class DealRequest:
     """Deal these primitives (handled by the crypto provider; the reply's value is None)."""
     deals: list
+
+
+@record(92)
+@dataclass(slots=True)
+class LocalStep:
+    """Run one party's local part of a protocol round (`step`, a function of
+    fedmq.smpc.comparison.STEPS: no other name is accepted) on `args` (Refs to the party's
+    shares, public tensors, ints). The tensors it keeps are stored under `result_ids`; the ones
+    it opens (masked values) come back in the reply, so a round costs one message per party."""
+    step: str
+    args: list
+    result_ids: list

@@ -137,7 +137,8 @@ class TrustedDealer(CryptoProvider):
         if op == "mul":
             c = a * b
         elif op == "matmul":
-            c = torch.matmul(a, b)
+            from fedmq.smpc.beaver import ring_matmul
+            c = ring_matmul(a, b)
         elif op == "conv2d":
             c = F.conv2d(a, b, **op_kwargs)
         else:
@@ -219,7 +220,8 @@ class PrimitiveStore:
 
     @staticmethod
     def _key(provider: Any, parties: list, kind: str, params: dict) -> tuple:
-        return (provider.id, tuple(p.id for p in parties), kind,
+        # identities too: a new worker object reusing an old id has none of the old shares
+        return (provider.id, id(provider), tuple((p.id, id(p)) for p in parties), kind,
                 tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
                              for k, v in params.items())))
 

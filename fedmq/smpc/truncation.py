@@ -6,11 +6,12 @@ It rescales fixed-point products (divisor base**precision_fractional) and comput
 public division, for any number of parties (PySyft divided each share locally, which is only
 right for two parties and not always then: #2706, notes C1).
 
-Guarantee. With x the shared value and d the divisor, the result is floor(x/d) or
-floor(x/d) - 1 (so within two units in the last place of x/d; PySyft truncates toward zero,
-this may be one unit lower), unless the opened x - r wrapped around the int64 range, which
-happens with probability |x| / 2**64 per element (2**-24 for |x| < 2**40). Privacy is perfect:
-the opened value x - r is uniform because r is.
+Guarantee. With x the shared value and d the divisor, the result is ceil(x/d) or ceil(x/d) - 1:
+exact when d divides x, otherwise x/d rounded up or down at random, without bias (E = x/d),
+so always less than one unit in the last place from x/d (PySyft's local truncation rounds toward
+zero). This fails only if the opened x - r wrapped around the int64 range, which happens with
+probability about |x| / 2**64 per element (2**-24 for |x| < 2**40). Privacy is perfect: the
+opened value x - r is uniform because r is.
 """
 from __future__ import annotations
 
@@ -30,11 +31,13 @@ def truncate(x: AdditiveSharingTensor, divisor: int) -> AdditiveSharingTensor:
     1. Get a truncation pair ([r], [r'] with r' = floor(r / d)) dealt by the crypto provider.
     2. Each party computes [y] = [x] - [r] locally.
     3. Open y (one round). y is uniform: r is uniform in the ring.
-    4. [z] = floor(y / d) + [r']: party 0 adds the public floor(y / d) to its share of r'.
-       floor(y/d) + floor(r/d) is floor((y + r)/d) or one less, and y + r = x (no wrap).
+    4. [z] = floor((y + d - 1) / d) + [r']: party 0 adds the public part to its share of r'.
+       floor(a/d) + floor(r/d) is floor((a + r)/d) minus a carry [(a mod d) + (r mod d) >= d];
+       with a = y + d - 1 and a + r = x + d - 1 that is ceil(x/d) or ceil(x/d) - 1, and the
+       carry's probability over the uniform r makes the expectation exactly x/d.
     """
     if divisor == 1:
-        return x
+        return x.copy()
     provider = x._provider("division (and fixed-point rescaling)")
     r, r_div = STORE.take(provider, x.locations, "trunc", truncation_params(x.shape, divisor))
     return truncate_finish(x, divisor, r, r_div)
@@ -44,6 +47,8 @@ def truncate_finish(x: AdditiveSharingTensor, divisor: int, r: list, r_div: list
                     ) -> AdditiveSharingTensor:
     y_shares = [remote(s.location, "torch.sub", s, ri) for s, ri in zip(x.shares, r)]
     (y,) = open_shares([y_shares])
-    public = torch.div(y, divisor, rounding_mode="floor")
+    # floor((y + d - 1) / d) without overflowing int64 when y is near its top
+    public = torch.div(y, divisor, rounding_mode="floor") + \
+        torch.div(torch.remainder(y, divisor) + (divisor - 1), divisor, rounding_mode="floor")
     first = remote(r_div[0].location, "torch.add", r_div[0], public)
     return x._new([first, *r_div[1:]])

@@ -1,0 +1,19 @@
+import torch
+import fedmq as sy
+
+hook = sy.TorchHook(torch)
+bob = sy.VirtualWorker(hook, id='bob')
+alice = sy.VirtualWorker(hook, id='alice')
+
+crypto_provider = sy.VirtualWorker(hook, id='crypto_provider')
+x = torch.tensor([25]).share(bob, alice, crypto_provider=crypto_provider)
+y = torch.tensor([5]).share(bob, alice, crypto_provider=crypto_provider)
+
+z = x * y
+print(z.get())
+
+x = torch.tensor([[1, 2],[3,4]]).share(bob,alice, crypto_provider=crypto_provider)
+y = torch.tensor([[2, 0],[0,2]]).share(bob,alice, crypto_provider=crypto_provider)
+
+z = x.mm(y)
+print(z.get())

@@ -1,0 +1,148 @@
+"""Additive sharing (priority 2): shares, refusals, uniformity, linear ops, where data goes."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fedmq
+from fedmq import messages as m, serde
+from fedmq.smpc import AdditiveSharingTensor
+from fedmq.smpc.messages import DealRequest
+from fedmq.smpc.provider import STORE
+from smpc_helpers import make_parties
+
+
+@pytest.fixture
+def parties(hook):
+    STORE.clear()
+    return make_parties(hook)
+
+
+def test_share_get_roundtrip_2_to_5_parties(parties):
+    workers, provider = parties
+    x = torch.tensor([[25, -3], [2 ** 40, -(2 ** 62)]])
+    for n in range(2, 6):
+        shared = x.share(*workers[:n], crypto_provider=provider)
+        assert isinstance(shared, AdditiveSharingTensor) and shared.child.field == 2 ** 64
+        assert [s.location.id for s in shared.shares] == [w.id for w in workers[:n]]
+        for w in workers[:n]:  # each share is an object in its worker's store
+            assert len(w._objects) == 1
+        assert torch.equal(shared.get(), x)
+        assert all(len(w._objects) == 0 for w in workers)  # .get() deleted the shares
+
+
+def test_refusals_say_what_to_do(parties):
+    workers, provider = parties
+    with pytest.raises(ValueError, match=r"fix_precision\(\)\.share"):
+        torch.tensor([1.5]).share(*workers[:2])
+    with pytest.raises(ValueError, match="must not be one of the share holders"):
+        torch.tensor([1]).share(workers[0], workers[1], crypto_provider=workers[1])
+    with pytest.raises(ValueError, match="2 to 5"):
+        torch.tensor([1]).share(workers[0])
+    with pytest.raises(ValueError, match="must not be the local worker"):
+        torch.tensor([1]).share(*workers[:2], crypto_provider=fedmq.local_worker)
+    x = torch.tensor([3]).share(*workers[:2])
+    with pytest.raises(ValueError, match="crypto provider"):
+        x * x
+    with pytest.raises(ValueError, match="secret"):
+        bool(x)
+
+
+def _bits(values: torch.Tensor) -> torch.Tensor:
+    """(n, 64) matrix of the bits of int64 values."""
+    shifts = torch.arange(64)
+    return (values.unsqueeze(1) >> shifts) & 1
+
+
+@pytest.mark.parametrize("n_parties", [2, 3, 5])
+def test_each_share_is_uniform(parties, n_parties):
+    """Every single share looks uniform, whatever the secret: each of its 64 bits is set about
+    half the time, and it is not the secret (a constant or the secret itself would fail)."""
+    workers, _ = parties
+    samples = 4000
+    for secret in (torch.zeros(samples, dtype=torch.long),
+                   torch.full((samples,), 25, dtype=torch.long)):
+        shared = secret.share(*workers[:n_parties])
+        for p, ptr in enumerate(shared.shares):
+            share = ptr.copy().get()
+            assert not torch.equal(share, secret)
+            freq = _bits(share).float().mean(0)
+            # 4000 fair bits: sd 0.0079; 0.06 is 7.5 sd (the test never fails by chance)
+            assert float((freq - 0.5).abs().max()) < 0.06, (p, freq)
+            assert share.unique().numel() > samples - 5  # not a constant, no repeats
+        assert torch.equal(shared.get(), secret)
+
+
+def test_linear_ops_are_local_and_exact(parties):
+    workers, _ = parties
+    torch.manual_seed(3)
+    a, b = torch.randint(-10**6, 10**6, (3, 4)), torch.randint(-10**6, 10**6, (3, 4))
+    for n in (2, 3, 5):
+        sa, sb = a.share(*workers[:n]), b.share(*workers[:n])
+        before = [w.message_count for w in workers[:n]]
+        results = {
+            "add": (sa + sb, a + b), "sub": (sa - sb, a - b), "neg": (-sa, -a),
+            "add_int": (sa + 7, a + 7), "rsub": (7 - sa, 7 - a), "mul_int": (sa * -3, a * -3),
+            "add_pub": (sa + b, a + b), "mul_pub": (sa * b, a * b),
+            "matmul_pub": (sa @ b.t(), a @ b.t()), "sum": (sa.sum(), a.sum()),
+            "sum0": (sa.sum(0), a.sum(0)), "t": (sa.t(), a.t()), "slice": (sa[1:, ::2], a[1:, ::2]),
+            "reshape": (sa.reshape(4, 3), a.reshape(4, 3)),
+        }
+        # linear ops need no crypto provider and are buffered: nothing was sent yet
+        assert [w.message_count for w in workers[:n]] == before
+        for name, (shared, plain) in results.items():
+            assert torch.equal(shared.get(), plain), name
+
+
+def test_triples_never_pass_through_the_coordinator(parties, monkeypatch):
+    """The coordinator ("me") sends a DealRequest to the provider; the provider, not the
+    coordinator, stores the triple shares on each party, and the coordinator never asks a
+    party for one of them (it only opens eps and delta)."""
+    workers, provider = parties
+    seen: list = []
+    for w in workers[:3] + [provider]:
+        original = w.transport.request
+
+        def spy(worker_id, frame, timeout=None, message_type="message", _orig=original):
+            seen.append((worker_id, serde.decode(frame)))
+            return _orig(worker_id, frame, timeout=timeout, message_type=message_type)
+        monkeypatch.setattr(w.transport, "request", spy)
+
+    x = torch.tensor([[1, 2], [3, 4]]).share(*workers[:3], crypto_provider=provider)
+    y = torch.tensor([[5, 6], [7, 8]]).share(*workers[:3], crypto_provider=provider)
+    assert torch.equal((x * y).get(), torch.tensor([[5, 12], [21, 32]]))
+
+    deals = [env.message for _, env in seen if isinstance(env.message, DealRequest)]
+    assert len(deals) == 1 and all(env.sender == "me" for _, env in seen
+                                   if isinstance(env.message, DealRequest))
+    triple_ids = {i for deal in deals[0].deals for ids in deal.ids for i in ids}
+    for worker_id, env in seen:
+        msg = env.message
+        if isinstance(msg, m.ObjectMessage):
+            ids = {o.id for o in msg.objects}
+            if ids & triple_ids:
+                assert env.sender == "crypto_provider" and worker_id != "me"
+            else:
+                assert env.sender == "me"
+        if isinstance(msg, m.GetRequest) and env.sender == "me":
+            assert not set(msg.ids) & triple_ids
+    # every party got exactly its own shares, from the provider, in one message
+    from_provider = [(wid, env.message) for wid, env in seen if env.sender == "crypto_provider"]
+    assert sorted(wid for wid, _ in from_provider) == ["alice", "bill", "bob"]
+
+
+def test_protocols_leave_no_intermediate_objects(parties):
+    """Masks, triples, openings and partial results are deleted (PySyft leaked them, M1)."""
+    workers, provider = parties
+    trio = workers[:3]
+    x = torch.tensor([1.5, -2.0]).fix_prec().share(*trio, crypto_provider=provider)
+    y = torch.tensor([0.5, 3.0]).fix_prec().share(*trio, crypto_provider=provider)
+    for op in (lambda: x * y, lambda: x > y, lambda: x.relu(), lambda: x.max(),
+               lambda: x.max(dim=0), lambda: x == y, lambda: x.reshape(2, 1) @ y.reshape(1, 2),
+               lambda: x.mean()):
+        result = op()
+        del result
+    for w in trio:
+        w.flush()
+    assert [len(w._objects) for w in trio] == [2, 2, 2]  # x's and y's shares only
+    assert len(provider._objects) == 0

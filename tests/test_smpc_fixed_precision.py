@@ -1,0 +1,102 @@
+"""Fixed precision (priority 1): encoding, errors, local arithmetic, modules."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import fedmq
+from fedmq.smpc import FixedPrecisionTensor
+
+
+@pytest.fixture(autouse=True)
+def _hook(hook):
+    return hook
+
+
+def test_encoding_truncates_toward_zero_in_int64():
+    x = torch.tensor([1.2345, -1.2345, 0.0005, -0.0009, 3.0])
+    fp = x.fix_precision()
+    assert fp.child.dtype == torch.int64
+    assert fp.child.tolist() == [1234, -1234, 0, 0, 3000]
+    assert fp.field == 2 ** 64
+    assert torch.allclose(fp.float_precision(), torch.tensor([1.234, -1.234, 0, 0, 3.0]))
+    assert x.fix_prec(base=2, precision_fractional=8).child.tolist()[0] == int(1.2345 * 256)
+    assert torch.tensor([3, -4]).fix_prec().child.tolist() == [3000, -4000]
+    assert fp.float_prec().dtype == torch.float32
+    assert torch.tensor([1.5], dtype=torch.float64).fix_prec().float_prec().dtype == torch.float64
+
+
+def test_values_that_cannot_be_embedded_raise():
+    with pytest.raises(ValueError, match="cannot be correctly embedded"):
+        torch.tensor([1e16]).fix_precision()
+    with pytest.raises(ValueError, match="cannot be correctly embedded"):
+        torch.tensor([2 ** 62]).fix_precision()
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        torch.tensor([float("nan")]).fix_precision()
+    with pytest.raises(ValueError, match="precision_fractional"):
+        torch.tensor([1.0]).fix_precision(precision_fractional=-1)
+    with pytest.raises(ValueError, match="cannot be correctly embedded"):
+        torch.tensor([1.0]).fix_precision() + 1e17
+    torch.tensor([9e15]).fix_precision()  # just below 2**63 / 1000
+
+
+def test_arithmetic_matches_pysyft_truncation():
+    a = torch.tensor([1.5, -2.25, 3.0, -0.5])
+    b = torch.tensor([0.5, 4.0, -1.125, -0.333])
+    fa, fb = a.fix_prec(), b.fix_prec()
+    ea, eb = fa.child, fb.child
+    assert torch.equal((fa + fb).child, ea + eb)
+    assert torch.equal((fa - fb).child, ea - eb)
+    assert torch.equal((fa * fb).child, torch.div(ea * eb, 1000, rounding_mode="trunc"))
+    assert torch.equal((fa * 3).child, ea * 3)  # a public int needs no rescaling
+    assert torch.equal((fa * 0.5).child, torch.div(ea * 500, 1000, rounding_mode="trunc"))
+    assert torch.equal((fa / 2).child, torch.div(ea, 2, rounding_mode="trunc"))
+    assert torch.equal((-fa).child, -ea)
+    assert torch.equal((fa + 1).child, ea + 1000)
+    for op in ("gt", "lt", "ge", "le", "eq"):
+        assert torch.equal(getattr(fa, op)(fb).float_prec(), getattr(a, op)(b).float())
+    assert torch.equal((fa > 0).float_prec(), (a > 0).float())
+    assert torch.equal(fa.relu().child, ea.clamp(min=0))
+    assert torch.equal(fa.abs().child, ea.abs())
+    assert fa.sum().float_prec().item() == pytest.approx(a.sum().item(), abs=1e-3)
+    assert fa.mean().float_prec().item() == pytest.approx(a.mean().item(), abs=1e-3)
+    assert fa.max().float_prec().tolist() == [3.0]
+
+
+def test_matmul_and_torch_functions():
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 3), torch.randn(3, 5)
+    fa, fb = a.fix_prec(), b.fix_prec()
+    exact = torch.div(fa.child @ fb.child, 1000, rounding_mode="trunc")
+    assert torch.equal(fa.mm(fb).child, exact)
+    assert torch.equal((fa @ fb).child, exact)
+    assert torch.equal(torch.matmul(fa, fb).child, exact)
+    assert torch.allclose(torch.relu(fa).float_prec(), torch.relu(a), atol=1e-3)
+    assert torch.allclose(fa.t().float_prec(), a.t(), atol=1e-3)
+    values, indices = fa.max(dim=1)
+    assert torch.allclose(values.float_prec(), a.max(dim=1).values, atol=1e-3)
+    assert torch.equal(indices.float_prec().long(), a.max(dim=1).indices)
+
+
+def test_module_fix_precision_runs_forward_and_decodes():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.randn(5, 4)
+    expected = model(x)
+    assert model.fix_precision() is model
+    assert list(model.parameters()) == []
+    assert isinstance(model[0].weight, FixedPrecisionTensor)
+    out = model(x.fix_precision())
+    assert torch.allclose(out.float_precision(), expected, atol=0.02)
+    model.float_precision()
+    assert len(list(model.parameters())) == 4
+    assert torch.allclose(model(x), expected, atol=0.02)
+
+
+def test_shared_fixed_precision_refuses_decoding_before_get(hook):
+    bob, alice = fedmq.VirtualWorker(hook, id="bob"), fedmq.VirtualWorker(hook, id="alice")
+    x = torch.tensor([1.5]).fix_prec().share(bob, alice)
+    with pytest.raises(ValueError, match=r"\.get\(\) first"):
+        x.float_precision()
+    assert x.get().float_precision().tolist() == [1.5]
