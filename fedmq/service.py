@@ -117,6 +117,11 @@ class WorkerService:
             self.worker = Worker(self.id, network)
         else:
             self.worker.network = network
+        # A message this worker sends to itself (a protocol whose next hop is here) must not go
+        # through the broker: it would wait behind the message being handled, forever.
+        from fedmq.client import WorkerClient
+        from fedmq.transport.local import LocalTransport
+        network.add(WorkerClient(self.id, LocalTransport(self.worker), network, sender=self.id))
         self._processor = asyncio.ensure_future(self._process_loop())
         self._consumer_tag = await self.queue.consume(self._inbox.put)
         log.info("fedmq worker %s: consuming %s on %s (prefetch %d)", self.id, self.queue.name,

@@ -215,11 +215,32 @@ def run_chain(pointer_plans: list, args: tuple, owner: Any) -> Any:
         nxt = pointer_plans[i + 1].location if i + 1 < len(pointer_plans) else None
         if nxt is not None and nxt.id != pointer_plan.location.id:
             log.info("move %s  ->  %s", pointer_plan.location.id, nxt.id)
-            out = pointer_plan._run(tuple(current), forward_to=nxt)
+            if nxt.id == getattr(owner, "id", None) and hasattr(owner, "store"):
+                # The next hop is the worker running this protocol: it is busy handling the
+                # RunProtocol message, so the previous worker cannot deliver to it (that would
+                # wait behind this very message). It fetches the results itself instead.
+                out = _bring_home(pointer_plan._run(tuple(current)), owner, nxt)
+            else:
+                out = pointer_plan._run(tuple(current), forward_to=nxt)
         else:
             out = pointer_plan._run(tuple(current))
         current = list(out) if isinstance(out, (tuple, list)) else [out]
     return out
+
+
+def _bring_home(value: Any, worker: Any, here: Any) -> Any:
+    """Fetch remote results into `worker`'s own store; pointers to them through `here`."""
+    from fedmq.pointers.tensor import PointerTensor
+
+    if isinstance(value, PointerTensor):
+        data = value.get()
+        rid = new_id()
+        worker.store.put(rid, data)
+        return PointerTensor(here, rid, tuple(data.shape), data.dtype, data.requires_grad,
+                             owner=worker)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_bring_home(v, worker, here) for v in value)
+    return value
 
 
 def _send_tensor(t: torch.Tensor, location: Any, owner: Any) -> Any:
