@@ -9,7 +9,7 @@ Figures:
    vs the raw RPC round trip of a 200 B message (median and p99);
 2. pipelined remote ops per second (`y = y + 1` N times, then one `.get()`), vs raw one-way
    messages per second (publish N messages of 200 B, consumer counts them);
-3. the seed CNN's 1.7 MB state: `model.send(w)` + `model.get()`, vs raw publish of the same
+3. the seed CNN's 1.7 MB state: `model.send(w)` + an eager get, vs raw publish of the same
    bytes and an echo back (both move 2 x 1.7 MB).
 Targets (issue 3): round trip <= 1.5x raw; pipelined >= 50% of raw msg/s; 1.7 MB >= 70% of raw
 bandwidth. Peer figures (shared/reference/measurements.md, quiet machine): aio-pika RPC 0.56 ms,
@@ -129,6 +129,7 @@ def main() -> None:
         return
 
     import fedmq as sy
+    from fedmq.module import fetch
     sys.path.insert(0, os.path.dirname(__file__))
     from pointer_overhead import Net
 
@@ -188,7 +189,7 @@ def main() -> None:
             assert len(raw.call(blob)) == len(blob)
             t1 = time.perf_counter()
             model.send(bob)
-            model.get()
+            fetch(model)  # an eager get: a deferred one followed by a send would move nothing
             t2 = time.perf_counter()
             raw_t.append(t1 - t0)
             fed_t.append(t2 - t1)
