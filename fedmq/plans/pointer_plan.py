@@ -24,9 +24,11 @@ from fedmq.plans import runner
 from fedmq.plans.messages import RunPlan
 from fedmq.pointers import dispatch
 from fedmq.pointers.meta import local_meta
+from fedmq.pointers.ownership import OwnedRemote
 
 
-class PointerPlan:
+class PointerPlan(OwnedRemote):
+    _what = "plan"
     _consumed = False
 
     def __init__(self, location: Any, id_at_location: int, *, owner: Any = None,
@@ -131,20 +133,6 @@ class PointerPlan:
             self.plan._pointers.pop(self.location.id, None)
             return self.plan
         return Plan.from_record(record, owner=self.owner)
-
-    @property
-    def garbage_collect_data(self) -> bool:
-        return self._finalizer is not None and self._finalizer.alive
-
-    def _disown(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-
-    def _check_usable(self) -> None:
-        if self._consumed:
-            raise PointerError(f"this pointer to plan {self.id_at_location} on "
-                               f"{self.location.id!r} was already used by .get()")
 
     def __repr__(self) -> str:
         owner = getattr(self.owner, "id", self.owner)

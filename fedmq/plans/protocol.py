@@ -30,6 +30,7 @@ from fedmq.errors import PointerError
 from fedmq.ids import new_id
 from fedmq.plans.messages import PlanRecord, PlanRef, ProtocolRecord, RunProtocol
 from fedmq.pointers import dispatch
+from fedmq.pointers.ownership import OwnedRemote
 
 log = logging.getLogger("fedmq.plans")
 
@@ -251,7 +252,8 @@ def _send_tensor(t: torch.Tensor, location: Any, owner: Any) -> Any:
     return PointerTensor(location, rid, tuple(t.shape), t.dtype, t.requires_grad, owner=owner)
 
 
-class PointerProtocol:
+class PointerProtocol(OwnedRemote):
+    _what = "protocol"
     """A protocol stored on a worker: `run` runs it there, `get` fetches it."""
 
     _consumed = False
@@ -297,16 +299,6 @@ class PointerProtocol:
         if self.protocol is not None and self.protocol._remote is self:
             self.protocol._remote = None
         return Protocol.from_record(record, owner=self.owner, network=self.location.network)
-
-    def _disown(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-
-    def _check_usable(self) -> None:
-        if self._consumed:
-            raise PointerError(f"this pointer to protocol {self.id_at_location} on "
-                               f"{self.location.id!r} was already used by .get()")
 
     def __repr__(self) -> str:
         owner = getattr(self.owner, "id", self.owner)

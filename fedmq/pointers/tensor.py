@@ -18,9 +18,10 @@ from fedmq import messages as m
 from fedmq.errors import PointerError
 from fedmq.ids import new_id
 from fedmq.pointers import dispatch
+from fedmq.pointers.ownership import OwnedRemote
 
 
-class PointerTensor(torch.Tensor):
+class PointerTensor(OwnedRemote, torch.Tensor):
     _fedmq_kind = "pointer"
     # class-level defaults: most pointers never set these, and setting attributes on a tensor
     # is not free on the hot path
@@ -80,11 +81,7 @@ class PointerTensor(torch.Tensor):
                            f"its data is remote")
 
     # -- the pointer API ------------------------------------------------------------------------
-    @property
-    def garbage_collect_data(self) -> bool:
-        return self._finalizer is not None and self._finalizer.alive
-
-    @garbage_collect_data.setter
+    @OwnedRemote.garbage_collect_data.setter
     def garbage_collect_data(self, value: bool) -> None:
         if not value:
             self._disown()
@@ -162,16 +159,6 @@ class PointerTensor(torch.Tensor):
         return m.PointerRef(self.location.id, self.id_at_location, tuple(self.shape_local),
                             self.dtype_local, self.requires_grad_local, sorted(self.tags),
                             self.description)
-
-    def _disown(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-
-    def _check_usable(self) -> None:
-        if self._consumed:
-            raise PointerError(f"this pointer to object {self.id_at_location} on "
-                               f"{self.location.id!r} was already used by .get()")
 
     def describe_pointer(self) -> str:
         owner = getattr(self.owner, "id", self.owner)
