@@ -10,6 +10,12 @@ The data path, top to bottom (each a small module):
     transport/           local (in-process) and amqp: move frames, nothing else
     worker.py            Worker.handle(message) -> Reply, the same for every transport
     execution.py, ops/   the executor and the op allowlist
+    service.py           `fedmq worker`: a Worker consuming its RabbitMQ queue
+Built on that:
+    federated/, data/    FederatedDataset, FederatedDataLoader, .federate; local data sources
+    sandbox.py, grid.py  create_sandbox, PrivateGridNetwork
+    plans/               func2plan, Plan, PointerPlan, Protocol (traced op lists, one message)
+    smpc/                fix_precision, share, Beaver products, comparisons (crypto provider)
 """
 from fedmq.errors import (FedmqError, ObjectNotFoundError, OpNotAllowedError, PointerError,
                           RemoteError, RemoteExecutionError, ReplyTimeout, SerdeError,

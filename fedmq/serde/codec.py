@@ -286,6 +286,3 @@ def _list(value: Any, what: str) -> list:
         raise SerdeError(f"malformed {what}")
     return value
 
-
-def to_plain_dict(obj: Any) -> dict:  # pragma: no cover - debugging aid
-    return OrderedDict((f, getattr(obj, f)) for f in _RECORD_FIELDS[type(obj)])
