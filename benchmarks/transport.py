@@ -212,6 +212,17 @@ def main() -> None:
         server.terminate()
         worker.wait(30)
         server.wait(30)
+        _delete_queue(args.url, f"fedmq.worker.{worker_id}")
+
+
+def _delete_queue(url: str, queue: str) -> None:
+    """The benchmark's worker queue is durable; leave none behind."""
+    async def delete() -> None:
+        conn = await aio_pika.connect_robust(url)
+        async with conn:
+            channel = await conn.channel()
+            await channel.queue_delete(queue)
+    asyncio.run(delete())
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.amqp
 def procs(tmp_path):
     p = WorkerProcesses(tmp_path)
     yield p
-    p.stop_all()
+    p.stop_all(delete_queues=True)
 
 
 class RawClient:

@@ -40,12 +40,24 @@ def purge(queue: str) -> None:
             conn.close()
 
 
+def delete_queue(queue: str) -> None:
+    conn, ch = _channel()
+    try:
+        ch.queue_delete(queue)
+    except pika.exceptions.ChannelClosedByBroker:
+        pass
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
 class WorkerProcesses:
     """Starts, stops and kills worker services; their output goes to log files."""
 
     def __init__(self, log_dir: pathlib.Path) -> None:
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
+        self.started: set[str] = set()
 
     def start(self, worker_id: str, *extra: str, wait: bool = True,
               fresh: bool = True) -> subprocess.Popen:
@@ -59,6 +71,7 @@ class WorkerProcesses:
              "--state-dir", str(self.log_dir / "state"), *extra],
             stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs[worker_id] = proc
+        self.started.add(worker_id)
         if wait:
             self.wait_consuming(worker_id, proc)
         return proc
@@ -90,6 +103,10 @@ class WorkerProcesses:
     def kill(self, worker_id: str) -> None:
         self.stop(worker_id, signal.SIGKILL)
 
-    def stop_all(self) -> None:
+    def stop_all(self, delete_queues: bool = False) -> None:
+        started = list(self.started)
         for worker_id in list(self.procs):
             self.stop(worker_id)
+        if delete_queues:  # workers made for one test leave no queue behind
+            for worker_id in started:
+                delete_queue(f"fedmq.worker.{worker_id}")
