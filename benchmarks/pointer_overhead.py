@@ -27,25 +27,7 @@ import torch.optim as optim
 import fedmq as sy
 
 
-class Net(nn.Module):
-    """The seed's §6 / §14 CNN."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 20, 5, 1)
-        self.conv2 = nn.Conv2d(20, 50, 5, 1)
-        self.fc1 = nn.Linear(4 * 4 * 50, 500)
-        self.fc2 = nn.Linear(500, 10)
-
-    def forward(self, x):
-        x = F.relu(self.conv1(x))
-        x = F.max_pool2d(x, 2, 2)
-        x = F.relu(self.conv2(x))
-        x = F.max_pool2d(x, 2, 2)
-        x = x.view(-1, 4 * 4 * 50)
-        x = F.relu(self.fc1(x))
-        x = self.fc2(x)
-        return F.log_softmax(x, dim=1)
+from fedmq.models import SeedCNN as Net  # the seed's §6 / §14 CNN
 
 
 def load_images(n: int) -> tuple[torch.Tensor, torch.Tensor, str]:

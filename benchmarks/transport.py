@@ -131,7 +131,7 @@ def main() -> None:
     import fedmq as sy
     from fedmq.module import fetch
     sys.path.insert(0, os.path.dirname(__file__))
-    from pointer_overhead import Net
+    from fedmq.models import SeedCNN as Net
 
     worker_id = f"bench-{uuid.uuid4().hex[:6]}"
     server = subprocess.Popen([sys.executable, __file__, "--raw-server", "--url", args.url],

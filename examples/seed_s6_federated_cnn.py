@@ -24,25 +24,7 @@ from fedmq.data import load_image_dataset
 from fedmq.data.vision import NORMALIZE
 
 
-class Net(nn.Module):
-    """The CNN of the seed (and of PyTorch's MNIST example)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 20, 5, 1)
-        self.conv2 = nn.Conv2d(20, 50, 5, 1)
-        self.fc1 = nn.Linear(4 * 4 * 50, 500)
-        self.fc2 = nn.Linear(500, 10)
-
-    def forward(self, x):
-        x = F.relu(self.conv1(x))
-        x = F.max_pool2d(x, 2, 2)
-        x = F.relu(self.conv2(x))
-        x = F.max_pool2d(x, 2, 2)
-        x = x.view(-1, 4 * 4 * 50)
-        x = F.relu(self.fc1(x))
-        x = self.fc2(x)
-        return F.log_softmax(x, dim=1)
+from fedmq.models import SeedCNN as Net  # the CNN of the seed (PyTorch's MNIST example)
 
 
 def parse_args(argv=None):

@@ -183,7 +183,23 @@ def _is_public_int(value: Any) -> bool:
     return type(value) is int or type(value) is bool
 
 
-class AdditiveSharingTensor:
+class ShapeMethods:
+    """size/dim/numel/len from `self.shape`, for tensor-like classes that are not tensors."""
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+class AdditiveSharingTensor(ShapeMethods):
     """A tensor secret-shared among 2-5 workers: `shares[i]` is a pointer to party i's share.
 
     PySyft chained wrapper -> AdditiveSharingTensor; here the object is both, so `x.child` is
@@ -212,18 +228,6 @@ class AdditiveSharingTensor:
     @property
     def n_parties(self) -> int:
         return len(self.shares)
-
-    def size(self, dim: int | None = None):
-        return self.shape if dim is None else self.shape[dim]
-
-    def dim(self) -> int:
-        return len(self.shape)
-
-    def numel(self) -> int:
-        return self.shape.numel()
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def _new(self, shares: list) -> "AdditiveSharingTensor":
         return AdditiveSharingTensor(shares, self.crypto_provider)
@@ -380,19 +384,19 @@ class AdditiveSharingTensor:
 
     @staticmethod
     def cat(tensors: list, dim: int = 0) -> "AdditiveSharingTensor":
-        first = tensors[0]
-        for t in tensors[1:]:
-            first._same_parties(t)
-        return first._new([remote(first.shares[p].location, "torch.cat",
-                                  [t.shares[p] for t in tensors], dim)
-                           for p in range(first.n_parties)])
+        return AdditiveSharingTensor._join("torch.cat", tensors, dim)
 
     @staticmethod
     def stack(tensors: list, dim: int = 0) -> "AdditiveSharingTensor":
+        return AdditiveSharingTensor._join("torch.stack", tensors, dim)
+
+    @staticmethod
+    def _join(op: str, tensors: list, dim: int) -> "AdditiveSharingTensor":
+        """cat/stack share by share: each party joins its own shares."""
         first = tensors[0]
         for t in tensors[1:]:
             first._same_parties(t)
-        return first._new([remote(first.shares[p].location, "torch.stack",
+        return first._new([remote(first.shares[p].location, op,
                                   [t.shares[p] for t in tensors], dim)
                            for p in range(first.n_parties)])
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from fedmq.smpc.additive import AdditiveSharingTensor, FIELD
+from fedmq.smpc.additive import FIELD, AdditiveSharingTensor, ShapeMethods
 
 _LIMIT = 1 << 63
 
@@ -132,7 +132,7 @@ def _compare(op: str, a, b):
     return getattr(torch, op)(a, b).to(torch.int64)
 
 
-class FixedPrecisionTensor:
+class FixedPrecisionTensor(ShapeMethods):
     """A fixed-point tensor: `child` holds trunc(x * base**precision_fractional) in int64."""
 
     field = FIELD
@@ -159,18 +159,6 @@ class FixedPrecisionTensor:
     @property
     def shape(self) -> torch.Size:
         return self.child.shape
-
-    def size(self, dim: int | None = None):
-        return self.shape if dim is None else self.shape[dim]
-
-    def dim(self) -> int:
-        return len(self.shape)
-
-    def numel(self) -> int:
-        return self.shape.numel()
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     @property
     def is_shared(self) -> bool:
