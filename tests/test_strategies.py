@@ -208,7 +208,7 @@ def test_fedopt_resume_continues_identically(cls):
     assert not torch.equal(w["w"], w3["w"])
 
 
-# --- robust --------------------------------------------------------------------------------------
+# --- robust ------------------------------------------------------------------------------------
 
 def test_fedmedian_odd_and_even():
     g = weights(0.0, 0.0, nbt=2)
@@ -272,7 +272,7 @@ def test_krum_needs_2f_plus_3_results():
         run_round(Krum(num_malicious=1), weights(0.0, b=[0.0]), _krum_results()[:4])
 
 
-# --- sampling and the round rules ----------------------------------------------------------------
+# --- sampling and the round rules --------------------------------------------------------------
 
 def test_sampling_fraction_and_minimum():
     ids = [f"w{i}" for i in range(10)]
@@ -307,7 +307,7 @@ def test_accept_failures():
     assert values(run_round(FedAvg(accept_failures=False), weights(0.0), results)) == [2.0]
 
 
-# --- bad updates ---------------------------------------------------------------------------------
+# --- bad updates -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad, message", [
     ({"w": torch.zeros(3, dtype=torch.float64), NBT: torch.tensor(0)}, r"w has shape \(3,\)"),
@@ -342,7 +342,7 @@ def test_duplicate_and_negative_results_rejected():
     assert agg.count == 1
 
 
-# --- purity ----------------------------------------------------------------------------------------
+# --- purity ------------------------------------------------------------------------------------
 
 ROUND_STRATEGIES = [FedAvg(), FedProx(), FedAdam(), FedYogi(), FedAdagrad(), FedMedian(),
                     FedTrimmedAvg(), Krum(num_malicious=1), Krum(num_malicious=1, num_to_keep=2)]
@@ -363,7 +363,8 @@ def test_strategies_do_not_touch_inputs(strategy):
     new = run_round(strategy, g, results)
     for snapshot, w in zip(before, [g] + [r.weights for r in results]):
         assert all(torch.equal(snapshot[k], w[k]) for k in w)
-    assert not _storages(new) & set().union(*(_storages(w) for w in [g] + [r.weights for r in results]))
+    inputs = set().union(*(_storages(w) for w in [g] + [r.weights for r in results]))
+    assert not _storages(new) & inputs
     assert new[NBT].item() == 4 and new["w"].dtype == torch.float32
 
 

@@ -42,7 +42,8 @@ def staleness_weight(kind: str, staleness: int, a: float = 0.5, b: float = 4) ->
         return float((staleness + 1) ** -a)
     if kind == "hinge":
         return 1.0 if staleness <= b else 1.0 / (a * (staleness - b) + 1.0)
-    raise ValueError(f"unknown staleness function {kind!r}; valid: {', '.join(STALENESS_FUNCTIONS)}")
+    raise ValueError(f"unknown staleness function {kind!r}; "
+                     f"valid: {', '.join(STALENESS_FUNCTIONS)}")
 
 
 class AsyncStrategy:
