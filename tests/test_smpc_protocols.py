@@ -155,12 +155,37 @@ def test_provider_refuses_bad_requests(parties):
                                   {"shape": [1 << 14, 1 << 14]})]))
 
 
-def test_ring_matmul_equals_int64_matmul_with_wraparound():
-    from fedmq.smpc.beaver import ring_matmul
+@pytest.mark.parametrize("op", ["mul", "matmul", "conv2d"])
+def test_ring_products_wrap_around_mod_2_64(op):
+    """The int64 kernels Beaver products run on compute exactly mod 2^64 (checked against
+    Python's unbounded integers on full-range values)."""
+    from fedmq.smpc.beaver import ring_op
     from fedmq.smpc.provider import uniform
-    for m, k, n in ((3, 1, 2), (30, 100, 20), (4, 512, 3), (2, 513, 2)):
-        x, y = uniform((m, k)), uniform((k, n))
-        assert torch.equal(ring_matmul(x, y), torch.matmul(x, y))
+
+    def ring(v: int) -> int:
+        v %= 1 << 64
+        return v - (1 << 64) if v >= 1 << 63 else v
+
+    if op == "conv2d":
+        x, w = uniform((1, 2, 4, 4)), uniform((3, 2, 3, 3))
+        out = ring_op(op, x, w, [1, 1, 1, 1])
+        xp = torch.nn.functional.pad(x, (1, 1, 1, 1))
+        for o in range(3):
+            for i in range(4):
+                for j in range(4):
+                    patch = xp[0, :, i:i + 3, j:j + 3].flatten().tolist()
+                    exact = sum(p * q for p, q in zip(patch, w[o].flatten().tolist()))
+                    assert int(out[0, o, i, j]) == ring(exact)
+        return
+    for m, k, n in ((3, 1, 2), (7, 100, 5), (2, 513, 3)):
+        x, y = uniform((m, k)), uniform((k, n) if op == "matmul" else (m, k))
+        out = ring_op(op, x, y)
+        xs, ys = x.tolist(), y.tolist()
+        for i in range(m):
+            for j in range(n if op == "matmul" else k):
+                exact = (sum(xs[i][t] * ys[t][j] for t in range(k)) if op == "matmul"
+                         else xs[i][j] * ys[i][j])
+                assert int(out[i, j]) == ring(exact)
 
 
 def test_binary_and_on_xor_shares(parties):
