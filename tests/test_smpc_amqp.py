@@ -1,0 +1,138 @@
+"""SMPC with the shares held by real worker services over RabbitMQ (`fedmq worker` processes
+bob and alice as the parties, secure_worker as the crypto provider): sharing, linear ops,
+Beaver products, truncation, comparisons and max, against plaintext; the provider deals to the
+parties directly (worker to worker through the broker); bad SMPC input is refused and the
+workers keep serving."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fedmq
+from fedmq.errors import RemoteError
+from fedmq.smpc.comparison import comparison_primitives
+from fedmq.smpc.messages import Deal, DealRequest, LocalStep
+from fedmq.smpc.provider import STORE
+from smpc_helpers import assert_rescaled
+from worker_procs import AMQP_URL
+
+pytestmark = pytest.mark.amqp
+
+
+@pytest.fixture
+def parties(hook, worker_processes):
+    STORE.clear()
+    bob, alice, provider = (fedmq.AMQPClientWorker(hook, id=i, url=AMQP_URL, timeout=60)
+                            for i in ("bob", "alice", "secure_worker"))
+    for worker in (bob, alice, provider):
+        worker.clear_objects()
+    yield bob, alice, provider
+    STORE.clear()
+
+
+def share(t, parties):
+    bob, alice, provider = parties
+    return t.share(bob, alice, crypto_provider=provider)
+
+
+def test_shares_live_on_the_worker_services(parties):
+    bob, alice, _ = parties
+    x = share(torch.tensor([25, -7]), parties)
+    bob_share = list(bob._objects.values())
+    alice_share = list(alice._objects.values())
+    assert len(bob_share) == len(alice_share) == 1
+    assert not torch.equal(bob_share[0], torch.tensor([25, -7]))  # a share, not the secret
+    assert torch.equal(bob_share[0] + alice_share[0], torch.tensor([25, -7]))
+    assert torch.equal(x.get(), torch.tensor([25, -7]))
+    assert bob.objects_count() == alice.objects_count() == 0  # get() deleted the shares
+
+
+def test_linear_ops(parties):
+    a, b = torch.tensor([25, 3, -4]), torch.tensor([5, -9, 11])
+    x, y = share(a, parties), share(b, parties)
+    assert torch.equal((x + y).get(), a + b)
+    assert torch.equal((x - y).get(), a - b)
+    assert torch.equal((x * 3).get(), a * 3)
+    assert torch.equal((x + 10).get(), a + 10)
+    assert torch.equal(x.sum().get(), a.sum())
+
+
+def test_beaver_products_with_triples_dealt_by_the_provider_service(parties):
+    _, _, provider = parties
+    a, b = torch.tensor([25, -3, 7]), torch.tensor([5, 4, -2])
+    before = provider.message_count
+    assert torch.equal((share(a, parties) * share(b, parties)).get(), a * b)
+    assert provider.message_count == before + 1  # one DealRequest for the triple
+    ma, mb = torch.tensor([[1, 2], [3, 4]]), torch.tensor([[2, 0], [0, 2]])
+    assert torch.equal(share(ma, parties).mm(share(mb, parties)).get(), ma @ mb)
+
+
+def test_fixed_point_mul_and_matmul_rescale(parties):
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 5), torch.randn(5, 4)
+    fa, fb = a.fix_prec(), b.fix_prec()
+    sa, sb = share(a.fix_prec(), parties), share(b.fix_prec(), parties)
+    assert_rescaled((sa @ sb).get().child, fa.child @ fb.child, 1000)
+    c = torch.randn(6, 5)
+    sc = share(c.fix_prec(), parties)
+    assert_rescaled((sa * sc).get().child, fa.child * c.fix_prec().child, 1000)
+    assert torch.allclose((sa * sc).get().float_prec(), a * c, atol=0.01)
+
+
+def test_comparisons_relu_and_abs(parties):
+    torch.manual_seed(1)
+    a, b = torch.randint(-1000, 1000, (20,)), torch.randint(-1000, 1000, (20,))
+    b[:3] = a[:3]
+    x, y = share(a, parties), share(b, parties)
+    assert torch.equal((x > y).get(), (a > b).long())
+    assert torch.equal((x <= y).get(), (a <= b).long())
+    assert torch.equal((x == y).get(), (a == b).long())
+    assert torch.equal(x.relu().get(), a.clamp(min=0))
+    assert torch.equal(x.abs().get(), a.abs())
+
+
+def test_max_argmax_min(parties):
+    torch.manual_seed(2)
+    a = torch.randint(-500, 500, (3, 5))
+    x = share(a, parties)
+    assert x.max().get().tolist() == [int(a.max())]
+    assert x.min().get().tolist() == [int(a.min())]
+    for dim in (0, 1):
+        for keepdim in (False, True):
+            values, indices = x.max(dim=dim, keepdim=keepdim)
+            ref = a.max(dim=dim, keepdim=keepdim)
+            assert torch.equal(values.get(), ref.values)
+            assert torch.equal(indices.get(), ref.indices)
+    assert torch.equal(x.argmax(dim=1, keepdim=True).get(), a.argmax(dim=1, keepdim=True))
+
+
+def test_preprocessing_keeps_the_provider_out_of_the_online_phase(parties):
+    bob, alice, provider = parties
+    shape = [8]
+    STORE.provide(provider, [bob, alice], "mul", {"a": shape, "b": shape})
+    for kind, params in comparison_primitives(shape):
+        STORE.provide(provider, [bob, alice], kind, params)
+    a, b = torch.arange(8) - 3, torch.arange(8, 0, -1)
+    x, y = share(a, parties), share(b, parties)
+    before = provider.message_count
+    z, w = x * y, x > y
+    assert torch.equal(z.get(), a * b)
+    assert torch.equal(w.get(), (a > b).long())
+    assert provider.message_count == before  # nothing dealt online
+
+
+def test_bad_smpc_input_is_refused_and_the_services_keep_serving(parties):
+    bob, alice, provider = parties
+    with pytest.raises(RemoteError, match="unknown SMPC step"):
+        bob.call(LocalStep("os.system", ["true"], []))
+    with pytest.raises(RemoteError, match="no Beaver product"):
+        bob.call(LocalStep("beaver_finish", ["exec", None, None, None, None, None, True, None,
+                                             None], []))
+    with pytest.raises(RemoteError, match="cannot hold shares"):
+        provider.call(DealRequest([Deal("mul", ["bob", "secure_worker"], [[1, 2, 3], [4, 5, 6]],
+                                        {"a": [2], "b": [2]})]))
+    with pytest.raises(RemoteError, match="at most"):
+        provider.call(DealRequest([Deal("and", ["bob", "alice"], [[1, 2, 3], [4, 5, 6]],
+                                        {"shape": [1 << 14, 1 << 14]})]))
+    a = torch.tensor([4, -5])
+    assert torch.equal((share(a, parties) * share(a, parties)).get(), a * a)
