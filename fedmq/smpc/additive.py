@@ -108,19 +108,22 @@ def open_shares(groups: list[list[PointerTensor]], combine: str = "add",
     `combine` is "add" (additive shares) or "xor" (binary shares)."""
     if not groups:
         return []
+    from fedmq.client import call_all
+
     n_parties = len(groups[0])
-    per_party: list[list[torch.Tensor]] = []
+    calls = []
     for p in range(n_parties):
         ptrs = [g[p] for g in groups]
-        location = ptrs[0].location
         for ptr in ptrs:
             ptr._check_usable()
-        values = location.call(m.GetRequest([ptr.id_at_location for ptr in ptrs], delete=delete))
-        if delete:
-            for ptr in ptrs:
+        calls.append((ptrs[0].location,
+                      m.GetRequest([ptr.id_at_location for ptr in ptrs], delete=delete)))
+    per_party: list[list[torch.Tensor]] = call_all(calls)  # all parties in one round trip
+    if delete:
+        for g in groups:
+            for ptr in g:
                 ptr._disown()
                 ptr._consumed = True
-        per_party.append(values)
     out = []
     for k in range(len(groups)):
         total = per_party[0][k]

@@ -150,16 +150,19 @@ def _run_steps(step: str, per_party_args: list, n_kept: int, shapes, want_reply:
     from fedmq.smpc.additive import _to_wire, make_pointer
     from fedmq.smpc.messages import LocalStep
 
-    kept, opened = [], []
+    from fedmq.client import call_all
+
+    kept, calls = [], []
     for location, args in per_party_args:
         ids = [new_id() for _ in range(n_kept)]
         msg = LocalStep(step, _to_wire(list(args), location), ids)
         if want_reply:
-            opened.append(location.call(msg))
+            calls.append((location, msg))
         else:
             location.post(msg)
         kept.append([make_pointer(location, i, shapes) for i in ids])
-    return kept, opened
+    # all parties at once: one round trip per round over RabbitMQ, not one per party
+    return kept, call_all(calls) if want_reply else []
 
 
 def _combine(opened: list, index: int, combine: str) -> torch.Tensor:

@@ -193,8 +193,9 @@ def handle_deal_request(worker: Any, msg: DealRequest) -> None:
         shares = DEALER.deal(deal)
         for party, ids, party_shares in zip(deal.parties, deal.ids, shares):
             outgoing[party].extend(m.StoredObject(i, s) for i, s in zip(ids, party_shares))
-    for party, objects in outgoing.items():
-        worker.network.client(party).call(m.ObjectMessage(objects), sender=worker.id)
+    from fedmq.client import call_all
+    call_all([(worker.network.client(party), m.ObjectMessage(objects))
+              for party, objects in outgoing.items()], sender=worker.id)
     return None
 
 
