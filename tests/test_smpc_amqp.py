@@ -136,3 +136,20 @@ def test_bad_smpc_input_is_refused_and_the_services_keep_serving(parties):
                                         {"shape": [1 << 14, 1 << 14]})]))
     a = torch.tensor([4, -5])
     assert torch.equal((share(a, parties) * share(a, parties)).get(), a * a)
+
+
+def test_call_all_answers_in_order_and_raises_after_every_reply(parties):
+    """One round of a protocol: every party's message goes out before any reply is awaited."""
+    from fedmq import messages as m
+    from fedmq.client import call_all
+    bob, alice, _ = parties
+    x, y = torch.tensor([1, 2]).send(bob), torch.tensor([3]).send(alice)
+    got = call_all([(alice, m.GetRequest([y.id_at_location], delete=False)),
+                    (bob, m.GetRequest([x.id_at_location], delete=False))])
+    assert [v[0].tolist() for v in got] == [[3], [1, 2]]
+    with pytest.raises(RemoteError, match="unknown SMPC step"):
+        call_all([(bob, LocalStep("nope", [], [])),
+                  (alice, m.GetRequest([y.id_at_location], delete=True))])
+    y._disown()
+    assert alice.objects_count() == 0  # alice's message was carried out all the same
+    assert torch.equal(x.get(), torch.tensor([1, 2]))

@@ -94,6 +94,29 @@ def test_matmul_mean_and_max_against_plaintext(parties, n):
     assert torch.equal(values.get().child, enc.min(dim=1).values)
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_argmax_argmin_min_abs_with_dim_and_keepdim(parties, n):
+    workers, cp = parties
+    torch.manual_seed(10 + n)
+    a = torch.randn(4, 6)
+    enc = a.fix_prec().child
+    sa = a.fix_prec().share(*workers[:n], crypto_provider=cp)
+    for dim in (0, 1, -1):
+        for keepdim in (False, True):
+            got = sa.argmax(dim=dim, keepdim=keepdim).get().float_prec().long()
+            assert torch.equal(got, enc.argmax(dim=dim, keepdim=keepdim))
+            got = sa.argmin(dim=dim, keepdim=keepdim).get().float_prec().long()
+            assert torch.equal(got, enc.argmin(dim=dim, keepdim=keepdim))
+            values, indices = sa.min(dim=dim, keepdim=keepdim)
+            ref = enc.min(dim=dim, keepdim=keepdim)
+            assert torch.equal(values.get().child, ref.values)
+            assert torch.equal(indices.get().float_prec().long(), ref.indices)
+    assert sa.child.argmax().get().tolist() == int(enc.argmax())
+    assert torch.equal(sa.abs().get().child, enc.abs())
+    assert torch.equal((sa != sa).get().child, torch.zeros(4, 6, dtype=torch.long))
+    assert torch.equal((sa >= 0).get().child, (enc >= 0).long() * 1000)
+
+
 def test_conv2d_with_beaver_triples(parties):
     import torch.nn.functional as F
     workers, cp = parties
