@@ -3,7 +3,7 @@ additive sharing, with the fixes listed in /work/shared/reference/pysyft-0.2-not
 
     fixed_precision.py  FixedPrecisionTensor: fix_precision()/float_precision(), int64 ring
     additive.py         AdditiveSharingTensor: share()/get(), linear ops per share
-    beaver.py           products (mul, matmul, conv2d) with Beaver triples; fast ring matmul
+    beaver.py           products (mul, matmul, conv2d) with Beaver triples, fused truncation
     truncation.py       division by a public int / fixed-point rescaling (ABY3 pairs)
     comparison.py       < > <= >= ==, relu, abs, max/argmax/min (edaBits + BIT-LT + B2A)
     provider.py         the crypto provider (abc), its worker handler, the primitive store
