@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fedmq.smpc.additive import AdditiveSharingTensor, _stats
+from fedmq.smpc.local_steps import STEPS, combine, run_steps
 from fedmq.smpc.provider import STORE
 
 #: the bilinear ops a Beaver triple can be dealt for
@@ -51,7 +52,7 @@ def conv_args_of(kwargs: dict) -> list:
     return out
 
 
-# -- each party's local steps (LocalStep handlers, see comparison.STEPS) ------------------------
+# -- each party's local steps (LocalStep messages, local_steps.py) -------------------------------
 
 def _step_mask(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, b: torch.Tensor):
     """Step 2: this party's shares of eps = x - a and delta = y - b (to be opened)."""
@@ -127,14 +128,13 @@ def beaver_finish(op: str, x: AdditiveSharingTensor, y: AdditiveSharingTensor, a
                   **kwargs: Any) -> AdditiveSharingTensor:
     """Steps 2-5 of `beaver_op` with the primitives already dealt (lists of per-party
     pointers; `trunc_pair` = [r shares, r/d shares] when dividing by `divisor`)."""
-    from fedmq.smpc.comparison import _combine, _run_steps
     from fedmq.smpc.truncation import finish_truncation
 
     parties = x.locations
-    _, opened = _run_steps("beaver_mask", [(loc, (xs, ai, ys, bi)) for loc, xs, ai, ys, bi
-                                           in zip(parties, x.shares, a, y.shares, b)],
-                           0, (), True)
-    eps, delta = _combine(opened, 0, "add"), _combine(opened, 1, "add")
+    _, opened = run_steps("beaver_mask", [(loc, (xs, ai, ys, bi)) for loc, xs, ai, ys, bi
+                                          in zip(parties, x.shares, a, y.shares, b)],
+                          0, (), True)
+    eps, delta = combine(opened, 0, "add"), combine(opened, 1, "add")
     _stats.rounds += 1
     conv_args = conv_args_of(kwargs) if op == "conv2d" else None
     out_shape = tuple(c[0].shape_local)
@@ -142,17 +142,12 @@ def beaver_finish(op: str, x: AdditiveSharingTensor, y: AdditiveSharingTensor, a
     args = [(loc, (op, ai, bi, ci, eps, delta, i == 0, ri, conv_args))
             for i, (loc, ai, bi, ci, ri) in enumerate(zip(parties, a, b, c, r))]
     if trunc_pair is None:
-        kept, _ = _run_steps("beaver_finish", args, 1, out_shape, False)
+        kept, _ = run_steps("beaver_finish", args, 1, out_shape, False)
         return x._new([k[0] for k in kept])
-    _, opened = _run_steps("beaver_finish", args, 0, out_shape, True)
+    _, opened = run_steps("beaver_finish", args, 0, out_shape, True)
     _stats.rounds += 1
-    return finish_truncation(x, divisor, _combine(opened, 0, "add"), trunc_pair[1])
+    return finish_truncation(x, divisor, combine(opened, 0, "add"), trunc_pair[1])
 
 
-def _register_steps() -> None:
-    from fedmq.smpc.comparison import STEPS
-    STEPS["beaver_mask"] = _step_mask
-    STEPS["beaver_finish"] = _step_finish
-
-
-_register_steps()
+STEPS["beaver_mask"] = _step_mask
+STEPS["beaver_finish"] = _step_finish
