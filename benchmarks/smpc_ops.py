@@ -6,12 +6,16 @@ is not included), the bytes every frame carried (coordinator <-> parties, coordi
 provider, provider -> parties; requests and replies), communication rounds of the online phase
 (openings), provider round trips, and plain torch's time on the same data. Each op runs twice:
 "online" with its primitives dealt ahead of time (PrimitiveStore.provide, the preprocessing
-phase) and "total" with them dealt on demand (one provider round trip per op).
+phase) and "total" with them dealt on demand (one provider round trip per op). A fixed-point
+mul/matmul is a Beaver product with the ABY3 rescaling fused in: 2 rounds online (open eps and
+delta; open z - r), each one LocalStep message per party; both parties compute in this process,
+so their CPU time adds up.
 
 CrypTen 0.4.1 figures (measurements.md; 2 processes, gloo, 16-bit fixed point, TFP mode,
 median; the brief quotes mul 2.5, matmul 3.1, gt 29, relu 30, max 221 ms).
 In-process parties exchange encoded frames through function calls, so these times are CPU cost;
-over RabbitMQ each round adds a broker round trip (~0.5 ms, measurements.md) per party.
+over RabbitMQ each round adds one broker round trip (~0.5 ms quiet, measurements.md): every
+party is asked at once (fedmq.client.call_all).
 
 With --amqp, a second table times the same ops (max 1000 only with --repeats <= 5) with the
 parties and the provider as `fedmq worker` processes behind RabbitMQ (FEDMQ_AMQP_URL or --url).
