@@ -164,6 +164,31 @@ def test_preprocessing_moves_the_provider_out_of_the_online_phase(parties):
     assert STORE.requests == before[0] + 1
 
 
+@pytest.mark.parametrize("n", [2, 4])
+def test_fixed_point_products_fuse_truncation_and_use_preprocessed_pairs(parties, n):
+    """x * y and x @ y on fixed point: one triple and one truncation pair, both from the
+    store when dealt ahead, two openings, result within the truncation guarantee."""
+    from fedmq.smpc.additive import _stats
+    from fedmq.smpc.beaver import triple_params
+    from fedmq.smpc.truncation import truncation_params
+    workers, cp = parties
+    group = workers[:n]
+    torch.manual_seed(n)
+    a, b = torch.randn(3, 4), torch.randn(4, 2)
+    c = torch.randn(3, 4)
+    STORE.provide(cp, group, "mul", triple_params("mul", (3, 4), (3, 4)))
+    STORE.provide(cp, group, "matmul", triple_params("matmul", (3, 4), (4, 2)))
+    STORE.provide(cp, group, "trunc", truncation_params((3, 4), 1000))
+    STORE.provide(cp, group, "trunc", truncation_params((3, 2), 1000))
+    sa, sb, sc = (t.fix_prec().share(*group, crypto_provider=cp) for t in (a, b, c))
+    before = (STORE.requests, cp.message_count, _stats.rounds)
+    product, mm = sa * sc, sa @ sb
+    assert (STORE.requests, cp.message_count) == before[:2] and len(STORE) == 0
+    assert _stats.rounds == before[2] + 4
+    assert_rescaled(product.get().child, a.fix_prec().child * c.fix_prec().child, 1000)
+    assert_rescaled(mm.get().child, a.fix_prec().child @ b.fix_prec().child, 1000)
+
+
 def test_provider_refuses_bad_requests(parties):
     from fedmq.errors import RemoteError
     from fedmq.smpc.messages import Deal, DealRequest
