@@ -14,7 +14,7 @@ from fedmq.smpc.comparison import comparison_primitives
 from fedmq.smpc.messages import Deal, DealRequest, LocalStep
 from fedmq.smpc.provider import STORE
 from smpc_helpers import assert_rescaled
-from worker_procs import AMQP_URL
+from worker_procs import AMQP_URL, delete_queue
 
 pytestmark = pytest.mark.amqp
 
@@ -153,3 +153,37 @@ def test_call_all_answers_in_order_and_raises_after_every_reply(parties):
     y._disown()
     assert alice.objects_count() == 0  # alice's message was carried out all the same
     assert torch.equal(x.get(), torch.tensor([1, 2]))
+
+
+@pytest.fixture(scope="module")
+def dealer_service(worker_processes):
+    """A fourth service, so that bob, alice and secure_worker can all be parties."""
+    worker_processes.start("smpc_dealer")
+    yield "smpc_dealer"
+    worker_processes.stop("smpc_dealer")
+    delete_queue("fedmq.worker.smpc_dealer")
+
+
+def test_three_services_fixed_point_products_conv2d_and_comparison(hook, dealer_service):
+    import torch.nn.functional as F
+    STORE.clear()
+    trio = [fedmq.AMQPClientWorker(hook, id=i, url=AMQP_URL, timeout=60)
+            for i in ("bob", "alice", "secure_worker")]
+    dealer = fedmq.AMQPClientWorker(hook, id=dealer_service, url=AMQP_URL, timeout=60)
+    for worker in trio:
+        worker.clear_objects()
+    torch.manual_seed(3)
+    a, b = torch.randn(4, 3), torch.randn(3, 2)
+    sa = a.fix_prec().share(*trio, crypto_provider=dealer)
+    sb = b.fix_prec().share(*trio, crypto_provider=dealer)
+    assert_rescaled((sa @ sb).get().child, a.fix_prec().child @ b.fix_prec().child, 1000)
+    assert_rescaled((sa * sa).get().child, a.fix_prec().child ** 2, 1000)
+    assert torch.equal((sa > 0).get().child, (a.fix_prec().child > 0).long() * 1000)
+    x, w = torch.randint(-50, 50, (1, 2, 5, 5)), torch.randint(-5, 5, (3, 2, 3, 3))
+    sx = x.share(*trio, crypto_provider=dealer)
+    sw = w.share(*trio, crypto_provider=dealer)
+    assert torch.equal(F.conv2d(sx, sw, padding=1).get(), F.conv2d(x, w, padding=1))
+    for shared in (sa, sb, sx, sw):
+        shared.get()
+    assert [p.objects_count() for p in trio] == [0, 0, 0]  # nothing left behind
+    STORE.clear()
