@@ -126,4 +126,11 @@ class AMQPRoundConnection(Connection):
         return decode_reply(reply, worker_id)
 
     async def close(self) -> None:
+        outbox = self.amqp._outbox
+        if outbox is not None:  # the last events are published before the connection closes
+            try:
+                await asyncio.wait_for(outbox.join(), 10)
+            except (asyncio.TimeoutError, TimeoutError):
+                pass
+            self.amqp._publisher.cancel()
         await self.amqp.aclose()

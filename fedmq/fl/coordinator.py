@@ -133,6 +133,31 @@ class Coordinator:
         self.lr = config.lr
 
     # -- the run ----------------------------------------------------------------------------
+    async def wait_for_workers(self, timeout: float, interval: float = 2.0) -> list[str]:
+        """Ping every worker (and the testing worker) until it answers or `timeout` passes;
+        returns the ids that did not answer. Over RabbitMQ a message published before the
+        worker declared its queue is lost, so a coordinator started with its workers waits."""
+        from fedmq.messages import WorkerStats
+
+        ids = self.workers + ([self.testing] if self.testing else [])
+        deadline = time.monotonic() + timeout
+
+        async def ping(worker_id: str) -> bool:
+            while time.monotonic() < deadline:
+                try:
+                    await self.connection.request(worker_id, WorkerStats(), timeout=interval,
+                                                  expiration=interval)
+                    return True
+                except Exception:
+                    await asyncio.sleep(0.2)
+            return False
+
+        answered = await asyncio.gather(*(ping(w) for w in ids))
+        missing = [w for w, ok in zip(ids, answered) if not ok]
+        if missing:
+            self.echo(f"Workers not answering after {timeout:.0f} s: {', '.join(missing)}")
+        return missing
+
     async def run(self, resume: bool = False) -> list[RoundRecord]:
         cfg = self.config
         start = 1
