@@ -158,41 +158,57 @@ class Coordinator:
             self.echo(f"Workers not answering after {timeout:.0f} s: {', '.join(missing)}")
         return missing
 
-    async def run(self, resume: bool = False) -> list[RoundRecord]:
+    async def run(self, resume: bool = False, until: int | None = None) -> list[RoundRecord]:
+        """Rounds from 1 (or after the last checkpoint with `resume`) to `config.rounds`
+        (or `until`, to stop early as an interrupted run would)."""
+        start = self.prepare(resume)
+        last = self.config.rounds if until is None else min(until, self.config.rounds)
+        for round in range(start, last + 1):
+            record = await self.run_round(round)
+            self.end_round(record)
+        return self.history
+
+    def prepare(self, resume: bool = False) -> int:
+        """Set up the global model (initial, or from the checkpoint); the first round to run."""
         cfg = self.config
-        start = 1
-        metrics = None
+        self._metrics = None
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            metrics = MetricsLog(self.run_dir)
+            self._metrics = MetricsLog(self.run_dir)
         state = checkpoint.load(self.run_dir) if resume and self.run_dir is not None else None
         if state is not None:
+            if state.get("model") != cfg.model or state.get("seed") != cfg.seed:
+                raise ValueError(f"the checkpoint in {self.run_dir} is of model "
+                                 f"{state.get('model')!r} seed {state.get('seed')}, not "
+                                 f"{cfg.model!r} seed {cfg.seed}")
             self.weights = state["weights"]
             self.lr = float(state["lr"])
             self.strategy.load_state_dict(state.get("strategy") or {})
-            start = state["round"] + 1
-            metrics.truncate(state["round"])
+            self._metrics.truncate(state["round"])
             self.echo(f"Resuming after round {state['round']} from "
                       f"{self.run_dir / checkpoint.FILENAME}")
-        else:
-            self.weights = initial_weights(cfg.model, cfg.seed)
-            self.lr = cfg.lr
-            self.strategy.initialize(self.weights)
-            if metrics is not None and metrics.path.exists():
-                metrics.path.unlink()
-        for round in range(start, cfg.rounds + 1):
-            record = await self.run_round(round)
-            self.history.append(record)
-            self.lr = max(cfg.lr_decay * self.lr, cfg.lr_floor * cfg.lr)
-            if self.run_dir is not None:
-                checkpoint.save(self.run_dir, {"round": round, "lr": self.lr,
-                                               "weights": self.weights,
-                                               "strategy": self.strategy.state_dict(),
-                                               "seed": cfg.seed, "model": cfg.model})
-                metrics.append(record.as_json())
-                if cfg.is_eval_round(round):
-                    self.write_plot()
-        return self.history
+            return state["round"] + 1
+        self.weights = initial_weights(cfg.model, cfg.seed)
+        self.lr = cfg.lr
+        self.strategy.initialize(self.weights)
+        if self._metrics is not None and self._metrics.path.exists():
+            self._metrics.path.unlink()
+        return 1
+
+    def end_round(self, record: RoundRecord) -> None:
+        """Decay the learning rate; write the checkpoint, the metrics line and the plot."""
+        cfg = self.config
+        self.history.append(record)
+        self.lr = max(cfg.lr_decay * self.lr, cfg.lr_floor * cfg.lr)
+        if self.run_dir is None:
+            return
+        checkpoint.save(self.run_dir, {"round": record.round, "lr": self.lr,
+                                       "weights": self.weights,
+                                       "strategy": self.strategy.state_dict(),
+                                       "seed": cfg.seed, "model": cfg.model})
+        self._metrics.append(record.as_json())
+        if cfg.is_eval_round(record.round):
+            self.write_plot()
 
     def write_plot(self) -> pathlib.Path | None:
         if self.run_dir is None:
