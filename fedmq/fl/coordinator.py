@@ -61,7 +61,11 @@ class TrainConfig:
     buckets: list = field(default_factory=lambda: [(0, 3), (4, 6), (7, 9)])
 
     def is_eval_round(self, round: int) -> bool:
-        every = max(self.eval_every, 1)
+        """Rounds 1, 1 + every, 1 + 2 every, ... and the last (the seed: 1, 11, 21, 31, 40);
+        never when `eval_every` is 0."""
+        every = self.eval_every
+        if every <= 0:
+            return False
         return round % every == 1 % every or round == self.rounds
 
 
