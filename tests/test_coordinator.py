@@ -89,7 +89,8 @@ def test_rounds_print_the_seed_lines_and_write_metrics_plot_checkpoint(tmp_path)
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().split("\n")
                if x]
     assert [r["round"] for r in records] == [1, 2, 3]
-    assert set(records[0]) >= {"round", "seconds", "loss", "accuracy", "workers", "failed"}
+    assert set(records[0]) >= {"round", "time", "seconds", "loss", "accuracy", "workers",
+                               "failed"}
     assert records[0]["workers"]["bob"]["samples"] == 16
     png = (tmp_path / "run" / "metrics.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
@@ -195,7 +196,7 @@ def test_resume_continues_with_the_same_results(tmp_path):
 
     def comparable(path):
         rows = [json.loads(x) for x in path.read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+        return [{k: v for k, v in r.items() if k not in ("seconds", "time")} for r in rows]
     assert comparable(tmp_path / "b" / "metrics.jsonl") == \
         comparable(tmp_path / "a" / "metrics.jsonl")
 
@@ -221,3 +222,25 @@ def test_evaluation_rounds_are_the_seeds():
     config = TrainConfig(rounds=40, eval_every=10)
     assert [r for r in range(1, 41) if config.is_eval_round(r)] == [1, 11, 21, 31, 40]
     assert not any(TrainConfig(rounds=5, eval_every=0).is_eval_round(r) for r in range(1, 6))
+
+
+def test_compose_and_makefile_commands_parse_with_fedmq_train():
+    import pathlib
+    import re
+    import shlex
+
+    from fedmq.cli import build_parser
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    text = (root / "compose.yaml").read_text()
+    block = text[text.index("  coordinator:"):]
+    command = re.search(r"command: (\[.*?\])", block, re.S).group(1)
+    args = json.loads(command)
+    parsed = build_parser().parse_args(args)
+    assert parsed.command == "train" and parsed.workers == "alice,bob,charlie"
+    assert parsed.testing == "testing" and parsed.url.startswith("amqp://")
+    makefile = (root / "Makefile").read_text().replace("\\\n", " ")
+    demo = shlex.split(re.search(r"^DEMO_ARGS \?= (.*)$", makefile, re.M).group(1))
+    parsed = build_parser().parse_args(["train", *demo])
+    assert (parsed.rounds, parsed.batch_size, parsed.batches, parsed.lr, parsed.eval_every) == \
+        (40, 32, 10, 0.1, 10)

@@ -72,7 +72,7 @@ class TrainConfig:
 @dataclass
 class RoundRecord:
     round: int
-    seconds: float
+    seconds: float  # how long the round took
     lr: float
     status: str  # "ok" or "failed" (the global model did not change)
     loss: float
@@ -82,6 +82,7 @@ class RoundRecord:
     test_loss: float | None = None
     correct: int | None = None
     total: int | None = None
+    time: float = 0.0  # Unix time the round ended
 
     def as_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -306,6 +307,7 @@ class Coordinator:
         if evaluate_now:
             await self.report_evaluations(round, chosen, update_evals, record)
         record.seconds = time.monotonic() - started
+        record.time = time.time()
         self.events.emit(ev.ROUND_FINISHED, record.as_json())
         self.echo(self.progress_line(record, len(chosen)))
         return record
