@@ -2,8 +2,8 @@
 in-process and over RabbitMQ with worker processes, measured in the same run.
 
 Per transport: the median and p90 of the round time over `--rounds` rounds without evaluation,
-and the overhead per round against the workers' own training time (FitRes `fit_seconds`, the
-slowest worker of each round): what the coordinator, serde and the broker add.
+and the overhead per round against the workers' own training time (`fit_seconds` of the slowest
+worker of each round, from the round records): what the coordinator, serde and the broker add.
 Run: python benchmarks/rounds.py [--url amqp://...] [--rounds 20]
 """
 from __future__ import annotations
@@ -18,46 +18,19 @@ from fedmq.fl.cli import in_process_workers
 from fedmq.fl.connections import AMQPRoundConnection, InProcessConnection
 from fedmq.fl.coordinator import Coordinator, TrainConfig
 from fedmq.fl.launch import WorkerLauncher
-from fedmq.strategy import FedAvg, FitResult
 
 WORKERS = {"alice": "0-3", "bob": "4-6", "charlie": "7-9"}
 
 
-class Timed(FedAvg):
-    """FedAvg that remembers the slowest worker's training time of each round."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fit_seconds: list[float] = []
-
-    def begin_round(self, round, global_weights):
-        agg = super().begin_round(round, global_weights)
-        add, slowest = agg.add, [0.0]
-
-        def timed_add(result: FitResult) -> None:
-            slowest[0] = max(slowest[0], result.metrics.get("fit_seconds", 0.0))
-            add(result)
-        agg.add = timed_add
-        self.fit_seconds.append(0.0)
-        agg._slowest = slowest
-        self._current = slowest
-        return agg
-
-    def finish_round(self, round, global_weights, aggregation, failures=0):
-        self.fit_seconds[-1] = self._current[0]
-        return super().finish_round(round, global_weights, aggregation, failures)
-
-
 async def measure(connection, rounds: int) -> tuple[list[float], list[float]]:
-    strategy = Timed()
     config = TrainConfig(rounds=rounds, eval_every=0, round_timeout=120)
-    coordinator = Coordinator(connection, list(WORKERS), config, strategy=strategy,
-                              echo=lambda line: None)
+    coordinator = Coordinator(connection, list(WORKERS), config, echo=lambda line: None)
     try:
         history = await coordinator.run()
     finally:
         await connection.close()
-    return [r.seconds for r in history], strategy.fit_seconds
+    return ([r.seconds for r in history],
+            [max(w["fit_seconds"] for w in r.workers.values()) for r in history])
 
 
 def report(name: str, seconds: list[float], fit: list[float]) -> None:

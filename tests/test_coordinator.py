@@ -92,6 +92,7 @@ def test_rounds_print_the_seed_lines_and_write_metrics_plot_checkpoint(tmp_path)
     assert set(records[0]) >= {"round", "time", "seconds", "loss", "accuracy", "workers",
                                "failed"}
     assert records[0]["workers"]["bob"]["samples"] == 16
+    assert records[0]["workers"]["bob"]["fit_seconds"] > 0
     png = (tmp_path / "run" / "metrics.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     state = checkpoint.load(tmp_path / "run")

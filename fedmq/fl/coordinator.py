@@ -76,7 +76,7 @@ class RoundRecord:
     lr: float
     status: str  # "ok" or "failed" (the global model did not change)
     loss: float
-    workers: dict  # id -> {"loss", "samples"}
+    workers: dict  # id -> {"loss", "samples", "fit_seconds" (the worker's training time)}
     failed: dict  # id -> reason
     accuracy: float | None = None
     test_loss: float | None = None
@@ -250,6 +250,7 @@ class Coordinator:
         aggregation = self.strategy.begin_round(round, global_weights)
         deadline = time.time() + cfg.round_timeout
         update_evals: dict[str, asyncio.Task] = {}
+        fit_seconds: dict[str, float] = {}
 
         async def fit_one(worker_id: str) -> None:
             config = dict(fit_config, seed=worker_seed(cfg.seed, round, worker_id))
@@ -265,6 +266,7 @@ class Coordinator:
                     raise ValueError(f"worker skipped the round ({res.status})")
                 aggregation.add(FitResult(worker_id, res.weights, res.num_examples, res.loss,
                                           round, res.metrics))
+                fit_seconds[worker_id] = float(res.metrics.get("fit_seconds", float("nan")))
             except asyncio.CancelledError:
                 failed.setdefault(worker_id, "missed the round deadline")
                 raise
@@ -301,7 +303,8 @@ class Coordinator:
             log.warning("%s; the global model is unchanged", exc)
         record = RoundRecord(
             round=round, seconds=0.0, lr=self.lr, status=status, loss=aggregation.loss(),
-            workers={w: {"loss": aggregation.losses[w], "samples": aggregation.samples[w]}
+            workers={w: {"loss": aggregation.losses[w], "samples": aggregation.samples[w],
+                         "fit_seconds": fit_seconds.get(w)}
                      for w in chosen if w in aggregation.losses},
             failed=failed)
         if evaluate_now:
