@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import time
 
+import pika
 import pytest
 
 from fedmq.fl.connections import AMQPRoundConnection, InProcessConnection, encode_request
@@ -49,11 +51,43 @@ async def amqp_run(cfg: TrainConfig, lines: list, **kwargs):
         await conn.close()
 
 
+def dead_letters(routing_key: str) -> list[tuple[str, str]]:
+    """(message type, x-death reason) of the dead letters for `routing_key`; left in place."""
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    found = []
+    try:
+        ch = conn.channel()
+        while True:
+            method, props, _ = ch.basic_get("fedmq.dead-letters", auto_ack=False)
+            if method is None:
+                break
+            if method.routing_key == routing_key:
+                death = ((props.headers or {}).get("x-death") or [{}])[0]
+                found.append((props.type, death.get("reason")))
+    finally:
+        conn.close()  # unacknowledged: back in the queue
+    return found
+
+
 def test_rounds_over_rabbitmq_give_the_in_process_results_with_chunked_frames(fl_workers):
     frame = encode_request(Fit(1, "seed-cnn", initial_weights("seed-cnn", 5), {}))
     assert len(chunk_messages(frame, CHUNK)) > 5
     lines: list[str] = []
-    history, coord = asyncio.run(amqp_run(config(), lines))
+    watcher = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    channel = watcher.channel()
+    events = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(events, "fedmq.events", routing_key="#")
+    try:
+        history, coord = asyncio.run(amqp_run(config(), lines))
+        seen = []
+        while (got := channel.basic_get(events, auto_ack=True))[0] is not None:
+            seen.append((got[0].routing_key, json.loads(got[2])))
+    finally:
+        watcher.close()
+    keys = [key for key, _ in seen]
+    assert keys.count("round.started") == 2 and keys.count("round.finished") == 2
+    assert keys.count("fit.result") == 4 and keys.count("evaluate.result") == 6
+    assert {body["worker"] for key, body in seen if key == "fit.result"} == set(TRAIN)
     assert all(r.status == "ok" and sorted(r.workers) == sorted(TRAIN) for r in history)
     assert any(line.startswith("Model update fl-alice: Percentage numbers 0-3:")
                for line in lines)
@@ -73,6 +107,8 @@ def test_rounds_over_rabbitmq_give_the_in_process_results_with_chunked_frames(fl
 
 
 def test_a_killed_worker_is_skipped_and_rejoins_after_a_restart(fl_workers, tmp_path):
+    expired_before = dead_letters("fl-bob").count(("Fit", "expired"))
+
     async def scenario():
         conn = await AMQPRoundConnection.connect(AMQP_URL)
         coord = Coordinator(conn, list(TRAIN), config(rounds=5, round_timeout=5, eval_every=0),
@@ -105,6 +141,9 @@ def test_a_killed_worker_is_skipped_and_rejoins_after_a_restart(fl_workers, tmp_
         assert sorted(record.workers) == ["fl-alice", "fl-bob"] and not record.failed
     metrics = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 5 and '"fl-bob": "missed the round deadline"' in metrics[1]
+    # the Fits of rounds 2 and 3 waited in bob's queue past their round: the broker expired
+    # them (dead-lettered as "expired"), so the restarted bob never trained on them
+    assert dead_letters("fl-bob").count(("Fit", "expired")) >= expired_before + 2
 
 
 def test_a_fit_longer_than_the_heartbeat_keeps_the_connection(fl_workers):
