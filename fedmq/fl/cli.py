@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import pathlib
-import sys
 
 from fedmq.fl.coordinator import Coordinator, TrainConfig
 

@@ -24,7 +24,7 @@ import random
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
