@@ -301,12 +301,15 @@ class Coordinator:
         except RoundFailed as exc:
             status = "failed"
             log.warning("%s; the global model is unchanged", exc)
-        record = RoundRecord(
-            round=round, seconds=0.0, lr=self.lr, status=status, loss=aggregation.loss(),
-            workers={w: {"loss": aggregation.losses[w], "samples": aggregation.samples[w],
-                         "fit_seconds": fit_seconds.get(w)}
-                     for w in chosen if w in aggregation.losses},
-            failed=failed)
+        workers = {w: {"loss": aggregation.losses[w], "samples": aggregation.samples[w],
+                       "fit_seconds": fit_seconds.get(w)}
+                   for w in chosen if w in aggregation.losses}
+        samples = sum(w["samples"] for w in workers.values())
+        # sample-weighted mean in the sampling order (not arrival order): reproducible
+        loss = (sum(w["loss"] * w["samples"] for w in workers.values()) / samples
+                if samples else float("nan"))
+        record = RoundRecord(round=round, seconds=0.0, lr=self.lr, status=status, loss=loss,
+                             workers=workers, failed=failed)
         if evaluate_now:
             await self.report_evaluations(round, chosen, update_evals, record)
         record.seconds = time.monotonic() - started
