@@ -73,7 +73,8 @@ DATASET_METHODS: dict = {}
 
 #: modules that add methods or handlers when imported (federated data, plans, SMPC); a module
 #: that does not exist (yet) is skipped
-EXTENSIONS = ("fedmq.federated.hooks", "fedmq.plans.hooks", "fedmq.smpc.hooks")
+EXTENSIONS = ("fedmq.federated.hooks", "fedmq.plans.hooks", "fedmq.smpc.hooks",
+              "fedmq.fl.hooks")
 
 _installed = False
 

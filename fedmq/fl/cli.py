@@ -1,0 +1,181 @@
+"""`fedmq train`: the seed §14 federated run (also `services/coordinator.py`).
+
+    fedmq train                                  # in-process workers, no broker needed
+    fedmq train --url amqp://... --launch        # starts the worker services, then trains
+    fedmq train --url amqp://... --workers alice,bob,charlie --testing testing
+                                                 # workers already running (compose.yaml)
+Workers are `id` or `id:labels` (`alice:0-3`); labels only matter for workers this command
+builds (in-process, or `--launch`); without them alice/bob/charlie get the seed's 0-3/4-6/7-9.
+The run folder `runs/<name>/` gets metrics.jsonl, metrics.png and checkpoint.fedmq;
+`--resume` continues after the last checkpoint with the same results.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import pathlib
+
+from fedmq.fl.coordinator import Coordinator, TrainConfig
+
+SEED_LABELS = {"alice": "0-3", "bob": "4-6", "charlie": "7-9"}
+DEFAULT_WORKERS = "alice:0-3,bob:4-6,charlie:7-9"
+
+
+def parse_workers(text: str) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        worker_id, _, labels = item.partition(":")
+        out[worker_id] = labels or SEED_LABELS.get(worker_id)
+    if not out:
+        raise argparse.ArgumentTypeError("--workers lists no worker")
+    return out
+
+
+def parse_buckets(text: str) -> list[tuple[int, int]]:
+    buckets = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        buckets.append((int(lo), int(hi or lo)))
+    return buckets
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def make_strategy(name: str, pairs: list[str]):
+    kwargs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--strategy-arg expects key=value, got {pair!r}")
+        kwargs[key.replace("-", "_")] = _value(value)
+    try:  # the strategy factory, when the strategy package has it
+        from fedmq.strategy import make_strategy as factory
+    except ImportError:
+        factory = None
+    if factory is not None:
+        return factory(name, **kwargs)
+    if name.lower() != "fedavg":
+        raise SystemExit(f"unknown strategy {name!r} (available: fedavg)")
+    from fedmq.strategy import FedAvg
+    return FedAvg(**kwargs)
+
+
+def config_from(args: argparse.Namespace) -> TrainConfig:
+    optimizer_args = {}
+    if args.momentum:
+        optimizer_args["momentum"] = args.momentum
+    return TrainConfig(
+        rounds=args.rounds, model=args.model, dataset=args.dataset, batch_size=args.batch_size,
+        num_batches=args.batches, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
+        optimizer_args=optimizer_args, eval_every=args.eval_every,
+        round_timeout=args.round_timeout, seed=args.seed, buckets=parse_buckets(args.buckets))
+
+
+def in_process_workers(workers: dict, dataset: str, testing: str | None) -> dict:
+    from fedmq.data.worker_data import build_worker
+    from fedmq.hook import _load_extensions
+
+    _load_extensions()
+    built = {w: build_worker(argparse.Namespace(id=w, dataset=dataset, labels=labels,
+                                                testing=False))
+             for w, labels in workers.items()}
+    if testing:
+        built[testing] = build_worker(argparse.Namespace(id=testing, dataset=dataset,
+                                                         labels=None, testing=True))
+    return built
+
+
+async def train(args: argparse.Namespace) -> int:
+    from fedmq.fl.connections import AMQPRoundConnection, InProcessConnection
+
+    workers = parse_workers(args.workers)
+    testing = args.testing or None
+    run_dir = pathlib.Path(args.runs_dir) / (args.name or f"seed-s14-{args.dataset}")
+    if args.url:
+        connection = await AMQPRoundConnection.connect(args.url, chunk_size=args.chunk_size)
+    else:
+        connection = InProcessConnection(in_process_workers(workers, args.dataset, testing))
+    coordinator = Coordinator(connection, list(workers), config_from(args), testing=testing,
+                              strategy=make_strategy(args.strategy, args.strategy_arg),
+                              run_dir=run_dir)
+    try:
+        if args.url:
+            await coordinator.wait_for_workers(args.wait_workers)
+        history = await coordinator.run(resume=args.resume)
+    finally:
+        await connection.close()
+    coordinator.write_plot()
+    last = next((r for r in reversed(history) if r.accuracy is not None), None)
+    if last is not None:
+        print(f"Final accuracy: {100 * last.accuracy:.2f}% after {last.round} rounds; "
+              f"metrics in {run_dir}/")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    launcher = None
+    if args.launch:
+        if not args.url:
+            raise SystemExit("--launch needs --url (the broker the workers consume from)")
+        from fedmq.fl.launch import WorkerLauncher
+        run_dir = pathlib.Path(args.runs_dir) / (args.name or f"seed-s14-{args.dataset}")
+        launcher = WorkerLauncher(args.url, run_dir / "logs")
+        for worker_id, labels in parse_workers(args.workers).items():
+            launcher.start(worker_id, args.dataset, labels)
+        if args.testing:
+            launcher.start(args.testing, args.dataset, testing=True)
+        print(f"Started worker services {', '.join(launcher.procs)} (logs in {run_dir}/logs)")
+    try:
+        if launcher is not None:
+            launcher.wait_consuming()
+        return asyncio.run(train(args))
+    finally:
+        if launcher is not None:
+            launcher.stop_all()
+
+
+def add_train_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="run federated rounds (seed §14)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default=None,
+                   help="broker URL; without it the workers run in this process")
+    p.add_argument("--launch", action="store_true",
+                   help="start the worker services (fedmq worker subprocesses) for the run")
+    p.add_argument("--dataset", default="mnist5k", help="mnist5k or fashion-mnist")
+    p.add_argument("--workers", default=DEFAULT_WORKERS, help="id[:labels],... (%(default)s)")
+    p.add_argument("--testing", default="testing", help="worker holding the test set ('' for none)")
+    p.add_argument("--model", default="seed-cnn")
+    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batches", type=int, default=10, help="local batches per round")
+    p.add_argument("--epochs", type=int, default=None, help="local epochs per round instead")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
+    p.add_argument("--momentum", type=float, default=0.0)
+    p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--round-timeout", type=float, default=120.0, help="per-round deadline (s)")
+    p.add_argument("--wait-workers", type=float, default=120.0,
+                   help="seconds to wait for every worker to answer before round 1")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--strategy", default="fedavg")
+    p.add_argument("--strategy-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="strategy option, e.g. min_fit_workers=2 (repeatable)")
+    p.add_argument("--buckets", default="0-3,4-6,7-9",
+                   help="label groups of the 'Percentage numbers' lines")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--name", default=None, help="run folder name (default seed-s14-<dataset>)")
+    p.add_argument("--resume", action="store_true", help="continue after the last checkpoint")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="frames above this many bytes travel in chunks (default 64 MiB)")
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(func=run_train)

@@ -1,0 +1,53 @@
+"""Round events, published on the `fedmq.events` topic exchange (declared with the rest of the
+topology in fedmq/transport/amqp.py) so the RabbitMQ management UI and any subscriber
+(`#.result`, `round.*`) see a run's progress. Bodies are JSON objects."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+log = logging.getLogger("fedmq.fl")
+
+ROUND_STARTED = "round.started"
+FIT_RESULT = "fit.result"
+FIT_FAILED = "fit.failed"
+ROUND_FINISHED = "round.finished"
+EVALUATE_RESULT = "evaluate.result"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class EventLog:
+    """In-process runs: events are kept in a list (and logged at debug level)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+
+    def emit(self, routing_key: str, payload: dict) -> None:
+        self.events.append((routing_key, _plain(payload)))
+        log.debug("event %s %s", routing_key, payload)
+
+
+class AMQPEvents(EventLog):
+    """Also publishes every event to `fedmq.events` (best effort: a lost event is logged)."""
+
+    def __init__(self, amqp: Any) -> None:
+        super().__init__()
+        self.amqp = amqp
+
+    def emit(self, routing_key: str, payload: dict) -> None:
+        super().emit(routing_key, payload)
+        try:
+            self.amqp.publish_event(routing_key, json.dumps(_plain(payload)).encode())
+        except Exception as exc:  # events must never stop a run
+            log.warning("event %s not published: %s", routing_key, exc)

@@ -1,0 +1,65 @@
+"""What a run leaves in its folder: `metrics.jsonl` (one JSON object per round: round, time,
+loss, accuracy, per-worker loss and samples, failed workers) and `metrics.png` (accuracy and
+loss per round, drawn with matplotlib's Agg backend)."""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any
+
+METRICS = "metrics.jsonl"
+PLOT = "metrics.png"
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class MetricsLog:
+    def __init__(self, run_dir: str | pathlib.Path) -> None:
+        self.path = pathlib.Path(run_dir) / METRICS
+
+    def append(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(_clean(record)) + "\n")
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+    def truncate(self, last_round: int) -> None:
+        """Keep the rounds up to `last_round` (resuming from its checkpoint)."""
+        kept = [r for r in self.read() if r["round"] <= last_round]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def plot(records: list[dict], path: str | pathlib.Path) -> pathlib.Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r["round"] for r in records]
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    evaluated = [r for r in records if r.get("accuracy") is not None]
+    ax_acc.plot([r["round"] for r in evaluated], [100 * r["accuracy"] for r in evaluated],
+                "o-", label="federated model (test)")
+    ax_acc.set(xlabel="round", ylabel="accuracy (%)", title="Test accuracy")
+    ax_acc.grid(True, alpha=0.3)
+    ax_loss.plot(rounds, [r.get("loss") for r in records], ".-", label="training loss")
+    ax_loss.plot([r["round"] for r in evaluated], [r.get("test_loss") for r in evaluated], "o-",
+                 label="test loss")
+    ax_loss.set(xlabel="round", ylabel="loss", title="Loss")
+    ax_loss.legend()
+    ax_loss.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return pathlib.Path(path)

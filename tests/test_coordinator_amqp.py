@@ -1,0 +1,176 @@
+"""Federated rounds over RabbitMQ with real worker processes (`fedmq worker --dataset mnist5k
+--labels ...`): same results as in-process, chunked model frames, a worker killed and
+restarted mid-run, and a fit longer than the broker heartbeat."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+import pika
+import pytest
+
+from fedmq.fl.connections import AMQPRoundConnection, InProcessConnection, encode_request
+from fedmq.fl.coordinator import Coordinator, TrainConfig, initial_weights
+from fedmq.fl.messages import Fit, FitRes
+from fedmq.transport.amqp import chunk_messages
+
+from worker_procs import AMQP_URL, WorkerProcesses
+
+pytestmark = pytest.mark.amqp
+
+TRAIN = {"fl-alice": "0-3", "fl-bob": "4-6"}
+TESTING = "fl-testing"
+CHUNK = 200_000  # the model's Fit frame (~1.7 MB) travels in 9 chunks
+
+
+@pytest.fixture(scope="module")
+def fl_workers(tmp_path_factory):
+    procs = WorkerProcesses(tmp_path_factory.mktemp("fl-workers"))
+    for worker_id, labels in TRAIN.items():
+        procs.start(worker_id, "--dataset", "mnist5k", "--labels", labels, wait=False)
+    procs.start(TESTING, "--dataset", "mnist5k", "--testing", wait=False)
+    for worker_id in [*TRAIN, TESTING]:
+        procs.wait_consuming(worker_id, procs.procs[worker_id], timeout=120)
+    yield procs
+    procs.stop_all(delete_queues=True)
+
+
+def config(**changes) -> TrainConfig:
+    return TrainConfig(**(dict(rounds=2, batch_size=32, num_batches=4, lr=0.1, eval_every=1,
+                               round_timeout=30, seed=5) | changes))
+
+
+async def amqp_run(cfg: TrainConfig, lines: list, **kwargs):
+    conn = await AMQPRoundConnection.connect(AMQP_URL, chunk_size=CHUNK)
+    coord = Coordinator(conn, list(TRAIN), cfg, testing=TESTING, echo=lines.append, **kwargs)
+    try:
+        return await coord.run(), coord
+    finally:
+        await conn.close()
+
+
+def dead_letters(routing_key: str) -> list[tuple[str, str]]:
+    """(message type, x-death reason) of the dead letters for `routing_key`; left in place."""
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    found = []
+    try:
+        ch = conn.channel()
+        while True:
+            method, props, _ = ch.basic_get("fedmq.dead-letters", auto_ack=False)
+            if method is None:
+                break
+            if method.routing_key == routing_key:
+                death = ((props.headers or {}).get("x-death") or [{}])[0]
+                found.append((props.type, death.get("reason")))
+    finally:
+        conn.close()  # unacknowledged: back in the queue
+    return found
+
+
+def test_rounds_over_rabbitmq_give_the_in_process_results_with_chunked_frames(fl_workers):
+    frame = encode_request(Fit(1, "seed-cnn", initial_weights("seed-cnn", 5), {}))
+    assert len(chunk_messages(frame, CHUNK)) > 5
+    lines: list[str] = []
+    watcher = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    channel = watcher.channel()
+    events = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(events, "fedmq.events", routing_key="#")
+    try:
+        history, coord = asyncio.run(amqp_run(config(), lines))
+        seen = []
+        while (got := channel.basic_get(events, auto_ack=True))[0] is not None:
+            seen.append((got[0].routing_key, json.loads(got[2])))
+    finally:
+        watcher.close()
+    keys = [key for key, _ in seen]
+    assert keys.count("round.started") == 2 and keys.count("round.finished") == 2
+    assert keys.count("fit.result") == 4 and keys.count("evaluate.result") == 6
+    assert {body["worker"] for key, body in seen if key == "fit.result"} == set(TRAIN)
+    assert all(r.status == "ok" and sorted(r.workers) == sorted(TRAIN) for r in history)
+    assert any(line.startswith("Model update fl-alice: Percentage numbers 0-3:")
+               for line in lines)
+    assert sum(1 for key, _ in coord.events.events if key == "fit.result") == 4
+
+    from fedmq.data.worker_data import build_worker
+    local = {w: build_worker(argparse.Namespace(id=w, dataset="mnist5k", labels=labels,
+                                                testing=False)) for w, labels in TRAIN.items()}
+    local[TESTING] = build_worker(argparse.Namespace(id=TESTING, dataset="mnist5k",
+                                                     labels=None, testing=True))
+    here = Coordinator(InProcessConnection(local), list(TRAIN), config(), testing=TESTING,
+                       echo=lambda line: None)
+    expected = asyncio.run(here.run())
+    assert [r.correct for r in history] == [r.correct for r in expected]
+    for got, want in zip(history, expected):
+        assert got.loss == pytest.approx(want.loss, rel=1e-5)
+
+
+def test_a_killed_worker_is_skipped_and_rejoins_after_a_restart(fl_workers, tmp_path):
+    expired_before = dead_letters("fl-bob").count(("Fit", "expired"))
+
+    async def scenario():
+        conn = await AMQPRoundConnection.connect(AMQP_URL)
+        coord = Coordinator(conn, list(TRAIN), config(rounds=5, round_timeout=5, eval_every=0),
+                            testing=TESTING, echo=lambda line: None, run_dir=tmp_path)
+        records = []
+        try:
+            coord.prepare()
+            for round in range(1, 6):
+                if round == 2:
+                    await asyncio.to_thread(fl_workers.kill, "fl-bob")
+                if round == 4:
+                    await asyncio.to_thread(fl_workers.start, "fl-bob", "--dataset", "mnist5k",
+                                            "--labels", TRAIN["fl-bob"], fresh=False)
+                started = time.monotonic()
+                record = await coord.run_round(round)
+                record.wall = time.monotonic() - started
+                coord.end_round(record)
+                records.append(record)
+        finally:
+            await conn.close()
+        return records
+
+    records = asyncio.run(scenario())
+    assert sorted(records[0].workers) == ["fl-alice", "fl-bob"]
+    for record in records[1:3]:  # bob is down: the round goes on with alice
+        assert record.status == "ok" and list(record.workers) == ["fl-alice"]
+        assert record.failed == {"fl-bob": "missed the round deadline"}
+        assert record.wall < 8
+    for record in records[3:]:  # restarted: back, and the stale Fits were not replayed
+        assert sorted(record.workers) == ["fl-alice", "fl-bob"] and not record.failed
+    metrics = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 5 and '"fl-bob": "missed the round deadline"' in metrics[1]
+    # the Fits of rounds 2 and 3 waited in bob's queue past their round: the broker expired
+    # them (dead-lettered as "expired"), so the restarted bob never trained on them
+    assert dead_letters("fl-bob").count(("Fit", "expired")) >= expired_before + 2
+
+
+def test_a_fit_longer_than_the_heartbeat_keeps_the_connection(fl_workers):
+    fl_workers.start("fl-hb", "--dataset", "mnist5k", "--labels", "0-3",
+                     "--url", AMQP_URL + "?heartbeat=1")
+
+    async def fit_twice():
+        conn = await AMQPRoundConnection.connect(AMQP_URL)
+        weights = initial_weights("seed-cnn", 1)
+        try:
+            started = time.monotonic()
+            long = await conn.request("fl-hb", Fit(1, "seed-cnn", weights, {
+                "batch_size": 32, "num_batches": 1000, "optimizer_args": {"lr": 0.05}}),
+                timeout=300)
+            seconds = time.monotonic() - started
+            short = await conn.request("fl-hb", Fit(2, "seed-cnn", weights, {
+                "num_batches": 1}), timeout=60)
+            return long, seconds, short
+        finally:
+            await conn.close()
+
+    try:
+        long, seconds, short = asyncio.run(fit_twice())
+        log = fl_workers.log("fl-hb").lower()
+    finally:
+        fl_workers.stop("fl-hb")
+    assert isinstance(long, FitRes) and long.num_examples == 1000 * 32
+    assert seconds > 3  # beyond the 2 missed heartbeats (of 1 s) the broker tolerates
+    assert short.status == "ok"
+    assert "stuck" not in log and "reconnect" not in log and "connection lost" not in log
