@@ -56,16 +56,11 @@ def make_strategy(name: str, pairs: list[str]):
         if not sep:
             raise SystemExit(f"--strategy-arg expects key=value, got {pair!r}")
         kwargs[key.replace("-", "_")] = _value(value)
-    try:  # the strategy factory, when the strategy package has it
-        from fedmq.strategy import make_strategy as factory
-    except ImportError:
-        factory = None
-    if factory is not None:
+    from fedmq.strategy import make_strategy as factory
+    try:
         return factory(name, **kwargs)
-    if name.lower() != "fedavg":
-        raise SystemExit(f"unknown strategy {name!r} (available: fedavg)")
-    from fedmq.strategy import FedAvg
-    return FedAvg(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"--strategy {name}: {exc}") from exc
 
 
 def config_from(args: argparse.Namespace) -> TrainConfig:
