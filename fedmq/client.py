@@ -33,6 +33,32 @@ _dirty: dict[int, "WorkerClient"] = {}
 _dirty_lock = threading.Lock()
 
 
+def call_all(calls: list[tuple["WorkerClient", Any]], *, sender: str | None = None) -> list:
+    """`client.call(message)` for every (client, message), with every message sent before any
+    reply is awaited: one round trip in all, not one per client, when the transport pipelines
+    (RabbitMQ). Returns the values in order; raises the first error (after all replies)."""
+    import concurrent.futures
+
+    sent = []
+    for client, message in calls:
+        frame, buffered = client._call_frame(message, sender)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        client.transport.send(client.id, frame, on_reply=future.set_result,
+                              message_type=type(message).__name__)
+        sent.append((client, message, buffered, future))
+    frames = []
+    for client, message, _, future in sent:
+        timeout = getattr(client.transport, "timeout", None)
+        try:
+            frames.append(future.result(timeout=timeout))
+        except concurrent.futures.TimeoutError:
+            from fedmq.errors import ReplyTimeout
+            raise ReplyTimeout(f"worker {client.id!r} did not answer {type(message).__name__} "
+                               f"within {timeout} s") from None
+    return [client._call_result(frame, message, buffered)
+            for (client, message, buffered, _), frame in zip(sent, frames)]
+
+
 def flush_all() -> None:
     """Send every client's buffered commands (repeats while flushing produces more)."""
     while _dirty:
@@ -63,18 +89,25 @@ class WorkerClient:
     # -- sending ---------------------------------------------------------------------------------
     def call(self, message: Any, *, sender: str | None = None, timeout: float | None = None) -> Any:
         """Send `message`, wait for the reply, return its value or raise the worker's error."""
+        frame, buffered = self._call_frame(message, sender)
+        reply = self.transport.request(self.id, frame, timeout=timeout,
+                                       message_type=type(message).__name__)
+        return self._call_result(reply, message, buffered)
+
+    def _call_frame(self, message: Any, sender: str | None) -> tuple[bytes, list]:
+        """The frame of a call: our own buffered commands ride in it, everyone else's go first."""
         if self._pending_gets and type(message) in _LOOKS_AT_STORE:
             self.carry_out_pending_gets()
-        # Our own buffered commands ride in the same frame as the call; everyone else's go first.
         buffered, self._buffer = self._buffer, []
         with _dirty_lock:
             _dirty.pop(id(self), None)
         flush_all()
         self._raise_async_error()
         wire = m.Batch(buffered + [message], reply_last=True) if buffered else message
-        frame = self._frame(wire, sender)
-        reply = serde.decode(self.transport.request(self.id, frame, timeout=timeout,
-                                                    message_type=type(message).__name__))
+        return self._frame(wire, sender), buffered
+
+    def _call_result(self, reply_frame: bytes, message: Any, buffered: list) -> Any:
+        reply = serde.decode(reply_frame)
         if isinstance(reply, m.Reply) and isinstance(reply.value, m.BatchReply):
             for index, error in reply.value.errors:
                 self._async_errors.append((error, buffered[index]))

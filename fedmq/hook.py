@@ -110,6 +110,8 @@ def install() -> None:
     if _installed:
         return
     _load_extensions()
+    from fedmq.pointers import optim
+    optim.install()  # optimizers on sent models: one Command per step, not one per parameter
     from torch.utils.data import Dataset
     for cls, methods in ((torch.Tensor, TENSOR_METHODS), (nn.Module, MODULE_METHODS),
                          (Dataset, DATASET_METHODS)):

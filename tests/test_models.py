@@ -40,8 +40,18 @@ def _train(model, opt, batches, worker=None):
 @pytest.mark.parametrize("make_opt", [
     lambda p: optim.SGD(p, lr=0.1),
     lambda p: optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-4),
+    lambda p: optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
     lambda p: optim.Adam(p, lr=0.01),
-], ids=["sgd", "sgd-momentum", "adam"])
+    lambda p: optim.Adam(p, lr=0.01, amsgrad=True, weight_decay=1e-3),
+    lambda p: optim.AdamW(p, lr=0.01),
+    lambda p: optim.RMSprop(p, lr=0.01, momentum=0.5),
+    lambda p: optim.Adamax(p),
+    lambda p: optim.Adadelta(p),
+    lambda p: optim.Rprop(p),
+    lambda p: optim.NAdam(p),
+    lambda p: optim.RAdam(p),
+], ids=["sgd", "sgd-momentum", "sgd-nesterov", "adam", "adam-amsgrad", "adamw", "rmsprop",
+        "adamax", "adadelta", "rprop", "nadam", "radam"])
 def test_training_through_pointers_equals_plain_torch(bob, make_opt):
     torch.manual_seed(0)
     batches = [(torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))) for _ in range(4)]
@@ -55,6 +65,30 @@ def test_training_through_pointers_equals_plain_torch(bob, make_opt):
         assert torch.equal(a, b), name
     for a, b in zip(plain.parameters(), remote.parameters()):
         assert torch.equal(a.grad, b.grad)
+
+
+def test_optimizer_step_is_one_command_whatever_the_model_size(vbob):
+    """Remote parameters take torch's foreach path: SGD's step is one `_foreach_add_`."""
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(6)]).send(vbob)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    model(torch.randn(2, 4).send(vbob)).sum().backward()
+    sent = []
+    real_post = vbob.post
+    vbob.post = lambda message: (sent.append(message), real_post(message))[1]
+    try:
+        opt.step()
+    finally:
+        del vbob.post
+    assert [c.op for c in sent] == ["torch._foreach_add_"]
+    assert len(sent[0].args[0]) == 12
+    opt_loop = optim.SGD(model.parameters(), lr=0.1, foreach=False)  # an explicit choice holds
+    sent.clear()
+    vbob.post = lambda message: (sent.append(message), real_post(message))[1]
+    try:
+        opt_loop.step()
+    finally:
+        del vbob.post
+    assert [c.op for c in sent] == ["Tensor.add_"] * 12
 
 
 def test_optimizer_built_after_send_and_remote_grads(bob):

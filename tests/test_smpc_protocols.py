@@ -94,6 +94,29 @@ def test_matmul_mean_and_max_against_plaintext(parties, n):
     assert torch.equal(values.get().child, enc.min(dim=1).values)
 
 
+@pytest.mark.parametrize("n", [2, 3])
+def test_argmax_argmin_min_abs_with_dim_and_keepdim(parties, n):
+    workers, cp = parties
+    torch.manual_seed(10 + n)
+    a = torch.randn(4, 6)
+    enc = a.fix_prec().child
+    sa = a.fix_prec().share(*workers[:n], crypto_provider=cp)
+    for dim in (0, 1, -1):
+        for keepdim in (False, True):
+            got = sa.argmax(dim=dim, keepdim=keepdim).get().float_prec().long()
+            assert torch.equal(got, enc.argmax(dim=dim, keepdim=keepdim))
+            got = sa.argmin(dim=dim, keepdim=keepdim).get().float_prec().long()
+            assert torch.equal(got, enc.argmin(dim=dim, keepdim=keepdim))
+            values, indices = sa.min(dim=dim, keepdim=keepdim)
+            ref = enc.min(dim=dim, keepdim=keepdim)
+            assert torch.equal(values.get().child, ref.values)
+            assert torch.equal(indices.get().float_prec().long(), ref.indices)
+    assert sa.child.argmax().get().tolist() == int(enc.argmax())
+    assert torch.equal(sa.abs().get().child, enc.abs())
+    assert torch.equal((sa != sa).get().child, torch.zeros(4, 6, dtype=torch.long))
+    assert torch.equal((sa >= 0).get().child, (enc >= 0).long() * 1000)
+
+
 def test_conv2d_with_beaver_triples(parties):
     import torch.nn.functional as F
     workers, cp = parties
@@ -141,6 +164,31 @@ def test_preprocessing_moves_the_provider_out_of_the_online_phase(parties):
     assert STORE.requests == before[0] + 1
 
 
+@pytest.mark.parametrize("n", [2, 4])
+def test_fixed_point_products_fuse_truncation_and_use_preprocessed_pairs(parties, n):
+    """x * y and x @ y on fixed point: one triple and one truncation pair, both from the
+    store when dealt ahead, two openings, result within the truncation guarantee."""
+    from fedmq.smpc.additive import _stats
+    from fedmq.smpc.beaver import triple_params
+    from fedmq.smpc.truncation import truncation_params
+    workers, cp = parties
+    group = workers[:n]
+    torch.manual_seed(n)
+    a, b = torch.randn(3, 4), torch.randn(4, 2)
+    c = torch.randn(3, 4)
+    STORE.provide(cp, group, "mul", triple_params("mul", (3, 4), (3, 4)))
+    STORE.provide(cp, group, "matmul", triple_params("matmul", (3, 4), (4, 2)))
+    STORE.provide(cp, group, "trunc", truncation_params((3, 4), 1000))
+    STORE.provide(cp, group, "trunc", truncation_params((3, 2), 1000))
+    sa, sb, sc = (t.fix_prec().share(*group, crypto_provider=cp) for t in (a, b, c))
+    before = (STORE.requests, cp.message_count, _stats.rounds)
+    product, mm = sa * sc, sa @ sb
+    assert (STORE.requests, cp.message_count) == before[:2] and len(STORE) == 0
+    assert _stats.rounds == before[2] + 4
+    assert_rescaled(product.get().child, a.fix_prec().child * c.fix_prec().child, 1000)
+    assert_rescaled(mm.get().child, a.fix_prec().child @ b.fix_prec().child, 1000)
+
+
 def test_provider_refuses_bad_requests(parties):
     from fedmq.errors import RemoteError
     from fedmq.smpc.messages import Deal, DealRequest
@@ -155,12 +203,37 @@ def test_provider_refuses_bad_requests(parties):
                                   {"shape": [1 << 14, 1 << 14]})]))
 
 
-def test_ring_matmul_equals_int64_matmul_with_wraparound():
-    from fedmq.smpc.beaver import ring_matmul
+@pytest.mark.parametrize("op", ["mul", "matmul", "conv2d"])
+def test_ring_products_wrap_around_mod_2_64(op):
+    """The int64 kernels Beaver products run on compute exactly mod 2^64 (checked against
+    Python's unbounded integers on full-range values)."""
+    from fedmq.smpc.beaver import ring_op
     from fedmq.smpc.provider import uniform
-    for m, k, n in ((3, 1, 2), (30, 100, 20), (4, 512, 3), (2, 513, 2)):
-        x, y = uniform((m, k)), uniform((k, n))
-        assert torch.equal(ring_matmul(x, y), torch.matmul(x, y))
+
+    def ring(v: int) -> int:
+        v %= 1 << 64
+        return v - (1 << 64) if v >= 1 << 63 else v
+
+    if op == "conv2d":
+        x, w = uniform((1, 2, 4, 4)), uniform((3, 2, 3, 3))
+        out = ring_op(op, x, w, [1, 1, 1, 1])
+        xp = torch.nn.functional.pad(x, (1, 1, 1, 1))
+        for o in range(3):
+            for i in range(4):
+                for j in range(4):
+                    patch = xp[0, :, i:i + 3, j:j + 3].flatten().tolist()
+                    exact = sum(p * q for p, q in zip(patch, w[o].flatten().tolist()))
+                    assert int(out[0, o, i, j]) == ring(exact)
+        return
+    for m, k, n in ((3, 1, 2), (7, 100, 5), (2, 513, 3)):
+        x, y = uniform((m, k)), uniform((k, n) if op == "matmul" else (m, k))
+        out = ring_op(op, x, y)
+        xs, ys = x.tolist(), y.tolist()
+        for i in range(m):
+            for j in range(n if op == "matmul" else k):
+                exact = (sum(xs[i][t] * ys[t][j] for t in range(k)) if op == "matmul"
+                         else xs[i][j] * ys[i][j])
+                assert int(out[i, j]) == ring(exact)
 
 
 def test_binary_and_on_xor_shares(parties):

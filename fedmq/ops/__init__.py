@@ -35,6 +35,16 @@ def _setter(attr: str) -> Callable[[torch.Tensor, Any], None]:
     return set_
 
 
+def clear_grads(tensors: list[torch.Tensor]) -> None:
+    """`p.grad = None` for many tensors at once (an optimizer's `zero_grad()`, one Command)."""
+    for t in tensors:
+        t.grad = None
+
+
+#: fedmq's own ops (no torch function has these names)
+FEDMQ_OPS = {"fedmq.clear_grads": clear_grads}
+
+
 def _build() -> tuple[dict[str, Op], dict[Any, str], list[str]]:
     by_name: dict[str, Op] = {}
     by_func: dict[Any, str] = {}
@@ -58,6 +68,8 @@ def _build() -> tuple[dict[str, Op], dict[Any, str], list[str]]:
         add(f"Tensor.{attr}", _getter(attr), [getattr(torch.Tensor, attr).__get__])
     for attr in allowlist.TENSOR_SETTERS:
         add(f"Tensor.{attr}.__set__", _setter(attr), [getattr(torch.Tensor, attr).__set__])
+    for name, fn in FEDMQ_OPS.items():
+        add(name, fn, [])
     return by_name, by_func, missing
 
 

@@ -7,6 +7,11 @@ worker. Adding an op means adding its name: the executor has no per-op code.
 """
 
 TORCH_FUNCTIONS = [
+    "_foreach_abs", "_foreach_abs_", "_foreach_add", "_foreach_add_", "_foreach_addcdiv_",
+    "_foreach_addcmul", "_foreach_addcmul_", "_foreach_copy_", "_foreach_div_", "_foreach_lerp_",
+    "_foreach_maximum_", "_foreach_mul", "_foreach_mul_", "_foreach_neg", "_foreach_neg_",
+    "_foreach_pow", "_foreach_pow_", "_foreach_reciprocal_", "_foreach_sign_", "_foreach_sqrt",
+    "_foreach_sqrt_", "_foreach_sub", "_foreach_sub_",
     "abs", "add", "addcdiv", "addcmul", "addmm", "all", "allclose", "any", "argmax", "argmin",
     "argsort", "bmm", "cat", "ceil", "chunk", "clamp", "clip", "clone", "conv1d", "conv2d", "cos",
     "cosh", "cumprod", "cumsum", "detach", "diag", "div", "dot", "empty_like", "eq", "equal",

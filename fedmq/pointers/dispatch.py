@@ -82,13 +82,23 @@ def _grad_set(func: Callable, args: tuple, kwargs: dict) -> None:
         return _remote_call("Tensor.grad.__set__", func, args, kwargs)
     if value is None:
         if t._fedmq_has_grad:
-            t._fedmq_location.post(m.Command("Tensor.grad.__set__", (m.Ref(t._fedmq_id), None),
-                                             {}, []))
+            clear_remote_grad(t._fedmq_location, t._fedmq_id)
         t._fedmq_has_grad = False
         return None
     _remote_call("Tensor.grad.__set__", func, args, kwargs)
     t._fedmq_has_grad = True
     return None
+
+
+def clear_remote_grad(location: Any, remote_id: int) -> None:
+    """`grad = None` on the worker. Consecutive clears (an optimizer's `zero_grad()`) join one
+    buffered `fedmq.clear_grads` Command instead of one Command per parameter."""
+    buffer = location._buffer
+    last = buffer[-1] if buffer else None
+    if last is not None and last.op == "fedmq.clear_grads":
+        last.args[0].append(m.Ref(remote_id))
+    else:
+        location.post(m.Command("fedmq.clear_grads", ([m.Ref(remote_id)],), {}, []))
 
 
 _LOCAL: dict[Any, Callable[[Callable, tuple, dict], Any]] = {}
@@ -133,8 +143,14 @@ def torch_function(cls, func, types, args=(), kwargs=None):
     return _remote_call(name, func, args, kwargs)
 
 
+#: every deferred `model.get()` not yet carried out or cancelled (parameter.PendingGet)
+PENDING_GETS: dict[int, Any] = {}
+
+
 def _carry_out_pending_gets(args: tuple, kwargs: dict) -> bool:
     """A deferred `model.get()` is carried out as soon as one of its tensors is used."""
+    if not PENDING_GETS:
+        return False
     done = False
     for value in (*args, *kwargs.values()):
         if type(value) in (tuple, list):
@@ -198,20 +214,23 @@ def _unwrap(value: Any, found: list, name: str, distinct: dict, key: list) -> An
     description of the call for the meta cache (ends with _UNHASHABLE if there is none)."""
     cls = type(value)
     if cls is int or cls is float or value is None or cls is bool or cls is str:
-        key.append(cls)
-        key.append(value)
+        key += (cls, value)
         return value
     if isinstance(value, torch.Tensor):
         kind = getattr(cls, "_fedmq_kind", None)
         if kind is not None:
             found.append(value)
-            n = len(distinct)
-            index = distinct.setdefault(id(value), (n, value))[0]
-            key.append((index, meta.local_meta(value)))
+            seen = distinct.get(id(value))
+            if seen is None:
+                seen = distinct[id(value)] = (len(distinct), value)
+            key.append((seen[0], value.__dict__.get("_fedmq_meta") or meta.local_meta(value)))
             if kind == "pointer":
                 if value._consumed:
                     value._check_usable()
-                return m.Ref(value.id_at_location, value.attr)
+                ref = value._wire_ref
+                if ref is None:  # the same Ref every time: the pointer's target never changes
+                    ref = value._wire_ref = m.Ref(value.id_at_location, value.attr)
+                return ref
             return m.Ref(value._fedmq_id)
         kind = "parameter" if isinstance(value, torch.nn.Parameter) else "tensor"
         raise PointerError(f"{name}: a local {kind} of shape {tuple(value.shape)} was mixed with "
@@ -220,9 +239,16 @@ def _unwrap(value: Any, found: list, name: str, distinct: dict, key: list) -> An
     # Module-level recursion, never a closure: a recursive closure is a reference cycle, and a
     # cycle would keep dead pointers (and so their remote objects) alive until the next GC.
     if cls is tuple or cls is list:
-        key.append(cls)
-        key.append(len(value))
-        return cls([_unwrap(v, found, name, distinct, key) for v in value])
+        key += (cls, len(value))
+        out = []
+        for v in value:  # scalars inline: conv2d's stride/padding/... are most of the items
+            vcls = type(v)
+            if vcls is int or vcls is float or v is None or vcls is bool:
+                key += (vcls, v)
+                out.append(v)
+            else:
+                out.append(_unwrap(v, found, name, distinct, key))
+        return out if cls is list else tuple(out)
     if cls is dict:
         key.append(dict)
         key.append(tuple(value))

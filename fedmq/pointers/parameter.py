@@ -20,10 +20,28 @@ import torch
 from fedmq.pointers import dispatch
 
 
+def _grad_of(t: Any) -> Any:
+    if t._fedmq_pending is not None:  # the model came home: its real gradient
+        t._fedmq_pending.carry_out()
+        return t.grad
+    return dispatch._grad_get(None, (t,), {})
+
+
+def _set_grad_of(t: Any, value: Any) -> None:
+    if t._fedmq_pending is not None:
+        t._fedmq_pending.carry_out()
+        t.grad = value
+        return
+    dispatch._grad_set(None, (t, value), {})
+
+
 class RemoteParameter(torch.nn.Parameter):
     _fedmq_kind = "parameter"
     _fedmq_pending = None  # a PendingGet while `model.get()` has not been carried out yet
     __torch_function__ = classmethod(dispatch.torch_function)
+    #: optimizers read `p.grad` several times per parameter per step: answer it directly
+    #: (the same code `__torch_function__` would reach, without torch's dispatch around it)
+    grad = property(_grad_of, _set_grad_of)
 
     def __deepcopy__(self, memo):
         return _deepcopy_remote(self, memo)
@@ -48,6 +66,7 @@ class PendingGet:
         for t in tensors:
             t._fedmq_pending = self
         location._pending_gets[id(self)] = self
+        dispatch.PENDING_GETS[id(self)] = self
 
     def carry_out(self) -> None:
         """Fetch now (one GetRequest) and make every tensor local again."""
@@ -57,6 +76,7 @@ class PendingGet:
             return
         tensors, self.tensors = self.tensors, []
         self.location._pending_gets.pop(id(self), None)
+        dispatch.PENDING_GETS.pop(id(self), None)
         values = self.location.call(m.GetRequest([t._fedmq_id for t in tensors], delete=True))
         for t, value in zip(tensors, values):
             make_local(t, value)
@@ -65,6 +85,7 @@ class PendingGet:
         """The model goes back out before anyone looked: keep it where it is."""
         tensors, self.tensors = self.tensors, []
         self.location._pending_gets.pop(id(self), None)
+        dispatch.PENDING_GETS.pop(id(self), None)
         for t in tensors:
             t.__dict__.pop("_fedmq_pending", None)
         return tensors

@@ -30,6 +30,7 @@ class PointerTensor(OwnedRemote, torch.Tensor):
     _consumed = False
     _finalizer = None
     _tags: set | None = None
+    _wire_ref = None  # the messages.Ref naming this pointer's target (dispatch.py caches it)
 
     @staticmethod
     def __new__(cls, location: Any, id_at_location: int, shape, dtype: torch.dtype,

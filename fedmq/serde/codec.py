@@ -86,6 +86,12 @@ def use_ref_type(cls: type) -> type:
 _T_MARK, _R_MARK = _MARKS[EXT_TUPLE], _MARKS[EXT_RECORD]
 
 
+def _ext(code: int, data: bytes) -> msgpack.ExtType:
+    """msgpack.ExtType(code, data) without its argument checks (ours are always valid): ids
+    and references are packed this way dozens of times per message."""
+    return tuple.__new__(msgpack.ExtType, (code, data))
+
+
 class _Encoder:
     """Packs one frame; tensors' bytes are collected as out-of-band buffers."""
 
@@ -104,12 +110,12 @@ class _Encoder:
         if cls is int:  # only ints outside 64 bits reach here (object ids, mostly)
             if obj.bit_length() > 4096:
                 raise SerdeError("integer too large to send")
-            return msgpack.ExtType(EXT_BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8,
-                                                             "little", signed=True))
+            return _ext(EXT_BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8, "little",
+                                                 signed=True))
         if cls is _Ref and type(obj.id) is int and 0 <= obj.id < 1 << 128:
             # the most frequent record on the wire: 16 id bytes, then the attribute name
-            return msgpack.ExtType(EXT_REF, obj.id.to_bytes(16, "little")
-                                   + (obj.attr or "").encode())
+            data = obj.id.to_bytes(16, "little")
+            return _ext(EXT_REF, data if obj.attr is None else data + obj.attr.encode())
         fields = _RECORD_FIELDS.get(cls)
         if fields is not None:
             return [_R_MARK, _RECORD_CODES[cls], *[getattr(obj, name) for name in fields]]

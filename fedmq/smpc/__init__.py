@@ -3,9 +3,10 @@ additive sharing, with the fixes listed in /work/shared/reference/pysyft-0.2-not
 
     fixed_precision.py  FixedPrecisionTensor: fix_precision()/float_precision(), int64 ring
     additive.py         AdditiveSharingTensor: share()/get(), linear ops per share
-    beaver.py           products (mul, matmul, conv2d) with Beaver triples; fast ring matmul
+    beaver.py           products (mul, matmul, conv2d) with Beaver triples, fused truncation
     truncation.py       division by a public int / fixed-point rescaling (ABY3 pairs)
     comparison.py       < > <= >= ==, relu, abs, max/argmax/min (edaBits + BIT-LT + B2A)
+    local_steps.py      protocol rounds: one LocalStep message per party, its allowlist
     provider.py         the crypto provider (abc), its worker handler, the primitive store
     messages.py         wire records 90-99 (Deal, DealRequest, LocalStep)
     hooks.py            methods TorchHook installs; torch functions on these types

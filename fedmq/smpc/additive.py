@@ -108,19 +108,22 @@ def open_shares(groups: list[list[PointerTensor]], combine: str = "add",
     `combine` is "add" (additive shares) or "xor" (binary shares)."""
     if not groups:
         return []
+    from fedmq.client import call_all
+
     n_parties = len(groups[0])
-    per_party: list[list[torch.Tensor]] = []
+    calls = []
     for p in range(n_parties):
         ptrs = [g[p] for g in groups]
-        location = ptrs[0].location
         for ptr in ptrs:
             ptr._check_usable()
-        values = location.call(m.GetRequest([ptr.id_at_location for ptr in ptrs], delete=delete))
-        if delete:
-            for ptr in ptrs:
+        calls.append((ptrs[0].location,
+                      m.GetRequest([ptr.id_at_location for ptr in ptrs], delete=delete)))
+    per_party: list[list[torch.Tensor]] = call_all(calls)  # all parties in one round trip
+    if delete:
+        for g in groups:
+            for ptr in g:
                 ptr._disown()
                 ptr._consumed = True
-        per_party.append(values)
     out = []
     for k in range(len(groups)):
         total = per_party[0][k]
@@ -308,17 +311,25 @@ class AdditiveSharingTensor(ShapeMethods):
     def rsub(self, other: Any) -> "AdditiveSharingTensor":
         return self.neg().add(other)
 
-    def mul(self, other: Any) -> "AdditiveSharingTensor":
+    def product(self, op: str, other: Any, divisor: int = 1, **kwargs: Any
+                ) -> "AdditiveSharingTensor":
+        """`self op other` ("mul", "matmul", "conv2d") divided by the public positive int
+        `divisor`: one fused Beaver product + truncation when `other` is shared too (what
+        fixed-point products use), else a local product and `div`."""
         if isinstance(other, AdditiveSharingTensor):
             from fedmq.smpc.beaver import beaver_op
-            return beaver_op("mul", self, other)
-        return self.map("torch.mul", self._public(other))
+            return beaver_op(op, self, other, divisor, **kwargs)
+        if op == "conv2d":
+            out = self.map("F.conv2d", self._public(other), None, **kwargs)
+        else:
+            out = self.map("torch." + op, self._public(other))
+        return out if divisor == 1 else out.div(divisor)
+
+    def mul(self, other: Any) -> "AdditiveSharingTensor":
+        return self.product("mul", other)
 
     def matmul(self, other: Any) -> "AdditiveSharingTensor":
-        if isinstance(other, AdditiveSharingTensor):
-            from fedmq.smpc.beaver import beaver_op
-            return beaver_op("matmul", self, other)
-        return self.map("torch.matmul", self._public(other))
+        return self.product("matmul", other)
 
     def rmatmul(self, other: Any) -> "AdditiveSharingTensor":
         pub = self._public(other)
@@ -329,11 +340,7 @@ class AdditiveSharingTensor(ShapeMethods):
     def conv2d(self, weight: Any, bias: Any = None, stride=1, padding=0, dilation=1,
                groups=1) -> "AdditiveSharingTensor":
         kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-        if isinstance(weight, AdditiveSharingTensor):
-            from fedmq.smpc.beaver import beaver_op
-            out = beaver_op("conv2d", self, weight, **kwargs)
-        else:
-            out = self.map("F.conv2d", self._public(weight), None, **kwargs)
+        out = self.product("conv2d", weight, **kwargs)
         if bias is not None:
             out = out + (bias.reshape(1, -1, 1, 1) if isinstance(bias, AdditiveSharingTensor)
                          else self._public(bias).reshape(1, -1, 1, 1))

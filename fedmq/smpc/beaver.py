@@ -1,9 +1,18 @@
 """Products of shared tensors with Beaver triples (Beaver, "Efficient Multiparty Protocols
-Using Circuit Randomization", CRYPTO 1991; the SPDZ form of Damgård et al., CRYPTO 2012).
+Using Circuit Randomization", CRYPTO 1991; the SPDZ form of Damgård et al., CRYPTO 2012),
+optionally fused with the ABY3 truncation that rescales fixed-point products (truncation.py).
 
 Works for any bilinear op (elementwise `mul`, `matmul`, `conv2d`) and any number of parties.
 The triple comes from the crypto provider, which sends each party its shares directly; the
-coordinator only ever sees eps and delta, which are masked by the uniform a and b.
+coordinator only ever sees eps and delta, which are masked by the uniform a and b (and, with a
+truncation, z - r, masked by the uniform r).
+
+Ring products are torch's own int64 kernels, which wrap around mod 2^64. (On torch 2.14 with
+MKL the int64 matmul is ~2x a float64 dgemm of the same size; splitting operands into 22-bit
+limbs for exact float64 BLAS needs six dgemms and was measured 5x slower, so it is not used.)
+
+Online cost per product: two LocalStep messages per party (mask; finish), i.e. two rounds with a
+truncation (open eps/delta; open z - r) and one without (the finish is pipelined).
 """
 from __future__ import annotations
 
@@ -12,51 +21,66 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fedmq.smpc.additive import AdditiveSharingTensor, open_shares, remote
+from fedmq.smpc.additive import AdditiveSharingTensor, _stats
+from fedmq.smpc.local_steps import STEPS, combine, run_steps
 from fedmq.smpc.provider import STORE
 
-
-_LIMB = 22
-_LIMB_MASK = (1 << _LIMB) - 1
-
-
-def ring_matmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x @ y in Z/2^64Z, fast: int64 matmul has no BLAS kernel, so 2-D products with inner
-    size <= 512 split each operand into three 22-bit limbs (the top one signed) and use six
-    float64 matmuls, each exact (|sum| < 512 * 2^44 = 2^53); limb products of weight >= 2^66
-    vanish mod 2^64. Other shapes fall back to torch.matmul (same result, slower)."""
-    if x.dim() != 2 or y.dim() != 2 or x.shape[1] > 512:
-        return torch.matmul(x, y)
-    xs = [(x & _LIMB_MASK).double(), ((x >> _LIMB) & _LIMB_MASK).double(),
-          (x >> (2 * _LIMB)).double()]
-    ys = [(y & _LIMB_MASK).double(), ((y >> _LIMB) & _LIMB_MASK).double(),
-          (y >> (2 * _LIMB)).double()]
-
-    def mm(i: int, j: int) -> torch.Tensor:
-        return torch.mm(xs[i], ys[j]).to(torch.int64)
-
-    return mm(0, 0) + (mm(0, 1) + mm(1, 0)) * (1 << _LIMB) + \
-        (mm(0, 2) + mm(1, 1) + mm(2, 0)) * (1 << (2 * _LIMB))
+#: the bilinear ops a Beaver triple can be dealt for
+PRODUCTS = ("mul", "matmul", "conv2d")
+_CONV_KEYS = ("stride", "padding", "dilation", "groups")
 
 
-def _public_op(op: str, x: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+def ring_op(op: str, x: torch.Tensor, y: torch.Tensor, conv_args: list | None = None
+            ) -> torch.Tensor:
+    """x op y in Z/2^64Z (int64 tensors; torch's integer kernels wrap around)."""
     if op == "mul":
         return x * y
     if op == "matmul":
-        return ring_matmul(x, y)
-    return F.conv2d(x, y, **kwargs)
+        return torch.matmul(x, y)
+    if op == "conv2d":
+        return F.conv2d(x, y, None, *(conv_args or ()))
+    raise ValueError(f"no Beaver product for op {op!r} (known: {PRODUCTS})")
 
 
-def _step_matmul_finish(a, b, c, eps, delta, first: bool):
-    """Step 4 of `beaver_op` for a 2-D matmul, on one party, with the fast ring matmul."""
-    z = c + ring_matmul(eps, b) + ring_matmul(a, delta)
+def conv_args_of(kwargs: dict) -> list:
+    """conv2d's stride, padding, dilation, groups as a positional list (wire-friendly)."""
+    defaults = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+    out = []
+    for key in _CONV_KEYS:
+        value = kwargs.get(key, defaults[key])
+        out.append(list(value) if isinstance(value, tuple) else value)
+    return out
+
+
+# -- each party's local steps (LocalStep messages, local_steps.py) -------------------------------
+
+def _step_mask(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, b: torch.Tensor):
+    """Step 2: this party's shares of eps = x - a and delta = y - b (to be opened)."""
+    return (), (x - a, y - b)
+
+
+def _step_finish(op: str, a, b, c, eps, delta, first: bool, r, conv_args):
+    """Step 4: z_i = c_i + eps op (b_i + [i = 0] delta) + a_i op delta (two products, not
+    three: party 0 folds eps op delta into its first). With a truncation mask r_i, the party
+    opens z_i - r_i instead of keeping z_i (step 2 of truncation.py, fused)."""
+    if op not in PRODUCTS:
+        raise ValueError(f"no Beaver product for op {op!r}")
     if first:
-        z = z + ring_matmul(eps, delta)
-    return (z,), ()
+        b = b + delta
+    if op == "mul":
+        z = torch.addcmul(c, eps, b)
+        z.addcmul_(a, delta)
+    else:
+        z = ring_op(op, eps, b, conv_args)
+        z += ring_op(op, a, delta, conv_args)
+        z += c
+    if r is None:
+        return (z,), ()
+    z -= r
+    return (), (z,)
 
 
-_REMOTE = {"mul": "torch.mul", "matmul": "torch.matmul", "conv2d": "F.conv2d"}
-
+# -- the coordinator ------------------------------------------------------------------------------
 
 def triple_params(op: str, x_shape, y_shape, **kwargs: Any) -> dict:
     params = {"a": list(x_shape), "b": list(y_shape)}
@@ -65,58 +89,65 @@ def triple_params(op: str, x_shape, y_shape, **kwargs: Any) -> dict:
     return params
 
 
-def beaver_op(op: str, x: AdditiveSharingTensor, y: AdditiveSharingTensor,
+def beaver_op(op: str, x: AdditiveSharingTensor, y: AdditiveSharingTensor, divisor: int = 1,
               **kwargs: Any) -> AdditiveSharingTensor:
-    """[z] = [x] op [y] for a bilinear `op` ("mul", "matmul" or "conv2d").
+    """[z] = [x] op [y] for a bilinear `op` ("mul", "matmul" or "conv2d"), divided by the
+    public `divisor` (ABY3 truncation, fused) when it is not 1.
 
-    1. Get a triple [a], [b], [c] = [a op b] with a, b shaped like x, y (from the primitive
-       store if it was dealt ahead of time, else dealt now: one round trip to the provider).
+    1. Get a triple [a], [b], [c] = [a op b] with a, b shaped like x, y (and a truncation pair
+       [r], [r / d] if dividing): from the primitive store if dealt ahead of time, else dealt
+       now, in one round trip to the provider.
     2. Each party masks locally: [eps] = [x] - [a], [delta] = [y] - [b].
-    3. Open eps and delta together (one round: one GetRequest per party).
+    3. Open eps and delta together (one round: one LocalStep per party).
     4. Each party computes [z] = [c] + eps op [b] + [a] op delta, and party 0 also adds
        eps op delta; this is x op y because op is bilinear:
        (eps + a) op (delta + b) = eps op delta + eps op b + a op delta + a op b.
+    5. If dividing: the parties open z - r in the same message (one more round) and keep
+       [r / d] (party 0 adds the public part): truncation.py.
     """
+    from fedmq.smpc.provider import _share_shapes
+    from fedmq.smpc.truncation import truncation_params
+
+    if op not in PRODUCTS:
+        raise ValueError(f"no Beaver product for op {op!r} (known: {PRODUCTS})")
     x._same_parties(y)
     provider = x._provider(f"{op} of two shared tensors")
-    parties = x.locations
     params = triple_params(op, x.shape, y.shape, **kwargs)
-    a, b, c = STORE.take(provider, parties, op, params)
-    return beaver_finish(op, x, y, a, b, c, **kwargs)
+    wanted = [(op, params)]
+    if divisor != 1:
+        out_shape = _share_shapes(op, params)[2]
+        wanted.append(("trunc", truncation_params(out_shape, divisor)))
+    prims = STORE.take_many(provider, x.locations, wanted)
+    a, b, c = prims[0]
+    return beaver_finish(op, x, y, a, b, c, trunc_pair=prims[1] if divisor != 1 else None,
+                         divisor=divisor, **kwargs)
 
 
 def beaver_finish(op: str, x: AdditiveSharingTensor, y: AdditiveSharingTensor, a: list,
-                  b: list, c: list, **kwargs: Any) -> AdditiveSharingTensor:
-    """Steps 2-4 of `beaver_op` with a triple already dealt (lists of per-party pointers)."""
-    eps_shares = [remote(xs.location, "torch.sub", xs, ai) for xs, ai in zip(x.shares, a)]
-    delta_shares = [remote(ys.location, "torch.sub", ys, bi) for ys, bi in zip(y.shares, b)]
-    eps, delta = open_shares([eps_shares, delta_shares])
-    if op == "matmul" and eps.dim() == 2 and delta.dim() == 2:
-        from fedmq.smpc.comparison import _run_steps
-        shape = tuple(c[0].shape_local)
-        kept, _ = _run_steps("beaver_matmul", [(ci.location, (ai, bi, ci, eps, delta, i == 0))
-                                               for i, (ai, bi, ci) in enumerate(zip(a, b, c))],
-                             1, shape, False)
+                  b: list, c: list, trunc_pair: list | None = None, divisor: int = 1,
+                  **kwargs: Any) -> AdditiveSharingTensor:
+    """Steps 2-5 of `beaver_op` with the primitives already dealt (lists of per-party
+    pointers; `trunc_pair` = [r shares, r/d shares] when dividing by `divisor`)."""
+    from fedmq.smpc.truncation import finish_truncation
+
+    parties = x.locations
+    _, opened = run_steps("beaver_mask", [(loc, (xs, ai, ys, bi)) for loc, xs, ai, ys, bi
+                                          in zip(parties, x.shares, a, y.shares, b)],
+                          0, (), True)
+    eps, delta = combine(opened, 0, "add"), combine(opened, 1, "add")
+    _stats.rounds += 1
+    conv_args = conv_args_of(kwargs) if op == "conv2d" else None
+    out_shape = tuple(c[0].shape_local)
+    r = trunc_pair[0] if trunc_pair is not None else [None] * len(parties)
+    args = [(loc, (op, ai, bi, ci, eps, delta, i == 0, ri, conv_args))
+            for i, (loc, ai, bi, ci, ri) in enumerate(zip(parties, a, b, c, r))]
+    if trunc_pair is None:
+        kept, _ = run_steps("beaver_finish", args, 1, out_shape, False)
         return x._new([k[0] for k in kept])
-    name = _REMOTE[op]
-    out = []
-    for i, (ai, bi, ci) in enumerate(zip(a, b, c)):
-        loc = ci.location
-        if op == "mul":
-            z = remote(loc, "torch.addcmul", ci, eps, bi)
-            z = remote(loc, "torch.addcmul", z, ai, delta)
-        else:
-            z = remote(loc, "torch.add", ci, remote(loc, name, eps, bi, **kwargs))
-            z = remote(loc, "torch.add", z, remote(loc, name, ai, delta, **kwargs))
-        if i == 0:
-            z = remote(loc, "torch.add", z, _public_op(op, eps, delta, **kwargs))
-        out.append(z)
-    return x._new(out)
+    _, opened = run_steps("beaver_finish", args, 0, out_shape, True)
+    _stats.rounds += 1
+    return finish_truncation(x, divisor, combine(opened, 0, "add"), trunc_pair[1])
 
 
-def _register_steps() -> None:
-    from fedmq.smpc.comparison import STEPS
-    STEPS["beaver_matmul"] = _step_matmul_finish
-
-
-_register_steps()
+STEPS["beaver_mask"] = _step_mask
+STEPS["beaver_finish"] = _step_finish

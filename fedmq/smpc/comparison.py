@@ -24,6 +24,7 @@ from collections import namedtuple
 import torch
 
 from fedmq.smpc.additive import AdditiveSharingTensor, _stats, open_shares, remote
+from fedmq.smpc.local_steps import STEPS, combine, run_steps
 from fedmq.smpc.provider import STORE
 
 MASK63 = (1 << 63) - 1
@@ -77,7 +78,7 @@ def binary_and(f: list, g: list, triple: list) -> list:
 
 
 # -- each party's local computation, one message per party per round ----------------------------
-# These run on the share holders (handled as LocalStep messages): `STEPS` is their allowlist.
+# These run on the share holders (LocalStep messages, local_steps.py allowlists them by name).
 
 def _rshift(t: torch.Tensor, s: int) -> torch.Tensor:
     return t >> s  # arithmetic shift: linear over XOR shares (see `_shift`)
@@ -123,50 +124,8 @@ def _step_b2a(b_arith, u, first: bool):
     return ((out + u) if first else out,), ()
 
 
-STEPS = {"ltz_mask": _step_mask, "ltz_start": _step_start, "ltz_or": _step_or,
-         "ltz_finish": _step_finish, "b2a": _step_b2a}
-
-
-def handle_local_step(worker, msg) -> list:
-    """On a share holder: run one allowlisted step, keep its results, return what it opens."""
-    from fedmq.execution import resolve
-
-    fn = STEPS.get(msg.step) if isinstance(msg.step, str) else None
-    if fn is None:
-        raise ValueError(f"unknown SMPC step {msg.step!r}")
-    kept, opened = fn(*resolve(list(msg.args), worker.store))
-    if len(kept) != len(msg.result_ids):
-        raise ValueError(f"step {msg.step} keeps {len(kept)} tensors, "
-                         f"{len(msg.result_ids)} ids were given")
-    for rid, value in zip(msg.result_ids, kept):
-        worker.store.put(rid, value)
-    return list(opened)
-
-
-def _run_steps(step: str, per_party_args: list, n_kept: int, shapes, want_reply: bool):
-    """Send `step` to every party; returns (kept pointers per party, opened values per party)."""
-    from fedmq import messages as m
-    from fedmq.ids import new_id
-    from fedmq.smpc.additive import _to_wire, make_pointer
-    from fedmq.smpc.messages import LocalStep
-
-    kept, opened = [], []
-    for location, args in per_party_args:
-        ids = [new_id() for _ in range(n_kept)]
-        msg = LocalStep(step, _to_wire(list(args), location), ids)
-        if want_reply:
-            opened.append(location.call(msg))
-        else:
-            location.post(msg)
-        kept.append([make_pointer(location, i, shapes) for i in ids])
-    return kept, opened
-
-
-def _combine(opened: list, index: int, combine: str) -> torch.Tensor:
-    total = opened[0][index]
-    for values in opened[1:]:
-        total = total + values[index] if combine == "add" else total ^ values[index]
-    return total
+STEPS.update({"ltz_mask": _step_mask, "ltz_start": _step_start, "ltz_or": _step_or,
+              "ltz_finish": _step_finish, "b2a": _step_b2a})
 
 
 def ltz(x: AdditiveSharingTensor) -> AdditiveSharingTensor:
@@ -195,17 +154,17 @@ def ltz(x: AdditiveSharingTensor) -> AdditiveSharingTensor:
     (r_arith, r_xor), ands, (b_xor, b_arith) = prims[0], prims[1:7], prims[7]
     n = len(parties)
 
-    _, opened = _run_steps("ltz_mask", [(loc, (xs, ri)) for loc, xs, ri in
-                                        zip(parties, x.shares, r_arith)], 0, shape, True)
-    c = _combine(opened, 0, "add")
+    _, opened = run_steps("ltz_mask", [(loc, (xs, ri)) for loc, xs, ri in
+                                       zip(parties, x.shares, r_arith)], 0, shape, True)
+    c = combine(opened, 0, "add")
 
     a1, b1, _ = ands[0]
-    (kept, opened) = _run_steps("ltz_start", [(parties[i], (r_xor[i], c if i == 0 else None,
-                                                           a1[i], b1[i], _OR_SHIFTS[0]))
-                                              for i in range(n)], 2, shape, True)
+    kept, opened = run_steps("ltz_start", [(parties[i], (r_xor[i], c if i == 0 else None,
+                                                        a1[i], b1[i], _OR_SHIFTS[0]))
+                                           for i in range(n)], 2, shape, True)
     f = [k[0] for k in kept]
     g = [k[1] for k in kept]
-    u, v = _combine(opened, 0, "xor"), _combine(opened, 1, "xor")
+    u, v = combine(opened, 0, "xor"), combine(opened, 1, "xor")
     for layer in range(len(_OR_SHIFTS)):
         a, b, cc = ands[layer]
         last = layer == len(_OR_SHIFTS) - 1
@@ -214,21 +173,21 @@ def ltz(x: AdditiveSharingTensor) -> AdditiveSharingTensor:
         args = [(parties[i], (f[i], g[i], a[i], b[i], cc[i], u, v, i == 0,
                               None if last else nxt[0][i], None if last else nxt[1][i], nxt[2]))
                 for i in range(n)]
-        kept, opened = _run_steps("ltz_or", args, 1 if last else 2, shape, not last)
+        kept, opened = run_steps("ltz_or", args, 1 if last else 2, shape, not last)
         f = [k[0] for k in kept]
         if not last:
             g = [k[1] for k in kept]
-            u, v = _combine(opened, 0, "xor"), _combine(opened, 1, "xor")
+            u, v = combine(opened, 0, "xor"), combine(opened, 1, "xor")
     _stats.rounds += len(_OR_SHIFTS) + 2
 
     not_c = (~c) & MASK63
     c_sign = c & SIGN_BIT
-    _, opened = _run_steps("ltz_finish", [(parties[i], (f[i], r_xor[i], not_c,
-                                                        c_sign if i == 0 else None, b_xor[i]))
-                                          for i in range(n)], 0, shape, True)
-    u = _combine(opened, 0, "xor")
-    kept, _ = _run_steps("b2a", [(parties[i], (b_arith[i], u, i == 0)) for i in range(n)], 1,
-                         shape, False)
+    _, opened = run_steps("ltz_finish", [(parties[i], (f[i], r_xor[i], not_c,
+                                                       c_sign if i == 0 else None, b_xor[i]))
+                                         for i in range(n)], 0, shape, True)
+    u = combine(opened, 0, "xor")
+    kept, _ = run_steps("b2a", [(parties[i], (b_arith[i], u, i == 0)) for i in range(n)], 1,
+                        shape, False)
     return x._new([k[0] for k in kept])
 
 

@@ -113,6 +113,24 @@ def _matmul(a, b):
     return torch.matmul(a, b)
 
 
+def _product(op: str, a, b, divisor: int, **kwargs):
+    """a op b divided by `divisor`; fused into one protocol when both are shared."""
+    if _shared(a) and _shared(b):
+        return a.product(op, b, divisor, **kwargs)
+    if op == "mul":
+        out = _mul(a, b)
+    elif op == "matmul":
+        out = _matmul(a, b)
+    elif _shared(b):
+        raise NotImplementedError("conv2d of a public input with a shared weight")
+    elif _shared(a):
+        out = a.conv2d(b, **kwargs)
+    else:
+        import torch.nn.functional as F
+        out = F.conv2d(a, b, **kwargs)
+    return _trunc(out, divisor)
+
+
 def _trunc(v, divisor: int):
     if divisor == 1:
         return v
@@ -231,12 +249,12 @@ class FixedPrecisionTensor(ShapeMethods):
         """x * y rescaled (truncation); times a public integer, no rescaling is needed."""
         if self._is_integer(other) and not isinstance(other, FixedPrecisionTensor):
             return self._new(_mul(self.child, encode(other, 1)))
-        return self._new(_trunc(_mul(self.child, self._other(other)), self.scale))
+        return self._new(_product("mul", self.child, self._other(other), self.scale))
 
     def matmul(self, other: Any) -> "FixedPrecisionTensor":
         if self._is_integer(other) and not isinstance(other, FixedPrecisionTensor):
             return self._new(_matmul(self.child, encode(other, 1)))
-        return self._new(_trunc(_matmul(self.child, self._other(other)), self.scale))
+        return self._new(_product("matmul", self.child, self._other(other), self.scale))
 
     def rmatmul(self, other: Any) -> "FixedPrecisionTensor":
         return self._new(_trunc(_matmul(self._other(other), self.child), self.scale))
@@ -272,15 +290,8 @@ class FixedPrecisionTensor(ShapeMethods):
     def conv2d(self, weight: Any, bias: Any = None, stride=1, padding=0, dilation=1,
                groups=1) -> "FixedPrecisionTensor":
         kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-        w = self._other(weight)
-        if _shared(self.child):
-            out = self.child.conv2d(w, **kwargs)
-        elif _shared(w):
-            raise NotImplementedError("conv2d of a public input with a shared weight")
-        else:
-            import torch.nn.functional as F
-            out = F.conv2d(self.child, w, **kwargs)
-        out = self._new(_trunc(out, self.scale))
+        out = self._new(_product("conv2d", self.child, self._other(weight), self.scale,
+                                 **kwargs))
         if bias is not None:
             b = bias if isinstance(bias, FixedPrecisionTensor) else \
                 FixedPrecisionTensor.from_tensor(bias, self.base, self.precision_fractional)

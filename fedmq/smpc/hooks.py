@@ -19,8 +19,8 @@ from torch import nn
 from fedmq.hook import register_module_method, register_tensor_method
 from fedmq.smpc.additive import AdditiveSharingTensor, share_tensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor
-from fedmq.smpc import beaver as _beaver  # noqa: F401  (registers its LocalStep)
-from fedmq.smpc.comparison import handle_local_step
+from fedmq.smpc import beaver as _beaver, comparison as _comparison  # noqa: F401 (their steps)
+from fedmq.smpc.local_steps import handle_local_step
 from fedmq.smpc.messages import DealRequest, LocalStep
 from fedmq.smpc.provider import handle_deal_request
 from fedmq.worker import EXTRA_HANDLERS, register_handler

@@ -41,7 +41,7 @@ class DealRequest:
 @dataclass(slots=True)
 class LocalStep:
     """Run one party's local part of a protocol round (`step`, a function of
-    fedmq.smpc.comparison.STEPS: no other name is accepted) on `args` (Refs to the party's
+    fedmq.smpc.local_steps.STEPS: no other name is accepted) on `args` (Refs to the party's
     shares, public tensors, ints). The tensors it keeps are stored under `result_ids`; the ones
     it opens (masked values) come back in the reply, so a round costs one message per party."""
     step: str

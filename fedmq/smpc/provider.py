@@ -133,16 +133,11 @@ class TrustedDealer(CryptoProvider):
     """Generates every primitive from the OS CSPRNG, in the clear, on the provider worker."""
 
     def triple(self, op, shape_a, shape_b, n, **op_kwargs):
-        a, b = uniform(shape_a), uniform(shape_b)
-        if op == "mul":
-            c = a * b
-        elif op == "matmul":
-            from fedmq.smpc.beaver import ring_matmul
-            c = ring_matmul(a, b)
-        elif op == "conv2d":
-            c = F.conv2d(a, b, **op_kwargs)
-        else:
+        from fedmq.smpc.beaver import PRODUCTS, conv_args_of, ring_op
+        if op not in PRODUCTS:
             raise ValueError(f"no Beaver triple for op {op!r}")
+        a, b = uniform(shape_a), uniform(shape_b)
+        c = ring_op(op, a, b, conv_args_of(op_kwargs) if op == "conv2d" else None)
         return _per_party(additive_split(a, n), additive_split(b, n), additive_split(c, n))
 
     def truncation_pair(self, shape, divisor, n):
@@ -198,8 +193,9 @@ def handle_deal_request(worker: Any, msg: DealRequest) -> None:
         shares = DEALER.deal(deal)
         for party, ids, party_shares in zip(deal.parties, deal.ids, shares):
             outgoing[party].extend(m.StoredObject(i, s) for i, s in zip(ids, party_shares))
-    for party, objects in outgoing.items():
-        worker.network.client(party).call(m.ObjectMessage(objects), sender=worker.id)
+    from fedmq.client import call_all
+    call_all([(worker.network.client(party), m.ObjectMessage(objects))
+              for party, objects in outgoing.items()], sender=worker.id)
     return None
 
 

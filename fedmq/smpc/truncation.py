@@ -45,8 +45,15 @@ def truncate(x: AdditiveSharingTensor, divisor: int) -> AdditiveSharingTensor:
 
 def truncate_finish(x: AdditiveSharingTensor, divisor: int, r: list, r_div: list
                     ) -> AdditiveSharingTensor:
+    """Steps 2-4 with the pair already dealt (lists of per-party pointers)."""
     y_shares = [remote(s.location, "torch.sub", s, ri) for s, ri in zip(x.shares, r)]
     (y,) = open_shares([y_shares])
+    return finish_truncation(x, divisor, y, r_div)
+
+
+def finish_truncation(x: AdditiveSharingTensor, divisor: int, y: torch.Tensor, r_div: list
+                      ) -> AdditiveSharingTensor:
+    """Step 4 from the opened y = x - r: [z] = floor((y + d - 1) / d) + [r']."""
     # floor((y + d - 1) / d) without overflowing int64 when y is near its top
     public = torch.div(y, divisor, rounding_mode="floor") + \
         torch.div(torch.remainder(y, divisor) + (divisor - 1), divisor, rounding_mode="floor")

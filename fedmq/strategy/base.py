@@ -44,6 +44,12 @@ def is_aggregated(tensor: torch.Tensor) -> bool:
     return tensor.is_floating_point() or tensor.is_complex()
 
 
+def accumulator(tensor: torch.Tensor) -> torch.Tensor:
+    """A new float64 (complex128 for complex entries) copy of `tensor` to accumulate in."""
+    dtype = torch.complex128 if tensor.is_complex() else torch.float64
+    return tensor.detach().to(dtype, copy=True)
+
+
 def weighted_average(pairs: Iterable[tuple[Weights, float]]) -> Weights:
     """sum(w_i * weights_i) / sum(w_i) over the floating entries, as new float64-accumulated
     tensors cast back to each entry's dtype; non-floating entries come from the first model."""
@@ -57,7 +63,7 @@ def weighted_average(pairs: Iterable[tuple[Weights, float]]) -> Weights:
         for name, tensor in weights.items():
             if not is_aggregated(tensor):
                 continue
-            term = tensor.detach().to(torch.float64) * weight
+            term = accumulator(tensor).mul_(weight)
             acc[name] = term if name not in acc else acc[name].add_(term)
     if first is None or total <= 0:
         raise RoundFailed("nothing to average (no results, or zero total weight)")
@@ -79,6 +85,12 @@ class Aggregation:
         self.samples: dict[str, int] = {}
 
     def add(self, result: FitResult) -> None:
+        if result.worker_id in self.samples:
+            raise ValueError(f"round {self.round}: a second result from {result.worker_id}")
+        if isinstance(result.num_examples, bool) or not isinstance(result.num_examples, int) \
+                or result.num_examples < 0:
+            raise ValueError(f"update from {result.worker_id}: num_examples must be a "
+                             f"non-negative int, got {result.num_examples!r}")
         check_compatible(self.global_weights, result.weights, result.worker_id)
         self.count += 1
         self.num_examples += result.num_examples
@@ -110,7 +122,7 @@ class RunningAverage(Aggregation):
         for name, tensor in result.weights.items():
             if not is_aggregated(tensor):
                 continue
-            term = tensor.detach().to(torch.float64) * weight
+            term = accumulator(tensor).mul_(weight)
             if name in self._sum:
                 self._sum[name].add_(term)
             else:
@@ -125,12 +137,20 @@ class RunningAverage(Aggregation):
 
 
 def check_compatible(reference: Weights, weights: Weights, who: str) -> None:
+    """Raise ValueError unless `weights` has the model's names and shapes, only tensors, and
+    finite floating entries."""
+    if not isinstance(weights, dict):
+        raise ValueError(f"update from {who}: weights must be a dict of tensors, "
+                         f"got {type(weights).__name__}")
     if reference.keys() != weights.keys():
         missing = sorted(set(reference) - set(weights))
         extra = sorted(set(weights) - set(reference))
         raise ValueError(f"update from {who} does not match the model: missing {missing}, "
                          f"unexpected {extra}")
     for name, tensor in reference.items():
+        if not isinstance(weights[name], torch.Tensor):
+            raise ValueError(f"update from {who}: {name} is a {type(weights[name]).__name__}, "
+                             f"not a tensor")
         if weights[name].shape != tensor.shape:
             raise ValueError(f"update from {who}: {name} has shape {tuple(weights[name].shape)},"
                              f" the model has {tuple(tensor.shape)}")

@@ -1,0 +1,64 @@
+"""Protocol rounds as one `LocalStep` message per party (messages.py, record 92).
+
+A round of an SMPC protocol is, on every party, "finish the previous round with the values just
+opened, then mask the next ones": a few tensor ops on that party's own shares. `run_steps` sends
+each party one LocalStep naming such a function; the party runs it (`handle_local_step`), keeps
+some results under ids the coordinator chose and returns the masked values it opens. Every party
+is asked at once (`fedmq.client.call_all`), so a round is one round trip over RabbitMQ.
+
+`STEPS` is the allowlist: a LocalStep naming anything else is refused. comparison.py and
+beaver.py add their steps to it when imported.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+#: step name -> fn(*args) -> (tensors kept, tensors opened)
+STEPS: dict[str, Callable[..., tuple]] = {}
+
+
+def handle_local_step(worker: Any, msg: Any) -> list:
+    """On a share holder: run one allowlisted step, keep its results, return what it opens."""
+    from fedmq.execution import resolve
+
+    fn = STEPS.get(msg.step) if isinstance(msg.step, str) else None
+    if fn is None:
+        raise ValueError(f"unknown SMPC step {msg.step!r}")
+    kept, opened = fn(*resolve(list(msg.args), worker.store))
+    if len(kept) != len(msg.result_ids):
+        raise ValueError(f"step {msg.step} keeps {len(kept)} tensors, "
+                         f"{len(msg.result_ids)} ids were given")
+    for rid, value in zip(msg.result_ids, kept):
+        worker.store.put(rid, value)
+    return list(opened)
+
+
+def run_steps(step: str, per_party_args: list, n_kept: int, shape, want_reply: bool):
+    """Send `step` to every party (`per_party_args`: (location, args) pairs, args holding
+    pointers to that party's shares, public tensors, ints). Returns (kept pointers per party,
+    opened values per party); without `want_reply` the messages are posted (pipelined)."""
+    from fedmq.client import call_all
+    from fedmq.ids import new_id
+    from fedmq.smpc.additive import _to_wire, make_pointer
+    from fedmq.smpc.messages import LocalStep
+
+    kept, calls = [], []
+    for location, args in per_party_args:
+        ids = [new_id() for _ in range(n_kept)]
+        msg = LocalStep(step, _to_wire(list(args), location), ids)
+        if want_reply:
+            calls.append((location, msg))
+        else:
+            location.post(msg)
+        kept.append([make_pointer(location, i, shape) for i in ids])
+    return kept, call_all(calls) if want_reply else []
+
+
+def combine(opened: list, index: int, how: str) -> torch.Tensor:
+    """Value `index` opened by every party, recombined: "add" (additive) or "xor" (binary)."""
+    total = opened[0][index]
+    for values in opened[1:]:
+        total = total + values[index] if how == "add" else total ^ values[index]
+    return total
