@@ -182,6 +182,9 @@ class AsyncCoordinator:
             self.max_versions is not None and self.version >= self.max_versions)
 
     async def run(self, resume: bool = False) -> list[VersionRecord]:
+        """Train until `max_updates` updates have been received in total (a resumed run
+        counts those before the checkpoint) or `max_versions` versions exist; the records of
+        the versions applied by this call."""
         self.prepare(resume)
         self._started = time.monotonic()
         self.echo(f"Asynchronous training with {self.strategy!r} on {', '.join(self.workers)}: "
