@@ -44,7 +44,7 @@ from typing import Any, Callable
 from fedmq.fl import checkpoint, events as ev
 from fedmq.fl.connections import Connection
 from fedmq.fl.coordinator import (TrainConfig, accuracy_line, bucket_line, initial_weights,
-                                  worker_seed)
+                                  worker_seed, wait_for_workers)
 from fedmq.fl.messages import Evaluate, EvaluateRes, Fit, FitRes
 from fedmq.fl.metrics import PLOT, MetricsLog, plot
 from fedmq.models import MODELS
@@ -370,6 +370,10 @@ class AsyncCoordinator:
             if rows and rows[-1]["version"] == record.version:
                 rows[-1] = json.loads(json.dumps(record.as_json()))
                 self._metrics.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    async def wait_for_workers(self, timeout: float, interval: float = 2.0) -> list[str]:
+        ids = self.workers + ([self.testing] if self.testing else [])
+        return await wait_for_workers(self.connection, ids, timeout, self.echo, interval)
 
     def write_plot(self) -> pathlib.Path | None:
         """metrics.png (fedmq.fl.metrics.plot; its x axis "round" is the version here)."""

@@ -98,9 +98,16 @@ async def train(args: argparse.Namespace) -> int:
         connection = await AMQPRoundConnection.connect(args.url, chunk_size=args.chunk_size)
     else:
         connection = InProcessConnection(in_process_workers(workers, args.dataset, testing))
-    coordinator = Coordinator(connection, list(workers), config_from(args), testing=testing,
-                              strategy=make_strategy(args.strategy, args.strategy_arg),
-                              run_dir=run_dir)
+    strategy = make_strategy(args.strategy, args.strategy_arg)
+    from fedmq.strategy import AsyncStrategy
+    if isinstance(strategy, AsyncStrategy):  # fedasync, fedbuff: no rounds
+        from fedmq.fl.async_coordinator import AsyncCoordinator
+        coordinator = AsyncCoordinator(connection, list(workers), config_from(args),
+                                       testing=testing, strategy=strategy, run_dir=run_dir,
+                                       max_updates=args.max_updates or args.rounds * len(workers))
+    else:
+        coordinator = Coordinator(connection, list(workers), config_from(args), testing=testing,
+                                  strategy=strategy, run_dir=run_dir)
     try:
         if args.url:
             await coordinator.wait_for_workers(args.wait_workers)
@@ -110,7 +117,9 @@ async def train(args: argparse.Namespace) -> int:
     coordinator.write_plot()
     last = next((r for r in reversed(history) if r.accuracy is not None), None)
     if last is not None:
-        print(f"Final accuracy: {100 * last.accuracy:.2f}% after {last.round} rounds; "
+        step = (f"{last.round} rounds" if hasattr(last, "round")
+                else f"{last.version} versions ({last.received} updates)")
+        print(f"Final accuracy: {100 * last.accuracy:.2f}% after {step}; "
               f"metrics in {run_dir}/")
     return 0
 
@@ -162,7 +171,12 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wait-workers", type=float, default=120.0,
                    help="seconds to wait for every worker to answer before round 1")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--strategy", default="fedavg")
+    p.add_argument("--strategy", default="fedavg",
+                   help="fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedmedian, "
+                        "fedtrimmedavg, krum; fedasync or fedbuff run without rounds")
+    p.add_argument("--max-updates", type=int, default=None,
+                   help="fedasync/fedbuff: stop after this many worker updates "
+                        "(default rounds x workers)")
     p.add_argument("--strategy-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="strategy option, e.g. min_fit_workers=2 (repeatable)")
     p.add_argument("--buckets", default="0-3,4-6,7-9",

@@ -115,6 +115,32 @@ def accuracy_line(name: str, res: EvaluateRes) -> str:
             f"({100 * res.accuracy:.2f}%)")
 
 
+async def wait_for_workers(connection: Connection, ids: list[str], timeout: float,
+                           echo: Callable[[str], None], interval: float = 2.0) -> list[str]:
+    """Ping every worker until it answers or `timeout` passes; returns the ids that did not
+    answer. Over RabbitMQ a message published before the worker declared its queue is lost, so
+    a coordinator started together with its workers waits for them first."""
+    from fedmq.messages import WorkerStats
+
+    deadline = time.monotonic() + timeout
+
+    async def ping(worker_id: str) -> bool:
+        while time.monotonic() < deadline:
+            try:
+                await connection.request(worker_id, WorkerStats(), timeout=interval,
+                                         expiration=interval)
+                return True
+            except Exception:
+                await asyncio.sleep(0.2)
+        return False
+
+    answered = await asyncio.gather(*(ping(w) for w in ids))
+    missing = [w for w, ok in zip(ids, answered) if not ok]
+    if missing:
+        echo(f"Workers not answering after {timeout:.0f} s: {', '.join(missing)}")
+    return missing
+
+
 class Coordinator:
     def __init__(self, connection: Connection, workers: list[str], config: TrainConfig, *,
                  testing: str | None = None, strategy: Strategy | None = None,
@@ -139,29 +165,9 @@ class Coordinator:
 
     # -- the run ----------------------------------------------------------------------------
     async def wait_for_workers(self, timeout: float, interval: float = 2.0) -> list[str]:
-        """Ping every worker (and the testing worker) until it answers or `timeout` passes;
-        returns the ids that did not answer. Over RabbitMQ a message published before the
-        worker declared its queue is lost, so a coordinator started with its workers waits."""
-        from fedmq.messages import WorkerStats
-
+        """See `wait_for_workers`: the data workers and the testing worker."""
         ids = self.workers + ([self.testing] if self.testing else [])
-        deadline = time.monotonic() + timeout
-
-        async def ping(worker_id: str) -> bool:
-            while time.monotonic() < deadline:
-                try:
-                    await self.connection.request(worker_id, WorkerStats(), timeout=interval,
-                                                  expiration=interval)
-                    return True
-                except Exception:
-                    await asyncio.sleep(0.2)
-            return False
-
-        answered = await asyncio.gather(*(ping(w) for w in ids))
-        missing = [w for w, ok in zip(ids, answered) if not ok]
-        if missing:
-            self.echo(f"Workers not answering after {timeout:.0f} s: {', '.join(missing)}")
-        return missing
+        return await wait_for_workers(self.connection, ids, timeout, self.echo, interval)
 
     async def run(self, resume: bool = False, until: int | None = None) -> list[RoundRecord]:
         """Rounds from 1 (or after the last checkpoint with `resume`) to `config.rounds`
