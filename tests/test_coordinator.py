@@ -248,3 +248,23 @@ def test_compose_and_makefile_commands_parse_with_fedmq_train():
     parsed = build_parser().parse_args(["train", *demo])
     assert (parsed.rounds, parsed.batch_size, parsed.batches, parsed.lr, parsed.eval_every) == \
         (40, 32, 10, 0.1, 10)
+
+
+@pytest.mark.parametrize("strategy, extra, lines", [
+    ("fedadam", ["--strategy-arg", "eta=0.01"], 2),       # two rounds -> two metrics lines
+    ("fedbuff", ["--strategy-arg", "buffer_size=2", "--max-updates", "4"], 2),  # 4 updates / 2
+])
+def test_fedmq_train_runs_any_registered_strategy(tmp_path, strategy, extra, lines):
+    from fedmq.cli import main
+    argv = ["train", "--dataset", "mnist5k", "--workers", "alice:0-3,bob:4-6", "--testing", "",
+            "--rounds", "2", "--batches", "1", "--batch-size", "8", "--eval-every", "0",
+            "--runs-dir", str(tmp_path), "--name", strategy, "--strategy", strategy, *extra]
+    assert main(argv) == 0
+    records = (tmp_path / strategy / "metrics.jsonl").read_text().splitlines()
+    assert len(records) == lines
+
+
+def test_fedmq_train_names_the_valid_strategies_when_given_another(tmp_path):
+    from fedmq.cli import main
+    with pytest.raises(SystemExit, match="fedavg.*krum"):
+        main(["train", "--dataset", "mnist5k", "--runs-dir", str(tmp_path), "--strategy", "sgd"])
