@@ -199,14 +199,8 @@ def _delete_queue(url: str, queue: str) -> None:
     """The services' queues are durable; leave none behind."""
     import asyncio
 
-    import aio_pika
-
-    async def delete() -> None:
-        conn = await aio_pika.connect_robust(url)
-        async with conn:
-            channel = await conn.channel()
-            await channel.queue_delete(queue)
-    asyncio.run(delete())
+    from fedmq.transport.amqp import delete_queues
+    asyncio.run(delete_queues(url, queue))
 
 
 if __name__ == "__main__":

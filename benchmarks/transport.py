@@ -217,12 +217,8 @@ def main() -> None:
 
 def _delete_queue(url: str, queue: str) -> None:
     """The benchmark's worker queue is durable; leave none behind."""
-    async def delete() -> None:
-        conn = await aio_pika.connect_robust(url)
-        async with conn:
-            channel = await conn.channel()
-            await channel.queue_delete(queue)
-    asyncio.run(delete())
+    from fedmq.transport.amqp import delete_queues
+    asyncio.run(delete_queues(url, queue))
 
 
 if __name__ == "__main__":

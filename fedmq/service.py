@@ -23,7 +23,6 @@ import logging
 import os
 import pathlib
 import signal
-from typing import Any
 
 import aio_pika
 

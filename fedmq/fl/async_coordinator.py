@@ -217,14 +217,7 @@ class AsyncCoordinator:
 
     def _fit_config(self, worker: str, version: int) -> dict[str, Any]:
         cfg = self.config
-        base = {"batch_size": cfg.batch_size, "optimizer": cfg.optimizer, "loss": cfg.loss,
-                "optimizer_args": {**cfg.optimizer_args, "lr": cfg.lr}}
-        if cfg.epochs:
-            base["epochs"] = cfg.epochs
-        else:
-            base["num_batches"] = cfg.num_batches
-        if cfg.dataset:
-            base["dataset"] = cfg.dataset
+        base = cfg.fit_config(cfg.lr)
         repeat = self._repeats.get((worker, version), 0)
         self._repeats[(worker, version)] = repeat + 1
         name = worker if repeat == 0 else f"{worker}/{repeat}"

@@ -60,6 +60,18 @@ class TrainConfig:
     seed: int = 1
     buckets: list = field(default_factory=lambda: [(0, 3), (4, 6), (7, 9)])
 
+    def fit_config(self, lr: float) -> dict:
+        """What a `Fit` tells the worker (before the strategy adds its own keys)."""
+        config = {"batch_size": self.batch_size, "optimizer": self.optimizer, "loss": self.loss,
+                  "optimizer_args": {**self.optimizer_args, "lr": lr}}
+        if self.epochs:
+            config["epochs"] = self.epochs
+        else:
+            config["num_batches"] = self.num_batches
+        if self.dataset:
+            config["dataset"] = self.dataset
+        return config
+
     def is_eval_round(self, round: int) -> bool:
         """Rounds 1, 1 + every, 1 + 2 every, ... and the last (the seed: 1, 11, 21, 31, 40);
         never when `eval_every` is 0."""
@@ -243,15 +255,7 @@ class Coordinator:
             chosen = []
             failed["*"] = str(exc)
         self.events.emit(ev.ROUND_STARTED, {"round": round, "workers": chosen, "lr": self.lr})
-        base = {"batch_size": cfg.batch_size, "optimizer": cfg.optimizer, "loss": cfg.loss,
-                "optimizer_args": {**cfg.optimizer_args, "lr": self.lr}}
-        if cfg.epochs:
-            base["epochs"] = cfg.epochs
-        else:
-            base["num_batches"] = cfg.num_batches
-        if cfg.dataset:
-            base["dataset"] = cfg.dataset
-        fit_config = self.strategy.fit_config(round, base)
+        fit_config = self.strategy.fit_config(round, cfg.fit_config(self.lr))
         global_weights = self.weights
         aggregation = self.strategy.begin_round(round, global_weights)
         deadline = time.time() + cfg.round_timeout

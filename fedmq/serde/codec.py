@@ -7,7 +7,6 @@ no import of names from the wire, and every size is checked (see `tensors.py`, `
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from typing import Any, Callable, TypeVar
 
 import msgpack

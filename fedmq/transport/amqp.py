@@ -61,6 +61,15 @@ async def declare_topology(channel: aio_pika.abc.AbstractChannel) -> dict[str, A
     return {"commands": commands, "events": events, "dlx": dlx}
 
 
+async def delete_queues(url: str, *names: str) -> None:
+    """Delete queues (a benchmark's or a test's durable worker queues), each if it exists."""
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        for name in names:
+            await channel.queue_delete(name)
+
+
 def split_chunks(frame: bytes | bytearray, chunk_size: int) -> list[memoryview]:
     view = memoryview(frame)
     return [view[i:i + chunk_size] for i in range(0, max(len(view), 1), chunk_size)]
