@@ -14,8 +14,10 @@ import time
 
 
 class WorkerLauncher:
-    def __init__(self, url: str, log_dir: str | pathlib.Path) -> None:
+    def __init__(self, url: str, log_dir: str | pathlib.Path,
+                 env: dict[str, str] | None = None) -> None:
         self.url = url
+        self.env = dict(env or {})  # added to this process's environment for the workers
         self.log_dir = pathlib.Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
@@ -43,7 +45,7 @@ class WorkerLauncher:
     def _spawn(self, name: str, worker_ids: list[str], args: list[str]) -> subprocess.Popen:
         log = open(self.log_path(name), "a")
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env))
         log.close()
         self.procs[name] = proc
         self.hosted[name] = worker_ids
