@@ -19,8 +19,12 @@ in the same run.
 3. Many workers: `--wide-workers` (default 50) workers, tiny model, 1 batch of 8, each holding
    an IID part of the MNIST 5k train set; in-process, and over RabbitMQ in `--wide-processes`
    (default 5) `fedmq worker --ids ...` processes (one WorkerService per id).
-Round 1 of every run is a warm-up and left out of the medians. Last, our figures next to the
-peers' in /work/shared/reference/measurements.md (Flower 1.42, raw RabbitMQ RPC).
+Each fedmq run comes right after its plain baseline (the machine is shared; adjacent runs see
+similar load). Round 1 of every run is left out of the medians; 3 plain §14 rounds warm the
+process up first; the benchmark process tunes malloc as the worker services do
+(fedmq.runtime). Per run: round time, the workers' fit time (sum, slowest) and the overhead
+= round - slowest fit. Last, our figures next to the peers' in
+/work/shared/reference/measurements.md (Flower 1.42, raw RabbitMQ RPC).
 Run: python benchmarks/rounds.py [--url amqp://...] [--rounds 20] [--tiny-rounds 1000]
 """
 from __future__ import annotations
@@ -292,11 +296,14 @@ def main() -> None:
                         help="torch threads per worker process (OMP_NUM_THREADS; 0: torch's "
                              "default, one per core)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads; "
-          f"dataset {DATASET}; round 1 of each run is left out of medians; each fedmq run is "
-          f"preceded by its plain-PyTorch baseline")
+    from fedmq import runtime
+    runtime.tune_malloc()  # as the worker services do; plain and in-process runs alike
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
+          f"{runtime.describe()}; dataset {DATASET}; round 1 of each run is left out of medians; "
+          f"each fedmq run is preceded by its plain-PyTorch baseline")
     seed_data = partitions()
     wide_data = iid_parts(args.wide_workers)
+    plain_rounds(seed_data, "seed-cnn", 3, 32, 10)  # warm-up (first conv calls), not reported
     results: list[Result] = []
     s14 = dict(data=seed_data, model="seed-cnn", rounds=args.rounds, batch_size=32,
                num_batches=10)
