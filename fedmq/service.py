@@ -12,6 +12,11 @@ an in-process VirtualWorker. The rules (aio-pika's master/worker pattern, adapte
   handled ids are kept in a file under --state-dir, so this holds across restarts;
 * SIGTERM/SIGINT: stop consuming, finish the message in hand; prefetched messages that were
   not started go back to the queue when the channel closes.
+
+One process may host several worker ids (`--id a --id b` or `--ids a,b,c`): one WorkerService
+per id on the same event loop, each with its own connection, queue, consumer and op thread, so
+the ids stay independent workers (a benchmark's 50 workers need not be 50 torch processes).
+The dataset is read once; see `build_workers` for which data each id holds.
 """
 from __future__ import annotations
 
@@ -209,22 +214,97 @@ class WorkerService:
                                                         mandatory=False)
 
 
+def worker_ids(args: argparse.Namespace) -> list[str]:
+    """The ids this process hosts: every `--id`, then every name in every `--ids a,b,c`, in
+    order, without repeats."""
+    ids: list[str] = []
+    for item in list(args.id or []) + [i for text in (args.ids or []) for i in text.split(",")]:
+        item = item.strip()
+        if item and item not in ids:
+            ids.append(item)
+    if not ids:
+        raise SystemExit("fedmq worker: give at least one --id (or --ids a,b,c)")
+    return ids
+
+
+def build_workers(args: argparse.Namespace, ids: list[str]) -> dict[str, Worker]:
+    """Workers holding data for several ids served by one process; the dataset is read and
+    normalised once. Without `--iid-parts` each id holds its own copy of the whole
+    `--labels` partition (or test set); with `--iid-parts N` the partition is cut into N
+    near-equal IID parts (`fedmq.data.partition.iid`, seed `--iid-seed`) and the i-th id of
+    this process holds part `--first-part + i`, so processes hosting w0-w9, w10-w19, ... with
+    `--first-part 0, 10, ...` share out one partition without overlap."""
+    import torch
+
+    from fedmq.data import partition
+    from fedmq.data.worker_data import partition_tensors
+    from fedmq.ids import new_id
+
+    if not args.dataset:
+        raise SystemExit("fedmq worker: --iid-parts and several ids with data need --dataset")
+    if args.testing and args.labels:
+        raise SystemExit("fedmq worker: use either --labels or --testing")
+    labels = partition.parse_labels(args.labels) if args.labels else None
+    images, targets = partition_tensors(args.dataset, labels, args.testing)
+    parts = None
+    if args.iid_parts:
+        if args.first_part < 0 or args.first_part + len(ids) > args.iid_parts:
+            raise SystemExit(f"fedmq worker: {len(ids)} ids from part {args.first_part} do not "
+                             f"fit in --iid-parts {args.iid_parts}")
+        parts = partition.iid(len(targets), args.iid_parts, args.iid_seed)
+    split = "#test" if args.testing else "#train"
+    workers = {}
+    for i, worker_id in enumerate(ids):
+        if parts is not None:
+            index = torch.from_numpy(parts[args.first_part + i])
+            data, target = images[index], targets[index]  # indexing copies
+            what = f"IID part {args.first_part + i}/{args.iid_parts}"
+        else:
+            data, target = images.clone(), targets.clone()  # ids never share a tensor
+            what = "all"
+        worker = Worker(worker_id)
+        labelled = f", labels {args.labels}" if args.labels else ""
+        description = f"{args.dataset} {split[1:]} set{labelled}, {what}, held by {worker_id}"
+        worker.store.put(new_id(), data, (f"#{args.dataset}", "#data", split), description)
+        worker.store.put(new_id(), target, (f"#{args.dataset}", "#target", split), description)
+        log.info("worker %s holds %d %s %s samples (%s); per label: %s", worker_id, len(target),
+                 args.dataset, split[1:], what,
+                 ", ".join(str(n) for n in partition.label_counts(target)))
+        workers[worker_id] = worker
+    return workers
+
+
 def run_worker(args: argparse.Namespace) -> int:
+    """One `WorkerService` per id, all on this process's event loop (each with its own
+    connection, queue, consumer and op thread); SIGTERM/SIGINT stops them all."""
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    worker = None
-    if args.dataset or args.testing:
-        from fedmq.data.worker_data import build_worker  # arrives with the data sources
-        worker = build_worker(args)
+    ids = worker_ids(args)
+    workers: dict[str, Worker | None] = dict.fromkeys(ids)
+    if len(ids) == 1 and not args.iid_parts:
+        if args.dataset or args.testing:
+            from fedmq.data.worker_data import build_worker  # arrives with the data sources
+            workers[ids[0]] = build_worker(argparse.Namespace(**{**vars(args), "id": ids[0]}))
+    elif args.dataset or args.testing or args.iid_parts:
+        workers = dict(build_workers(args, ids))
 
     async def main() -> None:
-        service = WorkerService(args.id, args.url, prefetch=args.prefetch,
-                                state_dir=args.state_dir, worker=worker)
-        await service.start()
+        services = [WorkerService(worker_id, args.url, prefetch=args.prefetch,
+                                  state_dir=args.state_dir, worker=worker)
+                    for worker_id, worker in workers.items()]
+        started = await asyncio.gather(*(s.start() for s in services), return_exceptions=True)
+        failures = [exc for exc in started if isinstance(exc, BaseException)]
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, service.request_stop)
-        await service.run_until_stopped()
+            loop.add_signal_handler(sig, lambda: [s.request_stop() for s in services])
+        if failures:
+            for service, result in zip(services, started):
+                if not isinstance(result, BaseException):
+                    service.request_stop()
+            await asyncio.gather(*(s.run_until_stopped() for s, r in zip(services, started)
+                                   if not isinstance(r, BaseException)))
+            raise failures[0]
+        await asyncio.gather(*(s.run_until_stopped() for s in services))
 
     asyncio.run(main())
     return 0
@@ -232,14 +312,23 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def add_worker_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run a worker service consuming fedmq.worker.<id>")
-    p.add_argument("--id", required=True, help="worker id (queue fedmq.worker.<id>)")
+    p.add_argument("--id", action="append", default=[],
+                   help="worker id (queue fedmq.worker.<id>); repeat to host several ids")
+    p.add_argument("--ids", action="append", default=[], metavar="A,B,...",
+                   help="several worker ids served by this one process")
     p.add_argument("--url", default=os.environ.get("FEDMQ_AMQP_URL", DEFAULT_URL),
                    help="broker URL (default $FEDMQ_AMQP_URL or %(default)s)")
     p.add_argument("--prefetch", type=int, default=64)
     p.add_argument("--state-dir", default=os.environ.get("FEDMQ_STATE_DIR"),
                    help="where handled message ids are kept across restarts")
     p.add_argument("--dataset", help="dataset this worker holds (mnist5k, fashion-mnist, ...)")
-    p.add_argument("--labels", help="label range of this worker's partition, e.g. 0-3")
+    p.add_argument("--labels", help="label range of this worker's partition, e.g. 0-3 "
+                                    "(with several ids: of every id)")
     p.add_argument("--testing", action="store_true", help="hold the held-out test set")
+    p.add_argument("--iid-parts", type=int, default=0, metavar="N",
+                   help="cut the partition into N IID parts; the i-th id holds part "
+                        "--first-part + i")
+    p.add_argument("--first-part", type=int, default=0, help="IID part of the first id")
+    p.add_argument("--iid-seed", type=int, default=0, help="seed of the IID split")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run_worker)

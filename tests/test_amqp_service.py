@@ -13,7 +13,7 @@ import torch
 import fedmq
 from fedmq import messages as m, serde
 from fedmq.transport.amqp import DEAD_LETTER_QUEUE
-from worker_procs import AMQP_URL, WorkerProcesses
+from worker_procs import AMQP_URL, WorkerProcesses, consumer_count, purge
 
 pytestmark = pytest.mark.amqp
 
@@ -165,3 +165,58 @@ def test_sigterm_stops_cleanly(procs):
     procs.start("svc_term")
     assert procs.stop("svc_term") == 0
     assert "stopped" in procs.log("svc_term")
+
+
+def test_one_process_hosts_several_ids_each_on_its_own_queue(procs):
+    ids = ["svc_multi_a", "svc_multi_b", "svc_multi_c"]
+    for worker_id in ids[1:]:
+        purge(f"fedmq.worker.{worker_id}")
+        procs.started.add(worker_id)  # their queues are deleted at the end too
+    procs.start(ids[0], "--id", ids[1], "--ids", ids[2], wait=False)
+    deadline = time.monotonic() + 60
+    while not all(consumer_count(f"fedmq.worker.{w}") == 1 for w in ids):
+        assert procs.procs[ids[0]].poll() is None, procs.log(ids[0])[-2000:]
+        assert time.monotonic() < deadline, f"not every id consumes: {procs.log(ids[0])}"
+        time.sleep(0.2)
+    raw = RawClient()
+    try:
+        raw.call(ids[1], envelope(m.ObjectMessage([m.StoredObject(5, torch.ones(3))])))
+        # each id is its own worker: only svc_multi_b holds the tensor
+        assert [raw.call(w, envelope(m.ObjectsCount())).value for w in ids] == [0, 1, 0]
+        assert raw.call(ids[1], envelope(m.GetRequest([5]))).value[0].tolist() == [1.0] * 3
+    finally:
+        raw.close()
+    assert procs.stop(ids[0]) == 0  # one SIGTERM stops every id
+    log = procs.log(ids[0])
+    assert all(f"fedmq worker {w}: stopped" in log for w in ids), log[-2000:]
+    assert all(consumer_count(f"fedmq.worker.{w}") == 0 for w in ids)
+
+
+def test_hosted_ids_hold_disjoint_iid_parts_of_the_partition(procs):
+    ids = ["svc_iid_a", "svc_iid_b", "svc_iid_c"]
+    for worker_id in ids[1:]:
+        purge(f"fedmq.worker.{worker_id}")
+        procs.started.add(worker_id)
+    procs.start(ids[0], "--ids", ",".join(ids[1:]), "--dataset", "mnist5k", "--labels", "0-3",
+                "--iid-parts", "4", "--first-part", "1", wait=False)
+    deadline = time.monotonic() + 120
+    while not all(f"fedmq worker {w}: consuming" in procs.log(ids[0]) for w in ids):
+        assert procs.procs[ids[0]].poll() is None, procs.log(ids[0])[-2000:]
+        assert time.monotonic() < deadline, procs.log(ids[0])[-2000:]
+        time.sleep(0.2)
+    raw = RawClient()
+    try:
+        held = {}
+        for w in ids:
+            objects = raw.call(w, envelope(m.ListObjects()), timeout=60).value.values()
+            images = next(t for t in objects if t.dim() == 4)
+            targets = next(t for t in objects if t.dim() == 1)
+            assert len(images) == len(targets)
+            held[w] = (images, targets)
+    finally:
+        raw.close()
+    sizes = [len(t) for _, t in held.values()]
+    assert max(sizes) - min(sizes) <= 1 and min(sizes) > 100
+    assert all(set(t.unique().tolist()) <= {0, 1, 2, 3} for _, t in held.values())
+    rows = torch.cat([i.flatten(1) for i, _ in held.values()])
+    assert len(torch.unique(rows, dim=0)) == len(rows), "two ids hold the same sample"
