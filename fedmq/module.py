@@ -25,9 +25,9 @@ def module_tensors(module: nn.Module) -> list[torch.Tensor]:
     return list(seen.values())
 
 
-def location_of(module: nn.Module) -> Any:
-    """The worker holding the model, or None if it is local."""
-    tensors = module_tensors(module)
+def location_of(module: nn.Module, tensors: list[torch.Tensor] | None = None) -> Any:
+    """The worker holding the model, or None if it is local (`tensors`: its module_tensors)."""
+    tensors = module_tensors(module) if tensors is None else tensors
     remote = [t for t in tensors if is_remote_tensor(t)]
     if not remote:
         return None
@@ -44,13 +44,13 @@ def send(module: nn.Module, *locations: Any, **_ignored: Any) -> nn.Module:
         raise NotImplementedError("a model is sent to one worker at a time; use .share() to "
                                   "split it across workers")
     location = locations[0]
-    pending = _pending(module)
+    tensors = module_tensors(module)
+    pending = _pending(module, tensors)
     if pending is not None:  # get() not carried out yet: the model never has to come home
         pending.cancel()
-    current = location_of(module)
+    current = location_of(module, tensors)
     if current is not None:
         return module if current is location else move(module, location)
-    tensors = module_tensors(module)
     ids = [new_id() for _ in tensors]
     location.post(m.ObjectMessage([m.StoredObject(i, t) for i, t in zip(ids, tensors)]))
     owner = getattr(location.network, "local_worker", None)
@@ -64,10 +64,11 @@ def get(module: nn.Module) -> nn.Module:
     parameters arrive (in one message) the first time anything looks at them or at the
     worker's store; if the model is sent out again before that, nothing travels at all (a
     `send` to the same worker), or it goes worker to worker (a `send` elsewhere)."""
-    location = location_of(module)
-    if location is None or _pending(module) is not None:
+    tensors = module_tensors(module)
+    location = location_of(module, tensors)
+    if location is None or _pending(module, tensors) is not None:
         return module
-    PendingGet(location, module_tensors(module))
+    PendingGet(location, tensors)
     return module
 
 
@@ -80,8 +81,8 @@ def fetch(module: nn.Module) -> nn.Module:
     return module
 
 
-def _pending(module: nn.Module) -> PendingGet | None:
-    for t in module_tensors(module):
+def _pending(module: nn.Module, tensors: list[torch.Tensor] | None = None) -> PendingGet | None:
+    for t in (module_tensors(module) if tensors is None else tensors):
         return t._fedmq_pending if is_remote_tensor(t) else None
     return None
 
