@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from fedmq.fl.connections import AMQPRoundConnection, InProcessConnection
 from fedmq.fl.coordinator import Coordinator, TrainConfig, initial_weights, worker_seed
-from fedmq.fl.launch import WorkerLauncher
+from fedmq.fl.launch import WorkerLauncher, thread_env
 from fedmq.models import MODELS
 
 WORKERS = {"alice": "0-3", "bob": "4-6", "charlie": "7-9"}
@@ -240,9 +240,8 @@ def max_diff(a: dict, b: dict) -> float:
 
 
 @contextlib.contextmanager
-def launched(url: str, logs: str, threads: int = 0):
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
-    launcher = WorkerLauncher(url, logs, env=env)
+def launched(url: str, logs: str, processes: int, threads: int = 0):
+    launcher = WorkerLauncher(url, logs, env=thread_env(processes, threads or None))
     try:
         yield launcher
     finally:
@@ -293,8 +292,9 @@ def main() -> None:
     parser.add_argument("--wide-processes", type=int, default=5)
     parser.add_argument("--wide-rounds", type=int, default=30)
     parser.add_argument("--worker-threads", type=int, default=0,
-                        help="torch threads per worker process (OMP_NUM_THREADS; 0: torch's "
-                             "default, one per core)")
+                        help="torch threads per worker process (OMP_NUM_THREADS; 0: the "
+                             "cores split between the worker processes, as `fedmq train "
+                             "--launch` does)")
     args = parser.parse_args()
     from fedmq import runtime
     runtime.tune_malloc()  # as the worker services do; plain and in-process runs alike
@@ -328,10 +328,11 @@ def main() -> None:
 
     if args.url:
         with tempfile.TemporaryDirectory() as logs:
-            threads = args.worker_threads or "default"
+            threads = thread_env(len(WORKERS), args.worker_threads or None).get(
+                "OMP_NUM_THREADS", "as set by OMP_NUM_THREADS")
             print(f"\n[1+2 over RabbitMQ] one `fedmq worker` process per worker; torch threads "
                   f"per worker process: {threads}")
-            with launched(args.url, logs, args.worker_threads) as launcher:
+            with launched(args.url, logs, len(WORKERS), args.worker_threads) as launcher:
                 started = time.perf_counter()
                 for worker_id, labels in WORKERS.items():
                     launcher.start(worker_id, DATASET, labels)
@@ -345,7 +346,7 @@ def main() -> None:
             ids = list(wide_data)
             per = -(-len(ids) // args.wide_processes)
             print(f"\n[3 over RabbitMQ] {len(ids)} ids in {args.wide_processes} processes")
-            with launched(args.url, logs, args.worker_threads) as launcher:
+            with launched(args.url, logs, args.wide_processes, args.worker_threads) as launcher:
                 started = time.perf_counter()
                 for p, first in enumerate(range(0, len(ids), per)):
                     launcher.start_group(f"group{p}", ids[first:first + per], DATASET,

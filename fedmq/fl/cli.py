@@ -131,10 +131,11 @@ def run_train(args: argparse.Namespace) -> int:
     if args.launch:
         if not args.url:
             raise SystemExit("--launch needs --url (the broker the workers consume from)")
-        from fedmq.fl.launch import WorkerLauncher
+        from fedmq.fl.launch import WorkerLauncher, thread_env
         run_dir = pathlib.Path(args.runs_dir) / (args.name or f"seed-s14-{args.dataset}")
-        launcher = WorkerLauncher(args.url, run_dir / "logs")
-        for worker_id, labels in parse_workers(args.workers).items():
+        workers = parse_workers(args.workers)
+        launcher = WorkerLauncher(args.url, run_dir / "logs", env=thread_env(len(workers)))
+        for worker_id, labels in workers.items():
             launcher.start(worker_id, args.dataset, labels)
         if args.testing:
             launcher.start(args.testing, args.dataset, testing=True)

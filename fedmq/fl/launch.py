@@ -13,6 +13,17 @@ import sys
 import time
 
 
+def thread_env(processes: int, threads: int | None = None) -> dict[str, str]:
+    """Torch threads for worker processes that share this machine: `threads`, else the cores
+    split between the `processes` that train at once (at least 1), as torchrun does for its
+    processes; an OMP_NUM_THREADS already set by the user wins. Without this, three workers on
+    two cores each start two threads and spend their time preempting one another."""
+    if "OMP_NUM_THREADS" in os.environ and threads is None:
+        return {}
+    n = threads or max(1, (os.cpu_count() or 1) // max(1, processes))
+    return {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n)}
+
+
 class WorkerLauncher:
     def __init__(self, url: str, log_dir: str | pathlib.Path,
                  env: dict[str, str] | None = None) -> None:
