@@ -290,7 +290,8 @@ def run_worker(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         services = [WorkerService(worker_id, args.url, prefetch=args.prefetch,
-                                  state_dir=args.state_dir, worker=worker)
+                                  state_dir=args.state_dir, worker=worker,
+                                  chunk_size=args.chunk_size)
                     for worker_id, worker in workers.items()]
         started = await asyncio.gather(*(s.start() for s in services), return_exceptions=True)
         failures = [exc for exc in started if isinstance(exc, BaseException)]
@@ -319,6 +320,9 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", default=os.environ.get("FEDMQ_AMQP_URL", DEFAULT_URL),
                    help="broker URL (default $FEDMQ_AMQP_URL or %(default)s)")
     p.add_argument("--prefetch", type=int, default=64)
+    p.add_argument("--chunk-size", type=int, default=CHUNK_SIZE,
+                   help="replies above this many bytes travel in chunks (default %(default)s; "
+                        "keep it below the broker's max_message_size)")
     p.add_argument("--state-dir", default=os.environ.get("FEDMQ_STATE_DIR"),
                    help="where handled message ids are kept across restarts")
     p.add_argument("--dataset", help="dataset this worker holds (mnist5k, fashion-mnist, ...)")

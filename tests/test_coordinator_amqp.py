@@ -22,14 +22,15 @@ pytestmark = pytest.mark.amqp
 
 TRAIN = {"fl-alice": "0-3", "fl-bob": "4-6"}
 TESTING = "fl-testing"
-CHUNK = 200_000  # the model's Fit frame (~1.7 MB) travels in 9 chunks
+CHUNK = 200_000  # the model's Fit frame (~1.7 MB) travels in 9 chunks, and so does FitRes
 
 
 @pytest.fixture(scope="module")
 def fl_workers(tmp_path_factory):
     procs = WorkerProcesses(tmp_path_factory.mktemp("fl-workers"))
     for worker_id, labels in TRAIN.items():
-        procs.start(worker_id, "--dataset", "mnist5k", "--labels", labels, wait=False)
+        procs.start(worker_id, "--dataset", "mnist5k", "--labels", labels,
+                    "--chunk-size", str(CHUNK), wait=False)
     procs.start(TESTING, "--dataset", "mnist5k", "--testing", wait=False)
     for worker_id in [*TRAIN, TESTING]:
         procs.wait_consuming(worker_id, procs.procs[worker_id], timeout=120)
