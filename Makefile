@@ -21,13 +21,15 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not amqp and not slow"
 
-# The seed's §14 experiment: alice (digits 0-3), bob (4-6), charlie (7-9) and a testing worker,
+# `make demo` walks through the seed: §4 (model averaging on a secure worker, in-process; prints
+# its losses), then the main job, §14: alice (digits 0-3), bob (4-6), charlie (7-9) and a testing worker,
 # 40 rounds of 10 batches of 32, lr 0.1, evaluation on rounds 1, 11, 21, 31, 40. In-process by
 # default; `make demo BROKER=amqp://guest:guest@127.0.0.1:5672/` starts the worker services as
 # processes and runs the rounds over RabbitMQ. Results in runs/seed-s14-mnist5k/.
 DEMO_ARGS ?= --dataset mnist5k --workers alice:0-3,bob:4-6,charlie:7-9 --testing testing \
 	--rounds 40 --batch-size 32 --batches 10 --lr 0.1 --eval-every 10
 demo: $(STAMP)
+	$(PY) examples/seed_s4_model_averaging.py
 	$(PY) -m fedmq.cli train $(DEMO_ARGS) $(if $(BROKER),--url $(BROKER) --launch,)
 
 bench: $(STAMP)
