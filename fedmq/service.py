@@ -31,6 +31,7 @@ import signal
 
 import aio_pika
 
+from fedmq import messages as m, serde
 from fedmq.transport.amqp import (CHUNK_SIZE, DEAD_LETTER_EXCHANGE, DEFAULT_URL, AMQPConnection,
                                   ChunkAssembler, chunk_messages, declare_topology, queue_name)
 from fedmq.worker import Worker
@@ -79,8 +80,11 @@ class HandledIds:
 class WorkerService:
     def __init__(self, worker_id: str, url: str = DEFAULT_URL, *, prefetch: int = 64,
                  state_dir: str | os.PathLike | None = None, worker: Worker | None = None,
-                 chunk_size: int = CHUNK_SIZE) -> None:
+                 chunk_size: int = CHUNK_SIZE, chunk_timeout: float = 300.0) -> None:
         self.id = worker_id
+        #: a frame whose chunks have not all arrived this many seconds after its first one is
+        #: given up: its chunks are dead-lettered and the sender gets an error reply
+        self.chunk_timeout = chunk_timeout
         self.url = url
         self.prefetch = prefetch
         self.chunk_size = chunk_size
@@ -161,9 +165,15 @@ class WorkerService:
 
     async def _process_loop(self) -> None:
         assert self._inbox is not None
+        sweep_every = max(0.05, min(5.0, self.chunk_timeout / 4))
         while True:
-            message = await self._inbox.get()
             try:
+                message = await asyncio.wait_for(self._inbox.get(), timeout=sweep_every)
+            except asyncio.TimeoutError:
+                await self._give_up_partial_frames()
+                continue
+            try:
+                await self._give_up_partial_frames()
                 if self._stopping.is_set():
                     continue  # not started: it is requeued when the channel closes
                 await self._handle(message)
@@ -171,6 +181,25 @@ class WorkerService:
                 log.exception("fedmq worker %s: failed to process a message", self.id)
             finally:
                 self._inbox.task_done()
+
+    async def _give_up_partial_frames(self) -> None:
+        """Frames with chunks missing after `chunk_timeout` (the rest expired in the queue, or
+        the sender died mid-frame): reject what arrived (-> fedmq.dead-letters) and tell the
+        sender, instead of holding the chunks unacknowledged forever."""
+        for key in self._assembler.expire(self.chunk_timeout):
+            messages = self._chunks.pop(key, [])
+            log.warning("fedmq worker %s: frame %s incomplete after %.0f s (%d chunk(s) of %s "
+                        "arrived); dead-lettering them", self.id, key, self.chunk_timeout,
+                        len(messages), (messages[0].headers or {}).get("x-fedmq-chunks", "?")
+                        if messages else "?")
+            first = messages[0] if messages else None
+            if first is not None and first.reply_to:
+                error = m.ErrorInfo("serde_error", f"frame {key} arrived incomplete: chunks "
+                                    f"missing after {self.chunk_timeout:.0f} s", self.id)
+                await self._reply(bytes(serde.encode(m.Reply(error=error))), first.reply_to,
+                                  first.correlation_id)
+            for msg in messages:
+                await msg.reject(requeue=False)
 
     async def _handle(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         headers = message.headers or {}
@@ -291,7 +320,7 @@ def run_worker(args: argparse.Namespace) -> int:
     async def main() -> None:
         services = [WorkerService(worker_id, args.url, prefetch=args.prefetch,
                                   state_dir=args.state_dir, worker=worker,
-                                  chunk_size=args.chunk_size)
+                                  chunk_size=args.chunk_size, chunk_timeout=args.chunk_timeout)
                     for worker_id, worker in workers.items()]
         started = await asyncio.gather(*(s.start() for s in services), return_exceptions=True)
         failures = [exc for exc in started if isinstance(exc, BaseException)]
@@ -323,6 +352,9 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-size", type=int, default=CHUNK_SIZE,
                    help="replies above this many bytes travel in chunks (default %(default)s; "
                         "keep it below the broker's max_message_size)")
+    p.add_argument("--chunk-timeout", type=float, default=300.0,
+                   help="seconds to wait for the rest of a chunked frame before giving it up "
+                        "(dead-lettered, the sender told); default %(default)s")
     p.add_argument("--state-dir", default=os.environ.get("FEDMQ_STATE_DIR"),
                    help="where handled message ids are kept across restarts")
     p.add_argument("--dataset", help="dataset this worker holds (mnist5k, fashion-mnist, ...)")

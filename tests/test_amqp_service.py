@@ -220,3 +220,23 @@ def test_hosted_ids_hold_disjoint_iid_parts_of_the_partition(procs):
     assert all(set(t.unique().tolist()) <= {0, 1, 2, 3} for _, t in held.values())
     rows = torch.cat([i.flatten(1) for i, _ in held.values()])
     assert len(torch.unique(rows, dim=0)) == len(rows), "two ids hold the same sample"
+
+
+def test_a_frame_with_missing_chunks_is_given_up_and_the_sender_told(procs):
+    procs.start("svc_chunks", "--chunk-timeout", "1")
+    raw = RawClient()
+    try:
+        corr, msg_id = uuid.uuid4().hex, uuid.uuid4().hex
+        raw.ch.basic_publish("fedmq.commands", "svc_chunks", b"first half", pika.BasicProperties(
+            reply_to="amq.rabbitmq.reply-to", correlation_id=corr, message_id=msg_id,
+            headers={"x-fedmq-frame": "half", "x-fedmq-chunk": 0, "x-fedmq-chunks": 2}))
+        deadline = time.monotonic() + 20
+        while corr not in raw.replies and time.monotonic() < deadline:
+            raw.conn.process_data_events(time_limit=0.1)
+        reply = serde.decode(raw.replies.pop(corr))
+        assert reply.error is not None and "incomplete" in reply.error.message
+        assert raw.dead_lettered(msg_id), "the orphan chunk was not dead-lettered"
+        assert raw.call("svc_chunks", envelope(m.ObjectsCount())).value == 0  # still serving
+    finally:
+        raw.close()
+    assert "incomplete after" in procs.log("svc_chunks")

@@ -23,6 +23,7 @@ import concurrent.futures
 import itertools
 import logging
 import threading
+import time
 import uuid
 from typing import Any, Callable
 
@@ -70,16 +71,24 @@ async def delete_queues(url: str, *names: str) -> None:
             await channel.queue_delete(name)
 
 
+#: a chunked reply still incomplete this long after its first chunk is dropped (seconds)
+PARTIAL_REPLY_TIMEOUT = 600.0
+
+
 def split_chunks(frame: bytes | bytearray, chunk_size: int) -> list[memoryview]:
     view = memoryview(frame)
     return [view[i:i + chunk_size] for i in range(0, max(len(view), 1), chunk_size)]
 
 
 class ChunkAssembler:
-    """Collects the chunks of big frames: `add(...)` returns the whole frame when complete."""
+    """Collects the chunks of big frames: `add(...)` returns the whole frame when complete.
+    A frame whose other chunks never come (they expired in the queue, or the sender died)
+    is given up by `expire(max_age)`, so partial frames cannot pile up in memory."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._parts: dict[str, dict[int, bytes]] = {}
+        self._first_seen: dict[str, float] = {}
+        self._clock = clock
 
     def add(self, headers: dict | None, body: bytes) -> bytes | bytearray | None:
         headers = headers or {}
@@ -88,11 +97,27 @@ class ChunkAssembler:
             return body
         key = str(headers.get("x-fedmq-frame"))
         parts = self._parts.setdefault(key, {})
+        self._first_seen.setdefault(key, self._clock())
         parts[int(headers.get("x-fedmq-chunk", 0))] = body
         if len(parts) < int(total):
             return None
         del self._parts[key]
+        del self._first_seen[key]
         return bytearray().join(parts[i] for i in range(int(total)))
+
+    def expire(self, max_age: float) -> list[str]:
+        """Drop the frames whose first chunk came more than `max_age` seconds ago; their keys."""
+        if not self._first_seen:
+            return []
+        now = self._clock()
+        stale = [key for key, seen in self._first_seen.items() if now - seen > max_age]
+        for key in stale:
+            del self._parts[key]
+            del self._first_seen[key]
+        return stale
+
+    def __len__(self) -> int:
+        return len(self._parts)
 
 
 def chunk_messages(frame: bytes | bytearray, chunk_size: int, **properties: Any) -> list:
@@ -171,6 +196,8 @@ class AMQPConnection:
 
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         frame = self._assembler.add(message.headers, message.body)
+        for key in self._assembler.expire(PARTIAL_REPLY_TIMEOUT):  # its caller has timed out
+            log.warning("fedmq: gave up reply frame %s (chunks missing)", key)
         if frame is None:
             return
         future, callback = self._pending.pop(message.correlation_id or "", (None, None))
