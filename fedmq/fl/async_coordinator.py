@@ -22,7 +22,9 @@ The loop (one asyncio task per in-flight Fit, gathered with `asyncio.wait(FIRST_
   5. the run stops after `max_updates` received updates (dropped ones count) or `max_versions`
      versions, whichever comes first; replies still in flight are then ignored.
 
-Learning rate: `config.lr`, constant (no per-round decay: there are no rounds). Shuffling seed
+Learning rate: the synchronous schedule with versions for rounds: a Fit sent at version v uses
+`max(config.lr * config.lr_decay ** v, config.lr_floor * config.lr)` (with FedBuff's default
+buffer of one update per worker, a version is about a round's worth of updates). Shuffling seed
 of a Fit: `worker_seed(config.seed, version, worker)`; when the same worker starts again from
 the same version (FedBuff still buffering) the k-th repeat uses worker id `"<worker>/<k>"`, so
 it does not redo identical batches.
@@ -217,7 +219,7 @@ class AsyncCoordinator:
 
     def _fit_config(self, worker: str, version: int) -> dict[str, Any]:
         cfg = self.config
-        base = cfg.fit_config(cfg.lr)
+        base = cfg.fit_config(max(cfg.lr * cfg.lr_decay ** version, cfg.lr_floor * cfg.lr))
         repeat = self._repeats.get((worker, version), 0)
         self._repeats[(worker, version)] = repeat + 1
         name = worker if repeat == 0 else f"{worker}/{repeat}"
@@ -369,12 +371,12 @@ class AsyncCoordinator:
         return await wait_for_workers(self.connection, ids, timeout, self.echo, interval)
 
     def write_plot(self) -> pathlib.Path | None:
-        """metrics.png (fedmq.fl.metrics.plot; its x axis "round" is the version here)."""
+        """metrics.png: accuracy and loss per global-model version."""
         if self.run_dir is None or self._metrics is None:
             return None
         try:
-            rows = [dict(r, round=r["version"]) for r in self._metrics.read()]
-            return plot(rows, self.run_dir / PLOT) if rows else None
+            rows = self._metrics.read()
+            return plot(rows, self.run_dir / PLOT, x="version") if rows else None
         except Exception as exc:  # a missing matplotlib must not stop training
             log.warning("no plot: %s", exc)
             return None

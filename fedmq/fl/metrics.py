@@ -41,22 +41,23 @@ class MetricsLog:
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
-def plot(records: list[dict], path: str | pathlib.Path) -> pathlib.Path:
+def plot(records: list[dict], path: str | pathlib.Path, x: str = "round") -> pathlib.Path:
+    """Accuracy and loss against `x` ("round"; the async coordinator plots "version")."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds = [r["round"] for r in records]
+    rounds = [r[x] for r in records]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     evaluated = [r for r in records if r.get("accuracy") is not None]
-    ax_acc.plot([r["round"] for r in evaluated], [100 * r["accuracy"] for r in evaluated],
+    ax_acc.plot([r[x] for r in evaluated], [100 * r["accuracy"] for r in evaluated],
                 "o-", label="federated model (test)")
-    ax_acc.set(xlabel="round", ylabel="accuracy (%)", title="Test accuracy")
+    ax_acc.set(xlabel=x, ylabel="accuracy (%)", title="Test accuracy")
     ax_acc.grid(True, alpha=0.3)
     ax_loss.plot(rounds, [r.get("loss") for r in records], ".-", label="training loss")
-    ax_loss.plot([r["round"] for r in evaluated], [r.get("test_loss") for r in evaluated], "o-",
+    ax_loss.plot([r[x] for r in evaluated], [r.get("test_loss") for r in evaluated], "o-",
                  label="test loss")
-    ax_loss.set(xlabel="round", ylabel="loss", title="Loss")
+    ax_loss.set(xlabel=x, ylabel="loss", title="Loss")
     ax_loss.legend()
     ax_loss.grid(True, alpha=0.3)
     fig.tight_layout()
