@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import uuid
 from typing import Any, Mapping
 
 from fedmq import errors, messages as m, serde
@@ -100,37 +99,14 @@ class AMQPRoundConnection(Connection):
 
     async def request(self, worker_id: str, message: Any, *, timeout: float | None = None,
                       expiration: float | None = None) -> Any:
-        from fedmq.transport.amqp import REPLY_TO, chunk_messages
-
-        frame = encode_request(message)
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future = loop.create_future()
-
-        def on_reply(reply: bytes) -> None:  # called on this loop by the reply consumer
-            if not answer.done():
-                answer.set_result(reply)
-
-        corr = uuid.uuid4().hex
-        self.amqp._pending[corr] = (None, on_reply)
-        properties: dict[str, Any] = dict(
-            reply_to=REPLY_TO, correlation_id=corr, type=type(message).__name__,
-            message_id=uuid.uuid4().hex, content_type="application/x-fedmq-frame")
-        if expiration is not None:
-            properties["expiration"] = max(float(expiration), 0.001)
-        self.amqp._put((self.amqp.commands, worker_id,
-                        chunk_messages(frame, self.amqp.chunk_size, **properties)))
-        try:
-            reply = await asyncio.wait_for(answer, timeout)
-        finally:  # a late reply then finds no correlation id and is dropped
-            self.amqp._pending.pop(corr, None)
+        reply = await self.amqp.request_async(worker_id, encode_request(message),
+                                              timeout=timeout, expiration=expiration,
+                                              message_type=type(message).__name__)
         return decode_reply(reply, worker_id)
 
     async def close(self) -> None:
-        outbox = self.amqp._outbox
-        if outbox is not None:  # the last events are published before the connection closes
-            try:
-                await asyncio.wait_for(outbox.join(), 10)
-            except (asyncio.TimeoutError, TimeoutError):
-                pass
-            self.amqp._publisher.cancel()
+        try:  # the last events are published before the connection closes
+            await self.amqp.drain_async(10)
+        except (asyncio.TimeoutError, TimeoutError):
+            pass
         await self.amqp.aclose()

@@ -214,12 +214,15 @@ class AMQPConnection:
 
     # -- thread-safe API ---------------------------------------------------------------------------
     def publish(self, worker_id: str, frame: bytes | bytearray, *, reply_to: str | None = None,
-                correlation_id: str | None = None, message_type: str | None = None) -> None:
-        """Queue `frame` for worker `worker_id` (returns at once; order is kept)."""
+                correlation_id: str | None = None, message_type: str | None = None,
+                expiration: float | None = None) -> None:
+        """Queue `frame` for worker `worker_id` (returns at once; order is kept). With
+        `expiration` (seconds) the broker drops the message if it waits longer in the queue."""
+        extra = {} if expiration is None else {"expiration": max(float(expiration), 0.001)}
         messages = chunk_messages(frame, self.chunk_size, reply_to=reply_to,
                                   correlation_id=correlation_id, type=message_type,
                                   message_id=uuid.uuid4().hex,
-                                  content_type="application/x-fedmq-frame")
+                                  content_type="application/x-fedmq-frame", **extra)
         self._put((self.commands, worker_id, messages))
 
     def publish_event(self, routing_key: str, body: bytes) -> None:
@@ -253,6 +256,32 @@ class AMQPConnection:
         self.publish(worker_id, frame, reply_to=REPLY_TO if corr else None, correlation_id=corr,
                      message_type=message_type)
 
+    # -- async API (on this connection's own loop: services, the coordinator) --------------------
+    async def request_async(self, worker_id: str, frame: bytes | bytearray, *,
+                            timeout: float | None, message_type: str = "message",
+                            expiration: float | None = None) -> bytes:
+        """`request` for coroutines on this connection's loop: publish, await the reply;
+        asyncio.TimeoutError after `timeout` (a late reply is then dropped)."""
+        answer: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def on_reply(reply: bytes) -> None:  # on this loop, from the reply consumer
+            if not answer.done():
+                answer.set_result(reply)
+
+        corr = uuid.uuid4().hex
+        self._pending[corr] = (None, on_reply)
+        self.publish(worker_id, frame, reply_to=REPLY_TO, correlation_id=corr,
+                     message_type=message_type, expiration=expiration)
+        try:
+            return await asyncio.wait_for(answer, timeout)
+        finally:
+            self._pending.pop(corr, None)
+
+    async def drain_async(self, timeout: float | None = 10.0) -> None:
+        """Wait (on this loop) until everything queued so far is published."""
+        if self._outbox is not None:
+            await asyncio.wait_for(self._outbox.join(), timeout)
+
     def drain(self, timeout: float | None = 30.0) -> None:
         """Wait until everything queued so far is published (and, with `confirm`, enqueued by
         the broker). A worker drains before replying, so what it relayed to other workers is
@@ -278,6 +307,9 @@ class AMQPConnection:
 
     async def aclose(self) -> None:
         self._closed = True
+        publisher = getattr(self, "_publisher", None)
+        if publisher is not None:
+            publisher.cancel()
         await self.connection.close()
 
     # -- helpers -----------------------------------------------------------------------------------
