@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from fedmq.fl.connections import AMQPRoundConnection, InProcessConnection
+from fedmq.fl.training import batch_indices
 from fedmq.fl.coordinator import Coordinator, TrainConfig, initial_weights, worker_seed
 from fedmq.fl.launch import WorkerLauncher, thread_env
 from fedmq.models import MODELS
@@ -96,18 +97,6 @@ class Run:
 
 # -- plain PyTorch: the same rounds in one process, no framework -----------------------------
 
-def shuffled_batches(n: int, batch_size: int, num_batches: int, generator: torch.Generator):
-    """A new permutation per pass, cut into batches: as fedmq/fl/training.py draws them."""
-    produced = 0
-    while produced < num_batches:
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            yield perm[start:start + batch_size]
-            produced += 1
-            if produced == num_batches:
-                return
-
-
 def plain_rounds(data: dict, model: str, rounds: int, batch_size: int, num_batches: int,
                  lr: float = 0.1, seed: int = 1) -> Run:
     """`rounds` FedAvg rounds over `data` ({worker: (images, targets)}), sequentially."""
@@ -126,7 +115,7 @@ def plain_rounds(data: dict, model: str, rounds: int, batch_size: int, num_batch
             gen = torch.Generator().manual_seed(worker_seed(seed, round, worker_id))
             net.train()
             seen = 0
-            for index in shuffled_batches(len(x), batch_size, num_batches, gen):
+            for index in batch_indices(len(x), batch_size, num_batches, gen):
                 opt.zero_grad()
                 loss = F.nll_loss(net(x[index]), y[index])
                 loss.backward()

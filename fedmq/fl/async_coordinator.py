@@ -148,15 +148,12 @@ class AsyncCoordinator:
         self.counts = {w: 0 for w in self.workers}
         self.failures = {w: 0 for w in self.workers}
         self._pending, self._streak, self._repeats = [], {}, {}
-        state = checkpoint.load(self.run_dir) if resume and self.run_dir is not None else None
+        state = (checkpoint.load_run(self.run_dir, cfg.model, cfg.seed)
+                 if resume and self.run_dir is not None else None)
         if state is not None:
             if state.get("mode") != MODE:
                 raise ValueError(f"the checkpoint in {self.run_dir} is not of an asynchronous "
                                  f"run")
-            if state.get("model") != cfg.model or state.get("seed") != cfg.seed:
-                raise ValueError(f"the checkpoint in {self.run_dir} is of model "
-                                 f"{state.get('model')!r} seed {state.get('seed')}, not "
-                                 f"{cfg.model!r} seed {cfg.seed}")
             self.weights = state["weights"]
             self.version = int(state["version"])
             self.strategy.load_state_dict(state.get("strategy") or {})

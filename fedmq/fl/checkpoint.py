@@ -29,8 +29,17 @@ def load(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     if not path.exists():
         return None
     state = serde.decode(path.read_bytes())
-    if not isinstance(state, dict) or not isinstance(state.get("round"), int):
+    if not isinstance(state, dict) or not isinstance(state.get("weights"), dict):
         raise serde.SerdeError(f"{path} is not a fedmq checkpoint")
     # decoded tensors alias the file's bytes: copy so the weights own their memory
     state["weights"] = {k: v.clone() for k, v in state["weights"].items()}
+    return state
+
+
+def load_run(run_dir: str | os.PathLike, model: str, seed: int) -> dict[str, Any] | None:
+    """`load`, refusing a checkpoint of another run (another model or seed)."""
+    state = load(run_dir)
+    if state is not None and (state.get("model") != model or state.get("seed") != seed):
+        raise ValueError(f"the checkpoint in {run_dir} is of model {state.get('model')!r} seed "
+                         f"{state.get('seed')}, not {model!r} seed {seed}")
     return state

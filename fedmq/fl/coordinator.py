@@ -198,12 +198,9 @@ class Coordinator:
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._metrics = MetricsLog(self.run_dir)
-        state = checkpoint.load(self.run_dir) if resume and self.run_dir is not None else None
+        state = (checkpoint.load_run(self.run_dir, cfg.model, cfg.seed)
+                 if resume and self.run_dir is not None else None)
         if state is not None:
-            if state.get("model") != cfg.model or state.get("seed") != cfg.seed:
-                raise ValueError(f"the checkpoint in {self.run_dir} is of model "
-                                 f"{state.get('model')!r} seed {state.get('seed')}, not "
-                                 f"{cfg.model!r} seed {cfg.seed}")
             self.weights = state["weights"]
             self.lr = float(state["lr"])
             self.strategy.load_state_dict(state.get("strategy") or {})

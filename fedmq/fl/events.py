@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from typing import Any
+
+from fedmq.fl.metrics import json_safe
 
 log = logging.getLogger("fedmq.fl")
 
@@ -17,16 +18,6 @@ ROUND_FINISHED = "round.finished"
 EVALUATE_RESULT = "evaluate.result"
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 class EventLog:
     """In-process runs: events are kept in a list (and logged at debug level)."""
 
@@ -34,7 +25,7 @@ class EventLog:
         self.events: list[tuple[str, dict]] = []
 
     def emit(self, routing_key: str, payload: dict) -> None:
-        self.events.append((routing_key, _plain(payload)))
+        self.events.append((routing_key, json_safe(payload)))
         log.debug("event %s %s", routing_key, payload)
 
 
@@ -48,6 +39,6 @@ class AMQPEvents(EventLog):
     def emit(self, routing_key: str, payload: dict) -> None:
         super().emit(routing_key, payload)
         try:
-            self.amqp.publish_event(routing_key, json.dumps(_plain(payload)).encode())
+            self.amqp.publish_event(routing_key, json.dumps(json_safe(payload)).encode())
         except Exception as exc:  # events must never stop a run
             log.warning("event %s not published: %s", routing_key, exc)

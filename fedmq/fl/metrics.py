@@ -12,13 +12,14 @@ METRICS = "metrics.jsonl"
 PLOT = "metrics.png"
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """`value` with NaN/inf as None, tuples as lists and dict keys as strings (strict JSON)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -28,7 +29,7 @@ class MetricsLog:
 
     def append(self, record: dict) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps(_clean(record)) + "\n")
+            f.write(json.dumps(json_safe(record)) + "\n")
 
     def read(self) -> list[dict]:
         if not self.path.exists():
