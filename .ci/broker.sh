@@ -18,5 +18,15 @@ if command -v rabbitmq-plugins >/dev/null 2>&1 && ! port_open 15672; then
   rabbitmq-plugins enable rabbitmq_management >/dev/null 2>&1 || true
   for _ in $(seq 1 30); do port_open 15672 && break; sleep 1; done
 fi
+# tests/test_coordinator_amqp.py lowers max_message_size for one test and restores it; a run
+# killed in between would leave it low, so put back at least RabbitMQ's default (128 MiB).
+if command -v rabbitmqctl >/dev/null 2>&1 && port_open 5672; then
+  size=$(rabbitmqctl eval 'application:get_env(rabbit, max_message_size).' 2>/dev/null \
+         | sed -n 's/.*{ok,\([0-9]*\)}.*/\1/p')
+  if [ -n "$size" ] && [ "$size" -lt 134217728 ]; then
+    rabbitmqctl eval 'application:set_env(rabbit, max_message_size, 134217728).' >/dev/null 2>&1
+    echo "broker.sh: max_message_size was $size; reset to 128 MiB"
+  fi
+fi
 port_open 5672 && echo "broker.sh: RabbitMQ is up on 127.0.0.1:5672" || echo "broker.sh: RabbitMQ is NOT up" >&2
 exit 0

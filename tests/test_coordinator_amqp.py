@@ -175,3 +175,65 @@ def test_a_fit_longer_than_the_heartbeat_keeps_the_connection(fl_workers):
     assert seconds > 3  # beyond the 2 missed heartbeats (of 1 s) the broker tolerates
     assert short.status == "ok"
     assert "stuck" not in log and "reconnect" not in log and "connection lost" not in log
+
+
+def _rabbitmqctl_eval(expression: str) -> str:
+    import subprocess
+    return subprocess.run(["rabbitmqctl", "eval", expression], check=True, capture_output=True,
+                          text=True, timeout=60).stdout.strip()
+
+
+def _broker_max_message_size() -> int:
+    import re
+    found = re.search(r"\{ok,(\d+)\}", _rabbitmqctl_eval(
+        "application:get_env(rabbit, max_message_size)."))
+    return int(found.group(1)) if found else 128 * 1024 * 1024  # unset: RabbitMQ's default
+
+
+def _set_broker_max_message_size(size: int) -> None:
+    _rabbitmqctl_eval(f"application:set_env(rabbit, max_message_size, {size}).")
+
+
+@pytest.fixture
+def small_broker_limit():
+    """The broker's max_message_size lowered to 1 MB (below the seed CNN's 1.7 MB weights) for
+    the channels opened during the test; restored afterwards."""
+    import shutil
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("needs rabbitmqctl on the broker's machine")
+    before = _broker_max_message_size()
+    _set_broker_max_message_size(1_000_000)
+    try:
+        yield 1_000_000
+    finally:
+        _set_broker_max_message_size(before)
+
+
+def test_model_payloads_above_the_broker_limit_are_chunked_both_ways(small_broker_limit,
+                                                                    tmp_path):
+    limit = small_broker_limit
+    procs = WorkerProcesses(tmp_path)
+    ids = {"fl-big-alice": "0-3", "fl-big-bob": "4-6"}
+    try:  # workers started under the lowered limit; their FitRes replies are chunked too
+        for worker_id, labels in ids.items():
+            procs.start(worker_id, "--dataset", "mnist5k", "--labels", labels,
+                        "--chunk-size", str(limit // 2), wait=False)
+        for worker_id in ids:
+            procs.wait_consuming(worker_id, procs.procs[worker_id], timeout=120)
+
+        async def rounds(chunk_size: int):
+            conn = await AMQPRoundConnection.connect(AMQP_URL, chunk_size=chunk_size)
+            coord = Coordinator(conn, list(ids), config(eval_every=0, round_timeout=15),
+                                echo=lambda line: None)
+            try:
+                return await coord.run()
+            finally:
+                await conn.close()
+
+        history = asyncio.run(rounds(limit // 2))
+        assert all(r.status == "ok" and sorted(r.workers) == sorted(ids) for r in history)
+        # the control: the same 1.7 MB Fit in one message is refused by the broker
+        refused = asyncio.run(rounds(4 * limit))
+        assert all(r.status == "failed" for r in refused)
+    finally:
+        procs.stop_all(delete_queues=True)
