@@ -31,6 +31,9 @@ class PointerTensor(OwnedRemote, torch.Tensor):
     _finalizer = None
     _tags: set | None = None
     _wire_ref = None  # the messages.Ref naming this pointer's target (dispatch.py caches it)
+    #: pointers are strided wrappers (what `_make_wrapper_subclass` builds), never sparse;
+    #: optimizers ask `p.grad.is_sparse` every step, so answer it without dispatch
+    is_sparse = False
 
     @staticmethod
     def __new__(cls, location: Any, id_at_location: int, shape, dtype: torch.dtype,
