@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from fedmq import errors
 from fedmq.fl.messages import Evaluate, EvaluateRes, Fit, FitRes
 from fedmq.models import MODELS
+from fedmq.strategy.fedprox import proximal_term
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 OPTIMIZER_ARGS = {"lr", "momentum", "dampening", "weight_decay", "nesterov", "betas", "eps",
@@ -122,7 +123,10 @@ def fit(worker: Any, msg: Fit) -> FitRes:
     if num_batches > MAX_BATCHES or not len(data):
         raise _fail(worker.id, f"cannot train {num_batches} batches on {len(data)} samples")
     mu = float(config.get("proximal_mu", 0.0) or 0.0)
-    global_params = [p.detach().clone() for p in model.parameters()] if mu else None
+    if mu < 0:
+        raise _fail(worker.id, f"proximal_mu must be non-negative, got {mu}")
+    global_weights = ({k: v.detach().clone() for k, v in model.state_dict().items()}
+                      if mu else None)
     optimizer = make_optimizer(config, model.parameters(), worker.id)
     loss_fn = loss_function(config, worker.id)
     generator = torch.Generator().manual_seed(int(config.get("seed", 0)))
@@ -133,9 +137,8 @@ def fit(worker: Any, msg: Fit) -> FitRes:
         optimizer.zero_grad()
         loss = loss_fn(model(data[index]), target[index])
         objective = loss
-        if global_params is not None:  # FedProx (Li et al., 2020): stay near the global model
-            prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
-            objective = loss + (mu / 2) * prox
+        if global_weights is not None:  # FedProx (Li et al., 2020): stay near the global model
+            objective = loss + proximal_term(model, global_weights, mu)
         objective.backward()
         optimizer.step()
         total_loss += loss.item() * len(index)
