@@ -16,6 +16,8 @@ Built on that:
     sandbox.py, grid.py  create_sandbox, PrivateGridNetwork
     plans/               func2plan, Plan, PointerPlan, Protocol (traced op lists, one message)
     smpc/                fix_precision, share, Beaver products, comparisons (crypto provider)
+    fl/, strategy/       federated rounds: Fit/Evaluate on the workers, the asyncio
+                         coordinator (`fedmq train`), FedAvg/FedProx/FedAdam/.../FedBuff
 """
 from fedmq.errors import (FedmqError, ObjectNotFoundError, OpNotAllowedError, PointerError,
                           RemoteError, RemoteExecutionError, ReplyTimeout, SerdeError,

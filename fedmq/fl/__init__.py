@@ -5,6 +5,7 @@
     hooks.py        registers the Fit/Evaluate handlers with every Worker
     connections.py  how the coordinator reaches workers: in-process or RabbitMQ (aio-pika)
     coordinator.py  the asyncio round loop: sample, Fit, aggregate as replies arrive, evaluate
+    async_coordinator.py  no rounds: FedAsync / FedBuff, every worker always has a Fit in flight
     checkpoint.py   per-round checkpoints in fedmq's serde format (no pickle)
     metrics.py      metrics.jsonl and the accuracy/loss plot of a run
     events.py       round events on the `fedmq.events` topic exchange
