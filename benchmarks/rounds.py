@@ -230,11 +230,17 @@ def max_diff(a: dict, b: dict) -> float:
 
 @contextlib.contextmanager
 def launched(url: str, logs: str, processes: int, threads: int = 0):
+    """Worker processes for one part of the benchmark; stopped, and their durable queues
+    deleted, at the end."""
+    from fedmq.transport.amqp import delete_queues, queue_name
+
     launcher = WorkerLauncher(url, logs, env=thread_env(processes, threads or None))
     try:
         yield launcher
     finally:
+        ids = [w for hosted in launcher.hosted.values() for w in hosted]
         launcher.stop_all()
+        asyncio.run(delete_queues(url, *(queue_name(w) for w in ids)))
 
 
 # -- output ----------------------------------------------------------------------------------
