@@ -141,10 +141,7 @@ class AsyncCoordinator:
     def prepare(self, resume: bool = False) -> None:
         """The initial global model (version 0), or the checkpoint's with `resume`."""
         cfg = self.config
-        self._metrics = None
-        if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._metrics = MetricsLog(self.run_dir)
+        self._metrics = MetricsLog.in_run_dir(self.run_dir)
         self.counts = {w: 0 for w in self.workers}
         self.failures = {w: 0 for w in self.workers}
         self._pending, self._streak, self._repeats = [], {}, {}

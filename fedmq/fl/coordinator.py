@@ -194,10 +194,7 @@ class Coordinator:
     def prepare(self, resume: bool = False) -> int:
         """Set up the global model (initial, or from the checkpoint); the first round to run."""
         cfg = self.config
-        self._metrics = None
-        if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._metrics = MetricsLog(self.run_dir)
+        self._metrics = MetricsLog.in_run_dir(self.run_dir)
         state = (checkpoint.load_run(self.run_dir, cfg.model, cfg.seed)
                  if resume and self.run_dir is not None else None)
         if state is not None:

@@ -27,6 +27,14 @@ class MetricsLog:
     def __init__(self, run_dir: str | pathlib.Path) -> None:
         self.path = pathlib.Path(run_dir) / METRICS
 
+    @classmethod
+    def in_run_dir(cls, run_dir: pathlib.Path | None) -> "MetricsLog | None":
+        """The metrics log of a run folder (created if missing); None for runs without one."""
+        if run_dir is None:
+            return None
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return cls(run_dir)
+
     def append(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(json_safe(record)) + "\n")
