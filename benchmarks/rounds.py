@@ -145,7 +145,7 @@ async def coordinated(name: str, connection, workers: list[str], config: TrainCo
     try:
         history = await coordinator.run()
     finally:
-        await connection.close()
+        await connection.aclose()
     wall = time.perf_counter() - started
     failed = [r.round for r in history if r.status != "ok" or r.failed]
     if failed:
@@ -191,11 +191,11 @@ def partitions() -> dict:
 
 def in_process_workers(data: dict) -> dict:
     """fedmq `Worker`s holding `data` ({id: (images, targets)}) under the service's tags."""
-    from fedmq.hook import _load_extensions
+    from fedmq.extensions import load_extensions
     from fedmq.ids import new_id
     from fedmq.worker import Worker
 
-    _load_extensions()  # the Fit / Evaluate handlers
+    load_extensions()  # the Fit / Evaluate handlers
     workers = {}
     for worker_id, (x, y) in data.items():
         worker = Worker(worker_id)

@@ -1,13 +1,16 @@
 """The client side of a worker: what a pointer's `.location` is.
 
-`WorkerClient.call(msg)` sends a message and returns the reply's value (raising the worker's
-error as a fedmq exception). `post(msg)` is for messages whose result stays remote:
+A `WorkerClient` names one worker and sends through its connection's request engine
+(fedmq/engine.py), the same for in-process and RabbitMQ workers. `call(msg)` sends a message
+and returns the reply's value (raising the worker's error as a fedmq exception). `post(msg)` is
+for messages whose result stays remote:
 
 * Commands are buffered and go out together as one `Batch` (a stream, as on a GPU): at the
   next sync point (any `call`), when the buffer is full, or on `flush()`. A training step is
   then a few frames, not one per op.
-* Before anything else is sent, every client's buffer is flushed, so a worker never sees a
-  message before the commands it depends on, even when another worker relays it.
+* Before anything else is sent, every client's buffer in the same context is flushed, so a
+  worker never sees a message before the commands it depends on, even when another worker
+  relays it.
 * A pipelined op that fails is recorded under its result ids on the worker, and its error is
   raised at the caller's next sync point with that worker (`get`, `item`, a call).
 
@@ -17,67 +20,57 @@ message's envelope (or go out on `flush()`), so GC never sends from inside a fin
 from __future__ import annotations
 
 import collections
-import threading
 import weakref
 from typing import Any
 
-from fedmq import messages as m, serde
-from fedmq.errors import remote_error_from
+from fedmq import messages as m
+from fedmq.engine import RequestEngine, value_of
+from fedmq.errors import FedmqError, remote_error_from
 
 #: how many commands a buffer holds before it is sent on its own
 MAX_BATCH = 256
 #: messages that look at a worker's store: deferred gets are carried out before them
 _LOOKS_AT_STORE = (m.ObjectsCount, m.ListObjects, m.WorkerStats, m.SearchRequest,
                    m.ClearObjects)
-_dirty: dict[int, "WorkerClient"] = {}
-_dirty_lock = threading.Lock()
 
 
-def call_all(calls: list[tuple["WorkerClient", Any]], *, sender: str | None = None) -> list:
+def call_all(calls: list[tuple["WorkerClient", Any]], *, sender: str | None = None,
+             timeout: float | None = None) -> list:
     """`client.call(message)` for every (client, message), with every message sent before any
-    reply is awaited: one round trip in all, not one per client, when the transport pipelines
-    (RabbitMQ). Returns the values in order; raises the first error (after all replies)."""
-    import concurrent.futures
-
-    sent = []
+    reply is awaited: one round trip in all, not one per client, over RabbitMQ. Returns the
+    values in order; raises the first error (after all replies)."""
+    started = []
     for client, message in calls:
         frame, buffered = client._call_frame(message, sender)
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        client.transport.send(client.id, frame, on_reply=future.set_result,
-                              message_type=type(message).__name__)
-        sent.append((client, message, buffered, future))
-    frames = []
-    for client, message, _, future in sent:
-        timeout = getattr(client.transport, "timeout", None)
+        call = client.engine.start_frame(client.id, frame, type(message).__name__)
+        started.append((client, message, buffered, call))
+    results: list = []
+    first_error: BaseException | None = None
+    for client, message, buffered, call in started:
         try:
-            frames.append(future.result(timeout=timeout))
-        except concurrent.futures.TimeoutError:
-            from fedmq.errors import ReplyTimeout
-            raise ReplyTimeout(f"worker {client.id!r} did not answer {type(message).__name__} "
-                               f"within {timeout} s") from None
-    return [client._call_result(frame, message, buffered)
-            for (client, message, buffered, _), frame in zip(sent, frames)]
-
-
-def flush_all() -> None:
-    """Send every client's buffered commands (repeats while flushing produces more)."""
-    while _dirty:
-        with _dirty_lock:
-            clients = list(_dirty.values())
-            _dirty.clear()
-        for client in clients:
-            client._send_buffer()
+            reply = call.reply(client.timeout if timeout is None else timeout)
+            results.append(client._call_result(reply, message, buffered))
+        except FedmqError as exc:
+            results.append(None)
+            first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
+    return results
 
 
 class WorkerClient:
-    #: the transport moving this client's frames (fedmq.transport.base.Transport)
-    transport: Any
+    """A worker as seen from here: its id, the engine that reaches it, and what this side keeps
+    for it (buffered commands, ids to release, errors of pipelined ops, deferred gets)."""
 
-    def __init__(self, id: str, transport: Any, network: Any = None, sender: str = "me") -> None:
+    def __init__(self, id: str, engine: RequestEngine, network: Any, sender: str | None = None,
+                 timeout: float | None = None) -> None:
         self.id = id
-        self.transport = transport
+        self.engine = engine
         self.network = network
-        self.sender = sender
+        self.context = network.context
+        self.sender = sender or engine.sender
+        #: seconds a call waits for its reply (None: the engine's default)
+        self.timeout = engine.timeout if timeout is None else timeout
         self._pending_deletes: collections.deque[int] = collections.deque()
         self._buffer: list = []
         self._async_errors: list = []
@@ -90,8 +83,8 @@ class WorkerClient:
     def call(self, message: Any, *, sender: str | None = None, timeout: float | None = None) -> Any:
         """Send `message`, wait for the reply, return its value or raise the worker's error."""
         frame, buffered = self._call_frame(message, sender)
-        reply = self.transport.request(self.id, frame, timeout=timeout,
-                                       message_type=type(message).__name__)
+        call = self.engine.start_frame(self.id, frame, type(message).__name__)
+        reply = call.reply(self.timeout if timeout is None else timeout)
         return self._call_result(reply, message, buffered)
 
     def _call_frame(self, message: Any, sender: str | None) -> tuple[bytes, list]:
@@ -99,33 +92,31 @@ class WorkerClient:
         if self._pending_gets and type(message) in _LOOKS_AT_STORE:
             self.carry_out_pending_gets()
         buffered, self._buffer = self._buffer, []
-        with _dirty_lock:
-            _dirty.pop(id(self), None)
-        flush_all()
+        if buffered:
+            self.context.mark_clean(self)
+        self.context.flush_all()
         self._raise_async_error()
         wire = m.Batch(buffered + [message], reply_last=True) if buffered else message
         return self._frame(wire, sender), buffered
 
-    def _call_result(self, reply_frame: bytes, message: Any, buffered: list) -> Any:
-        reply = serde.decode(reply_frame)
-        if isinstance(reply, m.Reply) and isinstance(reply.value, m.BatchReply):
+    def _call_result(self, reply: m.Reply, message: Any, buffered: list) -> Any:
+        if isinstance(reply.value, m.BatchReply):
             for index, error in reply.value.errors:
                 self._async_errors.append((error, buffered[index]))
             reply = m.Reply(reply.value.value, reply.error)
         self._raise_async_error()  # a pipelined failure comes before this call's own result
-        return self._value(reply, message)
+        return value_of(reply, self.id, getattr(message, "op", None))
 
     def post(self, message: Any, *, sender: str | None = None) -> None:
         """Send a message whose result stays on the worker, without waiting for it."""
         if type(message) is m.Command:
             self._buffer.append(message)
             if len(self._buffer) == 1:
-                with _dirty_lock:
-                    _dirty[id(self)] = self
+                self.context.mark_dirty(self)
             if len(self._buffer) >= MAX_BATCH:
                 self._send_buffer()
             return
-        flush_all()
+        self.context.flush_all()
         self._send_now(message, sender)
 
     def carry_out_pending_gets(self) -> None:
@@ -135,33 +126,31 @@ class WorkerClient:
 
     def flush(self) -> None:
         """Send buffered commands and pending deletes now."""
-        flush_all()
+        self.context.flush_all()
         ids = self._take_pending()
         if ids:
-            self._send_now(m.DeleteObjects(ids), None, want_reply=False)
+            self.engine.post_frame(self.id, self.engine.frame(m.DeleteObjects(ids),
+                                                              sender=self.sender),
+                                   "DeleteObjects")
 
     def _send_buffer(self) -> None:
         commands, self._buffer = self._buffer, []
-        with _dirty_lock:
-            _dirty.pop(id(self), None)
+        self.context.mark_clean(self)
         if commands:
             self._send_now(commands[0] if len(commands) == 1 else m.Batch(commands), None)
 
-    def _send_now(self, message: Any, sender: str | None, want_reply: bool = True) -> None:
-        def on_reply(frame: bytes) -> None:
-            try:
-                self.on_async_reply(serde.decode(frame), message)
-            except serde.SerdeError as exc:
-                self._async_errors.append((m.ErrorInfo("serde_error", str(exc), self.id),
-                                           message))
+    def _send_now(self, message: Any, sender: str | None) -> None:
+        def on_reply(reply: Any) -> None:
+            self.on_async_reply(reply, message)
 
-        self.transport.send(self.id, self._frame(message, sender),
-                            on_reply=on_reply if want_reply else None,
-                            message_type=type(message).__name__)
+        self.engine.post_frame(self.id, self._frame(message, sender), type(message).__name__,
+                               on_reply)
 
     def on_async_reply(self, reply: Any, message: Any) -> None:
-        """A reply to a posted message: keep its errors for the next sync point."""
-        if not isinstance(reply, m.Reply):
+        """A reply to a posted message (or the error that ended its wait): keep its errors for
+        the next sync point."""
+        if isinstance(reply, FedmqError):  # timed out or connection lost: raised as it is
+            self._async_errors.append((reply, message))
             return
         if reply.error is not None:
             self._async_errors.append((reply.error, message))
@@ -173,12 +162,14 @@ class WorkerClient:
         if self._async_errors:
             error, message = self._async_errors[0]
             self._async_errors.clear()
+            if isinstance(error, FedmqError):
+                raise error
             raise remote_error_from(error.code, error.message, error.worker or self.id,
                                     error.op or getattr(message, "op", None))
 
     def _frame(self, message: Any, sender: str | None) -> bytes:
-        return serde.encode(m.Envelope(m.WIRE_VERSION, sender or self.sender, message,
-                                       release=self._take_pending()))
+        return self.engine.frame(message, sender=sender or self.sender,
+                                 release=self._take_pending())
 
     def _take_pending(self) -> list[int]:
         ids = []
@@ -188,16 +179,6 @@ class WorkerClient:
             except IndexError:  # emptied by another thread
                 break
         return ids
-
-    def _value(self, reply: Any, message: Any) -> Any:
-        if not isinstance(reply, m.Reply):
-            raise serde.SerdeError(f"worker {self.id!r} answered with "
-                                   f"{type(reply).__name__}, not a Reply")
-        if reply.error is not None:
-            err = reply.error
-            raise remote_error_from(err.code, err.message, err.worker or self.id,
-                                    err.op or getattr(message, "op", None))
-        return reply.value
 
     # -- garbage collection of remote objects ----------------------------------------------------
     def release(self, obj_id: int) -> None:
@@ -215,18 +196,12 @@ class WorkerClient:
     def search(self, *query: Any) -> list:
         """Pointers to every object on this worker carrying all the tags in `query`
         (a list, or tags as arguments). Found pointers do not delete their object when dropped."""
-        from fedmq.pointers.tensor import pointer_from_ref
-
         items: list = []
         for q in query:
             items.extend(q if isinstance(q, (list, tuple)) else [q])
         refs = self.call(m.SearchRequest(items))
-        owner = getattr(self.network, "local_worker", None)
-        return [pointer_from_ref(ref, owner=owner, network=self.network, gc=False)
-                for ref in refs]
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} id:{self.id}>"
+        owner = self.network.local_worker
+        return [m.adopt(ref, owner=owner, network=self.network, gc=False) for ref in refs]
 
     def request_search(self, query: Any, location: Any) -> list:
         """PySyft's `me.request_search(query, location=worker)`: search `location` (any worker
@@ -235,3 +210,7 @@ class WorkerClient:
             raise TypeError(f"request_search needs a worker to search as location=, "
                             f"got {location!r}")
         return location.search(query)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} id:{self.id}>"
+

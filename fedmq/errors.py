@@ -8,7 +8,9 @@
     │   │                       a pointer used after .get())
     │   └── OpNotAllowedError   the op is not on the allowlist (also a NotImplementedError)
     ├── TransportError          the message could not be delivered or answered
-    │   └── ReplyTimeout        no reply within the call's timeout (also a TimeoutError)
+    │   ├── ReplyTimeout        no reply within the call's timeout (also a TimeoutError)
+    │   └── ConnectionLost      the connection closed or dropped while a reply was awaited
+    │                           (also a ConnectionError)
     └── RemoteError             the worker received the message and refused or failed it;
         │                       carries the worker id, the op and the worker's own message
         ├── ObjectNotFoundError the id is not in the worker's store (never sent, deleted, got)
@@ -45,6 +47,11 @@ class TransportError(FedmqError):
 
 class ReplyTimeout(TransportError, TimeoutError):
     """No reply arrived within the call's timeout."""
+
+
+class ConnectionLost(TransportError, ConnectionError):
+    """The connection closed (or the broker dropped it) while a reply was still awaited: the
+    message may or may not have been handled."""
 
 
 class RemoteError(FedmqError):

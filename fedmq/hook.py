@@ -12,24 +12,24 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from fedmq import messages as m
 from fedmq import module as module_ops
+from fedmq.context import Context
+from fedmq.extensions import load_extensions
 from fedmq.ids import new_id
+from fedmq.pointers import optim
+from fedmq.pointers.tensor import PointerTensor, one_location
 from fedmq.runtime import tune_malloc
-from fedmq.transport.local import LocalNetwork
-
-#: the in-process network every VirtualWorker joins (shared by all hooks in the process)
-NETWORK = LocalNetwork()
+from fedmq.workers.virtual import VirtualWorker
 
 
 # -- tensor methods (a PointerTensor overrides each of them) -------------------------------------
 
 def tensor_send(self: torch.Tensor, *locations: Any, **_ignored: Any):
     """Send this tensor to a worker and return a pointer to it there."""
-    from fedmq.pointers.tensor import PointerTensor, _one_location
-
-    location = _one_location(locations)
+    location = one_location(locations)
     rid = new_id()
     tags = sorted(getattr(self, "tags", None) or ())
     description = getattr(self, "description", None)
@@ -69,79 +69,56 @@ TENSOR_METHODS = {"send": tensor_send, "get": tensor_get, "move": tensor_move,
 MODULE_METHODS = {"send": module_ops.send, "get": module_ops.get, "move": module_ops.move,
                   "copy": module_ops.copy_module}
 
-DATASET_METHODS: dict = {}
-
-#: modules that add methods or handlers when imported (federated data, plans, SMPC); a module
-#: that does not exist (yet) is skipped
-EXTENSIONS = ("fedmq.federated.hooks", "fedmq.plans.hooks", "fedmq.smpc.hooks",
-              "fedmq.fl.hooks")
-
 _installed = False
 
 
-def register_tensor_method(name: str, fn) -> None:
-    """Extensions add tensor methods here (before TorchHook installs them)."""
-    TENSOR_METHODS[name] = fn
-
-
-def register_module_method(name: str, fn) -> None:
-    MODULE_METHODS[name] = fn
-
-
-def register_dataset_method(name: str, fn) -> None:
-    """Methods for torch.utils.data.Dataset (e.g. `federate`)."""
-    DATASET_METHODS[name] = fn
-
-
-def _load_extensions() -> None:
-    import importlib
-
-    for name in EXTENSIONS:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not name.startswith(exc.name):
-                raise  # the extension exists but something it imports is missing
-
-
 def install() -> None:
-    """Add fedmq's methods to torch.Tensor, nn.Module and Dataset (idempotent)."""
+    """Load the extensions (fedmq.extensions) and add fedmq's methods and theirs to
+    torch.Tensor, nn.Module and Dataset (idempotent). Raises RuntimeError rather than replace a
+    method torch itself defines."""
     global _installed
     if _installed:
         return
-    _load_extensions()
-    from fedmq.pointers import optim
+    extensions = load_extensions().values()
     optim.install()  # optimizers on sent models: one Command per step, not one per parameter
-    from torch.utils.data import Dataset
-    for cls, methods in ((torch.Tensor, TENSOR_METHODS), (nn.Module, MODULE_METHODS),
-                         (Dataset, DATASET_METHODS)):
-        for name, fn in methods.items():
-            existing = cls.__dict__.get(name)
-            if existing is not None and getattr(existing, "__module__", "").startswith("fedmq"):
+    tables = ((torch.Tensor, [TENSOR_METHODS, *(e.tensor_methods for e in extensions)]),
+              (nn.Module, [MODULE_METHODS, *(e.module_methods for e in extensions)]),
+              (Dataset, [e.dataset_methods for e in extensions]))
+    for cls, method_tables in tables:
+        for methods in method_tables:
+            for name, fn in methods.items():
+                existing = cls.__dict__.get(name)
+                if existing is not None and \
+                        getattr(existing, "__module__", "").startswith("fedmq"):
+                    setattr(cls, name, fn)
+                    continue
+                if hasattr(cls, name):
+                    raise RuntimeError(f"torch already defines {cls.__name__}.{name}; fedmq "
+                                       f"will not replace it")
                 setattr(cls, name, fn)
-                continue
-            if hasattr(cls, name):
-                raise RuntimeError(f"torch already defines {cls.__name__}.{name}; fedmq will "
-                                   f"not replace it")
-            setattr(cls, name, fn)
     _installed = True
 
 
 class TorchHook:
-    """`hook = fedmq.TorchHook(torch)`: install fedmq's methods and create the worker "me"."""
+    """`hook = fedmq.TorchHook(torch)`: install fedmq's methods and create the worker "me".
+
+    Each hook owns a `fedmq.context.Context`: its in-process workers, its broker connections,
+    its buffered commands and its extensions' state. Two hooks in one process are independent.
+    `fedmq.hook` and `fedmq.local_worker` name the most recent hook and its worker (PySyft's
+    `sy.local_worker`), for scripts; fedmq itself never reads them."""
 
     def __init__(self, torch_module: Any = torch, local_worker: Any = None,
                  is_client: bool = True, verbose: bool = False) -> None:
-        import fedmq
-        from fedmq.workers.virtual import VirtualWorker
+        import fedmq  # the package's `hook`/`local_worker` names are set (PySyft's API)
 
         install()
         tune_malloc()
         self.torch = torch_module
-        self.network = NETWORK
+        self.context = Context()
+        self.network = self.context.network
         self.local_worker = local_worker or VirtualWorker(self, id="me")
         self.local_worker.is_client_worker = is_client
-        self.network.local_worker = self.local_worker
+        self.context.local_worker = self.local_worker
         fedmq.hook = self
         fedmq.local_worker = self.local_worker
 

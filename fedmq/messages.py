@@ -191,5 +191,38 @@ class Reply:
         return self.error is None
 
 
-#: Messages whose sender does not wait for a reply (their errors are stored under result ids).
-PIPELINED = (ObjectMessage, DeleteObjects)
+
+# -- pointers as data: how a decoded PointerRef becomes a live pointer ---------------------------
+# The worker and the client only see `PointerRef`s; the pointer classes live in a layer above
+# them (fedmq.pointers), which registers the function that builds a pointer from a ref.
+
+_pointer_factory: list = []
+
+
+def register_pointer_factory(factory: Any) -> None:
+    """`factory(ref, owner=, network=, id=, gc=)` -> a pointer (set once by fedmq.pointers)."""
+    _pointer_factory[:] = [factory]
+
+
+def adopt(ref: PointerRef, *, owner: Any, network: Any, id: int | None = None,
+          gc: bool = True) -> Any:
+    """The pointer a decoded `PointerRef` stands for, owned by `owner` (`gc=False`: dropping
+    it does not delete the remote object)."""
+    if not _pointer_factory:
+        raise RuntimeError("no pointer factory registered: import fedmq.pointers first")
+    return _pointer_factory[0](ref, owner=owner, network=network, id=id, gc=gc)
+
+
+def describe(worker_id: str, obj_id: int, obj: Any, tags: Any = (),
+             description: str | None = None) -> PointerRef:
+    """A PointerRef describing stored object `obj_id` on `worker_id` (search results, replies):
+    objects that know how to describe themselves (pointers, plans, protocols) do so through
+    `__fedmq_pointer_ref__`; tensors give their shape, dtype and requires_grad."""
+    describe_self = getattr(obj, "__fedmq_pointer_ref__", None)
+    if describe_self is not None:
+        return describe_self(worker_id, obj_id, tags, description)
+    shape = getattr(obj, "shape", None)
+    if shape is not None and hasattr(obj, "dtype"):
+        return PointerRef(worker_id, obj_id, tuple(shape), obj.dtype,
+                          bool(getattr(obj, "requires_grad", False)), sorted(tags), description)
+    return PointerRef(worker_id, obj_id, (), None, False, sorted(tags), description)

@@ -32,9 +32,15 @@ import signal
 import aio_pika
 
 from fedmq import messages as m, serde
-from fedmq.transport.amqp import (CHUNK_SIZE, DEAD_LETTER_EXCHANGE, DEFAULT_URL, AMQPConnection,
-                                  ChunkAssembler, chunk_messages, declare_topology, queue_name)
+from fedmq.client import WorkerClient
+from fedmq.context import Context
+from fedmq.engine import RequestEngine
+from fedmq.extensions import load_extensions
+from fedmq.runtime import tune_malloc
+from fedmq.transport.amqp import (CHUNK_SIZE, DEAD_LETTER_EXCHANGE, AMQPTransport, ChunkAssembler,
+                                  chunk_messages, declare_topology, queue_name)
 from fedmq.worker import Worker
+from fedmq.workers.amqp import DEFAULT_URL, AMQPNetwork
 
 log = logging.getLogger("fedmq.service")
 
@@ -100,12 +106,8 @@ class WorkerService:
         self._chunks: dict[str, list] = {}
 
     async def start(self) -> None:
-        from fedmq.runtime import tune_malloc
-        from fedmq.workers.amqp import AMQPNetwork
-
         tune_malloc()
-        from fedmq.hook import _load_extensions
-        _load_extensions()  # extension messages (plans, SMPC, ...) must decode and have handlers
+        load_extensions()  # extension messages (plans, SMPC, ...) must decode and have handlers
         self._inbox = asyncio.Queue()
         self._stopping = asyncio.Event()
         self.connection = await aio_pika.connect_robust(
@@ -117,23 +119,27 @@ class WorkerService:
             queue_name(self.id), durable=True,
             arguments={"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE})
         await self.queue.bind(exchanges["commands"], routing_key=self.id)
-        # Outbound (moves, pointers to pointers): a client connection on this same loop.
-        self.outbound = await AMQPConnection.on_running_loop(self.url, chunk_size=self.chunk_size,
-                                                             confirm=True)
-        network = AMQPNetwork(self.outbound, sender=self.id)
+        # Outbound (moves, pointers to pointers, SMPC deals): a request engine over a client
+        # connection on this same loop, in a context of this worker's own.
+        context = Context(sender=self.id)
+        self.outbound = await AMQPTransport.on_running_loop(
+            self.url, chunk_size=self.chunk_size, confirm=True,
+            connection_name=f"fedmq worker {self.id} (outbound)")
+        network = AMQPNetwork(RequestEngine(self.outbound, sender=self.id), context,
+                              relaying=True)
         if self.worker is None:
             self.worker = Worker(self.id, network)
         else:
             self.worker.network = network
+        context.local_worker = self.worker
         # A message this worker sends to itself (a protocol whose next hop is here) must not go
         # through the broker: it would wait behind the message being handled, forever.
-        from fedmq.client import WorkerClient
-        from fedmq.transport.local import LocalTransport
-        network.add(WorkerClient(self.id, LocalTransport(self.worker), network, sender=self.id))
+        context.transport.add(self.worker)
+        network.add(WorkerClient(self.id, context.engine, network, sender=self.id))
         self._processor = asyncio.ensure_future(self._process_loop())
         self._consumer_tag = await self.queue.consume(self._inbox.put)
         log.info("fedmq worker %s: consuming %s on %s (prefetch %d)", self.id, self.queue.name,
-                 self.outbound._safe_url(), self.prefetch)
+                 self.outbound.describe(), self.prefetch)
 
     async def run_until_stopped(self) -> None:
         assert self._stopping is not None

@@ -86,3 +86,7 @@ class ObjectStore:
 
     def items(self) -> Iterator[tuple[int, Any]]:
         return ((k, e.obj) for k, e in self._entries.items())
+
+    def items_with_entries(self) -> Iterator[tuple[int, Entry]]:
+        """(id, Entry) for every stored object: the object with its tags and description."""
+        return iter(list(self._entries.items()))

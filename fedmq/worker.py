@@ -17,8 +17,11 @@ log = logging.getLogger("fedmq.worker")
 
 class Network(Protocol):
     """How a worker reaches other workers (for `.move()` and pointers to pointers)."""
+    local_worker: Any
 
     def client(self, worker_id: str) -> Any: ...
+
+    def flush_all(self) -> None: ...
 
 
 #: handlers extensions add for their own message types: {type: fn(worker, message) -> value}
@@ -72,7 +75,7 @@ class Worker:
             log.warning("worker %s: undecodable message: %s", self.id, exc)
             return serde.encode(m.Reply(error=m.ErrorInfo("serde_error", str(exc), self.id))), True
         reply = self.handle(envelope)
-        if self.network is not None and hasattr(self.network, "flush_all"):
+        if self.network is not None:
             # commands this worker pipelined to others while handling the message go out now
             self.network.flush_all()
         value = reply.value
@@ -142,12 +145,10 @@ class Worker:
 
     # -- handlers -------------------------------------------------------------------------------
     def _on_objects(self, msg: m.ObjectMessage) -> None:
-        from fedmq.pointers.tensor import pointer_from_ref
-
         for item in msg.objects:
             obj = item.obj
             if isinstance(obj, m.PointerRef):  # a pointer handed to us: we own it now
-                obj = pointer_from_ref(obj, owner=self, network=self.network, id=item.id)
+                obj = m.adopt(obj, owner=self, network=self.network, id=item.id)
             self.store.put(item.id, obj, item.tags, item.description)
 
     def _on_get(self, msg: m.GetRequest) -> list:
@@ -186,15 +187,12 @@ class Worker:
         return {"message_count": self.message_count, "objects": len(self.store)}
 
     def _on_list(self, msg: m.ListObjects) -> dict:
-        from fedmq.pointers.tensor import PointerTensor, ref_for
-
         out = {}
-        for obj_id, entry in self.store._entries.items():
+        for obj_id, entry in self.store.items_with_entries():
             obj = entry.obj
-            if isinstance(obj, PointerTensor):  # describe it; ownership stays here
-                ref = ref_for(obj.location.id, obj.id_at_location, obj, entry.tags,
-                              entry.description)
-                obj = ref
+            if getattr(type(obj), "_fedmq_kind", None) == "pointer":  # describe; ownership stays
+                obj = m.describe(obj.location.id, obj.id_at_location, obj, entry.tags,
+                                 entry.description)
             elif isinstance(obj, FailedResult):
                 obj = f"<failed: {obj.error.message}>"
             out[obj_id] = obj
@@ -221,10 +219,8 @@ class Worker:
                 self.store.delete(obj_id)
 
     def _on_search(self, msg: m.SearchRequest) -> list:
-        from fedmq.pointers.tensor import ref_for
-
         query = msg.query if isinstance(msg.query, list) else [msg.query]
-        return [ref_for(self.id, obj_id, e.obj, e.tags, e.description)
+        return [m.describe(self.id, obj_id, e.obj, e.tags, e.description)
                 for obj_id, e in self.store.search(query)]
 
     def __repr__(self) -> str:

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from fedmq.hook import _load_extensions
+from fedmq.extensions import load_extensions
 from fedmq.ids import new_id
 from fedmq.worker import Worker
 
-_load_extensions()  # Fit / Evaluate handlers
+load_extensions()  # Fit / Evaluate handlers
 
 
 def data_worker(worker_id: str, n: int = 64, labels=range(10), split: str = "train",

@@ -67,7 +67,7 @@ def run(coordinator: AsyncCoordinator, **kwargs):
         try:
             return await coordinator.run(**kwargs)
         finally:
-            await coordinator.connection.close()
+            await coordinator.connection.aclose()
     return asyncio.run(go())
 
 
@@ -236,7 +236,7 @@ def test_async_run_over_rabbitmq_with_worker_processes(async_workers, tmp_path):
             initial = await coord.evaluate(coord.weights)
             return await coord.run(), coord, initial
         finally:
-            await conn.close()
+            await conn.aclose()
 
     history, coord, initial = asyncio.run(go())
     assert coord.received == 12 and coord.version == len(history) >= 3

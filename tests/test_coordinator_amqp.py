@@ -49,7 +49,7 @@ async def amqp_run(cfg: TrainConfig, lines: list, **kwargs):
     try:
         return await coord.run(), coord
     finally:
-        await conn.close()
+        await conn.aclose()
 
 
 def dead_letters(routing_key: str) -> list[tuple[str, str]]:
@@ -129,7 +129,7 @@ def test_a_killed_worker_is_skipped_and_rejoins_after_a_restart(fl_workers, tmp_
                 coord.end_round(record)
                 records.append(record)
         finally:
-            await conn.close()
+            await conn.aclose()
         return records
 
     records = asyncio.run(scenario())
@@ -156,15 +156,15 @@ def test_a_fit_longer_than_the_heartbeat_keeps_the_connection(fl_workers):
         weights = initial_weights("seed-cnn", 1)
         try:
             started = time.monotonic()
-            long = await conn.request("fl-hb", Fit(1, "seed-cnn", weights, {
+            long = await conn.arequest("fl-hb", Fit(1, "seed-cnn", weights, {
                 "batch_size": 32, "num_batches": 1000, "optimizer_args": {"lr": 0.05}}),
                 timeout=300)
             seconds = time.monotonic() - started
-            short = await conn.request("fl-hb", Fit(2, "seed-cnn", weights, {
+            short = await conn.arequest("fl-hb", Fit(2, "seed-cnn", weights, {
                 "num_batches": 1}), timeout=60)
             return long, seconds, short
         finally:
-            await conn.close()
+            await conn.aclose()
 
     try:
         long, seconds, short = asyncio.run(fit_twice())
@@ -228,7 +228,7 @@ def test_model_payloads_above_the_broker_limit_are_chunked_both_ways(small_broke
             try:
                 return await coord.run()
             finally:
-                await conn.close()
+                await conn.aclose()
 
         history = asyncio.run(rounds(limit // 2))
         assert all(r.status == "ok" and sorted(r.workers) == sorted(ids) for r in history)

@@ -8,13 +8,11 @@ import fedmq
 from fedmq import messages as m, serde
 from fedmq.smpc import AdditiveSharingTensor
 from fedmq.smpc.messages import DealRequest
-from fedmq.smpc.provider import STORE
 from smpc_helpers import make_parties
 
 
 @pytest.fixture
 def parties(hook):
-    STORE.clear()
     return make_parties(hook)
 
 
@@ -100,13 +98,14 @@ def test_triples_never_pass_through_the_coordinator(parties, monkeypatch):
     party for one of them (it only opens eps and delta)."""
     workers, provider = parties
     seen: list = []
-    for w in workers[:3] + [provider]:
-        original = w.transport.request
+    transport = provider.engine.transport  # every in-process worker of the hook: one transport
+    assert all(w.engine.transport is transport for w in workers[:3])
+    original = transport.send
 
-        def spy(worker_id, frame, timeout=None, message_type="message", _orig=original):
-            seen.append((worker_id, serde.decode(frame)))
-            return _orig(worker_id, frame, timeout=timeout, message_type=message_type)
-        monkeypatch.setattr(w.transport, "request", spy)
+    def spy(worker_id, frame, **options):
+        seen.append((worker_id, serde.decode(frame)))
+        return original(worker_id, frame, **options)
+    monkeypatch.setattr(transport, "send", spy)
 
     x = torch.tensor([[1, 2], [3, 4]]).share(*workers[:3], crypto_provider=provider)
     y = torch.tensor([[5, 6], [7, 8]]).share(*workers[:3], crypto_provider=provider)

@@ -12,7 +12,7 @@ import fedmq
 from fedmq.errors import RemoteError
 from fedmq.smpc.comparison import comparison_primitives
 from fedmq.smpc.messages import Deal, DealRequest, LocalStep
-from fedmq.smpc.provider import STORE
+from fedmq.smpc.provider import primitive_store
 from smpc_helpers import assert_rescaled
 from worker_procs import AMQP_URL, delete_queue
 
@@ -21,13 +21,12 @@ pytestmark = pytest.mark.amqp
 
 @pytest.fixture
 def parties(hook, worker_processes):
-    STORE.clear()
     bob, alice, provider = (fedmq.AMQPClientWorker(hook, id=i, url=AMQP_URL, timeout=60)
                             for i in ("bob", "alice", "secure_worker"))
     for worker in (bob, alice, provider):
         worker.clear_objects()
     yield bob, alice, provider
-    STORE.clear()
+    primitive_store(provider).clear()
 
 
 def share(t, parties):
@@ -109,9 +108,9 @@ def test_max_argmax_min(parties):
 def test_preprocessing_keeps_the_provider_out_of_the_online_phase(parties):
     bob, alice, provider = parties
     shape = [8]
-    STORE.provide(provider, [bob, alice], "mul", {"a": shape, "b": shape})
+    primitive_store(provider).provide(provider, [bob, alice], "mul", {"a": shape, "b": shape})
     for kind, params in comparison_primitives(shape):
-        STORE.provide(provider, [bob, alice], kind, params)
+        primitive_store(provider).provide(provider, [bob, alice], kind, params)
     a, b = torch.arange(8) - 3, torch.arange(8, 0, -1)
     x, y = share(a, parties), share(b, parties)
     before = provider.message_count
@@ -166,7 +165,7 @@ def dealer_service(worker_processes):
 
 def test_three_services_fixed_point_products_conv2d_and_comparison(hook, dealer_service):
     import torch.nn.functional as F
-    STORE.clear()
+    primitive_store(provider).clear()
     trio = [fedmq.AMQPClientWorker(hook, id=i, url=AMQP_URL, timeout=60)
             for i in ("bob", "alice", "secure_worker")]
     dealer = fedmq.AMQPClientWorker(hook, id=dealer_service, url=AMQP_URL, timeout=60)
@@ -186,4 +185,4 @@ def test_three_services_fixed_point_products_conv2d_and_comparison(hook, dealer_
     for shared in (sa, sb, sx, sw):
         shared.get()
     assert [p.objects_count() for p in trio] == [0, 0, 0]  # nothing left behind
-    STORE.clear()
+    primitive_store(provider).clear()

@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fedmq.smpc.comparison import comparison_primitives
-from fedmq.smpc.provider import STORE
+from fedmq.smpc.provider import primitive_store
 from smpc_helpers import assert_rescaled, make_parties
 
 SETTINGS = settings(max_examples=15, deadline=None,
@@ -18,7 +18,6 @@ fvalues = st.lists(st.floats(-1000, 1000, allow_nan=False), min_size=4, max_size
 
 @pytest.fixture
 def parties(hook):
-    STORE.clear()
     return make_parties(hook)
 
 
@@ -146,22 +145,22 @@ def test_preprocessing_moves_the_provider_out_of_the_online_phase(parties):
     pair = workers[:2]
     shape = [10]
     params = {"a": shape, "b": shape}
-    STORE.provide(cp, pair, "mul", params, n_instances=2)
+    primitive_store(cp).provide(cp, pair, "mul", params, n_instances=2)
     for kind, p in comparison_primitives(shape):
-        STORE.provide(cp, pair, kind, p, n_instances=1)
-    assert len(STORE) == 2 + 8
+        primitive_store(cp).provide(cp, pair, kind, p, n_instances=1)
+    assert len(primitive_store(cp)) == 2 + 8
     x = torch.arange(10).share(*pair, crypto_provider=cp)
     y = torch.arange(10, 20).share(*pair, crypto_provider=cp)
-    before = (STORE.requests, cp.message_count)
+    before = (primitive_store(cp).requests, cp.message_count)
     z = x * y
     z2 = z * x
     w = x > 4
-    assert (STORE.requests, cp.message_count) == before  # no provider round trip online
+    assert (primitive_store(cp).requests, cp.message_count) == before  # no provider round trip online
     assert torch.equal(z2.get(), torch.arange(10) ** 2 * torch.arange(10, 20))
     assert torch.equal(w.get(), (torch.arange(10) > 4).long())
-    assert len(STORE) == 0
+    assert len(primitive_store(cp)) == 0
     x * y  # the store is empty for this shape: dealt on demand
-    assert STORE.requests == before[0] + 1
+    assert primitive_store(cp).requests == before[0] + 1
 
 
 @pytest.mark.parametrize("n", [2, 4])
@@ -176,14 +175,14 @@ def test_fixed_point_products_fuse_truncation_and_use_preprocessed_pairs(parties
     torch.manual_seed(n)
     a, b = torch.randn(3, 4), torch.randn(4, 2)
     c = torch.randn(3, 4)
-    STORE.provide(cp, group, "mul", triple_params("mul", (3, 4), (3, 4)))
-    STORE.provide(cp, group, "matmul", triple_params("matmul", (3, 4), (4, 2)))
-    STORE.provide(cp, group, "trunc", truncation_params((3, 4), 1000))
-    STORE.provide(cp, group, "trunc", truncation_params((3, 2), 1000))
+    primitive_store(cp).provide(cp, group, "mul", triple_params("mul", (3, 4), (3, 4)))
+    primitive_store(cp).provide(cp, group, "matmul", triple_params("matmul", (3, 4), (4, 2)))
+    primitive_store(cp).provide(cp, group, "trunc", truncation_params((3, 4), 1000))
+    primitive_store(cp).provide(cp, group, "trunc", truncation_params((3, 2), 1000))
     sa, sb, sc = (t.fix_prec().share(*group, crypto_provider=cp) for t in (a, b, c))
-    before = (STORE.requests, cp.message_count, _stats.rounds)
+    before = (primitive_store(cp).requests, cp.message_count, _stats.rounds)
     product, mm = sa * sc, sa @ sb
-    assert (STORE.requests, cp.message_count) == before[:2] and len(STORE) == 0
+    assert (primitive_store(cp).requests, cp.message_count) == before[:2] and len(primitive_store(cp)) == 0
     assert _stats.rounds == before[2] + 4
     assert_rescaled(product.get().child, a.fix_prec().child * c.fix_prec().child, 1000)
     assert_rescaled(mm.get().child, a.fix_prec().child @ b.fix_prec().child, 1000)
@@ -245,7 +244,7 @@ def test_binary_and_on_xor_shares(parties):
     f, g = uniform((50,)), uniform((50,))
     f_sh = [s.send(w) for s, w in zip(xor_split(f, 3), trio)]
     g_sh = [s.send(w) for s, w in zip(xor_split(g, 3), trio)]
-    (triple,) = STORE.deal_now(cp, trio, [("and", {"shape": [50]})])
+    (triple,) = primitive_store(cp).deal_now(cp, trio, [("and", {"shape": [50]})])
     out = binary_and(f_sh, g_sh, triple)
     value = out[0].get() ^ out[1].get() ^ out[2].get()
     assert torch.equal(value, f & g)

@@ -1,5 +1,5 @@
-"""Adds `federate(workers)` to every `torch.utils.data.Dataset` (imported by TorchHook)."""
+"""The federated-data extension: `federate(workers)` on every `torch.utils.data.Dataset`."""
+from fedmq.extensions import Extension
 from fedmq.federated.dataset import dataset_federate
-from fedmq.hook import register_dataset_method
 
-register_dataset_method("federate", dataset_federate)
+EXTENSION = Extension("federated", dataset_methods={"federate": dataset_federate})

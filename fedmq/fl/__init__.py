@@ -12,4 +12,3 @@
     launch.py       worker service processes for a run over RabbitMQ
     cli.py          `fedmq train`
 """
-import fedmq.fl.hooks  # noqa: E402,F401  (workers in a process using fedmq.fl answer Fit/Evaluate)

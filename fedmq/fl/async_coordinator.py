@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from fedmq.fl import checkpoint, events as ev
-from fedmq.fl.connections import Connection
+from fedmq.engine import RequestEngine
 from fedmq.fl.coordinator import (TrainConfig, accuracy_line, bucket_line, initial_weights,
                                   worker_seed, wait_for_workers)
 from fedmq.fl.messages import Evaluate, EvaluateRes, Fit, FitRes
@@ -89,7 +89,7 @@ class _Sent:
 
 
 class AsyncCoordinator:
-    def __init__(self, connection: Connection, workers: list[str], config: TrainConfig, *,
+    def __init__(self, connection: RequestEngine, workers: list[str], config: TrainConfig, *,
                  testing: str | None = None, strategy: AsyncStrategy | None = None,
                  run_dir: str | pathlib.Path | None = None,
                  echo: Callable[[str], None] | None = None, max_updates: int = 100,
@@ -229,7 +229,7 @@ class AsyncCoordinator:
         msg = Fit(sent.version, self.config.model, sent.weights,
                   self._fit_config(worker, sent.version), time.time() + timeout)
         try:
-            res = await self.connection.request(worker, msg, timeout=timeout,
+            res = await self.connection.arequest(worker, msg, timeout=timeout,
                                                 expiration=timeout)
         except (asyncio.TimeoutError, TimeoutError):
             raise TimeoutError(f"no reply within {timeout:g} s") from None
@@ -322,7 +322,7 @@ class AsyncCoordinator:
         config = {"batch_size": cfg.eval_batch_size, "loss": cfg.loss, "split": "test"}
         if cfg.dataset:
             config["dataset"] = cfg.dataset
-        res = await self.connection.request(
+        res = await self.connection.arequest(
             self.testing, Evaluate(version, cfg.model, weights, config),
             timeout=cfg.round_timeout, expiration=cfg.round_timeout)
         if not isinstance(res, EvaluateRes):

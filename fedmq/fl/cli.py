@@ -76,9 +76,9 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
 
 def in_process_workers(workers: dict, dataset: str, testing: str | None) -> dict:
     from fedmq.data.worker_data import build_worker
-    from fedmq.hook import _load_extensions
+    from fedmq.extensions import load_extensions
 
-    _load_extensions()
+    load_extensions()
     built = {w: build_worker(argparse.Namespace(id=w, dataset=dataset, labels=labels,
                                                 testing=False))
              for w, labels in workers.items()}
@@ -113,7 +113,7 @@ async def train(args: argparse.Namespace) -> int:
             await coordinator.wait_for_workers(args.wait_workers)
         history = await coordinator.run(resume=args.resume)
     finally:
-        await connection.close()
+        await connection.aclose()
     coordinator.write_plot()
     last = next((r for r in reversed(history) if r.accuracy is not None), None)
     if last is not None:

@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 from fedmq.fl import checkpoint, events as ev
-from fedmq.fl.connections import Connection
+from fedmq.engine import RequestEngine
 from fedmq.fl.messages import Evaluate, EvaluateRes, Fit, FitRes
 from fedmq.fl.metrics import PLOT, MetricsLog, plot
 from fedmq.models import MODELS
@@ -127,7 +127,7 @@ def accuracy_line(name: str, res: EvaluateRes) -> str:
             f"({100 * res.accuracy:.2f}%)")
 
 
-async def wait_for_workers(connection: Connection, ids: list[str], timeout: float,
+async def wait_for_workers(connection: RequestEngine, ids: list[str], timeout: float,
                            echo: Callable[[str], None], interval: float = 2.0) -> list[str]:
     """Ping every worker until it answers or `timeout` passes; returns the ids that did not
     answer. Over RabbitMQ a message published before the worker declared its queue is lost, so
@@ -139,7 +139,7 @@ async def wait_for_workers(connection: Connection, ids: list[str], timeout: floa
     async def ping(worker_id: str) -> bool:
         while time.monotonic() < deadline:
             try:
-                await connection.request(worker_id, WorkerStats(), timeout=interval,
+                await connection.arequest(worker_id, WorkerStats(), timeout=interval,
                                          expiration=interval)
                 return True
             except Exception:
@@ -154,7 +154,7 @@ async def wait_for_workers(connection: Connection, ids: list[str], timeout: floa
 
 
 class Coordinator:
-    def __init__(self, connection: Connection, workers: list[str], config: TrainConfig, *,
+    def __init__(self, connection: RequestEngine, workers: list[str], config: TrainConfig, *,
                  testing: str | None = None, strategy: Strategy | None = None,
                  run_dir: str | pathlib.Path | None = None,
                  echo: Callable[[str], None] | None = None) -> None:
@@ -259,7 +259,7 @@ class Coordinator:
         async def fit_one(worker_id: str) -> None:
             config = dict(fit_config, seed=worker_seed(cfg.seed, round, worker_id))
             try:
-                res = await self.connection.request(
+                res = await self.connection.arequest(
                     worker_id, Fit(round, cfg.model, global_weights, config, deadline),
                     timeout=max(deadline - time.time(), 0.001), expiration=cfg.round_timeout)
                 if not isinstance(res, FitRes):
@@ -328,7 +328,7 @@ class Coordinator:
         if cfg.dataset:
             config["dataset"] = cfg.dataset
         try:
-            res = await self.connection.request(
+            res = await self.connection.arequest(
                 self.testing, Evaluate(round, cfg.model, weights, config),
                 timeout=cfg.round_timeout, expiration=cfg.round_timeout)
             if not isinstance(res, EvaluateRes):

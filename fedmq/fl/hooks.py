@@ -1,11 +1,11 @@
-"""Every worker answers `Fit` and `Evaluate` (fedmq.fl.training). Imported by `TorchHook` and
-by the worker service through `fedmq.hook.EXTENSIONS`."""
+"""The federated-training extension: every worker answers `Fit` and `Evaluate`
+(fedmq.fl.training). Loaded by `TorchHook`, the worker service and `fedmq train` through
+`fedmq.extensions.load_extensions`."""
 from __future__ import annotations
 
+from fedmq.extensions import Extension
 from fedmq.fl import training
-from fedmq.fl.messages import Evaluate, Fit
-from fedmq.worker import EXTRA_HANDLERS, register_handler
+from fedmq.fl.messages import Evaluate, EvaluateRes, Fit, FitRes
 
-if Fit not in EXTRA_HANDLERS:
-    register_handler(Fit, training.fit)
-    register_handler(Evaluate, training.evaluate)
+EXTENSION = Extension("fl", handlers={Fit: training.fit, Evaluate: training.evaluate},
+                      records=(Fit, FitRes, Evaluate, EvaluateRes))

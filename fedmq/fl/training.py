@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from fedmq import errors
 from fedmq.fl.messages import Evaluate, EvaluateRes, Fit, FitRes
 from fedmq.models import MODELS
-from fedmq.strategy.fedprox import proximal_term
+from fedmq.fl.proximal import proximal_term
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 OPTIMIZER_ARGS = {"lr", "momentum", "dampening", "weight_decay", "nesterov", "betas", "eps",

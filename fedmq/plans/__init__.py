@@ -8,9 +8,8 @@ message per call (§8 and §8 bis of the seed document).
     pointer_plan.py  PointerPlan: a plan on a worker; calling it sends ONE RunPlan
     protocol.py      Protocol, PointerProtocol: plans chained across workers
     messages.py      the wire records (codes 80-89)
-    hooks.py         the worker handlers for RunPlan and RunProtocol
+    hooks.py         the extension's table: worker handlers for RunPlan and RunProtocol
 """
-from fedmq.plans import hooks  # noqa: F401 - registers the worker handlers
 from fedmq.plans.plan import Plan, func2plan
 from fedmq.plans.pointer_plan import PointerPlan
 from fedmq.plans.protocol import PointerProtocol, Protocol

@@ -1,7 +1,7 @@
 """The worker side of plans and protocols: handlers for `RunPlan` and `RunProtocol`.
 
-Imported by `TorchHook` (fedmq.hook.EXTENSIONS) and by `import fedmq.plans`, so every worker
-in the process (and every worker service, which loads the extensions) answers both messages.
+Declared in `EXTENSION`, applied by `fedmq.extensions.load_extensions` (TorchHook and the
+worker service load it), so every worker answers both messages.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from fedmq import errors, messages as m
 from fedmq.execution import flatten_tensors, resolve
 from fedmq.ids import new_id
 from fedmq.plans import runner
-from fedmq.plans.messages import PlanRecord, ProtocolRecord, RunPlan, RunProtocol
+from fedmq.extensions import Extension
+from fedmq.plans.messages import PlanRecord, PlanRef, ProtocolRecord, RunPlan, RunProtocol
 from fedmq.store import FailedResult
-from fedmq.worker import EXTRA_HANDLERS, register_handler
 
 
 def _stored(worker: Any, obj_id: int, cls: type, what: str) -> Any:
@@ -124,6 +124,5 @@ def run_protocol(worker: Any, msg: RunProtocol) -> Any:
     return store(out)
 
 
-for _type, _handler in ((RunPlan, run_plan), (RunProtocol, run_protocol)):
-    if _type not in EXTRA_HANDLERS:
-        register_handler(_type, _handler)
+EXTENSION = Extension("plans", handlers={RunPlan: run_plan, RunProtocol: run_protocol},
+                      records=(RunPlan, PlanRecord, ProtocolRecord, PlanRef, RunProtocol))

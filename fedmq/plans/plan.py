@@ -163,9 +163,9 @@ class Plan(nn.Module):
         """Store the plan (ops and state) on a worker; returns a `PointerPlan`. Sending to the
         same worker again returns the same pointer (the plan is not sent twice)."""
         from fedmq.plans.pointer_plan import PointerPlan
-        from fedmq.pointers.tensor import _one_location
+        from fedmq.pointers.tensor import one_location
 
-        location = _one_location(locations)
+        location = one_location(locations)
         cached = self._pointers.get(location.id)
         if cached is not None and cached.location is location and not cached._consumed:
             return cached

@@ -164,9 +164,9 @@ class Protocol:
 
     def send(self, *locations: Any, **_ignored: Any) -> "PointerProtocol":
         """Store the protocol on a worker; `run` then runs it from there."""
-        from fedmq.pointers.tensor import _one_location
+        from fedmq.pointers.tensor import one_location
 
-        location = _one_location(locations)
+        location = one_location(locations)
         record = self.to_record()
         rid = new_id()
         location.post(m.ObjectMessage([m.StoredObject(rid, record, sorted(self.tags),

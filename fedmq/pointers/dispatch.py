@@ -143,13 +143,16 @@ def torch_function(cls, func, types, args=(), kwargs=None):
     return _remote_call(name, func, args, kwargs)
 
 
-#: every deferred `model.get()` not yet carried out or cancelled (parameter.PendingGet)
-PENDING_GETS: dict[int, Any] = {}
+class PendingGets:
+    """How many deferred `model.get()`s (parameter.PendingGet) are alive in this process: a
+    guard that lets the dispatch skip looking for them when there are none. Each PendingGet is
+    registered with its own worker client; no other state is shared between contexts."""
+    live = 0
 
 
 def _carry_out_pending_gets(args: tuple, kwargs: dict) -> bool:
     """A deferred `model.get()` is carried out as soon as one of its tensors is used."""
-    if not PENDING_GETS:
+    if not PendingGets.live:
         return False
     done = False
     for value in (*args, *kwargs.values()):

@@ -66,7 +66,7 @@ class PendingGet:
         for t in tensors:
             t._fedmq_pending = self
         location._pending_gets[id(self)] = self
-        dispatch.PENDING_GETS[id(self)] = self
+        dispatch.PendingGets.live += 1
 
     def carry_out(self) -> None:
         """Fetch now (one GetRequest) and make every tensor local again."""
@@ -75,17 +75,19 @@ class PendingGet:
         if not self.tensors:
             return
         tensors, self.tensors = self.tensors, []
-        self.location._pending_gets.pop(id(self), None)
-        dispatch.PENDING_GETS.pop(id(self), None)
+        self._unregister()
         values = self.location.call(m.GetRequest([t._fedmq_id for t in tensors], delete=True))
         for t, value in zip(tensors, values):
             make_local(t, value)
 
+    def _unregister(self) -> None:
+        if self.location._pending_gets.pop(id(self), None) is not None:
+            dispatch.PendingGets.live -= 1
+
     def cancel(self) -> list:
         """The model goes back out before anyone looked: keep it where it is."""
         tensors, self.tensors = self.tensors, []
-        self.location._pending_gets.pop(id(self), None)
-        dispatch.PENDING_GETS.pop(id(self), None)
+        self._unregister()
         for t in tensors:
             t.__dict__.pop("_fedmq_pending", None)
         return tensors

@@ -106,7 +106,7 @@ class PointerTensor(OwnedRemote, torch.Tensor):
 
     def send(self, *locations: Any, **_ignored: Any) -> "PointerTensor":
         """Send this pointer to another worker: returns a pointer to the pointer there."""
-        location = _one_location(locations)
+        location = one_location(locations)
         self._check_usable()
         rid = new_id()
         location.post(m.ObjectMessage([m.StoredObject(rid, self, sorted(self.tags),
@@ -156,6 +156,12 @@ class PointerTensor(OwnedRemote, torch.Tensor):
         with torch._C.DisableTorchFunctionSubclass():
             return self.requires_grad
 
+    def __fedmq_pointer_ref__(self, worker_id: str, obj_id: int, tags=(),
+                              description: str | None = None) -> m.PointerRef:
+        """Describe this pointer, stored as `obj_id` on `worker_id`, as a PointerRef."""
+        return m.PointerRef(worker_id, obj_id, tuple(self.shape_local), self.dtype_local,
+                            self.requires_grad_local, sorted(tags), description)
+
     def __fedmq_encode__(self) -> m.PointerRef:
         """Sending a pointer hands over ownership of the remote object to the receiver."""
         self._check_usable()
@@ -186,7 +192,7 @@ class PointerTensor(OwnedRemote, torch.Tensor):
         return text
 
 
-def _one_location(locations: tuple) -> Any:
+def one_location(locations: tuple) -> Any:
     if len(locations) != 1:
         raise NotImplementedError("sending to several workers at once is not supported; "
                                   "use .share() to split a tensor across workers")
@@ -206,18 +212,8 @@ def pointer_from_ref(ref: m.PointerRef, owner: Any, network: Any, id: int | None
                          description=ref.description)
 
 
-def ref_for(worker_id: str, obj_id: int, obj: Any, tags=(), description=None) -> m.PointerRef:
-    """A PointerRef describing stored object `obj_id` (for search results and replies)."""
-    if isinstance(obj, PointerTensor):
-        shape, dtype, rg = tuple(obj.shape_local), obj.dtype_local, obj.requires_grad_local
-    elif isinstance(obj, torch.Tensor):
-        shape, dtype, rg = tuple(obj.shape), obj.dtype, obj.requires_grad
-    else:
-        describe = getattr(obj, "__fedmq_pointer_ref__", None)  # plans, protocols
-        if describe is not None:
-            return describe(worker_id, obj_id, tags, description)
-        shape, dtype, rg = (), None, False
-    return m.PointerRef(worker_id, obj_id, shape, dtype, rg, sorted(tags), description)
+#: a PointerRef describing a stored object (search results, replies): one implementation
+ref_for = m.describe
 
 
 def materialize(value: Any, owner: Any, network: Any) -> Any:
@@ -227,3 +223,6 @@ def materialize(value: Any, owner: Any, network: Any) -> Any:
     if type(value) in (list, tuple):
         return type(value)(materialize(v, owner, network) for v in value)
     return value
+
+
+m.register_pointer_factory(pointer_from_ref)

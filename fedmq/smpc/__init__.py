@@ -13,7 +13,7 @@ additive sharing, with the fixes listed in /work/shared/reference/pysyft-0.2-not
 """
 from fedmq.smpc.additive import FIELD, AdditiveSharingTensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor
-from fedmq.smpc.provider import STORE, CryptoProvider, PrimitiveStore, TrustedDealer
+from fedmq.smpc.provider import CryptoProvider, PrimitiveStore, TrustedDealer, primitive_store
 
-__all__ = ["FIELD", "STORE", "AdditiveSharingTensor", "CryptoProvider", "FixedPrecisionTensor",
-           "PrimitiveStore", "TrustedDealer"]
+__all__ = ["FIELD", "AdditiveSharingTensor", "CryptoProvider", "FixedPrecisionTensor",
+           "PrimitiveStore", "TrustedDealer", "primitive_store"]

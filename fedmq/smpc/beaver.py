@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from fedmq.smpc.additive import AdditiveSharingTensor, _stats
 from fedmq.smpc.local_steps import STEPS, combine, run_steps
-from fedmq.smpc.provider import STORE
+from fedmq.smpc.provider import primitive_store
 
 #: the bilinear ops a Beaver triple can be dealt for
 PRODUCTS = ("mul", "matmul", "conv2d")
@@ -117,7 +117,7 @@ def beaver_op(op: str, x: AdditiveSharingTensor, y: AdditiveSharingTensor, divis
     if divisor != 1:
         out_shape = _share_shapes(op, params)[2]
         wanted.append(("trunc", truncation_params(out_shape, divisor)))
-    prims = STORE.take_many(provider, x.locations, wanted)
+    prims = primitive_store(provider).take_many(provider, x.locations, wanted)
     a, b, c = prims[0]
     return beaver_finish(op, x, y, a, b, c, trunc_pair=prims[1] if divisor != 1 else None,
                          divisor=divisor, **kwargs)

@@ -25,7 +25,7 @@ import torch
 
 from fedmq.smpc.additive import AdditiveSharingTensor, _stats, open_shares, remote
 from fedmq.smpc.local_steps import STEPS, combine, run_steps
-from fedmq.smpc.provider import STORE
+from fedmq.smpc.provider import primitive_store
 
 MASK63 = (1 << 63) - 1
 SIGN_BIT = -(1 << 63)  # 0x8000000000000000 as int64
@@ -37,7 +37,7 @@ MaxResult = namedtuple("MaxResult", ["values", "indices"])
 
 def comparison_primitives(shape) -> list:
     """What one `ltz` on a tensor of `shape` takes from the provider (preprocessing: deal these
-    ahead with `STORE.provide`)."""
+    ahead with `primitive_store(provider).provide`)."""
     params = {"shape": list(shape)}
     return [("edabit", params)] + [("and", params)] * len(_OR_SHIFTS) + [("bit", params)]
 
@@ -150,7 +150,7 @@ def ltz(x: AdditiveSharingTensor) -> AdditiveSharingTensor:
     provider = x._provider("comparison")
     parties = x.locations
     shape = tuple(x.shape)
-    prims = STORE.take_many(provider, parties, comparison_primitives(shape))
+    prims = primitive_store(provider).take_many(provider, parties, comparison_primitives(shape))
     (r_arith, r_xor), ands, (b_xor, b_arith) = prims[0], prims[1:7], prims[7]
     n = len(parties)
 

@@ -1,4 +1,4 @@
-"""What `TorchHook(torch)` adds for SMPC (this module is imported by fedmq.hook):
+"""The SMPC extension: what `TorchHook(torch)` adds (declared in `EXTENSION`):
 
 * tensor methods `fix_precision`/`fix_prec` and `share`;
 * nn.Module methods `fix_precision`/`fix_prec`, `float_precision`/`float_prec`, `share`
@@ -16,14 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedmq.hook import register_module_method, register_tensor_method
+from fedmq.extensions import Extension
 from fedmq.smpc.additive import AdditiveSharingTensor, share_tensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor
 from fedmq.smpc import beaver as _beaver, comparison as _comparison  # noqa: F401 (their steps)
 from fedmq.smpc.local_steps import handle_local_step
-from fedmq.smpc.messages import DealRequest, LocalStep
+from fedmq.smpc.messages import Deal, DealRequest, LocalStep
 from fedmq.smpc.provider import handle_deal_request
-from fedmq.worker import EXTRA_HANDLERS, register_handler
 
 
 # -- tensors --------------------------------------------------------------------------------------
@@ -146,17 +145,16 @@ def torch_function_for(cls: type, func: Any, args: tuple, kwargs: dict) -> Any:
     return getattr(args[0], name)(*args[1:], **kwargs)
 
 
-# -- registration ------------------------------------------------------------------------------
+# -- the extension's table -----------------------------------------------------------------------
 
-for _name, _fn in (("fix_precision", tensor_fix_precision), ("fix_prec", tensor_fix_precision),
-                   ("share", tensor_share)):
-    register_tensor_method(_name, _fn)
-for _name, _fn in (("fix_precision", module_fix_precision), ("fix_prec", module_fix_precision),
-                   ("float_precision", module_float_precision),
-                   ("float_prec", module_float_precision), ("share", module_share),
-                   ("get_shared", module_get_shared)):
-    register_module_method(_name, _fn)
-if DealRequest not in EXTRA_HANDLERS:
-    register_handler(DealRequest, handle_deal_request)
-if LocalStep not in EXTRA_HANDLERS:
-    register_handler(LocalStep, handle_local_step)
+EXTENSION = Extension(
+    "smpc",
+    handlers={DealRequest: handle_deal_request, LocalStep: handle_local_step},
+    records=(Deal, DealRequest, LocalStep),
+    tensor_methods={"fix_precision": tensor_fix_precision, "fix_prec": tensor_fix_precision,
+                    "share": tensor_share},
+    module_methods={"fix_precision": module_fix_precision, "fix_prec": module_fix_precision,
+                    "float_precision": module_float_precision,
+                    "float_prec": module_float_precision, "share": module_share,
+                    "get_shared": module_get_shared},
+)

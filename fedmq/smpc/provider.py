@@ -294,5 +294,7 @@ def _share_shapes(kind: str, params: dict) -> list[tuple]:
     return [shape] * len(KINDS[kind])
 
 
-#: the coordinator's store (module level: one per process, like PySyft's crypto_store)
-STORE = PrimitiveStore()
+def primitive_store(provider: Any) -> PrimitiveStore:
+    """The store of primitives dealt by `provider`, kept in the context of the hook that holds
+    the provider's client (PySyft's crypto_store, one per hook rather than one per process)."""
+    return provider.context.state("smpc.primitives", PrimitiveStore)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from fedmq.smpc.additive import AdditiveSharingTensor, open_shares, remote
-from fedmq.smpc.provider import STORE
+from fedmq.smpc.provider import primitive_store
 
 
 def truncation_params(shape, divisor: int) -> dict:
@@ -39,7 +39,8 @@ def truncate(x: AdditiveSharingTensor, divisor: int) -> AdditiveSharingTensor:
     if divisor == 1:
         return x.copy()
     provider = x._provider("division (and fixed-point rescaling)")
-    r, r_div = STORE.take(provider, x.locations, "trunc", truncation_params(x.shape, divisor))
+    r, r_div = primitive_store(provider).take(provider, x.locations, "trunc",
+                                              truncation_params(x.shape, divisor))
     return truncate_finish(x, divisor, r, r_div)
 
 

@@ -1,5 +1,6 @@
-"""Transports move frames between clients and workers; see base.py for the interface."""
-from fedmq.transport.base import Transport
-from fedmq.transport.local import LocalNetwork, LocalTransport
+"""Transports move frames between clients and workers; see base.py for the interface.
+`local` (in-process) is imported here; `amqp` (RabbitMQ, aio-pika) only when it is used."""
+from fedmq.transport.base import ReplySink, Transport
+from fedmq.transport.local import LocalTransport
 
-__all__ = ["LocalNetwork", "LocalTransport", "Transport"]
+__all__ = ["LocalTransport", "ReplySink", "Transport"]

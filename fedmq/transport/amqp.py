@@ -5,31 +5,30 @@ Features:
 * worker `<id>` consumes the durable queue `fedmq.worker.<id>`, bound to the direct exchange
   `fedmq.commands` under routing key `<id>`; messages that fail go to `fedmq.dlx` ->
   `fedmq.dead-letters` (the worker side is fedmq/service.py);
-* replies come back by direct reply-to with the request's correlation id; a call with no reply
-  in time raises `ReplyTimeout` naming the worker and the message type;
-* posts (pipelined batches) do not wait; their replies carry errors back asynchronously;
+* replies come back by direct reply-to with the request's correlation id, and are handed to
+  the request engine (fedmq/engine.py), which owns the pending-reply table and the timeouts;
 * publishes keep their order (one publisher task per connection);
+* after a broker restart or a dropped connection, aio-pika reconnects; the reply consumer is
+  consumed again, and the engine fails every caller still waiting (their replies are lost);
 * frames larger than `chunk_size` (default 64 MiB, under RabbitMQ's 128 MiB max_message_size)
   travel as numbered chunks and are reassembled on arrival.
 
-`AMQPConnection` runs aio-pika on its own event-loop thread (or on a loop you give it, as the
-worker service does) and offers a thread-safe synchronous API, so scripts use it like any
-other transport.
+`AMQPTransport` runs aio-pika on its own event-loop thread (or on the running loop, as the
+worker service and the coordinator do) and offers a thread-safe synchronous `send`.
 """
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import itertools
 import logging
 import threading
 import time
 import uuid
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import aio_pika
 
-from fedmq.errors import ReplyTimeout, TransportError
+from fedmq.errors import TransportError
 from fedmq.transport.base import Transport
 
 log = logging.getLogger("fedmq.amqp")
@@ -41,7 +40,6 @@ DEAD_LETTER_QUEUE = "fedmq.dead-letters"
 REPLY_TO = "amq.rabbitmq.reply-to"
 CHUNK_SIZE = 64 * 1024 * 1024
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
-DEFAULT_TIMEOUT = 60.0
 
 
 def queue_name(worker_id: str) -> str:
@@ -133,149 +131,137 @@ def chunk_messages(frame: bytes | bytearray, chunk_size: int, **properties: Any)
             for i, part in enumerate(parts)]
 
 
-class AMQPConnection:
-    """A broker connection with a reply consumer and an ordered publisher; thread-safe."""
+class AMQPTransport(Transport):
+    """One broker connection: an ordered publisher and the direct reply-to consumer. Replies go
+    to the request engine bound with `bind` (fedmq/engine.py), which owns the pending table.
+
+    aio-pika's robust connection reconnects after a broker restart or a closed connection; the
+    reply consumer (on the `amq.rabbitmq.reply-to` pseudo-queue, which aio-pika does not
+    restore) is consumed again on every reconnect, and the engine is told of every loss, so
+    its waiting callers fail at once (their replies were addressed to the lost connection).
+    Thread-safe; runs aio-pika on its own event-loop thread, or on the running loop
+    (`await AMQPTransport.on_running_loop(url)`, for services and the coordinator)."""
+    name = "amqp"
+    pipelines = True
 
     def __init__(self, url: str = DEFAULT_URL, *, chunk_size: int = CHUNK_SIZE,
                  connect_timeout: float = 15.0, confirm: bool = False,
-                 _loop: asyncio.AbstractEventLoop | None = None,
-                 _loop_thread: threading.Thread | None = None) -> None:
+                 connection_name: str | None = None,
+                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.url = url
         self.chunk_size = chunk_size
         self.confirm = confirm
+        self.connection_name = connection_name
         self._own_loop = _loop is None
+        self._loop_thread: threading.Thread | None = None
         if _loop is None:
             _loop = asyncio.new_event_loop()
-            _loop_thread = threading.Thread(target=_loop.run_forever, name="fedmq-amqp",
-                                            daemon=True)
-            _loop_thread.start()
+            self._loop_thread = threading.Thread(target=_loop.run_forever, name="fedmq-amqp",
+                                                 daemon=True)
+            self._loop_thread.start()
         self.loop = _loop
-        self._loop_thread = _loop_thread
-        self._pending: dict[str, tuple[concurrent.futures.Future | None, Callable | None]] = {}
         self._assembler = ChunkAssembler()
         self._outbox: asyncio.Queue | None = None
         self._closed = False
         if self._own_loop:
-            self._run(self._connect(), timeout=connect_timeout)
+            try:
+                self._run(self._connect(), timeout=connect_timeout)
+            except BaseException:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                raise
 
     @classmethod
-    async def on_running_loop(cls, url: str = DEFAULT_URL, **kwargs: Any) -> "AMQPConnection":
-        """A connection living on the current event loop (for services): its synchronous API
-        may then be used from other threads only."""
-        self = cls(url, _loop=asyncio.get_running_loop(), _loop_thread=threading.current_thread(),
-                   **kwargs)
+    async def on_running_loop(cls, url: str = DEFAULT_URL, **kwargs: Any) -> "AMQPTransport":
+        """A transport living on the current event loop: its synchronous API may then be used
+        from other threads only."""
+        self = cls(url, _loop=asyncio.get_running_loop(), **kwargs)
+        self._loop_ident = threading.get_ident()
         await self._connect()
         return self
 
     # -- setup (on the loop) ---------------------------------------------------------------------
     async def _connect(self) -> None:
+        properties = {"connection_name": self.connection_name} if self.connection_name else None
         try:
-            self.connection = await aio_pika.connect_robust(self.url)
+            self.connection = await aio_pika.connect_robust(self.url,
+                                                            client_properties=properties)
         except Exception as exc:
-            raise TransportError(f"cannot connect to RabbitMQ at {self._safe_url()}: {exc}") from exc
+            raise TransportError(f"cannot connect to RabbitMQ at {self.describe()}: {exc}") from exc
         self.channel = await self.connection.channel(publisher_confirms=self.confirm)
         exchanges = await declare_topology(self.channel)
         self.commands = exchanges["commands"]
         self.events = exchanges["events"]
-        reply_queue = await self.channel.get_queue(REPLY_TO, ensure=False)
-        await reply_queue.consume(self._on_reply, no_ack=True)
+        await self._consume_replies()
+        self.connection.close_callbacks.add(self._on_connection_close)
+        self.connection.reconnect_callbacks.add(self._on_reconnect)
         self._outbox = asyncio.Queue()
         self._publisher = asyncio.ensure_future(self._publish_loop())
 
+    async def _consume_replies(self) -> None:
+        reply_queue = await self.channel.get_queue(REPLY_TO, ensure=False)
+        await reply_queue.consume(self._on_reply, no_ack=True)
+
+    def _on_connection_close(self, _connection: Any, exc: BaseException | None = None) -> None:
+        if self._closed:
+            return
+        log.warning("fedmq: connection to %s lost (%s); reconnecting", self.describe(), exc)
+        if self._sink is not None:
+            self._sink.connection_lost(str(exc) if exc else "closed by the broker")
+
+    async def _on_reconnect(self, _connection: Any) -> None:
+        try:
+            await self._consume_replies()
+            log.info("fedmq: reconnected to %s; consuming replies again", self.describe())
+        except Exception:  # the next loss and reconnect will try again
+            log.exception("fedmq: could not consume replies after reconnecting")
+
     async def _publish_loop(self) -> None:
-        assert self._outbox is not None
+        outbox = self._outbox
         while True:
-            exchange, routing_key, messages = await self._outbox.get()
+            exchange, routing_key, messages = await outbox.get()
             try:
                 for message in messages:
                     await exchange.publish(message, routing_key=routing_key, mandatory=False)
             except Exception as exc:  # keep publishing; the caller's timeout reports the loss
                 log.error("fedmq: publish to %s failed: %s", routing_key, exc)
             finally:
-                self._outbox.task_done()
+                outbox.task_done()
 
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         frame = self._assembler.add(message.headers, message.body)
         for key in self._assembler.expire(PARTIAL_REPLY_TIMEOUT):  # its caller has timed out
             log.warning("fedmq: gave up reply frame %s (chunks missing)", key)
-        if frame is None:
+        if frame is None or self._sink is None:
             return
-        future, callback = self._pending.pop(message.correlation_id or "", (None, None))
-        if callback is not None:
-            try:
-                callback(frame)
-            except Exception:  # pragma: no cover - a callback must not kill the consumer
-                log.exception("fedmq: reply callback failed")
-        elif future is not None and not future.done():
-            future.set_result(frame)
-        else:
-            log.debug("fedmq: dropped a reply with unknown correlation id %s",
-                      message.correlation_id)
+        self._sink.deliver(message.correlation_id or "", frame)
 
-    # -- thread-safe API ---------------------------------------------------------------------------
-    def publish(self, worker_id: str, frame: bytes | bytearray, *, reply_to: str | None = None,
-                correlation_id: str | None = None, message_type: str | None = None,
-                expiration: float | None = None) -> None:
+    # -- Transport ---------------------------------------------------------------------------------
+    def send(self, worker_id: str, frame: bytes | bytearray, *, correlation_id: str | None,
+             message_type: str = "message", expiration: float | None = None) -> None:
         """Queue `frame` for worker `worker_id` (returns at once; order is kept). With
         `expiration` (seconds) the broker drops the message if it waits longer in the queue."""
+        self._enqueue((self.commands, worker_id,
+                       self._messages(frame, correlation_id, message_type, expiration)))
+
+    async def asend(self, worker_id: str, frame: bytes | bytearray, *,
+                    correlation_id: str | None, message_type: str = "message",
+                    expiration: float | None = None) -> None:
+        self.send(worker_id, frame, correlation_id=correlation_id, message_type=message_type,
+                  expiration=expiration)
+
+    def _messages(self, frame: bytes | bytearray, correlation_id: str | None,
+                  message_type: str, expiration: float | None) -> list:
         extra = {} if expiration is None else {"expiration": max(float(expiration), 0.001)}
-        messages = chunk_messages(frame, self.chunk_size, reply_to=reply_to,
-                                  correlation_id=correlation_id, type=message_type,
-                                  message_id=uuid.uuid4().hex,
-                                  content_type="application/x-fedmq-frame", **extra)
-        self._put((self.commands, worker_id, messages))
+        return chunk_messages(frame, self.chunk_size,
+                              reply_to=REPLY_TO if correlation_id else None,
+                              correlation_id=correlation_id or None, type=message_type,
+                              message_id=uuid.uuid4().hex,
+                              content_type="application/x-fedmq-frame", **extra)
 
     def publish_event(self, routing_key: str, body: bytes) -> None:
-        self._put((self.events, routing_key, [aio_pika.Message(body,
-                                                               content_type="application/json")]))
-
-    def request(self, worker_id: str, frame: bytes | bytearray, *, timeout: float | None,
-                message_type: str = "message") -> bytes:
-        """Publish `frame` and wait for the reply."""
-        self._check_thread()
-        corr = uuid.uuid4().hex
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._pending[corr] = (future, None)
-        self.publish(worker_id, frame, reply_to=REPLY_TO, correlation_id=corr,
-                     message_type=message_type)
-        try:
-            return future.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
-            self._pending.pop(corr, None)
-            raise ReplyTimeout(f"worker {worker_id!r} did not answer {message_type} within "
-                               f"{timeout} s (is `fedmq worker --id {worker_id}` running and "
-                               f"consuming {queue_name(worker_id)}?)") from None
-
-    def send(self, worker_id: str, frame: bytes | bytearray, *,
-             on_reply: Callable[[bytes], None] | None = None, message_type: str = "message") -> None:
-        """Publish without waiting; `on_reply` (called on the loop thread) gets the reply."""
-        corr = None
-        if on_reply is not None:
-            corr = uuid.uuid4().hex
-            self._pending[corr] = (None, on_reply)
-        self.publish(worker_id, frame, reply_to=REPLY_TO if corr else None, correlation_id=corr,
-                     message_type=message_type)
-
-    # -- async API (on this connection's own loop: services, the coordinator) --------------------
-    async def request_async(self, worker_id: str, frame: bytes | bytearray, *,
-                            timeout: float | None, message_type: str = "message",
-                            expiration: float | None = None) -> bytes:
-        """`request` for coroutines on this connection's loop: publish, await the reply;
-        asyncio.TimeoutError after `timeout` (a late reply is then dropped)."""
-        answer: asyncio.Future = asyncio.get_running_loop().create_future()
-
-        def on_reply(reply: bytes) -> None:  # on this loop, from the reply consumer
-            if not answer.done():
-                answer.set_result(reply)
-
-        corr = uuid.uuid4().hex
-        self._pending[corr] = (None, on_reply)
-        self.publish(worker_id, frame, reply_to=REPLY_TO, correlation_id=corr,
-                     message_type=message_type, expiration=expiration)
-        try:
-            return await asyncio.wait_for(answer, timeout)
-        finally:
-            self._pending.pop(corr, None)
+        """Publish a JSON event on `fedmq.events` (in order with everything else)."""
+        self._enqueue((self.events, routing_key,
+                       [aio_pika.Message(body, content_type="application/json")]))
 
     async def drain_async(self, timeout: float | None = 10.0) -> None:
         """Wait (on this loop) until everything queued so far is published."""
@@ -290,77 +276,56 @@ class AMQPConnection:
             return
         self._run(self._outbox.join(), timeout=timeout)
 
-    def pending_replies(self) -> int:
-        return len(self._pending)
+    def describe(self) -> str:
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"
 
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
         if not self._own_loop:
-            return  # the owner of the loop closes with `aclose()`
+            raise RuntimeError("this AMQP transport lives on its caller's loop: await aclose()")
+        self._closed = True
         try:
             self._run(self.connection.close(), timeout=5)
-        except Exception:  # pragma: no cover
+        except Exception:  # pragma: no cover - closing a connection the broker already dropped
             pass
         self.loop.call_soon_threadsafe(self.loop.stop)
 
     async def aclose(self) -> None:
+        if self._closed:
+            return
+        if self._own_loop:
+            await asyncio.get_running_loop().run_in_executor(None, self.close)
+            return
         self._closed = True
+        try:  # what was queued (the last events, replies) goes out before the connection closes
+            await self.drain_async(10)
+        except (asyncio.TimeoutError, TimeoutError):
+            log.warning("fedmq: closing %s with messages still unpublished", self.describe())
         publisher = getattr(self, "_publisher", None)
         if publisher is not None:
             publisher.cancel()
         await self.connection.close()
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _put(self, item: tuple) -> None:
+    _loop_ident: int | None = None
+
+    def _enqueue(self, item: tuple) -> None:
         if self._closed:
-            raise TransportError("the AMQP connection is closed")
-        self.loop.call_soon_threadsafe(self._outbox.put_nowait, item)
+            raise TransportError(f"the AMQP connection to {self.describe()} is closed")
+        if self._on_this_loop():
+            self._outbox.put_nowait(item)
+        else:
+            self.loop.call_soon_threadsafe(self._outbox.put_nowait, item)
+
+    def _on_this_loop(self) -> bool:
+        if self._loop_thread is not None:
+            return threading.current_thread() is self._loop_thread
+        return threading.get_ident() == self._loop_ident
 
     def _run(self, coro, timeout: float | None) -> Any:
-        self._check_thread()
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def _check_thread(self) -> None:
-        if threading.current_thread() is self._loop_thread:
+        if self._on_this_loop():
+            coro.close()
             raise RuntimeError("fedmq's synchronous AMQP API was called on its event loop")
-
-    def _safe_url(self) -> str:
-        from urllib.parse import urlsplit
-        parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"
-
-
-class AMQPTransport(Transport):
-    """Frames to workers through an `AMQPConnection`."""
-    name = "amqp"
-    pipelines = True
-
-    def __init__(self, connection: AMQPConnection, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.connection = connection
-        self.timeout = timeout
-
-    def request(self, worker_id: str, frame: bytes, timeout: float | None = None,
-                message_type: str = "message") -> bytes:
-        return self.connection.request(worker_id, frame, message_type=message_type,
-                                       timeout=self.timeout if timeout is None else timeout)
-
-    def send(self, worker_id: str, frame: bytes, on_reply: Callable | None = None,
-             message_type: str = "message") -> None:
-        self.connection.send(worker_id, frame, on_reply=on_reply, message_type=message_type)
-        return None
-
-
-_connections: dict[str, AMQPConnection] = {}
-_lock = threading.Lock()
-_counter = itertools.count()
-
-
-def shared_connection(url: str) -> AMQPConnection:
-    """One connection per broker URL per process (clients share it)."""
-    with _lock:
-        conn = _connections.get(url)
-        if conn is None or conn._closed:
-            conn = _connections[url] = AMQPConnection(url)
-        return conn
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

@@ -1,31 +1,69 @@
-"""The transport interface: move one encoded frame to a worker, and maybe its reply back.
+"""The transport interface: move one encoded frame to a worker, and its reply back.
 
-Transports know frames and worker ids, nothing about messages. Every transport module opens
-with the same docstring: what it is, its URL, its features.
+Transports know frames and worker ids, nothing about messages; the request engine
+(fedmq/engine.py) encodes, keeps the pending-reply table and decodes. Two kinds:
+
+* synchronous (`pipelines = False`, in-process): `send` runs the worker and returns the reply
+  frame itself;
+* pipelining (`pipelines = True`, RabbitMQ): `send` returns at once and the reply frame is
+  handed to the engine later, from the transport's own thread, through the `ReplySink` the
+  engine bound with `bind`. When the connection is lost the transport tells the sink, so every
+  caller still waiting fails at once instead of waiting out its timeout.
+
+Every transport module opens with the same docstring: what it is, its URL, its features.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+import abc
+from typing import Protocol
 
 
-class Transport:
+class ReplySink(Protocol):
+    """Where a pipelining transport delivers what comes back (the request engine)."""
+
+    def deliver(self, correlation_id: str, frame: bytes | bytearray) -> None: ...
+
+    def connection_lost(self, reason: str) -> None: ...
+
+
+class Transport(abc.ABC):
     #: short name used in URLs and logs ("local", "amqp")
     name: str = "base"
-    #: True when `send` returns without waiting for the worker (pipelining)
+    #: True when `send` returns without waiting for the worker (replies go to the sink)
     pipelines: bool = False
 
-    def request(self, worker_id: str, frame: bytes, timeout: float | None = None,
-                message_type: str = "message") -> bytes:
-        """Deliver `frame` to `worker_id` and return the reply frame (`message_type` names the
-        message in a timeout error)."""
-        raise NotImplementedError(f"transport {self.name!r} does not implement request()")
+    _sink: ReplySink | None = None
 
-    def send(self, worker_id: str, frame: bytes,
-             on_reply: Optional[Callable[[bytes], None]] = None,
-             message_type: str = "message") -> None:
-        """Deliver `frame` without waiting; `on_reply`, if given, receives the reply frame
-        whenever it arrives (at once for in-process workers)."""
-        raise NotImplementedError(f"transport {self.name!r} does not implement send()")
+    def bind(self, sink: ReplySink) -> None:
+        """Attach the request engine that receives replies and connection losses."""
+        self._sink = sink
+
+    @abc.abstractmethod
+    def send(self, worker_id: str, frame: bytes | bytearray, *, correlation_id: str | None,
+             message_type: str = "message", expiration: float | None = None
+             ) -> bytes | bytearray | None:
+        """Deliver `frame` to worker `worker_id`. A synchronous transport returns the reply
+        frame; a pipelining one returns None and, when `correlation_id` is given, later hands
+        the reply to the sink under that id. `expiration` (seconds) lets a broker drop a
+        message that waited longer in the worker's queue. Raises TransportError when the frame
+        cannot be delivered."""
+
+    async def asend(self, worker_id: str, frame: bytes | bytearray, *,
+                    correlation_id: str | None, message_type: str = "message",
+                    expiration: float | None = None) -> bytes | bytearray | None:
+        """`send` for coroutines on the running loop (the coordinators)."""
+        return self.send(worker_id, frame, correlation_id=correlation_id,
+                         message_type=message_type, expiration=expiration)
+
+    def drain(self, timeout: float | None = 30.0) -> None:
+        """Wait until everything sent so far has left this process (default: nothing to do)."""
+
+    def describe(self) -> str:
+        """Where this transport goes, for error messages (no credentials)."""
+        return self.name
 
     def close(self) -> None:
-        pass
+        """Release the transport's resources (idempotent)."""
+
+    async def aclose(self) -> None:
+        self.close()

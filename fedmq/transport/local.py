@@ -1,59 +1,76 @@
-"""In-process transport: frames go straight to `Worker.handle_frame` in this process.
+"""In-process transport: frames go straight to a worker's `handle_frame` in this process.
 
 URL: local://
-Features: synchronous; every message is still encoded and decoded, so an in-process run
-exercises exactly the bytes a network would carry. The embedded default: no broker needed.
+Features: synchronous (`send` returns the reply frame); every message is still encoded and
+decoded, so an in-process run exercises exactly the bytes a network would carry. A worker
+handles one frame at a time (a lock per worker, like a queue consumer); `asend` runs it on a
+thread of that worker's own, so a coordinator's in-process workers train concurrently. The
+embedded default: no broker needed.
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import threading
-from typing import Any
+from typing import Any, Mapping, Protocol
 
 from fedmq.errors import TransportError
 from fedmq.transport.base import Transport
+
+
+class FrameHandler(Protocol):
+    """What the local transport delivers to (fedmq.worker.Worker)."""
+    id: str
+
+    def handle_frame(self, frame: bytes) -> bytes: ...
 
 
 class LocalTransport(Transport):
     name = "local"
     pipelines = False
 
-    def __init__(self, worker: Any) -> None:
-        self.worker = worker
-        self._lock = threading.RLock()
+    def __init__(self, workers: Mapping[str, FrameHandler] | None = None) -> None:
+        self.workers: dict[str, FrameHandler] = {}
+        self._locks: dict[str, threading.RLock] = {}
+        self._executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
+        for worker_id, worker in (workers or {}).items():
+            self.add(worker, worker_id)
 
-    def request(self, worker_id: str, frame: bytes, timeout: float | None = None,
-                message_type: str = "message") -> bytes:
-        if worker_id != self.worker.id:
-            raise TransportError(f"local transport of {self.worker.id!r} cannot reach "
-                                 f"{worker_id!r}")
-        with self._lock:
-            return self.worker.handle_frame(frame)
+    def add(self, worker: FrameHandler, worker_id: str | None = None) -> None:
+        """Make `worker` reachable under its id (replacing a worker of the same id)."""
+        worker_id = worker_id or worker.id
+        self.workers[worker_id] = worker
+        self._locks.setdefault(worker_id, threading.RLock())
 
-    def send(self, worker_id: str, frame: bytes, on_reply=None, message_type: str = "message"):
-        reply = self.request(worker_id, frame)
-        if on_reply is not None:
-            on_reply(reply)
+    def _worker(self, worker_id: str) -> FrameHandler:
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            raise TransportError(f"no in-process worker with id {worker_id!r} (known: "
+                                 f"{sorted(self.workers)})")
+        return worker
 
+    def send(self, worker_id: str, frame: bytes | bytearray, *, correlation_id: str | None,
+             message_type: str = "message", expiration: float | None = None) -> bytes:
+        worker = self._worker(worker_id)
+        with self._locks[worker_id]:
+            return worker.handle_frame(frame)
 
-class LocalNetwork:
-    """The in-process workers, by id: how one in-process worker reaches another."""
+    async def asend(self, worker_id: str, frame: bytes | bytearray, *,
+                    correlation_id: str | None, message_type: str = "message",
+                    expiration: float | None = None) -> bytes:
+        self._worker(worker_id)
+        executor = self._executors.get(worker_id)
+        if executor is None:
+            executor = self._executors[worker_id] = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"fedmq-{worker_id}")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, self._handle_locked, worker_id, frame)
 
-    def __init__(self) -> None:
-        self._clients: dict[str, Any] = {}
-        self.local_worker: Any = None
+    def _handle_locked(self, worker_id: str, frame: Any) -> bytes:
+        with self._locks[worker_id]:
+            return self.workers[worker_id].handle_frame(frame)
 
-    def add(self, client: Any) -> None:
-        self._clients[client.id] = client
-
-    def client(self, worker_id: str) -> Any:
-        try:
-            return self._clients[worker_id]
-        except KeyError:
-            raise TransportError(f"no in-process worker with id {worker_id!r}") from None
-
-    def flush_all(self) -> None:
-        from fedmq.client import flush_all
-        flush_all()
-
-    def __contains__(self, worker_id: str) -> bool:
-        return worker_id in self._clients
+    def close(self) -> None:
+        for executor in self._executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
+        self._executors.clear()

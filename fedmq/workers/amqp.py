@@ -3,69 +3,73 @@
     bob = fedmq.AMQPClientWorker(hook, id="bob", url="amqp://guest:guest@127.0.0.1:5672/")
     x = torch.tensor([1, 2, 3]).send(bob)       # the worker process `fedmq worker --id bob`
 
-Everything a pointer does goes through the same `WorkerClient` as for in-process workers; only
-the transport differs (fedmq/transport/amqp.py).
+Everything a pointer does goes through the same `WorkerClient` and request engine as for
+in-process workers; only the transport differs (fedmq/transport/amqp.py). The clients of one
+hook share one connection per broker URL (`Context.amqp_engine`).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from fedmq import messages as m
-from fedmq.client import WorkerClient, flush_all
-from fedmq.transport.amqp import DEFAULT_TIMEOUT, DEFAULT_URL, AMQPConnection, AMQPTransport, \
-    shared_connection
+from fedmq.client import WorkerClient
+from fedmq.context import Context
+from fedmq.engine import DEFAULT_TIMEOUT, RequestEngine
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 class AMQPNetwork:
     """Workers behind one broker connection, by id (how pointers to pointers and `.move()`
     reach workers from a script or from another worker)."""
 
-    def __init__(self, connection: AMQPConnection, local_worker: Any = None,
-                 timeout: float = DEFAULT_TIMEOUT, sender: str = "me") -> None:
-        self.connection = connection
-        self.local_worker = local_worker
+    def __init__(self, engine: RequestEngine, context: Context,
+                 timeout: float | None = DEFAULT_TIMEOUT, relaying: bool = False) -> None:
+        self.engine = engine
+        self.context = context
         self.timeout = timeout
-        self.sender = sender
-        self._clients: dict[str, "AMQPClientWorker"] = {}
+        #: a worker service relaying for its callers drains before it replies
+        self.relaying = relaying
+        self._clients: dict[str, WorkerClient] = {}
 
-    def add(self, client: "AMQPClientWorker") -> None:
+    @property
+    def local_worker(self) -> Any:
+        return self.context.local_worker
+
+    def add(self, client: WorkerClient) -> None:
         self._clients[client.id] = client
 
-    def client(self, worker_id: str) -> "AMQPClientWorker":
+    def client(self, worker_id: str) -> WorkerClient:
         client = self._clients.get(worker_id)
         if client is None:
-            client = AMQPClientWorker(None, worker_id, connection=self.connection, network=self,
-                                      timeout=self.timeout)
+            client = AMQPClientWorker(None, worker_id, network=self, timeout=self.timeout)
         return client
 
     def flush_all(self) -> None:
-        flush_all()
-        if self.sender != "me":  # a worker relaying: make sure it is enqueued before replying
-            self.connection.drain()
+        self.context.flush_all()
+        if self.relaying:  # what it relayed is enqueued before the worker replies
+            self.engine.drain()
 
 
 class AMQPClientWorker(WorkerClient):
     def __init__(self, hook: Any, id: str, url: str = DEFAULT_URL, *,
-                 timeout: float = DEFAULT_TIMEOUT, connection: AMQPConnection | None = None,
-                 network: AMQPNetwork | None = None, **_pysyft_options: Any) -> None:
-        connection = connection or shared_connection(url)
+                 timeout: float | None = DEFAULT_TIMEOUT, network: AMQPNetwork | None = None,
+                 **_pysyft_options: Any) -> None:
         if network is None:
-            local = getattr(hook, "local_worker", None)
-            network = _networks.setdefault((id_of(connection), id_of(local)),
-                                           AMQPNetwork(connection, local, timeout))
-        super().__init__(id, AMQPTransport(connection, timeout), network, sender=network.sender)
+            context = getattr(hook, "context", None) or Context()
+            engine = context.amqp_engine(url)
+            network = context.state(f"amqp-network {url}",
+                                    lambda: AMQPNetwork(engine, context, timeout))
+        super().__init__(id, network.engine, network, timeout=timeout)
         self.hook = hook
-        self.connection = connection
         network.add(self)
 
     @property
     def _objects(self) -> dict:
         """The worker's objects, fetched (copies; pointers held there are not taken over)."""
-        from fedmq.pointers.tensor import pointer_from_ref
-
         listing = self.call(m.ListObjects())
-        return {obj_id: (pointer_from_ref(obj, owner=self, network=self.network, id=obj_id,
-                                          gc=False) if isinstance(obj, m.PointerRef) else obj)
+        return {obj_id: (m.adopt(obj, owner=self, network=self.network, id=obj_id, gc=False)
+                         if isinstance(obj, m.PointerRef) else obj)
                 for obj_id, obj in listing.items()}
 
     @property
@@ -73,11 +77,4 @@ class AMQPClientWorker(WorkerClient):
         return self.call(m.WorkerStats())["message_count"]
 
     def __repr__(self) -> str:
-        return f"<AMQPClientWorker id:{self.id} broker:{self.connection._safe_url()}>"
-
-
-_networks: dict[tuple, AMQPNetwork] = {}
-
-
-def id_of(obj: Any) -> int:
-    return id(obj)
+        return f"<AMQPClientWorker id:{self.id} broker:{self.engine.transport.describe()}>"

@@ -1,7 +1,7 @@
 """VirtualWorker: a worker living in this process, reached through the local transport.
 
 It is both the worker (store, `handle`) and the client pointers talk to; every message to it is
-encoded and decoded exactly as over RabbitMQ.
+encoded and decoded exactly as over RabbitMQ, through the hook's request engine.
 """
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 
 from fedmq.client import WorkerClient
 from fedmq.ids import new_id
-from fedmq.transport.local import LocalTransport
 from fedmq.worker import Worker
 
 
@@ -17,9 +16,11 @@ class VirtualWorker(WorkerClient):
     def __init__(self, hook: Any, id: str, data: tuple | list = (), network: Any = None,
                  **_pysyft_options: Any) -> None:
         network = network if network is not None else hook.network
+        context = network.context
         self.hook = hook
         self.worker = Worker(id, network)
-        super().__init__(id, LocalTransport(self.worker), network)
+        context.transport.add(self.worker)
+        super().__init__(id, context.engine, network)
         network.add(self)
         for obj in data:
             self.worker.store.put(new_id(), obj, getattr(obj, "tags", ()) or (),
@@ -35,9 +36,6 @@ class VirtualWorker(WorkerClient):
     @property
     def message_count(self) -> int:
         return self.worker.message_count
-
-    def objects_count(self) -> int:
-        return super().objects_count()
 
     def __repr__(self) -> str:
         return f"<VirtualWorker id:{self.id} #objects:{len(self.worker.store)}>"

@@ -1,0 +1,117 @@
+"""The context a `TorchHook` owns: everything that used to be a process-wide global.
+
+    context.local_worker     the worker "me" (PySyft's `hook.local_worker`)
+    context.network          the in-process workers, by id (VirtualWorker joins it)
+    context.engine           the request engine over the in-process transport
+    context.amqp_engine(url) one RabbitMQ connection (request engine) per broker URL
+    context.flush_all()      send every client's buffered commands (ordering across workers)
+    context.state(key, make) per-context state of extensions (the SMPC primitive store, ...)
+
+Two hooks (or two threads, each with its own hook and workers) in one process never see each
+other's workers, objects, buffered commands, pending gets or dealt triples.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from fedmq.engine import DEFAULT_TIMEOUT, RequestEngine
+from fedmq.errors import TransportError
+from fedmq.transport.local import LocalTransport
+
+
+class LocalNetwork:
+    """The in-process workers of one context, by id: how one in-process worker (or a pointer
+    to a pointer) reaches another."""
+
+    def __init__(self, context: "Context") -> None:
+        self.context = context
+        self._clients: dict[str, Any] = {}
+
+    @property
+    def local_worker(self) -> Any:
+        return self.context.local_worker
+
+    def add(self, client: Any) -> None:
+        self._clients[client.id] = client
+
+    def client(self, worker_id: str) -> Any:
+        try:
+            return self._clients[worker_id]
+        except KeyError:
+            raise TransportError(f"no in-process worker with id {worker_id!r}") from None
+
+    def flush_all(self) -> None:
+        self.context.flush_all()
+
+    def __contains__(self, worker_id: str) -> bool:
+        return worker_id in self._clients
+
+
+class Context:
+    def __init__(self, sender: str = "me") -> None:
+        self.local_worker: Any = None
+        self.transport = LocalTransport()
+        self.engine = RequestEngine(self.transport, sender=sender, timeout=None)
+        self.network = LocalNetwork(self)
+        self._dirty: dict[int, Any] = {}
+        self._dirty_lock = threading.Lock()
+        self._amqp: dict[tuple, RequestEngine] = {}
+        self._amqp_lock = threading.Lock()
+        self._state: dict[str, Any] = {}
+
+    # -- ordering: buffered commands go out before anything else ---------------------------------
+    def mark_dirty(self, client: Any) -> None:
+        """`client` holds buffered commands (flushed before any other message is sent)."""
+        with self._dirty_lock:
+            self._dirty[id(client)] = client
+
+    def mark_clean(self, client: Any) -> None:
+        with self._dirty_lock:
+            self._dirty.pop(id(client), None)
+
+    def flush_all(self) -> None:
+        """Send every client's buffered commands (repeats while flushing produces more)."""
+        while self._dirty:
+            with self._dirty_lock:
+                clients = list(self._dirty.values())
+                self._dirty.clear()
+            for client in clients:
+                client._send_buffer()
+
+    # -- connections -----------------------------------------------------------------------------
+    def amqp_engine(self, url: str, *, timeout: float | None = DEFAULT_TIMEOUT,
+                    chunk_size: int | None = None) -> RequestEngine:
+        """The request engine over this context's RabbitMQ connection to `url` (made on first
+        use, shared by every AMQPClientWorker of this context with that URL)."""
+        from fedmq.transport.amqp import CHUNK_SIZE, AMQPTransport  # aio-pika only when used
+
+        key = (url, chunk_size)
+        with self._amqp_lock:
+            engine = self._amqp.get(key)
+            if engine is None or engine.closed:
+                transport = AMQPTransport(url, chunk_size=chunk_size or CHUNK_SIZE,
+                                          connection_name="fedmq client")
+                engine = self._amqp[key] = RequestEngine(transport, timeout=timeout)
+            return engine
+
+    # -- extension state -------------------------------------------------------------------------
+    def state(self, key: str, make: Callable[[], Any]) -> Any:
+        """Per-context state of an extension, made by `make()` on first use."""
+        value = self._state.get(key)
+        if value is None:
+            value = self._state[key] = make()
+        return value
+
+    def close(self) -> None:
+        """Close this context's broker connections."""
+        with self._amqp_lock:
+            engines = list(self._amqp.values())
+            self._amqp.clear()
+        for engine in engines:
+            engine.close()
+        self.engine.close()
+
+    def __repr__(self) -> str:
+        me = getattr(self.local_worker, "id", None)
+        return f"<fedmq.Context local_worker={me!r} workers={sorted(self.network._clients)}>"

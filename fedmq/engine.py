@@ -1,0 +1,452 @@
+"""The request engine: the one way fedmq sends a message to a worker and gets its reply.
+
+One `RequestEngine` per connection (an in-process network, or one RabbitMQ connection), shared
+by everything that talks to workers: pointers, plans, protocols, SMPC rounds and both
+coordinators. As in httpx, there is one core and two faces:
+
+    post(worker_id, message, on_reply=None)        fire and forget, in order
+    request(worker_id, message) -> value           one reply (sync facade)
+    request_all([(worker_id, message), ...]) -> [value, ...]    many at once, one round trip
+    await arequest(worker_id, message) -> value    the async core, for coroutines
+
+What the engine owns, and nothing else does:
+* encoding the `Envelope` (sender, released ids, message id) and decoding the `Reply`, turning
+  an error the worker reported into the matching `fedmq.RemoteError`;
+* the pending-reply table, keyed by correlation id. An entry leaves it when its reply arrives,
+  when its caller's timeout passes (`ReplyTimeout`, naming the worker and message type), or
+  when the connection closes or drops: then every waiting caller fails at once with
+  `ConnectionLost` (direct reply-to replies to a lost connection can never arrive);
+* counters of frames sent and replies received (`stats()`, `FrameCounter`), so tests can
+  assert how many round trips an operation costs.
+
+Transports (fedmq/transport/) only move frames; a synchronous transport (in-process) answers
+`send` with the reply frame itself, a pipelining one (RabbitMQ) delivers it later through
+`deliver(correlation_id, frame)`.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import itertools
+import logging
+import secrets
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+from fedmq import messages as m, serde
+from fedmq.errors import (ConnectionLost, FedmqError, RemoteSerdeError, ReplyTimeout,
+                          remote_error_from)
+from fedmq.transport.base import Transport
+
+log = logging.getLogger("fedmq.engine")
+
+#: seconds a caller waits for a reply unless it says otherwise (None: forever)
+DEFAULT_TIMEOUT = 60.0
+#: how often (seconds) posted messages whose replies never came are looked for
+SWEEP_INTERVAL = 1.0
+
+#: what `post(..., on_reply=...)` receives: the decoded Reply, or the error that ended the wait
+ReplyCallback = Callable[["m.Reply | FedmqError"], None]
+
+
+def value_of(reply: m.Reply, worker_id: str, op: str | None = None) -> Any:
+    """The value a Reply carries, or the `RemoteError` it reports (raised)."""
+    if reply.error is not None:
+        err = reply.error
+        raise remote_error_from(err.code, err.message, err.worker or worker_id, err.op or op)
+    return reply.value
+
+
+def decode_reply(frame: bytes | bytearray, worker_id: str) -> m.Reply:
+    """Decode a reply frame; anything but a `Reply` is a `RemoteSerdeError`."""
+    try:
+        reply = serde.decode(frame)
+    except serde.SerdeError as exc:
+        raise RemoteSerdeError(f"undecodable reply: {exc}", worker=worker_id) from None
+    if not isinstance(reply, m.Reply):
+        raise RemoteSerdeError(f"expected a Reply, got {type(reply).__name__}", worker=worker_id)
+    return reply
+
+
+class _Entry:
+    """A pending reply: a sync future, an asyncio future, or a callback (posts)."""
+    __slots__ = ("worker_id", "message_type", "deadline", "future", "loop", "callback")
+
+    def __init__(self, worker_id: str, message_type: str, deadline: float | None,
+                 future: Any = None, loop: asyncio.AbstractEventLoop | None = None,
+                 callback: ReplyCallback | None = None) -> None:
+        self.worker_id = worker_id
+        self.message_type = message_type
+        self.deadline = deadline
+        self.future = future
+        self.loop = loop
+        self.callback = callback
+
+    def settle(self, frame: bytes | bytearray | None, error: FedmqError | None) -> None:
+        """Hand the reply frame (or the error that ended the wait) to whoever waits."""
+        if self.callback is not None:
+            if error is None:
+                try:
+                    result: Any = decode_reply(frame, self.worker_id)
+                except FedmqError as exc:
+                    result = exc
+            else:
+                result = error
+            try:
+                self.callback(result)
+            except Exception:  # a callback must never kill the transport's consumer
+                log.exception("fedmq: reply callback for %s failed", self.message_type)
+        elif self.loop is not None:
+            self.loop.call_soon_threadsafe(_settle_async, self.future, frame, error)
+        elif error is None:
+            self.future.set_result(frame)
+        else:
+            self.future.set_exception(error)
+
+
+def _settle_async(future: asyncio.Future, frame: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(frame)
+    else:
+        future.set_exception(error)
+
+
+class PendingCall:
+    """A request already sent (`RequestEngine.start`); `reply()` waits for its Reply."""
+    __slots__ = ("engine", "worker_id", "message_type", "correlation_id", "future", "frame")
+
+    def __init__(self, engine: "RequestEngine", worker_id: str, message_type: str,
+                 correlation_id: str | None, future: Any, frame: Any = None) -> None:
+        self.engine = engine
+        self.worker_id = worker_id
+        self.message_type = message_type
+        self.correlation_id = correlation_id
+        self.future = future
+        self.frame = frame  # the reply frame, for synchronous transports
+
+    def reply(self, timeout: float | None) -> m.Reply:
+        """The decoded Reply; ReplyTimeout after `timeout` seconds (the entry is dropped)."""
+        if self.future is None:
+            return decode_reply(self.frame, self.worker_id)
+        try:
+            frame = self.future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            self.engine._forget(self.correlation_id)
+            raise self.engine._timeout_error(self.worker_id, self.message_type, timeout) from None
+        return decode_reply(frame, self.worker_id)
+
+
+class RequestEngine:
+    """Requests and replies over one transport. Thread-safe: any thread may call the sync
+    methods; `arequest` runs on any event loop."""
+
+    def __init__(self, transport: Transport, *, sender: str = "me",
+                 timeout: float | None = DEFAULT_TIMEOUT) -> None:
+        self.transport = transport
+        self.sender = sender
+        self.timeout = timeout
+        #: where a coordinator's round events go (set by fedmq.fl.connections)
+        self.events: Any = None
+        self._pending: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+        self._prefix = secrets.token_hex(6) + "."
+        self._counter = itertools.count()
+        self._next_sweep = 0.0
+        self._closed = False
+        self.frames_sent: collections.Counter = collections.Counter()
+        self.replies_received: collections.Counter = collections.Counter()
+        transport.bind(self)
+
+    # -- encoding --------------------------------------------------------------------------------
+    @staticmethod
+    def encode(message: Any, *, sender: str, release: list | None = None,
+               msg_id: int = 0) -> bytes:
+        """The encoded Envelope carrying `message` from `sender`."""
+        return serde.encode(m.Envelope(m.WIRE_VERSION, sender, message, msg_id, release or []))
+
+    def frame(self, message: Any, *, sender: str | None = None, release: list | None = None,
+              msg_id: int = 0) -> bytes:
+        """The encoded Envelope carrying `message` (from this engine's sender by default)."""
+        return serde.encode(m.Envelope(m.WIRE_VERSION, sender or self.sender, message,
+                                       msg_id, release or []))
+
+    # -- the sync facade --------------------------------------------------------------------------
+    def post(self, worker_id: str, message: Any, *, sender: str | None = None,
+             release: list | None = None, on_reply: ReplyCallback | None = None) -> None:
+        """Send `message` without waiting. Messages to one worker keep their order. With
+        `on_reply`, the decoded Reply (or the FedmqError that ended the wait: timeout,
+        connection lost) is passed to it, on the transport's thread."""
+        self.post_frame(worker_id, self.frame(message, sender=sender, release=release),
+                        type(message).__name__, on_reply)
+
+    def post_frame(self, worker_id: str, frame: bytes | bytearray, message_type: str,
+                   on_reply: ReplyCallback | None = None) -> None:
+        self._check_open()
+        self.frames_sent[worker_id] += 1
+        if not self.transport.pipelines:
+            reply = self.transport.send(worker_id, frame, correlation_id=None,
+                                        message_type=message_type)
+            if on_reply is not None:
+                self.replies_received[worker_id] += 1
+                _Entry(worker_id, message_type, None, callback=on_reply).settle(reply, None)
+            return
+        corr = None
+        if on_reply is not None:
+            corr = self._correlation_id()
+            deadline = None if self.timeout is None else time.monotonic() + self.timeout
+            self._pending[corr] = _Entry(worker_id, message_type, deadline, callback=on_reply)
+        self._sweep()
+        self._send(worker_id, frame, corr, message_type, None)
+
+    def exchange(self, worker_id: str, message: Any, *, sender: str | None = None,
+                 release: list | None = None, timeout: float | None = None,
+                 expiration: float | None = None) -> m.Reply:
+        """Send `message` and return the decoded `Reply` (errors stay inside it)."""
+        call = self.start(worker_id, message, sender=sender, release=release,
+                          expiration=expiration)
+        return call.reply(self.timeout if timeout is None else timeout)
+
+    def request(self, worker_id: str, message: Any, *, sender: str | None = None,
+                release: list | None = None, timeout: float | None = None,
+                expiration: float | None = None) -> Any:
+        """Send `message`, wait for the reply, return its value or raise the worker's error
+        (`RemoteError`), `ReplyTimeout` or `ConnectionLost`."""
+        reply = self.exchange(worker_id, message, sender=sender, release=release,
+                              timeout=timeout, expiration=expiration)
+        return value_of(reply, worker_id, getattr(message, "op", None))
+
+    def request_all(self, calls: Iterable[tuple[str, Any]], *, deadline: float | None = None,
+                    sender: str | None = None) -> list:
+        """`request` for every (worker_id, message), all sent before any reply is awaited: one
+        round trip in all over a pipelining transport. Waits at most `deadline` seconds in
+        all (default: the engine's timeout). Returns the values in order; after every reply
+        is in, raises the first error."""
+        pending = [(self.start(worker_id, message, sender=sender), message)
+                   for worker_id, message in calls]
+        return collect(pending, deadline if deadline is not None else self.timeout)
+
+    def start(self, worker_id: str, message: Any, *, sender: str | None = None,
+              release: list | None = None, expiration: float | None = None) -> PendingCall:
+        """Send `message` now; the returned `PendingCall` waits for its reply."""
+        return self.start_frame(worker_id, self.frame(message, sender=sender, release=release),
+                                type(message).__name__, expiration)
+
+    def start_frame(self, worker_id: str, frame: bytes | bytearray, message_type: str,
+                    expiration: float | None = None) -> PendingCall:
+        self._check_open()
+        self.frames_sent[worker_id] += 1
+        if not self.transport.pipelines:
+            reply = self.transport.send(worker_id, frame, correlation_id="",
+                                        message_type=message_type, expiration=expiration)
+            self.replies_received[worker_id] += 1
+            return PendingCall(self, worker_id, message_type, None, None, reply)
+        corr = self._correlation_id()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._pending[corr] = _Entry(worker_id, message_type, None, future=future)
+        self._sweep()
+        self._send(worker_id, frame, corr, message_type, expiration)
+        return PendingCall(self, worker_id, message_type, corr, future)
+
+    # -- the async core ---------------------------------------------------------------------------
+    async def arequest(self, worker_id: str, message: Any, *, sender: str | None = None,
+                       timeout: float | None = None, expiration: float | None = None,
+                       msg_id: int = 0) -> Any:
+        """`request` for coroutines: the value, or the worker's error, `ReplyTimeout` or
+        `ConnectionLost`. Cancelling the coroutine drops its pending entry."""
+        reply = await self.aexchange(worker_id, message, sender=sender, timeout=timeout,
+                                     expiration=expiration, msg_id=msg_id)
+        return value_of(reply, worker_id, getattr(message, "op", None))
+
+    async def aexchange(self, worker_id: str, message: Any, *, sender: str | None = None,
+                        timeout: float | None = None, expiration: float | None = None,
+                        msg_id: int = 0) -> m.Reply:
+        self._check_open()
+        frame = self.frame(message, sender=sender, msg_id=msg_id)
+        message_type = type(message).__name__
+        timeout = self.timeout if timeout is None else timeout
+        self.frames_sent[worker_id] += 1
+        if not self.transport.pipelines:
+            job = self.transport.asend(worker_id, frame, correlation_id="",
+                                       message_type=message_type, expiration=expiration)
+            try:
+                reply = await asyncio.wait_for(job, timeout)
+            except asyncio.TimeoutError:
+                raise self._timeout_error(worker_id, message_type, timeout) from None
+            self.replies_received[worker_id] += 1
+            return decode_reply(reply, worker_id)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        corr = self._correlation_id()
+        self._pending[corr] = _Entry(worker_id, message_type, None, future=future, loop=loop)
+        self._sweep()
+        try:
+            await self.transport.asend(worker_id, frame, correlation_id=corr,
+                                       message_type=message_type, expiration=expiration)
+            reply = await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise self._timeout_error(worker_id, message_type, timeout) from None
+        finally:
+            self._forget(corr)
+        return decode_reply(reply, worker_id)
+
+    # -- what the transport calls (ReplySink) -----------------------------------------------------
+    def deliver(self, correlation_id: str, frame: bytes | bytearray) -> None:
+        """A reply frame arrived for `correlation_id` (unknown ids: late, dropped)."""
+        with self._lock:
+            entry = self._pending.pop(correlation_id, None)
+        if entry is None:
+            log.debug("fedmq: dropped a reply nobody waits for (%s): late or cancelled",
+                      correlation_id)
+            return
+        self.replies_received[entry.worker_id] += 1
+        entry.settle(frame, None)
+
+    def connection_lost(self, reason: str) -> None:
+        """The connection dropped: every pending reply is lost; their callers fail now."""
+        self._fail_all(lambda e: ConnectionLost(
+            f"the connection to {self.transport.describe()} was lost while waiting for worker "
+            f"{e.worker_id!r} to answer {e.message_type} ({reason}); it may or may not have "
+            f"been handled"))
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    def pending_replies(self) -> int:
+        return len(self._pending)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Frames sent and replies received, per worker id, since this engine was made."""
+        return {"frames_sent": dict(self.frames_sent),
+                "replies_received": dict(self.replies_received)}
+
+    def drain(self, timeout: float | None = 30.0) -> None:
+        """Wait until every frame sent so far has left this process."""
+        self.transport.drain(timeout)
+
+    def close(self) -> None:
+        """Close the transport; callers still waiting fail at once with `ConnectionLost`."""
+        if self._closed:
+            return
+        self._closed = True
+        self._fail_closed()
+        self.transport.close()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._fail_closed()
+        await self.transport.aclose()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        return (f"<RequestEngine {self.transport.describe()} sender={self.sender!r} "
+                f"pending={len(self._pending)}>")
+
+    # -- internals -------------------------------------------------------------------------------
+    def _send(self, worker_id: str, frame: Any, corr: str | None, message_type: str,
+              expiration: float | None) -> None:
+        try:
+            self.transport.send(worker_id, frame, correlation_id=corr, message_type=message_type,
+                                expiration=expiration)
+        except BaseException:
+            if corr is not None:
+                self._forget(corr)
+            raise
+
+    def _fail_closed(self) -> None:
+        self._fail_all(lambda e: ConnectionLost(
+            f"the connection to {self.transport.describe()} was closed while waiting for "
+            f"worker {e.worker_id!r} to answer {e.message_type}"))
+
+    def _fail_all(self, make_error: Callable[[_Entry], FedmqError]) -> None:
+        with self._lock:
+            entries = list(self._pending.values())
+            self._pending.clear()
+        for entry in entries:
+            entry.settle(None, make_error(entry))
+
+    def _forget(self, corr: str | None) -> None:
+        if corr is not None:
+            with self._lock:
+                self._pending.pop(corr, None)
+
+    def _sweep(self) -> None:
+        """Posted messages whose reply is overdue: their callbacks get a ReplyTimeout (the
+        table never holds an entry past its deadline by more than SWEEP_INTERVAL)."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_INTERVAL
+        with self._lock:
+            overdue = [(corr, e) for corr, e in self._pending.items()
+                       if e.deadline is not None and e.deadline < now]
+            for corr, _ in overdue:
+                del self._pending[corr]
+        for _, entry in overdue:
+            entry.settle(None, self._timeout_error(entry.worker_id, entry.message_type,
+                                                   self.timeout))
+
+    def _timeout_error(self, worker_id: str, message_type: str,
+                       timeout: float | None) -> ReplyTimeout:
+        return ReplyTimeout(f"worker {worker_id!r} did not answer {message_type} within "
+                            f"{timeout} s over {self.transport.describe()} (is a worker with "
+                            f"id {worker_id!r} running?)")
+
+    def _correlation_id(self) -> str:
+        return f"{self._prefix}{next(self._counter):x}"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConnectionLost(f"this connection to {self.transport.describe()} is closed")
+
+
+def collect(pending: list[tuple[PendingCall, Any]], deadline: float | None) -> list:
+    """The values of calls already started, in order, waiting at most `deadline` seconds in
+    all; after every reply is in (or timed out), raises the first error."""
+    end = None if deadline is None else time.monotonic() + deadline
+    values: list = []
+    first_error: BaseException | None = None
+    for call, message in pending:
+        left = None if end is None else max(0.0, end - time.monotonic())
+        try:
+            values.append(value_of(call.reply(left), call.worker_id,
+                                   getattr(message, "op", None)))
+        except FedmqError as exc:
+            values.append(None)
+            first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
+    return values
+
+
+class FrameCounter:
+    """Counts the frames one or more engines send inside a `with` block:
+
+        with FrameCounter(bob.engine) as counted:
+            train_one_step()
+        assert counted.frames <= 8
+    """
+
+    def __init__(self, *engines: RequestEngine) -> None:
+        self.engines = engines
+        self.frames = 0
+        self.replies = 0
+
+    def _totals(self) -> tuple[int, int]:
+        return (sum(sum(e.frames_sent.values()) for e in self.engines),
+                sum(sum(e.replies_received.values()) for e in self.engines))
+
+    def __enter__(self) -> "FrameCounter":
+        self._start = self._totals()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        frames, replies = self._totals()
+        self.frames = frames - self._start[0]
+        self.replies = replies - self._start[1]
