@@ -22,6 +22,7 @@ Built on that:
 from fedmq.errors import (FedmqError, ObjectNotFoundError, OpNotAllowedError, PointerError,
                           RemoteError, RemoteExecutionError, ReplyTimeout, SerdeError,
                           TransportError)
+from fedmq.context import latest_hook
 from fedmq.hook import TorchHook
 from fedmq.pointers import PointerTensor, RemoteParameter
 from fedmq.workers import VirtualWorker
@@ -37,17 +38,16 @@ _LAZY = {
 
 
 def __getattr__(name: str):
+    if name in ("hook", "local_worker"):  # the most recent TorchHook and its worker "me"
+        latest = latest_hook()
+        return latest if name == "hook" or latest is None else latest.local_worker
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'fedmq' has no attribute {name!r}")
     import importlib
     return getattr(importlib.import_module(module), name)
 
-
-#: set by TorchHook(torch)
-hook = None
-#: the worker "me", set by TorchHook(torch)
-local_worker = None
+del hook  # noqa: F821 - the submodule's name: `fedmq.hook` is the latest TorchHook (see below)
 
 __version__ = "0.1.0"
 

@@ -3,7 +3,6 @@
     context.local_worker     the worker "me" (PySyft's `hook.local_worker`)
     context.network          the in-process workers, by id (VirtualWorker joins it)
     context.engine           the request engine over the in-process transport
-    context.amqp_engine(url) one RabbitMQ connection (request engine) per broker URL
     context.flush_all()      send every client's buffered commands (ordering across workers)
     context.state(key, make) per-context state of extensions (the SMPC primitive store, ...)
 
@@ -15,7 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-from fedmq.engine import DEFAULT_TIMEOUT, RequestEngine
+from fedmq.engine import RequestEngine
 from fedmq.errors import TransportError
 from fedmq.transport.local import LocalTransport
 
@@ -56,9 +55,8 @@ class Context:
         self.network = LocalNetwork(self)
         self._dirty: dict[int, Any] = {}
         self._dirty_lock = threading.Lock()
-        self._amqp: dict[tuple, RequestEngine] = {}
-        self._amqp_lock = threading.Lock()
         self._state: dict[str, Any] = {}
+        self._state_lock = threading.Lock()
 
     # -- ordering: buffered commands go out before anything else ---------------------------------
     def mark_dirty(self, client: Any) -> None:
@@ -79,39 +77,49 @@ class Context:
             for client in clients:
                 client._send_buffer()
 
-    # -- connections -----------------------------------------------------------------------------
-    def amqp_engine(self, url: str, *, timeout: float | None = DEFAULT_TIMEOUT,
-                    chunk_size: int | None = None) -> RequestEngine:
-        """The request engine over this context's RabbitMQ connection to `url` (made on first
-        use, shared by every AMQPClientWorker of this context with that URL)."""
-        from fedmq.transport.amqp import CHUNK_SIZE, AMQPTransport  # aio-pika only when used
-
-        key = (url, chunk_size)
-        with self._amqp_lock:
-            engine = self._amqp.get(key)
-            if engine is None or engine.closed:
-                transport = AMQPTransport(url, chunk_size=chunk_size or CHUNK_SIZE,
-                                          connection_name="fedmq client")
-                engine = self._amqp[key] = RequestEngine(transport, timeout=timeout)
-            return engine
-
     # -- extension state -------------------------------------------------------------------------
     def state(self, key: str, make: Callable[[], Any]) -> Any:
-        """Per-context state of an extension, made by `make()` on first use."""
+        """Per-context state (an extension's store, a broker connection), made by `make()` on
+        first use; thread-safe."""
         value = self._state.get(key)
         if value is None:
-            value = self._state[key] = make()
+            with self._state_lock:
+                value = self._state.get(key)
+                if value is None:
+                    value = self._state[key] = make()
         return value
 
+    def discard(self, key: str) -> None:
+        """Forget the state kept under `key` (the next `state(key, ...)` makes it anew)."""
+        with self._state_lock:
+            self._state.pop(key, None)
+
     def close(self) -> None:
-        """Close this context's broker connections."""
-        with self._amqp_lock:
-            engines = list(self._amqp.values())
-            self._amqp.clear()
-        for engine in engines:
-            engine.close()
+        """Close every request engine this context holds (its broker connections)."""
+        for value in list(self._state.values()):
+            if isinstance(value, RequestEngine):
+                value.close()
         self.engine.close()
 
     def __repr__(self) -> str:
         me = getattr(self.local_worker, "id", None)
         return f"<fedmq.Context local_worker={me!r} workers={sorted(self.network._clients)}>"
+
+
+#: the most recent TorchHook: what `fedmq.hook` and `fedmq.local_worker` answer (PySyft's API,
+#: for scripts; a Plan built without an owner belongs to its local worker). fedmq's own code
+#: otherwise goes through a pointer's or a worker's context.
+_latest_hook: list = []
+
+
+def set_latest_hook(hook: Any) -> None:
+    _latest_hook[:] = [hook]
+
+
+def latest_hook() -> Any:
+    return _latest_hook[0] if _latest_hook else None
+
+
+def latest_local_worker() -> Any:
+    hook = latest_hook()
+    return None if hook is None else hook.local_worker

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from fedmq import messages as m
 from fedmq import module as module_ops
-from fedmq.context import Context
+from fedmq.context import Context, set_latest_hook
 from fedmq.extensions import load_extensions
 from fedmq.ids import new_id
 from fedmq.pointers import optim
@@ -109,8 +109,6 @@ class TorchHook:
 
     def __init__(self, torch_module: Any = torch, local_worker: Any = None,
                  is_client: bool = True, verbose: bool = False) -> None:
-        import fedmq  # the package's `hook`/`local_worker` names are set (PySyft's API)
-
         install()
         tune_malloc()
         self.torch = torch_module
@@ -119,8 +117,7 @@ class TorchHook:
         self.local_worker = local_worker or VirtualWorker(self, id="me")
         self.local_worker.is_client_worker = is_client
         self.context.local_worker = self.local_worker
-        fedmq.hook = self
-        fedmq.local_worker = self.local_worker
+        set_latest_hook(self)
 
     def __repr__(self) -> str:
         return f"<TorchHook local_worker={self.local_worker.id!r}>"

@@ -213,6 +213,15 @@ def adopt(ref: PointerRef, *, owner: Any, network: Any, id: int | None = None,
     return _pointer_factory[0](ref, owner=owner, network=network, id=id, gc=gc)
 
 
+def adopt_all(value: Any, *, owner: Any, network: Any) -> Any:
+    """`value` with every PointerRef in it (nested in lists and tuples) adopted as a pointer."""
+    if isinstance(value, PointerRef):
+        return adopt(value, owner=owner, network=network)
+    if type(value) in (list, tuple):
+        return type(value)(adopt_all(v, owner=owner, network=network) for v in value)
+    return value
+
+
 def describe(worker_id: str, obj_id: int, obj: Any, tags: Any = (),
              description: str | None = None) -> PointerRef:
     """A PointerRef describing stored object `obj_id` on `worker_id` (search results, replies):

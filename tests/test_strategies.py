@@ -14,7 +14,8 @@ import torch
 from fedmq.serde import decode, encode
 from fedmq.strategy import (STRATEGIES, AsyncStrategy, FedAdagrad, FedAdam, FedAsync, FedAvg,
                             FedBuff, FedMedian, FedProx, FedTrimmedAvg, FedYogi, FitResult, Krum,
-                            RoundFailed, Strategy, make_strategy, proximal_term)
+                            RoundFailed, Strategy, make_strategy)
+from fedmq.fl.proximal import proximal_term
 from fedmq.strategy.base import RunningAverage
 
 NBT = "bn.num_batches_tracked"

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from fedmq import messages as m
+from fedmq.context import latest_local_worker
 from fedmq.errors import FedmqError
 from fedmq.ids import new_id
 from fedmq.module import module_tensors
@@ -51,14 +52,13 @@ class Plan(nn.Module):
                  forward_func: Callable | None = None, state_tensors=(), id: int | None = None,
                  owner: Any = None, tags=None, description: str | None = None) -> None:
         super().__init__()
-        import fedmq
 
         self.name = name or type(self).__name__
         self.include_state = include_state
         self._forward_func = forward_func
         self._state = state_mod.State(state_tensors)
         self.id = id if id is not None else new_id()
-        self.owner = owner if owner is not None else fedmq.local_worker
+        self.owner = owner if owner is not None else latest_local_worker()
         self.tags = set(tags or ())
         self.description = description
         self._record: PlanRecord | None = None  # the op list, once built (state not filled in)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from fedmq import messages as m
+from fedmq.context import latest_local_worker
 from fedmq.errors import PointerError
 from fedmq.ids import new_id
 from fedmq.plans.messages import PlanRecord, PlanRef, ProtocolRecord, RunProtocol
@@ -44,12 +45,11 @@ class Protocol:
 
     def __init__(self, plans: list, id: int | None = None, owner: Any = None, tags=None,
                  description: str | None = None) -> None:
-        import fedmq
         from fedmq.plans.plan import Plan
         from fedmq.plans.pointer_plan import PointerPlan
 
         self.id = id if id is not None else new_id()
-        self.owner = owner if owner is not None else fedmq.local_worker
+        self.owner = owner if owner is not None else latest_local_worker()
         self.tags = set(tags or ())
         self.description = description
         self.roles: list = []

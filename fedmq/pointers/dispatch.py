@@ -20,6 +20,15 @@ from fedmq.ids import new_id
 from fedmq.pointers import meta
 
 
+#: the pointer class results are wrapped in (set by fedmq.pointers.tensor, which builds on this
+#: module: PointerTensor's `__torch_function__` is `torch_function` below)
+_pointer_class: list = []
+
+
+def use_pointer_class(cls: type) -> None:
+    _pointer_class[:] = [cls]
+
+
 def is_remote(value: Any) -> bool:
     return getattr(type(value), "_fedmq_kind", None) is not None
 
@@ -68,9 +77,8 @@ def _grad_get(func: Callable, args: tuple, kwargs: dict) -> Any:
         return None
     ptr = t.__dict__.get("_fedmq_grad_ptr")
     if ptr is None or ptr.location is not t._fedmq_location:
-        from fedmq.pointers.tensor import PointerTensor
         shape, dtype, _ = meta.local_meta(t)
-        ptr = PointerTensor(t._fedmq_location, t._fedmq_id, shape, dtype, False,
+        ptr = _pointer_class[0](t._fedmq_location, t._fedmq_id, shape, dtype, False,
                             owner=t._fedmq_owner, attr="grad", gc=False)
         t._fedmq_grad_ptr = ptr
     return ptr
@@ -199,8 +207,7 @@ def _remote_call(name: str, func: Callable, args: tuple, kwargs: dict, sync: boo
                                            key=tuple(key) if key[-1] is not _UNHASHABLE else None)
     if spec is None:
         value = location.call(m.Command(name, wire_args, wire_kwargs, [], grad, reply=True))
-        from fedmq.pointers.tensor import materialize
-        return materialize(value, owner, location.network)
+        return m.adopt_all(value, owner=owner, network=location.network)
 
     result_ids = [None if type(leaf) is meta.Alias else new_id() for leaf in spec.leaves]
     location.post(m.Command(name, wire_args, wire_kwargs, result_ids, grad))
@@ -270,13 +277,11 @@ def _unwrap(value: Any, found: list, name: str, distinct: dict, key: list) -> An
 
 
 def _wrap(template: Any, ids, inputs: list, location: Any, owner: Any) -> Any:
-    from fedmq.pointers.tensor import PointerTensor
-
     if template is None:
         return None
     cls = type(template)
     if cls is meta.New:
-        return PointerTensor(location, next(ids), template.shape, template.dtype,
+        return _pointer_class[0](location, next(ids), template.shape, template.dtype,
                              template.requires_grad, owner=owner)
     if cls is meta.Alias:
         next(ids)

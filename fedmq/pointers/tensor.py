@@ -217,12 +217,9 @@ ref_for = m.describe
 
 
 def materialize(value: Any, owner: Any, network: Any) -> Any:
-    """Turn PointerRefs in a reply into pointers owned by `owner`."""
-    if isinstance(value, m.PointerRef):
-        return pointer_from_ref(value, owner, network)
-    if type(value) in (list, tuple):
-        return type(value)(materialize(v, owner, network) for v in value)
-    return value
+    """Turn PointerRefs in a reply into pointers owned by `owner` (messages.adopt_all)."""
+    return m.adopt_all(value, owner=owner, network=network)
 
 
 m.register_pointer_factory(pointer_from_ref)
+dispatch.use_pointer_class(PointerTensor)

@@ -5,7 +5,7 @@ A strategy decides which workers train in a round (`sample`), what they are told
 `Aggregation` that takes `FitResult`s as they arrive; `finish_round` turns it into weights).
 
     fedavg.py        FedAvg (default; a running weighted sum, O(model) memory)
-    fedprox.py       FedProx, and `proximal_term` for the workers' loss
+    fedprox.py       FedProx (its worker half, `proximal_term`, is fedmq.fl.proximal)
     fedopt.py        FedAdagrad, FedAdam, FedYogi (server-side adaptive optimizers)
     robust.py        FedMedian, FedTrimmedAvg, Krum / Multi-Krum
     asynchronous.py  FedAsync, FedBuff (`AsyncStrategy.on_update`, no rounds)
@@ -17,12 +17,12 @@ from fedmq.strategy.base import (Aggregation, FitResult, RoundFailed, RunningAve
                                  Weights, check_compatible, weighted_average)
 from fedmq.strategy.fedavg import FedAvg
 from fedmq.strategy.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
-from fedmq.strategy.fedprox import FedProx, proximal_term
+from fedmq.strategy.fedprox import FedProx
 from fedmq.strategy.registry import STRATEGIES, make_strategy
 from fedmq.strategy.robust import FedMedian, FedTrimmedAvg, Krum
 
 __all__ = ["Aggregation", "AsyncStrategy", "FedAdagrad", "FedAdam", "FedAsync", "FedAvg",
            "FedBuff", "FedMedian", "FedOpt", "FedProx", "FedTrimmedAvg", "FedYogi", "FitResult",
            "Krum", "RoundFailed", "RunningAverage", "STALENESS_FUNCTIONS", "STRATEGIES",
-           "Strategy", "Weights", "check_compatible", "make_strategy", "proximal_term",
+           "Strategy", "Weights", "check_compatible", "make_strategy",
            "staleness_weight", "weighted_average"]

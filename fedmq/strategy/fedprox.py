@@ -2,13 +2,12 @@
 
 The server aggregates exactly as FedAvg; the difference is on the worker, whose local objective
 becomes  loss(w) + (mu/2) * ||w - w_global||^2. The server tells workers `mu` through the `Fit`
-config (key ``proximal_mu``); the worker's training loop adds `proximal_term(...)` to its loss.
+config (key ``proximal_mu``); the worker's training loop adds `fedmq.fl.proximal.proximal_term(...)` to its loss.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from fedmq.fl.proximal import proximal_term  # noqa: F401 (re-exported: the workers' half)
 from fedmq.strategy.fedavg import FedAvg
 
 

@@ -5,7 +5,7 @@
 
 Everything a pointer does goes through the same `WorkerClient` and request engine as for
 in-process workers; only the transport differs (fedmq/transport/amqp.py). The clients of one
-hook share one connection per broker URL (`Context.amqp_engine`).
+hook share one connection per broker URL (`amqp_engine`).
 """
 from __future__ import annotations
 
@@ -17,6 +17,27 @@ from fedmq.context import Context
 from fedmq.engine import DEFAULT_TIMEOUT, RequestEngine
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def amqp_engine(context: Context, url: str, *,
+                chunk_size: int | None = None) -> RequestEngine:
+    """The request engine over `context`'s RabbitMQ connection to `url`: made on first use and
+    shared by every AMQPClientWorker of that context with that URL (one connection, one reply
+    consumer). Raises TransportError when the broker cannot be reached."""
+    # aio-pika is imported only when a broker is used: `import fedmq` stays light
+    from fedmq.transport.amqp import CHUNK_SIZE, AMQPTransport
+
+    def connect() -> RequestEngine:
+        transport = AMQPTransport(url, chunk_size=chunk_size or CHUNK_SIZE,
+                                  connection_name="fedmq client")
+        return RequestEngine(transport, timeout=DEFAULT_TIMEOUT)
+
+    key = f"amqp {url} {chunk_size}"
+    engine = context.state(key, connect)
+    if engine.closed:  # closed by its user: a new connection
+        context.discard(key)
+        engine = context.state(key, connect)
+    return engine
 
 
 class AMQPNetwork:
@@ -57,7 +78,7 @@ class AMQPClientWorker(WorkerClient):
                  **_pysyft_options: Any) -> None:
         if network is None:
             context = getattr(hook, "context", None) or Context()
-            engine = context.amqp_engine(url)
+            engine = amqp_engine(context, url)
             network = context.state(f"amqp-network {url}",
                                     lambda: AMQPNetwork(engine, context, timeout))
         super().__init__(id, network.engine, network, timeout=timeout)
