@@ -287,10 +287,25 @@ class AMQPTransport(Transport):
             raise RuntimeError("this AMQP transport lives on its caller's loop: await aclose()")
         self._closed = True
         try:
-            self._run(self.connection.close(), timeout=5)
+            self._run(self._shutdown(), timeout=10)
         except Exception:  # pragma: no cover - closing a connection the broker already dropped
-            pass
+            log.debug("fedmq: closing %s", self.describe(), exc_info=True)
         self.loop.call_soon_threadsafe(self.loop.stop)
+        if self._loop_thread is not None:
+            self._loop_thread.join(10)
+            if not self._loop_thread.is_alive():
+                self.loop.close()
+
+    async def _shutdown(self) -> None:
+        """Close the connection, then end every task still on this transport's own loop."""
+        try:
+            await self.connection.close()
+        finally:
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
         if self._closed:

@@ -1,0 +1,290 @@
+"""The request engine (fedmq/engine.py): one pending-reply table, cleaned on timeout; every
+pending call fails at once when the connection closes or drops; the reply consumer survives a
+reconnect; frames are counted. In-process and over the real broker."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import secrets
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+import torch
+
+import fedmq
+from fedmq import messages as m
+from fedmq.context import Context
+from fedmq.engine import FrameCounter, RequestEngine
+from fedmq.errors import ConnectionLost, ObjectNotFoundError, ReplyTimeout, TransportError
+from fedmq.transport.local import LocalTransport
+from fedmq.worker import Worker
+from worker_procs import AMQP_URL
+
+MANAGEMENT_URL = os.environ.get("FEDMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
+
+
+def local_engine(*ids: str) -> tuple[RequestEngine, dict]:
+    workers = {i: Worker(i) for i in ids}
+    return RequestEngine(LocalTransport(workers), timeout=None), workers
+
+
+# -- in-process ------------------------------------------------------------------------------------
+
+def test_request_returns_the_value_and_raises_the_workers_error():
+    engine, workers = local_engine("bob")
+    engine.post("bob", m.ObjectMessage([m.StoredObject(7, torch.ones(2))]))
+    assert engine.request("bob", m.ObjectsCount()) == 1
+    with pytest.raises(ObjectNotFoundError, match="bob"):
+        engine.request("bob", m.GetRequest([8]))
+    count, (value,) = engine.request_all([("bob", m.ObjectsCount()),
+                                          ("bob", m.GetRequest([7], False))])
+    assert count == 1 and torch.equal(value, torch.ones(2))
+
+
+def test_request_all_raises_the_first_error_after_every_reply():
+    engine, workers = local_engine("bob", "alice")
+    with pytest.raises(ObjectNotFoundError, match="alice"):
+        engine.request_all([("bob", m.ObjectsCount()), ("alice", m.GetRequest([1])),
+                            ("bob", m.ClearObjects())])
+    assert workers["bob"].message_count == 2  # the call after the failing one was sent too
+
+
+def test_unknown_in_process_worker_is_a_transport_error():
+    engine, _ = local_engine("bob")
+    with pytest.raises(TransportError, match="no in-process worker with id 'carol'"):
+        engine.request("carol", m.ObjectsCount())
+
+
+def test_async_requests_run_each_worker_on_its_own_thread():
+    engine, workers = local_engine("bob", "alice")
+
+    async def main():
+        return await asyncio.gather(engine.arequest("bob", m.ObjectsCount()),
+                                    engine.arequest("alice", m.ObjectsCount()))
+    assert asyncio.run(main()) == [0, 0]
+    engine.close()
+    with pytest.raises(ConnectionLost, match="closed"):
+        engine.request("bob", m.ObjectsCount())
+
+
+def test_frame_counter_counts_a_training_step_of_the_seed_cnn():
+    """One SGD step of the seed's CNN on a sent model and sent data costs a handful of frames,
+    not one per op: the commands ride in one batch with the loss's get."""
+    from fedmq.models import SeedCNN
+    hook = fedmq.TorchHook(torch)
+    bob = fedmq.VirtualWorker(hook, id="bob")
+    model = SeedCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    data, target = torch.randn(8, 1, 28, 28).send(bob), torch.randint(0, 10, (8,)).send(bob)
+    model.send(bob)
+
+    def step():
+        opt.zero_grad()
+        loss = torch.nn.functional.nll_loss(model(data), target)
+        loss.backward()
+        opt.step()
+        return loss.get().item()
+
+    step()  # warm: shapes cached, optimizer state created
+    with FrameCounter(bob.engine) as counted:
+        step()
+    assert 1 <= counted.frames <= 4, counted.frames
+    assert counted.replies == counted.frames
+
+
+def test_two_hooks_in_one_process_do_not_share_anything():
+    h1, h2 = fedmq.TorchHook(torch), fedmq.TorchHook(torch)
+    bob1, bob2 = fedmq.VirtualWorker(h1, id="bob"), fedmq.VirtualWorker(h2, id="bob")
+    assert h1.context is not h2.context and bob1.engine is not bob2.engine
+    x = torch.tensor([1.0, 2.0]).send(bob1)
+    y = x * 3  # buffered in h1's context
+    assert bob2.objects_count() == 0  # a call in h2 neither flushes h1's buffer nor sees bob1
+    assert bob1.worker.store.__len__() == 1 and bob1._buffer
+    assert torch.equal(y.get(), torch.tensor([3.0, 6.0]))
+    # SMPC primitive stores are per context too
+    from fedmq.smpc.provider import primitive_store
+    c1, c2 = (fedmq.VirtualWorker(h, id="cp") for h in (h1, h2))
+    assert primitive_store(c1) is not primitive_store(c2)
+    assert h1.network.client("bob") is bob1 and h2.network.client("bob") is bob2
+
+
+def test_threads_each_with_its_own_hook_run_side_by_side():
+    results, errors = {}, []
+
+    def run(name: str) -> None:
+        try:
+            hook = fedmq.TorchHook(torch)
+            worker = fedmq.VirtualWorker(hook, id="shared-name")
+            total = torch.zeros(3).send(worker)
+            for i in range(50):
+                total = total + torch.full((3,), float(i)).send(worker)
+            results[name] = (total.get(), worker.worker.store.__len__())
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(f"t{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    for total, left in results.values():
+        assert torch.equal(total, torch.full((3,), float(sum(range(50)))))
+        assert left == 0
+
+
+def test_import_fedmq_is_light_and_the_hook_loads_no_strategy():
+    import subprocess
+    import sys
+    code = ("import sys, fedmq\n"
+            "assert 'aio_pika' not in sys.modules and 'pika' not in sys.modules\n"
+            "assert not [k for k in sys.modules if k.startswith('fedmq.fl')]\n"
+            "import torch; fedmq.TorchHook(torch)\n"
+            "assert 'aio_pika' not in sys.modules\n"
+            "bad = [k for k in sys.modules if k.startswith('fedmq.strategy')]\n"
+            "assert not bad, bad\n"
+            "print('light')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "light" in out.stdout, out.stderr
+
+
+# -- over RabbitMQ ---------------------------------------------------------------------------------
+
+def amqp_engine(name: str, timeout: float = 5.0) -> RequestEngine:
+    from fedmq.transport.amqp import AMQPTransport
+    return RequestEngine(AMQPTransport(AMQP_URL, connection_name=name), timeout=timeout)
+
+
+def _management(path: str, method: str = "GET"):
+    parts = urllib.parse.urlsplit(AMQP_URL)
+    user, password = urllib.parse.unquote(parts.username or "guest"), \
+        urllib.parse.unquote(parts.password or "guest")
+    request = urllib.request.Request(f"{MANAGEMENT_URL}/api/{path}", method=method)
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        body = response.read()
+    return json.loads(body) if body else None
+
+
+def close_connection_named(connection_name: str, timeout: float = 20.0) -> None:
+    """Close (from the broker's side) the connection whose client named itself so; the
+    management plugin lists a new connection a few seconds after it opens."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for conn in _management("connections"):
+            if (conn.get("client_properties") or {}).get("connection_name") == connection_name:
+                _management(f"connections/{urllib.parse.quote(conn['name'], safe='')}",
+                            method="DELETE")
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"connection {connection_name!r} never appeared in the management API")
+
+
+@pytest.mark.amqp
+def test_a_call_to_a_worker_nobody_runs_times_out_and_leaves_no_entry():
+    engine = amqp_engine(f"fedmq-test-{secrets.token_hex(4)}", timeout=0.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ReplyTimeout, match="nobody-.*ObjectsCount"):
+            engine.request(f"nobody-{secrets.token_hex(3)}", m.ObjectsCount())
+        assert time.monotonic() - started < 3
+        assert engine.pending_replies() == 0
+
+        # a posted message whose reply never comes: its callback gets the timeout, the table
+        # is swept the next time anything is sent
+        got = []
+        engine.post("nobody", m.ObjectsCount(), on_reply=got.append)
+        assert engine.pending_replies() == 1
+        time.sleep(1.6)
+        engine.post("nobody", m.DeleteObjects([]))  # no callback: nothing awaited
+        assert engine.pending_replies() == 0
+        assert len(got) == 1 and isinstance(got[0], ReplyTimeout)
+    finally:
+        engine.close()
+
+
+@pytest.mark.amqp
+def test_closing_the_engine_fails_every_pending_call_at_once():
+    engine = amqp_engine(f"fedmq-test-{secrets.token_hex(4)}", timeout=60)
+    outcome = []
+
+    def wait():
+        try:
+            engine.request("nobody-at-all", m.ObjectsCount())
+        except Exception as exc:
+            outcome.append((exc, time.monotonic()))
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.5)
+    assert engine.pending_replies() == 1
+    closed = time.monotonic()
+    engine.close()
+    thread.join(10)
+    assert outcome and isinstance(outcome[0][0], ConnectionLost), outcome
+    assert outcome[0][1] - closed < 2 and "nobody-at-all" in str(outcome[0][0])
+    assert engine.pending_replies() == 0
+
+
+@pytest.mark.amqp
+@pytest.mark.slow
+def test_the_reply_consumer_survives_the_broker_closing_the_connection(worker_processes):
+    """The broker closes the client's connection (as on a restart): the call in flight fails at
+    once with ConnectionLost instead of waiting out its timeout, and after aio-pika reconnects
+    the replies come back again, for pointers over the same client as well."""
+    name = f"fedmq-test-{secrets.token_hex(4)}"
+    engine = amqp_engine(name, timeout=60)
+    outcome = []
+    try:
+        assert engine.request("bob", m.WorkerStats())["objects"] >= 0
+
+        def wait():
+            try:
+                engine.request("nobody-ever", m.ObjectsCount())
+            except Exception as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        close_connection_named(name)
+        thread.join(15)
+        assert outcome and isinstance(outcome[0], ConnectionLost), outcome
+        assert time.monotonic() - started < 15
+        deadline = time.monotonic() + 30
+        while True:  # reconnecting takes aio-pika's reconnect interval (5 s)
+            try:
+                assert engine.request("bob", m.WorkerStats(), timeout=2)["objects"] >= 0
+                break
+            except (ReplyTimeout, ConnectionLost, TransportError):
+                assert time.monotonic() < deadline, "no reply after the reconnect"
+                time.sleep(0.5)
+        for _ in range(3):  # and keeps working
+            assert isinstance(engine.request("bob", m.ObjectsCount()), int)
+    finally:
+        engine.close()
+
+
+@pytest.mark.amqp
+def test_a_hooks_clients_share_one_connection_and_two_hooks_do_not(worker_processes):
+    h1, h2 = fedmq.TorchHook(torch), fedmq.TorchHook(torch)
+    bob1 = fedmq.AMQPClientWorker(h1, id="bob", url=AMQP_URL)
+    alice1 = fedmq.AMQPClientWorker(h1, id="alice", url=AMQP_URL)
+    bob2 = fedmq.AMQPClientWorker(h2, id="bob", url=AMQP_URL)
+    try:
+        assert bob1.engine is alice1.engine and bob1.engine is not bob2.engine
+        x = torch.tensor([1.0, 2.0]).send(bob1)
+        with FrameCounter(bob1.engine) as counted:
+            assert torch.equal((x + 1).get(), torch.tensor([2.0, 3.0]))
+        assert counted.frames == 1  # the add rides with the get
+    finally:
+        h1.context.close()
+        h2.context.close()
