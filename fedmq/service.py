@@ -142,7 +142,8 @@ class WorkerService:
                  self.outbound.describe(), self.prefetch)
 
     async def run_until_stopped(self) -> None:
-        assert self._stopping is not None
+        if self._stopping is None:
+            raise RuntimeError(f"worker service {self.id}: start() it before running it")
         await self._stopping.wait()
         await self.stop()
 
@@ -156,7 +157,6 @@ class WorkerService:
             await self.queue.cancel(self._consumer_tag)
         except Exception:  # pragma: no cover - the channel may already be gone
             pass
-        assert self._inbox is not None
         # The message in hand is finished; queued ones are skipped (see _process_loop) and,
         # never acked, go back to the queue when the channel closes.
         await self._inbox.join()
@@ -170,7 +170,6 @@ class WorkerService:
         log.info("fedmq worker %s: stopped", self.id)
 
     async def _process_loop(self) -> None:
-        assert self._inbox is not None
         sweep_every = max(0.05, min(5.0, self.chunk_timeout / 4))
         while True:
             try:

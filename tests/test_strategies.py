@@ -276,20 +276,24 @@ def test_krum_needs_2f_plus_3_results():
 # --- sampling and the round rules --------------------------------------------------------------
 
 def test_sampling_fraction_and_minimum():
+    """The base class's sampling rules (Strategy is abstract: FedAvg does not override them)."""
+    with pytest.raises(TypeError, match="abstract"):
+        Strategy()
+    assert FedAvg.sample is Strategy.sample
     ids = [f"w{i}" for i in range(10)]
-    strategy = Strategy(fraction_fit=0.5, min_fit_workers=3)
+    strategy = FedAvg(fraction_fit=0.5, min_fit_workers=3)
     chosen = strategy.sample(ids, 1, random.Random(7))
     assert len(chosen) == 5 and set(chosen) <= set(ids)  # ceil(0.5 * 10) = 5
     assert chosen == sorted(chosen, key=ids.index)  # in the workers' order
     assert strategy.sample(ids, 1, random.Random(7)) == chosen  # seeded: deterministic
     assert len({tuple(strategy.sample(ids, 1, random.Random(s))) for s in range(10)}) > 1
     # ceil(0.1 * 10) = 1 < min_fit_workers = 3
-    assert len(Strategy(fraction_fit=0.1, min_fit_workers=3).sample(ids, 1, random.Random(0))) == 3
+    assert len(FedAvg(fraction_fit=0.1, min_fit_workers=3).sample(ids, 1, random.Random(0))) == 3
     # ceil(0.25 * 10) = 3
-    assert len(Strategy(fraction_fit=0.25).sample(ids, 1, random.Random(0))) == 3
-    assert Strategy().sample(ids, 1, random.Random(0)) == ids
+    assert len(FedAvg(fraction_fit=0.25).sample(ids, 1, random.Random(0))) == 3
+    assert FedAvg().sample(ids, 1, random.Random(0)) == ids
     with pytest.raises(RoundFailed, match="4 required"):
-        Strategy(min_available_workers=4).sample(ids[:3], 1, random.Random(0))
+        FedAvg(min_available_workers=4).sample(ids[:3], 1, random.Random(0))
 
 
 def test_round_failed_below_min_fit_workers():

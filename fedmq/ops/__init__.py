@@ -45,10 +45,10 @@ def clear_grads(tensors: list[torch.Tensor]) -> None:
 FEDMQ_OPS = {"fedmq.clear_grads": clear_grads}
 
 
-def _build() -> tuple[dict[str, Op], dict[Any, str], list[str]]:
+def _build() -> tuple[dict[str, Op], dict[Any, str]]:
+    """The allowlist by wire name and by function; a name this torch build lacks is skipped."""
     by_name: dict[str, Op] = {}
     by_func: dict[Any, str] = {}
-    missing: list[str] = []
 
     def add(name: str, fn: Any, keys: list[Any]) -> None:
         by_name[name] = Op(name, fn)
@@ -60,20 +60,18 @@ def _build() -> tuple[dict[str, Op], dict[Any, str], list[str]]:
                                  ("Tensor.", torch.Tensor, allowlist.TENSOR_METHODS)):
         for attr in names:
             fn = getattr(owner, attr, None)
-            if fn is None:
-                missing.append(prefix + attr)
-                continue
-            add(prefix + attr, fn, [fn])
+            if fn is not None:
+                add(prefix + attr, fn, [fn])
     for attr in allowlist.TENSOR_GETTERS:
         add(f"Tensor.{attr}", _getter(attr), [getattr(torch.Tensor, attr).__get__])
     for attr in allowlist.TENSOR_SETTERS:
         add(f"Tensor.{attr}.__set__", _setter(attr), [getattr(torch.Tensor, attr).__set__])
     for name, fn in FEDMQ_OPS.items():
         add(name, fn, [])
-    return by_name, by_func, missing
+    return by_name, by_func
 
 
-_BY_NAME, _BY_FUNC, MISSING = _build()
+_BY_NAME, _BY_FUNC = _build()
 
 
 def lookup(name: str) -> Op:
@@ -91,6 +89,3 @@ def name_of(func: Any) -> str | None:
     except TypeError:  # unhashable
         return None
 
-
-def allowed_names() -> list[str]:
-    return sorted(_BY_NAME)

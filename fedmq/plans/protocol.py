@@ -253,8 +253,8 @@ def _send_tensor(t: torch.Tensor, location: Any, owner: Any) -> Any:
 
 
 class PointerProtocol(OwnedRemote):
-    _what = "protocol"
     """A protocol stored on a worker: `run` runs it there, `get` fetches it."""
+    _what = "protocol"
 
     _consumed = False
 

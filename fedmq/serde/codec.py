@@ -286,8 +286,3 @@ def _list_hook(items: list) -> Any:
     raise SerdeError(f"marker {code} cannot lead an array")  # pragma: no cover
 
 
-def _list(value: Any, what: str) -> list:
-    if not isinstance(value, list):
-        raise SerdeError(f"malformed {what}")
-    return value
-

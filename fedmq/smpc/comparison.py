@@ -42,12 +42,6 @@ def comparison_primitives(shape) -> list:
     return [("edabit", params)] + [("and", params)] * len(_OR_SHIFTS) + [("bit", params)]
 
 
-def _shift(share, s: int):
-    """Arithmetic right shift of one binary share (linear over XOR: each output bit is a fixed
-    input bit, and the sign-extension bits of the shares XOR to the value's)."""
-    return remote(share.location, "torch.div", share, 1 << s, rounding_mode="floor")
-
-
 def _xor(a, b):
     return remote(a.location, "Tensor.__xor__", a, b)
 
@@ -81,7 +75,7 @@ def binary_and(f: list, g: list, triple: list) -> list:
 # These run on the share holders (LocalStep messages, local_steps.py allowlists them by name).
 
 def _rshift(t: torch.Tensor, s: int) -> torch.Tensor:
-    return t >> s  # arithmetic shift: linear over XOR shares (see `_shift`)
+    return t >> s  # arithmetic shift: linear over XOR shares (each output bit is a fixed input bit)
 
 
 def _step_mask(x: torch.Tensor, r: torch.Tensor):

@@ -23,6 +23,8 @@ Staleness functions s(d) of the staleness d (Xie et al., §5.2): constant 1; pol
 """
 from __future__ import annotations
 
+import abc
+
 from typing import Any
 
 import torch
@@ -46,7 +48,7 @@ def staleness_weight(kind: str, staleness: int, a: float = 0.5, b: float = 4) ->
                      f"valid: {', '.join(STALENESS_FUNCTIONS)}")
 
 
-class AsyncStrategy:
+class AsyncStrategy(abc.ABC):
     """Base class: staleness bookkeeping and the `max_staleness` rule."""
 
     def __init__(self, *, staleness: str = "polynomial", a: float = 0.5, b: float = 4,
@@ -90,9 +92,11 @@ class AsyncStrategy:
             return None
         return self._apply(global_weights, version, result, self.weight(staleness))
 
+    @abc.abstractmethod
     def _apply(self, global_weights: Weights, version: int, result: FitResult,
                weight: float) -> Weights | None:
-        raise NotImplementedError
+        """Fold a fresh-enough update in (with its staleness `weight`); the new global model,
+        or None when it was only buffered."""
 
     def state_dict(self) -> dict[str, Any]:
         return {"received": self.received, "applied": self.applied, "dropped": self.dropped}

@@ -15,6 +15,8 @@ into checkpoints so a resumed run continues with the same results.
 """
 from __future__ import annotations
 
+import abc
+
 import math
 import random
 from dataclasses import dataclass, field
@@ -158,9 +160,9 @@ def check_compatible(reference: Weights, weights: Weights, who: str) -> None:
             raise ValueError(f"update from {who}: {name} holds NaN or infinite values")
 
 
-class Strategy:
+class Strategy(abc.ABC):
     """Base class: uniform sampling with `fraction_fit`, the `min_fit_workers` rule and
-    `accept_failures`. Subclasses override `begin_round` / `aggregate`."""
+    `accept_failures`. Subclasses implement `aggregate` (and may override `begin_round`)."""
 
     def __init__(self, *, fraction_fit: float = 1.0, min_fit_workers: int = 1,
                  min_available_workers: int = 1, accept_failures: bool = True) -> None:
@@ -207,8 +209,9 @@ class Strategy:
                               f"min_fit_workers is {self.min_fit_workers}")
         return self.aggregate(round, global_weights, aggregation)
 
+    @abc.abstractmethod
     def aggregate(self, round: int, global_weights: Weights, aggregation: Aggregation) -> Weights:
-        raise NotImplementedError
+        """The next global model from the round's aggregation (inputs are not modified)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -11,5 +11,7 @@ class FedAvg(Strategy):
         return RunningAverage(round, global_weights)
 
     def aggregate(self, round: int, global_weights: Weights, aggregation: Aggregation) -> Weights:
-        assert isinstance(aggregation, RunningAverage)
+        if not isinstance(aggregation, RunningAverage):
+            raise TypeError(f"{type(self).__name__} aggregates a RunningAverage (from its own "
+                            f"begin_round), got {type(aggregation).__name__}")
         return aggregation.average()

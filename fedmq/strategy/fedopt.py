@@ -64,11 +64,12 @@ class FedOpt(Strategy):
         return RunningAverage(round, global_weights)
 
     def aggregate(self, round: int, global_weights: Weights, aggregation: Aggregation) -> Weights:
-        assert isinstance(aggregation, RunningAverage)
+        if not isinstance(aggregation, RunningAverage):
+            raise TypeError(f"{type(self).__name__} aggregates a RunningAverage (from its own "
+                            f"begin_round), got {type(aggregation).__name__}")
         average = aggregation.average()
         if self.m is None or self.v is None:
             self.initialize(global_weights)
-        assert self.m is not None and self.v is not None
         if self.m.keys() != {n for n, t in global_weights.items() if is_aggregated(t)}:
             raise ValueError("the server optimizer's state does not match the model's entries")
         m_new, v_new, out = {}, {}, {}
