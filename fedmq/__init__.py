@@ -1,17 +1,20 @@
 """fedmq: remote execution, federated learning and SMPC for PyTorch, on RabbitMQ.
 
-The data path, top to bottom (each a small module):
-    hook.py              TorchHook: adds .send/.get/.move/... to tensors and modules
+The data path, top to bottom (each a small module; imports only point down):
+    hook.py              TorchHook: adds .send/.get/.move/... to tensors and modules, loads
+                         the extensions (extensions.py) and owns a Context (context.py)
     pointers/            PointerTensor; dispatch.py turns torch calls into Commands
     module.py            model.send()/get()/move()/copy()
-    client.py            WorkerClient: what a pointer's .location is (call / post)
+    client.py            WorkerClient: what a pointer's .location is (call / post / buffers)
+    engine.py            RequestEngine: envelopes, the pending-reply table, timeouts, lost
+                         connections; the one way anything sends to a worker
+    transport/           local (in-process) and amqp: move frames, nothing else
     messages.py          the message dataclasses
     serde/               the wire format (msgpack + raw tensor bytes; never pickle)
-    transport/           local (in-process) and amqp: move frames, nothing else
-    worker.py            Worker.handle(message) -> Reply, the same for every transport
+    worker.py            Worker.handle_frame(frame) -> reply frame, the same for every transport
     execution.py, ops/   the executor and the op allowlist
     service.py           `fedmq worker`: a Worker consuming its RabbitMQ queue
-Built on that:
+Built on that (each declares what it adds in its hooks.py `EXTENSION` table):
     federated/, data/    FederatedDataset, FederatedDataLoader, .federate; local data sources
     sandbox.py, grid.py  create_sandbox, PrivateGridNetwork
     plans/               func2plan, Plan, PointerPlan, Protocol (traced op lists, one message)
@@ -19,9 +22,11 @@ Built on that:
     fl/, strategy/       federated rounds: Fit/Evaluate on the workers, the asyncio
                          coordinator (`fedmq train`), FedAvg/FedProx/FedAdam/.../FedBuff
 """
-from fedmq.errors import (FedmqError, ObjectNotFoundError, OpNotAllowedError, PointerError,
-                          RemoteError, RemoteExecutionError, ReplyTimeout, SerdeError,
-                          TransportError)
+import importlib
+
+from fedmq.errors import (ConnectionLost, FedmqError, ObjectNotFoundError, OpNotAllowedError,
+                          PointerError, RemoteError, RemoteExecutionError, ReplyTimeout,
+                          SerdeError, TransportError)
 from fedmq.context import latest_hook
 from fedmq.hook import TorchHook
 from fedmq.pointers import PointerTensor, RemoteParameter
@@ -44,15 +49,16 @@ def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'fedmq' has no attribute {name!r}")
-    import importlib
     return getattr(importlib.import_module(module), name)
 
-del hook  # noqa: F821 - the submodule's name: `fedmq.hook` is the latest TorchHook (see below)
+
+del hook  # noqa: F821 - the submodule's name: `fedmq.hook` is the latest TorchHook (__getattr__)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AMQPClientWorker", "FedmqError", "ObjectNotFoundError", "OpNotAllowedError", "PointerError", "PointerTensor",
-    "RemoteError", "RemoteExecutionError", "RemoteParameter", "ReplyTimeout", "SerdeError",
-    "TorchHook", "TransportError", "VirtualWorker", "hook", "local_worker",
+    "AMQPClientWorker", "ConnectionLost", "FedmqError", "ObjectNotFoundError",
+    "OpNotAllowedError", "PointerError", "PointerTensor", "RemoteError", "RemoteExecutionError",
+    "RemoteParameter", "ReplyTimeout", "SerdeError", "TorchHook", "TransportError",
+    "VirtualWorker", "hook", "local_worker",
 ]
