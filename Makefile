@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedmq-installed
 BROKER ?=
 
-.PHONY: test test-fast demo bench broker clean
+.PHONY: test test-fast lint-imports demo bench broker clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	@bash .ci/broker.sh
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+
+lint-imports: $(STAMP)
+	$(VENV)/bin/lint-imports
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not amqp and not slow"
