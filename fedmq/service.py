@@ -30,12 +30,14 @@ import pathlib
 import signal
 
 import aio_pika
+import torch
 
 from fedmq import messages as m, serde
 from fedmq.client import WorkerClient
 from fedmq.context import Context
 from fedmq.engine import RequestEngine
 from fedmq.extensions import load_extensions
+from fedmq.ids import new_id
 from fedmq.runtime import tune_malloc
 from fedmq.transport.amqp import (CHUNK_SIZE, DEAD_LETTER_EXCHANGE, AMQPTransport, ChunkAssembler,
                                   chunk_messages, declare_topology, queue_name)
@@ -261,6 +263,17 @@ def worker_ids(args: argparse.Namespace) -> list[str]:
     return ids
 
 
+def build_worker(args: argparse.Namespace) -> Worker:
+    """A `Worker(args.id)` whose store holds the partition `args` describes
+    (fedmq.data.worker_data.holdings: images and labels, tagged for search)."""
+    from fedmq.data.worker_data import holdings  # torchvision: only for workers holding data
+
+    worker = Worker(args.id)
+    for tensor, tags, description in holdings(args):
+        worker.store.put(new_id(), tensor, tags, description)
+    return worker
+
+
 def build_workers(args: argparse.Namespace, ids: list[str]) -> dict[str, Worker]:
     """Workers holding data for several ids served by one process; the dataset is read and
     normalised once. Without `--iid-parts` each id holds its own copy of the whole
@@ -268,11 +281,8 @@ def build_workers(args: argparse.Namespace, ids: list[str]) -> dict[str, Worker]
     near-equal IID parts (`fedmq.data.partition.iid`, seed `--iid-seed`) and the i-th id of
     this process holds part `--first-part + i`, so processes hosting w0-w9, w10-w19, ... with
     `--first-part 0, 10, ...` share out one partition without overlap."""
-    import torch
-
-    from fedmq.data import partition
+    from fedmq.data import partition  # torchvision: only for workers holding data
     from fedmq.data.worker_data import partition_tensors
-    from fedmq.ids import new_id
 
     if not args.dataset:
         raise SystemExit("fedmq worker: --iid-parts and several ids with data need --dataset")
@@ -317,7 +327,6 @@ def run_worker(args: argparse.Namespace) -> int:
     workers: dict[str, Worker | None] = dict.fromkeys(ids)
     if len(ids) == 1 and not args.iid_parts:
         if args.dataset or args.testing:
-            from fedmq.data.worker_data import build_worker  # arrives with the data sources
             workers[ids[0]] = build_worker(argparse.Namespace(**{**vars(args), "id": ids[0]}))
     elif args.dataset or args.testing or args.iid_parts:
         workers = dict(build_workers(args, ids))

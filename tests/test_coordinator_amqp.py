@@ -94,7 +94,7 @@ def test_rounds_over_rabbitmq_give_the_in_process_results_with_chunked_frames(fl
                for line in lines)
     assert sum(1 for key, _ in coord.events.events if key == "fit.result") == 4
 
-    from fedmq.data.worker_data import build_worker
+    from fedmq.service import build_worker
     local = {w: build_worker(argparse.Namespace(id=w, dataset="mnist5k", labels=labels,
                                                 testing=False)) for w, labels in TRAIN.items()}
     local[TESTING] = build_worker(argparse.Namespace(id=TESTING, dataset="mnist5k",

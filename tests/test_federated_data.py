@@ -349,7 +349,7 @@ def test_partitions():
 
 
 def test_build_worker_holds_a_tagged_label_partition(caplog):
-    from fedmq.data.worker_data import build_worker
+    from fedmq.service import build_worker
 
     args = argparse.Namespace(id="bob", dataset="mnist5k", labels="4-6", testing=False)
     with caplog.at_level(logging.INFO, logger="fedmq.data"):

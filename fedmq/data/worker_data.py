@@ -16,8 +16,6 @@ import torch
 
 from fedmq.data import partition
 from fedmq.data.vision import NORMALIZE, load_image_dataset
-from fedmq.ids import new_id
-from fedmq.worker import Worker
 
 log = logging.getLogger("fedmq.data")
 
@@ -34,8 +32,11 @@ def partition_tensors(dataset: str, labels: list[int] | None = None,
     return images, ds.targets[index].clone()
 
 
-def build_worker(args: argparse.Namespace) -> Worker:
-    """A `Worker(args.id)` whose store holds the partition `args` describes."""
+def holdings(args: argparse.Namespace) -> list[tuple[torch.Tensor, tuple, str]]:
+    """What a data owner's worker holds for `args` (id, dataset, labels or testing): the
+    partition's images and labels, each with its search tags and description, as
+    (tensor, tags, description). Logs the per-label counts. Raises ValueError for a
+    combination that names no partition."""
     dataset = getattr(args, "dataset", None)
     testing = bool(getattr(args, "testing", False))
     label_text = getattr(args, "labels", None)
@@ -46,12 +47,10 @@ def build_worker(args: argparse.Namespace) -> Worker:
     labels = partition.parse_labels(label_text) if label_text else None
     images, targets = partition_tensors(dataset, labels, testing)
     split = "#test" if testing else "#train"
-    worker = Worker(args.id)
     description = (f"{dataset} {'test set' if testing else 'train set'}"
                    f"{f', labels {label_text}' if label_text else ''} held by {args.id}")
-    worker.store.put(new_id(), images, (f"#{dataset}", "#data", split), description)
-    worker.store.put(new_id(), targets, (f"#{dataset}", "#target", split), description)
     counts = partition.label_counts(targets)
     log.info("worker %s holds %d %s %s samples; per label: %s", args.id, len(targets), dataset,
              split[1:], ", ".join(f"{label}: {n}" for label, n in enumerate(counts)))
-    return worker
+    return [(images, (f"#{dataset}", "#data", split), description),
+            (targets, (f"#{dataset}", "#target", split), description)]

@@ -75,7 +75,7 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
 
 
 def in_process_workers(workers: dict, dataset: str, testing: str | None) -> dict:
-    from fedmq.data.worker_data import build_worker
+    from fedmq.service import build_worker
     from fedmq.extensions import load_extensions
 
     load_extensions()

@@ -162,21 +162,19 @@ def _per_party(*split_values: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     return [list(shares) for shares in zip(*split_values)]
 
 
-#: the dealer a provider worker runs
-DEALER: CryptoProvider = TrustedDealer()
-
-
 def handle_deal_request(worker: Any, msg: DealRequest) -> None:
     """On the provider: generate every deal and send each party its shares directly.
 
     1. Check the request: the provider is not a party, ids match the kind.
-    2. Generate each primitive in the clear (TrustedDealer) and split it into shares.
+    2. Generate each primitive in the clear (the worker's `crypto_provider`, a CryptoProvider;
+       by default a TrustedDealer) and split it into shares.
     3. Send each party one ObjectMessage with all its shares, under the caller's ids.
     The reply (to the coordinator) carries nothing but success.
     """
     if worker.network is None:
         raise ValueError("this worker cannot reach other workers, so it cannot be a provider")
     outgoing: dict[str, list] = collections.defaultdict(list)
+    dealer: CryptoProvider = getattr(worker, "crypto_provider", None) or TrustedDealer()
     for deal in msg.deals:
         if not isinstance(deal, Deal):
             raise ValueError("a DealRequest holds Deal records only")
@@ -190,7 +188,7 @@ def handle_deal_request(worker: Any, msg: DealRequest) -> None:
         if len(deal.ids) != len(deal.parties) or any(
                 len(ids) != len(names) for ids in deal.ids):
             raise ValueError(f"a {deal.kind!r} deal stores {len(names)} shares per party")
-        shares = DEALER.deal(deal)
+        shares = dealer.deal(deal)
         for party, ids, party_shares in zip(deal.parties, deal.ids, shares):
             outgoing[party].extend(m.StoredObject(i, s) for i, s in zip(ids, party_shares))
     from fedmq.client import call_all
