@@ -15,6 +15,9 @@ from typing import Any
 import torch
 
 from fedmq.data import tabular
+from fedmq.grid import PrivateGridNetwork
+from fedmq.hook import TorchHook
+from fedmq.workers.virtual import VirtualWorker
 
 WORKER_IDS = ("bob", "theo", "jason", "alice", "andy", "jon")
 
@@ -61,10 +64,6 @@ def distribute(tensor: torch.Tensor, workers: list) -> list:
 def create_sandbox(gbs: dict, verbose: bool = True, download_data: bool = True) -> None:
     """Fill `gbs` (usually `globals()`) with `hook`, the six workers, `workers` and `grid`.
     `download_data=False` skips the datasets (the name is PySyft's; nothing is downloaded)."""
-    from fedmq.grid import PrivateGridNetwork
-    from fedmq.hook import TorchHook
-    from fedmq.workers.virtual import VirtualWorker
-
     def say(line: str) -> None:
         if verbose:
             print(line)

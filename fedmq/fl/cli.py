@@ -16,7 +16,13 @@ import asyncio
 import logging
 import pathlib
 
+from fedmq.extensions import load_extensions
+from fedmq.fl.async_coordinator import AsyncCoordinator
+from fedmq.fl.connections import AMQPRoundConnection, InProcessConnection
 from fedmq.fl.coordinator import Coordinator, TrainConfig
+from fedmq.fl.launch import WorkerLauncher, thread_env
+from fedmq.service import build_worker
+from fedmq.strategy import AsyncStrategy, registry as strategy_registry
 
 SEED_LABELS = {"alice": "0-3", "bob": "4-6", "charlie": "7-9"}
 DEFAULT_WORKERS = "alice:0-3,bob:4-6,charlie:7-9"
@@ -56,9 +62,8 @@ def make_strategy(name: str, pairs: list[str]):
         if not sep:
             raise SystemExit(f"--strategy-arg expects key=value, got {pair!r}")
         kwargs[key.replace("-", "_")] = _value(value)
-    from fedmq.strategy import make_strategy as factory
     try:
-        return factory(name, **kwargs)
+        return strategy_registry.make_strategy(name, **kwargs)
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"--strategy {name}: {exc}") from exc
 
@@ -75,9 +80,6 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
 
 
 def in_process_workers(workers: dict, dataset: str, testing: str | None) -> dict:
-    from fedmq.service import build_worker
-    from fedmq.extensions import load_extensions
-
     load_extensions()
     built = {w: build_worker(argparse.Namespace(id=w, dataset=dataset, labels=labels,
                                                 testing=False))
@@ -89,8 +91,6 @@ def in_process_workers(workers: dict, dataset: str, testing: str | None) -> dict
 
 
 async def train(args: argparse.Namespace) -> int:
-    from fedmq.fl.connections import AMQPRoundConnection, InProcessConnection
-
     workers = parse_workers(args.workers)
     testing = args.testing or None
     run_dir = pathlib.Path(args.runs_dir) / (args.name or f"seed-s14-{args.dataset}")
@@ -99,9 +99,7 @@ async def train(args: argparse.Namespace) -> int:
     else:
         connection = InProcessConnection(in_process_workers(workers, args.dataset, testing))
     strategy = make_strategy(args.strategy, args.strategy_arg)
-    from fedmq.strategy import AsyncStrategy
     if isinstance(strategy, AsyncStrategy):  # fedasync, fedbuff: no rounds
-        from fedmq.fl.async_coordinator import AsyncCoordinator
         coordinator = AsyncCoordinator(connection, list(workers), config_from(args),
                                        testing=testing, strategy=strategy, run_dir=run_dir,
                                        max_updates=args.max_updates or args.rounds * len(workers))
@@ -131,7 +129,6 @@ def run_train(args: argparse.Namespace) -> int:
     if args.launch:
         if not args.url:
             raise SystemExit("--launch needs --url (the broker the workers consume from)")
-        from fedmq.fl.launch import WorkerLauncher, thread_env
         run_dir = pathlib.Path(args.runs_dir) / (args.name or f"seed-s14-{args.dataset}")
         workers = parse_workers(args.workers)
         launcher = WorkerLauncher(args.url, run_dir / "logs", env=thread_env(len(workers)))

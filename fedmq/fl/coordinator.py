@@ -28,10 +28,11 @@ from typing import Callable
 
 import torch
 
-from fedmq.fl import checkpoint, events as ev
 from fedmq.engine import RequestEngine
+from fedmq.fl import checkpoint, events as ev
 from fedmq.fl.messages import Evaluate, EvaluateRes, Fit, FitRes
 from fedmq.fl.metrics import PLOT, MetricsLog, plot
+from fedmq.messages import WorkerStats
 from fedmq.models import MODELS
 from fedmq.strategy import FedAvg, FitResult, RoundFailed, Strategy
 
@@ -132,8 +133,6 @@ async def wait_for_workers(connection: RequestEngine, ids: list[str], timeout: f
     """Ping every worker until it answers or `timeout` passes; returns the ids that did not
     answer. Over RabbitMQ a message published before the worker declared its queue is lost, so
     a coordinator started together with its workers waits for them first."""
-    from fedmq.messages import WorkerStats
-
     deadline = time.monotonic() + timeout
 
     async def ping(worker_id: str) -> bool:

@@ -12,11 +12,14 @@ have a gradient; `param.grad` then returns a pointer to it (no message), and `pa
 """
 from __future__ import annotations
 
+import copy
 import weakref
 from typing import Any
 
 import torch
 
+from fedmq import messages as m
+from fedmq.errors import PointerError
 from fedmq.pointers import dispatch
 
 
@@ -70,8 +73,6 @@ class PendingGet:
 
     def carry_out(self) -> None:
         """Fetch now (one GetRequest) and make every tensor local again."""
-        from fedmq import messages as m
-
         if not self.tensors:
             return
         tensors, self.tensors = self.tensors, []
@@ -94,10 +95,6 @@ class PendingGet:
 
 
 def _deepcopy_remote(t: torch.Tensor, memo: dict) -> torch.Tensor:
-    import copy
-
-    from fedmq.errors import PointerError
-
     if t._fedmq_pending is not None:
         t._fedmq_pending.carry_out()
         return copy.deepcopy(t, memo)
