@@ -165,7 +165,6 @@ def dealer_service(worker_processes):
 
 def test_three_services_fixed_point_products_conv2d_and_comparison(hook, dealer_service):
     import torch.nn.functional as F
-    primitive_store(provider).clear()
     trio = [fedmq.AMQPClientWorker(hook, id=i, url=AMQP_URL, timeout=60)
             for i in ("bob", "alice", "secure_worker")]
     dealer = fedmq.AMQPClientWorker(hook, id=dealer_service, url=AMQP_URL, timeout=60)
@@ -185,4 +184,4 @@ def test_three_services_fixed_point_products_conv2d_and_comparison(hook, dealer_
     for shared in (sa, sb, sx, sw):
         shared.get()
     assert [p.objects_count() for p in trio] == [0, 0, 0]  # nothing left behind
-    primitive_store(provider).clear()
+    primitive_store(dealer).clear()

@@ -162,6 +162,7 @@ class AMQPTransport(Transport):
         self.loop = _loop
         self._assembler = ChunkAssembler()
         self._outbox: asyncio.Queue | None = None
+        self._count_lock = threading.Lock()
         self._closed = False
         if self._own_loop:
             try:
@@ -225,6 +226,7 @@ class AMQPTransport(Transport):
             except Exception as exc:  # keep publishing; the caller's timeout reports the loss
                 log.error("fedmq: publish to %s failed: %s", routing_key, exc)
             finally:
+                self._published += 1
                 outbox.task_done()
 
     async def _on_reply(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
@@ -272,8 +274,8 @@ class AMQPTransport(Transport):
         """Wait until everything queued so far is published (and, with `confirm`, enqueued by
         the broker). A worker drains before replying, so what it relayed to other workers is
         in their queues before its caller can send them anything else."""
-        if self._outbox is None:
-            return
+        if self._outbox is None or self._published >= self._enqueued:
+            return  # nothing queued since the last drain: no trip to the loop
         self._run(self._outbox.join(), timeout=timeout)
 
     def describe(self) -> str:
@@ -326,9 +328,15 @@ class AMQPTransport(Transport):
     # -- helpers -----------------------------------------------------------------------------------
     _loop_ident: int | None = None
 
+    #: items put in the outbox (any thread) and items the publisher finished (the loop only)
+    _enqueued = 0
+    _published = 0
+
     def _enqueue(self, item: tuple) -> None:
         if self._closed:
             raise TransportError(f"the AMQP connection to {self.describe()} is closed")
+        with self._count_lock:
+            self._enqueued += 1
         if self._on_this_loop():
             self._outbox.put_nowait(item)
         else:
