@@ -23,11 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import concurrent.futures
 import logging
 import os
 import pathlib
+import queue
 import signal
+import threading
+from typing import Any, Callable
 
 import aio_pika
 import torch
@@ -85,6 +87,51 @@ class HandledIds:
             self._set.discard(self._order.popleft())
 
 
+class OpThread:
+    """The thread a worker service runs ops on, so the event loop (heartbeats, consuming,
+    replying) never waits for an op. One thread, one op at a time, in order; `run` hands the
+    result back to the calling loop with one wake-up (lighter than run_in_executor)."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def run(self, fn: Callable[[Any], Any], arg: Any) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put((fn, arg, loop, future))
+        return future
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout)
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, arg, loop, future = job
+            try:
+                result, error = fn(arg), None
+            except BaseException as exc:  # handed to the caller, raised there
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
 class WorkerService:
     def __init__(self, worker_id: str, url: str = DEFAULT_URL, *, prefetch: int = 64,
                  state_dir: str | os.PathLike | None = None, worker: Worker | None = None,
@@ -103,7 +150,7 @@ class WorkerService:
         self.handled = HandledIds(state / f"{worker_id}.handled" if state else None)
         self._inbox: asyncio.Queue | None = None
         self._stopping: asyncio.Event | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fedmq-op")
+        self._op_thread = OpThread(f"fedmq-op-{worker_id}")
         self._assembler = ChunkAssembler()
         self._chunks: dict[str, list] = {}
 
@@ -139,6 +186,7 @@ class WorkerService:
         context.transport.add(self.worker)
         network.add(WorkerClient(self.id, context.engine, network, sender=self.id))
         self._processor = asyncio.ensure_future(self._process_loop())
+        self._sweeper = asyncio.ensure_future(self._sweep_loop())
         self._consumer_tag = await self.queue.consume(self._inbox.put)
         log.info("fedmq worker %s: consuming %s on %s (prefetch %d)", self.id, self.queue.name,
                  self.outbound.describe(), self.prefetch)
@@ -163,24 +211,19 @@ class WorkerService:
         # never acked, go back to the queue when the channel closes.
         await self._inbox.join()
         self._processor.cancel()
+        self._sweeper.cancel()
         try:
             await self.channel.close()  # unacked prefetched messages go back to the queue
         finally:
             await self.outbound.aclose()
             await self.connection.close()
-            self._executor.shutdown(wait=True)
+            self._op_thread.stop()
         log.info("fedmq worker %s: stopped", self.id)
 
     async def _process_loop(self) -> None:
-        sweep_every = max(0.05, min(5.0, self.chunk_timeout / 4))
         while True:
+            message = await self._inbox.get()
             try:
-                message = await asyncio.wait_for(self._inbox.get(), timeout=sweep_every)
-            except asyncio.TimeoutError:
-                await self._give_up_partial_frames()
-                continue
-            try:
-                await self._give_up_partial_frames()
                 if self._stopping.is_set():
                     continue  # not started: it is requeued when the channel closes
                 await self._handle(message)
@@ -188,6 +231,17 @@ class WorkerService:
                 log.exception("fedmq worker %s: failed to process a message", self.id)
             finally:
                 self._inbox.task_done()
+
+    async def _sweep_loop(self) -> None:
+        """Every chunk_timeout / 4 (between 0.05 and 5 s): give up frames whose chunks stopped
+        coming (runs beside the message loop; neither waits for the other)."""
+        every = max(0.05, min(5.0, self.chunk_timeout / 4))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self._give_up_partial_frames()
+            except Exception:  # never let the sweep stop
+                log.exception("fedmq worker %s: failed to give up partial frames", self.id)
 
     async def _give_up_partial_frames(self) -> None:
         """Frames with chunks missing after `chunk_timeout` (the rest expired in the queue, or
@@ -229,8 +283,7 @@ class WorkerService:
         loop = asyncio.get_running_loop()
         started = loop.time()
         log.debug("fedmq worker %s: handling message %s", self.id, key)
-        reply, failed = await loop.run_in_executor(self._executor,
-                                                   self.worker.handle_frame_checked, frame)
+        reply, failed = await self._op_thread.run(self.worker.handle_frame_checked, frame)
         log.debug("fedmq worker %s: handled message %s in %.1f ms%s", self.id, key,
                   (loop.time() - started) * 1e3, " (failed)" if failed else "")
         if message.reply_to:

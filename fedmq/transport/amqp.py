@@ -19,6 +19,7 @@ worker service and the coordinator do) and offers a thread-safe synchronous `sen
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
@@ -163,6 +164,10 @@ class AMQPTransport(Transport):
         self._assembler = ChunkAssembler()
         self._outbox: asyncio.Queue | None = None
         self._count_lock = threading.Lock()
+        #: message ids: unique per connection (a random prefix) and cheap (a counter); a
+        #: worker service recognises a redelivered message by its id
+        self._id_prefix = uuid.uuid4().hex[:16] + "."
+        self._message_ids = itertools.count()
         self._closed = False
         if self._own_loop:
             try:
@@ -257,7 +262,7 @@ class AMQPTransport(Transport):
         return chunk_messages(frame, self.chunk_size,
                               reply_to=REPLY_TO if correlation_id else None,
                               correlation_id=correlation_id or None, type=message_type,
-                              message_id=uuid.uuid4().hex,
+                              message_id=f"{self._id_prefix}{next(self._message_ids):x}",
                               content_type="application/x-fedmq-frame", **extra)
 
     def publish_event(self, routing_key: str, body: bytes) -> None:
