@@ -4,6 +4,7 @@ The data path, top to bottom (each a small module; imports only point down):
     hook.py              TorchHook: adds .send/.get/.move/... to tensors and modules, loads
                          the extensions (extensions.py) and owns a Context (context.py)
     pointers/            PointerTensor; dispatch.py turns torch calls into Commands
+    shapes.py            result shapes on meta tensors (pointers, plans, SMPC), one LRU cache
     module.py            model.send()/get()/move()/copy()
     client.py            WorkerClient: what a pointer's .location is (call / post / buffers)
     engine.py            RequestEngine: envelopes, the pending-reply table, timeouts, lost
