@@ -7,8 +7,15 @@ import torch
 
 from fedmq import errors, messages as m
 from fedmq.execution import PreviousOpFailed, error_info, execute, run_command
+from fedmq.extensions import load_extensions
+from fedmq.fl.messages import Fit
+from fedmq.plans.messages import PlanRecord, RunPlan
+from fedmq.smpc import local_steps
+from fedmq.smpc.messages import LocalStep
 from fedmq.store import FailedResult, ObjectStore
 from fedmq.worker import Worker
+
+load_extensions()  # every worker answers RunPlan, LocalStep, Fit
 
 
 @pytest.fixture
@@ -158,6 +165,45 @@ def test_a_failed_command_is_recorded_and_reported_by_the_worker():
         err = _get_error(worker, rid)
         assert err.code == "execution_error"
         assert err.message == f"an earlier op failed: {reply.error.message}"
+
+
+def test_a_failed_plan_is_recorded_under_its_result_ids():
+    worker = Worker("bob")
+    record = PlanRecord(100, "dot", [1, 2], [], [], [
+        m.Command("torch.dot", (m.Ref(1), m.Ref(2)), {}, [3])], m.Ref(3))
+    worker.store.put(100, record)
+    worker.store.put(7, torch.ones(2))
+    worker.store.put(8, torch.ones(3))
+    reply = worker.handle_message(RunPlan(100, (m.Ref(7), m.Ref(8)), [9]))
+    assert reply.error.code == "execution_error"
+    assert "plan 'dot', op 0 (torch.dot)" in reply.error.message
+    assert _get_error(worker, 9).message == f"an earlier op failed: {reply.error.message}"
+    ok = worker.handle_message(RunPlan(100, (m.Ref(7), m.Ref(7)), [10]))
+    assert ok.error is None and worker.store.get(10).item() == 2.0
+    bad = worker.handle_message(RunPlan(7, (m.Ref(7), m.Ref(7)), [11]))  # not a plan
+    assert "not a plan" in bad.error.message and "not a plan" in _get_error(worker, 11).message
+
+
+def test_a_failed_smpc_step_is_recorded_under_its_result_ids(monkeypatch):
+    worker = Worker("bob")
+    reply = worker.handle_message(LocalStep("os.system", ["true"], [21]))
+    assert reply.error.code == "execution_error" and "unknown SMPC step" in reply.error.message
+    assert "unknown SMPC step" in _get_error(worker, 21).message
+    worker.store.put(1, torch.tensor([5, 7]))
+    worker.store.put(2, torch.tensor([1, 1]))
+    monkeypatch.setitem(local_steps.STEPS, "test_keep_two", lambda x, r: ((x - r, x + r), (x,)))
+    reply = worker.handle_message(LocalStep("test_keep_two", [m.Ref(1), m.Ref(2)], [22]))
+    assert reply.error.op == "test_keep_two" and "the caller expected 1" in reply.error.message
+    reply = worker.handle_message(LocalStep("test_keep_two", [m.Ref(1), m.Ref(2)], [23, 24]))
+    assert reply.error is None and reply.value[0].tolist() == [5, 7]
+    assert worker.store.get(23).tolist() == [4, 6] and worker.store.get(24).tolist() == [6, 8]
+
+
+def test_fit_errors_come_back_as_the_one_error_info():
+    worker = Worker("bob")
+    reply = worker.handle_message(Fit(1, "no-such-net", {}, {}))
+    assert reply.error.code == "execution_error" and reply.error.worker == "bob"
+    assert "holds 0" in reply.error.message  # no data: the first check that fails
 
 
 def test_handlers_outside_execute_still_answer_with_error_info():

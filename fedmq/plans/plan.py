@@ -136,7 +136,7 @@ class Plan(nn.Module):
         if remote:
             return self.send(dispatch.location_of(remote[0]))(*args)
         if self.is_built:
-            return runner.execute(self._record, args, self.state_tensors(), _owner_id(self.owner))
+            return runner.run(self._record, args, self.state_tensors(), _owner_id(self.owner))
         return self._call_python(*args)
 
     def forward(self, *args: Any) -> Any:  # class plans override this

@@ -1,9 +1,9 @@
 """Running a plan's op list, on a worker (RunPlan) or locally.
 
-Every op goes through `fedmq.execution.run_command` against a scope of the plan's own (an
-`ObjectStore` holding its inputs, state and intermediate results), so a plan uses exactly the
-allowlist and executor a remote op uses. Before anything runs the whole op list is validated:
-a plan with one op off the allowlist does nothing at all.
+Every op goes through `fedmq.execution.run_command` (the worker's one execution primitive)
+against a scope of the plan's own (an `ObjectStore` holding its inputs, state and intermediate
+results), so a plan uses exactly the allowlist and executor a remote op uses. Before anything
+runs the whole op list is validated: a plan with one op off the allowlist does nothing at all.
 
 The shapes and dtypes of a plan's results, for a caller that wants to choose result ids before
 the plan has run, come from the client's shape engine (`fedmq.shapes.plan_specs`).
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedmq import messages as m, ops
-from fedmq.errors import OpNotAllowedError, RemoteError, RemoteExecutionError
+from fedmq.errors import RemoteError, RemoteExecutionError
 from fedmq.execution import resolve, run_command
 from fedmq.store import ObjectStore
 
@@ -36,7 +36,7 @@ _DIVERGED = (" (the plan took another path when it was built: a value that was N
              "the update, not before it)")
 
 
-def execute(plan: Any, args: list | tuple, state: list, worker_id: str) -> Any:
+def run(plan: Any, args: list | tuple, state: list, worker_id: str) -> Any:
     """Run `plan`'s ops on `args` and `state`; return its output structure (real values)."""
     if len(args) != len(plan.input_slots):
         raise RemoteExecutionError(f"plan {plan.name!r} takes {len(plan.input_slots)} "
@@ -49,16 +49,10 @@ def execute(plan: Any, args: list | tuple, state: list, worker_id: str) -> Any:
     for index, op in enumerate(plan.ops):
         try:
             run_command(op, scope, worker_id)
-        except OpNotAllowedError:
-            raise
-        except RemoteError as exc:
+        except RemoteError as exc:  # every failure of an op (execution.execute)
             text = exc.remote_message
             if "the caller expected" in text:  # a None (e.g. a .grad) or a shape differs
                 text += _DIVERGED
             raise type(exc)(f"plan {plan.name!r}, op {index} ({op.op}): {text}",
                             worker=worker_id, op=op.op) from exc
-        except Exception as exc:
-            raise RemoteExecutionError(f"plan {plan.name!r}, op {index} ({op.op}): "
-                                       f"{type(exc).__name__}: {exc}", worker=worker_id,
-                                       op=op.op) from exc
     return resolve(plan.output, scope)
