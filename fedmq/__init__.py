@@ -4,6 +4,7 @@ The data path, top to bottom (each a small module; imports only point down):
     hook.py              TorchHook: adds .send/.get/.move/... to tensors and modules, loads
                          the extensions (extensions.py) and owns a Context (context.py)
     pointers/            PointerTensor; dispatch.py turns torch calls into Commands
+    shapes.py            result shapes on meta tensors (pointers, plans, SMPC), one LRU cache
     module.py            model.send()/get()/move()/copy()
     client.py            WorkerClient: what a pointer's .location is (call / post / buffers)
     engine.py            RequestEngine: envelopes, the pending-reply table, timeouts, lost
@@ -12,7 +13,7 @@ The data path, top to bottom (each a small module; imports only point down):
     messages.py          the message dataclasses
     serde/               the wire format (msgpack + raw tensor bytes; never pickle)
     worker.py            Worker.handle_frame(frame) -> reply frame, the same for every transport
-    execution.py, ops/   the executor and the op allowlist
+    execution.py, ops/   the worker's one execution primitive and the op allowlist
     service.py           `fedmq worker`: a Worker consuming its RabbitMQ queue
 Built on that (each declares what it adds in its hooks.py `EXTENSION` table):
     federated/, data/    FederatedDataset, FederatedDataLoader, .federate; local data sources

@@ -58,6 +58,8 @@ class RemoteError(FedmqError):
     """A worker refused or failed a message. `worker`, `op` and `remote_message` say which."""
 
     code = "remote_error"
+    #: the ErrorInfo the worker recorded for this failure (set by fedmq.execution.execute)
+    info = None
 
     def __init__(self, remote_message: str, *, worker: str | None = None, op: str | None = None):
         self.remote_message = remote_message

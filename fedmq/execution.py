@@ -1,21 +1,128 @@
-"""The execution engine: run one allowlisted op for a `Command` against a worker's store.
+"""The worker's execution layer: one primitive, `execute`, that every message doing work uses.
 
-Plans and every transport use this one function; nothing else turns a name into a call.
+    execute(fn, args, kwargs, result_ids, store, worker_id) -> value
+        resolve the inputs (`Ref`s -> stored objects), run `fn`, bind the tensor leaves of its
+        result under the caller's `result_ids`; if anything fails, record one `ErrorInfo`
+        (as a `FailedResult`) under every result id, so a later use of any of them raises the
+        original error, and raise it as a `RemoteError` carrying that ErrorInfo.
+
+Commands (`run_command`), plans and protocols (fedmq.plans.hooks), SMPC local steps
+(fedmq.smpc.local_steps) and the federated Fit/Evaluate handlers (fedmq.fl.hooks) all run
+through it, and `error_info` is the one place an exception becomes an ErrorInfo (the worker's
+replies use it too). On a worker, nothing else turns an op name from the wire into a call.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from fedmq import ops
-from fedmq.errors import ObjectNotFoundError, RemoteExecutionError
-from fedmq.messages import Command, PointerRef, Ref
+from fedmq.errors import (ObjectNotFoundError, OpNotAllowedError, RemoteError,
+                          RemoteExecutionError, remote_error_from)
+from fedmq.ids import new_id
+from fedmq.messages import Command, ErrorInfo, PointerRef, Ref
 from fedmq.store import FailedResult, ObjectStore
 
 
 class PreviousOpFailed(RemoteExecutionError):
     """An input of this op is the result of an earlier pipelined op that failed."""
+
+
+def error_info(exc: BaseException, worker_id: str | None, op: str | None = None) -> ErrorInfo:
+    """The ErrorInfo a worker reports (and records) for `exc`: a RemoteError keeps its own code,
+    message and op; an op off the allowlist is "op_not_allowed"; anything else raised while
+    running is "execution_error", worded "<ExceptionType>: <message>"."""
+    if isinstance(exc, RemoteError):
+        return ErrorInfo(exc.code, exc.remote_message, worker_id, exc.op)
+    if isinstance(exc, OpNotAllowedError):
+        return ErrorInfo("op_not_allowed", str(exc), worker_id, op)
+    return ErrorInfo("execution_error", f"{type(exc).__name__}: {exc}", worker_id, op)
+
+
+def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, result_ids: Any,
+            store: ObjectStore, worker_id: str, *, op: str | None = None,
+            grad_enabled: bool | None = None, split: bool = False,
+            what: str | None = None) -> Any:
+    """Run `fn(*args, **kwargs)` on this worker and return its value.
+
+    fn: the callable; None runs the allowlisted op named `op` (fedmq.ops.lookup: a name that
+        is not on the allowlist fails like the op did, as "op_not_allowed").
+    args, kwargs: may hold `Ref`s (nested in tuples, lists, dicts): replaced by stored objects.
+    result_ids: the caller's ids for the tensor leaves of the result, in `flatten_tensors`
+        order; a None id is an alias of an input (an in-place op's result) and is not stored.
+        The number of leaves must match. None: nothing is bound (the caller replies with the
+        value), and a failure is not recorded.
+    op: the op name errors carry (and count mismatches name).
+    grad_enabled: the grad mode to run in (None: the current one).
+    split: `fn` returns (results, value): `results` are bound, `value` is returned.
+    what: how count mismatches name the call when there is no `op` (default: fn's name).
+
+    On any exception: a `FailedResult` with one ErrorInfo (`error_info`) is stored under every
+    result id and a `RemoteError` carrying it as `.info` is raised (the exception itself if it
+    already was a RemoteError, else the one its code maps to, chained to it)."""
+    try:
+        if fn is None:
+            fn = ops.lookup(op).fn
+        args = resolve(args, store)
+        kwargs = resolve(kwargs, store) if kwargs else {}
+        if grad_enabled is None or grad_enabled == torch.is_grad_enabled():
+            value = fn(*args, **kwargs)
+        else:
+            with torch.set_grad_enabled(grad_enabled):
+                value = fn(*args, **kwargs)
+        results = value
+        if split:
+            results, value = value
+        if result_ids is not None:
+            leaves = flatten_tensors(results, [])
+            if len(leaves) != len(result_ids):
+                check_count(leaves, result_ids, worker_id, op, what or _name(fn))
+            for rid, leaf in zip(result_ids, leaves):
+                if rid is not None:
+                    store.put(rid, leaf)
+        return value
+    except Exception as exc:
+        info = error_info(exc, worker_id, op)
+        if type(result_ids) is list or type(result_ids) is tuple:
+            failed = FailedResult(info)
+            for rid in result_ids:
+                if rid is not None:
+                    try:
+                        store.put(rid, failed)
+                    except TypeError:  # an unhashable id from the wire: nothing to record
+                        pass
+        if isinstance(exc, RemoteError):
+            exc.info = info
+            raise
+        error = remote_error_from(info.code, info.message, worker_id, info.op)
+        error.info = info
+        raise error from exc
+
+
+def check_count(leaves: list, result_ids: Any, worker_id: str, op: str | None = None,
+                what: str | None = None) -> None:
+    """The caller chose one id per tensor leaf; a different number is an error."""
+    if len(leaves) != len(result_ids):
+        raise RemoteExecutionError(
+            f"{op or what} returned {len(leaves)} tensors, the caller expected "
+            f"{len(result_ids)}", worker=worker_id, op=op)
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def run_command(cmd: Command, store: ObjectStore, worker_id: str) -> Any:
+    """Run `cmd`; store tensor results under `cmd.result_ids` (None = aliases an input, not
+    stored). With `cmd.reply` the value is returned, tensors as `PointerRef`s to fresh ids."""
+    value = execute(None, cmd.args, cmd.kwargs, None if cmd.reply else cmd.result_ids, store,
+                    worker_id, op=cmd.op, grad_enabled=cmd.grad_enabled)
+    if cmd.op == "Tensor.backward":
+        return store.ids_with_grad()
+    if cmd.reply:
+        return reply_refs(value, store, worker_id)
+    return None
 
 
 def resolve(value: Any, store: ObjectStore) -> Any:
@@ -54,48 +161,22 @@ def flatten_tensors(value: Any, out: list) -> list:
     return out
 
 
-def run_command(cmd: Command, store: ObjectStore, worker_id: str) -> Any:
-    """Run `cmd`; store tensor results under `cmd.result_ids` (None = aliases an input, not
-    stored). With `cmd.reply` the value is returned, tensors as `PointerRef`s to fresh ids."""
-    op = ops.lookup(cmd.op)
-    args = resolve(cmd.args, store)
-    kwargs = resolve(cmd.kwargs, store) if cmd.kwargs else {}
-    if cmd.grad_enabled == torch.is_grad_enabled():
-        result = op.fn(*args, **kwargs)
-    else:
-        with torch.set_grad_enabled(cmd.grad_enabled):
-            result = op.fn(*args, **kwargs)
-    if cmd.op == "Tensor.backward":
-        return store.ids_with_grad()
-    if cmd.reply:
-        return _store_reply(result, store, worker_id)
-    leaves = flatten_tensors(result, [])
-    if len(leaves) != len(cmd.result_ids):
-        raise RemoteExecutionError(
-            f"{cmd.op} returned {len(leaves)} tensors, the caller expected {len(cmd.result_ids)}",
-            worker=worker_id, op=cmd.op)
-    for rid, leaf in zip(cmd.result_ids, leaves):
-        if rid is not None:
-            store.put(rid, leaf)
-    return None
+def reply_refs(value: Any, store: ObjectStore, worker_id: str) -> Any:
+    """`value` for a reply: each tensor stored under a fresh id and described by a PointerRef."""
+    leaves = flatten_tensors(value, [])
+    ids = [new_id() for _ in leaves]
+    for rid, leaf in zip(ids, leaves):
+        store.put(rid, leaf)
+    return refs_like(value, iter(ids), worker_id)
 
 
-def _store_reply(value: Any, store: ObjectStore, worker_id: str) -> Any:
-    from fedmq.ids import new_id
-
+def refs_like(value: Any, ids: Any, location: str) -> Any:
+    """`value` with its tensor leaves replaced, in order, by PointerRefs to `location`:`ids`."""
     if isinstance(value, torch.Tensor):
-        rid = new_id()
-        store.put(rid, value)
-        return PointerRef(worker_id, rid, tuple(value.shape), value.dtype, value.requires_grad)
+        return PointerRef(location, next(ids), tuple(value.shape), value.dtype,
+                          value.requires_grad)
     if isinstance(value, list):
-        return [_store_reply(v, store, worker_id) for v in value]
+        return [refs_like(v, ids, location) for v in value]
     if isinstance(value, tuple):  # namedtuples (torch.return_types) come back as tuples
-        return tuple(_store_reply(v, store, worker_id) for v in value)
+        return tuple(refs_like(v, ids, location) for v in value)
     return value
-
-
-def fail_results(cmd: Command, store: ObjectStore, error) -> None:
-    """Mark the results of a failed pipelined command, so using them raises the error."""
-    for rid in cmd.result_ids:
-        if rid is not None:
-            store.put(rid, FailedResult(error))

@@ -9,7 +9,7 @@ import logging
 from typing import Any, Callable, Protocol
 
 from fedmq import errors, messages as m, serde
-from fedmq.execution import fail_results, resolve, run_command
+from fedmq.execution import error_info, resolve, run_command
 from fedmq.store import FailedResult, ObjectStore
 
 log = logging.getLogger("fedmq.worker")
@@ -123,25 +123,15 @@ class Worker:
                                               f"{type(message).__name__}")
         try:
             return m.Reply(value=handler(message))
-        except errors.RemoteError as exc:
-            self._after_failure(message, exc.code, exc.remote_message, exc.op)
-            return self._error(exc.code, exc.remote_message, exc.op)
-        except errors.OpNotAllowedError as exc:
-            self._after_failure(message, "op_not_allowed", str(exc), getattr(message, "op", None))
-            return self._error("op_not_allowed", str(exc), getattr(message, "op", None))
-        except Exception as exc:  # the op itself failed: report it, keep serving
-            op = getattr(message, "op", None)
-            text = f"{type(exc).__name__}: {exc}"
-            self._after_failure(message, "execution_error", text, op)
-            return self._error("execution_error", text, op)
+        except Exception as exc:  # refused, or the op itself failed: report it, keep serving
+            # (a failed op has already recorded its failure under its result ids: execution.py)
+            info = error_info(exc, self.id, getattr(message, "op", None))
+            log.info("worker %s: %s%s", self.id, f"{info.op}: " if info.op else "", info.message)
+            return m.Reply(error=info)
 
     def _error(self, code: str, text: str, op: str | None = None) -> m.Reply:
         log.info("worker %s: %s%s", self.id, f"{op}: " if op else "", text)
         return m.Reply(error=m.ErrorInfo(code, text, self.id, op))
-
-    def _after_failure(self, message: Any, code: str, text: str, op: str | None) -> None:
-        if isinstance(message, m.Command) and not message.reply:
-            fail_results(message, self.store, m.ErrorInfo(code, text, self.id, op))
 
     # -- handlers -------------------------------------------------------------------------------
     def _on_objects(self, msg: m.ObjectMessage) -> None:

@@ -1,11 +1,29 @@
 """The federated-training extension: every worker answers `Fit` and `Evaluate`
 (fedmq.fl.training). Loaded by `TorchHook`, the worker service and `fedmq train` through
-`fedmq.extensions.load_extensions`."""
+`fedmq.extensions.load_extensions`.
+
+Both run through the worker's execution primitive (fedmq.execution.execute), as commands,
+plans and SMPC steps do: any failure is reported as the one ErrorInfo type, with the same codes.
+"""
 from __future__ import annotations
 
+from typing import Any
+
+from fedmq.execution import execute
 from fedmq.extensions import Extension
 from fedmq.fl import training
 from fedmq.fl.messages import Evaluate, EvaluateRes, Fit, FitRes
 
-EXTENSION = Extension("fl", handlers={Fit: training.fit, Evaluate: training.evaluate},
+
+def fit(worker: Any, msg: Fit) -> FitRes:
+    """Train on the worker's own data (training.fit); the reply carries the update."""
+    return execute(training.fit, (worker, msg), None, None, worker.store, worker.id)
+
+
+def evaluate(worker: Any, msg: Evaluate) -> EvaluateRes:
+    """Evaluate on the worker's own data (training.evaluate)."""
+    return execute(training.evaluate, (worker, msg), None, None, worker.store, worker.id)
+
+
+EXTENSION = Extension("fl", handlers={Fit: fit, Evaluate: evaluate},
                       records=(Fit, FitRes, Evaluate, EvaluateRes))

@@ -4,7 +4,7 @@ message per call (§8 and §8 bis of the seed document).
     plan.py          Plan, func2plan: tracing a function or class into an op list
     tracer.py        the TorchFunctionMode that records allowlisted ops
     state.py         State: the tensors a plan carries (state.read())
-    runner.py        running an op list (worker, local, meta tensors for result shapes)
+    runner.py        running an op list (on a worker, or locally)
     pointer_plan.py  PointerPlan: a plan on a worker; calling it sends ONE RunPlan
     protocol.py      Protocol, PointerProtocol: plans chained across workers
     messages.py      the wire records (codes 80-89)

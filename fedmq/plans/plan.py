@@ -23,6 +23,7 @@ build (a `.grad` that was None then) fails with an error that says so, never sil
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable
 
 import torch
@@ -33,9 +34,11 @@ from fedmq.context import latest_local_worker
 from fedmq.errors import FedmqError
 from fedmq.ids import new_id
 from fedmq.module import module_tensors
+from fedmq.ops import allowlist
 from fedmq.plans import runner, state as state_mod, tracer
 from fedmq.plans.messages import PlanRecord
 from fedmq.pointers import dispatch
+from fedmq.pointers.tensor import one_location
 
 
 def _owner_id(owner: Any) -> str:
@@ -52,7 +55,6 @@ class Plan(nn.Module):
                  forward_func: Callable | None = None, state_tensors=(), id: int | None = None,
                  owner: Any = None, tags=None, description: str | None = None) -> None:
         super().__init__()
-
         self.name = name or type(self).__name__
         self.include_state = include_state
         self._forward_func = forward_func
@@ -136,7 +138,7 @@ class Plan(nn.Module):
         if remote:
             return self.send(dispatch.location_of(remote[0]))(*args)
         if self.is_built:
-            return runner.execute(self._record, args, self.state_tensors(), _owner_id(self.owner))
+            return runner.run(self._record, args, self.state_tensors(), _owner_id(self.owner))
         return self._call_python(*args)
 
     def forward(self, *args: Any) -> Any:  # class plans override this
@@ -162,8 +164,7 @@ class Plan(nn.Module):
     def send(self, *locations: Any, **_ignored: Any) -> Any:
         """Store the plan (ops and state) on a worker; returns a `PointerPlan`. Sending to the
         same worker again returns the same pointer (the plan is not sent twice)."""
-        from fedmq.plans.pointer_plan import PointerPlan
-        from fedmq.pointers.tensor import one_location
+        from fedmq.plans.pointer_plan import PointerPlan  # pointer_plan.py imports this module
 
         location = one_location(locations)
         cached = self._pointers.get(location.id)
@@ -207,8 +208,6 @@ class Plan(nn.Module):
     def __deepcopy__(self, memo: dict) -> "Plan":
         """A deep copy (as for any nn.Module) with a new id; the owner is shared and the copy
         has not been sent anywhere."""
-        import copy
-
         memo[id(self.owner)] = self.owner
         new = type(self).__new__(type(self))
         memo[id(self)] = new
@@ -309,7 +308,6 @@ def _op_source(op: m.Command) -> str:
 
 
 def _callable_attr(attr: str) -> bool:
-    from fedmq.ops import allowlist
     return attr not in allowlist.TENSOR_GETTERS
 
 

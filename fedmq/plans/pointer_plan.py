@@ -4,7 +4,7 @@
     y_ptr = ptr_plan(x_ptr)     # one RunPlan; y_ptr is a pointer to the result on bob
 
 Result ids are chosen here, as for any remote op: the output shapes come from replaying the
-op list on meta tensors (runner.output_specs), so the call is pipelined and the pointers exist
+op list on meta tensors (fedmq.shapes.plan_specs), so the call is pipelined and the pointers exist
 at once. When the shapes cannot be known in advance (a data-dependent op, or a plan found by
 search whose ops we do not have) the worker stores the results and replies with them.
 Like a PointerTensor, the pointer owns the remote plan: when it is garbage collected the plan
@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from fedmq import messages as m
+from fedmq import messages as m, shapes
 from fedmq.errors import PointerError
 from fedmq.ids import new_id
-from fedmq.plans import runner
-from fedmq.plans.messages import RunPlan
+from fedmq.plans.messages import PlanRecord, RunPlan
+from fedmq.plans.plan import Plan
 from fedmq.pointers import dispatch
-from fedmq.pointers.meta import local_meta
 from fedmq.pointers.ownership import OwnedRemote
+from fedmq.pointers.tensor import PointerTensor, materialize
 
 
 class PointerPlan(OwnedRemote):
@@ -40,7 +40,7 @@ class PointerPlan(OwnedRemote):
         self.id = id if id is not None else new_id()
         self.plan = plan  # the local Plan this was sent from, if any (for result shapes)
         self._record = getattr(plan, "_record", None)  # the op list as sent (a rebuild makes new)
-        self._specs: dict = {}  # input metadata -> output metadata
+        self._shape_token = object()  # this plan in the shape cache (fedmq.shapes.CACHE)
         self.tags = set(tags or ())
         self.description = description
         self.name = name or getattr(plan, "name", None)
@@ -61,7 +61,6 @@ class PointerPlan(OwnedRemote):
         if specs is None:  # the worker chooses the ids and tells us the shapes
             refs = loc.call(RunPlan(self.id_at_location, tuple(wire_args), [], reply=True,
                                     forward_to=None if forward_to is None else forward_to.id))
-            from fedmq.pointers.tensor import materialize
             return materialize(refs, self.owner, loc.network)
         ids = [new_id() for _ in specs]
         if forward_to is None:
@@ -71,7 +70,6 @@ class PointerPlan(OwnedRemote):
             loc.call(RunPlan(self.id_at_location, tuple(wire_args), ids,
                              forward_to=forward_to.id))
             where = forward_to
-        from fedmq.pointers.tensor import PointerTensor
         pointers = iter([PointerTensor(where, rid, shape, dtype, rg, owner=self.owner)
                          for rid, (shape, dtype, rg) in zip(ids, specs)])
         return _shape_like(self._record.output, pointers)
@@ -97,30 +95,20 @@ class PointerPlan(OwnedRemote):
         raise PointerError(f"plan {self.name!r}, argument {index}: a {type(value).__name__} "
                            f"cannot be a plan argument")
 
-    def _output_specs(self, args: tuple) -> list | None:
+    def _output_specs(self, args: tuple) -> tuple | None:
         record = self._record
         if record is None:
             return None
-        key = tuple(local_meta(a) if isinstance(a, torch.Tensor) else (type(a), a) for a in args)
-        try:
-            return self._specs[key]
-        except KeyError:
-            pass
         if len(args) != len(record.input_slots):
             raise PointerError(f"plan {self.name!r} takes {len(record.input_slots)} "
                                f"argument(s), got {len(args)}")
-        specs = runner.output_specs(record, self.plan.state_tensors(), args)
-        self._specs[key] = specs
-        return specs
+        return shapes.plan_specs(record, self.plan.state_tensors, args, self._shape_token)
 
     # -- the pointer API ------------------------------------------------------------------------
     def get(self) -> Any:
         """Fetch the plan (deleting it remotely), with the state it has there now. A pointer
         made by `plan.send` updates and returns that plan (its parameters are loaded in place);
         otherwise a new `Plan` that runs the recorded ops is returned."""
-        from fedmq.plans.messages import PlanRecord
-        from fedmq.plans.plan import Plan
-
         self._check_usable()
         record = self.location.call(m.GetRequest([self.id_at_location], delete=True))[0]
         self._disown()

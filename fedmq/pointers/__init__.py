@@ -1,5 +1,6 @@
 """Pointers: local handles to remote objects (tensor.py), the dispatch that turns torch calls
-on them into Commands (dispatch.py, meta.py), and sent models' parameters (parameter.py)."""
+on them into Commands (dispatch.py; result shapes come from fedmq.shapes), and sent models'
+parameters (parameter.py)."""
 from fedmq.pointers.parameter import RemoteBuffer, RemoteParameter
 from fedmq.pointers.tensor import PointerTensor
 

@@ -3,7 +3,7 @@
 The pipeline, for every call that touches remote data:
     unwrap (pointers -> Refs, one location, no local tensors)
     -> allowlist (fedmq.ops; anything else: OpNotAllowedError)
-    -> result metadata on meta tensors (meta.py; cached)
+    -> result metadata on meta tensors (fedmq.shapes, the shape engine; cached)
     -> Command with caller-chosen result ids, posted without waiting
     -> wrap (a PointerTensor per new result; in-place ops return their input)
 Metadata queries (shape, dtype, dim, hash, ...) are answered locally and send nothing.
@@ -14,10 +14,9 @@ from typing import Any, Callable
 
 import torch
 
-from fedmq import messages as m, ops
+from fedmq import messages as m, ops, shapes
 from fedmq.errors import OpNotAllowedError, PointerError
 from fedmq.ids import new_id
-from fedmq.pointers import meta
 
 
 #: the pointer class results are wrapped in (set by fedmq.pointers.tensor, which builds on this
@@ -77,7 +76,7 @@ def _grad_get(func: Callable, args: tuple, kwargs: dict) -> Any:
         return None
     ptr = t.__dict__.get("_fedmq_grad_ptr")
     if ptr is None or ptr.location is not t._fedmq_location:
-        shape, dtype, _ = meta.local_meta(t)
+        shape, dtype, _ = shapes.local_meta(t)
         ptr = _pointer_class[0](t._fedmq_location, t._fedmq_id, shape, dtype, False,
                             owner=t._fedmq_owner, attr="grad", gc=False)
         t._fedmq_grad_ptr = ptr
@@ -177,7 +176,7 @@ def _carry_out_pending_gets(args: tuple, kwargs: dict) -> bool:
 def _remote_call(name: str, func: Callable, args: tuple, kwargs: dict, sync: bool = False) -> Any:
     found: list = []
     distinct: dict[int, Any] = {}
-    key: list = [name, torch.is_grad_enabled()]  # the meta-cache key, built on the same walk
+    key: list = [name, torch.is_grad_enabled()]  # the shape-cache key, built on the same walk
     wire_args = _unwrap(args, found, name, distinct, key)
     key.append("|")
     wire_kwargs = _unwrap(kwargs, found, name, distinct, key) if kwargs else kwargs
@@ -203,13 +202,13 @@ def _remote_call(name: str, func: Callable, args: tuple, kwargs: dict, sync: boo
     if name in ("Tensor.to", "Tensor.cpu") and _to_is_noop(args, kwargs):
         return args[0]
 
-    spec = None if sync else meta.spec_for(func, name, args, kwargs, is_remote,
-                                           key=tuple(key) if key[-1] is not _UNHASHABLE else None)
+    spec = None if sync else shapes.spec_for(
+        func, name, args, kwargs, key=tuple(key) if key[-1] is not _UNHASHABLE else None)
     if spec is None:
         value = location.call(m.Command(name, wire_args, wire_kwargs, [], grad, reply=True))
         return m.adopt_all(value, owner=owner, network=location.network)
 
-    result_ids = [None if type(leaf) is meta.Alias else new_id() for leaf in spec.leaves]
+    result_ids = [None if type(leaf) is shapes.Alias else new_id() for leaf in spec.leaves]
     location.post(m.Command(name, wire_args, wire_kwargs, result_ids, grad))
     return _wrap(spec.template, iter(result_ids), [v for _, v in distinct.values()], location,
                  owner)
@@ -220,8 +219,8 @@ _UNHASHABLE = object()
 
 def _unwrap(value: Any, found: list, name: str, distinct: dict, key: list) -> Any:
     """Pointers -> Refs; `found` gets every remote input, `distinct` each one once, in
-    first-appearance order (the order meta.Alias indexes); `key` gets a flat, hashable
-    description of the call for the meta cache (ends with _UNHASHABLE if there is none)."""
+    first-appearance order (the order shapes.Alias indexes); `key` gets a flat, hashable
+    description of the call for the shape cache (ends with _UNHASHABLE if there is none)."""
     cls = type(value)
     if cls is int or cls is float or value is None or cls is bool or cls is str:
         key += (cls, value)
@@ -233,7 +232,7 @@ def _unwrap(value: Any, found: list, name: str, distinct: dict, key: list) -> An
             seen = distinct.get(id(value))
             if seen is None:
                 seen = distinct[id(value)] = (len(distinct), value)
-            key.append((seen[0], value.__dict__.get("_fedmq_meta") or meta.local_meta(value)))
+            key.append((seen[0], value.__dict__.get("_fedmq_meta") or shapes.local_meta(value)))
             if kind == "pointer":
                 if value._consumed:
                     value._check_usable()
@@ -280,13 +279,13 @@ def _wrap(template: Any, ids, inputs: list, location: Any, owner: Any) -> Any:
     if template is None:
         return None
     cls = type(template)
-    if cls is meta.New:
+    if cls is shapes.TensorMeta:
         return _pointer_class[0](location, next(ids), template.shape, template.dtype,
                              template.requires_grad, owner=owner)
-    if cls is meta.Alias:
+    if cls is shapes.Alias:
         next(ids)
         target = inputs[template.index]
-        shape, dtype, requires_grad = meta.local_meta(target)
+        shape, dtype, requires_grad = shapes.local_meta(target)
         if requires_grad != template.requires_grad:
             with torch._C.DisableTorchFunctionSubclass():
                 target.requires_grad_(template.requires_grad)
@@ -304,7 +303,7 @@ def _wrap(template: Any, ids, inputs: list, location: Any, owner: Any) -> Any:
 
 def _to_is_noop(args: tuple, kwargs: dict) -> bool:
     src = args[0]
-    _, dtype, _ = meta.local_meta(src)
+    _, dtype, _ = shapes.local_meta(src)
     for value in list(args[1:]) + list(kwargs.values()):
         if isinstance(value, torch.dtype) and value != dtype:
             return False

@@ -16,9 +16,11 @@ from typing import Any
 
 import torch
 
-from fedmq import messages as m, ops
+from fedmq import messages as m, shapes
+from fedmq.client import call_all
 from fedmq.ids import new_id
 from fedmq.pointers.tensor import PointerTensor
+from fedmq.smpc.provider import additive_split
 
 #: the ring's size: shares and values live in Z/2^64Z
 FIELD = 2 ** 64
@@ -34,16 +36,6 @@ def make_pointer(location: Any, obj_id: int, shape, dtype=torch.int64) -> Pointe
     return PointerTensor(location, obj_id, tuple(shape), dtype, False, owner=_owner(location))
 
 
-def _to_meta(value: Any) -> Any:
-    if isinstance(value, PointerTensor):
-        return torch.empty(value.shape_local, dtype=value.dtype_local, device="meta")
-    if isinstance(value, torch.Tensor):
-        return value.to("meta")
-    if type(value) in (list, tuple):
-        return type(value)(_to_meta(v) for v in value)
-    return value
-
-
 def _to_wire(value: Any, location: Any) -> Any:
     if isinstance(value, PointerTensor):
         if value.location is not location and value.location.id != location.id:
@@ -56,49 +48,14 @@ def _to_wire(value: Any, location: Any) -> Any:
     return value  # ints, public tensors (sent inline), None
 
 
-def _key(value: Any) -> Any:
-    if isinstance(value, PointerTensor):
-        return (value.shape_local, value.dtype_local)
-    if isinstance(value, torch.Tensor):
-        return (value.shape, value.dtype)
-    if type(value) in (list, tuple):
-        return (type(value), tuple(_key(v) for v in value))
-    if type(value) is slice:
-        return ("slice", value.start, value.stop, value.step)
-    if type(value) is dict:
-        return tuple((k, _key(v)) for k, v in value.items())
-    return (type(value), value)
-
-
-#: result metadata of (op, argument shapes): protocols repeat the same few shapes many times
-_META_CACHE: dict = {}
-
-
-def _template(op: str, args: tuple, kwargs: dict) -> Any:
-    try:
-        key = (op, _key(args), _key(kwargs))
-        hash(key)
-    except TypeError:
-        key = None
-    template = _META_CACHE.get(key) if key is not None else None
-    if template is None:
-        template = ops.lookup(op).fn(*_to_meta(args), **_to_meta(kwargs))
-        if key is not None:
-            if len(_META_CACHE) > 4096:
-                _META_CACHE.clear()
-            _META_CACHE[key] = template
-    return template
-
-
 def remote(location: Any, op: str, *args: Any, **kwargs: Any) -> Any:
     """Run allowlisted `op` on `location` (args: pointers there, public tensors, numbers);
     returns pointers to the results. Pipelined: one buffered Command, no round trip."""
-    template = _template(op, args, kwargs)
-    leaves = template if isinstance(template, tuple) else (template,)
-    ids = [new_id() for _ in leaves]
+    spec = shapes.op_spec(op, args, kwargs, aliases=False, strict=True)  # raises as the op
+    ids = [new_id() for _ in spec.leaves]
     location.post(m.Command(op, _to_wire(args, location), _to_wire(kwargs, location), ids, False))
-    out = tuple(make_pointer(location, i, t.shape, t.dtype) for i, t in zip(ids, leaves))
-    return out if isinstance(template, tuple) else out[0]
+    out = tuple(make_pointer(location, i, t.shape, t.dtype) for i, t in zip(ids, spec.leaves))
+    return out[0] if type(spec.template) is shapes.TensorMeta else out
 
 
 def open_shares(groups: list[list[PointerTensor]], combine: str = "add",
@@ -108,8 +65,6 @@ def open_shares(groups: list[list[PointerTensor]], combine: str = "add",
     `combine` is "add" (additive shares) or "xor" (binary shares)."""
     if not groups:
         return []
-    from fedmq.client import call_all
-
     n_parties = len(groups[0])
     calls = []
     for p in range(n_parties):
@@ -164,8 +119,6 @@ def _check_parties(workers: tuple, crypto_provider: Any) -> list:
 def share_tensor(tensor: torch.Tensor, *workers: Any, crypto_provider: Any = None,
                  **_pysyft_options: Any) -> "AdditiveSharingTensor":
     """`tensor.share(*workers, crypto_provider=None)`: additive shares, one per worker."""
-    from fedmq.smpc.provider import additive_split
-
     if isinstance(tensor, PointerTensor):
         raise NotImplementedError("sharing a remote tensor is not supported yet: .get() it "
                                   "first, or share it where it lives")

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from fedmq.smpc.additive import AdditiveSharingTensor, _stats
 from fedmq.smpc.local_steps import STEPS, combine, run_steps
-from fedmq.smpc.provider import primitive_store
+from fedmq.smpc.provider import primitive_store, share_shapes
+from fedmq.smpc.truncation import finish_truncation, truncation_params
 
 #: the bilinear ops a Beaver triple can be dealt for
 PRODUCTS = ("mul", "matmul", "conv2d")
@@ -105,9 +106,6 @@ def beaver_op(op: str, x: AdditiveSharingTensor, y: AdditiveSharingTensor, divis
     5. If dividing: the parties open z - r in the same message (one more round) and keep
        [r / d] (party 0 adds the public part): truncation.py.
     """
-    from fedmq.smpc.provider import _share_shapes
-    from fedmq.smpc.truncation import truncation_params
-
     if op not in PRODUCTS:
         raise ValueError(f"no Beaver product for op {op!r} (known: {PRODUCTS})")
     x._same_parties(y)
@@ -115,7 +113,7 @@ def beaver_op(op: str, x: AdditiveSharingTensor, y: AdditiveSharingTensor, divis
     params = triple_params(op, x.shape, y.shape, **kwargs)
     wanted = [(op, params)]
     if divisor != 1:
-        out_shape = _share_shapes(op, params)[2]
+        out_shape = share_shapes(op, params)[2]
         wanted.append(("trunc", truncation_params(out_shape, divisor)))
     prims = primitive_store(provider).take_many(provider, x.locations, wanted)
     a, b, c = prims[0]
@@ -128,8 +126,6 @@ def beaver_finish(op: str, x: AdditiveSharingTensor, y: AdditiveSharingTensor, a
                   **kwargs: Any) -> AdditiveSharingTensor:
     """Steps 2-5 of `beaver_op` with the primitives already dealt (lists of per-party
     pointers; `trunc_pair` = [r shares, r/d shares] when dividing by `divisor`)."""
-    from fedmq.smpc.truncation import finish_truncation
-
     parties = x.locations
     _, opened = run_steps("beaver_mask", [(loc, (xs, ai, ys, bi)) for loc, xs, ai, ys, bi
                                           in zip(parties, x.shares, a, y.shares, b)],

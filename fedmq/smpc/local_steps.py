@@ -11,39 +11,41 @@ beaver.py add their steps to it when imported.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import torch
+
+from fedmq.client import call_all
+from fedmq.execution import execute
+from fedmq.ids import new_id
+from fedmq.smpc.additive import _to_wire, make_pointer
+from fedmq.smpc.messages import LocalStep
 
 #: step name -> fn(*args) -> (tensors kept, tensors opened)
 STEPS: dict[str, Callable[..., tuple]] = {}
 
 
-def handle_local_step(worker: Any, msg: Any) -> list:
-    """On a share holder: run one allowlisted step, keep its results, return what it opens."""
-    from fedmq.execution import resolve
-
-    fn = STEPS.get(msg.step) if isinstance(msg.step, str) else None
-    if fn is None:
-        raise ValueError(f"unknown SMPC step {msg.step!r}")
-    kept, opened = fn(*resolve(list(msg.args), worker.store))
-    if len(kept) != len(msg.result_ids):
-        raise ValueError(f"step {msg.step} keeps {len(kept)} tensors, "
-                         f"{len(msg.result_ids)} ids were given")
-    for rid, value in zip(msg.result_ids, kept):
-        worker.store.put(rid, value)
+def handle_local_step(worker: Any, msg: LocalStep) -> list:
+    """On a share holder: run one allowlisted step (fedmq.execution.execute: its kept tensors
+    are bound under the caller's ids, or its failure recorded there); return what it opens."""
+    step = STEPS.get(msg.step) if isinstance(msg.step, str) else None
+    op = msg.step if step is not None else None
+    if step is None:  # fails inside execute, so the failure is recorded like any other
+        step = functools.partial(_unknown_step, msg.step)
+    opened = execute(step, msg.args, None, msg.result_ids, worker.store, worker.id, op=op,
+                     split=True)
     return list(opened)
+
+
+def _unknown_step(name: Any, *args: Any) -> tuple:
+    raise ValueError(f"unknown SMPC step {name!r}")
 
 
 def run_steps(step: str, per_party_args: list, n_kept: int, shape, want_reply: bool):
     """Send `step` to every party (`per_party_args`: (location, args) pairs, args holding
     pointers to that party's shares, public tensors, ints). Returns (kept pointers per party,
     opened values per party); without `want_reply` the messages are posted (pipelined)."""
-    from fedmq.client import call_all
-    from fedmq.ids import new_id
-    from fedmq.smpc.additive import _to_wire, make_pointer
-    from fedmq.smpc.messages import LocalStep
-
     kept, calls = [], []
     for location, args in per_party_args:
         ids = [new_id() for _ in range(n_kept)]

@@ -22,9 +22,9 @@ import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from fedmq import messages as m
+from fedmq import messages as m, shapes
+from fedmq.client import call_all
 from fedmq.ids import new_id
 from fedmq.smpc.messages import Deal, DealRequest
 
@@ -191,7 +191,6 @@ def handle_deal_request(worker: Any, msg: DealRequest) -> None:
         shares = dealer.deal(deal)
         for party, ids, party_shares in zip(deal.parties, deal.ids, shares):
             outgoing[party].extend(m.StoredObject(i, s) for i, s in zip(ids, party_shares))
-    from fedmq.client import call_all
     call_all([(worker.network.client(party), m.ObjectMessage(objects))
               for party, objects in outgoing.items()], sender=worker.id)
     return None
@@ -250,7 +249,7 @@ class PrimitiveStore:
     def deal_now(self, provider: Any, parties: list, wanted: list[tuple[str, dict]]) -> list:
         """Deal `wanted` in one request; each result is a list (one per share name) of lists
         (one pointer per party)."""
-        from fedmq.smpc.additive import make_pointer
+        from fedmq.smpc.additive import make_pointer  # additive.py imports this module
 
         deals, metas = [], []
         for kind, params in wanted:
@@ -263,8 +262,8 @@ class PrimitiveStore:
         self.dealt += len(deals)
         out = []
         for kind, params, ids in metas:
-            shapes = _share_shapes(kind, params)
-            out.append([[make_pointer(party, ids[pi][si], shapes[si]) for pi, party in
+            share_shape = share_shapes(kind, params)
+            out.append([[make_pointer(party, ids[pi][si], share_shape[si]) for pi, party in
                          enumerate(parties)] for si in range(len(KINDS[kind]))])
         return out
 
@@ -275,19 +274,20 @@ class PrimitiveStore:
         self._pool.clear()
 
 
-def _share_shapes(kind: str, params: dict) -> list[tuple]:
-    if kind in ("mul", "matmul", "conv2d"):
-        a = torch.empty(tuple(params["a"]), dtype=torch.int64, device="meta")
-        b = torch.empty(tuple(params["b"]), dtype=torch.int64, device="meta")
-        if kind == "mul":
-            c = a * b
-        elif kind == "matmul":
-            c = torch.matmul(a, b)
-        else:
-            kwargs = {k: params[k] for k in ("stride", "padding", "dilation", "groups")
-                      if k in params}
-            c = F.conv2d(a, b, **kwargs)
-        return [tuple(params["a"]), tuple(params["b"]), tuple(c.shape)]
+#: the op whose result shape a Beaver triple's c has
+_PRODUCT_OPS = {"mul": "torch.mul", "matmul": "torch.matmul", "conv2d": "F.conv2d"}
+
+
+def share_shapes(kind: str, params: dict) -> list[tuple]:
+    """The shape of each share a `kind` deal stores (in `KINDS[kind]` order); a triple's c
+    has the shape of a op b (fedmq.shapes, on metadata only)."""
+    if kind in _PRODUCT_OPS:
+        a = shapes.TensorMeta(tuple(params["a"]), torch.int64)
+        b = shapes.TensorMeta(tuple(params["b"]), torch.int64)
+        kwargs = {k: params[k] for k in ("stride", "padding", "dilation", "groups")
+                  if k in params} if kind == "conv2d" else {}
+        c = shapes.op_spec(_PRODUCT_OPS[kind], (a, b), kwargs, aliases=False, strict=True)
+        return [a.shape, b.shape, c.leaves[0].shape]
     shape = tuple(params["shape"])
     return [shape] * len(KINDS[kind])
 
