@@ -87,6 +87,13 @@ class HandledIds:
             self._set.discard(self._order.popleft())
 
 
+#: frames up to this size may be decoded on the event loop and, if light, handled there
+INLINE_FRAME = 256 * 1024
+#: an inline message slower than this (seconds) pauses inline handling for INLINE_PAUSE seconds
+INLINE_LIMIT = 0.05
+INLINE_PAUSE = 60.0
+
+
 class OpThread:
     """The thread a worker service runs ops on, so the event loop (heartbeats, consuming,
     replying) never waits for an op. One thread, one op at a time, in order; `run` hands the
@@ -151,6 +158,7 @@ class WorkerService:
         self._inbox: asyncio.Queue | None = None
         self._stopping: asyncio.Event | None = None
         self._op_thread = OpThread(f"fedmq-op-{worker_id}")
+        self._inline_paused_until = 0.0
         self._assembler = ChunkAssembler()
         self._chunks: dict[str, list] = {}
 
@@ -283,7 +291,7 @@ class WorkerService:
         loop = asyncio.get_running_loop()
         started = loop.time()
         log.debug("fedmq worker %s: handling message %s", self.id, key)
-        reply, failed = await self._op_thread.run(self.worker.handle_frame_checked, frame)
+        reply, failed = await self._run_frame(frame)
         log.debug("fedmq worker %s: handled message %s in %.1f ms%s", self.id, key,
                   (loop.time() - started) * 1e3, " (failed)" if failed else "")
         if message.reply_to:
@@ -295,6 +303,29 @@ class WorkerService:
                 await msg.reject(requeue=False)  # -> fedmq.dlx -> fedmq.dead-letters
             else:
                 await msg.ack()
+
+    async def _run_frame(self, frame: bytes | bytearray) -> tuple[bytes, bool]:
+        """Handle a frame: on the op thread, or, for a small message `Worker.is_light` calls
+        quick and local, right here on the loop (two thread switches fewer per call). An
+        inline message that took longer than INLINE_LIMIT sends every message to the op thread
+        for INLINE_PAUSE seconds."""
+        loop = asyncio.get_running_loop()
+        if len(frame) > INLINE_FRAME or loop.time() < self._inline_paused_until:
+            return await self._op_thread.run(self.worker.handle_frame_checked, frame)
+        envelope = self.worker.decode_frame(frame)
+        if isinstance(envelope, bytes):
+            return envelope, True
+        if not self.worker.is_light(envelope):
+            return await self._op_thread.run(self.worker.respond, envelope)
+        started = loop.time()
+        result = self.worker.respond(envelope)
+        took = loop.time() - started
+        if took > INLINE_LIMIT:
+            self._inline_paused_until = loop.time() + INLINE_PAUSE
+            log.warning("fedmq worker %s: a light message took %.0f ms on the event loop; "
+                        "every message goes to the op thread for %.0f s", self.id, took * 1e3,
+                        INLINE_PAUSE)
+        return result
 
     async def _reply(self, reply: bytes, reply_to: str, correlation_id: str | None) -> None:
         for out in chunk_messages(reply, self.chunk_size, correlation_id=correlation_id,

@@ -29,6 +29,9 @@ class ObjectStore:
         self.worker_id = worker_id
         self._entries: dict[int, Entry] = {}
         self._grad_leaves: set[int] = set()  # ids of leaf tensors that require grad
+        #: ids of stored objects that reach other workers (pointers, plans, protocols: their
+        #: class has `_fedmq_kind`); an op on one of them may send messages
+        self._remote: set[int] = set()
 
     def put(self, obj_id: int, obj: Any, tags=(), description: str | None = None) -> None:
         self._entries[obj_id] = Entry(obj, set(tags or ()), description)
@@ -36,6 +39,16 @@ class ObjectStore:
             self._grad_leaves.add(obj_id)
         else:
             self._grad_leaves.discard(obj_id)
+        if getattr(type(obj), "_fedmq_kind", None) is not None or \
+                not isinstance(obj, (torch.Tensor, FailedResult)):
+            self._remote.add(obj_id)
+        else:
+            self._remote.discard(obj_id)
+
+    @property
+    def holds_remote_objects(self) -> bool:
+        """Whether anything but plain tensors is stored (a pointer, a plan, a protocol...)."""
+        return bool(self._remote)
 
     def entry(self, obj_id: int) -> Entry:
         try:
@@ -45,6 +58,13 @@ class ObjectStore:
                 f"object {obj_id} is not on worker {self.worker_id!r} (never sent, already "
                 f"fetched with .get(), moved, or deleted)", worker=self.worker_id) from None
 
+    def find(self, obj_id: Any) -> Entry | None:
+        """The entry stored under `obj_id`, or None."""
+        try:
+            return self._entries.get(obj_id)
+        except TypeError:  # an unhashable id from the wire
+            return None
+
     def get(self, obj_id: int) -> Any:
         return self.entry(obj_id).obj
 
@@ -52,15 +72,18 @@ class ObjectStore:
         entry = self.entry(obj_id)
         del self._entries[obj_id]
         self._grad_leaves.discard(obj_id)
+        self._remote.discard(obj_id)
         return entry
 
     def delete(self, obj_id: int) -> None:
         self._entries.pop(obj_id, None)
         self._grad_leaves.discard(obj_id)
+        self._remote.discard(obj_id)
 
     def clear(self) -> None:
         self._entries.clear()
         self._grad_leaves.clear()
+        self._remote.clear()
 
     def ids_with_grad(self) -> list[int]:
         return [i for i in self._grad_leaves if self._entries[i].obj.grad is not None]

@@ -24,6 +24,15 @@ class Network(Protocol):
     def flush_all(self) -> None: ...
 
 
+#: what `Worker.is_light` lets a service run on its event loop: store messages, and ops on at
+#: most LIGHT_ELEMENTS input elements in all (a matmul of two 90 x 90 matrices), LIGHT_MESSAGES
+#: to a batch, no int literal above LIGHT_LITERAL, no backward pass
+LIGHT_TYPES = (m.ObjectsCount, m.WorkerStats, m.DeleteObjects, m.SearchRequest)
+LIGHT_ELEMENTS = 16384
+LIGHT_MESSAGES = 64
+LIGHT_LITERAL = 4096
+HEAVY_OPS = frozenset({"Tensor.backward"})
+
 #: handlers extensions add for their own message types: {type: fn(worker, message) -> value}
 EXTRA_HANDLERS: dict[type, Callable[["Worker", Any], Any]] = {}
 
@@ -68,12 +77,22 @@ class Worker:
 
     def handle_frame_checked(self, frame: bytes) -> tuple[bytes, bool]:
         """`handle_frame`, also saying whether the message failed (services dead-letter it)."""
+        envelope = self.decode_frame(frame)
+        if isinstance(envelope, bytes):
+            return envelope, True
+        return self.respond(envelope)
+
+    def decode_frame(self, frame: bytes | bytearray) -> Any:
+        """The frame's Envelope, or (undecodable) the encoded error reply as bytes."""
         self.message_count += 1
         try:
-            envelope = serde.decode(frame)
+            return serde.decode(frame)
         except errors.SerdeError as exc:
             log.warning("worker %s: undecodable message: %s", self.id, exc)
-            return serde.encode(m.Reply(error=m.ErrorInfo("serde_error", str(exc), self.id))), True
+            return serde.encode(m.Reply(error=m.ErrorInfo("serde_error", str(exc), self.id)))
+
+    def respond(self, envelope: Any) -> tuple[bytes, bool]:
+        """Handle a decoded envelope: the encoded reply, and whether the message failed."""
         reply = self.handle(envelope)
         if self.network is not None:
             # commands this worker pipelined to others while handling the message go out now
@@ -87,6 +106,62 @@ class Worker:
         except errors.SerdeError as exc:
             return serde.encode(m.Reply(error=m.ErrorInfo(
                 "serde_error", f"the result cannot be sent back: {exc}", self.id))), True
+
+    def is_light(self, envelope: Any) -> bool:
+        """Whether handling `envelope` is certainly quick and stays on this worker, so a service
+        may run it on its event loop instead of its op thread (saving two thread switches on
+        every small call). True only for store messages and ops whose tensor inputs hold at
+        most LIGHT_ELEMENTS elements in all, with no large literal (a size or a repeat count),
+        and no backward pass, while nothing but plain tensors is stored (an op on a stored
+        pointer may send messages and wait for replies)."""
+        if not isinstance(envelope, m.Envelope) or self.store.holds_remote_objects:
+            return False
+        message = envelope.message
+        items = message.messages if type(message) is m.Batch else (message,)
+        if len(items) > LIGHT_MESSAGES:
+            return False
+        budget = LIGHT_ELEMENTS
+        for item in items:
+            kind = type(item)
+            if kind is m.Command:
+                if item.op in HEAVY_OPS:
+                    return False
+                budget = self._light_budget(item.args, budget)
+                if item.kwargs:
+                    budget = self._light_budget(tuple(item.kwargs.values()), budget)
+            elif kind is m.GetRequest:
+                budget = self._light_budget(tuple(m.Ref(i) if type(i) is int else i
+                                                  for i in item.ids), budget)
+            elif kind not in LIGHT_TYPES:
+                return False
+            if budget < 0:
+                return False
+        return True
+
+    def _light_budget(self, values: tuple | list, budget: int) -> int:
+        """`budget` less the elements of every stored tensor `values` refer to; -1 for a large
+        literal or anything else that makes the cost unknown."""
+        for value in values:
+            kind = type(value)
+            if kind is m.Ref:
+                entry = self.store.find(value.id)
+                if entry is None:
+                    continue  # handled as an error, quickly
+                obj = entry.obj
+                if isinstance(obj, FailedResult):
+                    continue
+                budget -= obj.numel()
+            elif kind is int:
+                if value > LIGHT_LITERAL:
+                    return -1
+            elif kind is tuple or kind is list:
+                budget = self._light_budget(value, budget)
+            elif kind is not float and kind is not bool and value is not None and \
+                    kind is not str:
+                return -1
+            if budget < 0:
+                return -1
+        return budget
 
     def handle(self, envelope: Any) -> m.Reply:
         if not isinstance(envelope, m.Envelope):

@@ -288,3 +288,33 @@ def test_a_hooks_clients_share_one_connection_and_two_hooks_do_not(worker_proces
     finally:
         h1.context.close()
         h2.context.close()
+
+
+# -- what a worker service may run on its event loop ----------------------------------------------
+
+def test_only_small_local_messages_are_light():
+    from fedmq.worker import LIGHT_ELEMENTS
+    worker = Worker("bob")
+    worker.store.put(1, torch.ones(10))
+    worker.store.put(2, torch.ones(LIGHT_ELEMENTS + 1))
+
+    def env(message):
+        return m.Envelope(m.WIRE_VERSION, "me", message)
+
+    add = m.Command("torch.add", (m.Ref(1), 1), {}, [3])
+    assert worker.is_light(env(m.Batch([add, m.GetRequest([3])], reply_last=True)))
+    assert worker.is_light(env(m.ObjectsCount()))
+    assert not worker.is_light(env(m.Command("torch.add", (m.Ref(2), 1), {}, [3])))
+    assert not worker.is_light(env(m.Command("Tensor.backward", (m.Ref(1),), {}, [])))
+    assert not worker.is_light(env(m.Command("Tensor.repeat", (m.Ref(1), 100000), {}, [3])))
+    assert not worker.is_light(env(m.GetRequest([2])))
+    assert not worker.is_light(env(m.Batch([add] * 65)))
+    assert not worker.is_light(env(m.ForwardObjects([1], "alice")))
+    assert not worker.is_light("not an envelope")
+    # a pointer stored here: an op on it may send messages and wait, so nothing is light
+    hook = fedmq.TorchHook(torch)
+    alice = fedmq.VirtualWorker(hook, id="alice")
+    worker.store.put(4, torch.ones(1).send(alice))
+    assert not worker.is_light(env(m.ObjectsCount()))
+    worker.store.delete(4)
+    assert worker.is_light(env(m.ObjectsCount()))
