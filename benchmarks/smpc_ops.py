@@ -35,11 +35,10 @@ import uuid
 import torch
 
 import fedmq as sy
-from fedmq.client import flush_all
-from fedmq.smpc import STORE
-from fedmq.smpc.additive import _stats
 from fedmq.smpc.beaver import triple_params
 from fedmq.smpc.comparison import comparison_primitives
+from fedmq.smpc.provider import primitive_store
+from fedmq.smpc.shares import _stats
 from fedmq.smpc.truncation import truncation_params
 
 CRYPTEN_MS = {"mul 100x100": 2.5, "matmul 100x100": 3.1, "gt 100x100": 29.0,
@@ -47,19 +46,21 @@ CRYPTEN_MS = {"mul 100x100": 2.5, "matmul 100x100": 3.1, "gt 100x100": 29.0,
 
 
 class Meter:
-    """Bytes of every frame in and out of the given workers' transports."""
+    """Bytes of every frame the given in-process workers handle, and of their replies: what
+    the coordinator sends the parties and the provider, and what the provider deals the
+    parties (the hook's LocalTransport hands each frame to the worker's `handle_frame`)."""
 
     def __init__(self, workers):
         self.bytes = 0
         for w in workers:
-            original = w.transport.request
+            server = w.worker  # the Worker behind the VirtualWorker client
+            original = server.handle_frame
 
-            def request(worker_id, frame, timeout=None, message_type="message", _o=original):
-                reply = _o(worker_id, frame, timeout=timeout, message_type=message_type)
+            def handle_frame(frame, _o=original):
+                reply = _o(frame)
                 self.bytes += len(frame) + len(reply)
                 return reply
-            # (LocalTransport.send goes through `request` too, so posts are counted)
-            w.transport.request = request
+            server.handle_frame = handle_frame
 
 
 def make_cases(parties, cp):
@@ -108,26 +109,28 @@ def run_cases(cases, parties, cp, repeats: int, meter: "Meter | None") -> None:
     header = (f"{'op':<16}{'online ms':>10}{'total ms':>10}{'torch ms':>10}{'ratio':>9}"
               f"{'KB moved':>10}{'rounds':>7}{'deals':>6}{'CrypTen ms':>11}")
     print(header)
+    store = primitive_store(cp)   # the provider's primitives, in its hook's context
+    flush_all = cp.context.flush_all  # sends every client's buffered commands (that context)
     for name, secure, plain, prims in cases:
         secure(), flush_all()  # warm up (meta cache, allocator)
         online, total = [], []
-        STORE.clear()
+        store.clear()
         for kind, params in prims:  # preprocessing: every instance the repeats need, batched
-            STORE.provide(cp, parties, kind, params, repeats)
+            store.provide(cp, parties, kind, params, repeats)
         for _ in range(repeats):
             t0 = time.perf_counter()
             secure()
             flush_all()
             online.append(time.perf_counter() - t0)
         for _ in range(repeats):
-            STORE.clear()
-            b0, r0, d0 = meter.bytes if meter else 0, _stats.rounds, STORE.requests
+            store.clear()
+            b0, r0, d0 = meter.bytes if meter else 0, _stats.rounds, store.requests
             t0 = time.perf_counter()
             secure()
             flush_all()
             total.append(time.perf_counter() - t0)
             moved = meter.bytes - b0 if meter else None
-            rounds, deals = _stats.rounds - r0, STORE.requests - d0
+            rounds, deals = _stats.rounds - r0, store.requests - d0
         ptimes = []
         for _ in range(max(repeats, 50)):
             t0 = time.perf_counter()

@@ -167,8 +167,8 @@ def test_preprocessing_moves_the_provider_out_of_the_online_phase(parties):
 def test_fixed_point_products_fuse_truncation_and_use_preprocessed_pairs(parties, n):
     """x * y and x @ y on fixed point: one triple and one truncation pair, both from the
     store when dealt ahead, two openings, result within the truncation guarantee."""
-    from fedmq.smpc.additive import _stats
     from fedmq.smpc.beaver import triple_params
+    from fedmq.smpc.shares import _stats
     from fedmq.smpc.truncation import truncation_params
     workers, cp = parties
     group = workers[:n]
@@ -206,8 +206,7 @@ def test_provider_refuses_bad_requests(parties):
 def test_ring_products_wrap_around_mod_2_64(op):
     """The int64 kernels Beaver products run on compute exactly mod 2^64 (checked against
     Python's unbounded integers on full-range values)."""
-    from fedmq.smpc.beaver import ring_op
-    from fedmq.smpc.provider import uniform
+    from fedmq.smpc.ring import ring_op, uniform
 
     def ring(v: int) -> int:
         v %= 1 << 64
@@ -238,7 +237,7 @@ def test_ring_products_wrap_around_mod_2_64(op):
 def test_binary_and_on_xor_shares(parties):
     """The AND gate `ltz` runs inside its LocalSteps, as a standalone primitive."""
     from fedmq.smpc.comparison import binary_and
-    from fedmq.smpc.provider import uniform, xor_split
+    from fedmq.smpc.ring import uniform, xor_split
     workers, cp = parties
     trio = workers[:3]
     f, g = uniform((50,)), uniform((50,))

@@ -83,14 +83,12 @@ class PlanRef(m.PointerRef):
 
     def to_pointer(self, owner: Any, network: Any, id: int | None = None,
                    gc: bool = True) -> Any:
-        location = network.client(self.location)
-        if self.kind == "protocol":
-            from fedmq.plans.protocol import PointerProtocol
-            return PointerProtocol(location, self.id_at_location, owner=owner, id=id, gc=gc,
-                                   tags=self.tags, description=self.description)
-        from fedmq.plans.pointer_plan import PointerPlan
-        return PointerPlan(location, self.id_at_location, owner=owner, id=id, gc=gc,
-                           tags=self.tags, description=self.description, name=self.name)
+        """The pointer this ref stands for (`pointer_from_ref` calls it): the class registered
+        for its kind (`register_pointer_kind`) makes it; an unknown kind is a plan."""
+        cls = POINTER_KINDS.get(self.kind) or POINTER_KINDS.get("plan")
+        if cls is None:
+            raise RuntimeError("no plan pointer class registered: import fedmq.plans first")
+        return cls.from_ref(self, network.client(self.location), owner=owner, id=id, gc=gc)
 
 
 @record(84)
@@ -101,3 +99,16 @@ class RunProtocol:
     to the results (on the last plan's worker)."""
     protocol_id: int
     args: tuple
+
+
+# -- refs as pointers: the pointer classes live above this module ---------------------------------
+# pointer_plan.py registers PointerPlan ("plan"), protocol.py PointerProtocol ("protocol"); each
+# has `from_ref(ref, location, owner=, id=, gc=)`. Importing fedmq.plans imports both.
+
+#: PlanRef.kind -> the pointer class a ref of that kind becomes
+POINTER_KINDS: dict[str, type] = {}
+
+
+def register_pointer_kind(kind: str, cls: type) -> None:
+    """`cls.from_ref(ref, location, owner=, id=, gc=)` makes the pointers of `kind`."""
+    POINTER_KINDS[kind] = cls

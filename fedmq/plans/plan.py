@@ -41,6 +41,24 @@ from fedmq.pointers import dispatch
 from fedmq.pointers.tensor import one_location
 
 
+# `Plan.send` makes a PointerPlan, and a PointerPlan fetches plans back as `Plan`s: the pointer is
+# the layer above (pointer_plan.py), which registers its class here when it is imported
+# (as fedmq.pointers.tensor does for dispatch.py); importing fedmq.plans imports it.
+_pointer_classes: list = []
+
+
+def use_pointer_class(cls: type) -> None:
+    """`cls(location, id_at_location, owner=, plan=, tags=, description=, name=)` is what
+    `Plan.send` returns (PointerPlan, set by pointer_plan.py)."""
+    _pointer_classes[:] = [cls]
+
+
+def _pointer_class() -> type:
+    if not _pointer_classes:
+        raise RuntimeError("no plan pointer class registered: import fedmq.plans first")
+    return _pointer_classes[0]
+
+
 def _owner_id(owner: Any) -> str:
     return str(getattr(owner, "id", owner or "me"))
 
@@ -164,8 +182,6 @@ class Plan(nn.Module):
     def send(self, *locations: Any, **_ignored: Any) -> Any:
         """Store the plan (ops and state) on a worker; returns a `PointerPlan`. Sending to the
         same worker again returns the same pointer (the plan is not sent twice)."""
-        from fedmq.plans.pointer_plan import PointerPlan  # pointer_plan.py imports this module
-
         location = one_location(locations)
         cached = self._pointers.get(location.id)
         if cached is not None and cached.location is location and not cached._consumed:
@@ -175,8 +191,8 @@ class Plan(nn.Module):
         location.post(m.ObjectMessage([m.StoredObject(rid, record, sorted(self.tags),
                                                       self.description)]))
         owner = getattr(location.network, "local_worker", None) or self.owner
-        ptr = PointerPlan(location, rid, owner=owner, plan=self, tags=self.tags,
-                          description=self.description, name=self.name)
+        ptr = _pointer_class()(location, rid, owner=owner, plan=self, tags=self.tags,
+                               description=self.description, name=self.name)
         self._pointers[location.id] = ptr
         return ptr
 

@@ -20,8 +20,8 @@ import torch
 from fedmq import messages as m, shapes
 from fedmq.errors import PointerError
 from fedmq.ids import new_id
-from fedmq.plans.messages import PlanRecord, RunPlan
-from fedmq.plans.plan import Plan
+from fedmq.plans.messages import PlanRecord, RunPlan, register_pointer_kind
+from fedmq.plans.plan import Plan, use_pointer_class
 from fedmq.pointers import dispatch
 from fedmq.pointers.ownership import OwnedRemote
 from fedmq.pointers.tensor import PointerTensor, materialize
@@ -45,6 +45,13 @@ class PointerPlan(OwnedRemote):
         self.description = description
         self.name = name or getattr(plan, "name", None)
         self._finalizer = weakref.finalize(self, location.release, id_at_location) if gc else None
+
+    @classmethod
+    def from_ref(cls, ref: Any, location: Any, *, owner: Any = None, id: int | None = None,
+                 gc: bool = True) -> "PointerPlan":
+        """The pointer a `PlanRef` (kind "plan": search results, protocols) stands for."""
+        return cls(location, ref.id_at_location, owner=owner, id=id, gc=gc, tags=ref.tags,
+                   description=ref.description, name=ref.name)
 
     # -- running ----------------------------------------------------------------------------------
     def __call__(self, *args: Any) -> Any:
@@ -136,3 +143,7 @@ def _shape_like(template: Any, leaves) -> Any:
     if isinstance(template, (tuple, list)):
         return type(template)(_shape_like(t, leaves) for t in template)
     return template
+
+
+use_pointer_class(PointerPlan)
+register_pointer_kind("plan", PointerPlan)

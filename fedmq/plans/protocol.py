@@ -29,9 +29,13 @@ from fedmq import messages as m
 from fedmq.context import latest_local_worker
 from fedmq.errors import PointerError
 from fedmq.ids import new_id
-from fedmq.plans.messages import PlanRecord, PlanRef, ProtocolRecord, RunProtocol
+from fedmq.plans.messages import (PlanRecord, PlanRef, ProtocolRecord, RunProtocol,
+                                  register_pointer_kind)
+from fedmq.plans.plan import Plan
+from fedmq.plans.pointer_plan import PointerPlan
 from fedmq.pointers import dispatch
 from fedmq.pointers.ownership import OwnedRemote
+from fedmq.pointers.tensor import PointerTensor, materialize, one_location
 
 log = logging.getLogger("fedmq.plans")
 
@@ -45,9 +49,6 @@ class Protocol:
 
     def __init__(self, plans: list, id: int | None = None, owner: Any = None, tags=None,
                  description: str | None = None) -> None:
-        from fedmq.plans.plan import Plan
-        from fedmq.plans.pointer_plan import PointerPlan
-
         self.id = id if id is not None else new_id()
         self.owner = owner if owner is not None else latest_local_worker()
         self.tags = set(tags or ())
@@ -144,8 +145,6 @@ class Protocol:
     def from_record(cls, rec: ProtocolRecord, owner: Any = None, network: Any = None) -> "Protocol":
         """A protocol from a record; deployed plans become PointerPlans that do not own their
         plan (the protocol's original owner does)."""
-        from fedmq.plans.plan import Plan
-
         if not isinstance(rec, ProtocolRecord) or len(rec.roles) != len(rec.plans):
             raise PointerError("not a valid protocol record")
         entries = []
@@ -164,8 +163,6 @@ class Protocol:
 
     def send(self, *locations: Any, **_ignored: Any) -> "PointerProtocol":
         """Store the protocol on a worker; `run` then runs it from there."""
-        from fedmq.pointers.tensor import one_location
-
         location = one_location(locations)
         record = self.to_record()
         rid = new_id()
@@ -231,8 +228,6 @@ def run_chain(pointer_plans: list, args: tuple, owner: Any) -> Any:
 
 def _bring_home(value: Any, worker: Any, here: Any) -> Any:
     """Fetch remote results into `worker`'s own store; pointers to them through `here`."""
-    from fedmq.pointers.tensor import PointerTensor
-
     if isinstance(value, PointerTensor):
         data = value.get()
         rid = new_id()
@@ -245,8 +240,6 @@ def _bring_home(value: Any, worker: Any, here: Any) -> Any:
 
 
 def _send_tensor(t: torch.Tensor, location: Any, owner: Any) -> Any:
-    from fedmq.pointers.tensor import PointerTensor
-
     rid = new_id()
     location.post(m.ObjectMessage([m.StoredObject(rid, t)]))
     return PointerTensor(location, rid, tuple(t.shape), t.dtype, t.requires_grad, owner=owner)
@@ -270,6 +263,13 @@ class PointerProtocol(OwnedRemote):
         self.description = description
         self._finalizer = weakref.finalize(self, location.release, id_at_location) if gc else None
 
+    @classmethod
+    def from_ref(cls, ref: Any, location: Any, *, owner: Any = None, id: int | None = None,
+                 gc: bool = True) -> "PointerProtocol":
+        """The pointer a `PlanRef` of kind "protocol" (search results) stands for."""
+        return cls(location, ref.id_at_location, owner=owner, id=id, gc=gc, tags=ref.tags,
+                   description=ref.description)
+
     def run(self, *args: Any) -> Any:
         """Run the protocol on its worker, on pointers to data there (one message); returns
         pointers there to the pointers it holds to the results."""
@@ -285,7 +285,6 @@ class PointerProtocol(OwnedRemote):
             wire.append(m.Ref(dispatch.remote_id(value)))
         log.info("send remote run request to %s", self.location.id)
         refs = self.location.call(RunProtocol(self.id_at_location, tuple(wire)))
-        from fedmq.pointers.tensor import materialize
         return materialize(refs, self.owner, self.location.network)
 
     __call__ = run
@@ -303,3 +302,6 @@ class PointerProtocol(OwnedRemote):
     def __repr__(self) -> str:
         owner = getattr(self.owner, "id", self.owner)
         return f"[PointerProtocol | {owner}:{self.id} -> {self.location.id}:{self.id_at_location}]"
+
+
+register_pointer_kind("protocol", PointerProtocol)

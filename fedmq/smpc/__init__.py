@@ -1,19 +1,31 @@
 """Secure multi-party computation for fedmq (PySyft 0.2's fixed precision and SPDZ-style
 additive sharing, with the fixes listed in /work/shared/reference/pysyft-0.2-notes.md C1-C4).
 
-    fixed_precision.py  FixedPrecisionTensor: fix_precision()/float_precision(), int64 ring
-    additive.py         AdditiveSharingTensor: share()/get(), linear ops per share
-    beaver.py           products (mul, matmul, conv2d) with Beaver triples, fused truncation
-    truncation.py       division by a public int / fixed-point rescaling (ABY3 pairs)
-    comparison.py       < > <= >= ==, relu, abs, max/argmax/min (edaBits + BIT-LT + B2A)
-    local_steps.py      protocol rounds: one LocalStep message per party, its allowlist
-    provider.py         the crypto provider (abc), its worker handler, the primitive store
+The modules, bottom to top (each imports only modules listed before it; the `layers` contract
+in pyproject.toml checks it):
     messages.py         wire records 90-99 (Deal, DealRequest, LocalStep)
-    hooks.py            methods TorchHook installs; torch functions on these types
+    ring.py             the ring Z/2^64Z: CSPRNG elements, additive/XOR splits, ring products
+    dispatch.py         SmpcTensor, base of the two tensor types: size/dim/numel, and torch
+                        functions on them (torch.add, F.linear, t - x, ...) -> their methods
+    shares.py           the coordinator's pointers to shares: an op on every share (remote),
+                        openings (open_shares), cat/stack, the round counter
+    provider.py         the crypto provider (abc), its worker handler, the primitive store
+    local_steps.py      protocol rounds: one LocalStep message per party, its allowlist
+    truncation.py       division by a public int / fixed-point rescaling (ABY3 pairs)
+    beaver.py           products (mul, matmul, conv2d) with Beaver triples, fused truncation
+    comparison.py       < > <= >= ==, relu, abs, max/argmax/min (edaBits + BIT-LT + B2A)
+    additive.py         AdditiveSharingTensor: share()/get(), linear ops per share; its
+                        products, divisions and comparisons call the protocols above
+    fixed_precision.py  FixedPrecisionTensor: fix_precision()/float_precision(), int64 ring
+    hooks.py            the extension's table: methods TorchHook installs, worker handlers
+The protocols (truncation, beaver, comparison) take and return AdditiveSharingTensors but use
+only their methods, never the class. Independent of each other: messages, ring and dispatch;
+local_steps and truncation; beaver and comparison.
 """
-from fedmq.smpc.additive import FIELD, AdditiveSharingTensor
+from fedmq.smpc.additive import AdditiveSharingTensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor
 from fedmq.smpc.provider import CryptoProvider, PrimitiveStore, TrustedDealer, primitive_store
+from fedmq.smpc.ring import FIELD
 
 __all__ = ["FIELD", "AdditiveSharingTensor", "CryptoProvider", "FixedPrecisionTensor",
            "PrimitiveStore", "TrustedDealer", "primitive_store"]

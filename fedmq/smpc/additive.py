@@ -16,85 +16,13 @@ from typing import Any
 
 import torch
 
-from fedmq import messages as m, shapes
-from fedmq.client import call_all
-from fedmq.ids import new_id
 from fedmq.pointers.tensor import PointerTensor
-from fedmq.smpc.provider import additive_split
-
-#: the ring's size: shares and values live in Z/2^64Z
-FIELD = 2 ** 64
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
-
-
-def _owner(location: Any) -> Any:
-    return getattr(location.network, "local_worker", None)
-
-
-def make_pointer(location: Any, obj_id: int, shape, dtype=torch.int64) -> PointerTensor:
-    """A pointer owning object `obj_id` on `location` (stored there by someone else)."""
-    return PointerTensor(location, obj_id, tuple(shape), dtype, False, owner=_owner(location))
-
-
-def _to_wire(value: Any, location: Any) -> Any:
-    if isinstance(value, PointerTensor):
-        if value.location is not location and value.location.id != location.id:
-            raise ValueError(f"internal error: a share of {value.location.id!r} was used on "
-                             f"{location.id!r}")
-        value._check_usable()
-        return m.Ref(value.id_at_location)
-    if type(value) in (list, tuple):
-        return type(value)(_to_wire(v, location) for v in value)
-    return value  # ints, public tensors (sent inline), None
-
-
-def remote(location: Any, op: str, *args: Any, **kwargs: Any) -> Any:
-    """Run allowlisted `op` on `location` (args: pointers there, public tensors, numbers);
-    returns pointers to the results. Pipelined: one buffered Command, no round trip."""
-    spec = shapes.op_spec(op, args, kwargs, aliases=False, strict=True)  # raises as the op
-    ids = [new_id() for _ in spec.leaves]
-    location.post(m.Command(op, _to_wire(args, location), _to_wire(kwargs, location), ids, False))
-    out = tuple(make_pointer(location, i, t.shape, t.dtype) for i, t in zip(ids, spec.leaves))
-    return out[0] if type(spec.template) is shapes.TensorMeta else out
-
-
-def open_shares(groups: list[list[PointerTensor]], combine: str = "add",
-                delete: bool = True) -> list[torch.Tensor]:
-    """Open several shared values at once: one GetRequest per party (one round).
-    `groups[k]` is the list of shares (one per party, same party order) of value k;
-    `combine` is "add" (additive shares) or "xor" (binary shares)."""
-    if not groups:
-        return []
-    n_parties = len(groups[0])
-    calls = []
-    for p in range(n_parties):
-        ptrs = [g[p] for g in groups]
-        for ptr in ptrs:
-            ptr._check_usable()
-        calls.append((ptrs[0].location,
-                      m.GetRequest([ptr.id_at_location for ptr in ptrs], delete=delete)))
-    per_party: list[list[torch.Tensor]] = call_all(calls)  # all parties in one round trip
-    if delete:
-        for g in groups:
-            for ptr in g:
-                ptr._disown()
-                ptr._consumed = True
-    out = []
-    for k in range(len(groups)):
-        total = per_party[0][k]
-        for p in range(1, n_parties):
-            total = total + per_party[p][k] if combine == "add" else total ^ per_party[p][k]
-        out.append(total)
-    _stats.rounds += 1
-    return out
-
-
-class _Stats:
-    """Openings performed (communication rounds of the online phase), for benchmarks."""
-    rounds = 0
-
-
-_stats = _Stats()
+from fedmq.smpc import comparison, shares as _shares
+from fedmq.smpc.beaver import beaver_op
+from fedmq.smpc.dispatch import SmpcTensor
+from fedmq.smpc.ring import FIELD, INT64_MAX, INT64_MIN, additive_split
+from fedmq.smpc.shares import open_shares, remote
+from fedmq.smpc.truncation import truncate
 
 
 def _check_parties(workers: tuple, crypto_provider: Any) -> list:
@@ -139,23 +67,7 @@ def _is_public_int(value: Any) -> bool:
     return type(value) is int or type(value) is bool
 
 
-class ShapeMethods:
-    """size/dim/numel/len from `self.shape`, for tensor-like classes that are not tensors."""
-
-    def size(self, dim: int | None = None):
-        return self.shape if dim is None else self.shape[dim]
-
-    def dim(self) -> int:
-        return len(self.shape)
-
-    def numel(self) -> int:
-        return self.shape.numel()
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-
-class AdditiveSharingTensor(ShapeMethods):
+class AdditiveSharingTensor(SmpcTensor):
     """A tensor secret-shared among 2-5 workers: `shares[i]` is a pointer to party i's share.
 
     PySyft chained wrapper -> AdditiveSharingTensor; here the object is both, so `x.child` is
@@ -270,7 +182,6 @@ class AdditiveSharingTensor(ShapeMethods):
         `divisor`: one fused Beaver product + truncation when `other` is shared too (what
         fixed-point products use), else a local product and `div`."""
         if isinstance(other, AdditiveSharingTensor):
-            from fedmq.smpc.beaver import beaver_op
             return beaver_op(op, self, other, divisor, **kwargs)
         if op == "conv2d":
             out = self.map("F.conv2d", self._public(other), None, **kwargs)
@@ -301,7 +212,6 @@ class AdditiveSharingTensor(ShapeMethods):
 
     def div(self, divisor: int) -> "AdditiveSharingTensor":
         """Division by a public positive int (probabilistic truncation, truncation.py)."""
-        from fedmq.smpc.truncation import truncate
         if not _is_public_int(divisor) or divisor <= 0:
             raise ValueError("a shared tensor can only be divided by a positive public int")
         return truncate(self, int(divisor))
@@ -342,33 +252,16 @@ class AdditiveSharingTensor(ShapeMethods):
     def __getitem__(self, index: Any) -> "AdditiveSharingTensor":
         return self.map("Tensor.__getitem__", index)
 
-    @staticmethod
-    def cat(tensors: list, dim: int = 0) -> "AdditiveSharingTensor":
-        return AdditiveSharingTensor._join("torch.cat", tensors, dim)
-
-    @staticmethod
-    def stack(tensors: list, dim: int = 0) -> "AdditiveSharingTensor":
-        return AdditiveSharingTensor._join("torch.stack", tensors, dim)
-
-    @staticmethod
-    def _join(op: str, tensors: list, dim: int) -> "AdditiveSharingTensor":
-        """cat/stack share by share: each party joins its own shares."""
-        first = tensors[0]
-        for t in tensors[1:]:
-            first._same_parties(t)
-        return first._new([remote(first.shares[p].location, op,
-                                  [t.shares[p] for t in tensors], dim)
-                           for p in range(first.n_parties)])
+    cat = staticmethod(_shares.cat)      # each party joins its own shares (shares.py)
+    stack = staticmethod(_shares.stack)
 
     # -- comparisons and friends (comparison.py) ---------------------------------------------------
     def lt(self, other: Any) -> "AdditiveSharingTensor":
-        from fedmq.smpc.comparison import ltz
-        return ltz(self.sub(other))
+        return comparison.ltz(self.sub(other))
 
     def gt(self, other: Any) -> "AdditiveSharingTensor":
-        from fedmq.smpc.comparison import ltz
-        return ltz(self.rsub(other) if not isinstance(other, AdditiveSharingTensor)
-                   else other.sub(self))
+        return comparison.ltz(self.rsub(other) if not isinstance(other, AdditiveSharingTensor)
+                              else other.sub(self))
 
     def ge(self, other: Any) -> "AdditiveSharingTensor":
         return self.lt(other).rsub(1)
@@ -377,40 +270,33 @@ class AdditiveSharingTensor(ShapeMethods):
         return self.gt(other).rsub(1)
 
     def eq(self, other: Any) -> "AdditiveSharingTensor":
-        from fedmq.smpc.comparison import eq
-        return eq(self, other)
+        return comparison.eq(self, other)
 
     def ne(self, other: Any) -> "AdditiveSharingTensor":
         return self.eq(other).rsub(1)
 
     def relu(self) -> "AdditiveSharingTensor":
-        from fedmq.smpc.comparison import relu
-        return relu(self)
+        return comparison.relu(self)
 
     def abs(self) -> "AdditiveSharingTensor":
-        from fedmq.smpc.comparison import abs_
-        return abs_(self)
+        return comparison.abs_(self)
 
     def sign(self) -> "AdditiveSharingTensor":
-        from fedmq.smpc.comparison import ltz
-        return ltz(self).mul(-2).add(1)
+        return comparison.ltz(self).mul(-2).add(1)
 
     def max(self, dim: int | None = None, keepdim: bool = False):
-        from fedmq.smpc.comparison import max_
-        return max_(self, dim, keepdim)
+        return comparison.max_(self, dim, keepdim)
 
     def min(self, dim: int | None = None, keepdim: bool = False):
-        from fedmq.smpc.comparison import max_
-        out = max_(self.neg(), dim, keepdim)
+        out = comparison.max_(self.neg(), dim, keepdim)
         if dim is None:
             return out.neg()
         return type(out)(out.values.neg(), out.indices)
 
     def argmax(self, dim: int | None = None, keepdim: bool = False) -> "AdditiveSharingTensor":
-        from fedmq.smpc.comparison import max_
         if dim is None:
-            return max_(self.flatten(), 0, False).indices
-        return max_(self, dim, keepdim).indices
+            return comparison.max_(self.flatten(), 0, False).indices
+        return comparison.max_(self, dim, keepdim).indices
 
     def argmin(self, dim: int | None = None, keepdim: bool = False) -> "AdditiveSharingTensor":
         return self.neg().argmax(dim, keepdim)
@@ -440,11 +326,6 @@ class AdditiveSharingTensor(ShapeMethods):
 
     def __bool__(self) -> bool:
         raise ValueError("the truth value of a shared tensor is secret: .get() it first")
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        from fedmq.smpc.hooks import torch_function_for
-        return torch_function_for(cls, func, args, kwargs or {})
 
     def __repr__(self) -> str:
         lines = ["(Wrapper)>[AdditiveSharingTensor]"]

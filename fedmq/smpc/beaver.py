@@ -7,9 +7,7 @@ The triple comes from the crypto provider, which sends each party its shares dir
 coordinator only ever sees eps and delta, which are masked by the uniform a and b (and, with a
 truncation, z - r, masked by the uniform r).
 
-Ring products are torch's own int64 kernels, which wrap around mod 2^64. (On torch 2.14 with
-MKL the int64 matmul is ~2x a float64 dgemm of the same size; splitting operands into 22-bit
-limbs for exact float64 BLAS needs six dgemms and was measured 5x slower, so it is not used.)
+Ring products (`ring_op`) are torch's own int64 kernels, which wrap around mod 2^64 (ring.py).
 
 Online cost per product: two LocalStep messages per party (mask; finish), i.e. two rounds with a
 truncation (open eps/delta; open z - r) and one without (the finish is pipelined).
@@ -19,38 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from fedmq.smpc.additive import AdditiveSharingTensor, _stats
 from fedmq.smpc.local_steps import STEPS, combine, run_steps
 from fedmq.smpc.provider import primitive_store, share_shapes
+from fedmq.smpc.ring import PRODUCTS, conv_args_of, ring_op
+from fedmq.smpc.shares import SharedTensor, _stats
 from fedmq.smpc.truncation import finish_truncation, truncation_params
-
-#: the bilinear ops a Beaver triple can be dealt for
-PRODUCTS = ("mul", "matmul", "conv2d")
-_CONV_KEYS = ("stride", "padding", "dilation", "groups")
-
-
-def ring_op(op: str, x: torch.Tensor, y: torch.Tensor, conv_args: list | None = None
-            ) -> torch.Tensor:
-    """x op y in Z/2^64Z (int64 tensors; torch's integer kernels wrap around)."""
-    if op == "mul":
-        return x * y
-    if op == "matmul":
-        return torch.matmul(x, y)
-    if op == "conv2d":
-        return F.conv2d(x, y, None, *(conv_args or ()))
-    raise ValueError(f"no Beaver product for op {op!r} (known: {PRODUCTS})")
-
-
-def conv_args_of(kwargs: dict) -> list:
-    """conv2d's stride, padding, dilation, groups as a positional list (wire-friendly)."""
-    defaults = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
-    out = []
-    for key in _CONV_KEYS:
-        value = kwargs.get(key, defaults[key])
-        out.append(list(value) if isinstance(value, tuple) else value)
-    return out
 
 
 # -- each party's local steps (LocalStep messages, local_steps.py) -------------------------------
@@ -90,8 +62,8 @@ def triple_params(op: str, x_shape, y_shape, **kwargs: Any) -> dict:
     return params
 
 
-def beaver_op(op: str, x: AdditiveSharingTensor, y: AdditiveSharingTensor, divisor: int = 1,
-              **kwargs: Any) -> AdditiveSharingTensor:
+def beaver_op(op: str, x: SharedTensor, y: SharedTensor, divisor: int = 1,
+              **kwargs: Any) -> SharedTensor:
     """[z] = [x] op [y] for a bilinear `op` ("mul", "matmul" or "conv2d"), divided by the
     public `divisor` (ABY3 truncation, fused) when it is not 1.
 
@@ -121,9 +93,9 @@ def beaver_op(op: str, x: AdditiveSharingTensor, y: AdditiveSharingTensor, divis
                          divisor=divisor, **kwargs)
 
 
-def beaver_finish(op: str, x: AdditiveSharingTensor, y: AdditiveSharingTensor, a: list,
+def beaver_finish(op: str, x: SharedTensor, y: SharedTensor, a: list,
                   b: list, c: list, trunc_pair: list | None = None, divisor: int = 1,
-                  **kwargs: Any) -> AdditiveSharingTensor:
+                  **kwargs: Any) -> SharedTensor:
     """Steps 2-5 of `beaver_op` with the primitives already dealt (lists of per-party
     pointers; `trunc_pair` = [r shares, r/d shares] when dividing by `divisor`)."""
     parties = x.locations

@@ -23,9 +23,9 @@ from collections import namedtuple
 
 import torch
 
-from fedmq.smpc.additive import AdditiveSharingTensor, _stats, open_shares, remote
 from fedmq.smpc.local_steps import STEPS, combine, run_steps
 from fedmq.smpc.provider import primitive_store
+from fedmq.smpc.shares import SharedTensor, _stats, cat, open_shares, remote, stack
 
 MASK63 = (1 << 63) - 1
 SIGN_BIT = -(1 << 63)  # 0x8000000000000000 as int64
@@ -122,7 +122,7 @@ STEPS.update({"ltz_mask": _step_mask, "ltz_start": _step_start, "ltz_or": _step_
               "ltz_finish": _step_finish, "b2a": _step_b2a})
 
 
-def ltz(x: AdditiveSharingTensor) -> AdditiveSharingTensor:
+def ltz(x: SharedTensor) -> SharedTensor:
     """[x < 0] as additive shares of 0/1, x read as a signed 64-bit value.
 
     1. Get an edaBit ([r] additive, <r> XOR), 6 binary triples and a double-shared random bit
@@ -185,30 +185,30 @@ def ltz(x: AdditiveSharingTensor) -> AdditiveSharingTensor:
     return x._new([k[0] for k in kept])
 
 
-def eq(x: AdditiveSharingTensor, y) -> AdditiveSharingTensor:
+def eq(x: SharedTensor, y) -> SharedTensor:
     """[x == y] = 1 - [x - y < 0] - [y - x < 0], both comparisons in one batch."""
     d = x.sub(y)
-    both = ltz(AdditiveSharingTensor.stack([d, d.neg()]))
+    both = ltz(stack([d, d.neg()]))
     return both[0].add(both[1]).rsub(1)
 
 
-def relu(x: AdditiveSharingTensor) -> AdditiveSharingTensor:
+def relu(x: SharedTensor) -> SharedTensor:
     """relu(x) = x * [x >= 0]: one comparison and one Beaver product (9 rounds)."""
     return x.mul(ltz(x).rsub(1))
 
 
-def abs_(x: AdditiveSharingTensor) -> AdditiveSharingTensor:
+def abs_(x: SharedTensor) -> SharedTensor:
     """|x| = x * (1 - 2[x < 0])."""
     return x.mul(ltz(x).mul(-2).add(1))
 
 
-def _trivial_share(x: AdditiveSharingTensor, value: torch.Tensor) -> AdditiveSharingTensor:
+def _trivial_share(x: SharedTensor, value: torch.Tensor) -> SharedTensor:
     """A public value as a (trivially) shared one: party 0 holds it, the others zeros."""
     zeros = torch.zeros_like(value)
     return x._new([(value if i == 0 else zeros).send(loc) for i, loc in enumerate(x.locations)])
 
 
-def max_(x: AdditiveSharingTensor, dim: int | None = None, keepdim: bool = False):
+def max_(x: SharedTensor, dim: int | None = None, keepdim: bool = False):
     """Maximum by a tournament: log2(k) layers, each one comparison of the two halves and one
     Beaver product (values and indices multiplied together): max(a, b) = b + [a > b](a - b).
 
@@ -231,7 +231,7 @@ def max_(x: AdditiveSharingTensor, dim: int | None = None, keepdim: bool = False
     return MaxResult(values, indices)
 
 
-def _tournament(x: AdditiveSharingTensor, with_indices: bool):
+def _tournament(x: SharedTensor, with_indices: bool):
     k = x.shape[-1]
     if k == 0:
         raise ValueError("max of an empty tensor")
@@ -245,15 +245,15 @@ def _tournament(x: AdditiveSharingTensor, with_indices: bool):
         a_gt_b = ltz(b.sub(a))
         if with_indices:
             ia, ib = idx[..., :half], idx[..., half:2 * half]
-            diffs = AdditiveSharingTensor.stack([a.sub(b), ia.sub(ib)])
+            diffs = stack([a.sub(b), ia.sub(ib)])
             prod = diffs.mul(a_gt_b.unsqueeze(0))
             new_v, new_i = b.add(prod[0]), ib.add(prod[1])
         else:
             new_v = b.add(a.sub(b).mul(a_gt_b))
         if k % 2:
-            new_v = AdditiveSharingTensor.cat([new_v, values[..., 2 * half:]], dim=-1)
+            new_v = cat([new_v, values[..., 2 * half:]], dim=-1)
             if with_indices:
-                new_i = AdditiveSharingTensor.cat([new_i, idx[..., 2 * half:]], dim=-1)
+                new_i = cat([new_i, idx[..., 2 * half:]], dim=-1)
         values = new_v
         if with_indices:
             idx = new_i

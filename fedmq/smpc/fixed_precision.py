@@ -19,8 +19,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from fedmq.smpc.additive import FIELD, AdditiveSharingTensor, ShapeMethods
+from fedmq.smpc.additive import AdditiveSharingTensor, _count, share_tensor
+from fedmq.smpc.comparison import MaxResult
+from fedmq.smpc.dispatch import SmpcTensor
+from fedmq.smpc.ring import FIELD
 
 _LIMIT = 1 << 63
 
@@ -126,7 +130,6 @@ def _product(op: str, a, b, divisor: int, **kwargs):
     elif _shared(a):
         out = a.conv2d(b, **kwargs)
     else:
-        import torch.nn.functional as F
         out = F.conv2d(a, b, **kwargs)
     return _trunc(out, divisor)
 
@@ -150,7 +153,7 @@ def _compare(op: str, a, b):
     return getattr(torch, op)(a, b).to(torch.int64)
 
 
-class FixedPrecisionTensor(ShapeMethods):
+class FixedPrecisionTensor(SmpcTensor):
     """A fixed-point tensor: `child` holds trunc(x * base**precision_fractional) in int64."""
 
     field = FIELD
@@ -203,7 +206,6 @@ class FixedPrecisionTensor(ShapeMethods):
         """Secret-share the encoded values: `x.fix_precision().share(bob, alice, ...)`."""
         if self.is_shared:
             raise ValueError("this tensor is already shared")
-        from fedmq.smpc.additive import share_tensor
         return self._new(share_tensor(self.child, *workers, crypto_provider=crypto_provider,
                                       **options))
 
@@ -321,7 +323,6 @@ class FixedPrecisionTensor(ShapeMethods):
         return self._new(self.child.sum(dim, keepdim=keepdim))
 
     def mean(self, dim=None, keepdim: bool = False) -> "FixedPrecisionTensor":
-        from fedmq.smpc.additive import _count
         count = self.numel() if dim is None else _count(self.shape, dim)
         return self.sum(dim, keepdim).div(count)
 
@@ -332,7 +333,6 @@ class FixedPrecisionTensor(ShapeMethods):
         return self._extreme("min", dim, keepdim)
 
     def _extreme(self, which: str, dim, keepdim: bool):
-        from fedmq.smpc.comparison import MaxResult
         if dim is None:
             if self.is_shared:
                 return self._new(getattr(self.child, which)())
@@ -381,11 +381,6 @@ class FixedPrecisionTensor(ShapeMethods):
         if self.is_shared:
             raise ValueError("the truth value of a shared tensor is secret: .get() it first")
         return bool(self.child)
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        from fedmq.smpc.hooks import torch_function_for
-        return torch_function_for(cls, func, args, kwargs or {})
 
     def __repr__(self) -> str:
         inner = repr(self.child)

@@ -19,8 +19,8 @@ import torch
 from fedmq.client import call_all
 from fedmq.execution import execute
 from fedmq.ids import new_id
-from fedmq.smpc.additive import _to_wire, make_pointer
 from fedmq.smpc.messages import LocalStep
+from fedmq.smpc.shares import make_pointer, to_wire
 
 #: step name -> fn(*args) -> (tensors kept, tensors opened)
 STEPS: dict[str, Callable[..., tuple]] = {}
@@ -49,7 +49,7 @@ def run_steps(step: str, per_party_args: list, n_kept: int, shape, want_reply: b
     kept, calls = [], []
     for location, args in per_party_args:
         ids = [new_id() for _ in range(n_kept)]
-        msg = LocalStep(step, _to_wire(list(args), location), ids)
+        msg = LocalStep(step, to_wire(list(args), location), ids)
         if want_reply:
             calls.append((location, msg))
         else:

@@ -11,14 +11,13 @@ coordinator sees neither (it chooses ids and receives openings of uniformly mask
     handle_deal_request   the worker handler: generate, then ObjectMessage each party its shares
     PrimitiveStore        coordinator side: deal on demand or ahead of time (preprocessing)
 
-Randomness comes from the operating system's CSPRNG (`os.urandom`), never from torch's
+Randomness comes from the operating system's CSPRNG (`os.urandom`, ring.py), never from torch's
 Mersenne Twister (PySyft drew shares from `torch.random_`, issue #2708 / notes C3).
 """
 from __future__ import annotations
 
 import abc
 import collections
-import os
 from typing import Any
 
 import torch
@@ -27,6 +26,9 @@ from fedmq import messages as m, shapes
 from fedmq.client import call_all
 from fedmq.ids import new_id
 from fedmq.smpc.messages import Deal, DealRequest
+from fedmq.smpc.ring import (PRODUCTS, additive_split, conv_args_of, random_bits, ring_op,
+                             uniform, xor_split)
+from fedmq.smpc.shares import make_pointer
 
 #: largest number of elements one dealt tensor may have (a request is not a way to exhaust memory)
 MAX_ELEMENTS = 1 << 26
@@ -36,40 +38,6 @@ KINDS = {
     "trunc": ("r", "r_div"), "edabit": ("r_arith", "r_xor"), "and": ("a", "b", "c"),
     "bit": ("b_xor", "b_arith"),
 }
-
-
-def uniform(shape) -> torch.Tensor:
-    """Uniform int64 ring elements (the ring Z/2^64Z) from the OS CSPRNG."""
-    shape = tuple(int(s) for s in shape)
-    n = 1
-    for s in shape:
-        n *= s
-    if n == 0:
-        return torch.zeros(shape, dtype=torch.int64)
-    return torch.frombuffer(bytearray(os.urandom(8 * n)), dtype=torch.int64).reshape(shape)
-
-
-def random_bits(shape) -> torch.Tensor:
-    return uniform(shape) & 1
-
-
-def additive_split(value: torch.Tensor, n: int) -> list[torch.Tensor]:
-    """n additive shares of `value` in Z/2^64Z (int64 wraparound): n-1 uniform, one fixing up."""
-    shares = [uniform(value.shape) for _ in range(n - 1)]
-    last = value.clone()
-    for s in shares:
-        last = last - s
-    return shares + [last]
-
-
-def xor_split(value: torch.Tensor, n: int, bits_only: bool = False) -> list[torch.Tensor]:
-    """n XOR shares of `value` (bitwise, packed in int64 words)."""
-    draw = random_bits if bits_only else uniform
-    shares = [draw(value.shape) for _ in range(n - 1)]
-    last = value.clone()
-    for s in shares:
-        last = last ^ s
-    return shares + [last]
 
 
 class CryptoProvider(abc.ABC):
@@ -133,7 +101,6 @@ class TrustedDealer(CryptoProvider):
     """Generates every primitive from the OS CSPRNG, in the clear, on the provider worker."""
 
     def triple(self, op, shape_a, shape_b, n, **op_kwargs):
-        from fedmq.smpc.beaver import PRODUCTS, conv_args_of, ring_op
         if op not in PRODUCTS:
             raise ValueError(f"no Beaver triple for op {op!r}")
         a, b = uniform(shape_a), uniform(shape_b)
@@ -249,8 +216,6 @@ class PrimitiveStore:
     def deal_now(self, provider: Any, parties: list, wanted: list[tuple[str, dict]]) -> list:
         """Deal `wanted` in one request; each result is a list (one per share name) of lists
         (one pointer per party)."""
-        from fedmq.smpc.additive import make_pointer  # additive.py imports this module
-
         deals, metas = [], []
         for kind, params in wanted:
             names = KINDS[kind]

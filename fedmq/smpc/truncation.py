@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import torch
 
-from fedmq.smpc.additive import AdditiveSharingTensor, open_shares, remote
 from fedmq.smpc.provider import primitive_store
+from fedmq.smpc.shares import SharedTensor, open_shares, remote
 
 
 def truncation_params(shape, divisor: int) -> dict:
     return {"shape": list(shape), "divisor": int(divisor)}
 
 
-def truncate(x: AdditiveSharingTensor, divisor: int) -> AdditiveSharingTensor:
+def truncate(x: SharedTensor, divisor: int) -> SharedTensor:
     """[x / divisor] (rounded down, see the module docstring).
 
     1. Get a truncation pair ([r], [r'] with r' = floor(r / d)) dealt by the crypto provider.
@@ -44,16 +44,16 @@ def truncate(x: AdditiveSharingTensor, divisor: int) -> AdditiveSharingTensor:
     return truncate_finish(x, divisor, r, r_div)
 
 
-def truncate_finish(x: AdditiveSharingTensor, divisor: int, r: list, r_div: list
-                    ) -> AdditiveSharingTensor:
+def truncate_finish(x: SharedTensor, divisor: int, r: list, r_div: list
+                    ) -> SharedTensor:
     """Steps 2-4 with the pair already dealt (lists of per-party pointers)."""
     y_shares = [remote(s.location, "torch.sub", s, ri) for s, ri in zip(x.shares, r)]
     (y,) = open_shares([y_shares])
     return finish_truncation(x, divisor, y, r_div)
 
 
-def finish_truncation(x: AdditiveSharingTensor, divisor: int, y: torch.Tensor, r_div: list
-                      ) -> AdditiveSharingTensor:
+def finish_truncation(x: SharedTensor, divisor: int, y: torch.Tensor, r_div: list
+                      ) -> SharedTensor:
     """Step 4 from the opened y = x - r: [z] = floor((y + d - 1) / d) + [r']."""
     # floor((y + d - 1) / d) without overflowing int64 when y is near its top
     public = torch.div(y, divisor, rounding_mode="floor") + \
