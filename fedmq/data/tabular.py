@@ -6,6 +6,7 @@ the same 506 x 13 table), with a description written in the style of scikit-lear
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,7 +78,6 @@ class Table:
 
 
 def _require(package: str, pip_name: str, what: str):
-    import importlib
     try:
         return importlib.import_module(package)
     except ImportError:
