@@ -198,7 +198,7 @@ class RequestEngine:
         if on_reply is not None:
             corr = self._correlation_id()
             deadline = None if self.timeout is None else time.monotonic() + self.timeout
-            self._pending[corr] = _Entry(worker_id, message_type, deadline, callback=on_reply)
+            self._register(corr, _Entry(worker_id, message_type, deadline, callback=on_reply))
         self._sweep()
         self._send(worker_id, frame, corr, message_type, None)
 
@@ -246,7 +246,7 @@ class RequestEngine:
             return PendingCall(self, worker_id, message_type, None, None, reply)
         corr = self._correlation_id()
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._pending[corr] = _Entry(worker_id, message_type, None, future=future)
+        self._register(corr, _Entry(worker_id, message_type, None, future=future))
         self._sweep()
         self._send(worker_id, frame, corr, message_type, expiration)
         return PendingCall(self, worker_id, message_type, corr, future)
@@ -281,7 +281,7 @@ class RequestEngine:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         corr = self._correlation_id()
-        self._pending[corr] = _Entry(worker_id, message_type, None, future=future, loop=loop)
+        self._register(corr, _Entry(worker_id, message_type, None, future=future, loop=loop))
         self._sweep()
         try:
             await self.transport.asend(worker_id, frame, correlation_id=corr,
@@ -327,16 +327,18 @@ class RequestEngine:
 
     def close(self) -> None:
         """Close the transport; callers still waiting fail at once with `ConnectionLost`."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self._fail_closed()
         self.transport.close()
 
     async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self._fail_closed()
         await self.transport.aclose()
 
@@ -370,6 +372,13 @@ class RequestEngine:
             self._pending.clear()
         for entry in entries:
             entry.settle(None, make_error(entry))
+
+    def _register(self, corr: str, entry: _Entry) -> None:
+        with self._lock:  # a sweep or a lost connection may be walking the table
+            if self._closed:
+                raise ConnectionLost(f"this connection to {self.transport.describe()} is "
+                                     f"closed")
+            self._pending[corr] = entry
 
     def _forget(self, corr: str | None) -> None:
         if corr is not None:
