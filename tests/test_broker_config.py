@@ -164,6 +164,7 @@ def wait_for(get, timeout: float = 15.0, interval: float = 0.5):
 
 
 @pytest.mark.amqp
+@pytest.mark.slow
 def test_import_definitions_into_the_running_broker_is_idempotent(private_rabbitmq):
     node = private_rabbitmq  # the import rewrites the guest user: never on the shared broker
 

@@ -19,7 +19,7 @@ from fedmq.transport.amqp import chunk_messages
 
 from worker_procs import AMQP_URL, WorkerProcesses
 
-pytestmark = pytest.mark.amqp
+pytestmark = [pytest.mark.amqp, pytest.mark.slow]
 
 TRAIN = {"fl-alice": "0-3", "fl-bob": "4-6"}
 TESTING = "fl-testing"

@@ -82,6 +82,7 @@ def closed_port() -> int:
 
 # --- against the broker ----------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.amqp
 def test_list_queues_reports_the_depth_of_a_fresh_worker_queue():
     name = f"fedmq.worker.test-{secrets.token_hex(4)}"
@@ -93,6 +94,7 @@ def test_list_queues_reports_the_depth_of_a_fresh_worker_queue():
         assert row.publish_rate >= 0.0 and row.deliver_rate == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.amqp
 def test_fedmq_queues_prints_the_queue_row(capsys):
     name = f"fedmq.worker.test-{secrets.token_hex(4)}"
@@ -107,6 +109,7 @@ def test_fedmq_queues_prints_the_queue_row(capsys):
     assert line.split()[1:4] == ["3", "0", "0"]
 
 
+@pytest.mark.slow
 @pytest.mark.amqp
 def test_only_fedmq_queues_unless_all():
     name = f"test-not-fedmq-{secrets.token_hex(4)}"
