@@ -18,8 +18,9 @@ if command -v rabbitmq-plugins >/dev/null 2>&1 && ! port_open 15672; then
   rabbitmq-plugins enable rabbitmq_management >/dev/null 2>&1 || true
   for _ in $(seq 1 30); do port_open 15672 && break; sleep 1; done
 fi
-# tests/test_coordinator_amqp.py lowers max_message_size for one test and restores it; a run
-# killed in between would leave it low, so put back at least RabbitMQ's default (128 MiB).
+# The tests lower max_message_size only on a private node of their own (tests/private_rabbitmq.py),
+# but older checkouts lowered it on this broker for one test and restored it; a run killed in
+# between left it low, so put back at least RabbitMQ's default (128 MiB).
 if command -v rabbitmqctl >/dev/null 2>&1 && port_open 5672; then
   size=$(rabbitmqctl eval 'application:get_env(rabbit, max_message_size).' 2>/dev/null \
          | sed -n 's/.*{ok,\([0-9]*\)}.*/\1/p')

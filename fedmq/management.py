@@ -4,8 +4,11 @@ Two layers, so other code (tests, a dashboard, the coordinator) can use the numb
 the printing:
 
     api_get(path, ...) -> JSON            GET /api/<path> with basic auth, clear errors
+    api_request(method, path, ...)        the same for PUT/DELETE/POST (with a JSON body)
     list_queues(...) -> list[QueueRow]    GET /api/queues/<vhost>, one row per queue
     format_table(rows) -> str             the table `fedmq queues` prints
+    create_vhost / set_permissions /      PUT/DELETE /api/vhosts/<vhost>, PUT /api/permissions/
+      delete_vhost / list_vhosts            <vhost>/<user>, GET /api/vhosts (a test run's vhost)
 
 Only the standard library is used (urllib): the management API is plain HTTP + JSON with basic
 auth. Depths and rates come from the broker's statistics, which the management plugin
@@ -40,6 +43,9 @@ ENABLE_HINT = ("Is the management plugin enabled? On the broker run "
 
 class ManagementAPIError(FedmqError):
     """The RabbitMQ management API could not be reached or refused the request."""
+
+    #: the HTTP status the API answered with (401, 404, ...); None when it was not reached
+    status: int | None = None
 
 
 @dataclass(frozen=True)
@@ -96,22 +102,41 @@ def api_get(path: str, url: str = DEFAULT_URL, user: str = "guest", password: st
             timeout: float = 10.0) -> Any:
     """GET `<url>/api/<path>` (path already URL-quoted, e.g. "exchanges/%2F/fedmq.dlx") and
     return the decoded JSON. Raises ManagementAPIError with a message meant for a person."""
+    return api_request("GET", path, url, user, password, timeout=timeout)
+
+
+def api_request(method: str, path: str, url: str = DEFAULT_URL, user: str = "guest",
+                password: str = "guest", body: Any = None, timeout: float = 10.0) -> Any:
+    """Send `method` to `<url>/api/<path>` (path already URL-quoted), with `body` as JSON when
+    given; return the decoded JSON answer, or None when the answer is empty (PUT and DELETE
+    answer 201/204 without a body). Raises ManagementAPIError with a message meant for a
+    person; its `status` is the HTTP status when the API answered with an error."""
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise ManagementAPIError(f"management API URL must start with http:// or https://, "
                                  f"got {url!r} (e.g. {DEFAULT_URL})")
     endpoint = f"{url.rstrip('/')}/api/{path.lstrip('/')}"
     token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-    request = urllib.request.Request(endpoint, headers={"Authorization": f"Basic {token}",
-                                                        "Accept": "application/json"})
+    headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(endpoint, data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.load(response)
+            raw = response.read()
     except urllib.error.HTTPError as exc:
-        raise ManagementAPIError(_http_error_message(exc, endpoint, user)) from None
+        error = ManagementAPIError(_http_error_message(exc, endpoint, user))
+        error.status = exc.code
+        raise error from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ManagementAPIError(f"cannot reach the RabbitMQ management API at {endpoint} "
                                  f"({reason}). {ENABLE_HINT}") from None
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
     except ValueError as exc:  # json.JSONDecodeError
         raise ManagementAPIError(f"{endpoint} did not answer with JSON ({exc}); is this the "
                                  f"RabbitMQ management API? {ENABLE_HINT}") from None
@@ -124,6 +149,55 @@ def _http_error_message(exc: urllib.error.HTTPError, endpoint: str, user: str) -
     if exc.code == 404:
         return f"{endpoint} not found (404): does the vhost (or object) exist?"
     return f"the management API at {endpoint} answered {exc.code} {exc.reason}"
+
+
+# --- virtual hosts (e.g. one per test run, see tests/conftest.py) -----------------------------
+
+def _quote(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def create_vhost(name: str, url: str = DEFAULT_URL, user: str = "guest",
+                 password: str = "guest", description: str = "",
+                 timeout: float = 10.0) -> None:
+    """Create virtual host `name` (PUT /api/vhosts/<name>; an existing one is left as it is
+    apart from its description). The user needs the `administrator` tag; see
+    set_permissions for the rights on it."""
+    api_request("PUT", f"vhosts/{_quote(name)}", url, user, password,
+                body={"description": description}, timeout=timeout)
+
+
+def set_permissions(vhost: str, username: str, configure: str = ".*", write: str = ".*",
+                    read: str = ".*", url: str = DEFAULT_URL, user: str = "guest",
+                    password: str = "guest", timeout: float = 10.0) -> None:
+    """Give `username` the configure/write/read regexes on `vhost` (default: everything), as
+    `rabbitmqctl set_permissions -p <vhost> <username> ...` does."""
+    api_request("PUT", f"permissions/{_quote(vhost)}/{_quote(username)}", url, user, password,
+                body={"configure": configure, "write": write, "read": read}, timeout=timeout)
+
+
+def delete_vhost(name: str, url: str = DEFAULT_URL, user: str = "guest",
+                 password: str = "guest", missing_ok: bool = True,
+                 timeout: float = 30.0) -> bool:
+    """Delete virtual host `name` with everything in it (queues, exchanges, permissions; its
+    connections are closed). Returns False when it did not exist (an error unless
+    `missing_ok`)."""
+    try:
+        api_request("DELETE", f"vhosts/{_quote(name)}", url, user, password, timeout=timeout)
+    except ManagementAPIError as exc:
+        if missing_ok and exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def list_vhosts(url: str = DEFAULT_URL, user: str = "guest", password: str = "guest",
+                timeout: float = 10.0) -> list[dict[str, Any]]:
+    """GET /api/vhosts: one dict per virtual host (name, description, messages, ...)."""
+    items = api_get("vhosts", url, user, password, timeout)
+    if not isinstance(items, list):
+        raise ManagementAPIError(f"unexpected answer from {url}/api/vhosts: not a list")
+    return items
 
 
 COLUMNS = ("queue", "ready", "unacked", "consumers", "publish/s", "deliver/s")

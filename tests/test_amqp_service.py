@@ -119,6 +119,7 @@ def test_redelivered_message_is_not_run_twice(procs):
         raw.close()
 
 
+@pytest.mark.slow
 def test_killed_worker_runs_the_unacked_command_once_after_restart(procs, hook):
     procs.start("svc_crash", "--log-level", "debug")
     raw = RawClient()
@@ -167,6 +168,7 @@ def test_sigterm_stops_cleanly(procs):
     assert "stopped" in procs.log("svc_term")
 
 
+@pytest.mark.slow
 def test_one_process_hosts_several_ids_each_on_its_own_queue(procs):
     ids = ["svc_multi_a", "svc_multi_b", "svc_multi_c"]
     for worker_id in ids[1:]:
@@ -192,6 +194,7 @@ def test_one_process_hosts_several_ids_each_on_its_own_queue(procs):
     assert all(consumer_count(f"fedmq.worker.{w}") == 0 for w in ids)
 
 
+@pytest.mark.slow
 def test_hosted_ids_hold_disjoint_iid_parts_of_the_partition(procs):
     ids = ["svc_iid_a", "svc_iid_b", "svc_iid_c"]
     for worker_id in ids[1:]:
@@ -222,6 +225,7 @@ def test_hosted_ids_hold_disjoint_iid_parts_of_the_partition(procs):
     assert len(torch.unique(rows, dim=0)) == len(rows), "two ids hold the same sample"
 
 
+@pytest.mark.slow
 def test_a_frame_with_missing_chunks_is_given_up_and_the_sender_told(procs):
     procs.start("svc_chunks", "--chunk-timeout", "1")
     raw = RawClient()

@@ -75,6 +75,7 @@ def metrics(run_dir) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
 
 
+@pytest.mark.slow
 def test_async_run_learns_prints_seed_lines_and_writes_metrics_plot_checkpoint(tmp_path):
     lines: list[str] = []
     coord = make(workers(), lines, strategy=FedBuff(buffer_size=3, max_staleness=4),
@@ -219,6 +220,7 @@ def async_workers(tmp_path_factory):
     procs.stop_all(delete_queues=True)
 
 
+@pytest.mark.slow
 @pytest.mark.amqp
 def test_async_run_over_rabbitmq_with_worker_processes(async_workers, tmp_path):
     from worker_procs import AMQP_URL

@@ -1,11 +1,17 @@
 """broker_config/: the files say what fedmq's code relies on, and they work on a real broker.
 
-The first tests only read the files. The `amqp` ones change the RabbitMQ node on this machine
-(the one FEDMQ_AMQP_URL points at must be the same node, default 127.0.0.1): they import
-definitions.json with `rabbitmqctl import_definitions` (idempotent, creates nothing but what
-the file declares) and create, check and delete a throwaway per-worker user, as documented in
-broker_config/README.md. They need rabbitmqctl (run as root or the rabbitmq user) and the
-management plugin (`.ci/broker.sh` enables it).
+The first tests only read the files. The `amqp` ones use real RabbitMQ nodes without
+disturbing anyone else's use of them:
+
+* importing definitions.json (`rabbitmqctl import_definitions`) rewrites node-wide state (the
+  guest user, vhost `/`), so it is done on this run's private node (the `private_rabbitmq`
+  fixture, tests/private_rabbitmq.py) and checked through that node's management API;
+* the throwaway per-worker user documented in broker_config/README.md is created, checked and
+  deleted with rabbitmqctl on the broker FEDMQ_AMQP_URL points at (it must be the local node),
+  with its permissions on this run's vhost (tests/broker_vhost.py) only.
+
+They need rabbitmq-server/rabbitmqctl (run as root or the rabbitmq user) and the management
+plugin (`.ci/broker.sh` enables it).
 """
 from __future__ import annotations
 
@@ -24,13 +30,15 @@ from pathlib import Path
 
 import pytest
 
+from broker_vhost import vhost_of
 from fedmq.management import ManagementAPIError, api_get
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "broker_config"
 DEFINITIONS = CONFIG / "definitions.json"
 AMQP_URL = os.environ.get("FEDMQ_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-MANAGEMENT_URL = os.environ.get("FEDMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
+#: the run's vhost, where the per-worker user gets its permissions
+VHOST = vhost_of(AMQP_URL)
 
 #: what fedmq's code declares and relies on: name -> exchange type
 EXCHANGES = {"fedmq.commands": "direct", "fedmq.events": "topic", "fedmq.dlx": "fanout"}
@@ -124,13 +132,17 @@ def test_enabled_plugins():
 
 # --- the running broker -----------------------------------------------------------------------
 
-def rabbitmqctl(*args: str) -> str:
-    """Run rabbitmqctl against the local node; fail the test with its output on error."""
-    exe = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
-    if not os.path.exists(exe):
-        pytest.fail("rabbitmqctl not found: these tests manage the local RabbitMQ node "
-                    "(apt-get install rabbitmq-server, see .ci/broker.sh)")
-    result = subprocess.run([exe, "-q", *args], capture_output=True, text=True, timeout=120)
+def rabbitmqctl(*args: str, node=None) -> str:
+    """Run rabbitmqctl against the local node, or against `node` (a PrivateRabbitMQ); fail the
+    test with its output on error."""
+    if node is not None:
+        result = node.ctl("-q", *args)
+    else:
+        exe = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+        if not os.path.exists(exe):
+            pytest.fail("rabbitmqctl not found: these tests manage the local RabbitMQ node "
+                        "(apt-get install rabbitmq-server, see .ci/broker.sh)")
+        result = subprocess.run([exe, "-q", *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"rabbitmqctl {' '.join(args)}: {result.stderr or result.stdout}"
     return result.stdout
 
@@ -151,14 +163,16 @@ def wait_for(get, timeout: float = 15.0, interval: float = 0.5):
         time.sleep(interval)
 
 
-def api(path: str):
-    return api_get(path, url=MANAGEMENT_URL)
-
-
 @pytest.mark.amqp
-def test_import_definitions_into_the_running_broker_is_idempotent():
+@pytest.mark.slow
+def test_import_definitions_into_the_running_broker_is_idempotent(private_rabbitmq):
+    node = private_rabbitmq  # the import rewrites the guest user: never on the shared broker
+
+    def api(path: str):
+        return api_get(path, url=node.management_url)
+
     for _ in range(2):  # the second import must change nothing and must not fail
-        rabbitmqctl("import_definitions", str(DEFINITIONS))
+        rabbitmqctl("import_definitions", str(DEFINITIONS), node=node)
     # import_definitions returns before the import finishes: poll the management API.
     for name, kind in EXCHANGES.items():
         exchange = wait_for(lambda: api(f"exchanges/%2F/{name}"))
@@ -171,7 +185,7 @@ def test_import_definitions_into_the_running_broker_is_idempotent():
     assert policy["definition"] == {"dead-letter-exchange": "fedmq.dlx"}
     # The imported guest password hash is the hash of "guest": guest can still log in
     # (authenticate_user exits non-zero otherwise).
-    rabbitmqctl("authenticate_user", "guest", "guest")
+    rabbitmqctl("authenticate_user", "guest", "guest", node=node)
 
 
 # --- per-worker users (broker_config/README.md, "Per-worker users") ---------------------------
@@ -186,8 +200,9 @@ def worker_permissions(worker_id: str) -> tuple[str, str, str]:
 
 @contextmanager
 def throwaway_worker_user():
-    """A user for worker `t<hex>-alice` with README's permissions, alice's and bob's queues
-    declared and bound by the admin (guest); everything is deleted afterwards."""
+    """A user for worker `t<hex>-alice` with README's permissions on the run's vhost, fedmq's
+    exchanges and alice's and bob's queues declared and bound there by the admin (guest);
+    the user and the queues are deleted afterwards (the vhost goes at the end of the run)."""
     import pika
 
     tag = secrets.token_hex(4)
@@ -197,14 +212,21 @@ def throwaway_worker_user():
     queues = [f"fedmq.worker.{alice}", f"fedmq.worker.{bob}"]
     try:
         channel = admin.channel()
+        # the topology as fedmq.transport.amqp.declare_topology declares it (the run's vhost
+        # is fresh: no worker may have run in it yet)
+        for name, kind in EXCHANGES.items():
+            channel.exchange_declare(name, kind, durable=True)
+        channel.queue_declare(DEAD_LETTER_QUEUE, durable=True)
+        channel.queue_bind(DEAD_LETTER_QUEUE, "fedmq.dlx", routing_key="")
         for worker_id, queue in zip((alice, bob), queues):
             channel.queue_declare(queue, durable=True,
                                   arguments={"x-dead-letter-exchange": "fedmq.dlx"})
             channel.queue_bind(queue, "fedmq.commands", routing_key=worker_id)
         rabbitmqctl("add_user", user, password)
-        rabbitmqctl("set_permissions", "-p", "/", user, *worker_permissions(alice))
+        rabbitmqctl("set_permissions", "-p", VHOST, user, *worker_permissions(alice))
         parsed = urllib.parse.urlsplit(AMQP_URL)
-        url = f"amqp://{user}:{password}@{parsed.hostname}:{parsed.port or 5672}/"
+        url = (f"amqp://{user}:{password}@{parsed.hostname}:{parsed.port or 5672}/"
+               f"{urllib.parse.quote(VHOST, safe='')}")
         yield admin, url, alice, bob
     finally:
         try:

@@ -180,6 +180,7 @@ def test_a_late_worker_rejoins_the_next_round():
     assert sorted(second.workers) == ["alice", "bob"] and not second.failed
 
 
+@pytest.mark.slow
 def test_resume_continues_with_the_same_results(tmp_path):
     config = small_config(rounds=4)
     straight = make(workers(), ["alice", "bob", "charlie"], config, run_dir=tmp_path / "a")

@@ -1,6 +1,7 @@
 """Federated rounds over RabbitMQ with real worker processes (`fedmq worker --dataset mnist5k
 --labels ...`): same results as in-process, chunked model frames, a worker killed and
-restarted mid-run, and a fit longer than the broker heartbeat."""
+restarted mid-run, and a fit longer than the broker heartbeat. The test that lowers the
+broker's max_message_size (a node-wide setting) does it on this run's private node."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ from fedmq.transport.amqp import chunk_messages
 
 from worker_procs import AMQP_URL, WorkerProcesses
 
-pytestmark = pytest.mark.amqp
+pytestmark = [pytest.mark.amqp, pytest.mark.slow]
 
 TRAIN = {"fl-alice": "0-3", "fl-bob": "4-6"}
 TESTING = "fl-testing"
@@ -177,42 +178,41 @@ def test_a_fit_longer_than_the_heartbeat_keeps_the_connection(fl_workers):
     assert "stuck" not in log and "reconnect" not in log and "connection lost" not in log
 
 
-def _rabbitmqctl_eval(expression: str) -> str:
-    import subprocess
-    return subprocess.run(["rabbitmqctl", "eval", expression], check=True, capture_output=True,
-                          text=True, timeout=60).stdout.strip()
+def _rabbitmqctl_eval(node, expression: str) -> str:
+    result = node.ctl("eval", expression, timeout=60)
+    assert result.returncode == 0, f"rabbitmqctl eval {expression}: {result.stderr}"
+    return result.stdout.strip()
 
 
-def _broker_max_message_size() -> int:
+def _broker_max_message_size(node) -> int:
     import re
     found = re.search(r"\{ok,(\d+)\}", _rabbitmqctl_eval(
-        "application:get_env(rabbit, max_message_size)."))
+        node, "application:get_env(rabbit, max_message_size)."))
     return int(found.group(1)) if found else 128 * 1024 * 1024  # unset: RabbitMQ's default
 
 
-def _set_broker_max_message_size(size: int) -> None:
-    _rabbitmqctl_eval(f"application:set_env(rabbit, max_message_size, {size}).")
+def _set_broker_max_message_size(node, size: int) -> None:
+    _rabbitmqctl_eval(node, f"application:set_env(rabbit, max_message_size, {size}).")
 
 
 @pytest.fixture
-def small_broker_limit():
-    """The broker's max_message_size lowered to 1 MB (below the seed CNN's 1.7 MB weights) for
-    the channels opened during the test; restored afterwards."""
-    import shutil
-    if shutil.which("rabbitmqctl") is None:
-        pytest.skip("needs rabbitmqctl on the broker's machine")
-    before = _broker_max_message_size()
-    _set_broker_max_message_size(1_000_000)
+def small_broker_limit(private_rabbitmq):
+    """The private node's max_message_size lowered to 1 MB (below the seed CNN's 1.7 MB
+    weights) for the channels opened during the test; restored afterwards. Not on the shared
+    broker: the setting is node-wide and would break other runs' big messages."""
+    node = private_rabbitmq
+    before = _broker_max_message_size(node)
+    _set_broker_max_message_size(node, 1_000_000)
     try:
-        yield 1_000_000
+        yield node, 1_000_000
     finally:
-        _set_broker_max_message_size(before)
+        _set_broker_max_message_size(node, before)
 
 
 def test_model_payloads_above_the_broker_limit_are_chunked_both_ways(small_broker_limit,
                                                                     tmp_path):
-    limit = small_broker_limit
-    procs = WorkerProcesses(tmp_path)
+    node, limit = small_broker_limit
+    procs = WorkerProcesses(tmp_path, url=node.amqp_url)
     ids = {"fl-big-alice": "0-3", "fl-big-bob": "4-6"}
     try:  # workers started under the lowered limit; their FitRes replies are chunked too
         for worker_id, labels in ids.items():
@@ -222,7 +222,7 @@ def test_model_payloads_above_the_broker_limit_are_chunked_both_ways(small_broke
             procs.wait_consuming(worker_id, procs.procs[worker_id], timeout=120)
 
         async def rounds(chunk_size: int):
-            conn = await AMQPRoundConnection.connect(AMQP_URL, chunk_size=chunk_size)
+            conn = await AMQPRoundConnection.connect(node.amqp_url, chunk_size=chunk_size)
             coord = Coordinator(conn, list(ids), config(eval_every=0, round_timeout=15),
                                 echo=lambda line: None)
             try:

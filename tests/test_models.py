@@ -175,6 +175,7 @@ def test_copy_of_a_sent_model_is_refused(bob):
         model.copy()
 
 
+@pytest.mark.slow
 def test_long_loop_does_not_grow_the_store(bob):
     model = nn.Linear(10, 2)
     opt = optim.SGD(model.parameters(), lr=0.01)

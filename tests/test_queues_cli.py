@@ -1,9 +1,9 @@
 """`fedmq queues` and its API client, fedmq.management.list_queues.
 
-The `amqp` tests use the real broker: they declare a throwaway queue `fedmq.worker.test-<hex>`,
-publish to it with pika and read it back through the management API (port 15672; `.ci/broker.sh`
-enables the plugin). The management plugin samples queue statistics every 5 s by default, so
-depths are polled for up to 20 s.
+The `amqp` tests use the real broker: they declare a throwaway queue `fedmq.worker.test-<hex>`
+in the run's vhost (tests/broker_vhost.py), publish to it with pika and read it back through
+the management API (port 15672; `.ci/broker.sh` enables the plugin). The management plugin
+samples queue statistics every 5 s by default, so depths are polled for up to 20 s.
 """
 from __future__ import annotations
 
@@ -17,11 +17,15 @@ from contextlib import contextmanager
 
 import pytest
 
+from broker_vhost import credentials, vhost_of
 from fedmq.cli import main
 from fedmq.management import QueueRow, format_table, list_queues
 
 AMQP_URL = os.environ.get("FEDMQ_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 MANAGEMENT_URL = os.environ.get("FEDMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
+#: the run's vhost (FEDMQ_AMQP_URL names it) and the URL's credentials
+VHOST = vhost_of(AMQP_URL)
+USER, PASSWORD = credentials(AMQP_URL)
 STATS_WAIT = 20.0  # seconds: 5 s statistics interval, with room for a busy machine
 
 
@@ -50,12 +54,23 @@ def wait_for_row(name: str, ready: int, include_all: bool = False) -> QueueRow |
     deadline = time.monotonic() + STATS_WAIT
     row = None
     while time.monotonic() < deadline:
-        rows = {r.name: r for r in list_queues(MANAGEMENT_URL, include_all=include_all)}
+        rows = {r.name: r for r in fedmq_queues(include_all=include_all)}
         row = rows.get(name)
         if row is not None and row.messages_ready == ready:
             return row
         time.sleep(0.5)
     return row
+
+
+def fedmq_queues(include_all: bool = False) -> list[QueueRow]:
+    """list_queues on the run's vhost."""
+    return list_queues(MANAGEMENT_URL, USER, PASSWORD, vhost=VHOST, include_all=include_all)
+
+
+def queues_command(*extra: str) -> int:
+    """`fedmq queues` on the run's vhost."""
+    return main(["queues", "--url", MANAGEMENT_URL, "--user", USER, "--password", PASSWORD,
+                 "--vhost", VHOST, *extra])
 
 
 def closed_port() -> int:
@@ -67,6 +82,7 @@ def closed_port() -> int:
 
 # --- against the broker ----------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.amqp
 def test_list_queues_reports_the_depth_of_a_fresh_worker_queue():
     name = f"fedmq.worker.test-{secrets.token_hex(4)}"
@@ -78,12 +94,13 @@ def test_list_queues_reports_the_depth_of_a_fresh_worker_queue():
         assert row.publish_rate >= 0.0 and row.deliver_rate == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.amqp
 def test_fedmq_queues_prints_the_queue_row(capsys):
     name = f"fedmq.worker.test-{secrets.token_hex(4)}"
     with throwaway_queue(name, messages=3):
         assert wait_for_row(name, ready=3) is not None
-        assert main(["queues", "--url", MANAGEMENT_URL]) == 0
+        assert queues_command() == 0
     out = capsys.readouterr().out
     header, *lines = out.splitlines()
     assert header.split() == ["queue", "ready", "unacked", "consumers", "publish/s",
@@ -92,18 +109,19 @@ def test_fedmq_queues_prints_the_queue_row(capsys):
     assert line.split()[1:4] == ["3", "0", "0"]
 
 
+@pytest.mark.slow
 @pytest.mark.amqp
 def test_only_fedmq_queues_unless_all():
     name = f"test-not-fedmq-{secrets.token_hex(4)}"
     with throwaway_queue(name, messages=1):
         assert wait_for_row(name, ready=1, include_all=True) is not None
-        assert name not in {r.name for r in list_queues(MANAGEMENT_URL)}
-        assert all(r.name.startswith("fedmq.") for r in list_queues(MANAGEMENT_URL))
+        assert name not in {r.name for r in fedmq_queues()}
+        assert all(r.name.startswith("fedmq.") for r in fedmq_queues())
 
 
 @pytest.mark.amqp
 def test_wrong_password_is_a_clear_error(capsys):
-    assert main(["queues", "--url", MANAGEMENT_URL, "--password", "not-the-password"]) == 2
+    assert queues_command("--password", "not-the-password") == 2
     assert "401" in capsys.readouterr().err
 
 

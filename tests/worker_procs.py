@@ -1,4 +1,7 @@
-"""Real worker processes (`python -m fedmq.cli worker --id ...`) for the RabbitMQ tests."""
+"""Real worker processes (`python -m fedmq.cli worker --id ...`) for the RabbitMQ tests.
+
+AMQP_URL is read when this module is first imported, which tests/conftest.py makes sure
+happens after pytest_configure pointed FEDMQ_AMQP_URL at the run's vhost."""
 from __future__ import annotations
 
 import os
@@ -13,13 +16,13 @@ import pika
 AMQP_URL = os.environ.get("FEDMQ_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
-def _channel():
-    conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+def _channel(url: str = AMQP_URL):
+    conn = pika.BlockingConnection(pika.URLParameters(url))
     return conn, conn.channel()
 
 
-def consumer_count(queue: str) -> int:
-    conn, ch = _channel()
+def consumer_count(queue: str, url: str = AMQP_URL) -> int:
+    conn, ch = _channel(url)
     try:
         return ch.queue_declare(queue, passive=True).method.consumer_count
     except pika.exceptions.ChannelClosedByBroker:
@@ -29,8 +32,8 @@ def consumer_count(queue: str) -> int:
             conn.close()
 
 
-def purge(queue: str) -> None:
-    conn, ch = _channel()
+def purge(queue: str, url: str = AMQP_URL) -> None:
+    conn, ch = _channel(url)
     try:
         ch.queue_purge(queue)
     except pika.exceptions.ChannelClosedByBroker:
@@ -40,8 +43,8 @@ def purge(queue: str) -> None:
             conn.close()
 
 
-def delete_queue(queue: str) -> None:
-    conn, ch = _channel()
+def delete_queue(queue: str, url: str = AMQP_URL) -> None:
+    conn, ch = _channel(url)
     try:
         ch.queue_delete(queue)
     except pika.exceptions.ChannelClosedByBroker:
@@ -52,10 +55,12 @@ def delete_queue(queue: str) -> None:
 
 
 class WorkerProcesses:
-    """Starts, stops and kills worker services; their output goes to log files."""
+    """Starts, stops and kills worker services on the broker at `url` (default: the run's
+    vhost); their output goes to log files."""
 
-    def __init__(self, log_dir: pathlib.Path) -> None:
+    def __init__(self, log_dir: pathlib.Path, url: str = AMQP_URL) -> None:
         self.log_dir = log_dir
+        self.url = url
         self.procs: dict[str, subprocess.Popen] = {}
         self.started: set[str] = set()
 
@@ -63,11 +68,11 @@ class WorkerProcesses:
               fresh: bool = True) -> subprocess.Popen:
         """Start a worker; `fresh` empties its queue first (not on a restart)."""
         if fresh:
-            purge(f"fedmq.worker.{worker_id}")
+            purge(f"fedmq.worker.{worker_id}", self.url)
         log = open(self.log_dir / f"{worker_id}.log", "a")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fedmq.cli", "worker", "--id", worker_id, "--url", AMQP_URL,
+            [sys.executable, "-m", "fedmq.cli", "worker", "--id", worker_id, "--url", self.url,
              "--state-dir", str(self.log_dir / "state"), *extra],
             stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs[worker_id] = proc
@@ -81,7 +86,7 @@ class WorkerProcesses:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"worker {worker_id} exited: {self.log(worker_id)[-2000:]}")
-            if consumer_count(f"fedmq.worker.{worker_id}") >= 1 and \
+            if consumer_count(f"fedmq.worker.{worker_id}", self.url) >= 1 and \
                     "consuming" in self.log(worker_id):
                 return
             time.sleep(0.2)
@@ -109,4 +114,4 @@ class WorkerProcesses:
             self.stop(worker_id)
         if delete_queues:  # workers made for one test leave no queue behind
             for worker_id in started:
-                delete_queue(f"fedmq.worker.{worker_id}")
+                delete_queue(f"fedmq.worker.{worker_id}", self.url)
