@@ -49,12 +49,12 @@ def _interrupt(signum, frame):
 
 
 def _close_client_connections() -> None:
-    """Close fedmq's shared client connections (AMQPClientWorker's) before the vhost goes, so
-    that they do not try to reconnect to it (noise on stderr at exit). Best effort."""
-    amqp = sys.modules.get("fedmq.transport.amqp")
-    for conn in list(getattr(amqp, "_connections", {}).values()):
+    """Close the broker connections of every hook's context (AMQPClientWorker's) before the
+    vhost goes, so that they do not try to reconnect to it (noise on stderr at exit)."""
+    context = sys.modules.get("fedmq.context")
+    if context is not None:
         try:
-            conn.close()
+            context.close_all()
         except Exception:  # noqa: BLE001 - a connection already broken is fine too
             pass
 
@@ -165,7 +165,9 @@ def worker_processes(tmp_path_factory):
 
 @pytest.fixture
 def hook():
-    return fedmq.TorchHook(torch)
+    hook = fedmq.TorchHook(torch)
+    yield hook
+    hook.context.close()  # its broker connections (one per URL) end with the test
 
 
 @pytest.fixture(params=["local", pytest.param("amqp", marks=pytest.mark.amqp)])
