@@ -12,7 +12,6 @@ other's workers, objects, buffered commands, pending gets or dealt triples.
 from __future__ import annotations
 
 import threading
-import weakref
 from typing import Any, Callable
 
 from fedmq.engine import RequestEngine
@@ -58,7 +57,6 @@ class Context:
         self._dirty_lock = threading.Lock()
         self._state: dict[str, Any] = {}
         self._state_lock = threading.Lock()
-        _live.add(self)
 
     # -- ordering: buffered commands go out before anything else ---------------------------------
     def mark_dirty(self, client: Any) -> None:
@@ -106,17 +104,6 @@ class Context:
     def __repr__(self) -> str:
         me = getattr(self.local_worker, "id", None)
         return f"<fedmq.Context local_worker={me!r} workers={sorted(self.network._clients)}>"
-
-
-#: every context not yet garbage collected, so `close_all` can close their connections (at the
-#: end of a test, or of a program that never closed its hooks' contexts)
-_live: "weakref.WeakSet[Context]" = weakref.WeakSet()
-
-
-def close_all() -> None:
-    """Close the broker connections of every live context (their in-process engines too)."""
-    for context in list(_live):
-        context.close()
 
 
 #: the most recent TorchHook: what `fedmq.hook` and `fedmq.local_worker` answer (PySyft's API,

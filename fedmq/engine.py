@@ -33,6 +33,7 @@ import logging
 import secrets
 import threading
 import time
+import weakref
 from typing import Any, Callable, Iterable
 
 from fedmq import messages as m, serde
@@ -160,6 +161,7 @@ class RequestEngine:
         self.frames_sent: collections.Counter = collections.Counter()
         self.replies_received: collections.Counter = collections.Counter()
         transport.bind(self)
+        _open.add(self)
 
     # -- encoding --------------------------------------------------------------------------------
     @staticmethod
@@ -413,6 +415,20 @@ class RequestEngine:
     def _check_open(self) -> None:
         if self._closed:
             raise ConnectionLost(f"this connection to {self.transport.describe()} is closed")
+
+
+#: engines not yet closed (a broker connection's loop thread keeps its engine alive, so a
+#: program or a test run can close every connection it left open: `close_all`)
+_open: "weakref.WeakSet[RequestEngine]" = weakref.WeakSet()
+
+
+def close_all() -> None:
+    """Close every request engine not yet closed (their callers fail with ConnectionLost)."""
+    for engine in list(_open):
+        try:
+            engine.close()
+        except Exception:  # a connection the broker already dropped closes all the same
+            log.debug("fedmq: closing %r", engine, exc_info=True)
 
 
 def collect(pending: list[tuple[PendingCall, Any]], deadline: float | None) -> list:
