@@ -2,8 +2,9 @@
 
 It consumes `fedmq.worker.<id>` and runs every frame through the same `Worker.handle_frame` as
 an in-process VirtualWorker. The rules (aio-pika's master/worker pattern, adapted):
-* one message at a time, in queue order (a single processing task; the op runs in a worker
-  thread so heartbeats keep flowing during long work);
+* one message at a time, in queue order (a FIFO lock around handling; the op runs on the
+  service's op thread so heartbeats keep flowing during long work, except a small message
+  `Worker.is_light` calls quick and local, handled on the loop to spare two thread switches);
 * the reply (direct reply-to, same correlation id) is published before the message is acked;
 * a message that cannot be decoded or executed is answered with an error, then rejected
   without requeue, so the broker dead-letters it to `fedmq.dead-letters`;
@@ -155,7 +156,7 @@ class WorkerService:
         if state is not None:
             state.mkdir(parents=True, exist_ok=True)
         self.handled = HandledIds(state / f"{worker_id}.handled" if state else None)
-        self._inbox: asyncio.Queue | None = None
+        self._handling: asyncio.Lock | None = None
         self._stopping: asyncio.Event | None = None
         self._op_thread = OpThread(f"fedmq-op-{worker_id}")
         self._inline_paused_until = 0.0
@@ -165,7 +166,7 @@ class WorkerService:
     async def start(self) -> None:
         tune_malloc()
         load_extensions()  # extension messages (plans, SMPC, ...) must decode and have handlers
-        self._inbox = asyncio.Queue()
+        self._handling = asyncio.Lock()
         self._stopping = asyncio.Event()
         self.connection = await aio_pika.connect_robust(
             self.url, client_properties={"connection_name": f"fedmq worker {self.id}"})
@@ -193,9 +194,8 @@ class WorkerService:
         # through the broker: it would wait behind the message being handled, forever.
         context.transport.add(self.worker)
         network.add(WorkerClient(self.id, context.engine, network, sender=self.id))
-        self._processor = asyncio.ensure_future(self._process_loop())
         self._sweeper = asyncio.ensure_future(self._sweep_loop())
-        self._consumer_tag = await self.queue.consume(self._inbox.put)
+        self._consumer_tag = await self.queue.consume(self._on_message)
         log.info("fedmq worker %s: consuming %s on %s (prefetch %d)", self.id, self.queue.name,
                  self.outbound.describe(), self.prefetch)
 
@@ -215,10 +215,10 @@ class WorkerService:
             await self.queue.cancel(self._consumer_tag)
         except Exception:  # pragma: no cover - the channel may already be gone
             pass
-        # The message in hand is finished; queued ones are skipped (see _process_loop) and,
+        # The message in hand is finished; prefetched ones are skipped (see _on_message) and,
         # never acked, go back to the queue when the channel closes.
-        await self._inbox.join()
-        self._processor.cancel()
+        async with self._handling:
+            pass
         self._sweeper.cancel()
         try:
             await self.channel.close()  # unacked prefetched messages go back to the queue
@@ -228,17 +228,16 @@ class WorkerService:
             self._op_thread.stop()
         log.info("fedmq worker %s: stopped", self.id)
 
-    async def _process_loop(self) -> None:
-        while True:
-            message = await self._inbox.get()
+    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        """aio-pika calls this in a task of its own per delivery, in delivery order; the lock
+        (FIFO) lets one message at a time be handled, in that order."""
+        async with self._handling:
+            if self._stopping.is_set():
+                return  # not started: it is requeued when the channel closes
             try:
-                if self._stopping.is_set():
-                    continue  # not started: it is requeued when the channel closes
                 await self._handle(message)
             except Exception:  # never let one message stop the service
                 log.exception("fedmq worker %s: failed to process a message", self.id)
-            finally:
-                self._inbox.task_done()
 
     async def _sweep_loop(self) -> None:
         """Every chunk_timeout / 4 (between 0.05 and 5 s): give up frames whose chunks stopped
