@@ -144,7 +144,7 @@ class WorkerClient:
             self.on_async_reply(reply, message)
 
         self.engine.post_frame(self.id, self._frame(message, sender), type(message).__name__,
-                               on_reply)
+                               on_reply, timeout=self.timeout)
 
     def on_async_reply(self, reply: Any, message: Any) -> None:
         """A reply to a posted message (or the error that ended its wait): keep its errors for

@@ -13,9 +13,10 @@ What the engine owns, and nothing else does:
 * encoding the `Envelope` (sender, released ids, message id) and decoding the `Reply`, turning
   an error the worker reported into the matching `fedmq.RemoteError`;
 * the pending-reply table, keyed by correlation id. An entry leaves it when its reply arrives,
-  when its caller's timeout passes (`ReplyTimeout`, naming the worker and message type), or
-  when the connection closes or drops: then every waiting caller fails at once with
-  `ConnectionLost` (direct reply-to replies to a lost connection can never arrive);
+  when its caller's timeout passes (`ReplyTimeout`, naming the worker and message type; a
+  posted message's entry is swept the next time anything is sent), when its frame could not
+  be published, or when the connection closes or drops: then every waiting caller fails at once
+  with `ConnectionLost` (direct reply-to replies to a lost connection can never arrive);
 * counters of frames sent and replies received (`stats()`, `FrameCounter`), so tests can
   assert how many round trips an operation costs.
 
@@ -186,7 +187,8 @@ class RequestEngine:
                         type(message).__name__, on_reply)
 
     def post_frame(self, worker_id: str, frame: bytes | bytearray, message_type: str,
-                   on_reply: ReplyCallback | None = None) -> None:
+                   on_reply: ReplyCallback | None = None, *,
+                   timeout: float | None = None) -> None:
         self._check_open()
         self.frames_sent[worker_id] += 1
         if not self.transport.pipelines:
@@ -199,7 +201,8 @@ class RequestEngine:
         corr = None
         if on_reply is not None:
             corr = self._correlation_id()
-            deadline = None if self.timeout is None else time.monotonic() + self.timeout
+            timeout = self.timeout if timeout is None else timeout
+            deadline = None if timeout is None else time.monotonic() + timeout
             self._register(corr, _Entry(worker_id, message_type, deadline, callback=on_reply))
         self._sweep()
         self._send(worker_id, frame, corr, message_type, None)
@@ -307,6 +310,16 @@ class RequestEngine:
         self.replies_received[entry.worker_id] += 1
         entry.settle(frame, None)
 
+    def not_delivered(self, correlation_id: str, reason: str) -> None:
+        """The frame sent under `correlation_id` never reached the broker: its caller fails
+        now with ConnectionLost (a posted message's error is raised at the next sync point)."""
+        with self._lock:
+            entry = self._pending.pop(correlation_id, None)
+        if entry is not None:
+            entry.settle(None, ConnectionLost(
+                f"{entry.message_type} to worker {entry.worker_id!r} was not delivered over "
+                f"{self.transport.describe()} ({reason}); nothing was run"))
+
     def connection_lost(self, reason: str) -> None:
         """The connection dropped: every pending reply is lost; their callers fail now."""
         self._fail_all(lambda e: ConnectionLost(
@@ -388,8 +401,10 @@ class RequestEngine:
                 self._pending.pop(corr, None)
 
     def _sweep(self) -> None:
-        """Posted messages whose reply is overdue: their callbacks get a ReplyTimeout (the
-        table never holds an entry past its deadline by more than SWEEP_INTERVAL)."""
+        """Posted messages whose reply is overdue: their callbacks get a ReplyTimeout. The sweep
+        runs (at most every SWEEP_INTERVAL) whenever something is sent, which includes the next
+        sync point, where a posted message's error is raised: so an overdue entry leaves the
+        table, with its error, no later than the caller could see it."""
         now = time.monotonic()
         if now < self._next_sweep:
             return
@@ -400,8 +415,10 @@ class RequestEngine:
             for corr, _ in overdue:
                 del self._pending[corr]
         for _, entry in overdue:
-            entry.settle(None, self._timeout_error(entry.worker_id, entry.message_type,
-                                                   self.timeout))
+            entry.settle(None, ReplyTimeout(
+                f"worker {entry.worker_id!r} did not answer a posted {entry.message_type} "
+                f"in time over {self.transport.describe()} (is a worker with id "
+                f"{entry.worker_id!r} running?)"))
 
     def _timeout_error(self, worker_id: str, message_type: str,
                        timeout: float | None) -> ReplyTimeout:

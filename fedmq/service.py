@@ -44,7 +44,7 @@ from fedmq.ids import new_id
 from fedmq.runtime import tune_malloc
 from fedmq.transport.amqp import (CHUNK_SIZE, DEAD_LETTER_EXCHANGE, AMQPTransport, ChunkAssembler,
                                   chunk_messages, declare_topology, queue_name)
-from fedmq.worker import Worker
+from fedmq.worker import Undecodable, Worker
 from fedmq.workers.amqp import DEFAULT_URL, AMQPNetwork
 
 log = logging.getLogger("fedmq.service")
@@ -237,7 +237,12 @@ class WorkerService:
             try:
                 await self._handle(message)
             except Exception:  # never let one message stop the service
-                log.exception("fedmq worker %s: failed to process a message", self.id)
+                log.exception("fedmq worker %s: failed to process a message; dead-lettering "
+                              "it", self.id)
+                try:  # settled all the same, so it cannot hold a place in the prefetch window
+                    await message.reject(requeue=False)
+                except Exception:  # already settled, or the channel is gone (then requeued)
+                    pass
 
     async def _sweep_loop(self) -> None:
         """Every chunk_timeout / 4 (between 0.05 and 5 s): give up frames whose chunks stopped
@@ -312,8 +317,8 @@ class WorkerService:
         if len(frame) > INLINE_FRAME or loop.time() < self._inline_paused_until:
             return await self._op_thread.run(self.worker.handle_frame_checked, frame)
         envelope = self.worker.decode_frame(frame)
-        if isinstance(envelope, bytes):
-            return envelope, True
+        if type(envelope) is Undecodable:
+            return envelope.reply, True
         if not self.worker.is_light(envelope):
             return await self._op_thread.run(self.worker.respond, envelope)
         started = loop.time()

@@ -6,7 +6,7 @@ frames; `handle_frame` is the whole server side: decode, dispatch on the message
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 from fedmq import errors, messages as m, serde
 from fedmq.execution import error_info, resolve, run_command
@@ -44,6 +44,11 @@ def register_handler(message_type: type, handler: Callable[["Worker", Any], Any]
     EXTRA_HANDLERS[message_type] = handler
 
 
+class Undecodable(NamedTuple):
+    """What `Worker.decode_frame` returns for bytes that are no fedmq frame: the error reply."""
+    reply: bytes
+
+
 class Worker:
     def __init__(self, id: str, network: Network | None = None) -> None:
         self.id = id
@@ -78,25 +83,32 @@ class Worker:
     def handle_frame_checked(self, frame: bytes) -> tuple[bytes, bool]:
         """`handle_frame`, also saying whether the message failed (services dead-letter it)."""
         envelope = self.decode_frame(frame)
-        if isinstance(envelope, bytes):
-            return envelope, True
+        if type(envelope) is Undecodable:
+            return envelope.reply, True
         return self.respond(envelope)
 
     def decode_frame(self, frame: bytes | bytearray) -> Any:
-        """The frame's Envelope, or (undecodable) the encoded error reply as bytes."""
+        """The frame's Envelope, or `Undecodable` holding the encoded error reply."""
         self.message_count += 1
         try:
             return serde.decode(frame)
         except errors.SerdeError as exc:
             log.warning("worker %s: undecodable message: %s", self.id, exc)
-            return serde.encode(m.Reply(error=m.ErrorInfo("serde_error", str(exc), self.id)))
+            return Undecodable(serde.encode(m.Reply(error=m.ErrorInfo("serde_error", str(exc),
+                                                                     self.id))))
 
     def respond(self, envelope: Any) -> tuple[bytes, bool]:
-        """Handle a decoded envelope: the encoded reply, and whether the message failed."""
-        reply = self.handle(envelope)
-        if self.network is not None:
-            # commands this worker pipelined to others while handling the message go out now
-            self.network.flush_all()
+        """Handle a decoded envelope: the encoded reply, and whether the message failed.
+        Never raises: a message whose fields have the wrong types (which decoding cannot see)
+        is answered with a serde_error."""
+        try:
+            reply = self.handle(envelope)
+            if self.network is not None:
+                # commands this worker pipelined to others while handling it go out now
+                self.network.flush_all()
+        except Exception as exc:  # a malformed message: refused, and the worker keeps serving
+            what = type(getattr(envelope, "message", envelope)).__name__
+            reply = self._error("serde_error", f"malformed {what}: {type(exc).__name__}: {exc}")
         value = reply.value
         failed = reply.error is not None or (
             isinstance(getattr(envelope, "message", None), m.Batch) and bool(
@@ -108,6 +120,14 @@ class Worker:
                 "serde_error", f"the result cannot be sent back: {exc}", self.id))), True
 
     def is_light(self, envelope: Any) -> bool:
+        """Whether `envelope` may be handled on a service's event loop (see `_is_light`);
+        False for anything malformed (the op thread's answer then says what is wrong)."""
+        try:
+            return self._is_light(envelope)
+        except Exception:
+            return False
+
+    def _is_light(self, envelope: Any) -> bool:
         """Whether handling `envelope` is certainly quick and stays on this worker, so a service
         may run it on its event loop instead of its op thread (saving two thread switches on
         every small call). True only for store messages and ops whose tensor inputs hold at
@@ -121,6 +141,7 @@ class Worker:
         if len(items) > LIGHT_MESSAGES:
             return False
         budget = LIGHT_ELEMENTS
+        made: set = set()  # results of this batch's earlier commands
         for item in items:
             kind = type(item)
             if kind is m.Command:
@@ -129,24 +150,31 @@ class Worker:
                 budget = self._light_budget(item.args, budget)
                 if item.kwargs:
                     budget = self._light_budget(tuple(item.kwargs.values()), budget)
+                made.update(item.result_ids)
             elif kind is m.GetRequest:
-                budget = self._light_budget(tuple(m.Ref(i) if type(i) is int else i
-                                                  for i in item.ids), budget)
+                # reading a result of this batch back (`(x + 1).get()`) is light; a stored
+                # object counts with its size
+                stored = tuple(m.Ref(i) if type(i) is int else i for i in item.ids
+                               if i not in made)
+                budget = self._light_budget(stored, budget, missing_ok=True)
             elif kind not in LIGHT_TYPES:
                 return False
             if budget < 0:
                 return False
         return True
 
-    def _light_budget(self, values: tuple | list, budget: int) -> int:
+    def _light_budget(self, values: tuple | list, budget: int, missing_ok: bool = False) -> int:
         """`budget` less the elements of every stored tensor `values` refer to; -1 for a large
-        literal or anything else that makes the cost unknown."""
+        literal, an id not stored (`missing_ok`: it fails quickly), or anything else that makes
+        the cost unknown."""
         for value in values:
             kind = type(value)
             if kind is m.Ref:
                 entry = self.store.find(value.id)
-                if entry is None:
-                    continue  # handled as an error, quickly
+                if entry is None:  # made earlier in the same batch, of unknown size (or absent)
+                    if missing_ok:
+                        continue
+                    return -1
                 obj = entry.obj
                 if isinstance(obj, FailedResult):
                     continue
@@ -155,7 +183,7 @@ class Worker:
                 if value > LIGHT_LITERAL:
                     return -1
             elif kind is tuple or kind is list:
-                budget = self._light_budget(value, budget)
+                budget = self._light_budget(value, budget, missing_ok)
             elif kind is not float and kind is not bool and value is not None and \
                     kind is not str:
                 return -1

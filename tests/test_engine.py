@@ -17,12 +17,14 @@ import pytest
 import torch
 
 import fedmq
+import fedmq.transport
 from fedmq import messages as m
 from fedmq.context import Context
 from fedmq.engine import FrameCounter, RequestEngine
 from fedmq.errors import ConnectionLost, ObjectNotFoundError, ReplyTimeout, TransportError
 from fedmq.transport.local import LocalTransport
 from fedmq.worker import Worker
+from fedmq.serde import decode as serde_decode
 from worker_procs import AMQP_URL
 
 MANAGEMENT_URL = os.environ.get("FEDMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
@@ -318,3 +320,126 @@ def test_only_small_local_messages_are_light():
     assert not worker.is_light(env(m.ObjectsCount()))
     worker.store.delete(4)
     assert worker.is_light(env(m.ObjectsCount()))
+
+
+# -- found by review: malformed fields, lost publishes, closed connections, mixed hooks ----------
+
+@pytest.mark.parametrize("message", [
+    m.GetRequest(7),                                        # ids: an int, not a list
+    m.Command("torch.add", (m.Ref(1), 1), [1, 2], [3]),     # kwargs: a list, not a dict
+    m.Command(["torch.add"], (m.Ref(1), 1), {}, [3]),       # op: a list
+    m.Batch(5, reply_last=True),                            # messages: an int
+    m.Batch([m.ObjectsCount()] * 3, reply_last=True),
+])
+def test_a_malformed_message_is_answered_never_raised(message):
+    worker = Worker("bob")
+    worker.store.put(1, torch.ones(2))
+    frame = RequestEngine.encode(message, sender="me")
+    assert worker.is_light(serde_decode(frame)) in (True, False)  # never raises
+    reply, failed = worker.handle_frame_checked(frame)
+    decoded = serde_decode(reply)
+    assert isinstance(decoded, m.Reply)
+    if decoded.error is not None:
+        assert failed
+
+
+def test_release_ids_of_the_wrong_type_are_refused_not_raised():
+    worker = Worker("bob")
+    frame = fedmq.serde.encode(m.Envelope(m.WIRE_VERSION, "me", m.ObjectsCount(), 0, [{}]))
+    reply, failed = worker.handle_frame_checked(frame)
+    assert failed and "malformed" in serde_decode(reply).error.message
+    garbage, failed = worker.handle_frame_checked(b"not a frame at all")
+    assert failed and "expected an Envelope" not in serde_decode(garbage).error.message
+
+
+def test_a_batch_using_what_it_made_itself_is_not_light():
+    worker = Worker("bob")
+    worker.store.put(1, torch.ones(1))
+    expand = m.Command("Tensor.expand", (m.Ref(1), 3000, 3000), {}, [2])
+    mm = m.Command("torch.matmul", (m.Ref(2), m.Ref(2)), {}, [3])
+    assert not worker.is_light(m.Envelope(m.WIRE_VERSION, "me", m.Batch([expand, mm])))
+    small = m.Command("Tensor.expand", (m.Ref(1), 30, 30), {}, [2])
+    mm2 = m.Command("torch.matmul", (m.Ref(2), m.Ref(2)), {}, [3])
+    assert not worker.is_light(m.Envelope(m.WIRE_VERSION, "me", m.Batch([small, mm2])))
+
+
+class _Silent(fedmq.transport.Transport):
+    """A pipelining transport whose frames vanish (or fail to publish, when told)."""
+    name = "silent"
+    pipelines = True
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+
+    def send(self, worker_id, frame, *, correlation_id, message_type="message",
+             expiration=None):
+        if self.fail and correlation_id:
+            self._sink.not_delivered(correlation_id, "the channel was closed")
+
+
+def test_a_frame_that_was_not_published_fails_its_caller_at_once():
+    engine = RequestEngine(_Silent(fail=True), timeout=30)
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost, match="was not delivered.*nothing was run"):
+        engine.request("bob", m.ObjectsCount())
+    assert time.monotonic() - started < 1 and engine.pending_replies() == 0
+    got = []
+    engine.post("bob", m.ObjectsCount(), on_reply=got.append)
+    assert len(got) == 1 and isinstance(got[0], ConnectionLost)
+
+
+def test_a_posted_message_waits_for_its_clients_timeout_not_the_engines():
+    engine = RequestEngine(_Silent(), timeout=60)
+    got = []
+    engine.post_frame("bob", engine.frame(m.ObjectsCount()), "ObjectsCount", got.append,
+                      timeout=0.2)
+    time.sleep(1.3)
+    engine.post_frame("bob", engine.frame(m.DeleteObjects([])), "DeleteObjects")  # sweeps
+    assert len(got) == 1 and isinstance(got[0], ReplyTimeout)
+    assert engine.pending_replies() == 0
+
+
+def test_pointers_to_same_named_workers_of_two_hooks_do_not_mix():
+    h1, h2 = fedmq.TorchHook(torch), fedmq.TorchHook(torch)
+    x = torch.ones(2).send(fedmq.VirtualWorker(h1, id="bob"))
+    y = torch.ones(2).send(fedmq.VirtualWorker(h2, id="bob"))
+    with pytest.raises(fedmq.PointerError, match="two workers of that name"):
+        x + y
+
+
+@pytest.mark.amqp
+def test_a_hook_connects_again_after_its_connection_was_closed(worker_processes):
+    hook = fedmq.TorchHook(torch)
+    bob = fedmq.AMQPClientWorker(hook, id="bob", url=AMQP_URL)
+    assert isinstance(bob.objects_count(), int)
+    bob.engine.close()
+    with pytest.raises(ConnectionLost):
+        bob.objects_count()
+    again = fedmq.AMQPClientWorker(hook, id="bob", url=AMQP_URL)
+    assert again.engine is not bob.engine and isinstance(again.objects_count(), int)
+    hook.context.close()
+
+
+@pytest.mark.amqp
+def test_malformed_messages_never_stop_a_worker_service(worker_processes):
+    """More malformed messages than the service's prefetch window: each is answered and
+    settled, and the service goes on serving."""
+    hook = fedmq.TorchHook(torch)
+    alice = fedmq.AMQPClientWorker(hook, id="alice", url=AMQP_URL, timeout=20)
+    try:
+        alice.clear_objects()
+        errors = []
+        for i in range(70):
+            bad = [m.GetRequest(7), m.Command("torch.add", (1, 1), [1], [2]),
+                   m.Batch(5, reply_last=True)][i % 3]
+            alice.engine.post_frame("alice", alice.engine.frame(bad), type(bad).__name__,
+                                    errors.append)
+        started = time.monotonic()
+        assert isinstance(alice.objects_count(), int)  # a failed result may be recorded
+        assert time.monotonic() - started < 10
+        deadline = time.monotonic() + 10
+        while len(errors) < 70 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(errors) == 70 and all(r.error is not None for r in errors)
+    finally:
+        hook.context.close()

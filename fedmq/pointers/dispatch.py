@@ -185,9 +185,13 @@ def _remote_call(name: str, func: Callable, args: tuple, kwargs: dict, sync: boo
     location = location_of(found[0])
     for other in found[1:]:
         other_loc = location_of(other)
-        if other_loc is not location and other_loc.id != location.id:
+        if other_loc is not location and (other_loc.id != location.id or
+                                          other_loc.engine is not location.engine):
+            same_name = " (two workers of that name, on different hooks or connections)" \
+                if other_loc.id == location.id else ""
             raise PointerError(f"{name}: arguments live on different workers "
-                               f"({location.id!r} and {other_loc.id!r}); move one first")
+                               f"({location.id!r} and {other_loc.id!r}){same_name}; move one "
+                               f"first")
     owner = owner_of(found[0])
     grad = torch.is_grad_enabled()
 

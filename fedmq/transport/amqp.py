@@ -228,8 +228,12 @@ class AMQPTransport(Transport):
             try:
                 for message in messages:
                     await exchange.publish(message, routing_key=routing_key, mandatory=False)
-            except Exception as exc:  # keep publishing; the caller's timeout reports the loss
+            except Exception as exc:  # keep publishing; whoever waits for a reply is told now
                 log.error("fedmq: publish to %s failed: %s", routing_key, exc)
+                correlation_id = messages[0].correlation_id if messages else None
+                if correlation_id and self._sink is not None:
+                    self._sink.not_delivered(correlation_id, f"publish to {routing_key!r} "
+                                                             f"failed: {exc}")
             finally:
                 self._published += 1
                 outbox.task_done()

@@ -25,6 +25,8 @@ class ReplySink(Protocol):
 
     def connection_lost(self, reason: str) -> None: ...
 
+    def not_delivered(self, correlation_id: str, reason: str) -> None: ...
+
 
 class Transport(abc.ABC):
     #: short name used in URLs and logs ("local", "amqp")

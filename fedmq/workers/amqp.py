@@ -79,8 +79,11 @@ class AMQPClientWorker(WorkerClient):
         if network is None:
             context = getattr(hook, "context", None) or Context()
             engine = amqp_engine(context, url)
-            network = context.state(f"amqp-network {url}",
-                                    lambda: AMQPNetwork(engine, context, timeout))
+            key = f"amqp-network {url}"
+            network = context.state(key, lambda: AMQPNetwork(engine, context, timeout))
+            if network.engine is not engine:  # its connection was closed: a new one
+                context.discard(key)
+                network = context.state(key, lambda: AMQPNetwork(engine, context, timeout))
         super().__init__(id, network.engine, network, timeout=timeout)
         self.hook = hook
         network.add(self)
