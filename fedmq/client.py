@@ -20,11 +20,12 @@ message's envelope (or go out on `flush()`), so GC never sends from inside a fin
 from __future__ import annotations
 
 import collections
+import functools
 import weakref
 from typing import Any
 
 from fedmq import messages as m
-from fedmq.engine import RequestEngine, value_of
+from fedmq.engine import RequestEngine, collect, value_of
 from fedmq.errors import FedmqError, remote_error_from
 
 #: how many commands a buffer holds before it is sent on its own
@@ -43,19 +44,11 @@ def call_all(calls: list[tuple["WorkerClient", Any]], *, sender: str | None = No
     for client, message in calls:
         frame, buffered = client._call_frame(message, sender)
         call = client.engine.start_frame(client.id, frame, type(message).__name__)
-        started.append((client, message, buffered, call))
-    results: list = []
-    first_error: BaseException | None = None
-    for client, message, buffered, call in started:
-        try:
-            reply = call.reply(client.timeout if timeout is None else timeout)
-            results.append(client._call_result(reply, message, buffered))
-        except FedmqError as exc:
-            results.append(None)
-            first_error = first_error or exc
-    if first_error is not None:
-        raise first_error
-    return results
+        started.append((call, functools.partial(client._call_result, message=message,
+                                                buffered=buffered)))
+    if timeout is None:
+        timeout = max((c.timeout for c, _ in calls if c.timeout is not None), default=None)
+    return collect(started, timeout)
 
 
 class WorkerClient:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import itertools
 import logging
 import secrets
@@ -59,6 +60,10 @@ def value_of(reply: m.Reply, worker_id: str, op: str | None = None) -> Any:
         err = reply.error
         raise remote_error_from(err.code, err.message, err.worker or worker_id, err.op or op)
     return reply.value
+
+
+def _value_for(worker_id: str, op: str | None, reply: m.Reply) -> Any:
+    return value_of(reply, worker_id, op)
 
 
 def decode_reply(frame: bytes | bytearray, worker_id: str) -> m.Reply:
@@ -230,7 +235,8 @@ class RequestEngine:
         round trip in all over a pipelining transport. Waits at most `deadline` seconds in
         all (default: the engine's timeout). Returns the values in order; after every reply
         is in, raises the first error."""
-        pending = [(self.start(worker_id, message, sender=sender), message)
+        pending = [(self.start(worker_id, message, sender=sender),
+                    functools.partial(_value_for, worker_id, getattr(message, "op", None)))
                    for worker_id, message in calls]
         return collect(pending, deadline if deadline is not None else self.timeout)
 
@@ -448,17 +454,17 @@ def close_all() -> None:
             log.debug("fedmq: closing %r", engine, exc_info=True)
 
 
-def collect(pending: list[tuple[PendingCall, Any]], deadline: float | None) -> list:
-    """The values of calls already started, in order, waiting at most `deadline` seconds in
-    all; after every reply is in (or timed out), raises the first error."""
+def collect(pending: list[tuple[PendingCall, Callable[[m.Reply], Any]]],
+            deadline: float | None) -> list:
+    """The values of calls already started, in order: `value(reply)` for each, waiting at most
+    `deadline` seconds in all; after every reply is in (or timed out), raises the first error."""
     end = None if deadline is None else time.monotonic() + deadline
     values: list = []
     first_error: BaseException | None = None
-    for call, message in pending:
+    for call, value in pending:
         left = None if end is None else max(0.0, end - time.monotonic())
         try:
-            values.append(value_of(call.reply(left), call.worker_id,
-                                   getattr(message, "op", None)))
+            values.append(value(call.reply(left)))
         except FedmqError as exc:
             values.append(None)
             first_error = first_error or exc
