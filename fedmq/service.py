@@ -24,12 +24,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import itertools
 import logging
 import os
 import pathlib
 import queue
 import signal
 import threading
+import uuid
 from typing import Any, Callable
 
 import aio_pika
@@ -42,8 +44,9 @@ from fedmq.engine import RequestEngine
 from fedmq.extensions import load_extensions
 from fedmq.ids import new_id
 from fedmq.runtime import tune_malloc
-from fedmq.transport.amqp import (CHUNK_SIZE, DEAD_LETTER_EXCHANGE, AMQPTransport, ChunkAssembler,
-                                  chunk_messages, declare_topology, queue_name)
+from fedmq.transport.amqp import (CHUNK_SIZE, DEAD_LETTER_EXCHANGE, FRAME_CONTENT_TYPE,
+                                  AMQPTransport, ChunkAssembler, Delivery, chunk_messages,
+                                  consume, declare_topology, publish, queue_name)
 from fedmq.worker import Undecodable, Worker
 from fedmq.workers.amqp import DEFAULT_URL, AMQPNetwork
 
@@ -162,6 +165,9 @@ class WorkerService:
         self._inline_paused_until = 0.0
         self._assembler = ChunkAssembler()
         self._chunks: dict[str, list] = {}
+        #: reply message ids: a random prefix and a counter (aiormq would draw a UUID each)
+        self._reply_prefix = f"{uuid.uuid4().hex[:16]}."
+        self._reply_ids = itertools.count()
 
     async def start(self) -> None:
         tune_malloc()
@@ -195,7 +201,8 @@ class WorkerService:
         context.transport.add(self.worker)
         network.add(WorkerClient(self.id, context.engine, network, sender=self.id))
         self._sweeper = asyncio.ensure_future(self._sweep_loop())
-        self._consumer_tag = await self.queue.consume(self._on_message)
+        self._consumer_tag = await consume(self.channel, self.queue.name, self._on_message)
+        self.connection.reconnect_callbacks.add(self._on_reconnect)
         log.info("fedmq worker %s: consuming %s on %s (prefetch %d)", self.id, self.queue.name,
                  self.outbound.describe(), self.prefetch)
 
@@ -209,10 +216,22 @@ class WorkerService:
         if self._stopping is not None:
             self._stopping.set()
 
+    async def _on_reconnect(self, _connection: Any) -> None:
+        """aio-pika restored the channel, its QoS and the queue after a reconnect; our consumer
+        (on aiormq, see transport/amqp.py) is consumed again here."""
+        if self._stopping is not None and self._stopping.is_set():
+            return
+        try:
+            self._consumer_tag = await consume(self.channel, self.queue.name, self._on_message)
+            log.info("fedmq worker %s: reconnected; consuming %s again", self.id, self.queue.name)
+        except Exception:  # the next loss and reconnect will try again
+            log.exception("fedmq worker %s: could not consume after reconnecting", self.id)
+
     async def stop(self) -> None:
         """Stop consuming, finish the message in hand, requeue the rest, close."""
         try:
-            await self.queue.cancel(self._consumer_tag)
+            underlay = await self.channel.get_underlay_channel()
+            await underlay.basic_cancel(self._consumer_tag)
         except Exception:  # pragma: no cover - the channel may already be gone
             pass
         # The message in hand is finished; prefetched ones are skipped (see _on_message) and,
@@ -228,7 +247,7 @@ class WorkerService:
             self._op_thread.stop()
         log.info("fedmq worker %s: stopped", self.id)
 
-    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+    async def _on_message(self, message: Delivery) -> None:
         """aio-pika calls this in a task of its own per delivery, in delivery order; the lock
         (FIFO) lets one message at a time be handled, in that order."""
         async with self._handling:
@@ -274,7 +293,7 @@ class WorkerService:
             for msg in messages:
                 await msg.reject(requeue=False)
 
-    async def _handle(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+    async def _handle(self, message: Delivery) -> None:
         headers = message.headers or {}
         key = str(headers.get("x-fedmq-frame") or message.message_id or "")
         if "x-fedmq-chunks" in headers:
@@ -332,10 +351,10 @@ class WorkerService:
         return result
 
     async def _reply(self, reply: bytes, reply_to: str, correlation_id: str | None) -> None:
-        for out in chunk_messages(reply, self.chunk_size, correlation_id=correlation_id,
-                                  content_type="application/x-fedmq-frame"):
-            await self.channel.default_exchange.publish(out, routing_key=reply_to,
-                                                        mandatory=False)
+        await publish(self.channel, "", reply_to, chunk_messages(
+            reply, self.chunk_size, correlation_id=correlation_id,
+            content_type=FRAME_CONTENT_TYPE, message_id=f"{self._reply_prefix}"
+                                                        f"{next(self._reply_ids):x}"))
 
 
 def worker_ids(args: argparse.Namespace) -> list[str]:

@@ -275,6 +275,35 @@ def test_the_reply_consumer_survives_the_broker_closing_the_connection(worker_pr
         engine.close()
 
 
+@pytest.mark.slow
+def test_a_worker_service_consumes_again_after_the_broker_closes_its_connection(
+        worker_processes):
+    """The worker's consumer lives on aiormq's channel (transport/amqp.py `consume`), which
+    aio-pika does not restore: the service consumes again after aio-pika reconnects, and
+    keeps its objects."""
+    worker_id = f"reconnect-{secrets.token_hex(3)}"
+    worker_processes.start(worker_id)
+    engine = amqp_engine(f"fedmq-test-{secrets.token_hex(4)}", timeout=5)
+    try:
+        engine.request(worker_id, m.ObjectMessage([m.StoredObject(7, torch.tensor([4.0]))]))
+        close_connection_named(f"fedmq worker {worker_id}")
+        deadline = time.monotonic() + 40
+        while True:  # reconnecting takes aio-pika's reconnect interval (5 s)
+            try:
+                assert engine.request(worker_id, m.ObjectsCount(), timeout=2) == 1
+                break
+            except ReplyTimeout:
+                assert time.monotonic() < deadline, "the worker never consumed again"
+        for _ in range(3):
+            value = engine.request(worker_id, m.GetRequest([7], delete=False))[0]
+            assert value.tolist() == [4.0]
+        assert "consuming fedmq.worker." + worker_id + " again" in \
+            worker_processes.log(worker_id)
+    finally:
+        engine.close()
+        worker_processes.stop(worker_id)
+
+
 @pytest.mark.amqp
 def test_a_hooks_clients_share_one_connection_and_two_hooks_do_not(worker_processes):
     h1, h2 = fedmq.TorchHook(torch), fedmq.TorchHook(torch)
