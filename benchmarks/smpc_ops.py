@@ -178,12 +178,7 @@ def run_amqp(hook, url: str, repeats: int) -> None:
     try:
         bob, alice, cp = (sy.AMQPClientWorker(hook, id=i, url=url, timeout=120) for i in ids)
         for worker in (bob, alice, cp):
-            for _ in range(100):  # wait for the service to consume
-                try:
-                    worker.objects_count()
-                    break
-                except sy.ReplyTimeout:
-                    pass
+            worker.wait_until_served(120)  # the service is starting
         parties = [bob, alice]
         cases = [c for c in make_cases(parties, cp) if c[0] != "max 1000" or repeats <= 5]
         print(f"\nover RabbitMQ ({url.split('@')[-1]}): bob, alice and the provider are "

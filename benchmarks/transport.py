@@ -144,12 +144,7 @@ def main() -> None:
         raw = RawClient(args.url)
         hook = sy.TorchHook(torch)
         bob = sy.AMQPClientWorker(hook, id=worker_id, url=args.url, timeout=120)
-        for _ in range(100):  # wait for the worker, warm both paths
-            try:
-                bob.objects_count()
-                break
-            except sy.ReplyTimeout:
-                pass
+        bob.wait_until_served(120)  # the worker process is starting
         x = torch.tensor([1.5]).send(bob)
         small = b"x" * 200
         for _ in range(50):

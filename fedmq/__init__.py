@@ -25,9 +25,10 @@ Built on that (each declares what it adds in its hooks.py `EXTENSION` table):
 """
 import importlib
 
-from fedmq.errors import (ConnectionLost, FedmqError, ObjectNotFoundError, OpNotAllowedError,
-                          PointerError, RemoteError, RemoteExecutionError, ReplyTimeout,
-                          SerdeError, TransportError)
+from fedmq.errors import (ConnectionLost, ConnectionLostError, FedmqError, ObjectNotFoundError,
+                          OpNotAllowedError, PointerError, RemoteError, RemoteExecutionError,
+                          ReplyTimeout, SerdeError, TransportError, WorkerNotFoundError,
+                          WorkerRestartedError)
 from fedmq.context import latest_hook
 from fedmq.hook import TorchHook
 from fedmq.pointers import PointerTensor, RemoteParameter
@@ -58,8 +59,9 @@ del hook  # noqa: F821 - the submodule's name: `fedmq.hook` is the latest TorchH
 __version__ = "0.1.0"
 
 __all__ = [
-    "AMQPClientWorker", "ConnectionLost", "FedmqError", "ObjectNotFoundError",
-    "OpNotAllowedError", "PointerError", "PointerTensor", "RemoteError", "RemoteExecutionError",
-    "RemoteParameter", "ReplyTimeout", "SerdeError", "TorchHook", "TransportError",
-    "VirtualWorker", "hook", "local_worker",
+    "AMQPClientWorker", "ConnectionLost", "ConnectionLostError", "FedmqError",
+    "ObjectNotFoundError", "OpNotAllowedError", "PointerError", "PointerTensor", "RemoteError",
+    "RemoteExecutionError", "RemoteParameter", "ReplyTimeout", "SerdeError", "TorchHook",
+    "TransportError", "VirtualWorker", "WorkerNotFoundError", "WorkerRestartedError", "hook",
+    "local_worker",
 ]

@@ -17,6 +17,10 @@ What the engine owns, and nothing else does:
   posted message's entry is swept the next time anything is sent), when its frame could not
   be published, or when the connection closes or drops: then every waiting caller fails at once
   with `ConnectionLost` (direct reply-to replies to a lost connection can never arrive);
+* the worker watchdog: a frame for a worker nobody serves is refused by the transport before it
+  is sent, and a caller waiting for a reply asks the transport every PROBE_INTERVAL whether the
+  worker is still served; either way the caller gets `WorkerNotFoundError` at once, not a
+  `ReplyTimeout` after its whole timeout;
 * counters of frames sent and replies received (`stats()`, `FrameCounter`), so tests can
   assert how many round trips an operation costs.
 
@@ -40,7 +44,7 @@ from typing import Any, Callable, Iterable
 
 from fedmq import messages as m, serde
 from fedmq.errors import (ConnectionLost, FedmqError, RemoteSerdeError, ReplyTimeout,
-                          remote_error_from)
+                          WorkerNotFoundError, remote_error_from)
 from fedmq.transport.base import Transport
 
 log = logging.getLogger("fedmq.engine")
@@ -49,6 +53,8 @@ log = logging.getLogger("fedmq.engine")
 DEFAULT_TIMEOUT = 60.0
 #: how often (seconds) posted messages whose replies never came are looked for
 SWEEP_INTERVAL = 1.0
+#: how often (seconds) a caller waiting for a reply checks that its worker is still served
+PROBE_INTERVAL = 1.0
 
 #: what `post(..., on_reply=...)` receives: the decoded Reply, or the error that ended the wait
 ReplyCallback = Callable[["m.Reply | FedmqError"], None]
@@ -136,14 +142,27 @@ class PendingCall:
         self.frame = frame  # the reply frame, for synchronous transports
 
     def reply(self, timeout: float | None) -> m.Reply:
-        """The decoded Reply; ReplyTimeout after `timeout` seconds (the entry is dropped)."""
+        """The decoded Reply; ReplyTimeout after `timeout` seconds, WorkerNotFoundError as soon
+        as the worker is found gone (checked every PROBE_INTERVAL); the entry is dropped."""
         if self.future is None:
             return decode_reply(self.frame, self.worker_id)
-        try:
-            frame = self.future.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
-            self.engine._forget(self.correlation_id)
-            raise self.engine._timeout_error(self.worker_id, self.message_type, timeout) from None
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if end is None else end - time.monotonic()
+            try:
+                frame = self.future.result(timeout=PROBE_INTERVAL if left is None else
+                                           max(0.0, min(left, PROBE_INTERVAL)))
+                break
+            except concurrent.futures.TimeoutError:
+                if end is not None and time.monotonic() >= end:
+                    self.engine._forget(self.correlation_id)
+                    raise self.engine._timeout_error(self.worker_id, self.message_type,
+                                                     timeout) from None
+                absent = self.engine.transport.probe(self.worker_id)
+                if absent is not None and not self.future.done():
+                    self.engine._forget(self.correlation_id)
+                    raise self.engine._absent_error(self.worker_id, self.message_type,
+                                                    absent) from None
         return decode_reply(frame, self.worker_id)
 
 
@@ -297,12 +316,30 @@ class RequestEngine:
         try:
             await self.transport.asend(worker_id, frame, correlation_id=corr,
                                        message_type=message_type, expiration=expiration)
-            reply = await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            raise self._timeout_error(worker_id, message_type, timeout) from None
+            reply = await self._await_reply(worker_id, message_type, future, timeout)
         finally:
             self._forget(corr)
         return decode_reply(reply, worker_id)
+
+    async def _await_reply(self, worker_id: str, message_type: str, future: asyncio.Future,
+                           timeout: float | None) -> Any:
+        """The reply frame; ReplyTimeout after `timeout`, WorkerNotFoundError once the worker
+        is found gone (checked every PROBE_INTERVAL)."""
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
+        while True:
+            left = None if end is None else end - loop.time()
+            done, _ = await asyncio.wait({future}, timeout=PROBE_INTERVAL if left is None else
+                                         max(0.0, min(left, PROBE_INTERVAL)))
+            if done:
+                return future.result()
+            if end is not None and loop.time() >= end:
+                future.cancel()
+                raise self._timeout_error(worker_id, message_type, timeout)
+            absent = await self.transport.aprobe(worker_id)
+            if absent is not None and not future.done():
+                future.cancel()
+                raise self._absent_error(worker_id, message_type, absent)
 
     # -- what the transport calls (ReplySink) -----------------------------------------------------
     def deliver(self, correlation_id: str, frame: bytes | bytearray) -> None:
@@ -325,6 +362,14 @@ class RequestEngine:
             entry.settle(None, ConnectionLost(
                 f"{entry.message_type} to worker {entry.worker_id!r} was not delivered over "
                 f"{self.transport.describe()} ({reason}); nothing was run"))
+
+    def worker_not_found(self, correlation_id: str, reason: str) -> None:
+        """The transport refused the frame sent under `correlation_id`: no worker serves its
+        id. Its caller fails now with WorkerNotFoundError."""
+        with self._lock:
+            entry = self._pending.pop(correlation_id, None)
+        if entry is not None:
+            entry.settle(None, self._absent_error(entry.worker_id, entry.message_type, reason))
 
     def connection_lost(self, reason: str) -> None:
         """The connection dropped: every pending reply is lost; their callers fail now."""
@@ -431,6 +476,11 @@ class RequestEngine:
         return ReplyTimeout(f"worker {worker_id!r} did not answer {message_type} within "
                             f"{timeout} s over {self.transport.describe()} (is a worker with "
                             f"id {worker_id!r} running?)")
+
+    @staticmethod
+    def _absent_error(worker_id: str, message_type: str, reason: str) -> WorkerNotFoundError:
+        return WorkerNotFoundError(f"{message_type} to worker {worker_id!r} cannot be answered: "
+                                   f"{reason}", worker=worker_id)
 
     def _correlation_id(self) -> str:
         return f"{self._prefix}{next(self._counter):x}"

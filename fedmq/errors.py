@@ -54,6 +54,20 @@ class ConnectionLost(TransportError, ConnectionError):
     message may or may not have been handled."""
 
 
+#: the name the broker-robustness issue and Python's ConnectionError family suggest
+ConnectionLostError = ConnectionLost
+
+
+class WorkerNotFoundError(TransportError, LookupError):
+    """No worker serves this id: its queue does not exist, or nothing consumes it (the worker
+    stopped or died). Raised at once when sending, or while waiting for a reply (the waiting
+    call checks the worker every second), instead of after the call's whole timeout."""
+
+    def __init__(self, message: str, *, worker: str | None = None) -> None:
+        self.worker = worker
+        super().__init__(message)
+
+
 class RemoteError(FedmqError):
     """A worker refused or failed a message. `worker`, `op` and `remote_message` say which."""
 
@@ -77,6 +91,13 @@ class ObjectNotFoundError(RemoteError, KeyError):
         return self.args[0]
 
 
+class WorkerRestartedError(ObjectNotFoundError):
+    """An object is not on its worker because the worker restarted since (replies carry the
+    worker's incarnation id, and it changed): everything the worker held in memory is gone;
+    send it again."""
+    code = "worker_restarted"
+
+
 class RemoteOpNotAllowed(RemoteError, NotImplementedError):
     code = "op_not_allowed"
 
@@ -91,8 +112,8 @@ class RemoteExecutionError(RemoteError, RuntimeError):
 
 ERROR_CODES: dict[str, type[RemoteError]] = {
     cls.code: cls
-    for cls in (RemoteError, ObjectNotFoundError, RemoteOpNotAllowed, RemoteSerdeError,
-                RemoteExecutionError)
+    for cls in (RemoteError, ObjectNotFoundError, WorkerRestartedError, RemoteOpNotAllowed,
+                RemoteSerdeError, RemoteExecutionError)
 }
 
 

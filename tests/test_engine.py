@@ -21,11 +21,12 @@ import fedmq.transport
 from fedmq import messages as m
 from fedmq.context import Context
 from fedmq.engine import FrameCounter, RequestEngine
-from fedmq.errors import ConnectionLost, ObjectNotFoundError, ReplyTimeout, TransportError
+from fedmq.errors import (ConnectionLost, ObjectNotFoundError, ReplyTimeout, TransportError,
+                          WorkerNotFoundError)
 from fedmq.transport.local import LocalTransport
 from fedmq.worker import Worker
 from fedmq.serde import decode as serde_decode
-from worker_procs import AMQP_URL
+from worker_procs import AMQP_URL, SilentWorker, delete_queue
 
 MANAGEMENT_URL = os.environ.get("FEDMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
 
@@ -190,36 +191,92 @@ def close_connection_named(connection_name: str, timeout: float = 20.0) -> None:
 
 
 @pytest.mark.amqp
-def test_a_call_to_a_worker_nobody_runs_times_out_and_leaves_no_entry():
-    engine = amqp_engine(f"fedmq-test-{secrets.token_hex(4)}", timeout=0.5)
+def test_a_call_to_a_worker_nobody_runs_fails_at_once_and_leaves_no_entry():
+    engine = amqp_engine(f"fedmq-test-{secrets.token_hex(4)}", timeout=30)
     try:
         started = time.monotonic()
-        with pytest.raises(ReplyTimeout, match="nobody-.*ObjectsCount"):
-            engine.request(f"nobody-{secrets.token_hex(3)}", m.ObjectsCount())
-        assert time.monotonic() - started < 3
+        nobody = f"nobody-{secrets.token_hex(3)}"
+        with pytest.raises(WorkerNotFoundError, match=f"ObjectsCount to worker '{nobody}'.*"
+                                                      f"queue 'fedmq.worker.{nobody}' does "
+                                                      f"not exist"):
+            engine.request(nobody, m.ObjectsCount())
+        assert time.monotonic() - started < 2
         assert engine.pending_replies() == 0
-
-        # a posted message whose reply never comes: its callback gets the timeout, the table
-        # is swept the next time anything is sent
-        got = []
-        engine.post("nobody", m.ObjectsCount(), on_reply=got.append)
-        assert engine.pending_replies() == 1
-        time.sleep(1.6)
-        engine.post("nobody", m.DeleteObjects([]))  # no callback: nothing awaited
+        got = []  # a posted message's callback gets the error too
+        engine.post(nobody, m.ObjectsCount(), on_reply=got.append)
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(got) == 1 and isinstance(got[0], WorkerNotFoundError)
         assert engine.pending_replies() == 0
-        assert len(got) == 1 and isinstance(got[0], ReplyTimeout)
     finally:
         engine.close()
 
 
 @pytest.mark.amqp
-def test_closing_the_engine_fails_every_pending_call_at_once():
+def test_a_worker_that_never_answers_times_out_and_leaves_no_entry():
+    engine = amqp_engine(f"fedmq-test-{secrets.token_hex(4)}", timeout=0.5)
+    silent = SilentWorker(f"silent-{secrets.token_hex(3)}")
+    try:
+        started = time.monotonic()
+        with pytest.raises(ReplyTimeout, match="silent-.*ObjectsCount"):
+            engine.request(silent.id, m.ObjectsCount())
+        assert 0.5 <= time.monotonic() - started < 3
+        assert engine.pending_replies() == 0
+
+        # a posted message whose reply never comes: its callback gets the timeout, the table
+        # is swept the next time anything is sent
+        got = []
+        engine.post(silent.id, m.ObjectsCount(), on_reply=got.append)
+        assert engine.pending_replies() == 1
+        time.sleep(1.6)
+        engine.post(silent.id, m.DeleteObjects([]))  # no callback: nothing awaited
+        assert engine.pending_replies() == 0
+        assert len(got) == 1 and isinstance(got[0], ReplyTimeout)
+    finally:
+        engine.close()
+        silent.stop()
+
+
+@pytest.mark.amqp
+def test_a_caller_waiting_on_a_worker_that_dies_fails_within_seconds():
+    """The watchdog: a caller waiting for a reply checks every second that the worker's queue
+    is still consumed; when it is not, WorkerNotFoundError, not a ReplyTimeout a minute on."""
     engine = amqp_engine(f"fedmq-test-{secrets.token_hex(4)}", timeout=60)
+    silent = SilentWorker(f"dying-{secrets.token_hex(3)}", keep_queue=True)
     outcome = []
 
     def wait():
         try:
-            engine.request("nobody-at-all", m.ObjectsCount())
+            engine.request(silent.id, m.ObjectsCount())
+        except Exception as exc:
+            outcome.append((exc, time.monotonic()))
+
+    try:
+        thread = threading.Thread(target=wait)
+        thread.start()
+        time.sleep(1.5)  # served: the call keeps waiting
+        assert not outcome and engine.pending_replies() == 1
+        died = time.monotonic()
+        silent.stop()
+        thread.join(10)
+        assert outcome and isinstance(outcome[0][0], WorkerNotFoundError), outcome
+        assert outcome[0][1] - died < 3 and "nothing consumes" in str(outcome[0][0])
+        assert engine.pending_replies() == 0
+    finally:
+        engine.close()
+        delete_queue(f"fedmq.worker.{silent.id}")
+
+
+@pytest.mark.amqp
+def test_closing_the_engine_fails_every_pending_call_at_once():
+    engine = amqp_engine(f"fedmq-test-{secrets.token_hex(4)}", timeout=60)
+    silent = SilentWorker(f"silent-{secrets.token_hex(3)}")
+    outcome = []
+
+    def wait():
+        try:
+            engine.request(silent.id, m.ObjectsCount())
         except Exception as exc:
             outcome.append((exc, time.monotonic()))
 
@@ -230,8 +287,9 @@ def test_closing_the_engine_fails_every_pending_call_at_once():
     closed = time.monotonic()
     engine.close()
     thread.join(10)
+    silent.stop()
     assert outcome and isinstance(outcome[0][0], ConnectionLost), outcome
-    assert outcome[0][1] - closed < 2 and "nobody-at-all" in str(outcome[0][0])
+    assert outcome[0][1] - closed < 2 and silent.id in str(outcome[0][0])
     assert engine.pending_replies() == 0
 
 
@@ -243,13 +301,14 @@ def test_the_reply_consumer_survives_the_broker_closing_the_connection(worker_pr
     the replies come back again, for pointers over the same client as well."""
     name = f"fedmq-test-{secrets.token_hex(4)}"
     engine = amqp_engine(name, timeout=60)
+    silent = SilentWorker(f"silent-{secrets.token_hex(3)}")
     outcome = []
     try:
         assert engine.request("bob", m.WorkerStats())["objects"] >= 0
 
         def wait():
             try:
-                engine.request("nobody-ever", m.ObjectsCount())
+                engine.request(silent.id, m.ObjectsCount())
             except Exception as exc:
                 outcome.append(exc)
 
@@ -273,6 +332,7 @@ def test_the_reply_consumer_survives_the_broker_closing_the_connection(worker_pr
             assert isinstance(engine.request("bob", m.ObjectsCount()), int)
     finally:
         engine.close()
+        silent.stop()
 
 
 @pytest.mark.slow
@@ -292,7 +352,7 @@ def test_a_worker_service_consumes_again_after_the_broker_closes_its_connection(
             try:
                 assert engine.request(worker_id, m.ObjectsCount(), timeout=2) == 1
                 break
-            except ReplyTimeout:
+            except (ReplyTimeout, WorkerNotFoundError):  # not consuming yet
                 assert time.monotonic() < deadline, "the worker never consumed again"
         for _ in range(3):
             value = engine.request(worker_id, m.GetRequest([7], delete=False))[0]

@@ -54,6 +54,42 @@ def delete_queue(queue: str, url: str = AMQP_URL) -> None:
             conn.close()
 
 
+class SilentWorker:
+    """A consumer on `fedmq.worker.<id>` that acks every message and never answers: a worker
+    that is alive (so fedmq's watchdog finds it served) but slow, for timeout tests."""
+
+    def __init__(self, worker_id: str, url: str = AMQP_URL, *, keep_queue: bool = False) -> None:
+        """`keep_queue`: the queue outlives this consumer (as a worker's durable queue does);
+        delete it with `delete_queue`."""
+        import threading
+
+        self.id = worker_id
+        self.received: list[bytes] = []
+        self._conn, ch = _channel(url)
+        queue = f"fedmq.worker.{worker_id}"
+        ch.exchange_declare("fedmq.commands", "direct", durable=True)
+        ch.queue_declare(queue, auto_delete=not keep_queue)
+        ch.queue_bind(queue, "fedmq.commands", routing_key=worker_id)
+        ch.basic_consume(queue, self._on_message, auto_ack=True)
+        self._channel = ch
+        self._thread = threading.Thread(target=ch.start_consuming, daemon=True)
+        self._thread.start()
+
+    def _on_message(self, ch, method, props, body) -> None:
+        self.received.append(body)
+
+    def stop(self) -> None:
+        self._conn.add_callback_threadsafe(self._channel.stop_consuming)
+        self._thread.join(10)
+        self._conn.close()
+
+    def __enter__(self) -> "SilentWorker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 class WorkerProcesses:
     """Starts, stops and kills worker services on the broker at `url` (default: the run's
     vhost); their output goes to log files."""

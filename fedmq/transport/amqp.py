@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq.abc
+import aiormq.exceptions
 from pamqp.commands import Basic
 
 from fedmq.errors import TransportError
@@ -256,6 +257,10 @@ class AMQPTransport(Transport):
         self.loop = _loop
         self._assembler = ChunkAssembler()
         self._outbox: asyncio.Queue | None = None
+        #: worker ids a consumer was seen serving (checked once before the first message to
+        #: each, and again whenever a caller's wait finds the worker gone)
+        self._served: set[str] = set()
+        self._probe_channel: Any = None
         self._count_lock = threading.Lock()
         #: message ids: unique per connection (a random prefix) and cheap (a counter); a
         #: worker service recognises a redelivered message by its id
@@ -318,6 +323,12 @@ class AMQPTransport(Transport):
         while True:
             exchange, routing_key, messages = await outbox.get()
             try:
+                if exchange == COMMANDS_EXCHANGE and routing_key not in self._served:
+                    absent = await self._probe(routing_key)
+                    if absent is not None:  # fail now: the broker would drop it, or keep it
+                        self._refuse(routing_key, messages, absent)  # for a dead worker
+                        continue
+                    self._served.add(routing_key)
                 await publish(self.channel, exchange, routing_key, messages)
             except Exception as exc:  # keep publishing; whoever waits for a reply is told now
                 log.error("fedmq: publish to %s failed: %s", routing_key, exc)
@@ -328,6 +339,59 @@ class AMQPTransport(Transport):
             finally:
                 self._published += 1
                 outbox.task_done()
+
+    def _refuse(self, worker_id: str, messages: list[Outgoing], reason: str) -> None:
+        correlation_id = messages[0][1].correlation_id if messages else None
+        if correlation_id and self._sink is not None:
+            self._sink.worker_not_found(correlation_id, reason)
+        else:
+            log.warning("fedmq: dropped a %s for worker %r: %s",
+                        messages[0][1].message_type if messages else "message", worker_id, reason)
+
+    async def _probe(self, worker_id: str) -> str | None:
+        """None if a consumer serves `fedmq.worker.<worker_id>`, else why not (a passive
+        queue declare on a channel of its own: a missing queue closes that channel). None as
+        well when the broker cannot be asked (the connection is down: that has its own
+        error)."""
+        queue = queue_name(worker_id)
+        try:
+            channel = self._probe_channel
+            if channel is None or channel.is_closed:
+                channel = self._probe_channel = await self.connection.transport.connection.channel()
+            declared = await channel.queue_declare(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            self._probe_channel = None
+            self._served.discard(worker_id)
+            return (f"no worker {worker_id!r} on {self.describe()}: its queue {queue!r} does not "
+                    f"exist (start it with `fedmq worker --id {worker_id}`)")
+        except Exception as exc:  # noqa: BLE001 - cannot tell now; the caller's wait goes on
+            log.debug("fedmq: could not check worker %s: %s", worker_id, exc)
+            return None
+        if not declared.consumer_count:
+            self._served.discard(worker_id)
+            return (f"no worker {worker_id!r} runs on {self.describe()}: nothing consumes its "
+                    f"queue {queue!r} (it stopped or died; {declared.message_count} message(s) "
+                    f"wait in it)")
+        return None
+
+    def probe(self, worker_id: str) -> str | None:
+        if self._closed or self._on_this_loop():
+            return None
+        try:
+            return self._run(self._probe(worker_id), timeout=10)
+        except Exception:  # noqa: BLE001 - cannot tell
+            return None
+
+    async def aprobe(self, worker_id: str) -> str | None:
+        if self._closed:
+            return None
+        if self._on_this_loop():
+            return await self._probe(worker_id)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(self._probe(worker_id), self.loop)), 10)
+        except Exception:  # noqa: BLE001 - cannot tell
+            return None
 
     async def _on_reply(self, message: Delivery) -> None:
         frame = self._assembler.add(message.headers, message.body)

@@ -27,6 +27,8 @@ class ReplySink(Protocol):
 
     def not_delivered(self, correlation_id: str, reason: str) -> None: ...
 
+    def worker_not_found(self, correlation_id: str, reason: str) -> None: ...
+
 
 class Transport(abc.ABC):
     #: short name used in URLs and logs ("local", "amqp")
@@ -56,6 +58,16 @@ class Transport(abc.ABC):
         """`send` for coroutines on the running loop (the coordinators)."""
         return self.send(worker_id, frame, correlation_id=correlation_id,
                          message_type=message_type, expiration=expiration)
+
+    def probe(self, worker_id: str) -> str | None:
+        """Why no worker serves `worker_id` (its queue is missing, nothing consumes it), or None
+        when one does or this transport cannot tell. A caller waiting for a reply asks every
+        second, so a dead worker fails its callers at once (WorkerNotFoundError)."""
+        return None
+
+    async def aprobe(self, worker_id: str) -> str | None:
+        """`probe` for coroutines."""
+        return None
 
     def drain(self, timeout: float | None = 30.0) -> None:
         """Wait until everything sent so far has left this process (default: nothing to do)."""

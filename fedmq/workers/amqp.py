@@ -9,12 +9,14 @@ hook share one connection per broker URL (`amqp_engine`).
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fedmq import messages as m
 from fedmq.client import WorkerClient
 from fedmq.context import Context
 from fedmq.engine import DEFAULT_TIMEOUT, RequestEngine
+from fedmq.errors import WorkerNotFoundError
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -87,6 +89,20 @@ class AMQPClientWorker(WorkerClient):
         super().__init__(id, network.engine, network, timeout=timeout)
         self.hook = hook
         network.add(self)
+
+    def wait_until_served(self, timeout: float = 60.0, poll: float = 0.2) -> "AMQPClientWorker":
+        """Wait until a `fedmq worker --id <id>` service consumes this worker's queue and
+        answers (a worker process just started, say). Returns self; raises
+        WorkerNotFoundError with the last reason after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.call(m.ObjectsCount(), timeout=max(0.1, deadline - time.monotonic()))
+                return self
+            except WorkerNotFoundError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(poll)
 
     @property
     def _objects(self) -> dict:
