@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 import weakref
 from typing import Any
 
 from fedmq import messages as m
 from fedmq.engine import RequestEngine, collect, value_of
-from fedmq.errors import FedmqError, remote_error_from
+from fedmq.errors import FedmqError, ObjectNotFoundError, WorkerRestartedError, remote_error_from
+
+log = logging.getLogger("fedmq.client")
 
 #: how many commands a buffer holds before it is sent on its own
 MAX_BATCH = 256
@@ -71,6 +74,10 @@ class WorkerClient:
         self._remote_params: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         #: deferred `model.get()`s from this worker (pointers/parameter.py PendingGet)
         self._pending_gets: dict[int, Any] = {}
+        #: the worker's incarnation as of its last reply, and (old, new) once it was seen to
+        #: change: the worker restarted, and objects it held before are gone
+        self.incarnation: int | None = None
+        self.restarted: tuple[int, int] | None = None
 
     # -- sending ---------------------------------------------------------------------------------
     def call(self, message: Any, *, sender: str | None = None, timeout: float | None = None) -> Any:
@@ -93,12 +100,35 @@ class WorkerClient:
         return self._frame(wire, sender), buffered
 
     def _call_result(self, reply: m.Reply, message: Any, buffered: list) -> Any:
+        self._note_incarnation(reply)
         if isinstance(reply.value, m.BatchReply):
             for index, error in reply.value.errors:
                 self._async_errors.append((error, buffered[index]))
             reply = m.Reply(reply.value.value, reply.error)
         self._raise_async_error()  # a pipelined failure comes before this call's own result
-        return value_of(reply, self.id, getattr(message, "op", None))
+        try:
+            return value_of(reply, self.id, getattr(message, "op", None))
+        except ObjectNotFoundError as exc:
+            raise self._lost_in_restart(exc) from None
+
+    def _note_incarnation(self, reply: m.Reply) -> None:
+        incarnation = reply.incarnation
+        if incarnation is None or incarnation == self.incarnation:
+            return
+        if self.incarnation is not None:
+            self.restarted = (self.incarnation, incarnation)
+            log.warning("fedmq: worker %r restarted (incarnation %x -> %x): the objects it held "
+                        "before are gone", self.id, self.incarnation, incarnation)
+        self.incarnation = incarnation
+
+    def _lost_in_restart(self, exc: ObjectNotFoundError) -> ObjectNotFoundError:
+        """`exc`, or a WorkerRestartedError saying why, once the worker was seen to restart."""
+        if self.restarted is None or isinstance(exc, WorkerRestartedError):
+            return exc
+        return WorkerRestartedError(
+            f"worker {self.id!r} restarted since this client first reached it (incarnation "
+            f"{self.restarted[0]:x} -> {self.restarted[1]:x}): what it held in memory is gone, "
+            f"send it again ({exc.remote_message})", worker=exc.worker, op=exc.op)
 
     def post(self, message: Any, *, sender: str | None = None) -> None:
         """Send a message whose result stays on the worker, without waiting for it."""
@@ -145,6 +175,7 @@ class WorkerClient:
         if isinstance(reply, FedmqError):  # timed out or connection lost: raised as it is
             self._async_errors.append((reply, message))
             return
+        self._note_incarnation(reply)
         if reply.error is not None:
             self._async_errors.append((reply.error, message))
         elif isinstance(message, m.Batch) and reply.value:
@@ -157,8 +188,11 @@ class WorkerClient:
             self._async_errors.clear()
             if isinstance(error, FedmqError):
                 raise error
-            raise remote_error_from(error.code, error.message, error.worker or self.id,
+            exc = remote_error_from(error.code, error.message, error.worker or self.id,
                                     error.op or getattr(message, "op", None))
+            if isinstance(exc, ObjectNotFoundError):
+                exc = self._lost_in_restart(exc)
+            raise exc
 
     def _frame(self, message: Any, sender: str | None) -> bytes:
         return self.engine.frame(message, sender=sender or self.sender,

@@ -182,9 +182,12 @@ class WorkerStats:
 @record(60)
 @dataclass(slots=True)
 class Reply:
-    """The answer to a message: `value`, or `error` when the worker refused or failed it."""
+    """The answer to a message: `value`, or `error` when the worker refused or failed it.
+    `incarnation` is the answering worker's: drawn at random when it starts, so a client that
+    sees it change knows the worker restarted and lost what it held in memory."""
     value: Any = None
     error: ErrorInfo | None = None
+    incarnation: int | None = None
 
     @property
     def ok(self) -> bool:

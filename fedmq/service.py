@@ -31,26 +31,40 @@ import pathlib
 import queue
 import signal
 import threading
+import urllib.parse
 import uuid
 from typing import Any, Callable
 
 import aio_pika
+import aiormq.exceptions
 import torch
 
 from fedmq import messages as m, serde
 from fedmq.client import WorkerClient
 from fedmq.context import Context
 from fedmq.engine import RequestEngine
+from fedmq.errors import FedmqError
 from fedmq.extensions import load_extensions
 from fedmq.ids import new_id
 from fedmq.runtime import tune_malloc
-from fedmq.transport.amqp import (CHUNK_SIZE, DEAD_LETTER_EXCHANGE, FRAME_CONTENT_TYPE,
-                                  AMQPTransport, ChunkAssembler, Delivery, chunk_messages,
-                                  consume, declare_topology, publish, queue_name)
+from fedmq.transport.amqp import (CHUNK_SIZE, FRAME_CONTENT_TYPE, QUEUE_TYPES, AMQPTransport,
+                                  ChunkAssembler, Delivery, chunk_messages, consume,
+                                  declare_topology, publish, queue_name, queue_state,
+                                  worker_queue_arguments)
 from fedmq.worker import Undecodable, Worker
 from fedmq.workers.amqp import DEFAULT_URL, AMQPNetwork
 
 log = logging.getLogger("fedmq.service")
+
+
+class WorkerStartError(FedmqError):
+    """A worker service cannot start (its id is served already, its queue is incompatible)."""
+
+
+def describe_url(url: str) -> str:
+    """`url` without its credentials."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"
 
 
 class HandledIds:
@@ -146,8 +160,13 @@ def _settle(future: asyncio.Future, result: Any, error: BaseException | None) ->
 class WorkerService:
     def __init__(self, worker_id: str, url: str = DEFAULT_URL, *, prefetch: int = 64,
                  state_dir: str | os.PathLike | None = None, worker: Worker | None = None,
-                 chunk_size: int = CHUNK_SIZE, chunk_timeout: float = 300.0) -> None:
+                 chunk_size: int = CHUNK_SIZE, chunk_timeout: float = 300.0,
+                 standby: bool = False, queue_type: str = "classic") -> None:
         self.id = worker_id
+        #: start even if another process serves this id, as its hot standby (the broker's
+        #: single-active-consumer makes this one active when the other's consumer goes)
+        self.standby = standby
+        self.queue_type = queue_type
         #: a frame whose chunks have not all arrived this many seconds after its first one is
         #: given up: its chunks are dead-lettered and the sender gets an error reply
         self.chunk_timeout = chunk_timeout
@@ -163,6 +182,7 @@ class WorkerService:
         self._stopping: asyncio.Event | None = None
         self._op_thread = OpThread(f"fedmq-op-{worker_id}")
         self._inline_paused_until = 0.0
+        self._standing_by = False
         self._assembler = ChunkAssembler()
         self._chunks: dict[str, list] = {}
         #: reply message ids: a random prefix and a counter (aiormq would draw a UUID each)
@@ -179,9 +199,24 @@ class WorkerService:
         self.channel = await self.connection.channel()
         await self.channel.set_qos(prefetch_count=self.prefetch)
         exchanges = await declare_topology(self.channel)
-        self.queue = await self.channel.declare_queue(
-            queue_name(self.id), durable=True,
-            arguments={"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE})
+        name = queue_name(self.id)
+        state = await queue_state(self.connection, name)
+        if state is not None and state[1] and not self.standby:
+            await self.connection.close()
+            raise WorkerStartError(
+                f"fedmq worker {self.id}: another process already consumes {name} on "
+                f"{describe_url(self.url)}; one id has one active worker. Stop that one, use "
+                f"another --id, or start this one with --standby to take over when it dies")
+        try:
+            self.queue = await self.channel.declare_queue(
+                name, durable=True, arguments=worker_queue_arguments(self.queue_type))
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            await self.connection.close()
+            raise WorkerStartError(
+                f"fedmq worker {self.id}: the queue {name} exists with other arguments than "
+                f"this worker declares ({exc}); it was made by an older fedmq or with another "
+                f"--queue-type. Delete it (`rabbitmqctl delete_queue {name}`; its messages are "
+                f"lost) or start with the queue type it has") from None
         await self.queue.bind(exchanges["commands"], routing_key=self.id)
         # Outbound (moves, pointers to pointers, SMPC deals): a request engine over a client
         # connection on this same loop, in a context of this worker's own.
@@ -203,8 +238,11 @@ class WorkerService:
         self._sweeper = asyncio.ensure_future(self._sweep_loop())
         self._consumer_tag = await consume(self.channel, self.queue.name, self._on_message)
         self.connection.reconnect_callbacks.add(self._on_reconnect)
-        log.info("fedmq worker %s: consuming %s on %s (prefetch %d)", self.id, self.queue.name,
-                 self.outbound.describe(), self.prefetch)
+        self._standing_by = bool(state is not None and state[1])
+        log.info("fedmq worker %s: consuming %s on %s (prefetch %d%s)", self.id,
+                 self.queue.name, self.outbound.describe(), self.prefetch,
+                 "; standing by: active once the worker serving this id stops"
+                 if state is not None and state[1] else "")
 
     async def run_until_stopped(self) -> None:
         if self._stopping is None:
@@ -253,6 +291,10 @@ class WorkerService:
         async with self._handling:
             if self._stopping.is_set():
                 return  # not started: it is requeued when the channel closes
+            if self._standing_by:
+                self._standing_by = False
+                log.info("fedmq worker %s: active now (the worker it stood by for stopped)",
+                         self.id)
             try:
                 await self._handle(message)
             except Exception:  # never let one message stop the service
@@ -441,7 +483,8 @@ def run_worker(args: argparse.Namespace) -> int:
     async def main() -> None:
         services = [WorkerService(worker_id, args.url, prefetch=args.prefetch,
                                   state_dir=args.state_dir, worker=worker,
-                                  chunk_size=args.chunk_size, chunk_timeout=args.chunk_timeout)
+                                  chunk_size=args.chunk_size, chunk_timeout=args.chunk_timeout,
+                                  standby=args.standby, queue_type=args.queue_type)
                     for worker_id, worker in workers.items()]
         started = await asyncio.gather(*(s.start() for s in services), return_exceptions=True)
         failures = [exc for exc in started if isinstance(exc, BaseException)]
@@ -457,7 +500,11 @@ def run_worker(args: argparse.Namespace) -> int:
             raise failures[0]
         await asyncio.gather(*(s.run_until_stopped() for s in services))
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except WorkerStartError as exc:
+        log.error("%s", exc)
+        return 2
     return 0
 
 
@@ -487,5 +534,11 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                         "--first-part + i")
     p.add_argument("--first-part", type=int, default=0, help="IID part of the first id")
     p.add_argument("--iid-seed", type=int, default=0, help="seed of the IID split")
+    p.add_argument("--standby", action="store_true",
+                   help="if another process serves this id, wait as its hot standby and take "
+                        "over when it stops (without this, starting a second one is an error)")
+    p.add_argument("--queue-type", choices=QUEUE_TYPES, default="classic",
+                   help="classic, or quorum: a replicated queue on a RabbitMQ cluster "
+                        "(default %(default)s)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run_worker)

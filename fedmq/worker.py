@@ -6,6 +6,7 @@ frames; `handle_frame` is the whole server side: decode, dispatch on the message
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any, Callable, NamedTuple, Protocol
 
 from fedmq import errors, messages as m, serde
@@ -55,6 +56,8 @@ class Worker:
         self.network = network
         self.store = ObjectStore(id)
         self.message_count = 0
+        #: this worker's incarnation: new at every start, sent with every reply
+        self.incarnation = secrets.randbits(63)
         self._handlers: dict[type, Callable[[Any], Any]] = {
             m.ObjectMessage: self._on_objects,
             m.GetRequest: self._on_get,
@@ -94,8 +97,9 @@ class Worker:
             return serde.decode(frame)
         except errors.SerdeError as exc:
             log.warning("worker %s: undecodable message: %s", self.id, exc)
-            return Undecodable(serde.encode(m.Reply(error=m.ErrorInfo("serde_error", str(exc),
-                                                                     self.id))))
+            return Undecodable(serde.encode(m.Reply(
+                error=m.ErrorInfo("serde_error", str(exc), self.id),
+                incarnation=self.incarnation)))
 
     def respond(self, envelope: Any) -> tuple[bytes, bool]:
         """Handle a decoded envelope: the encoded reply, and whether the message failed.
@@ -109,6 +113,7 @@ class Worker:
         except Exception as exc:  # a malformed message: refused, and the worker keeps serving
             what = type(getattr(envelope, "message", envelope)).__name__
             reply = self._error("serde_error", f"malformed {what}: {type(exc).__name__}: {exc}")
+        reply.incarnation = self.incarnation
         value = reply.value
         failed = reply.error is not None or (
             isinstance(getattr(envelope, "message", None), m.Batch) and bool(
@@ -117,7 +122,8 @@ class Worker:
             return serde.encode(reply), failed
         except errors.SerdeError as exc:
             return serde.encode(m.Reply(error=m.ErrorInfo(
-                "serde_error", f"the result cannot be sent back: {exc}", self.id))), True
+                "serde_error", f"the result cannot be sent back: {exc}", self.id),
+                incarnation=self.incarnation)), True
 
     def is_light(self, envelope: Any) -> bool:
         """Whether `envelope` may be handled on a service's event loop (see `_is_light`);

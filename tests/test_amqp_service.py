@@ -2,7 +2,10 @@
 lose nothing acknowledged, big payloads are chunked, shutdown is clean."""
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 import time
 import uuid
 
@@ -152,6 +155,81 @@ def test_killed_worker_runs_the_unacked_command_once_after_restart(procs, hook):
         assert procs.log("svc_crash").count(f"handled message {msg_id}") == 1
     finally:
         raw.close()
+
+
+@pytest.mark.slow
+def test_after_a_restart_a_lost_object_raises_worker_restarted(procs, hook):
+    """Replies carry the worker's incarnation: once it changes, an object the worker no longer
+    has is reported as lost in the restart, not as the client's own mistake."""
+    procs.start("svc_reborn")
+    bob = fedmq.AMQPClientWorker(hook, id="svc_reborn", url=AMQP_URL, timeout=30)
+    x = torch.tensor([1.0, 2.0]).send(bob)
+    assert (x + 1).get().tolist() == [2.0, 3.0]
+    before = bob.incarnation
+    assert before is not None and bob.restarted is None
+    procs.kill("svc_reborn")
+    procs.start("svc_reborn", fresh=False)
+    with pytest.raises(fedmq.WorkerRestartedError, match="svc_reborn.*restarted") as info:
+        (x * 2).get()
+    assert isinstance(info.value, fedmq.ObjectNotFoundError)  # what callers caught before
+    assert bob.restarted == (before, bob.incarnation) and bob.incarnation != before
+    y = torch.tensor([5.0]).send(bob)  # the worker itself works
+    assert (y + 1).get().tolist() == [6.0]
+    fresh = fedmq.AMQPClientWorker(fedmq.TorchHook(torch), id="svc_reborn", url=AMQP_URL)
+    with pytest.raises(fedmq.ObjectNotFoundError) as plain:  # a client that saw no restart
+        fresh.call(m.GetRequest([12345]))
+    assert not isinstance(plain.value, fedmq.WorkerRestartedError)
+    fresh.network.context.close()
+
+
+def _second_worker(procs, worker_id: str, *extra: str) -> subprocess.Popen:
+    log = open(procs.log_dir / f"{worker_id}-second.log", "a")
+    return subprocess.Popen([sys.executable, "-m", "fedmq.cli", "worker", "--id", worker_id,
+                             "--url", AMQP_URL, *extra], stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+@pytest.mark.slow
+def test_a_second_worker_with_a_served_id_exits_with_a_clear_error(procs, hook):
+    procs.start("svc_once")
+    second = _second_worker(procs, "svc_once")
+    assert second.wait(60) == 2
+    text = (procs.log_dir / "svc_once-second.log").read_text()
+    assert "another process already consumes fedmq.worker.svc_once" in text and "--standby" in \
+        text and "Traceback" not in text
+    bob = fedmq.AMQPClientWorker(hook, id="svc_once", url=AMQP_URL, timeout=30)
+    x = torch.arange(3.0).send(bob)
+    for i in range(10):  # every command reaches the one worker that holds x
+        assert (x + i).get().tolist() == [i, i + 1.0, i + 2.0]
+
+
+@pytest.mark.slow
+def test_a_standby_worker_takes_over_when_the_active_one_dies(procs, hook):
+    procs.start("svc_pair")
+    standby = _second_worker(procs, "svc_pair", "--standby")
+    log = procs.log_dir / "svc_pair-second.log"
+    try:
+        deadline = time.monotonic() + 60
+        while "standing by" not in (log.read_text() if log.exists() else ""):
+            assert standby.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the standby never started"
+            time.sleep(0.1)
+        bob = fedmq.AMQPClientWorker(hook, id="svc_pair", url=AMQP_URL, timeout=30)
+        x = torch.arange(3.0).send(bob)
+        for i in range(10):  # the standby takes none of the active worker's commands
+            assert (x + i).get().tolist() == [i, i + 1.0, i + 2.0]
+        assert "active now" not in log.read_text()
+        procs.kill("svc_pair")
+        started = time.monotonic()
+        y = torch.tensor([7.0]).send(bob)
+        assert (y * 2).get().tolist() == [14.0]  # answered by the standby, now active
+        assert time.monotonic() - started < 15
+        assert "active now" in log.read_text()
+        with pytest.raises(fedmq.WorkerRestartedError):  # x was on the worker that died
+            x.get()
+    finally:
+        standby.terminate()
+        standby.wait(30)
 
 
 def test_payload_above_the_broker_limit_is_chunked(worker_processes, hook):

@@ -32,6 +32,7 @@ import pytest
 
 from broker_vhost import vhost_of
 from fedmq.management import ManagementAPIError, api_get
+from fedmq.transport.amqp import worker_queue_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "broker_config"
@@ -94,7 +95,7 @@ def test_worker_queues_are_left_to_the_workers_and_dead_lettered_by_policy():
     # would make the worker's queue.declare fail with PRECONDITION_FAILED.
     for q in d["queues"]:
         if q["name"].startswith("fedmq.worker."):
-            assert q["arguments"] == {"x-dead-letter-exchange": "fedmq.dlx"}, q["name"]
+            assert q["arguments"] == worker_queue_arguments(), q["name"]
     policy = by_name(d["policies"])[WORKER_POLICY]
     assert policy["apply-to"] == "queues" and policy["vhost"] == "/"
     assert policy["definition"] == {"dead-letter-exchange": "fedmq.dlx"}
@@ -219,8 +220,7 @@ def throwaway_worker_user():
         channel.queue_declare(DEAD_LETTER_QUEUE, durable=True)
         channel.queue_bind(DEAD_LETTER_QUEUE, "fedmq.dlx", routing_key="")
         for worker_id, queue in zip((alice, bob), queues):
-            channel.queue_declare(queue, durable=True,
-                                  arguments={"x-dead-letter-exchange": "fedmq.dlx"})
+            channel.queue_declare(queue, durable=True, arguments=worker_queue_arguments())
             channel.queue_bind(queue, "fedmq.commands", routing_key=worker_id)
         rabbitmqctl("add_user", user, password)
         rabbitmqctl("set_permissions", "-p", VHOST, user, *worker_permissions(alice))
@@ -281,8 +281,7 @@ def test_worker_user_can_serve_its_own_queue_only():
             # consume it with manual acks, answer through direct reply-to, forward to a peer
             # and publish an event.
             channel.exchange_declare("fedmq.commands", passive=True)
-            channel.queue_declare(own, durable=True,
-                                  arguments={"x-dead-letter-exchange": "fedmq.dlx"})
+            channel.queue_declare(own, durable=True, arguments=worker_queue_arguments())
             channel.confirm_delivery()
             for method, props, body in channel.consume(own, inactivity_timeout=10):
                 assert method is not None, "no command arrived on the worker's own queue"

@@ -54,6 +54,37 @@ def queue_name(worker_id: str) -> str:
     return f"fedmq.worker.{worker_id}"
 
 
+#: worker queue types `fedmq worker --queue-type` offers
+QUEUE_TYPES = ("classic", "quorum")
+
+
+def worker_queue_arguments(queue_type: str = "classic") -> dict[str, Any]:
+    """The arguments of a worker's durable queue: failed messages go to `fedmq.dlx`, and one
+    consumer at a time is active (RabbitMQ's single-active-consumer: a second process with the
+    same id waits as a hot standby instead of taking half the commands). `quorum` makes it a
+    replicated quorum queue (on a RabbitMQ cluster)."""
+    if queue_type not in QUEUE_TYPES:
+        raise ValueError(f"queue type {queue_type!r} is not one of {QUEUE_TYPES}")
+    arguments: dict[str, Any] = {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+                                 "x-single-active-consumer": True}
+    if queue_type == "quorum":
+        arguments["x-queue-type"] = "quorum"
+    return arguments
+
+
+async def queue_state(connection: aio_pika.abc.AbstractConnection,
+                      queue: str) -> tuple[int, int] | None:
+    """(messages, consumers) of `queue`, or None if it does not exist (a passive declare on a
+    channel of its own, which a missing queue closes)."""
+    channel = await connection.transport.connection.channel()
+    try:
+        declared = await channel.queue_declare(queue, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return None
+    await channel.close()
+    return declared.message_count, declared.consumer_count
+
+
 async def declare_topology(channel: aio_pika.abc.AbstractChannel) -> dict[str, Any]:
     """Declare fedmq's exchanges and the dead-letter queue (idempotent; the same definitions as
     broker_config/definitions.json)."""
