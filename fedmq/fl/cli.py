@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import logging
 import pathlib
+import time
 
 from fedmq.extensions import load_extensions
 from fedmq.fl.async_coordinator import AsyncCoordinator
@@ -140,6 +141,8 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         if launcher is not None:
             launcher.wait_consuming()
+            launcher.supervise(lambda line: print(f"{time.strftime('%H:%M:%S')} - {line}",
+                                                  flush=True))
         return asyncio.run(train(args))
     finally:
         if launcher is not None:

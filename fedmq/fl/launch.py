@@ -2,15 +2,36 @@
 `make demo BROKER=...`): one `fedmq worker --id ... --dataset ... --labels ...` per data owner
 plus the testing worker, logging to files in the run folder, stopped (SIGTERM) at the end.
 `start_group` starts one process hosting several ids (`fedmq worker --ids a,b,c`), for runs
-with many workers (benchmarks/rounds.py: 50 workers in a few processes)."""
+with many workers (benchmarks/rounds.py: 50 workers in a few processes).
+
+The processes die with their coordinator however it dies (on Linux the kernel sends them
+SIGTERM when it exits, even by SIGKILL: PR_SET_PDEATHSIG), and `supervise()` restarts one that
+exits on its own (logged), as a process manager would."""
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
 import pathlib
 import signal
 import subprocess
 import sys
+import threading
 import time
+from typing import Callable
+
+log = logging.getLogger("fedmq.launch")
+
+#: prctl's option to have a signal sent when the parent exits (linux/prctl.h)
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux only; elsewhere a
+    no-op, and the coordinator's own shutdown still stops its workers)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def thread_env(processes: int, threads: int | None = None) -> dict[str, str]:
@@ -33,6 +54,11 @@ class WorkerLauncher:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
         self.hosted: dict[str, list[str]] = {}  # process name -> the worker ids it serves
+        self.args: dict[str, list[str]] = {}  # process name -> its command line
+        self.restarts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._supervisor: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     def start(self, worker_id: str, dataset: str, labels: str | None = None,
               testing: bool = False) -> subprocess.Popen:
@@ -54,13 +80,40 @@ class WorkerLauncher:
         return self._spawn(name, list(worker_ids), args)
 
     def _spawn(self, name: str, worker_ids: list[str], args: list[str]) -> subprocess.Popen:
-        log = open(self.log_path(name), "a")
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env))
-        log.close()
-        self.procs[name] = proc
-        self.hosted[name] = worker_ids
+        out = open(self.log_path(name), "a")
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env),
+                                preexec_fn=_die_with_parent)
+        out.close()
+        with self._lock:
+            self.procs[name] = proc
+            self.hosted[name] = worker_ids
+            self.args[name] = args
         return proc
+
+    def supervise(self, echo: Callable[[str], None] | None = None,
+                  interval: float = 1.0) -> None:
+        """Watch the processes from a thread of their own: one that exits without being
+        stopped is started again with the same command line (said through `echo` and logged;
+        its log file continues). Its workers come back empty, with a new incarnation."""
+        say = echo or (lambda line: log.warning("%s", line))
+
+        def watch() -> None:
+            while not self._stopping.wait(interval):
+                with self._lock:
+                    dead = [(n, p) for n, p in self.procs.items() if p.poll() is not None]
+                for name, proc in dead:
+                    if self._stopping.is_set():
+                        return
+                    self.restarts[name] = self.restarts.get(name, 0) + 1
+                    say(f"worker process {name} exited with code {proc.returncode}; starting "
+                        f"it again (restart {self.restarts[name]}; log {self.log_path(name)})")
+                    self._spawn(name, self.hosted[name], self.args[name])
+
+        if self._supervisor is None:
+            self._supervisor = threading.Thread(target=watch, name="fedmq-launch-supervisor",
+                                                daemon=True)
+            self._supervisor.start()
 
     def log_path(self, worker_id: str) -> pathlib.Path:
         return self.log_dir / f"{worker_id}.log"
@@ -83,8 +136,9 @@ class WorkerLauncher:
             raise TimeoutError(f"workers did not start within {timeout} s: {sorted(waiting)}")
 
     def stop(self, worker_id: str, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-        proc = self.procs.pop(worker_id, None)
-        self.hosted.pop(worker_id, None)
+        with self._lock:  # no longer supervised
+            proc = self.procs.pop(worker_id, None)
+            self.hosted.pop(worker_id, None)
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(sig)
@@ -95,5 +149,6 @@ class WorkerLauncher:
             proc.wait()
 
     def stop_all(self) -> None:
+        self._stopping.set()
         for worker_id in list(self.procs):
             self.stop(worker_id)
