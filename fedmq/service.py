@@ -68,7 +68,11 @@ def describe_url(url: str) -> str:
 
 
 class HandledIds:
-    """Ids of messages already handled: the last `size` in memory, appended to a file."""
+    """Ids of messages already handled (exactly-once across redeliveries and restarts): the last
+    `size` in memory and in an append-only file, which is compacted to those `size` ids when it
+    reaches twice that many lines, so it stays bounded (about 33 bytes an id) and is read whole
+    at start-up in milliseconds. Each id is written (to the kernel; it survives the process
+    being killed) before its message is acked."""
 
     def __init__(self, path: pathlib.Path | None, size: int = 100_000) -> None:
         self.path = path
@@ -76,9 +80,17 @@ class HandledIds:
         self._order: collections.deque[str] = collections.deque()
         self._set: set[str] = set()
         self._replies: collections.OrderedDict[str, tuple[bytes, str]] = collections.OrderedDict()
-        if path is not None and path.exists():
-            for line in path.read_text().split()[-size:]:
-                self._remember(line)
+        self._file: Any = None
+        self._lines = 0
+        if path is not None:
+            if path.exists():
+                lines = path.read_text().split()
+                self._lines = len(lines)
+                for line in lines[-size:]:
+                    self._remember(line)
+            self._file = path.open("a")
+            if self._lines >= 2 * size:
+                self._compact()
 
     def __contains__(self, key: str) -> bool:
         return key in self._set
@@ -89,9 +101,26 @@ class HandledIds:
             self._replies[key] = (reply, reply_to)
             while len(self._replies) > 64:
                 self._replies.popitem(last=False)
-        if self.path is not None:
-            with self.path.open("a") as f:
-                f.write(key + "\n")
+        if self._file is not None:
+            self._file.write(key + "\n")
+            self._file.flush()
+            self._lines += 1
+            if self._lines >= 2 * self.size:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Rewrite the file with the ids kept in memory (a new file, then an atomic rename)."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(f"{key}\n" for key in self._order))
+        self._file.close()
+        os.replace(tmp, self.path)
+        self._file = self.path.open("a")
+        self._lines = len(self._order)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def reply_for(self, key: str) -> tuple[bytes, str] | None:
         return self._replies.get(key)
@@ -283,6 +312,7 @@ class WorkerService:
             await self.outbound.aclose()
             await self.connection.close()
             self._op_thread.stop()
+            self.handled.close()
         log.info("fedmq worker %s: stopped", self.id)
 
     async def _on_message(self, message: Delivery) -> None:
