@@ -6,8 +6,12 @@ an in-process VirtualWorker. The rules (aio-pika's master/worker pattern, adapte
   service's op thread so heartbeats keep flowing during long work, except a small message
   `Worker.is_light` calls quick and local, handled on the loop to spare two thread switches);
 * the reply (direct reply-to, same correlation id) is published before the message is acked;
-* a message that cannot be decoded or executed is answered with an error, then rejected
-  without requeue, so the broker dead-letters it to `fedmq.dead-letters`;
+* every message is settled: one that cannot be decoded or executed, or whose chunks are bad or
+  never all arrive, is answered with an error, and a copy goes to `fedmq.dead-letters` with
+  headers saying why (`x-fedmq-error`, `x-fedmq-worker`, `x-fedmq-message-type`) before the
+  original is acked;
+* one id, one active worker: the queue has a single active consumer; a second process for a
+  served id exits with an error, or with --standby waits as a hot standby;
 * a redelivered message whose id was already handled (the service crashed after handling it,
   before the ack) is acked without running again, its cached reply resent if we have it;
   handled ids are kept in a file under --state-dir, so this holds across restarts;
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import copy
 import itertools
 import logging
 import os
@@ -47,8 +52,9 @@ from fedmq.errors import FedmqError
 from fedmq.extensions import load_extensions
 from fedmq.ids import new_id
 from fedmq.runtime import tune_malloc
-from fedmq.transport.amqp import (CHUNK_SIZE, FRAME_CONTENT_TYPE, QUEUE_TYPES, AMQPTransport,
-                                  ChunkAssembler, Delivery, chunk_messages, consume,
+from fedmq.transport.amqp import (CHUNK_SIZE, DEAD_LETTER_EXCHANGE, FRAME_CONTENT_TYPE,
+                                  QUEUE_TYPES, AMQPTransport, ChunkAssembler, ChunkError,
+                                  Delivery, chunk_messages, consume,
                                   declare_topology, publish, queue_name, queue_state,
                                   worker_queue_arguments)
 from fedmq.worker import Undecodable, Worker
@@ -327,11 +333,12 @@ class WorkerService:
                          self.id)
             try:
                 await self._handle(message)
-            except Exception:  # never let one message stop the service
+            except Exception as exc:  # never let one message stop the service
                 log.exception("fedmq worker %s: failed to process a message; dead-lettering "
                               "it", self.id)
                 try:  # settled all the same, so it cannot hold a place in the prefetch window
-                    await message.reject(requeue=False)
+                    await self._dead_letter([message], f"internal_error: {type(exc).__name__}: "
+                                                       f"{exc}")
                 except Exception:  # already settled, or the channel is gone (then requeued)
                     pass
 
@@ -348,7 +355,7 @@ class WorkerService:
 
     async def _give_up_partial_frames(self) -> None:
         """Frames with chunks missing after `chunk_timeout` (the rest expired in the queue, or
-        the sender died mid-frame): reject what arrived (-> fedmq.dead-letters) and tell the
+        the sender died mid-frame): dead-letter what arrived (-> fedmq.dead-letters) and tell the
         sender, instead of holding the chunks unacknowledged forever."""
         for key in self._assembler.expire(self.chunk_timeout):
             messages = self._chunks.pop(key, [])
@@ -356,21 +363,23 @@ class WorkerService:
                         "arrived); dead-lettering them", self.id, key, self.chunk_timeout,
                         len(messages), (messages[0].headers or {}).get("x-fedmq-chunks", "?")
                         if messages else "?")
-            first = messages[0] if messages else None
-            if first is not None and first.reply_to:
-                error = m.ErrorInfo("serde_error", f"frame {key} arrived incomplete: chunks "
-                                    f"missing after {self.chunk_timeout:.0f} s", self.id)
-                await self._reply(bytes(serde.encode(m.Reply(error=error))), first.reply_to,
-                                  first.correlation_id)
-            for msg in messages:
-                await msg.reject(requeue=False)
+            reason = (f"frame {key} arrived incomplete: chunks missing after "
+                      f"{self.chunk_timeout:.0f} s")
+            await self._refuse(messages, "chunk_error", reason)
 
     async def _handle(self, message: Delivery) -> None:
         headers = message.headers or {}
         key = str(headers.get("x-fedmq-frame") or message.message_id or "")
         if "x-fedmq-chunks" in headers:
             self._chunks.setdefault(key, []).append(message)
-        frame = self._assembler.add(headers, message.body)
+        sender = message.properties.user_id or message.reply_to or ""
+        try:
+            frame = self._assembler.add(headers, message.body, sender)
+        except ChunkError as exc:
+            messages = self._chunks.pop(key, None) or [message]
+            log.warning("fedmq worker %s: refused frame %s: %s", self.id, key, exc)
+            await self._refuse(messages, "chunk_error", str(exc))
+            return
         if frame is None:
             return  # more chunks to come; acked together once the whole frame is handled
         messages = self._chunks.pop(key, [message])
@@ -393,13 +402,45 @@ class WorkerService:
             await self._reply(reply, message.reply_to, message.correlation_id)
         if key:
             self.handled.add(key, reply if message.reply_to else None, message.reply_to)
-        for msg in messages:
-            if failed:
-                await msg.reject(requeue=False)  # -> fedmq.dlx -> fedmq.dead-letters
-            else:
+        if failed:
+            await self._dead_letter(messages, failed)
+        else:
+            for msg in messages:
                 await msg.ack()
 
-    async def _run_frame(self, frame: bytes | bytearray) -> tuple[bytes, bool]:
+    async def _refuse(self, messages: list[Delivery], code: str, reason: str) -> None:
+        """Tell the sender (each caller waiting for a reply to one of `messages`) why its
+        message was refused, then dead-letter the messages with that reason."""
+        error = bytes(serde.encode(m.Reply(
+            error=m.ErrorInfo(code, reason, self.id),
+            incarnation=self.worker.incarnation if self.worker else None)))
+        for reply_to, correlation_id in dict.fromkeys(
+                (msg.reply_to, msg.correlation_id) for msg in messages if msg.reply_to):
+            await self._reply(error, reply_to, correlation_id)
+        await self._dead_letter(messages, f"{code}: {reason}")
+
+    async def _dead_letter(self, messages: list[Delivery], reason: str) -> None:
+        """Settle messages that failed: a copy goes to `fedmq.dlx` (-> fedmq.dead-letters)
+        with headers saying why (`x-fedmq-error`), where (`x-fedmq-worker`) and what
+        (`x-fedmq-message-type`), so the dead-letter queue explains itself in the management
+        UI; then the original is acked. If the copy cannot be published, the original is
+        rejected to the same place by the broker instead (without the explanation)."""
+        for msg in messages:
+            properties = copy.copy(msg.properties)
+            properties.headers = {**(msg.headers or {}), "x-fedmq-error": reason[:4000],
+                                  "x-fedmq-worker": self.id,
+                                  "x-fedmq-message-type": msg.type or "?"}
+            try:
+                await publish(self.channel, DEAD_LETTER_EXCHANGE, self.id,
+                              [(msg.body, properties)])
+            except Exception as exc:  # noqa: BLE001 - the broker dead-letters it instead
+                log.warning("fedmq worker %s: could not publish a dead-letter copy (%s); "
+                            "rejecting the message instead", self.id, exc)
+                await msg.reject(requeue=False)
+                continue
+            await msg.ack()
+
+    async def _run_frame(self, frame: bytes | bytearray) -> tuple[bytes, str | None]:
         """Handle a frame: on the op thread, or, for a small message `Worker.is_light` calls
         quick and local, right here on the loop (two thread switches fewer per call). An
         inline message that took longer than INLINE_LIMIT sends every message to the op thread
@@ -409,7 +450,7 @@ class WorkerService:
             return await self._op_thread.run(self.worker.handle_frame_checked, frame)
         envelope = self.worker.decode_frame(frame)
         if type(envelope) is Undecodable:
-            return envelope.reply, True
+            return envelope.reply, envelope.reason
         if not self.worker.is_light(envelope):
             return await self._op_thread.run(self.worker.respond, envelope)
         started = loop.time()

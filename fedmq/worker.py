@@ -46,8 +46,10 @@ def register_handler(message_type: type, handler: Callable[["Worker", Any], Any]
 
 
 class Undecodable(NamedTuple):
-    """What `Worker.decode_frame` returns for bytes that are no fedmq frame: the error reply."""
+    """What `Worker.decode_frame` returns for bytes that are no fedmq frame: the error reply,
+    and why (for the dead-letter copy)."""
     reply: bytes
+    reason: str
 
 
 class Worker:
@@ -83,11 +85,12 @@ class Worker:
         """Decode a frame, handle it, and encode the reply. Never raises for bad input."""
         return self.handle_frame_checked(frame)[0]
 
-    def handle_frame_checked(self, frame: bytes) -> tuple[bytes, bool]:
-        """`handle_frame`, also saying whether the message failed (services dead-letter it)."""
+    def handle_frame_checked(self, frame: bytes) -> tuple[bytes, str | None]:
+        """`handle_frame`, also saying why the message failed (services dead-letter it with
+        that reason), or None when it did not."""
         envelope = self.decode_frame(frame)
         if type(envelope) is Undecodable:
-            return envelope.reply, True
+            return envelope.reply, envelope.reason
         return self.respond(envelope)
 
     def decode_frame(self, frame: bytes | bytearray) -> Any:
@@ -99,12 +102,12 @@ class Worker:
             log.warning("worker %s: undecodable message: %s", self.id, exc)
             return Undecodable(serde.encode(m.Reply(
                 error=m.ErrorInfo("serde_error", str(exc), self.id),
-                incarnation=self.incarnation)))
+                incarnation=self.incarnation)), f"serde_error: {exc}")
 
-    def respond(self, envelope: Any) -> tuple[bytes, bool]:
-        """Handle a decoded envelope: the encoded reply, and whether the message failed.
-        Never raises: a message whose fields have the wrong types (which decoding cannot see)
-        is answered with a serde_error."""
+    def respond(self, envelope: Any) -> tuple[bytes, str | None]:
+        """Handle a decoded envelope: the encoded reply, and why the message failed (None if it
+        did not). Never raises: a message whose fields have the wrong types (which decoding
+        cannot see) is answered with a serde_error."""
         try:
             reply = self.handle(envelope)
             if self.network is not None:
@@ -114,16 +117,13 @@ class Worker:
             what = type(getattr(envelope, "message", envelope)).__name__
             reply = self._error("serde_error", f"malformed {what}: {type(exc).__name__}: {exc}")
         reply.incarnation = self.incarnation
-        value = reply.value
-        failed = reply.error is not None or (
-            isinstance(getattr(envelope, "message", None), m.Batch) and bool(
-                value.errors if isinstance(value, m.BatchReply) else value))
+        failed = _failure(reply, getattr(envelope, "message", None))
         try:
             return serde.encode(reply), failed
         except errors.SerdeError as exc:
-            return serde.encode(m.Reply(error=m.ErrorInfo(
-                "serde_error", f"the result cannot be sent back: {exc}", self.id),
-                incarnation=self.incarnation)), True
+            why = f"the result cannot be sent back: {exc}"
+            return serde.encode(m.Reply(error=m.ErrorInfo("serde_error", why, self.id),
+                                        incarnation=self.incarnation)), f"serde_error: {why}"
 
     def is_light(self, envelope: Any) -> bool:
         """Whether `envelope` may be handled on a service's event loop (see `_is_light`);
@@ -324,3 +324,21 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"<Worker id:{self.id} #objects:{len(self.store)}>"
+
+
+def _failure(reply: m.Reply, message: Any) -> str | None:
+    """Why the message `reply` answers failed ("code: message"), or None: the reply's error, or
+    the first failed command of a batch."""
+    if reply.error is not None:
+        return f"{reply.error.code}: {reply.error.message}"
+    if type(message) is m.Batch:
+        value = reply.value
+        errors_ = value.errors if isinstance(value, m.BatchReply) else value
+        if errors_:
+            try:
+                index, info = errors_[0]
+                return (f"{len(errors_)} of {len(message.messages)} batched messages failed; "
+                        f"#{index}: {info.code}: {info.message}")
+            except Exception:  # noqa: BLE001 - a malformed batch: say so, never raise
+                return "batched messages failed"
+    return None

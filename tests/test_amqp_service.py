@@ -7,6 +7,7 @@ import pickle
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 
 import pika
@@ -41,26 +42,27 @@ class RawClient:
         self.replies[props.correlation_id] = body
 
     def call(self, worker_id: str, body: bytes, message_id: str | None = None,
-             timeout: float = 30) -> m.Reply:
+             timeout: float = 30, headers: dict | None = None) -> m.Reply:
         corr = uuid.uuid4().hex
         self.ch.basic_publish("fedmq.commands", worker_id, body, pika.BasicProperties(
             reply_to="amq.rabbitmq.reply-to", correlation_id=corr,
-            message_id=message_id or uuid.uuid4().hex))
+            message_id=message_id or uuid.uuid4().hex, headers=headers, type="Envelope"))
         deadline = time.monotonic() + timeout
         while corr not in self.replies and time.monotonic() < deadline:
             self.conn.process_data_events(time_limit=0.1)
         assert corr in self.replies, f"no reply from {worker_id}"
         return serde.decode(self.replies.pop(corr))
 
-    def dead_lettered(self, message_id: str, timeout: float = 10) -> bool:
+    def dead_lettered(self, message_id: str, timeout: float = 10) -> dict | None:
+        """The headers of the dead-letter copy of message `message_id` (None if none came)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             method, props, body = self.ch.basic_get(DEAD_LETTER_QUEUE, auto_ack=True)
             if method is None:
                 time.sleep(0.1)
             elif props.message_id == message_id:
-                return True
-        return False
+                return props.headers or {}
+        return None
 
     def close(self) -> None:
         self.conn.close()
@@ -101,9 +103,77 @@ def test_bad_messages_get_an_error_reply_and_are_dead_lettered(procs, name, body
         reply = raw.call("svc_bad", body, message_id=msg_id)
         assert isinstance(reply, m.Reply) and reply.error is not None
         assert reply.error.code in ("serde_error", "op_not_allowed")
-        assert raw.dead_lettered(msg_id), "the failed message did not reach fedmq.dead-letters"
+        headers = raw.dead_lettered(msg_id)
+        assert headers is not None, "the failed message did not reach fedmq.dead-letters"
+        assert headers["x-fedmq-error"].startswith(reply.error.code)  # it explains itself
+        assert headers["x-fedmq-worker"] == "svc_bad"
+        assert headers["x-fedmq-message-type"] == "Envelope"
         # ... and the worker answers the next request
         assert raw.call("svc_bad", envelope(m.ObjectsCount())).value == 0
+    finally:
+        raw.close()
+
+
+def unacked(queue: str) -> int:
+    from fedmq.management import api_get
+    from broker_vhost import vhost_of
+    vhost = urllib.parse.quote(vhost_of(AMQP_URL), safe="")
+    return api_get(f"queues/{vhost}/{urllib.parse.quote(queue, safe='')}")[
+        "messages_unacknowledged"]
+
+
+@pytest.mark.slow
+def test_wrongly_typed_fields_and_bad_chunks_are_answered_and_settled_beyond_the_prefetch(procs):
+    """More poison than the prefetch window (64): each is answered with an error and
+    dead-lettered with its reason, none stays unacked, and the worker goes on serving."""
+    procs.start("svc_poison", "--prefetch", "8")
+    raw = RawClient()
+    frame = envelope(m.ObjectsCount())
+    poison = [  # (body, headers)
+        (bytes(serde.encode(m.Envelope(m.WIRE_VERSION, "t", m.ObjectsCount(), 0, 5))), None),
+        (bytes(serde.encode(m.Envelope(m.WIRE_VERSION, "t", m.Batch(5), 0, []))), None),
+        (bytes(serde.encode(m.Envelope(m.WIRE_VERSION, "t", m.GetRequest("x"), 0, []))), None),
+        (frame, {"x-fedmq-frame": "f1", "x-fedmq-chunk": "zero", "x-fedmq-chunks": 2}),
+        (frame, {"x-fedmq-frame": "f2", "x-fedmq-chunk": 0, "x-fedmq-chunks": -3}),
+        (frame, {"x-fedmq-frame": "f3", "x-fedmq-chunk": 5, "x-fedmq-chunks": 2}),
+        (frame, {"x-fedmq-frame": 17, "x-fedmq-chunk": 0, "x-fedmq-chunks": 2}),
+        (frame, {"x-fedmq-chunk": 0, "x-fedmq-chunks": 2}),
+    ]
+    try:
+        for round_ in range(10):  # 80 poison messages, prefetch 8
+            for i, (body, headers) in enumerate(poison):
+                msg_id = f"poison-{round_}-{i}"
+                reply = raw.call("svc_poison", body, message_id=msg_id, timeout=10,
+                                 headers=headers)
+                assert reply.error is not None, (i, reply)
+                if round_ == 0:
+                    why = raw.dead_lettered(msg_id)
+                    assert why is not None and why["x-fedmq-error"], i
+        assert raw.call("svc_poison", envelope(m.ObjectsCount())).value == 0
+        deadline = time.monotonic() + 15  # the management API lags a few seconds
+        while unacked("fedmq.worker.svc_poison"):
+            assert time.monotonic() < deadline, "messages left unacked"
+            time.sleep(0.5)
+    finally:
+        raw.close()
+
+
+@pytest.mark.slow
+def test_a_chunk_announced_twice_or_with_another_count_gives_up_its_frame(procs):
+    procs.start("svc_chunks")
+    raw = RawClient()
+    try:
+        part = b"x" * 10
+        corr = uuid.uuid4().hex  # first chunk of 3: waits for the rest
+        raw.ch.basic_publish("fedmq.commands", "svc_chunks", part, pika.BasicProperties(
+            reply_to="amq.rabbitmq.reply-to", correlation_id=corr, message_id="c0",
+            headers={"x-fedmq-frame": "dup", "x-fedmq-chunk": 0, "x-fedmq-chunks": 3}))
+        reply = raw.call("svc_chunks", part, message_id="c1", headers={
+            "x-fedmq-frame": "dup", "x-fedmq-chunk": 1, "x-fedmq-chunks": 4})
+        assert reply.error.code == "chunk_error" and "3 chunks" in reply.error.message
+        for msg_id in ("c0", "c1"):  # both chunks of the frame, with the reason
+            assert "chunk_error" in raw.dead_lettered(msg_id)["x-fedmq-error"]
+        assert raw.call("svc_chunks", envelope(m.ObjectsCount())).value == 0
     finally:
         raw.close()
 

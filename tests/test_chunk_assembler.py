@@ -26,3 +26,51 @@ def test_a_frame_missing_chunks_is_given_up_after_max_age():
     assert asm.expire(10.0) == ["old"] and len(asm) == 1
     assert asm.add(chunk("new", 1, 2), b"y") == b"xy"
     assert len(asm) == 0 and asm.expire(0.0) == []
+
+
+import pytest  # noqa: E402
+
+from fedmq.transport.amqp import MAX_CHUNKS, ChunkError  # noqa: E402
+
+
+@pytest.mark.parametrize("headers,why", [
+    ({"x-fedmq-frame": "f", "x-fedmq-chunk": "0", "x-fedmq-chunks": 2}, "chunk index"),
+    ({"x-fedmq-frame": "f", "x-fedmq-chunk": 0, "x-fedmq-chunks": "2"}, "chunk count"),
+    ({"x-fedmq-frame": "f", "x-fedmq-chunk": 0, "x-fedmq-chunks": 0}, "chunk count"),
+    ({"x-fedmq-frame": "f", "x-fedmq-chunk": 0, "x-fedmq-chunks": MAX_CHUNKS + 1}, "count"),
+    ({"x-fedmq-frame": "f", "x-fedmq-chunk": 2, "x-fedmq-chunks": 2}, "chunk index"),
+    ({"x-fedmq-frame": "f", "x-fedmq-chunk": -1, "x-fedmq-chunks": 2}, "chunk index"),
+    ({"x-fedmq-frame": "f", "x-fedmq-chunk": 1.0, "x-fedmq-chunks": 2}, "chunk index"),
+    ({"x-fedmq-frame": 5, "x-fedmq-chunk": 0, "x-fedmq-chunks": 2}, "frame id"),
+    ({"x-fedmq-chunk": 0, "x-fedmq-chunks": 2}, "frame id"),
+    ({"x-fedmq-frame": "f", "x-fedmq-chunk": True, "x-fedmq-chunks": 2}, "chunk index"),
+])
+def test_bad_chunk_headers_raise_a_chunk_error_and_hold_nothing(headers, why):
+    asm = ChunkAssembler()
+    with pytest.raises(ChunkError, match=why):
+        asm.add(headers, b"data", "alice")
+    assert len(asm) == 0 and asm.held("alice") == 0
+
+
+def test_a_chunk_count_that_changes_or_a_chunk_sent_twice_gives_up_the_frame():
+    asm = ChunkAssembler()
+    asm.add(chunk("f", 0, 3), b"a", "alice")
+    with pytest.raises(ChunkError, match="announced in 3 chunks"):
+        asm.add(chunk("f", 1, 4), b"b", "alice")
+    assert len(asm) == 0 and asm.held("alice") == 0
+    asm.add(chunk("g", 0, 2), b"a", "alice")
+    with pytest.raises(ChunkError, match="arrived twice"):
+        asm.add(chunk("g", 0, 2), b"a", "alice")
+    assert len(asm) == 0
+
+
+def test_the_bytes_of_one_senders_partial_frames_are_bounded():
+    asm = ChunkAssembler(max_partial_bytes=100)
+    asm.add(chunk("a1", 0, 2), b"x" * 60, "alice")
+    asm.add(chunk("b1", 0, 2), b"x" * 60, "bob")  # another sender: its own budget
+    with pytest.raises(ChunkError, match="alice has over 100 bytes"):
+        asm.add(chunk("a2", 0, 2), b"x" * 60, "alice")
+    assert asm.held("alice") == 60 and asm.held("bob") == 60
+    assert asm.add(chunk("a1", 1, 2), b"y" * 60, "alice") == b"x" * 60 + b"y" * 60
+    assert asm.held("alice") == 0  # a completed frame frees its sender's budget
+    asm.add(chunk("a3", 0, 2), b"x" * 60, "alice")
