@@ -54,7 +54,7 @@ from fedmq.ids import new_id
 from fedmq.runtime import tune_malloc
 from fedmq.transport.amqp import (CHUNK_SIZE, DEAD_LETTER_EXCHANGE, FRAME_CONTENT_TYPE,
                                   QUEUE_TYPES, AMQPTransport, ChunkAssembler, ChunkError,
-                                  Delivery, chunk_messages, consume,
+                                  Delivery, check_chunk_size, chunk_messages, consume,
                                   declare_topology, publish, queue_name, queue_state,
                                   worker_queue_arguments)
 from fedmq.worker import Undecodable, Worker
@@ -142,6 +142,8 @@ class HandledIds:
 
 #: frames up to this size may be decoded on the event loop and, if light, handled there
 INLINE_FRAME = 256 * 1024
+#: AMQP's largest prefetch count (a short)
+MAX_PREFETCH = 65535
 #: an inline message slower than this (seconds) pauses inline handling for INLINE_PAUSE seconds
 INLINE_LIMIT = 0.05
 INLINE_PAUSE = 60.0
@@ -218,6 +220,7 @@ class WorkerService:
         self._op_thread = OpThread(f"fedmq-op-{worker_id}")
         self._inline_paused_until = 0.0
         self._standing_by = False
+        self._prefetch_now = prefetch
         self._assembler = ChunkAssembler()
         self._chunks: dict[str, list] = {}
         #: reply message ids: a random prefix and a counter (aiormq would draw a UUID each)
@@ -232,7 +235,9 @@ class WorkerService:
         self.connection = await aio_pika.connect_robust(
             self.url, client_properties={"connection_name": f"fedmq worker {self.id}"})
         self.channel = await self.connection.channel()
-        await self.channel.set_qos(prefetch_count=self.prefetch)
+        # a channel-wide limit (one consumer per channel here), which, unlike a per-consumer
+        # one, RabbitMQ applies at once when it changes (see _make_room_for_chunks)
+        await self.channel.set_qos(prefetch_count=self.prefetch, global_=True)
         exchanges = await declare_topology(self.channel)
         name = queue_name(self.id)
         state = await queue_state(self.connection, name)
@@ -272,7 +277,7 @@ class WorkerService:
         network.add(WorkerClient(self.id, context.engine, network, sender=self.id))
         self._sweeper = asyncio.ensure_future(self._sweep_loop())
         self._consumer_tag = await consume(self.channel, self.queue.name, self._on_message)
-        self.connection.reconnect_callbacks.add(self._on_reconnect)
+        self.channel.reopen_callbacks.add(self._on_reopen)
         self._standing_by = bool(state is not None and state[1])
         log.info("fedmq worker %s: consuming %s on %s (prefetch %d%s)", self.id,
                  self.queue.name, self.outbound.describe(), self.prefetch,
@@ -289,11 +294,16 @@ class WorkerService:
         if self._stopping is not None:
             self._stopping.set()
 
-    async def _on_reconnect(self, _connection: Any) -> None:
-        """aio-pika restored the channel, its QoS and the queue after a reconnect; our consumer
-        (on aiormq, see transport/amqp.py) is consumed again here."""
+    async def _on_reopen(self, _channel: Any) -> None:
+        """aio-pika reopened the channel (after a reconnect, or after the broker closed just the
+        channel) and restored its QoS and the queue; our consumer (on aiormq, see
+        transport/amqp.py) is consumed again here. Chunks of incomplete frames came on the
+        old channel: the broker delivers them again, so what arrived of them is dropped."""
         if self._stopping is not None and self._stopping.is_set():
             return
+        self._chunks.clear()
+        self._assembler = ChunkAssembler()
+        await self._set_prefetch(self.prefetch)
         try:
             self._consumer_tag = await consume(self.channel, self.queue.name, self._on_message)
             log.info("fedmq worker %s: reconnected; consuming %s again", self.id, self.queue.name)
@@ -366,6 +376,8 @@ class WorkerService:
             reason = (f"frame {key} arrived incomplete: chunks missing after "
                       f"{self.chunk_timeout:.0f} s")
             await self._refuse(messages, "chunk_error", reason)
+        if not self._chunks:
+            await self._set_prefetch(self.prefetch)
 
     async def _handle(self, message: Delivery) -> None:
         headers = message.headers or {}
@@ -379,10 +391,15 @@ class WorkerService:
             messages = self._chunks.pop(key, None) or [message]
             log.warning("fedmq worker %s: refused frame %s: %s", self.id, key, exc)
             await self._refuse(messages, "chunk_error", str(exc))
+            if not self._chunks:
+                await self._set_prefetch(self.prefetch)
             return
-        if frame is None:
-            return  # more chunks to come; acked together once the whole frame is handled
+        if frame is None:  # more chunks to come; acked together once the whole frame is handled
+            await self._make_room_for_chunks()
+            return
         messages = self._chunks.pop(key, [message])
+        if len(messages) > 1 and not self._chunks:
+            await self._set_prefetch(self.prefetch)
         if key and key in self.handled:
             log.warning("fedmq worker %s: message %s was already handled; not running it again",
                         self.id, key)
@@ -398,15 +415,33 @@ class WorkerService:
         reply, failed = await self._run_frame(frame)
         log.debug("fedmq worker %s: handled message %s in %.1f ms%s", self.id, key,
                   (loop.time() - started) * 1e3, " (failed)" if failed else "")
+        if key:  # recorded first: if the reply or the ack is lost now, a redelivery is not rerun
+            self.handled.add(key, reply if message.reply_to else None, message.reply_to)
         if message.reply_to:
             await self._reply(reply, message.reply_to, message.correlation_id)
-        if key:
-            self.handled.add(key, reply if message.reply_to else None, message.reply_to)
         if failed:
             await self._dead_letter(messages, failed)
         else:
             for msg in messages:
                 await msg.ack()
+
+    async def _make_room_for_chunks(self) -> None:
+        """Chunks of incomplete frames stay unacked until their frame is handled, and each holds
+        a place in the prefetch window: a frame of more chunks than `prefetch` could never
+        arrive. So the window grows while chunks are held (up to AMQP's 65 535), and shrinks
+        back when no frame is incomplete."""
+        held = sum(len(v) for v in self._chunks.values())
+        if held + 1 >= self._prefetch_now and self._prefetch_now < MAX_PREFETCH:
+            await self._set_prefetch(min(MAX_PREFETCH, self.prefetch + 2 * held))
+
+    async def _set_prefetch(self, count: int) -> None:
+        if count == self._prefetch_now:
+            return
+        try:
+            await self.channel.set_qos(prefetch_count=count, global_=True)
+            self._prefetch_now = count
+        except Exception as exc:  # noqa: BLE001 - the channel is being reopened
+            log.debug("fedmq worker %s: could not set prefetch %d: %s", self.id, count, exc)
 
     async def _refuse(self, messages: list[Delivery], code: str, reason: str) -> None:
         """Tell the sender (each caller waiting for a reply to one of `messages`) why its
@@ -426,6 +461,8 @@ class WorkerService:
         UI; then the original is acked. If the copy cannot be published, the original is
         rejected to the same place by the broker instead (without the explanation)."""
         for msg in messages:
+            if msg.settled or not msg.channel_open:
+                continue  # settled, or its channel closed: the broker delivers it again
             properties = copy.copy(msg.properties)
             properties.headers = {**(msg.headers or {}), "x-fedmq-error": reason[:4000],
                                   "x-fedmq-worker": self.id,
@@ -579,6 +616,13 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chunk_size_arg(text: str) -> int:
+    try:
+        return check_chunk_size(int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_worker_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run a worker service consuming fedmq.worker.<id>")
     p.add_argument("--id", action="append", default=[],
@@ -588,7 +632,7 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--url", default=os.environ.get("FEDMQ_AMQP_URL", DEFAULT_URL),
                    help="broker URL (default $FEDMQ_AMQP_URL or %(default)s)")
     p.add_argument("--prefetch", type=int, default=64)
-    p.add_argument("--chunk-size", type=int, default=CHUNK_SIZE,
+    p.add_argument("--chunk-size", type=_chunk_size_arg, default=CHUNK_SIZE,
                    help="replies above this many bytes travel in chunks (default %(default)s; "
                         "keep it below the broker's max_message_size)")
     p.add_argument("--chunk-timeout", type=float, default=300.0,

@@ -25,7 +25,6 @@ import asyncio
 import itertools
 import logging
 import threading
-import time
 import uuid
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -37,6 +36,9 @@ from pamqp.commands import Basic
 
 from fedmq.errors import TransportError
 from fedmq.transport.base import Transport
+from fedmq.transport.chunks import (CHUNK_SIZE, MAX_CHUNKS, MAX_PARTIAL_BYTES,  # noqa: F401
+                                    MIN_CHUNK_SIZE, ChunkAssembler, ChunkError,
+                                    check_chunk_size, split_chunks)
 
 log = logging.getLogger("fedmq.amqp")
 
@@ -45,7 +47,6 @@ EVENTS_EXCHANGE = "fedmq.events"
 DEAD_LETTER_EXCHANGE = "fedmq.dlx"
 DEAD_LETTER_QUEUE = "fedmq.dead-letters"
 REPLY_TO = "amq.rabbitmq.reply-to"
-CHUNK_SIZE = 64 * 1024 * 1024
 FRAME_CONTENT_TYPE = "application/x-fedmq-frame"
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -112,115 +113,6 @@ async def delete_queues(url: str, *names: str) -> None:
 PARTIAL_REPLY_TIMEOUT = 600.0
 
 
-def split_chunks(frame: bytes | bytearray, chunk_size: int) -> list[memoryview]:
-    view = memoryview(frame)
-    return [view[i:i + chunk_size] for i in range(0, max(len(view), 1), chunk_size)]
-
-
-#: most chunks one frame may declare (64 MiB chunks: 4 TiB)
-MAX_CHUNKS = 1 << 16
-#: bytes of incomplete frames one sender may have waiting (its next chunk over it is refused)
-MAX_PARTIAL_BYTES = 2 * 1024 * 1024 * 1024
-
-
-class ChunkError(TransportError):
-    """A chunk whose headers make no sense (or whose sender holds too much partial data): the
-    frame it belongs to is given up."""
-
-    def __init__(self, key: str, reason: str) -> None:
-        self.key = key
-        super().__init__(reason)
-
-
-class ChunkAssembler:
-    """Collects the chunks of big frames: `add(...)` returns the whole frame when complete.
-    A frame whose other chunks never come (they expired in the queue, or the sender died)
-    is given up by `expire(max_age)`, so partial frames cannot pile up in memory; neither can
-    one sender's (`max_partial_bytes`). Headers are checked: `add` raises ChunkError (and
-    forgets that frame) for a chunk count or index that is not a sane integer, a count that
-    differs between chunks of one frame, or a chunk sent twice."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic, *,
-                 max_partial_bytes: int = MAX_PARTIAL_BYTES) -> None:
-        self._parts: dict[str, dict[int, bytes]] = {}
-        self._first_seen: dict[str, float] = {}
-        self._total: dict[str, int] = {}
-        self._owner: dict[str, str] = {}
-        self._held: dict[str, int] = {}  # sender -> bytes in its incomplete frames
-        self.max_partial_bytes = max_partial_bytes
-        self._clock = clock
-
-    def add(self, headers: dict | None, body: bytes, sender: str = "") -> bytes | bytearray | None:
-        headers = headers or {}
-        total = headers.get("x-fedmq-chunks")
-        if total is None:
-            return body
-        key = headers.get("x-fedmq-frame")
-        if type(key) is not str or not key:
-            raise ChunkError("", f"a chunk needs a frame id (x-fedmq-frame), got {key!r}")
-        index = headers.get("x-fedmq-chunk", 0)
-        if type(total) is not int or not 1 <= total <= MAX_CHUNKS:
-            self.forget(key)
-            raise ChunkError(key, f"chunk count {total!r} is not an integer in 1..{MAX_CHUNKS}")
-        if type(index) is not int or not 0 <= index < total:
-            self.forget(key)
-            raise ChunkError(key, f"chunk index {index!r} is not an integer in 0..{total - 1}")
-        if key in self._total and self._total[key] != total:
-            expected = self._total[key]
-            self.forget(key)
-            raise ChunkError(key, f"frame {key} was announced in {expected} chunks, this chunk "
-                                  f"says {total}")
-        parts = self._parts.setdefault(key, {})
-        if index in parts:
-            self.forget(key)
-            raise ChunkError(key, f"chunk {index} of frame {key} arrived twice")
-        owner = self._owner.setdefault(key, sender)
-        completes = len(parts) + 1 == total  # the frame leaves the assembler at once
-        if not completes and self._held.get(owner, 0) + len(body) > self.max_partial_bytes:
-            self.forget(key)
-            raise ChunkError(key, f"sender {owner or '?'} has over {self.max_partial_bytes} "
-                                  f"bytes of incomplete frames waiting")
-        self._total[key] = total
-        self._first_seen.setdefault(key, self._clock())
-        parts[index] = body
-        self._held[owner] = self._held.get(owner, 0) + len(body)
-        if len(parts) < total:
-            return None
-        frame = bytearray().join(parts[i] for i in range(total))
-        self.forget(key)
-        return frame
-
-    def forget(self, key: str) -> None:
-        """Drop what arrived of frame `key`."""
-        parts = self._parts.pop(key, None)
-        owner = self._owner.pop(key, None)
-        if parts and owner is not None:
-            left = self._held.get(owner, 0) - sum(len(b) for b in parts.values())
-            if left > 0:
-                self._held[owner] = left
-            else:
-                self._held.pop(owner, None)
-        self._first_seen.pop(key, None)
-        self._total.pop(key, None)
-
-    def expire(self, max_age: float) -> list[str]:
-        """Drop the frames whose first chunk came more than `max_age` seconds ago; their keys."""
-        if not self._first_seen:
-            return []
-        now = self._clock()
-        stale = [key for key, seen in self._first_seen.items() if now - seen > max_age]
-        for key in stale:
-            self.forget(key)
-        return stale
-
-    def held(self, sender: str = "") -> int:
-        """Bytes of `sender`'s incomplete frames."""
-        return self._held.get(sender, 0)
-
-    def __len__(self) -> int:
-        return len(self._parts)
-
-
 #: an AMQP message ready to publish: its body and its properties
 Outgoing = tuple[bytes, Basic.Properties]
 
@@ -235,6 +127,7 @@ def chunk_messages(frame: bytes | bytearray, chunk_size: int, *,
     """The AMQP messages carrying `frame` (one, or numbered chunks), as (body, properties).
     `properties` are AMQP basic properties by pamqp's names (`message_type`, `correlation_id`,
     ...); `expiration` is in seconds (at least 1 ms)."""
+    check_chunk_size(chunk_size)
     if expiration is not None:
         properties["expiration"] = str(max(1, round(float(expiration) * 1000)))
     if len(frame) <= chunk_size:
@@ -263,13 +156,16 @@ async def publish(channel: aio_pika.abc.AbstractChannel, exchange: str, routing_
 
 class Delivery:
     """A message delivered to a consumer, read straight from aiormq: the body, the properties
-    fedmq uses, and ack/reject on the channel it came on."""
-    __slots__ = ("message", "body", "properties")
+    fedmq uses, and ack/reject on the channel it came on. It is settled at most once (a
+    second ack or reject would make the broker close the channel), and settling it after its
+    channel closed does nothing (the broker delivers it again)."""
+    __slots__ = ("message", "body", "properties", "settled")
 
     def __init__(self, message: aiormq.abc.DeliveredMessage) -> None:
         self.message = message
         self.body = message.body
         self.properties: Basic.Properties = message.header.properties
+        self.settled = False
 
     @property
     def headers(self) -> dict | None:
@@ -295,27 +191,52 @@ class Delivery:
     def redelivered(self) -> bool:
         return bool(self.message.redelivered)
 
-    async def ack(self) -> None:
+    async def ack(self) -> bool:
         """Acknowledge (queued on the channel's writer, in order after what was published
-        before it; raises aiormq.exceptions.ChannelInvalidStateError if that channel closed,
-        and then the broker delivers the message again)."""
-        await self.message.channel.basic_ack(self.message.delivery_tag, wait=False)
+        before it). False if it was settled already or its channel closed."""
+        if self.settled:
+            return False
+        self.settled = True
+        try:
+            await self.message.channel.basic_ack(self.message.delivery_tag, wait=False)
+        except aiormq.exceptions.AMQPError as exc:
+            log.debug("fedmq: could not ack %s (%s); the broker delivers it again",
+                      self.message_id, exc)
+            return False
+        return True
 
-    async def reject(self, requeue: bool = False) -> None:
-        """Reject: to the queue's dead-letter exchange, or back to the queue with `requeue`."""
-        await self.message.channel.basic_reject(self.message.delivery_tag, requeue=requeue,
-                                                wait=False)
+    async def reject(self, requeue: bool = False) -> bool:
+        """Reject: to the queue's dead-letter exchange, or back to the queue with `requeue`.
+        False if it was settled already or its channel closed."""
+        if self.settled:
+            return False
+        self.settled = True
+        try:
+            await self.message.channel.basic_reject(self.message.delivery_tag, requeue=requeue,
+                                                    wait=False)
+        except aiormq.exceptions.AMQPError as exc:
+            log.debug("fedmq: could not reject %s (%s); the broker delivers it again",
+                      self.message_id, exc)
+            return False
+        return True
+
+    @property
+    def channel_open(self) -> bool:
+        return not self.message.channel.is_closed
 
 
 async def consume(channel: aio_pika.abc.AbstractChannel, queue: str,
                   callback: Callable[[Delivery], Any], *, no_ack: bool = False) -> str:
     """Consume `queue` on `channel`'s current underlying channel; `callback` (a coroutine
-    function) gets each message as a `Delivery`, in a task of its own. Returns the consumer
-    tag. aio-pika does not restore this consumer after a reconnect: consume again then."""
+    function) gets each message as a `Delivery`, in a task of its own, shielded from the
+    cancellation aiormq sends when the channel closes (a message being handled is finished,
+    and recorded, whatever happens to the channel). Returns the consumer tag. aio-pika does
+    not restore this consumer when it reopens the channel: consume again from the channel's
+    `reopen_callbacks`."""
     underlay = await channel.get_underlay_channel()
 
     async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
-        await callback(Delivery(message))
+        await asyncio.shield(callback(Delivery(message)))
 
     ok = await underlay.basic_consume(queue, on_message, no_ack=no_ack)
     return ok.consumer_tag
@@ -339,7 +260,7 @@ class AMQPTransport(Transport):
                  connection_name: str | None = None,
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.url = url
-        self.chunk_size = chunk_size
+        self.chunk_size = check_chunk_size(chunk_size)
         self.confirm = confirm
         self.connection_name = connection_name
         self._own_loop = _loop is None
@@ -392,7 +313,9 @@ class AMQPTransport(Transport):
         self.events = exchanges["events"].name
         await self._consume_replies()
         self.connection.close_callbacks.add(self._on_connection_close)
-        self.connection.reconnect_callbacks.add(self._on_reconnect)
+        # after a reconnect, and after the broker closed just the channel (a publish to an
+        # exchange that was deleted, say), aio-pika reopens the channel: consume again then
+        self.channel.reopen_callbacks.add(self._on_reopen)
         self._outbox = asyncio.Queue()
         self._publisher = asyncio.ensure_future(self._publish_loop())
 
@@ -406,10 +329,10 @@ class AMQPTransport(Transport):
         if self._sink is not None:
             self._sink.connection_lost(str(exc) if exc else "closed by the broker")
 
-    async def _on_reconnect(self, _connection: Any) -> None:
+    async def _on_reopen(self, _channel: Any) -> None:
         try:
             await self._consume_replies()
-            log.info("fedmq: reconnected to %s; consuming replies again", self.describe())
+            log.info("fedmq: channel to %s reopened; consuming replies again", self.describe())
         except Exception:  # the next loss and reconnect will try again
             log.exception("fedmq: could not consume replies after reconnecting")
 

@@ -17,6 +17,7 @@ from fedmq.client import WorkerClient
 from fedmq.context import Context
 from fedmq.engine import DEFAULT_TIMEOUT, RequestEngine
 from fedmq.errors import WorkerNotFoundError
+from fedmq.transport.chunks import check_chunk_size
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -77,7 +78,11 @@ class AMQPNetwork:
 class AMQPClientWorker(WorkerClient):
     def __init__(self, hook: Any, id: str, url: str = DEFAULT_URL, *,
                  timeout: float | None = DEFAULT_TIMEOUT, network: AMQPNetwork | None = None,
-                 **_pysyft_options: Any) -> None:
+                 chunk_size: int | None = None, **_pysyft_options: Any) -> None:
+        """A worker served by a `fedmq worker --id <id>` service on the broker at `url`.
+        The hook's clients for one URL share one connection; `chunk_size` (bytes, at least
+        4 KiB; default 64 MiB) sets how that connection splits big frames, and must stay
+        below the broker's max_message_size."""
         if network is None:
             context = getattr(hook, "context", None) or Context()
             engine = amqp_engine(context, url)
@@ -87,6 +92,8 @@ class AMQPClientWorker(WorkerClient):
                 context.discard(key)
                 network = context.state(key, lambda: AMQPNetwork(engine, context, timeout))
         super().__init__(id, network.engine, network, timeout=timeout)
+        if chunk_size is not None:
+            network.engine.transport.chunk_size = check_chunk_size(chunk_size)
         self.hook = hook
         network.add(self)
 

@@ -1,0 +1,157 @@
+"""What the broker does to a worker service and its clients, and how they cope: chunked frames
+larger than the prefetch window, a connection closed mid-frame or mid-batch, a channel closed
+by the broker. Each case is a fault found by trying it (the worker stopped consuming, held
+chunks unacked forever, or ran a batch twice)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pika
+import pytest
+import torch
+from pamqp.commands import Basic
+
+import fedmq
+from fedmq import messages as m, serde
+from fedmq.transport.amqp import Delivery
+from test_amqp_service import RawClient, envelope, procs, unacked  # noqa: F401 - fixture
+from test_engine import close_connection_named
+from worker_procs import AMQP_URL
+
+pytestmark = [pytest.mark.amqp, pytest.mark.slow]
+
+
+def wait_reconsumed(procs, worker_id: str, count: int, timeout: float = 40) -> None:
+    deadline = time.monotonic() + timeout
+    while procs.log(worker_id).count("consuming fedmq.worker." + worker_id + " again") < count:
+        assert time.monotonic() < deadline, "the worker never consumed again"
+        time.sleep(0.2)
+
+
+def test_a_frame_of_more_chunks_than_the_prefetch_window_arrives(procs, hook):
+    procs.start("flt_window", "--prefetch", "2")
+    bob = fedmq.AMQPClientWorker(hook, id="flt_window", url=AMQP_URL, timeout=30,
+                                 chunk_size=50_000)
+    x = torch.randn(40_000)  # 160 kB: 4 chunks, twice the prefetch
+    assert torch.equal((x.send(bob) + 1).get(), x + 1)
+    deadline = time.monotonic() + 15
+    while unacked("fedmq.worker.flt_window") != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+
+def test_chunks_that_came_before_a_reconnect_are_delivered_again_and_settled(procs):
+    procs.start("flt_split")
+    raw = RawClient()
+    try:
+        frame = envelope(m.ObjectsCount())
+        half = len(frame) // 2
+        corr = "split-corr"
+        props = dict(reply_to="amq.rabbitmq.reply-to", correlation_id=corr)
+        raw.ch.basic_publish("fedmq.commands", "flt_split", frame[:half], pika.BasicProperties(
+            message_id="s0", **props,
+            headers={"x-fedmq-frame": "split1", "x-fedmq-chunk": 0, "x-fedmq-chunks": 2}))
+        time.sleep(1)
+        close_connection_named("fedmq worker flt_split")
+        wait_reconsumed(procs, "flt_split", 1)
+        raw.ch.basic_publish("fedmq.commands", "flt_split", frame[half:], pika.BasicProperties(
+            message_id="s1", **props,
+            headers={"x-fedmq-frame": "split1", "x-fedmq-chunk": 1, "x-fedmq-chunks": 2}))
+        deadline = time.monotonic() + 20
+        while corr not in raw.replies and time.monotonic() < deadline:
+            raw.conn.process_data_events(time_limit=0.2)
+        assert serde.decode(raw.replies[corr]).value == 0
+        deadline = time.monotonic() + 20
+        while unacked("fedmq.worker.flt_split") != 0:
+            assert time.monotonic() < deadline, "chunks left unacked after the reconnect"
+            time.sleep(0.5)
+    finally:
+        raw.close()
+
+
+def test_a_batch_interrupted_by_a_lost_connection_runs_once(procs, hook):
+    procs.start("flt_once", "--log-level", "debug")
+    bob = fedmq.AMQPClientWorker(hook, id="flt_once", url=AMQP_URL, timeout=60)
+    counter = torch.zeros(1).send(bob)
+    big = torch.randn(800, 800).send(bob)
+    assert bob.objects_count() == 2  # everything so far handled (and logged)
+    seen = procs.log("flt_once").count("handling message")
+    counter.add_(1)
+    y = big
+    for _ in range(400):  # seconds of work in the same batch
+        y = (y @ big) / 800
+
+    def close_mid_batch():
+        deadline = time.monotonic() + 30
+        while procs.log("flt_once").count("handling message") == seen:  # not started yet
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)
+        close_connection_named("fedmq worker flt_once")
+
+    closer = threading.Thread(target=close_mid_batch)
+    closer.start()
+    try:
+        y.sum().item()
+    except (fedmq.ConnectionLost, fedmq.ReplyTimeout, fedmq.WorkerNotFoundError):
+        pass  # the reply went to the lost channel's caller; the work itself was done
+    closer.join()
+    wait_reconsumed(procs, "flt_once", 1)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert counter.get().item() == 1.0  # not 2: the redelivered batch was not rerun
+            break
+        except fedmq.WorkerNotFoundError:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    assert "already handled" in procs.log("flt_once"), "\n".join(l for l in procs.log("flt_once").splitlines() if "fedmq.service" in l or "WARN" in l or "ERROR" in l)
+
+
+def test_a_client_keeps_its_replies_after_the_broker_closes_its_channel(procs, hook):
+    procs.start("flt_chan")
+    bob = fedmq.AMQPClientWorker(hook, id="flt_chan", url=AMQP_URL, timeout=10)
+    assert bob.objects_count() == 0
+    transport = bob.engine.transport
+    # a publish to an exchange that does not exist: the broker closes the channel (404)
+    transport._enqueue(("no-such-exchange", "x", [(b"x", Basic.Properties())]))
+    deadline = time.monotonic() + 30
+    while True:  # aio-pika reopens the channel; the reply consumer comes back with it
+        try:
+            assert bob.objects_count() == 0
+            break
+        except (fedmq.ConnectionLost, fedmq.ReplyTimeout):
+            assert time.monotonic() < deadline, "no replies after the channel was reopened"
+            time.sleep(0.5)
+    x = torch.tensor([3.0]).send(bob)
+    assert (x * 2).get().tolist() == [6.0]
+
+
+class _Channel:
+    is_closed = False
+
+    def __init__(self):
+        self.calls = []
+
+    async def basic_ack(self, tag, wait=True):
+        self.calls.append(("ack", tag))
+
+    async def basic_reject(self, tag, requeue=True, wait=True):
+        self.calls.append(("reject", tag))
+
+
+def test_a_delivery_is_settled_at_most_once():
+    import asyncio
+    from types import SimpleNamespace
+
+    channel = _Channel()
+    message = SimpleNamespace(body=b"", header=SimpleNamespace(properties=None),
+                              channel=channel, delivery_tag=7, message_id="m")
+    delivery = Delivery(message)
+
+    async def settle():
+        return [await delivery.reject(), await delivery.ack(), await delivery.reject()]
+
+    assert asyncio.run(settle()) == [True, False, False]
+    assert channel.calls == [("reject", 7)]  # a second settle would close the channel
