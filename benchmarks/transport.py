@@ -7,7 +7,9 @@ Both sides are separate processes talking through the broker on loopback:
 Figures:
 1. round trip of one remote op plus its get (`(x + 1).get()`: the op and the get ride in one
    frame, the value comes back in one reply), vs the raw RPC round trip of a 200 B message
-   (median and p99);
+   (median and p99); fedmq publishes persistent frames by default (they survive a broker
+   restart while waiting in a queue), and the same is measured with transient frames
+   (`persistent=False`), what durability costs;
 2. pipelined remote ops per second (`y = y + 1` N times, then one `.get()`), vs raw one-way
    messages per second (publish N messages of 200 B, consumer counts them);
 3. the seed CNN's 1.7 MB state: `model.send(w)` + an eager get, vs raw publish of the same
@@ -145,22 +147,30 @@ def main() -> None:
         hook = sy.TorchHook(torch)
         bob = sy.AMQPClientWorker(hook, id=worker_id, url=args.url, timeout=120)
         bob.wait_until_served(120)  # the worker process is starting
+        fast_hook = sy.TorchHook(torch)  # a connection of its own, publishing transient frames
+        bob_fast = sy.AMQPClientWorker(fast_hook, id=worker_id, url=args.url, timeout=120,
+                                       persistent=False)
         x = torch.tensor([1.5]).send(bob)
+        x_fast = torch.tensor([1.5]).send(bob_fast)
         small = b"x" * 200
         for _ in range(50):
             raw.call(small)
             (x + 1).get()
+            (x_fast + 1).get()
 
         # 1. round trip, interleaved: a remote op plus its get (one frame out, one back)
-        raw_rtt, fed_rtt = [], []
+        raw_rtt, fed_rtt, fast_rtt = [], [], []
         for _ in range(args.rtt_samples):
             t0 = time.perf_counter()
             raw.call(small)
             t1 = time.perf_counter()
             (x + 1).get()
             t2 = time.perf_counter()
+            (x_fast + 1).get()
+            t3 = time.perf_counter()
             raw_rtt.append(t1 - t0)
             fed_rtt.append(t2 - t1)
+            fast_rtt.append(t3 - t2)
         rtt_ratio = statistics.median(fed_rtt) / statistics.median(raw_rtt)
 
         # 2. throughput: raw one-way messages vs pipelined remote ops
@@ -198,6 +208,10 @@ def main() -> None:
               f"(p99 {pct(fed_rtt, 0.99) * 1e3:6.2f})  raw {statistics.median(raw_rtt) * 1e3:6.2f}"
               f" ms (p99 {pct(raw_rtt, 0.99) * 1e3:6.2f})  ratio {rtt_ratio:.2f}x  "
               f"[target <= 1.3x; aio-pika quiet: 0.56 ms]")
+        print(f"   transient frames fedmq {statistics.median(fast_rtt) * 1e3:6.2f} ms "
+              f"(p99 {pct(fast_rtt, 0.99) * 1e3:6.2f})  ratio "
+              f"{statistics.median(fast_rtt) / statistics.median(raw_rtt):.2f}x  "
+              f"(persistent costs {statistics.median(fed_rtt) / statistics.median(fast_rtt):.2f}x)")
         print(f"2. throughput      fedmq {fed_rate:8.0f} pipelined ops/s   raw {raw_rate:8.0f} "
               f"msg/s   fedmq/raw {fed_rate / raw_rate:.0%}  [target >= 50%; aio-pika: ~4 000/s]")
         print(f"3. {state_bytes / 1e6:.2f} MB state   fedmq {fed_bw:6.0f} MB/s (send+get "

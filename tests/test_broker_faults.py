@@ -155,3 +155,62 @@ def test_a_delivery_is_settled_at_most_once():
 
     assert asyncio.run(settle()) == [True, False, False]
     assert channel.calls == [("reject", 7)]  # a second settle would close the channel
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+def test_frames_waiting_in_a_queue_survive_a_broker_restart(tmp_path, persistent):
+    """A worker busy with a long batch while an object waits behind it in its queue; the broker
+    restarts. Published persistent (the default), the object is there after the restart;
+    transient, it is gone (the mode callers may choose for speed)."""
+    import subprocess
+    import sys
+
+    from private_rabbitmq import PrivateNodeError, PrivateRabbitMQ
+
+    node = PrivateRabbitMQ()
+    try:
+        node.start()
+    except (PrivateNodeError, OSError, subprocess.TimeoutExpired) as exc:
+        node.stop()
+        pytest.skip(f"could not start a private RabbitMQ node: {exc}")
+    url = node.amqp_url
+    log = open(tmp_path / "worker.log", "a")
+    # prefetch 1: what waits behind the batch waits in the queue, not in the worker's memory
+    worker = subprocess.Popen([sys.executable, "-m", "fedmq.cli", "worker", "--id", "dur",
+                               "--url", url, "--state-dir", str(tmp_path / "state"),
+                               "--prefetch", "1"],
+                              stdout=log, stderr=subprocess.STDOUT)
+    hook = fedmq.TorchHook(torch)
+    try:
+        bob = fedmq.AMQPClientWorker(hook, id="dur", url=url, timeout=60,
+                                     persistent=persistent).wait_until_served(60)
+        big = torch.randn(600, 600).send(bob)
+        assert bob.objects_count() == 1
+        y = big
+        for _ in range(300):  # seconds of work
+            y = (y @ big) / 600
+        bob.flush()
+        x = torch.tensor([1.0, 2.0]).send(bob)  # waits behind the batch
+        bob.flush()
+        time.sleep(0.5)
+        node.restart()
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                got = x.get()
+                break
+            except (fedmq.ConnectionLost, fedmq.ReplyTimeout, fedmq.WorkerNotFoundError):
+                assert time.monotonic() < deadline, "no answer after the restart"
+                time.sleep(0.5)
+            except fedmq.ObjectNotFoundError:
+                got = None
+                break
+        if persistent:
+            assert got is not None and got.tolist() == [1.0, 2.0]
+        else:
+            assert got is None  # the transient frame did not survive the restart
+    finally:
+        hook.context.close()
+        worker.terminate()
+        worker.wait(30)
+        node.stop()

@@ -14,7 +14,10 @@ Features:
 * after a broker restart or a dropped connection, aio-pika reconnects; the reply consumer is
   consumed again, and the engine fails every caller still waiting (their replies are lost);
 * frames larger than `chunk_size` (default 64 MiB, under RabbitMQ's 128 MiB max_message_size)
-  travel as numbered chunks and are reassembled on arrival.
+  travel as numbered chunks and are reassembled on arrival;
+* frames to workers are persistent (a broker restart keeps those waiting in a worker's durable
+  queue; `persistent=False` for transient ones), and a frame for a worker nobody serves is
+  refused at once (`probe`: a passive declare of its queue).
 
 `AMQPTransport` runs aio-pika on its own event-loop thread (or on the running loop, as the
 worker service and the coordinator do) and offers a thread-safe synchronous `send`.
@@ -257,9 +260,14 @@ class AMQPTransport(Transport):
 
     def __init__(self, url: str = DEFAULT_URL, *, chunk_size: int = CHUNK_SIZE,
                  connect_timeout: float = 15.0, confirm: bool = False,
-                 connection_name: str | None = None,
+                 connection_name: str | None = None, persistent: bool = True,
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.url = url
+        #: frames to workers are published persistent (delivery mode 2): one waiting in a
+        #: worker's durable queue survives a broker restart. False: transient, for callers
+        #: that prefer speed (benchmarks/transport.py prints the difference)
+        self.persistent = persistent
+        self._delivery_mode = 2 if persistent else 1
         self.chunk_size = check_chunk_size(chunk_size)
         self.confirm = confirm
         self.connection_name = connection_name
@@ -444,7 +452,8 @@ class AMQPTransport(Transport):
                               reply_to=REPLY_TO if correlation_id else None,
                               correlation_id=correlation_id or None, message_type=message_type,
                               message_id=f"{self._id_prefix}{next(self._message_ids):x}",
-                              content_type=FRAME_CONTENT_TYPE)
+                              content_type=FRAME_CONTENT_TYPE,
+                              delivery_mode=self._delivery_mode)
 
     def publish_event(self, routing_key: str, body: bytes) -> None:
         """Publish a JSON event on `fedmq.events` (in order with everything else)."""

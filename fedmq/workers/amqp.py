@@ -78,11 +78,14 @@ class AMQPNetwork:
 class AMQPClientWorker(WorkerClient):
     def __init__(self, hook: Any, id: str, url: str = DEFAULT_URL, *,
                  timeout: float | None = DEFAULT_TIMEOUT, network: AMQPNetwork | None = None,
-                 chunk_size: int | None = None, **_pysyft_options: Any) -> None:
+                 chunk_size: int | None = None, persistent: bool | None = None,
+                 **_pysyft_options: Any) -> None:
         """A worker served by a `fedmq worker --id <id>` service on the broker at `url`.
-        The hook's clients for one URL share one connection; `chunk_size` (bytes, at least
-        4 KiB; default 64 MiB) sets how that connection splits big frames, and must stay
-        below the broker's max_message_size."""
+        The hook's clients for one URL share one connection, which these set: `chunk_size`
+        (bytes, at least 4 KiB; default 64 MiB) is how it splits big frames, and must stay
+        below the broker's max_message_size; `persistent` (default True) publishes frames so
+        that those waiting in a worker's queue survive a broker restart (False: transient,
+        a little faster)."""
         if network is None:
             context = getattr(hook, "context", None) or Context()
             engine = amqp_engine(context, url)
@@ -92,8 +95,12 @@ class AMQPClientWorker(WorkerClient):
                 context.discard(key)
                 network = context.state(key, lambda: AMQPNetwork(engine, context, timeout))
         super().__init__(id, network.engine, network, timeout=timeout)
+        transport = network.engine.transport
         if chunk_size is not None:
-            network.engine.transport.chunk_size = check_chunk_size(chunk_size)
+            transport.chunk_size = check_chunk_size(chunk_size)
+        if persistent is not None:
+            transport.persistent = bool(persistent)
+            transport._delivery_mode = 2 if persistent else 1
         self.hook = hook
         network.add(self)
 
