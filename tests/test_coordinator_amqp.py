@@ -241,3 +241,16 @@ def test_model_payloads_above_the_broker_limit_are_chunked_both_ways(small_broke
         assert all(r.status == "failed" for r in refused)
     finally:
         procs.stop_all(delete_queues=True)
+
+
+def test_fedmq_train_refuses_workers_that_do_not_exist(tmp_path, capsys):
+    from fedmq.cli import main
+    started = time.monotonic()
+    code = main(["train", "--url", AMQP_URL, "--dataset", "mnist5k", "--workers",
+                 "ghost-a:0-4,ghost-b:5-9", "--testing", "", "--rounds", "1",
+                 "--wait-workers", "2", "--runs-dir", str(tmp_path)])
+    assert code == 2 and time.monotonic() - started < 15
+    err = capsys.readouterr()
+    assert "no worker answers as ghost-a, ghost-b" in err.err
+    assert "WorkerNotFoundError" in err.out and "fedmq.worker.ghost-a" in err.out
+    assert not (tmp_path / "seed-s14-mnist5k" / "metrics.jsonl").exists()

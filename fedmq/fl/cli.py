@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import logging
 import pathlib
+import sys
 import time
 
 from fedmq.extensions import load_extensions
@@ -109,7 +110,13 @@ async def train(args: argparse.Namespace) -> int:
                                   strategy=strategy, run_dir=run_dir)
     try:
         if args.url:
-            await coordinator.wait_for_workers(args.wait_workers)
+            missing = await coordinator.wait_for_workers(args.wait_workers)
+            if missing:  # refuse, rather than run rounds that can only fail for them
+                print(f"fedmq train: no worker answers as {', '.join(missing)} on "
+                      f"{connection.transport.describe()} after {args.wait_workers:.0f} s; "
+                      f"start them (`fedmq worker --id {missing[0]} ...`) or leave them out "
+                      f"of --workers/--testing", file=sys.stderr)
+                return 2
         history = await coordinator.run(resume=args.resume)
     finally:
         await connection.aclose()
@@ -120,6 +127,10 @@ async def train(args: argparse.Namespace) -> int:
                 else f"{last.version} versions ({last.received} updates)")
         print(f"Final accuracy: {100 * last.accuracy:.2f}% after {step}; "
               f"metrics in {run_dir}/")
+    if history and all(getattr(r, "status", "ok") != "ok" for r in history):
+        print("fedmq train: every round failed (see the log and metrics above)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

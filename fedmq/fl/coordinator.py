@@ -134,6 +134,7 @@ async def wait_for_workers(connection: RequestEngine, ids: list[str], timeout: f
     answer. Over RabbitMQ a message published before the worker declared its queue is lost, so
     a coordinator started together with its workers waits for them first."""
     deadline = time.monotonic() + timeout
+    why: dict[str, str] = {}
 
     async def ping(worker_id: str) -> bool:
         while time.monotonic() < deadline:
@@ -141,14 +142,16 @@ async def wait_for_workers(connection: RequestEngine, ids: list[str], timeout: f
                 await connection.arequest(worker_id, WorkerStats(), timeout=interval,
                                          expiration=interval)
                 return True
-            except Exception:
+            except Exception as exc:  # not started yet, or busy: ask again
+                why[worker_id] = f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(0.2)
         return False
 
     answered = await asyncio.gather(*(ping(w) for w in ids))
     missing = [w for w, ok in zip(ids, answered) if not ok]
     if missing:
-        echo(f"Workers not answering after {timeout:.0f} s: {', '.join(missing)}")
+        echo(f"Workers not answering after {timeout:.0f} s: " +
+             "; ".join(f"{w} ({why.get(w, 'no answer')})" for w in missing))
     return missing
 
 
