@@ -254,3 +254,60 @@ def test_fedmq_train_refuses_workers_that_do_not_exist(tmp_path, capsys):
     assert "no worker answers as ghost-a, ghost-b" in err.err
     assert "WorkerNotFoundError" in err.out and "fedmq.worker.ghost-a" in err.out
     assert not (tmp_path / "seed-s14-mnist5k" / "metrics.jsonl").exists()
+
+
+def test_a_run_survives_a_broker_restart_mid_round(tmp_path):
+    """The broker restarts during round 3 of 8 (its own node, so no one else is disturbed):
+    that round may fail, the workers and the coordinator reconnect, later rounds train, and
+    the run ends at the accuracy of a run without the restart."""
+    import subprocess
+
+    from private_rabbitmq import PrivateNodeError, PrivateRabbitMQ
+
+    node = PrivateRabbitMQ()
+    try:
+        node.start()
+    except (PrivateNodeError, OSError, subprocess.TimeoutExpired) as exc:
+        node.stop()
+        pytest.skip(f"could not start a private RabbitMQ node: {exc}")
+    procs = WorkerProcesses(tmp_path / "logs", url=node.amqp_url)
+    (tmp_path / "logs").mkdir()
+    try:
+        for worker_id, labels in TRAIN.items():
+            procs.start(worker_id, "--dataset", "mnist5k", "--labels", labels, wait=False)
+        procs.start(TESTING, "--dataset", "mnist5k", "--testing", wait=False)
+        for worker_id in [*TRAIN, TESTING]:
+            procs.wait_consuming(worker_id, procs.procs[worker_id], timeout=120)
+        cfg = config(rounds=8, num_batches=6, eval_every=8, round_timeout=20)
+
+        async def scenario():
+            conn = await AMQPRoundConnection.connect(node.amqp_url)
+            coord = Coordinator(conn, list(TRAIN), cfg, testing=TESTING,
+                                echo=lambda line: None, run_dir=tmp_path / "run")
+            records = []
+            try:
+                coord.prepare()
+                for round in range(1, 9):
+                    task = asyncio.ensure_future(coord.run_round(round))
+                    if round == 3:
+                        await asyncio.sleep(0.2)  # the Fits are out
+                        await asyncio.to_thread(node.restart)
+                    started = time.monotonic()
+                    record = await task
+                    if record.status != "ok":  # the broker was down: wait for it, go on
+                        await coord.wait_for_workers(60)
+                    record.wall = time.monotonic() - started
+                    coord.end_round(record)
+                    records.append(record)
+            finally:
+                await conn.aclose()
+            return records
+
+        records = asyncio.run(scenario())
+        assert [r.status for r in records[:2]] == ["ok", "ok"]
+        assert all(r.status == "ok" and sorted(r.workers) == sorted(TRAIN)
+                   for r in records[4:]), [(r.round, r.status, r.failed) for r in records]
+        assert records[-1].accuracy is not None and records[-1].accuracy > 0.6
+    finally:
+        procs.stop_all()
+        node.stop()
