@@ -9,7 +9,8 @@ The data path, top to bottom (each a small module; imports only point down):
     client.py            WorkerClient: what a pointer's .location is (call / post / buffers)
     engine.py            RequestEngine: envelopes, the pending-reply table, timeouts, lost
                          connections; the one way anything sends to a worker
-    transport/           local (in-process) and amqp: move frames, nothing else
+    transport/           local (in-process) and amqp: move frames, nothing else (amqp also
+                         checks a worker is served; chunks.py cuts and joins big frames)
     messages.py          the message dataclasses
     serde/               the wire format (msgpack + raw tensor bytes; never pickle)
     worker.py            Worker.handle_frame(frame) -> reply frame, the same for every transport
