@@ -532,3 +532,11 @@ def test_malformed_messages_never_stop_a_worker_service(worker_processes):
         assert len(errors) == 70 and all(r.error is not None for r in errors)
     finally:
         hook.context.close()
+
+
+@pytest.mark.amqp
+def test_a_vhost_that_does_not_exist_is_named_in_the_error(hook):
+    parts = urllib.parse.urlsplit(AMQP_URL)
+    url = parts._replace(path=f"/no-such-vhost-{secrets.token_hex(3)}").geturl()
+    with pytest.raises(TransportError, match="refused to open the connection: does the vhost"):
+        fedmq.AMQPClientWorker(hook, id="bob", url=url)

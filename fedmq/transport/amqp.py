@@ -112,6 +112,20 @@ async def delete_queues(url: str, *names: str) -> None:
             await channel.queue_delete(name)
 
 
+def connect_error_text(exc: BaseException) -> str:
+    """What a failed connection attempt means, for a person: aiormq reports a refused vhost
+    as an unexpected `Connection.Close` object."""
+    text = str(exc)
+    close = next((a for a in getattr(exc, "args", ()) if type(a).__name__ == "Close"), None)
+    if close is None and "Connection.Close" in text:
+        close = exc
+    if close is not None:
+        reason = getattr(close, "reply_text", None)
+        return ("the broker refused to open the connection" + (f" ({reason})" if reason else "")
+                + ": does the vhost in the URL exist, and may this user use it?")
+    return text
+
+
 #: a chunked reply still incomplete this long after its first chunk is dropped (seconds)
 PARTIAL_REPLY_TIMEOUT = 600.0
 
@@ -314,7 +328,8 @@ class AMQPTransport(Transport):
             self.connection = await aio_pika.connect_robust(self.url,
                                                             client_properties=properties)
         except Exception as exc:
-            raise TransportError(f"cannot connect to RabbitMQ at {self.describe()}: {exc}") from exc
+            raise TransportError(f"cannot connect to RabbitMQ at {self.describe()}: "
+                                 f"{connect_error_text(exc)}") from exc
         self.channel = await self.connection.channel(publisher_confirms=self.confirm)
         exchanges = await declare_topology(self.channel)
         self.commands = exchanges["commands"].name
