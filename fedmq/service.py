@@ -56,6 +56,7 @@ from fedmq.transport.amqp import (CHUNK_SIZE, DEAD_LETTER_EXCHANGE, FRAME_CONTEN
                                   QUEUE_TYPES, AMQPTransport, ChunkAssembler, ChunkError,
                                   Delivery, check_chunk_size, chunk_messages, consume,
                                   declare_topology, publish, queue_name, queue_state,
+                                  robust_url,
                                   worker_queue_arguments)
 from fedmq.worker import Undecodable, Worker
 from fedmq.workers.amqp import DEFAULT_URL, AMQPNetwork
@@ -233,7 +234,7 @@ class WorkerService:
         self._handling = asyncio.Lock()
         self._stopping = asyncio.Event()
         self.connection = await aio_pika.connect_robust(
-            self.url, client_properties={"connection_name": f"fedmq worker {self.id}"})
+            robust_url(self.url), client_properties={"connection_name": f"fedmq worker {self.id}"})
         self.channel = await self.connection.channel()
         # a channel-wide limit (one consumer per channel here), which, unlike a per-consumer
         # one, RabbitMQ applies at once when it changes (see _make_room_for_chunks)

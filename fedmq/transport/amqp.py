@@ -112,6 +112,21 @@ async def delete_queues(url: str, *names: str) -> None:
             await channel.queue_delete(name)
 
 
+#: seconds between aio-pika's reconnection attempts (its default is 5): a broker back after a
+#: restart is found within a second
+RECONNECT_INTERVAL = 1
+
+
+def robust_url(url: str) -> str:
+    """`url` with fedmq's reconnect interval, unless the URL sets its own
+    (`?reconnect_interval=...`, aio-pika's URL parameter)."""
+    parts = urlsplit(url)
+    if "reconnect_interval=" in parts.query:
+        return url
+    query = f"{parts.query}&" if parts.query else ""
+    return parts._replace(query=f"{query}reconnect_interval={RECONNECT_INTERVAL}").geturl()
+
+
 def connect_error_text(exc: BaseException) -> str:
     """What a failed connection attempt means, for a person: aiormq reports a refused vhost
     as an unexpected `Connection.Close` object."""
@@ -325,7 +340,7 @@ class AMQPTransport(Transport):
     async def _connect(self) -> None:
         properties = {"connection_name": self.connection_name} if self.connection_name else None
         try:
-            self.connection = await aio_pika.connect_robust(self.url,
+            self.connection = await aio_pika.connect_robust(robust_url(self.url),
                                                             client_properties=properties)
         except Exception as exc:
             raise TransportError(f"cannot connect to RabbitMQ at {self.describe()}: "
