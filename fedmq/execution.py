@@ -125,6 +125,15 @@ def run_command(cmd: Command, store: ObjectStore, worker_id: str) -> Any:
     return None
 
 
+EARLIER = "an earlier op failed: "
+
+
+def earlier_failure(message: str) -> str:
+    """The error of an op whose input is the failed result of an earlier one: that one's
+    message, said once however long the chain of failures (not once per op)."""
+    return message if message.startswith(EARLIER) else EARLIER + message
+
+
 def resolve(value: Any, store: ObjectStore) -> Any:
     """Replace every `Ref` in `value` (nested in tuples, lists, dicts) with the stored object."""
     cls = type(value)
@@ -133,7 +142,7 @@ def resolve(value: Any, store: ObjectStore) -> Any:
     if cls is Ref:
         obj = store.get(value.id)
         if isinstance(obj, FailedResult):
-            raise PreviousOpFailed(f"an earlier op failed: {obj.error.message}",
+            raise PreviousOpFailed(earlier_failure(obj.error.message),
                                    worker=store.worker_id, op=obj.error.op)
         if value.attr is None:
             return obj

@@ -10,7 +10,7 @@ import secrets
 from typing import Any, Callable, NamedTuple, Protocol
 
 from fedmq import errors, messages as m, serde
-from fedmq.execution import error_info, resolve, run_command
+from fedmq.execution import earlier_failure, error_info, resolve, run_command
 from fedmq.store import FailedResult, ObjectStore
 
 log = logging.getLogger("fedmq.worker")
@@ -260,7 +260,7 @@ class Worker:
             if isinstance(entry.obj, FailedResult):
                 self.store.delete(obj_id)
                 err = entry.obj.error
-                raise errors.remote_error_from(err.code, f"an earlier op failed: {err.message}",
+                raise errors.remote_error_from(err.code, earlier_failure(err.message),
                                                self.id, err.op)
             values.append(entry.obj)
         if msg.delete:

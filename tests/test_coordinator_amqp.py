@@ -311,3 +311,55 @@ def test_a_run_survives_a_broker_restart_mid_round(tmp_path):
     finally:
         procs.stop_all()
         node.stop()
+
+
+def test_a_run_goes_on_when_a_standby_worker_takes_over(fl_workers, tmp_path):
+    """A hot standby for fl-bob (`--standby`, the queue's single active consumer) waits while
+    fl-bob serves; fl-bob is SIGKILLed after round 2, the standby becomes active, and the next
+    rounds train with it."""
+    import os
+    import subprocess
+    import sys
+
+    log = open(tmp_path / "standby.log", "a")
+    standby = subprocess.Popen(
+        [sys.executable, "-m", "fedmq.cli", "worker", "--id", "fl-bob", "--url", AMQP_URL,
+         "--dataset", "mnist5k", "--labels", TRAIN["fl-bob"], "--standby"],
+        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        deadline = time.monotonic() + 120
+        while "standing by" not in (tmp_path / "standby.log").read_text():
+            assert standby.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+
+        async def scenario():
+            conn = await AMQPRoundConnection.connect(AMQP_URL)
+            coord = Coordinator(conn, list(TRAIN), config(rounds=5, eval_every=5,
+                                                          round_timeout=20),
+                                testing=TESTING, echo=lambda line: None, run_dir=tmp_path)
+            records = []
+            try:
+                coord.prepare()
+                for round in range(1, 6):
+                    if round == 3:
+                        await asyncio.to_thread(fl_workers.kill, "fl-bob")
+                    record = await coord.run_round(round)
+                    coord.end_round(record)
+                    records.append(record)
+            finally:
+                await conn.aclose()
+            return records
+
+        records = asyncio.run(scenario())
+        assert all(sorted(r.workers) == sorted(TRAIN) for r in records[:2])
+        assert all(r.status == "ok" for r in records)
+        # the standby answers from round 3 or 4 on (round 3's Fit may go to the dead one)
+        assert all(sorted(r.workers) == sorted(TRAIN) for r in records[3:]), \
+            [(r.round, r.workers, r.failed) for r in records]
+        assert "active now" in (tmp_path / "standby.log").read_text()
+        assert records[-1].accuracy is not None
+    finally:
+        standby.terminate()
+        standby.wait(30)
+        fl_workers.start("fl-bob", "--dataset", "mnist5k", "--labels", TRAIN["fl-bob"],
+                         "--chunk-size", str(CHUNK), fresh=False)

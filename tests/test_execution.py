@@ -215,3 +215,14 @@ def test_handlers_outside_execute_still_answer_with_error_info():
     reply = worker.handle_message(Custom())
     assert reply.error == m.ErrorInfo("execution_error", "ZeroDivisionError: division by zero",
                                       "bob", None)
+
+
+def test_a_chain_of_failed_ops_says_the_first_error_once():
+    worker = Worker("bob")
+    worker.store.put(1, torch.ones(3))
+    first = worker.handle_message(m.Command("torch.dot", (m.Ref(1), m.Ref(1)), {}, [5, 6]))
+    for i in range(7, 12):  # each op uses the failed result of the one before
+        worker.handle_message(m.Command("Tensor.add", (m.Ref(i - 1), 1), {}, [i]))
+    message = _get_error(worker, 11).message
+    assert message == f"an earlier op failed: {first.error.message}"
+    assert message.count("an earlier op failed") == 1
