@@ -219,3 +219,15 @@ class PrivateRabbitMQ:
             _terminate(self.pid, timeout)
         self.pid = None
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_or_skip() -> PrivateRabbitMQ:
+    """A started private node of the test's own, or pytest.skip saying why it cannot start."""
+    import pytest
+
+    node = PrivateRabbitMQ()
+    try:
+        return node.start()
+    except (PrivateNodeError, OSError, subprocess.TimeoutExpired) as exc:
+        node.stop()
+        pytest.skip(f"could not start a private RabbitMQ node: {exc}")

@@ -114,6 +114,15 @@ def test_bad_messages_get_an_error_reply_and_are_dead_lettered(procs, name, body
         raw.close()
 
 
+def assert_all_settled(queue: str, timeout: float = 20) -> None:
+    """Wait until `queue` has no unacknowledged message (the management API's counts lag a few
+    seconds); fail if some stay."""
+    deadline = time.monotonic() + timeout
+    while unacked(queue) != 0:
+        assert time.monotonic() < deadline, f"messages left unacked in {queue}"
+        time.sleep(0.5)
+
+
 def unacked(queue: str) -> int:
     from fedmq.management import api_get
     from broker_vhost import vhost_of
@@ -151,10 +160,7 @@ def test_wrongly_typed_fields_and_bad_chunks_are_answered_and_settled_beyond_the
                     why = raw.dead_lettered(msg_id)
                     assert why is not None and why["x-fedmq-error"], i
         assert raw.call("svc_poison", envelope(m.ObjectsCount())).value == 0
-        deadline = time.monotonic() + 15  # the management API lags a few seconds
-        while unacked("fedmq.worker.svc_poison") != 0:
-            assert time.monotonic() < deadline, "messages left unacked"
-            time.sleep(0.5)
+        assert_all_settled("fedmq.worker.svc_poison")
     finally:
         raw.close()
 

@@ -260,16 +260,9 @@ def test_a_run_survives_a_broker_restart_mid_round(tmp_path):
     """The broker restarts during round 3 of 8 (its own node, so no one else is disturbed):
     that round may fail, the workers and the coordinator reconnect, later rounds train, and
     the run ends at the accuracy of a run without the restart."""
-    import subprocess
+    from private_rabbitmq import start_or_skip
 
-    from private_rabbitmq import PrivateNodeError, PrivateRabbitMQ
-
-    node = PrivateRabbitMQ()
-    try:
-        node.start()
-    except (PrivateNodeError, OSError, subprocess.TimeoutExpired) as exc:
-        node.stop()
-        pytest.skip(f"could not start a private RabbitMQ node: {exc}")
+    node = start_or_skip()
     procs = WorkerProcesses(tmp_path / "logs", url=node.amqp_url)
     (tmp_path / "logs").mkdir()
     try:

@@ -15,7 +15,7 @@ from pamqp.commands import Basic
 import fedmq
 from fedmq import messages as m, serde
 from fedmq.transport.amqp import Delivery
-from test_amqp_service import RawClient, envelope, procs, unacked  # noqa: F401 - fixture
+from test_amqp_service import RawClient, assert_all_settled, envelope, procs  # noqa: F401
 from test_engine import close_connection_named
 from worker_procs import AMQP_URL
 
@@ -35,10 +35,7 @@ def test_a_frame_of_more_chunks_than_the_prefetch_window_arrives(procs, hook):
                                  chunk_size=50_000)
     x = torch.randn(40_000)  # 160 kB: 4 chunks, twice the prefetch
     assert torch.equal((x.send(bob) + 1).get(), x + 1)
-    deadline = time.monotonic() + 15
-    while unacked("fedmq.worker.flt_window") != 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    assert_all_settled("fedmq.worker.flt_window")
 
 
 def test_chunks_that_came_before_a_reconnect_are_delivered_again_and_settled(procs):
@@ -62,10 +59,7 @@ def test_chunks_that_came_before_a_reconnect_are_delivered_again_and_settled(pro
         while corr not in raw.replies and time.monotonic() < deadline:
             raw.conn.process_data_events(time_limit=0.2)
         assert serde.decode(raw.replies[corr]).value == 0
-        deadline = time.monotonic() + 20
-        while unacked("fedmq.worker.flt_split") != 0:
-            assert time.monotonic() < deadline, "chunks left unacked after the reconnect"
-            time.sleep(0.5)
+        assert_all_settled("fedmq.worker.flt_split")
     finally:
         raw.close()
 
@@ -165,14 +159,9 @@ def test_frames_waiting_in_a_queue_survive_a_broker_restart(tmp_path, persistent
     import subprocess
     import sys
 
-    from private_rabbitmq import PrivateNodeError, PrivateRabbitMQ
+    from private_rabbitmq import start_or_skip
 
-    node = PrivateRabbitMQ()
-    try:
-        node.start()
-    except (PrivateNodeError, OSError, subprocess.TimeoutExpired) as exc:
-        node.stop()
-        pytest.skip(f"could not start a private RabbitMQ node: {exc}")
+    node = start_or_skip()
     url = node.amqp_url
     log = open(tmp_path / "worker.log", "a")
     # prefetch 1: what waits behind the batch waits in the queue, not in the worker's memory
@@ -255,9 +244,6 @@ def test_fuzzed_frames_over_the_broker_are_all_answered_and_settled(procs):
         for corr in sent:
             assert isinstance(serde.decode(raw.replies[corr]), m.Reply)
         assert raw.call("flt_fuzz", envelope(m.ObjectsCount())).error is None
-        deadline = time.monotonic() + 20
-        while unacked("fedmq.worker.flt_fuzz") != 0:
-            assert time.monotonic() < deadline, "fuzzed frames left unacked"
-            time.sleep(0.5)
+        assert_all_settled("fedmq.worker.flt_fuzz")
     finally:
         raw.close()
