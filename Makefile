@@ -12,15 +12,16 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -rf fedmq.egg-info  # setuptools' by-product; the install's metadata lives in $(VENV)
 	@touch $(STAMP)
 
 test: $(STAMP)
 	@bash .ci/broker.sh
-	$(VENV)/bin/lint-imports
+	$(VENV)/bin/lint-imports --cache-dir $(VENV)/.import_linter_cache
 	$(PY) -m pytest -q
 
 lint-imports: $(STAMP)
-	$(VENV)/bin/lint-imports
+	$(VENV)/bin/lint-imports --cache-dir $(VENV)/.import_linter_cache
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not amqp and not slow"
