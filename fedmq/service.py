@@ -36,7 +36,6 @@ import pathlib
 import queue
 import signal
 import threading
-import urllib.parse
 import uuid
 from typing import Any, Callable
 
@@ -55,8 +54,8 @@ from fedmq.runtime import tune_malloc
 from fedmq.transport.amqp import (CHUNK_SIZE, DEAD_LETTER_EXCHANGE, FRAME_CONTENT_TYPE,
                                   QUEUE_TYPES, AMQPTransport, ChunkAssembler, ChunkError,
                                   Delivery, check_chunk_size, chunk_messages, consume,
-                                  declare_topology, publish, queue_name, queue_state,
-                                  robust_url,
+                                  declare_topology, describe_url, publish, queue_name,
+                                  queue_state, robust_url,
                                   worker_queue_arguments)
 from fedmq.worker import Undecodable, Worker
 from fedmq.workers.amqp import DEFAULT_URL, AMQPNetwork
@@ -66,12 +65,6 @@ log = logging.getLogger("fedmq.service")
 
 class WorkerStartError(FedmqError):
     """A worker service cannot start (its id is served already, its queue is incompatible)."""
-
-
-def describe_url(url: str) -> str:
-    """`url` without its credentials."""
-    parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"
 
 
 class HandledIds:

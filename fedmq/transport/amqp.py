@@ -117,6 +117,12 @@ async def delete_queues(url: str, *names: str) -> None:
 RECONNECT_INTERVAL = 1
 
 
+def describe_url(url: str) -> str:
+    """`url` without its credentials and parameters, for logs and error messages."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"
+
+
 def robust_url(url: str) -> str:
     """`url` with fedmq's reconnect interval, unless the URL sets its own
     (`?reconnect_interval=...`, aio-pika's URL parameter)."""
@@ -504,8 +510,7 @@ class AMQPTransport(Transport):
         self._run(self._outbox.join(), timeout=timeout)
 
     def describe(self) -> str:
-        parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"
+        return describe_url(self.url)
 
     def close(self) -> None:
         if self._closed:
