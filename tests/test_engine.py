@@ -176,6 +176,22 @@ def _management(path: str, method: str = "GET"):
     return json.loads(body) if body else None
 
 
+def request_in_thread(engine: RequestEngine, worker_id: str) -> tuple[threading.Thread, list]:
+    """`engine.request(worker_id, ObjectsCount())` waiting in a thread of its own; the list
+    receives (the exception it ended with, when) once it fails."""
+    outcome: list = []
+
+    def wait() -> None:
+        try:
+            engine.request(worker_id, m.ObjectsCount())
+        except Exception as exc:
+            outcome.append((exc, time.monotonic()))
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    return thread, outcome
+
+
 def close_connection_named(connection_name: str, timeout: float = 20.0) -> None:
     """Close (from the broker's side) the connection whose client named itself so; the
     management plugin lists a new connection a few seconds after it opens."""
@@ -244,17 +260,8 @@ def test_a_caller_waiting_on_a_worker_that_dies_fails_within_seconds():
     is still consumed; when it is not, WorkerNotFoundError, not a ReplyTimeout a minute on."""
     engine = amqp_engine(f"fedmq-test-{secrets.token_hex(4)}", timeout=60)
     silent = SilentWorker(f"dying-{secrets.token_hex(3)}", keep_queue=True)
-    outcome = []
-
-    def wait():
-        try:
-            engine.request(silent.id, m.ObjectsCount())
-        except Exception as exc:
-            outcome.append((exc, time.monotonic()))
-
     try:
-        thread = threading.Thread(target=wait)
-        thread.start()
+        thread, outcome = request_in_thread(engine, silent.id)
         time.sleep(1.5)  # served: the call keeps waiting
         assert not outcome and engine.pending_replies() == 1
         died = time.monotonic()
@@ -272,16 +279,7 @@ def test_a_caller_waiting_on_a_worker_that_dies_fails_within_seconds():
 def test_closing_the_engine_fails_every_pending_call_at_once():
     engine = amqp_engine(f"fedmq-test-{secrets.token_hex(4)}", timeout=60)
     silent = SilentWorker(f"silent-{secrets.token_hex(3)}")
-    outcome = []
-
-    def wait():
-        try:
-            engine.request(silent.id, m.ObjectsCount())
-        except Exception as exc:
-            outcome.append((exc, time.monotonic()))
-
-    thread = threading.Thread(target=wait)
-    thread.start()
+    thread, outcome = request_in_thread(engine, silent.id)
     time.sleep(0.5)
     assert engine.pending_replies() == 1
     closed = time.monotonic()
