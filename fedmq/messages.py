@@ -76,7 +76,7 @@ class Envelope:
     sender: str
     message: Any
     msg_id: int = 0
-    release: list = field(default_factory=list)
+    release: list[int] = field(default_factory=list)
 
 
 @record(41)
@@ -90,7 +90,7 @@ class ObjectMessage:
 @dataclass(slots=True)
 class GetRequest:
     """Reply with these objects; `delete` removes them (`.get()`), otherwise they are copied."""
-    ids: list
+    ids: list[int | Ref]
     delete: bool = True
 
 
@@ -98,7 +98,7 @@ class GetRequest:
 @dataclass(slots=True)
 class DeleteObjects:
     """Forget these objects (a pointer was garbage collected). Unknown ids are ignored."""
-    ids: list
+    ids: list[int]
 
 
 @record(44)
@@ -111,7 +111,7 @@ class Command:
     op: str
     args: tuple
     kwargs: dict
-    result_ids: list
+    result_ids: list[int | None]
     grad_enabled: bool = True
     reply: bool = False
 
@@ -121,7 +121,7 @@ class Command:
 class ForwardObjects:
     """Send these objects straight to worker `to` under the same ids (`.move()`): the data
     never passes through the caller. `keep=False` deletes the local copies."""
-    ids: list
+    ids: list[int]
     to: str
     keep: bool = False
 

@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import fedmq
 import fedmq.messages as m
 from fedmq.serde import DTYPES, SerdeError, codec, decode, encode, record
+from fedmq.serde.frame import join_frame
 from fedmq.serde.frame import ALIGN  # buffers start at multiples of ALIGN bytes into the data
 
 MAGIC = b"FMQ1"
@@ -631,6 +632,80 @@ def test_message_records_round_trip(message):
     assert_same(got, message)
 
 
+def _wrong_values(allowed):
+    """Values of types a field accepting `allowed` must refuse."""
+    candidates = [True, 7, 2.5, "text", b"bytes", [1], (1,), {"k": 1}, m.Ref(1), None]
+    return [v for v in candidates if not isinstance(v, allowed)
+            or (type(v) is bool and bool not in allowed)]
+
+
+def _typed_fields():
+    import fedmq.fl.messages, fedmq.plans.messages, fedmq.smpc.messages  # noqa: F401,E401
+    for cls in sorted(codec._RECORDS.values(), key=lambda c: c.__name__):
+        for index, name, allowed, items_allowed in codec._field_checks(cls):
+            yield pytest.param(cls, index, name, allowed, items_allowed,
+                               id=f"{cls.__name__}.{name}")
+
+
+def _valid_value(allowed):
+    good = {int: 1, float: 1.0, bool: False, str: "s", list: [], tuple: (), dict: {},
+            type(None): None, m.ErrorInfo: m.ErrorInfo("serde_error", "x")}
+    return next(good[t] for t in allowed if t in good)
+
+
+def _record_frame(cls, index, value):
+    """A hand-built frame of record `cls`: every checked field holds a valid value, except the
+    one at item `index`, which holds `value` (encode() would not check, decode() must)."""
+    fields = codec._RECORD_FIELDS[cls]
+    values = [None] * len(fields)
+    for _, name, allowed, _ in codec._field_checks(cls):
+        values[fields.index(name)] = _valid_value(allowed)
+    values[index - 2] = value
+    header = msgpack.packb([msgpack.ExtType(codec.EXT_RECORD, b""), codec._RECORD_CODES[cls],
+                            *[_raw(v) for v in values]], use_bin_type=True)
+    return join_frame(header, [])
+
+
+@pytest.mark.parametrize("cls, index, name, allowed, items_allowed", list(_typed_fields()))
+def test_every_typed_field_is_checked_at_decode(cls, index, name, allowed, items_allowed):
+    """A record whose field holds a value of the wrong type (or a typed list holding one) is
+    refused while decoding, with an error naming the record and the field."""
+    assert type(decode(_record_frame(cls, index, _valid_value(allowed)))) is cls
+    for wrong in _wrong_values(allowed):
+        with pytest.raises(SerdeError, match=rf"^{cls.__name__}\.{name} must be "):
+            decode(_record_frame(cls, index, wrong))
+    if items_allowed is not None:
+        for wrong in _wrong_values(items_allowed):
+            with pytest.raises(SerdeError, match=rf"^{cls.__name__}\.{name} holds "):
+                decode(_record_frame(cls, index, [wrong]))
+
+
+def _raw(value):
+    """`value` as msgpack packs it inside a hand-built header (tuples and refs as fedmq does)."""
+    if type(value) is tuple:
+        return [msgpack.ExtType(codec.EXT_TUPLE, b""), *value]
+    if type(value) is m.Ref:
+        return msgpack.ExtType(codec.EXT_REF, value.id.to_bytes(16, "little"))
+    if type(value) is m.ErrorInfo:
+        return [msgpack.ExtType(codec.EXT_RECORD, b""), 22, value.code, value.message, None, None]
+    if type(value) is list:
+        return [_raw(v) for v in value]
+    return value
+
+
+def test_the_ids_the_issue_names_are_refused_at_decode():
+    """The "Why" of the robustness issue: a release list sent as an integer."""
+    header = msgpack.packb([msgpack.ExtType(codec.EXT_RECORD, b""), 40, 1, "me",
+                            [msgpack.ExtType(codec.EXT_RECORD, b""), 46], 5, 9],
+                           use_bin_type=True)
+    with pytest.raises(SerdeError, match="Envelope.release must be list, got int"):
+        decode(join_frame(header, []))
+    with pytest.raises(SerdeError, match="GetRequest.delete must be bool, got int"):
+        round_trip(m.GetRequest([1], delete=1))
+    with pytest.raises(SerdeError, match="Command.result_ids holds int or None only, got str"):
+        round_trip(m.Command("torch.add", (), {}, ["x"]))
+
+
 def test_every_message_record_is_sampled():
     records = message_records()
     assert len(records) >= 14
@@ -1183,9 +1258,12 @@ class TestNoPickle:
 
     def test_pickle_in_every_field_of_a_message(self):
         payload = pickle.dumps(Boom())
-        command = m.Command("add", (payload, m.Ref(1)), {"p": payload}, [payload])
+        command = m.Command("add", (payload, m.Ref(1)), {"p": payload}, [3])
         got = round_trip(m.Envelope(1, payload.decode("latin-1"), command))
         assert got.message.args[0] == payload and got.message.kwargs["p"] == payload
+        # in a typed field, pickled bytes are refused at decode (and never unpickled)
+        with pytest.raises(SerdeError, match="Command.result_ids holds int or None only"):
+            round_trip(m.Envelope(1, "me", m.Command("add", (), {}, [payload])))
 
 
 # -- encoding what cannot be sent ----------------------------------------------------------------

@@ -7,6 +7,8 @@ no import of names from the wire, and every size is checked (see `tensors.py`, `
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from typing import Any, Callable, TypeVar
 
 import msgpack
@@ -40,6 +42,7 @@ _MEMORY_FORMAT_CODES = {v: k for k, v in _MEMORY_FORMATS.items()}
 _RECORDS: dict[int, type] = {}
 _RECORD_CODES: dict[type, int] = {}
 _RECORD_FIELDS: dict[type, tuple[str, ...]] = {}
+_RECORD_CHECKS: dict[type, tuple] = {}  # filled on a record type's first decode
 
 T = TypeVar("T")
 
@@ -262,6 +265,21 @@ def _list_hook(items: list) -> Any:
         fields = _RECORD_FIELDS[cls]
         if len(items) - 2 != len(fields):
             raise SerdeError(f"{cls.__name__} has {len(fields)} fields, got {len(items) - 2}")
+        checks = _RECORD_CHECKS.get(cls)
+        if checks is None:
+            checks = _RECORD_CHECKS[cls] = _field_checks(cls)
+        for index, name, allowed, items_allowed in checks:
+            value = items[index]
+            if not isinstance(value, allowed) or (type(value) is bool and bool not in allowed):
+                raise SerdeError(f"{cls.__name__}.{name} must be {_describe(allowed)}, "
+                                 f"got {type(value).__name__}")
+            if items_allowed is not None:
+                for item in value:
+                    if not isinstance(item, items_allowed) or (
+                            type(item) is bool and bool not in items_allowed):
+                        raise SerdeError(f"{cls.__name__}.{name} holds "
+                                         f"{_describe(items_allowed)} only, got "
+                                         f"{type(item).__name__}")
         try:
             return cls(*items[2:])
         except (TypeError, ValueError) as exc:
@@ -286,3 +304,56 @@ def _list_hook(items: list) -> Any:
     raise SerdeError(f"marker {code} cannot lead an array")  # pragma: no cover
 
 
+
+
+# -- field types, checked at decode ---------------------------------------------------------------
+# A record's annotations are its wire schema: `int`, `str`, `bool`, `float` (an int is accepted,
+# as in Python's numeric tower), `list`, `tuple`, `dict`, another record type, `X | None`,
+# `list[X]` (each item checked), or `Any` (not checked). A bool is not accepted for an int.
+
+
+def _allowed(hint: Any) -> tuple[type, ...] | None:
+    """The types an isinstance check accepts for `hint`, or None for Any."""
+    if hint is Any:
+        return None
+    if hint is float:
+        return (float, int)
+    if hint is type(None):
+        return (type(None),)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        accepted: list[type] = []
+        for arm in typing.get_args(hint):
+            arm_types = _allowed(arm)
+            if arm_types is None:
+                return None
+            accepted.extend(arm_types)
+        return tuple(accepted)
+    if origin is not None:
+        return (origin,)
+    if isinstance(hint, type):
+        return (hint,)
+    raise TypeError(f"cannot check a wire field annotated {hint!r}")
+
+
+def _field_checks(cls: type) -> tuple:
+    """(item index, field name, accepted types, accepted item types or None) per checked field
+    of record `cls`, from its annotations."""
+    hints = typing.get_type_hints(cls)
+    checks = []
+    for index, name in enumerate(_RECORD_FIELDS[cls], start=2):
+        hint = hints.get(name, Any)
+        allowed = _allowed(hint)
+        if allowed is None:
+            continue
+        items_allowed = None
+        if typing.get_origin(hint) is list and typing.get_args(hint):
+            items_allowed = _allowed(typing.get_args(hint)[0])
+        checks.append((index, name, allowed, items_allowed))
+    return tuple(checks)
+
+
+def _describe(allowed: tuple[type, ...]) -> str:
+    names = ["None" if t is type(None) else t.__name__ for t in allowed if t is not int
+             or float not in allowed]
+    return " or ".join(dict.fromkeys(names))
