@@ -16,6 +16,13 @@ Faults:
 4. 50 poison frames (garbage, wrong field types, bad chunk headers) interleaved with traffic;
 5. the worker is SIGKILLed and restarted (its memory is gone: the counter starts again, and
    the client is told with WorkerRestartedError; lost/twice count from the restart on).
+Faults 1-3 are run again with posted increments (pipelined, no reply awaited: what `.send()`
+and in-place ops on pointers do), posted every 10 ms until the fault is over and a while
+after: every one of the P posted increments must be in the counter exactly once (they are
+published with publisher confirms; what was not confirmed, or could not be published while the
+broker was away, is published again once the connection is back, and the worker runs each
+message id once):
+    lost = max(0, P - V)     applied twice = max(0, V - P)
 Target (issue 13): 0 lost and 0 applied twice for every fault.
 Run: python benchmarks/faults.py [--increments 200]
 """
@@ -132,6 +139,40 @@ class Run:
                 "errors": errors}
 
 
+    def posted_traffic(self, counter_id: int, n: int, fault, at: int) -> dict:
+        """Posted increments: `fault()` runs (in a thread) at increment `at`; posting goes on
+        every 10 ms until it is over, then `n - at` more."""
+        engine = self.client.engine
+        posted = 0
+        thread = threading.Thread(target=fault)
+        started = after = None
+        while after is None or posted < after:
+            if posted == at:
+                started = time.monotonic()
+                thread.start()
+            if started is not None and after is None and not thread.is_alive():
+                after = posted + (n - at)
+            engine.post(WORKER, m.Command("Tensor.add_", (m.Ref(counter_id), 1), {}, [None]))
+            posted += 1
+            time.sleep(0.01)
+        thread.join()
+        reported = None
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                value = int(self.call(m.GetRequest([counter_id], delete=False))[0].item())
+                break
+            except EXPECTED as exc:
+                if "were never delivered" in str(exc):
+                    reported = str(exc)
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        return {"posted": posted, "value": value, "lost": max(0, posted - value),
+                "twice": max(0, value - posted), "reported": reported,
+                "recovery": time.monotonic() - started}
+
+
 def close_connection(node: PrivateRabbitMQ, name: str) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -182,9 +223,17 @@ def main() -> None:
             counter = run.new_counter()
             result = run.traffic(counter, n, fault, at)
             rows.append((name, result))
-            print(f"{name:28s} recovery {result['recovery']:6.2f} s  lost {result['lost']}  "
+            print(f"{name:37s} recovery {result['recovery']:6.2f} s  lost {result['lost']}  "
                   f"applied twice {result['twice']}  (acked {result['acked']}, failed "
                   f"{result['unknown']}, counter {result['value']})", flush=True)
+
+        for name, fault in faults[:3]:
+            counter = run.new_counter()
+            result = run.posted_traffic(counter, n, fault, at)
+            rows.append((f"{name} (posted)", result))
+            print(f"{name + ' (posted)':37s} lost {result['lost']}  applied twice "
+                  f"{result['twice']}  (posted {result['posted']}, counter {result['value']}"
+                  f"{'; loss reported' if result['reported'] else ''})", flush=True)
 
         # 5. SIGKILL the worker and restart it
         counter = run.new_counter()
@@ -204,7 +253,7 @@ def main() -> None:
                 time.sleep(0.2)
         recovery = time.monotonic() - (result.get("fault_time") or started)
         after = run.traffic(counter, n - at, lambda: None, n)
-        print(f"{'worker SIGKILLed, restarted':28s} recovery {recovery:6.2f} s  lost "
+        print(f"{'worker SIGKILLed, restarted':37s} recovery {recovery:6.2f} s  lost "
               f"{after['lost']}  applied twice {after['twice']}  (the old counter is gone: "
               f"WorkerRestartedError {'raised' if result.get('restarted') else 'NOT raised'})",
               flush=True)

@@ -7,9 +7,10 @@ Both sides are separate processes talking through the broker on loopback:
 Figures:
 1. round trip of one remote op plus its get (`(x + 1).get()`: the op and the get ride in one
    frame, the value comes back in one reply), vs the raw RPC round trip of a 200 B message
-   (median and p99); fedmq publishes persistent frames by default (they survive a broker
-   restart while waiting in a queue), and the same is measured with transient frames
-   (`persistent=False`), what durability costs;
+   (median and p99); fedmq publishes persistent frames with publisher confirms by default
+   (they survive a broker restart while waiting in a queue, and what a dropped connection
+   left unconfirmed is published again), and the same is measured with transient frames
+   without confirms (`persistent=False`), what durability costs;
 2. pipelined remote ops per second (`y = y + 1` N times, then one `.get()`), vs raw one-way
    messages per second (publish N messages of 200 B, consumer counts them);
 3. the seed CNN's 1.7 MB state: `model.send(w)` + an eager get, vs raw publish of the same

@@ -21,6 +21,8 @@ What the engine owns, and nothing else does:
   is sent, and a caller waiting for a reply asks the transport every PROBE_INTERVAL whether the
   worker is still served; either way the caller gets `WorkerNotFoundError` at once, not a
   `ReplyTimeout` after its whole timeout;
+* posted frames the transport could not deliver (the broker refused them, or the connection
+  stayed down): the next call or post to that worker raises `ConnectionLost` saying so;
 * counters of frames sent and replies received (`stats()`, `FrameCounter`), so tests can
   assert how many round trips an operation costs.
 
@@ -183,6 +185,8 @@ class RequestEngine:
         self._counter = itertools.count()
         self._next_sweep = 0.0
         self._closed = False
+        #: worker id -> (posted frames lost, the last reason): raised at the next call there
+        self._lost: dict[str, tuple[int, str]] = {}
         self.frames_sent: collections.Counter = collections.Counter()
         self.replies_received: collections.Counter = collections.Counter()
         transport.bind(self)
@@ -214,6 +218,7 @@ class RequestEngine:
                    on_reply: ReplyCallback | None = None, *,
                    timeout: float | None = None) -> None:
         self._check_open()
+        self._raise_lost(worker_id)
         self.frames_sent[worker_id] += 1
         if not self.transport.pipelines:
             reply = self.transport.send(worker_id, frame, correlation_id=None,
@@ -229,7 +234,7 @@ class RequestEngine:
             deadline = None if timeout is None else time.monotonic() + timeout
             self._register(corr, _Entry(worker_id, message_type, deadline, callback=on_reply))
         self._sweep()
-        self._send(worker_id, frame, corr, message_type, None)
+        self._send(worker_id, frame, corr, message_type, None, posted=True)
 
     def exchange(self, worker_id: str, message: Any, *, sender: str | None = None,
                  release: list | None = None, timeout: float | None = None,
@@ -268,6 +273,7 @@ class RequestEngine:
     def start_frame(self, worker_id: str, frame: bytes | bytearray, message_type: str,
                     expiration: float | None = None) -> PendingCall:
         self._check_open()
+        self._raise_lost(worker_id)
         self.frames_sent[worker_id] += 1
         if not self.transport.pipelines:
             reply = self.transport.send(worker_id, frame, correlation_id="",
@@ -295,6 +301,7 @@ class RequestEngine:
                         timeout: float | None = None, expiration: float | None = None,
                         msg_id: int = 0) -> m.Reply:
         self._check_open()
+        self._raise_lost(worker_id)
         frame = self.frame(message, sender=sender, msg_id=msg_id)
         message_type = type(message).__name__
         timeout = self.timeout if timeout is None else timeout
@@ -371,6 +378,25 @@ class RequestEngine:
         if entry is not None:
             entry.settle(None, self._absent_error(entry.worker_id, entry.message_type, reason))
 
+    def posted_lost(self, worker_id: str, message_type: str, reason: str) -> None:
+        """A posted frame (no reply awaited) to `worker_id` could not be delivered: the next
+        call or post to that worker raises ConnectionLost saying so (what it would have made
+        or changed there is missing), instead of failing later with a puzzling error."""
+        with self._lock:
+            count, _ = self._lost.get(worker_id, (0, ""))
+            self._lost[worker_id] = (count + 1, f"{message_type}: {reason}")
+
+    def _raise_lost(self, worker_id: str) -> None:
+        if not self._lost:
+            return
+        with self._lock:
+            lost = self._lost.pop(worker_id, None)
+        if lost is not None:
+            raise ConnectionLost(
+                f"{lost[0]} message(s) posted to worker {worker_id!r} over "
+                f"{self.transport.describe()} were never delivered (last: {lost[1]}): what they "
+                f"would have stored or changed there is missing")
+
     def connection_lost(self, reason: str) -> None:
         """The connection dropped: every pending reply is lost; their callers fail now."""
         self._fail_all(lambda e: ConnectionLost(
@@ -418,10 +444,10 @@ class RequestEngine:
 
     # -- internals -------------------------------------------------------------------------------
     def _send(self, worker_id: str, frame: Any, corr: str | None, message_type: str,
-              expiration: float | None) -> None:
+              expiration: float | None, posted: bool = False) -> None:
         try:
             self.transport.send(worker_id, frame, correlation_id=corr, message_type=message_type,
-                                expiration=expiration)
+                                expiration=expiration, posted=posted)
         except BaseException:
             if corr is not None:
                 self._forget(corr)

@@ -230,8 +230,10 @@ class WorkerService:
             robust_url(self.url), client_properties={"connection_name": f"fedmq worker {self.id}"})
         self.channel = await self.connection.channel()
         # a channel-wide limit (one consumer per channel here), which, unlike a per-consumer
-        # one, RabbitMQ applies at once when it changes (see _make_room_for_chunks)
-        await self.channel.set_qos(prefetch_count=self.prefetch, global_=True)
+        # one, RabbitMQ applies at once when it changes (see _make_room_for_chunks); quorum
+        # queues only take a per-consumer limit
+        await self.channel.set_qos(prefetch_count=self.prefetch,
+                                   global_=self.queue_type == "classic")
         exchanges = await declare_topology(self.channel)
         name = queue_name(self.id)
         state = await queue_state(self.connection, name)
@@ -295,8 +297,13 @@ class WorkerService:
         old channel: the broker delivers them again, so what arrived of them is dropped."""
         if self._stopping is not None and self._stopping.is_set():
             return
-        self._chunks.clear()
-        self._assembler = ChunkAssembler()
+        if self.queue_type == "classic":
+            self._chunks.clear()
+            self._assembler = ChunkAssembler()
+        else:  # chunks acked early (see _make_room_for_chunks) come only once: keep what
+            # arrived; those still unacked come again, and the assembler ignores repeats
+            for key, held in list(self._chunks.items()):
+                self._chunks[key] = [msg for msg in held if msg.settled]
         await self._set_prefetch(self.prefetch)
         try:
             self._consumer_tag = await consume(self.channel, self.queue.name, self._on_message)
@@ -377,6 +384,13 @@ class WorkerService:
         headers = message.headers or {}
         key = str(headers.get("x-fedmq-frame") or message.message_id or "")
         if "x-fedmq-chunks" in headers:
+            if key and key in self.handled and key not in self._chunks:
+                # a chunk of a frame already handled, published again by a sender whose
+                # confirm was lost with its connection: nothing to do
+                log.info("fedmq worker %s: chunk of handled frame %s arrived again; dropped",
+                         self.id, key)
+                await message.ack()
+                return
             self._chunks.setdefault(key, []).append(message)
         sender = message.properties.user_id or message.reply_to or ""
         try:
@@ -389,7 +403,7 @@ class WorkerService:
                 await self._set_prefetch(self.prefetch)
             return
         if frame is None:  # more chunks to come; acked together once the whole frame is handled
-            await self._make_room_for_chunks()
+            await self._make_room_for_chunks(message)
             return
         messages = self._chunks.pop(key, [message])
         if len(messages) > 1 and not self._chunks:
@@ -419,17 +433,25 @@ class WorkerService:
             for msg in messages:
                 await msg.ack()
 
-    async def _make_room_for_chunks(self) -> None:
+    async def _make_room_for_chunks(self, chunk: Delivery) -> None:
         """Chunks of incomplete frames stay unacked until their frame is handled, and each holds
         a place in the prefetch window: a frame of more chunks than `prefetch` could never
         arrive. So the window grows while chunks are held (up to AMQP's 65 535), and shrinks
-        back when no frame is incomplete."""
+        back when no frame is incomplete. A quorum queue's window cannot change while it is
+        consumed (per-consumer QoS only): there, once held chunks fill the window, each further
+        chunk is acked as it arrives and kept in memory (bounded per sender by the assembler); if this process
+        dies before their frame is complete, the frame is refused with a chunk_error (its
+        other chunks arrive alone and expire), never run half."""
         held = sum(len(v) for v in self._chunks.values())
+        if self.queue_type != "classic":
+            if held + 1 >= self.prefetch:  # the window is full of chunks: take this one now
+                await chunk.ack()
+            return
         if held + 1 >= self._prefetch_now and self._prefetch_now < MAX_PREFETCH:
             await self._set_prefetch(min(MAX_PREFETCH, self.prefetch + 2 * held))
 
     async def _set_prefetch(self, count: int) -> None:
-        if count == self._prefetch_now:
+        if count == self._prefetch_now or self.queue_type != "classic":
             return
         try:
             await self.channel.set_qos(prefetch_count=count, global_=True)

@@ -128,6 +128,8 @@ class PrivateRabbitMQ:
         self.amqp_port, self.management_port, self.dist_port = free_ports(3)
         self.pid: int | None = None
         self.pid_file = self.dir / "rabbitmq.pid"
+        #: the Erlang cookie (nodes of one cluster share it); None: Erlang makes one
+        self.cookie: str | None = None
         self.env = dict(
             os.environ,
             HOME=str(self.dir),
@@ -159,6 +161,10 @@ class PrivateRabbitMQ:
             f"management.tcp.ip = 127.0.0.1\n"
             f"management.tcp.port = {self.management_port}\n")
         (self.dir / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        if self.cookie is not None:
+            cookie = self.dir / ".erlang.cookie"
+            cookie.write_text(self.cookie)
+            cookie.chmod(0o400)
         # instead of /etc/rabbitmq/rabbitmq-env.conf (which names the shared node)
         (self.dir / "rabbitmq-env.conf").write_text(
             "ERL_EPMD_ADDRESS=127.0.0.1\n"
@@ -188,9 +194,17 @@ class PrivateRabbitMQ:
     def restart(self, timeout: float = 120) -> "PrivateRabbitMQ":
         """Stop the node (SIGTERM by pid: a clean shutdown) and start it again on the same
         ports with the same data (durable queues and persistent messages survive)."""
+        self.halt()
+        return self._launch(timeout)
+
+    def halt(self) -> None:
+        """Stop the node (SIGTERM by pid), keeping its data: `resume()` starts it again."""
         if self.pid is not None and str(self.dir) in _cmdline(self.pid):
             _terminate(self.pid, 60)
         self.pid = None
+
+    def resume(self, timeout: float = 120) -> "PrivateRabbitMQ":
+        """Start a halted node again on the same ports with the same data."""
         return self._launch(timeout)
 
     def _launch(self, timeout: float) -> "PrivateRabbitMQ":
@@ -231,3 +245,50 @@ def start_or_skip() -> PrivateRabbitMQ:
     except (PrivateNodeError, OSError, subprocess.TimeoutExpired) as exc:
         node.stop()
         pytest.skip(f"could not start a private RabbitMQ node: {exc}")
+
+
+class PrivateCluster:
+    """Private nodes joined into one RabbitMQ cluster (same cookie; the others join the
+    first): `nodes[i]`, `start()`, `stop()`."""
+
+    def __init__(self, size: int = 3) -> None:
+        self.nodes = [PrivateRabbitMQ() for _ in range(size)]
+        cookie = secrets.token_hex(16).upper()
+        for node in self.nodes:
+            node.cookie = cookie
+
+    def start(self, timeout: float = 180) -> "PrivateCluster":
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(len(self.nodes)) as pool:
+            for future in [pool.submit(node.start, timeout) for node in self.nodes]:
+                future.result()
+        first = self.nodes[0].node
+        for node in self.nodes[1:]:
+            for args in (("stop_app",), ("join_cluster", first), ("start_app",)):
+                done = node.ctl(*args)
+                if done.returncode != 0:
+                    raise PrivateNodeError(f"{node.node}: rabbitmqctl {' '.join(args)} failed: "
+                                           f"{(done.stderr or done.stdout)[-1000:]}")
+        status = self.nodes[0].ctl("cluster_status", "--formatter", "json")
+        running = status.stdout.count("fedmq-test-") if status.returncode == 0 else 0
+        if running < 2 * len(self.nodes):  # each node named under disk nodes and running
+            raise PrivateNodeError(f"the cluster did not form: {status.stdout[-1500:]}"
+                                   f"{status.stderr[-500:]}")
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def start_cluster_or_skip(size: int = 3) -> PrivateCluster:
+    """A started private cluster, or pytest.skip saying why it cannot start."""
+    import pytest
+
+    cluster = PrivateCluster(size)
+    try:
+        return cluster.start()
+    except (PrivateNodeError, OSError, subprocess.TimeoutExpired) as exc:
+        cluster.stop()
+        pytest.skip(f"could not start a private RabbitMQ cluster: {exc}")

@@ -193,12 +193,15 @@ def request_in_thread(engine: RequestEngine, worker_id: str) -> tuple[threading.
 
 
 def close_connection_named(connection_name: str, timeout: float = 20.0) -> None:
-    """Close (from the broker's side) the connection whose client named itself so; the
-    management plugin lists a new connection a few seconds after it opens."""
+    """Close (from the broker's side) the connection whose client named itself so, in this
+    test run's vhost (other runs on the broker are left alone); the management plugin lists a
+    new connection a few seconds after it opens."""
+    vhost = urllib.parse.unquote(urllib.parse.urlsplit(AMQP_URL).path[1:]) or "/"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for conn in _management("connections"):
-            if (conn.get("client_properties") or {}).get("connection_name") == connection_name:
+            if (conn.get("client_properties") or {}).get("connection_name") == connection_name \
+                    and conn.get("vhost") == vhost:
                 _management(f"connections/{urllib.parse.quote(conn['name'], safe='')}",
                             method="DELETE")
                 return
@@ -466,7 +469,7 @@ class _Silent(fedmq.transport.Transport):
         self.fail = fail
 
     def send(self, worker_id, frame, *, correlation_id, message_type="message",
-             expiration=None):
+             expiration=None, posted=False):
         if self.fail and correlation_id:
             self._sink.not_delivered(correlation_id, "the channel was closed")
 

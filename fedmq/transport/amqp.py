@@ -15,9 +15,14 @@ Features:
   consumed again, and the engine fails every caller still waiting (their replies are lost);
 * frames larger than `chunk_size` (default 64 MiB, under RabbitMQ's 128 MiB max_message_size)
   travel as numbered chunks and are reassembled on arrival;
-* frames to workers are persistent (a broker restart keeps those waiting in a worker's durable
-  queue; `persistent=False` for transient ones), and a frame for a worker nobody serves is
-  refused at once (`probe`: a passive declare of its queue).
+* frames to workers are persistent and published with publisher confirms (a broker restart
+  keeps those waiting in a worker's durable queue; `persistent=False` for transient frames
+  without confirms). A posted frame (no reply awaited) that could not be published, or whose
+  confirm was lost with the connection, is published again, in order, once the connection is
+  back (the worker runs a message id once); one the broker refused, or that waited longer than
+  RECONNECT_WAIT, is reported to the engine, which raises it at the next call to that worker;
+* a frame for a worker nobody serves is refused at once (`probe`: a passive declare of its
+  queue).
 
 `AMQPTransport` runs aio-pika on its own event-loop thread (or on the running loop, as the
 worker service and the coordinator do) and offers a thread-safe synchronous `send`.
@@ -149,6 +154,29 @@ def connect_error_text(exc: BaseException) -> str:
 
 #: a chunked reply still incomplete this long after its first chunk is dropped (seconds)
 PARTIAL_REPLY_TIMEOUT = 600.0
+
+#: seconds a posted frame waits for a lost connection to come back before it is given up
+RECONNECT_WAIT = 60.0
+
+#: seconds a call's frame waits for a reconnect under way before its caller fails
+CALL_RECONNECT_WAIT = 5.0
+
+
+class _NotReady(TransportError):
+    """The channel is open, but replies are not consumed on it yet (a reconnect under way)."""
+
+
+#: times a message whose confirm was lost is published again before it is given up
+MAX_REPUBLISH = 3
+
+#: what a confirm fails with when the broker will not take the message (a nack, or a channel
+#: closed over it: no such exchange, access refused): never published again
+_REFUSED = (aiormq.exceptions.DeliveryError, aiormq.exceptions.ChannelNotFoundEntity,
+            aiormq.exceptions.ChannelAccessRefused, aiormq.exceptions.ChannelPreconditionFailed)
+
+#: bytes published and not yet confirmed above which the publisher waits for confirms (flow
+#: control, as a TCP window: memory stays bounded when the broker is slower than the sender)
+UNCONFIRMED_BYTES = 128 * 1024 * 1024
 
 
 #: an AMQP message ready to publish: its body and its properties
@@ -294,7 +322,7 @@ class AMQPTransport(Transport):
     pipelines = True
 
     def __init__(self, url: str = DEFAULT_URL, *, chunk_size: int = CHUNK_SIZE,
-                 connect_timeout: float = 15.0, confirm: bool = False,
+                 connect_timeout: float = 15.0, confirm: bool | None = None,
                  connection_name: str | None = None, persistent: bool = True,
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.url = url
@@ -302,9 +330,20 @@ class AMQPTransport(Transport):
         #: worker's durable queue survives a broker restart. False: transient, for callers
         #: that prefer speed (benchmarks/transport.py prints the difference)
         self.persistent = persistent
-        self._delivery_mode = 2 if persistent else 1
         self.chunk_size = check_chunk_size(chunk_size)
-        self.confirm = confirm
+        #: publisher confirms (default: with persistent frames): the broker acks each message
+        #: once it is in its queue (on disk, for a persistent one); what was not confirmed
+        #: when the connection dropped is published again after the reconnect
+        self.confirm = persistent if confirm is None else bool(confirm)
+        #: confirms awaited: a task per message -> (seq, exchange, routing key, message,
+        #: times published again, posted)
+        self._unconfirmed: dict[asyncio.Future, tuple] = {}
+        #: messages whose confirm was lost with the connection, to publish again (by seq)
+        self._republish: list[tuple] = []
+        #: the aiormq channel replies are consumed on (publishing waits for it after a reopen)
+        self._replies_on: Any = None
+        self._unconfirmed_bytes = 0
+        self._sequence = itertools.count()
         self.connection_name = connection_name
         self._own_loop = _loop is None
         self._loop_thread: threading.Thread | None = None
@@ -332,6 +371,15 @@ class AMQPTransport(Transport):
             except BaseException:
                 self.loop.call_soon_threadsafe(self.loop.stop)
                 raise
+
+    @property
+    def persistent(self) -> bool:
+        """Whether frames to workers are published persistent (delivery mode 2)."""
+        return self._delivery_mode == 2
+
+    @persistent.setter
+    def persistent(self, value: bool) -> None:
+        self._delivery_mode = 2 if value else 1
 
     @classmethod
     async def on_running_loop(cls, url: str = DEFAULT_URL, **kwargs: Any) -> "AMQPTransport":
@@ -364,7 +412,19 @@ class AMQPTransport(Transport):
         self._publisher = asyncio.ensure_future(self._publish_loop())
 
     async def _consume_replies(self) -> None:
+        underlay = await self.channel.get_underlay_channel()
         await consume(self.channel, REPLY_TO, self._on_reply, no_ack=True)
+        self._replies_on = underlay
+
+    async def _ready_channel(self) -> Any:
+        """The channel to publish on, once replies are consumed on it again: a message asking
+        for a direct reply-to on a channel that does not consume `amq.rabbitmq.reply-to` makes
+        the broker close the channel (PRECONDITION_FAILED), as happens right after a
+        reconnect. Raises _NotReady until then."""
+        underlay = await self.channel.get_underlay_channel()
+        if underlay is not self._replies_on or underlay.is_closed:
+            raise _NotReady("the channel is being restored after a reconnect")
+        return underlay
 
     def _on_connection_close(self, _connection: Any, exc: BaseException | None = None) -> None:
         if self._closed:
@@ -379,28 +439,132 @@ class AMQPTransport(Transport):
             log.info("fedmq: channel to %s reopened; consuming replies again", self.describe())
         except Exception:  # the next loss and reconnect will try again
             log.exception("fedmq: could not consume replies after reconnecting")
+        if self._republish and self._outbox is not None:  # the publisher may be idle: wake it
+            self._enqueue((None, None, [], True))
 
     async def _publish_loop(self) -> None:
         outbox = self._outbox
         while True:
-            exchange, routing_key, messages = await outbox.get()
+            item = await outbox.get()
             try:
+                await self._publish_item(*item)
+            except Exception:  # noqa: BLE001 - the publisher must outlive any one message
+                log.exception("fedmq: publishing to %s failed", item[1])
+            finally:
+                self._published += 1
+                outbox.task_done()
+
+    async def _publish_item(self, exchange: str | None, routing_key: str | None,
+                            messages: list[Outgoing], posted: bool) -> None:
+        """Publish one frame's messages (after any whose confirm was lost with the connection).
+        A posted frame waits out a reconnect, up to RECONNECT_WAIT; a call's frame fails at
+        once (its caller is told, and may try again)."""
+        give_up_at = self.loop.time() + (RECONNECT_WAIT if posted else CALL_RECONNECT_WAIT)
+        while True:
+            try:
+                await self._publish_lost()
+                if exchange is None:
+                    return  # a wake-up after a reconnect
                 if exchange == COMMANDS_EXCHANGE and routing_key not in self._served:
                     absent = await self._probe(routing_key)
                     if absent is not None:  # fail now: the broker would drop it, or keep it
                         self._refuse(routing_key, messages, absent)  # for a dead worker
-                        continue
+                        return
                     self._served.add(routing_key)
-                await publish(self.channel, exchange, routing_key, messages)
-            except Exception as exc:  # keep publishing; whoever waits for a reply is told now
-                log.error("fedmq: publish to %s failed: %s", routing_key, exc)
-                correlation_id = messages[0][1].correlation_id if messages else None
-                if correlation_id and self._sink is not None:
-                    self._sink.not_delivered(correlation_id, f"publish to {routing_key!r} "
-                                                             f"failed: {exc}")
-            finally:
-                self._published += 1
-                outbox.task_done()
+                await self._publish(exchange, routing_key, messages, posted)
+                return
+            except Exception as exc:  # noqa: BLE001 - aiormq raises many kinds when closed
+                if self._closed or not self._connection_down() or (
+                        self.loop.time() >= give_up_at):
+                    self._give_up(routing_key or "?", messages, f"publish to {routing_key!r} "
+                                                                f"failed: {exc}")
+                    return
+                log.info("fedmq: publish to %s waits for the connection to come back (%s)",
+                         routing_key, exc)
+                while self._connection_down() and self.loop.time() < give_up_at:
+                    await asyncio.sleep(0.05)
+
+    async def _publish(self, exchange: str, routing_key: str, messages: list[Outgoing],
+                       posted: bool) -> None:
+        underlay = await self._ready_channel()
+        if not self.confirm:
+            await publish(self.channel, exchange, routing_key, messages)
+            return
+        for message in messages:
+            await self._publish_confirmed(underlay, (next(self._sequence), exchange,
+                                                     routing_key, message, 0, posted))
+
+    async def _publish_confirmed(self, underlay: Any, entry: tuple) -> None:
+        """Publish one message on the confirm channel `underlay`; its confirm is awaited in a
+        task of its own (publishes keep their order: aiormq's channel lock is FIFO)."""
+        _, exchange, routing_key, (body, properties), _, _ = entry
+        task = asyncio.ensure_future(underlay.basic_publish(
+            body, exchange=exchange, routing_key=routing_key, properties=properties,
+            mandatory=False, wait=len(body) > NO_WAIT_BODY))
+        self._unconfirmed[task] = entry
+        self._unconfirmed_bytes += len(body)
+        task.add_done_callback(self._on_confirm)
+        while self._unconfirmed_bytes > UNCONFIRMED_BYTES and len(self._unconfirmed) > 1:
+            await asyncio.wait(list(self._unconfirmed), return_when=asyncio.FIRST_COMPLETED)
+
+    def _on_confirm(self, task: asyncio.Future) -> None:
+        entry = self._unconfirmed.pop(task)
+        self._unconfirmed_bytes -= len(entry[3][0])
+        _, exchange, routing_key, (body, properties), republished, posted = entry
+        if task.cancelled():
+            exc: BaseException | None = asyncio.CancelledError()
+        else:
+            exc = task.exception()
+        if exc is None:
+            return  # the broker has it
+        if isinstance(exc, _REFUSED) or self._closed or republished >= MAX_REPUBLISH:
+            self._give_up(routing_key, [(body, properties)],
+                          f"the broker did not take a message to {routing_key!r} ({exc!r})")
+        elif not posted:  # its caller was told the connection dropped
+            log.debug("fedmq: the confirm of a call to %s was lost: %r", routing_key, exc)
+        else:  # it may or may not be in the queue: publish it again (the worker runs it once)
+            self._republish.append((*entry[:4], republished + 1, posted))
+
+    async def _publish_lost(self) -> None:
+        """Publish again, in their first order, the messages whose confirm was lost."""
+        if not self._republish:
+            return
+        lost, self._republish = sorted(self._republish, key=lambda e: e[0]), []
+        log.warning("fedmq: publishing %d message(s) again after a reconnect (their confirms "
+                    "were lost with the connection)", len(lost))
+        try:
+            underlay = await self._ready_channel()
+        except BaseException:
+            self._republish[:0] = lost
+            raise
+        for index, entry in enumerate(lost):
+            try:
+                await self._publish_confirmed(underlay, entry)
+            except BaseException:
+                self._republish[:0] = lost[index:]
+                raise
+
+    def _connection_down(self) -> bool:
+        """Whether the connection or the channel is down, or replies are not consumed on the
+        channel yet (a reconnect is under way)."""
+        channel = getattr(self, "channel", None)
+        if channel is None or channel.is_closed or self.connection.is_closed or not (
+                self.connection.connected.is_set()):
+            return True
+        holder = getattr(channel, "_channel", None)  # aio-pika's holder of its aiormq channel
+        return holder is None or getattr(holder, "channel", None) is not self._replies_on
+
+    def _give_up(self, routing_key: str, messages: list[Outgoing], reason: str) -> None:
+        """A frame that cannot be published: its caller fails now; a posted frame is reported
+        to the engine, which raises it at the next call to that worker."""
+        log.error("fedmq: %s", reason)
+        properties = messages[0][1] if messages else None
+        if self._sink is None or properties is None:
+            return
+        if properties.correlation_id:
+            self._sink.not_delivered(properties.correlation_id, reason)
+        else:
+            self._sink.posted_lost(routing_key, properties.message_type or "message", reason)
 
     def _refuse(self, worker_id: str, messages: list[Outgoing], reason: str) -> None:
         correlation_id = messages[0][1].correlation_id if messages else None
@@ -470,17 +634,20 @@ class AMQPTransport(Transport):
 
     # -- Transport ---------------------------------------------------------------------------------
     def send(self, worker_id: str, frame: bytes | bytearray, *, correlation_id: str | None,
-             message_type: str = "message", expiration: float | None = None) -> None:
+             message_type: str = "message", expiration: float | None = None,
+             posted: bool = False) -> None:
         """Queue `frame` for worker `worker_id` (returns at once; order is kept). With
-        `expiration` (seconds) the broker drops the message if it waits longer in the queue."""
+        `expiration` (seconds) the broker drops the message if it waits longer in the queue.
+        A `posted` frame waits out a lost connection and is published again if its confirm
+        was lost; a call's frame fails at once (its caller is told, and may try again)."""
         self._enqueue((self.commands, worker_id,
-                       self._messages(frame, correlation_id, message_type, expiration)))
+                       self._messages(frame, correlation_id, message_type, expiration), posted))
 
     async def asend(self, worker_id: str, frame: bytes | bytearray, *,
                     correlation_id: str | None, message_type: str = "message",
-                    expiration: float | None = None) -> None:
+                    expiration: float | None = None, posted: bool = False) -> None:
         self.send(worker_id, frame, correlation_id=correlation_id, message_type=message_type,
-                  expiration=expiration)
+                  expiration=expiration, posted=posted)
 
     def _messages(self, frame: bytes | bytearray, correlation_id: str | None,
                   message_type: str, expiration: float | None) -> list:
@@ -494,20 +661,29 @@ class AMQPTransport(Transport):
     def publish_event(self, routing_key: str, body: bytes) -> None:
         """Publish a JSON event on `fedmq.events` (in order with everything else)."""
         self._enqueue((self.events, routing_key,
-                       [(body, Basic.Properties(content_type="application/json"))]))
+                       [(body, Basic.Properties(content_type="application/json"))], True))
 
     async def drain_async(self, timeout: float | None = 10.0) -> None:
-        """Wait (on this loop) until everything queued so far is published."""
+        """Wait (on this loop) until everything queued so far is published (and confirmed)."""
         if self._outbox is not None:
-            await asyncio.wait_for(self._outbox.join(), timeout)
+            await asyncio.wait_for(self._drained(), timeout)
+
+    async def _drained(self) -> None:
+        await self._outbox.join()
+        while self._unconfirmed:
+            await asyncio.wait(list(self._unconfirmed))
+        if self._republish:  # confirms lost with the connection: published again first
+            self._enqueue((None, None, [], True))
+            await self._drained()
 
     def drain(self, timeout: float | None = 30.0) -> None:
         """Wait until everything queued so far is published (and, with `confirm`, enqueued by
         the broker). A worker drains before replying, so what it relayed to other workers is
         in their queues before its caller can send them anything else."""
-        if self._outbox is None or self._published >= self._enqueued:
+        if self._outbox is None or (self._published >= self._enqueued
+                                    and not self._unconfirmed and not self._republish):
             return  # nothing queued since the last drain: no trip to the loop
-        self._run(self._outbox.join(), timeout=timeout)
+        self._run(self._drained(), timeout=timeout)
 
     def describe(self) -> str:
         return describe_url(self.url)

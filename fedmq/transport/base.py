@@ -29,6 +29,8 @@ class ReplySink(Protocol):
 
     def worker_not_found(self, correlation_id: str, reason: str) -> None: ...
 
+    def posted_lost(self, worker_id: str, message_type: str, reason: str) -> None: ...
+
 
 class Transport(abc.ABC):
     #: short name used in URLs and logs ("local", "amqp")
@@ -44,13 +46,15 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def send(self, worker_id: str, frame: bytes | bytearray, *, correlation_id: str | None,
-             message_type: str = "message", expiration: float | None = None
-             ) -> bytes | bytearray | None:
+             message_type: str = "message", expiration: float | None = None,
+             posted: bool = False) -> bytes | bytearray | None:
         """Deliver `frame` to worker `worker_id`. A synchronous transport returns the reply
         frame; a pipelining one returns None and, when `correlation_id` is given, later hands
         the reply to the sink under that id. `expiration` (seconds) lets a broker drop a
-        message that waited longer in the worker's queue. Raises TransportError when the frame
-        cannot be delivered."""
+        message that waited longer in the worker's queue. `posted`: no caller waits on it (a
+        pipelined message), so a broker transport may hold it through a reconnect and publish
+        it again (a call fails instead: its caller decides). Raises TransportError when the
+        frame cannot be delivered."""
 
     async def asend(self, worker_id: str, frame: bytes | bytearray, *,
                     correlation_id: str | None, message_type: str = "message",

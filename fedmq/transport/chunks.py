@@ -49,7 +49,8 @@ class ChunkAssembler:
     is given up by `expire(max_age)`, so partial frames cannot pile up in memory; neither can
     one sender's (`max_partial_bytes`). Headers are checked: `add` raises ChunkError (and
     forgets that frame) for a chunk count or index that is not a sane integer, a count that
-    differs between chunks of one frame, or a chunk sent twice."""
+    differs between chunks of one frame, or a chunk sent twice with different bytes (the same
+    bytes twice is a chunk published again after its confirm was lost: ignored)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, *,
                  max_partial_bytes: int = MAX_PARTIAL_BYTES) -> None:
@@ -83,8 +84,10 @@ class ChunkAssembler:
                                   f"says {total}")
         parts = self._parts.setdefault(key, {})
         if index in parts:
+            if parts[index] == body:  # published again after a lost confirm: a duplicate
+                return None
             self.forget(key)
-            raise ChunkError(key, f"chunk {index} of frame {key} arrived twice")
+            raise ChunkError(key, f"chunk {index} of frame {key} arrived twice, different")
         owner = self._owner.setdefault(key, sender)
         completes = len(parts) + 1 == total  # the frame leaves the assembler at once
         if not completes and self._held.get(owner, 0) + len(body) > self.max_partial_bytes:

@@ -50,7 +50,8 @@ class LocalTransport(Transport):
         return worker
 
     def send(self, worker_id: str, frame: bytes | bytearray, *, correlation_id: str | None,
-             message_type: str = "message", expiration: float | None = None) -> bytes:
+             message_type: str = "message", expiration: float | None = None,
+             posted: bool = False) -> bytes:
         worker = self._worker(worker_id)
         with self._locks[worker_id]:
             return worker.handle_frame(frame)

@@ -22,17 +22,19 @@ from fedmq.transport.chunks import check_chunk_size
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
-def amqp_engine(context: Context, url: str, *,
-                chunk_size: int | None = None) -> RequestEngine:
+def amqp_engine(context: Context, url: str, *, chunk_size: int | None = None,
+                persistent: bool | None = None) -> RequestEngine:
     """The request engine over `context`'s RabbitMQ connection to `url`: made on first use and
     shared by every AMQPClientWorker of that context with that URL (one connection, one reply
-    consumer). Raises TransportError when the broker cannot be reached."""
+    consumer). A connection made with `persistent=False` publishes transient frames without
+    publisher confirms. Raises TransportError when the broker cannot be reached."""
     # aio-pika is imported only when a broker is used: `import fedmq` stays light
     from fedmq.transport.amqp import CHUNK_SIZE, AMQPTransport
 
     def connect() -> RequestEngine:
         transport = AMQPTransport(url, chunk_size=chunk_size or CHUNK_SIZE,
-                                  connection_name="fedmq client")
+                                  connection_name="fedmq client",
+                                  persistent=True if persistent is None else persistent)
         return RequestEngine(transport, timeout=DEFAULT_TIMEOUT)
 
     key = f"amqp {url} {chunk_size}"
@@ -84,11 +86,12 @@ class AMQPClientWorker(WorkerClient):
         The hook's clients for one URL share one connection, which these set: `chunk_size`
         (bytes, at least 4 KiB; default 64 MiB) is how it splits big frames, and must stay
         below the broker's max_message_size; `persistent` (default True) publishes frames so
-        that those waiting in a worker's queue survive a broker restart (False: transient,
-        a little faster)."""
+        that those waiting in a worker's queue survive a broker restart, with publisher
+        confirms (False: transient, a little faster; without confirms when it is the first
+        client of the connection)."""
         if network is None:
             context = getattr(hook, "context", None) or Context()
-            engine = amqp_engine(context, url)
+            engine = amqp_engine(context, url, persistent=persistent)
             key = f"amqp-network {url}"
             network = context.state(key, lambda: AMQPNetwork(engine, context, timeout))
             if network.engine is not engine:  # its connection was closed: a new one
@@ -100,7 +103,6 @@ class AMQPClientWorker(WorkerClient):
             transport.chunk_size = check_chunk_size(chunk_size)
         if persistent is not None:
             transport.persistent = bool(persistent)
-            transport._delivery_mode = 2 if persistent else 1
         self.hook = hook
         network.add(self)
 
