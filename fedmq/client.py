@@ -187,11 +187,14 @@ class WorkerClient:
             error, message = self._async_errors[0]
             self._async_errors.clear()
             if isinstance(error, FedmqError):
-                raise error
-            exc = remote_error_from(error.code, error.message, error.worker or self.id,
-                                    error.op or getattr(message, "op", None))
-            if isinstance(exc, ObjectNotFoundError):
-                exc = self._lost_in_restart(exc)
+                exc: FedmqError = error
+            else:
+                exc = remote_error_from(error.code, error.message, error.worker or self.id,
+                                        error.op or getattr(message, "op", None))
+                if isinstance(exc, ObjectNotFoundError):
+                    exc = self._lost_in_restart(exc)
+            exc.add_note(f"(raised at this call to worker {self.id!r}: it is the outcome of a "
+                         f"{type(message).__name__} posted to it earlier)")
             raise exc
 
     def _frame(self, message: Any, sender: str | None) -> bytes:

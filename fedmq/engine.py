@@ -360,15 +360,18 @@ class RequestEngine:
         self.replies_received[entry.worker_id] += 1
         entry.settle(frame, None)
 
-    def not_delivered(self, correlation_id: str, reason: str) -> None:
+    def not_delivered(self, correlation_id: str, reason: str) -> bool:
         """The frame sent under `correlation_id` never reached the broker: its caller fails
-        now with ConnectionLost (a posted message's error is raised at the next sync point)."""
+        now with ConnectionLost (a posted message's error is raised at the next sync point).
+        False if nobody waited for it any more."""
         with self._lock:
             entry = self._pending.pop(correlation_id, None)
-        if entry is not None:
-            entry.settle(None, ConnectionLost(
-                f"{entry.message_type} to worker {entry.worker_id!r} was not delivered over "
-                f"{self.transport.describe()} ({reason}); nothing was run"))
+        if entry is None:
+            return False
+        entry.settle(None, ConnectionLost(
+            f"{entry.message_type} to worker {entry.worker_id!r} was not delivered over "
+            f"{self.transport.describe()} ({reason}); nothing was run"))
+        return True
 
     def worker_not_found(self, correlation_id: str, reason: str) -> None:
         """The transport refused the frame sent under `correlation_id`: no worker serves its
@@ -398,11 +401,20 @@ class RequestEngine:
                 f"would have stored or changed there is missing")
 
     def connection_lost(self, reason: str) -> None:
-        """The connection dropped: every pending reply is lost; their callers fail now."""
-        self._fail_all(lambda e: ConnectionLost(
-            f"the connection to {self.transport.describe()} was lost while waiting for worker "
-            f"{e.worker_id!r} to answer {e.message_type} ({reason}); it may or may not have "
-            f"been handled"))
+        """The connection dropped: every pending reply is lost; their callers fail now. A
+        posted message itself is not lost (the transport publishes it again if the broker
+        did not confirm it); only its reply, which would have reported an error, is."""
+        def lost(e: _Entry) -> ConnectionLost:
+            if e.callback is not None:
+                return ConnectionLost(
+                    f"the connection to {self.transport.describe()} dropped ({reason}) before "
+                    f"worker {e.worker_id!r} answered a posted {e.message_type}: the message "
+                    f"is still delivered, but whether it failed there cannot be reported")
+            return ConnectionLost(
+                f"the connection to {self.transport.describe()} was lost while waiting for "
+                f"worker {e.worker_id!r} to answer {e.message_type} ({reason}); it may or may "
+                f"not have been handled")
+        self._fail_all(lost)
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def pending_replies(self) -> int:

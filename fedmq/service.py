@@ -39,7 +39,6 @@ import threading
 import uuid
 from typing import Any, Callable
 
-import aio_pika
 import aiormq.exceptions
 import torch
 
@@ -54,9 +53,9 @@ from fedmq.runtime import tune_malloc
 from fedmq.transport.amqp import (CHUNK_SIZE, DEAD_LETTER_EXCHANGE, FRAME_CONTENT_TYPE,
                                   QUEUE_TYPES, AMQPTransport, ChunkAssembler, ChunkError,
                                   Delivery, check_chunk_size, chunk_messages, consume,
-                                  declare_topology, describe_url, publish, queue_name,
-                                  queue_state, robust_url,
-                                  worker_queue_arguments)
+                                  connect_robust, declare_topology, describe_url, publish,
+                                  queue_name, queue_state, worker_queue_arguments)
+from fedmq.errors import TransportError
 from fedmq.worker import Undecodable, Worker
 from fedmq.workers.amqp import DEFAULT_URL, AMQPNetwork
 
@@ -188,12 +187,19 @@ def _settle(future: asyncio.Future, result: Any, error: BaseException | None) ->
         future.set_exception(error)
 
 
+#: seconds each step of stopping may take with the broker (see WorkerService.stop)
+STOP_STEP_TIMEOUT = 5.0
+
+
 class WorkerService:
     def __init__(self, worker_id: str, url: str = DEFAULT_URL, *, prefetch: int = 64,
                  state_dir: str | os.PathLike | None = None, worker: Worker | None = None,
                  chunk_size: int = CHUNK_SIZE, chunk_timeout: float = 300.0,
-                 standby: bool = False, queue_type: str = "classic") -> None:
+                 standby: bool = False, queue_type: str = "classic",
+                 connect_wait: float = 60.0) -> None:
         self.id = worker_id
+        #: seconds to keep trying a broker that cannot be reached yet, at start
+        self.connect_wait = connect_wait
         #: start even if another process serves this id, as its hot standby (the broker's
         #: single-active-consumer makes this one active when the other's consumer goes)
         self.standby = standby
@@ -226,8 +232,11 @@ class WorkerService:
         load_extensions()  # extension messages (plans, SMPC, ...) must decode and have handlers
         self._handling = asyncio.Lock()
         self._stopping = asyncio.Event()
-        self.connection = await aio_pika.connect_robust(
-            robust_url(self.url), client_properties={"connection_name": f"fedmq worker {self.id}"})
+        try:
+            self.connection = await connect_robust(
+                self.url, connection_name=f"fedmq worker {self.id}", wait=self.connect_wait)
+        except TransportError as exc:
+            raise WorkerStartError(f"fedmq worker {self.id}: {exc}") from None
         self.channel = await self.connection.channel()
         # a channel-wide limit (one consumer per channel here), which, unlike a per-consumer
         # one, RabbitMQ applies at once when it changes (see _make_room_for_chunks); quorum
@@ -257,9 +266,13 @@ class WorkerService:
         # Outbound (moves, pointers to pointers, SMPC deals): a request engine over a client
         # connection on this same loop, in a context of this worker's own.
         context = Context(sender=self.id)
-        self.outbound = await AMQPTransport.on_running_loop(
-            self.url, chunk_size=self.chunk_size, confirm=True,
-            connection_name=f"fedmq worker {self.id} (outbound)")
+        try:
+            self.outbound = await AMQPTransport.on_running_loop(
+                self.url, chunk_size=self.chunk_size, confirm=True,
+                connection_name=f"fedmq worker {self.id} (outbound)")
+        except TransportError as exc:
+            await self.connection.close()
+            raise WorkerStartError(f"fedmq worker {self.id}: {exc}") from None
         network = AMQPNetwork(RequestEngine(self.outbound, sender=self.id), context,
                               relaying=True)
         if self.worker is None:
@@ -312,25 +325,36 @@ class WorkerService:
             log.exception("fedmq worker %s: could not consume after reconnecting", self.id)
 
     async def stop(self) -> None:
-        """Stop consuming, finish the message in hand, requeue the rest, close."""
-        try:
+        """Stop consuming, finish the message in hand, requeue the rest, close. Each step
+        with the broker is given STOP_STEP_TIMEOUT seconds: with the broker unreachable
+        (a reconnect under way) the service still stops; the broker requeues what it had
+        not acked when the connection goes."""
+        async def cancel_consumer() -> None:
             underlay = await self.channel.get_underlay_channel()
             await underlay.basic_cancel(self._consumer_tag)
-        except Exception:  # pragma: no cover - the channel may already be gone
-            pass
+
+        await self._bounded("stop consuming", cancel_consumer())
         # The message in hand is finished; prefetched ones are skipped (see _on_message) and,
         # never acked, go back to the queue when the channel closes.
         async with self._handling:
             pass
         self._sweeper.cancel()
-        try:
-            await self.channel.close()  # unacked prefetched messages go back to the queue
+        try:  # unacked prefetched messages go back to the queue
+            await self._bounded("close the channel", self.channel.close())
         finally:
-            await self.outbound.aclose()
-            await self.connection.close()
+            await self._bounded("close the outbound connection", self.outbound.aclose())
+            await self._bounded("close the connection", self.connection.close())
             self._op_thread.stop()
             self.handled.close()
         log.info("fedmq worker %s: stopped", self.id)
+
+    async def _bounded(self, what: str, step: Any) -> None:
+        try:
+            await asyncio.wait_for(step, STOP_STEP_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - stopping goes on whatever the broker does
+            log.warning("fedmq worker %s: could not %s (%s); stopping all the same", self.id,
+                        what, type(exc).__name__ if isinstance(exc, asyncio.TimeoutError)
+                        else exc)
 
     async def _on_message(self, message: Delivery) -> None:
         """aio-pika calls this in a task of its own per delivery, in delivery order; the lock
@@ -608,7 +632,8 @@ def run_worker(args: argparse.Namespace) -> int:
         services = [WorkerService(worker_id, args.url, prefetch=args.prefetch,
                                   state_dir=args.state_dir, worker=worker,
                                   chunk_size=args.chunk_size, chunk_timeout=args.chunk_timeout,
-                                  standby=args.standby, queue_type=args.queue_type)
+                                  standby=args.standby, queue_type=args.queue_type,
+                                  connect_wait=args.connect_wait)
                     for worker_id, worker in workers.items()]
         started = await asyncio.gather(*(s.start() for s in services), return_exceptions=True)
         failures = [exc for exc in started if isinstance(exc, BaseException)]
@@ -647,6 +672,10 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                    help="several worker ids served by this one process")
     p.add_argument("--url", default=os.environ.get("FEDMQ_AMQP_URL", DEFAULT_URL),
                    help="broker URL (default $FEDMQ_AMQP_URL or %(default)s)")
+    p.add_argument("--connect-wait", type=float, default=60.0, metavar="SECONDS",
+                   help="keep trying a broker that cannot be reached yet for this long at "
+                        "start (a refused user, password or vhost is not tried again); "
+                        "default %(default)s")
     p.add_argument("--prefetch", type=int, default=64)
     p.add_argument("--chunk-size", type=_chunk_size_arg, default=CHUNK_SIZE,
                    help="replies above this many bytes travel in chunks (default %(default)s; "

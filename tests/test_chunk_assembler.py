@@ -84,3 +84,20 @@ def test_the_bytes_of_one_senders_partial_frames_are_bounded():
     assert asm.add(chunk("a1", 1, 2), b"y" * 60, "alice") == b"x" * 60 + b"y" * 60
     assert asm.held("alice") == 0  # a completed frame frees its sender's budget
     asm.add(chunk("a3", 0, 2), b"x" * 60, "alice")
+
+
+def test_the_bytes_of_all_senders_partial_frames_are_bounded_too():
+    """Found by review: a sender is named by its reply-to, which a publisher chooses; sixty
+    "senders" each held a 4 MiB partial frame. All of them together are bounded as well."""
+    asm = ChunkAssembler(max_partial_bytes=100, max_total_bytes=250)
+    for i in range(4):
+        asm.add(chunk(f"f{i}", 0, 2), b"x" * 60, f"reply-to-{i}")
+    with pytest.raises(ChunkError, match="over 250 bytes of incomplete frames waiting "
+                                         r"\(from all senders\)"):
+        asm.add(chunk("f4", 0, 2), b"x" * 60, "reply-to-4")
+    assert asm.held(None) == 240 and len(asm) == 4
+    assert asm.add(chunk("f0", 1, 2), b"y" * 60, "reply-to-0") == b"x" * 60 + b"y" * 60
+    asm.expire(-1)  # everything given up: nothing held
+    assert asm.held(None) == 0
+    asm.add(chunk("f5", 0, 2), b"x" * 60, "reply-to-5")
+    assert asm.held(None) == 60

@@ -485,6 +485,25 @@ def test_a_frame_that_was_not_published_fails_its_caller_at_once():
     assert len(got) == 1 and isinstance(got[0], ConnectionLost)
 
 
+def test_a_posted_frame_the_transport_gave_up_is_raised_at_the_next_call_to_that_worker():
+    """A posted frame the broker refused, or that waited out a reconnect in vain, is not
+    dropped silently: the next call to that worker (and only that worker) says so, once."""
+    engine = RequestEngine(_Silent(), timeout=0.3)
+    engine.posted_lost("bob", "Command", "the broker did not take it (nack)")
+    engine.posted_lost("bob", "ObjectMessage", "no connection for 60 s")
+    with pytest.raises(ReplyTimeout):  # alice is not concerned (and answers nothing here)
+        engine.request("alice", m.ObjectsCount())
+    with pytest.raises(ConnectionLost, match=r"2 message\(s\) posted to worker 'bob' .* were "
+                                             r"never delivered \(last: ObjectMessage: no "
+                                             r"connection for 60 s\)"):
+        engine.request("bob", m.ObjectsCount())
+    with pytest.raises(ReplyTimeout):  # said once
+        engine.request("bob", m.ObjectsCount())
+    engine.posted_lost("bob", "Command", "nack")
+    with pytest.raises(ConnectionLost, match="never delivered"):
+        engine.post("bob", m.DeleteObjects([]))
+
+
 def test_a_posted_message_waits_for_its_clients_timeout_not_the_engines():
     engine = RequestEngine(_Silent(), timeout=60)
     got = []

@@ -142,6 +142,8 @@ def connect_error_text(exc: BaseException) -> str:
     """What a failed connection attempt means, for a person: aiormq reports a refused vhost
     as an unexpected `Connection.Close` object."""
     text = str(exc)
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+        return "the broker refused the user name or password in the URL"
     close = next((a for a in getattr(exc, "args", ()) if type(a).__name__ == "Close"), None)
     if close is None and "Connection.Close" in text:
         close = exc
@@ -150,6 +152,37 @@ def connect_error_text(exc: BaseException) -> str:
         return ("the broker refused to open the connection" + (f" ({reason})" if reason else "")
                 + ": does the vhost in the URL exist, and may this user use it?")
     return text
+
+
+def connect_refused(exc: BaseException) -> bool:
+    """Whether a failed connection attempt was refused by the broker (credentials, vhost,
+    permissions): trying again cannot help, unlike a broker that is not up yet."""
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+        return True
+    return "Connection.Close" in str(exc) or any(type(a).__name__ == "Close"
+                                                 for a in getattr(exc, "args", ()))
+
+
+async def connect_robust(url: str, *, connection_name: str | None = None,
+                         wait: float = 0.0) -> aio_pika.abc.AbstractRobustConnection:
+    """aio-pika's robust connection to `url` (reconnecting every RECONNECT_INTERVAL once up).
+    A broker that cannot be reached yet is tried again every second for `wait` seconds (a
+    service started before its broker); a refusal (credentials, vhost) is not. Raises
+    TransportError saying why, without the URL's password."""
+    properties = {"connection_name": connection_name} if connection_name else None
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + wait
+    while True:
+        try:
+            return await aio_pika.connect_robust(robust_url(url), client_properties=properties)
+        except Exception as exc:  # noqa: BLE001 - aiormq and the socket raise many kinds
+            text = connect_error_text(exc)
+            if connect_refused(exc) or loop.time() >= give_up_at:
+                raise TransportError(f"cannot connect to RabbitMQ at {describe_url(url)}: "
+                                     f"{text}") from exc
+            log.warning("fedmq: RabbitMQ at %s cannot be reached yet (%s); trying again for "
+                        "%.0f s", describe_url(url), text, give_up_at - loop.time())
+            await asyncio.sleep(1.0)
 
 
 #: a chunked reply still incomplete this long after its first chunk is dropped (seconds)
@@ -392,13 +425,7 @@ class AMQPTransport(Transport):
 
     # -- setup (on the loop) ---------------------------------------------------------------------
     async def _connect(self) -> None:
-        properties = {"connection_name": self.connection_name} if self.connection_name else None
-        try:
-            self.connection = await aio_pika.connect_robust(robust_url(self.url),
-                                                            client_properties=properties)
-        except Exception as exc:
-            raise TransportError(f"cannot connect to RabbitMQ at {self.describe()}: "
-                                 f"{connect_error_text(exc)}") from exc
+        self.connection = await connect_robust(self.url, connection_name=self.connection_name)
         self.channel = await self.connection.channel(publisher_confirms=self.confirm)
         exchanges = await declare_topology(self.channel)
         self.commands = exchanges["commands"].name
@@ -434,6 +461,10 @@ class AMQPTransport(Transport):
             self._sink.connection_lost(str(exc) if exc else "closed by the broker")
 
     async def _on_reopen(self, _channel: Any) -> None:
+        # confirms still awaited belong to the old channel, which is gone: published again
+        # (posted frames) or given up (calls, whose callers were told) by _on_confirm
+        for task in list(self._unconfirmed):
+            task.cancel()
         try:
             await self._consume_replies()
             log.info("fedmq: channel to %s reopened; consuming replies again", self.describe())
@@ -477,7 +508,7 @@ class AMQPTransport(Transport):
                 if self._closed or not self._connection_down() or (
                         self.loop.time() >= give_up_at):
                     self._give_up(routing_key or "?", messages, f"publish to {routing_key!r} "
-                                                                f"failed: {exc}")
+                                                                f"failed: {exc}", posted)
                     return
                 log.info("fedmq: publish to %s waits for the connection to come back (%s)",
                          routing_key, exc)
@@ -519,7 +550,8 @@ class AMQPTransport(Transport):
             return  # the broker has it
         if isinstance(exc, _REFUSED) or self._closed or republished >= MAX_REPUBLISH:
             self._give_up(routing_key, [(body, properties)],
-                          f"the broker did not take a message to {routing_key!r} ({exc!r})")
+                          f"the broker did not take a message to {routing_key!r} ({exc!r})",
+                          posted)
         elif not posted:  # its caller was told the connection dropped
             log.debug("fedmq: the confirm of a call to %s was lost: %r", routing_key, exc)
         else:  # it may or may not be in the queue: publish it again (the worker runs it once)
@@ -554,17 +586,22 @@ class AMQPTransport(Transport):
         holder = getattr(channel, "_channel", None)  # aio-pika's holder of its aiormq channel
         return holder is None or getattr(holder, "channel", None) is not self._replies_on
 
-    def _give_up(self, routing_key: str, messages: list[Outgoing], reason: str) -> None:
-        """A frame that cannot be published: its caller fails now; a posted frame is reported
-        to the engine, which raises it at the next call to that worker."""
+    def _give_up(self, routing_key: str, messages: list[Outgoing], reason: str,
+                 posted: bool) -> None:
+        """A frame that cannot be published: a call's caller fails now; a posted frame is
+        reported to the engine, which raises it at the next call to that worker (its own
+        reply entry may be gone already, failed when the connection dropped)."""
         log.error("fedmq: %s", reason)
         properties = messages[0][1] if messages else None
         if self._sink is None or properties is None:
             return
-        if properties.correlation_id:
+        if posted:  # its reply's waiter hears of it; if there is none left, the next call
+            if not (properties.correlation_id and
+                    self._sink.not_delivered(properties.correlation_id, reason)):
+                self._sink.posted_lost(routing_key, properties.message_type or "message",
+                                       reason)
+        elif properties.correlation_id:
             self._sink.not_delivered(properties.correlation_id, reason)
-        else:
-            self._sink.posted_lost(routing_key, properties.message_type or "message", reason)
 
     def _refuse(self, worker_id: str, messages: list[Outgoing], reason: str) -> None:
         correlation_id = messages[0][1].correlation_id if messages else None

@@ -1,6 +1,6 @@
 """Big frames in chunks: how a frame is cut (`split_chunks`), and how chunks become a frame
 again (`ChunkAssembler`), with every header checked and partial frames bounded in time and in
-bytes per sender. Used by the RabbitMQ transport and the worker service; no broker code here,
+bytes, per sender and in all. Used by the RabbitMQ transport and the worker service; no broker code here,
 so `import fedmq` stays free of aio-pika."""
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ def split_chunks(frame: bytes | bytearray, chunk_size: int) -> list[memoryview]:
 MAX_CHUNKS = 1 << 16
 #: bytes of incomplete frames one sender may have waiting (its next chunk over it is refused)
 MAX_PARTIAL_BYTES = 2 * 1024 * 1024 * 1024
+#: bytes of incomplete frames all senders together may have waiting: a sender is named by
+#: what it publishes (its reply-to, until user ids are enforced), so many "senders" could
+#: otherwise hold MAX_PARTIAL_BYTES each
+MAX_PARTIAL_TOTAL = 2 * MAX_PARTIAL_BYTES
 
 
 class ChunkError(TransportError):
@@ -53,13 +57,16 @@ class ChunkAssembler:
     bytes twice is a chunk published again after its confirm was lost: ignored)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, *,
-                 max_partial_bytes: int = MAX_PARTIAL_BYTES) -> None:
+                 max_partial_bytes: int = MAX_PARTIAL_BYTES,
+                 max_total_bytes: int = MAX_PARTIAL_TOTAL) -> None:
         self._parts: dict[str, dict[int, bytes]] = {}
         self._first_seen: dict[str, float] = {}
         self._total: dict[str, int] = {}
         self._owner: dict[str, str] = {}
         self._held: dict[str, int] = {}  # sender -> bytes in its incomplete frames
         self.max_partial_bytes = max_partial_bytes
+        self.max_total_bytes = max_total_bytes
+        self._held_total = 0
         self._clock = clock
 
     def add(self, headers: dict | None, body: bytes, sender: str = "") -> bytes | bytearray | None:
@@ -94,10 +101,15 @@ class ChunkAssembler:
             self.forget(key)
             raise ChunkError(key, f"sender {owner or '?'} has over {self.max_partial_bytes} "
                                   f"bytes of incomplete frames waiting")
+        if not completes and self._held_total + len(body) > self.max_total_bytes:
+            self.forget(key)
+            raise ChunkError(key, f"this worker has over {self.max_total_bytes} bytes of "
+                                  f"incomplete frames waiting (from all senders)")
         self._total[key] = total
         self._first_seen.setdefault(key, self._clock())
         parts[index] = body
         self._held[owner] = self._held.get(owner, 0) + len(body)
+        self._held_total += len(body)
         if len(parts) < total:
             return None
         frame = bytearray().join(parts[i] for i in range(total))
@@ -108,6 +120,8 @@ class ChunkAssembler:
         """Drop what arrived of frame `key`."""
         parts = self._parts.pop(key, None)
         owner = self._owner.pop(key, None)
+        if parts:
+            self._held_total -= sum(len(b) for b in parts.values())
         if parts and owner is not None:
             left = self._held.get(owner, 0) - sum(len(b) for b in parts.values())
             if left > 0:
@@ -127,8 +141,10 @@ class ChunkAssembler:
             self.forget(key)
         return stale
 
-    def held(self, sender: str = "") -> int:
-        """Bytes of `sender`'s incomplete frames."""
+    def held(self, sender: str | None = "") -> int:
+        """Bytes of `sender`'s incomplete frames (None: of every sender's)."""
+        if sender is None:
+            return self._held_total
         return self._held.get(sender, 0)
 
     def __len__(self) -> int:
