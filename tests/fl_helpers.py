@@ -24,3 +24,43 @@ def data_worker(worker_id: str, n: int = 64, labels=range(10), split: str = "tra
     worker.store.put(new_id(), data, ("#synth", "#data", f"#{split}"))
     worker.store.put(new_id(), target, ("#synth", "#target", f"#{split}"))
     return worker
+
+
+async def rounds_with_faults(url: str, train: list[str], testing: str, cfg, run_dir,
+                             faults: dict, *, delay: float | None = 0.2,
+                             wait_after_failure: bool = False):
+    """`cfg.rounds` coordinator rounds over RabbitMQ at `url`; `faults[r]` (a blocking
+    function) runs in a thread `delay` seconds into round r, once its Fits are out (with
+    `delay=None`: before the round starts). With `wait_after_failure`, a round that failed is
+    followed by waiting for the workers. The round records, each with `wall` (seconds from
+    the fault's end to the round's)."""
+    import asyncio
+    import time
+
+    from fedmq.fl.connections import AMQPRoundConnection
+    from fedmq.fl.coordinator import Coordinator
+
+    conn = await AMQPRoundConnection.connect(url)
+    coord = Coordinator(conn, list(train), cfg, testing=testing, echo=lambda line: None,
+                        run_dir=run_dir)
+    records = []
+    try:
+        coord.prepare()
+        for round in range(1, cfg.rounds + 1):
+            fault = faults.get(round)
+            if fault is not None and delay is None:
+                await asyncio.to_thread(fault)
+            task = asyncio.ensure_future(coord.run_round(round))
+            if fault is not None and delay is not None:
+                await asyncio.sleep(delay)
+                await asyncio.to_thread(fault)
+            started = time.monotonic()
+            record = await task
+            if wait_after_failure and record.status != "ok":
+                await coord.wait_for_workers(60)
+            record.wall = time.monotonic() - started
+            coord.end_round(record)
+            records.append(record)
+    finally:
+        await conn.aclose()
+    return records

@@ -17,6 +17,7 @@ from fedmq.fl.coordinator import Coordinator, TrainConfig, initial_weights
 from fedmq.fl.messages import Fit, FitRes
 from fedmq.transport.amqp import chunk_messages
 
+from fl_helpers import rounds_with_faults
 from worker_procs import AMQP_URL, WorkerProcesses
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]
@@ -111,29 +112,11 @@ def test_rounds_over_rabbitmq_give_the_in_process_results_with_chunked_frames(fl
 def test_a_killed_worker_is_skipped_and_rejoins_after_a_restart(fl_workers, tmp_path):
     expired_before = dead_letters("fl-bob").count(("Fit", "expired"))
 
-    async def scenario():
-        conn = await AMQPRoundConnection.connect(AMQP_URL)
-        coord = Coordinator(conn, list(TRAIN), config(rounds=5, round_timeout=5, eval_every=0),
-                            testing=TESTING, echo=lambda line: None, run_dir=tmp_path)
-        records = []
-        try:
-            coord.prepare()
-            for round in range(1, 6):
-                if round == 2:
-                    await asyncio.to_thread(fl_workers.kill, "fl-bob")
-                if round == 4:
-                    await asyncio.to_thread(fl_workers.start, "fl-bob", "--dataset", "mnist5k",
-                                            "--labels", TRAIN["fl-bob"], fresh=False)
-                started = time.monotonic()
-                record = await coord.run_round(round)
-                record.wall = time.monotonic() - started
-                coord.end_round(record)
-                records.append(record)
-        finally:
-            await conn.aclose()
-        return records
-
-    records = asyncio.run(scenario())
+    records = asyncio.run(rounds_with_faults(
+        AMQP_URL, list(TRAIN), TESTING, config(rounds=5, round_timeout=5, eval_every=0),
+        tmp_path, {2: lambda: fl_workers.kill("fl-bob"),
+                   4: lambda: fl_workers.start("fl-bob", "--dataset", "mnist5k", "--labels",
+                                               TRAIN["fl-bob"], fresh=False)}, delay=None))
     assert sorted(records[0].workers) == ["fl-alice", "fl-bob"]
     for record in records[1:3]:  # bob is down: the round goes on with alice
         assert record.status == "ok" and list(record.workers) == ["fl-alice"]
@@ -272,31 +255,9 @@ def test_a_run_survives_a_broker_restart_mid_round(tmp_path):
         for worker_id in [*TRAIN, TESTING]:
             procs.wait_consuming(worker_id, procs.procs[worker_id], timeout=120)
         cfg = config(rounds=8, num_batches=6, eval_every=8, round_timeout=20)
-
-        async def scenario():
-            conn = await AMQPRoundConnection.connect(node.amqp_url)
-            coord = Coordinator(conn, list(TRAIN), cfg, testing=TESTING,
-                                echo=lambda line: None, run_dir=tmp_path / "run")
-            records = []
-            try:
-                coord.prepare()
-                for round in range(1, 9):
-                    task = asyncio.ensure_future(coord.run_round(round))
-                    if round == 3:
-                        await asyncio.sleep(0.2)  # the Fits are out
-                        await asyncio.to_thread(node.restart)
-                    started = time.monotonic()
-                    record = await task
-                    if record.status != "ok":  # the broker was down: wait for it, go on
-                        await coord.wait_for_workers(60)
-                    record.wall = time.monotonic() - started
-                    coord.end_round(record)
-                    records.append(record)
-            finally:
-                await conn.aclose()
-            return records
-
-        records = asyncio.run(scenario())
+        records = asyncio.run(rounds_with_faults(node.amqp_url, list(TRAIN), TESTING, cfg,
+                                                 tmp_path / "run", {3: node.restart},
+                                                 wait_after_failure=True))
         assert [r.status for r in records[:2]] == ["ok", "ok"]
         assert all(r.status == "ok" and sorted(r.workers) == sorted(TRAIN)
                    for r in records[4:]), [(r.round, r.status, r.failed) for r in records]

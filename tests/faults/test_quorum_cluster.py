@@ -6,14 +6,13 @@ confirm, and elect a new leader among the nodes left)."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aio_pika
 import pytest
 
-from fedmq.fl.connections import AMQPRoundConnection
-from fedmq.fl.coordinator import Coordinator, TrainConfig
+from fedmq.fl.coordinator import TrainConfig
 from fedmq.transport.amqp import queue_name, worker_queue_arguments
+from fl_helpers import rounds_with_faults
 from worker_procs import WorkerProcesses
 
 pytestmark = [pytest.mark.amqp, pytest.mark.slow]
@@ -63,28 +62,8 @@ def test_rounds_complete_when_the_node_leading_the_worker_queues_stops(tmp_path)
         cfg = TrainConfig(rounds=6, batch_size=32, num_batches=6, lr=0.1, eval_every=6,
                           round_timeout=60, seed=5)
 
-        async def scenario():
-            conn = await AMQPRoundConnection.connect(coordinating.amqp_url)
-            coord = Coordinator(conn, list(TRAIN), cfg, testing=TESTING,
-                                echo=lambda line: None, run_dir=tmp_path / "run")
-            records = []
-            try:
-                coord.prepare()
-                for round in range(1, 7):
-                    task = asyncio.ensure_future(coord.run_round(round))
-                    if round == 3:
-                        await asyncio.sleep(0.2)  # the Fits are out
-                        await asyncio.to_thread(leader.halt)
-                    started = time.monotonic()
-                    record = await task
-                    record.wall = time.monotonic() - started
-                    coord.end_round(record)
-                    records.append(record)
-            finally:
-                await conn.aclose()
-            return records
-
-        records = asyncio.run(scenario())
+        records = asyncio.run(rounds_with_faults(coordinating.amqp_url, list(TRAIN), TESTING,
+                                                 cfg, tmp_path / "run", {3: leader.halt}))
         summary = [(r.round, r.status, sorted(r.workers), r.failed) for r in records]
         for record in records:  # the round the node stopped in as well: nothing was lost
             assert record.status == "ok" and sorted(record.workers) == sorted(TRAIN) and \
