@@ -26,7 +26,8 @@ Built on that (each declares what it adds in its hooks.py `EXTENSION` table):
 """
 import importlib
 
-from fedmq.errors import (ConnectionLost, ConnectionLostError, FedmqError, ObjectNotFoundError,
+from fedmq.errors import (ConnectionBlocked, ConnectionLost, ConnectionLostError, FedmqError,
+                          ObjectNotFoundError,
                           OpNotAllowedError, PointerError, RemoteError, RemoteExecutionError,
                           ReplyTimeout, SerdeError, TransportError, WorkerNotFoundError,
                           WorkerRestartedError)
@@ -60,7 +61,8 @@ del hook  # noqa: F821 - the submodule's name: `fedmq.hook` is the latest TorchH
 __version__ = "0.1.0"
 
 __all__ = [
-    "AMQPClientWorker", "ConnectionLost", "ConnectionLostError", "FedmqError",
+    "AMQPClientWorker", "ConnectionBlocked", "ConnectionLost", "ConnectionLostError",
+    "FedmqError",
     "ObjectNotFoundError", "OpNotAllowedError", "PointerError", "PointerTensor", "RemoteError",
     "RemoteExecutionError", "RemoteParameter", "ReplyTimeout", "SerdeError", "TorchHook",
     "TransportError", "VirtualWorker", "WorkerNotFoundError", "WorkerRestartedError", "hook",

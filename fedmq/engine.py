@@ -45,8 +45,8 @@ import weakref
 from typing import Any, Callable, Iterable
 
 from fedmq import messages as m, serde
-from fedmq.errors import (ConnectionLost, FedmqError, RemoteSerdeError, ReplyTimeout,
-                          WorkerNotFoundError, remote_error_from)
+from fedmq.errors import (ConnectionBlocked, ConnectionLost, FedmqError, RemoteSerdeError,
+                          ReplyTimeout, WorkerNotFoundError, remote_error_from)
 from fedmq.transport.base import Transport
 
 log = logging.getLogger("fedmq.engine")
@@ -57,6 +57,9 @@ DEFAULT_TIMEOUT = 60.0
 SWEEP_INTERVAL = 1.0
 #: how often (seconds) a caller waiting for a reply checks that its worker is still served
 PROBE_INTERVAL = 1.0
+#: seconds the broker may block a connection's publishes (an alarm) before a waiting caller
+#: fails with ConnectionBlocked
+BLOCKED_GRACE = 5.0
 
 #: what `post(..., on_reply=...)` receives: the decoded Reply, or the error that ended the wait
 ReplyCallback = Callable[["m.Reply | FedmqError"], None]
@@ -160,6 +163,11 @@ class PendingCall:
                     self.engine._forget(self.correlation_id)
                     raise self.engine._timeout_error(self.worker_id, self.message_type,
                                                      timeout) from None
+                blocked = self.engine.transport.blocked(BLOCKED_GRACE)
+                if blocked is not None and not self.future.done():
+                    self.engine._forget(self.correlation_id)
+                    raise self.engine._blocked_error(self.worker_id, self.message_type,
+                                                     blocked) from None
                 absent = self.engine.transport.probe(self.worker_id)
                 if absent is not None and not self.future.done():
                     self.engine._forget(self.correlation_id)
@@ -343,6 +351,10 @@ class RequestEngine:
             if end is not None and loop.time() >= end:
                 future.cancel()
                 raise self._timeout_error(worker_id, message_type, timeout)
+            blocked = self.transport.blocked(BLOCKED_GRACE)
+            if blocked is not None and not future.done():
+                future.cancel()
+                raise self._blocked_error(worker_id, message_type, blocked)
             absent = await self.transport.aprobe(worker_id)
             if absent is not None and not future.done():
                 future.cancel()
@@ -514,6 +526,11 @@ class RequestEngine:
         return ReplyTimeout(f"worker {worker_id!r} did not answer {message_type} within "
                             f"{timeout} s over {self.transport.describe()} (is a worker with "
                             f"id {worker_id!r} running?)")
+
+    @staticmethod
+    def _blocked_error(worker_id: str, message_type: str, reason: str) -> ConnectionBlocked:
+        return ConnectionBlocked(f"{message_type} to worker {worker_id!r} cannot be answered "
+                                 f"now: {reason}; what was sent goes out once it clears")
 
     @staticmethod
     def _absent_error(worker_id: str, message_type: str, reason: str) -> WorkerNotFoundError:

@@ -58,6 +58,13 @@ class ConnectionLost(TransportError, ConnectionError):
 ConnectionLostError = ConnectionLost
 
 
+class ConnectionBlocked(TransportError):
+    """The broker holds this connection's publishes (a memory or disk alarm: RabbitMQ's
+    `connection.blocked`): a waiting call fails with this after a few seconds, saying so,
+    instead of timing out as if the worker were silent. What was sent goes out once the alarm
+    clears."""
+
+
 class WorkerNotFoundError(TransportError, LookupError):
     """No worker serves this id: its queue does not exist, or nothing consumes it (the worker
     stopped or died). Raised at once when sending, or while waiting for a reply (the waiting

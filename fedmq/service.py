@@ -50,7 +50,8 @@ from fedmq.errors import FedmqError
 from fedmq.extensions import load_extensions
 from fedmq.ids import new_id
 from fedmq.runtime import tune_malloc
-from fedmq.transport.amqp import (CHUNK_SIZE, DEAD_LETTER_EXCHANGE, FRAME_CONTENT_TYPE,
+from fedmq.transport.amqp import (CHUNK_SIZE, COMMANDS_EXCHANGE, DEAD_LETTER_EXCHANGE,
+                                  FRAME_CONTENT_TYPE,
                                   QUEUE_TYPES, AMQPTransport, ChunkAssembler, ChunkError,
                                   Delivery, check_chunk_size, chunk_messages, consume,
                                   connect_robust, declare_topology, describe_url, publish,
@@ -221,6 +222,8 @@ class WorkerService:
         self._inline_paused_until = 0.0
         self._standing_by = False
         self._prefetch_now = prefetch
+        #: the process's exit status once stopped: 1 if the service stopped on an error
+        self.exit_code = 0
         self._assembler = ChunkAssembler()
         self._chunks: dict[str, list] = {}
         #: reply message ids: a random prefix and a counter (aiormq would draw a UUID each)
@@ -285,7 +288,7 @@ class WorkerService:
         context.transport.add(self.worker)
         network.add(WorkerClient(self.id, context.engine, network, sender=self.id))
         self._sweeper = asyncio.ensure_future(self._sweep_loop())
-        self._consumer_tag = await consume(self.channel, self.queue.name, self._on_message)
+        await self._consume()
         self.channel.reopen_callbacks.add(self._on_reopen)
         self._standing_by = bool(state is not None and state[1])
         log.info("fedmq worker %s: consuming %s on %s (prefetch %d%s)", self.id,
@@ -319,10 +322,39 @@ class WorkerService:
                 self._chunks[key] = [msg for msg in held if msg.settled]
         await self._set_prefetch(self.prefetch)
         try:
-            self._consumer_tag = await consume(self.channel, self.queue.name, self._on_message)
+            await self._consume()
             log.info("fedmq worker %s: reconnected; consuming %s again", self.id, self.queue.name)
         except Exception:  # the next loss and reconnect will try again
             log.exception("fedmq worker %s: could not consume after reconnecting", self.id)
+
+    async def _consume(self) -> None:
+        """Consume the worker's queue (again), and hear when the broker cancels the consumer."""
+        self._consumer_tag = await consume(self.channel, self.queue.name, self._on_message)
+        underlay = await self.channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
+
+    def _on_consumer_cancelled(self, frame: Any) -> None:
+        """The broker cancelled our consumer: the queue was deleted (by an operator, say), or
+        its node went away. Declare the queue again and consume it, in a task of its own (this
+        runs in the channel's reader, which the declare needs)."""
+        if frame.consumer_tag != self._consumer_tag or self._stopping.is_set():
+            return
+        log.warning("fedmq worker %s: the broker cancelled the consumer of %s (was the queue "
+                    "deleted?); declaring it and consuming again", self.id, self.queue.name)
+        self._reconsuming = asyncio.ensure_future(self._consume_again())
+
+    async def _consume_again(self) -> None:
+        try:
+            self.queue = await self.channel.declare_queue(
+                self.queue.name, durable=True, arguments=worker_queue_arguments(self.queue_type))
+            await self.queue.bind(COMMANDS_EXCHANGE, routing_key=self.id)
+            await self._consume()
+            log.info("fedmq worker %s: consuming %s again", self.id, self.queue.name)
+        except Exception as exc:  # noqa: BLE001 - serving nothing while alive is worse
+            log.error("fedmq worker %s: could not consume %s again (%s); stopping", self.id,
+                      self.queue.name, exc)
+            self.exit_code = 1
+            self.request_stop()
 
     async def stop(self) -> None:
         """Stop consuming, finish the message in hand, requeue the rest, close. Each step
@@ -497,16 +529,18 @@ class WorkerService:
     async def _dead_letter(self, messages: list[Delivery], reason: str) -> None:
         """Settle messages that failed: a copy goes to `fedmq.dlx` (-> fedmq.dead-letters)
         with headers saying why (`x-fedmq-error`), where (`x-fedmq-worker`) and what
-        (`x-fedmq-message-type`), so the dead-letter queue explains itself in the management
-        UI; then the original is acked. If the copy cannot be published, the original is
+        (`x-fedmq-message-type`: the decoded message's type when it could be decoded, else
+        the AMQP `type` the sender gave), so the dead-letter queue explains itself in the
+        management UI; then the original is acked. If the copy cannot be published, the original is
         rejected to the same place by the broker instead (without the explanation)."""
         for msg in messages:
             if msg.settled or not msg.channel_open:
                 continue  # settled, or its channel closed: the broker delivers it again
             properties = copy.copy(msg.properties)
-            properties.headers = {**(msg.headers or {}), "x-fedmq-error": reason[:4000],
+            properties.headers = {**(msg.headers or {}), "x-fedmq-error": str(reason)[:4000],
                                   "x-fedmq-worker": self.id,
-                                  "x-fedmq-message-type": msg.type or "?"}
+                                  "x-fedmq-message-type": getattr(reason, "message_type",
+                                                                  None) or msg.type or "?"}
             try:
                 await publish(self.channel, DEAD_LETTER_EXCHANGE, self.id,
                               [(msg.body, properties)])
@@ -648,13 +682,13 @@ def run_worker(args: argparse.Namespace) -> int:
                                    if not isinstance(r, BaseException)))
             raise failures[0]
         await asyncio.gather(*(s.run_until_stopped() for s in services))
+        return max(s.exit_code for s in services)
 
     try:
-        asyncio.run(main())
+        return asyncio.run(main())
     except WorkerStartError as exc:
         log.error("%s", exc)
         return 2
-    return 0
 
 
 def _chunk_size_arg(text: str) -> int:

@@ -45,6 +45,17 @@ def register_handler(message_type: type, handler: Callable[["Worker", Any], Any]
     EXTRA_HANDLERS[message_type] = handler
 
 
+class Failure(str):
+    """Why a message failed ("code: message"), knowing the decoded message's type (for the
+    dead-letter copy's x-fedmq-message-type: the AMQP `type` property is the sender's claim)."""
+    message_type: str | None = None
+
+    def __new__(cls, reason: str, message_type: str | None = None) -> "Failure":
+        self = super().__new__(cls, reason)
+        self.message_type = message_type
+        return self
+
+
 class Undecodable(NamedTuple):
     """What `Worker.decode_frame` returns for bytes that are no fedmq frame: the error reply,
     and why (for the dead-letter copy)."""
@@ -117,7 +128,10 @@ class Worker:
             what = type(getattr(envelope, "message", envelope)).__name__
             reply = self._error("serde_error", f"malformed {what}: {type(exc).__name__}: {exc}")
         reply.incarnation = self.incarnation
-        failed = _failure(reply, getattr(envelope, "message", None))
+        message = getattr(envelope, "message", None)
+        failed = _failure(reply, message)
+        if failed is not None and message is not None:
+            failed = Failure(failed, type(message).__name__)
         try:
             return serde.encode(reply), failed
         except errors.SerdeError as exc:

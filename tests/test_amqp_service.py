@@ -89,13 +89,15 @@ def test_call_without_a_worker_fails_at_once_clearly(hook):
     assert f"fedmq worker --id {nobody.id}" in str(info.value)  # says how to start it
 
 
-@pytest.mark.parametrize("name,body", [
-    ("garbage", b"\x00\x01 this is not a frame"),
-    ("pickle", pickle.dumps({"evil": "payload"})),
-    ("not allowlisted", envelope(m.Command("os.system", ("echo pwned",), {}, [], reply=True))),
-    ("truncated", envelope(m.ObjectsCount())[:-3]),
+@pytest.mark.parametrize("name,body,message_type", [
+    ("garbage", b"\x00\x01 this is not a frame", "Envelope"),  # the sender's AMQP type
+    ("pickle", pickle.dumps({"evil": "payload"}), "Envelope"),
+    ("not allowlisted", envelope(m.Command("os.system", ("echo pwned",), {}, [], reply=True)),
+     "Command"),  # decoded: what it really is
+    ("truncated", envelope(m.ObjectsCount())[:-3], "Envelope"),
 ])
-def test_bad_messages_get_an_error_reply_and_are_dead_lettered(procs, name, body):
+def test_bad_messages_get_an_error_reply_and_are_dead_lettered(procs, name, body,
+                                                               message_type):
     procs.start("svc_bad")
     raw = RawClient()
     try:
@@ -107,7 +109,7 @@ def test_bad_messages_get_an_error_reply_and_are_dead_lettered(procs, name, body
         assert headers is not None, "the failed message did not reach fedmq.dead-letters"
         assert headers["x-fedmq-error"].startswith(reply.error.code)  # it explains itself
         assert headers["x-fedmq-worker"] == "svc_bad"
-        assert headers["x-fedmq-message-type"] == "Envelope"
+        assert headers["x-fedmq-message-type"] == message_type
         # ... and the worker answers the next request
         assert raw.call("svc_bad", envelope(m.ObjectsCount())).value == 0
     finally:

@@ -33,6 +33,7 @@ import asyncio
 import itertools
 import logging
 import threading
+import time
 import uuid
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -200,16 +201,18 @@ class _NotReady(TransportError):
 
 
 #: times a message whose confirm was lost is published again before it is given up
-MAX_REPUBLISH = 3
+MAX_REPUBLISH = 10
 
 #: what a confirm fails with when the broker will not take the message (a nack, or a channel
 #: closed over it: no such exchange, access refused): never published again
 _REFUSED = (aiormq.exceptions.DeliveryError, aiormq.exceptions.ChannelNotFoundEntity,
             aiormq.exceptions.ChannelAccessRefused, aiormq.exceptions.ChannelPreconditionFailed)
 
-#: bytes published and not yet confirmed above which the publisher waits for confirms (flow
-#: control, as a TCP window: memory stays bounded when the broker is slower than the sender)
+#: bytes and messages published and not yet confirmed above which the publisher waits until
+#: half of them are confirmed (flow control, as a TCP window: memory and the number of confirm
+#: tasks stay bounded when the broker is slower than the sender)
 UNCONFIRMED_BYTES = 128 * 1024 * 1024
+UNCONFIRMED_MESSAGES = 4096
 
 
 #: an AMQP message ready to publish: its body and its properties
@@ -376,6 +379,8 @@ class AMQPTransport(Transport):
         #: the aiormq channel replies are consumed on (publishing waits for it after a reopen)
         self._replies_on: Any = None
         self._unconfirmed_bytes = 0
+        self._room = asyncio.Event()  # set: the confirm window has room
+        self._room.set()
         self._sequence = itertools.count()
         self.connection_name = connection_name
         self._own_loop = _loop is None
@@ -535,12 +540,17 @@ class AMQPTransport(Transport):
         self._unconfirmed[task] = entry
         self._unconfirmed_bytes += len(body)
         task.add_done_callback(self._on_confirm)
-        while self._unconfirmed_bytes > UNCONFIRMED_BYTES and len(self._unconfirmed) > 1:
-            await asyncio.wait(list(self._unconfirmed), return_when=asyncio.FIRST_COMPLETED)
+        while len(self._unconfirmed) > 1 and (self._unconfirmed_bytes > UNCONFIRMED_BYTES or
+                                              len(self._unconfirmed) > UNCONFIRMED_MESSAGES):
+            self._room.clear()  # set again by _on_confirm once half the window is confirmed
+            await self._room.wait()
 
     def _on_confirm(self, task: asyncio.Future) -> None:
         entry = self._unconfirmed.pop(task)
         self._unconfirmed_bytes -= len(entry[3][0])
+        if not self._room.is_set() and self._unconfirmed_bytes <= UNCONFIRMED_BYTES // 2 and (
+                len(self._unconfirmed) <= UNCONFIRMED_MESSAGES // 2):
+            self._room.set()
         _, exchange, routing_key, (body, properties), republished, posted = entry
         if task.cancelled():
             exc: BaseException | None = asyncio.CancelledError()
@@ -637,8 +647,30 @@ class AMQPTransport(Transport):
                     f"wait in it)")
         return None
 
+    def blocked(self, at_least: float = 0.0) -> str | None:
+        """Why the broker holds this connection's publishes (RabbitMQ sends
+        `connection.blocked` on a memory or disk alarm), once it has for `at_least` seconds
+        (measured from when a caller first saw it); None otherwise. Any thread."""
+        try:  # aiormq keeps the state in a private event (set: unblocked)
+            unblocked = self.connection.transport.connection._Connection__connection_unblocked
+        except AttributeError:  # not connected now (or another aiormq): cannot tell
+            return None
+        if unblocked.is_set():
+            self._blocked_at = None
+            return None
+        now = time.monotonic()
+        if self._blocked_at is None:
+            self._blocked_at = now
+        if now - self._blocked_at < at_least:
+            return None
+        return (f"the broker at {self.describe()} has blocked publishing on this connection for "
+                f"{now - self._blocked_at:.0f} s (a memory or disk alarm: `rabbitmqctl status` "
+                f"or the management UI shows which)")
+
+    _blocked_at: float | None = None
+
     def probe(self, worker_id: str) -> str | None:
-        if self._closed or self._on_this_loop():
+        if self._closed or self._on_this_loop() or self.blocked() is not None:
             return None
         try:
             return self._run(self._probe(worker_id), timeout=10)
@@ -646,7 +678,7 @@ class AMQPTransport(Transport):
             return None
 
     async def aprobe(self, worker_id: str) -> str | None:
-        if self._closed:
+        if self._closed or self.blocked() is not None:  # a passive declare would wait too
             return None
         if self._on_this_loop():
             return await self._probe(worker_id)

@@ -73,6 +73,11 @@ class Transport(abc.ABC):
         """`probe` for coroutines."""
         return None
 
+    def blocked(self, at_least: float = 0.0) -> str | None:
+        """Why the broker holds this transport's publishes (an alarm), once it has for at least
+        `at_least` seconds; None otherwise (default: never)."""
+        return None
+
     def drain(self, timeout: float | None = 30.0) -> None:
         """Wait until everything sent so far has left this process (default: nothing to do)."""
 

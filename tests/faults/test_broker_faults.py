@@ -346,3 +346,49 @@ def test_posted_frames_whose_confirms_a_closed_connection_lost_run_exactly_once(
     assert time.monotonic() - started < 30
     assert any(republished), "the close lost no confirm: the test proved nothing"
     assert_all_settled("fedmq.worker.flt_confirm")
+
+
+def test_many_small_chunks_posted_at_once_flow_through_the_confirm_window(procs, hook,
+                                                                          monkeypatch):
+    """Found by review: 40 000 posted 4 KiB chunks filled the window of unconfirmed bytes and
+    the publisher waited on every confirm task at each wake-up (quadratic): ~40 messages/s,
+    calls timing out. A small window here, so a few thousand chunks cross it many times."""
+    from fedmq.transport import amqp
+
+    monkeypatch.setattr(amqp, "UNCONFIRMED_MESSAGES", 64)
+    monkeypatch.setattr(amqp, "UNCONFIRMED_BYTES", 128 * 1024)
+    procs.start("flt_small_chunks")
+    bob = fedmq.AMQPClientWorker(hook, id="flt_small_chunks", url=AMQP_URL, timeout=60,
+                                 chunk_size=4096)
+    counter = torch.zeros(1, dtype=torch.float64).send(bob)
+    started = time.monotonic()
+    for _ in range(80):  # 80 frames of 160 kB: 3 200 chunks
+        x = torch.ones(20_000, dtype=torch.float64).send(bob)
+        counter.add_(x.sum())
+        del x
+        bob.flush()
+    assert counter.get().item() == 80 * 20_000
+    assert time.monotonic() - started < 60
+    transport = bob.engine.transport
+    transport.drain(10)  # everything published and confirmed
+    assert not transport._unconfirmed and transport._unconfirmed_bytes == 0
+    assert_all_settled("fedmq.worker.flt_small_chunks")
+
+
+def test_a_worker_whose_queue_is_deleted_declares_it_and_consumes_again(procs, hook):
+    """Found by review: after `rabbitmqctl delete_queue fedmq.worker.<id>` the broker cancels
+    the consumer; the worker stayed alive serving nothing, and clients were told to start it."""
+    from worker_procs import delete_queue
+
+    procs.start("flt_deleted")
+    bob = fedmq.AMQPClientWorker(hook, id="flt_deleted", url=AMQP_URL, timeout=30)
+    assert bob.objects_count() == 0
+    delete_queue("fedmq.worker.flt_deleted")
+    deadline = time.monotonic() + 30
+    while "consuming fedmq.worker.flt_deleted again" not in procs.log("flt_deleted"):
+        assert time.monotonic() < deadline, procs.log("flt_deleted")[-2000:]
+        time.sleep(0.2)
+    bob.wait_until_served(30)
+    assert (torch.tensor([4.0]).send(bob) + 1).get().tolist() == [5.0]
+    assert "cancelled the consumer" in procs.log("flt_deleted")
+    assert procs.procs["flt_deleted"].poll() is None

@@ -104,3 +104,36 @@ def test_sigterm_stops_a_worker_whose_broker_is_away(tmp_path):
             proc.kill()
             proc.wait()
         node.stop()
+
+
+def test_a_memory_alarm_fails_a_waiting_call_saying_so_and_loses_nothing(tmp_path):
+    """Found by review: with the broker's publishers blocked (a memory alarm), a call waited
+    its whole timeout and blamed the worker. Now it fails after a few seconds with
+    ConnectionBlocked, and what was posted during the alarm is applied once it clears."""
+    node = start_or_skip()
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "a") as log:
+        proc = worker(node.amqp_url, "alarmed", log)
+    hook = fedmq.TorchHook(torch)
+    try:
+        bob = fedmq.AMQPClientWorker(hook, id="alarmed", url=node.amqp_url,
+                                     timeout=60).wait_until_served(90)
+        counter = torch.zeros(1).send(bob)
+        assert bob.objects_count() == 1
+        assert node.ctl("set_vm_memory_high_watermark", "0.0001").returncode == 0
+        time.sleep(2)
+        for _ in range(50):
+            counter.add_(1)
+        bob.flush()
+        started = time.monotonic()
+        with pytest.raises(fedmq.ConnectionBlocked, match="blocked publishing on this "
+                                                          "connection.*memory or disk alarm"):
+            bob.objects_count()
+        assert time.monotonic() - started < 20
+        assert node.ctl("set_vm_memory_high_watermark", "0.8").returncode == 0
+        assert counter.get().item() == 50
+    finally:
+        hook.context.close()
+        proc.terminate()
+        proc.wait(30)
+        node.stop()
