@@ -122,3 +122,17 @@ def test_metadata_queries_send_nothing(vbob):
     _ = (x.shape, x.size(1), x.dtype, x.requires_grad, x.is_floating_point(), x.numel(),
          x.device, hash(x), x.ndim, repr(x))
     assert bob.message_count == before
+
+
+def test_equality_with_what_torch_does_not_compare_is_identity(bob):
+    """Found by review: `ptr == None` (as `list.count(None)` does) failed remotely with
+    "cannot send NotImplementedType". As with a plain tensor, it is False (and != is True),
+    without a message; comparisons with numbers and tensors still run remotely."""
+    x = torch.tensor([1.0, 2.0]).send(bob)
+    t = torch.tensor([1.0, 2.0])
+    for other in (None, "a", object()):
+        assert (x == other) is (t == other) is False
+        assert (x != other) is (t != other) is True
+    assert [x, None, x].count(None) == 1
+    assert (x == 1).get().tolist() == [True, False]
+    assert (x != torch.tensor([1.0, 3.0]).send(bob)).get().tolist() == [False, True]

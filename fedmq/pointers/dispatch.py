@@ -143,11 +143,23 @@ def torch_function(cls, func, types, args=(), kwargs=None):
         return func(*args, **kwargs)  # the model came home: run the call as usual
     if local is not None:
         return local(func, args, kwargs)
+    if func in _EQUALITY and len(args) == 2 and not _comparable(args[1]):
+        # as torch does: `==` with None, a string, ... is NotImplemented, and Python then
+        # compares identities (`ptr == None` is False, `ptr != None` True)
+        return NotImplemented
     name = ops.name_of(func)
     if name is None:
         raise OpNotAllowedError(f"{_func_name(func)} is not on fedmq's allowlist, so it cannot "
                                 f"run on remote data (see fedmq/ops/allowlist.py)")
     return _remote_call(name, func, args, kwargs)
+
+
+_EQUALITY = {torch.Tensor.__eq__, torch.Tensor.__ne__}
+
+
+def _comparable(value: Any) -> bool:
+    """Whether torch compares a tensor with `value` elementwise (else `==` is identity)."""
+    return isinstance(value, (torch.Tensor, int, float, complex, bool, list, tuple))
 
 
 class PendingGets:
