@@ -235,11 +235,8 @@ class WorkerService:
         load_extensions()  # extension messages (plans, SMPC, ...) must decode and have handlers
         self._handling = asyncio.Lock()
         self._stopping = asyncio.Event()
-        try:
-            self.connection = await connect_robust(
-                self.url, connection_name=f"fedmq worker {self.id}", wait=self.connect_wait)
-        except TransportError as exc:
-            raise WorkerStartError(f"fedmq worker {self.id}: {exc}") from None
+        self.connection = await self._start_step(connect_robust(
+            self.url, connection_name=f"fedmq worker {self.id}", wait=self.connect_wait))
         self.channel = await self.connection.channel()
         # a channel-wide limit (one consumer per channel here), which, unlike a per-consumer
         # one, RabbitMQ applies at once when it changes (see _make_room_for_chunks); quorum
@@ -269,13 +266,9 @@ class WorkerService:
         # Outbound (moves, pointers to pointers, SMPC deals): a request engine over a client
         # connection on this same loop, in a context of this worker's own.
         context = Context(sender=self.id)
-        try:
-            self.outbound = await AMQPTransport.on_running_loop(
-                self.url, chunk_size=self.chunk_size, confirm=True,
-                connection_name=f"fedmq worker {self.id} (outbound)")
-        except TransportError as exc:
-            await self.connection.close()
-            raise WorkerStartError(f"fedmq worker {self.id}: {exc}") from None
+        self.outbound = await self._start_step(AMQPTransport.on_running_loop(
+            self.url, chunk_size=self.chunk_size, confirm=True,
+            connection_name=f"fedmq worker {self.id} (outbound)"))
         network = AMQPNetwork(RequestEngine(self.outbound, sender=self.id), context,
                               relaying=True)
         if self.worker is None:
@@ -295,6 +288,16 @@ class WorkerService:
                  self.queue.name, self.outbound.describe(), self.prefetch,
                  "; standing by: active once the worker serving this id stops"
                  if state is not None and state[1] else "")
+
+    async def _start_step(self, step: Any) -> Any:
+        """`await step`; a broker that cannot be reached or refuses us is a WorkerStartError
+        (one line, exit 2), after closing what is open already."""
+        try:
+            return await step
+        except TransportError as exc:
+            if getattr(self, "connection", None) is not None:
+                await self.connection.close()
+            raise WorkerStartError(f"fedmq worker {self.id}: {exc}") from None
 
     async def run_until_stopped(self) -> None:
         if self._stopping is None:
@@ -495,9 +498,9 @@ class WorkerService:
         arrive. So the window grows while chunks are held (up to AMQP's 65 535), and shrinks
         back when no frame is incomplete. A quorum queue's window cannot change while it is
         consumed (per-consumer QoS only): there, once held chunks fill the window, each further
-        chunk is acked as it arrives and kept in memory (bounded per sender by the assembler); if this process
-        dies before their frame is complete, the frame is refused with a chunk_error (its
-        other chunks arrive alone and expire), never run half."""
+        chunk is acked as it arrives and kept in memory (bounded by the assembler); if this
+        process dies before their frame is complete, the frame is refused with a chunk_error
+        (its other chunks arrive alone and expire), never run half."""
         held = sum(len(v) for v in self._chunks.values())
         if self.queue_type != "classic":
             if held + 1 >= self.prefetch:  # the window is full of chunks: take this one now

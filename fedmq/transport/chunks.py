@@ -1,7 +1,7 @@
 """Big frames in chunks: how a frame is cut (`split_chunks`), and how chunks become a frame
 again (`ChunkAssembler`), with every header checked and partial frames bounded in time and in
-bytes, per sender and in all. Used by the RabbitMQ transport and the worker service; no broker code here,
-so `import fedmq` stays free of aio-pika."""
+bytes, per sender and in all. Used by the RabbitMQ transport and the worker service; no broker
+code here, so `import fedmq` stays free of aio-pika."""
 from __future__ import annotations
 
 import time
