@@ -197,7 +197,8 @@ def poison(node: PrivateRabbitMQ) -> None:
         headers = {"x-fedmq-frame": f"p{i}", "x-fedmq-chunk": "zero", "x-fedmq-chunks": 2} \
             if i % 3 == 0 else None
         ch.basic_publish("fedmq.commands", WORKER, bad[i % 2], pika.BasicProperties(
-            headers=headers, message_id=f"poison-{i}", reply_to="amq.rabbitmq.reply-to"))
+            user_id="guest", headers=headers, message_id=f"poison-{i}",
+            reply_to="amq.rabbitmq.reply-to"))
     conn.close()
 
 

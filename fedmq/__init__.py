@@ -26,8 +26,9 @@ Built on that (each declares what it adds in its hooks.py `EXTENSION` table):
 """
 import importlib
 
-from fedmq.errors import (ConnectionBlocked, ConnectionLost, ConnectionLostError, FedmqError,
-                          ObjectNotFoundError,
+from fedmq.errors import (AccessDeniedError, ConnectionBlocked, ConnectionLost,
+                          ConnectionLostError, FedmqError, ObjectNotFoundError,
+                          QuotaExceededError,
                           OpNotAllowedError, PointerError, RemoteError, RemoteExecutionError,
                           ReplyTimeout, SerdeError, TransportError, WorkerNotFoundError,
                           WorkerRestartedError)
@@ -42,7 +43,7 @@ _LAZY = {
     "BaseDataset": "fedmq.federated", "FederatedDataset": "fedmq.federated",
     "FederatedDataLoader": "fedmq.federated", "create_sandbox": "fedmq.sandbox",
     "PrivateGridNetwork": "fedmq.grid", "func2plan": "fedmq.plans", "Plan": "fedmq.plans",
-    "Protocol": "fedmq.plans", "PointerPlan": "fedmq.plans",
+    "Protocol": "fedmq.plans", "PointerPlan": "fedmq.plans", "Policy": "fedmq.policy",
 }
 
 
@@ -61,8 +62,8 @@ del hook  # noqa: F821 - the submodule's name: `fedmq.hook` is the latest TorchH
 __version__ = "0.1.0"
 
 __all__ = [
-    "AMQPClientWorker", "ConnectionBlocked", "ConnectionLost", "ConnectionLostError",
-    "FedmqError",
+    "AMQPClientWorker", "AccessDeniedError", "ConnectionBlocked", "ConnectionLost",
+    "ConnectionLostError", "FedmqError", "Policy", "QuotaExceededError",
     "ObjectNotFoundError", "OpNotAllowedError", "PointerError", "PointerTensor", "RemoteError",
     "RemoteExecutionError", "RemoteParameter", "ReplyTimeout", "SerdeError", "TorchHook",
     "TransportError", "VirtualWorker", "WorkerNotFoundError", "WorkerRestartedError", "hook",

@@ -153,7 +153,7 @@ class WorkerClient:
         ids = self._take_pending()
         if ids:
             self.engine.post_frame(self.id, self.engine.frame(m.DeleteObjects(ids),
-                                                              sender=self.sender),
+                                                              sender=self.sender, to=self.id),
                                    "DeleteObjects")
 
     def _send_buffer(self) -> None:
@@ -199,7 +199,7 @@ class WorkerClient:
 
     def _frame(self, message: Any, sender: str | None) -> bytes:
         return self.engine.frame(message, sender=sender or self.sender,
-                                 release=self._take_pending())
+                                 release=self._take_pending(), to=self.id)
 
     def _take_pending(self) -> list[int]:
         ids = []

@@ -44,9 +44,10 @@ import time
 import weakref
 from typing import Any, Callable, Iterable
 
-from fedmq import messages as m, serde
-from fedmq.errors import (ConnectionBlocked, ConnectionLost, FedmqError, RemoteSerdeError,
-                          ReplyTimeout, WorkerNotFoundError, remote_error_from)
+from fedmq import messages as m, principals, serde
+from fedmq.errors import (AccessDeniedError, ConnectionBlocked, ConnectionLost, FedmqError,
+                          RemoteSerdeError, ReplyTimeout, WorkerNotFoundError,
+                          remote_error_from)
 from fedmq.transport.base import Transport
 
 log = logging.getLogger("fedmq.engine")
@@ -203,15 +204,28 @@ class RequestEngine:
     # -- encoding --------------------------------------------------------------------------------
     @staticmethod
     def encode(message: Any, *, sender: str, release: list | None = None,
-               msg_id: int = 0) -> bytes:
-        """The encoded Envelope carrying `message` from `sender`."""
-        return serde.encode(m.Envelope(m.WIRE_VERSION, sender, message, msg_id, release or []))
+               msg_id: int = 0, to: str | None = None) -> bytes:
+        """The encoded Envelope carrying `message` from `sender` (to worker `to`). Sent by a
+        worker while it handles a principal's message (fedmq.principals.current()), it goes
+        on that principal's behalf, marked private if what the worker read was: private
+        values go only to the worker's trusted peers (AccessDeniedError otherwise)."""
+        acting = principals.current()
+        if acting is None:
+            return serde.encode(m.Envelope(m.WIRE_VERSION, sender, message, msg_id,
+                                           release or []))
+        if acting.tainted and to is not None and not acting.may_forward_private(to):
+            raise AccessDeniedError(
+                f"values computed from private data may only go to the worker's peer workers; "
+                f"{to!r} is not one (the data owner grants it with --grant worker:{to})",
+                worker=sender)
+        return serde.encode(m.Envelope(m.WIRE_VERSION, sender, message, msg_id, release or [],
+                                       acting.principal, acting.tainted))
 
     def frame(self, message: Any, *, sender: str | None = None, release: list | None = None,
-              msg_id: int = 0) -> bytes:
+              msg_id: int = 0, to: str | None = None) -> bytes:
         """The encoded Envelope carrying `message` (from this engine's sender by default)."""
-        return serde.encode(m.Envelope(m.WIRE_VERSION, sender or self.sender, message,
-                                       msg_id, release or []))
+        return self.encode(message, sender=sender or self.sender, release=release,
+                           msg_id=msg_id, to=to)
 
     # -- the sync facade --------------------------------------------------------------------------
     def post(self, worker_id: str, message: Any, *, sender: str | None = None,
@@ -219,7 +233,8 @@ class RequestEngine:
         """Send `message` without waiting. Messages to one worker keep their order. With
         `on_reply`, the decoded Reply (or the FedmqError that ended the wait: timeout,
         connection lost) is passed to it, on the transport's thread."""
-        self.post_frame(worker_id, self.frame(message, sender=sender, release=release),
+        self.post_frame(worker_id, self.frame(message, sender=sender, release=release,
+                                             to=worker_id),
                         type(message).__name__, on_reply)
 
     def post_frame(self, worker_id: str, frame: bytes | bytearray, message_type: str,
@@ -275,7 +290,8 @@ class RequestEngine:
     def start(self, worker_id: str, message: Any, *, sender: str | None = None,
               release: list | None = None, expiration: float | None = None) -> PendingCall:
         """Send `message` now; the returned `PendingCall` waits for its reply."""
-        return self.start_frame(worker_id, self.frame(message, sender=sender, release=release),
+        return self.start_frame(worker_id, self.frame(message, sender=sender, release=release,
+                                                      to=worker_id),
                                 type(message).__name__, expiration)
 
     def start_frame(self, worker_id: str, frame: bytes | bytearray, message_type: str,
@@ -310,7 +326,7 @@ class RequestEngine:
                         msg_id: int = 0) -> m.Reply:
         self._check_open()
         self._raise_lost(worker_id)
-        frame = self.frame(message, sender=sender, msg_id=msg_id)
+        frame = self.frame(message, sender=sender, msg_id=msg_id, to=worker_id)
         message_type = type(message).__name__
         timeout = self.timeout if timeout is None else timeout
         self.frames_sent[worker_id] += 1

@@ -16,7 +16,11 @@
         ├── ObjectNotFoundError the id is not in the worker's store (never sent, deleted, got)
         ├── RemoteOpNotAllowed  the worker's allowlist refused the op
         ├── RemoteSerdeError    the worker could not decode what we sent
-        └── RemoteExecutionError the op raised on the worker (shape mismatch, wrong dtype, ...)
+        ├── RemoteExecutionError the op raised on the worker (shape mismatch, wrong dtype, ...)
+        ├── AccessDeniedError   the worker's policy refuses this principal the action (a
+        │                       private value's release, a Fit from a non-coordinator, ...)
+        └── QuotaExceededError  the principal's stored bytes or objects on the worker would
+                                pass the worker's quota
 
 Remote errors travel as data (`ErrorInfo(code, message, ...)`); the caller maps the code to a
 class through `ERROR_CODES` below. An exception class is never looked up by a name that came
@@ -117,10 +121,25 @@ class RemoteExecutionError(RemoteError, RuntimeError):
     code = "execution_error"
 
 
+class AccessDeniedError(RemoteError, PermissionError):
+    """The worker's policy refuses the sending principal this action: fetching or replying
+    with a private value the release policy keeps in, modifying the data owner's data, a `Fit`
+    from a principal not granted `coordinator`, acting on behalf of another principal
+    without being a trusted peer. (An object the principal may not see at all is reported as
+    not found instead, so its existence does not leak.)"""
+    code = "access_denied"
+
+
+class QuotaExceededError(RemoteError, MemoryError):
+    """Storing this would pass the principal's quota of bytes or objects on the worker (or
+    one op would allocate more than it may); nothing was stored, nothing else is disturbed."""
+    code = "quota_exceeded"
+
+
 ERROR_CODES: dict[str, type[RemoteError]] = {
     cls.code: cls
     for cls in (RemoteError, ObjectNotFoundError, WorkerRestartedError, RemoteOpNotAllowed,
-                RemoteSerdeError, RemoteExecutionError)
+                RemoteSerdeError, RemoteExecutionError, AccessDeniedError, QuotaExceededError)
 }
 
 

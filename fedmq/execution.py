@@ -17,12 +17,12 @@ from typing import Any, Callable
 
 import torch
 
-from fedmq import ops
-from fedmq.errors import (ObjectNotFoundError, OpNotAllowedError, RemoteError,
-                          RemoteExecutionError, remote_error_from)
+from fedmq import ops, principals
+from fedmq.errors import (AccessDeniedError, ObjectNotFoundError, OpNotAllowedError,
+                          RemoteError, RemoteExecutionError, remote_error_from)
 from fedmq.ids import new_id
 from fedmq.messages import Command, ErrorInfo, PointerRef, Ref
-from fedmq.store import FailedResult, ObjectStore
+from fedmq.store import FailedResult, ObjectStore, StoreView
 
 
 class PreviousOpFailed(RemoteExecutionError):
@@ -61,16 +61,26 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
     On any exception: a `FailedResult` with one ErrorInfo (`error_info`) is stored under every
     result id and a `RemoteError` carrying it as `.info` is raised (the exception itself if it
     already was a RemoteError, else the one its code maps to, chained to it)."""
+    view = store if type(store) is StoreView else None
     try:
         if fn is None:
             fn = ops.lookup(op).fn
+        if view is not None:
+            view.begin_op()
         args = resolve(args, store)
         kwargs = resolve(kwargs, store) if kwargs else {}
+        acting = principals.current()
+        if acting is not None and acting.guard is not None and op is not None:
+            targets = ops.written(op, args, kwargs)
+            if targets:
+                acting.guard(op, targets)
         if grad_enabled is None or grad_enabled == torch.is_grad_enabled():
             value = fn(*args, **kwargs)
         else:
             with torch.set_grad_enabled(grad_enabled):
                 value = fn(*args, **kwargs)
+        if view is not None and view.read_shared:
+            view.check_unmodified(op)
         results = value
         if split:
             results, value = value
@@ -121,8 +131,23 @@ def run_command(cmd: Command, store: ObjectStore, worker_id: str) -> Any:
     if cmd.op == "Tensor.backward":
         return store.ids_with_grad()
     if cmd.reply:
+        if type(store) is StoreView and not store.may_release_tainted() and \
+                _plain_values(value):
+            raise AccessDeniedError(
+                f"{cmd.op} computed a value from private data; worker {worker_id!r} does not "
+                f"release it (--release {store.policy.release})", worker=worker_id, op=cmd.op)
         return reply_refs(value, store, worker_id)
     return None
+
+
+def _plain_values(value: Any) -> bool:
+    """Whether a reply value carries anything but tensors (which stay on the worker and go
+    back as pointers): a number, a bool, a list of numbers..."""
+    if isinstance(value, torch.Tensor):
+        return False
+    if isinstance(value, (tuple, list)):
+        return any(_plain_values(v) for v in value)
+    return value is not None
 
 
 EARLIER = "an earlier op failed: "

@@ -69,7 +69,9 @@ class StoredObject:
 @record(40)
 @dataclass(slots=True)
 class Envelope:
-    """What travels: the message plus who sent it and which wire version it speaks.
+    """What travels: the message plus who sent it and which wire version it speaks. `sender`
+    is the sender's claim, for logs; who a message acts for comes from the transport (AMQP
+    `user_id`, checked by the broker), see fedmq.principals.
     `release` lists objects whose pointers were garbage collected: the worker deletes them
     after a Command or Batch (which may still read or create them), before anything else (deletes ride along instead of costing messages of their own)."""
     version: int
@@ -77,6 +79,11 @@ class Envelope:
     message: Any
     msg_id: int = 0
     release: list[int] = field(default_factory=list)
+    #: set by a worker forwarding on a principal's behalf (a move, a plan's outputs, SMPC
+    #: deals): whose objects these are. Honoured only from a trusted peer (fedmq.policy).
+    on_behalf: str | None = None
+    #: what this message carries was computed from private data: stored marked private
+    private: bool = False
 
 
 @record(41)

@@ -29,12 +29,14 @@ import argparse
 import asyncio
 import collections
 import copy
+import functools
 import itertools
 import logging
 import os
 import pathlib
 import queue
 import signal
+import sys
 import threading
 import uuid
 from typing import Any, Callable
@@ -54,9 +56,11 @@ from fedmq.transport.amqp import (CHUNK_SIZE, COMMANDS_EXCHANGE, DEAD_LETTER_EXC
                                   FRAME_CONTENT_TYPE,
                                   QUEUE_TYPES, AMQPTransport, ChunkAssembler, ChunkError,
                                   Delivery, check_chunk_size, chunk_messages, consume,
-                                  connect_robust, declare_topology, describe_url, publish,
+                                  connect_robust, declare_topology, describe_url, login_of,
+                                  publish,
                                   queue_name, queue_state, worker_queue_arguments)
 from fedmq.errors import TransportError
+from fedmq.policy import RELEASES, Policy
 from fedmq.worker import Undecodable, Worker
 from fedmq.workers.amqp import DEFAULT_URL, AMQPNetwork
 
@@ -197,8 +201,11 @@ class WorkerService:
                  state_dir: str | os.PathLike | None = None, worker: Worker | None = None,
                  chunk_size: int = CHUNK_SIZE, chunk_timeout: float = 300.0,
                  standby: bool = False, queue_type: str = "classic",
-                 connect_wait: float = 60.0) -> None:
+                 connect_wait: float = 60.0, policy: Policy | None = None) -> None:
         self.id = worker_id
+        #: who may do what here (default: `service_policy(url)`: the login of `url` owns the
+        #: worker's data, no grants, release none)
+        self.policy = policy or service_policy(url)
         #: seconds to keep trying a broker that cannot be reached yet, at start
         self.connect_wait = connect_wait
         #: start even if another process serves this id, as its hot standby (the broker's
@@ -272,9 +279,11 @@ class WorkerService:
         network = AMQPNetwork(RequestEngine(self.outbound, sender=self.id), context,
                               relaying=True)
         if self.worker is None:
-            self.worker = Worker(self.id, network)
+            self.worker = Worker(self.id, network, self.policy)
         else:
             self.worker.network = network
+            self.worker.policy = self.policy
+        log.info("fedmq worker %s: %s", self.id, self.policy.describe())
         context.local_worker = self.worker
         # A message this worker sends to itself (a protocol whose next hop is here) must not go
         # through the broker: it would wait behind the message being handled, forever.
@@ -476,10 +485,18 @@ class WorkerService:
             for msg in messages:
                 await msg.ack()
             return
+        login = message.properties.user_id
+        if not login:
+            log.warning("fedmq worker %s: refused message %s: it carries no AMQP user_id",
+                        self.id, key)
+            await self._refuse(messages, "access_denied", "the message carries no AMQP user_id: "
+                               "a worker serves only messages whose sender the broker "
+                               "vouches for (fedmq clients set it to their login)")
+            return
         loop = asyncio.get_running_loop()
         started = loop.time()
-        log.debug("fedmq worker %s: handling message %s", self.id, key)
-        reply, failed = await self._run_frame(frame)
+        log.debug("fedmq worker %s: handling message %s from %s", self.id, key, login)
+        reply, failed = await self._run_frame(frame, str(login))
         log.debug("fedmq worker %s: handled message %s in %.1f ms%s", self.id, key,
                   (loop.time() - started) * 1e3, " (failed)" if failed else "")
         if key:  # recorded first: if the reply or the ack is lost now, a redelivery is not rerun
@@ -554,21 +571,24 @@ class WorkerService:
                 continue
             await msg.ack()
 
-    async def _run_frame(self, frame: bytes | bytearray) -> tuple[bytes, str | None]:
+    async def _run_frame(self, frame: bytes | bytearray, login: str
+                         ) -> tuple[bytes, str | None]:
         """Handle a frame: on the op thread, or, for a small message `Worker.is_light` calls
         quick and local, right here on the loop (two thread switches fewer per call). An
         inline message that took longer than INLINE_LIMIT sends every message to the op thread
         for INLINE_PAUSE seconds."""
         loop = asyncio.get_running_loop()
         if len(frame) > INLINE_FRAME or loop.time() < self._inline_paused_until:
-            return await self._op_thread.run(self.worker.handle_frame_checked, frame)
+            return await self._op_thread.run(
+                functools.partial(self.worker.handle_frame_checked, login=login), frame)
         envelope = self.worker.decode_frame(frame)
         if type(envelope) is Undecodable:
             return envelope.reply, envelope.reason
-        if not self.worker.is_light(envelope):
-            return await self._op_thread.run(self.worker.respond, envelope)
+        if not self.worker.is_light(envelope, login):
+            return await self._op_thread.run(
+                functools.partial(self.worker.respond, login=login), envelope)
         started = loop.time()
-        result = self.worker.respond(envelope)
+        result = self.worker.respond(envelope, login)
         took = loop.time() - started
         if took > INLINE_LIMIT:
             self._inline_paused_until = loop.time() + INLINE_PAUSE
@@ -658,6 +678,7 @@ def run_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ids = worker_ids(args)
+    policy = policy_from_args(args)
     workers: dict[str, Worker | None] = dict.fromkeys(ids)
     if len(ids) == 1 and not args.iid_parts:
         if args.dataset or args.testing:
@@ -670,7 +691,7 @@ def run_worker(args: argparse.Namespace) -> int:
                                   state_dir=args.state_dir, worker=worker,
                                   chunk_size=args.chunk_size, chunk_timeout=args.chunk_timeout,
                                   standby=args.standby, queue_type=args.queue_type,
-                                  connect_wait=args.connect_wait)
+                                  connect_wait=args.connect_wait, policy=policy)
                     for worker_id, worker in workers.items()]
         started = await asyncio.gather(*(s.start() for s in services), return_exceptions=True)
         failures = [exc for exc in started if isinstance(exc, BaseException)]
@@ -699,6 +720,45 @@ def _chunk_size_arg(text: str) -> int:
         return check_chunk_size(int(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: a worker service's default per-principal quotas
+DEFAULT_MAX_BYTES = 1 << 30
+DEFAULT_MAX_OBJECTS = 100_000
+
+
+def _size_arg(text: str) -> int:
+    """`--max-bytes`: an integer with an optional K/M/G suffix (powers of 1024)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = text.strip().upper().removesuffix("B") or "?"
+    scale = units.get(text[-1], 1)
+    try:
+        value = int(text[:-1] if text[-1] in units else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected bytes such as 512M or 2G, got {text!r}") \
+            from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def service_policy(url: str, grants: list[str] | tuple = (), release: str = "none",
+                   owner: str | None = None, max_bytes: int | None = DEFAULT_MAX_BYTES,
+                   max_objects: int | None = DEFAULT_MAX_OBJECTS) -> Policy:
+    """A worker service's policy: the data owner is `owner` or the broker user of `url`;
+    `grants` are "ROLE:PRINCIPAL"; quotas of 0 or None mean no limit. Raises ValueError."""
+    return Policy.from_options(owner or login_of(url), grants, release,
+                               max_bytes=max_bytes or None, max_objects=max_objects or None)
+
+
+def policy_from_args(args: argparse.Namespace) -> Policy:
+    """The policy `fedmq worker`'s options describe; a mistake exits 2 with one line."""
+    try:
+        return service_policy(args.url, args.grant, args.release, args.owner, args.max_bytes,
+                              args.max_objects)
+    except ValueError as exc:
+        print(f"fedmq worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def add_worker_command(sub: argparse._SubParsersAction) -> None:
@@ -737,5 +797,25 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queue-type", choices=QUEUE_TYPES, default="classic",
                    help="classic, or quorum: a replicated queue on a RabbitMQ cluster "
                         "(default %(default)s)")
+    access = p.add_argument_group(
+        "access", "who may do what with this worker's data (see the README's threat model)")
+    access.add_argument("--grant", action="append", default=[], metavar="ROLE:PRINCIPAL",
+                        help="grant a broker user a role: coordinator (may send Fit/Evaluate), "
+                             "scientist (may find and compute on the data), worker (a peer "
+                             "worker service: may forward on a principal's behalf and receive "
+                             "private values); repeatable")
+    access.add_argument("--release", choices=RELEASES, default="none",
+                        help="what private values may leave in the clear: none (only Fit/"
+                             "Evaluate replies to coordinators), derived (values computed from "
+                             "the data, to scientists), all; default %(default)s")
+    access.add_argument("--owner", metavar="PRINCIPAL",
+                        help="the data owner's principal (may do anything with the data; "
+                             "default: the user of --url)")
+    access.add_argument("--max-bytes", type=_size_arg, default=DEFAULT_MAX_BYTES,
+                        metavar="BYTES", help="per-principal quota of stored tensor bytes "
+                                              "(suffixes K, M, G; default 1G; 0: none)")
+    access.add_argument("--max-objects", type=int, default=DEFAULT_MAX_OBJECTS, metavar="N",
+                        help="per-principal quota of stored objects (default %(default)s; "
+                             "0: no limit)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run_worker)

@@ -9,9 +9,11 @@ import logging
 import secrets
 from typing import Any, Callable, NamedTuple, Protocol
 
-from fedmq import errors, messages as m, serde
+from fedmq import errors, messages as m, principals, serde
 from fedmq.execution import earlier_failure, error_info, resolve, run_command
-from fedmq.store import FailedResult, ObjectStore
+from fedmq.policy import Policy
+from fedmq.principals import Acting
+from fedmq.store import FailedResult, ObjectStore, StoreView
 
 log = logging.getLogger("fedmq.worker")
 
@@ -34,12 +36,13 @@ LIGHT_MESSAGES = 64
 LIGHT_LITERAL = 4096
 HEAVY_OPS = frozenset({"Tensor.backward"})
 
-#: handlers extensions add for their own message types: {type: fn(worker, message) -> value}
-EXTRA_HANDLERS: dict[type, Callable[["Worker", Any], Any]] = {}
+#: handlers extensions add for their own message types: {type: fn(session, message) -> value}
+EXTRA_HANDLERS: dict[type, Callable[["Session", Any], Any]] = {}
 
 
-def register_handler(message_type: type, handler: Callable[["Worker", Any], Any]) -> None:
-    """Let every worker answer `message_type` (plans, protocols, federated training, ...)."""
+def register_handler(message_type: type, handler: Callable[["Session", Any], Any]) -> None:
+    """Let every worker answer `message_type` (plans, protocols, federated training, ...).
+    The handler gets the message's `Session` (the worker as the sending principal sees it)."""
     if message_type in EXTRA_HANDLERS:
         raise RuntimeError(f"{message_type.__name__} already has a handler")
     EXTRA_HANDLERS[message_type] = handler
@@ -56,6 +59,51 @@ class Failure(str):
         return self
 
 
+class Session:
+    """One message as a worker handles it: the worker, with `store` the sending principal's
+    view of its store (fedmq.store.StoreView) and `principal`/`acting` saying whose message
+    it is. Handlers, the worker's own and extensions', get a Session where they used to get the
+    worker: every other attribute is the worker's."""
+    __slots__ = ("worker", "store", "principal", "acting")
+
+    def __init__(self, worker: "Worker", store: StoreView, acting: Acting | None = None) -> None:
+        self.worker = worker
+        self.store = store
+        self.principal = store.principal
+        self.acting = acting
+
+    @property
+    def id(self) -> str:
+        return self.worker.id
+
+    @property
+    def network(self) -> Any:
+        return self.worker.network
+
+    @property
+    def policy(self) -> Policy:
+        return self.worker.store.policy
+
+    def require(self, role: str, what: str) -> None:
+        """Raise AccessDeniedError unless this message's principal holds `role`."""
+        if not self.policy.allows(role, self.principal):
+            raise errors.AccessDeniedError(
+                f"principal {self.principal!r} may not {what} on worker {self.id!r} (the data "
+                f"owner grants it with --grant {role}:{self.principal})", worker=self.id)
+
+    def as_owner(self) -> "Session":
+        """This message with the data owner's view of the store (a Fit reads the owner's data
+        for a coordinator that may not see it itself)."""
+        store = self.worker.store
+        return Session(self.worker, store.view(store.policy.owner), self.acting)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.worker, name)
+
+    def __repr__(self) -> str:
+        return f"<Session worker={self.id!r} principal={self.principal!r}>"
+
+
 class Undecodable(NamedTuple):
     """What `Worker.decode_frame` returns for bytes that are no fedmq frame: the error reply,
     and why (for the dead-letter copy)."""
@@ -64,10 +112,16 @@ class Undecodable(NamedTuple):
 
 
 class Worker:
-    def __init__(self, id: str, network: Network | None = None) -> None:
+    """id: the worker's name (its queue is fedmq.worker.<id>).
+    network: how it reaches other workers (None: it cannot).
+    policy: who may do what here (fedmq.policy.Policy; default `Policy.open()`, the seed's
+        in-process behaviour; `fedmq worker` builds a closed one from its options)."""
+
+    def __init__(self, id: str, network: Network | None = None,
+                 policy: Policy | None = None) -> None:
         self.id = id
         self.network = network
-        self.store = ObjectStore(id)
+        self.store = ObjectStore(id, policy)
         self.message_count = 0
         #: this worker's incarnation: new at every start, sent with every reply
         self.incarnation = secrets.randbits(63)
@@ -77,32 +131,43 @@ class Worker:
             m.DeleteObjects: self._on_delete,
             m.Command: self._on_command,
             m.ForwardObjects: self._on_forward,
-            m.ObjectsCount: lambda msg: len(self.store),
+            m.ObjectsCount: lambda session, msg: len(session.store),
             m.SearchRequest: self._on_search,
-            m.ClearObjects: lambda msg: self.store.clear(),
+            m.ClearObjects: lambda session, msg: session.store.clear(),
             m.Batch: self._on_batch,
             m.ListObjects: self._on_list,
             m.WorkerStats: self._on_stats,
         }
 
-    def register(self, message_type: type, handler: Callable[[Any], Any]) -> None:
-        """Add a handler for another message type (services add Fit, Evaluate, ...)."""
+    @property
+    def policy(self) -> Policy:
+        return self.store.policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self.store.policy = policy
+
+    def register(self, message_type: type, handler: Callable[[Session, Any], Any]) -> None:
+        """Add a handler `handler(session, message)` for another message type."""
         if message_type in self._handlers:
             raise RuntimeError(f"{message_type.__name__} already has a handler")
         self._handlers[message_type] = handler
 
     # -- the whole server side ------------------------------------------------------------------
-    def handle_frame(self, frame: bytes) -> bytes:
-        """Decode a frame, handle it, and encode the reply. Never raises for bad input."""
-        return self.handle_frame_checked(frame)[0]
+    def handle_frame(self, frame: bytes, login: str | None = None) -> bytes:
+        """Decode a frame, handle it for the principal `login` (the transport's authenticated
+        sender; None: this process itself, as the data owner), and encode the reply. Never
+        raises for bad input."""
+        return self.handle_frame_checked(frame, login)[0]
 
-    def handle_frame_checked(self, frame: bytes) -> tuple[bytes, str | None]:
+    def handle_frame_checked(self, frame: bytes, login: str | None = None
+                             ) -> tuple[bytes, str | None]:
         """`handle_frame`, also saying why the message failed (services dead-letter it with
         that reason), or None when it did not."""
         envelope = self.decode_frame(frame)
         if type(envelope) is Undecodable:
             return envelope.reply, envelope.reason
-        return self.respond(envelope)
+        return self.respond(envelope, login)
 
     def decode_frame(self, frame: bytes | bytearray) -> Any:
         """The frame's Envelope, or `Undecodable` holding the encoded error reply."""
@@ -115,15 +180,51 @@ class Worker:
                 error=m.ErrorInfo("serde_error", str(exc), self.id),
                 incarnation=self.incarnation)), f"serde_error: {exc}")
 
-    def respond(self, envelope: Any) -> tuple[bytes, str | None]:
-        """Handle a decoded envelope: the encoded reply, and why the message failed (None if it
-        did not). Never raises: a message whose fields have the wrong types (which decoding
-        cannot see) is answered with a serde_error."""
+    def session(self, envelope: Any, login: str | None = None) -> Session:
+        """The Session `envelope` is handled in: the principal is `login` (checked by the
+        transport), or the principal a trusted peer forwards for (`Envelope.on_behalf`);
+        login None is this process itself. Raises AccessDeniedError for an on-behalf claim
+        from a principal that is not a peer worker."""
+        store = self.store
+        policy = store.policy
+        on_behalf = getattr(envelope, "on_behalf", None)
+        if login is None:
+            principal = on_behalf or policy.owner
+        else:
+            try:
+                principal = policy.principal_for(login, on_behalf)
+            except PermissionError as exc:
+                raise errors.AccessDeniedError(str(exc), worker=self.id) from None
+        if type(principal) is not str:
+            raise errors.AccessDeniedError("the message names no principal", worker=self.id)
+        acting = Acting(principal, may_forward_private=self._may_forward_private,
+                        guard=None if principal == policy.owner else store.guard_writes)
+        view = store.view(principal, acting)
+        if getattr(envelope, "private", False) is True:  # it carries private values
+            view.base_taint = view.op_tainted = acting.tainted = True
+        return Session(self, view, acting)
+
+    def _may_forward_private(self, worker_id: str) -> bool:
+        return self.store.policy.allows("worker", worker_id)
+
+    def respond(self, envelope: Any, login: str | None = None) -> tuple[bytes, str | None]:
+        """Handle a decoded envelope for the principal `login` (see `session`): the encoded
+        reply, and why the message failed (None if it did not). Never raises: a message whose
+        fields have the wrong types (which decoding cannot see) is answered with a
+        serde_error."""
         try:
-            reply = self.handle(envelope)
-            if self.network is not None:
-                # commands this worker pipelined to others while handling it go out now
-                self.network.flush_all()
+            if not isinstance(envelope, m.Envelope):
+                reply = self.handle(envelope)
+            else:
+                session = self.session(envelope, login)
+                with principals.acting(session.acting):
+                    reply = self.handle(envelope, session)
+                    if self.network is not None:
+                        # commands this worker pipelined to others while handling it go out
+                        # now, on behalf of the same principal
+                        self.network.flush_all()
+        except errors.AccessDeniedError as exc:
+            reply = self._error("access_denied", exc.remote_message)
         except Exception as exc:  # a malformed message: refused, and the worker keeps serving
             what = type(getattr(envelope, "message", envelope)).__name__
             reply = self._error("serde_error", f"malformed {what}: {type(exc).__name__}: {exc}")
@@ -139,15 +240,15 @@ class Worker:
             return serde.encode(m.Reply(error=m.ErrorInfo("serde_error", why, self.id),
                                         incarnation=self.incarnation)), f"serde_error: {why}"
 
-    def is_light(self, envelope: Any) -> bool:
+    def is_light(self, envelope: Any, login: str | None = None) -> bool:
         """Whether `envelope` may be handled on a service's event loop (see `_is_light`);
         False for anything malformed (the op thread's answer then says what is wrong)."""
         try:
-            return self._is_light(envelope)
+            return self._is_light(envelope, login)
         except Exception:
             return False
 
-    def _is_light(self, envelope: Any) -> bool:
+    def _is_light(self, envelope: Any, login: str | None = None) -> bool:
         """Whether handling `envelope` is certainly quick and stays on this worker, so a service
         may run it on its event loop instead of its op thread (saving two thread switches on
         every small call). True only for store messages and ops whose tensor inputs hold at
@@ -156,6 +257,8 @@ class Worker:
         pointer may send messages and wait for replies)."""
         if not isinstance(envelope, m.Envelope) or self.store.holds_remote_objects:
             return False
+        store = self.store.view(self.store.policy.principal_for(
+            login, envelope.on_behalf)) if login is not None else self.store
         message = envelope.message
         items = message.messages if type(message) is m.Batch else (message,)
         if len(items) > LIGHT_MESSAGES:
@@ -167,30 +270,31 @@ class Worker:
             if kind is m.Command:
                 if item.op in HEAVY_OPS:
                     return False
-                budget = self._light_budget(item.args, budget)
+                budget = self._light_budget(store, item.args, budget)
                 if item.kwargs:
-                    budget = self._light_budget(tuple(item.kwargs.values()), budget)
+                    budget = self._light_budget(store, tuple(item.kwargs.values()), budget)
                 made.update(item.result_ids)
             elif kind is m.GetRequest:
                 # reading a result of this batch back (`(x + 1).get()`) is light; a stored
                 # object counts with its size
                 stored = tuple(m.Ref(i) if type(i) is int else i for i in item.ids
                                if i not in made)
-                budget = self._light_budget(stored, budget, missing_ok=True)
+                budget = self._light_budget(store, stored, budget, missing_ok=True)
             elif kind not in LIGHT_TYPES:
                 return False
             if budget < 0:
                 return False
         return True
 
-    def _light_budget(self, values: tuple | list, budget: int, missing_ok: bool = False) -> int:
+    def _light_budget(self, store: Any, values: tuple | list, budget: int,
+                      missing_ok: bool = False) -> int:
         """`budget` less the elements of every stored tensor `values` refer to; -1 for a large
         literal, an id not stored (`missing_ok`: it fails quickly), or anything else that makes
         the cost unknown."""
         for value in values:
             kind = type(value)
             if kind is m.Ref:
-                entry = self.store.find(value.id)
+                entry = store.find(value.id)
                 if entry is None:  # made earlier in the same batch, of unknown size (or absent)
                     if missing_ok:
                         continue
@@ -203,7 +307,7 @@ class Worker:
                 if value > LIGHT_LITERAL:
                     return -1
             elif kind is tuple or kind is list:
-                budget = self._light_budget(value, budget, missing_ok)
+                budget = self._light_budget(store, value, budget, missing_ok)
             elif kind is not float and kind is not bool and value is not None and \
                     kind is not str:
                 return -1
@@ -211,7 +315,8 @@ class Worker:
                 return -1
         return budget
 
-    def handle(self, envelope: Any) -> m.Reply:
+    def handle(self, envelope: Any, session: Session | None = None) -> m.Reply:
+        """The Reply to `envelope`, handled in `session` (default: as this process itself)."""
         if not isinstance(envelope, m.Envelope):
             return self._error("serde_error", f"expected an Envelope, got "
                                               f"{type(envelope).__name__}")
@@ -222,30 +327,38 @@ class Worker:
         # them (they were buffered while the pointer lived) or create them (a result's pointer
         # can die before its batch is sent), so deletes run after a Command or Batch, and
         # before anything else (so ObjectsCount and friends see an up-to-date store).
+        if session is None:
+            session = self.owner_session()
+        store = session.store
         after = type(envelope.message) in (m.Command, m.Batch)
         if not after:
             for obj_id in envelope.release:
-                self.store.delete(obj_id)
-        reply = self.handle_message(envelope.message)
+                store.delete(obj_id)
+        reply = self.handle_message(envelope.message, session)
         if after:
             for obj_id in envelope.release:
-                self.store.delete(obj_id)
+                store.delete(obj_id)
         return reply
 
-    def handle_message(self, message: Any) -> m.Reply:
+    def owner_session(self) -> Session:
+        """A Session for this process itself (the data owner): direct in-process calls."""
+        return Session(self, self.store.view(self.store.policy.owner))
+
+    def handle_message(self, message: Any, session: Session | None = None) -> m.Reply:
+        if session is None:
+            session = self.owner_session()
         if type(message) is m.Batch and message.reply_last and message.messages:
-            errors_seen = self._on_batch(m.Batch(message.messages[:-1]))
-            last = self.handle_message(message.messages[-1])
+            errors_seen = self._on_batch(session, m.Batch(message.messages[:-1]))
+            last = self.handle_message(message.messages[-1], session)
             return m.Reply(value=m.BatchReply(errors_seen, last.value), error=last.error)
         handler = self._handlers.get(type(message))
         if handler is None and type(message) in EXTRA_HANDLERS:
-            extra = EXTRA_HANDLERS[type(message)]
-            handler = self._handlers[type(message)] = lambda msg: extra(self, msg)
+            handler = self._handlers[type(message)] = EXTRA_HANDLERS[type(message)]
         if handler is None:
             return self._error("serde_error", f"no handler for message type "
                                               f"{type(message).__name__}")
         try:
-            return m.Reply(value=handler(message))
+            return m.Reply(value=handler(session, message))
         except Exception as exc:  # refused, or the op itself failed: report it, keep serving
             # (a failed op has already recorded its failure under its result ids: execution.py)
             info = error_info(exc, self.id, getattr(message, "op", None))
@@ -257,84 +370,94 @@ class Worker:
         return m.Reply(error=m.ErrorInfo(code, text, self.id, op))
 
     # -- handlers -------------------------------------------------------------------------------
-    def _on_objects(self, msg: m.ObjectMessage) -> None:
+    def _on_objects(self, session: Session, msg: m.ObjectMessage) -> None:
+        store = session.store
         for item in msg.objects:
             obj = item.obj
             if isinstance(obj, m.PointerRef):  # a pointer handed to us: we own it now
                 obj = m.adopt(obj, owner=self, network=self.network, id=item.id)
-            self.store.put(item.id, obj, item.tags, item.description)
+            store.put(item.id, obj, item.tags, item.description)
 
-    def _on_get(self, msg: m.GetRequest) -> list:
+    def _on_get(self, session: Session, msg: m.GetRequest) -> list:
+        store = session.store
         values = []
         for obj_id in msg.ids:
             if isinstance(obj_id, m.Ref):  # an attribute (a gradient): copied, never deleted
-                values.append(resolve(obj_id, self.store))
+                store.releasable(obj_id.id)
+                values.append(resolve(obj_id, store))
                 continue
-            entry = self.store.entry(obj_id)
+            entry = store.entry(obj_id)
             if isinstance(entry.obj, FailedResult):
-                self.store.delete(obj_id)
+                store.delete(obj_id)
                 err = entry.obj.error
                 raise errors.remote_error_from(err.code, earlier_failure(err.message),
                                                self.id, err.op)
-            values.append(entry.obj)
+            values.append(store.releasable(obj_id).obj)
         if msg.delete:
             for obj_id in msg.ids:
                 if not isinstance(obj_id, m.Ref):
-                    self.store.delete(obj_id)
+                    store.delete(obj_id)
         return values
 
-    def _on_batch(self, msg: m.Batch) -> list:
+    def _on_batch(self, session: Session, msg: m.Batch) -> list:
         errors_seen = []
         for index, message in enumerate(msg.messages):
             if isinstance(message, m.Batch):
                 errors_seen.append([index, m.ErrorInfo("serde_error", "nested batch", self.id)])
                 continue
-            reply = self.handle_message(message)
+            reply = self.handle_message(message, session)
             if reply.error is not None:
                 errors_seen.append([index, reply.error])
         return errors_seen
 
-    def _on_stats(self, msg: m.WorkerStats) -> dict:
+    def _on_stats(self, session: Session, msg: m.WorkerStats) -> dict:
         # Asking is not counted: `message_count` is the same whether read in-process or remotely.
         self.message_count -= 1
-        return {"message_count": self.message_count, "objects": len(self.store)}
+        return {"message_count": self.message_count, "objects": len(session.store)}
 
-    def _on_list(self, msg: m.ListObjects) -> dict:
+    def _on_list(self, session: Session, msg: m.ListObjects) -> dict:
+        """Every object the principal may see: its value, or a description where the value is
+        a pointer, a failure, or private data the release policy keeps in."""
+        store = session.store
         out = {}
-        for obj_id, entry in self.store.items_with_entries():
+        for obj_id, entry, raw in store.items_with_origin():
             obj = entry.obj
             if getattr(type(obj), "_fedmq_kind", None) == "pointer":  # describe; ownership stays
                 obj = m.describe(obj.location.id, obj.id_at_location, obj, entry.tags,
                                  entry.description)
             elif isinstance(obj, FailedResult):
                 obj = f"<failed: {obj.error.message}>"
+            elif (raw or entry.private) and not store.is_owner and \
+                    not store.policy.releases(raw):
+                obj = m.describe(self.id, obj_id, obj, entry.tags, entry.description)
             out[obj_id] = obj
         return out
 
-    def _on_delete(self, msg: m.DeleteObjects) -> None:
+    def _on_delete(self, session: Session, msg: m.DeleteObjects) -> None:
         for obj_id in msg.ids:
-            self.store.delete(obj_id)
+            session.store.delete(obj_id)
 
-    def _on_command(self, msg: m.Command) -> Any:
-        return run_command(msg, self.store, self.id)
+    def _on_command(self, session: Session, msg: m.Command) -> Any:
+        return run_command(msg, session.store, self.id)
 
-    def _on_forward(self, msg: m.ForwardObjects) -> None:
+    def _on_forward(self, session: Session, msg: m.ForwardObjects) -> None:
         if self.network is None:
             raise errors.RemoteExecutionError("this worker cannot reach other workers",
                                               worker=self.id)
+        store = session.store
         target = self.network.client(msg.to)
-        entries = [(obj_id, self.store.entry(obj_id)) for obj_id in msg.ids]
+        entries = [(obj_id, store.entry(obj_id)) for obj_id in msg.ids]
         target.call(m.ObjectMessage([m.StoredObject(obj_id, e.obj, sorted(e.tags),
                                                     e.description) for obj_id, e in entries]),
                     sender=self.id)
         if not msg.keep:
             for obj_id, _ in entries:
-                self.store.delete(obj_id)
+                store.delete(obj_id)
 
-    def _on_search(self, msg: m.SearchRequest) -> list:
+    def _on_search(self, session: Session, msg: m.SearchRequest) -> list:
         query = msg.query if isinstance(msg.query, list) else [msg.query]
         return [m.describe(self.id, obj_id, e.obj, e.tags, e.description)
-                for obj_id, e in self.store.search(query)]
+                for obj_id, e in session.store.search(query)]
 
     def __repr__(self) -> str:
         return f"<Worker id:{self.id} #objects:{len(self.store)}>"

@@ -45,7 +45,7 @@ class RawClient:
              timeout: float = 30, headers: dict | None = None) -> m.Reply:
         corr = uuid.uuid4().hex
         self.ch.basic_publish("fedmq.commands", worker_id, body, pika.BasicProperties(
-            reply_to="amq.rabbitmq.reply-to", correlation_id=corr,
+            user_id="guest", reply_to="amq.rabbitmq.reply-to", correlation_id=corr,
             message_id=message_id or uuid.uuid4().hex, headers=headers, type="Envelope"))
         deadline = time.monotonic() + timeout
         while corr not in self.replies and time.monotonic() < deadline:
@@ -175,7 +175,7 @@ def test_a_chunk_announced_twice_or_with_another_count_gives_up_its_frame(procs)
         part = b"x" * 10
         corr = uuid.uuid4().hex  # first chunk of 3: waits for the rest
         raw.ch.basic_publish("fedmq.commands", "svc_chunks", part, pika.BasicProperties(
-            reply_to="amq.rabbitmq.reply-to", correlation_id=corr, message_id="c0",
+            user_id="guest", reply_to="amq.rabbitmq.reply-to", correlation_id=corr, message_id="c0",
             headers={"x-fedmq-frame": "dup", "x-fedmq-chunk": 0, "x-fedmq-chunks": 3}))
         reply = raw.call("svc_chunks", part, message_id="c1", headers={
             "x-fedmq-frame": "dup", "x-fedmq-chunk": 1, "x-fedmq-chunks": 4})
@@ -215,7 +215,7 @@ def test_killed_worker_runs_the_unacked_command_once_after_restart(procs, hook):
         msg_id = uuid.uuid4().hex
         corr = uuid.uuid4().hex
         raw.ch.basic_publish("fedmq.commands", "svc_crash", envelope(m.Batch(work)),
-                             pika.BasicProperties(reply_to="amq.rabbitmq.reply-to",
+                             pika.BasicProperties(user_id="guest", reply_to="amq.rabbitmq.reply-to",
                                                   correlation_id=corr, message_id=msg_id))
         deadline = time.monotonic() + 30
         while f"handling message {msg_id}" not in procs.log("svc_crash"):
@@ -390,7 +390,8 @@ def test_a_frame_with_missing_chunks_is_given_up_and_the_sender_told(procs):
     try:
         corr, msg_id = uuid.uuid4().hex, uuid.uuid4().hex
         raw.ch.basic_publish("fedmq.commands", "svc_chunks", b"first half", pika.BasicProperties(
-            reply_to="amq.rabbitmq.reply-to", correlation_id=corr, message_id=msg_id,
+            user_id="guest", reply_to="amq.rabbitmq.reply-to", correlation_id=corr,
+            message_id=msg_id,
             headers={"x-fedmq-frame": "half", "x-fedmq-chunk": 0, "x-fedmq-chunks": 2}))
         deadline = time.monotonic() + 20
         while corr not in raw.replies and time.monotonic() < deadline:

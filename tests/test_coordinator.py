@@ -40,15 +40,15 @@ class Slow:
     def __init__(self, worker, delay: float) -> None:
         self.worker, self.delay, self.id = worker, delay, worker.id
 
-    def handle_frame(self, frame: bytes) -> bytes:
+    def handle_frame(self, frame: bytes, login: str | None = None) -> bytes:
         time.sleep(self.delay)
-        return self.worker.handle_frame(frame)
+        return self.worker.handle_frame(frame, login)
 
 
 class Stale:
     """A worker that answers every Fit with a reply for round 0 (a late reply)."""
 
-    def handle_frame(self, frame: bytes) -> bytes:
+    def handle_frame(self, frame: bytes, login: str | None = None) -> bytes:
         msg = serde.decode(frame).message
         return serde.encode(m.Reply(value=FitRes(0, "stale", msg.weights, 10, 0.1)))
 
@@ -56,7 +56,7 @@ class Stale:
 class Broken:
     """A worker that cannot answer at all (its reply is not a frame)."""
 
-    def handle_frame(self, frame: bytes) -> bytes:
+    def handle_frame(self, frame: bytes, login: str | None = None) -> bytes:
         raise ConnectionError("worker process died")
 
 

@@ -211,7 +211,7 @@ def test_handlers_outside_execute_still_answer_with_error_info():
         pass
 
     worker = Worker("bob")
-    worker.register(Custom, lambda msg: 1 / 0)
+    worker.register(Custom, lambda session, msg: 1 / 0)
     reply = worker.handle_message(Custom())
     assert reply.error == m.ErrorInfo("execution_error", "ZeroDivisionError: division by zero",
                                       "bob", None)

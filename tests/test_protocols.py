@@ -39,9 +39,9 @@ def _record_senders(worker) -> list:
     seen = []
     handle = worker.worker.handle
 
-    def spy(envelope):
+    def spy(envelope, session=None):
         seen.append((envelope.sender, type(envelope.message).__name__))
-        return handle(envelope)
+        return handle(envelope, session)
     worker.worker.handle = spy
     return seen
 

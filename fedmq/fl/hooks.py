@@ -15,14 +15,19 @@ from fedmq.fl import training
 from fedmq.fl.messages import Evaluate, EvaluateRes, Fit, FitRes
 
 
-def fit(worker: Any, msg: Fit) -> FitRes:
-    """Train on the worker's own data (training.fit); the reply carries the update."""
-    return execute(training.fit, (worker, msg), None, None, worker.store, worker.id)
+def fit(session: Any, msg: Fit) -> FitRes:
+    """Train on the worker's own data (training.fit); the reply carries the update. Only a
+    principal granted `coordinator` (or the data owner) may ask (AccessDeniedError)."""
+    session.require("coordinator", "send Fit")
+    owner = session.as_owner()
+    return execute(training.fit, (owner, msg), None, None, owner.store, session.id)
 
 
-def evaluate(worker: Any, msg: Evaluate) -> EvaluateRes:
-    """Evaluate on the worker's own data (training.evaluate)."""
-    return execute(training.evaluate, (worker, msg), None, None, worker.store, worker.id)
+def evaluate(session: Any, msg: Evaluate) -> EvaluateRes:
+    """Evaluate on the worker's own data (training.evaluate); coordinators only, as `fit`."""
+    session.require("coordinator", "send Evaluate")
+    owner = session.as_owner()
+    return execute(training.evaluate, (owner, msg), None, None, owner.store, session.id)
 
 
 EXTENSION = Extension("fl", handlers={Fit: fit, Evaluate: evaluate},

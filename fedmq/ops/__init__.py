@@ -82,6 +82,65 @@ def lookup(name: str) -> Op:
     return op
 
 
+#: ops that write into an argument other than by the naming rules of `written` (position of
+#: the written argument(s))
+_WRITES = {"Tensor.__setitem__": (0,), "Tensor.data.__set__": (0,), "Tensor.grad.__set__": (0,),
+           "fedmq.clear_grads": (0,), "F.batch_norm": (1, 2), "Tensor.backward": ()}
+
+
+def writes(name: str) -> bool:
+    """Whether op `name` may modify one of its arguments in place (by its name: a trailing
+    underscore, an augmented operator, a setter, `__setitem__`; `out=`/`inplace=True` are
+    seen by `written`)."""
+    if name in _WRITES:
+        return True
+    attr = name.rpartition(".")[2]
+    return (attr.endswith("_") and not attr.endswith("__")) or \
+        (attr.startswith("__i") and attr.endswith("__") and attr not in ("__index__", "__int__",
+                                                                          "__invert__"))
+
+
+def written(name: str, args: Any, kwargs: dict | None) -> list:
+    """The tensors op `name` writes when called with `args`/`kwargs` (resolved values): what
+    a worker checks before it lets a principal run the op on data it may only read. Covers
+    in-place methods and operators (`add_`, `__iadd__`, `_foreach_mul_`), setters, `out=` and
+    `inplace=True`, and the running statistics `F.batch_norm` updates in training."""
+    out: list = []
+    if kwargs:
+        target = kwargs.get("out")
+        if target is not None:
+            _tensors(target, out)
+        if kwargs.get("inplace") is True and args:
+            _tensors(args[0], out)
+    if not writes(name):
+        return out
+    if not isinstance(args, (tuple, list)):
+        return out
+    positions = _WRITES.get(name, (0,))
+    if name == "F.batch_norm":
+        training = kwargs.get("training") if kwargs and "training" in kwargs else \
+            (args[5] if len(args) > 5 else False)
+        if not training:
+            return out
+        for key, pos in (("running_mean", 1), ("running_var", 2)):
+            value = kwargs.get(key) if kwargs and key in kwargs else \
+                (args[pos] if len(args) > pos else None)
+            _tensors(value, out)
+        return out
+    for pos in positions:
+        if pos < len(args):
+            _tensors(args[pos], out)
+    return out
+
+
+def _tensors(value: Any, out: list) -> None:
+    if isinstance(value, torch.Tensor):
+        out.append(value)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            _tensors(item, out)
+
+
 def name_of(func: Any) -> str | None:
     """The wire name of a function that `__torch_function__` received, or None."""
     try:

@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq.abc
@@ -223,6 +223,12 @@ Outgoing = tuple[bytes, Basic.Properties]
 NO_WAIT_BODY = 64 * 1024
 
 
+def login_of(url: str) -> str:
+    """The user an AMQP URL logs in as (percent-decoded; aio-pika's default is guest)."""
+    username = urlsplit(url).username
+    return unquote(username) if username else "guest"
+
+
 def chunk_messages(frame: bytes | bytearray, chunk_size: int, *,
                    expiration: float | None = None, headers: dict | None = None,
                    **properties: Any) -> list[Outgoing]:
@@ -362,6 +368,9 @@ class AMQPTransport(Transport):
                  connection_name: str | None = None, persistent: bool = True,
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.url = url
+        #: the broker login: every message carries it as AMQP `user_id`, which the broker
+        #: checks against the connection's user, so a worker knows who is asking
+        self.login = login_of(url)
         #: frames to workers are published persistent (delivery mode 2): one waiting in a
         #: worker's durable queue survives a broker restart. False: transient, for callers
         #: that prefer speed (benchmarks/transport.py prints the difference)
@@ -725,7 +734,7 @@ class AMQPTransport(Transport):
                               correlation_id=correlation_id or None, message_type=message_type,
                               message_id=f"{self._id_prefix}{next(self._message_ids):x}",
                               content_type=FRAME_CONTENT_TYPE,
-                              delivery_mode=self._delivery_mode)
+                              delivery_mode=self._delivery_mode, user_id=self.login)
 
     def publish_event(self, routing_key: str, body: bytes) -> None:
         """Publish a JSON event on `fedmq.events` (in order with everything else)."""

@@ -14,6 +14,7 @@ import concurrent.futures
 import threading
 from typing import Any, Mapping, Protocol
 
+from fedmq import principals
 from fedmq.errors import TransportError
 from fedmq.transport.base import Transport
 
@@ -22,14 +23,18 @@ class FrameHandler(Protocol):
     """What the local transport delivers to (fedmq.worker.Worker)."""
     id: str
 
-    def handle_frame(self, frame: bytes) -> bytes: ...
+    def handle_frame(self, frame: bytes, login: str | None = None) -> bytes: ...
 
 
 class LocalTransport(Transport):
     name = "local"
     pipelines = False
 
-    def __init__(self, workers: Mapping[str, FrameHandler] | None = None) -> None:
+    def __init__(self, workers: Mapping[str, FrameHandler] | None = None, *,
+                 principal: str = principals.LOCAL) -> None:
+        #: who this transport's frames come from (in-process there is no broker to say it: the
+        #: client's hook, or the principal an in-process worker is acting for)
+        self.principal = principal
         self.workers: dict[str, FrameHandler] = {}
         self._locks: dict[str, threading.RLock] = {}
         self._executors: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
@@ -54,7 +59,11 @@ class LocalTransport(Transport):
              posted: bool = False) -> bytes:
         worker = self._worker(worker_id)
         with self._locks[worker_id]:
-            return worker.handle_frame(frame)
+            return worker.handle_frame(frame, self._login())
+
+    def _login(self) -> str:
+        acting = principals.current()
+        return self.principal if acting is None else acting.principal
 
     async def asend(self, worker_id: str, frame: bytes | bytearray, *,
                     correlation_id: str | None, message_type: str = "message",
@@ -65,11 +74,12 @@ class LocalTransport(Transport):
             executor = self._executors[worker_id] = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix=f"fedmq-{worker_id}")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, self._handle_locked, worker_id, frame)
+        return await loop.run_in_executor(executor, self._handle_locked, worker_id, frame,
+                                          self._login())
 
-    def _handle_locked(self, worker_id: str, frame: Any) -> bytes:
+    def _handle_locked(self, worker_id: str, frame: Any, login: str) -> bytes:
         with self._locks[worker_id]:
-            return self.workers[worker_id].handle_frame(frame)
+            return self.workers[worker_id].handle_frame(frame, login)
 
     def close(self) -> None:
         for executor in self._executors.values():

@@ -53,13 +53,13 @@ def test_chunks_that_came_before_a_reconnect_are_delivered_again_and_settled(pro
         corr = "split-corr"
         props = dict(reply_to="amq.rabbitmq.reply-to", correlation_id=corr)
         raw.ch.basic_publish("fedmq.commands", "flt_split", frame[:half], pika.BasicProperties(
-            message_id="s0", **props,
+            user_id="guest", message_id="s0", **props,
             headers={"x-fedmq-frame": "split1", "x-fedmq-chunk": 0, "x-fedmq-chunks": 2}))
         time.sleep(1)
         close_connection_named("fedmq worker flt_split")
         wait_reconsumed(procs, "flt_split", 1)
         raw.ch.basic_publish("fedmq.commands", "flt_split", frame[half:], pika.BasicProperties(
-            message_id="s1", **props,
+            user_id="guest", message_id="s1", **props,
             headers={"x-fedmq-frame": "split1", "x-fedmq-chunk": 1, "x-fedmq-chunks": 2}))
         deadline = time.monotonic() + 20
         while corr not in raw.replies and time.monotonic() < deadline:
@@ -240,7 +240,8 @@ def test_fuzzed_frames_over_the_broker_are_all_answered_and_settled(procs):
         for i, frame in enumerate(frames):
             corr = f"fuzz-{i}"
             raw.ch.basic_publish("fedmq.commands", "flt_fuzz", frame, pika.BasicProperties(
-                reply_to="amq.rabbitmq.reply-to", correlation_id=corr, message_id=corr))
+                user_id="guest", reply_to="amq.rabbitmq.reply-to", correlation_id=corr,
+                message_id=corr))
             sent.append(corr)
         deadline = time.monotonic() + 60
         while len(set(sent) & set(raw.replies)) < len(sent) and time.monotonic() < deadline:

@@ -1,0 +1,134 @@
+"""A worker's access policy: who may do what with the objects it holds, and how much.
+
+Every object in a worker's store belongs to the principal that created it (see
+fedmq.store: each principal has a space of its own; to anyone else its objects do not exist).
+What the worker loads itself, its dataset, belongs to the *data owner* (`Policy.owner`, by
+default the worker's own login) and is private data. The owner decides who may touch it, by
+role:
+
+    coordinator   may send `Fit` / `Evaluate`, and receives their replies (the update, the
+                  metrics): the federated-learning path
+    scientist     may find the private data with search / ListObjects and compute on it with
+                  pointers, plans and SMPC; what comes out is marked private too
+    worker        a peer worker service, trusted to say on whose behalf it forwards objects
+                  (moves, plan outputs, SMPC deals) and to keep the private mark; private
+                  values are only ever forwarded to such peers
+
+and by `release`, what may leave the worker in the clear (`.get()`, a reply carrying a value,
+a reconstructed secret share):
+
+    none      no private value, raw or derived, ever leaves (only Fit/Evaluate replies to the
+              coordinator); the default of `fedmq worker`
+    derived   values computed from the private data may be fetched by a scientist, the raw data
+              itself never (PySyft 0.2's trusted-lab behaviour, for tutorials)
+    all       anything a principal may see it may fetch (in-process default: the seed's open
+              behaviour)
+
+The data owner always may do everything with its own data. No principal but the owner may
+modify it in place or replace it.
+
+`Policy.open()` is what in-process `VirtualWorker`s use unless given another one: every role
+granted to everyone, release all, no quotas: the seed's listings run as written, through the
+same policy code.
+
+Quotas (`max_bytes`, `max_objects`, per principal and worker; None = no limit) bound what one
+principal may store; the data owner's own space is not counted against them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from fedmq.principals import LOCAL
+
+ROLES = ("coordinator", "scientist", "worker")
+RELEASES = ("none", "derived", "all")
+#: a grant to everyone
+ANYONE = "*"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """owner: the data owner's principal (its space holds the worker's own data).
+    grants: role -> the principals granted it (`ANYONE` grants it to every principal).
+    release: "none", "derived" or "all" (see the module's docstring).
+    max_bytes, max_objects: per-principal quota of stored tensor bytes / objects (None: none).
+    max_frame_bytes: frames larger than this are refused before decoding (None: no limit).
+    """
+    owner: str = LOCAL
+    grants: Mapping[str, frozenset] = field(default_factory=dict)
+    release: str = "all"
+    max_bytes: int | None = None
+    max_objects: int | None = None
+    max_frame_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.release not in RELEASES:
+            raise ValueError(f"release must be one of {RELEASES}, got {self.release!r}")
+        unknown = set(self.grants) - set(ROLES)
+        if unknown:
+            raise ValueError(f"unknown role(s) {sorted(unknown)}; the roles are {ROLES}")
+        for name, value in (("max_bytes", self.max_bytes), ("max_objects", self.max_objects),
+                            ("max_frame_bytes", self.max_frame_bytes)):
+            if value is not None and (type(value) is not int or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+        object.__setattr__(self, "grants", {role: frozenset(who)
+                                            for role, who in self.grants.items()})
+
+    @classmethod
+    def open(cls, owner: str = LOCAL) -> "Policy":
+        """The seed's behaviour: every role granted to everyone, anything visible may be
+        fetched, no quotas (each client's own objects are still its own)."""
+        return cls(owner=owner, grants={role: {ANYONE} for role in ROLES}, release="all")
+
+    @classmethod
+    def from_options(cls, owner: str, grants: Iterable[str] = (), release: str = "none",
+                     **limits: int | None) -> "Policy":
+        """A policy from `fedmq worker` options: `grants` are "ROLE:PRINCIPAL" strings.
+        Raises ValueError naming the bad item."""
+        table: dict[str, set] = {}
+        for item in grants:
+            role, sep, principal = str(item).partition(":")
+            if not sep or not principal or role not in ROLES:
+                raise ValueError(f"--grant {item!r}: expected ROLE:PRINCIPAL with ROLE one of "
+                                 f"{', '.join(ROLES)}")
+            table.setdefault(role, set()).add(principal)
+        return cls(owner=owner, grants=table, release=release, **limits)
+
+    @property
+    def is_open(self) -> bool:
+        return self.release == "all" and all(ANYONE in self.grants.get(role, ())
+                                              for role in ROLES)
+
+    def allows(self, role: str, principal: str) -> bool:
+        """Whether `principal` holds `role` (the data owner holds every role)."""
+        if principal == self.owner:
+            return True
+        who = self.grants.get(role)
+        return bool(who) and (principal in who or ANYONE in who)
+
+    def releases(self, raw: bool) -> bool:
+        """Whether a private value (`raw`: the data itself, else derived from it) may leave
+        the worker in the clear for a principal other than the owner."""
+        return self.release == "all" or (self.release == "derived" and not raw)
+
+    def principal_for(self, login: str, on_behalf: str | None) -> str:
+        """The principal a message acts for: its sender's `login`, or the principal a trusted
+        peer worker (role `worker`) says it forwards for. Raises PermissionError when a
+        principal that is not a trusted peer claims to act for another."""
+        if not on_behalf or on_behalf == login:
+            return login
+        if self.allows("worker", login):
+            return on_behalf
+        raise PermissionError(f"principal {login!r} may not act on behalf of {on_behalf!r} (the "
+                              f"worker grants that to its peer workers: --grant worker:{login})")
+
+    def describe(self) -> str:
+        """One line for logs: owner, grants and release."""
+        if self.is_open:
+            return f"open policy (owner {self.owner!r})"
+        grants = ", ".join(f"{role}: {', '.join(sorted(who))}"
+                           for role, who in sorted(self.grants.items())) or "no grants"
+        quota = "" if self.max_bytes is None and self.max_objects is None else \
+            f"; quota {self.max_bytes} bytes / {self.max_objects} objects per principal"
+        return f"owner {self.owner!r}; {grants}; release {self.release}{quota}"
