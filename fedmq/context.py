@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
+from fedmq import principals
 from fedmq.engine import RequestEngine
 from fedmq.errors import TransportError
 from fedmq.transport.local import LocalTransport
@@ -48,9 +49,12 @@ class LocalNetwork:
 
 
 class Context:
-    def __init__(self, sender: str = "me") -> None:
+    """sender: the name messages say they come from; principal: who this context's clients
+    are to in-process workers (fedmq.principals; default "me")."""
+
+    def __init__(self, sender: str = "me", principal: str = principals.LOCAL) -> None:
         self.local_worker: Any = None
-        self.transport = LocalTransport()
+        self.transport = LocalTransport(principal=principal)
         self.engine = RequestEngine(self.transport, sender=sender, timeout=None)
         self.network = LocalNetwork(self)
         self._dirty: dict[int, Any] = {}

@@ -21,6 +21,7 @@ from fedmq.extensions import load_extensions
 from fedmq.ids import new_id
 from fedmq.pointers import optim
 from fedmq.pointers.tensor import PointerTensor, one_location
+from fedmq.principals import LOCAL
 from fedmq.runtime import tune_malloc
 from fedmq.workers.virtual import VirtualWorker
 
@@ -105,14 +106,20 @@ class TorchHook:
     Each hook owns a `fedmq.context.Context`: its in-process workers, its broker connections,
     its buffered commands and its extensions' state. Two hooks in one process are independent.
     `fedmq.hook` and `fedmq.local_worker` name the most recent hook and its worker (PySyft's
-    `sy.local_worker`), for scripts; fedmq itself never reads them."""
+    `sy.local_worker`), for scripts; fedmq itself never reads them.
+
+    `principal` is who this hook's clients are to in-process workers (fedmq.principals; the
+    seed's "me" by default): a worker created with another hook sees it as a stranger."""
 
     def __init__(self, torch_module: Any = torch, local_worker: Any = None,
-                 is_client: bool = True, verbose: bool = False) -> None:
+                 is_client: bool = True, verbose: bool = False,
+                 principal: str = LOCAL) -> None:
         install()
         tune_malloc()
         self.torch = torch_module
-        self.context = Context()
+        #: who this hook's clients are to in-process workers (over RabbitMQ: the broker login)
+        self.principal = principal
+        self.context = Context(principal=principal)
         self.network = self.context.network
         self.local_worker = local_worker or VirtualWorker(self, id="me")
         self.local_worker.is_client_worker = is_client

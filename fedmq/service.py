@@ -550,15 +550,20 @@ class WorkerService:
         """Settle messages that failed: a copy goes to `fedmq.dlx` (-> fedmq.dead-letters)
         with headers saying why (`x-fedmq-error`), where (`x-fedmq-worker`) and what
         (`x-fedmq-message-type`: the decoded message's type when it could be decoded, else
-        the AMQP `type` the sender gave), so the dead-letter queue explains itself in the
+        the AMQP `type` the sender gave) and who sent it (`x-fedmq-sender`: its AMQP user_id,
+        which the copy cannot carry), so the dead-letter queue explains itself in the
         management UI; then the original is acked. If the copy cannot be published, the original is
         rejected to the same place by the broker instead (without the explanation)."""
         for msg in messages:
             if msg.settled or not msg.channel_open:
                 continue  # settled, or its channel closed: the broker delivers it again
             properties = copy.copy(msg.properties)
+            # the copy is published by this worker: the broker refuses (and closes the channel
+            # over) a user_id that is not this connection's login, so the sender's goes into a
+            # header instead
+            sender, properties.user_id = properties.user_id, None
             properties.headers = {**(msg.headers or {}), "x-fedmq-error": str(reason)[:4000],
-                                  "x-fedmq-worker": self.id,
+                                  "x-fedmq-worker": self.id, "x-fedmq-sender": sender or "?",
                                   "x-fedmq-message-type": getattr(reason, "message_type",
                                                                   None) or msg.type or "?"}
             try:

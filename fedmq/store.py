@@ -329,9 +329,10 @@ class StoreView:
 
     def release_refusal(self, what: Any, raw: bool) -> str:
         kind = "is the data owner's private data" if raw else "was computed from private data"
-        return (f"object {what} {kind}; worker {self.worker_id!r} releases "
-                f"{self.policy.release if self.policy.release != 'derived' else 'only derived'}"
-                f" values (--release)")
+        releases = "no private values" if self.policy.release == "none" else \
+            "only values computed from its private data, never the data itself"
+        return (f"object {what} {kind}; worker {self.worker_id!r} releases {releases} "
+                f"(--release {self.policy.release})")
 
     def may_release_tainted(self) -> bool:
         """Whether a value the current op computed may leave in the clear (a reply)."""

@@ -445,8 +445,8 @@ class Worker:
             raise errors.RemoteExecutionError("this worker cannot reach other workers",
                                               worker=self.id)
         store = session.store
-        target = self.network.client(msg.to)
         entries = [(obj_id, store.entry(obj_id)) for obj_id in msg.ids]
+        target = self.network.client(msg.to)
         target.call(m.ObjectMessage([m.StoredObject(obj_id, e.obj, sorted(e.tags),
                                                     e.description) for obj_id, e in entries]),
                     sender=self.id)

@@ -9,22 +9,41 @@ from typing import Any
 
 from fedmq.client import WorkerClient
 from fedmq.ids import new_id
+from fedmq.policy import Policy
 from fedmq.worker import Worker
 
 
 class VirtualWorker(WorkerClient):
+    """An in-process worker. `data` is stored as the data owner's (with its `tags`);
+    `policy` says who may do what here (default: `Policy.open(owner=the hook's principal)`,
+    the seed's open behaviour: every principal may find, compute on and fetch anything it
+    sees; each principal's own objects stay its own)."""
+
     def __init__(self, hook: Any, id: str, data: tuple | list = (), network: Any = None,
-                 **_pysyft_options: Any) -> None:
+                 policy: Policy | None = None, **_pysyft_options: Any) -> None:
         network = network if network is not None else hook.network
         context = network.context
         self.hook = hook
-        self.worker = Worker(id, network)
+        self.worker = Worker(id, network, policy or Policy.open(context.transport.principal))
         context.transport.add(self.worker)
         super().__init__(id, context.engine, network)
         network.add(self)
         for obj in data:
             self.worker.store.put(new_id(), obj, getattr(obj, "tags", ()) or (),
                                   getattr(obj, "description", None))
+
+    def connect(self, hook: Any) -> "VirtualWorker":
+        """This same in-process worker as `hook`'s clients reach it: their messages act for
+        `hook.principal` (a second hook with another principal is a second user of the
+        worker, as a second broker user is over RabbitMQ)."""
+        network = hook.network
+        other = VirtualWorker.__new__(VirtualWorker)
+        other.hook = hook
+        other.worker = self.worker
+        network.context.transport.add(self.worker)
+        WorkerClient.__init__(other, self.id, network.context.engine, network)
+        network.add(other)
+        return other
 
     @property
     def _objects(self) -> dict:
