@@ -58,31 +58,40 @@ def _q(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def broker_users():
-    """Four broker users of this run's own (principal -> (name, AMQP URL)); deleted after."""
+def make_broker_user():
+    """make(role) -> (name, AMQP URL): a broker user of this run's own (random name and
+    password, full permissions on the run's vhost only); all deleted at the end."""
     from broker_vhost import vhost_of
     base = os.environ["FEDMQ_AMQP_URL"]
     vhost = vhost_of(base)
     admin = _broker_admin()
     tag = secrets.token_hex(4)
-    users = {}
+    made: list[str] = []
+
+    def make(role: str) -> tuple[str, str]:
+        name, password = f"fedmq-test-{tag}-{role}", secrets.token_urlsafe(16)
+        api_request("PUT", f"users/{_q(name)}", body={"password": password, "tags": ""},
+                    **admin)
+        made.append(name)
+        api_request("PUT", f"permissions/{_q(vhost)}/{_q(name)}",
+                    body={"configure": ".*", "write": ".*", "read": ".*"}, **admin)
+        parts = urllib.parse.urlsplit(base)
+        netloc = f"{_q(name)}:{_q(password)}@{parts.hostname}:{parts.port or 5672}"
+        return name, urllib.parse.urlunsplit(parts._replace(netloc=netloc))
     try:
-        for who in PRINCIPALS:
-            name, password = f"fedmq-test-{tag}-{who}", secrets.token_urlsafe(16)
-            api_request("PUT", f"users/{_q(name)}", body={"password": password, "tags": ""},
-                        **admin)
-            api_request("PUT", f"permissions/{_q(vhost)}/{_q(name)}",
-                        body={"configure": ".*", "write": ".*", "read": ".*"}, **admin)
-            parts = urllib.parse.urlsplit(base)
-            netloc = f"{_q(name)}:{_q(password)}@{parts.hostname}:{parts.port or 5672}"
-            users[who] = (name, urllib.parse.urlunsplit(parts._replace(netloc=netloc)))
-        yield users
+        yield make
     finally:
-        for name, _ in users.values():
+        for name in made:
             try:
                 api_request("DELETE", f"users/{_q(name)}", **admin)
             except Exception:  # noqa: BLE001 - best effort
                 pass
+
+
+@pytest.fixture(scope="session")
+def broker_users(make_broker_user):
+    """A broker user per principal of the world (principal -> (name, AMQP URL))."""
+    return {who: make_broker_user(who) for who in PRINCIPALS}
 
 
 def _send_private_data(owner: Any) -> tuple[int, int, torch.Tensor]:

@@ -1,0 +1,118 @@
+"""The private mark follows a value (commands, plans, moves, shares), `--release derived`, and
+ownership of plans and SMPC shares: in-process workers with closed policies (the same policy
+code a `fedmq worker` service runs; tests/security/test_isolation.py covers both transports)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fedmq
+from fedmq import errors, messages as m
+from fedmq.policy import Policy
+
+
+@pytest.fixture
+def lab():
+    """bob holds the owner's data; carol is bob's peer worker; dave is not. `sci` is a
+    scientist on bob and carol, `mallory` a stranger. One hook per principal."""
+    hooks = {who: fedmq.TorchHook(torch, principal=who) for who in ("owner", "sci", "mallory")}
+    grants = {"scientist": {"sci"}, "worker": {"carol"}}
+    workers = {
+        "bob": fedmq.VirtualWorker(hooks["owner"], id="bob",
+                                   policy=Policy(owner="owner", grants=grants, release="none")),
+        "carol": fedmq.VirtualWorker(hooks["owner"], id="carol",
+                                     policy=Policy(owner="owner", grants=grants, release="none")),
+        "dave": fedmq.VirtualWorker(hooks["owner"], id="dave", policy=Policy.open("owner")),
+    }
+    data = torch.arange(12.).reshape(3, 4)
+    ptr = data.clone().tag("#data").send(workers["bob"])
+    ptr.garbage_collect_data = False
+    workers["bob"].flush()
+    clients = {who: {name: w.connect(hooks[who]) for name, w in workers.items()}
+               for who in ("sci", "mallory")}
+    yield hooks, workers, clients, data
+    for hook in hooks.values():
+        hook.context.close()
+
+
+def test_release_derived_gives_computed_values_never_the_raw_data(lab):
+    hooks, workers, clients, data = lab
+    workers["bob"].worker.policy = Policy(owner="owner", grants={"scientist": {"sci"}},
+                                          release="derived")
+    ptr = clients["sci"]["bob"].search(["#data"])[0]
+    assert torch.equal(ptr.mean(dim=0).get(), data.mean(dim=0))
+    assert ptr.sum().item() == float(data.sum())
+    with pytest.raises(fedmq.AccessDeniedError, match="only values computed from"):
+        ptr.get()
+    with pytest.raises(fedmq.AccessDeniedError):
+        clients["sci"]["bob"].call(m.GetRequest([ptr.id_at_location], delete=False))
+
+
+def test_the_mark_follows_a_move_to_a_peer_and_stops_at_a_stranger(lab):
+    hooks, workers, clients, data = lab
+    sci = clients["sci"]
+    derived = sci["bob"].search(["#data"])[0] * 2
+    moved = derived.move(sci["carol"])  # carol is bob's peer: allowed, and stays private
+    with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
+        moved.get()
+    assert torch.equal(workers["carol"].worker.store.space("sci").entries[
+        moved.id_at_location].obj, data * 2)  # it is there, for the scientist to compute on
+    with pytest.raises(fedmq.AccessDeniedError, match="peer workers.*'dave'"):
+        (sci["bob"].search(["#data"])[0] + 1).move(sci["dave"])
+        sci["bob"].objects_count()
+    assert workers["dave"].worker.store.total() == 0  # nothing reached the open worker
+    # not private: moves anywhere
+    mine = torch.ones(2).send(sci["bob"]).move(sci["dave"])
+    assert torch.equal(mine.get(), torch.ones(2))
+
+
+def test_a_plan_is_its_senders_and_its_outputs_on_private_data_are_private(lab):
+    hooks, workers, clients, data = lab
+
+    @fedmq.func2plan(args_shape=[(3, 4)])
+    def double(x):
+        return x * 2
+
+    sent = double.send(clients["sci"]["bob"])
+    data_ptr = clients["sci"]["bob"].search(["#data"])[0]
+    out = sent(data_ptr)
+    with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
+        out.get()
+    # mallory cannot run (or even see) the scientist's plan
+    with pytest.raises(errors.ObjectNotFoundError):
+        clients["mallory"]["bob"].call(m.GetRequest([sent.id_at_location], delete=False))
+    assert clients["mallory"]["bob"].search([]) == []
+    # the scientist's plan on its own data: its own, released
+    mine = torch.ones(3, 4).send(clients["sci"]["bob"])
+    assert torch.equal(sent(mine).get(), torch.full((3, 4), 2.0))
+
+
+def test_shares_belong_to_the_principal_that_shared(lab):
+    hooks, workers, clients, data = lab
+    sci, mallory = clients["sci"], clients["mallory"]
+    x = torch.tensor([5, -7, 11])
+    shared = x.share(sci["bob"], sci["carol"], crypto_provider=sci["dave"])
+    y = shared + shared
+    ids = {share.location.id: share.id_at_location for share in y.shares}
+    assert set(ids) == {"bob", "carol"}
+    for name, share_id in ids.items():
+        stranger = mallory[name]
+        assert stranger.call(m.ListObjects()) == {}
+        assert stranger.objects_count() == 0
+        with pytest.raises(errors.ObjectNotFoundError):
+            stranger.call(m.GetRequest([share_id], delete=False))
+        # the sharing principal can read its share
+        assert sci[name].call(m.GetRequest([share_id], delete=False))[0].dtype == torch.int64
+    assert torch.equal(y.get(), x * 2)
+
+
+def test_private_data_shared_cannot_be_reconstructed_under_release_none(lab):
+    """Shares computed from private data carry the mark: reconstructing is a release."""
+    hooks, workers, clients, data = lab
+    sci = clients["sci"]
+    ptr = sci["bob"].search(["#data"])[0]
+    # the scientist moves a derived value to the peer carol and shares nothing in the clear:
+    # whatever it computes there stays private
+    moved = (ptr.long() + 1).move(sci["carol"])
+    with pytest.raises(fedmq.AccessDeniedError):
+        moved.get()
