@@ -115,9 +115,14 @@ class Policy:
     def principal_for(self, login: str, on_behalf: str | None) -> str:
         """The principal a message acts for: its sender's `login`, or the principal a trusted
         peer worker (role `worker`) says it forwards for. Raises PermissionError when a
-        principal that is not a trusted peer claims to act for another."""
+        principal that is not a trusted peer claims to act for another, and when anyone but
+        the owner claims to act for the data owner (a peer is trusted with what its clients
+        may do, not with the owner's rights)."""
         if not on_behalf or on_behalf == login:
             return login
+        if on_behalf == self.owner:
+            raise PermissionError(f"principal {login!r} may not act on behalf of the data owner "
+                                  f"{on_behalf!r}: only the owner's own login may")
         if self.allows("worker", login):
             return on_behalf
         raise PermissionError(f"principal {login!r} may not act on behalf of {on_behalf!r} (the "

@@ -116,3 +116,26 @@ def test_private_data_shared_cannot_be_reconstructed_under_release_none(lab):
     moved = (ptr.long() + 1).move(sci["carol"])
     with pytest.raises(fedmq.AccessDeniedError):
         moved.get()
+
+
+def test_a_peer_worker_may_forward_for_clients_but_never_for_the_owner():
+    policy = Policy(owner="owner", grants={"worker": {"carol"}})
+    assert policy.principal_for("carol", "sci") == "sci"
+    assert policy.principal_for("owner", None) == "owner"
+    assert policy.principal_for("mallory", "mallory") == "mallory"
+    with pytest.raises(PermissionError, match="data owner"):
+        policy.principal_for("carol", "owner")
+    with pytest.raises(PermissionError, match="--grant worker:mallory"):
+        policy.principal_for("mallory", "sci")
+
+
+def test_policy_options_are_checked():
+    with pytest.raises(ValueError, match="ROLE:PRINCIPAL"):
+        Policy.from_options("owner", ["admin:eve"])
+    with pytest.raises(ValueError, match="ROLE:PRINCIPAL"):
+        Policy.from_options("owner", ["coordinator"])
+    with pytest.raises(ValueError, match="release"):
+        Policy(release="some")
+    with pytest.raises(ValueError, match="max_bytes"):
+        Policy(max_bytes=-1)
+    assert Policy.open().is_open and not Policy(owner="x").is_open
