@@ -62,6 +62,7 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
     result id and a `RemoteError` carrying it as `.info` is raised (the exception itself if it
     already was a RemoteError, else the one its code maps to, chained to it)."""
     view = store if type(store) is StoreView else None
+    refs = args, kwargs
     try:
         if fn is None:
             fn = ops.lookup(op).fn
@@ -79,8 +80,11 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
         else:
             with torch.set_grad_enabled(grad_enabled):
                 value = fn(*args, **kwargs)
-        if view is not None and view.read_shared:
-            view.check_unmodified(op)
+        if view is not None and view.op_tainted:
+            if view.read_shared:
+                view.check_unmodified(op)
+            if op is not None:
+                _mark_written(view, op, refs, args, kwargs)
         results = value
         if split:
             results, value = value
@@ -108,6 +112,36 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
         error = remote_error_from(info.code, info.message, worker_id, info.op)
         error.info = info
         raise error from exc
+
+
+def _mark_written(view: StoreView, op: str, refs: tuple, args: Any, kwargs: dict) -> None:
+    """An op that read private data wrote into objects of the principal's own (`x.copy_(d)`,
+    `x.data = d`, `x.grad = d`, `x.add_(d)`, a backward pass into its parameters' gradients):
+    those objects hold private values now, and are marked so (a later get is a release)."""
+    if op == "Tensor.backward":
+        for obj_id in view.ids_with_grad():
+            view.mark_private(obj_id)
+        return
+    targets = ops.written(op, args, kwargs)
+    if not targets:
+        return
+    wanted = {id(t) for t in targets}
+    for ref in _refs(refs, []):
+        entry = view.find(ref.id)
+        if entry is not None and id(entry.obj) in wanted:
+            view.mark_private(ref.id)
+
+
+def _refs(value: Any, out: list) -> list:
+    if type(value) is Ref:
+        out.append(value)
+    elif type(value) in (tuple, list):
+        for item in value:
+            _refs(item, out)
+    elif type(value) is dict:
+        for item in value.values():
+            _refs(item, out)
+    return out
 
 
 def check_count(leaves: list, result_ids: Any, worker_id: str, op: str | None = None,

@@ -381,6 +381,13 @@ class StoreView:
                 f"worker {self.worker_id!r}, its quota (--max-objects {policy.max_objects})",
                 worker=self.worker_id)
 
+    def mark_private(self, obj_id: Any) -> None:
+        """Mark this principal's own object `obj_id` as holding values computed from private
+        data (an op that read private data wrote into it)."""
+        entry = self._own.entries.get(obj_id)
+        if entry is not None:
+            entry.private = True
+
     def room(self) -> int | None:
         """Bytes this principal may still store here (None: no limit)."""
         if self.is_owner or self.policy.max_bytes is None:

@@ -107,15 +107,18 @@ def test_fit_and_evaluate_only_from_the_coordinator(world):
         world.client("coord").call(m.GetRequest([world.data_id]))
 
 
-def test_acting_for_another_principal_needs_a_peer_grant(world):
-    """A hand-made envelope claiming to forward for the owner, from a stranger."""
+@pytest.mark.parametrize("claim,says", [("owner", "may not act on behalf of the data owner"),
+                                         ("sci", "--grant worker:")])
+def test_acting_for_another_principal_needs_a_peer_grant(world, claim, says):
+    """A hand-made envelope claiming to forward for the owner, or for a scientist, from a
+    stranger."""
     mallory = world.client("mallory")
     frame = serde.encode(m.Envelope(m.WIRE_VERSION, "sec", m.GetRequest([world.data_id]),
-                                    on_behalf=world.names["owner"]))
+                                    on_behalf=world.names[claim]))
     reply = mallory.engine.start_frame(mallory.id, frame, "GetRequest").reply(30)
     assert reply.value is None and reply.error.code == "access_denied"
-    assert "may not act on behalf of" in reply.error.message
-    assert "--grant worker:" in reply.error.message
+    assert "may not act on behalf of" in reply.error.message and says in reply.error.message
+    assert_data_intact(world)
 
 
 # -- a scientist ------------------------------------------------------------------------------

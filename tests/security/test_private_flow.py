@@ -139,3 +139,42 @@ def test_policy_options_are_checked():
     with pytest.raises(ValueError, match="max_bytes"):
         Policy(max_bytes=-1)
     assert Policy.open().is_open and not Policy(owner="x").is_open
+
+
+@pytest.mark.parametrize("launder", [
+    lambda d, own: own.copy_(d),
+    lambda d, own: own.add_(d),
+    lambda d, own: own.__setitem__(slice(None), d),
+    lambda d, own: setattr(own, "data", d),
+    lambda d, own: setattr(own, "grad", d),
+    lambda d, own: torch.add(d, 0, out=own),
+])
+def test_writing_private_values_into_ones_own_object_makes_it_private(lab, launder):
+    hooks, workers, clients, data = lab
+    sci = clients["sci"]["bob"]
+    d = sci.search(["#data"])[0]
+    own = torch.zeros(3, 4).send(sci)
+    launder(d, own)
+    with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
+        own.get()
+        own.grad.get()
+
+
+def test_gradients_of_a_loss_on_private_data_are_private(lab):
+    hooks, workers, clients, data = lab
+    sci = clients["sci"]["bob"]
+    d = sci.search(["#data"])[0]
+    model = torch.nn.Linear(4, 1)
+    model.send(sci)
+    loss = model(d).sum()
+    loss.backward()
+    weight_id = model.weight._fedmq_id
+    with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
+        sci.call(m.GetRequest([m.Ref(weight_id, "grad")], delete=False))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt.step()
+    with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
+        sci.call(m.GetRequest([weight_id], delete=False))
+    with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
+        model.get()
+        float(model.weight.sum())  # a deferred get completes (and raises) here at the latest
