@@ -75,6 +75,7 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
             targets = ops.written(op, args, kwargs)
             if targets:
                 acting.guard(op, targets)
+        versions = _own_versions(view, refs) if view is not None and view.op_tainted else None
         if grad_enabled is None or grad_enabled == torch.is_grad_enabled():
             value = fn(*args, **kwargs)
         else:
@@ -83,8 +84,7 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
         if view is not None and view.op_tainted:
             if view.read_shared:
                 view.check_unmodified(op)
-            if op is not None:
-                _mark_written(view, op, refs, args, kwargs)
+            _mark_written(view, op, refs, args, kwargs, versions)
         results = value
         if split:
             results, value = value
@@ -114,10 +114,27 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
         raise error from exc
 
 
-def _mark_written(view: StoreView, op: str, refs: tuple, args: Any, kwargs: dict) -> None:
-    """An op that read private data wrote into objects of the principal's own (`x.copy_(d)`,
-    `x.data = d`, `x.grad = d`, `x.add_(d)`, a backward pass into its parameters' gradients):
-    those objects hold private values now, and are marked so (a later get is a release)."""
+def _own_versions(view: StoreView, refs: tuple) -> list:
+    """(id, tensor, version) of the principal's own tensors an op is about to get."""
+    out = []
+    for ref in _refs(refs, []):
+        entry = view.find(ref.id)
+        if entry is not None and isinstance(entry.obj, torch.Tensor):
+            out.append((ref.id, entry.obj, entry.obj._version))
+    return out
+
+
+def _mark_written(view: StoreView, op: str | None, refs: tuple, args: Any, kwargs: dict,
+                  versions: list | None) -> None:
+    """An op (or a plan, a local step) that read private data wrote into objects of the
+    principal's own (`x.copy_(d)`, `x.add_(d)`, `x.data = d`, `x.grad = d`, `out=x`, a plan
+    writing into an argument, a backward pass into its parameters' gradients): those objects
+    hold private values now, and are marked so (a later get is a release)."""
+    for obj_id, tensor, version in versions or ():
+        if tensor._version != version:
+            view.mark_private(obj_id)
+    if op is None:
+        return
     if op == "Tensor.backward":
         for obj_id in view.ids_with_grad():
             view.mark_private(obj_id)

@@ -178,3 +178,19 @@ def test_gradients_of_a_loss_on_private_data_are_private(lab):
     with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
         model.get()
         float(model.weight.sum())  # a deferred get completes (and raises) here at the latest
+
+
+def test_a_plan_writing_private_values_into_its_argument_marks_it(lab):
+    hooks, workers, clients, data = lab
+    sci = clients["sci"]["bob"]
+
+    @fedmq.func2plan(args_shape=[(3, 4), (3, 4)])
+    def launder(d, own):
+        own.copy_(d)
+        return own * 0
+
+    sent = launder.send(sci)
+    own = torch.zeros(3, 4).send(sci)
+    sent(sci.search(["#data"])[0], own)
+    with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
+        own.get()
