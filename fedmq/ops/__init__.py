@@ -2,6 +2,11 @@
 
 `lookup(name)` is what a worker runs (and the only way a name from the wire becomes a
 callable); `name_of(func)` is how a client names the function `__torch_function__` received.
+`Op.fn` is the torch function, or what a worker runs in its place (safe.py: `empty_like`
+zero-filled, CPU-only `to` and `*_like`, a capped `tolist`); `Op.kinds` are the op's classes
+(allowlist.py:
+"pure", "random", "allocates", "value", "writes"), also as the sets `PURE`, `RANDOM`,
+`ALLOCATES_BY_SIZE`, `RETURNS_VALUE`, `RETURNS_METADATA` of wire names.
 """
 from __future__ import annotations
 
@@ -13,13 +18,20 @@ import torch
 import torch.nn.functional as F
 
 from fedmq.errors import OpNotAllowedError
-from fedmq.ops import allowlist
+from fedmq.ops import allowlist, safe
+from fedmq.ops.allowlist import (ALLOCATES_BY_SIZE, PURE, RANDOM, RETURNS_METADATA,
+                                 RETURNS_VALUE)
+
+__all__ = ["ALLOCATES_BY_SIZE", "Op", "PURE", "RANDOM", "RETURNS_METADATA", "RETURNS_VALUE",
+           "kinds", "lookup", "name_of", "writes", "written"]
 
 
 @dataclass(frozen=True, slots=True)
 class Op:
+    """name: the wire name. fn: what a worker runs. kinds: its classes (see `kinds`)."""
     name: str
     fn: Callable[..., Any]
+    kinds: frozenset = frozenset()
 
 
 def _getter(attr: str) -> Callable[[torch.Tensor], Any]:
@@ -52,7 +64,7 @@ def _build() -> tuple[dict[str, Op], dict[Any, str]]:
     by_func: dict[Any, str] = {}
 
     def add(name: str, fn: Any, keys: list[Any]) -> None:
-        by_name[name] = Op(name, fn)
+        by_name[name] = Op(name, safe.REPLACEMENTS.get(name, fn), kinds(name))
         for key in keys:
             by_func.setdefault(key, name)
 
@@ -101,6 +113,18 @@ def lookup(name: str) -> Op:
 #: the written argument(s))
 _WRITES = {"Tensor.__setitem__": (0,), "Tensor.data.__set__": (0,), "Tensor.grad.__set__": (0,),
            "fedmq.clear_grads": (0,), "F.batch_norm": (1, 2), "Tensor.backward": ()}
+
+
+def kinds(name: str) -> frozenset:
+    """The classes of op `name` (allowlist.py): any of "random", "allocates" (its result size
+    is set by a non-tensor argument), "value" (returns Python values), "writes" (`writes`), or
+    only "pure". Empty for a name no class lists (the audit test fails on it)."""
+    found = {kind for kind, names in (("pure", PURE), ("random", RANDOM),
+                                      ("allocates", ALLOCATES_BY_SIZE),
+                                      ("value", RETURNS_VALUE)) if name in names}
+    if writes(name):
+        found.add("writes")
+    return frozenset(found)
 
 
 def writes(name: str) -> bool:
