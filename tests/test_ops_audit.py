@@ -79,6 +79,8 @@ def test_each_op_carries_its_classes():
     assert ops.lookup("Tensor.normal_").kinds == {"random", "writes"}
     assert ops.lookup("torch.rand_like").kinds == {"random", "allocates"}
     assert ops.lookup("Tensor.add_").kinds == {"writes"}
+    assert ops.lookup("F.dropout").random == "equivalent"
+    assert ops.lookup("torch.abs").random is None
     assert ops.kinds("torch.made_up") == frozenset()
 
 

@@ -3,8 +3,8 @@
 `lookup(name)` is what a worker runs (and the only way a name from the wire becomes a
 callable); `name_of(func)` is how a client names the function `__torch_function__` received.
 `Op.fn` is the torch function, or what a worker runs in its place (safe.py: `empty_like`
-zero-filled, CPU-only `to` and `*_like`, a capped `tolist`); `Op.kinds` are the op's classes
-(allowlist.py:
+zero-filled, CPU-only `to` and `*_like`, a capped `tolist`); `Op.random` says how a random op
+gets its principal's generator (rng.py); `Op.kinds` are the op's classes (allowlist.py:
 "pure", "random", "allocates", "value", "writes"), also as the sets `PURE`, `RANDOM`,
 `ALLOCATES_BY_SIZE`, `RETURNS_VALUE`, `RETURNS_METADATA` of wire names.
 """
@@ -18,19 +18,25 @@ import torch
 import torch.nn.functional as F
 
 from fedmq.errors import OpNotAllowedError
-from fedmq.ops import allowlist, safe
+from fedmq.ops import allowlist, rng, safe
 from fedmq.ops.allowlist import (ALLOCATES_BY_SIZE, PURE, RANDOM, RETURNS_METADATA,
                                  RETURNS_VALUE)
+from fedmq.ops.rng import seeded
 
 __all__ = ["ALLOCATES_BY_SIZE", "Op", "PURE", "RANDOM", "RETURNS_METADATA", "RETURNS_VALUE",
-           "kinds", "lookup", "name_of", "writes", "written"]
+           "kinds", "lookup", "name_of", "seeded", "writes", "written"]
 
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """name: the wire name. fn: what a worker runs. kinds: its classes (see `kinds`)."""
+    """name: the wire name. fn: what a worker runs.
+    random: None for an op that draws no random numbers; else how it gets the principal's
+        generator (fedmq.ops.rng.seeded): "generator" (a `generator=` keyword), "equivalent"
+        (rng.WITH_GENERATOR_ARG), "fork" (the global RNG swapped around it).
+    kinds: its classes (see `kinds`)."""
     name: str
     fn: Callable[..., Any]
+    random: str | None = None
     kinds: frozenset = frozenset()
 
 
@@ -64,7 +70,11 @@ def _build() -> tuple[dict[str, Op], dict[Any, str]]:
     by_func: dict[Any, str] = {}
 
     def add(name: str, fn: Any, keys: list[Any]) -> None:
-        by_name[name] = Op(name, safe.REPLACEMENTS.get(name, fn), kinds(name))
+        random = None
+        if name in RANDOM:
+            random = ("equivalent" if name in rng.WITH_GENERATOR_ARG else
+                      "generator" if rng.takes_generator(fn) else "fork")
+        by_name[name] = Op(name, safe.REPLACEMENTS.get(name, fn), random, kinds(name))
         for key in keys:
             by_func.setdefault(key, name)
 
