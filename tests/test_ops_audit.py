@@ -348,3 +348,27 @@ def test_no_record_from_the_wire_acts_as_an_index_or_a_sequence():
                "__getitem__")
     assert codec._RECORDS and [(cls.__name__, d) for cls in codec._RECORDS.values()
                                for d in dunders if hasattr(cls, d)] == []
+
+
+# -- found by the audit, for the store's taint tracking (lead) ----------------------------------
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 12: an op that writes "
+                   "private values into the principal's own tensor leaves that tensor unmarked, "
+                   "so it can be fetched")
+@pytest.mark.parametrize("op, args, kwargs, ids", [
+    ("Tensor.copy_", (m.Ref(2), m.Ref(1)), {}, [None]),
+    ("Tensor.__setitem__", (m.Ref(2), slice(None), m.Ref(1)), {}, []),
+    ("torch.add", (m.Ref(1), 0), {"out": m.Ref(2)}, [None]),
+    ("Tensor.data.__set__", (m.Ref(2), m.Ref(1)), {}, []),
+])
+def test_writing_private_data_into_ones_own_tensor_does_not_release_it(op, args, kwargs, ids):
+    worker = Worker("bob", policy=Policy(owner="owner", grants={"scientist": {"eve"}},
+                                         release="none"))
+    _ok(worker, "owner", m.ObjectMessage([m.StoredObject(1, torch.arange(4.0))]))
+    _ok(worker, "eve", m.ObjectMessage([m.StoredObject(2, torch.zeros(4))]))
+    try:
+        _ok(worker, "eve", m.Command(op, args, kwargs, ids))
+    except AssertionError as exc:  # the op itself must run: only the release is in question
+        raise RuntimeError(f"{op} failed: {exc}") from None
+    reply = _respond(worker, "eve", m.GetRequest([2]))
+    assert reply.error is not None and reply.error.code == "access_denied", reply.value
