@@ -194,6 +194,22 @@ def test_an_op_on_a_stored_pointer_is_forwarded_without_the_generator(generators
 
 # -- how an op gets its generator ----------------------------------------------------------------
 
+@pytest.mark.parametrize("op, args", [
+    (ops.Op("torch.randperm", torch.randperm, "generator"), (10,)),
+    (ops.Op("torch.bernoulli", torch.bernoulli, "generator"), (torch.full((10,), 0.5),)),
+    (ops.Op("F.rrelu", F.rrelu, "fork"), (torch.randn(10), 0.1, 0.3, True)),
+])
+def test_random_ops_not_on_the_list_yet_would_get_the_generator(generators, op, args):
+    """Whatever the first argument (randperm's is an int), and with no generator keyword."""
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    with principals.acting(principals.Acting("alice")):
+        ops.seeded(op, "bob")(*args)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert len(generators) == 1
+
+
+
 @pytest.mark.parametrize("name", sorted(n for n in ops.RANDOM if ops.lookup(n).random ==
                                         "generator"))
 def test_ops_marked_generator_take_one(name):

@@ -171,9 +171,9 @@ def seeded(op: Any, worker_id: str) -> Callable[..., Any]:
     fn, how = op.fn, op.random
 
     def run(*args: Any, **kwargs: Any) -> Any:
-        first = args[0] if args else kwargs.get("input", kwargs.get("self"))
-        if not _plain(first):  # forwarded to the worker holding it, or not a tensor at all
-            return fn(*args, **kwargs)
+        first = args[0] if args else kwargs.get("input")
+        if isinstance(first, torch.Tensor) and not _plain(first):
+            return fn(*args, **kwargs)  # a pointer, an SMPC value: dispatched where it lives
         if how == "generator":
             kwargs["generator"] = generator
             return fn(*args, **kwargs)
