@@ -47,7 +47,8 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
     """Run `fn(*args, **kwargs)` on this worker and return its value.
 
     fn: the callable; None runs the allowlisted op named `op` (fedmq.ops.lookup: a name that
-        is not on the allowlist fails like the op did, as "op_not_allowed").
+        is not on the allowlist fails like the op did, as "op_not_allowed"); a random op
+        draws from the acting principal's generator on this worker (fedmq.ops.rng).
     args, kwargs: may hold `Ref`s (nested in tuples, lists, dicts): replaced by stored objects.
     result_ids: the caller's ids for the tensor leaves of the result, in `flatten_tensors`
         order; a None id is an alias of an input (an in-place op's result) and is not stored.
@@ -65,7 +66,9 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
     refs = args, kwargs
     try:
         if fn is None:
-            fn = ops.lookup(op).fn
+            entry = ops.lookup(op)
+            # a random op draws from the acting principal's generator (fedmq.ops.rng)
+            fn = entry.fn if entry.random is None else ops.seeded(entry, worker_id)
         if view is not None:
             view.begin_op()
         args = resolve(args, store)

@@ -2,9 +2,15 @@
 
 `lookup(name)` is what a worker runs (and the only way a name from the wire becomes a
 callable); `name_of(func)` is how a client names the function `__torch_function__` received.
+`Op.fn` is the torch function, or what a worker runs in its place (safe.py: `empty_like`
+zero-filled, CPU-only `to` and `*_like`, a capped `tolist`); `Op.random` says how a random op
+gets its principal's generator (rng.py); `Op.kinds` are the op's classes (allowlist.py:
+"pure", "random", "allocates", "value", "writes"), also as the sets `PURE`, `RANDOM`,
+`ALLOCATES_BY_SIZE`, `RETURNS_VALUE`, `RETURNS_METADATA` of wire names.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -12,13 +18,26 @@ import torch
 import torch.nn.functional as F
 
 from fedmq.errors import OpNotAllowedError
-from fedmq.ops import allowlist
+from fedmq.ops import allowlist, rng, safe
+from fedmq.ops.allowlist import (ALLOCATES_BY_SIZE, PURE, RANDOM, RETURNS_METADATA,
+                                 RETURNS_VALUE)
+from fedmq.ops.rng import seeded
+
+__all__ = ["ALLOCATES_BY_SIZE", "Op", "PURE", "RANDOM", "RETURNS_METADATA", "RETURNS_VALUE",
+           "kinds", "lookup", "name_of", "seeded", "writes", "written"]
 
 
 @dataclass(frozen=True, slots=True)
 class Op:
+    """name: the wire name. fn: what a worker runs.
+    random: None for an op that draws no random numbers; else how it gets the principal's
+        generator (fedmq.ops.rng.seeded): "generator" (a `generator=` keyword), "equivalent"
+        (rng.WITH_GENERATOR_ARG), "fork" (the global RNG swapped around it).
+    kinds: its classes (see `kinds`)."""
     name: str
     fn: Callable[..., Any]
+    random: str | None = None
+    kinds: frozenset = frozenset()
 
 
 def _getter(attr: str) -> Callable[[torch.Tensor], Any]:
@@ -51,7 +70,11 @@ def _build() -> tuple[dict[str, Op], dict[Any, str]]:
     by_func: dict[Any, str] = {}
 
     def add(name: str, fn: Any, keys: list[Any]) -> None:
-        by_name[name] = Op(name, fn)
+        random = None
+        if name in RANDOM:
+            random = ("equivalent" if name in rng.WITH_GENERATOR_ARG else
+                      "generator" if rng.takes_generator(fn) else "fork")
+        by_name[name] = Op(name, safe.REPLACEMENTS.get(name, fn), random, kinds(name))
         for key in keys:
             by_func.setdefault(key, name)
 
@@ -68,10 +91,24 @@ def _build() -> tuple[dict[str, Op], dict[Any, str]]:
         add(f"Tensor.{attr}.__set__", _setter(attr), [getattr(torch.Tensor, attr).__set__])
     for name, fn in FEDMQ_OPS.items():
         add(name, fn, [])
+    for name, op in by_name.items():
+        positions = _positional_writes(op.fn)
+        if positions != (None, None):
+            _POSITIONAL[name] = positions
     return by_name, by_func
 
 
-_BY_NAME, _BY_FUNC = _build()
+def _positional_writes(fn: Any) -> tuple[int | None, int | None]:
+    """Where `fn` takes `inplace` and `out` positionally (Python functions: `F.relu(x, True)`,
+    `torch.norm(x, 2, 0, False, out)`); torch's builtins take `out` by keyword only."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature
+        return None, None
+    found = {p.name: i for i, p in enumerate(params)
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return found.get("inplace"), found.get("out")
+
 
 
 def lookup(name: str) -> Op:
@@ -86,6 +123,18 @@ def lookup(name: str) -> Op:
 #: the written argument(s))
 _WRITES = {"Tensor.__setitem__": (0,), "Tensor.data.__set__": (0,), "Tensor.grad.__set__": (0,),
            "fedmq.clear_grads": (0,), "F.batch_norm": (1, 2), "Tensor.backward": ()}
+
+
+def kinds(name: str) -> frozenset:
+    """The classes of op `name` (allowlist.py): any of "random", "allocates" (its result size
+    is set by a non-tensor argument), "value" (returns Python values), "writes" (`writes`), or
+    only "pure". Empty for a name no class lists (the audit test fails on it)."""
+    found = {kind for kind, names in (("pure", PURE), ("random", RANDOM),
+                                      ("allocates", ALLOCATES_BY_SIZE),
+                                      ("value", RETURNS_VALUE)) if name in names}
+    if writes(name):
+        found.add("writes")
+    return frozenset(found)
 
 
 def writes(name: str) -> bool:
@@ -104,33 +153,58 @@ def written(name: str, args: Any, kwargs: dict | None) -> list:
     """The tensors op `name` writes when called with `args`/`kwargs` (resolved values): what
     a worker checks before it lets a principal run the op on data it may only read. Covers
     in-place methods and operators (`add_`, `__iadd__`, `_foreach_mul_`), setters, `out=` and
-    `inplace=True`, and the running statistics `F.batch_norm` updates in training."""
+    `inplace=` (by keyword or position, any true value: `F.relu(x, 1)` runs in place), the
+    running statistics `F.batch_norm` updates in training, and the weight
+    `F.embedding(max_norm=)` renormalises."""
     out: list = []
+    if type(args) is not tuple and type(args) is not list:
+        args = ()
     if kwargs:
         target = kwargs.get("out")
         if target is not None:
             _tensors(target, out)
-        if kwargs.get("inplace") is True and args:
+        if "inplace" in kwargs and _truthy(kwargs["inplace"]):
+            _tensors(args[0] if args else kwargs.get("input"), out)
+    positional = _POSITIONAL.get(name)
+    if positional is not None:
+        inplace, target_at = positional
+        if inplace is not None and len(args) > inplace and _truthy(args[inplace]):
             _tensors(args[0], out)
-    if not writes(name):
+        if target_at is not None and len(args) > target_at:
+            _tensors(args[target_at], out)
+    if name == "F.embedding":
+        max_norm = _argument(args, kwargs, "max_norm", 3)
+        if max_norm is not None:
+            _tensors(_argument(args, kwargs, "weight", 1), out)
         return out
-    if not isinstance(args, (tuple, list)):
+    if not writes(name):
         return out
     positions = _WRITES.get(name, (0,))
     if name == "F.batch_norm":
-        training = kwargs.get("training") if kwargs and "training" in kwargs else \
-            (args[5] if len(args) > 5 else False)
+        training = _argument(args, kwargs, "training", 5)
         if not training:
             return out
         for key, pos in (("running_mean", 1), ("running_var", 2)):
-            value = kwargs.get(key) if kwargs and key in kwargs else \
-                (args[pos] if len(args) > pos else None)
-            _tensors(value, out)
+            _tensors(_argument(args, kwargs, key, pos), out)
         return out
     for pos in positions:
         if pos < len(args):
             _tensors(args[pos], out)
     return out
+
+
+def _argument(args: Any, kwargs: dict | None, key: str, pos: int) -> Any:
+    if kwargs and key in kwargs:
+        return kwargs[key]
+    return args[pos] if len(args) > pos else None
+
+
+def _truthy(value: Any) -> bool:
+    """Whether the op would take `value` as true (a value bool() refuses counts as true)."""
+    try:
+        return bool(value)
+    except Exception:
+        return True
 
 
 def _tensors(value: Any, out: list) -> None:
@@ -141,6 +215,10 @@ def _tensors(value: Any, out: list) -> None:
             _tensors(item, out)
 
 
+#: name -> (position of `inplace`, position of `out`) for ops taking them positionally
+_POSITIONAL: dict[str, tuple[int | None, int | None]] = {}
+
+
 def name_of(func: Any) -> str | None:
     """The wire name of a function that `__torch_function__` received, or None."""
     try:
@@ -148,3 +226,5 @@ def name_of(func: Any) -> str | None:
     except TypeError:  # unhashable
         return None
 
+
+_BY_NAME, _BY_FUNC = _build()
