@@ -283,7 +283,17 @@ class StoreView:
         return self.lookup(obj_id)[0]
 
     def get(self, obj_id: int) -> Any:
-        return self.entry(obj_id).obj
+        """The object under `obj_id`. The owner's tensors reach another principal detached
+        from autograd: its backward pass never writes their gradients."""
+        entry, raw = self.lookup(obj_id)
+        if entry is None:
+            raise self.not_found(obj_id)
+        obj = entry.obj
+        if raw or entry.private:
+            self.taint(raw, obj)
+            if raw and isinstance(obj, torch.Tensor) and obj.requires_grad:
+                return obj.detach()
+        return obj
 
     def taint(self, raw: bool = False, obj: Any = None) -> None:
         """The current op read private data (`raw`: the owner's own `obj`)."""

@@ -375,11 +375,9 @@ def test_no_record_from_the_wire_acts_as_an_index_or_a_sequence():
                                for d in dunders if hasattr(cls, d)] == []
 
 
-# -- found by the audit, for the store's taint tracking (lead) ----------------------------------
+# -- found by the audit: an op that writes private values into the principal's own tensor marks
+# -- that tensor private (fedmq.execution._mark_written), so it cannot be fetched
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 12: an op that writes "
-                   "private values into the principal's own tensor leaves that tensor unmarked, "
-                   "so it can be fetched")
 @pytest.mark.parametrize("op, args, kwargs, ids", [
     ("Tensor.copy_", (m.Ref(2), m.Ref(1)), {}, [None]),
     ("Tensor.__setitem__", (m.Ref(2), slice(None), m.Ref(1)), {}, []),

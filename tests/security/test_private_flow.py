@@ -194,3 +194,19 @@ def test_a_plan_writing_private_values_into_its_argument_marks_it(lab):
     sent(sci.search(["#data"])[0], own)
     with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
         own.get()
+
+
+def test_a_scientists_backward_never_writes_the_owners_gradients(lab):
+    hooks, workers, clients, data = lab
+    owner_view = workers["bob"].worker.store
+    weights = torch.ones(4, requires_grad=True)
+    owner_view.put(77, weights, ["#weights"])
+    sci = clients["sci"]["bob"]
+    w = sci.search(["#weights"])[0]
+    own = torch.ones(4, requires_grad=True).send(sci)
+    (w * own).sum().backward()
+    assert weights.grad is None  # untouched
+    assert torch.equal(workers["bob"].worker.store.space("sci").entries[
+        own.id_at_location].obj.grad, torch.ones(4))  # the scientist's own leaf got its gradient
+    with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
+        own.grad.get()  # computed from the owner's weights
