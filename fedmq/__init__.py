@@ -13,7 +13,11 @@ The data path, top to bottom (each a small module; imports only point down):
                          checks a worker is served; chunks.py cuts and joins big frames)
     messages.py          the message dataclasses
     serde/               the wire format (msgpack + raw tensor bytes; never pickle)
-    worker.py            Worker.handle_frame(frame) -> reply frame, the same for every transport
+    worker.py            Worker.handle_frame(frame, login) -> reply frame, the same for every
+                         transport; each message handled in a Session for its principal
+    principals.py        who a message acts for (AMQP user_id, or the hook's principal)
+    policy.py, store.py  the data owner's policy (grants, release, quotas); the store, one
+                         space per principal, the owner's data private
     execution.py, ops/   the worker's one execution primitive and the op allowlist
     service.py           `fedmq worker`: a Worker consuming its RabbitMQ queue
 Built on that (each declares what it adds in its hooks.py `EXTENSION` table):
