@@ -185,13 +185,21 @@ def run_command(cmd: Command, store: ObjectStore, worker_id: str) -> Any:
     if cmd.op == "Tensor.backward":
         return store.ids_with_grad()
     if cmd.reply:
-        if type(store) is StoreView and not store.may_release_tainted() and \
-                _plain_values(value):
-            raise AccessDeniedError(
-                f"{cmd.op} computed a value from private data; worker {worker_id!r} does not "
-                f"release it (--release {store.policy.release})", worker=worker_id, op=cmd.op)
-        return reply_refs(value, store, worker_id)
+        return reply_refs(value, store, worker_id, cmd.op)
     return None
+
+
+def check_release(value: Any, store: Any, worker_id: str, op: str | None = None, *,
+                  tensors_leave: bool = False) -> None:
+    """Raise AccessDeniedError if `value`, about to leave in a reply, carries plain values (a
+    number, a bool: anything but tensors, which stay and go back as pointers; with
+    `tensors_leave`, tensors too, as an SMPC step's opened values) that the op just run
+    computed from private data the policy keeps in."""
+    if type(store) is StoreView and not store.may_release_tainted() and (
+            _plain_values(value) or (tensors_leave and bool(flatten_tensors(value, [])))):
+        raise AccessDeniedError(
+            f"{op or 'the call'} computed a value from private data; worker {worker_id!r} "
+            f"does not release it (--release {store.policy.release})", worker=worker_id, op=op)
 
 
 def _plain_values(value: Any) -> bool:
@@ -249,8 +257,11 @@ def flatten_tensors(value: Any, out: list) -> list:
     return out
 
 
-def reply_refs(value: Any, store: ObjectStore, worker_id: str) -> Any:
-    """`value` for a reply: each tensor stored under a fresh id and described by a PointerRef."""
+def reply_refs(value: Any, store: ObjectStore, worker_id: str, op: str | None = None) -> Any:
+    """`value` for a reply: each tensor stored under a fresh id and described by a PointerRef;
+    plain values computed from private data only where the policy releases them
+    (`check_release`)."""
+    check_release(value, store, worker_id, op)
     leaves = flatten_tensors(value, [])
     ids = [new_id() for _ in leaves]
     for rid, leaf in zip(ids, leaves):

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from fedmq.client import call_all
-from fedmq.execution import execute
+from fedmq.execution import check_release, execute
 from fedmq.ids import new_id
 from fedmq.smpc.messages import LocalStep
 from fedmq.smpc.shares import make_pointer, to_wire
@@ -35,6 +35,9 @@ def handle_local_step(worker: Any, msg: LocalStep) -> list:
         step = functools.partial(_unknown_step, msg.step)
     opened = execute(step, msg.args, None, msg.result_ids, worker.store, worker.id, op=op,
                      split=True)
+    # what a step opens leaves in the clear: from private data, only as the policy releases
+    # (a step's masks are the caller's to choose, so an opening is a release)
+    check_release(list(opened), worker.store, worker.id, op, tensors_leave=True)
     return list(opened)
 
 

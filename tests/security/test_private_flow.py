@@ -210,3 +210,43 @@ def test_a_scientists_backward_never_writes_the_owners_gradients(lab):
         own.id_at_location].obj.grad, torch.ones(4))  # the scientist's own leaf got its gradient
     with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
         own.grad.get()  # computed from the owner's weights
+
+
+def test_an_smpc_step_cannot_open_private_data_with_a_mask_of_the_callers_choice(lab):
+    """beaver_mask(x, a, y, b) opens x - a and y - b: with a = 0 chosen by the caller, that
+    would be x itself. Opening private values is a release."""
+    from fedmq.smpc.messages import LocalStep
+    hooks, workers, clients, data = lab
+    sci = clients["sci"]["bob"]
+    d = sci.search(["#data"])[0]
+    zero = torch.zeros(3, 4).send(sci)
+    sci.flush()
+    step = LocalStep("beaver_mask", [m.Ref(d.id_at_location), m.Ref(zero.id_at_location),
+                                     m.Ref(d.id_at_location), m.Ref(zero.id_at_location)], [])
+    with pytest.raises(fedmq.AccessDeniedError, match="beaver_mask computed a value from "
+                                                      "private data"):
+        sci.call(step)
+    # on its own values the step opens as usual
+    mine = torch.ones(3, 4).send(sci)
+    sci.flush()
+    opened = sci.call(LocalStep("beaver_mask", [m.Ref(mine.id_at_location),
+                                                m.Ref(zero.id_at_location)] * 2, []))
+    assert torch.equal(opened[0], torch.ones(3, 4))
+
+
+def test_a_plans_reply_on_private_data_is_pointers_that_stay(lab):
+    hooks, workers, clients, data = lab
+    sci = clients["sci"]["bob"]
+    d = sci.search(["#data"])[0]
+    from fedmq.plans.messages import RunPlan
+
+    @fedmq.func2plan(args_shape=[(3, 4)])
+    def total(x):
+        return x.sum()
+
+    sent = total.send(sci)
+    sci.flush()
+    out = sci.call(RunPlan(sent.id_at_location, (m.Ref(d.id_at_location),), [], reply=True))
+    assert isinstance(out, m.PointerRef) and out.shape == ()  # described, not sent
+    with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
+        sci.call(m.GetRequest([out.id_at_location]))
