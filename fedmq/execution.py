@@ -19,7 +19,8 @@ import torch
 
 from fedmq import ops, principals
 from fedmq.errors import (AccessDeniedError, ObjectNotFoundError, OpNotAllowedError,
-                          RemoteError, RemoteExecutionError, remote_error_from)
+                          QuotaExceededError, RemoteError, RemoteExecutionError,
+                          remote_error_from)
 from fedmq.ids import new_id
 from fedmq.messages import Command, ErrorInfo, PointerRef, Ref
 from fedmq.store import FailedResult, ObjectStore, StoreView
@@ -109,6 +110,8 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
                         store.put(rid, failed)
                     except TypeError:  # an unhashable id from the wire: nothing to record
                         pass
+                    except QuotaExceededError:  # the principal's objects are at their quota:
+                        break  # the failure is still reported, just not recorded
         if isinstance(exc, RemoteError):
             exc.info = info
             raise

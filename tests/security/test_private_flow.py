@@ -250,3 +250,21 @@ def test_a_plans_reply_on_private_data_is_pointers_that_stay(lab):
     assert isinstance(out, m.PointerRef) and out.shape == ()  # described, not sent
     with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
         sci.call(m.GetRequest([out.id_at_location]))
+
+
+def test_a_principal_at_its_object_quota_still_gets_its_errors():
+    from fedmq.worker import Worker
+    from fedmq import serde
+    worker = Worker("q", policy=Policy(owner="owner", max_objects=2))
+
+    def ask(message):
+        frame = serde.encode(m.Envelope(m.WIRE_VERSION, "t", message))
+        return serde.decode(worker.handle_frame(frame, "eve"))
+
+    assert ask(m.ObjectMessage([m.StoredObject(1, torch.ones(2)),
+                                m.StoredObject(2, torch.ones(2))])).error is None
+    reply = ask(m.ObjectMessage([m.StoredObject(3, torch.ones(2))]))
+    assert reply.error.code == "quota_exceeded" and "--max-objects 2" in reply.error.message
+    reply = ask(m.Command("Tensor.add", (m.Ref(1), m.Ref(99)), {}, [4, 5]))
+    assert reply.error.code == "object_not_found"  # its own error, not the quota's
+    assert worker.store.usage("eve") == (16, 2)
