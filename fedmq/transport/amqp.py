@@ -39,6 +39,7 @@ import itertools
 import logging
 import os
 import pathlib
+import re
 import ssl
 import threading
 import time
@@ -282,9 +283,14 @@ def connect_error_text(exc: BaseException) -> str:
     if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
         return "the broker refused the user name or password in the URL"
     if _tls_refused(exc):
-        return (f"TLS: {text.strip('()')}; give the CA that signed the broker's certificate "
-                f"with ?cafile=/path/to/ca.pem in the amqps:// URL, and connect to a host name "
-                f"the certificate names")
+        found = re.search(r"\[SSL: ([A-Z0-9_]+)\]\s*([^(]*)", text)
+        reason = f"{found.group(1)} ({found.group(2).strip()})" if found else text
+        if "WRONG_VERSION_NUMBER" in reason:
+            return (f"TLS refused: {reason}: this port does not speak TLS; connect amqps:// "
+                    f"URLs to the broker's TLS listener (port 5671 by default)")
+        return (f"TLS refused: {reason}; give the CA that signed the broker's certificate with "
+                f"?cafile=/path/to/ca.pem in the amqps:// URL, and connect to a host name the "
+                f"certificate names")
     close = next((a for a in getattr(exc, "args", ()) if type(a).__name__ == "Close"), None)
     if close is None and "Connection.Close" in text:
         close = exc
