@@ -142,7 +142,7 @@ def test_describe_url_names_the_tls_port():
 
 def test_resolve_url_reads_the_password_file_and_checks_tls_files(tmp_path, monkeypatch):
     secret = tmp_path / "pw"
-    secret.write_text("p@ss/w:rd\n")
+    secret.write_text("p@ss/w:rd\nthe first line only, as add-user --password-file reads it\n")
     monkeypatch.setenv("FEDMQ_AMQP_PASSWORD_FILE", str(secret))
     resolved = resolve_url("amqp://alice@h:5672/v")
     assert resolved == "amqp://alice:p%40ss%2Fw%3Ard@h:5672/v"

@@ -38,7 +38,6 @@ import asyncio
 import itertools
 import logging
 import os
-import pathlib
 import re
 import ssl
 import threading
@@ -256,10 +255,11 @@ def resolve_url(url: str) -> str:
     if parsed.password is None and os.environ.get(PASSWORD_FILE_ENV):
         path = os.environ[PASSWORD_FILE_ENV]
         try:
-            password = pathlib.Path(path).read_text().rstrip("\r\n")
-        except OSError as exc:
+            with open(path, encoding="utf-8") as file:  # its first line, as add-user reads it
+                password = file.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
             raise TransportError(f"cannot read the password for {where} from ${PASSWORD_FILE_ENV}"
-                                 f" ({path}): {exc.strerror}") from None
+                                 f" ({path}): {getattr(exc, 'strerror', None) or exc}") from None
         if not password:
             raise TransportError(f"${PASSWORD_FILE_ENV} ({path}) is empty")
         url = str(parsed.with_password(password))
