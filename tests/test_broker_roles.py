@@ -116,6 +116,44 @@ def test_the_broker_refuses_a_forged_user_id(role_users):
         api("DELETE", f"queues/{q(VHOST)}/{q(queue_name(sink))}")
 
 
+def test_user_id_is_checked_when_set_and_may_be_left_out(role_users):
+    """What a receiver may conclude from `user_id`, on the broker: a worker user (whose
+    amq.default grant lets it publish into any queue by name, a caller's direct reply-to
+    included) cannot answer as another worker, but can publish with no user_id at all. So a
+    receiver must treat a message without user_id as from nobody: the broker adds none."""
+    _, _, client_url = role_users.add("rtc", "client")
+    mallory, _, mallory_url = role_users.add("rtm", "worker")
+    honest, _, _ = role_users.add("rth", "worker")
+    client = pika.BlockingConnection(pika.URLParameters(client_url))
+    try:
+        channel = client.channel()
+        got: list[str | None] = []
+        channel.basic_consume("amq.rabbitmq.reply-to", auto_ack=True,
+                              on_message_callback=lambda c, mt, p, b: got.append(p.user_id))
+        # the address a worker sees in every request the client sends it
+        channel.basic_publish("fedmq.commands", mallory, b"request", pika.BasicProperties(
+            reply_to="amq.rabbitmq.reply-to", correlation_id="c1"))
+        def receive(ch):
+            return next(ch.consume(queue_name(mallory), auto_ack=True, inactivity_timeout=10))[1]
+        props = as_user(mallory_url, receive)
+
+        def answer(user_id: str | None):
+            def operation(ch):
+                ch.confirm_delivery()
+                ch.basic_publish("", props.reply_to, b"forged?", pika.BasicProperties(
+                    correlation_id="c1", user_id=user_id))
+            return operation
+        assert as_user(mallory_url, answer(honest)) == 406  # PRECONDITION_FAILED: not its login
+        assert as_user(mallory_url, answer(None)) == "ok"
+        assert as_user(mallory_url, answer(mallory)) == "ok"
+        deadline = time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:
+            client.process_data_events(time_limit=0.2)
+        assert got == [None, mallory]
+    finally:
+        client.close()
+
+
 def test_every_message_fedmq_publishes_carries_its_login_as_user_id(role_users):
     """Frames (one message or chunks) and events carry the URL's login, percent-decoded (the
     broker would refuse the still-encoded `...%40...`)."""
