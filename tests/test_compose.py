@@ -278,6 +278,7 @@ def test_no_guest_in_compose():
 
 
 @pytest.mark.amqp
+@pytest.mark.slow  # six `fedmq` processes, ~12 s
 def test_provision_script_makes_the_users_and_can_run_again(role_users, tmp_path):
     """services/provision.sh, run as compose runs it (NAME:ROLE arguments, secrets in a
     directory), on the run's vhost with run-named users: each logs in with its secret and has
