@@ -1,5 +1,5 @@
-"""The `fedmq` command: `fedmq worker ...`, `fedmq train ...`, `fedmq queues ...` (see
-`fedmq --help`)."""
+"""The `fedmq` command: `fedmq worker ...`, `fedmq train ...`, `fedmq queues ...`,
+`fedmq broker add-user|delete-user ...` (see `fedmq --help`)."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_worker_command(sub)
+        from fedmq.broker_admin import add_broker_command
+        add_broker_command(sub)
     from fedmq.fl.cli import add_train_command
     add_train_command(sub)
     return parser

@@ -43,6 +43,7 @@ from typing import Any, Callable
 
 import aiormq.exceptions
 import torch
+from pamqp.commands import Basic
 
 from fedmq import messages as m, serde
 from fedmq.client import WorkerClient
@@ -52,13 +53,13 @@ from fedmq.errors import FedmqError
 from fedmq.extensions import load_extensions
 from fedmq.ids import new_id
 from fedmq.runtime import tune_malloc
-from fedmq.transport.amqp import (CHUNK_SIZE, COMMANDS_EXCHANGE, DEAD_LETTER_EXCHANGE,
-                                  FRAME_CONTENT_TYPE,
-                                  QUEUE_TYPES, AMQPTransport, ChunkAssembler, ChunkError,
-                                  Delivery, check_chunk_size, chunk_messages, consume,
-                                  connect_robust, declare_topology, describe_url, login_of,
-                                  publish,
-                                  queue_name, queue_state, worker_queue_arguments)
+from fedmq.transport.amqp import (BINDING_PROBE, CHUNK_SIZE, COMMANDS_EXCHANGE,
+                                  DEAD_LETTER_EXCHANGE, FRAME_CONTENT_TYPE, QUEUE_TYPES,
+                                  AMQPTransport, ChunkAssembler, ChunkError, Delivery,
+                                  TopologyError, attempt, check_chunk_size, chunk_messages,
+                                  connect_robust, consume, declare_topology, describe_url,
+                                  login_of, publish, queue_name, queue_state, routes_anywhere,
+                                  worker_queue_arguments)
 from fedmq.errors import TransportError
 from fedmq.policy import RELEASES, Policy
 from fedmq.worker import Undecodable, Worker
@@ -216,6 +217,8 @@ class WorkerService:
         #: given up: its chunks are dead-lettered and the sender gets an error reply
         self.chunk_timeout = chunk_timeout
         self.url = url
+        #: the broker user this service logs in as (the `user_id` of what it publishes)
+        self._login = login_of(url)
         self.prefetch = prefetch
         self.chunk_size = chunk_size
         self.worker = worker
@@ -250,7 +253,7 @@ class WorkerService:
         # queues only take a per-consumer limit
         await self.channel.set_qos(prefetch_count=self.prefetch,
                                    global_=self.queue_type == "classic")
-        exchanges = await declare_topology(self.channel)
+        await self._start_step(declare_topology(self.connection, self.channel))
         name = queue_name(self.id)
         state = await queue_state(self.connection, name)
         if state is not None and state[1] and not self.standby:
@@ -259,17 +262,7 @@ class WorkerService:
                 f"fedmq worker {self.id}: another process already consumes {name} on "
                 f"{describe_url(self.url)}; one id has one active worker. Stop that one, use "
                 f"another --id, or start this one with --standby to take over when it dies")
-        try:
-            self.queue = await self.channel.declare_queue(
-                name, durable=True, arguments=worker_queue_arguments(self.queue_type))
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            await self.connection.close()
-            raise WorkerStartError(
-                f"fedmq worker {self.id}: the queue {name} exists with other arguments than "
-                f"this worker declares ({exc}); it was made by an older fedmq or with another "
-                f"--queue-type. Delete it (`rabbitmqctl delete_queue {name}`; its messages are "
-                f"lost) or start with the queue type it has") from None
-        await self.queue.bind(exchanges["commands"], routing_key=self.id)
+        await self._start_step(self._declare_queue())
         # Outbound (moves, pointers to pointers, SMPC deals): a request engine over a client
         # connection on this same loop, in a context of this worker's own.
         context = Context(sender=self.id)
@@ -297,6 +290,48 @@ class WorkerService:
                  self.queue.name, self.outbound.describe(), self.prefetch,
                  "; standing by: active once the worker serving this id stops"
                  if state is not None and state[1] else "")
+
+    async def _declare_queue(self) -> None:
+        """Declare this worker's queue `fedmq.worker.<id>` and bind it to `fedmq.commands` under
+        its id (aio-pika declares both again whenever it reopens the channel). A user who may
+        not (ACCESS_REFUSED: the worker role of `fedmq broker add-user`, which provisions both)
+        uses what its administrator provisioned: the queue must exist, and a probe published
+        under this id must reach a queue (BINDING_PROBE; the consumer acks it unread). Each try
+        runs on a channel of its own (a refusal closes its channel). Raises TopologyError (one
+        line) when the queue or its binding is missing, or the queue is not what this worker
+        declares."""
+        name = queue_name(self.id)
+        arguments = worker_queue_arguments(self.queue_type)
+        [refused] = await attempt(self.connection, lambda ch: ch.queue_declare(
+            name, durable=True, arguments=arguments))
+        if refused is None:
+            self.queue = await self.channel.declare_queue(name, durable=True, arguments=arguments)
+        elif isinstance(refused, aiormq.exceptions.ChannelPreconditionFailed):
+            raise TopologyError(
+                f"the queue {name} exists with other arguments than this worker declares "
+                f"({refused}); it was made by an older fedmq or with another --queue-type. "
+                f"Delete it (`rabbitmqctl delete_queue {name}`; its messages are lost) or start "
+                f"with the queue type it has")
+        elif await queue_state(self.connection, name) is None:
+            raise TopologyError(
+                f"the queue {name} does not exist on {describe_url(self.url)} and user "
+                f"{self._login!r} may not declare it; an administrator creates it and its "
+                f"binding: `fedmq broker add-user {self.id} --role worker`")
+        else:  # provisioned by the administrator: checked (passively) on every reopen
+            self.queue = await self.channel.declare_queue(name, passive=True)
+        [refused] = await attempt(self.connection, lambda ch: ch.queue_bind(
+            name, COMMANDS_EXCHANGE, routing_key=self.id))
+        if refused is None:
+            await self.queue.bind(COMMANDS_EXCHANGE, routing_key=self.id)
+        elif not await routes_anywhere(self.connection, COMMANDS_EXCHANGE, self.id,
+                                       Basic.Properties(message_type=BINDING_PROBE,
+                                                        user_id=self._login)):
+            raise TopologyError(
+                f"the queue {name} exists but {COMMANDS_EXCHANGE} does not route key "
+                f"{self.id!r} to it, and user {self._login!r} may not bind it; an administrator "
+                f"binds it: `fedmq broker add-user {self.id} --role worker` (or "
+                f"`rabbitmqadmin declare binding source={COMMANDS_EXCHANGE} "
+                f"destination={name} routing_key={self.id}`)")
 
     async def _start_step(self, step: Any) -> Any:
         """`await step`; a broker that cannot be reached or refuses us is a WorkerStartError
@@ -341,7 +376,7 @@ class WorkerService:
 
     async def _consume(self) -> None:
         """Consume the worker's queue (again), and hear when the broker cancels the consumer."""
-        self._consumer_tag = await consume(self.channel, self.queue.name, self._on_message)
+        self._consumer_tag = await consume(self.channel, self.queue.name, self._on_delivery)
         underlay = await self.channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
 
@@ -357,9 +392,7 @@ class WorkerService:
 
     async def _consume_again(self) -> None:
         try:
-            self.queue = await self.channel.declare_queue(
-                self.queue.name, durable=True, arguments=worker_queue_arguments(self.queue_type))
-            await self.queue.bind(COMMANDS_EXCHANGE, routing_key=self.id)
+            await self._declare_queue()
             await self._consume()
             log.info("fedmq worker %s: consuming %s again", self.id, self.queue.name)
         except Exception as exc:  # noqa: BLE001 - serving nothing while alive is worse
@@ -399,6 +432,14 @@ class WorkerService:
             log.warning("fedmq worker %s: could not %s (%s); stopping all the same", self.id,
                         what, type(exc).__name__ if isinstance(exc, asyncio.TimeoutError)
                         else exc)
+
+    async def _on_delivery(self, message: Delivery) -> None:
+        """Every delivery from the queue: a binding probe (published by a worker starting for
+        this id, see _declare_queue) is acked unread; the rest are handled in order."""
+        if message.type == BINDING_PROBE:
+            await message.ack()
+            return
+        await self._on_message(message)
 
     async def _on_message(self, message: Delivery) -> None:
         """aio-pika calls this in a task of its own per delivery, in delivery order; the lock
@@ -550,7 +591,7 @@ class WorkerService:
         """Settle messages that failed: a copy goes to `fedmq.dlx` (-> fedmq.dead-letters)
         with headers saying why (`x-fedmq-error`), where (`x-fedmq-worker`) and what
         (`x-fedmq-message-type`: the decoded message's type when it could be decoded, else
-        the AMQP `type` the sender gave) and who sent it (`x-fedmq-sender`: its AMQP user_id,
+        the AMQP `type` the sender gave) and who sent it (`x-fedmq-user-id`: its AMQP user_id,
         which the copy cannot carry), so the dead-letter queue explains itself in the
         management UI; then the original is acked. If the copy cannot be published, the original is
         rejected to the same place by the broker instead (without the explanation)."""
@@ -558,14 +599,14 @@ class WorkerService:
             if msg.settled or not msg.channel_open:
                 continue  # settled, or its channel closed: the broker delivers it again
             properties = copy.copy(msg.properties)
-            # the copy is published by this worker: the broker refuses (and closes the channel
-            # over) a user_id that is not this connection's login, so the sender's goes into a
-            # header instead
-            sender, properties.user_id = properties.user_id, None
             properties.headers = {**(msg.headers or {}), "x-fedmq-error": str(reason)[:4000],
-                                  "x-fedmq-worker": self.id, "x-fedmq-sender": sender or "?",
+                                  "x-fedmq-worker": self.id,
                                   "x-fedmq-message-type": getattr(reason, "message_type",
                                                                   None) or msg.type or "?"}
+            if msg.user_id:  # the sender; the copy is this worker's (the broker refuses any
+                # other user_id than the publishing connection's, closing the channel)
+                properties.headers["x-fedmq-user-id"] = msg.user_id
+            properties.user_id = self._login
             try:
                 await publish(self.channel, DEAD_LETTER_EXCHANGE, self.id,
                               [(msg.body, properties)])
@@ -752,7 +793,11 @@ def service_policy(url: str, grants: list[str] | tuple = (), release: str = "non
                    max_objects: int | None = DEFAULT_MAX_OBJECTS) -> Policy:
     """A worker service's policy: the data owner is `owner` or the broker user of `url`;
     `grants` are "ROLE:PRINCIPAL"; quotas of 0 or None mean no limit. Raises ValueError."""
-    return Policy.from_options(owner or login_of(url), grants, release,
+    owner = owner or login_of(url)
+    if not owner:
+        raise ValueError("with ?auth=external the URL names no user: give the data owner's "
+                         "principal with --owner")
+    return Policy.from_options(owner, grants, release,
                                max_bytes=max_bytes or None, max_objects=max_objects or None)
 
 

@@ -160,6 +160,17 @@ def worker_processes(tmp_path_factory):
     procs.stop_all()
 
 
+@pytest.fixture(scope="session")
+def role_users():
+    """Broker users made for the role tests (tests/role_users.py), deleted at the end."""
+    from role_users import Users, sweep_stale_users
+
+    sweep_stale_users()
+    made = Users()
+    yield made
+    made.delete_all()
+
+
 @pytest.fixture
 def hook():
     hook = fedmq.TorchHook(torch)

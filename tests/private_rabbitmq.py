@@ -130,6 +130,8 @@ class PrivateRabbitMQ:
         self.pid_file = self.dir / "rabbitmq.pid"
         #: the Erlang cookie (nodes of one cluster share it); None: Erlang makes one
         self.cookie: str | None = None
+        #: more rabbitmq.conf lines (a TLS listener, say), written after the node's own
+        self.extra_conf = ""
         self.env = dict(
             os.environ,
             HOME=str(self.dir),
@@ -159,7 +161,7 @@ class PrivateRabbitMQ:
         (self.dir / "rabbitmq.conf").write_text(
             f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}\n"
             f"management.tcp.ip = 127.0.0.1\n"
-            f"management.tcp.port = {self.management_port}\n")
+            f"management.tcp.port = {self.management_port}\n" + self.extra_conf)
         (self.dir / "enabled_plugins").write_text("[rabbitmq_management].\n")
         if self.cookie is not None:
             cookie = self.dir / ".erlang.cookie"

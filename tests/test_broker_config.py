@@ -6,9 +6,9 @@ disturbing anyone else's use of them:
 * importing definitions.json (`rabbitmqctl import_definitions`) rewrites node-wide state (the
   guest user, vhost `/`), so it is done on this run's private node (the `private_rabbitmq`
   fixture, tests/private_rabbitmq.py) and checked through that node's management API;
-* the throwaway per-worker user documented in broker_config/README.md is created, checked and
-  deleted with rabbitmqctl on the broker FEDMQ_AMQP_URL points at (it must be the local node),
-  with its permissions on this run's vhost (tests/broker_vhost.py) only.
+* the users by role that broker_config/README.md documents are tried on the broker by
+  tests/test_broker_roles.py; here the README's table is checked against the code that grants
+  them (fedmq.broker_admin.role_permissions).
 
 They need rabbitmq-server/rabbitmqctl (run as root or the rabbitmq user) and the management
 plugin (`.ci/broker.sh` enables it).
@@ -20,26 +20,19 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import time
-import urllib.parse
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from broker_vhost import vhost_of
 from fedmq.management import ManagementAPIError, api_get
 from fedmq.transport.amqp import worker_queue_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "broker_config"
 DEFINITIONS = CONFIG / "definitions.json"
-AMQP_URL = os.environ.get("FEDMQ_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-#: the run's vhost, where the per-worker user gets its permissions
-VHOST = vhost_of(AMQP_URL)
 
 #: what fedmq's code declares and relies on: name -> exchange type
 EXCHANGES = {"fedmq.commands": "direct", "fedmq.events": "topic", "fedmq.dlx": "fanout"}
@@ -60,6 +53,9 @@ def by_name(items: list[dict]) -> dict[str, dict]:
 def test_definitions_declare_vhost_guest_and_permissions():
     d = definitions()
     assert [v["name"] for v in d["vhosts"]] == ["/"]
+    # the only user is the loopback-only administrator (rabbitmq.conf); fedmq's users are made
+    # per deployment by `fedmq broker add-user`, with passwords that are not in the repository
+    assert [u["name"] for u in d["users"]] == ["guest"]
     guest = by_name(d["users"])["guest"]
     assert guest["hashing_algorithm"] == "rabbit_password_hashing_sha256"
     assert "administrator" in guest["tags"]
@@ -122,7 +118,8 @@ def test_rabbitmq_conf_settings():
     assert int(conf["consumer_timeout"]) >= 3_600_000
     assert 0 < int(conf["heartbeat"]) <= 60
     assert conf["load_definitions"] == "/etc/rabbitmq/definitions.json"
-    assert conf["loopback_users.guest"] == "false"
+    # guest's password is public: it logs in from the broker's own loopback only
+    assert conf["loopback_users.guest"] == "true"
     assert conf["listeners.tcp.default"] == "5672"
     assert conf["management.tcp.port"] == "15672"
 
@@ -189,132 +186,26 @@ def test_import_definitions_into_the_running_broker_is_idempotent(private_rabbit
     rabbitmqctl("authenticate_user", "guest", "guest", node=node)
 
 
-# --- per-worker users (broker_config/README.md, "Per-worker users") ---------------------------
+# --- users by role (broker_config/README.md, "Users by role") --------------------------------
 
-def worker_permissions(worker_id: str) -> tuple[str, str, str]:
-    """The configure/write/read regexes README.md documents for worker `worker_id`."""
-    queue = re.escape(f"fedmq.worker.{worker_id}")
-    return (rf"^({queue}|amq\.gen-.*)$",
-            r"^(fedmq\.commands|fedmq\.events|amq\.default)$",
-            rf"^({queue})$")
-
-
-@contextmanager
-def throwaway_worker_user():
-    """A user for worker `t<hex>-alice` with README's permissions on the run's vhost, fedmq's
-    exchanges and alice's and bob's queues declared and bound there by the admin (guest);
-    the user and the queues are deleted afterwards (the vhost goes at the end of the run)."""
-    import pika
-
-    tag = secrets.token_hex(4)
-    alice, bob = f"t{tag}-alice", f"t{tag}-bob"
-    user, password = f"fedmq_test_alice_{tag}", secrets.token_urlsafe(24)
-    admin = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-    queues = [f"fedmq.worker.{alice}", f"fedmq.worker.{bob}"]
-    try:
-        channel = admin.channel()
-        # the topology as fedmq.transport.amqp.declare_topology declares it (the run's vhost
-        # is fresh: no worker may have run in it yet)
-        for name, kind in EXCHANGES.items():
-            channel.exchange_declare(name, kind, durable=True)
-        channel.queue_declare(DEAD_LETTER_QUEUE, durable=True)
-        channel.queue_bind(DEAD_LETTER_QUEUE, "fedmq.dlx", routing_key="")
-        for worker_id, queue in zip((alice, bob), queues):
-            channel.queue_declare(queue, durable=True, arguments=worker_queue_arguments())
-            channel.queue_bind(queue, "fedmq.commands", routing_key=worker_id)
-        rabbitmqctl("add_user", user, password)
-        rabbitmqctl("set_permissions", "-p", VHOST, user, *worker_permissions(alice))
-        parsed = urllib.parse.urlsplit(AMQP_URL)
-        url = (f"amqp://{user}:{password}@{parsed.hostname}:{parsed.port or 5672}/"
-               f"{urllib.parse.quote(VHOST, safe='')}")
-        yield admin, url, alice, bob
-    finally:
-        try:
-            rabbitmqctl("delete_user", user)
-        finally:
-            if admin.is_open:
-                channel = admin.channel()
-                for queue in queues:
-                    channel.queue_delete(queue)
-                admin.close()
+def readme_role_table() -> dict[str, tuple[str, str, str]]:
+    """The role table of broker_config/README.md: role -> (configure, write, read)."""
+    rows = {}
+    for line in (CONFIG / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if len(cells) == 4 and cells[0].split()[0] in ("worker", "client", "coordinator"):
+            code = [re.search(r"`([^`]*)`", c).group(1).replace("\\|", "|") for c in cells[1:]]
+            rows[cells[0].split()[0]] = tuple(code)
+    return rows
 
 
-def as_user(url: str, operation):
-    """Run `operation(channel)` on a fresh connection as the worker user; return its result,
-    or the reply code the broker closed the channel with (403 = ACCESS_REFUSED)."""
-    import pika
+def test_the_readme_role_table_is_what_add_user_grants():
+    """The README's table is fedmq.broker_admin.role_permissions, which
+    tests/test_broker_roles.py tries on the broker."""
+    from fedmq.broker_admin import role_permissions
 
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        return operation(connection.channel())
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        return exc.reply_code
-    finally:
-        if connection.is_open:
-            connection.close()
-
-
-def publish(exchange: str, routing_key: str, body: bytes = b"x", properties=None):
-    def operation(channel):
-        channel.confirm_delivery()  # so a refused publish raises here, not later
-        channel.basic_publish(exchange, routing_key, body, properties)
-        return "ok"
-    return operation
-
-
-@pytest.mark.amqp
-def test_worker_user_can_serve_its_own_queue_only():
-    import pika
-
-    with throwaway_worker_user() as (admin, url, alice, bob):
-        own, other = f"fedmq.worker.{alice}", f"fedmq.worker.{bob}"
-        admin_channel = admin.channel()
-        replies: list[bytes] = []
-        admin_channel.basic_consume("amq.rabbitmq.reply-to", auto_ack=True,
-                                    on_message_callback=lambda ch, m, p, body:
-                                    replies.append(body))
-        admin_channel.basic_publish("fedmq.commands", alice, b"request", pika.BasicProperties(
-            reply_to="amq.rabbitmq.reply-to", correlation_id="c1"))
-
-        def serve_one(channel):
-            # What a worker service does: re-declare its queue idempotently (same arguments),
-            # consume it with manual acks, answer through direct reply-to, forward to a peer
-            # and publish an event.
-            channel.exchange_declare("fedmq.commands", passive=True)
-            channel.queue_declare(own, durable=True, arguments=worker_queue_arguments())
-            channel.confirm_delivery()
-            for method, props, body in channel.consume(own, inactivity_timeout=10):
-                assert method is not None, "no command arrived on the worker's own queue"
-                channel.basic_publish("", props.reply_to, b"reply:" + body,
-                                      pika.BasicProperties(correlation_id=props.correlation_id))
-                channel.basic_publish("fedmq.commands", bob, b"forwarded")
-                channel.basic_publish("fedmq.events", "fit.done", b"{}")
-                channel.basic_ack(method.delivery_tag)
-                channel.cancel()
-                return body
-
-        assert as_user(url, serve_one) == b"request"
-        deadline = time.monotonic() + 10
-        while not replies and time.monotonic() < deadline:
-            admin.process_data_events(time_limit=0.2)
-        assert replies == [b"reply:request"]
-        method, _, body = admin_channel.basic_get(other, auto_ack=True)
-        assert body == b"forwarded"
-
-        refused = {
-            "consume another worker's queue":
-                lambda ch: ch.basic_consume(other, lambda *a: None),
-            "basic.get from another worker's queue": lambda ch: ch.basic_get(other),
-            "purge another worker's queue": lambda ch: ch.queue_purge(other),
-            "delete another worker's queue": lambda ch: ch.queue_delete(other),
-            # binding needs write on the queue and read on the exchange: without this refusal
-            # alice could bind her queue with bob's routing key and read copies of his commands
-            "bind its queue to another worker's key":
-                lambda ch: ch.queue_bind(own, "fedmq.commands", routing_key=bob),
-            "(re)declare a fedmq exchange":
-                lambda ch: ch.exchange_declare("fedmq.commands", "direct", durable=True),
-            "publish to an exchange not granted": publish("amq.direct", bob),
-            "publish into the dead-letter exchange": publish("fedmq.dlx", alice),
-        }
-        for what, operation in refused.items():
-            assert as_user(url, operation) == 403, f"worker user was allowed to {what}"
+    table = readme_role_table()
+    assert set(table) == {"worker", "client", "coordinator"}
+    for role, permissions in table.items():
+        expected = role_permissions(role, "NAME")
+        assert permissions == expected, role

@@ -3,16 +3,22 @@
 `docker-compose config` validates and normalises compose.yaml (no Docker engine needed); the
 tests then check the services, the broker's ports and mounted configuration, and that every
 fedmq service runs the `fedmq` console script with a subcommand whose arguments fedmq's own
-argument parser accepts. Skipped only when no `docker-compose` binary is installed
-(`bash .ci/system-deps.sh` installs Debian's, as root).
+argument parser accepts. Those are skipped only when no `docker-compose` binary is installed
+(`bash .ci/system-deps.sh` installs Debian's, as root); the credentials are checked on the
+YAML itself (PyYAML) whether it is installed or not: each service logs in as its own user with
+its own secret, no URL carries a password, and `guest` appears nowhere. services/provision.sh,
+which makes those users, runs against the test broker.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -22,7 +28,13 @@ COMPOSE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "services" / "Dockerfile"
 WORKERS = {"alice": "0-3", "bob": "4-6", "charlie": "7-9"}  # service -> label range
 TESTING = "testing"
-AMQP_URL = "amqp://guest:guest@rabbitmq:5672/"
+#: the one-shot service that makes the broker users (services/provision.sh)
+PROVISION = "provision"
+
+
+def amqp_url(user: str) -> str:
+    """A service's broker URL: its own user, no password (FEDMQ_AMQP_PASSWORD_FILE names it)."""
+    return f"amqp://{user}@rabbitmq:5672/"
 
 
 def _yaml_to_json(text: str, compose_exe: str) -> dict:
@@ -61,7 +73,9 @@ def config() -> dict:
 
 
 def fedmq_services(config: dict) -> dict[str, dict]:
-    return {name: s for name, s in config["services"].items() if name != "rabbitmq"}
+    """The services that run fedmq on the broker (not the broker, not provisioning)."""
+    return {name: s for name, s in config["services"].items()
+            if name not in ("rabbitmq", PROVISION)}
 
 
 def dockerfile_entrypoint() -> list[str]:
@@ -91,7 +105,7 @@ def option(args: list[str], name: str) -> str:
 # --- the services -------------------------------------------------------------------------------
 
 def test_all_services_are_declared(config):
-    assert set(config["services"]) >= {"rabbitmq", *WORKERS, TESTING, "coordinator"}
+    assert set(config["services"]) >= {"rabbitmq", PROVISION, *WORKERS, TESTING, "coordinator"}
 
 
 def test_broker_publishes_amqp_and_management_ports(config):
@@ -140,6 +154,9 @@ def test_fedmq_services_share_one_image_and_wait_for_the_broker(config):
         assert Path(build["context"]).resolve() == ROOT.resolve(), name
         assert build.get("dockerfile") == "services/Dockerfile", name
         assert service["depends_on"]["rabbitmq"]["condition"] == "service_healthy", name
+        # their users exist before they log in
+        assert service["depends_on"][PROVISION]["condition"] == \
+            "service_completed_successfully", name
     for name in (*WORKERS, TESTING):
         assert config["services"][name]["restart"] == "on-failure", name
 
@@ -152,7 +169,7 @@ def test_services_run_the_fedmq_console_script(config):
         args = argv(service)
         expected = "train" if name == "coordinator" else "worker"
         assert args[:2] == [script, expected], f"{name} runs {args}"
-        assert option(args, "--url") == AMQP_URL, name
+        assert option(args, "--url") == amqp_url(name), name
 
 
 def test_worker_commands_name_their_id_and_data(config):
@@ -183,6 +200,111 @@ def test_worker_commands_parse_with_the_fedmq_cli(config, capsys):
             pytest.fail(f"fedmq's CLI rejects service {name!r}'s command {args}: "
                         f"{capsys.readouterr().err.strip()}", pytrace=False)
         assert parsed.command == "worker"
+
+
+def test_the_provision_service_shares_the_brokers_loopback(config):
+    """guest may log in from the broker's own loopback only (broker_config/rabbitmq.conf):
+    provision reaches it by sharing the broker's network namespace."""
+    provision = config["services"][PROVISION]
+    assert provision["network_mode"] == "service:rabbitmq"
+    assert provision["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+    assert provision["entrypoint"] == ["sh", "/src/services/provision.sh"]
+    assert provision.get("restart", "no") == "no"
+
+
+# --- credentials (compose.yaml read as YAML: needs no docker-compose) --------------------------
+
+def raw_compose() -> dict:
+    yaml = pytest.importorskip("yaml")  # the dev extra installs it
+    return yaml.safe_load(COMPOSE.read_text())  # anchors and `<<` merges resolved
+
+
+def secret_names(service: dict) -> list[str]:
+    return [s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])]
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (str(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [str(value)]
+
+
+def test_each_service_logs_in_as_its_own_user_with_its_own_secret():
+    compose = raw_compose()
+    services = {name: s for name, s in compose["services"].items()
+                if name not in ("rabbitmq", PROVISION)}
+    assert set(services) == {*WORKERS, TESTING, "coordinator"}
+    users, files = {}, {}
+    for name, service in services.items():
+        url = urllib.parse.urlsplit(option(service["command"], "--url"))
+        assert url.password is None, f"{name}'s URL carries a password"
+        assert url.username == name, name
+        [secret] = secret_names(service)  # its own password, and no one else's
+        assert service["environment"]["FEDMQ_AMQP_PASSWORD_FILE"] == f"/run/secrets/{secret}"
+        users[name], files[name] = url.username, compose["secrets"][secret]["file"]
+    assert len(set(users.values())) == len(users) and len(set(files.values())) == len(files)
+    # every secret lives where services/make-secrets.sh writes it, which git and docker ignore
+    for path in files.values():
+        assert re.fullmatch(r"\./services/secrets/[a-z]+\.password", path), path
+    for ignore in (".gitignore", ".dockerignore"):
+        assert "services/secrets/" in (ROOT / ignore).read_text().split(), ignore
+
+
+def test_provision_makes_every_user_with_its_role_and_workers_grant_the_coordinator():
+    compose = raw_compose()
+    provision = compose["services"][PROVISION]
+    made = dict(spec.split(":") for spec in provision["command"])
+    expected = {**dict.fromkeys([*WORKERS, TESTING], "worker"), "coordinator": "coordinator"}
+    assert made == expected
+    assert set(secret_names(provision)) == {f"{name}_password" for name in made}
+    coordinator = urllib.parse.urlsplit(
+        option(compose["services"]["coordinator"]["command"], "--url")).username
+    for name in (*WORKERS, TESTING):
+        assert option(compose["services"][name]["command"], "--grant") == \
+            f"coordinator:{coordinator}", name
+
+
+def test_no_guest_in_compose():
+    """No service logs in as guest: the only guest is the broker's loopback administrator,
+    which provision uses from inside the broker's network namespace (fedmq broker add-user's
+    default admin)."""
+    assert not [s for s in _strings(raw_compose()) if "guest" in s.lower()]
+
+
+@pytest.mark.amqp
+@pytest.mark.slow  # six `fedmq` processes, ~12 s
+def test_provision_script_makes_the_users_and_can_run_again(role_users, tmp_path):
+    """services/provision.sh, run as compose runs it (NAME:ROLE arguments, secrets in a
+    directory), on the run's vhost with run-named users: each logs in with its secret and has
+    its role's permissions; a second run (compose up again) changes nothing."""
+    import pika
+
+    from fedmq.broker_admin import role_permissions
+    from role_users import ADMIN, RUN_PREFIX, VHOST, api, q, url_for
+
+    specs = {RUN_PREFIX + "palice": "worker", RUN_PREFIX + "pcoord": "coordinator"}
+    passwords = {}
+    for name in specs:
+        passwords[name] = f"pw-{name}-{os.getpid()}"
+        (tmp_path / f"{name}_password").write_text(passwords[name] + "\n")
+        role_users.names.append(name)
+    env = dict(os.environ, FEDMQ_SECRETS_DIR=str(tmp_path), FEDMQ_MANAGEMENT_URL=ADMIN["url"],
+               FEDMQ_VHOST=VHOST, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    for _ in range(2):
+        done = subprocess.run(["sh", str(ROOT / "services" / "provision.sh"),
+                               *(f"{n}:{r}" for n, r in specs.items())],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+    for name, role in specs.items():
+        pika.BlockingConnection(pika.URLParameters(url_for(name, passwords[name]))).close()
+        granted = api("GET", f"permissions/{q(VHOST)}/{q(name)}")
+        assert (granted["configure"], granted["write"], granted["read"]) == \
+            role_permissions(role, name)
+    bindings = api("GET", f"bindings/{q(VHOST)}/e/fedmq.commands/q/"
+                          f"{q('fedmq.worker.' + RUN_PREFIX + 'palice')}")
+    assert [b["routing_key"] for b in bindings] == [RUN_PREFIX + "palice"]
 
 
 # --- the image ----------------------------------------------------------------------------------

@@ -1,7 +1,12 @@
 """RabbitMQ transport: frames travel as AMQP messages through the broker.
 
-URL: amqp://user:password@host:port/vhost
+URL: amqp://user:password@host:port/vhost, or amqps://...?cafile=/path/ca.pem for TLS (aiormq
+reads `cafile`, `certfile`, `keyfile` and `no_verify_ssl` from the query); a URL without a
+password takes it from the file $FEDMQ_AMQP_PASSWORD_FILE names (compose secrets).
 Features:
+* every message published carries the AMQP `user_id` property = the URL's (percent-decoded)
+  login: RabbitMQ refuses a message whose user_id is not the connection's user, so a worker can
+  tell who sent what (`Delivery.user_id`);
 * worker `<id>` consumes the durable queue `fedmq.worker.<id>`, bound to the direct exchange
   `fedmq.commands` under routing key `<id>`; messages that fail go to `fedmq.dlx` ->
   `fedmq.dead-letters` (the worker side is fedmq/service.py);
@@ -32,15 +37,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import re
+import ssl
 import threading
 import time
 import uuid
 from typing import Any, Callable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq.abc
 import aiormq.exceptions
+import yarl
 from pamqp.commands import Basic
 
 from fedmq.errors import TransportError
@@ -58,6 +67,33 @@ DEAD_LETTER_QUEUE = "fedmq.dead-letters"
 REPLY_TO = "amq.rabbitmq.reply-to"
 FRAME_CONTENT_TYPE = "application/x-fedmq-frame"
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+#: fedmq's exchanges and their types (broker_config/definitions.json declares the same)
+EXCHANGES = ((COMMANDS_EXCHANGE, "direct"), (EVENTS_EXCHANGE, "topic"),
+             (DEAD_LETTER_EXCHANGE, "fanout"))
+#: the AMQP type of the message a worker service publishes under its own id at start, when it
+#: may not bind its queue itself, to see that `fedmq.commands` routes that id to a queue; the
+#: worker acks it unread (see WorkerService._declare_queue)
+BINDING_PROBE = "fedmq.binding-probe"
+#: environment variable naming a file that holds the password of a URL that gives none
+PASSWORD_FILE_ENV = "FEDMQ_AMQP_PASSWORD_FILE"
+#: what an administrator runs to create what a user may not create itself
+PROVISION_HINT = ("an administrator creates it: `fedmq broker add-user NAME --role ROLE` "
+                  "(see README, \"Running workers with their own credentials\")")
+
+
+class TopologyError(TransportError):
+    """fedmq's exchanges (or a worker's queue) are missing or not what fedmq declares, and this
+    user may not declare them."""
+
+
+def login_of(url: str) -> str | None:
+    """The user a connection to `url` logs in as, read as aiormq reads it (percent-decoded;
+    `guest` when the URL names none): the `user_id` of what it publishes. None with
+    `?auth=external` (a TLS client certificate names the user, not the URL)."""
+    parsed = yarl.URL(url)
+    if parsed.query.get("auth", "plain").lower() == "external":
+        return None
+    return parsed.user or "guest"
 
 
 def queue_name(worker_id: str) -> str:
@@ -95,18 +131,82 @@ async def queue_state(connection: aio_pika.abc.AbstractConnection,
     return declared.message_count, declared.consumer_count
 
 
-async def declare_topology(channel: aio_pika.abc.AbstractChannel) -> dict[str, Any]:
-    """Declare fedmq's exchanges and the dead-letter queue (idempotent; the same definitions as
-    broker_config/definitions.json)."""
-    commands = await channel.declare_exchange(COMMANDS_EXCHANGE, aio_pika.ExchangeType.DIRECT,
-                                              durable=True)
-    events = await channel.declare_exchange(EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC,
-                                            durable=True)
-    dlx = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT,
-                                         durable=True)
-    dead = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True)
-    await dead.bind(dlx, routing_key="")  # fanout: the key is ignored; "" as in definitions.json
-    return {"commands": commands, "events": events, "dlx": dlx}
+_CHANNEL_REFUSALS = (aiormq.exceptions.ChannelAccessRefused,
+                     aiormq.exceptions.ChannelNotFoundEntity,
+                     aiormq.exceptions.ChannelPreconditionFailed)
+
+
+async def attempt(connection: aio_pika.abc.AbstractConnection,
+                  *operations: Callable[[Any], Any]) -> list[BaseException | None]:
+    """Run each `operation(channel)` (a coroutine function of an aiormq channel) on a raw
+    channel, none on aio-pika's robust ones: a refusal (ACCESS_REFUSED, NOT_FOUND,
+    PRECONDITION_FAILED) closes the channel it happened on, which a robust channel would
+    reopen and restore behind our back. Returns, per operation, None or the refusal; after a
+    refusal the next operation gets a fresh channel."""
+    results: list[BaseException | None] = []
+    channel = None
+    try:
+        for operation in operations:
+            if channel is None or channel.is_closed:
+                channel = await connection.transport.connection.channel()
+            try:
+                await operation(channel)
+            except _CHANNEL_REFUSALS as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+    finally:
+        if channel is not None and not channel.is_closed:
+            await channel.close()
+    return results
+
+
+async def declare_topology(connection: aio_pika.abc.AbstractConnection,
+                           channel: aio_pika.abc.AbstractChannel) -> bool:
+    """Declare fedmq's exchanges and the dead-letter queue on `channel` (idempotent; the same
+    definitions as broker_config/definitions.json; aio-pika declares them again whenever it
+    reopens the channel), and return True. A user who may not configure them (ACCESS_REFUSED:
+    the worker, client and coordinator roles of `fedmq broker add-user`) checks that the
+    exchanges exist instead, with passive declares, which need no permission, and gets False.
+    Raises TopologyError saying what is missing or inequivalent."""
+    [refused] = await attempt(connection, lambda ch: ch.exchange_declare(
+        COMMANDS_EXCHANGE, exchange_type="direct", durable=True))
+    if refused is None:
+        try:
+            for name, kind in EXCHANGES:
+                await channel.declare_exchange(name, kind, durable=True)
+            dead = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True)
+            await dead.bind(DEAD_LETTER_EXCHANGE, routing_key="")  # fanout: the key is ignored
+        except _CHANNEL_REFUSALS as exc:  # an exchange of another type, partial permissions
+            raise TopologyError(f"cannot declare fedmq's topology: {exc}") from None
+        return True
+    if not isinstance(refused, aiormq.exceptions.ChannelAccessRefused):
+        raise TopologyError(f"cannot declare {COMMANDS_EXCHANGE}: {refused}")
+    checks = [lambda ch, name=name: ch.exchange_declare(name, passive=True)
+              for name, _ in EXCHANGES]
+    missing = [name for (name, _), result in zip(EXCHANGES, await attempt(connection, *checks))
+               if result is not None]
+    if missing:
+        raise TopologyError(f"the exchange(s) {', '.join(missing)} do not exist and this user "
+                            f"may not declare them; {PROVISION_HINT}")
+    return False
+
+
+async def routes_anywhere(connection: aio_pika.abc.AbstractConnection, exchange: str,
+                          routing_key: str, properties: Basic.Properties) -> bool:
+    """Whether `exchange` routes `routing_key` to a queue: an empty mandatory message with
+    `properties`, published with confirms, comes back (basic.return) when it routes nowhere.
+    One that was routed stays in the queue it reached, for its consumer to settle."""
+    channel = await connection.transport.connection.channel(publisher_confirms=True)
+    try:
+        await channel.basic_publish(b"", exchange=exchange, routing_key=routing_key,
+                                    properties=properties, mandatory=True)
+    except aiormq.exceptions.PublishError:
+        return False
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return True
 
 
 async def delete_queues(url: str, *names: str) -> None:
@@ -126,7 +226,44 @@ RECONNECT_INTERVAL = 1
 def describe_url(url: str) -> str:
     """`url` without its credentials and parameters, for logs and error messages."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"
+    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    return f"{parts.scheme}://{parts.hostname}:{port}{parts.path or '/'}"
+
+
+#: the URL query parameters naming files aiormq reads for TLS
+TLS_FILE_PARAMETERS = ("cafile", "capath", "certfile", "keyfile")
+
+
+def resolve_url(url: str) -> str:
+    """`url` ready to connect: checked (a scheme fedmq speaks; TLS files that exist, on an
+    amqps:// URL only), and with the password from the file $FEDMQ_AMQP_PASSWORD_FILE names
+    when the URL gives none (a compose secret: no password on a command line). Raises
+    TransportError saying what is wrong, without the password."""
+    parsed = yarl.URL(url)
+    where = describe_url(url) if parsed.scheme in ("amqp", "amqps") else repr(parsed.scheme)
+    if parsed.scheme not in ("amqp", "amqps"):
+        raise TransportError(f"a broker URL starts with amqp:// or amqps://, not {where}")
+    for name in TLS_FILE_PARAMETERS:
+        path = parsed.query.get(name)
+        if path is None:
+            continue
+        if parsed.scheme != "amqps":
+            raise TransportError(f"?{name}= is for TLS: use an amqps:// URL (port 5671 by "
+                                 f"default), not {where}")
+        if not os.path.exists(path):
+            raise TransportError(f"the {name} {path!r} in the URL of {where} does not exist")
+    if parsed.password is None and os.environ.get(PASSWORD_FILE_ENV):
+        path = os.environ[PASSWORD_FILE_ENV]
+        try:
+            with open(path, encoding="utf-8") as file:  # its first line, as add-user reads it
+                password = file.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TransportError(f"cannot read the password for {where} from ${PASSWORD_FILE_ENV}"
+                                 f" ({path}): {getattr(exc, 'strerror', None) or exc}") from None
+        if not password:
+            raise TransportError(f"${PASSWORD_FILE_ENV} ({path}) is empty")
+        url = str(parsed.with_password(password))
+    return url
 
 
 def robust_url(url: str) -> str:
@@ -145,6 +282,15 @@ def connect_error_text(exc: BaseException) -> str:
     text = str(exc)
     if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
         return "the broker refused the user name or password in the URL"
+    if _tls_refused(exc):
+        found = re.search(r"\[SSL: ([A-Z0-9_]+)\]\s*([^(]*)", text)
+        reason = f"{found.group(1)} ({found.group(2).strip()})" if found else text
+        if "WRONG_VERSION_NUMBER" in reason:
+            return (f"TLS refused: {reason}: this port does not speak TLS; connect amqps:// "
+                    f"URLs to the broker's TLS listener (port 5671 by default)")
+        return (f"TLS refused: {reason}; give the CA that signed the broker's certificate with "
+                f"?cafile=/path/to/ca.pem in the amqps:// URL, and connect to a host name the "
+                f"certificate names")
     close = next((a for a in getattr(exc, "args", ()) if type(a).__name__ == "Close"), None)
     if close is None and "Connection.Close" in text:
         close = exc
@@ -155,10 +301,18 @@ def connect_error_text(exc: BaseException) -> str:
     return text
 
 
+def _tls_refused(exc: BaseException) -> bool:
+    """A TLS handshake that failed on a certificate (aiormq passes the ssl error's args on)."""
+    return isinstance(exc, ssl.SSLError) or any(
+        mark in str(exc) for mark in ("CERTIFICATE_VERIFY_FAILED", "WRONG_VERSION_NUMBER",
+                                      "SSLV3_ALERT", "TLSV1_ALERT"))
+
+
 def connect_refused(exc: BaseException) -> bool:
     """Whether a failed connection attempt was refused by the broker (credentials, vhost,
-    permissions): trying again cannot help, unlike a broker that is not up yet."""
-    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+    permissions) or by TLS (a certificate not trusted, TLS spoken to a plain port): trying
+    again cannot help, unlike a broker that is not up yet."""
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError) or _tls_refused(exc):
         return True
     return "Connection.Close" in str(exc) or any(type(a).__name__ == "Close"
                                                  for a in getattr(exc, "args", ()))
@@ -173,6 +327,7 @@ async def connect_robust(url: str, *, connection_name: str | None = None,
     properties = {"connection_name": connection_name} if connection_name else None
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + wait
+    url = resolve_url(url)
     while True:
         try:
             return await aio_pika.connect_robust(robust_url(url), client_properties=properties)
@@ -221,12 +376,6 @@ Outgoing = tuple[bytes, Basic.Properties]
 #: publishes of bodies up to this size do not wait for aiormq's writer to drain the socket
 #: (order is kept all the same: one write queue per channel); bigger ones do (back-pressure)
 NO_WAIT_BODY = 64 * 1024
-
-
-def login_of(url: str) -> str:
-    """The user an AMQP URL logs in as (percent-decoded; aio-pika's default is guest)."""
-    username = urlsplit(url).username
-    return unquote(username) if username else "guest"
 
 
 def chunk_messages(frame: bytes | bytearray, chunk_size: int, *,
@@ -290,6 +439,12 @@ class Delivery:
     @property
     def message_id(self) -> str | None:
         return self.properties.message_id
+
+    @property
+    def user_id(self) -> str | None:
+        """The sender's broker login (RabbitMQ checks it against the publishing connection's
+        user, so it cannot be forged by a client); None if the sender set none."""
+        return self.properties.user_id
 
     @property
     def type(self) -> str | None:
@@ -368,9 +523,9 @@ class AMQPTransport(Transport):
                  connection_name: str | None = None, persistent: bool = True,
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.url = url
-        #: the broker login: every message carries it as AMQP `user_id`, which the broker
-        #: checks against the connection's user, so a worker knows who is asking
-        self.login = login_of(url)
+        #: the AMQP `user_id` of everything this transport publishes: its login, which the
+        #: broker checks (a message with another user_id is refused)
+        self.user_id = login_of(url)
         #: frames to workers are published persistent (delivery mode 2): one waiting in a
         #: worker's durable queue survives a broker restart. False: transient, for callers
         #: that prefer speed (benchmarks/transport.py prints the difference)
@@ -441,9 +596,8 @@ class AMQPTransport(Transport):
     async def _connect(self) -> None:
         self.connection = await connect_robust(self.url, connection_name=self.connection_name)
         self.channel = await self.connection.channel(publisher_confirms=self.confirm)
-        exchanges = await declare_topology(self.channel)
-        self.commands = exchanges["commands"].name
-        self.events = exchanges["events"].name
+        await declare_topology(self.connection, self.channel)
+        self.commands, self.events = COMMANDS_EXCHANGE, EVENTS_EXCHANGE
         await self._consume_replies()
         self.connection.close_callbacks.add(self._on_connection_close)
         # after a reconnect, and after the broker closed just the channel (a publish to an
@@ -734,12 +888,13 @@ class AMQPTransport(Transport):
                               correlation_id=correlation_id or None, message_type=message_type,
                               message_id=f"{self._id_prefix}{next(self._message_ids):x}",
                               content_type=FRAME_CONTENT_TYPE,
-                              delivery_mode=self._delivery_mode, user_id=self.login)
+                              delivery_mode=self._delivery_mode, user_id=self.user_id)
 
     def publish_event(self, routing_key: str, body: bytes) -> None:
         """Publish a JSON event on `fedmq.events` (in order with everything else)."""
         self._enqueue((self.events, routing_key,
-                       [(body, Basic.Properties(content_type="application/json"))], True))
+                       [(body, Basic.Properties(content_type="application/json",
+                                                 user_id=self.user_id))], True))
 
     async def drain_async(self, timeout: float | None = 10.0) -> None:
         """Wait (on this loop) until everything queued so far is published (and confirmed)."""
