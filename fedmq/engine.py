@@ -554,7 +554,9 @@ class RequestEngine:
                                    f"{reason}", worker=worker_id)
 
     def _correlation_id(self) -> str:
-        return f"{self._prefix}{next(self._counter):x}"
+        """Unguessable (64 random bits each): a worker that sees this caller's reply address
+        (any worker it sends to does) cannot forge replies to its calls to other workers."""
+        return f"{self._prefix}{next(self._counter):x}.{secrets.token_hex(8)}"
 
     def _check_open(self) -> None:
         if self._closed:

@@ -268,3 +268,16 @@ def test_a_principal_at_its_object_quota_still_gets_its_errors():
     reply = ask(m.Command("Tensor.add", (m.Ref(1), m.Ref(99)), {}, [4, 5]))
     assert reply.error.code == "object_not_found"  # its own error, not the quota's
     assert worker.store.usage("eve") == (16, 2)
+
+
+def test_correlation_ids_cannot_be_guessed_from_one_seen():
+    """A worker sees the correlation ids of the calls made to it; those of the same caller's
+    calls to other workers must not follow from them (it could answer them itself)."""
+    from fedmq.engine import RequestEngine
+    from fedmq.transport.local import LocalTransport
+    engine = RequestEngine(LocalTransport(), sender="t")
+    seen = [engine._correlation_id() for _ in range(3)]
+    assert len(set(seen)) == 3
+    suffixes = [c.rsplit(".", 1)[1] for c in seen]
+    assert all(len(x) == 16 for x in suffixes) and len(set(suffixes)) == 3
+    engine.close()
