@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 
 from fedmq import ops, principals
+from fedmq.ops import flatten_tensors
 from fedmq.errors import (AccessDeniedError, ObjectNotFoundError, OpNotAllowedError,
                           QuotaExceededError, RemoteError, RemoteExecutionError,
                           remote_error_from)
@@ -248,16 +249,6 @@ def resolve(value: Any, store: ObjectStore) -> Any:
     if cls is dict:
         return {k: resolve(v, store) for k, v in value.items()}
     return value
-
-
-def flatten_tensors(value: Any, out: list) -> list:
-    """Tensor leaves of a result in a fixed order (the order result ids are assigned in)."""
-    if isinstance(value, torch.Tensor):
-        out.append(value)
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            flatten_tensors(v, out)
-    return out
 
 
 def reply_refs(value: Any, store: ObjectStore, worker_id: str, op: str | None = None) -> Any:

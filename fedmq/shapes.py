@@ -325,11 +325,4 @@ def _replay_value(value: Any, scope: dict) -> Any:
     return value
 
 
-def _tensor_leaves(value: Any, out: list) -> list:
-    """Tensor leaves in result-id order (as fedmq.execution.flatten_tensors orders them)."""
-    if isinstance(value, torch.Tensor):
-        out.append(value)
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            _tensor_leaves(v, out)
-    return out
+_tensor_leaves = ops.flatten_tensors  # result-id order, as fedmq.execution assigns ids

@@ -162,20 +162,20 @@ def written(name: str, args: Any, kwargs: dict | None) -> list:
     if kwargs:
         target = kwargs.get("out")
         if target is not None:
-            _tensors(target, out)
+            flatten_tensors(target, out)
         if "inplace" in kwargs and _truthy(kwargs["inplace"]):
-            _tensors(args[0] if args else kwargs.get("input"), out)
+            flatten_tensors(args[0] if args else kwargs.get("input"), out)
     positional = _POSITIONAL.get(name)
     if positional is not None:
         inplace, target_at = positional
         if inplace is not None and len(args) > inplace and _truthy(args[inplace]):
-            _tensors(args[0], out)
+            flatten_tensors(args[0], out)
         if target_at is not None and len(args) > target_at:
-            _tensors(args[target_at], out)
+            flatten_tensors(args[target_at], out)
     if name == "F.embedding":
         max_norm = _argument(args, kwargs, "max_norm", 3)
         if max_norm is not None:
-            _tensors(_argument(args, kwargs, "weight", 1), out)
+            flatten_tensors(_argument(args, kwargs, "weight", 1), out)
         return out
     if not writes(name):
         return out
@@ -185,11 +185,11 @@ def written(name: str, args: Any, kwargs: dict | None) -> list:
         if not training:
             return out
         for key, pos in (("running_mean", 1), ("running_var", 2)):
-            _tensors(_argument(args, kwargs, key, pos), out)
+            flatten_tensors(_argument(args, kwargs, key, pos), out)
         return out
     for pos in positions:
         if pos < len(args):
-            _tensors(args[pos], out)
+            flatten_tensors(args[pos], out)
     return out
 
 
@@ -207,12 +207,17 @@ def _truthy(value: Any) -> bool:
         return True
 
 
-def _tensors(value: Any, out: list) -> None:
+def flatten_tensors(value: Any, out: list) -> list:
+    """Tensor leaves of a value (nested in tuples and lists) in a fixed order: the order a
+    result's ids are assigned in (fedmq.execution), result specs are listed in
+    (fedmq.shapes), and the tensors an op writes are found in (`written`)."""
     if isinstance(value, torch.Tensor):
         out.append(value)
     elif isinstance(value, (tuple, list)):
         for item in value:
-            _tensors(item, out)
+            flatten_tensors(item, out)
+    return out
+
 
 
 #: name -> (position of `inplace`, position of `out`) for ops taking them positionally
