@@ -103,6 +103,15 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
         return value
     except Exception as exc:
         info = error_info(exc, worker_id, op)
+        if view is not None and info.code == "execution_error" and view.op_tainted and \
+                not view.may_release_tainted():
+            # an error's words can carry the data ("index 7 is out of bounds"): withheld
+            info = ErrorInfo(info.code, f"{type(exc).__name__} on private data (its message is "
+                                        f"withheld: worker {worker_id!r} releases no private "
+                                        f"values, --release {view.policy.release})",
+                             worker_id, info.op)
+            exc = RemoteExecutionError(info.message, worker=worker_id, op=info.op)
+            exc.__suppress_context__ = True  # the original's words stay on the worker
         if type(result_ids) is list or type(result_ids) is tuple:
             failed = FailedResult(info)
             for rid in result_ids:
@@ -115,7 +124,7 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
                         break  # the failure is still reported, just not recorded
         if isinstance(exc, RemoteError):
             exc.info = info
-            raise
+            raise exc
         error = remote_error_from(info.code, info.message, worker_id, info.op)
         error.info = info
         raise error from exc

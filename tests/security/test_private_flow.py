@@ -281,3 +281,25 @@ def test_correlation_ids_cannot_be_guessed_from_one_seen():
     suffixes = [c.rsplit(".", 1)[1] for c in seen]
     assert all(len(x) == 16 for x in suffixes) and len(set(suffixes)) == 3
     engine.close()
+
+
+def test_error_messages_do_not_carry_private_values(lab):
+    """`zeros(5)[labels]` would say "index 7 is out of bounds": the label itself."""
+    hooks, workers, clients, data = lab
+    sci = clients["sci"]["bob"]
+    labels = torch.tensor([7, 2, 9])
+    owner_ptr = labels.tag("#labels").send(workers["bob"])
+    owner_ptr.garbage_collect_data = False
+    workers["bob"].flush()
+    found = sci.search(["#labels"])[0]
+    small = torch.zeros(5).send(sci)
+    with pytest.raises(fedmq.RemoteExecutionError) as info:
+        small[found].shape  # data-dependent: asks the worker
+        sci.objects_count()
+    said = str(info.value)
+    assert "withheld" in said and "IndexError" in said
+    assert "7" not in said.replace(str(found.id_at_location), "").split("failed")[-1]
+    # the same mistake on one's own values keeps torch's words
+    with pytest.raises(fedmq.RemoteExecutionError, match="out of bounds"):
+        small[torch.tensor([7]).send(sci)].shape
+        sci.objects_count()
