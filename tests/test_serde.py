@@ -761,8 +761,8 @@ def test_hand_built_frame_decodes():
     grad = np.ones(6, dtype="<f8").tobytes()
     frame = frame_of([tensor_ext(DTYPE_CODE[torch.int32], (2, 3)),
                       tensor_ext(DTYPE_CODE[torch.float64], (3, 2), flags=1, data_index=1,
-                                 grad_index=1)],
-                     [raw, np.zeros(6, dtype="<f8").tobytes()])
+                                 grad_index=2)],
+                     [raw, np.zeros(6, dtype="<f8").tobytes(), np.zeros(6, dtype="<f8").tobytes()])
     a, b = decode(frame)
     assert torch.equal(a, torch.arange(6, dtype=torch.int32).reshape(2, 3))
     assert b.requires_grad and torch.equal(b.detach(), torch.zeros(3, 2, dtype=torch.float64))
