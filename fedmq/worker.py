@@ -170,8 +170,19 @@ class Worker:
         return self.respond(envelope, login)
 
     def decode_frame(self, frame: bytes | bytearray) -> Any:
-        """The frame's Envelope, or `Undecodable` holding the encoded error reply."""
+        """The frame's Envelope, or `Undecodable` holding the encoded error reply: for bytes
+        that are no fedmq frame ("serde_error"), and, without reading them, for a frame larger
+        than `Policy.max_frame_bytes` ("frame_too_large", FrameTooLargeError at the caller).
+        What decoding allocates is bounded by the frame's size (fedmq.serde.codec)."""
         self.message_count += 1
+        limit = self.store.policy.max_frame_bytes
+        if limit is not None and len(frame) > limit:
+            why = (f"a frame of {len(frame)} bytes is over the limit of worker {self.id!r}, "
+                   f"{limit} bytes (--max-frame-bytes); it was not read")
+            log.warning("worker %s: refused a message: %s", self.id, why)
+            return Undecodable(serde.encode(m.Reply(
+                error=m.ErrorInfo("frame_too_large", why, self.id),
+                incarnation=self.incarnation)), f"frame_too_large: {why}")
         try:
             return serde.decode(frame)
         except errors.SerdeError as exc:
