@@ -602,6 +602,7 @@ def sample_messages() -> list:
         command,
         m.ForwardObjects(ids=[1, 2], to="carol", keep=True),
         m.ObjectsCount(), m.SearchRequest(query=["#mnist", 17]), m.ClearObjects(),
+        m.Cancel(msg_id=2 ** 100 + 7),
         m.Reply(value=[x, 3, {"loss": 0.25}]),
         m.Reply(value=pointer),
         m.Reply(error=m.ErrorInfo("object_not_found", "no object 9", worker="bob", op="get")),
