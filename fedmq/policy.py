@@ -139,15 +139,17 @@ class Policy:
                               f"worker grants that to its peer workers: --grant worker:{login})")
 
     def describe(self) -> str:
-        """One line for logs: owner, grants and release."""
+        """One line for logs: owner, grants, release, quotas and limits."""
         if self.is_open:
             return f"open policy (owner {self.owner!r})"
         grants = ", ".join(f"{role}: {', '.join(sorted(who))}"
                            for role, who in sorted(self.grants.items())) or "no grants"
         quota = "" if self.max_bytes is None and self.max_objects is None else \
             f"; quota {self.max_bytes} bytes / {self.max_objects} objects per principal"
-        limits = [f"{flag} {value:g}" for flag, value in (
-            ("max-frame-bytes", self.max_frame_bytes), ("max-op-bytes", self.max_op_bytes),
-            ("max-op-seconds", self.max_op_seconds)) if value is not None]
+        limits = [f"{flag} {value:g}" if type(value) is float else f"{flag} {value}"
+                  for flag, value in (("max-frame-bytes", self.max_frame_bytes),
+                                      ("max-op-bytes", self.max_op_bytes),
+                                      ("max-op-seconds", self.max_op_seconds))
+                  if value is not None]
         limits_text = f"; limits: {', '.join(limits)}" if limits else ""
         return f"owner {self.owner!r}; {grants}; release {self.release}{quota}{limits_text}"

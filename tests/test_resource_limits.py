@@ -296,3 +296,33 @@ def test_the_coordinator_cancels_the_fits_it_gave_up_on():
     assert time.monotonic() - started < 4.0
     again = InProcessConnection(ws)  # they serve the next round's messages at once
     assert again.request("alice", long_fit(2), timeout=5).status == "ok"
+
+
+# -- fedmq worker's options -------------------------------------------------------------------------
+
+def worker_args(*argv: str):
+    import argparse
+
+    from fedmq.service import add_worker_command
+    parser = argparse.ArgumentParser()
+    add_worker_command(parser.add_subparsers())
+    return parser.parse_args(["worker", "--id", "w", "--url", "amqp://alice:pw@h/", *argv])
+
+
+def test_fedmq_worker_limits_default_and_options():
+    from fedmq.service import policy_from_args
+    default = policy_from_args(worker_args())
+    assert (default.max_frame_bytes, default.max_op_bytes, default.max_op_seconds) == \
+        (512 * MIB, 1 << 30, 600.0)  # the op cap follows the quota
+    assert default.max_op_bytes == default.max_bytes
+    set_ = policy_from_args(worker_args("--max-frame-bytes", "1M", "--max-op-bytes", "64M",
+                                        "--max-op-seconds", "2.5", "--max-bytes", "2G"))
+    assert (set_.max_frame_bytes, set_.max_op_bytes, set_.max_op_seconds) == \
+        (MIB, 64 * MIB, 2.5)
+    off = policy_from_args(worker_args("--max-frame-bytes", "0", "--max-op-bytes", "0",
+                                       "--max-op-seconds", "0"))
+    assert (off.max_frame_bytes, off.max_op_bytes, off.max_op_seconds) == (None, None, None)
+    assert "limits: max-frame-bytes 536870912, max-op-bytes 1073741824, max-op-seconds 600" \
+        in default.describe()
+    with pytest.raises(SystemExit):
+        policy_from_args(worker_args("--max-op-seconds", "-1"))
