@@ -173,13 +173,32 @@ def _bound(values: Any, bound: int, stop: int) -> int:
     return bound
 
 
+#: in-place ops whose names do not end in a single "_" (their result is their first input)
+IN_PLACE = frozenset({"Tensor.__iadd__", "Tensor.__iand__", "Tensor.__imul__", "Tensor.__ior__",
+                      "Tensor.__ipow__", "Tensor.__isub__", "Tensor.__itruediv__",
+                      "Tensor.__setitem__", "fedmq.clear_grads"})
+
+
+def in_place(op: str) -> bool:
+    """Whether allowlisted op `op` only modifies its inputs (`add_`, `_foreach_mul_`, `x += y`,
+    `x[i] = y`): its results, if any, are its inputs, and it makes no new ones."""
+    return (op[-1] == "_" and op[-2] != "_") or op in IN_PLACE
+
+
+#: (op, input shapes and dtypes, constant arguments) -> bytes of its results (None: unknown)
+SIZES = shapes.LRUCache(4096)
+
+
 def result_bytes(fn: Callable[..., Any], op: str, args: Any, kwargs: dict | None,
                  limit: int) -> int | None:
     """The bytes of the tensor results `fn(*args, **kwargs)` (allowlisted op `op`) would make,
     without running it; at most `limit` when it is seen not to pass it (the exact figure is
     not worked out then); None when it cannot be known before the op runs. Results that are
     inputs themselves (in-place ops) make nothing; views are counted whole, as the store
-    counts them."""
+    counts them. Sizes the shape engine worked out are cached (SIZES) per op, input shapes
+    and constants, so a training loop pays for each distinct call once."""
+    if in_place(op):
+        return 0
     sizer = VALUE_SIZED.get(op)
     if sizer is not None:
         need = sizer(args, kwargs or {}, limit)
@@ -187,11 +206,41 @@ def result_bytes(fn: Callable[..., Any], op: str, args: Any, kwargs: dict | None
             return need
     if result_bound(args, kwargs, limit) <= limit:
         return 0
+    key = _flat_key(op, args, kwargs)
+    if key is not None:
+        need = SIZES.get(key, _UNKNOWN)
+        if need is not _UNKNOWN:
+            return need
     spec = shapes.spec_for(fn, op, tuple(args), kwargs or {})
-    if spec is None:
-        return None
-    return sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in spec.leaves
-               if type(leaf) is shapes.TensorMeta)
+    need = None if spec is None else sum(
+        math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in spec.leaves
+        if type(leaf) is shapes.TensorMeta)
+    if key is not None:
+        SIZES.put(key, need)
+    return need
+
+
+_UNKNOWN = object()
+_CONSTANTS = (int, float, bool, str, type(None))
+
+
+def _flat_key(op: str, args: Any, kwargs: dict | None) -> tuple | None:
+    """A cache key for a call whose arguments are plain tensors, scalars and tuples of ints
+    (most ops); None for anything else (lists of tensors, pointers, ...)."""
+    parts: list = [op]
+    for value in (*args, *(kwargs.values() if kwargs else ())):
+        cls = type(value)
+        if cls is torch.Tensor or cls is torch.nn.Parameter:
+            parts.append((value.shape, value.dtype))
+        elif cls in _CONSTANTS:
+            parts.append((cls, value))
+        elif cls is tuple and all(type(v) is int for v in value):
+            parts.append((tuple, value))
+        else:
+            return None
+    if kwargs:
+        parts.append(tuple(kwargs))
+    return tuple(parts)
 
 
 def check_op_size(fn: Callable[..., Any], op: str, args: Any, kwargs: dict | None,

@@ -124,6 +124,24 @@ def test_small_ops_skip_the_shape_engine(monkeypatch):
         limits.result_bytes(torch.Tensor.repeat, "Tensor.repeat", (a, 1000, 1000), {}, 64 * MIB)
 
 
+def test_in_place_ops_make_nothing_and_a_repeated_call_is_sized_once(monkeypatch):
+    asked = []
+    real = shapes.spec_for
+    monkeypatch.setattr(shapes, "spec_for", lambda *a, **k: asked.append(a[1]) or real(*a, **k))
+    params = [torch.ones(1000, 1000) for _ in range(4)]
+    assert limits.result_bytes(torch._foreach_add_, "torch._foreach_add_", (params, params), {},
+                               MIB) == 0
+    assert limits.result_bytes(torch.Tensor.__setitem__, "Tensor.__setitem__",
+                               (params[0], 0, 1.0), {}, MIB) == 0
+    assert asked == []
+    x, w = torch.ones(64, 1, 28, 28), torch.ones(32, 1, 3, 3)
+    for _ in range(3):  # a training loop's conv2d: the shape engine is asked once
+        assert limits.result_bytes(F.conv2d, "F.conv2d", (x, w), {"padding": 1},
+                                   MIB) == 64 * 32 * 28 * 28 * 4
+    assert asked == ["F.conv2d"]
+    assert not limits.in_place("Tensor.__invert__") and limits.in_place("Tensor.__iadd__")
+
+
 def test_an_op_sized_only_by_its_values_is_bounded_after_it_ran():
     """Boolean indexing cannot run on meta tensors: the result is measured once made, and
     dropped if it passes the room (here a plan's scope, which has no quota of its own)."""
