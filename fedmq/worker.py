@@ -38,7 +38,8 @@ LIGHT_MESSAGES = 64
 LIGHT_LITERAL = 4096
 HEAVY_OPS = frozenset({"Tensor.backward"})
 
-#: cancels that came before their message, remembered per worker (the oldest are forgotten)
+#: cancels that came before their message, remembered per principal (the oldest are forgotten,
+#: so one principal's Cancels never push out another's)
 MAX_EARLY_CANCELS = 1024
 #: the largest frame `Worker.handle_control_frame` reads (a Cancel is ~100 bytes)
 CONTROL_FRAME = 4096
@@ -135,7 +136,7 @@ class Worker:
         #: (principal, msg_id) -> the Budget of a message being handled (Cancel finds it here)
         self._running: dict[tuple, limits.Budget] = {}
         #: (principal, msg_id) cancelled before they came (refused when they do)
-        self._early_cancels: collections.OrderedDict[tuple, None] = collections.OrderedDict()
+        self._early_cancels: dict[str, collections.OrderedDict[int, None]] = {}
         self._cancel_lock = threading.Lock()
         self._handlers: dict[type, Callable[[Any], Any]] = {
             m.ObjectMessage: self._on_objects,
@@ -219,9 +220,10 @@ class Worker:
             if budget is not None:
                 budget.cancelled = True
             else:
-                self._early_cancels[key] = None
-                while len(self._early_cancels) > MAX_EARLY_CANCELS:
-                    self._early_cancels.popitem(last=False)
+                early = self._early_cancels.setdefault(principal, collections.OrderedDict())
+                early[msg_id] = None
+                while len(early) > MAX_EARLY_CANCELS:
+                    early.popitem(last=False)
         log.info("worker %s: principal %s cancelled message %s (%s)", self.id, principal, msg_id,
                  "running: it stops at its next check" if budget is not None
                  else "not running: refused if it comes")
@@ -271,8 +273,9 @@ class Worker:
         if msg_id and type(msg_id) is int:
             key = (session.principal, msg_id)
             with self._cancel_lock:
-                if key in self._early_cancels:
-                    del self._early_cancels[key]
+                early = self._early_cancels.get(session.principal)
+                if early is not None and msg_id in early:
+                    del early[msg_id]
                     budget.cancelled = True
                 self._running[key] = budget
         return budget

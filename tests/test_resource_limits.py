@@ -316,6 +316,16 @@ def test_the_coordinator_cancels_the_fits_it_gave_up_on():
     assert again.request("alice", long_fit(2), timeout=5).status == "ok"
 
 
+def test_one_principals_cancels_never_push_out_anothers():
+    alice = data_worker("alice", n=40)
+    mine = new_id()
+    alice.cancel("me", mine)
+    for i in range(1, 3000):  # mallory floods the worker with Cancels of her own
+        alice.cancel("mallory", i)
+    with pytest.raises(errors.RemoteCancelledError, match="before it ran"):
+        call(alice, long_fit(), msg_id=mine)
+
+
 # -- fedmq worker's options -------------------------------------------------------------------------
 
 def worker_args(*argv: str):
