@@ -31,11 +31,11 @@ Built on that (each declares what it adds in its hooks.py `EXTENSION` table):
 import importlib
 
 from fedmq.errors import (AccessDeniedError, ConnectionBlocked, ConnectionLost,
-                          ConnectionLostError, FedmqError, ObjectNotFoundError,
-                          QuotaExceededError,
-                          OpNotAllowedError, PointerError, RemoteError, RemoteExecutionError,
-                          ReplyTimeout, SerdeError, TransportError, WorkerNotFoundError,
-                          WorkerRestartedError)
+                          ConnectionLostError, FedmqError, FrameTooLargeError,
+                          ObjectNotFoundError, QuotaExceededError,
+                          OpNotAllowedError, PointerError, RemoteCancelledError, RemoteError,
+                          RemoteExecutionError, ReplyTimeout, SerdeError, TimeLimitError,
+                          TransportError, WorkerNotFoundError, WorkerRestartedError)
 from fedmq.context import latest_hook
 from fedmq.hook import TorchHook
 from fedmq.pointers import PointerTensor, RemoteParameter
@@ -67,9 +67,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AMQPClientWorker", "AccessDeniedError", "ConnectionBlocked", "ConnectionLost",
-    "ConnectionLostError", "FedmqError", "Policy", "QuotaExceededError",
-    "ObjectNotFoundError", "OpNotAllowedError", "PointerError", "PointerTensor", "RemoteError",
-    "RemoteExecutionError", "RemoteParameter", "ReplyTimeout", "SerdeError", "TorchHook",
+    "ConnectionLostError", "FedmqError", "FrameTooLargeError", "Policy", "QuotaExceededError",
+    "ObjectNotFoundError", "OpNotAllowedError", "PointerError", "PointerTensor",
+    "RemoteCancelledError", "RemoteError", "RemoteExecutionError", "RemoteParameter",
+    "ReplyTimeout", "SerdeError", "TimeLimitError", "TorchHook",
     "TransportError", "VirtualWorker", "WorkerNotFoundError", "WorkerRestartedError", "hook",
     "local_worker",
 ]

@@ -16,11 +16,18 @@
         ├── ObjectNotFoundError the id is not in the worker's store (never sent, deleted, got)
         ├── RemoteOpNotAllowed  the worker's allowlist refused the op
         ├── RemoteSerdeError    the worker could not decode what we sent
+        │   └── FrameTooLargeError  the frame is larger than the worker accepts
+        │                       (--max-frame-bytes); refused before decoding
         ├── RemoteExecutionError the op raised on the worker (shape mismatch, wrong dtype, ...)
+        │   └── TimeLimitError  the message ran past the worker's time limit (--max-op-seconds)
+        │                       and was stopped between two ops or two training batches
+        ├── RemoteCancelledError its sender cancelled the message (a `Cancel`) while it ran
+        │                       or waited in the worker's queue
         ├── AccessDeniedError   the worker's policy refuses this principal the action (a
         │                       private value's release, a Fit from a non-coordinator, ...)
         └── QuotaExceededError  the principal's stored bytes or objects on the worker would
-                                pass the worker's quota
+                                pass the worker's quota, or one op's results would
+                                (refused before the op runs)
 
 Remote errors travel as data (`ErrorInfo(code, message, ...)`); the caller maps the code to a
 class through `ERROR_CODES` below. An exception class is never looked up by a name that came
@@ -117,8 +124,27 @@ class RemoteSerdeError(RemoteError, ValueError):
     code = "serde_error"
 
 
+class FrameTooLargeError(RemoteSerdeError):
+    """The frame (or the chunks of it that arrived) is larger than the worker accepts
+    (`fedmq worker --max-frame-bytes`, `Policy.max_frame_bytes`): refused before decoding."""
+    code = "frame_too_large"
+
+
 class RemoteExecutionError(RemoteError, RuntimeError):
     code = "execution_error"
+
+
+class TimeLimitError(RemoteExecutionError):
+    """The message (a Batch of Commands, a plan run, a Fit) ran past the worker's time limit
+    (`fedmq worker --max-op-seconds`, `Policy.max_op_seconds`) and was stopped between two ops
+    or two training batches; the worker keeps serving. One torch op is never interrupted."""
+    code = "time_limit"
+
+
+class RemoteCancelledError(RemoteError):
+    """The sender cancelled the message (`fedmq.messages.Cancel` with its `msg_id`): it was
+    stopped between two ops or two training batches, or refused when it came to run."""
+    code = "cancelled"
 
 
 class AccessDeniedError(RemoteError, PermissionError):
@@ -139,7 +165,8 @@ class QuotaExceededError(RemoteError, MemoryError):
 ERROR_CODES: dict[str, type[RemoteError]] = {
     cls.code: cls
     for cls in (RemoteError, ObjectNotFoundError, WorkerRestartedError, RemoteOpNotAllowed,
-                RemoteSerdeError, RemoteExecutionError, AccessDeniedError, QuotaExceededError)
+                RemoteSerdeError, FrameTooLargeError, RemoteExecutionError, TimeLimitError,
+                RemoteCancelledError, AccessDeniedError, QuotaExceededError)
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from fedmq import ops, principals
+from fedmq import limits, ops, principals
 from fedmq.ops import flatten_tensors
 from fedmq.errors import (AccessDeniedError, ObjectNotFoundError, OpNotAllowedError,
                           QuotaExceededError, RemoteError, RemoteExecutionError,
@@ -61,12 +61,21 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
     split: `fn` returns (results, value): `results` are bound, `value` is returned.
     what: how count mismatches name the call when there is no `op` (default: fn's name).
 
+    Limits (fedmq.limits): while a worker handles a message, its time limit and cancellation
+    are checked first (TimeLimitError, RemoteCancelledError), and an allowlisted op (`fn`
+    None) whose results would take more bytes than the principal may still store (or than the
+    worker's --max-op-bytes) is refused with QuotaExceededError without running it.
+
     On any exception: a `FailedResult` with one ErrorInfo (`error_info`) is stored under every
     result id and a `RemoteError` carrying it as `.info` is raised (the exception itself if it
     already was a RemoteError, else the one its code maps to, chained to it)."""
     view = store if type(store) is StoreView else None
     refs = args, kwargs
     try:
+        budget = limits.current()
+        if budget is not None:
+            budget.check(op)
+        allowlisted = fn is None  # sized before it runs, when a limit applies
         if fn is None:
             entry = ops.lookup(op)
             # a random op draws from the acting principal's generator (fedmq.ops.rng)
@@ -81,6 +90,11 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
             if targets:
                 acting.guard(op, targets)
         versions = _own_versions(view, refs) if view is not None and view.op_tainted else None
+        limit, sized = None, True
+        if allowlisted and (view is not None or budget is not None):
+            limit = limits.op_limit(store, budget)
+            if limit is not None:
+                sized = limits.check_op_size(fn, op, args, kwargs, limit, worker_id)
         if grad_enabled is None or grad_enabled == torch.is_grad_enabled():
             value = fn(*args, **kwargs)
         else:
@@ -93,6 +107,9 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
         results = value
         if split:
             results, value = value
+        if not sized:  # its size depends on the values: bounded now that it ran
+            limits.check_results(flatten_tensors(results, []), (args, kwargs), op, limit,
+                                 worker_id)
         if result_ids is not None:
             leaves = flatten_tensors(results, [])
             if len(leaves) != len(result_ids):

@@ -186,6 +186,20 @@ class WorkerStats:
     """Reply with {"message_count": ..., "objects": ...}."""
 
 
+@record(53)
+@dataclass(slots=True)
+class Cancel:
+    """Stop the message this principal sent with `Envelope.msg_id == msg_id` (not 0): a running
+    Batch, plan or Fit stops at its next check, between two ops or two training batches, and is
+    answered with a `RemoteCancelledError` (code "cancelled"); one that has not started yet is
+    refused so when it comes (the worker remembers the last 1 024 such ids per principal).
+    Only the principal that sent a message may cancel it. A worker service handles a Cancel
+    on its event loop as it arrives, not behind the message it stops (unless its prefetch
+    window is full of messages queued before it). The reply's value is True if the message
+    was running, False if not (finished, not arrived yet, or someone else's)."""
+    msg_id: int
+
+
 @record(60)
 @dataclass(slots=True)
 class Reply:

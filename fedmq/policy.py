@@ -32,7 +32,10 @@ granted to everyone, release all, no quotas: the seed's listings run as written,
 same policy code.
 
 Quotas (`max_bytes`, `max_objects`, per principal and worker; None = no limit) bound what one
-principal may store; the data owner's own space is not counted against them.
+principal may store; the data owner's own space is not counted against them. Resource limits
+bound what one message may cost (fedmq.limits): `max_frame_bytes` (its size on the wire),
+`max_op_bytes` (the results of one op, for every principal; a non-owner's ops are also
+bounded by what its quota leaves) and `max_op_seconds` (how long one message may run).
 """
 from __future__ import annotations
 
@@ -53,7 +56,12 @@ class Policy:
     grants: role -> the principals granted it (`ANYONE` grants it to every principal).
     release: "none", "derived" or "all" (see the module's docstring).
     max_bytes, max_objects: per-principal quota of stored tensor bytes / objects (None: none).
-    max_frame_bytes: frames larger than this are refused before decoding (None: no limit).
+    max_frame_bytes: frames larger than this many bytes are refused before decoding
+        (FrameTooLargeError; None: no limit).
+    max_op_bytes: the most bytes the tensor results of one op may take, whoever runs it
+        (QuotaExceededError, before the op runs; None: only the principal's quota bounds it).
+    max_op_seconds: the most seconds one message (a Batch, a plan run, a Fit) may run; it is
+        stopped between two ops or training batches past it (TimeLimitError; None: no limit).
     """
     owner: str = LOCAL
     grants: Mapping[str, frozenset] = field(default_factory=dict)
@@ -61,6 +69,8 @@ class Policy:
     max_bytes: int | None = None
     max_objects: int | None = None
     max_frame_bytes: int | None = None
+    max_op_bytes: int | None = None
+    max_op_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.release not in RELEASES:
@@ -69,9 +79,14 @@ class Policy:
         if unknown:
             raise ValueError(f"unknown role(s) {sorted(unknown)}; the roles are {ROLES}")
         for name, value in (("max_bytes", self.max_bytes), ("max_objects", self.max_objects),
-                            ("max_frame_bytes", self.max_frame_bytes)):
+                            ("max_frame_bytes", self.max_frame_bytes),
+                            ("max_op_bytes", self.max_op_bytes)):
             if value is not None and (type(value) is not int or value < 0):
                 raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+        seconds = self.max_op_seconds
+        if seconds is not None and (type(seconds) not in (int, float) or not seconds > 0):
+            raise ValueError(f"max_op_seconds must be a positive number or None, got "
+                             f"{seconds!r}")
         object.__setattr__(self, "grants", {role: frozenset(who)
                                             for role, who in self.grants.items()})
 
@@ -129,11 +144,17 @@ class Policy:
                               f"worker grants that to its peer workers: --grant worker:{login})")
 
     def describe(self) -> str:
-        """One line for logs: owner, grants and release."""
+        """One line for logs: owner, grants, release, quotas and limits."""
         if self.is_open:
             return f"open policy (owner {self.owner!r})"
         grants = ", ".join(f"{role}: {', '.join(sorted(who))}"
                            for role, who in sorted(self.grants.items())) or "no grants"
         quota = "" if self.max_bytes is None and self.max_objects is None else \
             f"; quota {self.max_bytes} bytes / {self.max_objects} objects per principal"
-        return f"owner {self.owner!r}; {grants}; release {self.release}{quota}"
+        limits = [f"{flag} {value:g}" if type(value) is float else f"{flag} {value}"
+                  for flag, value in (("max-frame-bytes", self.max_frame_bytes),
+                                      ("max-op-bytes", self.max_op_bytes),
+                                      ("max-op-seconds", self.max_op_seconds))
+                  if value is not None]
+        limits_text = f"; limits: {', '.join(limits)}" if limits else ""
+        return f"owner {self.owner!r}; {grants}; release {self.release}{quota}{limits_text}"

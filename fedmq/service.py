@@ -234,11 +234,16 @@ class WorkerService:
         self._prefetch_now = prefetch
         #: the process's exit status once stopped: 1 if the service stopped on an error
         self.exit_code = 0
-        self._assembler = ChunkAssembler()
+        self._assembler = self._new_assembler()
         self._chunks: dict[str, list] = {}
         #: reply message ids: a random prefix and a counter (aiormq would draw a UUID each)
         self._reply_prefix = f"{uuid.uuid4().hex[:16]}."
         self._reply_ids = itertools.count()
+
+    def _new_assembler(self) -> ChunkAssembler:
+        """Chunks of big frames become frames here; one larger than the policy's
+        max_frame_bytes is refused as soon as its chunks declare or reach that size."""
+        return ChunkAssembler(max_frame_bytes=self.policy.max_frame_bytes)
 
     async def start(self) -> None:
         tune_malloc()
@@ -362,7 +367,7 @@ class WorkerService:
             return
         if self.queue_type == "classic":
             self._chunks.clear()
-            self._assembler = ChunkAssembler()
+            self._assembler = self._new_assembler()
         else:  # chunks acked early (see _make_room_for_chunks) come only once: keep what
             # arrived; those still unacked come again, and the assembler ignores repeats
             for key, held in list(self._chunks.items()):
@@ -443,7 +448,10 @@ class WorkerService:
 
     async def _on_message(self, message: Delivery) -> None:
         """aio-pika calls this in a task of its own per delivery, in delivery order; the lock
-        (FIFO) lets one message at a time be handled, in that order."""
+        (FIFO) lets one message at a time be handled, in that order. A `Cancel` is handled at
+        once, not behind the message it stops (`_cancel_at_once`)."""
+        if message.type == "Cancel" and await self._cancel_at_once(message):
+            return
         async with self._handling:
             if self._stopping.is_set():
                 return  # not started: it is requeued when the channel closes
@@ -461,6 +469,26 @@ class WorkerService:
                                                        f"{exc}")
                 except Exception:  # already settled, or the channel is gone (then requeued)
                     pass
+
+    async def _cancel_at_once(self, message: Delivery) -> bool:
+        """Handle a `Cancel` on the event loop as it arrives (`Worker.handle_control_frame`:
+        it flags the running message, which stops at its next check), reply and ack it; False
+        if the message is no Cancel after all (its AMQP type is the sender's claim), is
+        chunked, or carries no user_id: it is then handled in turn as any other."""
+        login = message.properties.user_id
+        if not login or self.worker is None or self._stopping.is_set() or \
+                "x-fedmq-chunks" in (message.headers or {}):
+            return False
+        reply = self.worker.handle_control_frame(message.body, str(login))
+        if reply is None:
+            return False
+        try:
+            if message.reply_to:
+                await self._reply(reply, message.reply_to, message.correlation_id)
+            await message.ack()
+        except Exception as exc:  # noqa: BLE001 - the channel went: the broker redelivers it
+            log.warning("fedmq worker %s: could not answer a Cancel: %s", self.id, exc)
+        return True
 
     async def _sweep_loop(self) -> None:
         """Every chunk_timeout / 4 (between 0.05 and 5 s): give up frames whose chunks stopped
@@ -507,7 +535,7 @@ class WorkerService:
         except ChunkError as exc:
             messages = self._chunks.pop(key, None) or [message]
             log.warning("fedmq worker %s: refused frame %s: %s", self.id, key, exc)
-            await self._refuse(messages, "chunk_error", str(exc))
+            await self._refuse(messages, exc.code, str(exc))
             if not self._chunks:
                 await self._set_prefetch(self.prefetch)
             return
@@ -771,6 +799,9 @@ def _chunk_size_arg(text: str) -> int:
 #: a worker service's default per-principal quotas
 DEFAULT_MAX_BYTES = 1 << 30
 DEFAULT_MAX_OBJECTS = 100_000
+#: a worker service's default resource limits: bytes a frame, seconds a message
+DEFAULT_MAX_FRAME_BYTES = 512 << 20
+DEFAULT_MAX_OP_SECONDS = 600.0
 
 
 def _size_arg(text: str) -> int:
@@ -790,22 +821,34 @@ def _size_arg(text: str) -> int:
 
 def service_policy(url: str, grants: list[str] | tuple = (), release: str = "none",
                    owner: str | None = None, max_bytes: int | None = DEFAULT_MAX_BYTES,
-                   max_objects: int | None = DEFAULT_MAX_OBJECTS) -> Policy:
+                   max_objects: int | None = DEFAULT_MAX_OBJECTS, *,
+                   max_frame_bytes: int | None = DEFAULT_MAX_FRAME_BYTES,
+                   max_op_bytes: int | None = -1,
+                   max_op_seconds: float | None = DEFAULT_MAX_OP_SECONDS) -> Policy:
     """A worker service's policy: the data owner is `owner` or the broker user of `url`;
-    `grants` are "ROLE:PRINCIPAL"; quotas of 0 or None mean no limit. Raises ValueError."""
+    `grants` are "ROLE:PRINCIPAL"; quotas and limits of 0 or None mean no limit. Bytes a frame
+    (`max_frame_bytes`), bytes of one op's results (`max_op_bytes`, -1: as `max_bytes`),
+    seconds a message (`max_op_seconds`): see fedmq.policy.Policy. Raises ValueError."""
+    if max_op_bytes == -1:
+        max_op_bytes = max_bytes
     owner = owner or login_of(url)
     if not owner:
         raise ValueError("with ?auth=external the URL names no user: give the data owner's "
                          "principal with --owner")
     return Policy.from_options(owner, grants, release,
-                               max_bytes=max_bytes or None, max_objects=max_objects or None)
+                               max_bytes=max_bytes or None, max_objects=max_objects or None,
+                               max_frame_bytes=max_frame_bytes or None,
+                               max_op_bytes=max_op_bytes or None,
+                               max_op_seconds=max_op_seconds or None)
 
 
 def policy_from_args(args: argparse.Namespace) -> Policy:
     """The policy `fedmq worker`'s options describe; a mistake exits 2 with one line."""
     try:
         return service_policy(args.url, args.grant, args.release, args.owner, args.max_bytes,
-                              args.max_objects)
+                              args.max_objects, max_frame_bytes=args.max_frame_bytes,
+                              max_op_bytes=args.max_op_bytes,
+                              max_op_seconds=args.max_op_seconds)
     except ValueError as exc:
         print(f"fedmq worker: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -867,5 +910,19 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
     access.add_argument("--max-objects", type=int, default=DEFAULT_MAX_OBJECTS, metavar="N",
                         help="per-principal quota of stored objects (default %(default)s; "
                              "0: no limit)")
+    limits = p.add_argument_group(
+        "limits", "what one message may cost this worker (see fedmq/limits.py)")
+    limits.add_argument("--max-frame-bytes", type=_size_arg, default=DEFAULT_MAX_FRAME_BYTES,
+                        metavar="BYTES", help="refuse frames larger than this before reading "
+                                              "them, chunked ones as their chunks arrive "
+                                              "(suffixes K, M, G; default 512M; 0: none)")
+    limits.add_argument("--max-op-bytes", type=_size_arg, default=-1, metavar="BYTES",
+                        help="refuse, before it runs, an op whose results would take more "
+                             "bytes, whoever sends it (default: --max-bytes; 0: none; a "
+                             "principal's ops are bounded by what its quota leaves anyway)")
+    limits.add_argument("--max-op-seconds", type=float, default=DEFAULT_MAX_OP_SECONDS,
+                        metavar="SECONDS", help="stop a message (a batch of commands, a plan "
+                                                "run, a Fit) that runs longer, between two ops "
+                                                "or two batches (default %(default)g; 0: none)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=run_worker)

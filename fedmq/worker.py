@@ -5,11 +5,13 @@ frames; `handle_frame` is the whole server side: decode, dispatch on the message
 """
 from __future__ import annotations
 
+import collections
 import logging
 import secrets
+import threading
 from typing import Any, Callable, NamedTuple, Protocol
 
-from fedmq import errors, messages as m, principals, serde
+from fedmq import errors, limits, messages as m, principals, serde
 from fedmq.execution import earlier_failure, error_info, resolve, run_command
 from fedmq.policy import Policy
 from fedmq.principals import Acting
@@ -35,6 +37,12 @@ LIGHT_ELEMENTS = 16384
 LIGHT_MESSAGES = 64
 LIGHT_LITERAL = 4096
 HEAVY_OPS = frozenset({"Tensor.backward"})
+
+#: cancels that came before their message, remembered per principal (the oldest are forgotten,
+#: so one principal's Cancels never push out another's)
+MAX_EARLY_CANCELS = 1024
+#: the largest frame `Worker.handle_control_frame` reads (a Cancel is ~100 bytes)
+CONTROL_FRAME = 4096
 
 #: handlers extensions add for their own message types: {type: fn(session, message) -> value}
 EXTRA_HANDLERS: dict[type, Callable[["Session", Any], Any]] = {}
@@ -125,6 +133,11 @@ class Worker:
         self.message_count = 0
         #: this worker's incarnation: new at every start, sent with every reply
         self.incarnation = secrets.randbits(63)
+        #: (principal, msg_id) -> the Budget of a message being handled (Cancel finds it here)
+        self._running: dict[tuple, limits.Budget] = {}
+        #: (principal, msg_id) cancelled before they came (refused when they do)
+        self._early_cancels: dict[str, collections.OrderedDict[int, None]] = {}
+        self._cancel_lock = threading.Lock()
         self._handlers: dict[type, Callable[[Any], Any]] = {
             m.ObjectMessage: self._on_objects,
             m.GetRequest: self._on_get,
@@ -137,6 +150,7 @@ class Worker:
             m.Batch: self._on_batch,
             m.ListObjects: self._on_list,
             m.WorkerStats: self._on_stats,
+            m.Cancel: lambda session, msg: self.cancel(session.principal, msg.msg_id),
         }
 
     @property
@@ -170,8 +184,19 @@ class Worker:
         return self.respond(envelope, login)
 
     def decode_frame(self, frame: bytes | bytearray) -> Any:
-        """The frame's Envelope, or `Undecodable` holding the encoded error reply."""
+        """The frame's Envelope, or `Undecodable` holding the encoded error reply: for bytes
+        that are no fedmq frame ("serde_error"), and, without reading them, for a frame larger
+        than `Policy.max_frame_bytes` ("frame_too_large", FrameTooLargeError at the caller).
+        What decoding allocates is bounded by the frame's size (fedmq.serde.codec)."""
         self.message_count += 1
+        limit = self.store.policy.max_frame_bytes
+        if limit is not None and len(frame) > limit:
+            why = (f"a frame of {len(frame)} bytes is over the limit of worker {self.id!r}, "
+                   f"{limit} bytes (--max-frame-bytes); it was not read")
+            log.warning("worker %s: refused a message: %s", self.id, why)
+            return Undecodable(serde.encode(m.Reply(
+                error=m.ErrorInfo("frame_too_large", why, self.id),
+                incarnation=self.incarnation)), f"frame_too_large: {why}")
         try:
             return serde.decode(frame)
         except errors.SerdeError as exc:
@@ -179,6 +204,88 @@ class Worker:
             return Undecodable(serde.encode(m.Reply(
                 error=m.ErrorInfo("serde_error", str(exc), self.id),
                 incarnation=self.incarnation)), f"serde_error: {exc}")
+
+    # -- cancellation ---------------------------------------------------------------------------
+    def cancel(self, principal: str, msg_id: Any) -> bool:
+        """Cancel message `msg_id` (its `Envelope.msg_id`) of `principal` (see `m.Cancel`):
+        True if it is being handled now (it stops at its next check, fedmq.limits), False if
+        not (it is refused if it comes later). Thread-safe: a service calls it on its event
+        loop while the message runs on its op thread. Raises RemoteSerdeError for msg_id 0."""
+        if type(msg_id) is not int or msg_id == 0:
+            raise errors.RemoteSerdeError("Cancel names the msg_id of a message (not 0)",
+                                          worker=self.id)
+        key = (principal, msg_id)
+        with self._cancel_lock:
+            budget = self._running.get(key)
+            if budget is not None:
+                budget.cancelled = True
+            else:
+                early = self._early_cancels.setdefault(principal, collections.OrderedDict())
+                early[msg_id] = None
+                while len(early) > MAX_EARLY_CANCELS:
+                    early.popitem(last=False)
+        log.info("worker %s: principal %s cancelled message %s (%s)", self.id, principal, msg_id,
+                 "running: it stops at its next check" if budget is not None
+                 else "not running: refused if it comes")
+        return budget is not None
+
+    def running_messages(self) -> list[tuple[str, int]]:
+        """(principal, msg_id) of every message being handled now that a Cancel can stop."""
+        with self._cancel_lock:
+            return list(self._running)
+
+    def handle_control_frame(self, frame: bytes | bytearray, login: str | None = None
+                             ) -> bytes | None:
+        """The encoded reply to `frame` if it is a `Cancel` (handled at once, whatever this
+        worker is running: a service calls this on its event loop, an in-process transport
+        without taking the worker's lock), else None (handle it as any other message). Never
+        raises."""
+        if len(frame) > CONTROL_FRAME:
+            return None
+        try:
+            envelope = serde.decode(frame)
+        except errors.SerdeError:
+            return None
+        if type(envelope) is not m.Envelope or type(envelope.message) is not m.Cancel or \
+                envelope.version != m.WIRE_VERSION:
+            return None
+        self.message_count += 1
+        policy = self.store.policy
+        try:
+            principal = envelope.on_behalf or policy.owner if login is None else \
+                policy.principal_for(login, envelope.on_behalf)
+            reply = m.Reply(value=self.cancel(principal, envelope.message.msg_id))
+        except PermissionError as exc:
+            reply = self._error("access_denied", str(exc))
+        except errors.RemoteError as exc:
+            reply = m.Reply(error=error_info(exc, self.id))
+        reply.incarnation = self.incarnation
+        return serde.encode(reply)
+
+    def _budget(self, envelope: m.Envelope, session: Session) -> limits.Budget:
+        """The Budget of a message about to be handled, registered under its msg_id for
+        Cancel (already cancelled if its Cancel came first)."""
+        policy = self.store.policy
+        msg_id = envelope.msg_id
+        budget = limits.Budget(self.id, session.principal, msg_id,
+                               seconds=policy.max_op_seconds, view=session.store,
+                               max_op_bytes=policy.max_op_bytes)
+        if msg_id and type(msg_id) is int:
+            key = (session.principal, msg_id)
+            with self._cancel_lock:
+                early = self._early_cancels.get(session.principal)
+                if early is not None and msg_id in early:
+                    del early[msg_id]
+                    budget.cancelled = True
+                self._running[key] = budget
+        return budget
+
+    def _finished(self, budget: limits.Budget) -> None:
+        if budget.msg_id and type(budget.msg_id) is int:
+            with self._cancel_lock:
+                key = (budget.principal, budget.msg_id)
+                if self._running.get(key) is budget:
+                    del self._running[key]
 
     def session(self, envelope: Any, login: str | None = None) -> Session:
         """The Session `envelope` is handled in: the principal is `login` (checked by the
@@ -217,12 +324,21 @@ class Worker:
                 reply = self.handle(envelope)
             else:
                 session = self.session(envelope, login)
-                with principals.acting(session.acting):
-                    reply = self.handle(envelope, session)
-                    if self.network is not None:
-                        # commands this worker pipelined to others while handling it go out
-                        # now, on behalf of the same principal
-                        self.network.flush_all()
+                budget = self._budget(envelope, session)
+                try:
+                    if budget.cancelled:
+                        reply = self._error("cancelled", f"{type(envelope.message).__name__} "
+                                                         f"{envelope.msg_id} was cancelled by "
+                                                         f"its sender before it ran")
+                    else:
+                        with principals.acting(session.acting), limits.running(budget):
+                            reply = self.handle(envelope, session)
+                            if self.network is not None:
+                                # commands this worker pipelined to others while handling it
+                                # go out now, on behalf of the same principal
+                                self.network.flush_all()
+                finally:
+                    self._finished(budget)
         except errors.AccessDeniedError as exc:
             reply = self._error("access_denied", exc.remote_message)
         except Exception as exc:  # a malformed message: refused, and the worker keeps serving

@@ -602,6 +602,7 @@ def sample_messages() -> list:
         command,
         m.ForwardObjects(ids=[1, 2], to="carol", keep=True),
         m.ObjectsCount(), m.SearchRequest(query=["#mnist", 17]), m.ClearObjects(),
+        m.Cancel(msg_id=2 ** 100 + 7),
         m.Reply(value=[x, 3, {"loss": 0.25}]),
         m.Reply(value=pointer),
         m.Reply(error=m.ErrorInfo("object_not_found", "no object 9", worker="bob", op="get")),
@@ -761,8 +762,8 @@ def test_hand_built_frame_decodes():
     grad = np.ones(6, dtype="<f8").tobytes()
     frame = frame_of([tensor_ext(DTYPE_CODE[torch.int32], (2, 3)),
                       tensor_ext(DTYPE_CODE[torch.float64], (3, 2), flags=1, data_index=1,
-                                 grad_index=1)],
-                     [raw, np.zeros(6, dtype="<f8").tobytes()])
+                                 grad_index=2)],
+                     [raw, np.zeros(6, dtype="<f8").tobytes(), np.zeros(6, dtype="<f8").tobytes()])
     a, b = decode(frame)
     assert torch.equal(a, torch.arange(6, dtype=torch.int32).reshape(2, 3))
     assert b.requires_grad and torch.equal(b.detach(), torch.zeros(3, 2, dtype=torch.float64))

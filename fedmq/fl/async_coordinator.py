@@ -18,7 +18,7 @@ The loop (one asyncio task per in-flight Fit, gathered with `asyncio.wait(FIRST_
   4. a Fit that fails, is skipped ("expired") or misses its per-Fit timeout
      (`config.round_timeout`, also the AMQP message expiration and the Fit deadline) is logged
      and retried after a back-off (`retry_backoff`, doubled per consecutive failure, at most
-     `max_backoff`);
+     `max_backoff`); a Fit that missed its timeout is cancelled on the worker (`Cancel`);
   5. the run stops after `max_updates` received updates (dropped ones count) or `max_versions`
      versions, whichever comes first; replies still in flight are then ignored.
 
@@ -45,10 +45,11 @@ from typing import Any, Callable
 
 from fedmq.fl import checkpoint, events as ev
 from fedmq.engine import RequestEngine
-from fedmq.fl.coordinator import (TrainConfig, accuracy_line, bucket_line, initial_weights,
-                                  worker_seed, wait_for_workers)
+from fedmq.fl.coordinator import (TrainConfig, accuracy_line, bucket_line, cancel_fit,
+                                  initial_weights, worker_seed, wait_for_workers)
 from fedmq.fl.messages import Evaluate, EvaluateRes, Fit, FitRes
 from fedmq.fl.metrics import PLOT, MetricsLog, plot
+from fedmq.ids import new_id
 from fedmq.models import MODELS
 from fedmq.strategy import AsyncStrategy, FedBuff, FitResult
 
@@ -228,10 +229,12 @@ class AsyncCoordinator:
         timeout = self.config.round_timeout
         msg = Fit(sent.version, self.config.model, sent.weights,
                   self._fit_config(worker, sent.version), time.time() + timeout)
+        msg_id = new_id()  # what a Cancel names, if it times out
         try:
             res = await self.connection.arequest(worker, msg, timeout=timeout,
-                                                expiration=timeout)
+                                                expiration=timeout, msg_id=msg_id)
         except (asyncio.TimeoutError, TimeoutError):
+            cancel_fit(self.connection, worker, msg_id)
             raise TimeoutError(f"no reply within {timeout:g} s") from None
         return sent, res
 

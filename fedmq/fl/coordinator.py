@@ -7,9 +7,11 @@ Each round:
   2. a `Fit` goes to every sampled worker at once; replies are gathered with `asyncio.gather`
      under the round deadline and folded into the strategy's running aggregate as they arrive
      (FedAvg: one weighted sum, O(model) memory);
-  3. a worker that fails or misses the deadline is recorded; the round aggregates whoever
-     answered if at least `min_fit_workers` did (the strategy's rule), otherwise the global
-     model stays as it was; a reply for another round is discarded;
+  3. a worker that fails or misses the deadline is recorded, and its Fit is cancelled (a
+     `Cancel` naming the Fit's msg_id: the worker stops training at its next batch, or drops
+     the Fit if it has not started it); the round aggregates whoever answered if at least
+     `min_fit_workers` did (the strategy's rule), otherwise the global model stays as it was; a
+     reply for another round is discarded;
   4. every `eval_every` rounds (rounds 1, 11, 21, ... and the last, like the seed) the
      testing worker evaluates each update and the new global model, and the seed's lines are
      printed; then the checkpoint, the metrics line and the events are written.
@@ -32,7 +34,8 @@ from fedmq.engine import RequestEngine
 from fedmq.fl import checkpoint, events as ev
 from fedmq.fl.messages import Evaluate, EvaluateRes, Fit, FitRes
 from fedmq.fl.metrics import PLOT, MetricsLog, plot
-from fedmq.messages import WorkerStats
+from fedmq.ids import new_id
+from fedmq.messages import Cancel, WorkerStats
 from fedmq.models import MODELS
 from fedmq.strategy import FedAvg, FitResult, RoundFailed, Strategy
 
@@ -126,6 +129,33 @@ def bucket_line(name: str, res: EvaluateRes, buckets: list) -> str:
 def accuracy_line(name: str, res: EvaluateRes) -> str:
     return (f"{name}: Average loss: {res.loss:.4f}, Accuracy: {res.correct}/{res.num_examples} "
             f"({100 * res.accuracy:.2f}%)")
+
+
+_CANCELS: set[asyncio.Task] = set()  # Cancels under way (a task needs a reference)
+#: seconds a round waits for the answers to its Cancels before it goes on
+CANCEL_WAIT = 0.5
+
+
+def cancel_fit(connection: RequestEngine, worker_id: str, msg_id: int,
+               timeout: float = 5.0) -> asyncio.Task:
+    """Send `Cancel(msg_id)` to `worker_id` for the Fit sent with that msg_id, which the
+    coordinator gave up on (its deadline passed), in a task of its own (nothing waits for it):
+    the worker stops training for nothing at its next batch, or drops the Fit if it has not
+    started it, and serves the next round. The outcome is logged; errors are not raised."""
+    async def cancel() -> None:
+        try:
+            running = await connection.arequest(worker_id, Cancel(msg_id), timeout=timeout,
+                                                expiration=timeout)
+            log.info("cancelled the Fit on %s (%s)", worker_id,
+                     "it stops at its next batch" if running else "it was not running")
+        except Exception as exc:  # noqa: BLE001 - the worker may be gone: nothing to stop
+            log.info("could not cancel the Fit on %s: %s: %s", worker_id, type(exc).__name__,
+                     exc)
+
+    task = asyncio.ensure_future(cancel())
+    _CANCELS.add(task)
+    task.add_done_callback(_CANCELS.discard)
+    return task
 
 
 async def wait_for_workers(connection: RequestEngine, ids: list[str], timeout: float,
@@ -257,13 +287,16 @@ class Coordinator:
         deadline = time.time() + cfg.round_timeout
         update_evals: dict[str, asyncio.Task] = {}
         fit_seconds: dict[str, float] = {}
+        cancels: list[asyncio.Task] = []  # Cancels of Fits the round gave up on
 
         async def fit_one(worker_id: str) -> None:
             config = dict(fit_config, seed=worker_seed(cfg.seed, round, worker_id))
+            msg_id = new_id()  # what a Cancel names, if the deadline passes
             try:
                 res = await self.connection.arequest(
                     worker_id, Fit(round, cfg.model, global_weights, config, deadline),
-                    timeout=max(deadline - time.time(), 0.001), expiration=cfg.round_timeout)
+                    timeout=max(deadline - time.time(), 0.001), expiration=cfg.round_timeout,
+                    msg_id=msg_id)
                 if not isinstance(res, FitRes):
                     raise TypeError(f"expected FitRes, got {type(res).__name__}")
                 if res.round != round:  # a late reply to an older round
@@ -275,9 +308,11 @@ class Coordinator:
                 fit_seconds[worker_id] = float(res.metrics.get("fit_seconds", float("nan")))
             except asyncio.CancelledError:
                 failed.setdefault(worker_id, "missed the round deadline")
+                cancels.append(cancel_fit(self.connection, worker_id, msg_id))
                 raise
             except (asyncio.TimeoutError, TimeoutError):
                 failed[worker_id] = "missed the round deadline"
+                cancels.append(cancel_fit(self.connection, worker_id, msg_id))
             except Exception as exc:
                 failed[worker_id] = f"{type(exc).__name__}: {exc}"
             else:
@@ -297,6 +332,8 @@ class Coordinator:
                                        timeout=cfg.round_timeout)
             except (asyncio.TimeoutError, TimeoutError):
                 pass
+        if cancels:  # sent before the round goes on (the replies are not waited for long)
+            await asyncio.wait(cancels, timeout=CANCEL_WAIT)
         for worker_id in chosen:
             if worker_id not in aggregation.losses and worker_id not in failed:
                 failed[worker_id] = "missed the round deadline"

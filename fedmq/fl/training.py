@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fedmq import errors
+from fedmq import errors, limits
 from fedmq.fl.messages import Evaluate, EvaluateRes, Fit, FitRes
 from fedmq.models import MODELS
 from fedmq.fl.proximal import proximal_term
@@ -110,7 +110,10 @@ def batch_indices(n: int, batch_size: int, num_batches: int, generator: torch.Ge
 
 
 def fit(worker: Any, msg: Fit) -> FitRes:
-    """Train on the worker's own data; answer with the new weights, samples seen, mean loss."""
+    """Train on the worker's own data; answer with the new weights, samples seen, mean loss.
+    Between two batches the message's budget is checked (fedmq.limits): past the worker's
+    time limit it stops with TimeLimitError, once its sender cancels it with
+    RemoteCancelledError."""
     if msg.deadline and time.time() > msg.deadline:  # the round is over: do not train on it
         return FitRes(msg.round, worker.id, {}, 0, float("nan"), status="expired")
     config = msg.config if isinstance(msg.config, dict) else {}
@@ -134,6 +137,7 @@ def fit(worker: Any, msg: Fit) -> FitRes:
     model.train()
     total_loss, seen = 0.0, 0
     for index in batch_indices(len(data), batch_size, num_batches, generator):
+        limits.check("Fit")
         optimizer.zero_grad()
         loss = loss_fn(model(data[index]), target[index])
         objective = loss
@@ -151,7 +155,8 @@ def fit(worker: Any, msg: Fit) -> FitRes:
 
 @torch.no_grad()
 def evaluate(worker: Any, msg: Evaluate) -> EvaluateRes:
-    """Mean loss, accuracy and prediction/target histograms on the worker's data."""
+    """Mean loss, accuracy and prediction/target histograms on the worker's data (checking
+    the message's time limit and cancellation between batches, as `fit`)."""
     config = msg.config if isinstance(msg.config, dict) else {}
     split = config.get("split", "test")
     if split not in ("train", "test"):
@@ -164,6 +169,7 @@ def evaluate(worker: Any, msg: Evaluate) -> EvaluateRes:
     total_loss, correct = 0.0, 0
     predictions = []
     for start in range(0, len(data), batch_size):
+        limits.check("Evaluate")
         out = model(data[start:start + batch_size])
         y = target[start:start + batch_size]
         total_loss += loss_fn(out, y, reduction="sum").item()

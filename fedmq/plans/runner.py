@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedmq import messages as m, ops
+from fedmq import limits, messages as m, ops
 from fedmq.errors import RemoteError, RemoteExecutionError
 from fedmq.execution import resolve, run_command
 from fedmq.store import ObjectStore
@@ -37,7 +37,10 @@ _DIVERGED = (" (the plan took another path when it was built: a value that was N
 
 
 def run(plan: Any, args: list | tuple, state: list, worker_id: str) -> Any:
-    """Run `plan`'s ops on `args` and `state`; return its output structure (real values)."""
+    """Run `plan`'s ops on `args` and `state`; return its output structure (real values).
+    On a worker, each op checks the message's budget first (fedmq.limits, in
+    `execution.execute`: time limit, cancellation, and the op's result size), and the plan's
+    intermediate results count against the room of the principal running it."""
     if len(args) != len(plan.input_slots):
         raise RemoteExecutionError(f"plan {plan.name!r} takes {len(plan.input_slots)} "
                                    f"argument(s), got {len(args)}", worker=worker_id)
@@ -46,13 +49,22 @@ def run(plan: Any, args: list | tuple, state: list, worker_id: str) -> Any:
         scope.put(slot, value)
     for slot, value in zip(plan.state_slots, state):
         scope.put(slot, value)
-    for index, op in enumerate(plan.ops):
-        try:
-            run_command(op, scope, worker_id)
-        except RemoteError as exc:  # every failure of an op (execution.execute)
-            text = exc.remote_message
-            if "the caller expected" in text:  # a None (e.g. a .grad) or a shape differs
-                text += _DIVERGED
-            raise type(exc)(f"plan {plan.name!r}, op {index} ({op.op}): {text}",
-                            worker=worker_id, op=op.op) from exc
-    return resolve(plan.output, scope)
+    budget = limits.current()
+    outer = budget.transient if budget is not None else 0
+    base = scope.usage(scope.policy.owner)[0]  # inputs and state: stored already
+    try:
+        for index, op in enumerate(plan.ops):
+            if budget is not None:  # what the plan made so far is held for the principal
+                budget.transient = outer + scope.usage(scope.policy.owner)[0] - base
+            try:
+                run_command(op, scope, worker_id)
+            except RemoteError as exc:  # every failure of an op (execution.execute)
+                text = exc.remote_message
+                if "the caller expected" in text:  # a None (e.g. a .grad) or a shape differs
+                    text += _DIVERGED
+                raise type(exc)(f"plan {plan.name!r}, op {index} ({op.op}): {text}",
+                                worker=worker_id, op=op.op) from exc
+        return resolve(plan.output, scope)
+    finally:
+        if budget is not None:
+            budget.transient = outer

@@ -175,23 +175,56 @@ def encode(obj: Any) -> bytes:
     return join_frame(header, encoder.buffers)
 
 
+#: Decoding may build Python objects worth about DECODE_FACTOR times the msgpack header's bytes,
+#: plus DECODE_SLACK bytes, and no more: each object decoding makes is charged what CPython
+#: spends on it (the costs below, in bytes) as soon as the container holding it is complete, and
+#: a frame that passes the budget is refused with a SerdeError at that point. Without it a frame
+#: of one-byte empty lists or maps costs ~70 times its size (a 20 MiB frame: 1.4 GiB).
+#: Tensor bytes are out of band: a tensor aliases or copies its own buffer once (each buffer may
+#: back one tensor), so they cost at most the frame's size again.
+DECODE_FACTOR = 8
+DECODE_SLACK = 16 * 1024 * 1024
+_LIST, _SLOT = 64, 8  # a list object (with its GC header), and each item's slot in it
+_DICT, _PAIR = 72, 64  # a dict, and each entry (with the transient pair tuple msgpack builds)
+_STR = 56  # a str or bytes object of 2+ characters, plus its length (shorter ones are shared)
+_NUMBER = 32  # an int outside CPython's small-int cache, or a float
+_OBJECT = 64  # a record, tuple, slice, Size, device, ... (plus a slot per field)
+_TENSOR = 512  # a tensor's Python object, TensorImpl and storage (its bytes are the buffer's)
+
+
 def decode(frame: bytes | bytearray | memoryview) -> Any:
-    """Decode one frame into allowlisted objects, or raise SerdeError saying what is wrong."""
+    """Decode one frame into allowlisted objects, or raise SerdeError saying what is wrong.
+    What decoding allocates is bounded: see DECODE_FACTOR."""
     header, buffers = split_frame(frame)
-    if len(header) > MAX_HEADER:
-        raise SerdeError(f"header of {len(header)} bytes is over the {MAX_HEADER} limit")
+    size = len(header)
+    if size > MAX_HEADER:
+        raise SerdeError(f"header of {size} bytes is over the {MAX_HEADER} limit")
+    budget = DECODE_FACTOR * size + DECODE_SLACK
+    left = [budget]  # bytes of objects decoding may still build
+
+    def over() -> SerdeError:
+        return SerdeError(f"decoding this frame would build over {budget} bytes of objects "
+                          f"from a {size}-byte header (at most {DECODE_FACTOR}x the header "
+                          f"plus {DECODE_SLACK >> 20} MiB)")
 
     markers = [0]  # markers made minus markers consumed by _list_hook: must end at 0
+    used: set[int] = set()  # buffers a tensor took
 
     def ext_hook(code: int, data: bytes) -> Any:
         if code == EXT_TENSOR:
-            return tensors.unpack_tensor(data, buffers)
+            left[0] -= _TENSOR
+            if left[0] < 0:
+                raise over()
+            return tensors.unpack_tensor(data, buffers, used)
         marker = _MARKERS.get(code)
         if marker is not None:
             if data:
                 raise SerdeError(f"marker {code} carries data")
             markers[0] += 1
             return marker
+        left[0] -= _OBJECT + len(data)
+        if left[0] < 0:
+            raise over()
         if code == EXT_BIGINT:
             return int.from_bytes(data, "little", signed=True)
         if code == EXT_REF:
@@ -220,24 +253,59 @@ def decode(frame: bytes | bytearray | memoryview) -> Any:
         raise SerdeError(f"unknown extension type {code}")
 
     def list_hook(items: list) -> Any:
-        for item in items:  # msgpack decodes ext -1 itself (a Timestamp); fedmq never sends it
-            if type(item) is _Timestamp:
+        cost = _SLOT * len(items)
+        for item in items:
+            cls = type(item)
+            if cls is float:
+                cost += _NUMBER
+            elif cls is int:
+                if not -5 <= item <= 256:
+                    cost += _NUMBER
+            elif cls is str or cls is bytes:
+                if len(item) > 1:
+                    cost += _STR + len(item)
+            elif cls is _Timestamp:  # msgpack decodes ext -1 itself; fedmq never sends it
                 raise SerdeError("unknown extension type -1 (msgpack timestamp)")
-        if items and type(items[0]) is _Marker:
+        if items and type(items[0]) is _Marker:  # the list goes; a record, tuple, ... stays
+            left[0] -= cost + _OBJECT
+            if left[0] < 0:
+                raise over()
             markers[0] -= 1
             return _list_hook(items)
+        left[0] -= cost + _LIST
+        if left[0] < 0:
+            raise over()
         return items
 
     def pairs_hook(pairs: list) -> dict:
-        for key, item in pairs:
-            if type(key) is _Timestamp or type(item) is _Timestamp:
-                raise SerdeError("unknown extension type -1 (msgpack timestamp)")
+        cost = _DICT + _PAIR * len(pairs)
+        for pair in pairs:
+            for item in pair:
+                cls = type(item)
+                if cls is str or cls is bytes:
+                    if len(item) > 1:
+                        cost += _STR + len(item)
+                elif cls is float:
+                    cost += _NUMBER
+                elif cls is int:
+                    if not -5 <= item <= 256:
+                        cost += _NUMBER
+                elif cls is _Timestamp:
+                    raise SerdeError("unknown extension type -1 (msgpack timestamp)")
+        left[0] -= cost
+        if left[0] < 0:
+            raise over()
         return dict(pairs)
 
     try:
+        # msgpack's own limits, as it would derive them from the header: no container or
+        # string can claim more items or bytes than the header has bytes. (An array's slots
+        # are allocated when its header is read, zeroed and untouched until filled: declared
+        # but missing items cost address space, not memory; nesting stops at msgpack's stack.)
         value = msgpack.unpackb(header, ext_hook=ext_hook, list_hook=list_hook, raw=False,
                                 object_pairs_hook=pairs_hook, strict_map_key=False,
-                                use_list=True)
+                                use_list=True, max_str_len=size, max_bin_len=size,
+                                max_array_len=size, max_map_len=size // 2, max_ext_len=size)
     except SerdeError:
         raise
     except RecursionError as exc:

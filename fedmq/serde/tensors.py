@@ -3,7 +3,8 @@
 Header (little endian): dtype code (u8), flags (u8), ndim (u8), data buffer index (u32),
 grad buffer index (u32, 0xFFFFFFFF = no grad), then ndim x i64 sizes. The bytes themselves go into
 the frame's buffer table (see `frame.py`), so a 1.7 MB state dict is copied once on encode and
-once on decode, and never hex- or base64-encoded.
+once on decode, and never hex- or base64-encoded. Each buffer backs one tensor (or gradient)
+only: a frame naming one twice is refused.
 """
 from __future__ import annotations
 
@@ -62,7 +63,12 @@ def pack_header(t: torch.Tensor, data_index: int, grad_index: int | None) -> byt
         f"<{len(shape)}q", *shape)
 
 
-def unpack_tensor(header: bytes, buffers: list[memoryview]) -> torch.Tensor:
+def unpack_tensor(header: bytes, buffers: list[memoryview],
+                  used: set[int] | None = None) -> torch.Tensor:
+    """The tensor a header describes, its bytes taken from `buffers`. `used`: the buffer indexes
+    earlier tensors of the same frame took; each buffer may back one tensor only (an encoder
+    never shares one; a frame that names a buffer twice could make a read-only frame copy it
+    again and again). Raises SerdeError."""
     if len(header) < _HEAD.size:
         raise SerdeError("truncated tensor header")
     code, flags, ndim, data_index, grad_index = _HEAD.unpack_from(header)
@@ -74,9 +80,9 @@ def unpack_tensor(header: bytes, buffers: list[memoryview]) -> torch.Tensor:
     if any(s < 0 for s in shape):
         raise SerdeError(f"negative size in tensor shape {shape}")
     dtype = DTYPES[code]
-    value = _tensor_from(buffers, data_index, shape, dtype)
+    value = _tensor_from(buffers, data_index, shape, dtype, used)
     if grad_index != NO_GRAD:
-        grad = _tensor_from(buffers, grad_index, shape, dtype)
+        grad = _tensor_from(buffers, grad_index, shape, dtype, used)
     if flags & FLAG_PARAMETER:
         value = torch.nn.Parameter(value, requires_grad=bool(flags & FLAG_REQUIRES_GRAD))
     elif flags & FLAG_REQUIRES_GRAD:
@@ -89,9 +95,13 @@ def unpack_tensor(header: bytes, buffers: list[memoryview]) -> torch.Tensor:
 
 
 def _tensor_from(buffers: list[memoryview], index: int, shape: tuple[int, ...],
-                 dtype: torch.dtype) -> torch.Tensor:
+                 dtype: torch.dtype, used: set[int] | None = None) -> torch.Tensor:
     if index >= len(buffers):
         raise SerdeError(f"tensor refers to buffer {index}, the frame has {len(buffers)}")
+    if used is not None:
+        if index in used:
+            raise SerdeError(f"buffer {index} backs two tensors (a frame names each once)")
+        used.add(index)
     raw = buffers[index]
     numel = 1
     for s in shape:

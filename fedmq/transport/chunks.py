@@ -4,6 +4,7 @@ bytes, per sender and in all. Used by the RabbitMQ transport and the worker serv
 code here, so `import fedmq` stays free of aio-pika."""
 from __future__ import annotations
 
+import collections
 import time
 from typing import Callable
 
@@ -30,6 +31,8 @@ def split_chunks(frame: bytes | bytearray, chunk_size: int) -> list[memoryview]:
 
 #: most chunks one frame may declare (64 MiB chunks: 4 TiB)
 MAX_CHUNKS = 1 << 16
+#: frames refused as too large whose later chunks are recognised (and refused at once)
+MAX_REFUSED = 1024
 #: bytes of incomplete frames one sender may have waiting (its next chunk over it is refused)
 MAX_PARTIAL_BYTES = 2 * 1024 * 1024 * 1024
 #: bytes of incomplete frames all senders together may have waiting: a sender is named by
@@ -40,11 +43,18 @@ MAX_PARTIAL_TOTAL = 2 * MAX_PARTIAL_BYTES
 
 class ChunkError(TransportError):
     """A chunk whose headers make no sense (or whose sender holds too much partial data): the
-    frame it belongs to is given up."""
+    frame it belongs to is given up. `code` is the error code a worker answers with."""
+    code = "chunk_error"
 
     def __init__(self, key: str, reason: str) -> None:
         self.key = key
         super().__init__(reason)
+
+
+class FrameTooLarge(ChunkError):
+    """A chunked frame whose chunks declare, or add up to, more bytes than the receiver
+    accepts (`max_frame_bytes`): given up before the rest of it arrives."""
+    code = "frame_too_large"
 
 
 class ChunkAssembler:
@@ -54,18 +64,29 @@ class ChunkAssembler:
     one sender's (`max_partial_bytes`). Headers are checked: `add` raises ChunkError (and
     forgets that frame) for a chunk count or index that is not a sane integer, a count that
     differs between chunks of one frame, or a chunk sent twice with different bytes (the same
-    bytes twice is a chunk published again after its confirm was lost: ignored)."""
+    bytes twice is a chunk published again after its confirm was lost: ignored).
+
+    `max_frame_bytes` (None: no limit) refuses a frame larger than that many bytes as soon as
+    that is known (FrameTooLarge): from the chunks that arrived, or from what its chunk count
+    declares. Every chunk of a frame but the last has the same size (`split_chunks`), so a
+    frame of N chunks holding a chunk of S bytes that is not its last is at least
+    (N - 1) * S + 1 bytes long."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, *,
                  max_partial_bytes: int = MAX_PARTIAL_BYTES,
-                 max_total_bytes: int = MAX_PARTIAL_TOTAL) -> None:
+                 max_total_bytes: int = MAX_PARTIAL_TOTAL,
+                 max_frame_bytes: int | None = None) -> None:
         self._parts: dict[str, dict[int, bytes]] = {}
         self._first_seen: dict[str, float] = {}
         self._total: dict[str, int] = {}
         self._owner: dict[str, str] = {}
         self._held: dict[str, int] = {}  # sender -> bytes in its incomplete frames
+        self._arrived: dict[str, int] = {}  # frame -> bytes of its chunks that arrived
+        #: frames refused as too large: their later chunks are refused at once
+        self._too_large: collections.OrderedDict[str, str] = collections.OrderedDict()
         self.max_partial_bytes = max_partial_bytes
         self.max_total_bytes = max_total_bytes
+        self.max_frame_bytes = max_frame_bytes
         self._held_total = 0
         self._clock = clock
 
@@ -78,6 +99,8 @@ class ChunkAssembler:
         if type(key) is not str or not key:
             raise ChunkError("", f"a chunk needs a frame id (x-fedmq-frame), got {key!r}")
         index = headers.get("x-fedmq-chunk", 0)
+        if key in self._too_large:
+            raise FrameTooLarge(key, self._too_large[key])
         if type(total) is not int or not 1 <= total <= MAX_CHUNKS:
             self.forget(key)
             raise ChunkError(key, f"chunk count {total!r} is not an integer in 1..{MAX_CHUNKS}")
@@ -95,6 +118,20 @@ class ChunkAssembler:
                 return None
             self.forget(key)
             raise ChunkError(key, f"chunk {index} of frame {key} arrived twice, different")
+        limit = self.max_frame_bytes
+        if limit is not None:
+            arrived = self._arrived.get(key, 0) + len(body)
+            declared = (total - 1) * len(body) + 1 if index < total - 1 else arrived
+            if max(arrived, declared) > limit:
+                self.forget(key)
+                how = "its chunk count declares" if declared > arrived else "its chunks add up to"
+                reason = (f"frame {key} ({total} chunks) is over this worker's limit of {limit} "
+                          f"bytes a frame (--max-frame-bytes): {how} at least "
+                          f"{max(arrived, declared)} bytes")
+                self._too_large[key] = reason
+                while len(self._too_large) > MAX_REFUSED:
+                    self._too_large.popitem(last=False)
+                raise FrameTooLarge(key, reason)
         owner = self._owner.setdefault(key, sender)
         completes = len(parts) + 1 == total  # the frame leaves the assembler at once
         if not completes and self._held.get(owner, 0) + len(body) > self.max_partial_bytes:
@@ -108,6 +145,7 @@ class ChunkAssembler:
         self._total[key] = total
         self._first_seen.setdefault(key, self._clock())
         parts[index] = body
+        self._arrived[key] = self._arrived.get(key, 0) + len(body)
         self._held[owner] = self._held.get(owner, 0) + len(body)
         self._held_total += len(body)
         if len(parts) < total:
@@ -130,6 +168,7 @@ class ChunkAssembler:
                 self._held.pop(owner, None)
         self._first_seen.pop(key, None)
         self._total.pop(key, None)
+        self._arrived.pop(key, None)
 
     def expire(self, max_age: float) -> list[str]:
         """Drop the frames whose first chunk came more than `max_age` seconds ago; their keys."""

@@ -5,7 +5,9 @@ Features: synchronous (`send` returns the reply frame); every message is still e
 decoded, so an in-process run exercises exactly the bytes a network would carry. A worker
 handles one frame at a time (a lock per worker, like a queue consumer); `asend` runs it on a
 thread of that worker's own, so a coordinator's in-process workers train concurrently. The
-embedded default: no broker needed.
+embedded default: no broker needed. A `Cancel` (message type "Cancel") is handled at once, without
+waiting for the worker's lock (`handle_control_frame`): it stops the message the worker is
+running for another thread.
 """
 from __future__ import annotations
 
@@ -58,6 +60,10 @@ class LocalTransport(Transport):
              message_type: str = "message", expiration: float | None = None,
              posted: bool = False) -> bytes:
         worker = self._worker(worker_id)
+        if message_type == "Cancel":
+            reply = self._control(worker, frame)
+            if reply is not None:
+                return reply
         with self._locks[worker_id]:
             return worker.handle_frame(frame, self._login())
 
@@ -65,10 +71,19 @@ class LocalTransport(Transport):
         acting = principals.current()
         return self.principal if acting is None else acting.principal
 
+    def _control(self, worker: FrameHandler, frame: bytes | bytearray) -> bytes | None:
+        """The reply to a Cancel, handled without the worker's lock (None: not one)."""
+        handle = getattr(worker, "handle_control_frame", None)
+        return None if handle is None else handle(frame, self._login())
+
     async def asend(self, worker_id: str, frame: bytes | bytearray, *,
                     correlation_id: str | None, message_type: str = "message",
                     expiration: float | None = None) -> bytes:
-        self._worker(worker_id)
+        worker = self._worker(worker_id)
+        if message_type == "Cancel":  # at once, not behind the message it stops
+            reply = self._control(worker, frame)
+            if reply is not None:
+                return reply
         executor = self._executors.get(worker_id)
         if executor is None:
             executor = self._executors[worker_id] = concurrent.futures.ThreadPoolExecutor(

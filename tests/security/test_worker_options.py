@@ -47,4 +47,5 @@ def test_the_options_make_the_policy():
     assert defaults.max_bytes == 1 << 30 and defaults.max_objects == 100_000
     assert policy_from_args(argparse.Namespace(
         url="amqp://h/", grant=[], release="none", owner="data-team", max_bytes=0,
-        max_objects=0)).owner == "data-team"
+        max_objects=0, max_frame_bytes=0, max_op_bytes=-1, max_op_seconds=0)
+    ).owner == "data-team"
