@@ -161,25 +161,20 @@ def _mark_written(view: StoreView, op: str | None, refs: tuple, args: Any, kwarg
                   versions: list | None) -> None:
     """An op (or a plan, a local step) that read private data wrote into objects of the
     principal's own (`x.copy_(d)`, `x.add_(d)`, `x.data = d`, `x.grad = d`, `out=x`, a plan
-    writing into an argument, a backward pass into its parameters' gradients): those objects
-    hold private values now, and are marked so (a later get is a release)."""
-    for obj_id, tensor, version in versions or ():
-        if tensor._version != version:
-            view.mark_private(obj_id)
-    if op is None:
-        return
+    writing into an argument, a backward pass into its parameters' gradients): those objects,
+    and every object of the principal's that shares their memory (the tensor a view was taken
+    of, other views of it), hold private values now, and are marked so (a later get is a
+    release)."""
+    written = [tensor for _, tensor, version in versions or () if tensor._version != version]
     if op == "Tensor.backward":
         for obj_id in view.ids_with_grad():
             view.mark_private(obj_id)
-        return
-    targets = ops.written(op, args, kwargs)
-    if not targets:
-        return
-    wanted = {id(t) for t in targets}
-    for ref in _refs(refs, []):
-        entry = view.find(ref.id)
-        if entry is not None and id(entry.obj) in wanted:
-            view.mark_private(ref.id)
+    elif op is not None:
+        written += ops.written(op, args, kwargs)
+        if op == "Tensor.data.__set__" and len(args) > 1:  # aliases the value's memory
+            written.append(args[1])
+    if written:
+        view.mark_private_memory(written)
 
 
 def _refs(value: Any, out: list) -> list:

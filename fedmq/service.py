@@ -72,6 +72,13 @@ class WorkerStartError(FedmqError):
     """A worker service cannot start (its id is served already, its queue is incompatible)."""
 
 
+#: replies kept for answering a redelivered message again: each at most REPLY_CACHE_ITEM bytes,
+#: REPLY_CACHE_BYTES in all (a bigger reply is not kept: its redelivery is acked unanswered,
+#: and the caller's wait ends with its timeout or ConnectionLost)
+REPLY_CACHE_ITEM = 4 << 20
+REPLY_CACHE_BYTES = 32 << 20
+
+
 class HandledIds:
     """Ids of messages already handled (exactly-once across redeliveries and restarts): the last
     `size` in memory and in an append-only file, which is compacted to those `size` ids when it
@@ -85,6 +92,7 @@ class HandledIds:
         self._order: collections.deque[str] = collections.deque()
         self._set: set[str] = set()
         self._replies: collections.OrderedDict[str, tuple[bytes, str]] = collections.OrderedDict()
+        self._reply_bytes = 0
         self._file: Any = None
         self._lines = 0
         if path is not None:
@@ -102,10 +110,12 @@ class HandledIds:
 
     def add(self, key: str, reply: bytes | None = None, reply_to: str | None = None) -> None:
         self._remember(key)
-        if reply is not None and reply_to:
+        if reply is not None and reply_to and len(reply) <= REPLY_CACHE_ITEM:
             self._replies[key] = (reply, reply_to)
-            while len(self._replies) > 64:
-                self._replies.popitem(last=False)
+            self._reply_bytes += len(reply)
+            while len(self._replies) > 64 or self._reply_bytes > REPLY_CACHE_BYTES:
+                _, (old, _) = self._replies.popitem(last=False)
+                self._reply_bytes -= len(old)
         if self._file is not None:
             self._file.write(key + "\n")
             self._file.flush()
@@ -520,6 +530,10 @@ class WorkerService:
     async def _handle(self, message: Delivery) -> None:
         headers = message.headers or {}
         key = str(headers.get("x-fedmq-frame") or message.message_id or "")
+        if key:
+            # ids are only unique per sender: keyed by the broker-checked user too, so nobody
+            # can pre-empt (and so drop, or answer with its own reply) another's message ids
+            key = f"{message.properties.user_id or ''}/{key}"
         if "x-fedmq-chunks" in headers:
             if key and key in self.handled and key not in self._chunks:
                 # a chunk of a frame already handled, published again by a sender whose
@@ -530,6 +544,9 @@ class WorkerService:
                 return
             self._chunks.setdefault(key, []).append(message)
         sender = message.properties.user_id or message.reply_to or ""
+        frame_id = headers.get("x-fedmq-frame")
+        if type(frame_id) is str and frame_id:  # frames are the sender's: keyed as `key` is
+            headers = {**headers, "x-fedmq-frame": key}
         try:
             frame = self._assembler.add(headers, message.body, sender)
         except ChunkError as exc:

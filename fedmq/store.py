@@ -61,18 +61,24 @@ class Space:
 
 
 def size_of(obj: Any, depth: int = 0) -> int:
-    """Bytes of the tensors `obj` holds (a tensor's elements; the tensors in a plan's or a
-    container's fields, a few levels deep): what a quota counts."""
+    """Bytes `obj` holds, as a quota counts them: a tensor's elements; a string's or bytes'
+    length; 8 bytes an item of a container plus its items; the fields of a record (a plan
+    and its state); everything past a few levels at 64 bytes an object."""
     if isinstance(obj, torch.Tensor):
         if getattr(type(obj), "_fedmq_kind", None) is not None:
             return 0  # a pointer: its data is elsewhere
         return obj.numel() * obj.element_size()
-    if depth > 3 or obj is None or isinstance(obj, (int, float, str, bool, bytes)):
-        return 0
+    if obj is None or isinstance(obj, (int, float, bool)):
+        return 8
+    if isinstance(obj, (str, bytes, bytearray)):
+        return len(obj) + 8
+    if depth > 8:
+        return 64
     if isinstance(obj, dict):
-        return sum(size_of(v, depth + 1) for v in obj.values())
-    if isinstance(obj, (list, tuple, set)):
-        return sum(size_of(v, depth + 1) for v in obj)
+        return 8 * len(obj) + sum(size_of(k, depth + 1) + size_of(v, depth + 1)
+                                  for k, v in obj.items())
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return 8 * len(obj) + sum(size_of(v, depth + 1) for v in obj)
     slots = getattr(type(obj), "__slots__", None)
     fields = slots if isinstance(slots, (tuple, list)) else getattr(obj, "__dict__", {})
     return sum(size_of(getattr(obj, name, None), depth + 1) for name in fields)
@@ -216,6 +222,16 @@ class ObjectStore:
 
     def items_with_entries(self) -> Iterator[tuple[int, Entry]]:
         return self._owner_view.items_with_entries()
+
+
+def _storage_ptr(tensor: Any) -> int:
+    """The address of a plain tensor's memory (0 for None, a pointer, a meta tensor)."""
+    if not isinstance(tensor, torch.Tensor) or getattr(type(tensor), "_fedmq_kind", None):
+        return 0
+    try:
+        return tensor.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return 0
 
 
 def _hashable(value: object) -> bool:
@@ -397,6 +413,28 @@ class StoreView:
         entry = self._own.entries.get(obj_id)
         if entry is not None:
             entry.private = True
+
+    def mark_private_memory(self, tensors: list) -> None:
+        """Mark private every object of this principal whose tensor (or gradient) shares
+        memory with one of `tensors`: whatever a view or an alias of it was written through."""
+        ptrs = set()
+        for tensor in tensors:
+            ptr = _storage_ptr(tensor)
+            if ptr:
+                ptrs.add(ptr)
+        if not ptrs:
+            return
+        for entry in self._own.entries.values():
+            obj = entry.obj
+            if isinstance(obj, torch.Tensor) and not entry.private and (
+                    _storage_ptr(obj) in ptrs or _storage_ptr(obj.grad) in ptrs):
+                entry.private = True
+
+    def check_room(self, more_bytes: int, more_objects: int) -> None:
+        """Raise QuotaExceededError unless this principal may store that much more (so that a
+        message storing many objects is refused whole, not half stored)."""
+        if not self.is_owner:
+            self._check_quota(self._own, more_bytes, more_objects)
 
     def room(self) -> int | None:
         """Bytes this principal may still store here (None: no limit)."""

@@ -15,7 +15,7 @@ from fedmq import errors, limits, messages as m, principals, serde
 from fedmq.execution import earlier_failure, error_info, resolve, run_command
 from fedmq.policy import Policy
 from fedmq.principals import Acting
-from fedmq.store import FailedResult, ObjectStore, StoreView
+from fedmq.store import FailedResult, ObjectStore, StoreView, size_of
 
 log = logging.getLogger("fedmq.worker")
 
@@ -488,6 +488,10 @@ class Worker:
     # -- handlers -------------------------------------------------------------------------------
     def _on_objects(self, session: Session, msg: m.ObjectMessage) -> None:
         store = session.store
+        if store.policy.max_bytes is not None or store.policy.max_objects is not None:
+            # all or nothing: the whole message against the quota first
+            new = [item for item in msg.objects if store.find(item.id) is None]
+            store.check_room(sum(size_of(item.obj) for item in msg.objects), len(new))
         for item in msg.objects:
             obj = item.obj
             if isinstance(obj, m.PointerRef):  # a pointer handed to us: we own it now

@@ -101,3 +101,23 @@ def test_the_bytes_of_all_senders_partial_frames_are_bounded_too():
     assert asm.held(None) == 0
     asm.add(chunk("f5", 0, 2), b"x" * 60, "reply-to-5")
     assert asm.held(None) == 60
+
+
+def test_incomplete_frames_are_bounded_in_number_per_sender_and_in_all():
+    """70 000 one-byte first chunks once held a worker's whole prefetch window: bytes alone
+    do not bound partial frames."""
+    from fedmq.transport.chunks import ChunkAssembler, ChunkError
+    asm = ChunkAssembler(max_partial_frames=3, max_frames_total=5)
+    for i in range(3):
+        assert asm.add(chunk(f"m{i}", 0, 2), b"x", "mallory") is None
+    with pytest.raises(ChunkError, match="mallory already has 3 incomplete frames"):
+        asm.add(chunk("m3", 0, 2), b"x", "mallory")
+    assert asm.add(chunk("m0", 1, 2), b"y", "mallory") == b"xy"  # a frame completes: room again
+    assert asm.add(chunk("m4", 0, 2), b"x", "mallory") is None
+    assert asm.add(chunk("a0", 0, 2), b"x", "alice") is None
+    assert asm.add(chunk("a1", 0, 2), b"x", "alice") is None
+    with pytest.raises(ChunkError, match="5 incomplete frames waiting"):
+        asm.add(chunk("a2", 0, 2), b"x", "alice")
+    assert asm.add(chunk("one", 0, 1), b"whole", "alice") == b"whole"  # one-chunk frames pass
+    asm.expire(-1)
+    assert len(asm) == 0 and asm.add(chunk("a2", 0, 2), b"x", "alice") is None

@@ -39,6 +39,10 @@ MAX_PARTIAL_BYTES = 2 * 1024 * 1024 * 1024
 #: what it publishes (its reply-to, until user ids are enforced), so many "senders" could
 #: otherwise hold MAX_PARTIAL_BYTES each
 MAX_PARTIAL_TOTAL = 2 * MAX_PARTIAL_BYTES
+#: incomplete frames one sender may have waiting, and all senders together: bytes alone do not
+#: bound them (70 000 one-byte first chunks held a worker's whole prefetch window)
+MAX_PARTIAL_FRAMES = 16
+MAX_PARTIAL_FRAMES_TOTAL = 256
 
 
 class ChunkError(TransportError):
@@ -75,7 +79,9 @@ class ChunkAssembler:
     def __init__(self, clock: Callable[[], float] = time.monotonic, *,
                  max_partial_bytes: int = MAX_PARTIAL_BYTES,
                  max_total_bytes: int = MAX_PARTIAL_TOTAL,
-                 max_frame_bytes: int | None = None) -> None:
+                 max_frame_bytes: int | None = None,
+                 max_partial_frames: int = MAX_PARTIAL_FRAMES,
+                 max_frames_total: int = MAX_PARTIAL_FRAMES_TOTAL) -> None:
         self._parts: dict[str, dict[int, bytes]] = {}
         self._first_seen: dict[str, float] = {}
         self._total: dict[str, int] = {}
@@ -88,6 +94,9 @@ class ChunkAssembler:
         self.max_total_bytes = max_total_bytes
         self.max_frame_bytes = max_frame_bytes
         self._held_total = 0
+        self._frames: dict[str, int] = {}  # sender -> its incomplete frames
+        self.max_partial_frames = max_partial_frames
+        self.max_frames_total = max_frames_total
         self._clock = clock
 
     def add(self, headers: dict | None, body: bytes, sender: str = "") -> bytes | bytearray | None:
@@ -132,8 +141,18 @@ class ChunkAssembler:
                 while len(self._too_large) > MAX_REFUSED:
                     self._too_large.popitem(last=False)
                 raise FrameTooLarge(key, reason)
-        owner = self._owner.setdefault(key, sender)
         completes = len(parts) + 1 == total  # the frame leaves the assembler at once
+        if key not in self._owner and not completes:  # a new incomplete frame
+            if self._frames.get(sender, 0) >= self.max_partial_frames:
+                self._parts.pop(key, None)
+                raise ChunkError(key, f"sender {sender or '?'} already has "
+                                      f"{self.max_partial_frames} incomplete frames waiting")
+            if len(self._owner) >= self.max_frames_total:
+                self._parts.pop(key, None)
+                raise ChunkError(key, f"this worker has {self.max_frames_total} incomplete "
+                                      f"frames waiting (from all senders)")
+            self._frames[sender] = self._frames.get(sender, 0) + 1
+        owner = self._owner.setdefault(key, sender)
         if not completes and self._held.get(owner, 0) + len(body) > self.max_partial_bytes:
             self.forget(key)
             raise ChunkError(key, f"sender {owner or '?'} has over {self.max_partial_bytes} "
@@ -158,6 +177,12 @@ class ChunkAssembler:
         """Drop what arrived of frame `key`."""
         parts = self._parts.pop(key, None)
         owner = self._owner.pop(key, None)
+        if owner is not None:
+            left = self._frames.get(owner, 0) - 1
+            if left > 0:
+                self._frames[owner] = left
+            else:
+                self._frames.pop(owner, None)
         if parts:
             self._held_total -= sum(len(b) for b in parts.values())
         if parts and owner is not None:
