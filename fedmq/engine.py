@@ -218,8 +218,10 @@ class RequestEngine:
                 f"values computed from private data may only go to the worker's peer workers; "
                 f"{to!r} is not one (the data owner grants it with --grant worker:{to})",
                 worker=sender)
+        private = (f"{'raw' if acting.raw else 'derived'}:{acting.release}"
+                   if acting.tainted else None)
         return serde.encode(m.Envelope(m.WIRE_VERSION, sender, message, msg_id, release or [],
-                                       acting.principal, acting.tainted))
+                                       acting.principal, private))
 
     def frame(self, message: Any, *, sender: str | None = None, release: list | None = None,
               msg_id: int = 0, to: str | None = None) -> bytes:

@@ -104,6 +104,9 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
             if view.read_shared:
                 view.check_unmodified(op)
             _mark_written(view, op, refs, args, kwargs, versions)
+            # what an op only rearranges or copies of raw data (a view, a clone, an index) is
+            # raw data still; so is whatever a plan returns of it (it may be the identity)
+            view.result_raw = view.op_raw and (op is None or op in ops.STRUCTURAL)
         results = value
         if split:
             results, value = value
@@ -220,8 +223,13 @@ def check_release(value: Any, store: Any, worker_id: str, op: str | None = None,
     number, a bool: anything but tensors, which stay and go back as pointers; with
     `tensors_leave`, tensors too, as an SMPC step's opened values) that the op just run
     computed from private data the policy keeps in."""
-    if type(store) is StoreView and not store.may_release_tainted() and (
-            _plain_values(value) or (tensors_leave and bool(flatten_tensors(value, [])))):
+    if type(store) is not StoreView:
+        return
+    if tensors_leave:  # opened with a mask of the caller's choice: raw if it read raw data
+        refused = bool(value) and not store.may_release_tainted(store.op_raw)
+    else:
+        refused = _plain_values(value) and not store.may_release_tainted()
+    if refused:
         raise AccessDeniedError(
             f"{op or 'the call'} computed a value from private data; worker {worker_id!r} "
             f"does not release it (--release {store.policy.release})", worker=worker_id, op=op)

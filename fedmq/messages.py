@@ -82,8 +82,10 @@ class Envelope:
     #: set by a worker forwarding on a principal's behalf (a move, a plan's outputs, SMPC
     #: deals): whose objects these are. Honoured only from a trusted peer (fedmq.policy).
     on_behalf: str | None = None
-    #: what this message carries was computed from private data: stored marked private
-    private: bool = False
+    #: what this message carries is private: None, or "KIND:RELEASE" with KIND "raw" (the
+    #: data owner's data, copied) or "derived", and RELEASE the sending worker's release policy
+    #: (a worker that releases more refuses it)
+    private: str | None = None
 
 
 @record(41)

@@ -35,6 +35,11 @@ class Acting:
     """
     principal: str
     tainted: bool = False
+    #: set with `tainted` when what was read is the data owner's raw data (or a copy of it)
+    raw: bool = False
+    #: the worker's release policy ("none", "derived", "all"): private values it sends on
+    #: carry it, and a worker that releases more refuses them
+    release: str = "all"
     may_forward_private: Callable[[str], bool] = field(default=lambda worker_id: True)
     #: guard(op, tensors): raises if the principal may not write `tensors` (the data owner's
     #: data); None when it may write anything it can reach

@@ -39,6 +39,9 @@ class Entry:
     private: bool = False
     #: bytes counted against the principal's quota
     nbytes: int = 0
+    #: the data owner's raw data itself, copied or rearranged (a move, a view, a clone): what
+    #: `--release derived` still keeps in
+    raw: bool = False
 
 
 @dataclass(slots=True, frozen=True)
@@ -248,7 +251,8 @@ class StoreView:
     Same interface as the store itself: `entry`, `find`, `get`, `put`, `pop`, `delete`,
     `clear`, `search`, `items_with_entries`, `ids_with_grad`, `len()`, `in`."""
     __slots__ = ("store", "principal", "worker_id", "policy", "acting", "is_owner", "_own",
-                 "_shared", "op_tainted", "base_taint", "read_shared")
+                 "_shared", "op_tainted", "base_taint", "read_shared", "op_raw", "base_raw",
+                 "result_raw")
 
     def __init__(self, store: ObjectStore, principal: str, acting: Acting | None = None) -> None:
         self.store = store
@@ -264,6 +268,9 @@ class StoreView:
         self.op_tainted = False
         #: what op_tainted starts from (True while storing what a private message carried)
         self.base_taint = False
+        #: whether the current op read raw data (the owner's, or a copy of it), and whether
+        #: what it stores is raw data still (a view, a clone, a move of it)
+        self.op_raw = self.base_raw = self.result_raw = False
         #: the owner's tensors the current op read (checked for modification after it ran)
         self.read_shared: list | None = None
 
@@ -291,7 +298,7 @@ class StoreView:
         if entry is None:
             raise self.not_found(obj_id)
         if raw or entry.private:
-            self.taint(raw, entry.obj)
+            self.taint(raw, entry.obj, entry.raw)
         return entry
 
     def find(self, obj_id: Any) -> Entry | None:
@@ -306,22 +313,28 @@ class StoreView:
             raise self.not_found(obj_id)
         obj = entry.obj
         if raw or entry.private:
-            self.taint(raw, obj)
+            self.taint(raw, obj, entry.raw)
             if raw and isinstance(obj, torch.Tensor) and obj.requires_grad:
                 return obj.detach()
         return obj
 
-    def taint(self, raw: bool = False, obj: Any = None) -> None:
-        """The current op read private data (`raw`: the owner's own `obj`)."""
+    def taint(self, raw: bool = False, obj: Any = None, copy: bool = False) -> None:
+        """The current op read private data (`raw`: the owner's own `obj`; `copy`: a copy of
+        raw data the principal holds)."""
         self.op_tainted = True
+        if raw or copy:
+            self.op_raw = True
         if self.acting is not None:
             self.acting.tainted = True
+            if raw or copy:
+                self.acting.raw = True
         if raw and self.read_shared is not None and isinstance(obj, torch.Tensor):
             self.read_shared.append((obj, obj._version))
 
     def begin_op(self) -> None:
         """A new op starts: its results are private only if it reads private data."""
         self.op_tainted = self.base_taint
+        self.op_raw = self.result_raw = self.base_raw
         self.read_shared = [] if self._shared is not None else None
 
     def check_unmodified(self, op: str | None) -> None:
@@ -349,20 +362,23 @@ class StoreView:
         entry, raw = self.lookup(obj_id)
         if entry is None:
             raise self.not_found(obj_id)
+        raw = raw or entry.raw
         if (raw or entry.private) and not self.is_owner and not self.policy.releases(raw):
             raise AccessDeniedError(self.release_refusal(obj_id, raw), worker=self.worker_id)
         return entry
 
     def release_refusal(self, what: Any, raw: bool) -> str:
-        kind = "is the data owner's private data" if raw else "was computed from private data"
+        kind = "is (or holds a copy of) the data owner's private data" if raw else \
+            "was computed from private data"
         releases = "no private values" if self.policy.release == "none" else \
             "only values computed from its private data, never the data itself"
         return (f"object {what} {kind}; worker {self.worker_id!r} releases {releases} "
                 f"(--release {self.policy.release})")
 
-    def may_release_tainted(self) -> bool:
+    def may_release_tainted(self, raw: bool | None = None) -> bool:
         """Whether a value the current op computed may leave in the clear (a reply)."""
-        return not self.op_tainted or self.is_owner or self.policy.releases(False)
+        return not self.op_tainted or self.is_owner or self.policy.releases(
+            self.result_raw if raw is None else raw)
 
     # -- writing ----------------------------------------------------------------------------------
     def put(self, obj_id: int, obj: Any, tags=(), description: str | None = None,
@@ -377,7 +393,8 @@ class StoreView:
             self._check_quota(space, nbytes - (old.nbytes if old else 0), 0 if old else 1)
         if private is None:
             private = self.op_tainted
-        space.entries[obj_id] = Entry(obj, set(tags or ()), description, private, nbytes)
+        raw = private and self.result_raw
+        space.entries[obj_id] = Entry(obj, set(tags or ()), description, private, nbytes, raw)
         space.nbytes += nbytes - (old.nbytes if old else 0)
         space.version += 1
         if isinstance(obj, torch.Tensor) and obj.requires_grad and obj.is_leaf:

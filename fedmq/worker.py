@@ -13,7 +13,7 @@ from typing import Any, Callable, NamedTuple, Protocol
 
 from fedmq import errors, limits, messages as m, principals, serde
 from fedmq.execution import earlier_failure, error_info, resolve, run_command
-from fedmq.policy import Policy
+from fedmq.policy import RELEASES, Policy
 from fedmq.principals import Acting
 from fedmq.store import FailedResult, ObjectStore, StoreView, size_of
 
@@ -72,13 +72,16 @@ class Session:
     view of its store (fedmq.store.StoreView) and `principal`/`acting` saying whose message
     it is. Handlers, the worker's own and extensions', get a Session where they used to get the
     worker: every other attribute is the worker's."""
-    __slots__ = ("worker", "store", "principal", "acting")
+    __slots__ = ("worker", "store", "principal", "acting", "delegated")
 
-    def __init__(self, worker: "Worker", store: StoreView, acting: Acting | None = None) -> None:
+    def __init__(self, worker: "Worker", store: StoreView, acting: Acting | None = None,
+                 delegated: bool = False) -> None:
         self.worker = worker
         self.store = store
         self.principal = store.principal
         self.acting = acting
+        #: a peer worker sent this on the principal's behalf (it may only store objects)
+        self.delegated = delegated
 
     @property
     def id(self) -> str:
@@ -305,11 +308,21 @@ class Worker:
         if type(principal) is not str:
             raise errors.AccessDeniedError("the message names no principal", worker=self.id)
         acting = Acting(principal, may_forward_private=self._may_forward_private,
-                        guard=None if principal == policy.owner else store.guard_writes)
+                        guard=None if principal == policy.owner else store.guard_writes,
+                        release=policy.release)
         view = store.view(principal, acting)
-        if getattr(envelope, "private", False) is True:  # it carries private values
+        private = getattr(envelope, "private", None)
+        if private:  # it carries private values (from a peer worker)
+            kind, _, origin = str(private).partition(":")
+            if origin not in RELEASES or RELEASES.index(policy.release) > RELEASES.index(origin):
+                raise errors.AccessDeniedError(
+                    f"private values from a worker that releases {origin or '?'} cannot be "
+                    f"stored here: worker {self.id!r} releases more (--release "
+                    f"{policy.release})", worker=self.id)
             view.base_taint = view.op_tainted = acting.tainted = True
-        return Session(self, view, acting)
+            if kind == "raw":
+                view.base_raw = view.op_raw = view.result_raw = acting.raw = True
+        return Session(self, view, acting, delegated=login is not None and principal != login)
 
     def _may_forward_private(self, worker_id: str) -> bool:
         return self.store.policy.allows("worker", worker_id)
@@ -445,6 +458,10 @@ class Worker:
         # before anything else (so ObjectsCount and friends see an up-to-date store).
         if session is None:
             session = self.owner_session()
+        if session.delegated and not _delegable(envelope.message):
+            return self._error("access_denied", f"a peer worker may only store objects and "
+                                                f"delete them on a principal's behalf, not send "
+                                                f"{type(envelope.message).__name__}")
         store = session.store
         after = type(envelope.message) in (m.Command, m.Batch)
         if not after:
@@ -581,6 +598,18 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"<Worker id:{self.id} #objects:{len(self.store)}>"
+
+
+#: what a peer worker may send on a principal's behalf: objects to store (a move, a plan's
+#: forwarded outputs, SMPC deals) and deletes. Anything that reads, runs or lists would give the
+#: peer that principal's rights over everything it holds here.
+DELEGABLE = (m.ObjectMessage, m.DeleteObjects)
+
+
+def _delegable(message: Any) -> bool:
+    if type(message) is m.Batch:
+        return all(type(item) in DELEGABLE for item in message.messages)
+    return type(message) in DELEGABLE
 
 
 def _failure(reply: m.Reply, message: Any) -> str | None:

@@ -697,7 +697,7 @@ def _raw(value):
 def test_the_ids_the_issue_names_are_refused_at_decode():
     """The "Why" of the robustness issue: a release list sent as an integer."""
     header = msgpack.packb([msgpack.ExtType(codec.EXT_RECORD, b""), 40, 1, "me",
-                            [msgpack.ExtType(codec.EXT_RECORD, b""), 46], 5, 9, None, False],
+                            [msgpack.ExtType(codec.EXT_RECORD, b""), 46], 5, 9, None, None],
                            use_bin_type=True)
     with pytest.raises(SerdeError, match="Envelope.release must be list, got int"):
         decode(join_frame(header, []))

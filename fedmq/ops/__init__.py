@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from fedmq.errors import OpNotAllowedError
 from fedmq.ops import allowlist, rng, safe
 from fedmq.ops.allowlist import (ALLOCATES_BY_SIZE, PURE, RANDOM, RETURNS_METADATA,
-                                 RETURNS_VALUE)
+                                 RETURNS_VALUE, STRUCTURAL)
 from fedmq.ops.rng import seeded
 
 __all__ = ["ALLOCATES_BY_SIZE", "Op", "PURE", "RANDOM", "RETURNS_METADATA", "RETURNS_VALUE",
+           "STRUCTURAL",
            "kinds", "lookup", "name_of", "seeded", "writes", "written"]
 
 

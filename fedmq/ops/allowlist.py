@@ -195,3 +195,17 @@ PURE = _names("torch.", """
     gelu hardtanh l1_loss layer_norm leaky_relu linear log_softmax max_pool1d max_pool2d
     mse_loss nll_loss normalize relu relu6 sigmoid silu smooth_l1_loss softmax softplus tanh
 """)
+
+#: copy, rearrange, select or convert values without computing new ones (or only invert them:
+#: `neg`): applied to the data owner's raw data, the result is raw data still, which
+#: `--release derived` keeps in like the data itself (fedmq.store.StoreView.releasable). Any op
+#: may appear here whatever its other classes.
+STRUCTURAL = _names("torch.", """
+    cat chunk clone detach diag flatten flip gather index_select masked_select neg permute
+    reshape sort split squeeze stack t topk transpose tril triu unbind unsqueeze where
+""") | _names("Tensor.", """
+    T __getitem__ __neg__ __pos__ bool byte chunk clone conj contiguous cpu data detach double
+    expand expand_as flatten flip float gather half index_select int long mT masked_select neg
+    permute real repeat reshape reshape_as sort split squeeze t to topk transpose tril triu
+    type_as unbind unsqueeze view view_as
+""")

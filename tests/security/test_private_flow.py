@@ -53,7 +53,7 @@ def test_the_mark_follows_a_move_to_a_peer_and_stops_at_a_stranger(lab):
     sci = clients["sci"]
     derived = sci["bob"].search(["#data"])[0] * 2
     moved = derived.move(sci["carol"])  # carol is bob's peer: allowed, and stays private
-    with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
+    with pytest.raises(fedmq.AccessDeniedError, match="private data"):
         moved.get()
     assert torch.equal(workers["carol"].worker.store.space("sci").entries[
         moved.id_at_location].obj, data * 2)  # it is there, for the scientist to compute on
@@ -76,7 +76,7 @@ def test_a_plan_is_its_senders_and_its_outputs_on_private_data_are_private(lab):
     sent = double.send(clients["sci"]["bob"])
     data_ptr = clients["sci"]["bob"].search(["#data"])[0]
     out = sent(data_ptr)
-    with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
+    with pytest.raises(fedmq.AccessDeniedError, match="private data"):
         out.get()
     # mallory cannot run (or even see) the scientist's plan
     with pytest.raises(errors.ObjectNotFoundError):
@@ -248,7 +248,7 @@ def test_a_plans_reply_on_private_data_is_pointers_that_stay(lab):
     sci.flush()
     out = sci.call(RunPlan(sent.id_at_location, (m.Ref(d.id_at_location),), [], reply=True))
     assert isinstance(out, m.PointerRef) and out.shape == ()  # described, not sent
-    with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
+    with pytest.raises(fedmq.AccessDeniedError, match="private data"):
         sci.call(m.GetRequest([out.id_at_location]))
 
 
@@ -321,3 +321,89 @@ def test_writing_private_values_through_a_view_of_ones_own_tensor_marks_the_tens
     launder(d, own)
     with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
         own.get()
+
+
+@pytest.mark.parametrize("message", [
+    m.ListObjects(), m.SearchRequest([]), m.GetRequest([1], delete=False), m.ClearObjects(),
+    m.Command("Tensor.add", (m.Ref(1), 1), {}, [], reply=True), m.ObjectsCount(),
+    m.Batch([m.ObjectMessage([]), m.GetRequest([1])]),
+])
+def test_a_peer_acting_for_a_principal_may_only_store_and_delete(message):
+    """Found by review: a peer granted `worker:` listed a scientist's objects on another party
+    and read its SMPC share (with its own share: the secret)."""
+    from fedmq.worker import Worker
+    from fedmq import serde
+    worker = Worker("bob", policy=Policy(owner="owner", grants={"worker": {"alice"},
+                                                                "coordinator": {"coord"}}))
+
+    def ask(login, msg, on_behalf=None):
+        frame = serde.encode(m.Envelope(m.WIRE_VERSION, "t", msg, on_behalf=on_behalf))
+        return serde.decode(worker.handle_frame(frame, login))
+
+    assert ask("sci", m.ObjectMessage([m.StoredObject(1, torch.ones(2))])).error is None
+    reply = ask("alice", message, on_behalf="sci")
+    assert reply.error is not None and reply.error.code == "access_denied"
+    assert "may only store objects" in reply.error.message
+    # what moves and deals need goes through, into the principal's own space
+    assert ask("alice", m.ObjectMessage([m.StoredObject(2, torch.zeros(2))]),
+               on_behalf="sci").error is None
+    assert ask("sci", m.ObjectsCount()).value == 2
+    assert ask("alice", m.DeleteObjects([2]), on_behalf="sci").error is None
+    assert ask("sci", m.ObjectsCount()).value == 1
+    fit = ask("alice", m.ObjectsCount(), on_behalf="coord")  # nor a coordinator's rights
+    assert fit.error.code == "access_denied"
+
+
+@pytest.mark.parametrize("copy", [
+    lambda d: d.clone(), lambda d: d.detach(), lambda d: d.view(-1), lambda d: d[:],
+    lambda d: d.t().contiguous(), lambda d: -(-d), lambda d: d.float(),
+])
+def test_release_derived_keeps_in_copies_and_rearrangements_of_the_raw_data(lab, copy):
+    """Found by review: under --release derived, `.copy()`, `.detach()`, `.view(-1)` and `[:]`
+    of the data handed the raw data out."""
+    hooks, workers, clients, data = lab
+    workers["bob"].worker.policy = Policy(owner="owner", grants={"scientist": {"sci"}},
+                                          release="derived")
+    d = clients["sci"]["bob"].search(["#data"])[0]
+    with pytest.raises(fedmq.AccessDeniedError, match="owner's private data"):
+        copy(d).get()
+    assert torch.equal((d * 2 + 1).get(), data * 2 + 1)  # computed: released
+
+
+def test_private_values_do_not_move_to_a_peer_that_releases_more(lab):
+    """Found by review: a move to a peer with a looser --release handed out the raw data."""
+    hooks, workers, clients, data = lab
+    workers["carol"].worker.policy = Policy(owner="owner", grants={"scientist": {"sci"}},
+                                            release="derived")
+    sci = clients["sci"]
+    d = sci["bob"].search(["#data"])[0]
+    with pytest.raises(fedmq.AccessDeniedError, match="releases more"):
+        (d * 2).move(sci["carol"])
+        sci["bob"].objects_count()
+    assert workers["carol"].worker.store.total() == 0
+
+
+def test_raw_data_moved_between_derived_peers_stays_raw(lab):
+    hooks, workers, clients, data = lab
+    for name in ("bob", "carol"):
+        workers[name].worker.policy = Policy(owner="owner", release="derived",
+                                             grants={"scientist": {"sci"}, "worker": {"carol"}})
+    sci = clients["sci"]
+    d = sci["bob"].search(["#data"])[0]
+    moved = d.copy().move(sci["carol"])
+    with pytest.raises(fedmq.AccessDeniedError, match="owner's private data"):
+        moved.get()
+
+
+def test_under_release_derived_an_smpc_step_still_cannot_open_the_raw_data(lab):
+    from fedmq.smpc.messages import LocalStep
+    hooks, workers, clients, data = lab
+    workers["bob"].worker.policy = Policy(owner="owner", grants={"scientist": {"sci"}},
+                                          release="derived")
+    sci = clients["sci"]["bob"]
+    d = sci.search(["#data"])[0]
+    zero = torch.zeros(3, 4).send(sci)
+    sci.flush()
+    with pytest.raises(fedmq.AccessDeniedError):
+        sci.call(LocalStep("beaver_mask", [m.Ref(d.id_at_location), m.Ref(zero.id_at_location)]
+                           * 2, []))
