@@ -50,7 +50,10 @@ class VirtualWorker(WorkerClient):
         """The worker's store as {id: object} (PySyft's VirtualWorker attribute)."""
         self.carry_out_pending_gets()
         self.flush()
-        return dict(self.worker.store.items())
+        principal = self.engine.transport.principal if hasattr(self.engine.transport,
+                                                               "principal") else None
+        store = self.worker.store
+        return dict(store.view(principal).items() if principal else store.items())
 
     @property
     def message_count(self) -> int:

@@ -407,3 +407,12 @@ def test_under_release_derived_an_smpc_step_still_cannot_open_the_raw_data(lab):
     with pytest.raises(fedmq.AccessDeniedError):
         sci.call(LocalStep("beaver_mask", [m.Ref(d.id_at_location), m.Ref(zero.id_at_location)]
                            * 2, []))
+
+
+def test_objects_of_an_in_process_worker_show_only_what_the_hooks_principal_may_see(lab):
+    """Found by review: `_objects` (PySyft's attribute) listed everything."""
+    hooks, workers, clients, data = lab
+    mine = torch.ones(2).send(clients["sci"]["bob"])
+    assert list(clients["mallory"]["bob"]._objects) == []
+    seen = clients["sci"]["bob"]._objects  # its own, and the data it may find as a scientist
+    assert mine.id_at_location in seen and len(seen) == 2
