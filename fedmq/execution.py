@@ -123,15 +123,19 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
         return value
     except Exception as exc:
         info = error_info(exc, worker_id, op)
-        if view is not None and info.code == "execution_error" and view.op_tainted and \
-                not view.may_release_tainted():
-            # an error's words can carry the data ("index 7 is out of bounds"): withheld
-            info = ErrorInfo(info.code, f"{type(exc).__name__} on private data (its message is "
-                                        f"withheld: worker {worker_id!r} releases no private "
-                                        f"values, --release {view.policy.release})",
-                             worker_id, info.op)
-            exc = RemoteExecutionError(info.message, worker=worker_id, op=info.op)
-            exc.__suppress_context__ = True  # the original's words stay on the worker
+        silent = view is not None and info.code in SILENT_CODES and view.op_tainted and \
+            not view.may_release_tainted()
+        if silent:
+            # Whether an op on private data failed, and why, depends on the data ("index 7 is
+            # out of bounds"): one bit per query is enough to read it out by binary search. So
+            # the failure is recorded (private) under the result ids, and what the caller sees
+            # is what it sees when the op works: nothing for a pipelined op, the release
+            # refusal for a call that wants a reply. Whatever it may have written is private.
+            if op is None or ops.writes(op) or (type(refs[1]) is dict and (
+                    "out" in refs[1] or refs[1].get("inplace"))):  # it may have written
+                _mark_refs_private(view, refs)
+            info = ErrorInfo(info.code, "an op on private data failed (withheld)", worker_id,
+                             info.op)
         if type(result_ids) is list or type(result_ids) is tuple:
             failed = FailedResult(info)
             for rid in result_ids:
@@ -142,12 +146,35 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
                         pass
                     except QuotaExceededError:  # the principal's objects are at their quota:
                         break  # the failure is still reported, just not recorded
+        if silent:
+            if type(result_ids) is list or type(result_ids) is tuple:
+                return None
+            raise _refusal(view, worker_id, op) from None
         if isinstance(exc, RemoteError):
             exc.info = info
             raise exc
         error = remote_error_from(info.code, info.message, worker_id, info.op)
         error.info = info
         raise error from exc
+
+
+#: failures of an op on private data the caller never sees (where values are not released):
+#: their words, and the fact of them, depend on the data
+SILENT_CODES = frozenset({"execution_error", "quota_exceeded", "object_not_found"})
+
+
+def _refusal(view: StoreView, worker_id: str, op: str | None) -> AccessDeniedError:
+    return AccessDeniedError(
+        f"{op or 'the call'} computed a value from private data; worker {worker_id!r} "
+        f"does not release it (--release {view.policy.release})", worker=worker_id, op=op)
+
+
+def _mark_refs_private(view: StoreView, refs: tuple) -> None:
+    for ref in _refs(refs, []):
+        view.mark_private(ref.id)
+        entry = view.find(ref.id)
+        if entry is not None and isinstance(entry.obj, torch.Tensor):
+            view.mark_private_memory([entry.obj])
 
 
 def _own_versions(view: StoreView, refs: tuple) -> list:
@@ -227,12 +254,10 @@ def check_release(value: Any, store: Any, worker_id: str, op: str | None = None,
         return
     if tensors_leave:  # opened with a mask of the caller's choice: raw if it read raw data
         refused = bool(value) and not store.may_release_tainted(store.op_raw)
-    else:
-        refused = _plain_values(value) and not store.may_release_tainted()
+    else:  # a tensor stays, but its description (its shape: `nonzero`'s) leaves
+        refused = value is not None and not store.may_release_tainted()
     if refused:
-        raise AccessDeniedError(
-            f"{op or 'the call'} computed a value from private data; worker {worker_id!r} "
-            f"does not release it (--release {store.policy.release})", worker=worker_id, op=op)
+        raise _refusal(store, worker_id, op)
 
 
 def _plain_values(value: Any) -> bool:

@@ -528,6 +528,14 @@ class WorkerService:
             await self._set_prefetch(self.prefetch)
 
     async def _handle(self, message: Delivery) -> None:
+        login = message.properties.user_id
+        if not login:  # before anything is kept for it (a chunk would hold a place)
+            log.warning("fedmq worker %s: refused message %s: it carries no AMQP user_id",
+                        self.id, message.message_id)
+            await self._refuse([message], "access_denied", "the message carries no AMQP "
+                               "user_id: a worker serves only messages whose sender the broker "
+                               "vouches for (fedmq clients set it to their login)")
+            return
         headers = message.headers or {}
         key = str(headers.get("x-fedmq-frame") or message.message_id or "")
         if key:
@@ -543,7 +551,7 @@ class WorkerService:
                 await message.ack()
                 return
             self._chunks.setdefault(key, []).append(message)
-        sender = message.properties.user_id or message.reply_to or ""
+        sender = str(login)
         frame_id = headers.get("x-fedmq-frame")
         if type(frame_id) is str and frame_id:  # frames are the sender's: keyed as `key` is
             headers = {**headers, "x-fedmq-frame": key}
@@ -570,14 +578,6 @@ class WorkerService:
                 await self._reply(cached[0], cached[1], message.correlation_id)
             for msg in messages:
                 await msg.ack()
-            return
-        login = message.properties.user_id
-        if not login:
-            log.warning("fedmq worker %s: refused message %s: it carries no AMQP user_id",
-                        self.id, key)
-            await self._refuse(messages, "access_denied", "the message carries no AMQP user_id: "
-                               "a worker serves only messages whose sender the broker "
-                               "vouches for (fedmq clients set it to their login)")
             return
         loop = asyncio.get_running_loop()
         started = loop.time()

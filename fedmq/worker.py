@@ -257,6 +257,9 @@ class Worker:
         try:
             principal = envelope.on_behalf or policy.owner if login is None else \
                 policy.principal_for(login, envelope.on_behalf)
+            if login is not None and principal != login:  # a peer: it may only store objects
+                raise PermissionError("a peer worker may only store objects and delete them on "
+                                      "a principal's behalf, not send Cancel")
             reply = m.Reply(value=self.cancel(principal, envelope.message.msg_id))
         except PermissionError as exc:
             reply = self._error("access_denied", str(exc))
@@ -507,7 +510,8 @@ class Worker:
         store = session.store
         if store.policy.max_bytes is not None or store.policy.max_objects is not None:
             # all or nothing: the whole message against the quota first
-            new = [item for item in msg.objects if store.find(item.id) is None]
+            new = {item.id for item in msg.objects if _hashable_id(item.id) and
+                   store.find(item.id) is None}
             store.check_room(sum(size_of(item.obj) for item in msg.objects), len(new))
         for item in msg.objects:
             obj = item.obj
@@ -524,6 +528,8 @@ class Worker:
                 values.append(resolve(obj_id, store))
                 continue
             entry = store.entry(obj_id)
+            if entry.private or store.lookup(obj_id)[1]:  # refused alike, failed or not
+                store.releasable(obj_id)
             if isinstance(entry.obj, FailedResult):
                 store.delete(obj_id)
                 err = entry.obj.error
@@ -604,6 +610,10 @@ class Worker:
 #: forwarded outputs, SMPC deals) and deletes. Anything that reads, runs or lists would give the
 #: peer that principal's rights over everything it holds here.
 DELEGABLE = (m.ObjectMessage, m.DeleteObjects)
+
+
+def _hashable_id(value: Any) -> bool:
+    return type(value) is int
 
 
 def _delegable(message: Any) -> bool:

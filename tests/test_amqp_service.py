@@ -403,3 +403,29 @@ def test_a_frame_with_missing_chunks_is_given_up_and_the_sender_told(procs):
     finally:
         raw.close()
     assert "incomplete after" in procs.log("svc_chunks")
+
+
+def test_messages_without_user_id_are_refused_before_any_chunk_is_kept(procs):
+    """Found by review: chunks without a user_id were assembled before the refusal, each under a
+    made-up reply_to as its 'sender', until every partial-frame slot of the worker was taken
+    and legitimate chunked frames were refused for --chunk-timeout."""
+    procs.start("svc_noid")
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        ch = conn.channel()
+        for i in range(300):
+            ch.basic_publish("fedmq.commands", "svc_noid", b"x", pika.BasicProperties(
+                reply_to=f"fake-{i}", message_id=f"noid-{i}", headers={
+                    "x-fedmq-frame": uuid.uuid4().hex, "x-fedmq-chunk": 0,
+                    "x-fedmq-chunks": 2}))
+    finally:
+        conn.close()
+    hook = fedmq.TorchHook(torch)
+    try:
+        worker = fedmq.AMQPClientWorker(hook, id="svc_noid", url=AMQP_URL, chunk_size=4096,
+                                        timeout=30)
+        x = torch.arange(5000.).send(worker)  # 20 000 bytes: 5 chunks
+        assert torch.equal(x.get(), torch.arange(5000.))
+    finally:
+        hook.context.close()
+    assert "refused message noid-299: it carries no AMQP user_id" in procs.log("svc_noid")
