@@ -537,11 +537,10 @@ class WorkerService:
                                "vouches for (fedmq clients set it to their login)")
             return
         headers = message.headers or {}
-        key = str(headers.get("x-fedmq-frame") or message.message_id or "")
-        if key:
-            # ids are only unique per sender: keyed by the broker-checked user too, so nobody
-            # can pre-empt (and so drop, or answer with its own reply) another's message ids
-            key = f"{message.properties.user_id or ''}/{key}"
+        shown = str(headers.get("x-fedmq-frame") or message.message_id or "")
+        # ids are only unique per sender: keyed by the broker-checked user too, so nobody can
+        # pre-empt (and so drop, or answer with its own reply) another's message ids
+        key = f"{login}/{shown}" if shown else ""
         if "x-fedmq-chunks" in headers:
             if key and key in self.handled and key not in self._chunks:
                 # a chunk of a frame already handled, published again by a sender whose
@@ -581,9 +580,9 @@ class WorkerService:
             return
         loop = asyncio.get_running_loop()
         started = loop.time()
-        log.debug("fedmq worker %s: handling message %s from %s", self.id, key, login)
+        log.debug("fedmq worker %s: handling message %s from %s", self.id, shown, login)
         reply, failed = await self._run_frame(frame, str(login))
-        log.debug("fedmq worker %s: handled message %s in %.1f ms%s", self.id, key,
+        log.debug("fedmq worker %s: handled message %s in %.1f ms%s", self.id, shown,
                   (loop.time() - started) * 1e3, " (failed)" if failed else "")
         if key:  # recorded first: if the reply or the ack is lost now, a redelivery is not rerun
             self.handled.add(key, reply if message.reply_to else None, message.reply_to)

@@ -373,10 +373,12 @@ def test_workers_and_a_client_run_under_their_role_users(role_users, procs, monk
     hook = fedmq.TorchHook(torch)
     try:
         started = []
-        for name, secret in names:
+        for (name, secret), (peer, _) in zip(names, reversed(names)):
             monkeypatch.setenv("FEDMQ_AMQP_PASSWORD_FILE", str(secret))
             p = procs(url_for(name, secret.read_text().strip()))  # pika's, to check the queue
-            p.start(name, "--url", url_for(name, None))  # the worker's: no password (last wins)
+            # the worker's URL has no password (last wins); the other is its peer: it may
+            # store objects here on the client's behalf (the move)
+            p.start(name, "--url", url_for(name, None), "--grant", f"worker:{peer}")
             started.append(p)
         monkeypatch.delenv("FEDMQ_AMQP_PASSWORD_FILE")
         (a, _), (b, _) = names
