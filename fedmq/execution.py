@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from fedmq import limits, ops, principals
+from fedmq import limits, ops, principals, shapes
 from fedmq.ops import flatten_tensors
 from fedmq.errors import (AccessDeniedError, ObjectNotFoundError, OpNotAllowedError,
                           QuotaExceededError, RemoteError, RemoteExecutionError,
@@ -89,7 +89,12 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
             targets = ops.written(op, args, kwargs)
             if targets:
                 acting.guard(op, targets)
-        versions = _own_versions(view, refs) if view is not None and view.op_tainted else None
+        versions = None
+        if view is not None and view.op_tainted:
+            versions = _own_versions(view, refs)
+            if op is not None and not view.may_release_tainted(False) and \
+                    _data_dependent_shape(op, args, kwargs):
+                raise _refusal(view, worker_id, op)
         limit, sized = None, True
         if allowlisted and (view is not None or budget is not None):
             limit = limits.op_limit(store, budget)
@@ -106,7 +111,8 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
             _mark_written(view, op, refs, args, kwargs, versions)
             # what an op only rearranges or copies of raw data (a view, a clone, an index) is
             # raw data still; so is whatever a plan returns of it (it may be the identity)
-            view.result_raw = view.op_raw and (op is None or op in ops.STRUCTURAL)
+            view.result_raw = view.op_raw and (op is None or op in ops.STRUCTURAL or
+                                               op in ops.RETURNS_VALUE)
         results = value
         if split:
             results, value = value
@@ -148,6 +154,7 @@ def execute(fn: Callable[..., Any] | None, args: Any, kwargs: dict | None, resul
                         break  # the failure is still reported, just not recorded
         if silent:
             if type(result_ids) is list or type(result_ids) is tuple:
+                _stand_in(fn, op, args, kwargs, result_ids, store)
                 return None
             raise _refusal(view, worker_id, op) from None
         if isinstance(exc, RemoteError):
@@ -167,6 +174,42 @@ def _refusal(view: StoreView, worker_id: str, op: str | None) -> AccessDeniedErr
     return AccessDeniedError(
         f"{op or 'the call'} computed a value from private data; worker {worker_id!r} "
         f"does not release it (--release {view.policy.release})", worker=worker_id, op=op)
+
+
+def _data_dependent_shape(op: str, args: Any, kwargs: dict) -> bool:
+    """Whether the shape of `op`'s result depends on its input's values (`nonzero`,
+    `masked_select`, one-argument `where`, `one_hot` without `num_classes`, `tolist`)."""
+    if op not in limits.VALUE_SIZED:
+        return False
+    if op == "torch.where":
+        return len(args) + len(kwargs or {}) == 1
+    if op == "F.one_hot":
+        return not (len(args) > 1 or (kwargs or {}).get("num_classes", -1) != -1)
+    return True
+
+
+def _stand_in(fn: Any, op: str | None, args: Any, kwargs: Any, result_ids: Any,
+              store: StoreView) -> bool:
+    """After an op on private data failed where values are kept in: store zeros of the shapes
+    its results would have had (from the shape engine) under its result ids, marked private,
+    so that nothing the caller can observe (what it stores, how big, how long later ops take)
+    differs from when the op works. False when the shapes cannot be known (a plan): the
+    failure stays recorded instead."""
+    if op is None or fn is None or not isinstance(args, (tuple, list)):
+        return False
+    try:
+        spec = shapes.spec_for(fn, op, tuple(args), kwargs if isinstance(kwargs, dict) else {})
+    except Exception:  # noqa: BLE001 - no stand-in: the failure stays recorded
+        return False
+    if spec is None:
+        return False
+    leaves = [leaf for leaf in spec.leaves if type(leaf) is shapes.TensorMeta]
+    if len(leaves) != len(result_ids):
+        return False
+    for rid, leaf in zip(result_ids, leaves):
+        if rid is not None:
+            store.put(rid, torch.zeros(leaf.shape, dtype=leaf.dtype), private=True)
+    return True
 
 
 def _mark_refs_private(view: StoreView, refs: tuple) -> None:

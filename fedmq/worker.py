@@ -568,11 +568,14 @@ class Worker:
             if getattr(type(obj), "_fedmq_kind", None) == "pointer":  # describe; ownership stays
                 obj = m.describe(obj.location.id, obj.id_at_location, obj, entry.tags,
                                  entry.description)
+            elif (raw or entry.private) and not store.is_owner and \
+                    not store.policy.releases(raw or entry.raw):
+                # the owner's data is described (its shape is no secret); what was computed
+                # from it is not: its shape, or whether computing it failed, would tell
+                obj = m.describe(self.id, obj_id, obj, entry.tags, entry.description) if raw \
+                    else "<private: computed from private data>"
             elif isinstance(obj, FailedResult):
                 obj = f"<failed: {obj.error.message}>"
-            elif (raw or entry.private) and not store.is_owner and \
-                    not store.policy.releases(raw):
-                obj = m.describe(self.id, obj_id, obj, entry.tags, entry.description)
             out[obj_id] = obj
         return out
 
@@ -599,8 +602,11 @@ class Worker:
 
     def _on_search(self, session: Session, msg: m.SearchRequest) -> list:
         query = msg.query if isinstance(msg.query, list) else [msg.query]
+        store = session.store
+        hidden = not store.is_owner and store.policy.release != "all"
         return [m.describe(self.id, obj_id, e.obj, e.tags, e.description)
-                for obj_id, e in session.store.search(query)]
+                for obj_id, e in store.search(query)
+                if not (hidden and e.private and not store.policy.releases(e.raw))]
 
     def __repr__(self) -> str:
         return f"<Worker id:{self.id} #objects:{len(self.store)}>"

@@ -208,4 +208,4 @@ STRUCTURAL = _names("torch.", """
     expand expand_as flatten flip float gather half index_select int long mT masked_select neg
     permute real repeat reshape reshape_as sort split squeeze t to topk transpose tril triu
     type_as unbind unsqueeze view view_as
-""")
+""") | _names("F.", "embedding pad")

@@ -138,8 +138,10 @@ def test_a_scientist_finds_and_computes_but_release_none_keeps_everything_in(wor
         mean.item()
     with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
         (data * 0).sum().get()  # derived, whatever the arithmetic
-    listed = sci.call(m.ListObjects())
-    assert all(isinstance(v, m.PointerRef) for v in listed.values())  # described, never values
+    listed = sci.call(m.ListObjects())  # the data described, what was computed from it not
+    assert isinstance(listed[world.data_id], m.PointerRef)
+    assert all(isinstance(v, m.PointerRef) or v == "<private: computed from private data>"
+               for v in listed.values())
     assert_data_intact(world)
 
 
