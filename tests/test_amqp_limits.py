@@ -20,7 +20,7 @@ from fedmq.fl.coordinator import initial_weights
 from fedmq.fl.messages import Fit
 from fedmq.ids import new_id
 from fedmq.transport.amqp import DEAD_LETTER_QUEUE
-from worker_procs import AMQP_URL, WorkerProcesses
+from worker_procs import AMQP_URL, RawClient, WorkerProcesses, envelope
 
 pytestmark = pytest.mark.amqp
 
@@ -30,55 +30,6 @@ def procs(tmp_path):
     p = WorkerProcesses(tmp_path)
     yield p
     p.stop_all(delete_queues=True)
-
-
-class RawClient:
-    """Publishes raw bytes to a worker's queue and reads replies (pika, direct reply-to)."""
-
-    def __init__(self) -> None:
-        self.conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-        self.ch = self.conn.channel()
-        self.replies: dict[str, bytes] = {}
-        self.ch.basic_consume("amq.rabbitmq.reply-to", self._on_reply, auto_ack=True)
-
-    def _on_reply(self, ch, method, props, body):
-        self.replies[props.correlation_id] = body
-
-    def publish(self, worker_id: str, body: bytes, *, message_id: str,
-                headers: dict | None = None) -> str:
-        corr = uuid.uuid4().hex
-        self.ch.basic_publish("fedmq.commands", worker_id, body, pika.BasicProperties(
-            user_id="guest", reply_to="amq.rabbitmq.reply-to", correlation_id=corr,
-            message_id=message_id, headers=headers, type="Envelope"))
-        return corr
-
-    def reply(self, corr: str, timeout: float = 30) -> m.Reply:
-        deadline = time.monotonic() + timeout
-        while corr not in self.replies and time.monotonic() < deadline:
-            self.conn.process_data_events(time_limit=0.1)
-        assert corr in self.replies, "no reply"
-        return serde.decode(self.replies.pop(corr))
-
-    def call(self, worker_id: str, body: bytes, **kwargs) -> m.Reply:
-        kwargs.setdefault("message_id", uuid.uuid4().hex)
-        return self.reply(self.publish(worker_id, body, **kwargs))
-
-    def dead_lettered(self, message_id: str, timeout: float = 10) -> dict | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            method, props, body = self.ch.basic_get(DEAD_LETTER_QUEUE, auto_ack=True)
-            if method is None:
-                time.sleep(0.1)
-            elif props.message_id == message_id:
-                return props.headers or {}
-        return None
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def envelope(message) -> bytes:
-    return bytes(serde.encode(m.Envelope(m.WIRE_VERSION, "test", message)))
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ import torch
 import fedmq
 from fedmq import messages as m, serde
 from fedmq.transport.amqp import DEAD_LETTER_QUEUE
-from worker_procs import AMQP_URL, WorkerProcesses, consumer_count, purge
+from worker_procs import (AMQP_URL, RawClient, WorkerProcesses, consumer_count, envelope,
+                          purge)
 
 pytestmark = pytest.mark.amqp
 
@@ -27,49 +28,6 @@ def procs(tmp_path):
     p = WorkerProcesses(tmp_path)
     yield p
     p.stop_all(delete_queues=True)
-
-
-class RawClient:
-    """Publishes raw bytes to a worker's queue and reads the reply (pika, direct reply-to)."""
-
-    def __init__(self) -> None:
-        self.conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-        self.ch = self.conn.channel()
-        self.replies: dict[str, bytes] = {}
-        self.ch.basic_consume("amq.rabbitmq.reply-to", self._on_reply, auto_ack=True)
-
-    def _on_reply(self, ch, method, props, body):
-        self.replies[props.correlation_id] = body
-
-    def call(self, worker_id: str, body: bytes, message_id: str | None = None,
-             timeout: float = 30, headers: dict | None = None) -> m.Reply:
-        corr = uuid.uuid4().hex
-        self.ch.basic_publish("fedmq.commands", worker_id, body, pika.BasicProperties(
-            user_id="guest", reply_to="amq.rabbitmq.reply-to", correlation_id=corr,
-            message_id=message_id or uuid.uuid4().hex, headers=headers, type="Envelope"))
-        deadline = time.monotonic() + timeout
-        while corr not in self.replies and time.monotonic() < deadline:
-            self.conn.process_data_events(time_limit=0.1)
-        assert corr in self.replies, f"no reply from {worker_id}"
-        return serde.decode(self.replies.pop(corr))
-
-    def dead_lettered(self, message_id: str, timeout: float = 10) -> dict | None:
-        """The headers of the dead-letter copy of message `message_id` (None if none came)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            method, props, body = self.ch.basic_get(DEAD_LETTER_QUEUE, auto_ack=True)
-            if method is None:
-                time.sleep(0.1)
-            elif props.message_id == message_id:
-                return props.headers or {}
-        return None
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def envelope(message) -> bytes:
-    return bytes(serde.encode(m.Envelope(m.WIRE_VERSION, "test", message)))
 
 
 def test_service_logs_its_start(procs):

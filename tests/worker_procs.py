@@ -11,7 +11,12 @@ import subprocess
 import sys
 import time
 
+import uuid
+
 import pika
+
+from fedmq import messages as m, serde
+from fedmq.transport.amqp import DEAD_LETTER_QUEUE
 
 AMQP_URL = os.environ.get("FEDMQ_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -151,3 +156,55 @@ class WorkerProcesses:
         if delete_queues:  # workers made for one test leave no queue behind
             for worker_id in started:
                 delete_queue(f"fedmq.worker.{worker_id}", self.url)
+
+
+class RawClient:
+    """Publishes raw bytes to a worker's queue and reads replies (pika, direct reply-to)."""
+
+    def __init__(self) -> None:
+        self.conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        self.ch = self.conn.channel()
+        self.replies: dict[str, bytes] = {}
+        self.ch.basic_consume("amq.rabbitmq.reply-to", self._on_reply, auto_ack=True)
+
+    def _on_reply(self, ch, method, props, body):
+        self.replies[props.correlation_id] = body
+
+    def publish(self, worker_id: str, body: bytes, *, message_id: str,
+                headers: dict | None = None) -> str:
+        corr = uuid.uuid4().hex
+        self.ch.basic_publish("fedmq.commands", worker_id, body, pika.BasicProperties(
+            user_id="guest", reply_to="amq.rabbitmq.reply-to", correlation_id=corr,
+            message_id=message_id, headers=headers, type="Envelope"))
+        return corr
+
+    def reply(self, corr: str, timeout: float = 30) -> m.Reply:
+        deadline = time.monotonic() + timeout
+        while corr not in self.replies and time.monotonic() < deadline:
+            self.conn.process_data_events(time_limit=0.1)
+        assert corr in self.replies, f"no reply to {corr}"
+        return serde.decode(self.replies.pop(corr))
+
+    def call(self, worker_id: str, body: bytes, *, message_id: str | None = None,
+             timeout: float = 30, headers: dict | None = None) -> m.Reply:
+        """Publish `body` and wait for its reply (decoded)."""
+        corr = self.publish(worker_id, body, message_id=message_id or uuid.uuid4().hex,
+                            headers=headers)
+        return self.reply(corr, timeout)
+
+    def dead_lettered(self, message_id: str, timeout: float = 10) -> dict | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            method, props, body = self.ch.basic_get(DEAD_LETTER_QUEUE, auto_ack=True)
+            if method is None:
+                time.sleep(0.1)
+            elif props.message_id == message_id:
+                return props.headers or {}
+        return None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def envelope(message) -> bytes:
+    return bytes(serde.encode(m.Envelope(m.WIRE_VERSION, "test", message)))

@@ -148,6 +148,12 @@ def test_policy_options_are_checked():
     lambda d, own: setattr(own, "data", d),
     lambda d, own: setattr(own, "grad", d),
     lambda d, own: torch.add(d, 0, out=own),
+    # through a view of one's own tensor (found by review: the view was marked, the tensor it
+    # was taken of was not)
+    lambda d, own: own.view(-1).copy_(d.view(-1)),
+    lambda d, own: own[:].copy_(d),
+    lambda d, own: own.t().t().add_(d),
+    lambda d, own: own.reshape(12).__setitem__(slice(None), d.reshape(12)),
 ])
 def test_writing_private_values_into_ones_own_object_makes_it_private(lab, launder):
     hooks, workers, clients, data = lab
@@ -308,24 +314,6 @@ def test_failures_of_ops_on_private_data_are_not_seen(lab):
     with pytest.raises(fedmq.RemoteExecutionError, match="out of bounds"):
         small[torch.tensor([7]).send(sci)].shape
         sci.objects_count()
-
-@pytest.mark.parametrize("launder", [
-    lambda d, own: own.view(-1).copy_(d.view(-1)),
-    lambda d, own: own[:].copy_(d),
-    lambda d, own: own.t().t().add_(d),
-    lambda d, own: own.reshape(12).__setitem__(slice(None), d.reshape(12)),
-])
-def test_writing_private_values_through_a_view_of_ones_own_tensor_marks_the_tensor(lab,
-                                                                                   launder):
-    """Found by review: the view was marked, the tensor it was taken of was not."""
-    hooks, workers, clients, data = lab
-    sci = clients["sci"]["bob"]
-    d = sci.search(["#data"])[0]
-    own = torch.zeros(3, 4).send(sci)
-    launder(d, own)
-    with pytest.raises(fedmq.AccessDeniedError, match="computed from private data"):
-        own.get()
-
 
 @pytest.mark.parametrize("message", [
     m.ListObjects(), m.SearchRequest([]), m.GetRequest([1], delete=False), m.ClearObjects(),
