@@ -12,7 +12,8 @@ from fedmq.execution import check_count, execute, flatten_tensors, refs_like, re
 from fedmq.extensions import Extension
 from fedmq.ids import new_id
 from fedmq.plans import runner
-from fedmq.plans.messages import PlanRecord, PlanRef, ProtocolRecord, RunPlan, RunProtocol
+from fedmq.plans.messages import (ModelPlanRecord, PlanRecord, PlanRef, ProtocolRecord, RunPlan,
+                                  RunProtocol)
 from fedmq.plans.protocol import Protocol, run_chain
 from fedmq.pointers.tensor import PointerTensor
 
@@ -95,4 +96,5 @@ def _store_pointers(value: Any, worker: Any) -> Any:
 
 
 EXTENSION = Extension("plans", handlers={RunPlan: run_plan, RunProtocol: run_protocol},
-                      records=(RunPlan, PlanRecord, ProtocolRecord, PlanRef, RunProtocol))
+                      records=(RunPlan, PlanRecord, ProtocolRecord, PlanRef, RunProtocol,
+                               ModelPlanRecord))

@@ -101,6 +101,34 @@ class RunProtocol:
     args: tuple
 
 
+@record(85)
+@dataclass(slots=True)
+class ModelPlanRecord:
+    """A model (and optionally its loss) as plans: what a worker trains without model code.
+
+    train / eval: the forward pass traced in `train()` and in `eval()` mode; input slot 0 is
+        the batch, the state slots are the model's `state_dict()` entries in `state_names`
+        order (`PlanRecord.state` is empty: the weights travel with each Fit / Evaluate).
+    state_shapes / state_dtypes: of each entry, checked before anything runs.
+    parameters: the trainable entries (`named_parameters()`); the others are buffers.
+    batch_size: the batch size traced; batch_generic: whether the same ops serve any batch
+        size (False when the model froze the batch size into an op, e.g. `x.view(32, -1)`:
+        the worker then trains full batches only and pads the last evaluation batch).
+    loss: `(output, target) -> mean loss` as a plan, or None (the Fit names a loss).
+    """
+    name: str
+    train: PlanRecord
+    eval: PlanRecord
+    state_names: list
+    state_shapes: list
+    state_dtypes: list
+    parameters: list
+    batch_size: int
+    batch_generic: bool
+    loss: Any = None
+    loss_generic: bool = True
+
+
 # -- refs as pointers: the pointer classes live above this module ---------------------------------
 # pointer_plan.py registers PointerPlan ("plan"), protocol.py PointerProtocol ("protocol"); each
 # has `from_ref(ref, location, owner=, id=, gc=)`. Importing fedmq.plans imports both.
