@@ -48,6 +48,7 @@ _LAZY = {
     "FederatedDataLoader": "fedmq.federated", "create_sandbox": "fedmq.sandbox",
     "PrivateGridNetwork": "fedmq.grid", "func2plan": "fedmq.plans", "Plan": "fedmq.plans",
     "Protocol": "fedmq.plans", "PointerPlan": "fedmq.plans", "Policy": "fedmq.policy",
+    "TrainConfig": "fedmq.fl.train_config",
 }
 
 
@@ -70,7 +71,7 @@ __all__ = [
     "ConnectionLostError", "FedmqError", "FrameTooLargeError", "Policy", "QuotaExceededError",
     "ObjectNotFoundError", "OpNotAllowedError", "PointerError", "PointerTensor",
     "RemoteCancelledError", "RemoteError", "RemoteExecutionError", "RemoteParameter",
-    "ReplyTimeout", "SerdeError", "TimeLimitError", "TorchHook",
+    "ReplyTimeout", "SerdeError", "TimeLimitError", "TorchHook", "TrainConfig",
     "TransportError", "VirtualWorker", "WorkerNotFoundError", "WorkerRestartedError", "hook",
     "local_worker",
 ]

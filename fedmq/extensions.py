@@ -1,7 +1,8 @@
 """Extensions: what plans, SMPC, federated data and federated training add to fedmq, declared.
 
 Each extension module defines one table, `EXTENSION = Extension(...)`: the message handlers
-every worker gains, and the methods `TorchHook` adds to tensors, modules and datasets. Nothing
+every worker gains, and the methods `TorchHook` adds to tensors, modules, datasets and worker
+clients. Nothing
 is registered by importing a module; `load_extensions()` (called by `TorchHook`, the worker
 service and `fedmq train`) imports the modules named in `BUILTIN` and applies their tables.
 Wire records are declared in each extension's `messages` module and listed in its table, so
@@ -29,6 +30,8 @@ class Extension:
     tensor_methods: dict[str, Callable] = field(default_factory=dict)
     module_methods: dict[str, Callable] = field(default_factory=dict)
     dataset_methods: dict[str, Callable] = field(default_factory=dict)
+    #: methods TorchHook adds to worker clients (VirtualWorker, AMQPClientWorker)
+    worker_methods: dict[str, Callable] = field(default_factory=dict)
 
 
 #: the extensions fedmq ships: name -> the module whose `EXTENSION` declares it

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from fedmq.client import WorkerClient
 from fedmq import messages as m
 from fedmq import module as module_ops
 from fedmq.context import Context, set_latest_hook
@@ -84,7 +85,8 @@ def install() -> None:
     optim.install()  # optimizers on sent models: one Command per step, not one per parameter
     tables = ((torch.Tensor, [TENSOR_METHODS, *(e.tensor_methods for e in extensions)]),
               (nn.Module, [MODULE_METHODS, *(e.module_methods for e in extensions)]),
-              (Dataset, [e.dataset_methods for e in extensions]))
+              (Dataset, [e.dataset_methods for e in extensions]),
+              (WorkerClient, [e.worker_methods for e in extensions]))
     for cls, method_tables in tables:
         for methods in method_tables:
             for name, fn in methods.items():

@@ -11,7 +11,7 @@ from typing import Any
 
 from fedmq.execution import execute
 from fedmq.extensions import Extension
-from fedmq.fl import training
+from fedmq.fl import train_config, training
 from fedmq.fl.messages import Evaluate, EvaluateRes, Fit, FitRes
 
 
@@ -31,4 +31,7 @@ def evaluate(session: Any, msg: Evaluate) -> EvaluateRes:
 
 
 EXTENSION = Extension("fl", handlers={Fit: fit, Evaluate: evaluate},
-                      records=(Fit, FitRes, Evaluate, EvaluateRes))
+                      records=(Fit, FitRes, Evaluate, EvaluateRes),
+                      worker_methods={"fit": train_config.fit,
+                                      "async_fit": train_config.async_fit,
+                                      "evaluate": train_config.evaluate})

@@ -2,11 +2,14 @@
 
 Weights travel as a model's `state_dict()` (names to tensors) through the normal serde: the
 tensors go out of band, zero copy in-process. The model itself never travels as code: `model`
-names an architecture in `fedmq.models.MODELS` that the worker builds itself.
+names an architecture in `fedmq.models.MODELS` that the worker builds itself, or is a model plan
+(`fedmq.plans.messages.ModelPlanRecord`: allowlisted ops, sent once per run) or the digest of one
+the worker has cached (`"sha256:<hex>"`, fedmq/fl/plan_cache.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedmq.serde import record
 
@@ -24,7 +27,7 @@ class Fit:
     message later (it was down, or busy) answers `FitRes(status="expired")` without training.
     """
     round: int
-    model: str
+    model: Any
     weights: dict
     config: dict = field(default_factory=dict)
     deadline: float = 0.0
@@ -50,7 +53,7 @@ class Evaluate:
     """Evaluate model `model` with `weights` on the worker's data (`config["split"]`, default
     "test"; `config["batch_size"]`, default 128)."""
     round: int
-    model: str
+    model: Any
     weights: dict
     config: dict = field(default_factory=dict)
 

@@ -4,8 +4,10 @@ the data the worker holds in its store (seed §14: PySyft's `fit_model_on_worker
 
 The data is found by tag, as `fedmq worker --dataset ...` stores it (fedmq/data/worker_data.py):
 `#data #train` / `#target #train` (or `#test`), plus `#<dataset>` when the config names one.
-Only names from the allowlists below become callables: the optimizer, the loss and the model
-(`fedmq.models.MODELS`) are chosen by name, never sent as code.
+Only names from the allowlists below become callables: the optimizer and the loss are chosen
+by name, never sent as code; the model is a name in `fedmq.models.MODELS` or a model plan
+(`fedmq.plans.module_plan`: allowlisted ops traced on the coordinator, sent once and cached by
+digest, fedmq/fl/plan_cache.py), run by the worker's execution primitive.
 """
 from __future__ import annotations
 
@@ -16,10 +18,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fedmq import errors, limits
+from fedmq import errors, limits, principals
+from fedmq.fl import plan_cache
 from fedmq.fl.messages import Evaluate, EvaluateRes, Fit, FitRes
 from fedmq.models import MODELS
 from fedmq.fl.proximal import proximal_term
+from fedmq.ops import rng
+from fedmq.plans import module_plan
+from fedmq.plans.messages import ModelPlanRecord
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 OPTIMIZER_ARGS = {"lr", "momentum", "dampening", "weight_decay", "nesterov", "betas", "eps",
@@ -34,11 +40,14 @@ def _fail(worker_id: str, text: str) -> errors.RemoteExecutionError:
 
 def find_data(worker: Any, split: str, dataset: str | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, targets) the worker holds for `split` ("train" or "test")."""
+    """(inputs, targets) the worker holds for `split` ("train" or "test"); with a `dataset`
+    key (PySyft's `dataset_key`) that the worker serves under one split only, that one."""
     found = {}
     for kind in ("data", "target"):
         query = [f"#{kind}", f"#{split}"] + ([f"#{dataset}"] if dataset else [])
         hits = worker.store.search(query)
+        if not hits and dataset:
+            hits = worker.store.search([f"#{kind}", f"#{dataset}"])
         if len(hits) != 1:
             what = f"{dataset} " if dataset else ""
             raise _fail(worker.id, f"worker {worker.id} holds {len(hits)} {what}{kind} tensors "
@@ -51,19 +60,69 @@ def find_data(worker: Any, split: str, dataset: str | None = None
     return data, target
 
 
-def build_model(name: str, weights: dict, worker_id: str) -> torch.nn.Module:
-    cls = MODELS.get(name)
+class PlanModel:
+    """A model plan with its weights, used as the training loop uses an nn.Module: calling it
+    runs the train or eval op list (`train()` / `eval()`), `named_parameters()` are the
+    plan's trainable entries (leaf tensors requiring grad), `state_dict()` all entries."""
+
+    def __init__(self, rec: ModelPlanRecord, weights: dict, worker_id: str) -> None:
+        self.rec, self.worker_id, self.training = rec, worker_id, True
+        trainable = set(rec.parameters)
+        self.tensors = [t.detach().clone().requires_grad_(name in trainable)
+                        for name, t in zip(rec.state_names,
+                                           module_plan.check_weights(rec, weights))]
+
+    @property
+    def batch_generic(self) -> bool:
+        return self.rec.batch_generic
+
+    def train(self, mode: bool = True) -> "PlanModel":
+        self.training = mode
+        return self
+
+    def eval(self) -> "PlanModel":
+        return self.train(False)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return module_plan.run_forward(self.rec, "train" if self.training else "eval", x,
+                                       self.tensors, self.worker_id)
+
+    def named_parameters(self):
+        trainable = set(self.rec.parameters)
+        return [(n, t) for n, t in zip(self.rec.state_names, self.tensors) if n in trainable]
+
+    def parameters(self):
+        return [t for _, t in self.named_parameters()]
+
+    def state_dict(self) -> dict:
+        return dict(zip(self.rec.state_names, self.tensors))
+
+
+def build_model(model: Any, weights: dict, worker_id: str) -> Any:
+    """The model a Fit / Evaluate names: a named architecture (`fedmq.models.MODELS`) loaded
+    with `weights`, or a `PlanModel` for a model plan or a digest of one cached here."""
+    if isinstance(model, ModelPlanRecord) or plan_cache.is_reference(model):
+        acting = principals.current()
+        rec = plan_cache.resolve(model, worker_id, acting.principal if acting else "me")
+        try:
+            return PlanModel(rec, weights, worker_id)
+        except ValueError as exc:
+            raise _fail(worker_id, str(exc)) from None
+    if not isinstance(model, str):
+        raise _fail(worker_id, f"model must be a name or a model plan, not "
+                               f"{type(model).__name__}")
+    cls = MODELS.get(model)
     if cls is None:
-        raise _fail(worker_id, f"unknown model {name!r} (known: {sorted(MODELS)})")
-    model = cls()
+        raise _fail(worker_id, f"unknown model {model!r} (known: {sorted(MODELS)})")
+    net = cls()
     if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor)
                                                 for t in weights.values()):
         raise _fail(worker_id, "weights must be a dict of tensors (a state_dict)")
     try:
-        model.load_state_dict(weights, strict=True)
+        net.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
-        raise _fail(worker_id, f"weights do not fit model {name!r}: {exc}") from None
-    return model
+        raise _fail(worker_id, f"weights do not fit model {model!r}: {exc}") from None
+    return net
 
 
 def _int(config: dict, key: str, default: int | None, worker_id: str) -> int | None:
@@ -89,95 +148,149 @@ def make_optimizer(config: dict, params, worker_id: str) -> torch.optim.Optimize
     return OPTIMIZERS[name](params, **args)
 
 
-def loss_function(config: dict, worker_id: str):
-    name = config.get("loss", "nll")
+def loss_function(config: dict, worker_id: str, model: Any = None):
+    """`loss(output, target, reduction=...)`: the named loss (`config["loss"]`), else the
+    model plan's own loss if it has one, else "nll"."""
+    name = config.get("loss")
+    rec = getattr(model, "rec", None)
+    if name is None and rec is not None and rec.loss is not None:
+        def plan_loss(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean"):
+            if len(out) != rec.batch_size and not rec.loss_generic:
+                raise _fail(worker_id, f"the loss of model plan {rec.name!r} only serves "
+                                       f"batches of {rec.batch_size}")
+            mean = module_plan.run_loss(rec, out, y, worker_id)
+            return mean * len(out) if reduction == "sum" else mean
+        return plan_loss
+    name = name or "nll"
     if name not in LOSSES:
         raise _fail(worker_id, f"unknown loss {name!r} (known: {sorted(LOSSES)})")
     return LOSSES[name]
 
 
-def batch_indices(n: int, batch_size: int, num_batches: int, generator: torch.Generator):
+def batch_indices(n: int, batch_size: int, num_batches: int, generator: torch.Generator,
+                  drop_last: bool = False, shuffle: bool = True):
     """`num_batches` index batches from shuffled passes over n samples (a new permutation per
-    pass, the last batch of a pass may be short, as a shuffling DataLoader gives them)."""
+    pass, the last batch of a pass may be short, as a shuffling DataLoader gives them; with
+    `drop_last` it is skipped, as `DataLoader(drop_last=True)` does; without `shuffle` every
+    pass is in order)."""
     produced = 0
+    last = n - batch_size + 1 if drop_last else n
     while produced < num_batches:
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
+        perm = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, last, batch_size):
             yield perm[start:start + batch_size]
             produced += 1
             if produced == num_batches:
                 return
 
 
+def _dataset(config: dict) -> str | None:
+    return config.get("dataset") or config.get("dataset_key")
+
+
 def fit(worker: Any, msg: Fit) -> FitRes:
     """Train on the worker's own data; answer with the new weights, samples seen, mean loss.
     Between two batches the message's budget is checked (fedmq.limits): past the worker's
     time limit it stops with TimeLimitError, once its sender cancels it with
-    RemoteCancelledError."""
+    RemoteCancelledError.
+
+    Randomness: batches are shuffled by a generator seeded with `config["seed"]`, and a model
+    plan's dropout draws from one seeded with `seed + 1` (fedmq.ops.rng.drawing_from), so a
+    round is reproducible. A model plan traced for one batch size only (`batch_generic`
+    False) trains on full batches (the short last batch of each pass is skipped)."""
     if msg.deadline and time.time() > msg.deadline:  # the round is over: do not train on it
         return FitRes(msg.round, worker.id, {}, 0, float("nan"), status="expired")
     config = msg.config if isinstance(msg.config, dict) else {}
-    data, target = find_data(worker, "train", config.get("dataset"))
+    data, target = find_data(worker, "train", _dataset(config))
+    if not len(data):
+        raise _fail(worker.id, f"worker {worker.id} holds no training samples")
     model = build_model(msg.model, msg.weights, worker.id)
     batch_size = _int(config, "batch_size", 32, worker.id)
+    fixed = not getattr(model, "batch_generic", True)
+    drop_last = fixed or config.get("drop_last", False) is True
+    if fixed and batch_size != model.rec.batch_size:
+        raise _fail(worker.id, f"model plan {model.rec.name!r} was traced for batches of "
+                               f"{model.rec.batch_size}, the Fit asks for {batch_size}")
+    passes = len(data) // batch_size if drop_last else math.ceil(len(data) / batch_size)
     epochs = _int(config, "epochs", None, worker.id)
-    num_batches = (epochs * math.ceil(len(data) / batch_size) if epochs
-                   else _int(config, "num_batches", 10, worker.id))
-    if num_batches > MAX_BATCHES or not len(data):
-        raise _fail(worker.id, f"cannot train {num_batches} batches on {len(data)} samples")
+    num_batches = (epochs * passes if epochs else _int(config, "num_batches", 10, worker.id))
+    most = _int(config, "max_nr_batches", None, worker.id)
+    if most is not None:
+        num_batches = min(num_batches, most)
+    if num_batches > MAX_BATCHES or not passes:
+        raise _fail(worker.id, f"cannot train {num_batches} batches of {batch_size} on "
+                               f"{len(data)} samples")
     mu = float(config.get("proximal_mu", 0.0) or 0.0)
     if mu < 0:
         raise _fail(worker.id, f"proximal_mu must be non-negative, got {mu}")
     global_weights = ({k: v.detach().clone() for k, v in model.state_dict().items()}
                       if mu else None)
     optimizer = make_optimizer(config, model.parameters(), worker.id)
-    loss_fn = loss_function(config, worker.id)
-    generator = torch.Generator().manual_seed(int(config.get("seed", 0)))
+    loss_fn = loss_function(config, worker.id, model)
+    seed = int(config.get("seed", 0))
+    generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
     model.train()
     total_loss, seen = 0.0, 0
-    for index in batch_indices(len(data), batch_size, num_batches, generator):
-        limits.check("Fit")
-        optimizer.zero_grad()
-        loss = loss_fn(model(data[index]), target[index])
-        objective = loss
-        if global_weights is not None:  # FedProx (Li et al., 2020): stay near the global model
-            objective = loss + proximal_term(model, global_weights, mu)
-        objective.backward()
-        optimizer.step()
-        total_loss += loss.item() * len(index)
-        seen += len(index)
+    with rng.drawing_from(torch.Generator().manual_seed(seed + 1)):
+        for index in batch_indices(len(data), batch_size, num_batches, generator, drop_last,
+                                   shuffle=config.get("shuffle", True) is not False):
+            limits.check("Fit")
+            optimizer.zero_grad()
+            loss = loss_fn(model(data[index]), target[index])
+            objective = loss
+            if global_weights is not None:  # FedProx (Li et al., 2020): stay near the global
+                objective = loss + proximal_term(model, global_weights, mu)
+            objective.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(index)
+            seen += len(index)
     weights = {name: t.detach() for name, t in model.state_dict().items()}
     return FitRes(msg.round, worker.id, weights, seen, total_loss / seen,
                   metrics={"fit_seconds": time.perf_counter() - started,
                            "num_batches": num_batches})
 
 
+def _padded(x: torch.Tensor, size: int) -> torch.Tensor:
+    """`x` with its last row repeated up to `size` rows (for a plan traced at that size)."""
+    if len(x) == size:
+        return x
+    return torch.cat([x, x[-1:].expand(size - len(x), *x.shape[1:])])
+
+
 @torch.no_grad()
 def evaluate(worker: Any, msg: Evaluate) -> EvaluateRes:
     """Mean loss, accuracy and prediction/target histograms on the worker's data (checking
-    the message's time limit and cancellation between batches, as `fit`)."""
+    the message's time limit and cancellation between batches, as `fit`). `config`: split
+    ("test"), dataset (a key), batch_size (128), nr_bins (default: the number of classes).
+    The loss is the sum over samples divided by their number. A model plan traced for one
+    batch size evaluates batches of that size, the last one padded (eval mode is per-sample)."""
     config = msg.config if isinstance(msg.config, dict) else {}
     split = config.get("split", "test")
     if split not in ("train", "test"):
         raise _fail(worker.id, f"split must be 'train' or 'test', got {split!r}")
-    data, target = find_data(worker, split, config.get("dataset"))
+    data, target = find_data(worker, split, _dataset(config))
     model = build_model(msg.model, msg.weights, worker.id)
-    batch_size = _int(config, "batch_size", 128, worker.id)
-    loss_fn = loss_function(config, worker.id)
+    fixed = None if getattr(model, "batch_generic", True) else model.rec.batch_size
+    batch_size = fixed or _int(config, "batch_size", 128, worker.id)
+    nr_bins = _int(config, "nr_bins", None, worker.id)
+    loss_fn = loss_function(config, worker.id, model)
     model.eval()
     total_loss, correct = 0.0, 0
     predictions = []
+    out = None
     for start in range(0, len(data), batch_size):
         limits.check("Evaluate")
-        out = model(data[start:start + batch_size])
+        x = data[start:start + batch_size]
+        out = model(_padded(x, fixed) if fixed else x)[:len(x)]
         y = target[start:start + batch_size]
-        total_loss += loss_fn(out, y, reduction="sum").item()
+        total_loss += float(loss_fn(out, y, reduction="sum"))
         pred = out.argmax(dim=1)
         correct += int((pred == y).sum())
         predictions.append(pred)
     n = len(data)
-    bins = max(int(out.shape[1]) if n else 0, int(target.max()) + 1 if n else 0)
+    bins = nr_bins or max(int(out.shape[1]) if out is not None else 0,
+                          int(target.max()) + 1 if n else 0)
     pred_all = torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
     return EvaluateRes(msg.round, worker.id, total_loss / n if n else float("nan"), correct, n,
                        torch.bincount(pred_all, minlength=bins).tolist(),

@@ -37,6 +37,8 @@ a plan run locally, the shape engine) nothing changes: ops use the global RNG as
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 import os
 import sys
 import threading
@@ -105,6 +107,22 @@ class Generators:
 
 GENERATORS = Generators()
 
+#: a generator the current message's random ops draw from instead of the principal's
+_OVERRIDE: contextvars.ContextVar[torch.Generator | None] = contextvars.ContextVar(
+    "fedmq_rng_override", default=None)
+
+
+@contextlib.contextmanager
+def drawing_from(generator: torch.Generator):
+    """Within the block, random ops run for a principal draw from `generator` (the worker's
+    training loop seeds one per Fit from the coordinator's seed, so that a round is
+    reproducible: dropout masks are not secret, the data is)."""
+    token = _OVERRIDE.set(generator)
+    try:
+        yield generator
+    finally:
+        _OVERRIDE.reset(token)
+
 
 def dropout(generator: torch.Generator, input: torch.Tensor, p: float = 0.5,
             training: bool = True, inplace: bool = False) -> torch.Tensor:
@@ -164,10 +182,10 @@ def seeded(op: Any, worker_id: str) -> Callable[..., Any]:
     """The callable that runs random op `op` (a `fedmq.ops.Op` with `.random`) for the
     principal the current message acts for, on `worker_id`: `op.fn` drawing from that
     principal's generator. Without a current principal, `op.fn` itself."""
-    acting = principals.current()
-    if acting is None:
+    acting, override = principals.current(), _OVERRIDE.get()
+    if acting is None and override is None:
         return op.fn
-    generator = GENERATORS.get(worker_id, acting.principal)
+    generator = override or GENERATORS.get(worker_id, acting.principal)
     fn, how = op.fn, op.random
 
     def run(*args: Any, **kwargs: Any) -> Any:
