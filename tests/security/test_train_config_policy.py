@@ -1,0 +1,79 @@
+"""Seed §14's API is the coordinator's path (issue 14): a principal granted `coordinator`
+trains with `fit` / `async_fit` on the owner's data, fetches the trained model and the
+evaluation results; everyone else is refused, and under `--release none` the data itself
+still does not leave. In-process and over RabbitMQ (a real `fedmq worker` process, a broker
+user per principal)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import fedmq
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(28 * 28, 10)
+        self.bn = nn.BatchNorm1d(10)
+
+    def forward(self, x):
+        return F.log_softmax(self.bn(self.fc(x.view(-1, 28 * 28))), dim=1)
+
+
+def _digits(world):
+    x = torch.randn(40, 1, 28, 28)
+    y = torch.randint(0, 10, (40,))
+    owner = world.client("owner")
+    for t, kind in ((x, "#data"), (y, "#target")):
+        ptr = t.tag("#digits", kind, "#train").send(owner)
+        ptr.garbage_collect_data = False
+    return x, y
+
+
+def _config():
+    torch.manual_seed(0)
+    return fedmq.TrainConfig(model=Tiny(), loss_fn=F.nll_loss, batch_size=8, epochs=1,
+                             optimizer="SGD", optimizer_args={"lr": 0.1},
+                             example_input=torch.zeros(8, 1, 28, 28))
+
+
+def test_the_coordinator_fits_fetches_and_evaluates(world):
+    _digits(world)
+    coord = world.client("coord")
+    tc = _config().send(coord)
+    before = {k: v.clone() for k, v in tc.model.state_dict().items()}
+    loss = coord.fit(dataset_key="digits")
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    trained = tc.model_ptr.get()
+    assert isinstance(trained, Tiny)
+    assert not torch.equal(trained.fc.weight, before["fc.weight"])
+    assert int(trained.state_dict()["bn.num_batches_tracked"]) == 5  # 40 / 8 batches
+    loss2 = asyncio.run(coord.async_fit(dataset_key="digits", return_ids=[0]))
+    assert torch.isfinite(loss2)
+    result = coord.evaluate(dataset_key="digits", return_histograms=True, nr_bins=10)
+    assert result["nr_predictions"] == 40
+    assert 0 <= result["nr_correct_predictions"] <= 40
+    assert int(result["histogram_target"].sum()) == 40
+    # the data itself still does not leave for the coordinator
+    hits = coord.search(["#digits", "#data"])
+    with pytest.raises(fedmq.RemoteError):
+        for ptr in hits:
+            ptr.get()
+        if not hits:
+            raise fedmq.ObjectNotFoundError("not found")
+
+
+@pytest.mark.parametrize("who", ["sci", "mallory"])
+def test_others_may_not_fit_or_evaluate(world, who):
+    _digits(world)
+    client = world.client(who)
+    _config().send(client)
+    with pytest.raises(fedmq.AccessDeniedError):
+        client.fit(dataset_key="digits")
+    with pytest.raises(fedmq.AccessDeniedError):
+        client.evaluate(dataset_key="digits")
