@@ -48,6 +48,7 @@ from pamqp.commands import Basic
 from fedmq import messages as m, serde
 from fedmq.client import WorkerClient
 from fedmq.context import Context
+from fedmq.data.spec import NamedDataset, add_data_arguments
 from fedmq.engine import RequestEngine
 from fedmq.errors import FedmqError
 from fedmq.extensions import load_extensions
@@ -708,8 +709,9 @@ def worker_ids(args: argparse.Namespace) -> list[str]:
 
 
 def build_worker(args: argparse.Namespace) -> Worker:
-    """A `Worker(args.id)` whose store holds the partition `args` describes
-    (fedmq.data.worker_data.holdings: images and labels, tagged for search)."""
+    """A `Worker(args.id)` whose store holds what `args` describes: the named dataset's
+    partition and the owner's `--data` files (fedmq.data.worker_data.holdings: inputs and
+    targets, tagged for search). Raises ValueError naming the option at fault."""
     from fedmq.data.worker_data import holdings  # torchvision: only for workers holding data
 
     worker = Worker(args.id)
@@ -719,47 +721,56 @@ def build_worker(args: argparse.Namespace) -> Worker:
 
 
 def build_workers(args: argparse.Namespace, ids: list[str]) -> dict[str, Worker]:
-    """Workers holding data for several ids served by one process; the dataset is read and
+    """Workers holding data for several ids served by one process; the data is read and
     normalised once. Without `--iid-parts` each id holds its own copy of the whole
     `--labels` partition (or test set); with `--iid-parts N` the partition is cut into N
     near-equal IID parts (`fedmq.data.partition.iid`, seed `--iid-seed`) and the i-th id of
     this process holds part `--first-part + i`, so processes hosting w0-w9, w10-w19, ... with
-    `--first-part 0, 10, ...` share out one partition without overlap."""
+    `--first-part 0, 10, ...` share out one partition without overlap. Every id holds its own
+    copy of the `--data` files. Raises ValueError naming the option at fault."""
     from fedmq.data import partition  # torchvision: only for workers holding data
-    from fedmq.data.worker_data import partition_tensors
+    from fedmq.data.worker_data import (checked_specs, file_holdings, named_dataset,
+                                        partition_tensors)
 
-    if not args.dataset:
-        raise SystemExit("fedmq worker: --iid-parts and several ids with data need --dataset")
-    if args.testing and args.labels:
-        raise SystemExit("fedmq worker: use either --labels or --testing")
-    labels = partition.parse_labels(args.labels) if args.labels else None
-    images, targets = partition_tensors(args.dataset, labels, args.testing)
-    parts = None
-    if args.iid_parts:
-        if args.first_part < 0 or args.first_part + len(ids) > args.iid_parts:
-            raise SystemExit(f"fedmq worker: {len(ids)} ids from part {args.first_part} do not "
-                             f"fit in --iid-parts {args.iid_parts}")
-        parts = partition.iid(len(targets), args.iid_parts, args.iid_seed)
-    split = "#test" if args.testing else "#train"
-    workers = {}
-    for i, worker_id in enumerate(ids):
-        if parts is not None:
-            index = torch.from_numpy(parts[args.first_part + i])
-            data, target = images[index], targets[index]  # indexing copies
-            what = f"IID part {args.first_part + i}/{args.iid_parts}"
-        else:
-            data, target = images.clone(), targets.clone()  # ids never share a tensor
-            what = "all"
-        worker = Worker(worker_id)
-        labelled = f", labels {args.labels}" if args.labels else ""
-        description = f"{args.dataset} {split[1:]} set{labelled}, {what}, held by {worker_id}"
-        worker.store.put(new_id(), data, (f"#{args.dataset}", "#data", split), description)
-        worker.store.put(new_id(), target, (f"#{args.dataset}", "#target", split), description)
-        log.info("worker %s holds %d %s %s samples (%s); per label: %s", worker_id, len(target),
-                 args.dataset, split[1:], what,
-                 ", ".join(str(n) for n in partition.label_counts(target)))
-        workers[worker_id] = worker
+    named = named_dataset(args)
+    specs = checked_specs(args)
+    if args.iid_parts and not named:
+        raise ValueError("--iid-parts cuts the partition of a --dataset: give --dataset")
+    if args.iid_parts and (args.first_part < 0 or args.first_part + len(ids) > args.iid_parts):
+        raise ValueError(f"{len(ids)} ids from part {args.first_part} do not fit in "
+                         f"--iid-parts {args.iid_parts}")
+    workers = {worker_id: Worker(worker_id) for worker_id in ids}
+    if named:
+        dataset, labels, testing, key = named
+        images, targets = partition_tensors(dataset, labels, testing)
+        parts = partition.iid(len(targets), args.iid_parts, args.iid_seed) \
+            if args.iid_parts else None
+        split = "#test" if testing else "#train"
+        for i, (worker_id, worker) in enumerate(workers.items()):
+            if parts is not None:
+                index = torch.from_numpy(parts[args.first_part + i])
+                data, target = images[index], targets[index]  # indexing copies
+                what = f"IID part {args.first_part + i}/{args.iid_parts}"
+            else:
+                data, target = images.clone(), targets.clone()  # ids never share a tensor
+                what = "all"
+            labelled = f", labels {args.labels}" if args.labels else ""
+            description = f"{dataset} {split[1:]} set{labelled}, {what}, held by {worker_id}"
+            worker.store.put(new_id(), data, (f"#{key}", "#data", split), description)
+            worker.store.put(new_id(), target, (f"#{key}", "#target", split), description)
+            log.info("worker %s holds %d %s %s samples (%s); per label: %s", worker_id,
+                     len(target), dataset, split[1:], what,
+                     ", ".join(str(n) for n in partition.label_counts(target)))
+    if specs:
+        held = file_holdings(specs, ", ".join(ids))
+        for worker in workers.values():
+            for tensor, tags, description in held:
+                worker.store.put(new_id(), tensor.clone(), tags, description)
     return workers
+
+
+def _holds_data(args: argparse.Namespace) -> bool:
+    return bool(args.dataset or args.testing or args.labels or getattr(args, "data", None))
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -770,11 +781,16 @@ def run_worker(args: argparse.Namespace) -> int:
     ids = worker_ids(args)
     policy = policy_from_args(args)
     workers: dict[str, Worker | None] = dict.fromkeys(ids)
-    if len(ids) == 1 and not args.iid_parts:
-        if args.dataset or args.testing:
-            workers[ids[0]] = build_worker(argparse.Namespace(**{**vars(args), "id": ids[0]}))
-    elif args.dataset or args.testing or args.iid_parts:
-        workers = dict(build_workers(args, ids))
+    try:
+        if len(ids) == 1 and not args.iid_parts:
+            if _holds_data(args):
+                workers[ids[0]] = build_worker(argparse.Namespace(**{**vars(args),
+                                                                     "id": ids[0]}))
+        elif _holds_data(args) or args.iid_parts:
+            workers = dict(build_workers(args, ids))
+    except ValueError as exc:  # a bad data option or file: checked before the slow reading
+        print(f"fedmq worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
     async def main() -> None:
         services = [WorkerService(worker_id, args.url, prefetch=args.prefetch,
@@ -891,15 +907,19 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                         "(dead-lettered, the sender told); default %(default)s")
     p.add_argument("--state-dir", default=os.environ.get("FEDMQ_STATE_DIR"),
                    help="where handled message ids are kept across restarts")
-    p.add_argument("--dataset", help="dataset this worker holds (mnist5k, fashion-mnist, ...)")
-    p.add_argument("--labels", help="label range of this worker's partition, e.g. 0-3 "
-                                    "(with several ids: of every id)")
-    p.add_argument("--testing", action="store_true", help="hold the held-out test set")
+    p.add_argument("--dataset", action=NamedDataset, metavar="NAME",
+                   help="a named dataset this worker holds: mnist5k or fashion-mnist, tagged "
+                        "#NAME (or #KEY with --key KEY right after it)")
+    p.add_argument("--labels", help="label range of this worker's --dataset partition, e.g. "
+                                    "0-3 (with several ids: of every id)")
+    p.add_argument("--testing", action="store_true",
+                   help="hold --dataset's held-out test set")
     p.add_argument("--iid-parts", type=int, default=0, metavar="N",
                    help="cut the partition into N IID parts; the i-th id holds part "
                         "--first-part + i")
     p.add_argument("--first-part", type=int, default=0, help="IID part of the first id")
     p.add_argument("--iid-seed", type=int, default=0, help="seed of the IID split")
+    add_data_arguments(p)
     p.add_argument("--standby", action="store_true",
                    help="if another process serves this id, wait as its hot standby and take "
                         "over when it stops (without this, starting a second one is an error)")
