@@ -58,18 +58,19 @@ except Exception:  # noqa: BLE001 - a plain function serves the same (it is trac
 def define_and_get_arguments(args=sys.argv[1:]):
     parser = argparse.ArgumentParser(
         description="Run federated learning using fedmq worker services (seed §14).")
+    # in alphabetical order, so that the Namespace prints as the notes show it
     parser.add_argument("--batch_size", type=int, default=32, help="batch size of the training")
-    parser.add_argument("--test_batch_size", type=int, default=128,
-                        help="batch size used for the test data")
-    parser.add_argument("--training_rounds", type=int, default=40,
-                        help="number of federated learning rounds")
+    parser.add_argument("--cuda", action="store_true", help="use cuda (fedmq: CPU only)")
     parser.add_argument("--federate_after_n_batches", type=int, default=10,
                         help="number of training steps performed on each remote worker "
                              "before averaging")
     parser.add_argument("--lr", type=float, default=0.1, help="learning rate")
-    parser.add_argument("--cuda", action="store_true", help="use cuda (fedmq: CPU only)")
-    parser.add_argument("--seed", type=int, default=1, help="seed used for randomization")
     parser.add_argument("--save_model", action="store_true", help="if set, model will be saved")
+    parser.add_argument("--seed", type=int, default=1, help="seed used for randomization")
+    parser.add_argument("--test_batch_size", type=int, default=128,
+                        help="batch size used for the test data")
+    parser.add_argument("--training_rounds", type=int, default=40,
+                        help="number of federated learning rounds")
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="if set, websocket client workers will be started in verbose mode")
     return parser.parse_args(args=args)
