@@ -20,7 +20,7 @@ from fedmq.strategy import FedAsync, FedBuff
 from fedmq.worker import Worker
 
 import fl_helpers  # noqa: F401  (loads the Fit / Evaluate handlers)
-from test_coordinator import Broken, Slow
+from test_coordinator import Broken, Poisoned, Slow
 
 LABELS = {"alice": [0, 1, 2, 3], "bob": [4, 5, 6], "charlie": [7, 8, 9]}
 
@@ -155,6 +155,22 @@ def test_a_failing_worker_is_retried_with_backoff_and_does_not_stop_the_run():
     failed = [body for key, body in coord.events.events if key == "fit.failed"]
     assert failed and all(b["worker"] == "charlie" for b in failed)
     assert failed[-1]["retry_in"] == pytest.approx(0.4)  # doubled, capped
+
+
+def test_empty_and_non_finite_updates_are_failed_fits():
+    lines: list[str] = []
+    coord = make(workers(bob=Poisoned("bob"), charlie=Poisoned("charlie", empty=True)), lines,
+                 strategy=FedAsync(), max_updates=4, eval_every=0, retry_backoff=0.05,
+                 max_backoff=0.1)
+    run(coord)
+    assert coord.counts == {"alice": 4, "bob": 0, "charlie": 0}
+    assert coord.failures["bob"] >= 1 and coord.failures["charlie"] >= 1
+    assert coord.strategy.received == 4  # rejected results never reach the strategy's count
+    assert all(torch.isfinite(v).all() for v in coord.weights.values() if v.is_floating_point())
+    reasons = {b["worker"]: b["reason"] for k, b in coord.events.events if k == "fit.failed"}
+    assert "holds NaN or infinite values" in reasons["bob"]
+    assert reasons["charlie"].startswith("UpdateRejected: update from charlie: num_examples is 0")
+    assert any(line.startswith("charlie: Fit failed (UpdateRejected: ") for line in lines)
 
 
 def test_a_fit_that_times_out_is_retried():

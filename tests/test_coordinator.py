@@ -53,6 +53,23 @@ class Stale:
         return serde.encode(m.Reply(value=FitRes(0, "stale", msg.weights, 10, 0.1)))
 
 
+class Poisoned:
+    """A worker whose update is unusable: it trained on no examples (`empty`), or its weights
+    hold NaN."""
+
+    def __init__(self, worker_id: str, empty: bool = False) -> None:
+        self.id, self.empty = worker_id, empty
+
+    def handle_frame(self, frame: bytes, login: str | None = None) -> bytes:
+        msg = serde.decode(frame).message
+        weights = {k: v.clone() for k, v in msg.weights.items()}
+        if not self.empty:
+            name = next(k for k, v in weights.items() if v.is_floating_point())
+            weights[name].view(-1)[0] = float("nan")
+        return serde.encode(m.Reply(value=FitRes(msg.round, self.id, weights,
+                                                 0 if self.empty else 10, 0.1)))
+
+
 class Broken:
     """A worker that cannot answer at all (its reply is not a frame)."""
 
@@ -269,3 +286,24 @@ def test_fedmq_train_names_the_valid_strategies_when_given_another(tmp_path):
     from fedmq.cli import main
     with pytest.raises(SystemExit, match="fedavg.*krum"):
         main(["train", "--dataset", "mnist5k", "--runs-dir", str(tmp_path), "--strategy", "sgd"])
+
+
+def test_empty_and_non_finite_updates_are_dropped_as_failures(caplog):
+    ws = workers(bob=Poisoned("bob"), charlie=Poisoned("charlie", empty=True))
+    lines: list[str] = []
+    coord = make(ws, ["alice", "bob", "charlie"], small_config(rounds=1, eval_every=0), lines)
+    coord.prepare()
+    before = {k: v.clone() for k, v in coord.weights.items()}
+    with caplog.at_level("WARNING", logger="fedmq.fl"):
+        record = asyncio.run(coord.run_round(1))
+    assert record.status == "ok" and list(record.workers) == ["alice"]
+    assert "holds NaN or infinite values" in record.failed["bob"]
+    assert record.failed["charlie"].startswith("UpdateRejected: update from charlie: "
+                                               "num_examples is 0")
+    assert all(torch.isfinite(v).all() for v in coord.weights.values() if v.is_floating_point())
+    assert any(not torch.equal(before[k], coord.weights[k]) for k in before)  # alice's update
+    failed = {b["worker"]: b["reason"] for k, b in coord.events.events if k == "fit.failed"}
+    assert failed == record.failed
+    assert "dropped" in caplog.text and "num_examples is 0" in caplog.text
+    assert lines[-1].endswith("; failed: bob (" + record.failed["bob"] + "), charlie (" +
+                              record.failed["charlie"] + ")")

@@ -31,32 +31,36 @@ it does not redo identical batches.
 
 Checkpoint (fedmq.fl.checkpoint, serde, no pickle) after every version: weights, version,
 `strategy.state_dict()`, counters; `run(resume=True)` continues the version count from it.
+
+The strategy is driven through Flower's interface with versions for rounds
+(fedmq.strategy.asynchronous): `configure_fit` for the worker's next Fit, `on_update` =
+`begin_fit` + `add` + `aggregate_fit` for each reply (a rejected result, with no examples or
+non-finite values, is a failed Fit: logged, counted, retried). Printed lines, checkpoints,
+metrics and events are reporters (fedmq.fl.reporters); the shared plumbing is fedmq.fl.base.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import pathlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable, Iterable
 
-from fedmq.fl import checkpoint, events as ev
 from fedmq.engine import RequestEngine
-from fedmq.fl.coordinator import (TrainConfig, accuracy_line, bucket_line, cancel_fit,
-                                  initial_weights, worker_seed, wait_for_workers)
-from fedmq.fl.messages import Evaluate, EvaluateRes, Fit, FitRes
-from fedmq.fl.metrics import PLOT, MetricsLog, plot
+from fedmq.fl.base import CoordinatorBase, cancel_fit
+from fedmq.fl.config import TrainConfig
+from fedmq.fl.events import UPDATE_DROPPED, VERSION_APPLIED
+from fedmq.fl.messages import EvaluateRes, FitRes
+from fedmq.fl.reporters import AsyncConsoleReporter, Reporter
 from fedmq.ids import new_id
-from fedmq.models import MODELS
-from fedmq.strategy import AsyncStrategy, FedBuff, FitResult
+from fedmq.strategy import AsyncStrategy, EvaluateIns, FedBuff, FitResult
 
 log = logging.getLogger("fedmq.fl")
 
-VERSION_APPLIED = "version.applied"  # event: a new global model version
-UPDATE_DROPPED = "fit.dropped"  # event: an update the strategy dropped (too stale)
+__all__ = ["MODE", "UPDATE_DROPPED", "VERSION_APPLIED", "AsyncCoordinator", "VersionRecord"]
+
 MODE = "async"  # marks an asynchronous run's checkpoint
 
 
@@ -89,19 +93,17 @@ class _Sent:
     weights: dict = field(repr=False)
 
 
-class AsyncCoordinator:
+class AsyncCoordinator(CoordinatorBase):
+    unit = "version"
+
     def __init__(self, connection: RequestEngine, workers: list[str], config: TrainConfig, *,
                  testing: str | None = None, strategy: AsyncStrategy | None = None,
                  run_dir: str | pathlib.Path | None = None,
                  echo: Callable[[str], None] | None = None, max_updates: int = 100,
                  max_versions: int | None = None, eval_every: int | None = None,
-                 retry_backoff: float = 1.0, max_backoff: float = 30.0) -> None:
-        if not workers:
-            raise ValueError("a federated run needs at least one worker")
-        if len(set(workers)) != len(workers):
-            raise ValueError(f"duplicate worker ids in {workers}")
-        if config.model not in MODELS:
-            raise ValueError(f"unknown model {config.model!r} (known: {sorted(MODELS)})")
+                 retry_backoff: float = 1.0, max_backoff: float = 30.0,
+                 reporters: Iterable[Reporter] | None = None,
+                 extra_reporters: Iterable[Reporter] = ()) -> None:
         if max_updates < 1:
             raise ValueError(f"max_updates must be at least 1, got {max_updates}")
         if max_versions is not None and max_versions < 1:
@@ -109,30 +111,32 @@ class AsyncCoordinator:
         if strategy is not None and not isinstance(strategy, AsyncStrategy):
             raise TypeError(f"the asynchronous coordinator needs an AsyncStrategy (FedAsync, "
                             f"FedBuff), got {type(strategy).__name__}")
-        self.connection = connection
-        self.workers = list(workers)
-        self.config = config
-        self.testing = testing
-        self.strategy = strategy or FedBuff(buffer_size=len(self.workers))
-        self.run_dir = pathlib.Path(run_dir) if run_dir is not None else None
-        self.echo = echo or (lambda line: print(f"{time.strftime('%H:%M:%S')} - {line}",
-                                                flush=True))
         self.max_updates = max_updates
         self.max_versions = max_versions
         self.eval_every = config.eval_every if eval_every is None else eval_every
         self.retry_backoff = retry_backoff
         self.max_backoff = max_backoff
-        self.events = getattr(connection, "events", None) or ev.EventLog()
+        super().__init__(connection, workers, config, testing=testing,
+                         strategy=strategy or FedBuff(buffer_size=len(workers)),
+                         run_dir=run_dir, echo=echo, reporters=reporters,
+                         extra_reporters=extra_reporters)
         self.history: list[VersionRecord] = []
-        self.weights: dict = {}
         self.version = 0
         self.counts: dict[str, int] = {}
         self.failures: dict[str, int] = {}  # failed Fits per worker (whole run)
+        self.started = time.monotonic()
         self._pending: list[dict] = []  # updates buffered for the next version
-        self._repeats: dict[tuple[str, int], int] = {}
         self._streak: dict[str, int] = {}  # consecutive failures per worker
-        self._metrics: MetricsLog | None = None
         self._evaluated = -1
+
+    def console_reporter(self) -> Reporter:
+        return AsyncConsoleReporter()
+
+    def checkpoint_state(self, record: VersionRecord) -> dict:
+        return {"mode": MODE, "round": self.version, "version": self.version,
+                "weights": self.weights, "strategy": self.strategy.state_dict(),
+                "counts": dict(self.counts), "failures": dict(self.failures),
+                "seed": self.config.seed, "model": self.config.model}
 
     # -- set-up and resume ----------------------------------------------------------------
     @property
@@ -141,37 +145,21 @@ class AsyncCoordinator:
 
     def prepare(self, resume: bool = False) -> None:
         """The initial global model (version 0), or the checkpoint's with `resume`."""
-        cfg = self.config
-        self._metrics = MetricsLog.in_run_dir(self.run_dir)
         self.counts = {w: 0 for w in self.workers}
         self.failures = {w: 0 for w in self.workers}
-        self._pending, self._streak, self._repeats = [], {}, {}
-        state = (checkpoint.load_run(self.run_dir, cfg.model, cfg.seed)
-                 if resume and self.run_dir is not None else None)
+        self._pending, self._streak = [], {}
+        state = self.load_checkpoint(resume)
         if state is not None:
             if state.get("mode") != MODE:
                 raise ValueError(f"the checkpoint in {self.run_dir} is not of an asynchronous "
                                  f"run")
-            self.weights = state["weights"]
             self.version = int(state["version"])
-            self.strategy.load_state_dict(state.get("strategy") or {})
             self.counts.update({str(k): int(v) for k, v in state.get("counts", {}).items()})
             self.failures.update({str(k): int(v) for k, v in state.get("failures", {}).items()})
-            self._truncate_metrics(self.version)
-            self.echo(f"Resuming after version {self.version} ({self.received} updates) from "
-                      f"{self.run_dir / checkpoint.FILENAME}")
-            return
-        self.weights = initial_weights(cfg.model, cfg.seed)
-        self.version = 0
-        self.strategy.initialize(self.weights, version=0)
-        if self._metrics is not None and self._metrics.path.exists():
-            self._metrics.path.unlink()
-
-    def _truncate_metrics(self, last_version: int) -> None:
-        if self._metrics is None:
-            return
-        kept = [r for r in self._metrics.read() if r["version"] <= last_version]
-        self._metrics.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        else:
+            self.version = 0
+        self.start_model(state, version=self.version)
+        self.report("on_prepare", self.version if state is not None else None)
 
     # -- the run --------------------------------------------------------------------------
     def _done(self) -> bool:
@@ -183,9 +171,8 @@ class AsyncCoordinator:
         counts those before the checkpoint) or `max_versions` versions exist; the records of
         the versions applied by this call."""
         self.prepare(resume)
-        self._started = time.monotonic()
-        self.echo(f"Asynchronous training with {self.strategy!r} on {', '.join(self.workers)}: "
-                  f"up to {self.max_updates} updates")
+        self.started = time.monotonic()
+        self.report("on_run_start")
         tasks: dict[asyncio.Task, str] = {}
         for worker in self.workers:
             tasks[asyncio.ensure_future(self._fit(worker, 0.0))] = worker
@@ -205,21 +192,13 @@ class AsyncCoordinator:
         if self.testing is not None and self._evaluated != self.version and self.history \
                 and self.eval_every > 0:
             await self._evaluate_final()
-        self.write_plot()
-        self.echo(f"Finished: version {self.version}, {self.received} updates received "
-                  f"({self.strategy.dropped} dropped as too stale, "
-                  f"{sum(self.failures.values())} failed Fits), "
-                  f"{time.monotonic() - self._started:.2f} s")
+        self.report("on_run_end")
         return self.history
 
-    def _fit_config(self, worker: str, version: int) -> dict[str, Any]:
+    def lr_at(self, version: int) -> float:
+        """The synchronous schedule with versions for rounds."""
         cfg = self.config
-        base = cfg.fit_config(max(cfg.lr * cfg.lr_decay ** version, cfg.lr_floor * cfg.lr))
-        repeat = self._repeats.get((worker, version), 0)
-        self._repeats[(worker, version)] = repeat + 1
-        name = worker if repeat == 0 else f"{worker}/{repeat}"
-        return dict(self.strategy.fit_config(version, base),
-                    seed=worker_seed(cfg.seed, version, name))
+        return max(cfg.lr * cfg.lr_decay ** version, cfg.lr_floor * cfg.lr)
 
     async def _fit(self, worker: str, delay: float) -> tuple[_Sent, FitRes]:
         """After `delay` s, send `worker` the current model; its reply and what was sent."""
@@ -227,8 +206,10 @@ class AsyncCoordinator:
             await asyncio.sleep(delay)
         sent = _Sent(worker, self.version, self.weights)
         timeout = self.config.round_timeout
-        msg = Fit(sent.version, self.config.model, sent.weights,
-                  self._fit_config(worker, sent.version), time.time() + timeout)
+        ((_, ins),) = self.strategy.configure_fit(
+            sent.version, sent.weights, [worker], self.config.fit_config(self.lr_at(sent.version)),
+            seed=self.config.seed)
+        msg = self.fit_instructions(sent.version, worker, ins, time.time() + timeout)
         msg_id = new_id()  # what a Cancel names, if it times out
         try:
             res = await self.connection.arequest(worker, msg, timeout=timeout,
@@ -261,19 +242,17 @@ class AsyncCoordinator:
             run = self._consecutive_failures(worker)
             backoff = min(self.retry_backoff * 2 ** (run - 1), self.max_backoff)
             log.warning("Fit on %s failed (%s); retrying in %.1f s", worker, reason, backoff)
-            self.echo(f"{worker}: Fit failed ({reason}); retrying in {backoff:.1f} s")
-            self.events.emit(ev.FIT_FAILED, {"version": self.version, "worker": worker,
-                                             "reason": reason, "retry_in": backoff})
+            self.report("on_fit_failure", self.version, worker, reason, backoff)
             return backoff
         self._streak[worker] = 0
         self.counts[worker] += 1
-        update = {"worker": worker, "started_from": sent.version, "staleness": staleness,
+        update = {"started_from": sent.version, "staleness": staleness,
                   "loss": res.loss, "samples": res.num_examples}
-        self.events.emit(ev.FIT_RESULT, {"version": version, **update})
+        self.report("on_fit_result", version, worker, update)
         if self.strategy.dropped > dropped_before:
-            self.events.emit(UPDATE_DROPPED, {"version": version, **update})
+            self.report("on_update_dropped", version, worker, update)
         else:
-            self._pending.append(update)
+            self._pending.append({"worker": worker, **update})
         if new is not None:
             self.weights = new
             self.version = version + 1
@@ -297,58 +276,26 @@ class AsyncCoordinator:
                 if samples else float("nan"))
         record = VersionRecord(
             version=self.version, time=time.time(),
-            seconds=time.monotonic() - self._started, loss=loss, updates=updates,
+            seconds=time.monotonic() - self.started, loss=loss, updates=updates,
             staleness=[u["staleness"] for u in updates], counts=dict(self.counts),
             received=self.received, dropped=self.strategy.dropped,
             failures=sum(self.failures.values()))
-        self._repeats = {k: n for k, n in self._repeats.items() if k[1] >= self.version - 1}
         if self._is_eval_version(self.version):
             await self._evaluate_into(record)
         self.history.append(record)
-        self.events.emit(VERSION_APPLIED, record.as_json())
-        self.echo(self.progress_line(record))
-        if self.run_dir is not None:
-            cfg = self.config
-            checkpoint.save(self.run_dir, {
-                "mode": MODE, "round": self.version, "version": self.version,
-                "weights": self.weights, "strategy": self.strategy.state_dict(),
-                "counts": dict(self.counts), "failures": dict(self.failures),
-                "seed": cfg.seed, "model": cfg.model})
-            self._metrics.append(record.as_json())
-            if record.accuracy is not None:
-                self.write_plot()
+        self.report("on_round_end", record)
+        self.report("on_round_closed", record)
 
-    # -- evaluation, output ---------------------------------------------------------------
+    # -- evaluation -----------------------------------------------------------------------
     async def evaluate(self, weights: dict, version: int = 0) -> EvaluateRes:
         """The testing worker's evaluation of `weights` (raises on failure)."""
-        cfg = self.config
-        config = {"batch_size": cfg.eval_batch_size, "loss": cfg.loss, "split": "test"}
-        if cfg.dataset:
-            config["dataset"] = cfg.dataset
-        res = await self.connection.arequest(
-            self.testing, Evaluate(version, cfg.model, weights, config),
-            timeout=cfg.round_timeout, expiration=cfg.round_timeout)
-        if not isinstance(res, EvaluateRes):
-            raise TypeError(f"expected EvaluateRes, got {type(res).__name__}")
-        return res
+        return await self.request_evaluate(self.testing, version,
+                                           EvaluateIns(weights, self.evaluate_config()))
 
     async def _evaluate_into(self, record: VersionRecord) -> None:
-        name = "Federated model"
-        self.echo(f"Evaluating models (version {record.version})")
+        self.report("on_evaluate_start", record.version)
         self._evaluated = record.version
-        try:
-            res = await self.evaluate(self.weights, record.version)
-        except Exception as exc:
-            self.echo(f"{name}: evaluation failed: {type(exc).__name__}: {exc}")
-            return
-        self.echo(bucket_line(name, res, self.config.buckets))
-        self.echo(accuracy_line(name, res))
-        self.events.emit(ev.EVALUATE_RESULT, {
-            "version": record.version, "model": name, "loss": res.loss,
-            "correct": res.correct, "total": res.num_examples,
-            "prediction_hist": res.prediction_hist})
-        record.accuracy, record.test_loss = res.accuracy, res.loss
-        record.correct, record.total = res.correct, res.num_examples
+        await self.evaluate_global(record.version, record)
 
     async def _evaluate_final(self) -> None:
         """The last version was applied before the last update arrived: evaluate it now and
@@ -357,32 +304,8 @@ class AsyncCoordinator:
         if record.version != self.version:
             return
         await self._evaluate_into(record)
-        if self._metrics is not None and record.accuracy is not None:
-            rows = self._metrics.read()
-            if rows and rows[-1]["version"] == record.version:
-                rows[-1] = json.loads(json.dumps(record.as_json()))
-                self._metrics.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-    async def wait_for_workers(self, timeout: float, interval: float = 2.0) -> list[str]:
-        ids = self.workers + ([self.testing] if self.testing else [])
-        return await wait_for_workers(self.connection, ids, timeout, self.echo, interval)
-
-    def write_plot(self) -> pathlib.Path | None:
-        """metrics.png: accuracy and loss per global-model version."""
-        if self.run_dir is None or self._metrics is None:
-            return None
-        try:
-            rows = self._metrics.read()
-            return plot(rows, self.run_dir / PLOT, x="version") if rows else None
-        except Exception as exc:  # a missing matplotlib must not stop training
-            log.warning("no plot: %s", exc)
-            return None
+        if record.accuracy is not None:
+            self.report("on_record_updated", record)
 
     def progress_line(self, record: VersionRecord) -> str:
-        line = (f"version {record.version}: {len(record.updates)} updates (staleness "
-                f"{','.join(map(str, record.staleness))}), train loss {record.loss:.4f}, "
-                f"{record.received}/{self.max_updates} received, {record.dropped} dropped, "
-                f"{record.seconds:.2f} s")
-        if record.accuracy is not None:
-            line += f", accuracy {100 * record.accuracy:.2f}%"
-        return line
+        return AsyncConsoleReporter().bind(self).progress_line(record)

@@ -184,7 +184,7 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
                    help="seconds to wait for every worker to answer before round 1")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--strategy", default="fedavg",
-                   help="fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedmedian, "
+                   help="fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedavgm, fedmedian, "
                         "fedtrimmedavg, krum; fedasync or fedbuff run without rounds")
     p.add_argument("--max-updates", type=int, default=None,
                    help="fedasync/fedbuff: stop after this many worker updates "

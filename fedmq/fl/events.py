@@ -42,3 +42,5 @@ class AMQPEvents(EventLog):
             self.amqp.publish_event(routing_key, json.dumps(json_safe(payload)).encode())
         except Exception as exc:  # events must never stop a run
             log.warning("event %s not published: %s", routing_key, exc)
+VERSION_APPLIED = "version.applied"  # asynchronous runs: a new global model version
+UPDATE_DROPPED = "fit.dropped"  # asynchronous runs: an update the strategy dropped (too stale)

@@ -46,8 +46,11 @@ class MetricsLog:
 
     def truncate(self, last_round: int) -> None:
         """Keep the rounds up to `last_round` (resuming from its checkpoint)."""
-        kept = [r for r in self.read() if r["round"] <= last_round]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.rewrite([r for r in self.read() if r["round"] <= last_round])
+
+    def rewrite(self, records: list[dict]) -> None:
+        """Replace the file's lines by `records`."""
+        self.path.write_text("".join(json.dumps(json_safe(r)) + "\n" for r in records))
 
 
 def plot(records: list[dict], path: str | pathlib.Path, x: str = "round") -> pathlib.Path:

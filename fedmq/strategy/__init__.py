@@ -1,28 +1,36 @@
-"""Aggregation strategies for federated rounds, in the style of Flower's strategy API.
+"""Aggregation strategies for federated rounds, in the shape of Flower's strategy API.
 
-A strategy decides which workers train in a round (`sample`), what they are told
-(`fit_config`) and how their updates become the next global model (`begin_round` returns an
-`Aggregation` that takes `FitResult`s as they arrive; `finish_round` turns it into weights).
+A strategy (`base.Strategy`) sets up server state (`initialize_parameters`), decides who trains
+and what each worker is told (`configure_fit` -> [(worker_id, FitIns)]), folds the replies as
+they arrive (`begin_fit` -> `FitAggregate.add`) and turns them into the next global model
+(`aggregate_fit`); `configure_evaluate` / `aggregate_evaluate` / `evaluate` do the same for
+evaluation. Buffers (BatchNorm statistics, integer counters) are aggregated apart from the
+trainable parameters in every strategy (see base.py).
 
+    base.py          the interface, FitIns/FitResult/EvaluateIns/EvaluateResult, Layout
     fedavg.py        FedAvg (default; a running weighted sum, O(model) memory)
     fedprox.py       FedProx (its worker half, `proximal_term`, is fedmq.fl.proximal)
-    fedopt.py        FedAdagrad, FedAdam, FedYogi (server-side adaptive optimizers)
+    fedopt.py        FedAdagrad, FedAdam, FedYogi, FedAvgM (server-side optimizers)
     robust.py        FedMedian, FedTrimmedAvg, Krum / Multi-Krum
-    asynchronous.py  FedAsync, FedBuff (`AsyncStrategy.on_update`, no rounds)
+    asynchronous.py  FedAsync, FedBuff (`AsyncStrategy`, versions instead of rounds)
     registry.py      STRATEGIES and make_strategy(name, **kwargs) for the CLI
 """
-from fedmq.strategy.asynchronous import (STALENESS_FUNCTIONS, AsyncStrategy, FedAsync, FedBuff,
-                                         staleness_weight)
-from fedmq.strategy.base import (Aggregation, FitResult, RoundFailed, RunningAverage, Strategy,
-                                 Weights, check_compatible, weighted_average)
+from fedmq.strategy.asynchronous import (STALENESS_FUNCTIONS, AsyncStrategy, AsyncUpdates,
+                                         FedAsync, FedBuff, staleness_weight)
+from fedmq.strategy.base import (Aggregation, EvaluateIns, EvaluateResult, FitAggregate, FitIns,
+                                 FitResult, Layout, RoundFailed, RunningAverage, Strategy,
+                                 UpdateRejected, Weights, check_compatible, check_result,
+                                 weighted_average, worker_seed)
 from fedmq.strategy.fedavg import FedAvg
-from fedmq.strategy.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
+from fedmq.strategy.fedopt import FedAdagrad, FedAdam, FedAvgM, FedOpt, FedYogi
 from fedmq.strategy.fedprox import FedProx
 from fedmq.strategy.registry import STRATEGIES, make_strategy
 from fedmq.strategy.robust import FedMedian, FedTrimmedAvg, Krum
 
-__all__ = ["Aggregation", "AsyncStrategy", "FedAdagrad", "FedAdam", "FedAsync", "FedAvg",
-           "FedBuff", "FedMedian", "FedOpt", "FedProx", "FedTrimmedAvg", "FedYogi", "FitResult",
-           "Krum", "RoundFailed", "RunningAverage", "STALENESS_FUNCTIONS", "STRATEGIES",
-           "Strategy", "Weights", "check_compatible", "make_strategy",
-           "staleness_weight", "weighted_average"]
+__all__ = ["Aggregation", "AsyncStrategy", "AsyncUpdates", "EvaluateIns", "EvaluateResult",
+           "FedAdagrad", "FedAdam", "FedAsync", "FedAvg", "FedAvgM", "FedBuff", "FedMedian",
+           "FedOpt", "FedProx", "FedTrimmedAvg", "FedYogi", "FitAggregate", "FitIns",
+           "FitResult", "Krum", "Layout", "RoundFailed", "RunningAverage",
+           "STALENESS_FUNCTIONS", "STRATEGIES", "Strategy", "UpdateRejected", "Weights",
+           "check_compatible", "check_result", "make_strategy", "staleness_weight",
+           "weighted_average", "worker_seed"]

@@ -11,6 +11,10 @@ Each round the sample-weighted average of the workers' models gives the pseudo-g
     w ← w + η·m / (√v + τ)
 
 m starts at 0 and v at τ² (the paper's v_{-1} ≥ τ²); no bias correction, as in the paper.
+Only trainable parameters take the server step (and have m, v); BatchNorm's running
+statistics and integer buffers take the round's aggregate (fedmq.strategy.base). FedAvgM (Hsu
+et al., 2019, "Measuring the Effects of Non-Identical Data Distribution") is the momentum
+step w ← w + η·m with m ← β·m + Δ (Flower's server_learning_rate, server_momentum).
 Defaults are Flower's. `eta_l` is the workers' learning rate: `fit_config` offers it as ``lr``
 unless the base config already sets one. m, v are float64 and live in `state_dict()`, so a
 run resumed from a checkpoint continues with the same numbers.
@@ -21,12 +25,13 @@ from typing import Any
 
 import torch
 
-from fedmq.strategy.base import (Aggregation, RunningAverage, Strategy, Weights, accumulator,
-                                 is_aggregated)
+from fedmq.strategy.base import FitAggregate, RunningAverage, Strategy, Weights, accumulator
+from fedmq.strategy.fedavg import average_of
 
 
 class FedOpt(Strategy):
-    """The shared machinery; subclasses define `_second_moment`."""
+    """The shared machinery; subclasses define `_second_moment`. The server step moves the
+    trainable parameters only; buffers take the round's aggregate (base module docstring)."""
 
     def __init__(self, *, eta: float = 1e-1, eta_l: float = 1e-1, beta_1: float = 0.0,
                  beta_2: float = 0.0, tau: float = 1e-9, **base: Any) -> None:
@@ -48,11 +53,17 @@ class FedOpt(Strategy):
         return (super().__repr__()[:-1] + f", eta={self.eta}, eta_l={self.eta_l}, "
                 f"beta_1={self.beta_1}, beta_2={self.beta_2}, tau={self.tau})")
 
-    def initialize(self, weights: Weights) -> None:
-        self.m = {n: torch.zeros_like(accumulator(t)) for n, t in weights.items()
-                  if is_aggregated(t)}
-        self.v = {n: torch.full(t.shape, self.tau ** 2, dtype=torch.float64)
-                  for n, t in weights.items() if is_aggregated(t)}
+    def initialize_parameters(self, weights: Weights, trainable=None) -> Weights:
+        """m = 0 and v = τ² for every trainable parameter (float64)."""
+        weights = super().initialize_parameters(weights, trainable)
+        self._reset(weights)
+        return weights
+
+    def _reset(self, weights: Weights) -> None:
+        names = self.layout(weights).parameters
+        self.m = {n: torch.zeros_like(accumulator(weights[n])) for n in names}
+        self.v = {n: torch.full(weights[n].shape, self.tau ** 2, dtype=torch.float64)
+                  for n in names}
         self.steps = 0
 
     def fit_config(self, round: int, base: dict[str, Any]) -> dict[str, Any]:
@@ -60,23 +71,21 @@ class FedOpt(Strategy):
         config.setdefault("lr", self.eta_l)
         return config
 
-    def begin_round(self, round: int, global_weights: Weights) -> Aggregation:
-        return RunningAverage(round, global_weights)
+    def begin_fit(self, round: int, parameters: Weights) -> FitAggregate:
+        return RunningAverage(round, parameters, self.layout(parameters))
 
-    def aggregate(self, round: int, global_weights: Weights, aggregation: Aggregation) -> Weights:
-        if not isinstance(aggregation, RunningAverage):
-            raise TypeError(f"{type(self).__name__} aggregates a RunningAverage (from its own "
-                            f"begin_round), got {type(aggregation).__name__}")
-        average = aggregation.average()
+    def aggregate_parameters(self, round: int, results: FitAggregate) -> Weights:
+        average = average_of(self, results)
+        global_weights = results.global_weights
         if self.m is None or self.v is None:
-            self.initialize(global_weights)
-        if self.m.keys() != {n for n, t in global_weights.items() if is_aggregated(t)}:
-            raise ValueError("the server optimizer's state does not match the model's entries")
+            self._reset(global_weights)
+        names = results.layout.parameters
+        if self.m.keys() != set(names):
+            raise ValueError("the server optimizer's state does not match the model's "
+                             "trainable parameters")
         m_new, v_new, out = {}, {}, {}
-        for name, current in global_weights.items():
-            if not is_aggregated(current):
-                out[name] = current.detach().clone()
-                continue
+        for name in names:
+            current = global_weights[name]
             base = accumulator(current)
             delta = accumulator(average[name]).sub_(base)
             square = delta.abs().pow(2)
@@ -142,3 +151,53 @@ class FedYogi(FedOpt):
 
     def _second_moment(self, v: torch.Tensor, square: torch.Tensor) -> torch.Tensor:
         return v - square * (1.0 - self.beta_2) * torch.sign(v - square)
+
+
+class FedAvgM(Strategy):
+    """FedAvg with server momentum: m ← β·m + Δ, w ← w + η·m, Δ = avg(w_i) − w (Flower's
+    defaults: server_learning_rate=1.0, server_momentum=0.0, which is FedAvg). Trainable
+    parameters only; m (float64) lives in `state_dict()`."""
+
+    def __init__(self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.0,
+                 **base: Any) -> None:
+        super().__init__(**base)
+        if server_learning_rate <= 0:
+            raise ValueError(f"server_learning_rate must be positive, got "
+                             f"{server_learning_rate}")
+        if not 0.0 <= server_momentum < 1.0:
+            raise ValueError(f"server_momentum must be in [0, 1), got {server_momentum}")
+        self.server_learning_rate = float(server_learning_rate)
+        self.server_momentum = float(server_momentum)
+        self.m: dict[str, torch.Tensor] | None = None
+
+    def __repr__(self) -> str:
+        return (super().__repr__()[:-1] + f", server_learning_rate={self.server_learning_rate}"
+                f", server_momentum={self.server_momentum})")
+
+    def initialize_parameters(self, weights: Weights, trainable=None) -> Weights:
+        weights = super().initialize_parameters(weights, trainable)
+        self.m = None
+        return weights
+
+    def begin_fit(self, round: int, parameters: Weights) -> FitAggregate:
+        return RunningAverage(round, parameters, self.layout(parameters))
+
+    def aggregate_parameters(self, round: int, results: FitAggregate) -> Weights:
+        average = average_of(self, results)
+        out, m_new = {}, {}
+        for name in results.layout.parameters:
+            current = results.global_weights[name]
+            base = accumulator(current)
+            delta = accumulator(average[name]).sub_(base)
+            m = delta if self.m is None else self.m[name] * self.server_momentum + delta
+            m_new[name] = m
+            out[name] = (base + self.server_learning_rate * m).to(current.dtype)
+        self.m = m_new
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.m is None else {"m": {n: t.clone() for n, t in self.m.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.m = ({n: t.detach().to(torch.float64, copy=True) for n, t in state["m"].items()}
+                  if "m" in state else None)

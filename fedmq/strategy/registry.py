@@ -7,7 +7,7 @@ from typing import Any
 
 from fedmq.strategy.asynchronous import FedAsync, FedBuff
 from fedmq.strategy.fedavg import FedAvg
-from fedmq.strategy.fedopt import FedAdagrad, FedAdam, FedYogi
+from fedmq.strategy.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from fedmq.strategy.fedprox import FedProx
 from fedmq.strategy.robust import FedMedian, FedTrimmedAvg, Krum
 
@@ -17,6 +17,7 @@ STRATEGIES: dict[str, type] = {
     "fedadam": FedAdam,
     "fedyogi": FedYogi,
     "fedadagrad": FedAdagrad,
+    "fedavgm": FedAvgM,
     "fedmedian": FedMedian,
     "fedtrimmedavg": FedTrimmedAvg,
     "krum": Krum,
@@ -27,15 +28,20 @@ STRATEGIES: dict[str, type] = {
 
 def strategy_parameters(cls: type) -> dict[str, inspect.Parameter]:
     """The keyword arguments `cls(...)` accepts, collected along its classes (subclasses pass
-    the rest on to their base with **base)."""
+    the rest on to their base with **base; a class without **base ends the walk)."""
     params: dict[str, inspect.Parameter] = {}
     for klass in cls.__mro__:
         if "__init__" not in vars(klass) or klass is object:
             continue
+        passes_on = False
         for name, param in inspect.signature(vars(klass)["__init__"]).parameters.items():
+            if param.kind == param.VAR_KEYWORD:
+                passes_on = True
             if name == "self" or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
                 continue
             params.setdefault(name, param)
+        if not passes_on:
+            break
     return params
 
 

@@ -3,10 +3,12 @@
 Multi-Krum (Blanchard et al., 2017, "Machine Learning with Adversaries: Byzantine Tolerant
 Gradient Descent").
 
-All of them need every result of the round at once, so they use the default `Aggregation`
-(which keeps the results). They are unweighted (a worker's influence does not grow with the
-sample count it claims, which an attacker could inflate). Floating entries are computed in
-float64 and cast back; integer entries come from the global model.
+All of them need every result of the round at once, so they use the default `FitAggregate`
+(which keeps each result's parameters). They are unweighted (a worker's influence does not
+grow with the sample count it claims, which an attacker could inflate). Parameters are computed
+in float64 and cast back; buffers (BatchNorm statistics, integer counters) are aggregated as in
+every strategy (fedmq.strategy.base: sample-weighted average, element-wise maximum) and do not
+enter Krum's distances.
 """
 from __future__ import annotations
 
@@ -15,21 +17,19 @@ from typing import Any
 
 import torch
 
-from fedmq.strategy.base import (Aggregation, RoundFailed, Strategy, Weights, accumulator,
-                                 is_aggregated)
+from fedmq.strategy.base import FitAggregate, RoundFailed, Strategy, Weights, accumulator
 
 
-def _stacked(aggregation: Aggregation, name: str) -> torch.Tensor:
+def _stacked(results: FitAggregate, name: str) -> torch.Tensor:
     """(n, *shape) float64 stack of one entry across the round's results."""
-    return torch.stack([accumulator(r.weights[name]) for r in aggregation.results])
+    return torch.stack([accumulator(r.weights[name]) for r in results.results])
 
 
-def _per_entry(global_weights: Weights, aggregation: Aggregation, reduce) -> Weights:
-    if not aggregation.results:
-        raise RoundFailed(f"round {aggregation.round}: no results to aggregate")
-    return {name: (reduce(_stacked(aggregation, name)).to(t.dtype) if is_aggregated(t)
-                   else t.detach().clone())
-            for name, t in global_weights.items()}
+def _per_parameter(results: FitAggregate, reduce) -> Weights:
+    if not results.results:
+        raise RoundFailed(f"round {results.round}: no results to aggregate")
+    return {name: reduce(_stacked(results, name)).to(results.global_weights[name].dtype)
+            for name in results.layout.parameters}
 
 
 def coordinate_median(stack: torch.Tensor) -> torch.Tensor:
@@ -59,8 +59,8 @@ def trimmed_mean(stack: torch.Tensor, beta: float) -> torch.Tensor:
 class FedMedian(Strategy):
     """The coordinate-wise median of the workers' models."""
 
-    def aggregate(self, round: int, global_weights: Weights, aggregation: Aggregation) -> Weights:
-        return _per_entry(global_weights, aggregation, coordinate_median)
+    def aggregate_parameters(self, round: int, results: FitAggregate) -> Weights:
+        return _per_parameter(results, coordinate_median)
 
 
 class FedTrimmedAvg(Strategy):
@@ -76,8 +76,8 @@ class FedTrimmedAvg(Strategy):
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", beta={self.beta})"
 
-    def aggregate(self, round: int, global_weights: Weights, aggregation: Aggregation) -> Weights:
-        return _per_entry(global_weights, aggregation, lambda s: trimmed_mean(s, self.beta))
+    def aggregate_parameters(self, round: int, results: FitAggregate) -> Weights:
+        return _per_parameter(results, lambda s: trimmed_mean(s, self.beta))
 
 
 def krum_scores(flat: torch.Tensor, num_malicious: int) -> torch.Tensor:
@@ -95,7 +95,7 @@ def krum_scores(flat: torch.Tensor, num_malicious: int) -> torch.Tensor:
 
 class Krum(Strategy):
     """Krum: the one model whose n − f − 2 nearest neighbours are closest (squared L2 over all
-    floating entries). With `num_to_keep` = m > 1 it is Multi-Krum: the mean of the m models
+    trainable parameters). With `num_to_keep` = m > 1 it is Multi-Krum: the mean of the m models
     with the lowest scores. Needs n ≥ 2f + 3 results (the paper's n > 2f + 2)."""
 
     def __init__(self, *, num_malicious: int = 0, num_to_keep: int = 1, **base: Any) -> None:
@@ -111,32 +111,26 @@ class Krum(Strategy):
         return (super().__repr__()[:-1] + f", num_malicious={self.num_malicious}, "
                 f"num_to_keep={self.num_to_keep})")
 
-    def select(self, aggregation: Aggregation) -> list[int]:
-        """Indices (into `aggregation.results`) of the kept models, best score first."""
-        n = len(aggregation.results)
+    def select(self, results: FitAggregate) -> list[int]:
+        """Indices (into `results.results`) of the kept models, best score first."""
+        n = len(results.results)
         if n < 2 * self.num_malicious + 3:
-            raise RoundFailed(f"round {aggregation.round}: Krum with num_malicious="
+            raise RoundFailed(f"round {results.round}: Krum with num_malicious="
                               f"{self.num_malicious} needs at least "
                               f"{2 * self.num_malicious + 3} results, got {n}")
         if self.num_to_keep > n:
-            raise RoundFailed(f"round {aggregation.round}: num_to_keep={self.num_to_keep} "
+            raise RoundFailed(f"round {results.round}: num_to_keep={self.num_to_keep} "
                               f"but only {n} results")
-        names = [k for k, t in aggregation.global_weights.items() if is_aggregated(t)]
+        names = results.layout.parameters
         flat = torch.stack([torch.cat([accumulator(r.weights[k]).reshape(-1) for k in names])
-                            for r in aggregation.results])
+                            for r in results.results])
         scores = krum_scores(flat, self.num_malicious)
         # stable: ties go to the earlier result
         order = sorted(range(n), key=lambda i: (scores[i].item(), i))
         return order[:self.num_to_keep]
 
-    def aggregate(self, round: int, global_weights: Weights, aggregation: Aggregation) -> Weights:
-        kept = self.select(aggregation)
-        results = [aggregation.results[i] for i in kept]
-        out = {}
-        for name, t in global_weights.items():
-            if not is_aggregated(t):
-                out[name] = t.detach().clone()
-                continue
-            out[name] = torch.stack([accumulator(r.weights[name]) for r in results]) \
-                .mean(dim=0).to(t.dtype)
-        return out
+    def aggregate_parameters(self, round: int, results: FitAggregate) -> Weights:
+        kept = [results.results[i] for i in self.select(results)]
+        return {name: torch.stack([accumulator(r.weights[name]) for r in kept])
+                .mean(dim=0).to(results.global_weights[name].dtype)
+                for name in results.layout.parameters}

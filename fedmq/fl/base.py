@@ -1,0 +1,231 @@
+"""What the synchronous (`fedmq.fl.coordinator`) and asynchronous
+(`fedmq.fl.async_coordinator`) drivers share: the connection, the workers, the run's
+settings and folder, the global model and how it is built, the strategy, the reporters
+(fedmq.fl.reporters: printed lines, checkpoint, metrics, events), evaluation on the testing
+worker, waiting for the workers, and cancelling a Fit given up on.
+
+The wire messages are built in one place each: `fit_instructions` makes every `Fit`,
+`evaluate_message` every `Evaluate`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import pathlib
+import time
+from typing import Any, Callable, Iterable
+
+from fedmq.engine import RequestEngine
+from fedmq.fl import checkpoint, events as ev
+from fedmq.fl.config import TrainConfig, initial_model
+from fedmq.fl.messages import Evaluate, EvaluateRes, Fit
+from fedmq.fl.reporters import CheckpointReporter, EventReporter, MetricsReporter, Reporter
+from fedmq.messages import Cancel, WorkerStats
+from fedmq.models import MODELS
+from fedmq.strategy import EvaluateIns, EvaluateResult, FitIns, Strategy
+
+log = logging.getLogger("fedmq.fl")
+
+_CANCELS: set[asyncio.Task] = set()  # Cancels under way (a task needs a reference)
+#: seconds a round waits for the answers to its Cancels before it goes on
+CANCEL_WAIT = 0.5
+
+
+def cancel_fit(connection: RequestEngine, worker_id: str, msg_id: int,
+               timeout: float = 5.0) -> asyncio.Task:
+    """Send `Cancel(msg_id)` to `worker_id` for the Fit sent with that msg_id, which the
+    coordinator gave up on (its deadline passed), in a task of its own (nothing waits for it):
+    the worker stops training for nothing at its next batch, or drops the Fit if it has not
+    started it, and serves the next round. The outcome is logged; errors are not raised."""
+    async def cancel() -> None:
+        try:
+            running = await connection.arequest(worker_id, Cancel(msg_id), timeout=timeout,
+                                                expiration=timeout)
+            log.info("cancelled the Fit on %s (%s)", worker_id,
+                     "it stops at its next batch" if running else "it was not running")
+        except Exception as exc:  # noqa: BLE001 - the worker may be gone: nothing to stop
+            log.info("could not cancel the Fit on %s: %s: %s", worker_id, type(exc).__name__,
+                     exc)
+
+    task = asyncio.ensure_future(cancel())
+    _CANCELS.add(task)
+    task.add_done_callback(_CANCELS.discard)
+    return task
+
+
+async def wait_for_workers(connection: RequestEngine, ids: list[str], timeout: float,
+                           echo: Callable[[str], None], interval: float = 2.0) -> list[str]:
+    """Ping every worker until it answers or `timeout` passes; returns the ids that did not
+    answer. Over RabbitMQ a message published before the worker declared its queue is lost, so
+    a coordinator started together with its workers waits for them first."""
+    deadline = time.monotonic() + timeout
+    why: dict[str, str] = {}
+
+    async def ping(worker_id: str) -> bool:
+        while time.monotonic() < deadline:
+            try:
+                await connection.arequest(worker_id, WorkerStats(), timeout=interval,
+                                         expiration=interval)
+                return True
+            except Exception as exc:  # not started yet, or busy: ask again
+                why[worker_id] = f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(0.2)
+        return False
+
+    answered = await asyncio.gather(*(ping(w) for w in ids))
+    missing = [w for w, ok in zip(ids, answered) if not ok]
+    if missing:
+        echo(f"Workers not answering after {timeout:.0f} s: " +
+             "; ".join(f"{w} ({why.get(w, 'no answer')})" for w in missing))
+    return missing
+
+
+def evaluate_result(worker_id: str, res: EvaluateRes) -> EvaluateResult:
+    """A testing worker's EvaluateRes as the strategy's EvaluateResult."""
+    return EvaluateResult(worker_id, res.loss, res.num_examples, {"correct": res.correct})
+
+
+class CoordinatorBase:
+    """Shared state and plumbing of a federated run. Subclasses run the loop and say what a
+    step is (`unit`: "round" or "version"), what their console prints (`console_reporter`),
+    what a checkpoint holds (`checkpoint_state`) and when the plot is redrawn (`plot_if`).
+
+    `reporters`: None for the defaults (console, events, and with a `run_dir` checkpoint and
+    metrics); `extra_reporters` are added after them."""
+    unit = "round"
+
+    def __init__(self, connection: RequestEngine, workers: list[str], config: TrainConfig, *,
+                 testing: str | None, strategy: Strategy,
+                 run_dir: str | pathlib.Path | None = None,
+                 echo: Callable[[str], None] | None = None,
+                 reporters: Iterable[Reporter] | None = None,
+                 extra_reporters: Iterable[Reporter] = ()) -> None:
+        if not workers:
+            raise ValueError("a federated run needs at least one worker")
+        if config.model not in MODELS:
+            raise ValueError(f"unknown model {config.model!r} (known: {sorted(MODELS)})")
+        self.connection = connection
+        self.workers = list(workers)
+        self.config = config
+        self.testing = testing
+        self.strategy = strategy
+        self.run_dir = pathlib.Path(run_dir) if run_dir is not None else None
+        self.echo = echo or (lambda line: print(f"{time.strftime('%H:%M:%S')} - {line}",
+                                                flush=True))
+        self.events = getattr(connection, "events", None) or ev.EventLog()
+        self.history: list = []
+        self.weights: dict = {}
+        self.trainable: set[str] | None = None
+        chosen = self.default_reporters() if reporters is None else list(reporters)
+        self.reporters: list[Reporter] = [r.bind(self) for r in [*chosen, *extra_reporters]]
+
+    # -- reporters ---------------------------------------------------------------------------
+    def console_reporter(self) -> Reporter:
+        raise NotImplementedError
+
+    def checkpoint_state(self, record: Any) -> dict:
+        raise NotImplementedError
+
+    def plot_if(self, record: Any) -> bool:
+        return record.accuracy is not None
+
+    def default_reporters(self) -> list[Reporter]:
+        reporters = [self.console_reporter(), EventReporter(self.events, self.unit)]
+        if self.run_dir is not None:
+            reporters += [CheckpointReporter(self.run_dir, self.checkpoint_state),
+                          MetricsReporter(self.run_dir, self.unit, self.plot_if)]
+        return reporters
+
+    def report(self, hook: str, *args: Any) -> None:
+        """Call `hook(*args)` on every reporter, in order."""
+        for reporter in self.reporters:
+            getattr(reporter, hook)(*args)
+
+    def write_plot(self) -> pathlib.Path | None:
+        """metrics.png from metrics.jsonl (None without a run folder or a metrics reporter)."""
+        for reporter in self.reporters:
+            if isinstance(reporter, MetricsReporter):
+                return reporter.write_plot()
+        return None
+
+    # -- the model ---------------------------------------------------------------------------
+    def initial_model(self) -> tuple[dict, set[str]]:
+        """The initial global model and the names of its trainable parameters."""
+        return initial_model(self.config.model, self.config.seed)
+
+    def load_checkpoint(self, resume: bool) -> dict | None:
+        """The run folder's checkpoint when resuming (ValueError if it is another run's)."""
+        if not resume or self.run_dir is None:
+            return None
+        return checkpoint.load_run(self.run_dir, self.config.model, self.config.seed)
+
+    def start_model(self, state: dict | None, **initialize: Any) -> None:
+        """The global model from the checkpoint `state` (strategy state restored) or fresh;
+        the strategy is told the trainable parameters either way."""
+        weights, self.trainable = self.initial_model()
+        if state is not None:
+            weights = state["weights"]
+        self.weights = self.strategy.initialize_parameters(weights, self.trainable,
+                                                           **initialize)
+        if state is not None:
+            self.strategy.load_state_dict(state.get("strategy") or {})
+
+    # -- messages: each built here and nowhere else --------------------------------------------
+    def fit_instructions(self, round: int, worker_id: str, ins: FitIns, deadline: float) -> Fit:
+        """The `Fit` that tells `worker_id` to train from `ins` (round/version `round`)."""
+        return Fit(round, self.config.model, ins.parameters, ins.config, deadline)
+
+    def evaluate_config(self) -> dict:
+        cfg = self.config
+        config = {"batch_size": cfg.eval_batch_size, "loss": cfg.loss, "split": "test"}
+        if cfg.dataset:
+            config["dataset"] = cfg.dataset
+        return config
+
+    def evaluate_message(self, round: int, ins: EvaluateIns) -> Evaluate:
+        """The `Evaluate` of `ins.parameters` for round/version `round`."""
+        return Evaluate(round, self.config.model, ins.parameters, ins.config)
+
+    # -- evaluation ----------------------------------------------------------------------------
+    async def request_evaluate(self, worker_id: str, round: int,
+                               ins: EvaluateIns) -> EvaluateRes:
+        """`worker_id`'s evaluation (raises on failure)."""
+        timeout = self.config.round_timeout
+        res = await self.connection.arequest(worker_id, self.evaluate_message(round, ins),
+                                            timeout=timeout, expiration=timeout)
+        if not isinstance(res, EvaluateRes):
+            raise TypeError(f"expected EvaluateRes, got {type(res).__name__}")
+        return res
+
+    async def evaluate_global(self, round: int, record: Any,
+                              name: str = "Federated model") -> None:
+        """The global model's evaluation: on the workers `strategy.configure_evaluate` picks
+        (of the testing worker), each one reported, their `aggregate_evaluate` into `record`
+        (accuracy, test_loss, correct, total); then the strategy's server-side `evaluate`."""
+        todo = self.strategy.configure_evaluate(round, self.weights,
+                                                [self.testing] if self.testing else [],
+                                                self.evaluate_config())
+        answers = await asyncio.gather(*(self.request_evaluate(w, round, ins)
+                                         for w, ins in todo), return_exceptions=True)
+        results, failures = [], {}
+        for (worker, _), res in zip(todo, answers):
+            label = name if len(todo) == 1 else f"{name} on {worker}"
+            if isinstance(res, BaseException) and not isinstance(res, Exception):
+                raise res
+            self.report("on_evaluate", round, label, res)
+            if isinstance(res, Exception):
+                failures[worker] = f"{type(res).__name__}: {res}"
+            else:
+                results.append((worker, evaluate_result(worker, res)))
+        loss, metrics = self.strategy.aggregate_evaluate(round, results, failures)
+        if loss is not None and "accuracy" in metrics:
+            record.accuracy, record.test_loss = metrics["accuracy"], loss
+            record.correct, record.total = metrics["correct"], metrics["total"]
+        server = self.strategy.evaluate(round, self.weights)
+        if server is not None:
+            self.report("on_server_evaluate", round, *server)
+
+    async def wait_for_workers(self, timeout: float, interval: float = 2.0) -> list[str]:
+        """See `wait_for_workers`: the data workers and the testing worker."""
+        ids = self.workers + ([self.testing] if self.testing else [])
+        return await wait_for_workers(self.connection, ids, timeout, self.echo, interval)
