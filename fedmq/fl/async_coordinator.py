@@ -209,11 +209,13 @@ class AsyncCoordinator(CoordinatorBase):
         ((_, ins),) = self.strategy.configure_fit(
             sent.version, sent.weights, [worker], self.config.fit_config(self.lr_at(sent.version)),
             seed=self.config.seed)
-        msg = self.fit_instructions(sent.version, worker, ins, time.time() + timeout)
+        deadline = time.time() + timeout
         msg_id = new_id()  # what a Cancel names, if it times out
         try:
-            res = await self.connection.arequest(worker, msg, timeout=timeout,
-                                                expiration=timeout, msg_id=msg_id)
+            res = await self.request_with_model(
+                worker, lambda model: self.fit_instructions(sent.version, worker, ins, deadline,
+                                                            model),
+                timeout=timeout, expiration=timeout, msg_id=msg_id)
         except (asyncio.TimeoutError, TimeoutError):
             cancel_fit(self.connection, worker, msg_id)
             raise TimeoutError(f"no reply within {timeout:g} s") from None

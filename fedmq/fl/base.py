@@ -21,7 +21,7 @@ from fedmq.fl.config import TrainConfig, initial_model
 from fedmq.fl.messages import Evaluate, EvaluateRes, Fit
 from fedmq.fl.reporters import CheckpointReporter, EventReporter, MetricsReporter, Reporter
 from fedmq.messages import Cancel, WorkerStats
-from fedmq.models import MODELS
+from fedmq.fl.model_source import ModelSource
 from fedmq.strategy import EvaluateIns, EvaluateResult, FitIns, Strategy
 
 log = logging.getLogger("fedmq.fl")
@@ -102,8 +102,12 @@ class CoordinatorBase:
                  extra_reporters: Iterable[Reporter] = ()) -> None:
         if not workers:
             raise ValueError("a federated run needs at least one worker")
-        if config.model not in MODELS:
-            raise ValueError(f"unknown model {config.model!r} (known: {sorted(MODELS)})")
+        #: the model Fit / Evaluate name: built-in, or a user's as a plan (ValueError if unknown)
+        self.model_source = ModelSource(config.model, seed=config.seed,
+                                        batch_size=config.batch_size,
+                                        model_args=config.model_args,
+                                        input_shape=config.input_shape,
+                                        input_dtype=config.input_dtype)
         self.connection = connection
         self.workers = list(workers)
         self.config = config
@@ -151,6 +155,8 @@ class CoordinatorBase:
     # -- the model ---------------------------------------------------------------------------
     def initial_model(self) -> tuple[dict, set[str]]:
         """The initial global model and the names of its trainable parameters."""
+        if self.model_source.user is not None:
+            return self.model_source.initial_weights(), self.model_source.trainable
         return initial_model(self.config.model, self.config.seed)
 
     def load_checkpoint(self, resume: bool) -> dict | None:
@@ -171,9 +177,20 @@ class CoordinatorBase:
             self.strategy.load_state_dict(state.get("strategy") or {})
 
     # -- messages: each built here and nowhere else --------------------------------------------
-    def fit_instructions(self, round: int, worker_id: str, ins: FitIns, deadline: float) -> Fit:
-        """The `Fit` that tells `worker_id` to train from `ins` (round/version `round`)."""
-        return Fit(round, self.config.model, ins.parameters, ins.config, deadline)
+    def fit_instructions(self, round: int, worker_id: str, ins: FitIns, deadline: float,
+                         model: Any = None) -> Fit:
+        """The `Fit` that tells `worker_id` to train from `ins` (round/version `round`);
+        `model` is the model field (default: what the model source sends that worker)."""
+        if model is None:
+            model = self.model_source.field(worker_id)
+        return Fit(round, model, ins.parameters, ins.config, deadline)
+
+    async def request_with_model(self, worker_id: str, make: Callable[[Any], Any],
+                                 **options: Any) -> Any:
+        """`connection.arequest(worker_id, make(model_field), **options)`, sending a model
+        plan again once if the worker no longer holds it (it restarted)."""
+        return await self.model_source.request(
+            worker_id, make, lambda msg: self.connection.arequest(worker_id, msg, **options))
 
     def evaluate_config(self) -> dict:
         cfg = self.config
@@ -182,17 +199,20 @@ class CoordinatorBase:
             config["dataset"] = cfg.dataset
         return config
 
-    def evaluate_message(self, round: int, ins: EvaluateIns) -> Evaluate:
+    def evaluate_message(self, round: int, ins: EvaluateIns, model: Any = None) -> Evaluate:
         """The `Evaluate` of `ins.parameters` for round/version `round`."""
-        return Evaluate(round, self.config.model, ins.parameters, ins.config)
+        if model is None:
+            model = self.model_source.field(self.testing)
+        return Evaluate(round, model, ins.parameters, ins.config)
 
     # -- evaluation ----------------------------------------------------------------------------
     async def request_evaluate(self, worker_id: str, round: int,
                                ins: EvaluateIns) -> EvaluateRes:
         """`worker_id`'s evaluation (raises on failure)."""
         timeout = self.config.round_timeout
-        res = await self.connection.arequest(worker_id, self.evaluate_message(round, ins),
-                                            timeout=timeout, expiration=timeout)
+        res = await self.request_with_model(
+            worker_id, lambda model: self.evaluate_message(round, ins, model),
+            timeout=timeout, expiration=timeout)
         if not isinstance(res, EvaluateRes):
             raise TypeError(f"expected EvaluateRes, got {type(res).__name__}")
         return res

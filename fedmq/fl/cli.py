@@ -21,6 +21,8 @@ import time
 from fedmq.extensions import load_extensions
 from fedmq.fl.async_coordinator import AsyncCoordinator
 from fedmq.fl.connections import AMQPRoundConnection, InProcessConnection
+from fedmq.errors import OpNotAllowedError
+from fedmq.fl.model_source import ModelSource
 from fedmq.fl.coordinator import Coordinator, TrainConfig
 from fedmq.fl.launch import WorkerLauncher, thread_env
 from fedmq.service import build_worker
@@ -78,7 +80,9 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
         rounds=args.rounds, model=args.model, dataset=args.dataset, batch_size=args.batch_size,
         num_batches=args.batches, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
         optimizer_args=optimizer_args, eval_every=args.eval_every,
-        round_timeout=args.round_timeout, seed=args.seed, buckets=parse_buckets(args.buckets))
+        round_timeout=args.round_timeout, seed=args.seed, buckets=parse_buckets(args.buckets),
+        loss=args.loss, model_args=list(args.model_arg), input_shape=args.input_shape,
+        input_dtype=args.input_dtype)
 
 
 def in_process_workers(workers: dict, dataset: str, testing: str | None) -> dict:
@@ -96,6 +100,13 @@ async def train(args: argparse.Namespace) -> int:
     workers = parse_workers(args.workers)
     testing = args.testing or None
     run_dir = pathlib.Path(args.runs_dir) / (args.name or f"seed-s14-{args.dataset}")
+    try:  # the model first: a mistake in it is one line, before any connection or data
+        ModelSource(args.model, seed=args.seed, batch_size=args.batch_size,
+                    model_args=args.model_arg, input_shape=args.input_shape,
+                    input_dtype=args.input_dtype)
+    except (ValueError, OpNotAllowedError) as exc:
+        print(f"fedmq train: {exc}", file=sys.stderr)
+        return 2
     if args.url:
         connection = await AMQPRoundConnection.connect(args.url, chunk_size=args.chunk_size)
     else:
@@ -170,7 +181,20 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default="mnist5k", help="mnist5k or fashion-mnist")
     p.add_argument("--workers", default=DEFAULT_WORKERS, help="id[:labels],... (%(default)s)")
     p.add_argument("--testing", default="testing", help="worker holding the test set ('' for none)")
-    p.add_argument("--model", default="seed-cnn")
+    p.add_argument("--model", default="seed-cnn",
+                   help="a built-in model (seed-cnn, mnist-logreg) or your own: "
+                        "module:Class or path/to/file.py:Class, traced here into a plan "
+                        "(workers run no model code) (default %(default)s)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="NAME=VALUE",
+                   help="keyword argument of your model class (repeatable)")
+    p.add_argument("--input-shape", default=None, metavar="C,H,W",
+                   help="one sample's shape, to trace your model (default: the class's "
+                        "input_shape attribute)")
+    p.add_argument("--input-dtype", default="float32", choices=["float32", "int64"],
+                   help="dtype of the model's input (int64: token ids) (default %(default)s)")
+    p.add_argument("--loss", default="nll", choices=["nll", "cross_entropy"],
+                   help="nll for models ending in log_softmax, cross_entropy for logits "
+                        "(default %(default)s)")
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--batches", type=int, default=10, help="local batches per round")

@@ -30,6 +30,10 @@ class TrainConfig:
     round_timeout: float = 120.0
     seed: int = 1
     buckets: list = field(default_factory=lambda: [(0, 3), (4, 6), (7, 9)])
+    #: a user's model (`model` is module:Class or file.py:Class, fedmq/fl/user_model.py)
+    model_args: list = field(default_factory=list)
+    input_shape: str | None = None
+    input_dtype: str = "float32"
 
     def fit_config(self, lr: float) -> dict:
         """What a `Fit` tells the worker (before the strategy adds its own keys)."""

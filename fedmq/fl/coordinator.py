@@ -149,8 +149,9 @@ class Coordinator(CoordinatorBase):
         async def fit_one(worker_id: str, ins: FitIns) -> None:
             msg_id = new_id()  # what a Cancel names, if the deadline passes
             try:
-                res = await self.connection.arequest(
-                    worker_id, self.fit_instructions(round, worker_id, ins, deadline),
+                res = await self.request_with_model(
+                    worker_id,
+                    lambda model: self.fit_instructions(round, worker_id, ins, deadline, model),
                     timeout=max(deadline - time.time(), 0.001), expiration=cfg.round_timeout,
                     msg_id=msg_id)
                 if not isinstance(res, FitRes):
