@@ -110,7 +110,20 @@ def _samples():
             (i, t.t()), (t, (3,)), (t, [1, 0]), (t, t > 0.5, 0.0), (t, t > 0.5), (one,),
             (t, t.t()), (v, v), (t, v), (t, 0, 1), (t, (3, 2)), (t, 3, 2), (t, t.t(), t),
             (t.expand(2, 2, 3), t.t().expand(2, 3, 2)), ([t, t], [t, t], [t, t], 0.5),
-            (t, 1, torch.tensor([0, 2])), (t, 0, i, t), (t.log(), torch.tensor([0, 2]))]
+            (t, 1, torch.tensor([0, 2])), (t, 0, i, t), (t.log(), torch.tensor([0, 2])),
+            *(_recurrent(gates, pairs) for gates, pairs in ((4, True), (3, False), (1, False)))]
+
+
+def _recurrent(gates: int, pairs: bool) -> tuple:
+    """Arguments of a two-layer recurrent kernel in training with dropout between the layers
+    (torch.lstm: 4 gates and an (h, c) pair; gru: 3; rnn_tanh / rnn_relu: 1)."""
+    hidden, seq = 5, torch.rand(3, 2, 4)
+    weights = []
+    for width in (4, hidden):
+        weights += [torch.rand(gates * hidden, width), torch.rand(gates * hidden, hidden),
+                    torch.rand(gates * hidden), torch.rand(gates * hidden)]
+    h = torch.rand(2, 2, hidden)
+    return (seq, [h, h.clone()] if pairs else h, weights, True, 2, 0.5, True, False, False)
 
 
 def _copy(value):

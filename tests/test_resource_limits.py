@@ -160,8 +160,16 @@ def test_an_op_sized_only_by_its_values_is_bounded_after_it_ran():
 def test_a_plans_intermediate_results_count_against_the_room(hook, qbob):
     @fedmq.func2plan(args_shape=[(MIB,)])
     def heavy(x):
+        parts = [x * i for i in range(20)]  # 20 intermediates of 4 MiB, all alive at once
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        return total.sum()
+
+    @fedmq.func2plan(args_shape=[(MIB,)])
+    def chained(x):
         total = x
-        for i in range(20):  # 20 intermediates of 4 MiB, all held until the plan ends
+        for i in range(20):  # each intermediate is dropped after its last use (runner.py)
             total = total + x * i
         return total.sum()
 
@@ -169,6 +177,7 @@ def test_a_plans_intermediate_results_count_against_the_room(hook, qbob):
     with pytest.raises(errors.QuotaExceededError, match="plan 'heavy', op"):
         heavy.send(qbob)(x).get()
     assert torch.equal((x[:2] + 1).get(), torch.full((2,), 2.0))
+    assert chained.send(qbob)(x).get() == 191 * MIB
 
 
 # -- 4. time limit and cancellation ---------------------------------------------------------------

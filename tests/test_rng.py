@@ -24,7 +24,30 @@ RANDOM_CALLS = [  # (op, args after the input, kwargs): every random op on the a
     ("Tensor.normal_", (), {}),
     ("Tensor.uniform_", (-1.0, 1.0), {}),
     ("F.dropout", (0.5,), {}),
+    *((f"torch.{kernel}", (), {}) for kernel in ("lstm", "gru", "rnn_tanh", "rnn_relu")),
 ]
+
+
+def _recurrent_args(kernel: str, layers: int = 2, bidirectional: bool = False,
+                    dropout: float = 0.5, train: bool = True) -> tuple:
+    """(input, hx, params, has_biases, layers, dropout, train, bidirectional, batch_first) of
+    recurrent kernel `kernel` on a [batch 2, seq 3, 4] input with hidden size 5."""
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn_tanh": torch.nn.RNN,
+              "rnn_relu": torch.nn.RNN}[kernel]
+    extra = {"nonlinearity": "relu"} if kernel == "rnn_relu" else {}
+    net = module(4, 5, num_layers=layers, dropout=dropout, bidirectional=bidirectional,
+                 batch_first=True, **extra)
+    rows = layers * (2 if bidirectional else 1)
+    h = torch.rand(rows, 2, 5)
+    hx = [h, torch.rand(rows, 2, 5)] if kernel == "lstm" else h
+    return (torch.rand(2, 3, 4, requires_grad=True), hx,
+            [w.detach().clone().requires_grad_() for w in net._flat_weights], True, layers,
+            dropout, train, bidirectional, True)
+
+
+#: op -> (its input, the number of tensors it returns) where not (torch.ones(n), 1)
+INPUTS = {f"torch.{kernel}": (_recurrent_args(kernel), 3 if kernel == "lstm" else 2)
+          for kernel in ("lstm", "gru", "rnn_tanh", "rnn_relu")}
 
 
 def test_the_calls_cover_every_random_op():
@@ -49,10 +72,15 @@ def _call(worker, login, msg):
 def _draw(worker, login, op="torch.rand_like", n=6, args=(), kwargs=None):
     """`op` on a fresh tensor of `login`'s, run by `worker` for `login`; the values drawn."""
     oid = fedmq.ids.new_id()
-    _call(worker, login, m.ObjectMessage([m.StoredObject(oid, torch.ones(n))]))
-    rid = fedmq.ids.new_id()
-    _call(worker, login, m.Command(op, (m.Ref(oid), *args), kwargs or {}, [rid]))
-    return _call(worker, login, m.GetRequest([rid]))[0]
+    if op in INPUTS:  # a recurrent kernel: its input and other arguments
+        (first, *args), results = INPUTS[op][0], INPUTS[op][1]
+        first = first.detach()
+    else:
+        first, results = torch.ones(n), 1
+    _call(worker, login, m.ObjectMessage([m.StoredObject(oid, first)]))
+    rids = [fedmq.ids.new_id() for _ in range(results)]
+    _call(worker, login, m.Command(op, (m.Ref(oid), *args), kwargs or {}, rids))
+    return _call(worker, login, m.GetRequest(rids[:1]))[0]
 
 
 @pytest.fixture
@@ -276,3 +304,53 @@ def test_forked_runs_with_the_principals_state_and_restores_the_global_one():
     assert torch.equal(torch.get_rng_state(), before)
     assert torch.equal(out, rng.dropout(twin, torch.ones(50), 0.5))
     assert torch.equal(gen.get_state(), twin.get_state())  # the principal's stream moved on
+
+
+# -- recurrent kernels: dropout between layers ---------------------------------------------------
+
+@pytest.mark.parametrize("kernel", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("layers, bidirectional", [(2, False), (3, True)])
+def test_a_recurrent_kernel_with_a_generator_is_the_kernel(kernel, layers, bidirectional):
+    """rng.recurrent (layer by layer, the dropout from the generator) gives the outputs, final
+    states and gradients of the kernel run with the global RNG in the generator's state."""
+    args = _recurrent_args(kernel, layers, bidirectional)
+    fn, equivalent = getattr(torch, kernel), rng.WITH_GENERATOR_ARG[f"torch.{kernel}"]
+    leaves = [args[0], *args[2]]
+    torch.manual_seed(11)
+    expected = fn(*args)
+    expected_grads = torch.autograd.grad(sum(t.sum() for t in expected), leaves)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    got = equivalent(torch.Generator().manual_seed(11), *args)
+    assert torch.equal(torch.get_rng_state(), before)
+    grads = torch.autograd.grad(sum(t.sum() for t in got), leaves)
+    assert len(got) == len(expected)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert all(torch.equal(a, b) for a, b in zip(grads, expected_grads))
+    torch.manual_seed(12)
+    assert not torch.equal(fn(*args)[0], expected[0])  # the kernel does draw: the test can fail
+
+
+@pytest.mark.parametrize("change", [{"layers": 1}, {"dropout": 0.0}, {"train": False}])
+def test_a_recurrent_kernel_that_draws_nothing_runs_as_it_is(change):
+    args = _recurrent_args("lstm", **change)
+    gen = torch.Generator().manual_seed(1)
+    state = gen.get_state()
+    got = rng.WITH_GENERATOR_ARG["torch.lstm"](gen, *args)
+    assert torch.equal(gen.get_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(got, torch.lstm(*args)))
+
+
+def test_a_recurrent_kernel_called_otherwise_runs_forked():
+    """Keyword arguments (or a packed sequence) take the forked path: the same values, the
+    global RNG untouched, the generator advanced."""
+    args = _recurrent_args("gru")
+    names = ["input", "hx", "params", "has_biases", "num_layers", "dropout", "train",
+             "bidirectional", "batch_first"]
+    gen = torch.Generator().manual_seed(5)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    got = rng.WITH_GENERATOR_ARG["torch.gru"](gen, **dict(zip(names, args)))
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(5)
+    assert all(torch.equal(a, b) for a, b in zip(got, torch.gru(*args)))

@@ -58,7 +58,9 @@ principals in one process, so an op must not reach anything but the tensors it i
 # the trailing-underscore ones write their first list. `empty_like` runs zero-filled; the
 # `*_like` ops are CPU only (safe.py); `rand_like`/`randn_like` are random (rng.py).
 # `allclose`, `equal`, `is_nonzero` return a Python value computed from the data; `numel`,
-# `is_complex`, `is_floating_point` only metadata the pointer already has.
+# `is_complex`, `is_floating_point` only metadata the pointer already has. `lstm`, `gru`,
+# `rnn_tanh`, `rnn_relu`: the recurrent kernels nn.LSTM / nn.GRU / nn.RNN call (weights as a
+# list argument); random (the dropout between layers, in training: rng.recurrent).
 TORCH_FUNCTIONS = [
     "_foreach_abs", "_foreach_abs_", "_foreach_add", "_foreach_add_", "_foreach_addcdiv_",
     "_foreach_addcmul", "_foreach_addcmul_", "_foreach_copy_", "_foreach_div_", "_foreach_lerp_",
@@ -68,15 +70,16 @@ TORCH_FUNCTIONS = [
     "abs", "add", "addcdiv", "addcmul", "addmm", "all", "allclose", "any", "argmax", "argmin",
     "argsort", "bmm", "cat", "ceil", "chunk", "clamp", "clip", "clone", "conv1d", "conv2d", "cos",
     "cosh", "cumprod", "cumsum", "detach", "diag", "div", "dot", "empty_like", "eq", "equal",
-    "exp", "flatten", "flip", "floor", "fmod", "full_like", "gather", "ge", "gt", "index_select",
-    "is_complex", "is_floating_point", "is_nonzero", "isclose", "isfinite", "isinf", "isnan", "le",
-    "lerp", "log", "log1p", "log2", "log_softmax", "logical_and", "logical_not", "logical_or",
-    "lt", "masked_fill", "masked_select", "matmul", "max", "maximum", "mean", "median", "min",
-    "minimum", "mm", "mul", "mv", "ne", "neg", "nonzero", "norm", "numel", "ones_like", "outer",
-    "permute", "pow", "prod", "rand_like", "randn_like", "reciprocal", "relu", "remainder",
-    "reshape", "round", "rsqrt", "sigmoid", "sign", "sin", "sinh", "softmax", "sort", "split",
-    "sqrt", "square", "squeeze", "stack", "std", "sub", "sum", "t", "tanh", "topk", "transpose",
-    "tril", "triu", "trunc", "unbind", "unsqueeze", "var", "where", "zeros_like",
+    "exp", "flatten", "flip", "floor", "fmod", "full_like", "gather", "ge", "gru", "gt",
+    "index_select", "is_complex", "is_floating_point", "is_nonzero", "isclose", "isfinite",
+    "isinf", "isnan", "le", "lerp", "log", "log1p", "log2", "log_softmax", "logical_and",
+    "logical_not", "logical_or", "lstm", "lt", "masked_fill", "masked_select", "matmul", "max",
+    "maximum", "mean", "median", "min", "minimum", "mm", "mul", "mv", "ne", "neg", "nonzero",
+    "norm", "numel", "ones_like", "outer", "permute", "pow", "prod", "rand_like", "randn_like",
+    "reciprocal", "relu", "relu_", "remainder", "reshape", "rnn_relu", "rnn_tanh", "round",
+    "rsqrt", "sigmoid", "sign", "sin", "sinh", "softmax", "sort", "split", "sqrt", "square",
+    "squeeze", "stack", "std", "sub", "sum", "t", "tanh", "topk", "transpose", "tril", "triu",
+    "trunc", "unbind", "unsqueeze", "var", "where", "zeros_like",
 ]
 
 # -- Tensor.X -----------------------------------------------------------------------------------
@@ -119,14 +122,18 @@ TENSOR_METHODS = [
 # Layers, activations and losses: pure, except `dropout` (random, rng.py; with `inplace` a
 # write), `batch_norm` in training (writes the running statistics), activations with
 # `inplace=True` (a write, keyword or positional), `embedding(max_norm=)` (writes the weight),
-# `normalize(out=)`. `pad`, `one_hot(num_classes=)`, `adaptive_avg_pool2d(output_size)` and
+# `normalize(out=)`. `pad`, `one_hot(num_classes=)`, the adaptive poolings' `output_size` and
 # the convolutions' `padding` set their result size from an argument.
 NN_FUNCTIONAL = [
-    "adaptive_avg_pool2d", "avg_pool2d", "batch_norm", "binary_cross_entropy",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d",
+    "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices",
+    "avg_pool1d", "avg_pool2d", "batch_norm", "binary_cross_entropy",
     "binary_cross_entropy_with_logits", "conv1d", "conv2d", "cross_entropy", "dropout", "elu",
-    "embedding", "gelu", "hardtanh", "l1_loss", "layer_norm", "leaky_relu", "linear",
-    "log_softmax", "max_pool1d", "max_pool2d", "mse_loss", "nll_loss", "normalize", "one_hot",
-    "pad", "relu", "relu6", "sigmoid", "silu", "smooth_l1_loss", "softmax", "softplus", "tanh",
+    "embedding", "gelu", "group_norm", "hardtanh", "l1_loss", "layer_norm", "leaky_relu",
+    "linear", "log_softmax", "max_pool1d", "max_pool1d_with_indices", "max_pool2d",
+    "max_pool2d_with_indices", "mse_loss", "nll_loss", "normalize",
+    "one_hot", "pad", "relu", "relu6", "sigmoid", "silu", "smooth_l1_loss", "softmax",
+    "softplus", "tanh",
 ]
 
 #: Attributes whose getter (and for some, setter) may run remotely. The getters are views or
@@ -147,7 +154,8 @@ def _names(prefix: str, names: str) -> frozenset:
 
 
 #: draw random numbers: run with the principal's own generator (rng.py), never the global RNG
-RANDOM = _names("torch.", "rand_like randn_like") | _names("Tensor.", "normal_ uniform_") | \
+RANDOM = _names("torch.", "gru lstm rand_like randn_like rnn_relu rnn_tanh") | \
+    _names("Tensor.", "normal_ uniform_") | \
     _names("F.", "dropout")
 
 #: the result's size is set by a non-tensor argument (an int or a size, `num_classes`,
@@ -159,7 +167,9 @@ ALLOCATES_BY_SIZE = _names("torch.", """
     _foreach_sqrt _foreach_sub
     cat conv1d conv2d diag empty_like full_like ones_like rand_like randn_like stack zeros_like
 """) | _names("Tensor.", "__getitem__ expand expand_as repeat") | \
-    _names("F.", "adaptive_avg_pool2d conv1d conv2d one_hot pad")
+    _names("F.", """adaptive_avg_pool1d adaptive_avg_pool2d adaptive_max_pool1d
+                    adaptive_max_pool1d_with_indices adaptive_max_pool2d
+                    adaptive_max_pool2d_with_indices conv1d conv2d one_hot pad""")
 
 #: return Python values (numbers, bools, lists) in the reply, not tensors that stay on the
 #: worker: what a release check looks at
@@ -191,9 +201,10 @@ PURE = _names("torch.", """
     reshape_as round rsqrt scatter sigmoid sign softmax sort split sqrt square squeeze std sub
     sum t tanh to topk transpose tril triu trunc type_as unbind unsqueeze var view view_as where
 """) | _names("F.", """
-    avg_pool2d binary_cross_entropy binary_cross_entropy_with_logits cross_entropy elu embedding
-    gelu hardtanh l1_loss layer_norm leaky_relu linear log_softmax max_pool1d max_pool2d
-    mse_loss nll_loss normalize relu relu6 sigmoid silu smooth_l1_loss softmax softplus tanh
+    avg_pool1d avg_pool2d binary_cross_entropy binary_cross_entropy_with_logits cross_entropy elu
+    embedding gelu group_norm hardtanh l1_loss layer_norm leaky_relu linear log_softmax
+    max_pool1d max_pool1d_with_indices max_pool2d max_pool2d_with_indices mse_loss nll_loss
+    normalize relu relu6 sigmoid silu smooth_l1_loss softmax softplus tanh
 """)
 
 #: copy, rearrange, select or convert values without computing new ones (or only invert them:

@@ -15,11 +15,14 @@ so that
 
 How an op gets its generator (`seeded`): ops with a `generator=` keyword get it passed;
 `F.dropout`, which has none, runs `dropout` below (the CPU kernel's own steps, with the
-generator); any other random op runs `forked`: the global state is swapped for the principal's
-around the call, under a lock (correct, but another thread drawing from the global RNG at that
-moment would draw from the principal's stream: so every op on today's list has a generator
-path). Measured here (2 cores, a 100-element tensor): `rand_like` 1.7 us with the global RNG,
-1.9 us with a generator; `F.dropout` 7.2 us, 7.1 us through `dropout`, 10.6 us `forked`
+generator), and the recurrent kernels (`torch.lstm`, `gru`, `rnn_tanh`, `rnn_relu`: dropout
+between layers) run `recurrent` below (layer by layer, `dropout` in between); any other
+random op runs `forked`: the global state is swapped for the principal's around the call,
+under a lock (correct, but another thread drawing from the global RNG at that moment would
+draw from the principal's stream: so every op on today's list has a generator path, but for
+a packed sequence or keyword arguments given to a recurrent kernel, which run `forked`).
+Measured here (2 cores, a 100-element tensor): `rand_like` 1.7 us with the global RNG, 1.9 us
+with a generator; `F.dropout` 7.2 us, 7.1 us through `dropout`, 10.6 us `forked`
 (get_state 0.8 us, set_state 0.2 us, twice each). Through `fedmq.execution.execute` for a
 principal, a random op costs 0.7-1.8 us more than with the global RNG (finding the generator,
 under a lock); non-random ops pay nothing (execute only looks at `Op.random`).
@@ -145,8 +148,66 @@ def dropout(generator: torch.Generator, input: torch.Tensor, p: float = 0.5,
     return input.mul_(noise) if inplace else input * noise
 
 
+def _recurrent(name: str, pairs: bool) -> Callable[..., Any]:
+    """The generator-taking equivalent of recurrent kernel `torch.<name>` (`pairs`: its hidden
+    state is a list (h, c), as LSTM's; else one tensor)."""
+    def run(generator: torch.Generator, *args: Any, **kwargs: Any) -> Any:
+        return recurrent(getattr(torch, name), pairs, generator, args, kwargs)
+    run.__name__ = name
+    return run
+
+
+def recurrent(fn: Callable[..., Any], pairs: bool, generator: torch.Generator, args: tuple,
+              kwargs: dict) -> Any:
+    """`torch.lstm` / `gru` / `rnn_tanh` / `rnn_relu` (`fn`) drawing the dropout between layers
+    from `generator`. These kernels (what nn.LSTM, nn.GRU and nn.RNN call) draw random numbers
+    only with `train`, `dropout > 0` and two layers or more, where ATen runs the layers one by
+    one with `dropout` (its CPU kernel, as `dropout` above) on each output but the last: done
+    here the same way, one layer per call of `fn` with no dropout, so the outputs, final
+    states and gradients are those of `fn` with the global RNG in `generator`'s state
+    (tested, bidirectional too).
+
+    args: (input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+        batch_first) positionally, input [seq, batch, in] ([batch, seq, in] with batch_first),
+        hx a list [h0, c0] (pairs) or a tensor, each [layers * directions, batch, hidden];
+        params the flat weight list, layer by layer, direction by direction. Any other form
+        (packed sequences, keyword arguments) runs `forked`: the same values, with the
+        global RNG swapped. Errors: `fn`'s own."""
+    if kwargs or len(args) != 9 or isinstance(args[1 if pairs else 2], torch.Tensor):
+        return forked(fn, generator, args, kwargs)
+    input, hx, params, has_biases, layers, p, train, bidirectional, batch_first = args
+    if not isinstance(params, (list, tuple)) or type(p) not in (int, float) or \
+            type(train) is not bool or type(layers) is not int:
+        return forked(fn, generator, args, kwargs)
+    if not train or not p or layers <= 1:
+        return fn(*args)  # draws nothing
+    directions = 2 if bidirectional else 1
+    per_layer = len(params) // (layers * directions)
+    hidden = list(hx) if pairs else [hx]
+    finals: list[list] = [[] for _ in hidden]
+    x = input
+    for layer in range(layers):
+        rows = slice(layer * directions, (layer + 1) * directions)
+        layer_hx = [h[rows] for h in hidden]
+        weights = params[layer * directions * per_layer:(layer + 1) * directions * per_layer]
+        out = fn(x, layer_hx if pairs else layer_hx[0], weights, has_biases, 1, 0.0, train,
+                 bidirectional, batch_first)
+        x = out[0]
+        for final, h in zip(finals, out[1:]):
+            final.append(h)
+        if layer < layers - 1:
+            x = dropout(generator, x, p, True)
+    return (x, *(torch.cat(final, 0) for final in finals))
+
+
 #: random ops without a `generator=` keyword, run by an equivalent that takes one
-WITH_GENERATOR_ARG: dict[str, Callable[..., Any]] = {"F.dropout": dropout}
+WITH_GENERATOR_ARG: dict[str, Callable[..., Any]] = {
+    "F.dropout": dropout,
+    "torch.gru": _recurrent("gru", False),
+    "torch.lstm": _recurrent("lstm", True),
+    "torch.rnn_relu": _recurrent("rnn_relu", False),
+    "torch.rnn_tanh": _recurrent("rnn_tanh", False),
+}
 
 _FORK_LOCK = threading.Lock()
 

@@ -20,8 +20,26 @@ Batch size: shapes read while tracing are frozen (tracer.py), so a model that wr
 with one more sample and compares: `batch_generic` says whether the op lists are the same. A
 worker trains a batch-specific plan on full batches only and pads its last evaluation batch.
 
-Memory: tracing keeps the tensors the forward pass makes alive until it ends (about one
-forward pass of the example batch; the weights are not copied).
+Faithful (tests/test_model_plans.py: SGD with momentum through the plan leaves weights and
+buffers where PyTorch leaves them, bit for bit here, and eval outputs match): Linear, Conv1d/2d,
+BatchNorm1d/2d (running statistics and `num_batches_tracked` updated in train mode only),
+LayerNorm, GroupNorm, Dropout (off in eval; in train it draws from the worker's generator for
+the principal, or the global RNG outside a worker message), Embedding, LSTM/GRU/RNN (the
+kernels `torch.lstm` / `gru` / `rnn_*`, any layers, bidirectional, batch_first, dropout between
+layers), max/avg/adaptive pooling 1-d and 2-d, residual additions, relu/gelu/silu/tanh/
+sigmoid/leaky_relu/softmax/log_softmax, and the nll, cross_entropy (label_smoothing too), mse,
+l1 and bce_with_logits losses; torchvision's resnet18. Also as `torch.jit.trace` results
+(torchscript.py). Not faithful, refused while building: BatchNorm with `momentum=None` (reads
+`num_batches_tracked` as a Python number), packed sequences (`pack_padded_sequence` is off the
+allowlist). An RNN's zero initial state has the example's batch size: `batch_generic` is False.
+
+Grad mode: `run_forward` / `run_loss` under the caller's `torch.no_grad()` record no autograd
+history (as the module would: no graph kept during evaluation, the kernels' inference paths).
+
+Memory: tracing holds the tensors the forward pass keeps alive itself (with autograd on, what
+backward needs: about one forward pass of the example batch; the weights are not copied), not
+every intermediate (tracer.py holds them weakly); running drops each intermediate after its
+last use (runner.py).
 """
 from __future__ import annotations
 
@@ -249,11 +267,16 @@ def validate(rec: Any, worker_id: str | None = None) -> ModelPlanRecord:
 def run_forward(rec: ModelPlanRecord, mode: str, x: torch.Tensor, state: list,
                 worker_id: str) -> torch.Tensor:
     """The model's output on batch `x` in mode "train" or "eval" (state: tensors in
-    `rec.state_names` order; in train mode buffers are updated in place)."""
-    return runner.run(rec.train if mode == "train" else rec.eval, [x], state, worker_id)
+    `rec.state_names` order; in train mode buffers are updated in place). Under the caller's
+    `torch.no_grad()` no op records autograd history, as in the module. Raises ValueError
+    for another mode; a failing op raises the worker's RemoteError naming it."""
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train' or 'eval', not {mode!r}")
+    return runner.run(rec.train if mode == "train" else rec.eval, [x], state, worker_id,
+                      grad=torch.is_grad_enabled())
 
 
 def run_loss(rec: ModelPlanRecord, output: torch.Tensor, target: torch.Tensor,
              worker_id: str) -> torch.Tensor:
-    """The plan's loss (0-dim mean over the batch)."""
-    return runner.run(rec.loss, [output, target], [], worker_id)
+    """The plan's loss (0-dim mean over the batch; without autograd under `torch.no_grad()`)."""
+    return runner.run(rec.loss, [output, target], [], worker_id, grad=torch.is_grad_enabled())

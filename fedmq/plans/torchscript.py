@@ -9,10 +9,13 @@ function each `aten::` node stands for (`aten::_convolution` -> `F.conv2d`, `ate
 calls become the plan's op list, checked against the allowlist like any other plan: an op with
 no public equivalent or off the allowlist is refused while building, naming the node.
 
-Modes: `torch.jit.trace` freezes the mode it traced in (dropout's and batch norm's `train`
-flags are constants of the graph). `run_graph(..., training=)` overrides those flags, and in
-eval mode skips the `num_batches_tracked += 1` a traced BatchNorm carries, so one traced module
-gives a plan that honours `train()` and `eval()` as the module it came from would.
+Modes: `torch.jit.trace` freezes the mode it traced in (dropout's, batch norm's and the
+recurrent kernels' `train` flags are constants of the graph). `run_graph(..., training=)`
+overrides those flags; in eval mode it skips the `num_batches_tracked += 1` a BatchNorm traced
+in train mode carries, and in train mode it adds the one a BatchNorm traced in eval mode lacks,
+so one traced module gives a plan that honours `train()` and `eval()` as the module it came
+from would. Not faithful: a BatchNorm with `momentum=None` (its factor 1/num_batches_tracked
+is a constant of the trace; an nn.Module with one is refused by the tracer instead).
 
 Control flow (`prim::If`, `prim::Loop`) left after constant propagation is refused: a traced
 module has none, a scripted loss function written with tensors only has none once inlined.
@@ -57,6 +60,27 @@ def _dropout(fn, training):
     return run
 
 
+def _recurrent(fn, training):
+    """aten::lstm / gru / rnn_*: the `train` flag (position 6 of the padded-input form, 7 of
+    the packed form) is the mode the module was traced in; `training` overrides it."""
+    def run(*args):
+        if training is not None:
+            packed = isinstance(args[1 if fn is torch.lstm else 2], torch.Tensor)
+            at = 7 if packed else 6
+            args = args[:at] + (training,) + args[at + 1:]
+        return fn(*args)
+    return run
+
+
+def _index(dim, index):
+    """The `__getitem__` index selecting `index` (an int or a slice) along dimension `dim`."""
+    return (slice(None),) * dim + (index,)
+
+
+def _slice(x, dim=0, start=None, end=None, step=1):
+    return x[_index(dim, slice(start, end, step))]
+
+
 def _nll(input, target, weight, reduction, ignore_index):
     return F.nll_loss(input, target, weight, ignore_index=ignore_index,
                       reduction=_REDUCTIONS[reduction])
@@ -81,24 +105,65 @@ def _special(training: bool | None) -> dict:
         "group_norm": lambda x, g, w, b, eps, *_: F.group_norm(x, g, w, b, eps),
         "max_pool1d": lambda x, k, s, p, d, c: F.max_pool1d(x, k, s, p, d, ceil_mode=c),
         "max_pool2d": lambda x, k, s, p, d, c: F.max_pool2d(x, k, s, p, d, ceil_mode=c),
+        "max_pool1d_with_indices": lambda x, k, s, p, d, c: F.max_pool1d(
+            x, k, s, p, d, ceil_mode=c, return_indices=True),
+        "max_pool2d_with_indices": lambda x, k, s, p, d, c: F.max_pool2d(
+            x, k, s, p, d, ceil_mode=c, return_indices=True),
+        "avg_pool1d": lambda x, k, s, p, c, cip: F.avg_pool1d(x, k, s, p, c, cip),
         "avg_pool2d": lambda x, k, s, p, c, cip, div=None: F.avg_pool2d(x, k, s, p, c, cip,
                                                                         div),
+        "adaptive_avg_pool1d": F.adaptive_avg_pool1d,
         "adaptive_avg_pool2d": F.adaptive_avg_pool2d,
+        "adaptive_max_pool1d": lambda x, size: F.adaptive_max_pool1d(x, size, True),
+        "adaptive_max_pool2d": lambda x, size: F.adaptive_max_pool2d(x, size, True),
+        "relu_": lambda x: F.relu(x, inplace=True),
+        "leaky_relu_": lambda x, slope=0.01: F.leaky_relu(x, slope, inplace=True),
+        "hardtanh_": lambda x, lo=-1.0, hi=1.0: F.hardtanh(x, lo, hi, inplace=True),
+        "lstm": _recurrent(torch.lstm, training),
+        "gru": _recurrent(torch.gru, training),
+        "rnn_tanh": _recurrent(torch.rnn_tanh, training),
+        "rnn_relu": _recurrent(torch.rnn_relu, training),
+        "slice": _slice,
+        "select": lambda x, dim, index: x[_index(dim, index)],
         "log_softmax": lambda x, dim, dtype=None: F.log_softmax(x, dim, dtype=dtype),
         "softmax": lambda x, dim, dtype=None: F.softmax(x, dim, dtype=dtype),
         "nll_loss_nd": _nll, "nll_loss": _nll, "nll_loss2d": _nll,
         "cross_entropy_loss": _cross_entropy,
         "mse_loss": lambda x, y, r: F.mse_loss(x, y, reduction=_REDUCTIONS[r]),
         "l1_loss": lambda x, y, r: F.l1_loss(x, y, reduction=_REDUCTIONS[r]),
+        "binary_cross_entropy_with_logits": lambda x, y, w, pos, r:
+            F.binary_cross_entropy_with_logits(x, y, w, pos_weight=pos,
+                                               reduction=_REDUCTIONS[r]),
         "embedding": lambda w, idx, pad=-1, *_: F.embedding(idx, w,
                                                             None if pad < 0 else pad),
         "view": lambda x, size: x.view(size),
         "reshape": lambda x, size: x.reshape(size),
         "contiguous": lambda x, memory_format=None: x.contiguous(),
         "size": lambda x, dim=None: x.size() if dim is None else x.size(dim),
-        "Int": int, "Float": float, "ScalarImplicit": lambda t: t.item(),
+        "Int": int, "Float": float,
+        "ScalarImplicit": lambda t: t.item() if isinstance(t, torch.Tensor) else t,
         "detach": lambda x: x.detach(),
     }
+
+
+#: TorchScript passes these enums as ints (c10::ScalarType, Layout, MemoryFormat)
+_DTYPES = {0: torch.uint8, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.int64,
+           5: torch.float16, 6: torch.float32, 7: torch.float64, 9: torch.complex64,
+           10: torch.complex128, 11: torch.bool, 15: torch.bfloat16}
+_ENUMS = {"dtype": _DTYPES, "layout": {0: torch.strided},
+          "memory_format": {0: torch.contiguous_format, 1: torch.preserve_format,
+                            2: torch.channels_last, 3: torch.channels_last_3d}}
+
+
+def _enum(name: str, value: Any) -> Any:
+    """An int TorchScript passes for argument `name` (a dtype, layout, memory format) as the
+    torch object; other values as they are. Raises TorchScriptError for an unknown code."""
+    table = _ENUMS.get(name)
+    if table is None or type(value) is not int:
+        return value
+    if value not in table:
+        raise TorchScriptError(f"TorchScript {name} code {value} is not one fedmq knows")
+    return table[value]
 
 
 def _schema(node: torch._C.Node):
@@ -116,6 +181,7 @@ def _call_aten(node: torch._C.Node, name: str, args: list, special: dict) -> Any
     if schema is not None:
         positional, keywords = [], {}
         for argument, value in zip(schema.arguments, args):
+            value = _enum(argument.name, value)
             if argument.kwarg_only:
                 keywords[argument.name] = value
             else:
@@ -164,6 +230,21 @@ def example_inputs(module: torch.jit.ScriptModule, batch_size: int) -> list:
     return out
 
 
+def _count_batch(attributes: dict, running_mean: Any, counted: list) -> None:
+    """Before a BatchNorm in train mode: `num_batches_tracked += 1` of the module whose
+    `running_mean` this is, as nn.BatchNorm does, unless the graph did it already (a module
+    traced in eval mode has no such node)."""
+    if not isinstance(running_mean, torch.Tensor):
+        return
+    for path, value in attributes.items():
+        if value is running_mean and path.endswith("running_mean"):
+            counter = attributes.get(path[:-len("running_mean")] + "num_batches_tracked")
+            if isinstance(counter, torch.Tensor) and not any(c is counter for c in counted):
+                counter.add_(1)
+                counted.append(counter)
+            return
+
+
 def run_graph(graph: torch._C.Graph, inputs: list, attributes: dict[str, Any], *,
               training: bool | None = None) -> Any:
     """Evaluate `graph` on `inputs` by calling torch functions node by node.
@@ -184,6 +265,8 @@ def run_graph(graph: torch._C.Graph, inputs: list, attributes: dict[str, Any], *
         raise TorchScriptError(f"the TorchScript graph takes {len(graph_inputs)} input(s), "
                                f"got {len(inputs)}")
     env.update(zip(graph_inputs, inputs))
+    counters = [t for k, t in (attributes or {}).items() if k.endswith("num_batches_tracked")]
+    counted: list = []  # the counters this run incremented
     for node in graph.nodes():
         kind = node.kind()
         outs = list(node.outputs())
@@ -201,11 +284,15 @@ def run_graph(graph: torch._C.Graph, inputs: list, attributes: dict[str, Any], *
             env[outs[0]] = args[0][args[1]]
         elif kind == "prim::NumToTensor":
             env[outs[0]] = args[0]
-        elif kind == "aten::add_" and training is False and isinstance(args[0], torch.Tensor) \
-                and any(attributes.get(k) is args[0] for k in attributes
-                        if k.endswith("num_batches_tracked")):
-            env[outs[0]] = args[0]  # eval mode: a BatchNorm does not count batches
+        elif kind == "aten::add_" and counters and any(c is args[0] for c in counters):
+            if training is False:
+                env[outs[0]] = args[0]  # eval mode: a BatchNorm does not count batches
+                continue
+            counted.append(args[0])
+            env[outs[0]] = _call_aten(node, "add_", args, special)
         elif kind.startswith("aten::"):
+            if kind == "aten::batch_norm" and training and counters:
+                _count_batch(attributes, args[3], counted)
             try:
                 value = _call_aten(node, kind[len("aten::"):], args, special)
             except TorchScriptError:
