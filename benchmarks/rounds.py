@@ -16,6 +16,11 @@ in the same run.
 2. Framework overhead alone: `--tiny-rounds` (default 1 000) rounds of `mnist-logreg` (7 850
    parameters), 3 workers, 1 batch of 8 per round, in-process and over RabbitMQ (the same 3
    worker processes), against the same rounds in plain PyTorch.
+4. The model shipped as a plan (issue 14): the §14 round with `model="fedmq.models:SeedCNN"`
+   (the same class, but traced on the coordinator into a model plan, sent once, then named by
+   its digest; the workers run its ops) against the named `seed-cnn` (built by each worker),
+   in-process and over RabbitMQ, named and plan runs alternating twice; acceptance: plan round
+   / named round <= 1.1. The final weights of both agree (same batches, same steps).
 3. Many workers: `--wide-workers` (default 50) workers, tiny model, 1 batch of 8, each holding
    an IID part of the MNIST 5k train set; in-process, and over RabbitMQ in `--wide-processes`
    (default 5) `fedmq worker --ids ...` processes (one WorkerService per id).
@@ -175,6 +180,29 @@ def seed_config(rounds: int) -> TrainConfig:
     return TrainConfig(rounds=rounds, eval_every=0, round_timeout=TIMEOUT)
 
 
+def plan_config(rounds: int) -> TrainConfig:
+    """The §14 round with the seed CNN shipped as a model plan (not built by name)."""
+    return TrainConfig(rounds=rounds, eval_every=0, round_timeout=TIMEOUT,
+                       model="fedmq.models:SeedCNN", input_shape="1,28,28")
+
+
+def plan_versus_named(results: list, label: str, named, planned) -> None:
+    """Named, plan, named, plan: adjacent runs see similar load; the pair of medians kept."""
+    runs = {"named": [], "plan": []}
+    for _ in range(2):
+        runs["named"].append(named())
+        runs["plan"].append(planned())
+    best = {k: min(v, key=lambda r: r.median) for k, v in runs.items()}
+    for kind, run in best.items():
+        run.name = f"{kind}"
+        print(line(run, best["named"] if kind == "plan" else None).replace(" plain", " named"))
+    ratio = best["plan"].median / best["named"].median
+    diff = max_diff(best["plan"].weights, best["named"].weights)
+    print(f"  plan / named round: {ratio:.3f} (acceptance <= 1.1: "
+          f"{'met' if ratio <= 1.1 else 'NOT met'}); max |w_plan - w_named| {diff:.1e}")
+    results.append(("plan", label, ratio))
+
+
 def tiny_config(rounds: int) -> TrainConfig:
     return TrainConfig(rounds=rounds, model="mnist-logreg", batch_size=8, num_batches=1,
                        eval_every=0, round_timeout=TIMEOUT)
@@ -321,6 +349,13 @@ def main() -> None:
     measure(results, "wide", lambda: plain_rounds(**wide), lambda: run_in_process(
         "in-process", in_process_workers(wide_data), tiny_config(args.wide_rounds)))
 
+    plan_results: list = []
+    print(f"\n[4] §14 round, the model shipped as a plan vs built by name, in-process, "
+          f"{args.rounds} rounds (best of 2 alternating runs each)")
+    plan_versus_named(plan_results, "in-process", lambda: run_in_process(
+        "named", in_process_workers(seed_data), seed_config(args.rounds)),
+        lambda: run_in_process("plan", in_process_workers(seed_data), plan_config(args.rounds)))
+
     if args.url:
         with tempfile.TemporaryDirectory() as logs:
             threads = thread_env(len(WORKERS), args.worker_threads or None).get(
@@ -338,6 +373,12 @@ def main() -> None:
                         "rabbitmq", args.url, list(WORKERS), seed_config(args.rounds))))
                 measure(results, "tiny", lambda: plain_rounds(**tiny), lambda: run_over_amqp(
                     "rabbitmq", args.url, list(WORKERS), tiny_config(args.tiny_rounds)))
+                print(f"\n[4 over RabbitMQ] the model as a plan vs by name, {args.rounds} "
+                      f"rounds")
+                plan_versus_named(plan_results, "rabbitmq", lambda: run_over_amqp(
+                    "named", args.url, list(WORKERS), seed_config(args.rounds)),
+                    lambda: run_over_amqp("plan", args.url, list(WORKERS),
+                                          plan_config(args.rounds)))
             ids = list(wide_data)
             per = -(-len(ids) // args.wide_processes)
             print(f"\n[3 over RabbitMQ] {len(ids)} ids in {args.wide_processes} processes")
@@ -358,6 +399,9 @@ def main() -> None:
                 else f", max |w - w_plain| {max_diff(run.weights, plain.weights):.1e}")
         print(f"  {run.name:<12} {100 * accuracy('seed-cnn', run.weights):6.2f}%{diff}")
     summary(results)
+    for _, label, ratio in plan_results:
+        print(f"  acceptance (§14 round, model as a plan / by name <= 1.1, {label}): "
+              f"{ratio:.3f} -> {'met' if ratio <= 1.1 else 'NOT met'}")
 
 
 def summary(results: list[Result]) -> None:
