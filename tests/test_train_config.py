@@ -252,3 +252,25 @@ def test_a_malformed_plan_or_weights_are_refused_by_the_worker(workers):
     evil.train.ops[0].op = "os.system"
     with pytest.raises(sy.RemoteError, match="os.system"):
         alice.call(Fit(0, evil, tc.weights, {"dataset": "toy"}))
+
+
+def test_a_class_plan_is_a_model(workers):
+    alice, _, _, _ = workers
+
+    class PlanNet(sy.Plan):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(12, 3)
+
+        def forward(self, x):
+            return F.log_softmax(self.fc(x), dim=1)
+    torch.manual_seed(9)
+    model = PlanNet()
+    model.build(torch.zeros(4, 12))
+    tc = sy.TrainConfig(model=model, loss_fn=F.nll_loss, batch_size=4,
+                        example_input=torch.zeros(4, 12)).send(alice)
+    assert tc.plan.state_names == ["fc.weight", "fc.bias"]
+    assert torch.isfinite(alice.fit(dataset_key="toy"))
+    trained = tc.model_ptr.get()
+    assert isinstance(trained, PlanNet)
+    assert not torch.equal(trained.fc.weight, model.fc.weight)
