@@ -144,7 +144,9 @@ def test_a_slow_worker_does_not_hold_up_the_fast_ones():
 
 def test_a_failing_worker_is_retried_with_backoff_and_does_not_stop_the_run():
     lines: list[str] = []
-    coord = make(workers(charlie=Broken()), lines, strategy=FedBuff(buffer_size=2),
+    # alice and bob take 0.15 s a Fit, so the run lasts past charlie's first retries
+    slow = {w: Slow(mnist_worker(w, LABELS[w]), delay=0.15) for w in ("alice", "bob")}
+    coord = make(workers(charlie=Broken(), **slow), lines, strategy=FedBuff(buffer_size=2),
                  max_updates=8, eval_every=0, retry_backoff=0.2, max_backoff=0.4)
     history = run(coord)
     assert coord.received == 8 and coord.counts["charlie"] == 0

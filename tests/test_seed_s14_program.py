@@ -24,8 +24,13 @@ BUCKETS = re.compile(r"Federated model: Percentage numbers 0-3: (\d+)%, 4-6: (\d
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
+    """The notes' fixed worker ids (alice, bob, charlie, testing) on a vhost of this module's
+    own: other tests of the run may serve those ids on the run's vhost."""
+    from broker_vhost import RunVhost
     from worker_procs import WorkerProcesses
-    procs = WorkerProcesses(tmp_path_factory.mktemp("s14"))
+    vhost = RunVhost.new()
+    vhost.create()
+    procs = WorkerProcesses(tmp_path_factory.mktemp("s14"), url=vhost.amqp_url)
     try:
         for worker_id, labels in WORKERS.items():
             procs.start(worker_id, "--dataset", "mnist5k", "--labels", labels, "--key", "mnist",
@@ -37,10 +42,11 @@ def services(tmp_path_factory):
         yield procs
     finally:
         procs.stop_all(delete_queues=True)
+        vhost.delete()
 
 
-def _run(workers: str) -> str:
-    env = dict(os.environ, FEDMQ_URL=os.environ["FEDMQ_AMQP_URL"], FEDMQ_S14_WORKERS=workers,
+def _run(services, workers: str) -> str:
+    env = dict(os.environ, FEDMQ_URL=services.url, FEDMQ_S14_WORKERS=workers,
                PYTHONWARNINGS="ignore")
     done = subprocess.run([sys.executable, str(ROOT / "examples" / "seed_s14_program.py")],
                           env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
@@ -49,7 +55,7 @@ def _run(workers: str) -> str:
 
 
 def test_alice_and_bob_reach_the_notes_accuracy(services):
-    out = _run("alice,bob")
+    out = _run(services, "alice,bob")
     assert ("Namespace(batch_size=32, cuda=False, federate_after_n_batches=10, lr=0.1, "
             "save_model=False, seed=1, test_batch_size=128, training_rounds=40, "
             "verbose=False)") in out
@@ -64,6 +70,6 @@ def test_alice_and_bob_reach_the_notes_accuracy(services):
 
 
 def test_with_charlie_at_least_92_percent(services):
-    out = _run("alice,bob,charlie")
+    out = _run(services, "alice,bob,charlie")
     accuracy = float(LINE.findall(out)[-1][2])
     assert accuracy >= 92.0, out[-2000:]

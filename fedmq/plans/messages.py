@@ -117,8 +117,8 @@ class ModelPlanRecord:
     loss: `(output, target) -> mean loss` as a plan, or None (the Fit names a loss).
     """
     name: str
-    train: PlanRecord
-    eval: PlanRecord
+    train: Any  # a PlanRecord (checked by fedmq.plans.module_plan.validate)
+    eval: Any
     state_names: list
     state_shapes: list
     state_dtypes: list
