@@ -373,3 +373,45 @@ def test_a_worker_service_serves_csv_and_image_folder_found_by_tag(tmp_path, hoo
         assert owner.search("#pets", "#test") == []
     finally:
         procs.stop_all(delete_queues=True)
+
+
+# --- found by review (issue 14) -------------------------------------------------------------
+
+def test_hostile_files_are_one_line_errors(tmp_path, monkeypatch):
+    import PIL.Image
+    with pytest.raises(SystemExit):  # a reserved tag is no key (argparse: exit 2)
+        worker_args("--data", str(tmp_path / "x.csv"), "--key", "train")
+    pd.DataFrame({"a": [1.0, float("inf")], "t": [0, 1]}).to_csv(tmp_path / "inf.csv",
+                                                                 index=False)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        holdings(worker_args("--data", str(tmp_path / "inf.csv"), "--key", "k",
+                             "--target", "t"))
+    np.savez(tmp_path / "nan.npz", x=np.array([[np.nan, 1.0]]), y=np.array([0]))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        holdings(worker_args("--data", str(tmp_path / "nan.npz"), "--key", "k"))
+    (tmp_path / "empty.csv").write_text("a,t\n")
+    with pytest.raises(ValueError, match="no rows"):
+        holdings(worker_args("--data", str(tmp_path / "empty.csv"), "--key", "k",
+                             "--target", "t"))
+    (tmp_path / "wide.csv").write_text(",".join(f"c{i}" for i in range(70_000)) + "\n")
+    with pytest.raises(ValueError, match="columns"):
+        holdings(worker_args("--data", str(tmp_path / "wide.csv"), "--key", "k",
+                             "--target", "c0"))
+    loop = make_images(tmp_path / "loop", {"a": [(4, 4)], "b": [(4, 4)]})
+    (loop / "a" / "up").symlink_to(loop, target_is_directory=True)
+    with pytest.raises(ValueError, match="links to a folder"):
+        holdings(worker_args("--data", str(loop), "--key", "k"))
+    bomb = make_images(tmp_path / "bomb", {"a": [(40, 40)]})
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels: over twice that
+    with pytest.raises(ValueError, match="cannot read image"):
+        holdings(worker_args("--data", str(bomb), "--key", "k"))
+
+
+def test_wide_integer_targets_are_not_counted_per_label(tmp_path, caplog):
+    pd.DataFrame({"a": [1.0, 2.0], "t": [0, 999_999_999]}).to_csv(tmp_path / "ids.csv",
+                                                                  index=False)
+    with caplog.at_level(logging.INFO, logger="fedmq.data"):
+        got = held("--data", str(tmp_path / "ids.csv"), "--key", "k", "--target", "t")
+    assert any("integer targets from 0 to 999999999" in r.message for r in caplog.records)
+    assert sorted(t.tolist() for tags, t in got.items() if "#target" in tags) == \
+        [[0, 999_999_999]]

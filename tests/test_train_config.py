@@ -274,3 +274,96 @@ def test_a_class_plan_is_a_model(workers):
     trained = tc.model_ptr.get()
     assert isinstance(trained, PlanNet)
     assert not torch.equal(trained.fc.weight, model.fc.weight)
+
+
+# -- found by review (issue 14) -------------------------------------------------------------------
+
+def test_config_values_of_the_wrong_type_are_refused(workers):
+    alice, _, _, _ = workers
+    tc = sy.TrainConfig(model=MLP(), loss_fn=F.nll_loss, batch_size=4,
+                        example_input=torch.zeros(4, 12))
+    bad = [({"shuffle": "no"}, "shuffle"), ({"drop_last": "yes"}, "drop_last"),
+           ({"seed": 2 ** 70}, "seed"), ({"seed": "1"}, "seed"),
+           ({"optimizer_args": {"lr": "0.1"}}, "lr"),
+           ({"optimizer_args": {"lr": float("inf")}}, "lr"),
+           ({"optimizer_args": {"nesterov": "yes"}}, "nesterov"),
+           ({"proximal_mu": "1"}, "proximal_mu"), ({"dataset": ""}, "dataset")]
+    for change, word in bad:
+        config = dict(tc.config("toy"), **change)
+        with pytest.raises(sy.RemoteExecutionError, match=word):
+            alice.call(Fit(0, tc.plan, tc.weights, config))
+    assert torch.isfinite(alice.call(Fit(0, tc.plan, tc.weights, tc.config("toy"))).weights[
+        "fc1.weight"]).all()  # the worker goes on serving
+
+
+def test_evaluate_bounds_what_it_allocates(workers):
+    from fedmq.fl.messages import Evaluate
+    from fedmq.plans.messages import ModelPlanRecord as Rec
+    _, testing, _, _ = workers
+    tc = sy.TrainConfig(model=MLP(), loss_fn=F.nll_loss, batch_size=4,
+                        example_input=torch.zeros(4, 12)).send(testing)
+    with pytest.raises(sy.RemoteExecutionError, match="nr_bins"):
+        testing.call(Evaluate(0, tc.plan, tc.weights, {"dataset": "toy_testing",
+                                                       "nr_bins": 10 ** 9}))
+    rec = tc.plan
+    huge = Rec(rec.name, rec.train, rec.eval, rec.state_names, rec.state_shapes,
+               rec.state_dtypes, rec.parameters, 10 ** 7, False, rec.loss)
+    with pytest.raises(sy.RemoteExecutionError, match="malformed"):
+        testing.call(Evaluate(0, huge, tc.weights, {"dataset": "toy_testing"}))
+    three = testing.evaluate(dataset_key="toy_testing", return_histograms=True, nr_bins=2)
+    assert len(three["histogram_predictions"]) == 2 and len(three["histogram_target"]) == 2
+
+
+def test_evaluate_reports_the_loss_of_a_regression(workers):
+    hook = sy.TorchHook(torch)
+    x = torch.randn(30, 12)
+    y = x[:, :1] * 2.0
+    worker = sy.VirtualWorker(hook, id="tc_regression",
+                              data=(x.tag("#reg", "#data", "#train"),
+                                    y.tag("#reg", "#target", "#train")))
+    model = nn.Linear(12, 1)
+    tc = sy.TrainConfig(model=model, loss_fn=F.mse_loss, batch_size=5,
+                        example_input=torch.zeros(5, 12),
+                        example_target=torch.zeros(5, 1)).send(worker)
+    assert torch.isfinite(worker.fit(dataset_key="reg"))
+    result = worker.evaluate(dataset_key="reg", return_histograms=True)
+    expected = F.mse_loss(tc.model_ptr.get()(x), y, reduction="sum").item() / 30
+    assert result["nr_predictions"] == 30 and result["nr_correct_predictions"] == 0
+    assert abs(result["loss"] - expected) < 1e-4
+    assert result["histogram_predictions"].numel() == 0
+
+
+def test_the_plan_cache_is_per_principal_and_bounded(monkeypatch):
+    from fedmq.plans import module_plan
+    plan_cache.clear()
+    monkeypatch.setattr(plan_cache, "LIMIT", 2)
+    recs = []
+    for width in (3, 4, 5):
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(12, width)
+
+            def forward(self, x):
+                return self.fc(x)
+        recs.append(module_plan.model_plan(Net(), torch.zeros(2, 12)))
+    mine = plan_cache.resolve(recs[0], "w", "owner")
+    for rec in recs:  # another principal fills its own share; the owner's plan stays
+        plan_cache.resolve(rec, "w", "coord")
+    assert plan_cache.resolve(module_plan.digest(mine), "w", "owner") is mine
+    with pytest.raises(sy.ObjectNotFoundError):  # evicted: coord's oldest
+        plan_cache.resolve(module_plan.digest(recs[0]), "w", "coord")
+    with pytest.raises(sy.ObjectNotFoundError):  # never the other principal's
+        plan_cache.resolve(module_plan.digest(recs[2]), "w", "owner")
+    monkeypatch.setattr(plan_cache, "MAX_PLAN_BYTES", 100)
+    with pytest.raises(sy.QuotaExceededError):
+        plan_cache.resolve(recs[1], "w", "owner")
+    plan_cache.clear()
+
+
+def test_a_fit_past_its_deadline_is_not_run(workers):
+    alice, _, _, _ = workers
+    tc = sy.TrainConfig(model=MLP(), loss_fn=F.nll_loss, batch_size=4,
+                        example_input=torch.zeros(4, 12)).send(alice)
+    res = alice.call(Fit(0, tc.plan, tc.weights, tc.config("toy"), 1.0))
+    assert res.status == "expired" and res.num_examples == 0

@@ -105,3 +105,34 @@ def test_a_users_model_over_rabbitmq_equals_the_in_process_run(tmp_path):
     assert [r.status for r in history] == ["ok"] * 4, [r.failed for r in history]
     assert [r.correct for r in history[:3]] == [r.correct for r in expected]
     assert history[2].accuracy > 0.5
+
+
+def test_a_failing_user_model_is_one_line_exit_2(tmp_path):
+    """Found by review: any failure of the user's code (not only a TypeError) and a wrong
+    --input-shape are one line and exit 2, before any connection; so is sys.exit in it."""
+    (tmp_path / "net.py").write_text(NET)
+    (tmp_path / "bad.py").write_text(textwrap.dedent("""
+        import sys
+        import torch.nn as nn
+
+        class Raises(nn.Module):
+            def __init__(self):
+                raise RuntimeError("no GPU here")
+
+        if "EXIT" in __import__("os").environ:
+            sys.exit(0)
+    """))
+    cases = [([f"{tmp_path / 'bad.py'}:Raises"], {}, "no GPU here"),
+             ([f"{tmp_path / 'net.py'}:Net", "--input-shape", "1,28"], {}, "check --input-shape"),
+             ([f"{tmp_path / 'net.py'}:Net", "--input-shape", "100000,100000,100000"], {},
+              "would be over"),
+             ([f"{tmp_path / 'bad.py'}:Raises"], {"EXIT": "1"}, "SystemExit")]
+    import os
+    for argv, env, words in cases:
+        done = subprocess.run([sys.executable, "-m", "fedmq.cli", "train", "--model", *argv,
+                               "--rounds", "1", "--runs-dir", str(tmp_path / "runs")],
+                              capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, **env))
+        assert done.returncode == 2, (argv, done.stderr[-1500:])
+        assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1, \
+            done.stderr

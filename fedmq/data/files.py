@@ -60,14 +60,26 @@ def _shape(t: torch.Tensor) -> str:
     return "x".join(str(n) for n in t.shape)
 
 
+def _no_linked_folders(root: pathlib.Path) -> None:
+    """ImageFolder follows links to folders, and a link back up loops for ever: refuse them
+    (a linked image file is read as any other)."""
+    for path in root.rglob("*"):
+        if path.is_symlink() and path.is_dir():
+            raise ValueError(f"{path} links to a folder; an image folder's class folders and "
+                             f"their subfolders must be real folders (links to images are "
+                             f"fine)")
+
+
 def read_imagefolder(root: pathlib.Path, transforms: tuple[Transform, ...] = ()) -> Raw:
     """Every image under `root/<class>/` (ImageFolder's extensions), transformed, stacked into
     float32 N x C x H x W in [0, 1] (RGB, C = 3, unless grayscale: C = 1); labels the class
     names. ValueError: no class folder or no image, an unreadable image (named), or images
     of different shapes after the transforms (the first two named)."""
+    import PIL.Image
     from torchvision import datasets
     from torchvision.transforms import v2
 
+    _no_linked_folders(root)
     pipeline = v2.Compose([v2.ToImage(), *image_steps(transforms),
                            v2.ToDtype(torch.float32, scale=True)])
     try:
@@ -82,7 +94,7 @@ def read_imagefolder(root: pathlib.Path, transforms: tuple[Transform, ...] = ())
     for i, (path, _) in enumerate(folder.samples):
         try:
             image, _ = folder[i]
-        except OSError as exc:  # PIL.UnidentifiedImageError and friends
+        except (OSError, PIL.Image.DecompressionBombError) as exc:  # unreadable, a bomb
             raise ValueError(f"cannot read image {path}: {exc}") from None
         if images and image.shape != images[0].shape:
             raise ValueError(f"image {path} is {_shape(image)} (C x H x W) but "
@@ -105,6 +117,18 @@ def _pandas():
     return pandas
 
 
+#: the widest table read (columns), and the longest csv header (bytes)
+MAX_COLUMNS = 1 << 16
+MAX_HEADER_BYTES = 16 << 20
+
+
+def _finite(values: torch.Tensor, what: str) -> None:
+    """ValueError when `values` holds NaN or infinite numbers (1e400 in a csv is inf)."""
+    if values.is_floating_point() and not torch.isfinite(values).all():
+        bad = int((~torch.isfinite(values)).sum())
+        raise ValueError(f"{bad} {what} values are NaN or infinite (or beyond float32)")
+
+
 def _columns(names) -> str:
     return ", ".join(str(n) for n in names)
 
@@ -117,6 +141,12 @@ def read_table(path: pathlib.Path, fmt: str, target: str,
     file, a missing column (the error lists the table's columns), non-numeric feature columns
     or missing values (named)."""
     pd = _pandas()
+    if fmt == "csv":  # the header first: a file of a million columns is refused, not parsed
+        with open(path, encoding="utf-8", errors="replace") as f:
+            header = f.readline(MAX_HEADER_BYTES + 1)
+        if len(header) > MAX_HEADER_BYTES or header.count(",") >= MAX_COLUMNS:
+            raise ValueError(f"its header is over {MAX_HEADER_BYTES} bytes or "
+                             f"{MAX_COLUMNS} columns")
     try:
         frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path, engine="pyarrow")
     except ImportError as exc:
@@ -127,6 +157,10 @@ def read_table(path: pathlib.Path, fmt: str, target: str,
         raise ValueError(f"cannot read it as {fmt}: {first_line}") from None
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
+    if len(columns) > MAX_COLUMNS:
+        raise ValueError(f"{len(columns)} columns, more than {MAX_COLUMNS}")
+    if not len(frame):
+        raise ValueError(f"no rows (only a header: {_columns(columns[:10])})")
     if target not in columns:
         raise ValueError(f"no target column {target!r}; its columns: {_columns(columns)}")
     wanted = list(features) if features else [c for c in columns if c != target]
@@ -150,6 +184,7 @@ def read_table(path: pathlib.Path, fmt: str, target: str,
         raise ValueError(f"{int(frame[target].isna().sum())} missing values in the target "
                          f"column {target!r}")
     inputs = torch.from_numpy(frame[wanted].to_numpy(dtype=np.float32, copy=True))
+    _finite(inputs, "feature")
     series = frame[target]
     if pd.api.types.is_bool_dtype(series) or pd.api.types.is_integer_dtype(series):
         labels = series.to_numpy(dtype=np.int64)
@@ -197,4 +232,6 @@ def read_npz(path: pathlib.Path, features_array: str = "x", target_array: str = 
         raise ValueError(f"{features_array!r} is {x.shape} and {target_array!r} {y.shape}: "
                          f"both need one row per sample")
     labels = y.astype(str).astype(object) if y.dtype.kind in "US" else y
-    return Raw(torch.from_numpy(np.array(x, dtype=np.float32)), labels)
+    inputs = torch.from_numpy(np.array(x, dtype=np.float32))
+    _finite(inputs, "input")
+    return Raw(inputs, labels)

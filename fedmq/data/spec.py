@@ -70,11 +70,18 @@ class DataSpec:
 
 # --- one option's value -----------------------------------------------------------------------
 
+#: tags every dataset already carries (#data #target #train #test): not keys
+RESERVED_KEYS = frozenset({"data", "target", "train", "test"})
+
+
 def parse_key(text: str) -> str:
     """"mnist" or "#mnist" -> "mnist"; a key is one word (letters, digits, - _ .)."""
     key = text.strip().removeprefix("#")
     if not key or not all(c.isalnum() or c in "-_." for c in key):
         raise ValueError(f"bad key {text!r}: one word of letters, digits, '-', '_' or '.'")
+    if key in RESERVED_KEYS:
+        raise ValueError(f"key {key!r} is a tag fedmq itself gives every dataset "
+                         f"({', '.join(sorted(RESERVED_KEYS))}): choose another")
     return key
 
 

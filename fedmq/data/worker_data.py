@@ -63,6 +63,10 @@ def checked_specs(args: argparse.Namespace) -> list[DataSpec]:
     return check_specs(getattr(args, "data", None), taken)
 
 
+#: integer targets up to this are logged per label; above, only their range
+MAX_COUNTED_LABELS = 1 << 16
+
+
 def _counts(targets: torch.Tensor, classes: list[str] | None) -> str:
     if targets.dtype != torch.int64 or targets.dim() != 1 or len(targets) == 0:
         return (f"float targets, mean {targets.float().mean():.4g}, "
@@ -71,7 +75,11 @@ def _counts(targets: torch.Tensor, classes: list[str] | None) -> str:
         values, counts = targets.unique(return_counts=True)
         return "per label: " + ", ".join(f"{v}: {n}" for v, n in zip(values.tolist(),
                                                                     counts.tolist()))
-    counts = partition.label_counts(targets, len(classes) if classes else int(targets.max()) + 1)
+    top = int(targets.max())
+    if not classes and top >= MAX_COUNTED_LABELS:  # ids, prices: not class labels to count
+        return (f"integer targets from {int(targets.min())} to {top} "
+                f"({len(targets.unique())} distinct)")
+    counts = partition.label_counts(targets, len(classes) if classes else top + 1)
     names = [f"{i} {classes[i]}" if classes else str(i) for i in range(len(counts))]
     return "per label: " + ", ".join(f"{name}: {n}" for name, n in zip(names, counts))
 

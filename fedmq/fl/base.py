@@ -195,8 +195,8 @@ class CoordinatorBase:
     def evaluate_config(self) -> dict:
         cfg = self.config
         config = {"batch_size": cfg.eval_batch_size, "loss": cfg.loss, "split": "test"}
-        if cfg.dataset:
-            config["dataset"] = cfg.dataset
+        if cfg.testing_dataset or cfg.dataset:
+            config["dataset"] = cfg.testing_dataset or cfg.dataset
         return config
 
     def evaluate_message(self, round: int, ins: EvaluateIns, model: Any = None) -> Evaluate:

@@ -82,7 +82,7 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
         optimizer_args=optimizer_args, eval_every=args.eval_every,
         round_timeout=args.round_timeout, seed=args.seed, buckets=parse_buckets(args.buckets),
         loss=args.loss, model_args=list(args.model_arg), input_shape=args.input_shape,
-        input_dtype=args.input_dtype)
+        input_dtype=args.input_dtype, testing_dataset=args.testing_dataset)
 
 
 def in_process_workers(workers: dict, dataset: str, testing: str | None) -> dict:
@@ -105,7 +105,8 @@ async def train(args: argparse.Namespace) -> int:
                     model_args=args.model_arg, input_shape=args.input_shape,
                     input_dtype=args.input_dtype)
     except (ValueError, OpNotAllowedError) as exc:
-        print(f"fedmq train: {exc}", file=sys.stderr)
+        print(f"fedmq train: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+              file=sys.stderr)
         return 2
     if args.url:
         connection = await AMQPRoundConnection.connect(args.url, chunk_size=args.chunk_size)
@@ -178,7 +179,13 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
                    help="broker URL; without it the workers run in this process")
     p.add_argument("--launch", action="store_true",
                    help="start the worker services (fedmq worker subprocesses) for the run")
-    p.add_argument("--dataset", default="mnist5k", help="mnist5k or fashion-mnist")
+    p.add_argument("--dataset", default="mnist5k",
+                   help="the key the workers serve their data under: mnist5k or fashion-mnist "
+                        "(built in), or the --key of `fedmq worker --data` (default "
+                        "%(default)s)")
+    p.add_argument("--testing-dataset", default=None, metavar="KEY",
+                   help="the key of the testing worker's data when it differs from "
+                        "--dataset (e.g. mnist_testing)")
     p.add_argument("--workers", default=DEFAULT_WORKERS, help="id[:labels],... (%(default)s)")
     p.add_argument("--testing", default="testing", help="worker holding the test set ('' for none)")
     p.add_argument("--model", default="seed-cnn",

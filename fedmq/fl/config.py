@@ -34,6 +34,9 @@ class TrainConfig:
     model_args: list = field(default_factory=list)
     input_shape: str | None = None
     input_dtype: str = "float32"
+    #: the key of the testing worker's data, when it is not `dataset` (PySyft's
+    #: "mnist_testing" next to "mnist")
+    testing_dataset: str | None = None
 
     def fit_config(self, lr: float) -> dict:
         """What a `Fit` tells the worker (before the strategy adds its own keys)."""

@@ -2,25 +2,32 @@
 names it by digest (`sha256:<hex>` of its wire encoding, fedmq.plans.module_plan.digest).
 
 Entries are kept per (worker, principal): one principal cannot use, or learn of, a plan
-another sent. At most `LIMIT` plans per worker, least recently used first out; a worker that
+another sent. At most `LIMIT` plans per principal (its own least recently used first out) and
+`MAX_BYTES` per worker (then the least recently used of anyone's); a plan over
+`MAX_PLAN_BYTES` is refused (QuotaExceededError). A worker that
 restarted, or dropped a plan, answers a reference with ObjectNotFoundError and the sender sends
 the whole plan again (fedmq.fl.coordinator does so by itself).
 """
 from __future__ import annotations
 
 import collections
+import hashlib
 import threading
 from typing import Any
 
-from fedmq.errors import ObjectNotFoundError, RemoteExecutionError
+from fedmq import serde
+from fedmq.errors import ObjectNotFoundError, QuotaExceededError, RemoteExecutionError
 from fedmq.plans import module_plan
 from fedmq.plans.messages import ModelPlanRecord
 
-#: model plans kept per worker (all principals together)
-LIMIT = 32
+#: model plans kept per (worker, principal), and bytes (their wire size) per worker
+LIMIT = 8
+MAX_BYTES = 256 << 20
+#: the largest plan a worker accepts (its constants, mostly; the weights travel apart)
+MAX_PLAN_BYTES = 64 << 20
 
 _lock = threading.Lock()
-_plans: "collections.OrderedDict[tuple, ModelPlanRecord]" = collections.OrderedDict()
+_plans: "collections.OrderedDict[tuple, tuple[ModelPlanRecord, int]]" = collections.OrderedDict()
 
 
 def is_reference(model: Any) -> bool:
@@ -33,10 +40,10 @@ def resolve(model: Any, worker_id: str, principal: str) -> ModelPlanRecord:
     reference this worker does not hold, RemoteExecutionError for a malformed plan."""
     if is_reference(model):
         with _lock:
-            rec = _plans.get((worker_id, principal, model))
-            if rec is not None:
+            held = _plans.get((worker_id, principal, model))
+            if held is not None:
                 _plans.move_to_end((worker_id, principal, model))
-                return rec
+                return held[0]
         raise ObjectNotFoundError(f"model plan {model[:19]}... is not cached on worker "
                                   f"{worker_id} (it restarted, or dropped it): send the plan "
                                   f"again", worker=worker_id)
@@ -44,13 +51,24 @@ def resolve(model: Any, worker_id: str, principal: str) -> ModelPlanRecord:
         rec = module_plan.validate(model, worker_id)
     except ValueError as exc:
         raise RemoteExecutionError(str(exc), worker=worker_id) from None
-    key = (worker_id, principal, module_plan.digest(rec))
+    encoded = serde.encode(rec)
+    if len(encoded) > MAX_PLAN_BYTES:
+        raise QuotaExceededError(f"model plan {rec.name!r} takes {len(encoded)} bytes, more "
+                                 f"than the {MAX_PLAN_BYTES} a worker keeps for one plan",
+                                 worker=worker_id)
+    key = (worker_id, principal, "sha256:" + hashlib.sha256(encoded).hexdigest())
     with _lock:
-        _plans[key] = rec
+        _plans[key] = (rec, len(encoded))
         _plans.move_to_end(key)
-        mine = [k for k in _plans if k[0] == worker_id]
-        for old in mine[:max(len(mine) - LIMIT, 0)]:
+        mine = [k for k in _plans if k[:2] == (worker_id, principal)]
+        for old in mine[:max(len(mine) - LIMIT, 0)]:  # a principal evicts its own first
             del _plans[old]
+        here = [k for k in _plans if k[0] == worker_id]
+        total = sum(_plans[k][1] for k in here)
+        for old in here:
+            if total <= MAX_BYTES or old == key:
+                break
+            total -= _plans.pop(old)[1]
     return rec
 
 

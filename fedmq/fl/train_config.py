@@ -24,6 +24,7 @@ counts (fedmq/fl/hooks.py).
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -175,13 +176,19 @@ def _fit_message(worker: Any, train_config: TrainConfig, dataset_key: str,
                  resend: bool = False) -> Fit:
     if not isinstance(dataset_key, str) or not dataset_key:
         raise ValueError("dataset_key must be the name a worker serves its data under")
+    timeout = getattr(worker, "timeout", None)
+    # a Fit left in the queue of a worker that died is not run once its caller gave up
+    deadline = time.time() + timeout if timeout else 0.0
     return Fit(0, train_config.model_field(worker, resend), train_config.weights,
-               train_config.config(dataset_key))
+               train_config.config(dataset_key), deadline)
 
 
 def _fit_result(train_config: TrainConfig, res: Any) -> torch.Tensor:
     if not isinstance(res, FitRes):
         raise TypeError(f"expected FitRes, got {type(res).__name__}")
+    if res.status != "ok":
+        raise TimeoutError(f"worker {res.worker!r} did not train: the Fit reached it after "
+                           f"its deadline ({res.status})")
     train_config.weights = {k: v.detach().clone() for k, v in res.weights.items()}
     return torch.tensor(res.loss)
 

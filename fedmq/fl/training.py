@@ -11,6 +11,8 @@ digest, fedmq/fl/plan_cache.py), run by the worker's execution primitive.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
 from typing import Any
@@ -32,6 +34,9 @@ OPTIMIZER_ARGS = {"lr", "momentum", "dampening", "weight_decay", "nesterov", "be
                   "amsgrad"}
 LOSSES = {"nll": F.nll_loss, "cross_entropy": F.cross_entropy}
 MAX_BATCHES = 1_000_000
+#: the most histogram bins (classes) an evaluation counts
+MAX_BINS = 1 << 16
+log = logging.getLogger("fedmq.fl")
 
 
 def _fail(worker_id: str, text: str) -> errors.RemoteExecutionError:
@@ -65,8 +70,9 @@ class PlanModel:
     runs the train or eval op list (`train()` / `eval()`), `named_parameters()` are the
     plan's trainable entries (leaf tensors requiring grad), `state_dict()` all entries."""
 
-    def __init__(self, rec: ModelPlanRecord, weights: dict, worker_id: str) -> None:
-        self.rec, self.worker_id, self.training = rec, worker_id, True
+    def __init__(self, rec: ModelPlanRecord, weights: dict, worker_id: str,
+                 owner: str | None = None) -> None:
+        self.rec, self.worker_id, self.training, self.owner = rec, worker_id, True, owner
         trainable = set(rec.parameters)
         self.tensors = [t.detach().clone().requires_grad_(name in trainable)
                         for name, t in zip(rec.state_names,
@@ -84,8 +90,69 @@ class PlanModel:
         return self.train(False)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return module_plan.run_forward(self.rec, "train" if self.training else "eval", x,
-                                       self.tensors, self.worker_id)
+        with self.guarded(), self.reported():
+            return module_plan.run_forward(self.rec, "train" if self.training else "eval", x,
+                                           self.tensors, self.worker_id)
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self.guarded(), self.reported():
+            return module_plan.run_loss(self.rec, out, y, self.worker_id)
+
+    @contextlib.contextmanager
+    def guarded(self):
+        """While the plan runs, it may write the model's state only as a module's forward
+        pass does: BatchNorm's running statistics (`F.batch_norm` in training) and its
+        `num_batches_tracked += 1`. Any other write into a parameter or buffer (a copy of the
+        batch into a buffer, `w.copy_(x)` under no_grad) is refused before it runs: the
+        state goes back to the coordinator, and would carry the data out with it."""
+        acting = principals.current()
+        if acting is None:
+            yield
+            return
+        storages = {t.untyped_storage().data_ptr(): name
+                    for name, t in zip(self.rec.state_names, self.tensors)}
+        outer = acting.guard
+
+        def guard(op: str, targets: list) -> None:
+            if outer is not None:
+                outer(op, targets)
+            for t in targets:
+                name = storages.get(t.untyped_storage().data_ptr()) \
+                    if isinstance(t, torch.Tensor) else None
+                if name is None or op == "F.batch_norm" or (
+                        op == "Tensor.add_" and name.endswith("num_batches_tracked")):
+                    continue
+                raise errors.AccessDeniedError(
+                    f"model plan {self.rec.name!r}: {op} would write {name}; a plan's forward "
+                    f"pass writes its state only through BatchNorm's running statistics",
+                    worker=self.worker_id, op=op)
+        acting.guard = guard
+        try:
+            yield
+        finally:
+            acting.guard = outer
+
+    @contextlib.contextmanager
+    def reported(self):
+        """A failure of the plan on the owner's data, reported to a principal other than the
+        owner under `--release none` or `derived`: the op that failed, not the message (an
+        error text such as "Target 3 is out of bounds" describes the data); the whole message
+        goes to the worker's log."""
+        try:
+            yield
+        except errors.RemoteError as exc:
+            acting = principals.current()
+            if acting is None or acting.principal == self.owner or \
+                    getattr(acting, "release", "all") == "all" or \
+                    isinstance(exc, (errors.AccessDeniedError, errors.QuotaExceededError,
+                                     errors.TimeLimitError, errors.RemoteCancelledError)):
+                raise
+            log.warning("worker %s: model plan %r failed for %s: %s", self.worker_id,
+                        self.rec.name, acting.principal, exc)
+            raise _fail(self.worker_id, f"model plan {self.rec.name!r} failed on this "
+                                        f"worker's data in op {exc.op or '?'} (the error "
+                                        f"text describes the data: it is in the worker's "
+                                        f"log)") from None
 
     def named_parameters(self):
         trainable = set(self.rec.parameters)
@@ -98,14 +165,15 @@ class PlanModel:
         return dict(zip(self.rec.state_names, self.tensors))
 
 
-def build_model(model: Any, weights: dict, worker_id: str) -> Any:
+def build_model(model: Any, weights: dict, worker_id: str, owner: str | None = None) -> Any:
     """The model a Fit / Evaluate names: a named architecture (`fedmq.models.MODELS`) loaded
-    with `weights`, or a `PlanModel` for a model plan or a digest of one cached here."""
+    with `weights`, or a `PlanModel` for a model plan or a digest of one cached here
+    (`owner`: the data owner's principal, who is told why a plan failed)."""
     if isinstance(model, ModelPlanRecord) or plan_cache.is_reference(model):
         acting = principals.current()
         rec = plan_cache.resolve(model, worker_id, acting.principal if acting else "me")
         try:
-            return PlanModel(rec, weights, worker_id)
+            return PlanModel(rec, weights, worker_id, owner)
         except ValueError as exc:
             raise _fail(worker_id, str(exc)) from None
     if not isinstance(model, str):
@@ -142,10 +210,43 @@ def make_optimizer(config: dict, params, worker_id: str) -> torch.optim.Optimize
     unknown = set(args) - OPTIMIZER_ARGS
     if unknown:
         raise _fail(worker_id, f"optimizer arguments not allowed: {sorted(unknown)}")
+    for key, value in args.items():
+        if key in ("nesterov", "amsgrad"):
+            ok = type(value) is bool
+        elif key == "betas":
+            ok = isinstance(value, (list, tuple)) and len(value) == 2 and \
+                all(_number(v) and 0 <= v < 1 for v in value)
+        else:
+            ok = _number(value) and value >= 0
+        if not ok:
+            raise _fail(worker_id, f"optimizer argument {key} = {value!r} is not allowed "
+                                   f"(numbers >= 0; nesterov, amsgrad: booleans; betas: two "
+                                   f"numbers in [0, 1))")
     if "betas" in args:
         args["betas"] = tuple(args["betas"])
     args.setdefault("lr", 0.01)
-    return OPTIMIZERS[name](params, **args)
+    try:
+        return OPTIMIZERS[name](params, **args)
+    except (ValueError, TypeError) as exc:
+        raise _fail(worker_id, f"optimizer {name}: {exc}") from None
+
+
+def _number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _flag(config: dict, key: str, default: bool, worker_id: str) -> bool:
+    value = config.get(key, default)
+    if type(value) is not bool:
+        raise _fail(worker_id, f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _seed(config: dict, worker_id: str) -> int:
+    value = config.get("seed", 0)
+    if type(value) is not int or not 0 <= value < 2 ** 62:
+        raise _fail(worker_id, f"seed must be an integer in [0, 2**62), got {value!r}")
+    return value
 
 
 def loss_function(config: dict, worker_id: str, model: Any = None):
@@ -158,7 +259,7 @@ def loss_function(config: dict, worker_id: str, model: Any = None):
             if len(out) != rec.batch_size and not rec.loss_generic:
                 raise _fail(worker_id, f"the loss of model plan {rec.name!r} only serves "
                                        f"batches of {rec.batch_size}")
-            mean = module_plan.run_loss(rec, out, y, worker_id)
+            mean = model.loss(out, y)
             return mean * len(out) if reduction == "sum" else mean
         return plan_loss
     name = name or "nll"
@@ -184,8 +285,16 @@ def batch_indices(n: int, batch_size: int, num_batches: int, generator: torch.Ge
                 return
 
 
-def _dataset(config: dict) -> str | None:
-    return config.get("dataset") or config.get("dataset_key")
+def _owner(worker: Any) -> str | None:
+    policy = getattr(getattr(worker, "store", None), "policy", None)
+    return getattr(policy, "owner", None)
+
+
+def _dataset(config: dict, worker_id: str = "?") -> str | None:
+    key = config.get("dataset", config.get("dataset_key"))
+    if key is not None and (not isinstance(key, str) or not key):
+        raise _fail(worker_id, f"dataset must be a non-empty key, got {key!r}")
+    return key
 
 
 def fit(worker: Any, msg: Fit) -> FitRes:
@@ -201,13 +310,14 @@ def fit(worker: Any, msg: Fit) -> FitRes:
     if msg.deadline and time.time() > msg.deadline:  # the round is over: do not train on it
         return FitRes(msg.round, worker.id, {}, 0, float("nan"), status="expired")
     config = msg.config if isinstance(msg.config, dict) else {}
-    data, target = find_data(worker, "train", _dataset(config))
+    data, target = find_data(worker, "train", _dataset(config, worker.id))
     if not len(data):
         raise _fail(worker.id, f"worker {worker.id} holds no training samples")
-    model = build_model(msg.model, msg.weights, worker.id)
+    model = build_model(msg.model, msg.weights, worker.id, _owner(worker))
     batch_size = _int(config, "batch_size", 32, worker.id)
     fixed = not getattr(model, "batch_generic", True)
-    drop_last = fixed or config.get("drop_last", False) is True
+    drop_last = fixed or _flag(config, "drop_last", False, worker.id)
+    shuffle = _flag(config, "shuffle", True, worker.id)
     if fixed and batch_size != model.rec.batch_size:
         raise _fail(worker.id, f"model plan {model.rec.name!r} was traced for batches of "
                                f"{model.rec.batch_size}, the Fit asks for {batch_size}")
@@ -220,21 +330,21 @@ def fit(worker: Any, msg: Fit) -> FitRes:
     if num_batches > MAX_BATCHES or not passes:
         raise _fail(worker.id, f"cannot train {num_batches} batches of {batch_size} on "
                                f"{len(data)} samples")
-    mu = float(config.get("proximal_mu", 0.0) or 0.0)
-    if mu < 0:
-        raise _fail(worker.id, f"proximal_mu must be non-negative, got {mu}")
+    mu = config.get("proximal_mu", 0.0) or 0.0
+    if not _number(mu) or mu < 0:
+        raise _fail(worker.id, f"proximal_mu must be a number >= 0, got {mu!r}")
     global_weights = ({k: v.detach().clone() for k, v in model.state_dict().items()}
                       if mu else None)
     optimizer = make_optimizer(config, model.parameters(), worker.id)
     loss_fn = loss_function(config, worker.id, model)
-    seed = int(config.get("seed", 0))
+    seed = _seed(config, worker.id)
     generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
     model.train()
     total_loss, seen = 0.0, 0
     with rng.drawing_from(torch.Generator().manual_seed(seed + 1)):
         for index in batch_indices(len(data), batch_size, num_batches, generator, drop_last,
-                                   shuffle=config.get("shuffle", True) is not False):
+                                   shuffle=shuffle):
             limits.check("Fit")
             optimizer.zero_grad()
             loss = loss_fn(model(data[index]), target[index])
@@ -262,18 +372,25 @@ def _padded(x: torch.Tensor, size: int) -> torch.Tensor:
 def evaluate(worker: Any, msg: Evaluate) -> EvaluateRes:
     """Mean loss, accuracy and prediction/target histograms on the worker's data (checking
     the message's time limit and cancellation between batches, as `fit`). `config`: split
-    ("test"), dataset (a key), batch_size (128), nr_bins (default: the number of classes).
-    The loss is the sum over samples divided by their number. A model plan traced for one
-    batch size evaluates batches of that size, the last one padded (eval mode is per-sample)."""
+    ("test"), dataset (a key), batch_size (128), nr_bins (default: the number of classes; at
+    most MAX_BINS; labels from nr_bins up are not counted, as numpy.histogram's range).
+    The loss is the sum over samples divided by their number. Accuracy and histograms are
+    for classification (integer targets, an output of class scores); with float targets
+    (regression) only the loss is reported (correct 0, empty histograms). A model plan traced
+    for one batch size evaluates batches of that size, the last one padded (eval mode is
+    per-sample)."""
     config = msg.config if isinstance(msg.config, dict) else {}
     split = config.get("split", "test")
     if split not in ("train", "test"):
         raise _fail(worker.id, f"split must be 'train' or 'test', got {split!r}")
-    data, target = find_data(worker, split, _dataset(config))
-    model = build_model(msg.model, msg.weights, worker.id)
+    data, target = find_data(worker, split, _dataset(config, worker.id))
+    model = build_model(msg.model, msg.weights, worker.id, _owner(worker))
     fixed = None if getattr(model, "batch_generic", True) else model.rec.batch_size
     batch_size = fixed or _int(config, "batch_size", 128, worker.id)
     nr_bins = _int(config, "nr_bins", None, worker.id)
+    if nr_bins is not None and nr_bins > MAX_BINS:
+        raise _fail(worker.id, f"nr_bins must be at most {MAX_BINS}, got {nr_bins}")
+    classes = not target.is_floating_point() and not target.is_complex()
     loss_fn = loss_function(config, worker.id, model)
     model.eval()
     total_loss, correct = 0.0, 0
@@ -285,13 +402,27 @@ def evaluate(worker: Any, msg: Evaluate) -> EvaluateRes:
         out = model(_padded(x, fixed) if fixed else x)[:len(x)]
         y = target[start:start + batch_size]
         total_loss += float(loss_fn(out, y, reduction="sum"))
-        pred = out.argmax(dim=1)
-        correct += int((pred == y).sum())
-        predictions.append(pred)
+        if classes and out.dim() == 2 and out.shape[:1] == y.shape:
+            pred = out.argmax(dim=1)
+            correct += int((pred == y).sum())
+            predictions.append(pred)
+        else:
+            classes = False
     n = len(data)
+    mean = total_loss / n if n else float("nan")
+    if not classes:
+        return EvaluateRes(msg.round, worker.id, mean, 0, n, [], [])
     bins = nr_bins or max(int(out.shape[1]) if out is not None else 0,
                           int(target.max()) + 1 if n else 0)
+    if bins > MAX_BINS:
+        raise _fail(worker.id, f"labels reach {bins - 1}: more than {MAX_BINS} classes to "
+                               f"count (give nr_bins)")
     pred_all = torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
-    return EvaluateRes(msg.round, worker.id, total_loss / n if n else float("nan"), correct, n,
-                       torch.bincount(pred_all, minlength=bins).tolist(),
-                       torch.bincount(target, minlength=bins).tolist())
+    return EvaluateRes(msg.round, worker.id, mean, correct, n,
+                       _histogram(pred_all, bins), _histogram(target, bins))
+
+
+def _histogram(values: torch.Tensor, bins: int) -> list:
+    """Counts of 0 .. bins-1 in `values` (others, negative ones included, not counted)."""
+    inside = values[(values >= 0) & (values < bins)]
+    return torch.bincount(inside, minlength=bins).tolist()

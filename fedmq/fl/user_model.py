@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import pathlib
 import sys
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from fedmq.plans import module_plan
 from fedmq.plans.messages import ModelPlanRecord
 
 DTYPES = {"float32": torch.float32, "int64": torch.int64}
+#: the largest example batch traced (numbers)
+MAX_EXAMPLE_ELEMENTS = 1 << 28
 
 
 def is_user_model(spec: str) -> bool:
@@ -84,15 +87,16 @@ def load_class(spec: str) -> type:
         sys.modules[module_name] = module
         try:
             spec_obj.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # the user's code: any failure is theirs
             del sys.modules[module_name]
             raise ValueError(f"--model {spec!r}: {path} failed to load: "
                              f"{type(exc).__name__}: {exc}") from exc
     else:
         try:
             module = importlib.import_module(where)
-        except ImportError as exc:
-            raise ValueError(f"--model {spec!r}: cannot import {where}: {exc}") from exc
+        except (Exception, SystemExit) as exc:
+            raise ValueError(f"--model {spec!r}: cannot import {where}: "
+                             f"{type(exc).__name__}: {exc}") from exc
     cls = getattr(module, name, None)
     if cls is None:
         raise ValueError(f"--model {spec!r}: {where} has no {name}")
@@ -129,14 +133,25 @@ def build(spec: str, model_args: list[str] | None = None, *, batch_size: int = 3
     torch.manual_seed(seed)
     try:
         module = cls(**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"--model {spec!r}: {cls.__name__}({kwargs}) failed: {exc}") from exc
+    except (Exception, SystemExit) as exc:
+        raise ValueError(f"--model {spec!r}: {cls.__name__}({kwargs}) failed: "
+                         f"{type(exc).__name__}: {exc}") from exc
     shape = parse_shape(input_shape) or getattr(module, "input_shape", None)
     if not shape:
         raise ValueError(f"--model {spec!r}: give --input-shape (one sample's shape, e.g. "
                          f"1,28,28) or an input_shape attribute on {cls.__name__}")
+    if math.prod(shape) * batch_size > MAX_EXAMPLE_ELEMENTS:
+        raise ValueError(f"--input-shape {','.join(map(str, shape))}: a batch of "
+                         f"{batch_size} would be over {MAX_EXAMPLE_ELEMENTS} numbers")
     example = torch.zeros([batch_size, *shape], dtype=DTYPES[input_dtype])
     state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    plan = module_plan.model_plan(module, example, loss_fn=loss_fn, name=cls.__name__)
+    try:
+        plan = module_plan.model_plan(module, example, loss_fn=loss_fn, name=cls.__name__)
+    except (ValueError, NotImplementedError):  # PlanBuildError, OpNotAllowedError: clear
+        raise
+    except (Exception, SystemExit) as exc:  # the user's forward failed on the example
+        raise ValueError(f"--model {spec!r}: its forward pass failed on an example batch "
+                         f"of shape {tuple(example.shape)} ({type(exc).__name__}: {exc}); "
+                         f"check --input-shape") from exc
     module.load_state_dict(state)
     return UserModel(spec, module, plan, module_plan.digest(plan))

@@ -214,6 +214,10 @@ def loss_plan(loss_fn: Any, output: torch.Tensor,
                          f"an example_target ({type(error).__name__}: {error})")
 
 
+#: the largest batch size a model plan may be traced for (a worker pads to it)
+MAX_BATCH_SIZE = 1 << 16
+
+
 def digest(rec: Any) -> str:
     """`sha256:<hex>` of the record's wire encoding: the name a worker caches a plan under."""
     return "sha256:" + hashlib.sha256(serde.encode(rec)).hexdigest()
@@ -248,7 +252,8 @@ def validate(rec: Any, worker_id: str | None = None) -> ModelPlanRecord:
     n = len(rec.state_names)
     if not (len(rec.state_shapes) == len(rec.state_dtypes) == n) or \
             not set(rec.parameters) <= set(rec.state_names) or \
-            type(rec.batch_size) is not int or rec.batch_size < 1:
+            type(rec.batch_size) is not int or not 1 <= rec.batch_size <= MAX_BATCH_SIZE or \
+            type(rec.batch_generic) is not bool or type(rec.loss_generic) is not bool:
         raise ValueError(f"model plan {rec.name!r} is malformed")
     for plan, inputs in ((rec.train, 1), (rec.eval, 1), (rec.loss, 2)):
         if plan is None and inputs == 2:

@@ -77,3 +77,74 @@ def test_others_may_not_fit_or_evaluate(world, who):
         client.fit(dataset_key="digits")
     with pytest.raises(fedmq.AccessDeniedError):
         client.evaluate(dataset_key="digits")
+
+
+# -- found by review (issue 14) -------------------------------------------------------------------
+
+class CopiesTheBatch(nn.Module):
+    """A model whose forward pass copies its input into a buffer: the buffer goes back to the
+    coordinator in the Fit's reply, with the data in it."""
+
+    def __init__(self, n=40):
+        super().__init__()
+        self.fc = nn.Linear(28 * 28, 10)
+        self.register_buffer("leak", torch.zeros(n, 1, 28, 28))
+
+    def forward(self, x):
+        if self.training:
+            self.leak.copy_(x[:len(self.leak)])
+        return F.log_softmax(self.fc(x.reshape(x.shape[0], 28 * 28)), dim=1)
+
+
+class WritesAParameter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(28 * 28, 10)
+        self.store = nn.Parameter(torch.zeros(8, 28 * 28))
+
+    def forward(self, x):
+        flat = x.reshape(x.shape[0], 28 * 28)
+        with torch.no_grad():
+            self.store.copy_(flat[:8])
+        return F.log_softmax(self.fc(flat), dim=1)
+
+
+@pytest.mark.parametrize("model_cls,n", [(CopiesTheBatch, 40), (WritesAParameter, 8)])
+def test_a_plan_cannot_copy_the_data_into_its_state(world, model_cls, n):
+    x, _ = _digits(world)
+    coord = world.client("coord")
+    tc = fedmq.TrainConfig(model=model_cls(), loss_fn=F.nll_loss, batch_size=n,
+                           shuffle=False, example_input=torch.zeros(n, 1, 28, 28)).send(coord)
+    with pytest.raises(fedmq.AccessDeniedError, match="would write"):
+        coord.fit(dataset_key="digits")
+    state = tc.model_ptr.get().state_dict()
+    assert not any(torch.equal(v.reshape(-1)[:784], x[0].reshape(-1)) for v in state.values()
+                   if v.numel() >= 784)
+
+
+class FirstColumns(nn.Module):
+    """Keeps k of the 10 class scores: nll_loss then fails for a target >= k, and its error
+    text named the target ("Target 3 is out of bounds")."""
+
+    def __init__(self, k=3):
+        super().__init__()
+        self.k = k
+        self.fc = nn.Linear(28 * 28, 10)
+
+    def forward(self, x):
+        return F.log_softmax(self.fc(x.reshape(x.shape[0], 28 * 28))[:, :self.k], dim=1)
+
+
+def test_a_plans_failure_on_the_data_does_not_describe_it(world):
+    _digits(world)
+    for who in ("coord", "owner"):
+        client = world.client(who)
+        fedmq.TrainConfig(model=FirstColumns(), loss_fn=F.nll_loss, batch_size=8,
+                          example_input=torch.zeros(8, 1, 28, 28)).send(client)
+        with pytest.raises(fedmq.RemoteError) as info:
+            client.evaluate(dataset_key="digits")
+        if who == "coord":
+            assert "out of bounds" not in str(info.value) and "Target" not in str(info.value)
+            assert "failed on this worker's data" in str(info.value)
+        else:  # the data owner is told
+            assert "out of bounds" in str(info.value)
