@@ -35,7 +35,7 @@ async def main(args: argparse.Namespace) -> None:
             await coordinator.wait_for_workers(60)
         await coordinator.run()
     finally:
-        await connection.close()
+        await connection.aclose()
 
 
 if __name__ == "__main__":
