@@ -48,6 +48,8 @@ ROLES = ("coordinator", "scientist", "worker")
 RELEASES = ("none", "derived", "all")
 #: a grant to everyone
 ANYONE = "*"
+#: `--allow-model any`: every model plan (see Policy.models)
+ANY_MODEL = "any"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,12 @@ class Policy:
         (QuotaExceededError, before the op runs; None: only the principal's quota bounds it).
     max_op_seconds: the most seconds one message (a Batch, a plan run, a Fit) may run; it is
         stopped between two ops or training batches past it (TimeLimitError; None: no limit).
+    models: the model plans (digests, `sha256:...`, or `ANY_MODEL`) a principal other than the
+        owner may train or evaluate here (fedmq/fl/training.py). A model plan is code of the
+        coordinator's choosing: one written for it can carry the data out in its update, its
+        loss or its metrics. None: every plan when `release` is "derived" or "all", and none
+        but the built-in models under "none" (the owner reviews a model and allows it by
+        digest).
     """
     owner: str = LOCAL
     grants: Mapping[str, frozenset] = field(default_factory=dict)
@@ -71,6 +79,7 @@ class Policy:
     max_frame_bytes: int | None = None
     max_op_bytes: int | None = None
     max_op_seconds: float | None = None
+    models: frozenset | None = None
 
     def __post_init__(self) -> None:
         if self.release not in RELEASES:
@@ -89,6 +98,14 @@ class Policy:
                              f"{seconds!r}")
         object.__setattr__(self, "grants", {role: frozenset(who)
                                             for role, who in self.grants.items()})
+        if self.models is not None:
+            models = frozenset(self.models)
+            bad = [m for m in models if m != ANY_MODEL and not (
+                isinstance(m, str) and m.startswith("sha256:") and len(m) == 71)]
+            if bad:
+                raise ValueError(f"--allow-model {bad[0]!r}: expected sha256:<64 hex digits> "
+                                 f"(the digest a refused Fit names) or {ANY_MODEL!r}")
+            object.__setattr__(self, "models", models)
 
     @classmethod
     def open(cls, owner: str = LOCAL) -> "Policy":
@@ -98,7 +115,7 @@ class Policy:
 
     @classmethod
     def from_options(cls, owner: str, grants: Iterable[str] = (), release: str = "none",
-                     **limits: int | None) -> "Policy":
+                     models: Iterable[str] | None = None, **limits: int | None) -> "Policy":
         """A policy from `fedmq worker` options: `grants` are "ROLE:PRINCIPAL" strings.
         Raises ValueError naming the bad item."""
         table: dict[str, set] = {}
@@ -108,7 +125,8 @@ class Policy:
                 raise ValueError(f"--grant {item!r}: expected ROLE:PRINCIPAL with ROLE one of "
                                  f"{', '.join(ROLES)}")
             table.setdefault(role, set()).add(principal)
-        return cls(owner=owner, grants=table, release=release, **limits)
+        return cls(owner=owner, grants=table, release=release,
+                   models=frozenset(models) if models else None, **limits)
 
     @property
     def is_open(self) -> bool:
@@ -121,6 +139,14 @@ class Policy:
             return True
         who = self.grants.get(role)
         return bool(who) and (principal in who or ANYONE in who)
+
+    def allows_model(self, principal: str, digest: str) -> bool:
+        """Whether `principal` may have model plan `digest` run on the data (see `models`)."""
+        if principal == self.owner:
+            return True
+        if self.models is None:
+            return self.release != "none"
+        return ANY_MODEL in self.models or digest in self.models
 
     def releases(self, raw: bool) -> bool:
         """Whether a private value (`raw`: the data itself, else derived from it) may leave
@@ -157,4 +183,7 @@ class Policy:
                                       ("max-op-seconds", self.max_op_seconds))
                   if value is not None]
         limits_text = f"; limits: {', '.join(limits)}" if limits else ""
-        return f"owner {self.owner!r}; {grants}; release {self.release}{quota}{limits_text}"
+        models = "" if self.models is None else \
+            f"; model plans allowed: {', '.join(sorted(m[:19] for m in self.models))}"
+        return (f"owner {self.owner!r}; {grants}; release {self.release}{quota}{limits_text}"
+                f"{models}")

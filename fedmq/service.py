@@ -856,18 +856,20 @@ def service_policy(url: str, grants: list[str] | tuple = (), release: str = "non
                    max_objects: int | None = DEFAULT_MAX_OBJECTS, *,
                    max_frame_bytes: int | None = DEFAULT_MAX_FRAME_BYTES,
                    max_op_bytes: int | None = -1,
-                   max_op_seconds: float | None = DEFAULT_MAX_OP_SECONDS) -> Policy:
+                   max_op_seconds: float | None = DEFAULT_MAX_OP_SECONDS,
+                   models: list[str] | None = None) -> Policy:
     """A worker service's policy: the data owner is `owner` or the broker user of `url`;
     `grants` are "ROLE:PRINCIPAL"; quotas and limits of 0 or None mean no limit. Bytes a frame
     (`max_frame_bytes`), bytes of one op's results (`max_op_bytes`, -1: as `max_bytes`),
-    seconds a message (`max_op_seconds`): see fedmq.policy.Policy. Raises ValueError."""
+    seconds a message (`max_op_seconds`), the model plans others may run (`models`): see
+    fedmq.policy.Policy. Raises ValueError."""
     if max_op_bytes == -1:
         max_op_bytes = max_bytes
     owner = owner or login_of(url)
     if not owner:
         raise ValueError("with ?auth=external the URL names no user: give the data owner's "
                          "principal with --owner")
-    return Policy.from_options(owner, grants, release,
+    return Policy.from_options(owner, grants, release, models=models or None,
                                max_bytes=max_bytes or None, max_objects=max_objects or None,
                                max_frame_bytes=max_frame_bytes or None,
                                max_op_bytes=max_op_bytes or None,
@@ -880,7 +882,8 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
         return service_policy(args.url, args.grant, args.release, args.owner, args.max_bytes,
                               args.max_objects, max_frame_bytes=args.max_frame_bytes,
                               max_op_bytes=args.max_op_bytes,
-                              max_op_seconds=args.max_op_seconds)
+                              max_op_seconds=args.max_op_seconds,
+                              models=args.allow_model)
     except ValueError as exc:
         print(f"fedmq worker: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -937,6 +940,14 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                         help="what private values may leave in the clear: none (only Fit/"
                              "Evaluate replies to coordinators), derived (values computed from "
                              "the data, to scientists), all; default %(default)s")
+    access.add_argument("--allow-model", action="append", default=[],
+                        metavar="sha256:DIGEST|any",
+                        help="a model plan (by the digest a refused Fit names) that principals "
+                             "other than the owner may train and evaluate on the data "
+                             "(repeatable); 'any' for every plan. Default: every plan with "
+                             "--release derived/all; only the built-in models with --release "
+                             "none (a plan is the coordinator's code: one written for it can "
+                             "carry the data out in its update, loss or metrics)")
     access.add_argument("--owner", metavar="PRINCIPAL",
                         help="the data owner's principal (may do anything with the data; "
                              "default: the user of --url)")

@@ -415,3 +415,29 @@ def test_wide_integer_targets_are_not_counted_per_label(tmp_path, caplog):
     assert any("integer targets from 0 to 999999999" in r.message for r in caplog.records)
     assert sorted(t.tolist() for tags, t in got.items() if "#target" in tags) == \
         [[0, 999_999_999]]
+
+
+def test_hostile_archives_and_special_files_are_refused(tmp_path):
+    """Found by the second review: an npz whose header declares a huge array (compressed
+    zeros), uint64 labels beyond int64, a FIFO in an image folder."""
+    import io
+    import os
+    import zipfile
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (1 << 20, 4096)})
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w") as z:
+        z.writestr("x.npy", header.getvalue() + b"\0" * 64)
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(2))
+        z.writestr("y.npy", buf.getvalue())
+    with pytest.raises(ValueError, match="declares"):
+        holdings(worker_args("--data", str(tmp_path / "bomb.npz"), "--key", "k"))
+    np.savez(tmp_path / "u64.npz", x=np.zeros((2, 2)), y=np.array([2 ** 64 - 1] * 2,
+                                                                   dtype=np.uint64))
+    with pytest.raises(ValueError, match="2\\*\\*63"):
+        holdings(worker_args("--data", str(tmp_path / "u64.npz"), "--key", "k"))
+    images = make_images(tmp_path / "fifo", {"a": [(4, 4)]})
+    os.mkfifo(images / "a" / "x.png")
+    with pytest.raises(ValueError, match="not a regular file"):
+        holdings(worker_args("--data", str(images), "--key", "k"))

@@ -347,10 +347,11 @@ def test_the_plan_cache_is_per_principal_and_bounded(monkeypatch):
             def forward(self, x):
                 return self.fc(x)
         recs.append(module_plan.model_plan(Net(), torch.zeros(2, 12)))
-    mine = plan_cache.resolve(recs[0], "w", "owner")
+    mine, digest = plan_cache.resolve(recs[0], "w", "owner")
+    assert digest == module_plan.digest(mine)
     for rec in recs:  # another principal fills its own share; the owner's plan stays
         plan_cache.resolve(rec, "w", "coord")
-    assert plan_cache.resolve(module_plan.digest(mine), "w", "owner") is mine
+    assert plan_cache.resolve(digest, "w", "owner")[0] is mine
     with pytest.raises(sy.ObjectNotFoundError):  # evicted: coord's oldest
         plan_cache.resolve(module_plan.digest(recs[0]), "w", "coord")
     with pytest.raises(sy.ObjectNotFoundError):  # never the other principal's

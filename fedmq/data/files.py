@@ -18,7 +18,7 @@ which --data it is).
 from __future__ import annotations
 
 import pathlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -68,6 +68,8 @@ def _no_linked_folders(root: pathlib.Path) -> None:
             raise ValueError(f"{path} links to a folder; an image folder's class folders and "
                              f"their subfolders must be real folders (links to images are "
                              f"fine)")
+        if not path.is_dir() and not path.is_file():  # a FIFO, a socket, a device: would block
+            raise ValueError(f"{path} is not a regular file")
 
 
 def read_imagefolder(root: pathlib.Path, transforms: tuple[Transform, ...] = ()) -> Raw:
@@ -197,6 +199,24 @@ def read_table(path: pathlib.Path, fmt: str, target: str,
 
 # --- numpy archives ---------------------------------------------------------------------------
 
+#: the largest array read from an npz archive, by the size its header declares
+MAX_ARRAY_BYTES = 8 << 30
+
+
+def _check_declared_size(archive: Any, name: str) -> None:
+    """ValueError when array `name`'s header declares more than MAX_ARRAY_BYTES (a few MB of
+    zeros compress to any size: the header is read, not the data)."""
+    with archive.zip.open(f"{name}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read(f)
+    size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if size > MAX_ARRAY_BYTES:
+        raise ValueError(f"array {name!r} declares {shape} {dtype}: {size} bytes, more than "
+                         f"{MAX_ARRAY_BYTES}")
+
+
 def read_npz(path: pathlib.Path, features_array: str = "x", target_array: str = "y") -> Raw:
     """Two arrays of a .npz archive, read with numpy.load(allow_pickle=False): inputs the
     numeric `features_array` as float32 (N x ...), labels `target_array` (N, numbers or
@@ -216,6 +236,7 @@ def read_npz(path: pathlib.Path, features_array: str = "x", target_array: str = 
             if name not in archive.files:
                 raise ValueError(f"no array {name!r} ({role}); its arrays: "
                                  f"{_columns(archive.files)}")
+            _check_declared_size(archive, name)
             try:
                 arrays.append(archive[name])
             except ValueError:  # "Object arrays cannot be loaded when allow_pickle=False"
@@ -231,6 +252,9 @@ def read_npz(path: pathlib.Path, features_array: str = "x", target_array: str = 
     if x.ndim < 1 or y.ndim < 1 or len(x) != len(y):
         raise ValueError(f"{features_array!r} is {x.shape} and {target_array!r} {y.shape}: "
                          f"both need one row per sample")
+    if y.dtype.kind == "u" and y.size and int(y.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"the target array {target_array!r} holds values above 2**63 - 1, "
+                         f"which int64 labels cannot hold")
     labels = y.astype(str).astype(object) if y.dtype.kind in "US" else y
     inputs = torch.from_numpy(np.array(x, dtype=np.float32))
     _finite(inputs, "input")

@@ -105,7 +105,8 @@ async def train(args: argparse.Namespace) -> int:
                     model_args=args.model_arg, input_shape=args.input_shape,
                     input_dtype=args.input_dtype)
     except (ValueError, OpNotAllowedError) as exc:
-        print(f"fedmq train: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+        text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+        print(f"fedmq train: {text.splitlines()[0] if text else type(exc).__name__}",
               file=sys.stderr)
         return 2
     if args.url:

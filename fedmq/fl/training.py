@@ -90,27 +90,30 @@ class PlanModel:
         return self.train(False)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with self.guarded(), self.reported():
+        with self.guarded():
             return module_plan.run_forward(self.rec, "train" if self.training else "eval", x,
                                            self.tensors, self.worker_id)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with self.guarded(), self.reported():
+        with self.guarded():
             return module_plan.run_loss(self.rec, out, y, self.worker_id)
 
     @contextlib.contextmanager
     def guarded(self):
         """While the plan runs, it may write the model's state only as a module's forward
-        pass does: BatchNorm's running statistics (`F.batch_norm` in training) and its
-        `num_batches_tracked += 1`. Any other write into a parameter or buffer (a copy of the
-        batch into a buffer, `w.copy_(x)` under no_grad) is refused before it runs: the
-        state goes back to the coordinator, and would carry the data out with it."""
+        pass does: BatchNorm's running statistics (`F.batch_norm` in training, into buffers
+        named running_mean / running_var) and its `num_batches_tracked += 1`. Any other write
+        into a parameter or buffer (a copy of the batch into a buffer, `w.copy_(x)` under
+        no_grad) is refused before it runs: the state goes back to the coordinator. (A plan
+        written for it can still carry data out through those statistics, its gradients, its
+        loss or its metrics: which plans may run at all is the owner's `--allow-model`.)"""
         acting = principals.current()
         if acting is None:
             yield
             return
         storages = {t.untyped_storage().data_ptr(): name
                     for name, t in zip(self.rec.state_names, self.tensors)}
+        buffers = set(self.rec.state_names) - set(self.rec.parameters)
         outer = acting.guard
 
         def guard(op: str, targets: list) -> None:
@@ -119,8 +122,9 @@ class PlanModel:
             for t in targets:
                 name = storages.get(t.untyped_storage().data_ptr()) \
                     if isinstance(t, torch.Tensor) else None
-                if name is None or op == "F.batch_norm" or (
-                        op == "Tensor.add_" and name.endswith("num_batches_tracked")):
+                if name is None or name in buffers and (
+                        op == "F.batch_norm" and name.endswith(("running_mean", "running_var"))
+                        or op == "Tensor.add_" and name.endswith("num_batches_tracked")):
                     continue
                 raise errors.AccessDeniedError(
                     f"model plan {self.rec.name!r}: {op} would write {name}; a plan's forward "
@@ -131,28 +135,6 @@ class PlanModel:
             yield
         finally:
             acting.guard = outer
-
-    @contextlib.contextmanager
-    def reported(self):
-        """A failure of the plan on the owner's data, reported to a principal other than the
-        owner under `--release none` or `derived`: the op that failed, not the message (an
-        error text such as "Target 3 is out of bounds" describes the data); the whole message
-        goes to the worker's log."""
-        try:
-            yield
-        except errors.RemoteError as exc:
-            acting = principals.current()
-            if acting is None or acting.principal == self.owner or \
-                    getattr(acting, "release", "all") == "all" or \
-                    isinstance(exc, (errors.AccessDeniedError, errors.QuotaExceededError,
-                                     errors.TimeLimitError, errors.RemoteCancelledError)):
-                raise
-            log.warning("worker %s: model plan %r failed for %s: %s", self.worker_id,
-                        self.rec.name, acting.principal, exc)
-            raise _fail(self.worker_id, f"model plan {self.rec.name!r} failed on this "
-                                        f"worker's data in op {exc.op or '?'} (the error "
-                                        f"text describes the data: it is in the worker's "
-                                        f"log)") from None
 
     def named_parameters(self):
         trainable = set(self.rec.parameters)
@@ -165,13 +147,47 @@ class PlanModel:
         return dict(zip(self.rec.state_names, self.tensors))
 
 
-def build_model(model: Any, weights: dict, worker_id: str, owner: str | None = None) -> Any:
+@contextlib.contextmanager
+def on_the_data(worker_id: str, owner: str | None, what: str):
+    """Training or evaluating on the owner's data: a failure, reported to a principal other
+    than the owner under `--release none` or `derived`, names the op that failed and not the
+    error's text (an IndexError such as "Target 3 is out of bounds" describes the data); the
+    whole text goes to the worker's log. Refusals and limits (access, quota, time,
+    cancellation) say what they are."""
+    try:
+        yield
+    except (errors.AccessDeniedError, errors.QuotaExceededError, errors.TimeLimitError,
+            errors.RemoteCancelledError):
+        raise
+    except Exception as exc:
+        acting = principals.current()
+        if acting is None or acting.principal == owner or \
+                getattr(acting, "release", "all") == "all":
+            raise
+        log.warning("worker %s: %s failed for %s: %s: %s", worker_id, what, acting.principal,
+                    type(exc).__name__, exc)
+        op = getattr(exc, "op", None)
+        raise _fail(worker_id, f"{what} failed on this worker's data"
+                               f"{f' in op {op}' if op else ''} (the error text describes the "
+                               f"data: it is in the worker's log)") from None
+
+
+def build_model(model: Any, weights: dict, worker_id: str, owner: str | None = None,
+                policy: Any = None) -> Any:
     """The model a Fit / Evaluate names: a named architecture (`fedmq.models.MODELS`) loaded
     with `weights`, or a `PlanModel` for a model plan or a digest of one cached here
-    (`owner`: the data owner's principal, who is told why a plan failed)."""
+    (`owner`: the data owner's principal, who is told why a plan failed; `policy`: whether
+    the principal may have that plan run, `Policy.allows_model`)."""
     if isinstance(model, ModelPlanRecord) or plan_cache.is_reference(model):
         acting = principals.current()
-        rec = plan_cache.resolve(model, worker_id, acting.principal if acting else "me")
+        principal = acting.principal if acting else "me"
+        rec, digest = plan_cache.resolve(model, worker_id, principal)
+        if policy is not None and not policy.allows_model(principal, digest):
+            raise errors.AccessDeniedError(
+                f"worker {worker_id} does not train model plan {digest} ({rec.name}) for "
+                f"{principal}: under --release {policy.release} its data owner allows the "
+                f"built-in models and the plans they reviewed (fedmq worker --allow-model "
+                f"{digest})", worker=worker_id)
         try:
             return PlanModel(rec, weights, worker_id, owner)
         except ValueError as exc:
@@ -285,9 +301,12 @@ def batch_indices(n: int, batch_size: int, num_batches: int, generator: torch.Ge
                 return
 
 
+def _policy(worker: Any) -> Any:
+    return getattr(getattr(worker, "store", None), "policy", None)
+
+
 def _owner(worker: Any) -> str | None:
-    policy = getattr(getattr(worker, "store", None), "policy", None)
-    return getattr(policy, "owner", None)
+    return getattr(_policy(worker), "owner", None)
 
 
 def _dataset(config: dict, worker_id: str = "?") -> str | None:
@@ -313,7 +332,7 @@ def fit(worker: Any, msg: Fit) -> FitRes:
     data, target = find_data(worker, "train", _dataset(config, worker.id))
     if not len(data):
         raise _fail(worker.id, f"worker {worker.id} holds no training samples")
-    model = build_model(msg.model, msg.weights, worker.id, _owner(worker))
+    model = build_model(msg.model, msg.weights, worker.id, _owner(worker), _policy(worker))
     batch_size = _int(config, "batch_size", 32, worker.id)
     fixed = not getattr(model, "batch_generic", True)
     drop_last = fixed or _flag(config, "drop_last", False, worker.id)
@@ -342,7 +361,8 @@ def fit(worker: Any, msg: Fit) -> FitRes:
     started = time.perf_counter()
     model.train()
     total_loss, seen = 0.0, 0
-    with rng.drawing_from(torch.Generator().manual_seed(seed + 1)):
+    with rng.drawing_from(torch.Generator().manual_seed(seed + 1)), \
+            on_the_data(worker.id, _owner(worker), "training"):
         for index in batch_indices(len(data), batch_size, num_batches, generator, drop_last,
                                    shuffle=shuffle):
             limits.check("Fit")
@@ -384,7 +404,7 @@ def evaluate(worker: Any, msg: Evaluate) -> EvaluateRes:
     if split not in ("train", "test"):
         raise _fail(worker.id, f"split must be 'train' or 'test', got {split!r}")
     data, target = find_data(worker, split, _dataset(config, worker.id))
-    model = build_model(msg.model, msg.weights, worker.id, _owner(worker))
+    model = build_model(msg.model, msg.weights, worker.id, _owner(worker), _policy(worker))
     fixed = None if getattr(model, "batch_generic", True) else model.rec.batch_size
     batch_size = fixed or _int(config, "batch_size", 128, worker.id)
     nr_bins = _int(config, "nr_bins", None, worker.id)
@@ -396,18 +416,19 @@ def evaluate(worker: Any, msg: Evaluate) -> EvaluateRes:
     total_loss, correct = 0.0, 0
     predictions = []
     out = None
-    for start in range(0, len(data), batch_size):
-        limits.check("Evaluate")
-        x = data[start:start + batch_size]
-        out = model(_padded(x, fixed) if fixed else x)[:len(x)]
-        y = target[start:start + batch_size]
-        total_loss += float(loss_fn(out, y, reduction="sum"))
-        if classes and out.dim() == 2 and out.shape[:1] == y.shape:
-            pred = out.argmax(dim=1)
-            correct += int((pred == y).sum())
-            predictions.append(pred)
-        else:
-            classes = False
+    with on_the_data(worker.id, _owner(worker), "evaluation"):
+        for start in range(0, len(data), batch_size):
+            limits.check("Evaluate")
+            x = data[start:start + batch_size]
+            out = model(_padded(x, fixed) if fixed else x)[:len(x)]
+            y = target[start:start + batch_size]
+            total_loss += float(loss_fn(out, y, reduction="sum"))
+            if classes and out.dim() == 2 and out.shape[:1] == y.shape:
+                pred = out.argmax(dim=1)
+                correct += int((pred == y).sum())
+                predictions.append(pred)
+            else:
+                classes = False
     n = len(data)
     mean = total_loss / n if n else float("nan")
     if not classes:

@@ -108,10 +108,13 @@ def _send_private_data(owner: Any) -> tuple[int, int, torch.Tensor]:
 
 @pytest.fixture(params=["local", pytest.param("amqp", marks=pytest.mark.amqp)])
 def world(request, tmp_path):
+    marker = request.node.get_closest_marker("allow_models")  # --allow-model of the worker
+    models = list(marker.args) if marker else []
     if request.param == "local":
         hooks = {who: fedmq.TorchHook(torch, principal=who) for who in PRINCIPALS}
         policy = Policy(owner="owner", grants={"coordinator": {"coord"}, "scientist": {"sci"}},
-                        release="none", max_bytes=4 << 20, max_objects=1000)
+                        release="none", max_bytes=4 << 20, max_objects=1000,
+                        models=frozenset(models) or None)
         bob = fedmq.VirtualWorker(hooks["owner"], id="sec_bob", policy=policy)
         clients = {"owner": bob}
         for who in PRINCIPALS[1:]:
@@ -129,7 +132,7 @@ def world(request, tmp_path):
     procs = WorkerProcesses(tmp_path, url=users["owner"][1])
     procs.start(worker_id, "--grant", f"coordinator:{users['coord'][0]}",
                 "--grant", f"scientist:{users['sci'][0]}", "--max-bytes", "4M",
-                "--max-objects", "1000")
+                "--max-objects", "1000", *[a for m in models for a in ("--allow-model", m)])
     hooks, clients = [], {}
     try:
         for who in PRINCIPALS:

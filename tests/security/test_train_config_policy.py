@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fedmq
+from fedmq.plans import module_plan
 
 
 class Tiny(nn.Module):
@@ -42,6 +43,24 @@ def _config():
                              example_input=torch.zeros(8, 1, 28, 28))
 
 
+#: the plan of Tiny as _config() sends it: the model the owner reviewed and allows
+TINY = module_plan.digest(_config().plan)
+
+
+def test_under_release_none_an_unreviewed_plan_is_refused_naming_its_digest(world):
+    _digits(world)
+    coord = world.client("coord")
+    _config().send(coord)
+    with pytest.raises(fedmq.AccessDeniedError, match=f"--allow-model {TINY}"):
+        coord.fit(dataset_key="digits")
+    with pytest.raises(fedmq.AccessDeniedError, match="allow-model"):
+        coord.evaluate(dataset_key="digits")
+    owner = world.client("owner")  # the data owner runs what it likes on its data
+    _config().send(owner)
+    assert torch.isfinite(owner.fit(dataset_key="digits"))
+
+
+@pytest.mark.allow_models(TINY)
 def test_the_coordinator_fits_fetches_and_evaluates(world):
     _digits(world)
     coord = world.client("coord")
@@ -109,7 +128,25 @@ class WritesAParameter(nn.Module):
         return F.log_softmax(self.fc(flat), dim=1)
 
 
-@pytest.mark.parametrize("model_cls,n", [(CopiesTheBatch, 40), (WritesAParameter, 8)])
+class BatchNormIntoAParameter(nn.Module):
+    """Found by the second review: BatchNorm's running mean, with a parameter passed as the
+    running mean, would write the batch's mean into a parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(28 * 28, 10)
+        self.register_buffer("running_var", torch.ones(10))
+
+    def forward(self, x):
+        flat = x.reshape(x.shape[0], 28 * 28)
+        F.batch_norm(flat[:2, :10], self.fc.bias.detach(), self.running_var, training=True,
+                     momentum=1.0)
+        return F.log_softmax(self.fc(flat), dim=1)
+
+
+@pytest.mark.allow_models("any")  # the owner allows every plan: the guard still holds
+@pytest.mark.parametrize("model_cls,n", [(CopiesTheBatch, 40), (WritesAParameter, 8),
+                                         (BatchNormIntoAParameter, 8)])
 def test_a_plan_cannot_copy_the_data_into_its_state(world, model_cls, n):
     x, _ = _digits(world)
     coord = world.client("coord")
@@ -135,16 +172,26 @@ class FirstColumns(nn.Module):
         return F.log_softmax(self.fc(x.reshape(x.shape[0], 28 * 28))[:, :self.k], dim=1)
 
 
-def test_a_plans_failure_on_the_data_does_not_describe_it(world):
+@pytest.mark.allow_models("any")
+@pytest.mark.parametrize("named_loss", [False, True])
+def test_a_plans_failure_on_the_data_does_not_describe_it(world, named_loss):
+    from fedmq.fl.messages import Evaluate, Fit
     _digits(world)
     for who in ("coord", "owner"):
         client = world.client(who)
-        fedmq.TrainConfig(model=FirstColumns(), loss_fn=F.nll_loss, batch_size=8,
-                          example_input=torch.zeros(8, 1, 28, 28)).send(client)
-        with pytest.raises(fedmq.RemoteError) as info:
-            client.evaluate(dataset_key="digits")
-        if who == "coord":
-            assert "out of bounds" not in str(info.value) and "Target" not in str(info.value)
-            assert "failed on this worker's data" in str(info.value)
-        else:  # the data owner is told
-            assert "out of bounds" in str(info.value)
+        tc = fedmq.TrainConfig(model=FirstColumns(), loss_fn=F.nll_loss, batch_size=8,
+                               example_input=torch.zeros(8, 1, 28, 28)).send(client)
+        calls = [lambda: client.evaluate(dataset_key="digits")]
+        if named_loss:  # found by the second review: a loss by name failed with its text
+            config = {"dataset": "digits", "loss": "nll", "split": "train", "batch_size": 8}
+            calls = [lambda: client.call(Evaluate(0, tc.plan, tc.weights, config)),
+                     lambda: client.call(Fit(0, tc.plan, tc.weights, dict(config, seed=1)))]
+        for call in calls:
+            with pytest.raises(fedmq.RemoteError) as info:
+                call()
+            if who == "coord":
+                assert "out of bounds" not in str(info.value) and \
+                    "Target" not in str(info.value)
+                assert "failed on this worker's data" in str(info.value)
+            else:  # the data owner is told
+                assert "out of bounds" in str(info.value)
