@@ -37,6 +37,18 @@ def consumer_count(queue: str, url: str = AMQP_URL) -> int:
             conn.close()
 
 
+def queue_depth(queue: str, url: str = AMQP_URL) -> int:
+    """Messages ready in `queue` (0 when it does not exist)."""
+    conn, ch = _channel(url)
+    try:
+        return ch.queue_declare(queue, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
 def purge(queue: str, url: str = AMQP_URL) -> None:
     conn, ch = _channel(url)
     try:
