@@ -368,3 +368,24 @@ def test_a_fit_past_its_deadline_is_not_run(workers):
                         example_input=torch.zeros(4, 12)).send(alice)
     res = alice.call(Fit(0, tc.plan, tc.weights, tc.config("toy"), 1.0))
     assert res.status == "expired" and res.num_examples == 0
+
+
+def test_one_model_has_one_digest_whatever_batch_it_was_traced_with():
+    """What a data owner allows (--allow-model sha256:...) is the model: the §14 program
+    traces it for training (batch 32) and for evaluation (batch 128) from new objects every
+    round; a model that froze its batch size has a digest per batch size."""
+    import sys
+    from fedmq.plans import module_plan
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "examples"))
+    import run_websocket_client as rwc
+    torch.manual_seed(0)
+    traced = torch.jit.trace(rwc.Net(), torch.zeros(1, 1, 28, 28))
+    digests = {module_plan.digest(sy.TrainConfig(model=m, loss_fn=rwc.loss_fn,
+                                                 batch_size=b).plan)
+               for m, b in ((traced, 32), (traced, 128), (utils.federated_avg([traced]), 32))}
+    assert len(digests) == 1
+    fixed = {module_plan.digest(sy.TrainConfig(model=FixedBatch(), loss_fn=F.nll_loss,
+                                               batch_size=b,
+                                               example_input=torch.zeros(b, 12)).plan)
+             for b in (4, 8)}
+    assert len(fixed) == 2

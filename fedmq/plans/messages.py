@@ -111,9 +111,11 @@ class ModelPlanRecord:
         order (`PlanRecord.state` is empty: the weights travel with each Fit / Evaluate).
     state_shapes / state_dtypes: of each entry, checked before anything runs.
     parameters: the trainable entries (`named_parameters()`); the others are buffers.
-    batch_size: the batch size traced; batch_generic: whether the same ops serve any batch
-        size (False when the model froze the batch size into an op, e.g. `x.view(32, -1)`:
-        the worker then trains full batches only and pads the last evaluation batch).
+    batch_size: the batch size traced (1 when the model and its loss serve any batch size, so
+        that one model has one digest whatever batch it was traced with).
+    batch_generic: whether the same ops serve any batch size (False when the model froze the
+        batch size into an op, e.g. `x.view(32, -1)`: the worker then trains full batches
+        only and pads the last evaluation batch).
     loss: `(output, target) -> mean loss` as a plan, or None (the Fit names a loss).
     """
     name: str

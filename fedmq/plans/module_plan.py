@@ -165,7 +165,8 @@ def model_plan(model: Any, example: torch.Tensor | None = None, *, batch_size: i
     return ModelPlanRecord(name, records["train"], records["eval"], names,
                            [list(t.shape) for t in state], [str(t.dtype) for t in state],
                            [n for n, t in zip(names, state) if id(t) in trainable],
-                           len(example), generic, loss, loss_generic)
+                           len(example) if not (generic and loss_generic) else 1, generic,
+                           loss, loss_generic)
 
 
 def _loss_call(loss_fn: Any) -> Callable[[torch.Tensor, torch.Tensor], Any]:
