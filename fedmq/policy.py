@@ -101,9 +101,11 @@ class Policy:
         if self.models is not None:
             models = frozenset(self.models)
             bad = [m for m in models if m != ANY_MODEL and not (
-                isinstance(m, str) and m.startswith("sha256:") and len(m) == 71)]
+                isinstance(m, str) and m.startswith("sha256:") and len(m) == 71
+                and all(c in "0123456789abcdef" for c in m[7:]))]
             if bad:
-                raise ValueError(f"--allow-model {bad[0]!r}: expected sha256:<64 hex digits> "
+                raise ValueError(f"--allow-model {bad[0]!r}: expected sha256:<64 lowercase hex "
+                                 f"digits> "
                                  f"(the digest a refused Fit names) or {ANY_MODEL!r}")
             object.__setattr__(self, "models", models)
 

@@ -136,3 +136,50 @@ def test_a_failing_user_model_is_one_line_exit_2(tmp_path):
         assert done.returncode == 2, (argv, done.stderr[-1500:])
         assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1, \
             done.stderr
+
+
+def test_a_run_every_worker_refuses_stops_after_its_first_round(tmp_path):
+    """Found by the third review: workers that do not allow the model plan refused every
+    round alike, 40 times; the run stops after the first, with each worker's reason once."""
+    from fedmq.fl.coordinator import RunRefused
+    from fedmq.policy import Policy
+    from fedmq.service import build_worker
+    path = tmp_path / "net.py"
+    path.write_text(NET)
+    workers = {}
+    for w, labels in {**TRAIN, TESTING: None}.items():
+        workers[w] = build_worker(argparse.Namespace(id=w, dataset="mnist5k", labels=labels,
+                                                     testing=labels is None))
+        workers[w].store.policy = Policy(owner="the-owner", release="none",
+                                         grants={"coordinator": {"me"}})
+    coord = Coordinator(InProcessConnection(workers), list(TRAIN), _config(path),
+                        testing=TESTING, strategy=FedAvg(), echo=lambda line: None)
+    with pytest.raises(RunRefused) as info:
+        asyncio.run(coord.run())
+    assert sorted(info.value.reasons) == sorted(TRAIN) and len(coord.history) == 1
+    digest = coord.model_source.user.digest
+    assert all(f"--allow-model {digest}" in r for r in info.value.reasons.values())
+    for w in workers.values():  # allowed: the same run trains
+        w.store.policy = Policy(owner="the-owner", release="none",
+                                grants={"coordinator": {"me"}}, models={digest})
+    coord = Coordinator(InProcessConnection(workers), list(TRAIN), _config(path),
+                        testing=TESTING, strategy=FedAvg(), echo=lambda line: None)
+    assert all(r.status == "ok" and not r.failed for r in asyncio.run(coord.run()))
+
+
+def test_allow_model_values_and_plan_names_are_checked():
+    from fedmq.plans import module_plan
+    from fedmq.policy import Policy
+    for bad in ("sha256:" + "z" * 64, "sha256:" + "A" * 64, "sha256:abc", "foo"):
+        with pytest.raises(ValueError, match="allow-model"):
+            Policy(release="none", models={bad})
+    Policy(release="none", models={"sha256:" + "a" * 64, "any"})
+    import torch
+    rec = module_plan.model_plan(torch.nn.Linear(3, 2), torch.zeros(2, 3))
+    for name in ("Net\n2026-11-30 INFO fedmq: owner approved", "x" * 201, ""):
+        with pytest.raises(ValueError, match="printable"):
+            module_plan.validate(module_plan.ModelPlanRecord(
+                name, rec.train, rec.eval, rec.state_names, rec.state_shapes,
+                rec.state_dtypes, rec.parameters, rec.batch_size, rec.batch_generic))
+    assert "F.linear" in module_plan.describe(rec) and "weight* [2, 3]" in \
+        module_plan.describe(rec)

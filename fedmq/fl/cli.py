@@ -23,6 +23,8 @@ from fedmq.fl.async_coordinator import AsyncCoordinator
 from fedmq.fl.connections import AMQPRoundConnection, InProcessConnection
 from fedmq.errors import OpNotAllowedError
 from fedmq.fl.model_source import ModelSource
+from fedmq.plans import module_plan
+from fedmq.fl.coordinator import RunRefused
 from fedmq.fl.coordinator import Coordinator, TrainConfig
 from fedmq.fl.launch import WorkerLauncher, thread_env
 from fedmq.service import build_worker
@@ -101,14 +103,18 @@ async def train(args: argparse.Namespace) -> int:
     testing = args.testing or None
     run_dir = pathlib.Path(args.runs_dir) / (args.name or f"seed-s14-{args.dataset}")
     try:  # the model first: a mistake in it is one line, before any connection or data
-        ModelSource(args.model, seed=args.seed, batch_size=args.batch_size,
-                    model_args=args.model_arg, input_shape=args.input_shape,
-                    input_dtype=args.input_dtype)
+        source = ModelSource(args.model, seed=args.seed, batch_size=args.batch_size,
+                             model_args=args.model_arg, input_shape=args.input_shape,
+                             input_dtype=args.input_dtype)
     except (ValueError, OpNotAllowedError) as exc:
         text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
         print(f"fedmq train: {text.splitlines()[0] if text else type(exc).__name__}",
               file=sys.stderr)
         return 2
+    if source.user is not None:  # what a data owner reviews and allows
+        print(f"model plan {source.user.digest} ({module_plan.describe(source.user.plan, 300)})"
+              f"; workers under --release none run it once their owner allows it: fedmq "
+              f"worker --allow-model {source.user.digest}", flush=True)
     if args.url:
         connection = await AMQPRoundConnection.connect(args.url, chunk_size=args.chunk_size)
     else:
@@ -130,7 +136,13 @@ async def train(args: argparse.Namespace) -> int:
                       f"start them (`fedmq worker --id {missing[0]} ...`) or leave them out "
                       f"of --workers/--testing", file=sys.stderr)
                 return 2
-        history = await coordinator.run(resume=args.resume)
+        try:
+            history = await coordinator.run(resume=args.resume)
+        except RunRefused as exc:
+            print("fedmq train: every worker refused the round; stopping:", file=sys.stderr)
+            for worker, reason in exc.reasons.items():
+                print(f"  {worker}: {reason}", file=sys.stderr)
+            return 2
     finally:
         await connection.aclose()
     coordinator.write_plot()

@@ -31,7 +31,7 @@ import logging
 import pathlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from fedmq.engine import RequestEngine
 from fedmq.fl.base import CANCEL_WAIT, CoordinatorBase, cancel_fit, wait_for_workers
@@ -66,6 +66,27 @@ class RoundRecord:
 
     def as_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+class RunRefused(RuntimeError):
+    """Every worker refused a round (AccessDeniedError: a role not granted, a model plan the
+    data owner did not allow): later rounds would be refused alike. `reasons`: worker ->
+    the refusal."""
+
+    def __init__(self, reasons: dict[str, str]) -> None:
+        super().__init__("every worker refused the round: " + "; ".join(
+            f"{w}: {r}" for w, r in reasons.items()))
+        self.reasons = reasons
+
+
+def refusals(record: Any) -> dict[str, str]:
+    """The refusals of a round in which no worker trained and each failure was a refusal
+    (else {})."""
+    failed = {w: r for w, r in record.failed.items() if w != "*"}
+    if record.workers or not failed or \
+            not all(r.startswith("AccessDeniedError") for r in failed.values()):
+        return {}
+    return failed
 
 
 class Coordinator(CoordinatorBase):
@@ -107,6 +128,10 @@ class Coordinator(CoordinatorBase):
         for round in range(start, last + 1):
             record = await self.run_round(round)
             self.end_round(record)
+            refused = refusals(record)
+            if refused:  # the workers will refuse every round alike: stop, say why once
+                self.report("on_run_end")
+                raise RunRefused(refused)
         self.report("on_run_end")
         return self.history
 

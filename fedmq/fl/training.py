@@ -183,11 +183,14 @@ def build_model(model: Any, weights: dict, worker_id: str, owner: str | None = N
         principal = acting.principal if acting else "me"
         rec, digest = plan_cache.resolve(model, worker_id, principal)
         if policy is not None and not policy.allows_model(principal, digest):
+            log.warning("worker %s refused %s for %r (fedmq worker --allow-model %s to allow "
+                        "it): %s", worker_id, digest, principal, digest,
+                        module_plan.describe(rec))
             raise errors.AccessDeniedError(
-                f"worker {worker_id} does not train model plan {digest} ({rec.name}) for "
-                f"{principal}: under --release {policy.release} its data owner allows the "
+                f"worker {worker_id} does not run model plan {digest} ({rec.name!r}) for "
+                f"{principal!r}: under --release {policy.release} its data owner allows the "
                 f"built-in models and the plans they reviewed (fedmq worker --allow-model "
-                f"{digest})", worker=worker_id)
+                f"{digest}; the plan is described in the worker's log)", worker=worker_id)
         try:
             return PlanModel(rec, weights, worker_id, owner)
         except ValueError as exc:

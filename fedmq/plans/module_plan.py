@@ -215,6 +215,8 @@ def loss_plan(loss_fn: Any, output: torch.Tensor,
                          f"an example_target ({type(error).__name__}: {error})")
 
 
+#: the longest model or state-entry name a worker accepts
+MAX_NAME = 200
 #: the largest batch size a model plan may be traced for (a worker pads to it)
 MAX_BATCH_SIZE = 1 << 16
 
@@ -250,6 +252,11 @@ def validate(rec: Any, worker_id: str | None = None) -> ModelPlanRecord:
     """Check a model plan that came from the wire before running any of it."""
     if type(rec) is not ModelPlanRecord:
         raise ValueError(f"expected a ModelPlanRecord, got {type(rec).__name__}")
+    names = [rec.name, *rec.state_names] if isinstance(rec.state_names, list) else [rec.name]
+    if not all(isinstance(n, str) and 0 < len(n) <= MAX_NAME and n.isprintable()
+               for n in names):  # they are logged and quoted in errors
+        raise ValueError(f"model plan is malformed: its name and state names are printable "
+                         f"strings of at most {MAX_NAME} characters")
     n = len(rec.state_names)
     if not (len(rec.state_shapes) == len(rec.state_dtypes) == n) or \
             not set(rec.parameters) <= set(rec.state_names) or \
@@ -268,6 +275,19 @@ def validate(rec: Any, worker_id: str | None = None) -> ModelPlanRecord:
                                    [None] * len(plan.state_slots), plan.ops, plan.output),
                         worker_id)
     return rec
+
+
+def describe(rec: ModelPlanRecord, limit: int = 2000) -> str:
+    """What a data owner reviews before allowing a plan (`fedmq worker --allow-model`): its
+    ops in order, its state entries with shapes (trainable ones marked), its loss's ops."""
+    ops = ", ".join(op.op for op in rec.train.ops)
+    loss = ", ".join(op.op for op in rec.loss.ops) if rec.loss is not None else "by name"
+    trainable = set(rec.parameters)
+    state = ", ".join(f"{n}{'*' if n in trainable else ''} {list(s)}"
+                      for n, s in zip(rec.state_names, rec.state_shapes))
+    text = (f"model plan {rec.name!r}: train ops [{ops}]; loss [{loss}]; state (* trainable) "
+            f"[{state}]; batch {'any' if rec.batch_generic else rec.batch_size}")
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def run_forward(rec: ModelPlanRecord, mode: str, x: torch.Tensor, state: list,
