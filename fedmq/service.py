@@ -883,7 +883,7 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
                               args.max_objects, max_frame_bytes=args.max_frame_bytes,
                               max_op_bytes=args.max_op_bytes,
                               max_op_seconds=args.max_op_seconds,
-                              models=args.allow_model)
+                              models=getattr(args, "allow_model", None))
     except ValueError as exc:
         print(f"fedmq worker: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -49,3 +49,7 @@ def test_the_options_make_the_policy():
         url="amqp://h/", grant=[], release="none", owner="data-team", max_bytes=0,
         max_objects=0, max_frame_bytes=0, max_op_bytes=-1, max_op_seconds=0)
     ).owner == "data-team"
+    digest = "sha256:" + "0123456789abcdef" * 4
+    allowed = policy_from_args(build_parser().parse_args(
+        ["worker", "--url", "amqp://h/", "--allow-model", digest, "--allow-model", "any"]))
+    assert allowed.models == {digest, "any"} and allowed.allows_model("coord", "sha256:x")
