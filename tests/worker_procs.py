@@ -26,27 +26,27 @@ def _channel(url: str = AMQP_URL):
     return conn, conn.channel()
 
 
-def consumer_count(queue: str, url: str = AMQP_URL) -> int:
+def _declared(queue: str, url: str):
+    """The broker's passive-declare answer for `queue` (None when it does not exist)."""
     conn, ch = _channel(url)
     try:
-        return ch.queue_declare(queue, passive=True).method.consumer_count
+        return ch.queue_declare(queue, passive=True).method
     except pika.exceptions.ChannelClosedByBroker:
-        return 0
+        return None
     finally:
         if conn.is_open:
             conn.close()
+
+
+def consumer_count(queue: str, url: str = AMQP_URL) -> int:
+    method = _declared(queue, url)
+    return method.consumer_count if method is not None else 0
 
 
 def queue_depth(queue: str, url: str = AMQP_URL) -> int:
     """Messages ready in `queue` (0 when it does not exist)."""
-    conn, ch = _channel(url)
-    try:
-        return ch.queue_declare(queue, passive=True).method.message_count
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0
-    finally:
-        if conn.is_open:
-            conn.close()
+    method = _declared(queue, url)
+    return method.message_count if method is not None else 0
 
 
 def purge(queue: str, url: str = AMQP_URL) -> None:
