@@ -239,3 +239,29 @@ def test_every_strategy_completes_20_rounds_with_finite_weights(world, strategy)
     assert weights["bn.num_batches_tracked"].dtype == torch.int64
     final = [r.accuracy for r in history if r.accuracy is not None][-1]
     assert not math.isnan(final) and final > 0.2, (strategy, final)
+
+
+def test_fedmq_train_with_the_users_model_file_over_rabbitmq(world, tmp_path):
+    """The command a user types: `fedmq train --url ... --model models.py:DigitsNet` against
+    the worker services serving the user's image folders; the same final accuracy as the
+    plain-PyTorch FedAvg of the same algorithm (within 1 point)."""
+    import re
+    import subprocess
+    import sys
+    from fedmq.fl import user_model
+    from worker_procs import AMQP_URL
+    root, digits, table = world
+    done = subprocess.run(
+        [sys.executable, "-m", "fedmq.cli", "train", "--url", AMQP_URL,
+         "--model", f"{root / 'models.py'}:DigitsNet", "--dataset", "digits",
+         "--workers", ",".join(TRAIN), "--testing", TESTING, "--rounds", str(ROUNDS),
+         "--batches", "8", "--eval-every", str(ROUNDS), "--seed", "7", "--buckets", "0-4,5-9",
+         "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "model plan sha256:" in done.stdout
+    final = float(re.search(r"Final accuracy: ([0-9.]+)%", done.stdout).group(1)) / 100
+    module_cls = user_model.load_class(f"{root / 'models.py'}:DigitsNet")
+    data = {w: _held(w, digits, table, "digits") for w in TRAIN}
+    plain = _plain_fedavg(module_cls, data, _held(TESTING, digits, table, "digits"),
+                          _config(root, "DigitsNet", "digits"))
+    assert abs(final - plain) <= 0.01, (final, plain)
