@@ -174,6 +174,16 @@ def check_result(reference: Weights, result: FitResult) -> None:
     check_compatible(reference, result.weights, result.worker_id)
 
 
+def add_weighted(sums: dict, weights: Weights, names: Iterable[str], weight: float) -> None:
+    """sums[name] += weight * weights[name] (float64 accumulators, made on first use)."""
+    for name in names:
+        term = accumulator(weights[name]).mul_(weight)
+        if name in sums:
+            sums[name].add_(term)
+        else:
+            sums[name] = term
+
+
 def weighted_average(pairs: Iterable[tuple[Weights, float]]) -> Weights:
     """sum(w_i * weights_i) / sum(w_i) over the floating entries, as new float64-accumulated
     tensors cast back to each entry's dtype; non-floating entries come from the first model."""
@@ -223,12 +233,7 @@ class FitAggregate:
                                  f"{result.worker_id}")
         check_result(self.global_weights, result)
         weight = float(result.num_examples)
-        for name in self.layout.buffers:
-            term = accumulator(result.weights[name]).mul_(weight)
-            if name in self._buffer_sum:
-                self._buffer_sum[name].add_(term)
-            else:
-                self._buffer_sum[name] = term
+        add_weighted(self._buffer_sum, result.weights, self.layout.buffers, weight)
         for name in self.layout.integers:
             tensor = result.weights[name].detach()
             best = self._integer_max.get(name)
@@ -277,12 +282,7 @@ class RunningAverage(FitAggregate):
 
     def _keep(self, result: FitResult) -> None:
         weight = float(result.num_examples)
-        for name in self.layout.parameters:
-            term = accumulator(result.weights[name]).mul_(weight)
-            if name in self._sum:
-                self._sum[name].add_(term)
-            else:
-                self._sum[name] = term
+        add_weighted(self._sum, result.weights, self.layout.parameters, weight)
 
     def average(self) -> Weights:
         """The sample-weighted average of every entry (parameters and buffers), in the
