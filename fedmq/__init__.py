@@ -29,6 +29,8 @@ Built on that (each declares what it adds in its hooks.py `EXTENSION` table):
                          coordinator (`fedmq train`), FedAvg/FedProx/FedAdam/.../FedBuff
 """
 import importlib
+import sys
+import types
 
 from fedmq.errors import (AccessDeniedError, ConnectionBlocked, ConnectionLost,
                           ConnectionLostError, FedmqError, FrameTooLargeError,
@@ -36,14 +38,12 @@ from fedmq.errors import (AccessDeniedError, ConnectionBlocked, ConnectionLost,
                           OpNotAllowedError, PointerError, RemoteCancelledError, RemoteError,
                           RemoteExecutionError, ReplyTimeout, SerdeError, TimeLimitError,
                           TransportError, WorkerNotFoundError, WorkerRestartedError)
-from fedmq.context import latest_hook
-from fedmq.hook import TorchHook
-from fedmq.pointers import PointerTensor, RemoteParameter
-from fedmq.workers import VirtualWorker
-from fedmq.workers.amqp import AMQPClientWorker
 
-#: names that live in extension packages, imported on first use
+#: names imported on first use, so `import fedmq` (and `fedmq --help`) does not import torch
 _LAZY = {
+    "TorchHook": "fedmq.hook", "PointerTensor": "fedmq.pointers",
+    "RemoteParameter": "fedmq.pointers", "VirtualWorker": "fedmq.workers",
+    "AMQPClientWorker": "fedmq.workers.amqp",
     "BaseDataset": "fedmq.federated", "FederatedDataset": "fedmq.federated",
     "FederatedDataLoader": "fedmq.federated", "create_sandbox": "fedmq.sandbox",
     "PrivateGridNetwork": "fedmq.grid", "func2plan": "fedmq.plans", "Plan": "fedmq.plans",
@@ -53,16 +53,39 @@ _LAZY = {
 
 
 def __getattr__(name: str):
-    if name in ("hook", "local_worker"):  # the most recent TorchHook and its worker "me"
-        latest = latest_hook()
-        return latest if name == "hook" or latest is None else latest.local_worker
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'fedmq' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
-del hook  # noqa: F821 - the submodule's name: `fedmq.hook` is the latest TorchHook (__getattr__)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | {"hook", "local_worker"})
+
+
+class _FedmqModule(types.ModuleType):
+    """`fedmq.hook` is the most recent TorchHook and `fedmq.local_worker` its worker "me"
+    (PySyft's `sy.hook`, `sy.local_worker`), not the submodules of those names: the import
+    system's assignment of the submodule `fedmq.hook` is ignored."""
+
+    @property
+    def hook(self):
+        from fedmq.context import latest_hook
+        return latest_hook()
+
+    @hook.setter
+    def hook(self, value) -> None:  # the submodule fedmq.hook, set by the import system
+        pass
+
+    @property
+    def local_worker(self):
+        latest = self.hook
+        return None if latest is None else latest.local_worker
+
+
+sys.modules[__name__].__class__ = _FedmqModule
 
 __version__ = "0.1.0"
 

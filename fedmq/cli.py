@@ -1,29 +1,51 @@
-"""The `fedmq` command: `fedmq worker ...`, `fedmq train ...`, `fedmq queues ...`,
-`fedmq broker add-user|delete-user ...` (see `fedmq --help`)."""
+"""The `fedmq` command (also `python -m fedmq`): `fedmq worker ...`, `fedmq train ...`,
+`fedmq queues ...`, `fedmq broker add-user|delete-user ...` (see `fedmq --help`).
+
+Each command's module is imported only when that command runs (or its --help is asked), so
+`fedmq --help` answers without importing torch. Exit codes: 0 done, 1 the work failed
+(a run with no successful round, a worker that stopped on an error), 2 a usage or
+configuration mistake (one line naming the option), 130 interrupted (Ctrl-C).
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
+#: command -> (module, function adding its subparser, one-line help shown by `fedmq --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "worker": ("fedmq.service", "add_worker_command",
+               "run a worker service consuming fedmq.worker.<id>"),
+    "train": ("fedmq.fl.cli", "add_train_command", "run federated rounds (seed §14)"),
+    "queues": ("fedmq.management", "add_queues_command",
+               "list fedmq queues with depth, consumers and rates"),
+    "broker": ("fedmq.broker_admin", "add_broker_command",
+               "manage broker users by role (management API)"),
+}
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedmq", description=__doc__)
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given `argv`, only the command it names is built in full (the
+    others are listed with their help line, their modules not imported)."""
+    parser = argparse.ArgumentParser(
+        prog="fedmq", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    from fedmq import management
-    management.add_queues_command(sub)
-    try:
-        from fedmq.service import add_worker_command
-    except ImportError:  # the RabbitMQ worker service is optional at import time
-        pass
-    else:
-        add_worker_command(sub)
-        from fedmq.broker_admin import add_broker_command
-        add_broker_command(sub)
-    from fedmq.fl.cli import add_train_command
-    add_train_command(sub)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    wanted = _command_in(argv) if argv is not None else None
+    for name, (module, adder, help_line) in COMMANDS.items():
+        if argv is None or name == wanted:
+            getattr(importlib.import_module(module), adder)(sub)
+        else:
+            sub.add_parser(name, help=help_line, add_help=False)
     return parser
+
+
+def _command_in(argv: list[str]) -> str | None:
+    return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
 def _version() -> str:
@@ -32,9 +54,14 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"fedmq {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,6 @@
+"""`python -m fedmq ...` is the `fedmq` command."""
+import sys
+
+from fedmq.cli import main
+
+sys.exit(main())
