@@ -895,8 +895,10 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                    help="worker id (queue fedmq.worker.<id>); repeat to host several ids")
     p.add_argument("--ids", action="append", default=[], metavar="A,B,...",
                    help="several worker ids served by this one process")
-    p.add_argument("--url", default=os.environ.get("FEDMQ_AMQP_URL", DEFAULT_URL),
-                   help="broker URL (default $FEDMQ_AMQP_URL or %(default)s)")
+    p.add_argument("--url", default=os.environ.get("FEDMQ_URL")
+                   or os.environ.get("FEDMQ_AMQP_URL") or DEFAULT_URL,
+                   help="AMQP broker URL (default $FEDMQ_URL, else $FEDMQ_AMQP_URL, else "
+                        "%(default)s)")
     p.add_argument("--connect-wait", type=float, default=60.0, metavar="SECONDS",
                    help="keep trying a broker that cannot be reached yet for this long at "
                         "start (a refused user, password or vhost is not tried again); "

@@ -17,6 +17,9 @@ import pytest
 # other runs, torch's default of a thread per core makes every op wait for a descheduled
 # thread (fedmq.fl.launch.thread_env explains the same for workers). Measured on a loaded 2-core
 # machine: `make test-fast` 47 s instead of 73 s, half the CPU time. Set before torch starts.
+# `fedmq train` and `fedmq worker` read FEDMQ_URL; the tests give every URL explicitly (the
+# run's vhost), so a FEDMQ_URL from the user's shell must not send them elsewhere.
+os.environ.pop("FEDMQ_URL", None)
 if "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 

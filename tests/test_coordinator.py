@@ -6,6 +6,8 @@ import asyncio
 import json
 import time
 
+import re
+
 import pytest
 import torch
 
@@ -282,10 +284,13 @@ def test_fedmq_train_runs_any_registered_strategy(tmp_path, strategy, extra, lin
     assert len(records) == lines
 
 
-def test_fedmq_train_names_the_valid_strategies_when_given_another(tmp_path):
+def test_fedmq_train_names_the_valid_strategies_when_given_another(tmp_path, capsys):
     from fedmq.cli import main
-    with pytest.raises(SystemExit, match="fedavg.*krum"):
-        main(["train", "--dataset", "mnist5k", "--runs-dir", str(tmp_path), "--strategy", "sgd"])
+    assert main(["train", "--dataset", "mnist5k", "--runs-dir", str(tmp_path),
+                 "--strategy", "sgd"]) == 2
+    err = capsys.readouterr().err
+    assert re.search("fedavg.*krum", err) and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # refused before any run folder is made
 
 
 def test_empty_and_non_finite_updates_are_dropped_as_failures(caplog):
@@ -305,5 +310,7 @@ def test_empty_and_non_finite_updates_are_dropped_as_failures(caplog):
     failed = {b["worker"]: b["reason"] for k, b in coord.events.events if k == "fit.failed"}
     assert failed == record.failed
     assert "dropped" in caplog.text and "num_examples is 0" in caplog.text
-    assert lines[-1].endswith("; failed: bob (" + record.failed["bob"] + "), charlie (" +
-                              record.failed["charlie"] + ")")
+    # the workers fail in whichever order their replies come
+    assert "; failed: " in lines[-1]
+    assert f"bob ({record.failed['bob']})" in lines[-1]
+    assert f"charlie ({record.failed['charlie']})" in lines[-1]

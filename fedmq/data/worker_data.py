@@ -30,6 +30,11 @@ def partition_tensors(dataset: str, labels: list[int] | None = None,
     ds = load_image_dataset(dataset, train=not testing)
     index = torch.arange(len(ds))
     if labels is not None:
+        present = sorted(int(t) for t in torch.unique(torch.as_tensor(ds.targets)))
+        absent = [label for label in labels if label not in present]
+        if absent:
+            raise ValueError(f"--labels: {dataset} has labels {present[0]}-{present[-1]}; "
+                             f"no sample has label {', '.join(map(str, absent))}")
         index = torch.from_numpy(partition.label_range(ds.targets, labels))
     mean, std = NORMALIZE[dataset]
     images = ds.data[index].float().div_(255).sub_(mean[0]).div_(std[0]).unsqueeze(1)

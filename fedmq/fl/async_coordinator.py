@@ -103,7 +103,7 @@ class AsyncCoordinator(CoordinatorBase):
                  max_versions: int | None = None, eval_every: int | None = None,
                  retry_backoff: float = 1.0, max_backoff: float = 30.0,
                  reporters: Iterable[Reporter] | None = None,
-                 extra_reporters: Iterable[Reporter] = ()) -> None:
+                 extra_reporters: Iterable[Reporter] = (), overwrite: bool = False) -> None:
         if max_updates < 1:
             raise ValueError(f"max_updates must be at least 1, got {max_updates}")
         if max_versions is not None and max_versions < 1:
@@ -119,7 +119,7 @@ class AsyncCoordinator(CoordinatorBase):
         super().__init__(connection, workers, config, testing=testing,
                          strategy=strategy or FedBuff(buffer_size=len(workers)),
                          run_dir=run_dir, echo=echo, reporters=reporters,
-                         extra_reporters=extra_reporters)
+                         extra_reporters=extra_reporters, overwrite=overwrite)
         self.history: list[VersionRecord] = []
         self.version = 0
         self.counts: dict[str, int] = {}

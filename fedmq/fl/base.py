@@ -19,7 +19,9 @@ from fedmq.engine import RequestEngine
 from fedmq.fl import checkpoint, events as ev
 from fedmq.fl.config import TrainConfig, initial_model
 from fedmq.fl.messages import Evaluate, EvaluateRes, Fit
+from fedmq.fl.metrics import METRICS
 from fedmq.fl.reporters import CheckpointReporter, EventReporter, MetricsReporter, Reporter
+from fedmq.fl.runs import RunFolderError
 from fedmq.messages import Cancel, WorkerStats
 from fedmq.fl.model_source import ModelSource
 from fedmq.strategy import EvaluateIns, EvaluateResult, FitIns, Strategy
@@ -99,7 +101,7 @@ class CoordinatorBase:
                  run_dir: str | pathlib.Path | None = None,
                  echo: Callable[[str], None] | None = None,
                  reporters: Iterable[Reporter] | None = None,
-                 extra_reporters: Iterable[Reporter] = ()) -> None:
+                 extra_reporters: Iterable[Reporter] = (), overwrite: bool = False) -> None:
         if not workers:
             raise ValueError("a federated run needs at least one worker")
         #: the model Fit / Evaluate name: built-in, or a user's as a plan (ValueError if unknown)
@@ -114,6 +116,8 @@ class CoordinatorBase:
         self.testing = testing
         self.strategy = strategy
         self.run_dir = pathlib.Path(run_dir) if run_dir is not None else None
+        #: a fresh run may replace an earlier run's metrics and checkpoint in `run_dir`
+        self.overwrite = overwrite
         self.echo = echo or (lambda line: print(f"{time.strftime('%H:%M:%S')} - {line}",
                                                 flush=True))
         self.events = getattr(connection, "events", None) or ev.EventLog()
@@ -160,10 +164,26 @@ class CoordinatorBase:
         return initial_model(self.config.model, self.config.seed)
 
     def load_checkpoint(self, resume: bool) -> dict | None:
-        """The run folder's checkpoint when resuming (ValueError if it is another run's)."""
-        if not resume or self.run_dir is None:
+        """The run folder's checkpoint when resuming (ValueError if it is another run's).
+
+        Raises fedmq.fl.runs.RunFolderError (a ValueError): `resume` and the folder has no
+        checkpoint; a fresh run (not `resume`, not `overwrite`) into a folder holding an
+        earlier run's metrics or checkpoint (`fedmq.fl.runs.open_run_dir` picks a free one)."""
+        if self.run_dir is None:
             return None
-        return checkpoint.load_run(self.run_dir, self.config.model, self.config.seed)
+        earlier = [f for f in (checkpoint.FILENAME, METRICS) if (self.run_dir / f).exists()]
+        if not resume:
+            if earlier and not self.overwrite:
+                raise RunFolderError(
+                    f"{self.run_dir} holds an earlier run ({', '.join(earlier)}): resume it, "
+                    f"replace it (overwrite=True), or choose another folder "
+                    f"(fedmq.fl.runs.open_run_dir)")
+            return None
+        state = checkpoint.load_run(self.run_dir, self.config.model, self.config.seed)
+        if state is None:
+            raise RunFolderError(f"{self.run_dir} has no checkpoint ({checkpoint.FILENAME}) "
+                                 f"to resume")
+        return state
 
     def start_model(self, state: dict | None, **initialize: Any) -> None:
         """The global model from the checkpoint `state` (strategy state restored) or fresh;

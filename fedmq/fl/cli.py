@@ -6,49 +6,87 @@
                                                  # workers already running (compose.yaml)
 Workers are `id` or `id:labels` (`alice:0-3`); labels only matter for workers this command
 builds (in-process, or `--launch`); without them alice/bob/charlie get the seed's 0-3/4-6/7-9.
-The run folder `runs/<name>/` gets metrics.jsonl, metrics.png and checkpoint.fedmq;
-`--resume` continues after the last checkpoint with the same results.
+The run folder `runs/<name>/` gets run.json (options and versions), metrics.jsonl,
+metrics.png and checkpoint.fedmq; a new run never writes over an earlier one (it takes the
+next free name, or `--overwrite`); `--resume` continues after the last checkpoint with the
+same results, and refuses options that change them unless `--allow-changes`.
+
+Exit codes: 0 the run finished; 1 no round succeeded, or more fits failed than
+`--max-failed-fits` allows, or every evaluation failed; 2 a mistake in the options or the
+broker refused/could not be reached (one line saying which); 130 interrupted (Ctrl-C; the
+line says how to continue).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import pathlib
 import sys
 import time
+from urllib.parse import urlsplit
 
-from fedmq.extensions import load_extensions
-from fedmq.fl.async_coordinator import AsyncCoordinator
-from fedmq.fl.connections import AMQPRoundConnection, InProcessConnection
-from fedmq.errors import OpNotAllowedError
-from fedmq.fl.model_source import ModelSource
-from fedmq.plans import module_plan
-from fedmq.fl.coordinator import RunRefused
-from fedmq.fl.coordinator import Coordinator, TrainConfig
-from fedmq.fl.launch import WorkerLauncher, thread_env
-from fedmq.service import build_worker
-from fedmq.strategy import AsyncStrategy, registry as strategy_registry
+from fedmq.fl import runs
+from fedmq.fl.validation import SettingError, check_config
+
+DEFAULT_URL_ENV = "FEDMQ_URL"
+#: the built-in datasets a worker this command builds can serve (fedmq.data.vision.LOADERS)
+BUILT_IN_DATASETS = ("fashion-mnist", "mnist5k")
+BUILT_IN_LABELS = 10
+
+
+class UsageError(ValueError):
+    """A mistake in the options: one line, exit 2."""
+
 
 SEED_LABELS = {"alice": "0-3", "bob": "4-6", "charlie": "7-9"}
 DEFAULT_WORKERS = "alice:0-3,bob:4-6,charlie:7-9"
+#: a worker id: what a queue name fedmq.worker.<id> and a folder name may hold
+_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
 def parse_workers(text: str) -> dict[str, str | None]:
+    """"alice:0-3,bob" -> {"alice": "0-3", "bob": "4-6"}. UsageError for an empty list, a
+    repeated or malformed id, or labels that are not a range of 0-9 (e.g. 3-1, 12)."""
+    from fedmq.data.partition import parse_labels  # numpy only
+
     out: dict[str, str | None] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         worker_id, _, labels = item.partition(":")
+        if not worker_id or not set(worker_id) <= _ID_CHARS:
+            raise UsageError(f"--workers: {worker_id!r} is not a worker id (letters, digits, "
+                             f"_ - . only)")
+        if worker_id in out:
+            raise UsageError(f"--workers names {worker_id} twice")
+        if labels:
+            try:
+                numbers = parse_labels(labels)
+            except ValueError as exc:
+                raise UsageError(f"--workers {item}: {exc}") from None
+            wrong = [n for n in numbers if not 0 <= n < BUILT_IN_LABELS]
+            if wrong:
+                raise UsageError(f"--workers {item}: the built-in datasets have labels "
+                                 f"0-{BUILT_IN_LABELS - 1}, not {wrong[0]}")
         out[worker_id] = labels or SEED_LABELS.get(worker_id)
     if not out:
-        raise argparse.ArgumentTypeError("--workers lists no worker")
+        raise UsageError("--workers lists no worker")
     return out
 
 
 def parse_buckets(text: str) -> list[tuple[int, int]]:
+    """"0-3,4-6,7-9" -> [(0, 3), (4, 6), (7, 9)]; UsageError for anything else."""
     buckets = []
     for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        buckets.append((int(lo), int(hi or lo)))
+        lo, _, hi = part.strip().partition("-")
+        try:
+            bucket = (int(lo), int(hi or lo))
+        except ValueError:
+            raise UsageError(f"--buckets: {part!r} is not a label range such as 0-3") from None
+        if not 0 <= bucket[0] <= bucket[1]:
+            raise UsageError(f"--buckets: {part!r} is not a label range lo-hi with "
+                             f"0 <= lo <= hi")
+        buckets.append(bucket)
     return buckets
 
 
@@ -62,23 +100,36 @@ def _value(text: str):
 
 
 def make_strategy(name: str, pairs: list[str]):
+    """The strategy `name` with `--strategy-arg key=value` options; UsageError otherwise."""
+    from fedmq.strategy import registry as strategy_registry
+
     kwargs = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--strategy-arg expects key=value, got {pair!r}")
+        if not sep or not key:
+            raise UsageError(f"--strategy-arg expects key=value, got {pair!r}")
         kwargs[key.replace("-", "_")] = _value(value)
     try:
         return strategy_registry.make_strategy(name, **kwargs)
     except (TypeError, ValueError) as exc:
-        raise SystemExit(f"--strategy {name}: {exc}") from exc
+        raise UsageError(f"--strategy {name}: {exc}") from None
 
 
-def config_from(args: argparse.Namespace) -> TrainConfig:
+def config_from(args: argparse.Namespace):
+    """The run's TrainConfig (fedmq.fl.config) from the options."""
+    from fedmq.fl.coordinator import TrainConfig
+
+    try:
+        return TrainConfig(**config_fields(args))
+    except SettingError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def config_fields(args: argparse.Namespace) -> dict:
     optimizer_args = {}
     if args.momentum:
         optimizer_args["momentum"] = args.momentum
-    return TrainConfig(
+    return dict(
         rounds=args.rounds, model=args.model, dataset=args.dataset, batch_size=args.batch_size,
         num_batches=args.batches, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
         optimizer_args=optimizer_args, eval_every=args.eval_every,
@@ -87,7 +138,54 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
         input_dtype=args.input_dtype, testing_dataset=args.testing_dataset)
 
 
+def check_args(args: argparse.Namespace) -> dict[str, str | None]:
+    """Every option checked before anything slow (no torch, no broker); the workers parsed.
+    Raises UsageError naming the option."""
+    if args.url is not None:
+        scheme = urlsplit(args.url).scheme
+        if scheme not in ("amqp", "amqps"):
+            raise UsageError(f"--url must be an amqp:// or amqps:// broker URL (e.g. "
+                             f"amqp://guest:guest@127.0.0.1:5672/), got "
+                             f"{runs.redact_url(args.url)!r}"
+                             + ("; the management API is --management-url of `fedmq queues`"
+                                if scheme in ("http", "https") else ""))
+    if args.launch and not args.url:
+        raise UsageError("--launch needs --url (the broker the workers consume from)")
+    workers = parse_workers(args.workers)
+    if args.testing and args.testing in workers:
+        raise UsageError(f"--testing {args.testing} is also in --workers")
+    if args.testing and not set(args.testing) <= _ID_CHARS:
+        raise UsageError(f"--testing: {args.testing!r} is not a worker id")
+    if (not args.url or args.launch) and args.dataset not in BUILT_IN_DATASETS:
+        where = "--launch" if args.launch else "without --url"
+        raise UsageError(f"--dataset {args.dataset!r}: workers this command starts ({where}) "
+                         f"serve {' or '.join(BUILT_IN_DATASETS)}; serve your own files with "
+                         f"`fedmq worker --data ... --key {args.dataset}` and give --url")
+    try:
+        check_config(config_fields(args))
+    except SettingError as exc:
+        raise UsageError(str(exc)) from None
+    for option, value, low in (("--wait-workers", args.wait_workers, 0),
+                               ("--max-updates", args.max_updates, 1),
+                               ("--chunk-size", args.chunk_size, 4096)):
+        if value is not None and not value >= low:
+            raise UsageError(f"{option} must be at least {low}, got {value}")
+    if not 0 <= args.max_failed_fits <= 1:
+        raise UsageError(f"--max-failed-fits is a fraction from 0 to 1, got "
+                         f"{args.max_failed_fits}")
+    if args.stop_after_failed_rounds < 0:
+        raise UsageError(f"--stop-after-failed-rounds must be at least 0 (0: never stop), got "
+                         f"{args.stop_after_failed_rounds}")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues a run and --overwrite replaces it: give one")
+    return workers
+
+
 def in_process_workers(workers: dict, dataset: str, testing: str | None) -> dict:
+    """Workers in this process, each holding its labels' partition of `dataset`."""
+    from fedmq.extensions import load_extensions
+    from fedmq.service import build_worker
+
     load_extensions()
     built = {w: build_worker(argparse.Namespace(id=w, dataset=dataset, labels=labels,
                                                 testing=False))
@@ -98,19 +196,81 @@ def in_process_workers(workers: dict, dataset: str, testing: str | None) -> dict
     return built
 
 
-async def train(args: argparse.Namespace) -> int:
-    workers = parse_workers(args.workers)
-    testing = args.testing or None
-    run_dir = pathlib.Path(args.runs_dir) / (args.name or f"seed-s14-{args.dataset}")
-    try:  # the model first: a mistake in it is one line, before any connection or data
+def run_options(args: argparse.Namespace) -> dict:
+    """The options a run records in run.json (and compares when resumed)."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "command")
+            and not k.startswith("_")}
+
+
+def open_run(args: argparse.Namespace) -> pathlib.Path:
+    """The run folder (fedmq.fl.runs.open_run_dir), run.json written; UsageError when the
+    folder cannot be used (resume without checkpoint, options changed)."""
+    name = args.name or f"seed-s14-{args.dataset}"
+    try:
+        run_dir = runs.open_run_dir(args.runs_dir, name, resume=args.resume,
+                                    overwrite=args.overwrite,
+                                    echo=lambda line: print(line, flush=True))
+    except (runs.RunFolderError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    options = run_options(args)
+    if args.resume:
+        recorded = (runs.read_record(run_dir) or {}).get("options")
+        if recorded is None:
+            print(f"{run_dir} has no {runs.RUN_FILE} (an older fedmq made it): its options "
+                  f"cannot be compared", flush=True)
+        else:
+            changed = runs.changed_options(recorded, options)
+            if changed and not args.allow_changes:
+                lines = "; ".join(f"--{k.replace('_', '-')} {old!r} -> {new!r}"
+                                  for k, old, new in changed)
+                raise UsageError(f"--resume: options differ from the run in {run_dir}: "
+                                 f"{lines}; give the recorded ones, or --allow-changes")
+    runs.write_record(run_dir, runs.record(options), resumed=args.resume)
+    return run_dir
+
+
+def failure_summary(history: list, max_failed: float) -> str | None:
+    """Why a finished run counts as failed (exit 1), or None: no round succeeded, more
+    than `max_failed` of the fits failed, or every evaluation failed."""
+    if not history:
+        return None
+    if all(getattr(r, "status", "ok") != "ok" for r in history):
+        return "no round succeeded"
+    if hasattr(history[0], "failed"):
+        fits = sum(len(r.workers) + len(r.failed) for r in history)
+        failed = sum(len(r.failed) for r in history)
+        if fits and failed / fits > max_failed:
+            return (f"{failed} of {fits} fits failed ({100 * failed / fits:.0f}%, more than "
+                    f"--max-failed-fits {max_failed:g})")
+    return None
+
+
+def prepare(args: argparse.Namespace) -> tuple:
+    """(model source, strategy, TrainConfig): the model traced, the strategy made; UsageError
+    for a mistake in them (before any folder, connection or data)."""
+    from fedmq.errors import OpNotAllowedError
+    from fedmq.fl.model_source import ModelSource
+
+    try:
         source = ModelSource(args.model, seed=args.seed, batch_size=args.batch_size,
                              model_args=args.model_arg, input_shape=args.input_shape,
                              input_dtype=args.input_dtype)
     except (ValueError, OpNotAllowedError) as exc:
         text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
-        print(f"fedmq train: {text.splitlines()[0] if text else type(exc).__name__}",
-              file=sys.stderr)
-        return 2
+        raise UsageError(text.splitlines()[0] if text else type(exc).__name__) from None
+    return source, make_strategy(args.strategy, args.strategy_arg), config_from(args)
+
+
+async def train(args: argparse.Namespace, workers: dict[str, str | None],
+                run_dir: pathlib.Path, prepared: tuple) -> int:
+    from fedmq.fl.async_coordinator import AsyncCoordinator
+    from fedmq.fl.connections import AMQPRoundConnection, InProcessConnection
+    from fedmq.fl.coordinator import Coordinator, RunFailed, RunRefused
+    from fedmq.plans import module_plan
+    from fedmq.strategy import AsyncStrategy
+
+    source, strategy, config = prepared
+    testing = args.testing or None
     if source.user is not None:  # what a data owner reviews and allows
         print(f"model plan {source.user.digest} ({module_plan.describe(source.user.plan, 300)})"
               f"; workers under --release none run it once their owner allows it: fedmq "
@@ -118,15 +278,21 @@ async def train(args: argparse.Namespace) -> int:
     if args.url:
         connection = await AMQPRoundConnection.connect(args.url, chunk_size=args.chunk_size)
     else:
-        connection = InProcessConnection(in_process_workers(workers, args.dataset, testing))
-    strategy = make_strategy(args.strategy, args.strategy_arg)
+        try:
+            connection = InProcessConnection(in_process_workers(workers, args.dataset,
+                                                                testing))
+        except ValueError as exc:  # a dataset or labels the data cannot serve
+            raise UsageError(str(exc)) from None
     if isinstance(strategy, AsyncStrategy):  # fedasync, fedbuff: no rounds
-        coordinator = AsyncCoordinator(connection, list(workers), config_from(args),
+        coordinator = AsyncCoordinator(connection, list(workers), config,
                                        testing=testing, strategy=strategy, run_dir=run_dir,
-                                       max_updates=args.max_updates or args.rounds * len(workers))
+                                       max_updates=args.max_updates or args.rounds * len(workers),
+                                       overwrite=args.overwrite)
     else:
-        coordinator = Coordinator(connection, list(workers), config_from(args), testing=testing,
-                                  strategy=strategy, run_dir=run_dir)
+        coordinator = Coordinator(connection, list(workers), config, testing=testing,
+                                  strategy=strategy, run_dir=run_dir, overwrite=args.overwrite,
+                                  max_failed_rounds=args.stop_after_failed_rounds or None)
+    args._coordinator = coordinator  # what an interrupt reports
     try:
         if args.url:
             missing = await coordinator.wait_for_workers(args.wait_workers)
@@ -143,18 +309,26 @@ async def train(args: argparse.Namespace) -> int:
             for worker, reason in exc.reasons.items():
                 print(f"  {worker}: {reason}", file=sys.stderr)
             return 2
+        except RunFailed as exc:
+            print(f"fedmq train: {exc}; stopping. Last reasons:", file=sys.stderr)
+            for worker, reason in exc.reasons.items():
+                print(f"  {worker}: {reason}", file=sys.stderr)
+            return 1
     finally:
         await connection.aclose()
-    coordinator.write_plot()
+        coordinator.write_plot()
     last = next((r for r in reversed(history) if r.accuracy is not None), None)
     if last is not None:
         step = (f"{last.round} rounds" if hasattr(last, "round")
                 else f"{last.version} versions ({last.received} updates)")
         print(f"Final accuracy: {100 * last.accuracy:.2f}% after {step}; "
               f"metrics in {run_dir}/")
-    if history and all(getattr(r, "status", "ok") != "ok" for r in history):
-        print("fedmq train: every round failed (see the log and metrics above)",
-              file=sys.stderr)
+    failed = failure_summary(history, args.max_failed_fits)
+    if failed is None and testing and config.eval_every and last is None and history:
+        failed = f"every evaluation on {testing} failed"
+    if failed:
+        print(f"fedmq train: the run failed: {failed} (see the log and {run_dir}/"
+              f"metrics.jsonl)", file=sys.stderr)
         return 1
     return 0
 
@@ -162,34 +336,87 @@ async def train(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    launcher = None
-    if args.launch:
-        if not args.url:
-            raise SystemExit("--launch needs --url (the broker the workers consume from)")
-        run_dir = pathlib.Path(args.runs_dir) / (args.name or f"seed-s14-{args.dataset}")
-        workers = parse_workers(args.workers)
-        launcher = WorkerLauncher(args.url, run_dir / "logs", env=thread_env(len(workers)))
-        for worker_id, labels in workers.items():
-            launcher.start(worker_id, args.dataset, labels)
-        if args.testing:
-            launcher.start(args.testing, args.dataset, testing=True)
-        print(f"Started worker services {', '.join(launcher.procs)} (logs in {run_dir}/logs)")
     try:
-        if launcher is not None:
+        workers = check_args(args)
+        prepared = prepare(args)
+        run_dir = open_run(args)
+    except UsageError as exc:
+        print(f"fedmq train: {exc}", file=sys.stderr)
+        return 2
+    launcher = None
+    try:
+        if args.launch:
+            from fedmq.fl.launch import WorkerLauncher, thread_env
+
+            launcher = WorkerLauncher(args.url, run_dir / "logs", env=thread_env(len(workers)))
+            for worker_id, labels in workers.items():
+                launcher.start(worker_id, args.dataset, labels)
+            if args.testing:
+                launcher.start(args.testing, args.dataset, testing=True)
+            print(f"Started worker services {', '.join(launcher.procs)} (logs in "
+                  f"{run_dir}/logs)", flush=True)
             launcher.wait_consuming()
             launcher.supervise(lambda line: print(f"{time.strftime('%H:%M:%S')} - {line}",
                                                   flush=True))
-        return asyncio.run(train(args))
+        return asyncio.run(train(args, workers, run_dir, prepared))
+    except UsageError as exc:
+        print(f"fedmq train: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nfedmq train: {interrupted_line(args, run_dir)}", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - broker problems: one line, not a traceback
+        from fedmq.errors import TransportError
+        if not isinstance(exc, TransportError):
+            raise
+        print(f"fedmq train: {exc}", file=sys.stderr)
+        return 2
     finally:
         if launcher is not None:
             launcher.stop_all()
 
 
+def interrupted_line(args: argparse.Namespace, run_dir: pathlib.Path) -> str:
+    """"interrupted after round N; continue with: fedmq train ... --resume"."""
+    coordinator = getattr(args, "_coordinator", None)
+    history = getattr(coordinator, "history", None) or []
+    unit = getattr(coordinator, "unit", "round")
+    done = getattr(history[-1], unit, None) if history else None
+    if done is None:
+        return f"interrupted before the first {unit} ended; nothing to resume in {run_dir}"
+    argv = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")] \
+        if sys.argv[1:2] == ["train"] else ["train"]
+    argv = [runs.redact_url(a) if "://" in a else a for a in argv]
+    if "--name" not in argv and not any(a.startswith("--name=") for a in argv):
+        argv += ["--name", run_dir.name]
+    elif run_dir.name != (args.name or ""):
+        argv = _replace_name(argv, run_dir.name)
+    return (f"interrupted after {unit} {done}; continue with: fedmq {' '.join(argv)} "
+            f"--resume")
+
+
+def _replace_name(argv: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            out.append(name)
+            skip = False
+        elif a == "--name":
+            out.append(a)
+            skip = True
+        elif a.startswith("--name="):
+            out.append(f"--name={name}")
+        else:
+            out.append(a)
+    return out
+
+
 def add_train_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="run federated rounds (seed §14)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", default=None,
-                   help="broker URL; without it the workers run in this process")
+    p.add_argument("--url", default=os.environ.get(DEFAULT_URL_ENV) or None,
+                   help="AMQP broker URL, amqp://user:password@host:5672/vhost; without it the "
+                        "workers run in this process (default $FEDMQ_URL, else in-process)")
     p.add_argument("--launch", action="store_true",
                    help="start the worker services (fedmq worker subprocesses) for the run")
     p.add_argument("--dataset", default="mnist5k",
@@ -198,9 +425,11 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
                         "%(default)s)")
     p.add_argument("--testing-dataset", default=None, metavar="KEY",
                    help="the key of the testing worker's data when it differs from "
-                        "--dataset (e.g. mnist_testing)")
-    p.add_argument("--workers", default=DEFAULT_WORKERS, help="id[:labels],... (%(default)s)")
-    p.add_argument("--testing", default="testing", help="worker holding the test set ('' for none)")
+                        "--dataset, e.g. mnist_testing (default: --dataset)")
+    p.add_argument("--workers", default=DEFAULT_WORKERS,
+                   help="id[:labels],... (default %(default)s)")
+    p.add_argument("--testing", default="testing",
+                   help="worker holding the test set, '' for none (default %(default)s)")
     p.add_argument("--model", default="seed-cnn",
                    help="a built-in model (seed-cnn, mnist-logreg) or your own: "
                         "module:Class or path/to/file.py:Class, traced here into a plan "
@@ -215,32 +444,61 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", default="nll", choices=["nll", "cross_entropy"],
                    help="nll for models ending in log_softmax, cross_entropy for logits "
                         "(default %(default)s)")
-    p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--batches", type=int, default=10, help="local batches per round")
-    p.add_argument("--epochs", type=int, default=None, help="local epochs per round instead")
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
-    p.add_argument("--momentum", type=float, default=0.0)
-    p.add_argument("--eval-every", type=int, default=10)
-    p.add_argument("--round-timeout", type=float, default=120.0, help="per-round deadline (s)")
+    p.add_argument("--rounds", type=int, default=40,
+                   help="federated rounds, at least 1 (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="samples per local batch (default %(default)s)")
+    p.add_argument("--batches", type=int, default=10,
+                   help="local batches per round, at least 1 (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="local epochs per round instead of --batches (default: unset)")
+    p.add_argument("--lr", type=float, default=0.1,
+                   help="learning rate, above 0 (default %(default)s)")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"],
+                   help="the workers' local optimizer (default %(default)s)")
+    p.add_argument("--momentum", type=float, default=0.0,
+                   help="SGD momentum, in [0, 1) (default %(default)s)")
+    p.add_argument("--eval-every", type=int, default=10,
+                   help="evaluate on the testing worker every N rounds and after the last; "
+                        "0 never (default %(default)s)")
+    p.add_argument("--round-timeout", type=float, default=120.0,
+                   help="per-round deadline in seconds (default %(default)s)")
     p.add_argument("--wait-workers", type=float, default=120.0,
-                   help="seconds to wait for every worker to answer before round 1")
-    p.add_argument("--seed", type=int, default=1)
+                   help="seconds to wait for every worker to answer before round 1 "
+                        "(default %(default)s)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="seed of the initial model and the sampling (default %(default)s)")
     p.add_argument("--strategy", default="fedavg",
                    help="fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedavgm, fedmedian, "
-                        "fedtrimmedavg, krum; fedasync or fedbuff run without rounds")
+                        "fedtrimmedavg, krum; fedasync or fedbuff run without rounds "
+                        "(default %(default)s)")
     p.add_argument("--max-updates", type=int, default=None,
                    help="fedasync/fedbuff: stop after this many worker updates "
                         "(default rounds x workers)")
     p.add_argument("--strategy-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="strategy option, e.g. min_fit_workers=2 (repeatable)")
     p.add_argument("--buckets", default="0-3,4-6,7-9",
-                   help="label groups of the 'Percentage numbers' lines")
-    p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--name", default=None, help="run folder name (default seed-s14-<dataset>)")
-    p.add_argument("--resume", action="store_true", help="continue after the last checkpoint")
+                   help="label groups of the 'Percentage numbers' lines (default %(default)s)")
+    p.add_argument("--runs-dir", default="runs",
+                   help="folder holding the run folders (default %(default)s)")
+    p.add_argument("--name", default=None,
+                   help="run folder name; if it holds an earlier run, the next free name-N is "
+                        "used (default seed-s14-<dataset>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run --name after its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the earlier run in --name instead of taking a new name")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: accept options that differ from the recorded run's")
+    p.add_argument("--max-failed-fits", type=float, default=0.5, metavar="FRACTION",
+                   help="exit 1 when more than this fraction of the fits failed "
+                        "(default %(default)s)")
+    p.add_argument("--stop-after-failed-rounds", type=int, default=3, metavar="N",
+                   help="stop (exit 1) after N rounds in a row in which every fit failed; "
+                        "0 never (default %(default)s)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="frames above this many bytes travel in chunks (default 64 MiB)")
-    p.add_argument("--log-level", default="warning")
+    p.add_argument("--log-level", default="warning",
+                   choices=["debug", "info", "warning", "error"],
+                   help="(default %(default)s)")
     p.set_defaults(func=run_train)

@@ -2,10 +2,11 @@
 asynchronous) start from."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
+from fedmq.fl.validation import check_config
 from fedmq.models import MODELS
 
 
@@ -37,6 +38,10 @@ class TrainConfig:
     #: the key of the testing worker's data, when it is not `dataset` (PySyft's
     #: "mnist_testing" next to "mnist")
     testing_dataset: str | None = None
+
+    def __post_init__(self) -> None:
+        """ValueError (fedmq.fl.validation.SettingError) naming a setting out of range."""
+        check_config({f.name: getattr(self, f.name) for f in fields(self)})
 
     def fit_config(self, lr: float) -> dict:
         """What a `Fit` tells the worker (before the strategy adds its own keys)."""

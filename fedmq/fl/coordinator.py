@@ -79,6 +79,17 @@ class RunRefused(RuntimeError):
         self.reasons = reasons
 
 
+class RunFailed(RuntimeError):
+    """`rounds` rounds in a row in which no worker trained (every fit failed): the run stops
+    rather than spend its remaining rounds the same way. `reasons`: worker -> the last
+    round's failure."""
+
+    def __init__(self, rounds: int, reasons: dict[str, str]) -> None:
+        super().__init__(f"{rounds} rounds in a row failed on every worker")
+        self.rounds = rounds
+        self.reasons = reasons
+
+
 def refusals(record: Any) -> dict[str, str]:
     """The refusals of a round in which no worker trained and each failure was a refusal
     (else {})."""
@@ -97,15 +108,19 @@ class Coordinator(CoordinatorBase):
                  run_dir: str | pathlib.Path | None = None,
                  echo: Callable[[str], None] | None = None,
                  reporters: Iterable[Reporter] | None = None,
-                 extra_reporters: Iterable[Reporter] = ()) -> None:
+                 extra_reporters: Iterable[Reporter] = (), overwrite: bool = False,
+                 max_failed_rounds: int | None = None) -> None:
         if isinstance(strategy, AsyncStrategy):
             raise TypeError(f"{type(strategy).__name__} runs without rounds: use "
                             f"fedmq.fl.async_coordinator.AsyncCoordinator")
         self.lr = config.lr
         super().__init__(connection, workers, config, testing=testing,
                          strategy=strategy or FedAvg(), run_dir=run_dir, echo=echo,
-                         reporters=reporters, extra_reporters=extra_reporters)
+                         reporters=reporters, extra_reporters=extra_reporters,
+                         overwrite=overwrite)
         self.history: list[RoundRecord] = []
+        #: stop with RunFailed after this many rounds in a row with no worker trained
+        self.max_failed_rounds = max_failed_rounds
 
     def console_reporter(self) -> Reporter:
         return ConsoleReporter()
@@ -125,6 +140,7 @@ class Coordinator(CoordinatorBase):
         start = self.prepare(resume)
         last = self.config.rounds if until is None else min(until, self.config.rounds)
         self.report("on_run_start")
+        failed_in_a_row = 0
         for round in range(start, last + 1):
             record = await self.run_round(round)
             self.end_round(record)
@@ -132,6 +148,10 @@ class Coordinator(CoordinatorBase):
             if refused:  # the workers will refuse every round alike: stop, say why once
                 self.report("on_run_end")
                 raise RunRefused(refused)
+            failed_in_a_row = 0 if record.workers else failed_in_a_row + 1
+            if self.max_failed_rounds and failed_in_a_row >= self.max_failed_rounds:
+                self.report("on_run_end")
+                raise RunFailed(failed_in_a_row, dict(record.failed))
         self.report("on_run_end")
         return self.history
 
@@ -211,8 +231,11 @@ class Coordinator(CoordinatorBase):
 
         if todo:
             try:
-                await asyncio.wait_for(asyncio.gather(*(fit_one(w, ins) for w, ins in todo)),
-                                       timeout=cfg.round_timeout)
+                fits = asyncio.gather(*(fit_one(w, ins) for w, ins in todo))
+                # a run cancelled (Ctrl-C) mid-round: wait_for leaves the gather's
+                # CancelledError unretrieved, which asyncio would log as an error
+                fits.add_done_callback(lambda f: f.cancelled() or f.exception())
+                await asyncio.wait_for(fits, timeout=cfg.round_timeout)
             except (asyncio.TimeoutError, TimeoutError):
                 pass
         if cancels:  # sent before the round goes on (the replies are not waited for long)

@@ -68,6 +68,15 @@ def _refuse_copy(func: Callable, args: tuple, kwargs: dict) -> Any:
                        "the pointer for a remote copy, or .get() to fetch it")
 
 
+def _refuse_local_values(func: Callable, args: tuple, kwargs: dict) -> Any:
+    location = getattr(args[0], "_fedmq_location", None) or getattr(args[0], "location", None)
+    where = getattr(location, "id", None) or "a worker"
+    name = getattr(func, "__name__", "numpy")
+    raise PointerError(f"{name}() needs the values, and this tensor lives on {where}: fetch "
+                       f"it first with .get() (e.g. ptr.get().numpy(); ptr.copy().get() "
+                       f"leaves it on the worker), as the worker's policy allows")
+
+
 def _grad_get(func: Callable, args: tuple, kwargs: dict) -> Any:
     t = args[0]
     if type(t)._fedmq_kind == "pointer":
@@ -124,9 +133,10 @@ for _fn in (torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.Tenso
 _LOCAL[torch.Tensor.__hash__] = _plain  # hashing never fetches (optimizer state is keyed by it)
 _LOCAL[torch.Tensor.__repr__] = _repr
 _LOCAL[torch.Tensor.__format__] = _format
-for _fn in (torch.Tensor.__deepcopy__, torch.Tensor.__reduce_ex__, torch.Tensor.__array__,
-            torch.Tensor.__setstate__):
+for _fn in (torch.Tensor.__deepcopy__, torch.Tensor.__reduce_ex__, torch.Tensor.__setstate__):
     _LOCAL[_fn] = _refuse_copy
+for _fn in (torch.Tensor.numpy, torch.Tensor.__array__):
+    _LOCAL[_fn] = _refuse_local_values
 _LOCAL[torch.Tensor.grad.__get__] = _grad_get
 _LOCAL[torch.Tensor.grad.__set__] = _grad_set
 

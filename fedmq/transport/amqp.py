@@ -35,6 +35,7 @@ worker service and the coordinator do) and offers a thread-safe synchronous `sen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -318,6 +319,24 @@ def connect_refused(exc: BaseException) -> bool:
                                                  for a in getattr(exc, "args", ()))
 
 
+class _DropConnectErrors(logging.Filter):
+    """aiormq logs a failed first connection at ERROR level with its own wording; the caller
+    of connect_robust says it once, in one line (reconnects later are still logged)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error when creating transport")
+
+
+@contextlib.contextmanager
+def _quiet_first_connect():
+    logger, dropper = logging.getLogger("aiormq.connection"), _DropConnectErrors()
+    logger.addFilter(dropper)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropper)
+
+
 async def connect_robust(url: str, *, connection_name: str | None = None,
                          wait: float = 0.0) -> aio_pika.abc.AbstractRobustConnection:
     """aio-pika's robust connection to `url` (reconnecting every RECONNECT_INTERVAL once up).
@@ -330,7 +349,9 @@ async def connect_robust(url: str, *, connection_name: str | None = None,
     url = resolve_url(url)
     while True:
         try:
-            return await aio_pika.connect_robust(robust_url(url), client_properties=properties)
+            with _quiet_first_connect():
+                return await aio_pika.connect_robust(robust_url(url),
+                                                     client_properties=properties)
         except Exception as exc:  # noqa: BLE001 - aiormq and the socket raise many kinds
             text = connect_error_text(exc)
             if connect_refused(exc) or loop.time() >= give_up_at:

@@ -18,6 +18,7 @@ from fedmq.context import Context
 from fedmq.engine import DEFAULT_TIMEOUT, RequestEngine
 from fedmq.errors import WorkerNotFoundError
 from fedmq.transport.chunks import check_chunk_size
+from fedmq.workers.options import check_worker_options
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -88,7 +89,11 @@ class AMQPClientWorker(WorkerClient):
         below the broker's max_message_size; `persistent` (default True) publishes frames so
         that those waiting in a worker's queue survive a broker restart, with publisher
         confirms (False: transient, a little faster; without confirms when it is the first
-        client of the connection)."""
+        client of the connection). PySyft's other keywords are honoured or refused
+        (fedmq.workers.options); any other keyword is a TypeError."""
+        check_worker_options("AMQPClientWorker", _pysyft_options,
+                             ("hook", "id", "url", "timeout", "network", "chunk_size",
+                              "persistent"), remote=True)
         if network is None:
             context = getattr(hook, "context", None) or Context()
             engine = amqp_engine(context, url, persistent=persistent)

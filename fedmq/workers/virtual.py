@@ -11,6 +11,7 @@ from fedmq.client import WorkerClient
 from fedmq.ids import new_id
 from fedmq.policy import Policy
 from fedmq.worker import Worker
+from fedmq.workers.options import check_worker_options
 
 
 class VirtualWorker(WorkerClient):
@@ -21,6 +22,8 @@ class VirtualWorker(WorkerClient):
 
     def __init__(self, hook: Any, id: str, data: tuple | list = (), network: Any = None,
                  policy: Policy | None = None, **_pysyft_options: Any) -> None:
+        check_worker_options("VirtualWorker", _pysyft_options,
+                             ("hook", "id", "data", "network", "policy"))
         network = network if network is not None else hook.network
         context = network.context
         self.hook = hook
