@@ -27,10 +27,17 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, answering a mistake with one line (not the whole usage) and exit 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The whole parser; given `argv`, only the command it names is built in full (the
     others are listed with their help line, their modules not imported)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fedmq", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=_version())

@@ -37,6 +37,7 @@ import pathlib
 import queue
 import signal
 import sys
+from urllib.parse import urlsplit
 import threading
 import uuid
 from typing import Any, Callable
@@ -776,6 +777,12 @@ def _holds_data(args: argparse.Namespace) -> bool:
 def run_worker(args: argparse.Namespace) -> int:
     """One `WorkerService` per id, all on this process's event loop (each with its own
     connection, queue, consumer and op thread); SIGTERM/SIGINT stops them all."""
+    scheme = urlsplit(args.url).scheme
+    if scheme not in ("amqp", "amqps"):  # before any data is read
+        shown = describe_url(args.url) if scheme else args.url.rpartition("@")[2]
+        print(f"fedmq worker: --url must be an amqp:// or amqps:// broker URL "
+              f"(amqp://user:password@host:5672/vhost), got {shown!r}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ids = worker_ids(args)
@@ -819,6 +826,16 @@ def run_worker(args: argparse.Namespace) -> int:
     except WorkerStartError as exc:
         log.error("%s", exc)
         return 2
+
+
+def _positive_int_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _chunk_size_arg(text: str) -> int:
@@ -903,7 +920,9 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                    help="keep trying a broker that cannot be reached yet for this long at "
                         "start (a refused user, password or vhost is not tried again); "
                         "default %(default)s")
-    p.add_argument("--prefetch", type=int, default=64)
+    p.add_argument("--prefetch", type=_positive_int_arg, default=64,
+                   help="messages the broker hands this worker before it acks one, at least 1 "
+                        "(default %(default)s)")
     p.add_argument("--chunk-size", type=_chunk_size_arg, default=CHUNK_SIZE,
                    help="replies above this many bytes travel in chunks (default %(default)s; "
                         "keep it below the broker's max_message_size)")
@@ -911,7 +930,8 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                    help="seconds to wait for the rest of a chunked frame before giving it up "
                         "(dead-lettered, the sender told); default %(default)s")
     p.add_argument("--state-dir", default=os.environ.get("FEDMQ_STATE_DIR"),
-                   help="where handled message ids are kept across restarts")
+                   help="where handled message ids are kept across restarts (default "
+                        "$FEDMQ_STATE_DIR, else kept in memory only)")
     p.add_argument("--dataset", action=NamedDataset, metavar="NAME",
                    help="a named dataset this worker holds: mnist5k or fashion-mnist, tagged "
                         "#NAME (or #KEY with --key KEY right after it)")
@@ -921,9 +941,11 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                    help="hold --dataset's held-out test set")
     p.add_argument("--iid-parts", type=int, default=0, metavar="N",
                    help="cut the partition into N IID parts; the i-th id holds part "
-                        "--first-part + i")
-    p.add_argument("--first-part", type=int, default=0, help="IID part of the first id")
-    p.add_argument("--iid-seed", type=int, default=0, help="seed of the IID split")
+                        "--first-part + i (default: no cut)")
+    p.add_argument("--first-part", type=int, default=0,
+                   help="IID part of the first id (default %(default)s)")
+    p.add_argument("--iid-seed", type=int, default=0,
+                   help="seed of the IID split (default %(default)s)")
     add_data_arguments(p)
     p.add_argument("--standby", action="store_true",
                    help="if another process serves this id, wait as its hot standby and take "
@@ -973,5 +995,6 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                         metavar="SECONDS", help="stop a message (a batch of commands, a plan "
                                                 "run, a Fit) that runs longer, between two ops "
                                                 "or two batches (default %(default)g; 0: none)")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="(default %(default)s)")
     p.set_defaults(func=run_worker)
