@@ -123,10 +123,11 @@ async def train(args: argparse.Namespace) -> int:
     if isinstance(strategy, AsyncStrategy):  # fedasync, fedbuff: no rounds
         coordinator = AsyncCoordinator(connection, list(workers), config_from(args),
                                        testing=testing, strategy=strategy, run_dir=run_dir,
-                                       max_updates=args.max_updates or args.rounds * len(workers))
+                                       max_updates=args.max_updates or args.rounds * len(workers),
+                                       progress=args.progress)
     else:
         coordinator = Coordinator(connection, list(workers), config_from(args), testing=testing,
-                                  strategy=strategy, run_dir=run_dir)
+                                  strategy=strategy, run_dir=run_dir, progress=args.progress)
     try:
         if args.url:
             missing = await coordinator.wait_for_workers(args.wait_workers)
@@ -136,6 +137,7 @@ async def train(args: argparse.Namespace) -> int:
                       f"start them (`fedmq worker --id {missing[0]} ...`) or leave them out "
                       f"of --workers/--testing", file=sys.stderr)
                 return 2
+        await coordinator.announce_datasets()
         try:
             history = await coordinator.run(resume=args.resume)
         except RunRefused as exc:
@@ -176,9 +178,10 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"Started worker services {', '.join(launcher.procs)} (logs in {run_dir}/logs)")
     try:
         if launcher is not None:
-            launcher.wait_consuming()
-            launcher.supervise(lambda line: print(f"{time.strftime('%H:%M:%S')} - {line}",
-                                                  flush=True))
+            def say(line: str) -> None:
+                print(f"{time.strftime('%H:%M:%S')} - {line}", flush=True)
+            launcher.wait_consuming(echo=say)
+            launcher.supervise(say)
         return asyncio.run(train(args))
     finally:
         if launcher is not None:
@@ -243,4 +246,7 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-size", type=int, default=None,
                    help="frames above this many bytes travel in chunks (default 64 MiB)")
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--progress", default="auto", choices=["auto", "bar", "lines"],
+                   help="a live progress bar (bar), one plain line per round (lines), or bar "
+                        "when stdout is a terminal (auto) (default %(default)s)")
     p.set_defaults(func=run_train)

@@ -97,14 +97,15 @@ class Coordinator(CoordinatorBase):
                  run_dir: str | pathlib.Path | None = None,
                  echo: Callable[[str], None] | None = None,
                  reporters: Iterable[Reporter] | None = None,
-                 extra_reporters: Iterable[Reporter] = ()) -> None:
+                 extra_reporters: Iterable[Reporter] = (), progress: str = "auto") -> None:
         if isinstance(strategy, AsyncStrategy):
             raise TypeError(f"{type(strategy).__name__} runs without rounds: use "
                             f"fedmq.fl.async_coordinator.AsyncCoordinator")
         self.lr = config.lr
         super().__init__(connection, workers, config, testing=testing,
                          strategy=strategy or FedAvg(), run_dir=run_dir, echo=echo,
-                         reporters=reporters, extra_reporters=extra_reporters)
+                         reporters=reporters, extra_reporters=extra_reporters,
+                         progress=progress)
         self.history: list[RoundRecord] = []
 
     def console_reporter(self) -> Reporter:
@@ -124,15 +125,16 @@ class Coordinator(CoordinatorBase):
         (or `until`, to stop early as an interrupted run would)."""
         start = self.prepare(resume)
         last = self.config.rounds if until is None else min(until, self.config.rounds)
-        self.report("on_run_start")
-        for round in range(start, last + 1):
-            record = await self.run_round(round)
-            self.end_round(record)
-            refused = refusals(record)
-            if refused:  # the workers will refuse every round alike: stop, say why once
-                self.report("on_run_end")
-                raise RunRefused(refused)
-        self.report("on_run_end")
+        refused: dict[str, str] = {}
+        with self.running():
+            for round in range(start, last + 1):
+                record = await self.run_round(round)
+                self.end_round(record)
+                refused = refusals(record)
+                if refused:  # the workers will refuse every round alike: stop, say why once
+                    break
+        if refused:
+            raise RunRefused(refused)
         return self.history
 
     def prepare(self, resume: bool = False) -> int:
