@@ -18,6 +18,7 @@ The data path, top to bottom (each a small module; imports only point down):
     principals.py        who a message acts for (AMQP user_id, or the hook's principal)
     policy.py, store.py  the data owner's policy (grants, release, quotas); the store, one
                          space per principal, the owner's data private
+    dataset_info.py      what a worker tells about its data (samples, per-label counts)
     execution.py, ops/   the worker's one execution primitive and the op allowlist
     service.py           `fedmq worker`: a Worker consuming its RabbitMQ queue
 Built on that (each declares what it adds in its hooks.py `EXTENSION` table):

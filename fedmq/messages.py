@@ -185,7 +185,11 @@ class ListObjects:
 @record(51)
 @dataclass(slots=True)
 class WorkerStats:
-    """Reply with {"message_count": ..., "objects": ...}."""
+    """Reply with {"message_count": ..., "objects": ...}. With `datasets`, also "datasets":
+    what the data owner holds (fedmq.dataset_info.describe_datasets: tags, samples, per-label
+    counts) if the policy shares such statistics with the sender
+    (`Policy.shares_statistics`), else None."""
+    datasets: bool = False
 
 
 @record(53)

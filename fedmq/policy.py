@@ -150,6 +150,14 @@ class Policy:
             return self.release != "none"
         return ANY_MODEL in self.models or digest in self.models
 
+    def shares_statistics(self, principal: str) -> bool:
+        """Whether `principal` may see aggregate statistics of the owner's data (samples and
+        per-label counts per dataset, fedmq.dataset_info): the owner; a coordinator, whose Fit
+        and Evaluate replies carry them already (sample counts, the targets' per-label
+        histogram), under every release; a scientist where derived values are released."""
+        return self.allows("coordinator", principal) or (
+            self.allows("scientist", principal) and self.releases(raw=False))
+
     def releases(self, raw: bool) -> bool:
         """Whether a private value (`raw`: the data itself, else derived from it) may leave
         the worker in the clear for a principal other than the owner."""

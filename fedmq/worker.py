@@ -12,6 +12,7 @@ import threading
 from typing import Any, Callable, NamedTuple, Protocol
 
 from fedmq import errors, limits, messages as m, principals, serde
+from fedmq.dataset_info import describe_datasets
 from fedmq.execution import earlier_failure, error_info, resolve, run_command
 from fedmq.policy import RELEASES, Policy
 from fedmq.principals import Acting
@@ -556,7 +557,11 @@ class Worker:
     def _on_stats(self, session: Session, msg: m.WorkerStats) -> dict:
         # Asking is not counted: `message_count` is the same whether read in-process or remotely.
         self.message_count -= 1
-        return {"message_count": self.message_count, "objects": len(session.store)}
+        stats = {"message_count": self.message_count, "objects": len(session.store)}
+        if msg.datasets:
+            stats["datasets"] = describe_datasets(self.store.items_with_entries()) \
+                if session.policy.shares_statistics(session.principal) else None
+        return stats
 
     def _on_list(self, session: Session, msg: m.ListObjects) -> dict:
         """Every object the principal may see: its value, or a description where the value is

@@ -6,12 +6,14 @@
     connections.py  how the coordinator reaches workers: in-process or RabbitMQ (aio-pika)
     config.py       TrainConfig (a run's settings) and the initial model
     reporters.py    printed lines, checkpoints, metrics/plot, events: hooks beside the loops
+    progress.py     the live progress bar (rich) of a run on a terminal, as a reporter
+    datasets.py     what each worker holds (samples, per-label counts), said at a run's start
     base.py         what both loops share: workers, strategy, reporters, the one place each Fit
                     and Evaluate is built, evaluation, waiting for workers, Cancel
     coordinator.py  the asyncio round loop: sample, Fit, aggregate as replies arrive, evaluate
     async_coordinator.py  no rounds: FedAsync / FedBuff, every worker always has a Fit in flight
     checkpoint.py   per-round checkpoints in fedmq's serde format (no pickle)
-    metrics.py      metrics.jsonl and the accuracy/loss plot of a run
+    metrics.py      metrics.jsonl and the plot of a run (accuracy, losses, failed Fits, epsilon)
     events.py       round events on the `fedmq.events` topic exchange
     launch.py       worker service processes for a run over RabbitMQ
     cli.py          `fedmq train`

@@ -103,7 +103,8 @@ class AsyncCoordinator(CoordinatorBase):
                  max_versions: int | None = None, eval_every: int | None = None,
                  retry_backoff: float = 1.0, max_backoff: float = 30.0,
                  reporters: Iterable[Reporter] | None = None,
-                 extra_reporters: Iterable[Reporter] = (), overwrite: bool = False) -> None:
+                 extra_reporters: Iterable[Reporter] = (), overwrite: bool = False,
+                 progress: str = "auto") -> None:
         if max_updates < 1:
             raise ValueError(f"max_updates must be at least 1, got {max_updates}")
         if max_versions is not None and max_versions < 1:
@@ -119,7 +120,8 @@ class AsyncCoordinator(CoordinatorBase):
         super().__init__(connection, workers, config, testing=testing,
                          strategy=strategy or FedBuff(buffer_size=len(workers)),
                          run_dir=run_dir, echo=echo, reporters=reporters,
-                         extra_reporters=extra_reporters, overwrite=overwrite)
+                         extra_reporters=extra_reporters, overwrite=overwrite,
+                         progress=progress)
         self.history: list[VersionRecord] = []
         self.version = 0
         self.counts: dict[str, int] = {}
@@ -172,7 +174,15 @@ class AsyncCoordinator(CoordinatorBase):
         the versions applied by this call."""
         self.prepare(resume)
         self.started = time.monotonic()
-        self.report("on_run_start")
+        with self.running():
+            await self._run_fits()
+            if self.testing is not None and self._evaluated != self.version and self.history \
+                    and self.eval_every > 0:
+                await self._evaluate_final()
+        return self.history
+
+    async def _run_fits(self) -> None:
+        """Keep a Fit in flight on every worker until `_done()`."""
         tasks: dict[asyncio.Task, str] = {}
         for worker in self.workers:
             tasks[asyncio.ensure_future(self._fit(worker, 0.0))] = worker
@@ -189,11 +199,6 @@ class AsyncCoordinator(CoordinatorBase):
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self.testing is not None and self._evaluated != self.version and self.history \
-                and self.eval_every > 0:
-            await self._evaluate_final()
-        self.report("on_run_end")
-        return self.history
 
     def lr_at(self, version: int) -> float:
         """The synchronous schedule with versions for rounds."""

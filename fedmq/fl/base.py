@@ -10,16 +10,19 @@ The wire messages are built in one place each: `fit_instructions` makes every `F
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import pathlib
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from fedmq.engine import RequestEngine
 from fedmq.fl import checkpoint, events as ev
 from fedmq.fl.config import TrainConfig, initial_model
+from fedmq.fl.datasets import ask_datasets, holding_lines
 from fedmq.fl.messages import Evaluate, EvaluateRes, Fit
 from fedmq.fl.metrics import METRICS
+from fedmq.fl.progress import ProgressReporter
 from fedmq.fl.reporters import CheckpointReporter, EventReporter, MetricsReporter, Reporter
 from fedmq.fl.runs import RunFolderError
 from fedmq.messages import Cancel, WorkerStats
@@ -56,11 +59,16 @@ def cancel_fit(connection: RequestEngine, worker_id: str, msg_id: int,
 
 
 async def wait_for_workers(connection: RequestEngine, ids: list[str], timeout: float,
-                           echo: Callable[[str], None], interval: float = 2.0) -> list[str]:
-    """Ping every worker until it answers or `timeout` passes; returns the ids that did not
-    answer. Over RabbitMQ a message published before the worker declared its queue is lost, so
-    a coordinator started together with its workers waits for them first."""
-    deadline = time.monotonic() + timeout
+                           echo: Callable[[str], None], interval: float = 2.0,
+                           report_every: float = 2.0) -> list[str]:
+    """Ping every worker until it answers or `timeout` (seconds) passes; returns the ids that
+    did not answer. Over RabbitMQ a message published before the worker declared its queue is
+    lost, so a coordinator started together with its workers waits for them first.
+    `interval`: seconds each ping waits for its answer. Every `report_every` seconds while
+    some have not answered, `echo` says which ("waiting for alice, bob to answer (4 s of
+    120 s)"); at the end, those that never did and why."""
+    started = time.monotonic()
+    deadline = started + timeout
     why: dict[str, str] = {}
 
     async def ping(worker_id: str) -> bool:
@@ -74,8 +82,21 @@ async def wait_for_workers(connection: RequestEngine, ids: list[str], timeout: f
                 await asyncio.sleep(0.2)
         return False
 
-    answered = await asyncio.gather(*(ping(w) for w in ids))
-    missing = [w for w, ok in zip(ids, answered) if not ok]
+    tasks = {w: asyncio.ensure_future(ping(w)) for w in ids}
+    try:
+        while True:
+            pending = [t for t in tasks.values() if not t.done()]
+            if not pending:
+                break
+            await asyncio.wait(pending, timeout=report_every)
+            waiting = [w for w, t in tasks.items() if not t.done()]
+            if waiting:
+                echo(f"waiting for {', '.join(waiting)} to answer "
+                     f"({time.monotonic() - started:.0f} s of {timeout:.0f} s)")
+    finally:  # cancelled (Ctrl-C): no ping left behind
+        for task in tasks.values():
+            task.cancel()
+    missing = [w for w, t in tasks.items() if not t.result()]
     if missing:
         echo(f"Workers not answering after {timeout:.0f} s: " +
              "; ".join(f"{w} ({why.get(w, 'no answer')})" for w in missing))
@@ -92,8 +113,10 @@ class CoordinatorBase:
     step is (`unit`: "round" or "version"), what their console prints (`console_reporter`),
     what a checkpoint holds (`checkpoint_state`) and when the plot is redrawn (`plot_if`).
 
-    `reporters`: None for the defaults (console, events, and with a `run_dir` checkpoint and
-    metrics); `extra_reporters` are added after them."""
+    `reporters`: None for the defaults (console, progress bar, events, and with a `run_dir`
+    checkpoint and metrics); `extra_reporters` are added after them. `progress`: the default
+    progress reporter's mode, "auto", "bar" or "lines" (fedmq.fl.progress; ValueError for
+    another)."""
     unit = "round"
 
     def __init__(self, connection: RequestEngine, workers: list[str], config: TrainConfig, *,
@@ -101,7 +124,8 @@ class CoordinatorBase:
                  run_dir: str | pathlib.Path | None = None,
                  echo: Callable[[str], None] | None = None,
                  reporters: Iterable[Reporter] | None = None,
-                 extra_reporters: Iterable[Reporter] = (), overwrite: bool = False) -> None:
+                 extra_reporters: Iterable[Reporter] = (), overwrite: bool = False,
+                 progress: str = "auto") -> None:
         if not workers:
             raise ValueError("a federated run needs at least one worker")
         #: the model Fit / Evaluate name: built-in, or a user's as a plan (ValueError if unknown)
@@ -124,6 +148,7 @@ class CoordinatorBase:
         self.history: list = []
         self.weights: dict = {}
         self.trainable: set[str] | None = None
+        self.progress = progress
         chosen = self.default_reporters() if reporters is None else list(reporters)
         self.reporters: list[Reporter] = [r.bind(self) for r in [*chosen, *extra_reporters]]
 
@@ -138,7 +163,9 @@ class CoordinatorBase:
         return record.accuracy is not None
 
     def default_reporters(self) -> list[Reporter]:
-        reporters = [self.console_reporter(), EventReporter(self.events, self.unit)]
+        console, progress = self.console_reporter(), ProgressReporter(self.progress)
+        console.progress_lines = not progress.live  # the bar shows what the line would say
+        reporters = [console, progress, EventReporter(self.events, self.unit)]
         if self.run_dir is not None:
             reporters += [CheckpointReporter(self.run_dir, self.checkpoint_state),
                           MetricsReporter(self.run_dir, self.unit, self.plot_if)]
@@ -148,6 +175,18 @@ class CoordinatorBase:
         """Call `hook(*args)` on every reporter, in order."""
         for reporter in self.reporters:
             getattr(reporter, hook)(*args)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """`on_run_start`, the body, then `on_run_end`; when the body raises (Ctrl-C
+        included) `on_run_abort(error)` instead, and the error goes on."""
+        self.report("on_run_start")
+        try:
+            yield
+        except BaseException as exc:
+            self.report("on_run_abort", exc)
+            raise
+        self.report("on_run_end")
 
     def write_plot(self) -> pathlib.Path | None:
         """metrics.png from metrics.jsonl (None without a run folder or a metrics reporter)."""
@@ -269,3 +308,20 @@ class CoordinatorBase:
         """See `wait_for_workers`: the data workers and the testing worker."""
         ids = self.workers + ([self.testing] if self.testing else [])
         return await wait_for_workers(self.connection, ids, timeout, self.echo, interval)
+
+    async def announce_datasets(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Say through `echo` what each worker holds for this run: one line per worker
+        (fedmq.fl.datasets: samples and per-label counts of the train split of
+        `config.dataset`, the testing worker's test split), or "label counts not published"
+        where its policy keeps them. Never raises for a worker: a failed request is said in
+        its line. Returns worker -> its reply (or the exception)."""
+        ids = self.workers + ([self.testing] if self.testing else [])
+        answers = await ask_datasets(self.connection, ids, timeout)
+        cfg = self.config
+        for worker, answer in answers.items():
+            testing = worker == self.testing
+            for line in holding_lines(worker, answer,
+                                      (cfg.testing_dataset or cfg.dataset) if testing
+                                      else cfg.dataset, "test" if testing else "train"):
+                self.echo(line)
+        return answers

@@ -287,11 +287,13 @@ async def train(args: argparse.Namespace, workers: dict[str, str | None],
         coordinator = AsyncCoordinator(connection, list(workers), config,
                                        testing=testing, strategy=strategy, run_dir=run_dir,
                                        max_updates=args.max_updates or args.rounds * len(workers),
-                                       overwrite=args.overwrite)
+                                       overwrite=args.overwrite,
+                                       progress=args.progress)
     else:
         coordinator = Coordinator(connection, list(workers), config, testing=testing,
                                   strategy=strategy, run_dir=run_dir, overwrite=args.overwrite,
-                                  max_failed_rounds=args.stop_after_failed_rounds or None)
+                                  max_failed_rounds=args.stop_after_failed_rounds or None,
+                                  progress=args.progress)
     args._coordinator = coordinator  # what an interrupt reports
     try:
         if args.url:
@@ -302,6 +304,7 @@ async def train(args: argparse.Namespace, workers: dict[str, str | None],
                       f"start them (`fedmq worker --id {missing[0]} ...`) or leave them out "
                       f"of --workers/--testing", file=sys.stderr)
                 return 2
+        await coordinator.announce_datasets()
         try:
             history = await coordinator.run(resume=args.resume)
         except RunRefused as exc:
@@ -355,9 +358,10 @@ def run_train(args: argparse.Namespace) -> int:
                 launcher.start(args.testing, args.dataset, testing=True)
             print(f"Started worker services {', '.join(launcher.procs)} (logs in "
                   f"{run_dir}/logs)", flush=True)
-            launcher.wait_consuming()
-            launcher.supervise(lambda line: print(f"{time.strftime('%H:%M:%S')} - {line}",
-                                                  flush=True))
+            def say(line: str) -> None:
+                print(f"{time.strftime('%H:%M:%S')} - {line}", flush=True)
+            launcher.wait_consuming(echo=say)
+            launcher.supervise(say)
         return asyncio.run(train(args, workers, run_dir, prepared))
     except UsageError as exc:
         print(f"fedmq train: {exc}", file=sys.stderr)
@@ -501,4 +505,7 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="warning",
                    choices=["debug", "info", "warning", "error"],
                    help="(default %(default)s)")
+    p.add_argument("--progress", default="auto", choices=["auto", "bar", "lines"],
+                   help="a live progress bar (bar), one plain line per round (lines), or bar "
+                        "when stdout is a terminal (auto) (default %(default)s)")
     p.set_defaults(func=run_train)

@@ -109,7 +109,7 @@ class Coordinator(CoordinatorBase):
                  echo: Callable[[str], None] | None = None,
                  reporters: Iterable[Reporter] | None = None,
                  extra_reporters: Iterable[Reporter] = (), overwrite: bool = False,
-                 max_failed_rounds: int | None = None) -> None:
+                 max_failed_rounds: int | None = None, progress: str = "auto") -> None:
         if isinstance(strategy, AsyncStrategy):
             raise TypeError(f"{type(strategy).__name__} runs without rounds: use "
                             f"fedmq.fl.async_coordinator.AsyncCoordinator")
@@ -117,7 +117,7 @@ class Coordinator(CoordinatorBase):
         super().__init__(connection, workers, config, testing=testing,
                          strategy=strategy or FedAvg(), run_dir=run_dir, echo=echo,
                          reporters=reporters, extra_reporters=extra_reporters,
-                         overwrite=overwrite)
+                         overwrite=overwrite, progress=progress)
         self.history: list[RoundRecord] = []
         #: stop with RunFailed after this many rounds in a row with no worker trained
         self.max_failed_rounds = max_failed_rounds
@@ -139,20 +139,22 @@ class Coordinator(CoordinatorBase):
         (or `until`, to stop early as an interrupted run would)."""
         start = self.prepare(resume)
         last = self.config.rounds if until is None else min(until, self.config.rounds)
-        self.report("on_run_start")
+        refused: dict[str, str] = {}
         failed_in_a_row = 0
-        for round in range(start, last + 1):
-            record = await self.run_round(round)
-            self.end_round(record)
-            refused = refusals(record)
-            if refused:  # the workers will refuse every round alike: stop, say why once
-                self.report("on_run_end")
-                raise RunRefused(refused)
-            failed_in_a_row = 0 if record.workers else failed_in_a_row + 1
-            if self.max_failed_rounds and failed_in_a_row >= self.max_failed_rounds:
-                self.report("on_run_end")
-                raise RunFailed(failed_in_a_row, dict(record.failed))
-        self.report("on_run_end")
+        with self.running():
+            for round in range(start, last + 1):
+                record = await self.run_round(round)
+                self.end_round(record)
+                refused = refusals(record)
+                if refused:  # the workers will refuse every round alike: stop, say why once
+                    break
+                failed_in_a_row = 0 if record.workers else failed_in_a_row + 1
+                if self.max_failed_rounds and failed_in_a_row >= self.max_failed_rounds:
+                    break
+        if refused:
+            raise RunRefused(refused)
+        if self.max_failed_rounds and failed_in_a_row >= self.max_failed_rounds:
+            raise RunFailed(failed_in_a_row, dict(self.history[-1].failed))
         return self.history
 
     def prepare(self, resume: bool = False) -> int:

@@ -45,6 +45,23 @@ def thread_env(processes: int, threads: int | None = None) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(n), "MKL_NUM_THREADS": str(n)}
 
 
+def startup_phase(log_text: str, worker_ids: list[str]) -> str:
+    """Where a `fedmq worker` process serving `worker_ids` is, from its log: "consuming"
+    (every id consumes its queue), "data loaded" (it logged what it holds), else
+    "starting"."""
+    if all(f"fedmq worker {w}: consuming" in log_text for w in worker_ids):
+        return "consuming"
+    if any(f"worker {w} holds" in log_text for w in worker_ids):
+        return "data loaded"
+    return "starting"
+
+
+def waiting_line(waiting: list[str], consuming: list[str], seconds: float) -> str:
+    """"waiting for alice, bob (consuming: charlie) ... 6 s"."""
+    ready = f" (consuming: {', '.join(consuming)})" if consuming else ""
+    return f"waiting for {', '.join(waiting)}{ready} ... {seconds:.0f} s"
+
+
 class WorkerLauncher:
     def __init__(self, url: str, log_dir: str | pathlib.Path,
                  env: dict[str, str] | None = None) -> None:
@@ -118,19 +135,37 @@ class WorkerLauncher:
     def log_path(self, worker_id: str) -> pathlib.Path:
         return self.log_dir / f"{worker_id}.log"
 
-    def wait_consuming(self, timeout: float = 120.0) -> None:
-        """Until every started process logged that each of its ids consumes its queue."""
-        deadline = time.monotonic() + timeout
+    def wait_consuming(self, timeout: float = 120.0, echo: Callable[[str], None] | None = None,
+                       report_every: float = 2.0) -> None:
+        """Until every started process logged that each of its ids consumes its queue.
+        With `echo`, says each process's progress as it happens ("worker service alice: data
+        loaded (4 s)", "... consuming (9 s)") and, every `report_every` seconds, which are
+        still awaited ("waiting for alice, bob (consuming: charlie) ... 6 s"). Raises
+        RuntimeError (with the log's end) if a process exits, TimeoutError after `timeout`
+        seconds."""
+        started = time.monotonic()
+        deadline = started + timeout
         waiting = set(self.procs)
+        phases: dict[str, str] = {}
+        next_report = started + report_every
         while waiting and time.monotonic() < deadline:
             for name in list(waiting):
                 proc = self.procs[name]
                 text = self.log_path(name).read_text()
                 if proc.poll() is not None:
                     raise RuntimeError(f"worker {name} exited: {text[-2000:]}")
-                if all(f"fedmq worker {w}: consuming" in text
-                       for w in self.hosted.get(name, [name])):
+                phase = startup_phase(text, self.hosted.get(name, [name]))
+                if echo is not None and phase != phases.get(name, "starting"):
+                    echo(f"worker service {name}: {phase} "
+                         f"({time.monotonic() - started:.0f} s)")
+                phases[name] = phase
+                if phase == "consuming":
                     waiting.discard(name)
+            now = time.monotonic()
+            if echo is not None and waiting and now >= next_report:
+                echo(waiting_line([n for n in self.procs if n in waiting],
+                                  [n for n in self.procs if n not in waiting], now - started))
+                next_report = now + report_every
             time.sleep(0.2)
         if waiting:
             raise TimeoutError(f"workers did not start within {timeout} s: {sorted(waiting)}")

@@ -1,6 +1,9 @@
 """What a run leaves in its folder: `metrics.jsonl` (one JSON object per round: round, time,
-loss, accuracy, per-worker loss and samples, failed workers) and `metrics.png` (accuracy and
-loss per round, drawn with matplotlib's Agg backend)."""
+loss, accuracy, per-worker loss and samples, failed workers; an asynchronous run's per
+version) and `metrics.png`, drawn with matplotlib's Agg backend from `plot_series`: test
+accuracy; training loss, each worker's and the test loss; red x markers on the step axis where
+Fits failed, with their number; and, when the records carry an `epsilon` (differential
+privacy), a panel of its value per step. The figure is titled with the run's name."""
 from __future__ import annotations
 
 import json
@@ -10,6 +13,9 @@ from typing import Any
 
 METRICS = "metrics.jsonl"
 PLOT = "metrics.png"
+#: the workers' loss lines (blue is the test loss, red the failed Fits)
+WORKER_COLORS = ("tab:green", "tab:orange", "tab:brown", "tab:pink", "tab:gray", "tab:olive",
+                 "tab:cyan", "tab:purple")
 
 
 def json_safe(value: Any) -> Any:
@@ -53,26 +59,112 @@ class MetricsLog:
         self.path.write_text("".join(json.dumps(json_safe(r)) + "\n" for r in records))
 
 
-def plot(records: list[dict], path: str | pathlib.Path, x: str = "round") -> pathlib.Path:
-    """Accuracy and loss against `x` ("round"; the async coordinator plots "version")."""
+def failures_at(record: dict, previous: dict | None) -> int:
+    """Failed Fits in one record: a round's `failed` workers (not "*", the round's own
+    failure), or the growth of an asynchronous record's running `failures` count."""
+    failed = record.get("failed")
+    if isinstance(failed, dict):
+        return len([w for w in failed if w != "*"])
+    if "failures" in record:
+        before = (previous or {}).get("failures") or 0
+        return max(0, (record.get("failures") or 0) - before)
+    return 0
+
+
+def worker_losses(record: dict) -> dict[str, float]:
+    """worker -> its training loss in one record (a round's `workers`; an asynchronous
+    version's `updates`, the mean of a worker's updates in it)."""
+    workers = record.get("workers")
+    if isinstance(workers, dict):
+        return {w: v["loss"] for w, v in workers.items()
+                if isinstance(v, dict) and v.get("loss") is not None}
+    sums: dict[str, list[float]] = {}
+    for update in record.get("updates") or []:
+        if isinstance(update, dict) and "worker" in update and update.get("loss") is not None:
+            sums.setdefault(update["worker"], []).append(update["loss"])
+    return {w: sum(v) / len(v) for w, v in sums.items()}
+
+
+def plot_series(records: list[dict], x: str = "round") -> dict:
+    """What `plot` draws, as data (x values are `record[x]`):
+        loss: (xs, training losses)              accuracy: (xs, percent) of evaluated steps
+        test_loss: (xs, losses) of evaluated steps   workers: {worker: (xs, losses)}
+        failed: [(x, failed Fits)] for steps with a failed Fit or status "failed"
+        epsilon: (xs, values) of records with an `epsilon`, or None when none has one"""
+    xs = [r[x] for r in records]
+    evaluated = [r for r in records if r.get("accuracy") is not None]
+    workers: dict[str, tuple[list, list]] = {}
+    failed = []
+    previous = None
+    for r in records:
+        for w, loss in worker_losses(r).items():
+            workers.setdefault(w, ([], []))
+            workers[w][0].append(r[x])
+            workers[w][1].append(loss)
+        n = failures_at(r, previous)
+        if n or r.get("status") == "failed":
+            failed.append((r[x], n))
+        previous = r
+    with_eps = [r for r in records if r.get("epsilon") is not None]
+    return {
+        "loss": (xs, [r.get("loss") for r in records]),
+        "accuracy": ([r[x] for r in evaluated], [100 * r["accuracy"] for r in evaluated]),
+        "test_loss": ([r[x] for r in evaluated], [r.get("test_loss") for r in evaluated]),
+        "workers": workers,
+        "failed": failed,
+        "epsilon": ([r[x] for r in with_eps], [r["epsilon"] for r in with_eps])
+        if with_eps else None,
+    }
+
+
+def _mark_failures(ax, failed: list[tuple]) -> None:
+    """Red x markers on the step axis (bottom of `ax`) with the number of failed Fits."""
+    if not failed:
+        return
+    from matplotlib.transforms import blended_transform_factory
+    on_axis = blended_transform_factory(ax.transData, ax.transAxes)
+    ax.scatter([f[0] for f in failed], [0.0] * len(failed), marker="x", color="red", s=40,
+               transform=on_axis, clip_on=False, zorder=5, label="failed Fits")
+    for step, n in failed:
+        ax.annotate(str(n), (step, 0.0), xycoords=on_axis, xytext=(0, 6),
+                    textcoords="offset points", ha="center", color="red", fontsize=8)
+
+
+def plot(records: list[dict], path: str | pathlib.Path, x: str = "round",
+         title: str | None = None) -> pathlib.Path:
+    """`plot_series(records, x)` drawn into the PNG `path`, titled `title` (the run's name):
+    accuracy, losses and failed Fits per step, and an epsilon panel when there is one. The
+    title is also the PNG's "Title" text. Needs matplotlib (ImportError otherwise)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds = [r[x] for r in records]
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    evaluated = [r for r in records if r.get("accuracy") is not None]
-    ax_acc.plot([r[x] for r in evaluated], [100 * r["accuracy"] for r in evaluated],
-                "o-", label="federated model (test)")
+    series = plot_series(records, x)
+    panels = 3 if series["epsilon"] else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.3))
+    ax_acc, ax_loss = axes[0], axes[1]
+    ax_acc.plot(*series["accuracy"], "o-", label="federated model (test)")
     ax_acc.set(xlabel=x, ylabel="accuracy (%)", title="Test accuracy")
-    ax_acc.grid(True, alpha=0.3)
-    ax_loss.plot(rounds, [r.get("loss") for r in records], ".-", label="training loss")
-    ax_loss.plot([r[x] for r in evaluated], [r.get("test_loss") for r in evaluated], "o-",
-                 label="test loss")
+    ax_loss.plot(*series["loss"], ".-", color="black", lw=2, label="training loss")
+    for i, (worker, (wx, wy)) in enumerate(sorted(series["workers"].items())):
+        ax_loss.plot(wx, wy, "-", lw=0.8, alpha=0.7, color=WORKER_COLORS[i % len(WORKER_COLORS)],
+                     label=f"{worker} (training)")
+    ax_loss.plot(*series["test_loss"], "o-", color="tab:blue", label="test loss")
     ax_loss.set(xlabel=x, ylabel="loss", title="Loss")
-    ax_loss.legend()
-    ax_loss.grid(True, alpha=0.3)
+    for ax in (ax_acc, ax_loss):
+        _mark_failures(ax, series["failed"])
+        ax.grid(True, alpha=0.3)
+    if series["failed"]:
+        ax_acc.legend(fontsize=8)
+    ax_loss.legend(fontsize=7, ncol=1 + len(series["workers"]) // 6)
+    if series["epsilon"]:
+        ax_eps = axes[2]
+        ax_eps.plot(*series["epsilon"], ".-", color="purple")
+        ax_eps.set(xlabel=x, ylabel="epsilon", title="Privacy budget spent (epsilon)")
+        ax_eps.grid(True, alpha=0.3)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80, metadata={"Title": title} if title else None)
     plt.close(fig)
     return pathlib.Path(path)

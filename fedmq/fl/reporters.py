@@ -4,6 +4,9 @@ order (`CoordinatorBase.report`); a step is a round (synchronous) or a version (
 
     on_prepare(resumed_after)            set-up done; resumed_after: the checkpoint's step, or None
     on_run_start() / on_run_end()        around `run`
+    on_run_abort(error)                  `run` stopped by an exception (Ctrl-C: CancelledError or
+                                         KeyboardInterrupt), instead of on_run_end; release
+                                         what the reporter holds (a live display)
     on_round_start(step, workers, lr)    the workers that got a Fit
     on_fit_result(step, worker, update)  an accepted update: {"loss", "samples", ...}
     on_fit_failure(step, worker, reason, retry_in)   a failed or dropped Fit (retry_in: async)
@@ -56,6 +59,7 @@ class Reporter:
     def on_prepare(self, resumed_after: int | None) -> None: ...
     def on_run_start(self) -> None: ...
     def on_run_end(self) -> None: ...
+    def on_run_abort(self, error: BaseException) -> None: ...
     def on_round_start(self, step: int, workers: list[str], lr: float) -> None: ...
     def on_fit_result(self, step: int, worker: str, update: dict) -> None: ...
     def on_fit_failure(self, step: int, worker: str, reason: str,
@@ -72,10 +76,12 @@ class Reporter:
 class ConsoleReporter(Reporter):
     """The seed's lines for rounds, through the coordinator's `echo`: "Training round r/R",
     "Evaluating models", per model "Percentage numbers ..." and "Average loss ...", and a
-    progress line per round."""
+    progress line per round unless `progress_lines` is False (a live progress bar shows it:
+    fedmq.fl.progress)."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress_lines: bool = True) -> None:
         self.sampled = 0
+        self.progress_lines = progress_lines
 
     def echo(self, line: str) -> None:
         self.coordinator.echo(line)
@@ -104,7 +110,8 @@ class ConsoleReporter(Reporter):
         self.echo(f"Server-side evaluation: loss {loss:.4f}" + (f", {shown}" if shown else ""))
 
     def on_round_end(self, record: Any) -> None:
-        self.echo(self.progress_line(record, self.sampled))
+        if self.progress_lines:
+            self.echo(self.progress_line(record, self.sampled))
 
     def progress_line(self, record: Any, sampled: int) -> str:
         rounds = self.coordinator.config.rounds
@@ -249,7 +256,8 @@ class MetricsReporter(Reporter):
     def write_plot(self) -> pathlib.Path | None:
         try:
             rows = self.log.read()
-            return plot(rows, self.run_dir / PLOT, x=self.x) if rows else None
+            return plot(rows, self.run_dir / PLOT, x=self.x, title=self.run_dir.name) \
+                if rows else None
         except Exception as exc:  # a missing matplotlib must not stop training
             log.warning("no plot: %s", exc)
             return None
