@@ -8,6 +8,7 @@ vhost and takes it through what a container healthcheck must tell apart: serving
 connection limit set to 0), and serving again."""
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -65,14 +66,28 @@ def test_the_check_imports_neither_torch_nor_aio_pika():
     assert done.stdout.strip() == "[]", done.stderr
 
 
-def test_worker_refuses_a_health_file_it_cannot_write(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "fedmq.cli", "worker", "--id", "h",
-                           "--url", "amqp://u:p@127.0.0.1:1/", "--health-file",
-                           str(tmp_path / "missing" / "health")],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert done.stderr.strip() == (f"fedmq worker: --health-file {tmp_path}/missing/health: "
-                                   f"cannot write in {tmp_path}/missing")
+def test_worker_refuses_a_health_file_it_cannot_write(tmp_path, capsys):
+    from fedmq.service import health_file_from_args
+
+    with pytest.raises(SystemExit) as info:
+        health_file_from_args(argparse.Namespace(health_file=str(tmp_path / "no" / "health")))
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == (f"fedmq worker: --health-file "
+                                               f"{tmp_path}/no/health: cannot write in "
+                                               f"{tmp_path}/no")
+    assert health_file_from_args(argparse.Namespace(health_file=None)) is None
+
+
+def test_a_health_file_left_by_an_earlier_run_is_removed_at_start(tmp_path):
+    """A restarted container keeps its files: `fedmq worker` removes an old health file before
+    anything else (run_worker, before loading data or connecting), so a worker that never
+    connects never looks healthy."""
+    from fedmq.service import health_file_from_args
+
+    path = tmp_path / "health"
+    HealthFile(path).beat("serving h (pid 1)")
+    health = health_file_from_args(argparse.Namespace(health_file=str(path)))
+    assert health.path == str(path) and not path.exists()
 
 
 def wait_for(condition, timeout: float, what: str) -> float:
@@ -172,3 +187,4 @@ def wait_for_connection(name: str, vhost: str, api, timeout: float = 20.0) -> li
             return found
         time.sleep(0.5)
     raise AssertionError(f"connection {name!r} never appeared in the management API")
+
