@@ -1,5 +1,6 @@
 """The `fedmq` command (also `python -m fedmq`): `fedmq worker ...`, `fedmq train ...`,
-`fedmq queues ...`, `fedmq broker add-user|delete-user ...` (see `fedmq --help`).
+`fedmq queues ...`, `fedmq broker add-user|delete-user ...`, `fedmq worker-health ...` (see
+`fedmq --help`).
 
 Each command's module is imported only when that command runs (or its --help is asked), so
 `fedmq --help` answers without importing torch. Exit codes: 0 done, 1 the work failed
@@ -16,6 +17,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "worker": ("fedmq.service", "add_worker_command",
                "run a worker service consuming fedmq.worker.<id>"),
+    "worker-health": ("fedmq.health", "add_health_command",
+                      "exit 0 if a worker's --health-file is fresh (container healthcheck)"),
     "train": ("fedmq.fl.cli", "add_train_command", "run federated rounds (seed §14)"),
     "queues": ("fedmq.management", "add_queues_command",
                "list fedmq queues with depth, consumers and rates"),

@@ -53,6 +53,7 @@ from fedmq.data.spec import NamedDataset, add_data_arguments
 from fedmq.engine import RequestEngine
 from fedmq.errors import FedmqError
 from fedmq.extensions import load_extensions
+from fedmq.health import DEFAULT_INTERVAL, HEALTH_FILE_ENV, HealthFile, seconds_arg
 from fedmq.ids import new_id
 from fedmq.runtime import tune_malloc
 from fedmq.transport.amqp import (BINDING_PROBE, CHUNK_SIZE, COMMANDS_EXCHANGE,
@@ -243,6 +244,8 @@ class WorkerService:
         self._op_thread = OpThread(f"fedmq-op-{worker_id}")
         self._inline_paused_until = 0.0
         self._standing_by = False
+        #: our consumer is registered on the open channel (see `serving`)
+        self._consuming = False
         self._prefetch_now = prefetch
         #: the process's exit status once stopped: 1 if the service stopped on an error
         self.exit_code = 0
@@ -302,6 +305,8 @@ class WorkerService:
         self._sweeper = asyncio.ensure_future(self._sweep_loop())
         await self._consume()
         self.channel.reopen_callbacks.add(self._on_reopen)
+        self.channel.close_callbacks.add(self._not_consuming)
+        self.connection.close_callbacks.add(self._not_consuming)
         self._standing_by = bool(state is not None and state[1])
         log.info("fedmq worker %s: consuming %s on %s (prefetch %d%s)", self.id,
                  self.queue.name, self.outbound.describe(), self.prefetch,
@@ -396,6 +401,22 @@ class WorkerService:
         self._consumer_tag = await consume(self.channel, self.queue.name, self._on_delivery)
         underlay = await self.channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
+        self._consuming = True
+
+    @property
+    def serving(self) -> bool:
+        """Connected to the broker and consuming this worker's queue (a hot standby's consumer
+        counts: it is registered and takes over by itself). What `fedmq worker --health-file`
+        reports; false from the moment the connection or the channel is lost or the broker
+        cancels the consumer until the service consumes again."""
+        connection = getattr(self, "connection", None)
+        return bool(self._consuming and connection is not None and connection.connected.is_set()
+                    and not self.channel.is_closed and not self._stopping.is_set())
+
+    def _not_consuming(self, *_args: Any) -> None:
+        """The channel or the connection closed: the consumer is gone with it (aio-pika
+        reopens both; `_on_reopen` consumes again)."""
+        self._consuming = False
 
     def _on_consumer_cancelled(self, frame: Any) -> None:
         """The broker cancelled our consumer: the queue was deleted (by an operator, say), or
@@ -403,6 +424,7 @@ class WorkerService:
         runs in the channel's reader, which the declare needs)."""
         if frame.consumer_tag != self._consumer_tag or self._stopping.is_set():
             return
+        self._consuming = False
         log.warning("fedmq worker %s: the broker cancelled the consumer of %s (was the queue "
                     "deleted?); declaring it and consuming again", self.id, self.queue.name)
         self._reconsuming = asyncio.ensure_future(self._consume_again())
@@ -427,6 +449,7 @@ class WorkerService:
             underlay = await self.channel.get_underlay_channel()
             await underlay.basic_cancel(self._consumer_tag)
 
+        self._consuming = False
         await self._bounded("stop consuming", cancel_consumer())
         # The message in hand is finished; prefetched ones are skipped (see _on_message) and,
         # never acked, go back to the queue when the channel closes.
@@ -787,6 +810,7 @@ def run_worker(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ids = worker_ids(args)
     policy = policy_from_args(args)
+    health = health_file_from_args(args)
     workers: dict[str, Worker | None] = dict.fromkeys(ids)
     try:
         if len(ids) == 1 and not args.iid_parts:
@@ -818,7 +842,14 @@ def run_worker(args: argparse.Namespace) -> int:
             await asyncio.gather(*(s.run_until_stopped() for s, r in zip(services, started)
                                    if not isinstance(r, BaseException)))
             raise failures[0]
-        await asyncio.gather(*(s.run_until_stopped() for s in services))
+        reporter = asyncio.ensure_future(report_health(services, health, args.health_interval)) \
+            if health is not None else None
+        try:
+            await asyncio.gather(*(s.run_until_stopped() for s in services))
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+                await asyncio.gather(reporter, return_exceptions=True)
         return max(s.exit_code for s in services)
 
     try:
@@ -836,6 +867,52 @@ def _positive_int_arg(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def health_file_from_args(args: argparse.Namespace) -> HealthFile | None:
+    """The `--health-file` to keep, with any left by an earlier run removed (a restarted
+    container keeps its files: an old one must not pass for this process's); a directory
+    that cannot be written exits 2 with one line."""
+    if not args.health_file:
+        return None
+    health = HealthFile(args.health_file)
+    folder = os.path.dirname(os.path.abspath(health.path))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        print(f"fedmq worker: --health-file {health.path}: cannot write in {folder}",
+              file=sys.stderr)
+        raise SystemExit(2)
+    health.clear()
+    return health
+
+
+async def report_health(services: list[WorkerService], health: HealthFile,
+                        interval: float) -> None:
+    """Write `health` every `interval` seconds while every service is `serving` (connected
+    and consuming), and remove it within a second (at most `interval`) once one is not; remove
+    it when cancelled. A stuck event loop writes nothing, so the file goes stale (see
+    fedmq/health.py)."""
+    loop = asyncio.get_running_loop()
+    ids = ", ".join(s.id for s in services)
+    written: float | None = None
+    try:
+        while True:
+            if all(s.serving for s in services):
+                if written is None or loop.time() - written >= interval:
+                    if written is None:
+                        log.info("fedmq worker %s: serving; writing %s every %g s", ids,
+                                 health.path, interval)
+                    health.beat(f"serving {ids} (pid {os.getpid()})")
+                    written = loop.time()
+            elif written is not None:
+                log.warning("fedmq worker %s: not serving (the broker connection or the "
+                            "consumer is lost); removed %s", ids, health.path)
+                health.clear()
+                written = None
+            await asyncio.sleep(min(interval, 1.0))
+    except OSError as exc:  # the file stays stale: the healthcheck fails, as it should
+        log.error("fedmq worker %s: cannot write the health file %s: %s", ids, health.path, exc)
+    finally:
+        health.clear()
 
 
 def _chunk_size_arg(text: str) -> int:
@@ -932,6 +1009,13 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state-dir", default=os.environ.get("FEDMQ_STATE_DIR"),
                    help="where handled message ids are kept across restarts (default "
                         "$FEDMQ_STATE_DIR, else kept in memory only)")
+    p.add_argument("--health-file", default=os.environ.get(HEALTH_FILE_ENV), metavar="PATH",
+                   help="write PATH every --health-interval seconds while every id is "
+                        "connected and consuming, remove it when not; `fedmq worker-health "
+                        f"--file PATH` checks it (default ${HEALTH_FILE_ENV}; none)")
+    p.add_argument("--health-interval", type=seconds_arg, default=DEFAULT_INTERVAL,
+                   metavar="SECONDS", help="seconds between writes of --health-file "
+                                           "(default %(default)g)")
     p.add_argument("--dataset", action=NamedDataset, metavar="NAME",
                    help="a named dataset this worker holds: mnist5k or fashion-mnist, tagged "
                         "#NAME (or #KEY with --key KEY right after it)")

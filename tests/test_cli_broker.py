@@ -135,6 +135,19 @@ def test_login_of_reads_the_user_as_aiormq_does(url, login):
     assert login_of(url) == login
 
 
+def test_resolve_url_takes_the_password_from_the_environment(tmp_path, monkeypatch):
+    """$FEDMQ_AMQP_PASSWORD, for platforms that hand secrets as environment variables; a
+    password file ($FEDMQ_AMQP_PASSWORD_FILE) or the URL's own password wins over it."""
+    monkeypatch.delenv("FEDMQ_AMQP_PASSWORD_FILE", raising=False)
+    monkeypatch.setenv("FEDMQ_AMQP_PASSWORD", "p@ss")
+    assert resolve_url("amqp://alice@h:5672/v") == "amqp://alice:p%40ss@h:5672/v"
+    assert resolve_url("amqp://alice:given@h/") == "amqp://alice:given@h/"
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    monkeypatch.setenv("FEDMQ_AMQP_PASSWORD_FILE", str(secret))
+    assert resolve_url("amqp://alice@h/") == "amqp://alice:from-file@h/"
+
+
 def test_describe_url_names_the_tls_port():
     assert describe_url("amqps://u:secret@broker/v") == "amqps://broker:5671/v"
     assert describe_url("amqp://u:secret@broker/") == "amqp://broker:5672/"

@@ -4,10 +4,13 @@
 tests then check the services, the broker's ports and mounted configuration, and that every
 fedmq service runs the `fedmq` console script with a subcommand whose arguments fedmq's own
 argument parser accepts. Those are skipped only when no `docker-compose` binary is installed
-(`bash .ci/system-deps.sh` installs Debian's, as root); the credentials are checked on the
-YAML itself (PyYAML) whether it is installed or not: each service logs in as its own user with
-its own secret, no URL carries a password, and `guest` appears nowhere. services/provision.sh,
-which makes those users, runs against the test broker.
+(`bash .ci/system-deps.sh` installs Debian's, as root). What an operator relies on is checked
+on the YAML itself (PyYAML) whether it is installed or not: each service logs in as its own user
+with its own secret; no URL, command line or environment variable carries a password; `guest`
+appears nowhere; ports are published on 127.0.0.1 only; the broker image is a pinned 4.x minor;
+each worker keeps its state in a named volume of its own and has a healthcheck on its health
+file; the coordinator keeps its runs in a named volume and starts once every worker is healthy.
+services/provision.sh, which makes the users, runs against the test broker.
 """
 from __future__ import annotations
 
@@ -108,15 +111,27 @@ def test_all_services_are_declared(config):
     assert set(config["services"]) >= {"rabbitmq", PROVISION, *WORKERS, TESTING, "coordinator"}
 
 
-def test_broker_publishes_amqp_and_management_ports(config):
+def published_ports(service: dict) -> set[tuple[str, int, int]]:
+    """(host address, host port, container port) of each port the service publishes, for the
+    short syntax ("127.0.0.1:5672:5672/tcp") and the long one (`config` of Compose v2); the
+    address is "" when the port is published on every interface."""
     published = set()
-    for port in config["services"]["rabbitmq"]["ports"]:
-        if isinstance(port, dict):  # long syntax, as `config` normalises it
-            published.add((int(port["published"]), int(port["target"])))
+    for port in service.get("ports", []):
+        if isinstance(port, dict):  # long syntax, as Compose v2's `config` normalises it
+            published.add((port.get("host_ip", ""), int(port["published"]),
+                           int(port["target"])))
         else:
-            host, _, container = str(port).rpartition(":")
-            published.add((int(host.rpartition(":")[2]), int(container.split("/")[0])))
-    assert {(5672, 5672), (15672, 15672)} <= published
+            parts = str(port).split("/")[0].split(":")
+            if len(parts) == 1:  # "5672": a random host port on every interface
+                parts = ["", "0", parts[0]]
+            address = ":".join(parts[:-2])
+            published.add((address, int(parts[-2] or 0), int(parts[-1])))
+    return published
+
+
+def test_broker_publishes_amqp_and_management_ports_on_loopback_only(config):
+    assert {("127.0.0.1", 5672, 5672), ("127.0.0.1", 15672, 15672)} <= \
+        published_ports(config["services"]["rabbitmq"])
 
 
 def _bind_mounts(service: dict) -> dict[str, tuple[Path, bool]]:
@@ -134,14 +149,23 @@ def _bind_mounts(service: dict) -> dict[str, tuple[Path, bool]]:
     return mounts
 
 
+#: where the broker's rabbitmq.conf is mounted: in conf.d, after the official image's own
+#: conf.d files (10-defaults.conf sets loopback_users.guest = false; the last value wins)
+BROKER_CONF = "/etc/rabbitmq/conf.d/99-fedmq.conf"
+IMAGE_CONF_D = ("10-defaults.conf", "20-management_agent.disable_metrics_collector.conf")
+
+
 def test_broker_mounts_broker_config(config):
     broker = config["services"]["rabbitmq"]
-    assert broker["image"].startswith("rabbitmq:3.10-management")
     mounts = _bind_mounts(broker)
-    for name in ("rabbitmq.conf", "enabled_plugins", "definitions.json"):
-        source, read_only = mounts[f"/etc/rabbitmq/{name}"]
+    for target, name in ((BROKER_CONF, "rabbitmq.conf"),
+                         ("/etc/rabbitmq/enabled_plugins", "enabled_plugins"),
+                         ("/etc/rabbitmq/definitions.json", "definitions.json")):
+        source, read_only = mounts[target]
         assert source.resolve() == (ROOT / "broker_config" / name).resolve()
         assert source.exists() and read_only, name
+    assert "/etc/rabbitmq/rabbitmq.conf" not in mounts  # read before conf.d: it would lose
+    assert sorted([*IMAGE_CONF_D, Path(BROKER_CONF).name])[-1] == Path(BROKER_CONF).name
     # rabbitmq.conf's load_definitions must name the path definitions.json is mounted at
     assert re.search(r"^load_definitions\s*=\s*/etc/rabbitmq/definitions\.json\s*$",
                      (ROOT / "broker_config" / "rabbitmq.conf").read_text(), re.M)
@@ -271,6 +295,116 @@ def test_no_guest_in_compose():
     which provision uses from inside the broker's network namespace (fedmq broker add-user's
     default admin)."""
     assert not [s for s in _strings(raw_compose()) if "guest" in s.lower()]
+
+
+#: a URL that carries a password (scheme://user:password@host)
+URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/@\s:]*:[^/@\s]*@", re.I)
+
+
+def _commands(service: dict) -> list[str]:
+    """Every word a service's container runs: entrypoint, command and healthcheck."""
+    words = []
+    for key in ("entrypoint", "command"):
+        value = service.get(key) or []
+        words += value.split() if isinstance(value, str) else [str(v) for v in value]
+    test = (service.get("healthcheck") or {}).get("test") or []
+    words += test.split() if isinstance(test, str) else [str(v) for v in test]
+    return words
+
+
+def test_no_password_in_any_url_command_or_environment():
+    """Passwords come from secret files only (FEDMQ_AMQP_PASSWORD_FILE): none in a URL, on a
+    command line (which `ps` and `docker inspect` show), or in an environment variable."""
+    compose = raw_compose()
+    found = [s for s in _strings(compose) if URL_WITH_PASSWORD.search(s)]
+    assert not found, f"URLs with a password in compose.yaml: {found}"
+    for name, service in compose["services"].items():
+        words = _commands(service)
+        assert not [w for w in words if re.match(r"--[a-z-]*password(=|$)", w)
+                    and not re.match(r"--[a-z-]*password-(file|out)(=|$)", w)], name
+        environment = service.get("environment") or {}
+        if isinstance(environment, list):
+            environment = dict(item.partition("=")[::2] for item in environment)
+        for key in environment:
+            assert "PASSWORD" not in key.upper() or key.upper().endswith("_FILE"), (name, key)
+
+
+def test_no_port_is_published_beyond_the_hosts_loopback():
+    """Only the broker publishes ports, and on 127.0.0.1 only: other machines reach neither
+    AMQP nor the management API (whose guest is an administrator)."""
+    for name, service in raw_compose()["services"].items():
+        for address, host_port, container_port in published_ports(service):
+            assert address == "127.0.0.1", f"{name} publishes {container_port} on " \
+                                           f"{address or 'every interface'}"
+    assert {p[2] for p in published_ports(raw_compose()["services"]["rabbitmq"])} == \
+        {5672, 15672}
+
+
+def test_broker_image_is_a_supported_4x_that_permits_fedmqs_global_qos():
+    """Not 3.x (end of life); pinned to a minor; 4.3 and later deny global QoS by default,
+    which fedmq's worker sets on classic queues, unless the broker's configuration permits it
+    (broker_config/README.md, "RabbitMQ versions")."""
+    image = raw_compose()["services"]["rabbitmq"]["image"]
+    found = re.fullmatch(r"rabbitmq:(\d+)\.(\d+)(?:\.\d+)?-management", image)
+    assert found, f"{image}: pin a minor of the management image, e.g. rabbitmq:4.2-management"
+    major, minor = int(found.group(1)), int(found.group(2))
+    assert major >= 4, f"{image}: RabbitMQ 3.x is end of life"
+    conf = (ROOT / "broker_config" / "rabbitmq.conf").read_text()
+    if (major, minor) >= (4, 3):
+        assert re.search(r"^deprecated_features\.permit\.global_qos\s*=\s*true", conf, re.M)
+
+
+def worker_services(compose: dict) -> dict[str, dict]:
+    return {name: compose["services"][name] for name in (*WORKERS, TESTING)}
+
+
+def test_each_worker_keeps_its_state_in_a_named_volume_of_its_own():
+    compose = raw_compose()
+    declared = set(compose.get("volumes") or {})
+    used = {}
+    for name, service in worker_services(compose).items():
+        state_dir = service["environment"].get("FEDMQ_STATE_DIR") or \
+            option(service["command"], "--state-dir")
+        [volume] = [v.split(":")[0] for v in service.get("volumes", [])
+                    if v.split(":")[1] == state_dir]
+        assert volume in declared, f"{name}: {volume} is not a named volume"
+        used[name] = volume
+    assert len(set(used.values())) == len(used), used
+    # the image makes the mount points, owned by its user, so a fresh volume is writable
+    assert re.search(r"^RUN mkdir -p .*/home/fedmq/state", DOCKERFILE.read_text(), re.M)
+
+
+def test_the_coordinators_runs_are_in_a_named_volume():
+    compose = raw_compose()
+    coordinator = compose["services"]["coordinator"]
+    runs = option(coordinator["command"], "--runs-dir")
+    [volume] = [v.split(":")[0] for v in coordinator["volumes"] if v.split(":")[1] == runs]
+    assert volume in (compose.get("volumes") or {})
+    assert re.search(rf"^RUN mkdir -p .*{re.escape(runs)}", DOCKERFILE.read_text(), re.M)
+
+
+def test_every_worker_has_a_healthcheck_reading_its_own_health_file():
+    """The worker writes FEDMQ_HEALTH_FILE (fedmq worker --health-file) while it is connected
+    and consuming; the healthcheck runs `fedmq worker-health` on that file, which the CLI
+    accepts, with a --max-age well above the worker's interval between writes."""
+    from fedmq.cli import build_parser
+    from fedmq.health import DEFAULT_INTERVAL
+
+    for name, service in worker_services(raw_compose()).items():
+        health_file = service["environment"].get("FEDMQ_HEALTH_FILE") or \
+            option(service["command"], "--health-file")
+        test = service["healthcheck"]["test"]
+        assert test[0] == "CMD" and test[1] == console_script(), name
+        parsed = build_parser(test[2:]).parse_args(test[2:])
+        assert parsed.command == "worker-health" and parsed.file == health_file, name
+        assert parsed.max_age >= 3 * DEFAULT_INTERVAL, name
+        assert not service["healthcheck"].get("disable"), name
+
+
+def test_the_coordinator_starts_once_every_worker_is_healthy():
+    coordinator = raw_compose()["services"]["coordinator"]
+    for name in (*WORKERS, TESTING):
+        assert coordinator["depends_on"][name]["condition"] == "service_healthy", name
 
 
 @pytest.mark.amqp

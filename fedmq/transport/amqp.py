@@ -2,7 +2,8 @@
 
 URL: amqp://user:password@host:port/vhost, or amqps://...?cafile=/path/ca.pem for TLS (aiormq
 reads `cafile`, `certfile`, `keyfile` and `no_verify_ssl` from the query); a URL without a
-password takes it from the file $FEDMQ_AMQP_PASSWORD_FILE names (compose secrets).
+password takes it from the file $FEDMQ_AMQP_PASSWORD_FILE names (compose secrets), or else from
+$FEDMQ_AMQP_PASSWORD.
 Features:
 * every message published carries the AMQP `user_id` property = the URL's (percent-decoded)
   login: RabbitMQ refuses a message whose user_id is not the connection's user, so a worker can
@@ -77,6 +78,8 @@ EXCHANGES = ((COMMANDS_EXCHANGE, "direct"), (EVENTS_EXCHANGE, "topic"),
 BINDING_PROBE = "fedmq.binding-probe"
 #: environment variable naming a file that holds the password of a URL that gives none
 PASSWORD_FILE_ENV = "FEDMQ_AMQP_PASSWORD_FILE"
+#: environment variable holding that password itself (when PASSWORD_FILE_ENV is not set)
+PASSWORD_ENV = "FEDMQ_AMQP_PASSWORD"
 #: what an administrator runs to create what a user may not create itself
 PROVISION_HINT = ("an administrator creates it: `fedmq broker add-user NAME --role ROLE` "
                   "(see README, \"Running workers with their own credentials\")")
@@ -238,8 +241,8 @@ TLS_FILE_PARAMETERS = ("cafile", "capath", "certfile", "keyfile")
 def resolve_url(url: str) -> str:
     """`url` ready to connect: checked (a scheme fedmq speaks; TLS files that exist, on an
     amqps:// URL only), and with the password from the file $FEDMQ_AMQP_PASSWORD_FILE names
-    when the URL gives none (a compose secret: no password on a command line). Raises
-    TransportError saying what is wrong, without the password."""
+    when the URL gives none (a compose secret: no password on a command line), or else from
+    $FEDMQ_AMQP_PASSWORD. Raises TransportError saying what is wrong, without the password."""
     parsed = yarl.URL(url)
     where = describe_url(url) if parsed.scheme in ("amqp", "amqps") else repr(parsed.scheme)
     if parsed.scheme not in ("amqp", "amqps"):
@@ -264,6 +267,8 @@ def resolve_url(url: str) -> str:
         if not password:
             raise TransportError(f"${PASSWORD_FILE_ENV} ({path}) is empty")
         url = str(parsed.with_password(password))
+    elif parsed.password is None and os.environ.get(PASSWORD_ENV):
+        url = str(parsed.with_password(os.environ[PASSWORD_ENV]))
     return url
 
 
