@@ -1,7 +1,8 @@
 """Shared fixtures, and the run's RabbitMQ vhost (tests/broker_vhost.py).
 
 pytest_configure runs after this file is imported and before any test module is: it creates
-the run's vhost and points FEDMQ_AMQP_URL at it. So nothing here may read FEDMQ_AMQP_URL at
+the run's vhost and points FEDMQ_AMQP_URL at it (and FEDMQ_URL, what `fedmq queues` and
+`fedmq dead-letters` use when no --url is given). So nothing here may read FEDMQ_AMQP_URL at
 import time: tests/worker_procs.py (which does) is imported inside the fixtures only.
 """
 import atexit
@@ -85,7 +86,7 @@ def pytest_configure(config):
                 pass
         return
     _VhostState.run = run
-    for name, value in (("FEDMQ_AMQP_URL", run.amqp_url),
+    for name, value in (("FEDMQ_AMQP_URL", run.amqp_url), ("FEDMQ_URL", run.amqp_url),
                         ("FEDMQ_MANAGEMENT_URL", run.management_url)):
         _VhostState.saved_env[name] = os.environ.get(name)
         os.environ[name] = value  # inherited by the `fedmq worker` processes
