@@ -26,6 +26,7 @@ import sys
 import urllib.parse
 from typing import Any
 
+from fedmq.cli_options import EXIT_USAGE, OneLineParser, add_management_url_option
 from fedmq.errors import FedmqError
 from fedmq.management import DEFAULT_URL, ManagementAPIError, api_request
 from fedmq.transport.amqp import (COMMANDS_EXCHANGE, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE,
@@ -35,7 +36,7 @@ ROLES = ("worker", "client", "coordinator")
 #: a user (and worker) name: what a queue name, a permission regex and a shell word all take
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 #: exit code of `fedmq broker` on an error
-EXIT_ERROR = 2
+EXIT_ERROR = EXIT_USAGE
 
 NOTHING = "^$"
 
@@ -182,13 +183,6 @@ def delete_user(name: str, *, vhost: str = "/", delete_queue: bool = False,
 
 # --- the command ----------------------------------------------------------------------------------
 
-class OneLineParser(argparse.ArgumentParser):
-    """An argument error is one line (and exit 2), not the usage and then the error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_ERROR, f"{self.prog}: {message} (see --help)\n")
-
-
 def read_secret(path: str, what: str) -> str:
     """The first line of file `path` (a password), checked before anything is sent."""
     try:
@@ -208,7 +202,7 @@ def _admin(args: argparse.Namespace) -> dict[str, str]:
         password = read_secret(args.admin_password_file, "--admin-password-file")
     else:
         password = os.environ.get("FEDMQ_ADMIN_PASSWORD") or "guest"
-    return {"url": args.mgmt_url, "admin_user": args.admin_user, "admin_password": password}
+    return {"url": args.management_url, "admin_user": args.admin_user, "admin_password": password}
 
 
 def run_add_user(args: argparse.Namespace) -> int:
@@ -264,12 +258,11 @@ def run_delete_user(args: argparse.Namespace) -> int:
 
 
 def _management_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--vhost", default="/", help="virtual host (default /)")
-    p.add_argument("--mgmt-url", default=os.environ.get("FEDMQ_MANAGEMENT_URL", DEFAULT_URL),
-                   help="management API base URL (default $FEDMQ_MANAGEMENT_URL or "
-                        f"{DEFAULT_URL})")
+    p.add_argument("--vhost", default="/", help="virtual host (default %(default)s)")
+    add_management_url_option(p, hidden_alias="--mgmt-url")
     p.add_argument("--admin-user", default=os.environ.get("FEDMQ_ADMIN_USER", "guest"),
-                   help="an administrator of the broker (default $FEDMQ_ADMIN_USER or guest)")
+                   help="an administrator of the broker ($FEDMQ_ADMIN_USER; default "
+                        "%(default)s)")
     p.add_argument("--admin-password-file", metavar="FILE",
                    help="file holding its password (default $FEDMQ_ADMIN_PASSWORD or guest)")
 
@@ -291,13 +284,16 @@ def add_broker_command(sub: argparse._SubParsersAction) -> None:
                     "permission. The password comes from --password-file, or is generated and "
                     "printed once (or written to --password-out).")
     add.add_argument("name", metavar="NAME", help="user name (a worker's: its id)")
-    add.add_argument("--role", required=True, choices=ROLES)
-    add.add_argument("--password-file", metavar="FILE", help="file holding the password")
+    add.add_argument("--role", required=True, choices=ROLES,
+                     help=f"what the user may do: {', '.join(ROLES)} (required)")
+    add.add_argument("--password-file", metavar="FILE",
+                     help="file holding the password (default: a generated one)")
     add.add_argument("--password-out", metavar="FILE",
                      help="write the generated password to FILE (mode 0600; never overwritten) "
                           "instead of printing it")
     add.add_argument("--queue-type", choices=QUEUE_TYPES, default="classic",
-                     help="a worker's queue type (as `fedmq worker --queue-type`)")
+                     help="a worker's queue type (as `fedmq worker --queue-type`; default "
+                          "%(default)s)")
     add.add_argument("--update", action="store_true",
                      help="the user may exist already: reset its password and permissions")
     _management_options(add)

@@ -1,5 +1,6 @@
 """The `fedmq` command (also `python -m fedmq`): `fedmq worker ...`, `fedmq train ...`,
-`fedmq queues ...`, `fedmq broker add-user|delete-user ...`, `fedmq worker-health ...` (see
+`fedmq queues ...`, `fedmq dead-letters ...`, `fedmq broker add-user|delete-user ...`,
+`fedmq worker-health ...` (see
 `fedmq --help`).
 
 Each command's module is imported only when that command runs (or its --help is asked), so
@@ -21,7 +22,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                       "exit 0 if a worker's --health-file is fresh (container healthcheck)"),
     "train": ("fedmq.fl.cli", "add_train_command", "run federated rounds (seed §14)"),
     "queues": ("fedmq.management", "add_queues_command",
-               "list fedmq queues with depth, consumers and rates"),
+               "list fedmq queues with depth, consumers and rates; purge or delete one"),
+    "dead-letters": ("fedmq.dead_letters_cli", "add_dead_letters_command",
+                     "list, show, requeue or purge the messages in fedmq.dead-letters"),
     "broker": ("fedmq.broker_admin", "add_broker_command",
                "manage broker users by role (management API)"),
 }

@@ -1,4 +1,4 @@
-"""`fedmq queues`: fedmq's queues as the RabbitMQ management API sees them.
+"""`fedmq queues [list|purge|delete]`: fedmq's queues as the RabbitMQ management API sees them.
 
 Two layers, so other code (tests, a dashboard, the coordinator) can use the numbers without
 the printing:
@@ -7,6 +7,8 @@ the printing:
     api_request(method, path, ...)        the same for PUT/DELETE/POST (with a JSON body)
     list_queues(...) -> list[QueueRow]    GET /api/queues/<vhost>, one row per queue
     format_table(rows) -> str             the table `fedmq queues` prints
+    get_queue / purge_queue /             GET, DELETE .../contents, DELETE /api/queues/<vhost>/
+      delete_queue                          <name> (`fedmq queues purge|delete QUEUE`)
     create_vhost / set_permissions /      PUT/DELETE /api/vhosts/<vhost>, PUT /api/permissions/
       delete_vhost / list_vhosts            <vhost>/<user>, GET /api/vhosts (a test run's vhost)
 
@@ -28,9 +30,12 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from fedmq.cli_options import (DEFAULT_MANAGEMENT_URL, OneLineParser, UsageError,
+                               add_management_url_option, add_url_option, check_amqp_url,
+                               confirm, url_login)
 from fedmq.errors import FedmqError
 
-DEFAULT_URL = "http://127.0.0.1:15672"
+DEFAULT_URL = DEFAULT_MANAGEMENT_URL
 #: queues whose name starts with this are fedmq's (worker queues, the dead-letter queue)
 FEDMQ_PREFIX = "fedmq."
 #: exit code of `fedmq queues` when the management API cannot be used
@@ -116,7 +121,8 @@ def api_request(method: str, path: str, url: str = DEFAULT_URL, user: str = "gue
                                  f"got {url!r} (e.g. {DEFAULT_URL})")
     endpoint = f"{url.rstrip('/')}/api/{path.lstrip('/')}"
     token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-    headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
+    # "*/*" too: RabbitMQ answers 406 to a purge (DELETE .../contents) that accepts JSON only
+    headers = {"Authorization": f"Basic {token}", "Accept": "application/json, */*;q=0.5"}
     data = None
     if body is not None:
         data = json.dumps(body).encode()
@@ -145,7 +151,7 @@ def api_request(method: str, path: str, url: str = DEFAULT_URL, user: str = "gue
 def _http_error_message(exc: urllib.error.HTTPError, endpoint: str, user: str) -> str:
     if exc.code == 401:
         return (f"the management API at {endpoint} refused user {user!r} (401): wrong "
-                f"--user/--password, or the user lacks the 'management' or 'monitoring' tag")
+                f"user name or password, or the user lacks the 'management' or 'monitoring' tag")
     if exc.code == 404:
         return f"{endpoint} not found (404): does the vhost (or object) exist?"
     return f"the management API at {endpoint} answered {exc.code} {exc.reason}"
@@ -219,32 +225,140 @@ def format_table(rows: list[QueueRow]) -> str:
     return "\n".join(lines)
 
 
-def run_queues(args: argparse.Namespace) -> int:
-    """The `fedmq queues` command: print the table, or a clear error and exit code 2."""
+def get_queue(name: str, url: str = DEFAULT_URL, user: str = "guest", password: str = "guest",
+              vhost: str = "/", timeout: float = 10.0) -> dict[str, Any] | None:
+    """GET /api/queues/<vhost>/<name>: the queue's details (messages, consumers, ...), or None
+    when it does not exist. Raises ManagementAPIError for anything else."""
     try:
-        rows = list_queues(args.url, args.user, args.password, args.vhost, args.all)
+        return api_get(f"queues/{_quote(vhost)}/{_quote(name)}", url, user, password, timeout)
     except ManagementAPIError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def purge_queue(name: str, url: str = DEFAULT_URL, user: str = "guest",
+                password: str = "guest", vhost: str = "/", timeout: float = 10.0) -> None:
+    """Remove every ready message of queue `name` (DELETE /api/queues/<vhost>/<name>/contents;
+    unacknowledged ones stay with their consumer). Raises ManagementAPIError (404: no such
+    queue or vhost)."""
+    api_request("DELETE", f"queues/{_quote(vhost)}/{_quote(name)}/contents", url, user, password,
+                timeout=timeout)
+
+
+def delete_queue(name: str, url: str = DEFAULT_URL, user: str = "guest",
+                 password: str = "guest", vhost: str = "/", timeout: float = 10.0) -> None:
+    """Delete queue `name` with its messages (DELETE /api/queues/<vhost>/<name>; its consumers
+    are cancelled: a fedmq worker declares its queue again). Raises ManagementAPIError."""
+    api_request("DELETE", f"queues/{_quote(vhost)}/{_quote(name)}", url, user, password,
+                timeout=timeout)
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+#: seconds `fedmq queues` waits for the management API (a host that drops packets)
+COMMAND_TIMEOUT = 5.0
+
+
+def _api_args(args: argparse.Namespace) -> dict[str, Any]:
+    """url/user/password/vhost for the API calls: --user, --password and --vhost when given,
+    else what --url names. Raises UsageError for a --url that is not an AMQP URL."""
+    user, password, vhost = url_login(check_amqp_url(args.url))
+    return {"url": args.management_url, "user": args.user or user,
+            "password": args.password or password, "vhost": args.vhost or vhost,
+            "timeout": COMMAND_TIMEOUT}
+
+
+def run_queues(args: argparse.Namespace) -> int:
+    """The `fedmq queues [list]` command: print the table, or a clear error and exit code 2."""
+    try:
+        api = _api_args(args)
+        rows = list_queues(include_all=args.all, **api)
+    except (ManagementAPIError, UsageError) as exc:
         print(f"fedmq queues: {exc}", file=sys.stderr)
         return EXIT_API_ERROR
     if not rows:
         which = "queues" if args.all else "fedmq queues (fedmq.*; --all shows every queue)"
-        print(f"no {which} in vhost {args.vhost!r}")
+        print(f"no {which} in vhost {api['vhost']!r}")
         return 0
     print(format_table(rows))
     return 0
 
 
+def run_queue_action(args: argparse.Namespace) -> int:
+    """`fedmq queues purge|delete QUEUE`: checked (a fedmq queue unless --any-queue; it exists),
+    confirmed (see fedmq.cli_options.confirm), done. Exit 0 done, 1 not confirmed, 2 refused
+    or the API could not be used."""
+    action, name = args.queues_command, args.queue
+    command = f"fedmq queues {action}"
+    try:
+        if not name.startswith(FEDMQ_PREFIX) and not args.any_queue:
+            raise UsageError(f"{name!r} is not a fedmq queue ({FEDMQ_PREFIX}*); give "
+                             f"--any-queue to {action} it anyway")
+        api = _api_args(args)
+        found = get_queue(name, **api)
+        if found is None:
+            raise UsageError(f"no queue {name!r} on vhost {api['vhost']!r} "
+                             f"(`fedmq queues --all` lists them)")
+        count, consumers = int(found.get("messages") or 0), int(found.get("consumers") or 0)
+        what = f"{count} message{'s' * (count != 1)}"
+        if action == "delete":
+            what += f", {consumers} consumer{'s' * (consumers != 1)}"
+        if not confirm(f"{action} queue {name!r} ({what}, sampled every 5 s) on vhost "
+                       f"{api['vhost']!r}", args.yes):
+            print(f"{command}: not confirmed; nothing done", file=sys.stderr)
+            return 1
+        (purge_queue if action == "purge" else delete_queue)(name, **api)
+    except (ManagementAPIError, UsageError) as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return EXIT_API_ERROR
+    print(f"fedmq queues: {action}d {name!r} on vhost {api['vhost']!r}")
+    return 0
+
+
+def _connection_options(p: argparse.ArgumentParser, suppress: bool) -> None:
+    """The options every `fedmq queues` form takes. On a subcommand (`suppress`) they default
+    to nothing, so `fedmq queues --vhost v purge q` keeps the --vhost given before it."""
+    extra = {"default": argparse.SUPPRESS} if suppress else {}
+    add_url_option(p, **extra)
+    add_management_url_option(p, **extra)
+    p.add_argument("--user", help="management API user (default: the user of --url)",
+                   **({"default": argparse.SUPPRESS} if suppress else {"default": None}))
+    p.add_argument("--password", help="its password (default: the password of --url)",
+                   **({"default": argparse.SUPPRESS} if suppress else {"default": None}))
+    p.add_argument("--vhost", help="virtual host (default: the vhost of --url, / for the "
+                                   "default --url)",
+                   **({"default": argparse.SUPPRESS} if suppress else {"default": None}))
+
+
 def add_queues_command(sub: argparse._SubParsersAction) -> None:
-    """Register `fedmq queues` on the `fedmq` parser's subcommands."""
+    """Register `fedmq queues [list|purge|delete]` on the `fedmq` parser's subcommands."""
     p = sub.add_parser(
-        "queues", help="list fedmq queues with depth, consumers and rates",
+        "queues", help="list fedmq queues with depth, consumers and rates; purge or delete one",
         description="List fedmq's queues (fedmq.*) with depth, unacked messages, consumers "
-                    "and publish/deliver rates, from the RabbitMQ management API. Numbers "
-                    "are sampled by the broker every 5 s by default.")
-    p.add_argument("--url", default=DEFAULT_URL,
-                   help=f"management API base URL (default {DEFAULT_URL})")
-    p.add_argument("--user", default="guest", help="management user (default guest)")
-    p.add_argument("--password", default="guest", help="its password (default guest)")
-    p.add_argument("--vhost", default="/", help="virtual host (default /)")
-    p.add_argument("--all", action="store_true", help="include queues that are not fedmq's")
+                    "and publish/deliver rates, from the RabbitMQ management API (`fedmq "
+                    "queues` or `fedmq queues list`; numbers are sampled by the broker every "
+                    "5 s by default); `purge QUEUE` removes a queue's ready messages, "
+                    "`delete QUEUE` the queue. Both ask first (--yes on a script). --url names "
+                    "the broker user and vhost; --management-url where the API listens.")
+    _connection_options(p, suppress=False)
+    p.add_argument("--all", action="store_true", help="list queues that are not fedmq's too")
     p.set_defaults(func=run_queues)
+    actions = p.add_subparsers(dest="queues_command", metavar="ACTION",
+                               parser_class=OneLineParser)
+    listing = actions.add_parser("list", help="list the queues (the default)")
+    _connection_options(listing, suppress=True)
+    listing.add_argument("--all", action="store_true", default=argparse.SUPPRESS,
+                         help="list queues that are not fedmq's too")
+    listing.set_defaults(func=run_queues)
+    for action, helps in (("purge", "remove every ready message of QUEUE"),
+                          ("delete", "delete QUEUE and its messages")):
+        q = actions.add_parser(action, help=helps, description=f"{helps[0].upper()}{helps[1:]}, "
+                                                              f"after asking (y/N).")
+        q.add_argument("queue", metavar="QUEUE", help="the queue's name, e.g. fedmq.worker.alice")
+        q.add_argument("--yes", action="store_true",
+                       help="do not ask (needed when stdin is not a terminal)")
+        q.add_argument("--any-queue", action="store_true",
+                       help=f"allow a queue that is not fedmq's ({FEDMQ_PREFIX}*)")
+        _connection_options(q, suppress=True)
+        q.set_defaults(func=run_queue_action)

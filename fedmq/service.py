@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import collections
 import copy
+import datetime
 import functools
 import itertools
 import logging
@@ -661,9 +662,11 @@ class WorkerService:
         with headers saying why (`x-fedmq-error`), where (`x-fedmq-worker`) and what
         (`x-fedmq-message-type`: the decoded message's type when it could be decoded, else
         the AMQP `type` the sender gave) and who sent it (`x-fedmq-user-id`: its AMQP user_id,
-        which the copy cannot carry), so the dead-letter queue explains itself in the
-        management UI; then the original is acked. If the copy cannot be published, the original is
-        rejected to the same place by the broker instead (without the explanation)."""
+        which the copy cannot carry) and when (`x-fedmq-dead-at`), so the dead-letter queue
+        explains itself (`fedmq dead-letters`, the management UI); the copy has no
+        `expiration` (a per-message TTL would drop it from there). Then the original is acked.
+        If the copy cannot be published, the original is rejected to the same place by the
+        broker instead (without the explanation)."""
         for msg in messages:
             if msg.settled or not msg.channel_open:
                 continue  # settled, or its channel closed: the broker delivers it again
@@ -671,7 +674,9 @@ class WorkerService:
             properties.headers = {**(msg.headers or {}), "x-fedmq-error": str(reason)[:4000],
                                   "x-fedmq-worker": self.id,
                                   "x-fedmq-message-type": getattr(reason, "message_type",
-                                                                  None) or msg.type or "?"}
+                                                                  None) or msg.type or "?",
+                                  "x-fedmq-dead-at": datetime.datetime.now(datetime.timezone.utc)}
+            properties.expiration = None  # a copy must not expire out of the dead-letter queue
             if msg.user_id:  # the sender; the copy is this worker's (the broker refuses any
                 # other user_id than the publishing connection's, closing the channel)
                 properties.headers["x-fedmq-user-id"] = msg.user_id

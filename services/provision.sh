@@ -14,10 +14,10 @@ vhost=${FEDMQ_VHOST:-/}
 
 # the management API may answer a moment after the broker's healthcheck passes
 tries=0
-until fedmq queues --url "$mgmt" --vhost "$vhost" >/dev/null 2>&1; do
+until fedmq queues --management-url "$mgmt" --vhost "$vhost" >/dev/null 2>&1; do
   tries=$((tries + 1))
   if [ "$tries" -ge 30 ]; then
-    fedmq queues --url "$mgmt" --vhost "$vhost" >/dev/null   # prints why
+    fedmq queues --management-url "$mgmt" --vhost "$vhost" >/dev/null   # prints why
     exit 1
   fi
   sleep 2
@@ -27,5 +27,5 @@ for spec in "$@"; do
   name=${spec%%:*}
   role=${spec#*:}
   fedmq broker add-user "$name" --role "$role" --password-file "$secrets/${name}_password" \
-    --update --vhost "$vhost" --mgmt-url "$mgmt"
+    --update --vhost "$vhost" --management-url "$mgmt"
 done

@@ -1,7 +1,9 @@
 """Shared fixtures, and the run's RabbitMQ vhost (tests/broker_vhost.py).
 
 pytest_configure runs after this file is imported and before any test module is: it creates
-the run's vhost and points FEDMQ_AMQP_URL at it. So nothing here may read FEDMQ_AMQP_URL at
+the run's vhost and points FEDMQ_AMQP_URL at it (FEDMQ_URL is removed: with it `fedmq train`
+would leave its in-process workers for a broker; the tests give --url explicitly). So nothing
+here may read FEDMQ_AMQP_URL at
 import time: tests/worker_procs.py (which does) is imported inside the fixtures only.
 """
 import atexit

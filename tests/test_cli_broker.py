@@ -44,7 +44,7 @@ def one_line_error(capsys, *argv: str) -> str:
 def nowhere() -> list[str]:
     """Management options pointing at a port nothing listens on: an error that names a
     validation problem was found before any network call."""
-    return ["--mgmt-url", f"http://127.0.0.1:{free_ports(1)[0]}"]
+    return ["--management-url", f"http://127.0.0.1:{free_ports(1)[0]}"]
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -63,6 +63,18 @@ def test_add_user_checks_its_arguments_before_any_network_call(capsys, nowhere, 
                                                                 expected):
     line = one_line_error(capsys, "broker", "add-user", *argv, *nowhere)
     assert expected in line and "cannot reach" not in line, line
+
+
+def test_management_url_is_the_option_and_mgmt_url_a_hidden_alias(capsys):
+    port = free_ports(1)[0]
+    for option in ("--management-url", "--mgmt-url"):
+        line = one_line_error(capsys, "broker", "delete-user", "alice", option,
+                              f"http://127.0.0.1:{port}")
+        assert f"cannot reach the RabbitMQ management API at http://127.0.0.1:{port}/" in line
+    with pytest.raises(SystemExit):
+        main(["broker", "add-user", "--help"])
+    shown = capsys.readouterr().out
+    assert "--management-url HTTP_URL" in shown and "--mgmt-url" not in shown
 
 
 def test_add_user_password_files_are_checked_before_any_network_call(capsys, nowhere,
@@ -185,7 +197,7 @@ def test_resolve_url_reads_the_password_file_and_checks_tls_files(tmp_path, monk
 def broker(role_users):
     """The run's vhost and management API as command-line options, and this run's users."""
     from role_users import ADMIN, VHOST
-    return role_users, ["--vhost", VHOST, "--mgmt-url", ADMIN["url"]]
+    return role_users, ["--vhost", VHOST, "--management-url", ADMIN["url"]]
 
 
 def can_log_in(user: str, password: str) -> bool:

@@ -1,4 +1,4 @@
-"""`fedmq queues` and its API client, fedmq.management.list_queues.
+"""`fedmq queues [list|purge|delete]` and its API client (fedmq.management).
 
 The `amqp` tests use the real broker: they declare a throwaway queue `fedmq.worker.test-<hex>`
 in the run's vhost (tests/broker_vhost.py), publish to it with pika and read it back through
@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import pytest
 
 from broker_vhost import credentials, vhost_of
+from cli_run import one_line, run_fedmq
 from fedmq.cli import main
 from fedmq.management import QueueRow, format_table, list_queues
 
@@ -69,8 +70,8 @@ def fedmq_queues(include_all: bool = False) -> list[QueueRow]:
 
 def queues_command(*extra: str) -> int:
     """`fedmq queues` on the run's vhost."""
-    return main(["queues", "--url", MANAGEMENT_URL, "--user", USER, "--password", PASSWORD,
-                 "--vhost", VHOST, *extra])
+    return main(["queues", "--management-url", MANAGEMENT_URL, "--user", USER, "--password",
+                 PASSWORD, "--vhost", VHOST, *extra])
 
 
 def closed_port() -> int:
@@ -125,12 +126,91 @@ def test_wrong_password_is_a_clear_error(capsys):
     assert "401" in capsys.readouterr().err
 
 
+# --- purge and delete ------------------------------------------------------------------------
+
+def depth(name: str) -> int | None:
+    """The queue's ready messages now (a passive declare: no statistics lag), None if gone."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        return connection.channel().queue_declare(name, passive=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker:
+        return None
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def cli_options() -> list[str]:
+    """--url names the user, password and vhost; --management-url the API."""
+    return ["--url", AMQP_URL, "--management-url", MANAGEMENT_URL]
+
+
+@pytest.mark.amqp
+def test_purge_and_delete_ask_first_and_refuse_without_a_terminal():
+    name = f"fedmq.worker.test-{secrets.token_hex(4)}"
+    with throwaway_queue(name, messages=3):
+        for action in ("purge", "delete"):  # a script must say --yes
+            refused = run_fedmq("queues", action, name, *cli_options())
+            assert refused.returncode == 2 and refused.stdout == ""
+            line = one_line(refused)
+            assert line.startswith(f"fedmq queues {action}: refusing to {action} queue '{name}'")
+            assert "stdin is not a terminal; give --yes" in line and depth(name) == 3
+        declined = run_fedmq("queues", "purge", name, *cli_options(), answer="n")
+        assert declined.returncode == 1, declined.stderr
+        assert f"Purge queue '{name}'" in declined.stdout and "[y/N]" in declined.stdout
+        assert "nothing done" in declined.stderr and depth(name) == 3
+        agreed = run_fedmq("queues", "purge", name, *cli_options(), answer="y")
+        assert agreed.returncode == 0, agreed.stderr
+        assert f"purged '{name}'" in agreed.stdout and depth(name) == 0
+        # options before or after the action; --yes does not ask
+        assert main(["queues", *cli_options(), "delete", name, "--yes"]) == 0
+        assert depth(name) is None
+
+
+@pytest.mark.amqp
+def test_purge_refuses_a_queue_that_is_not_fedmqs_unless_any_queue(capsys):
+    name = f"test-not-fedmq-{secrets.token_hex(4)}"
+    with throwaway_queue(name, messages=2):
+        assert main(["queues", "purge", name, "--yes", *cli_options()]) == 2
+        err = capsys.readouterr().err
+        assert f"'{name}' is not a fedmq queue (fedmq.*); give --any-queue" in err
+        assert depth(name) == 2
+        assert main(["queues", "purge", name, "--yes", "--any-queue", *cli_options()]) == 0
+        assert depth(name) == 0
+    missing = f"fedmq.worker.gone-{secrets.token_hex(4)}"
+    assert main(["queues", "delete", missing, "--yes", *cli_options()]) == 2
+    assert f"no queue '{missing}' on vhost '{VHOST}'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.amqp
+def test_url_names_the_user_and_vhost_of_the_listing(capsys):
+    name = f"fedmq.worker.test-{secrets.token_hex(4)}"
+    with throwaway_queue(name, messages=1):
+        assert wait_for_row(name, ready=1) is not None
+        assert main(["queues", "list", *cli_options()]) == 0
+        assert name in capsys.readouterr().out
+
+
+def test_an_http_url_given_as_url_is_a_one_line_usage_error():
+    for argv in (["queues", "--url", "http://127.0.0.1:15672"],
+                 ["queues", "purge", "fedmq.worker.x", "--yes", "--url", "https://h:15671"],
+                 ["dead-letters", "list", "--url", "http://127.0.0.1:15672"]):
+        result = run_fedmq(*argv)
+        assert result.returncode == 2 and result.stdout == ""
+        line = one_line(result)
+        assert line.startswith(f"fedmq {argv[0]}") and "--url is the AMQP broker URL" in line
+        assert "give it with --management-url" in line
+
+
 # --- without a broker --------------------------------------------------------------------------
 
 def test_unreachable_management_api_exits_2_and_says_how_to_enable_it():
     url = f"http://127.0.0.1:{closed_port()}"
-    result = subprocess.run([sys.executable, "-m", "fedmq.cli", "queues", "--url", url],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "fedmq.cli", "queues", "--management-url",
+                             url], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     assert "cannot reach the RabbitMQ management API" in result.stderr
     assert "rabbitmq-plugins enable rabbitmq_management" in result.stderr

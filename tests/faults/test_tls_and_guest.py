@@ -141,7 +141,7 @@ def add_user(node: Node, name: str, role: str, tmp_path: Path) -> str:
     out = tmp_path / f"{name}.password"
     done = subprocess.run([sys.executable, "-m", "fedmq.cli", "broker", "add-user", name,
                            "--role", role, "--password-out", str(out),
-                           "--mgmt-url", node.node.management_url],
+                           "--management-url", node.node.management_url],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return out.read_text().strip()

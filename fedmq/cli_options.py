@@ -1,0 +1,123 @@
+"""What the operator commands (`fedmq queues`, `fedmq broker`, `fedmq dead-letters`) share: the
+URL options, one-line usage errors, and the confirmation asked before a destructive action.
+
+    add_url_option(p)              --url: the AMQP broker ($FEDMQ_URL, amqp://guest:guest@...)
+    add_management_url_option(p)   --management-url: the HTTP API ($FEDMQ_MANAGEMENT_URL)
+    check_amqp_url(command, url)   an http(s):// --url is a UsageError naming --management-url
+    url_login(url)                 (user, password, vhost) an AMQP URL names
+    confirm(action, yes)           True to go on; False when a person answered no
+    OneLineParser                  an argparse error is one line `fedmq <command>: ...`, exit 2
+
+No torch and no aio-pika here: `fedmq queues --help` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import urllib.parse
+from typing import TextIO
+
+from fedmq.errors import FedmqError
+
+#: the broker's AMQP URL when neither --url nor $FEDMQ_URL gives one
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+#: the management API's base URL when neither --management-url nor $FEDMQ_MANAGEMENT_URL does
+DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:15672"
+URL_ENV = "FEDMQ_URL"
+MANAGEMENT_URL_ENV = "FEDMQ_MANAGEMENT_URL"
+#: exit code of a usage mistake, a refusal, or a broker / API that cannot be used
+EXIT_USAGE = 2
+
+
+class UsageError(FedmqError):
+    """An operator command was given options it cannot use (one line for a person, exit 2)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument error is one line (and exit 2), not the usage and then the error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+def add_url_option(p: argparse.ArgumentParser, **kwargs) -> None:
+    """--url, the AMQP broker URL (default $FEDMQ_URL or DEFAULT_AMQP_URL); `kwargs` go to
+    add_argument (e.g. default=argparse.SUPPRESS on a subcommand, which still shows the
+    default the command uses). A password in the default is shown as ***."""
+    default = os.environ.get(URL_ENV) or DEFAULT_AMQP_URL
+    kwargs.setdefault("default", default)
+    p.add_argument("--url", metavar="AMQP_URL",
+                   help=f"the RabbitMQ broker, amqp://user:password@host:port/vhost "
+                        f"({_default(URL_ENV, DEFAULT_AMQP_URL)})", **kwargs)
+
+
+def add_management_url_option(p: argparse.ArgumentParser, *, hidden_alias: str | None = None,
+                              **kwargs) -> None:
+    """--management-url, the management API's base URL (default $FEDMQ_MANAGEMENT_URL or
+    DEFAULT_MANAGEMENT_URL); `hidden_alias` (e.g. "--mgmt-url") is accepted and not shown."""
+    default = os.environ.get(MANAGEMENT_URL_ENV) or DEFAULT_MANAGEMENT_URL
+    kwargs.setdefault("default", default)
+    p.add_argument("--management-url", dest="management_url", metavar="HTTP_URL",
+                   help=f"the RabbitMQ management API "
+                        f"({_default(MANAGEMENT_URL_ENV, DEFAULT_MANAGEMENT_URL)})", **kwargs)
+    if hidden_alias:
+        p.add_argument(hidden_alias, dest="management_url", help=argparse.SUPPRESS,
+                       default=argparse.SUPPRESS)
+
+
+def _default(env: str, fallback: str) -> str:
+    """The help's "default ..." for an option read from $`env`: the value in use now (its
+    password shown as ***), escaped for argparse's %-formatting."""
+    value = os.environ.get(env)
+    shown = f"default ${env}: {_masked(value)}" if value else f"default ${env} or {fallback}"
+    return shown.replace("%", "%%")
+
+
+def _masked(url: str) -> str:
+    """`url` with its password (if any) shown as ***."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_amqp_url(url: str) -> str:
+    """`url` when it is an amqp:// or amqps:// URL. Raises UsageError (one line) otherwise, naming
+    --management-url for an http(s):// one (what `fedmq queues --url` used to take)."""
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme in ("http", "https"):
+        raise UsageError(f"--url is the AMQP broker URL (amqp://...); {scheme}:// is the "
+                         f"management API: give it with --management-url")
+    if scheme not in ("amqp", "amqps"):
+        raise UsageError(f"--url must be an amqp:// or amqps:// URL, not {url.split('@')[-1]!r}")
+    return url
+
+
+def url_login(url: str) -> tuple[str, str, str]:
+    """The user, password and vhost an AMQP URL names (guest, guest and "/" when it names none;
+    percent-decoded, as the broker reads them)."""
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path
+    vhost = urllib.parse.unquote(path[1:]) if len(path) > 1 else "/"
+    return (urllib.parse.unquote(parts.username or "guest"),
+            urllib.parse.unquote(parts.password or "guest"), vhost)
+
+
+def confirm(action: str, yes: bool, *, stdin: TextIO | None = None,
+            stdout: TextIO | None = None) -> bool:
+    """Whether to go on with a destructive `action` ("purge queue 'x' (3 messages)"): True at
+    once with `yes` (--yes); on a terminal, asks `<action>? [y/N]` and returns True only for an
+    answer y or yes. Raises UsageError when stdin is not a terminal and `yes` is not given (a
+    script must say --yes)."""
+    if yes:
+        return True
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    if stdin is None or stdin.closed or not stdin.isatty():
+        raise UsageError(f"refusing to {action} without asking: stdin is not a terminal; give "
+                         f"--yes to go on")
+    stdout.write(f"{action[0].upper()}{action[1:]}? [y/N] ")
+    stdout.flush()
+    return stdin.readline().strip().lower() in ("y", "yes")
