@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "list fedmq queues with depth, consumers and rates"),
     "broker": ("fedmq.broker_admin", "add_broker_command",
                "manage broker users by role (management API)"),
+    "events": ("fedmq.events_cli", "add_events_command", "follow a run's events (fedmq.events)"),
+    "dashboard": ("fedmq.dashboard.cli", "add_dashboard_command",
+                  "a live web page of a run and its queues"),
 }
 
 EXIT_USAGE = 2
