@@ -2,10 +2,11 @@
 # Install the Debian packages fedmq's tests and data loaders use, when they are missing:
 #   docker-compose          tests/test_compose.py validates compose.yaml with `docker-compose config`
 #   dataset-fashion-mnist   Fashion-MNIST under /usr/share/datasets/fashion-mnist (never downloaded)
+#   chromium chromium-driver  tests/test_dashboard.py reads `fedmq dashboard` in headless Chromium
 # Only as root, quietly, and never failing the caller: a missing package makes the tests that
 # need it skip with a reason instead. Safe to run repeatedly.
 set -u
-PACKAGES=(docker-compose dataset-fashion-mnist)
+PACKAGES=(docker-compose dataset-fashion-mnist chromium chromium-driver)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 

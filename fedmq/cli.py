@@ -14,6 +14,8 @@ import argparse
 import importlib
 import sys
 
+from fedmq.cli_options import OneLineParser
+
 #: command -> (module, function adding its subparser, one-line help shown by `fedmq --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "worker": ("fedmq.service", "add_worker_command",
@@ -27,23 +29,19 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                      "list, show, requeue or purge the messages in fedmq.dead-letters"),
     "broker": ("fedmq.broker_admin", "add_broker_command",
                "manage broker users by role (management API)"),
+    "events": ("fedmq.events_cli", "add_events_command", "follow a run's events (fedmq.events)"),
+    "dashboard": ("fedmq.dashboard.cli", "add_dashboard_command",
+                  "a live web page of a run and its queues"),
 }
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse, answering a mistake with one line (not the whole usage) and exit 2."""
-
-    def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
-
-
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The whole parser; given `argv`, only the command it names is built in full (the
     others are listed with their help line, their modules not imported)."""
-    parser = Parser(
+    parser = OneLineParser(
         prog="fedmq", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=_version())

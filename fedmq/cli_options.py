@@ -1,8 +1,12 @@
-"""What the operator commands (`fedmq queues`, `fedmq broker`, `fedmq dead-letters`) share: the
-URL options, one-line usage errors, and the confirmation asked before a destructive action.
+"""What the `fedmq` commands share, spelled the same everywhere: the URL options, one-line
+usage errors, and the confirmation asked before a destructive action.
 
     add_url_option(p)              --url: the AMQP broker ($FEDMQ_URL, amqp://guest:guest@...)
     add_management_url_option(p)   --management-url: the HTTP API ($FEDMQ_MANAGEMENT_URL)
+    add_management_options(p)      --management-url, --management-user, --management-password
+                                   (user and password default to those of --url)
+    management_credentials(args)   (user, password) for the management API
+    usage_error(command, message)  print `fedmq <command>: <message>`, exit 2
     check_amqp_url(command, url)   an http(s):// --url is a UsageError naming --management-url
     url_login(url)                 (user, password, vhost) an AMQP URL names
     confirm(action, yes)           True to go on; False when a person answered no
@@ -16,7 +20,7 @@ import argparse
 import os
 import sys
 import urllib.parse
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from fedmq.errors import FedmqError
 
@@ -38,7 +42,7 @@ class OneLineParser(argparse.ArgumentParser):
     """An argument error is one line (and exit 2), not the usage and then the error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def add_url_option(p: argparse.ArgumentParser, **kwargs) -> None:
@@ -121,3 +125,46 @@ def confirm(action: str, yes: bool, *, stdin: TextIO | None = None,
     stdout.write(f"{action[0].upper()}{action[1:]}? [y/N] ")
     stdout.flush()
     return stdin.readline().strip().lower() in ("y", "yes")
+
+
+def add_broker_url(parser: argparse.ArgumentParser) -> None:
+    """`--url`, as add_url_option (the commands that watch a run)."""
+    add_url_option(parser)
+
+
+def add_management_options(parser: argparse.ArgumentParser) -> None:
+    """`--management-url`, `--management-user`, `--management-password` (the user and password
+    default to those of --url: see `management_credentials`)."""
+    add_management_url_option(parser)
+    parser.add_argument(
+        "--management-user", default=os.environ.get("FEDMQ_MANAGEMENT_USER"), metavar="USER",
+        help="management API user (default $FEDMQ_MANAGEMENT_USER or the user of --url)")
+    parser.add_argument(
+        "--management-password", default=os.environ.get("FEDMQ_MANAGEMENT_PASSWORD"),
+        metavar="PASSWORD",
+        help="its password (default $FEDMQ_MANAGEMENT_PASSWORD or the password of --url)")
+
+
+def url_credentials(amqp_url: str) -> tuple[str, str]:
+    """The (percent-decoded) user and password an AMQP URL names; guest/guest when it names
+    none."""
+    user, password, _ = url_login(amqp_url)
+    return user, password
+
+
+def url_vhost(amqp_url: str) -> str:
+    """The vhost an AMQP URL names, as the AMQP clients read it ("/" for an empty path)."""
+    return url_login(amqp_url)[2]
+
+
+def management_credentials(args: argparse.Namespace) -> tuple[str, str]:
+    """(user, password) for the management API: the options, else those of --url."""
+    user, password = url_credentials(args.url)
+    return (args.management_user or user,
+            args.management_password if args.management_password is not None else password)
+
+
+def usage_error(command: str, message: str) -> NoReturn:
+    """Print `fedmq <command>: <message>` on stderr and exit 2."""
+    print(f"fedmq {command}: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)

@@ -172,41 +172,67 @@ class AsyncConsoleReporter(ConsoleReporter):
 class EventReporter(Reporter):
     """Round events on `events` (an EventLog; over RabbitMQ the `fedmq.events` exchange):
     round.started, fit.result, fit.failed, fit.dropped, evaluate.result, and round.finished
-    (rounds) or version.applied (versions) with the record. Bodies name the step `unit`."""
+    (rounds) or version.applied (versions) with the record. Bodies name the step `unit`, and
+    carry `time` (Unix seconds, when emitted). round.started and round.finished also carry
+    `run` (the run folder's name, when the run has one) and the run's total steps as `rounds`
+    (or `versions`, when the asynchronous run has a limit); evaluate.result carries
+    `accuracy` (correct / total, a fraction) beside correct and total."""
 
     def __init__(self, events: ev.EventLog, unit: str = "round") -> None:
         self.events, self.unit = events, unit
 
+    def emit(self, key: str, body: dict) -> None:
+        """Emit `body` under routing key `key`, stamped with the time (unless it has one)."""
+        body.setdefault("time", time.time())
+        self.events.emit(key, body)
+
+    def run_fields(self) -> dict:
+        """`run` and the total steps, as far as the bound coordinator knows them."""
+        fields: dict = {}
+        coordinator = self.coordinator
+        run_dir = getattr(coordinator, "run_dir", None)
+        if run_dir is not None:
+            fields["run"] = pathlib.Path(run_dir).name
+        if self.unit == "round":
+            total = getattr(getattr(coordinator, "config", None), "rounds", None)
+        else:
+            total = getattr(coordinator, "max_versions", None)
+        if isinstance(total, int):
+            fields[f"{self.unit}s"] = total
+        return fields
+
     def on_round_start(self, step: int, workers: list[str], lr: float) -> None:
-        self.events.emit(ev.ROUND_STARTED, {self.unit: step, "workers": workers, "lr": lr})
+        self.emit(ev.ROUND_STARTED, {self.unit: step, "workers": workers, "lr": lr,
+                                     **self.run_fields()})
 
     def on_fit_result(self, step: int, worker: str, update: dict) -> None:
-        self.events.emit(ev.FIT_RESULT, {self.unit: step, "worker": worker, **update})
+        self.emit(ev.FIT_RESULT, {self.unit: step, "worker": worker, **update})
 
     def on_fit_failure(self, step: int, worker: str, reason: str,
                        retry_in: float | None = None) -> None:
         body = {self.unit: step, "worker": worker, "reason": reason}
         if retry_in is not None:
             body["retry_in"] = retry_in
-        self.events.emit(ev.FIT_FAILED, body)
+        self.emit(ev.FIT_FAILED, body)
 
     def on_update_dropped(self, step: int, worker: str, update: dict) -> None:
-        self.events.emit(ev.UPDATE_DROPPED, {self.unit: step, "worker": worker, **update})
+        self.emit(ev.UPDATE_DROPPED, {self.unit: step, "worker": worker, **update})
 
     def on_evaluate(self, step: int, name: str, result: EvaluateRes | Exception) -> None:
         if isinstance(result, Exception):
             return
-        self.events.emit(ev.EVALUATE_RESULT, {
+        self.emit(ev.EVALUATE_RESULT, {
             self.unit: step, "model": name, "loss": result.loss, "correct": result.correct,
-            "total": result.num_examples, "prediction_hist": result.prediction_hist})
+            "total": result.num_examples, "accuracy": result.accuracy,
+            "prediction_hist": result.prediction_hist})
 
     def on_server_evaluate(self, step: int, loss: float, metrics: dict) -> None:
-        self.events.emit(ev.EVALUATE_RESULT, {self.unit: step, "model": "server", "loss": loss,
-                                              **metrics})
+        self.emit(ev.EVALUATE_RESULT, {self.unit: step, "model": "server", "loss": loss,
+                                       **metrics})
 
     def on_round_end(self, record: Any) -> None:
         key = ev.ROUND_FINISHED if self.unit == "round" else ev.VERSION_APPLIED
-        self.events.emit(key, record.as_json())
+        self.emit(key, {**record.as_json(), **self.run_fields()})
 
 
 class CheckpointReporter(Reporter):
