@@ -1,7 +1,5 @@
-"""The `fedmq` command (also `python -m fedmq`): `fedmq worker ...`, `fedmq train ...`,
-`fedmq queues ...`, `fedmq dead-letters ...`, `fedmq broker add-user|delete-user ...`,
-`fedmq worker-health ...` (see
-`fedmq --help`).
+"""The `fedmq` command (also `python -m fedmq`): `fedmq COMMAND --help` for each of
+worker, worker-health, train, events, dashboard, queues, dead-letters and broker.
 
 Each command's module is imported only when that command runs (or its --help is asked), so
 `fedmq --help` answers without importing torch. Exit codes: 0 done, 1 the work failed
