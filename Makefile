@@ -30,7 +30,8 @@ test-fast: $(STAMP)
 # its losses), then the main job, §14: alice (digits 0-3), bob (4-6), charlie (7-9) and a testing worker,
 # 40 rounds of 10 batches of 32, lr 0.1, evaluation on rounds 1, 11, 21, 31, 40. In-process by
 # default; `make demo BROKER=amqp://guest:guest@127.0.0.1:5672/` starts the worker services as
-# processes and runs the rounds over RabbitMQ. Results in runs/seed-s14-mnist5k/.
+# processes and runs the rounds over RabbitMQ. Results in runs/seed-s14-mnist5k/ (a second demo
+# takes the next free name, runs/seed-s14-mnist5k-2/, ...: a run is never written over).
 DEMO_ARGS ?= --dataset mnist5k --workers alice:0-3,bob:4-6,charlie:7-9 --testing testing \
 	--rounds 40 --batch-size 32 --batches 10 --lr 0.1 --eval-every 10
 demo: $(STAMP)

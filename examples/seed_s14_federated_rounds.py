@@ -9,7 +9,9 @@ alice holds MNIST 5k digits 0-3, bob 4-6, charlie 7-9 and `testing` the test set
     python examples/seed_s14_federated_rounds.py --url amqp://guest:guest@127.0.0.1:5672/
         # workers already running: fedmq worker --id alice --dataset mnist5k --labels 0-3 ...
 
-The same as `fedmq train`; this file shows the library calls the command makes.
+The same as `fedmq train`; this file shows the library calls the command makes. Its results go
+to runs/seed-s14-example-<dataset>/ (the next free name when an earlier run is there:
+fedmq.fl.runs.open_run_dir never writes over a run, not even `make demo`'s).
 """
 import argparse
 import asyncio
@@ -17,6 +19,7 @@ import asyncio
 from fedmq.fl.cli import in_process_workers, parse_workers
 from fedmq.fl.connections import AMQPRoundConnection, InProcessConnection
 from fedmq.fl.coordinator import Coordinator, TrainConfig
+from fedmq.fl.runs import open_run_dir
 from fedmq.strategy import FedAvg
 
 
@@ -28,8 +31,9 @@ async def main(args: argparse.Namespace) -> None:
         connection = InProcessConnection(in_process_workers(workers, args.dataset, "testing"))
     config = TrainConfig(rounds=args.rounds, batch_size=32, num_batches=10, lr=0.1,
                          eval_every=10, seed=1)
+    run_dir = open_run_dir("runs", f"seed-s14-example-{args.dataset}")
     coordinator = Coordinator(connection, list(workers), config, testing="testing",
-                              strategy=FedAvg(), run_dir=f"runs/seed-s14-{args.dataset}")
+                              strategy=FedAvg(), run_dir=run_dir)
     try:
         if args.url:
             await coordinator.wait_for_workers(60)
