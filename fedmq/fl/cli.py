@@ -231,7 +231,8 @@ def open_run(args: argparse.Namespace) -> pathlib.Path:
 
 def failure_summary(history: list, max_failed: float) -> str | None:
     """Why a finished run counts as failed (exit 1), or None: no round succeeded, more
-    than `max_failed` of the fits failed, or every evaluation failed."""
+    than `max_failed` of the fits failed, or a worker failed every fit it was given (two or
+    more: a worker without the data, say)."""
     if not history:
         return None
     if all(getattr(r, "status", "ok") != "ok" for r in history):
@@ -242,6 +243,21 @@ def failure_summary(history: list, max_failed: float) -> str | None:
         if fits and failed / fits > max_failed:
             return (f"{failed} of {fits} fits failed ({100 * failed / fits:.0f}%, more than "
                     f"--max-failed-fits {max_failed:g})")
+        given: dict[str, int] = {}
+        lost: dict[str, str] = {}
+        for r in history:
+            for worker in r.workers:
+                given[worker] = given.get(worker, 0) + 1
+            for worker, reason in r.failed.items():
+                if worker != "*":
+                    given[worker] = given.get(worker, 0) + 1
+                    lost.setdefault(worker, reason)
+        never = [w for w, n in given.items() if n >= 2 and w in lost and
+                 not any(w in r.workers for r in history)]
+        if never:
+            w = never[0]
+            return (f"worker {w} failed every one of its {given[w]} fits (first: {lost[w]})"
+                    + (f"; also {', '.join(never[1:])}" if len(never) > 1 else ""))
     return None
 
 
