@@ -991,9 +991,10 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
 def add_worker_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run a worker service consuming fedmq.worker.<id>")
     p.add_argument("--id", action="append", default=[],
-                   help="worker id (queue fedmq.worker.<id>); repeat to host several ids")
+                   help="worker id (queue fedmq.worker.<id>); repeat to host several ids "
+                        "(required, or --ids)")
     p.add_argument("--ids", action="append", default=[], metavar="A,B,...",
-                   help="several worker ids served by this one process")
+                   help="several worker ids served by this one process (default: none)")
     p.add_argument("--url", default=os.environ.get("FEDMQ_URL")
                    or os.environ.get("FEDMQ_AMQP_URL") or DEFAULT_URL,
                    help="AMQP broker URL (default $FEDMQ_URL, else $FEDMQ_AMQP_URL, else "
@@ -1023,9 +1024,9 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                                            "(default %(default)g)")
     p.add_argument("--dataset", action=NamedDataset, metavar="NAME",
                    help="a named dataset this worker holds: mnist5k or fashion-mnist, tagged "
-                        "#NAME (or #KEY with --key KEY right after it)")
+                        "#NAME (or #KEY with --key KEY right after it) (default: none)")
     p.add_argument("--labels", help="label range of this worker's --dataset partition, e.g. "
-                                    "0-3 (with several ids: of every id)")
+                                    "0-3 (with several ids: of every id) (default: all)")
     p.add_argument("--testing", action="store_true",
                    help="hold --dataset's held-out test set")
     p.add_argument("--iid-parts", type=int, default=0, metavar="N",
@@ -1048,7 +1049,8 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                         help="grant a broker user a role: coordinator (may send Fit/Evaluate), "
                              "scientist (may find and compute on the data), worker (a peer "
                              "worker service: may forward on a principal's behalf and receive "
-                             "private values); repeatable")
+                             "private values); repeatable (default: none; the owner may do "
+                             "anything)")
     access.add_argument("--release", choices=RELEASES, default="none",
                         help="what private values may leave in the clear: none (only Fit/"
                              "Evaluate replies to coordinators), derived (values computed from "

@@ -245,11 +245,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--dataset's are. Example: --data heart.csv --key heart --target disease --split 0.2")
     group.add_argument("--data", action=_StartData, metavar="PATH", default=None,
                        help="a file (csv, parquet, npz) or an image folder (one subfolder per "
-                            "class, as torchvision's ImageFolder)")
+                            "class, as torchvision's ImageFolder); repeatable (default: none)")
     options = [
         ("--key", "key", parse_key, "NAME",
          "the dataset's key: its tensors are tagged #NAME (required for --data; right after "
-         "--dataset it renames that dataset's tag, e.g. --dataset mnist5k --key mnist)"),
+         "--dataset it renames that dataset's tag, e.g. --dataset mnist5k --key mnist; "
+         "default: none)"),
         ("--format", "format", parse_format, "FORMAT",
          f"{' | '.join(FORMATS)}; default: a directory is an imagefolder, else from the file's "
          f"suffix ({', '.join(SUFFIXES)})"),
@@ -258,7 +259,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
          "samples held out at random as #test, the rest #train"),
         ("--seed", "seed", parse_seed, "N", "seed of a fractional --split (default 0)"),
         ("--target", "target", parse_name, "COLUMN",
-         "csv/parquet: the target column (required). Integer labels stay int64 classes, "
+         "csv/parquet: the target column (required, no default). Integer labels stay int64 "
+         "classes, "
          "strings become sorted class indices, floats are float32 regression targets"),
         ("--features", "features", parse_names, "A,B,...",
          "csv/parquet: the input columns, all numeric (default: every column but --target)"),
@@ -266,12 +268,13 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
          "npz: the array of inputs (default x); arrays are read with allow_pickle=False"),
         ("--target-array", "target_array", parse_name, "NAME",
          "npz: the array of targets (default y)"),
-        ("--tags", "tags", parse_tags, "A,B,...", "more search tags for both tensors"),
+        ("--tags", "tags", parse_tags, "A,B,...",
+         "more search tags for both tensors (default: none)"),
         ("--transform", "transforms", parse_transforms, "T,U,...",
          f"{TRANSFORM_HELP}. imagefolder: torchvision's Resize (N: the smaller edge), "
          f"CenterCrop and Grayscale, in the order given; every image must end up one shape. "
          f"normalize (any format, applied last): per channel (images) or per feature, with "
-         f"the mean/std of the key's train split, or the given ones"),
+         f"the mean/std of the key's train split, or the given ones (default: none)"),
     ]
     for flag, field, parse, metavar, help_text in options:
         group.add_argument(flag, action=_DataOption, field=field, parse=parse, metavar=metavar,

@@ -144,7 +144,9 @@ def check_args(args: argparse.Namespace) -> dict[str, str | None]:
     if args.url is not None:
         scheme = urlsplit(args.url).scheme
         if scheme not in ("amqp", "amqps"):
-            raise UsageError(f"--url must be an amqp:// or amqps:// broker URL (e.g. "
+            source = (f"--url (here from ${DEFAULT_URL_ENV})"
+                      if args.url == os.environ.get(DEFAULT_URL_ENV) else "--url")
+            raise UsageError(f"{source} must be an amqp:// or amqps:// broker URL (e.g. "
                              f"amqp://guest:guest@127.0.0.1:5672/), got "
                              f"{runs.redact_url(args.url)!r}"
                              + ("; the management API is --management-url of `fedmq queues`"
@@ -455,7 +457,7 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
                         "module:Class or path/to/file.py:Class, traced here into a plan "
                         "(workers run no model code) (default %(default)s)")
     p.add_argument("--model-arg", action="append", default=[], metavar="NAME=VALUE",
-                   help="keyword argument of your model class (repeatable)")
+                   help="keyword argument of your model class (repeatable; default: none)")
     p.add_argument("--input-shape", default=None, metavar="C,H,W",
                    help="one sample's shape, to trace your model (default: the class's "
                         "input_shape attribute)")
@@ -496,7 +498,8 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
                    help="fedasync/fedbuff: stop after this many worker updates "
                         "(default rounds x workers)")
     p.add_argument("--strategy-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="strategy option, e.g. min_fit_workers=2 (repeatable)")
+                   help="strategy option, e.g. min_fit_workers=2 (repeatable; default: the "
+                        "strategy's own)")
     p.add_argument("--buckets", default="0-3,4-6,7-9",
                    help="label groups of the 'Percentage numbers' lines (default %(default)s)")
     p.add_argument("--runs-dir", default="runs",
