@@ -172,18 +172,29 @@ def browser(tmp_path):
     driver.quit()
 
 
+_READ_PAGE = """
+const text = (id) => document.getElementById(id).innerText;
+const rows = (table) => {
+  const found = {};
+  for (const row of document.querySelectorAll('#' + table + ' tbody tr')) {
+    const cells = Array.from(row.querySelectorAll('td'), (cell) => cell.innerText.trim());
+    if (cells.length) found[cells[0]] = cells;
+  }
+  return found;
+};
+const page = {workers: rows('workers'), queues: rows('queues')};
+for (const name of ['round', 'status', 'accuracy', 'dead-letters', 'events']) {
+  page[name] = text(name).trim();
+}
+return page;
+"""
+
+
 def _page(driver) -> dict:
-    """What the page shows: the cards, the worker rows, the queue rows (cell texts)."""
-    def rows(table: str) -> dict[str, list[str]]:
-        found = {}
-        for row in driver.find_elements("css selector", f"#{table} tbody tr"):
-            cells = [cell.text for cell in row.find_elements("css selector", "td")]
-            if cells:
-                found[cells[0]] = cells
-        return found
-    cards = {name: driver.find_element("id", name).text
-             for name in ("round", "status", "accuracy", "dead-letters", "events")}
-    return {**cards, "workers": rows("workers"), "queues": rows("queues")}
+    """What the page shows: the cards, the worker rows, the queue rows (cell texts), read in
+    one script, so a redraw (every second; slower than a read on a busy machine) never
+    falls between two reads."""
+    return driver.execute_script(_READ_PAGE)
 
 
 def _wait_page(driver, check, timeout: float = 20.0) -> dict:
