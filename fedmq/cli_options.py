@@ -7,6 +7,7 @@ usage errors, and the confirmation asked before a destructive action.
                                    (user and password default to those of --url)
     management_credentials(args)   (user, password) for the management API
     usage_error(command, message)  print `fedmq <command>: <message>`, exit 2
+    clean(value, limit)            untrusted text as one printable line (escapes shown, cut)
     check_amqp_url(command, url)   an http(s):// --url is a UsageError naming --management-url
     url_login(url)                 (user, password, vhost) an AMQP URL names
     confirm(action, yes)           True to go on; False when a person answered no
@@ -20,7 +21,7 @@ import argparse
 import os
 import sys
 import urllib.parse
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 from fedmq.errors import FedmqError
 
@@ -168,3 +169,17 @@ def usage_error(command: str, message: str) -> NoReturn:
     """Print `fedmq <command>: <message>` on stderr and exit 2."""
     print(f"fedmq {command}: {message}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
+
+
+#: what `clean` keeps of a text by default (characters)
+MAX_TEXT = 300
+
+
+def clean(value: Any, limit: int = MAX_TEXT) -> str:
+    """`value` as one line of printable text for a terminal: control, format and other
+    non-printable characters (escape sequences, newlines, bidi overrides) shown as
+    \\xNN / \\uNNNN escapes, cut to `limit` characters. Worker ids, reasons, queue names and
+    headers are other people's text: print them through this."""
+    text = str(value)
+    out = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    return out if len(out) <= limit else out[:limit - 1] + "…"

@@ -171,7 +171,10 @@ def _utc(value: Any) -> datetime.datetime | None:
     if isinstance(value, datetime.datetime):
         return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
+        try:  # a header is anyone's claim: a time past year 9999 is no time
+            return datetime.datetime.fromtimestamp(value, datetime.timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
     return None
 
 

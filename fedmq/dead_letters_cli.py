@@ -23,7 +23,7 @@ import sys
 from typing import Any
 
 from fedmq.cli_options import (EXIT_USAGE, OneLineParser, UsageError, add_url_option,
-                               check_amqp_url, confirm)
+                               check_amqp_url, clean, confirm)
 from fedmq.dead_letters import DeadLetter, DeadLetterError, DeadLetterQueue
 from fedmq.errors import TransportError
 from fedmq.transport.amqp import DEAD_LETTER_QUEUE
@@ -64,8 +64,9 @@ def _one_line(text: str, width: int) -> str:
 def format_table(letters: list[DeadLetter], now: datetime.datetime | None = None) -> str:
     """The rows `list` prints, under a header line, columns aligned (reason last, cut)."""
     rows = [COLUMNS] + [
-        (str(d.position), format_age(d.died_at, now), format_size(d.size), d.queue or "?",
-         d.message_type, _one_line(d.reason, REASON_WIDTH)) for d in letters]
+        (str(d.position), format_age(d.died_at, now), format_size(d.size),
+         clean(d.queue or "?", 80), clean(d.message_type, 40),
+         clean(_one_line(d.reason, REASON_WIDTH), 2 * REASON_WIDTH)) for d in letters]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) - 1)]
     return "\n".join("  ".join([row[0].rjust(widths[0]), row[1].rjust(widths[1]),
                                 row[2].rjust(widths[2])]
@@ -149,10 +150,10 @@ def show_lines(letter: DeadLetter, total: int, where: str, head: int = 64) -> li
         lines += [f"  chunk {index} of {count} of frame {frame}: a piece of a frame, not "
                   f"decoded alone",
                   f"  first {min(head, letter.size)} bytes: {hex_head(letter.body or b'', head)}"]
-        return lines
+        return [clean(line, 4000) for line in lines]
     from fedmq.frame_view import view_frame  # torch, only for this
     lines += ["  " + line for line in view_frame(letter.body or b"", head)]
-    return lines
+    return [clean(line, 4000) for line in lines]  # headers and bodies are others' text
 
 
 def _header(value: Any) -> str:
@@ -177,14 +178,15 @@ async def _requeue(args: argparse.Namespace) -> int:
             letters = await _take_upto(dlq, positions)
             chosen = [letters[p - 1] for p in positions]
         for letter in chosen:
-            what = f"dead letter {letter.position} ({letter.message_type})"
+            what = f"dead letter {letter.position} ({clean(letter.message_type, 40)})"
             try:
                 queue = await dlq.requeue(letter, new_ids=args.new_message_id)
             except DeadLetterError as exc:
                 failed += 1
-                print(f"fedmq dead-letters requeue: {what}: {exc}", file=sys.stderr)
+                print(f"fedmq dead-letters requeue: {what}: {clean(exc, 1000)}",
+                      file=sys.stderr)
             else:
-                print(f"requeued {what} to {queue}")
+                print(f"requeued {what} to {clean(queue, 300)}")
     return 1 if failed else 0
 
 

@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from fedmq.cli_options import EXIT_USAGE, add_broker_url, usage_error
+from fedmq.cli_options import EXIT_USAGE, add_broker_url, clean, usage_error
 from fedmq.errors import TransportError
 from fedmq.eventstream import (ALL_EVENTS, LOG_LEVELS, Event, EventSubscription, check_pattern,
                               configure_logging)
@@ -31,14 +31,6 @@ from fedmq.eventstream import (ALL_EVENTS, LOG_LEVELS, Event, EventSubscription,
 EXIT_INTERRUPTED = 130
 #: longest untrusted text (worker id, reason) shown on a line, in characters
 MAX_TEXT = 160
-
-
-def clean(value: Any, limit: int = MAX_TEXT) -> str:
-    """`value` as one line of printable text: control and other non-printable characters
-    (escape sequences, newlines) shown as \\xNN / \\uNNNN escapes, cut to `limit`."""
-    text = str(value)
-    out = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
-    return out if len(out) <= limit else out[:limit - 1] + "…"
 
 
 def _number(value: Any) -> float | None:

@@ -32,7 +32,7 @@ from typing import Any
 
 from fedmq.cli_options import (DEFAULT_MANAGEMENT_URL, OneLineParser, UsageError,
                                add_management_url_option, add_url_option, check_amqp_url,
-                               confirm, url_login)
+                               clean, confirm, url_login)
 from fedmq.errors import FedmqError
 
 DEFAULT_URL = DEFAULT_MANAGEMENT_URL
@@ -212,7 +212,8 @@ COLUMNS = ("queue", "ready", "unacked", "consumers", "publish/s", "deliver/s")
 def format_table(rows: list[QueueRow]) -> str:
     """The rows as a fixed-width text table with a header line."""
     cells = [COLUMNS] + [
-        (r.name, str(r.messages_ready), str(r.messages_unacknowledged), str(r.consumers),
+        (clean(r.name, 255), str(r.messages_ready), str(r.messages_unacknowledged),
+         str(r.consumers),
          f"{r.publish_rate:.1f}", f"{r.deliver_rate:.1f}")
         for r in rows
     ]

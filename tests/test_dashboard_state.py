@@ -71,6 +71,30 @@ def test_last_round_finishes_the_run_and_a_new_run_restarts_it():
     assert state.status == "running"
 
 
+def test_a_new_run_forgets_the_previous_runs_rounds_curves_and_workers():
+    """Found by review: run B's page showed run A's round 3 of B's 2, A's accuracy point and
+    A's worker bob. A new run name, or round 1 again, starts the page afresh."""
+    state = fold(*a_round(1), *a_round(2), *a_round(3))
+    events = state.events
+    b_round = [(key, {**body, "run": "B", "rounds": 2,
+                      **({"workers": ["alice"]} if key == "round.started" else {}),
+                      **({"failed": {}} if key == "round.finished" else {})})
+               for key, body in a_round(1, total=2) if key != "fit.failed"]
+    for i, (key, body) in enumerate(b_round):
+        state.apply(key, body, T + 100 + i)
+    out = state.as_json()
+    assert (out["run"], out["current"], out["total"]) == ("B", 1, 2)
+    assert [p["step"] for p in out["points"]] == [1]
+    assert {w["id"] for w in out["workers"]} == {"alice"}
+    assert {w["id"]: w["fits_ok"] for w in out["workers"]} == {"alice": 1}
+    assert state.events == events + len(b_round)  # the counters go on
+    # the same name from round 1 again (--overwrite) is a new run too; a resume is not
+    state.apply("round.started", {"round": 2, "rounds": 2, "run": "B", "workers": []}, T + 200)
+    assert state.current == 2 and len(state.points) == 1
+    state.apply("round.started", {"round": 1, "rounds": 2, "run": "B", "workers": []}, T + 300)
+    assert state.current == 1 and not state.points and not state.workers
+
+
 def test_evaluate_result_without_a_record_gives_the_accuracy():
     state = fold(("evaluate.result", {"version": 4, "model": "Federated model", "loss": 0.3,
                                       "correct": 9, "total": 10}),
@@ -139,10 +163,11 @@ def test_bad_fields_inside_a_good_event_are_skipped():
 
 
 def test_untrusted_text_is_kept_as_text():
-    evil = "<img src=x onerror=alert(1)>\x1b[31m"
+    evil = "<img src=x onerror=alert(1)>\x1b[31m\u202eevil"
     state = fold(("fit.failed", {"round": 1, "worker": evil, "reason": evil}))
     out = state.as_json()
-    assert out["workers"][0]["id"] == evil and out["workers"][0]["reason"] == evil
+    shown = "<img src=x onerror=alert(1)>\\x1b[31m\\u202eevil"  # the page sets it as text
+    assert out["workers"][0]["id"] == shown and out["workers"][0]["reason"] == shown
 
 
 def test_worker_flood_is_bounded():

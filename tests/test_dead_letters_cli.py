@@ -440,3 +440,23 @@ def test_usage_mistakes_are_one_line(capsys):
         assert code == 2 and not out
         [line] = err.strip().splitlines()
         assert line.startswith(f"fedmq dead-letters {argv[0]}: ") and expected in line, line
+
+
+@pytest.mark.amqp
+def test_forged_headers_are_shown_escaped_and_never_crash_the_listing(vhost, client, capsys):
+    """Anyone who may publish on fedmq.dlx (a worker's user) writes the headers: escape
+    sequences, newlines and bidi overrides are shown escaped; an impossible time is no
+    time (found by review: they reached the terminal raw, and dead-at 10**18 crashed list)."""
+    nasty = "alice\x1b[31m\r\nFAKE ROW\x1b]0;pwn\x07\u202e"
+    client.ch.basic_publish("fedmq.dlx", "forged", b"\x1b[2J garbage", pika.BasicProperties(
+        type="Envelope\x1b[2J", headers={"x-fedmq-worker": nasty,
+                                        "x-fedmq-error": "op_not_allowed: " + nasty,
+                                        "x-fedmq-dead-at": 10 ** 18}))
+    client.wait_depth(DEAD_LETTER_QUEUE, 1)
+    for argv in (["list"], ["show", "1"]):
+        code, out, err = dead_letters(vhost, *argv, capsys=capsys)
+        assert code == 0, err
+        assert "\x1b" not in out + err and "\x07" not in out and "\u202e" not in out
+        assert "\\x1b" in out
+        assert "\nFAKE ROW" not in out
+    assert client.depth(DEAD_LETTER_QUEUE) == 1  # still there, for the operator to purge

@@ -21,6 +21,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fedmq.cli_options import clean
+
 log = logging.getLogger("fedmq.dashboard")
 
 # the routing keys of fedmq/fl/events.py (not imported: this module stays dependency-free)
@@ -49,9 +51,12 @@ WORKER_QUEUE_PREFIX = "fedmq.worker."
 
 
 def _text(value: Any) -> str | None:
+    """A string of an event as the page may show it: non-printable characters (escape
+    sequences, bidi overrides that would reorder what is shown, zero-width ones) as visible
+    \\xNN / \\uNNNN escapes, cut to MAX_TEXT; None for anything not a string."""
     if not isinstance(value, str):
         return None
-    return value if len(value) <= MAX_TEXT else value[:MAX_TEXT - 1] + "…"
+    return clean(value, MAX_TEXT)
 
 
 def _int(value: Any, minimum: int = 0) -> int | None:
@@ -178,10 +183,22 @@ class RunState:
         log.debug("dashboard: event %r ignored: %s", routing_key[:MAX_TEXT], why)
         return False
 
-    def _advance(self, step: int, body: dict[str, Any]) -> None:
+    def begin_run(self) -> None:
+        """Forget the previous run's rounds, curves and workers (a new run on the vhost); the
+        event counters, the recent events and the queue samples stay."""
+        self.current = self.total = self.lr = self.accuracy = self.run = None
+        self.finished = 0
+        self.status = "running"
+        self.workers = {}
+        self.points = {}
+
+    def _advance(self, step: int, body: dict[str, Any], starting: bool = False) -> None:
+        run = _text(body.get("run"))
+        if (run and self.run and run != self.run) or \
+                (starting and step == 1 and self.current is not None):
+            self.begin_run()  # another run's events, or round 1 again: a new run
         if self.current is None or step > self.current:
             self.current = step
-        run = _text(body.get("run"))
         if run:
             self.run = run
         total = _int(body.get("rounds" if "round" in body else "versions"), 1)
@@ -295,7 +312,7 @@ class RunState:
 # -- one function per routing key: (state, body, step, received) -> applied? --------------
 
 def _round_started(state: RunState, body: dict, step: int, received: float) -> bool:
-    state._advance(step, body)
+    state._advance(step, body, starting=True)
     lr = _float(body.get("lr"))
     state.lr = lr if lr is not None else state.lr
     if state.status == "finished" and (state.total is None or step < state.total):
