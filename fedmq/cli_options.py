@@ -183,3 +183,18 @@ def clean(value: Any, limit: int = MAX_TEXT) -> str:
     text = str(value)
     out = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
     return out if len(out) <= limit else out[:limit - 1] + "…"
+
+
+#: what a worker id may hold: it names the queue fedmq.worker.<id> and folders and log files
+WORKER_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+MAX_WORKER_ID = 200
+
+
+def check_worker_id(value: str, option: str) -> str:
+    """`value` when it is a worker id (1-200 of letters, digits, _ - .; not . or ..).
+    Raises UsageError naming `option` otherwise."""
+    if not value or value in (".", "..") or len(value) > MAX_WORKER_ID or \
+            not set(value) <= WORKER_ID_CHARS:
+        raise UsageError(f"{option}: {clean(value, 60)!r} is not a worker id (1-"
+                         f"{MAX_WORKER_ID} letters, digits, _ - . only)")
+    return value

@@ -27,6 +27,7 @@ import sys
 import time
 from urllib.parse import urlsplit
 
+from fedmq.cli_options import UsageError as CliUsageError, check_worker_id
 from fedmq.fl import runs
 from fedmq.fl.validation import SettingError, check_config
 
@@ -42,8 +43,6 @@ class UsageError(ValueError):
 
 SEED_LABELS = {"alice": "0-3", "bob": "4-6", "charlie": "7-9"}
 DEFAULT_WORKERS = "alice:0-3,bob:4-6,charlie:7-9"
-#: a worker id: what a queue name fedmq.worker.<id> and a folder name may hold
-_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
 def parse_workers(text: str) -> dict[str, str | None]:
@@ -54,9 +53,10 @@ def parse_workers(text: str) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         worker_id, _, labels = item.partition(":")
-        if not worker_id or not set(worker_id) <= _ID_CHARS:
-            raise UsageError(f"--workers: {worker_id!r} is not a worker id (letters, digits, "
-                             f"_ - . only)")
+        try:
+            check_worker_id(worker_id, "--workers")
+        except CliUsageError as exc:
+            raise UsageError(str(exc)) from None
         if worker_id in out:
             raise UsageError(f"--workers names {worker_id} twice")
         if labels:
@@ -156,8 +156,11 @@ def check_args(args: argparse.Namespace) -> dict[str, str | None]:
     workers = parse_workers(args.workers)
     if args.testing and args.testing in workers:
         raise UsageError(f"--testing {args.testing} is also in --workers")
-    if args.testing and not set(args.testing) <= _ID_CHARS:
-        raise UsageError(f"--testing: {args.testing!r} is not a worker id")
+    if args.testing:
+        try:
+            check_worker_id(args.testing, "--testing")
+        except CliUsageError as exc:
+            raise UsageError(str(exc)) from None
     if (not args.url or args.launch) and args.dataset not in BUILT_IN_DATASETS:
         where = "--launch" if args.launch else "without --url"
         raise UsageError(f"--dataset {args.dataset!r}: workers this command starts ({where}) "
