@@ -440,3 +440,22 @@ def test_a_worker_user_whose_queue_is_deleted_stops_saying_why(role_users, procs
     assert proc.wait(60) == 1, p.log(name)[-3000:]
     log = p.log(name)
     assert f"`fedmq broker add-user {name} --role worker`" in log and "Traceback" not in log
+
+
+def test_train_as_a_client_user_says_the_workers_refused_it(role_users, procs, tmp_path):
+    """Found by review: `fedmq train` as a client-role user failed every Fit with
+    ConnectionLost (the broker refused its events on fedmq.events, closing the channel the
+    Fits used) and exited 1. The events go on a channel of their own now: they are lost (one
+    warning), and the run stops on the workers' own refusal, exit 2."""
+    worker, _, worker_url = role_users.add("trw", "worker")
+    client, _, client_url = role_users.add("trc", "client")
+    procs(worker_url).start(worker, "--dataset", "mnist5k", "--labels", "0-3")
+    done = subprocess.run(
+        [sys.executable, "-m", "fedmq", "train", "--url", client_url, "--workers", worker,
+         "--testing", "", "--rounds", "3", "--batches", "1", "--runs-dir", str(tmp_path),
+         "--wait-workers", "30"], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "every worker refused the round" in done.stderr
+    assert "AccessDeniedError" in done.stderr and "ConnectionLost" not in done.stderr
+    assert "events are not published" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -84,6 +84,25 @@ MISTAKES = [
     (["--resume"], "--resume"),
     (["--resume", "--overwrite"], "--overwrite"),
     (["--max-failed-fits", "2"], "--max-failed-fits"),
+    # found by review (a tester not told how it was made)
+    (["--url", "amqp://guest:S3CRET@127.0.0.1:notaport/"], "--url"),
+    (["--url", "amqp://guest:guest@127.0.0.1:99999/"], "--url"),
+    (["--url", "amqp://guest:guest@[::1/"], "--url"),
+    (["--url", "amqp://guest:S3CRET@/"], "names no host"),
+    (["--url", "amqp://"], "names no host"),
+    (["--url", "amqp://.../"], "no valid host name"),
+    (["--epochs", "1", "--batches", "3"], "--epochs"),
+    (["--max-updates", "5"], "--max-updates"),
+    (["--model-arg", "x=1"], "--model-arg"),
+    (["--input-shape", "a,b"], "--input-shape"),
+    (["--wait-workers", "inf"], "--wait-workers"),
+    (["--name", ""], "--name"),
+    (["--name", "x" * 300], "--name"),
+    (["--buckets", "0-3,4-20"], "--buckets"),
+    (["--strategy", "fedadam", "--strategy-arg", "eta=nan"], "--strategy-arg"),
+    (["--strategy-arg", "min_fit_workers=99"], "min_fit_workers"),
+    (["--workers", "a b"], "--workers"),
+    (["--testing", ".."], "--testing"),
 ]
 
 
@@ -98,7 +117,8 @@ def test_a_mistake_is_one_line_and_exit_2_before_anything_is_made(tmp_path, caps
     assert len(err.splitlines()) == 1 and err.startswith("fedmq train: ") and named in err
     assert "Traceback" not in err
     assert time.monotonic() - started < 10
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.jsonl"))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert "S3CRET" not in err
 
 
 def test_an_option_argparse_rejects_is_exit_2(capsys):
@@ -317,3 +337,54 @@ def test_numpy_of_a_pointer_says_how_to_fetch():
     with pytest.raises(PointerError, match=r"lives on np-bob"):
         np.asarray(ptr)
     assert ptr.get().numpy().tolist() == [1.0, 2.0]
+
+
+# -- found by review: run folders and --resume -------------------------------------------------
+
+def test_two_runs_started_at_once_with_one_name_get_two_folders(tmp_path):
+    argv = [sys.executable, "-m", "fedmq", "train", "--rounds", "2", "--batches", "1",
+            "--eval-every", "0", "--batch-size", "8", "--runs-dir", str(tmp_path), "--name",
+            "same"]
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert first.wait(300) == 0 and second.wait(300) == 0
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert folders == ["same", "same-2"]
+    for name in folders:
+        rounds = [json.loads(line)["round"]
+                  for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        assert rounds == [1, 2]
+
+
+def test_a_run_that_never_started_gives_its_folder_back(tmp_path):
+    done = fedmq("train", "--url", "amqp://guest:guest@127.0.0.1:1/", "--runs-dir",
+                 str(tmp_path), "--name", "x", timeout=60)
+    assert done.returncode == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_resume_checks_rounds_a_broken_record_and_takes_a_new_lr(tmp_path):
+    base = ["train", "--runs-dir", str(tmp_path), "--name", "r", "--batches", "1",
+            "--eval-every", "0", "--batch-size", "8"]
+    assert fedmq(*base, "--rounds", "3").returncode == 0
+    fewer = fedmq(*base, "--rounds", "3", "--resume")
+    assert fewer.returncode == 2 and "already finished round 3" in fewer.stderr
+    # the seed's workers spelled out are the same workers
+    same = fedmq(*base, "--rounds", "4", "--resume", "--workers", "alice,bob,charlie")
+    assert same.returncode == 0, same.stderr
+    faster = fedmq(*base, "--rounds", "5", "--resume", "--lr", "0.2", "--allow-changes")
+    assert faster.returncode == 0, faster.stderr
+    lrs = [json.loads(line)["lr"]
+           for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[4] == pytest.approx(2 * lrs[3] * 0.98)  # the schedule of the new --lr
+    (tmp_path / "r" / "run.json").write_text("{garbage")
+    broken = fedmq(*base, "--rounds", "6", "--resume", "--lr", "0.3")
+    assert broken.returncode == 2 and "cannot be read" in broken.stderr
+
+
+def test_a_runs_dir_that_is_a_file_is_named(tmp_path, capsys):
+    from fedmq.cli import main
+    (tmp_path / "afile").write_text("")
+    assert main(["train", "--runs-dir", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err
+    assert "--runs-dir" in err and "is a file" in err

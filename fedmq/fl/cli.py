@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import pathlib
 import sys
@@ -35,6 +36,7 @@ DEFAULT_URL_ENV = "FEDMQ_URL"
 #: the built-in datasets a worker this command builds can serve (fedmq.data.vision.LOADERS)
 BUILT_IN_DATASETS = ("fashion-mnist", "mnist5k")
 BUILT_IN_LABELS = 10
+DEFAULT_BATCHES = 10
 
 
 class UsageError(ValueError):
@@ -93,9 +95,12 @@ def parse_buckets(text: str) -> list[tuple[int, int]]:
 def _value(text: str):
     for cast in (int, float):
         try:
-            return cast(text)
+            value = cast(text)
         except ValueError:
-            pass
+            continue
+        if not math.isfinite(value):
+            raise UsageError(f"--strategy-arg values are finite numbers, got {text!r}")
+        return value
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
@@ -129,28 +134,48 @@ def config_fields(args: argparse.Namespace) -> dict:
     optimizer_args = {}
     if args.momentum:
         optimizer_args["momentum"] = args.momentum
+    batches = args.batches if args.batches is not None or args.epochs else DEFAULT_BATCHES
     return dict(
         rounds=args.rounds, model=args.model, dataset=args.dataset, batch_size=args.batch_size,
-        num_batches=args.batches, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
+        num_batches=batches, epochs=args.epochs, lr=args.lr, optimizer=args.optimizer,
         optimizer_args=optimizer_args, eval_every=args.eval_every,
         round_timeout=args.round_timeout, seed=args.seed, buckets=parse_buckets(args.buckets),
         loss=args.loss, model_args=list(args.model_arg), input_shape=args.input_shape,
         input_dtype=args.input_dtype, testing_dataset=args.testing_dataset)
 
 
+def check_url(url: str) -> str:
+    """`url` when it is an amqp(s):// broker URL with a host (and a port 0-65535, if given);
+    UsageError naming --url (and $FEDMQ_URL when it came from there) otherwise."""
+    source = (f"--url (here from ${DEFAULT_URL_ENV})"
+              if url == os.environ.get(DEFAULT_URL_ENV) else "--url")
+    shown = runs.redact_url(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+        if parts.hostname:
+            parts.hostname.encode("idna")
+    except UnicodeError:  # an empty or overlong label (amqp://.../)
+        raise UsageError(f"{source} {shown!r} names no valid host name "
+                         f"(amqp://user:password@host:5672/vhost)") from None
+    except ValueError as exc:
+        raise UsageError(f"{source} {shown!r}: {exc}") from None
+    if parts.scheme not in ("amqp", "amqps"):
+        raise UsageError(f"{source} must be an amqp:// or amqps:// broker URL (e.g. "
+                         f"amqp://guest:guest@127.0.0.1:5672/), got {shown!r}"
+                         + ("; the management API is --management-url of `fedmq queues`"
+                            if parts.scheme in ("http", "https") else ""))
+    if not parts.hostname:
+        raise UsageError(f"{source} {shown!r} names no host "
+                         f"(amqp://user:password@host:5672/vhost)")
+    return url
+
+
 def check_args(args: argparse.Namespace) -> dict[str, str | None]:
     """Every option checked before anything slow (no torch, no broker); the workers parsed.
     Raises UsageError naming the option."""
     if args.url is not None:
-        scheme = urlsplit(args.url).scheme
-        if scheme not in ("amqp", "amqps"):
-            source = (f"--url (here from ${DEFAULT_URL_ENV})"
-                      if args.url == os.environ.get(DEFAULT_URL_ENV) else "--url")
-            raise UsageError(f"{source} must be an amqp:// or amqps:// broker URL (e.g. "
-                             f"amqp://guest:guest@127.0.0.1:5672/), got "
-                             f"{runs.redact_url(args.url)!r}"
-                             + ("; the management API is --management-url of `fedmq queues`"
-                                if scheme in ("http", "https") else ""))
+        check_url(args.url)
     if args.launch and not args.url:
         raise UsageError("--launch needs --url (the broker the workers consume from)")
     workers = parse_workers(args.workers)
@@ -166,6 +191,11 @@ def check_args(args: argparse.Namespace) -> dict[str, str | None]:
         raise UsageError(f"--dataset {args.dataset!r}: workers this command starts ({where}) "
                          f"serve {' or '.join(BUILT_IN_DATASETS)}; serve your own files with "
                          f"`fedmq worker --data ... --key {args.dataset}` and give --url")
+    if args.dataset in BUILT_IN_DATASETS:
+        for lo, hi in parse_buckets(args.buckets):
+            if hi >= BUILT_IN_LABELS:
+                raise UsageError(f"--buckets {args.buckets}: {args.dataset} has labels "
+                                 f"0-{BUILT_IN_LABELS - 1}, not {hi}")
     try:
         check_config(config_fields(args))
     except SettingError as exc:
@@ -173,8 +203,27 @@ def check_args(args: argparse.Namespace) -> dict[str, str | None]:
     for option, value, low in (("--wait-workers", args.wait_workers, 0),
                                ("--max-updates", args.max_updates, 1),
                                ("--chunk-size", args.chunk_size, 4096)):
-        if value is not None and not value >= low:
-            raise UsageError(f"{option} must be at least {low}, got {value}")
+        if value is not None and not (value >= low and math.isfinite(value)):
+            raise UsageError(f"{option} must be a finite number of at least {low}, got "
+                             f"{value}")
+    if args.epochs is not None and args.batches is not None:
+        raise UsageError("give --epochs (whole passes over the data) or --batches (local "
+                         "batches per round), not both")
+    if args.max_updates is not None and args.strategy not in ("fedasync", "fedbuff"):
+        raise UsageError(f"--max-updates counts the updates of fedasync/fedbuff runs; "
+                         f"--strategy {args.strategy} runs --rounds")
+    user_model = ":" in args.model
+    for option, given in (("--model-arg", args.model_arg), ("--input-shape", args.input_shape)):
+        if given and not user_model:
+            raise UsageError(f"{option} is for your own model (--model module:Class or "
+                             f"file.py:Class); the built-in {args.model!r} takes none")
+    if args.input_shape is not None:
+        dims = args.input_shape.replace("x", ",").split(",")
+        if not all(d.strip().isdigit() and int(d) > 0 for d in dims):
+            raise UsageError(f"--input-shape is one sample's shape such as 1,28,28, got "
+                             f"{args.input_shape!r}")
+    if args.name is not None and not args.name.strip():
+        raise UsageError("--name is empty; give a folder name or leave it out")
     if not 0 <= args.max_failed_fits <= 1:
         raise UsageError(f"--max-failed-fits is a fraction from 0 to 1, got "
                          f"{args.max_failed_fits}")
@@ -202,9 +251,14 @@ def in_process_workers(workers: dict, dataset: str, testing: str | None) -> dict
 
 
 def run_options(args: argparse.Namespace) -> dict:
-    """The options a run records in run.json (and compares when resumed)."""
-    return {k: v for k, v in vars(args).items() if k not in ("func", "command")
-            and not k.startswith("_")}
+    """The options a run records in run.json (and compares when resumed), as they take
+    effect: --workers with each worker's labels, --batches with its default."""
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command")
+               and not k.startswith("_")}
+    options["workers"] = ",".join(f"{w}:{labels}" if labels else w
+                                  for w, labels in parse_workers(args.workers).items())
+    options["batches"] = config_fields(args)["num_batches"]
+    return options
 
 
 def open_run(args: argparse.Namespace) -> pathlib.Path:
@@ -215,14 +269,26 @@ def open_run(args: argparse.Namespace) -> pathlib.Path:
         run_dir = runs.open_run_dir(args.runs_dir, name, resume=args.resume,
                                     overwrite=args.overwrite,
                                     echo=lambda line: print(line, flush=True))
-    except (runs.RunFolderError, OSError) as exc:
+    except runs.RunFolderError as exc:
         raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"--runs-dir {args.runs_dir}: {exc.strerror or exc}") from None
     options = run_options(args)
     if args.resume:
-        recorded = (runs.read_record(run_dir) or {}).get("options")
+        done = runs.last_step(run_dir)
+        if done is not None and args.rounds <= done and args.strategy not in ("fedasync",
+                                                                              "fedbuff"):
+            raise UsageError(f"--rounds {args.rounds}: the run in {run_dir} already finished "
+                             f"round {done}; give more --rounds to continue it")
+        record = runs.read_record(run_dir)
+        recorded = (record or {}).get("options")
+        if recorded is None and (run_dir / runs.RUN_FILE).exists() and not args.allow_changes:
+            raise UsageError(f"--resume: {run_dir / runs.RUN_FILE} cannot be read, so the "
+                             f"options cannot be compared; give --allow-changes to resume "
+                             f"with these")
         if recorded is None:
-            print(f"{run_dir} has no {runs.RUN_FILE} (an older fedmq made it): its options "
-                  f"cannot be compared", flush=True)
+            print(f"{run_dir} has no readable {runs.RUN_FILE}: its options are not compared",
+                  flush=True)
         else:
             changed = runs.changed_options(recorded, options)
             if changed and not args.allow_changes:
@@ -266,7 +332,7 @@ def failure_summary(history: list, max_failed: float) -> str | None:
     return None
 
 
-def prepare(args: argparse.Namespace) -> tuple:
+def prepare(args: argparse.Namespace, workers: dict[str, str | None]) -> tuple:
     """(model source, strategy, TrainConfig): the model traced, the strategy made; UsageError
     for a mistake in them (before any folder, connection or data)."""
     from fedmq.errors import OpNotAllowedError
@@ -279,7 +345,12 @@ def prepare(args: argparse.Namespace) -> tuple:
     except (ValueError, OpNotAllowedError) as exc:
         text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
         raise UsageError(text.splitlines()[0] if text else type(exc).__name__) from None
-    return source, make_strategy(args.strategy, args.strategy_arg), config_from(args)
+    strategy = make_strategy(args.strategy, args.strategy_arg)
+    wanted = getattr(strategy, "min_fit_workers", None)
+    if isinstance(wanted, int) and wanted > len(workers):
+        raise UsageError(f"--strategy-arg min_fit_workers={wanted}: the run has "
+                         f"{len(workers)} worker{'s' * (len(workers) != 1)} (--workers)")
+    return source, strategy, config_from(args)
 
 
 async def train(args: argparse.Namespace, workers: dict[str, str | None],
@@ -347,6 +418,11 @@ async def train(args: argparse.Namespace, workers: dict[str, str | None],
                 else f"{last.version} versions ({last.received} updates)")
         print(f"Final accuracy: {100 * last.accuracy:.2f}% after {step}; "
               f"metrics in {run_dir}/")
+    elif history:
+        end = history[-1]
+        step = (f"{end.round} rounds" if hasattr(end, "round")
+                else f"{end.version} versions ({end.received} updates)")
+        print(f"Finished after {step} (no evaluation); metrics in {run_dir}/")
     failed = failure_summary(history, args.max_failed_fits)
     if failed is None and testing and config.eval_every and last is None and history:
         failed = f"every evaluation on {testing} failed"
@@ -362,12 +438,13 @@ def run_train(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         workers = check_args(args)
-        prepared = prepare(args)
+        prepared = prepare(args, workers)
         run_dir = open_run(args)
     except UsageError as exc:
         print(f"fedmq train: {exc}", file=sys.stderr)
         return 2
     launcher = None
+    code = None
     try:
         if args.launch:
             from fedmq.fl.launch import WorkerLauncher, thread_env
@@ -383,7 +460,8 @@ def run_train(args: argparse.Namespace) -> int:
                 print(f"{time.strftime('%H:%M:%S')} - {line}", flush=True)
             launcher.wait_consuming(echo=say)
             launcher.supervise(say)
-        return asyncio.run(train(args, workers, run_dir, prepared))
+        code = asyncio.run(train(args, workers, run_dir, prepared))
+        return code
     except UsageError as exc:
         print(f"fedmq train: {exc}", file=sys.stderr)
         return 2
@@ -399,6 +477,8 @@ def run_train(args: argparse.Namespace) -> int:
     finally:
         if launcher is not None:
             launcher.stop_all()
+        if not args.resume and code is None or code == 2:
+            runs.release(run_dir)  # stopped before its first round: the name is free again
 
 
 def interrupted_line(args: argparse.Namespace, run_dir: pathlib.Path) -> str:
@@ -473,8 +553,9 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
                    help="federated rounds, at least 1 (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=32,
                    help="samples per local batch (default %(default)s)")
-    p.add_argument("--batches", type=int, default=10,
-                   help="local batches per round, at least 1 (default %(default)s)")
+    p.add_argument("--batches", type=int, default=None,
+                   help=f"local batches per round, at least 1 (default {DEFAULT_BATCHES}, "
+                        f"unless --epochs)")
     p.add_argument("--epochs", type=int, default=None,
                    help="local epochs per round instead of --batches (default: unset)")
     p.add_argument("--lr", type=float, default=0.1,

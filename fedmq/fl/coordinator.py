@@ -129,7 +129,8 @@ class Coordinator(CoordinatorBase):
         return self.config.is_eval_round(record.round)
 
     def checkpoint_state(self, record: RoundRecord) -> dict:
-        return {"round": record.round, "lr": self.lr, "weights": self.weights,
+        return {"round": record.round, "lr": self.lr, "lr0": self.config.lr,
+                "weights": self.weights,
                 "strategy": self.strategy.state_dict(), "seed": self.config.seed,
                 "model": self.config.model}
 
@@ -162,6 +163,9 @@ class Coordinator(CoordinatorBase):
         state = self.load_checkpoint(resume)
         self.start_model(state)
         self.lr = float(state["lr"]) if state is not None else self.config.lr
+        if state is not None and state.get("lr0") and state["lr0"] != self.config.lr:
+            # resumed with another --lr: the same schedule from the new initial rate
+            self.lr *= self.config.lr / float(state["lr0"])
         self.report("on_prepare", state["round"] if state is not None else None)
         return state["round"] + 1 if state is not None else 1
 

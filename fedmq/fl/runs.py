@@ -17,6 +17,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import shutil
 import sys
 from importlib import metadata
@@ -28,6 +29,8 @@ CHECKPOINT = "checkpoint.fedmq"  # fedmq.fl.checkpoint.FILENAME (that module imp
 #: files a run writes (what `overwrite` removes; other files in the folder are left alone)
 RUN_FILES = (RUN_FILE, "metrics.jsonl", "metrics.png", CHECKPOINT, "checkpoint.tmp")
 RUN_DIRS = ("logs",)
+#: longest run name (a file name is at most 255 bytes; runs add -N)
+MAX_NAME = 200
 #: options that do not change a run's results: they may differ when it is resumed
 NOT_RESULTS = frozenset({"url", "launch", "resume", "overwrite", "allow_changes", "log_level",
                          "wait_workers", "chunk_size", "progress", "runs_dir", "name",
@@ -39,9 +42,22 @@ class RunFolderError(ValueError):
 
 
 def holds_run(path: pathlib.Path) -> bool:
-    """Whether `path` holds an earlier run's results (metrics or a checkpoint; a run.json or
-    logs alone are of a run that stopped before its first round and may be reused)."""
-    return any((path / name).exists() for name in ("metrics.jsonl", CHECKPOINT))
+    """Whether `path` holds a run: its results (metrics, a checkpoint) or its run.json (a run
+    that is starting now, or stopped before its first round without `release`)."""
+    return any((path / name).exists() for name in (RUN_FILE, "metrics.jsonl", CHECKPOINT))
+
+
+def release(path: pathlib.Path) -> bool:
+    """Give back a folder whose run stopped before its first round (no metrics, no
+    checkpoint): its run.json goes, and the folder if nothing else is left. True if done."""
+    if any((path / name).exists() for name in ("metrics.jsonl", CHECKPOINT)):
+        return False
+    (path / RUN_FILE).unlink(missing_ok=True)
+    try:
+        path.rmdir()  # only when empty (a --launch run keeps its logs)
+    except OSError:
+        pass
+    return True
 
 
 def open_run_dir(runs_dir: str | os.PathLike, name: str, *, resume: bool = False,
@@ -54,9 +70,13 @@ def open_run_dir(runs_dir: str | os.PathLike, name: str, *, resume: bool = False
 
     Raises RunFolderError: `resume` without a checkpoint there, `resume` with `overwrite`,
     a name that is not a plain folder name."""
-    if not name or name in (".", "..") or "/" in name or os.sep in name or "\0" in name:
-        raise RunFolderError(f"--name must be a plain folder name, got {name!r}")
+    if not name or name in (".", "..") or "/" in name or os.sep in name or "\0" in name \
+            or len(name) > MAX_NAME:
+        raise RunFolderError(f"--name must be a plain folder name of at most {MAX_NAME} "
+                             f"characters, got {name[:60]!r}")
     base = pathlib.Path(runs_dir)
+    if base.exists() and not base.is_dir():
+        raise RunFolderError(f"--runs-dir {base} is a file, not a folder")
     path = base / name
     if resume:
         if overwrite:
@@ -73,6 +93,7 @@ def open_run_dir(runs_dir: str | os.PathLike, name: str, *, resume: bool = False
             (path / file).unlink(missing_ok=True)
         for folder in RUN_DIRS:
             shutil.rmtree(path / folder, ignore_errors=True)
+        _claim(path)
         return path
     if _claim(path):
         return path
@@ -86,10 +107,17 @@ def open_run_dir(runs_dir: str | os.PathLike, name: str, *, resume: bool = False
 
 
 def _claim(path: pathlib.Path) -> bool:
+    """Take `path` for a new run: made with an exclusive mkdir, or, when it exists and holds
+    no run, by creating its run.json exclusively (two runs started at once never share it)."""
     try:
         path.mkdir()
     except FileExistsError:
-        return not holds_run(path) and path.is_dir()
+        if not path.is_dir() or holds_run(path):
+            return False
+    try:
+        os.close(os.open(path / RUN_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
     return True
 
 
@@ -97,13 +125,16 @@ def redact_url(url: str | None) -> str | None:
     """`url` without its password (what a run's record may keep)."""
     if not url:
         return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    user = f"{parts.username}@" if parts.username else ""
-    port = f":{parts.port}" if parts.port else ""
-    return parts._replace(netloc=f"{user}{host}{port}").geturl()
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        user = f"{parts.username}@" if parts.username else ""
+        port = f":{parts.port}" if parts.port else ""
+        return parts._replace(netloc=f"{user}{host}{port}").geturl()
+    except ValueError:  # a malformed URL (port, IPv6): cut what could be a password
+        return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1@", url)
 
 
 def versions() -> dict[str, str]:
@@ -144,6 +175,23 @@ def read_record(path: pathlib.Path) -> dict[str, Any] | None:
         return json.loads((path / RUN_FILE).read_text())
     except (OSError, ValueError):
         return None
+
+
+def last_step(path: pathlib.Path) -> int | None:
+    """The last round (or version) metrics.jsonl records, None without one."""
+    try:
+        lines = (path / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        step = record.get("round", record.get("version")) if isinstance(record, dict) else None
+        if isinstance(step, int):
+            return step
+    return None
 
 
 def changed_options(recorded: Mapping[str, Any],

@@ -917,10 +917,62 @@ class AMQPTransport(Transport):
                               delivery_mode=self._delivery_mode, user_id=self.user_id)
 
     def publish_event(self, routing_key: str, body: bytes) -> None:
-        """Publish a JSON event on `fedmq.events` (in order with everything else)."""
-        self._enqueue((self.events, routing_key,
-                       [(body, Basic.Properties(content_type="application/json",
-                                                 user_id=self.user_id))], True))
+        """Publish a JSON event on `fedmq.events`, in order, on a channel of its own: a broker
+        user that may not publish there (one without the coordinator role) loses its events
+        (said once, in the log), not the channel its commands and Fits travel on. Best
+        effort: an event that cannot be published is dropped (and logged at debug level)."""
+        if self._closed or self._events_refused:
+            return
+        if self._on_this_loop():
+            self._put_event((routing_key, body))
+        else:
+            self.loop.call_soon_threadsafe(self._put_event, (routing_key, body))
+
+    #: set once the broker refused this user's events (403 on fedmq.events)
+    _events_refused = False
+    _events_queue: asyncio.Queue | None = None
+    _events_task: asyncio.Task | None = None
+
+    def _put_event(self, item: tuple[str, bytes]) -> None:
+        if self._events_queue is None:
+            self._events_queue = asyncio.Queue()
+            self._events_task = asyncio.ensure_future(self._event_loop())
+        self._events_queue.put_nowait(item)
+
+    async def _event_loop(self) -> None:
+        channel = exchange = None
+        while True:
+            routing_key, body = await self._events_queue.get()
+            try:
+                if self._events_refused:
+                    continue
+                if channel is None or channel.is_closed:
+                    channel = await self.connection.channel(publisher_confirms=True)
+                    exchange = await channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
+                await exchange.publish(aio_pika.Message(
+                    body, content_type="application/json", user_id=self.user_id),
+                    routing_key=routing_key)
+            except aiormq.exceptions.ChannelAccessRefused as exc:
+                self._events_refused = True
+                log.warning("fedmq: events are not published: the broker refused them on %s "
+                            "(%s); a user with the coordinator role may publish them",
+                            EVENTS_EXCHANGE, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - events never stop a run
+                channel = None
+                log.debug("fedmq: event %s not published: %s", routing_key, exc)
+            finally:
+                self._events_queue.task_done()
+
+    async def _events_drained(self, timeout: float) -> None:
+        """Wait up to `timeout` s for the events queued so far to be published."""
+        if self._events_queue is not None:
+            try:
+                await asyncio.wait_for(self._events_queue.join(), timeout)
+            except (asyncio.TimeoutError, TimeoutError):
+                log.warning("fedmq: closing %s with events still unpublished", self.describe())
+            self._events_task.cancel()
 
     async def drain_async(self, timeout: float | None = 10.0) -> None:
         """Wait (on this loop) until everything queued so far is published (and confirmed)."""
@@ -966,6 +1018,7 @@ class AMQPTransport(Transport):
     async def _shutdown(self) -> None:
         """Close the connection, then end every task still on this transport's own loop."""
         try:
+            await self._events_drained(5)
             await self.connection.close()
         finally:
             current = asyncio.current_task()
@@ -985,6 +1038,7 @@ class AMQPTransport(Transport):
             await self.drain_async(10)
         except (asyncio.TimeoutError, TimeoutError):
             log.warning("fedmq: closing %s with messages still unpublished", self.describe())
+        await self._events_drained(5)
         publisher = getattr(self, "_publisher", None)
         if publisher is not None:
             publisher.cancel()
