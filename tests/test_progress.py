@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import sys
 import types
 
@@ -170,3 +171,19 @@ def test_log_records_print_above_the_bar_and_the_handler_is_restored():
     finally:
         root.removeHandler(handler)
     assert "a worker is slow" in console.file.getvalue()
+
+
+def test_a_narrow_terminal_cuts_the_status_never_the_counts_or_times():
+    """Found by review: at 80 columns the times were squeezed to '0:…'."""
+    console = Console(file=io.StringIO(), force_terminal=True, width=80, color_system=None)
+    fake = types.SimpleNamespace(unit="round", config=small_config(rounds=40))
+    bar = ProgressReporter("bar", console).bind(fake)
+    bar.on_prepare(None)
+    bar.on_run_start()
+    bar.on_round_start(1, ["alice"], 0.1)
+    bar.on_round_end(round_record(1, accuracy=0.5))
+    bar.progress.refresh()
+    line = [ln for ln in console.file.getvalue().replace("\r", "\n").splitlines() if "ETA" in ln][-1]
+    assert "1/40" in line and "━" in line
+    assert re.search(r"\d:\d\d:\d\d ETA (\d:\d\d:\d\d|-:--:--)", line), line
+    bar.on_run_end()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import warnings
 from typing import Any
 
 METRICS = "metrics.jsonl"
@@ -147,10 +148,16 @@ def plot(records: list[dict], path: str | pathlib.Path, x: str = "round",
     ax_acc.set(xlabel=x, ylabel="accuracy (%)", title="Test accuracy")
     ax_loss.plot(*series["loss"], ".-", color="black", lw=2, label="training loss")
     for i, (worker, (wx, wy)) in enumerate(sorted(series["workers"].items())):
-        ax_loss.plot(wx, wy, "-", lw=0.8, alpha=0.7, color=WORKER_COLORS[i % len(WORKER_COLORS)],
-                     label=f"{worker} (training)")
+        ax_loss.plot(wx, wy, ".-", lw=0.8, alpha=0.7, color=WORKER_COLORS[i % len(WORKER_COLORS)],
+                     label=f"{worker} (training)")  # a marker: one point is seen too
     ax_loss.plot(*series["test_loss"], "o-", color="tab:blue", label="test loss")
     ax_loss.set(xlabel=x, ylabel="loss", title="Loss")
+    from matplotlib.ticker import MaxNLocator
+    steps = [r[x] for r in records if isinstance(r.get(x), (int, float))]
+    for ax in axes:
+        if steps:  # every step on the axis, failed ones too (they have no point of their own)
+            ax.set_xlim(min(steps) - 0.5, max(steps) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     for ax in (ax_acc, ax_loss):
         _mark_failures(ax, series["failed"])
         ax.grid(True, alpha=0.3)
@@ -164,7 +171,9 @@ def plot(records: list[dict], path: str | pathlib.Path, x: str = "round",
         ax_eps.grid(True, alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    with warnings.catch_warnings():  # a crowded legend: the layout is kept as it is
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     fig.savefig(path, dpi=80, metadata={"Title": title} if title else None)
     plt.close(fig)
     return pathlib.Path(path)

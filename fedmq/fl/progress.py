@@ -84,12 +84,20 @@ class ProgressReporter(Reporter):
             return
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
+        from rich.table import Column
 
         unit = "updates" if self.asynchronous else "rounds"
+        def fixed(width: int) -> dict:  # never squeezed: a narrow terminal cuts the status
+            return {"table_column": Column(no_wrap=True, min_width=width, max_width=width)}
         self.progress = Progress(
-            TextColumn("{task.description}", markup=False), BarColumn(),
-            MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), TextColumn("{task.fields[status]}", markup=False),
+            TextColumn("{task.description}", markup=False,
+                       table_column=Column(no_wrap=True, min_width=7)),
+            BarColumn(bar_width=20, **fixed(20)),
+            MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=5)),
+            TextColumn(unit, **fixed(len(unit))), TimeElapsedColumn(**fixed(7)),
+            TextColumn("ETA", **fixed(3)), TimeRemainingColumn(**fixed(7)),
+            TextColumn("{task.fields[status]}", markup=False,  # a narrow terminal cuts this
+                       table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
             console=self.console, speed_estimate_period=3600.0, redirect_stdout=True,
             redirect_stderr=True)
         self.task = self.progress.add_task("version 0" if self.asynchronous else "round 1",
