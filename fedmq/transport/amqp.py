@@ -243,10 +243,21 @@ def resolve_url(url: str) -> str:
     amqps:// URL only), and with the password from the file $FEDMQ_AMQP_PASSWORD_FILE names
     when the URL gives none (a compose secret: no password on a command line), or else from
     $FEDMQ_AMQP_PASSWORD. Raises TransportError saying what is wrong, without the password."""
-    parsed = yarl.URL(url)
-    where = describe_url(url) if parsed.scheme in ("amqp", "amqps") else repr(parsed.scheme)
+    try:
+        parsed = yarl.URL(url)
+        parsed.port  # noqa: B018 - a port that is no number raises here, not deep in aiormq
+    except ValueError as exc:
+        raise TransportError(f"not a broker URL ({exc}): use "
+                             f"amqp://user:password@host:5672/vhost") from None
     if parsed.scheme not in ("amqp", "amqps"):
-        raise TransportError(f"a broker URL starts with amqp:// or amqps://, not {where}")
+        shown = (f"{parsed.scheme}://..." if parsed.scheme
+                 else repr(url.rpartition("@")[2][:80]))
+        raise TransportError(f"a broker URL starts with amqp:// or amqps:// "
+                             f"(amqp://user:password@host:5672/vhost), not {shown}")
+    if not parsed.host:
+        raise TransportError("the broker URL names no host: use "
+                             "amqp://user:password@host:5672/vhost")
+    where = describe_url(url)
     for name in TLS_FILE_PARAMETERS:
         path = parsed.query.get(name)
         if path is None:
