@@ -26,7 +26,8 @@ import sys
 import urllib.parse
 from typing import Any
 
-from fedmq.cli_options import EXIT_USAGE, OneLineParser, add_management_url_option
+from fedmq.cli_options import (EXIT_USAGE, OneLineParser, UsageError, add_management_url_option,
+                               add_url_option, check_amqp_url, url_vhost)
 from fedmq.errors import FedmqError
 from fedmq.management import DEFAULT_URL, ManagementAPIError, api_request
 from fedmq.transport.amqp import (COMMANDS_EXCHANGE, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE,
@@ -197,6 +198,16 @@ def read_secret(path: str, what: str) -> str:
     return text
 
 
+def _vhost(args: argparse.Namespace) -> str:
+    """--vhost, else the vhost of --url ($FEDMQ_URL): the one the services connect to."""
+    if args.vhost is not None:
+        return args.vhost
+    try:
+        return url_vhost(check_amqp_url(args.url))
+    except UsageError as exc:
+        raise BrokerAdminError(str(exc)) from None
+
+
 def _admin(args: argparse.Namespace) -> dict[str, str]:
     if args.admin_password_file:
         password = read_secret(args.admin_password_file, "--admin-password-file")
@@ -212,6 +223,7 @@ def run_add_user(args: argparse.Namespace) -> int:
         if args.password_file and args.password_out:
             raise BrokerAdminError("--password-out is for a generated password; --password-file "
                                    "gives one already")
+        args.vhost = _vhost(args)
         admin = _admin(args)
         password = (read_secret(args.password_file, "--password-file") if args.password_file
                     else secrets.token_urlsafe(24))
@@ -248,6 +260,7 @@ def run_add_user(args: argparse.Namespace) -> int:
 
 def run_delete_user(args: argparse.Namespace) -> int:
     try:
+        args.vhost = _vhost(args)
         delete_user(args.name, vhost=args.vhost, delete_queue=args.delete_queue, **_admin(args))
     except BrokerAdminError as exc:
         print(f"fedmq broker delete-user: {exc}", file=sys.stderr)
@@ -258,7 +271,9 @@ def run_delete_user(args: argparse.Namespace) -> int:
 
 
 def _management_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--vhost", default="/", help="virtual host (default %(default)s)")
+    p.add_argument("--vhost", default=None,
+                   help="virtual host (default: the vhost of --url, / when it names none)")
+    add_url_option(p, default=argparse.SUPPRESS)
     add_management_url_option(p, hidden_alias="--mgmt-url")
     p.add_argument("--admin-user", default=os.environ.get("FEDMQ_ADMIN_USER", "guest"),
                    help="an administrator of the broker ($FEDMQ_ADMIN_USER; default "
@@ -274,6 +289,7 @@ def add_broker_command(sub: argparse._SubParsersAction) -> None:
                                         "through the RabbitMQ management API: each fedmq "
                                         "service logs in as its own user and may do only what "
                                         "its role needs.")
+    add_url_option(broker)  # only its vhost is used: the default of --vhost
     actions = broker.add_subparsers(dest="broker_command", required=True,
                                     parser_class=OneLineParser)
     add = actions.add_parser(

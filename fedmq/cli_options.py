@@ -8,7 +8,9 @@ usage errors, and the confirmation asked before a destructive action.
     management_credentials(args)   (user, password) for the management API
     usage_error(command, message)  print `fedmq <command>: <message>`, exit 2
     clean(value, limit)            untrusted text as one printable line (escapes shown, cut)
-    check_amqp_url(command, url)   an http(s):// --url is a UsageError naming --management-url
+    check_amqp_url(url, option)    an AMQP URL with a host and a good port, else a UsageError
+                                   naming the option (an http(s):// one: --management-url)
+    url_option(url)                "--url", or "--url (here from $FEDMQ_URL)"
     url_login(url)                 (user, password, vhost) an AMQP URL names
     confirm(action, yes)           True to go on; False when a person answered no
     OneLineParser                  an argparse error is one line `fedmq <command>: ...`, exit 2
@@ -88,16 +90,78 @@ def _masked(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def check_amqp_url(url: str) -> str:
-    """`url` when it is an amqp:// or amqps:// URL. Raises UsageError (one line) otherwise, naming
-    --management-url for an http(s):// one (what `fedmq queues --url` used to take)."""
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
+#: what check_amqp_url says a broker URL looks like
+AMQP_URL_FORM = "amqp://user:password@host:5672/vhost"
+
+
+def url_option(url: str, option: str = "--url", envs: tuple[str, ...] = (URL_ENV,)) -> str:
+    """How a message names the option `url` came from: `option`, or "--url (here from
+    $FEDMQ_URL)" when it is the value of one of `envs` (the option's default)."""
+    for env in envs:
+        if url and url == os.environ.get(env):
+            return f"{option} (here from ${env})"
+    return option
+
+
+def _where(url: str) -> str:
+    """`url` without its user and password (for a message), as one printable line."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return clean(url.rpartition("@")[2], 80)
+    return clean(f"{scheme}://{rest.rpartition('@')[2]}", 80)  # a password may hold a /
+
+
+def check_amqp_url(url: str, option: str | None = None, *,
+                   management_option: str | None = "--management-url") -> str:
+    """`url` when it is an amqp:// or amqps:// URL naming a broker host, with a port (if any)
+    from 1 to 65535. Raises UsageError (one line, never the password) otherwise, naming
+    `option` (default: --url, "--url (here from $FEDMQ_URL)" when it is that variable's value)
+    and, for an http(s):// one (what `fedmq queues --url` used to take), `management_option`
+    (None: a command with no management API option)."""
+    option = option or url_option(url)
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme in ("http", "https"):
-        raise UsageError(f"--url is the AMQP broker URL (amqp://...); {scheme}:// is the "
-                         f"management API: give it with --management-url")
+        if management_option:
+            raise UsageError(f"{option} is the AMQP broker URL (amqp://...); {scheme}:// is the "
+                             f"management API: give it with {management_option}")
+        raise UsageError(f"{option} is the AMQP broker URL ({AMQP_URL_FORM}); {scheme}:// is "
+                         f"the management API, which this command does not use")
     if scheme not in ("amqp", "amqps"):
-        raise UsageError(f"--url must be an amqp:// or amqps:// URL, not {url.split('@')[-1]!r}")
+        raise UsageError(f"{option} must be an amqp:// or amqps:// URL ({AMQP_URL_FORM}), "
+                         f"not {_where(url)!r}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        if "port" in str(exc).lower():
+            raise UsageError(f"{option}: the port of {_where(url)!r} is not a number from 1 to "
+                             f"65535") from None
+        raise UsageError(f"{option}: {_where(url)!r} is not a broker URL ({clean(exc, 80)}; "
+                         f"{AMQP_URL_FORM}, an IPv6 address in [ ])") from None
+    if port == 0:
+        raise UsageError(f"{option}: the port of {_where(url)!r} is not a number from 1 to "
+                         f"65535")
+    host = parts.hostname
+    if not host:
+        raise UsageError(f"{option}: {_where(url)!r} names no broker host ({AMQP_URL_FORM})")
+    if ":" not in host and not _host_name(host):
+        raise UsageError(f"{option}: {_where(url)!r}: {clean(host, 60)!r} is not a host name "
+                         f"or address ({AMQP_URL_FORM})")
     return url
+
+
+def _host_name(host: str) -> bool:
+    """Whether `host` is a name the resolver takes: dot-separated labels of 1-63 characters
+    (a trailing dot allowed), nothing blank or non-printable, encodable as IDNA."""
+    labels = urllib.parse.unquote(host).removesuffix(".").split(".")
+    if any(not label or len(label) > 63 or not label.isprintable() or " " in label
+           for label in labels):
+        return False
+    try:
+        ".".join(labels).encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def url_login(url: str) -> tuple[str, str, str]:

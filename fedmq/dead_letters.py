@@ -19,7 +19,7 @@ that moment (1 = the oldest); dead letters arriving meanwhile join at the tail.
 
     DeadLetterQueue(url)        async context: connect, take(...), settle, close
       .take(upto, keep_bodies)  the first messages, held unacked, as DeadLetter
-      .requeue(letter)          republish it to the queue it died in, then remove it
+      .requeue(letter)          republish it to the worker queue it died in, then remove it
       .purge()                  remove every message; returns how many
     DeadLetter                  one message: reason, queue, message_type, died_at, sender...
 
@@ -39,14 +39,18 @@ import aiormq.exceptions
 from pamqp.commands import Basic
 
 from fedmq.errors import FedmqError, TransportError
-from fedmq.transport.amqp import (DEAD_LETTER_QUEUE, connect_error_text, connect_refused,
-                                  describe_url, login_of, queue_name, resolve_url)
+from fedmq.transport.amqp import (DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, connect_error_text,
+                                  connect_refused, describe_url, login_of, queue_name,
+                                  resolve_url)
 
 #: headers a worker adds to its dead-letter copy (removed when the message is requeued)
 FEDMQ_DEATH_HEADERS = ("x-fedmq-error", "x-fedmq-worker", "x-fedmq-message-type",
                        "x-fedmq-user-id", "x-fedmq-dead-at")
 #: header prefixes the broker adds when it dead-letters (removed when requeued)
 BROKER_DEATH_PREFIXES = ("x-death", "x-first-death-", "x-last-death-")
+#: the queues `requeue` sends to unless told otherwise (`fedmq dead-letters requeue
+#: --any-queue`): a dead letter's queue is read from headers its publisher wrote
+WORKER_QUEUE_PREFIX = queue_name("")
 #: seconds to wait for the broker to accept the connection, and for each step after it
 TIMEOUT = 5.0
 
@@ -276,20 +280,29 @@ class DeadLetterQueue:
         self._held.clear()
         await self._step(self._get.basic_nack(last, multiple=True, requeue=True))
 
-    async def requeue(self, letter: DeadLetter, new_ids: bool = False) -> str:
+    async def requeue(self, letter: DeadLetter, new_ids: bool = False,
+                      any_queue: bool = False) -> str:
         """Publish `letter` to the queue it died in (default exchange, mandatory, confirmed) with
         `requeue_properties()` (`new_ids`: with a new message id, so that a worker that
         handled it already runs it again), then remove it from the dead-letter queue; return
         that queue.
-        Raises DeadLetterError, the letter staying where it is: it names no queue, the queue
-        does not exist, or the broker refused it (a user_id that is not this login's: RabbitMQ
-        lets only that user, or one tagged `impersonator`, publish as another)."""
+        Raises DeadLetterError, the letter staying where it is: it names no queue, or one that
+        is not a worker queue (fedmq.worker.*) without `any_queue` (the queue comes from
+        headers anyone who may publish to fedmq.dlx can write), the queue does not exist, or
+        the broker refused it (a user_id that is not this login's: RabbitMQ lets only that
+        user, or one tagged `impersonator`, publish as another)."""
         if letter.body is None:
             raise ValueError("take() the letter with its body to requeue it")
         target = letter.queue
         if target is None:
             raise DeadLetterError("it names no queue it died in (no x-fedmq-worker or x-death "
                                   "header)")
+        if not target.startswith(WORKER_QUEUE_PREFIX) and not any_queue:
+            raise DeadLetterError(f"it names queue {target!r}, not a worker queue "
+                                  f"({WORKER_QUEUE_PREFIX}*): its x-death header may be forged "
+                                  f"(anyone who may publish to {DEAD_LETTER_EXCHANGE} writes "
+                                  f"it); give --any-queue to requeue it there anyway; left in "
+                                  f"{self.queue}")
         if self._publish is None or self._publish.is_closed:
             self._publish = await self._step(self._connection.channel(publisher_confirms=True))
         properties = letter.requeue_properties(self._new_ids if new_ids else None)

@@ -26,11 +26,13 @@ from fedmq.cli_options import (EXIT_USAGE, OneLineParser, UsageError, add_url_op
                                check_amqp_url, clean, confirm)
 from fedmq.dead_letters import DeadLetter, DeadLetterError, DeadLetterQueue
 from fedmq.errors import TransportError
-from fedmq.transport.amqp import DEAD_LETTER_QUEUE
+from fedmq.transport.amqp import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE
 
 #: list's `reason` column is cut to this many characters (`show` prints it whole)
 REASON_WIDTH = 100
 COLUMNS = ("#", "age", "size", "queue", "type", "reason")
+#: messages `list` shows by default
+DEFAULT_LIMIT = 1000
 
 
 def format_age(when: datetime.datetime | None, now: datetime.datetime | None = None) -> str:
@@ -120,7 +122,7 @@ def show_lines(letter: DeadLetter, total: int, where: str, head: int = 64) -> li
              f"queue         {letter.queue or '? (it names none: cannot be requeued)'}",
              f"message type  {letter.message_type}",
              f"dead since    {when}",
-             f"sender        {letter.sender or '(no user_id)'}",
+             f"sender        {_sender(letter)}",
              f"size          {letter.size} bytes", "properties"]
     props = letter.properties
     for name, value in (("message_id", props.message_id),
@@ -156,6 +158,16 @@ def show_lines(letter: DeadLetter, total: int, where: str, head: int = 64) -> li
     return [clean(line, 4000) for line in lines]  # headers and bodies are others' text
 
 
+def _sender(letter: DeadLetter) -> str:
+    """The sender `show` prints, saying where it comes from: a worker's copy names it in a
+    header (anyone who may publish to fedmq.dlx can write one); the broker's dead letters
+    keep the user_id the broker checked when it was published."""
+    if letter.by_worker:
+        return (f"{letter.sender or '(none)'} (header x-fedmq-user-id: anyone who may publish "
+                f"to {DEAD_LETTER_EXCHANGE} can write it; requeue publishes as this user)")
+    return letter.sender or "(no user_id)"
+
+
 def _header(value: Any) -> str:
     if isinstance(value, datetime.datetime):
         return value.isoformat(timespec="seconds")
@@ -180,7 +192,8 @@ async def _requeue(args: argparse.Namespace) -> int:
         for letter in chosen:
             what = f"dead letter {letter.position} ({clean(letter.message_type, 40)})"
             try:
-                queue = await dlq.requeue(letter, new_ids=args.new_message_id)
+                queue = await dlq.requeue(letter, new_ids=args.new_message_id,
+                                          any_queue=args.any_queue)
             except DeadLetterError as exc:
                 failed += 1
                 print(f"fedmq dead-letters requeue: {what}: {clean(exc, 1000)}",
@@ -212,12 +225,20 @@ def run_dead_letters(args: argparse.Namespace) -> int:
     """Run the action `args` names; a usage mistake or a broker that cannot be used is one line
     on stderr and exit 2."""
     action = getattr(args, "dl_command", None) or "list"
+    if action != "list" and args.limit is not None:
+        print(f"fedmq dead-letters {action}: --limit is for list (fedmq dead-letters list "
+              f"--limit N)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.limit is None:
+        args.limit = DEFAULT_LIMIT
     quiet = logging.getLogger("aiormq")  # it logs a failed connect; we say it in one line
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     try:
-        check_amqp_url(args.url)
-        if action == "requeue" and bool(args.all) == bool(args.positions):
+        check_amqp_url(args.url, management_option=None)
+        if action == "requeue" and not args.all and not args.positions:
+            raise UsageError("give the positions to requeue (N ...) or --all")
+        if action == "requeue" and args.all and args.positions:
             raise UsageError("give the positions to requeue (N ...) or --all, not both")
         return asyncio.run(ACTIONS[action](args))
     except (UsageError, DeadLetterError, TransportError) as exc:
@@ -238,24 +259,37 @@ def _position(text: str) -> int:
     return value
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_dead_letters_command(sub: argparse._SubParsersAction) -> None:
     """Register `fedmq dead-letters [list|show|requeue|purge]` on the `fedmq` parser."""
     p = sub.add_parser(
         "dead-letters", help="list, show, requeue or purge the messages in fedmq.dead-letters",
         description="What workers and the broker dead-lettered into fedmq.dead-letters, read "
                     "over AMQP: `list` (the default) leaves the messages in place and in "
-                    "order; `show N` decodes one as data (never run); `requeue N...|--all` "
-                    "sends them back to the queue they died in; `purge` removes them all "
-                    "(asks first). Positions are those `list` shows (1 = the oldest).")
+                    "order (`fedmq dead-letters --limit N` is `list --limit N`); `show N` "
+                    "decodes one as data (never run); `requeue N...|--all` sends them back to "
+                    "the worker queue they died in; `purge` removes them all (asks first). "
+                    "Positions are those `list` shows (1 = the oldest).")
     add_url_option(p)
+    p.add_argument("--limit", type=_at_least_one, default=None, metavar="N",
+                   help=f"with no ACTION (list): show at most N (default {DEFAULT_LIMIT})")
     p.set_defaults(func=run_dead_letters)
     actions = p.add_subparsers(dest="dl_command", metavar="ACTION", parser_class=OneLineParser)
     listing = actions.add_parser("list", help="one line per message, oldest first (default)")
-    listing.add_argument("--limit", type=_position, default=1000,
-                         help="show at most this many (default %(default)s)")
+    listing.add_argument("--limit", type=_at_least_one, default=argparse.SUPPRESS,
+                         metavar="N", help=f"show at most N (default {DEFAULT_LIMIT})")
     show = actions.add_parser("show", help="one message decoded as data, with its headers")
     show.add_argument("position", type=_position, metavar="N", help="its position in `list`")
-    show.add_argument("--bytes", type=_position, default=64,
+    show.add_argument("--bytes", type=_at_least_one, default=64, metavar="N",
                       help="hex bytes shown of a body that does not decode (default "
                            "%(default)s)")
     requeue = actions.add_parser(
@@ -267,11 +301,19 @@ def add_dead_letters_command(sub: argparse._SubParsersAction) -> None:
                     "Messages the broker dead-lettered (expired, rejected, over a length limit) "
                     "never ran and run when they arrive; a worker acks a message id it already "
                     "handled without running it again (see --new-message-id). "
-                    "A message that cannot be requeued (its queue is gone, the broker refuses "
-                    "it) stays, and the exit code is 1.")
+                    "A message that cannot be requeued (its queue is gone or is not a worker "
+                    "queue, the broker refuses it) stays, and the exit code is 1. The queue "
+                    "and, on a worker's copy, the sender (x-fedmq-user-id) are headers that "
+                    "anyone who may publish to fedmq.dlx can write: look with `show N` first, "
+                    "above all when logged in as an 'impersonator'.")
     requeue.add_argument("positions", type=_position, nargs="*", metavar="N",
                          help="positions in `list`")
     requeue.add_argument("--all", action="store_true", help="every message in the queue")
+    requeue.add_argument("--any-queue", action="store_true",
+                         help="also requeue into a queue that is not a worker queue "
+                              "(fedmq.worker.*); the queue comes from the dead letter's headers "
+                              "(x-fedmq-worker, x-death), which anyone who may publish to "
+                              "fedmq.dlx can write (default: worker queues only)")
     requeue.add_argument("--new-message-id", action="store_true",
                          help="give each a new message id: a worker runs a message id once, so "
                               "one it handled already (that failed while it ran) is otherwise "
@@ -282,4 +324,4 @@ def add_dead_letters_command(sub: argparse._SubParsersAction) -> None:
                        help="do not ask (needed when stdin is not a terminal)")
     for action in (listing, show, requeue, purge):
         add_url_option(action, default=argparse.SUPPRESS)
-    p.set_defaults(limit=1000)
+

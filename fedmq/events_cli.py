@@ -23,7 +23,8 @@ import sys
 import time
 from typing import Any
 
-from fedmq.cli_options import EXIT_USAGE, add_broker_url, clean, usage_error
+from fedmq.cli_options import (EXIT_USAGE, UsageError, add_broker_url, check_amqp_url, clean,
+                               usage_error)
 from fedmq.errors import TransportError
 from fedmq.eventstream import (ALL_EVENTS, LOG_LEVELS, Event, EventSubscription, check_pattern,
                               configure_logging)
@@ -155,6 +156,10 @@ async def follow(args: argparse.Namespace) -> int:
 
 def run_events(args: argparse.Namespace) -> int:
     """The `fedmq events` command."""
+    try:
+        check_amqp_url(args.url, management_option=None)
+    except UsageError as exc:
+        usage_error("events", str(exc))
     for pattern in args.filter:
         try:
             check_pattern(pattern)

@@ -33,12 +33,12 @@ import datetime
 import functools
 import itertools
 import logging
+import math
 import os
 import pathlib
 import queue
 import signal
 import sys
-from urllib.parse import urlsplit
 import threading
 import uuid
 from typing import Any, Callable
@@ -48,13 +48,15 @@ import torch
 from pamqp.commands import Basic
 
 from fedmq import messages as m, serde
+from fedmq.cli_options import (UsageError, check_amqp_url, check_worker_id, clean, url_option,
+                               usage_error)
 from fedmq.client import WorkerClient
 from fedmq.context import Context
 from fedmq.data.spec import NamedDataset, add_data_arguments
 from fedmq.engine import RequestEngine
 from fedmq.errors import FedmqError
 from fedmq.extensions import load_extensions
-from fedmq.health import DEFAULT_INTERVAL, HEALTH_FILE_ENV, HealthFile, seconds_arg
+from fedmq.health import DEFAULT_INTERVAL, HEALTH_FILE_ENV, HealthFile, beat_text, seconds_arg
 from fedmq.ids import new_id
 from fedmq.runtime import tune_malloc
 from fedmq.transport.amqp import (BINDING_PROBE, CHUNK_SIZE, COMMANDS_EXCHANGE,
@@ -70,6 +72,9 @@ from fedmq.worker import Undecodable, Worker
 from fedmq.workers.amqp import DEFAULT_URL, AMQPNetwork
 
 log = logging.getLogger("fedmq.service")
+
+#: where `fedmq worker --url` comes from when not given, first set first
+URL_ENVS = ("FEDMQ_URL", "FEDMQ_AMQP_URL")
 
 
 class WorkerStartError(FedmqError):
@@ -726,14 +731,24 @@ class WorkerService:
 
 def worker_ids(args: argparse.Namespace) -> list[str]:
     """The ids this process hosts: every `--id`, then every name in every `--ids a,b,c`, in
-    order, without repeats."""
+    order. Raises UsageError naming the option for an id that is not one (see
+    cli_options.check_worker_id), an empty entry in --ids, an id given twice, or none."""
     ids: list[str] = []
-    for item in list(args.id or []) + [i for text in (args.ids or []) for i in text.split(",")]:
-        item = item.strip()
-        if item and item not in ids:
-            ids.append(item)
+    given = [("--id", item) for item in args.id or []]
+    for text in args.ids or []:
+        items = [item.strip() for item in text.split(",")]
+        if "" in items:
+            raise UsageError(f"--ids {clean(text, 60)!r}: an empty id (give names separated "
+                             f"by single commas, e.g. w0,w1,w2)")
+        given += [("--ids", item) for item in items]
+    for option, item in given:
+        check_worker_id(item, option)
+        if item in ids:
+            raise UsageError(f"{option}: worker id {item!r} is given twice (one id, one "
+                             f"worker)")
+        ids.append(item)
     if not ids:
-        raise SystemExit("fedmq worker: give at least one --id (or --ids a,b,c)")
+        raise UsageError("give at least one --id (or --ids a,b,c)")
     return ids
 
 
@@ -802,20 +817,40 @@ def _holds_data(args: argparse.Namespace) -> bool:
     return bool(args.dataset or args.testing or args.labels or getattr(args, "data", None))
 
 
-def run_worker(args: argparse.Namespace) -> int:
-    """One `WorkerService` per id, all on this process's event loop (each with its own
-    connection, queue, consumer and op thread); SIGTERM/SIGINT stops them all."""
-    scheme = urlsplit(args.url).scheme
-    if scheme not in ("amqp", "amqps"):  # before any data is read
-        shown = describe_url(args.url) if scheme else args.url.rpartition("@")[2]
-        print(f"fedmq worker: --url must be an amqp:// or amqps:// broker URL "
-              f"(amqp://user:password@host:5672/vhost), got {shown!r}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def check_worker_args(args: argparse.Namespace) -> list[str]:
+    """The ids `args` names, once every option that needs no broker and no data is checked
+    (ids, --url, the numbers, --first-part, the data options). Raises UsageError (one line
+    naming the option)."""
     ids = worker_ids(args)
-    policy = policy_from_args(args)
-    health = health_file_from_args(args)
+    check_amqp_url(args.url, url_option(args.url, envs=URL_ENVS), management_option=None)
+    if args.iid_parts < 0:
+        raise UsageError(f"--iid-parts must be 0 (no cut) or more, got {args.iid_parts}")
+    if args.first_part is not None and not args.iid_parts:
+        raise UsageError("--first-part is the IID part of the first id: give --iid-parts too")
+    if args.iid_seed is not None and not args.iid_parts:
+        raise UsageError("--iid-seed seeds the IID split: give --iid-parts too")
+    args.first_part = args.first_part or 0
+    args.iid_seed = args.iid_seed or 0
+    if args.first_part < 0:
+        raise UsageError(f"--first-part must be 0 or more, got {args.first_part}")
+    if _holds_data(args) or args.iid_parts:
+        from fedmq.data.worker_data import checked_specs, named_dataset
+        try:
+            named = named_dataset(args)
+            checked_specs(args)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if args.iid_parts and not named:
+            raise UsageError("--iid-parts cuts the partition of a --dataset: give --dataset")
+        if args.iid_parts and args.first_part + len(ids) > args.iid_parts:
+            raise UsageError(f"{len(ids)} ids from part {args.first_part} do not fit in "
+                             f"--iid-parts {args.iid_parts}")
+    return ids
+
+
+def load_data(args: argparse.Namespace, ids: list[str]) -> dict[str, Worker | None]:
+    """The workers holding what the data options describe (None for an id holding nothing).
+    Raises UsageError for a data option or file that cannot be used."""
     workers: dict[str, Worker | None] = dict.fromkeys(ids)
     try:
         if len(ids) == 1 and not args.iid_parts:
@@ -824,9 +859,44 @@ def run_worker(args: argparse.Namespace) -> int:
                                                                      "id": ids[0]}))
         elif _holds_data(args) or args.iid_parts:
             workers = dict(build_workers(args, ids))
-    except ValueError as exc:  # a bad data option or file: checked before the slow reading
-        print(f"fedmq worker: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return workers
+
+
+async def _reach_broker(args: argparse.Namespace, ids: list[str]) -> None:
+    """Connect to the broker once and close: a refused login or an unreachable broker is
+    said (WorkerStartError) before the data is read, which takes seconds."""
+    try:
+        connection = await connect_robust(args.url, connection_name=f"fedmq worker "
+                                                                    f"{', '.join(ids)} (check)",
+                                          wait=args.connect_wait)
+    except TransportError as exc:
+        raise WorkerStartError(f"fedmq worker {', '.join(ids)}: {exc}") from None
+    await connection.close()
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """One `WorkerService` per id, all on this process's event loop (each with its own
+    connection, queue, consumer and op thread); SIGTERM/SIGINT stops them all."""
+    try:
+        ids = check_worker_args(args)  # before anything slow: one line, exit 2
+    except UsageError as exc:
+        usage_error("worker", str(exc))
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    policy = policy_from_args(args)
+    health = health_file_from_args(args)
+    if _holds_data(args) or args.iid_parts:
+        try:  # the broker first: reading the data takes seconds
+            asyncio.run(_reach_broker(args, ids))
+        except WorkerStartError as exc:
+            log.error("%s", exc)
+            return 2
+    try:
+        workers = load_data(args, ids)
+    except UsageError as exc:  # a data file that cannot be used
+        usage_error("worker", str(exc))
 
     async def main() -> None:
         services = [WorkerService(worker_id, args.url, prefetch=args.prefetch,
@@ -865,13 +935,44 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def _positive_int_arg(text: str) -> int:
+    value = _count_arg(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _prefetch_arg(text: str) -> int:
+    value = _positive_int_arg(text)
+    if value > MAX_PREFETCH:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_PREFETCH} (AMQP's largest "
+                                         f"prefetch), got {value}")
+    return value
+
+
+def _count_arg(text: str) -> int:
+    """argparse type: a whole number, 0 or more."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def _seconds_arg(zero: str | None) -> Callable[[str], float]:
+    """argparse type: a finite number of seconds, more than 0 (or 0 too, meaning `zero`)."""
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and zero is None):
+            allowed = f"0 ({zero}) or more" if zero else "more than 0"
+            raise argparse.ArgumentTypeError(f"must be a number of seconds, {allowed}; got "
+                                             f"{text!r}")
+        return value
+    return seconds
 
 
 def health_file_from_args(args: argparse.Namespace) -> HealthFile | None:
@@ -906,7 +1007,7 @@ async def report_health(services: list[WorkerService], health: HealthFile,
                     if written is None:
                         log.info("fedmq worker %s: serving; writing %s every %g s", ids,
                                  health.path, interval)
-                    health.beat(f"serving {ids} (pid {os.getpid()})")
+                    health.beat(beat_text(ids))
                     written = loop.time()
             elif written is not None:
                 log.warning("fedmq worker %s: not serving (the broker connection or the "
@@ -995,21 +1096,22 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                         "(required, or --ids)")
     p.add_argument("--ids", action="append", default=[], metavar="A,B,...",
                    help="several worker ids served by this one process (default: none)")
-    p.add_argument("--url", default=os.environ.get("FEDMQ_URL")
-                   or os.environ.get("FEDMQ_AMQP_URL") or DEFAULT_URL,
+    p.add_argument("--url", default=next(filter(None, map(os.environ.get, URL_ENVS)),
+                                         DEFAULT_URL),
                    help="AMQP broker URL (default $FEDMQ_URL, else $FEDMQ_AMQP_URL, else "
                         "%(default)s)")
-    p.add_argument("--connect-wait", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--connect-wait", type=_seconds_arg("do not wait"), default=60.0,
+                   metavar="SECONDS",
                    help="keep trying a broker that cannot be reached yet for this long at "
                         "start (a refused user, password or vhost is not tried again); "
                         "default %(default)s")
-    p.add_argument("--prefetch", type=_positive_int_arg, default=64,
-                   help="messages the broker hands this worker before it acks one, at least 1 "
-                        "(default %(default)s)")
+    p.add_argument("--prefetch", type=_prefetch_arg, default=64,
+                   help=f"messages the broker hands this worker before it acks one, 1 to "
+                        f"{MAX_PREFETCH} (default %(default)s)")
     p.add_argument("--chunk-size", type=_chunk_size_arg, default=CHUNK_SIZE,
                    help="replies above this many bytes travel in chunks (default %(default)s; "
                         "keep it below the broker's max_message_size)")
-    p.add_argument("--chunk-timeout", type=float, default=300.0,
+    p.add_argument("--chunk-timeout", type=_seconds_arg(None), default=300.0,
                    help="seconds to wait for the rest of a chunked frame before giving it up "
                         "(dead-lettered, the sender told); default %(default)s")
     p.add_argument("--state-dir", default=os.environ.get("FEDMQ_STATE_DIR"),
@@ -1029,13 +1131,13 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                                     "0-3 (with several ids: of every id) (default: all)")
     p.add_argument("--testing", action="store_true",
                    help="hold --dataset's held-out test set")
-    p.add_argument("--iid-parts", type=int, default=0, metavar="N",
+    p.add_argument("--iid-parts", type=_count_arg, default=0, metavar="N",
                    help="cut the partition into N IID parts; the i-th id holds part "
                         "--first-part + i (default: no cut)")
-    p.add_argument("--first-part", type=int, default=0,
-                   help="IID part of the first id (default %(default)s)")
-    p.add_argument("--iid-seed", type=int, default=0,
-                   help="seed of the IID split (default %(default)s)")
+    p.add_argument("--first-part", type=_count_arg, default=None, metavar="I",
+                   help="IID part of the first id, with --iid-parts (default 0)")
+    p.add_argument("--iid-seed", type=_count_arg, default=None, metavar="SEED",
+                   help="seed of the IID split, with --iid-parts (default 0)")
     add_data_arguments(p)
     p.add_argument("--standby", action="store_true",
                    help="if another process serves this id, wait as its hot standby and take "
@@ -1069,7 +1171,8 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
     access.add_argument("--max-bytes", type=_size_arg, default=DEFAULT_MAX_BYTES,
                         metavar="BYTES", help="per-principal quota of stored tensor bytes "
                                               "(suffixes K, M, G; default 1G; 0: none)")
-    access.add_argument("--max-objects", type=int, default=DEFAULT_MAX_OBJECTS, metavar="N",
+    access.add_argument("--max-objects", type=_count_arg, default=DEFAULT_MAX_OBJECTS,
+                        metavar="N",
                         help="per-principal quota of stored objects (default %(default)s; "
                              "0: no limit)")
     limits = p.add_argument_group(
@@ -1082,7 +1185,8 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                         help="refuse, before it runs, an op whose results would take more "
                              "bytes, whoever sends it (default: --max-bytes; 0: none; a "
                              "principal's ops are bounded by what its quota leaves anyway)")
-    limits.add_argument("--max-op-seconds", type=float, default=DEFAULT_MAX_OP_SECONDS,
+    limits.add_argument("--max-op-seconds", type=_seconds_arg("no limit"),
+                        default=DEFAULT_MAX_OP_SECONDS,
                         metavar="SECONDS", help="stop a message (a batch of commands, a plan "
                                                 "run, a Fit) that runs longer, between two ops "
                                                 "or two batches (default %(default)g; 0: none)")

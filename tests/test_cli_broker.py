@@ -272,3 +272,36 @@ def test_delete_user_removes_the_user_and_on_request_its_queue(capsys, broker):
     assert not can_log_in(name, password)
     assert api("GET", f"queues/{q(VHOST)}") is not None
     assert f"fedmq.worker.{name}" not in [x["name"] for x in api("GET", f"queues/{q(VHOST)}")]
+
+
+@pytest.mark.amqp
+def test_the_vhost_of_url_is_the_default_vhost(capsys, broker, monkeypatch):
+    """Found by review: add-user had no --url and its --vhost defaulted to / even when
+    FEDMQ_URL named another vhost. The vhost of --url ($FEDMQ_URL) is the default; an explicit
+    --vhost still wins."""
+    users, options = broker
+    from role_users import RUN_PREFIX, VHOST, api, q
+    management = options[2:]
+    name = RUN_PREFIX + "urlv"
+    users.names.append(name)
+    vhost_url = f"amqp://nobody:S3CRET@127.0.0.1:5672/{q(VHOST)}"
+    code, out, err = run(capsys, "broker", "add-user", name, "--role", "worker", "--url",
+                         vhost_url, *management)
+    assert code == 0, err
+    assert f"on vhost {VHOST!r}" in out
+    assert f"fedmq.worker.{name}" in [x["name"] for x in api("GET", f"queues/{q(VHOST)}")]
+    monkeypatch.setenv("FEDMQ_URL", "amqp://u:p@127.0.0.1/fedmq-no-such-vhost")
+    line = one_line_error(capsys, "broker", "add-user", name + "x", "--role", "client",
+                          *management)
+    assert "vhost 'fedmq-no-such-vhost' does not exist" in line
+    code, out, err = run(capsys, "broker", "add-user", name, "--role", "worker", "--update",
+                         "--vhost", VHOST, *management)  # --vhost wins over $FEDMQ_URL
+    assert code == 0 and f"on vhost {VHOST!r}" in out, err
+    code, out, err = run(capsys, "broker", "delete-user", name, "--delete-queue", "--url",
+                         vhost_url, *management)
+    assert code == 0, err
+    assert f"fedmq.worker.{name}" not in [x["name"] for x in api("GET", f"queues/{q(VHOST)}")]
+    monkeypatch.setenv("FEDMQ_URL", "amqp://u:S3CRET@127.0.0.1:x/")
+    line = one_line_error(capsys, "broker", "delete-user", name, *management)
+    assert line.startswith("fedmq broker delete-user: --url (here from $FEDMQ_URL): the port")
+    assert "S3CRET" not in line

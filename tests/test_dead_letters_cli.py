@@ -431,7 +431,11 @@ def test_usage_mistakes_are_one_line(capsys):
     for argv, expected in ((["show", "x"], "argument N: 'x' is not a position"),
                            (["show"], "the following arguments are required: N"),
                            (["requeue"], "give the positions to requeue (N ...) or --all"),
-                           (["list", "--limit", "0"], "'0' is not a position")):
+                           (["list", "--limit", "0"], "argument --limit: must be at least 1"),
+                           (["show", "1", "--bytes", "0"],
+                            "argument --bytes: must be at least 1"),
+                           (["list", "--url", "http://127.0.0.1:15672"],
+                            "http:// is the management API, which this command does not use")):
         try:
             code = main(["dead-letters", *argv])
         except SystemExit as exc:
@@ -440,6 +444,82 @@ def test_usage_mistakes_are_one_line(capsys):
         assert code == 2 and not out
         [line] = err.strip().splitlines()
         assert line.startswith(f"fedmq dead-letters {argv[0]}: ") and expected in line, line
+
+
+def test_review_wording_of_usage_mistakes(capsys):
+    """Found by review: requeue with nothing said "... or --all, not both"; --limit 0 said
+    "'0' is not a position"; an http:// --url was told to use --management-url, which
+    dead-letters does not have; `dead-letters --limit 5` was "invalid choice: '5'"."""
+    for argv, expected in (
+            (["requeue"], "fedmq dead-letters requeue: give the positions to requeue (N ...) "
+                          "or --all"),
+            (["--limit", "0"], "fedmq dead-letters: argument --limit: must be at least 1, "
+                               "got 0 (see fedmq dead-letters --help)"),
+            (["--limit", "2", "show", "1"], "fedmq dead-letters show: --limit is for list "
+                                            "(fedmq dead-letters list --limit N)"),
+            (["--url", "http://127.0.0.1:15672"],
+             "fedmq dead-letters list: --url is the AMQP broker URL "
+             "(amqp://user:password@host:5672/vhost); http:// is the management API, which "
+             "this command does not use")):
+        try:
+            code = main(["dead-letters", *argv])
+        except SystemExit as exc:
+            code = exc.code
+        out, err = capsys.readouterr()
+        assert code == 2 and not out and err.strip() == expected, err
+
+
+@pytest.mark.amqp
+def test_limit_without_an_action_lists(vhost, client, capsys):
+    make_three(client)
+    for argv in (["--limit", "2"], ["--limit", "2", "list"], ["list", "--limit", "2"]):
+        code, out, err = dead_letters(vhost, *argv, capsys=capsys)
+        assert code == 0, err
+        title, _, *rows = out.splitlines()
+        assert "(the first 2 shown; --limit)" in title and len(rows) == 2, out
+
+
+@pytest.mark.amqp
+def test_requeue_goes_only_to_worker_queues_unless_any_queue(vhost, client, capsys):
+    """Found by review: a dead letter whose forged x-death named queue `victim` was requeued
+    into `victim`. The queue comes from headers anyone who may publish to fedmq.dlx writes:
+    only fedmq.worker.* unless --any-queue (as `fedmq queues delete`)."""
+    victim = f"victim-{secrets.token_hex(3)}"
+    client.ch.queue_declare(victim)
+    try:
+        client.ch.basic_publish("fedmq.dlx", "forged", b"payload", pika.BasicProperties(
+            user_id="guest", headers={"x-death": [{"queue": victim, "reason": "rejected",
+                                                   "count": 1, "exchange": ""}]}))
+        client.wait_depth(DEAD_LETTER_QUEUE, 1)
+        code, out, err = dead_letters(vhost, "requeue", "1", capsys=capsys)
+        assert code == 1 and not out
+        assert err.strip() == (
+            f"fedmq dead-letters requeue: dead letter 1 (?): it names queue '{victim}', not a "
+            f"worker queue (fedmq.worker.*): its x-death header may be forged (anyone who may "
+            f"publish to fedmq.dlx writes it); give --any-queue to requeue it there anyway; "
+            f"left in {DEAD_LETTER_QUEUE}")
+        assert client.depth(victim) == 0 and client.depth(DEAD_LETTER_QUEUE) == 1
+        code, out, err = dead_letters(vhost, "requeue", "--all", "--any-queue", capsys=capsys)
+        assert code == 0 and out.strip() == f"requeued dead letter 1 (?) to {victim}", err
+        client.wait_depth(victim, 1)
+    finally:
+        client.ch.queue_delete(victim)
+
+
+@pytest.mark.amqp
+def test_show_says_a_workers_copy_names_its_sender_in_a_header(vhost, client, capsys):
+    client.ch.basic_publish("fedmq.dlx", "forged", b"payload", pika.BasicProperties(
+        user_id="guest", headers={"x-fedmq-worker": WORKER, "x-fedmq-user-id": "admin",
+                                  "x-fedmq-error": "forged"}))
+    client.wait_depth(DEAD_LETTER_QUEUE, 1)
+    code, out, err = dead_letters(vhost, "show", "1", capsys=capsys)
+    assert code == 0, err
+    assert ("sender        admin (header x-fedmq-user-id: anyone who may publish to fedmq.dlx "
+            "can write it; requeue publishes as this user)") in out.splitlines()
+    with pytest.raises(SystemExit):
+        main(["dead-letters", "requeue", "--help"])
+    assert "anyone who may publish to fedmq.dlx can write" in \
+        " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.amqp

@@ -156,7 +156,7 @@ def _with_login(url: str, user: str, password: str) -> str:
     (lambda url: url.rsplit("/", 1)[0] + "/fedmq-no-such-vhost", "does the vhost"),
     (lambda url: _with_login(url, "nobody-here", "wrong"), "refused the user name or password"),
     (lambda url: "amqp://127.0.0.1:1/", "cannot connect to RabbitMQ at amqp://127.0.0.1:1/"),
-    (lambda url: "http://127.0.0.1:5672/", "starts with amqp://"),
+    (lambda url: "http://127.0.0.1:5672/", "--url is the AMQP broker URL"),
 ])
 def test_broker_problems_are_one_line_and_exit_2(change, expected):
     url = change(os.environ["FEDMQ_AMQP_URL"])

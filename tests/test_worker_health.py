@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import urllib.parse
 import pytest
 
 from fedmq.cli import main
-from fedmq.health import HEALTHY, UNHEALTHY, HealthFile, check
+from fedmq.health import HEALTHY, UNHEALTHY, HealthFile, beat_text, check
 
 
 def test_health_file_is_fresh_then_stale_then_gone(tmp_path):
@@ -45,7 +46,7 @@ def test_worker_health_command_exit_codes(tmp_path, capsys, monkeypatch):
     path = tmp_path / "health"
     assert main(["worker-health", "--file", str(path)]) == 1
     assert "unhealthy: no health file" in capsys.readouterr().err
-    HealthFile(path).beat("serving bob (pid 2)")
+    HealthFile(path).beat(f"serving bob (pid {os.getpid()})")
     assert main(["worker-health", "--file", str(path), "--max-age", "5"]) == 0
     assert capsys.readouterr().out.startswith("healthy: serving bob")
     monkeypatch.setenv("FEDMQ_HEALTH_FILE", str(path))  # the path from the environment
@@ -55,6 +56,66 @@ def test_worker_health_command_exit_codes(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as info:
         main(["worker-health", "--max-age", "0"])
     assert info.value.code == 2
+
+
+def test_a_killed_worker_is_unhealthy_at_once(tmp_path):
+    """The file names the worker's pid on this host: once that process is gone (kill -9),
+    the check fails without waiting for --max-age (found by review: "healthy: serving hw
+    (pid 4538)" for 31 s after the kill)."""
+    path = tmp_path / "health"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        HealthFile(path).beat(beat_text("hw", child.pid))
+        assert path.read_text() == f"serving hw (pid {child.pid} on {socket.gethostname()})\n"
+        assert check(path, 30)[0] == HEALTHY
+    finally:
+        child.kill()
+        child.wait()
+    status, line = check(path, 30)
+    assert status == UNHEALTHY
+    assert line == (f"unhealthy: {path} names pid {child.pid}, which is not running (the "
+                    f"worker was killed)")
+    # the pid of another host (a file on a shared volume) is not looked up here
+    HealthFile(path).beat(beat_text("hw", child.pid, host="elsewhere.example"))
+    assert check(path, 30)[0] == HEALTHY
+    HealthFile(path).beat(f"serving hw (pid {child.pid})")  # no host: this one
+    assert check(path, 30)[0] == UNHEALTHY
+
+
+def test_a_file_from_the_future_or_a_directory_is_not_healthy(tmp_path, capsys):
+    path = tmp_path / "health"
+    HealthFile(path).beat(beat_text("hw"))
+    ahead = time.time() + 120
+    os.utime(path, (ahead, ahead))
+    status, line = check(path, 30)
+    assert status == UNHEALTHY and "written 120 s in the future" in line
+    ahead = time.time() + 2  # a little ahead (clocks, rounding): still fine
+    os.utime(path, (ahead, ahead))
+    assert check(path, 30)[0] == HEALTHY
+    assert main(["worker-health", "--file", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"unhealthy: {tmp_path} is a directory, not a health file (--file names the file "
+        f"`fedmq worker --health-file` writes)")
+
+
+def test_usage_says_file_or_the_environment(capsys, monkeypatch):
+    """--file is not required: $FEDMQ_HEALTH_FILE does as well (found by review: the usage
+    showed `--file FILE` as required)."""
+    monkeypatch.delenv("FEDMQ_HEALTH_FILE", raising=False)
+    with pytest.raises(SystemExit):
+        main(["worker-health", "--help"])
+    usage = capsys.readouterr().out
+    assert "[--file PATH]" in usage and "$FEDMQ_HEALTH_FILE" in usage
+    with pytest.raises(SystemExit) as info:
+        main(["worker-health"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == ("fedmq worker-health: give the health file "
+                                               "with --file PATH or $FEDMQ_HEALTH_FILE")
+    for value in ("nan", "inf", "-1"):
+        with pytest.raises(SystemExit) as info:
+            main(["worker-health", "--file", "/nowhere", "--max-age", value])
+        assert info.value.code == 2
+        assert "argument --max-age: must be a number of seconds" in capsys.readouterr().err
 
 
 def test_the_check_imports_neither_torch_nor_aio_pika():
@@ -116,7 +177,8 @@ def test_health_file_tells_a_serving_worker_from_a_stuck_or_disconnected_one(tmp
     try:
         procs.wait_consuming(worker_id, proc)
         wait_for(healthy, 10, "the health file of a consuming worker")
-        assert path.read_text() == f"serving {worker_id} (pid {proc.pid})\n"
+        assert path.read_text() == \
+            f"serving {worker_id} (pid {proc.pid} on {socket.gethostname()})\n"
         assert main(["worker-health", "--file", str(path), "--max-age", "2"]) == 0
 
         # stuck: a frozen process writes nothing, so its file goes stale

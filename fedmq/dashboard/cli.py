@@ -20,8 +20,8 @@ import asyncio
 import signal
 import sys
 
-from fedmq.cli_options import (EXIT_USAGE, add_broker_url, add_management_options,
-                               management_credentials, url_vhost, usage_error)
+from fedmq.cli_options import (EXIT_USAGE, UsageError, add_broker_url, add_management_options,
+                               check_amqp_url, management_credentials, url_vhost, usage_error)
 
 EXIT_INTERRUPTED = 130
 DEFAULT_HOST = "127.0.0.1"
@@ -87,6 +87,10 @@ def run_dashboard(args: argparse.Namespace) -> int:
     """The `fedmq dashboard` command."""
     from fedmq.eventstream import configure_logging
 
+    try:
+        check_amqp_url(args.url)
+    except UsageError as exc:
+        usage_error("dashboard", str(exc))
     if not args.host.strip():
         usage_error("dashboard", "--host must name an address to listen on, e.g. 127.0.0.1")
     if not 0 <= args.port <= 65535:

@@ -343,14 +343,27 @@ class _DropConnectErrors(logging.Filter):
         return not str(record.msg).startswith("error when creating transport")
 
 
+class _DropFirstReconnects(logging.Filter):
+    """aio-pika logs "Connection to ... closed. Reconnecting" (and "Connection attempt ...
+    failed") for a robust connection whose first connect failed, then raises: the caller of
+    connect_robust says why in one line. A connection that was up once still logs them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (args and getattr(args[0], "connection_attempt", None) == 0)
+
+
 @contextlib.contextmanager
 def _quiet_first_connect():
-    logger, dropper = logging.getLogger("aiormq.connection"), _DropConnectErrors()
-    logger.addFilter(dropper)
+    quiet = ((logging.getLogger("aiormq.connection"), _DropConnectErrors()),
+             (logging.getLogger("aio_pika.robust_connection"), _DropFirstReconnects()))
+    for logger, dropper in quiet:
+        logger.addFilter(dropper)
     try:
         yield
     finally:
-        logger.removeFilter(dropper)
+        for logger, dropper in quiet:
+            logger.removeFilter(dropper)
 
 
 async def connect_robust(url: str, *, connection_name: str | None = None,
