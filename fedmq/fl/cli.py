@@ -26,9 +26,8 @@ import os
 import pathlib
 import sys
 import time
-from urllib.parse import urlsplit
 
-from fedmq.cli_options import UsageError as CliUsageError, check_worker_id
+from fedmq.cli_options import UsageError as CliUsageError, check_amqp_url, check_worker_id
 from fedmq.fl import runs
 from fedmq.fl.validation import SettingError, check_config
 
@@ -145,30 +144,13 @@ def config_fields(args: argparse.Namespace) -> dict:
 
 
 def check_url(url: str) -> str:
-    """`url` when it is an amqp(s):// broker URL with a host (and a port 0-65535, if given);
-    UsageError naming --url (and $FEDMQ_URL when it came from there) otherwise."""
-    source = (f"--url (here from ${DEFAULT_URL_ENV})"
-              if url == os.environ.get(DEFAULT_URL_ENV) else "--url")
-    shown = runs.redact_url(url)
+    """`url` when it is an amqp(s):// broker URL with a host and a valid port
+    (fedmq.cli_options.check_amqp_url, as every command checks it); UsageError naming --url
+    (and $FEDMQ_URL when it came from there) otherwise."""
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
-        if parts.hostname:
-            parts.hostname.encode("idna")
-    except UnicodeError:  # an empty or overlong label (amqp://.../)
-        raise UsageError(f"{source} {shown!r} names no valid host name "
-                         f"(amqp://user:password@host:5672/vhost)") from None
-    except ValueError as exc:
-        raise UsageError(f"{source} {shown!r}: {exc}") from None
-    if parts.scheme not in ("amqp", "amqps"):
-        raise UsageError(f"{source} must be an amqp:// or amqps:// broker URL (e.g. "
-                         f"amqp://guest:guest@127.0.0.1:5672/), got {shown!r}"
-                         + ("; the management API is --management-url of `fedmq queues`"
-                            if parts.scheme in ("http", "https") else ""))
-    if not parts.hostname:
-        raise UsageError(f"{source} {shown!r} names no host "
-                         f"(amqp://user:password@host:5672/vhost)")
-    return url
+        return check_amqp_url(url)
+    except CliUsageError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def check_args(args: argparse.Namespace) -> dict[str, str | None]:
