@@ -20,10 +20,11 @@ No torch and no aio-pika here: `fedmq queues --help` stays instant.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import urllib.parse
-from typing import Any, NoReturn, TextIO
+from typing import Any, Callable, NoReturn, TextIO
 
 from fedmq.errors import FedmqError
 
@@ -262,3 +263,39 @@ def check_worker_id(value: str, option: str) -> str:
         raise UsageError(f"{option}: {clean(value, 60)!r} is not a worker id (1-"
                          f"{MAX_WORKER_ID} letters, digits, _ - . only)")
     return value
+
+
+# -- argparse types, one of each for every command ----------------------------------------------
+
+def whole_number(minimum: int = 0, maximum: int | None = None,
+                 why: str = "") -> Callable[[str], int]:
+    """argparse type: a whole number from `minimum` to `maximum` (None: no bound); `why`
+    says where the maximum comes from (", AMQP's largest prefetch")."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            bound = "0 or more" if minimum == 0 else f"at least {minimum}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}{why}, got {value}")
+        return value
+    return parse
+
+
+def seconds(zero: str | None = None) -> Callable[[str], float]:
+    """argparse type: a finite number of seconds, more than 0 (or 0 too, meaning `zero`:
+    "no limit", "do not wait")."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and zero is None):
+            allowed = f"0 ({zero}) or more" if zero else "more than 0"
+            raise argparse.ArgumentTypeError(f"must be a number of seconds, {allowed}; got "
+                                             f"{text!r}")
+        return value
+    return parse

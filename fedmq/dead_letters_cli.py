@@ -23,7 +23,7 @@ import sys
 from typing import Any
 
 from fedmq.cli_options import (EXIT_USAGE, OneLineParser, UsageError, add_url_option,
-                               check_amqp_url, clean, confirm)
+                               check_amqp_url, clean, confirm, whole_number)
 from fedmq.dead_letters import DeadLetter, DeadLetterError, DeadLetterQueue
 from fedmq.errors import TransportError
 from fedmq.transport.amqp import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE
@@ -259,16 +259,6 @@ def _position(text: str) -> int:
     return value
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_dead_letters_command(sub: argparse._SubParsersAction) -> None:
     """Register `fedmq dead-letters [list|show|requeue|purge]` on the `fedmq` parser."""
     p = sub.add_parser(
@@ -280,16 +270,16 @@ def add_dead_letters_command(sub: argparse._SubParsersAction) -> None:
                     "the worker queue they died in; `purge` removes them all (asks first). "
                     "Positions are those `list` shows (1 = the oldest).")
     add_url_option(p)
-    p.add_argument("--limit", type=_at_least_one, default=None, metavar="N",
+    p.add_argument("--limit", type=whole_number(1), default=None, metavar="N",
                    help=f"with no ACTION (list): show at most N (default {DEFAULT_LIMIT})")
     p.set_defaults(func=run_dead_letters)
     actions = p.add_subparsers(dest="dl_command", metavar="ACTION", parser_class=OneLineParser)
     listing = actions.add_parser("list", help="one line per message, oldest first (default)")
-    listing.add_argument("--limit", type=_at_least_one, default=argparse.SUPPRESS,
+    listing.add_argument("--limit", type=whole_number(1), default=argparse.SUPPRESS,
                          metavar="N", help=f"show at most N (default {DEFAULT_LIMIT})")
     show = actions.add_parser("show", help="one message decoded as data, with its headers")
     show.add_argument("position", type=_position, metavar="N", help="its position in `list`")
-    show.add_argument("--bytes", type=_at_least_one, default=64, metavar="N",
+    show.add_argument("--bytes", type=whole_number(1), default=64, metavar="N",
                       help="hex bytes shown of a body that does not decode (default "
                            "%(default)s)")
     requeue = actions.add_parser(

@@ -18,7 +18,6 @@ and never imports torch.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import socket
@@ -26,7 +25,7 @@ import stat as statmod
 import sys
 import time
 
-from fedmq.cli_options import clean, usage_error
+from fedmq.cli_options import clean, seconds, usage_error
 
 #: seconds between two writes of the health file (`fedmq worker --health-interval`)
 DEFAULT_INTERVAL = 5.0
@@ -140,18 +139,6 @@ def run_check(args: argparse.Namespace) -> int:
     return status
 
 
-def seconds_arg(text: str) -> float:
-    """argparse type: a finite number of seconds above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds more than 0, got "
-                                         f"{text!r}")
-    return value
-
-
 def add_health_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker-health",
                        help="exit 0 if a worker's --health-file is fresh (container healthcheck)",
@@ -161,7 +148,7 @@ def add_health_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--file", default=os.environ.get(HEALTH_FILE_ENV), metavar="PATH",
                    help=f"the worker's health file (default ${HEALTH_FILE_ENV}; one of the "
                         f"two is needed)")
-    p.add_argument("--max-age", type=seconds_arg, default=DEFAULT_MAX_AGE, metavar="SECONDS",
+    p.add_argument("--max-age", type=seconds(), default=DEFAULT_MAX_AGE, metavar="SECONDS",
                    help="older than this, the file is stale: the worker is stuck "
                         "(default %(default)g; keep it a few times the worker's "
                         "--health-interval)")

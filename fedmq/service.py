@@ -33,7 +33,6 @@ import datetime
 import functools
 import itertools
 import logging
-import math
 import os
 import pathlib
 import queue
@@ -48,15 +47,15 @@ import torch
 from pamqp.commands import Basic
 
 from fedmq import messages as m, serde
-from fedmq.cli_options import (UsageError, check_amqp_url, check_worker_id, clean, url_option,
-                               usage_error)
+from fedmq.cli_options import (UsageError, check_amqp_url, check_worker_id, clean, seconds,
+                               url_option, usage_error, whole_number)
 from fedmq.client import WorkerClient
 from fedmq.context import Context
 from fedmq.data.spec import NamedDataset, add_data_arguments
 from fedmq.engine import RequestEngine
 from fedmq.errors import FedmqError
 from fedmq.extensions import load_extensions
-from fedmq.health import DEFAULT_INTERVAL, HEALTH_FILE_ENV, HealthFile, beat_text, seconds_arg
+from fedmq.health import DEFAULT_INTERVAL, HEALTH_FILE_ENV, HealthFile, beat_text
 from fedmq.ids import new_id
 from fedmq.runtime import tune_malloc
 from fedmq.transport.amqp import (BINDING_PROBE, CHUNK_SIZE, COMMANDS_EXCHANGE,
@@ -934,47 +933,6 @@ def run_worker(args: argparse.Namespace) -> int:
         return 2
 
 
-def _positive_int_arg(text: str) -> int:
-    value = _count_arg(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _prefetch_arg(text: str) -> int:
-    value = _positive_int_arg(text)
-    if value > MAX_PREFETCH:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_PREFETCH} (AMQP's largest "
-                                         f"prefetch), got {value}")
-    return value
-
-
-def _count_arg(text: str) -> int:
-    """argparse type: a whole number, 0 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _seconds_arg(zero: str | None) -> Callable[[str], float]:
-    """argparse type: a finite number of seconds, more than 0 (or 0 too, meaning `zero`)."""
-    def seconds(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-        if not math.isfinite(value) or value < 0 or (value == 0 and zero is None):
-            allowed = f"0 ({zero}) or more" if zero else "more than 0"
-            raise argparse.ArgumentTypeError(f"must be a number of seconds, {allowed}; got "
-                                             f"{text!r}")
-        return value
-    return seconds
-
-
 def health_file_from_args(args: argparse.Namespace) -> HealthFile | None:
     """The `--health-file` to keep, with any left by an earlier run removed (a restarted
     container keeps its files: an old one must not pass for this process's); a directory
@@ -1100,18 +1058,19 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                                          DEFAULT_URL),
                    help="AMQP broker URL (default $FEDMQ_URL, else $FEDMQ_AMQP_URL, else "
                         "%(default)s)")
-    p.add_argument("--connect-wait", type=_seconds_arg("do not wait"), default=60.0,
+    p.add_argument("--connect-wait", type=seconds("do not wait"), default=60.0,
                    metavar="SECONDS",
                    help="keep trying a broker that cannot be reached yet for this long at "
                         "start (a refused user, password or vhost is not tried again); "
                         "default %(default)s")
-    p.add_argument("--prefetch", type=_prefetch_arg, default=64,
+    p.add_argument("--prefetch", default=64,
+                   type=whole_number(1, MAX_PREFETCH, " (AMQP's largest prefetch)"),
                    help=f"messages the broker hands this worker before it acks one, 1 to "
                         f"{MAX_PREFETCH} (default %(default)s)")
     p.add_argument("--chunk-size", type=_chunk_size_arg, default=CHUNK_SIZE,
                    help="replies above this many bytes travel in chunks (default %(default)s; "
                         "keep it below the broker's max_message_size)")
-    p.add_argument("--chunk-timeout", type=_seconds_arg(None), default=300.0,
+    p.add_argument("--chunk-timeout", type=seconds(), default=300.0,
                    help="seconds to wait for the rest of a chunked frame before giving it up "
                         "(dead-lettered, the sender told); default %(default)s")
     p.add_argument("--state-dir", default=os.environ.get("FEDMQ_STATE_DIR"),
@@ -1121,7 +1080,7 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                    help="write PATH every --health-interval seconds while every id is "
                         "connected and consuming, remove it when not; `fedmq worker-health "
                         f"--file PATH` checks it (default ${HEALTH_FILE_ENV}; none)")
-    p.add_argument("--health-interval", type=seconds_arg, default=DEFAULT_INTERVAL,
+    p.add_argument("--health-interval", type=seconds(), default=DEFAULT_INTERVAL,
                    metavar="SECONDS", help="seconds between writes of --health-file "
                                            "(default %(default)g)")
     p.add_argument("--dataset", action=NamedDataset, metavar="NAME",
@@ -1131,12 +1090,12 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                                     "0-3 (with several ids: of every id) (default: all)")
     p.add_argument("--testing", action="store_true",
                    help="hold --dataset's held-out test set")
-    p.add_argument("--iid-parts", type=_count_arg, default=0, metavar="N",
+    p.add_argument("--iid-parts", type=whole_number(0), default=0, metavar="N",
                    help="cut the partition into N IID parts; the i-th id holds part "
                         "--first-part + i (default: no cut)")
-    p.add_argument("--first-part", type=_count_arg, default=None, metavar="I",
+    p.add_argument("--first-part", type=whole_number(0), default=None, metavar="I",
                    help="IID part of the first id, with --iid-parts (default 0)")
-    p.add_argument("--iid-seed", type=_count_arg, default=None, metavar="SEED",
+    p.add_argument("--iid-seed", type=whole_number(0), default=None, metavar="SEED",
                    help="seed of the IID split, with --iid-parts (default 0)")
     add_data_arguments(p)
     p.add_argument("--standby", action="store_true",
@@ -1171,7 +1130,7 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
     access.add_argument("--max-bytes", type=_size_arg, default=DEFAULT_MAX_BYTES,
                         metavar="BYTES", help="per-principal quota of stored tensor bytes "
                                               "(suffixes K, M, G; default 1G; 0: none)")
-    access.add_argument("--max-objects", type=_count_arg, default=DEFAULT_MAX_OBJECTS,
+    access.add_argument("--max-objects", type=whole_number(0), default=DEFAULT_MAX_OBJECTS,
                         metavar="N",
                         help="per-principal quota of stored objects (default %(default)s; "
                              "0: no limit)")
@@ -1185,7 +1144,7 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                         help="refuse, before it runs, an op whose results would take more "
                              "bytes, whoever sends it (default: --max-bytes; 0: none; a "
                              "principal's ops are bounded by what its quota leaves anyway)")
-    limits.add_argument("--max-op-seconds", type=_seconds_arg("no limit"),
+    limits.add_argument("--max-op-seconds", type=seconds("no limit"),
                         default=DEFAULT_MAX_OP_SECONDS,
                         metavar="SECONDS", help="stop a message (a batch of commands, a plan "
                                                 "run, a Fit) that runs longer, between two ops "
