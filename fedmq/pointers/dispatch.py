@@ -172,6 +172,12 @@ def _comparable(value: Any) -> bool:
     return isinstance(value, (torch.Tensor, int, float, complex, bool, list, tuple))
 
 
+class Sent:
+    """Whether this process ever sent a model (parameter.make_remote): until then the
+    optimizer pre-step hook (optim.colocate_state) has nothing to look for."""
+    anything = False
+
+
 class PendingGets:
     """How many deferred `model.get()`s (parameter.PendingGet) are alive in this process: a
     guard that lets the dispatch skip looking for them when there are none. Each PendingGet is

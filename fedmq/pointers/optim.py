@@ -7,12 +7,23 @@ parameters that all live on workers we pick foreach instead, so `opt.step()` cos
 of Commands whatever the model's size. On CPU both paths run the same per-tensor kernels, so
 the weights stay bit-identical to plain PyTorch (tests/test_pointer_ops.py checks each against
 plain PyTorch). An explicit `foreach=False` is respected.
+
+An optimizer's state (momentum buffers, Adam's averages, Adagrad's sums) lives where its
+parameter lives: before every step a global pre-step hook (`colocate_state`) brings home the
+state of parameters that came home (`model.get()`), sends the state of parameters that were
+sent (`model.send(w)`, also state made at construction, as Adagrad's), and moves it worker to
+worker after `model.move(w)`. So an optimizer built before `send` keeps stepping the model
+wherever it is, with the same numbers as plain PyTorch (tests/test_deferred_get_writes.py).
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any, Callable
 
+import torch
+
+from fedmq import messages as m
+from fedmq.pointers import dispatch
 from fedmq.pointers.dispatch import is_remote
 
 #: torch.optim modules whose foreach path gives bit-identical results to their loop on CPU.
@@ -50,7 +61,55 @@ def install() -> None:
             continue
         module._default_to_fused_or_foreach = _remote_aware(default)
     _keep_nesterov_on_the_loop()
+    importlib.import_module("torch.optim.optimizer").register_optimizer_step_pre_hook(
+        colocate_state)
     _installed = True
+
+
+def _same_place(a: Any, b: Any) -> bool:
+    return a is b or (a is not None and b is not None and a.id == b.id and
+                      getattr(a, "engine", None) is getattr(b, "engine", None))
+
+
+def colocate_state(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    """Put each parameter's per-element state (tensors of the parameter's shape) where the
+    parameter is, before `optimizer.step()`; scalar state (Adam's `step`) stays local, as
+    torch keeps it on the CPU. A parameter whose model's `get()` is pending comes home now
+    (the step needs it). One GetRequest per worker brings state home."""
+    if not dispatch.Sent.anything or not optimizer.state:
+        return None
+    state = optimizer.state
+    fetch: dict[int, tuple[Any, list]] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = state.get(p)
+            if not st:
+                continue
+            if is_remote(p) and p.__dict__.get("_fedmq_pending") is not None:
+                p._fedmq_pending.carry_out()
+            where = dispatch.location_of(p) if is_remote(p) else None
+            shape = tuple(p.shape)
+            for key, value in st.items():
+                if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape \
+                        or (not shape and key == "step"):
+                    continue
+                at = dispatch.location_of(value) if is_remote(value) else None
+                if _same_place(at, where):
+                    continue
+                if where is None:
+                    fetch.setdefault(id(at), (at, []))[1].append((st, key, value))
+                elif at is None:
+                    st[key] = value.send(where)
+                else:
+                    st[key] = value.move(where)
+    for at, items in fetch.values():
+        values = at.call(m.GetRequest([dispatch.remote_id(v) for _, _, v in items],
+                                      delete=True))
+        for (st, key, pointer), value in zip(items, values):
+            pointer._disown()
+            pointer._consumed = True
+            st[key] = value
+    return None
 
 
 def _keep_nesterov_on_the_loop() -> None:

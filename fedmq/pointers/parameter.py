@@ -38,6 +38,33 @@ def _set_grad_of(t: Any, value: Any) -> None:
     dispatch._grad_set(None, (t, value), {})
 
 
+def _set_(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """`Tensor.set_`, the one in-place method torch calls without `__torch_function__`: sent
+    through the same dispatch as every other call, so after a deferred `model.get()` it acts on
+    the fetched tensor, and on remote data it is refused (OpNotAllowedError) instead of
+    replacing the local placeholder while the worker keeps the old values."""
+    if not is_remote_tensor(self):  # the model came home while the arguments were evaluated
+        return torch.Tensor.set_(self, *args, **kwargs)
+    return dispatch.torch_function(type(self), torch.Tensor.set_, (type(self),),
+                                   (self, *args), kwargs)
+
+
+def _location_of(t: Any) -> Any:
+    """PySyft's `param.location`: the worker holding a sent parameter. A parameter that is
+    home (never sent, or its model's `get()` is pending) has none: AttributeError, as in
+    PySyft, where only pointers had a location."""
+    if t.__dict__.get("_fedmq_pending") is not None:
+        raise AttributeError("this parameter is local (its model's .get() was called): it has "
+                             "no .location")
+    return t._fedmq_location
+
+
+def _id_at_location_of(t: Any) -> int:
+    """PySyft's `param.id_at_location`: the id of the sent parameter in its worker's store."""
+    _location_of(t)
+    return t._fedmq_id
+
+
 class RemoteParameter(torch.nn.Parameter):
     _fedmq_kind = "parameter"
     _fedmq_pending = None  # a PendingGet while `model.get()` has not been carried out yet
@@ -45,6 +72,9 @@ class RemoteParameter(torch.nn.Parameter):
     #: optimizers read `p.grad` several times per parameter per step: answer it directly
     #: (the same code `__torch_function__` would reach, without torch's dispatch around it)
     grad = property(_grad_of, _set_grad_of)
+    set_ = _set_
+    location = property(_location_of)
+    id_at_location = property(_id_at_location_of)
 
     def __deepcopy__(self, memo):
         return _deepcopy_remote(self, memo)
@@ -54,6 +84,9 @@ class RemoteBuffer(torch.Tensor):
     _fedmq_kind = "buffer"
     _fedmq_pending = None
     __torch_function__ = classmethod(dispatch.torch_function)
+    set_ = _set_
+    location = property(_location_of)
+    id_at_location = property(_id_at_location_of)
 
     def __deepcopy__(self, memo):
         return _deepcopy_remote(self, memo)
@@ -118,6 +151,7 @@ def make_remote(t: torch.Tensor, location: Any, remote_id: int, owner: Any,
         t._fedmq_meta = (tuple(t.shape), t.dtype, t.requires_grad)
     _attach(t, location, remote_id, owner)
     t._fedmq_has_grad = has_grad
+    dispatch.Sent.anything = True
 
 
 def retarget(t: torch.Tensor, location: Any) -> None:

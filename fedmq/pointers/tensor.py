@@ -79,6 +79,12 @@ class PointerTensor(OwnedRemote, torch.Tensor):
 
     __torch_function__ = classmethod(dispatch.torch_function)
 
+    def set_(self, *args: Any, **kwargs: Any) -> Any:
+        """`Tensor.set_` skips `__torch_function__` in torch; route it through the dispatch
+        like every other call (it is not on the allowlist: OpNotAllowedError)."""
+        return dispatch.torch_function(type(self), torch.Tensor.set_, (type(self),),
+                                       (self, *args), kwargs)
+
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         raise PointerError(f"internal error: aten op {func} reached a PointerTensor; "

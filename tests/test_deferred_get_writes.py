@@ -1,0 +1,407 @@
+"""No silently lost writes after a deferred `model.get()` (issue 15, Deliver 2).
+
+`model.get()` is carried out lazily (fedmq/module.py): the parameters come home the first time
+anything touches them. Every write must then act on the fetched values, exactly as in plain
+PyTorch: each in-place method torch.Tensor has (enumerated from `dir(torch.Tensor)`, with
+generated arguments), `.data =`, `p[i] = v`, `nn.init.*_`, `load_state_dict`, and an optimizer
+built before `send` stepping the fetched model. Each is run on a just-fetched model and on a
+plain copy that never left, and the parameters must be equal (bit for bit, NaNs included).
+`Tensor.set_` is the one in-place method torch calls without `__torch_function__`; before the
+fix it wrote the local placeholder and the fetch then overwrote it (the §10.2 cleanup trained
+nothing, with no error).
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fedmq as sy
+from fedmq.errors import OpNotAllowedError
+
+
+class Net(nn.Module):
+    """Parameters of three ranks (in-place methods differ in the rank they accept) and a
+    buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w2 = nn.Parameter(torch.rand(4, 4, generator=g) * 0.8 + 0.1)
+        self.w1 = nn.Parameter(torch.rand(4, generator=g) * 0.8 + 0.1)
+        self.w3 = nn.Parameter(torch.rand(2, 4, 4, generator=g) * 0.8 + 0.1)
+        self.register_buffer("running", torch.rand(4, generator=g))
+
+
+PARAMS = ("w2", "w1", "w3")
+
+# in-place methods that cannot apply to a float32 parameter, and why (the test checks that
+# plain PyTorch indeed refuses each of them, so this list cannot hide a method that applies)
+CANNOT_APPLY = {
+    "bitwise_and_": "integer/bool dtypes only", "bitwise_or_": "integer/bool dtypes only",
+    "bitwise_xor_": "integer/bool dtypes only", "bitwise_not_": "integer/bool dtypes only",
+    "bitwise_left_shift_": "integer dtypes only", "bitwise_right_shift_": "integer dtypes only",
+    "__iand__": "integer/bool dtypes only", "__ior__": "integer/bool dtypes only",
+    "__ixor__": "integer/bool dtypes only", "__ilshift__": "integer dtypes only",
+    "__irshift__": "integer dtypes only",
+    "gcd_": "integer dtypes only", "lcm_": "integer dtypes only",
+    "float_power_": "its result is float64, which a float32 tensor cannot hold in place",
+    "resize_as_sparse_": "sparse tensors only", "sparse_resize_": "sparse tensors only",
+    "sparse_resize_and_clear_": "sparse tensors only",
+}
+
+
+def inplace_methods() -> list[str]:
+    """Every in-place method of torch.Tensor: `name_` and the `__i*__` operators."""
+    names = []
+    for name in dir(torch.Tensor):
+        if name.startswith("__"):
+            if name.startswith("__i") and name.endswith("__") and name not in (
+                    "__init__", "__init_subclass__", "__index__", "__int__", "__invert__",
+                    "__iter__"):
+                names.append(name)
+        elif name.endswith("_") and not name.startswith("_"):
+            names.append(name)
+    return sorted(names)
+
+
+def _rand(*shape: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(sum(shape) + len(shape))
+    return torch.rand(*shape, generator=g) * 0.8 + 0.1
+
+
+def candidate_args(name: str, p: torch.Tensor) -> list[tuple]:
+    """Argument tuples to try for method `name` on a tensor shaped like `p` (first that plain
+    PyTorch accepts wins): the structured ones by name, then generic shapes of call."""
+    shape = tuple(p.shape)
+    same = _rand(*shape)
+    rows = shape[0] if shape else 1
+    idx = torch.tensor([0, rows - 1])
+    if p.dim() >= 1:
+        src = _rand(2, *shape[1:])
+        index = torch.zeros(shape, dtype=torch.long)
+        index[..., 0] = rows - 1
+    special: dict[str, list[tuple]] = {
+        "index_add_": [(0, idx, src)] if p.dim() else [],
+        "index_copy_": [(0, idx, src)] if p.dim() else [],
+        "index_fill_": [(0, idx, 0.5)] if p.dim() else [],
+        "index_put_": [((idx,), src)] if p.dim() else [],
+        "index_reduce_": [(0, idx, src, "prod")] if p.dim() else [],
+        "masked_fill_": [(same > 0.5, 0.25)],
+        "masked_scatter_": [(same > 0.5, _rand(*shape) + 3)],
+        "put_": [(torch.tensor([0, 3]), torch.tensor([7.0, 8.0]))],
+        "scatter_": [(0, index, same)] if p.dim() else [],
+        "scatter_add_": [(0, index, same)] if p.dim() else [],
+        "scatter_reduce_": [(0, index, same, "amax")] if p.dim() else [],
+        "renorm_": [(2, 0, 0.5)],
+        "resize_": [((shape[0] * 2,) if shape else (2,),)],
+        "resize_as_": [(_rand(3),)],
+        "as_strided_": [((2, 2), (1, 2))],
+        "addmv_": [(_rand(4, 4), _rand(4))],
+        "addr_": [(_rand(4), _rand(4))],
+        "addbmm_": [(_rand(2, 4, 4), _rand(2, 4, 4))],
+        "baddbmm_": [(_rand(2, 4, 4), _rand(2, 4, 4))],
+        "addmm_": [(_rand(4, 4), _rand(4, 4))],
+        "addcmul_": [(_rand(*shape), _rand(*shape))],
+        "addcdiv_": [(_rand(*shape), _rand(*shape))],
+        "lerp_": [(_rand(*shape), 0.3)],
+        "apply_": [(lambda x: x * 2 + 1,)],
+        "map_": [(same, lambda a, b: a * b + 1)],
+        "map2_": [(same, same, lambda a, b, c: a + b * c)],
+        "fill_diagonal_": [(0.5,)],
+        "polygamma_": [(1,)],
+        "mvlgamma_": [(1,)],
+        "clamp_": [(0.3, 0.6)],
+        "clip_": [(0.3, 0.6)],
+        "uniform_": [(-2.0, 2.0)],
+        "normal_": [(1.0, 3.0)],
+        "random_": [(0, 10)],
+        "requires_grad_": [(False,)],
+        "set_": [(_rand(3, 2),)],
+        "copy_": [(same,)],
+        "__ipow__": [(2,)],
+    }
+    generic = [(), (same,), (0.5,), (same, same), (same, 0.5), (0,), (1,), (0, 1)]
+    return special.get(name, []) + generic
+
+
+def _call(name: str, p: torch.Tensor, args: tuple, seed: int, via_data: bool) -> object:
+    torch.manual_seed(seed)  # the random fills (normal_, bernoulli_, ...) draw the same
+    with torch.no_grad():
+        return getattr(p.data if via_data else p, name)(*args)
+
+
+def find_call(name: str) -> tuple[str, tuple, bool] | None:
+    """(parameter name, args, via_data) of the first call plain PyTorch accepts, or None:
+    on the parameter itself, else on its `.data` (torch refuses `resize_`, `apply_`, `map_`...
+    on a tensor that requires grad, and says to use the detached tensor)."""
+    for via_data in (False, True):
+        for pname in PARAMS:
+            for args in candidate_args(name, getattr(Net(), pname)):
+                p = getattr(Net(), pname)
+                try:
+                    out = _call(name, p, copy.deepcopy(args), 0, via_data)
+                except Exception:
+                    continue
+                if out is NotImplemented:
+                    continue
+                return pname, args, via_data
+    return None
+
+
+def assert_same_model(fetched: nn.Module, plain: nn.Module) -> None:
+    for (name, a), (_, b) in zip(list(fetched.named_parameters()) +
+                                 list(fetched.named_buffers()),
+                                 list(plain.named_parameters()) + list(plain.named_buffers())):
+        assert type(a) is type(b), name
+        assert a.requires_grad == b.requires_grad, name
+        assert a.shape == b.shape, name
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=0, equal_nan=True,
+                                   msg=name)
+
+
+def fetched_and_plain(worker) -> tuple[nn.Module, nn.Module]:
+    """A model just fetched with a deferred `get()` and its plain twin that never left."""
+    plain = Net()
+    model = Net()
+    model.send(worker)
+    model.get()
+    return model, plain
+
+
+def check_method(name: str, worker) -> None:
+    found = find_call(name)
+    assert found is not None, f"no generated arguments fit {name}: add them to candidate_args"
+    pname, args, via_data = found
+    model, plain = fetched_and_plain(worker)
+    out_plain = _call(name, getattr(plain, pname), copy.deepcopy(args), 1, via_data)
+    out_fetched = _call(name, getattr(model, pname), copy.deepcopy(args), 1, via_data)
+    assert_same_model(model, plain)
+    if isinstance(out_plain, torch.Tensor):
+        torch.testing.assert_close(out_fetched.detach(), out_plain.detach(), rtol=0, atol=0,
+                                   equal_nan=True)
+    if out_plain is getattr(plain, pname):
+        assert out_fetched is getattr(model, pname), f"{name} must return its input"
+
+
+APPLY = [n for n in inplace_methods() if n not in CANNOT_APPLY]
+
+
+@pytest.fixture
+def vbob(hook):
+    return sy.VirtualWorker(hook, id="bob")
+
+
+def test_the_enumeration_covers_torch():
+    names = inplace_methods()
+    assert len(names) > 150  # torch 2.x has about 180
+    for must in ("set_", "copy_", "mul_", "add_", "zero_", "fill_", "clamp_", "__imul__",
+                 "normal_", "uniform_", "index_put_", "masked_fill_", "resize_"):
+        assert must in names
+
+
+@pytest.mark.parametrize("name", sorted(CANNOT_APPLY))
+def test_skipped_methods_really_cannot_apply_to_a_float_parameter(name):
+    assert name in inplace_methods() or not hasattr(torch.Tensor, name)
+    if hasattr(torch.Tensor, name):
+        assert find_call(name) is None, f"{name} applies to float32: test it, do not skip it"
+
+
+@pytest.mark.parametrize("name", APPLY)
+def test_every_inplace_method_acts_on_the_fetched_values(name, vbob):
+    check_method(name, vbob)
+
+
+# -- writes that are not `Tensor.name_` methods ---------------------------------------------------
+
+def _setitem(m):
+    with torch.no_grad():
+        m.w2[0] = 1.5
+        m.w1[1:3] = torch.tensor([4.0, 5.0])
+        m.w3[..., 0] = -1.0
+
+
+def _imul_statement(m):  # the §10.2 cleanup
+    with torch.no_grad():
+        for p in m.parameters():
+            p *= 0
+
+
+def _data_assign(m):
+    m.w2.data = torch.full((4, 4), 3.0)
+    m.running.data = torch.arange(4.0)
+
+
+def _data_then_inplace(m):
+    m.w1.data.mul_(10)
+    m.w2.data[0, 0] = 9.0
+
+
+def _set_from_fetched_pointer_value(m):  # §10.2: params[i].set_(new_params[i])
+    with torch.no_grad():
+        for p in m.parameters():
+            p.set_(torch.ones_like(p.detach()) * 2)
+
+
+def _load_state_dict(m):
+    m.load_state_dict({"w2": torch.full((4, 4), 9.0), "w1": torch.zeros(4),
+                       "w3": torch.ones(2, 4, 4), "running": torch.full((4,), 0.5)})
+
+
+def _load_state_dict_assign(m):
+    m.load_state_dict({"w2": torch.full((4, 4), 9.0), "w1": torch.zeros(4),
+                       "w3": torch.ones(2, 4, 4), "running": torch.full((4,), 0.5)},
+                      assign=True)
+
+
+def _init(fn, *args, params=("w2", "w3")):
+    def run(m):
+        torch.manual_seed(3)
+        for name in params:
+            fn(getattr(m, name), *args)
+    run.__name__ = fn.__name__
+    return run
+
+
+def _functional_inplace(m):
+    torch.relu_(m.w2.data)
+    with torch.no_grad():
+        torch.nn.functional.relu_(m.w1)
+        torch.clamp_(m.w3, 0.2, 0.5)
+
+
+def _foreach(m):
+    with torch.no_grad():
+        torch._foreach_mul_([m.w2, m.w1], 3.0)
+        torch._foreach_add_([m.w2, m.w1], [torch.ones(4, 4), torch.ones(4)])
+
+
+def _vector_to_parameters(m):
+    n = sum(p.numel() for p in m.parameters())
+    nn.utils.vector_to_parameters(torch.arange(float(n)), m.parameters())
+
+
+def _module_conversion(m):
+    m.double()
+
+
+def _zero_grad_and_requires_grad(m):
+    m.requires_grad_(False)
+    m.zero_grad()
+
+
+OTHER_WRITES = [_setitem, _imul_statement, _data_assign, _data_then_inplace,
+                _set_from_fetched_pointer_value, _load_state_dict, _load_state_dict_assign,
+                _functional_inplace, _foreach, _vector_to_parameters, _module_conversion,
+                _zero_grad_and_requires_grad,
+                *(_init(fn, *args) for fn, args in (
+                    (nn.init.uniform_, (-1, 1)), (nn.init.normal_, (0, 2)),
+                    (nn.init.constant_, (0.7,)), (nn.init.ones_, ()), (nn.init.zeros_, ()),
+                    (nn.init.xavier_uniform_, ()), (nn.init.xavier_normal_, ()),
+                    (nn.init.kaiming_uniform_, ()), (nn.init.kaiming_normal_, ()),
+                    (nn.init.trunc_normal_, ()), (nn.init.orthogonal_, ()))),
+                _init(nn.init.eye_, params=("w2",)), _init(nn.init.dirac_, params=("w3",)),
+                _init(nn.init.sparse_, 0.5, params=("w2",))]
+
+
+@pytest.mark.parametrize("write", OTHER_WRITES, ids=lambda w: w.__name__)
+def test_other_writes_act_on_the_fetched_values(write, vbob):
+    model, plain = fetched_and_plain(vbob)
+    write(plain)
+    write(model)
+    assert_same_model(model, plain)
+
+
+def test_a_write_to_a_sent_parameter_is_never_local_only(vbob):
+    """Without a pending get, `set_` (which torch runs without __torch_function__) on a sent
+    parameter or a pointer is refused instead of replacing the local placeholder."""
+    model = Net().send(vbob)
+    with torch.no_grad(), pytest.raises(OpNotAllowedError, match="set_"):
+        model.w1.set_(torch.zeros(4))
+    with pytest.raises(OpNotAllowedError, match="set_"):
+        torch.ones(3).send(vbob).set_(torch.zeros(3))
+    before = model.w1.copy().get()
+    assert torch.equal(model.get().w1.detach(), before)
+
+
+# -- an optimizer built before `send`, used on the fetched model (seed §4/§10) ----------------------
+
+OPTIMIZERS = [
+    ("SGD", lambda ps: torch.optim.SGD(ps, lr=0.1)),
+    ("SGD momentum", lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9)),
+    ("SGD nesterov", lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True)),
+    ("Adam", lambda ps: torch.optim.Adam(ps, lr=0.05)),
+    ("AdamW", lambda ps: torch.optim.AdamW(ps, lr=0.05)),
+    ("RMSprop", lambda ps: torch.optim.RMSprop(ps, lr=0.01)),
+    ("Adagrad", lambda ps: torch.optim.Adagrad(ps, lr=0.1)),
+]
+
+
+def _loss(model, x):
+    return ((model.w2 @ x).sum() * model.w1).pow(2).mean() + model.w3.sum()
+
+
+def _step(model, opt, x):
+    opt.zero_grad()
+    _loss(model, x).backward()
+    opt.step()
+
+
+def run_optimizer_pattern(make_opt, worker, rounds: int = 2) -> None:
+    """Per round: send the model, one remote step, get() it, then one local step on the
+    just-fetched model with the optimizer built before the first send (and the same on a
+    model that never left)."""
+    x = _rand(4)
+    plain, model = Net(), Net()
+    opt_plain, opt = make_opt(plain.parameters()), make_opt(model.parameters())
+    for _ in range(rounds):
+        _step(plain, opt_plain, x)
+        model.send(worker)
+        _step(model, opt, x.send(worker))
+        model.get()
+        _step(plain, opt_plain, x)
+        _step(model, opt, x)
+        assert_same_model(model, plain)
+    model.send(worker)
+    model.get()
+    opt.step()  # the first touch after get() is the step itself: it must use the grads
+    opt_plain.step()
+    assert_same_model(model, plain)
+
+
+@pytest.mark.parametrize("make_opt", [f for _, f in OPTIMIZERS], ids=[n for n, _ in OPTIMIZERS])
+def test_optimizer_built_before_send_steps_the_fetched_model(make_opt, vbob):
+    run_optimizer_pattern(make_opt, vbob)
+
+
+# -- over RabbitMQ worker services: a smaller set ------------------------------------------------
+
+AMQP_METHODS = ["set_", "copy_", "mul_", "add_", "zero_", "fill_", "clamp_", "__imul__",
+                "normal_", "index_put_", "masked_fill_", "resize_"]
+
+
+@pytest.mark.amqp
+@pytest.mark.parametrize("transport", ["amqp"])
+@pytest.mark.parametrize("name", AMQP_METHODS)
+def test_inplace_methods_over_rabbitmq(name, bob):
+    check_method(name, bob)
+
+
+@pytest.mark.amqp
+@pytest.mark.parametrize("transport", ["amqp"])
+@pytest.mark.parametrize("write", [_imul_statement, _data_assign, _set_from_fetched_pointer_value,
+                                   _load_state_dict, _setitem], ids=lambda w: w.__name__)
+def test_other_writes_over_rabbitmq(write, bob):
+    model, plain = fetched_and_plain(bob)
+    write(plain)
+    write(model)
+    assert_same_model(model, plain)
+
+
+@pytest.mark.amqp
+@pytest.mark.parametrize("transport", ["amqp"])
+def test_optimizer_pattern_over_rabbitmq(bob):
+    run_optimizer_pattern(OPTIMIZERS[1][1], bob)
+    run_optimizer_pattern(OPTIMIZERS[3][1], bob)
