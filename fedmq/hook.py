@@ -20,7 +20,7 @@ from fedmq import module as module_ops
 from fedmq.context import Context, set_latest_hook
 from fedmq.extensions import load_extensions
 from fedmq.ids import new_id
-from fedmq.pointers import optim
+from fedmq.pointers import keywords, optim, split
 from fedmq.pointers.tensor import PointerTensor, one_location
 from fedmq.principals import LOCAL
 from fedmq.runtime import tune_malloc
@@ -29,16 +29,26 @@ from fedmq.workers.virtual import VirtualWorker
 
 # -- tensor methods (a PointerTensor overrides each of them) -------------------------------------
 
-def tensor_send(self: torch.Tensor, *locations: Any, **_ignored: Any):
-    """Send this tensor to a worker and return a pointer to it there."""
+def tensor_send(self: torch.Tensor, *locations: Any, **pysyft: Any):
+    """Send this tensor to a worker and return a pointer to it there. PySyft's keywords
+    (fedmq/pointers/keywords.py): `garbage_collect_data` and `requires_grad` (split learning,
+    fedmq/pointers/split.py) are honoured, the others accepted at their defaults only."""
+    options = keywords.check("Tensor.send", pysyft, keywords.TENSOR_SEND,
+                             honoured=("garbage_collect_data", "requires_grad"))
     location = one_location(locations)
     rid = new_id()
     tags = sorted(getattr(self, "tags", None) or ())
     description = getattr(self, "description", None)
-    location.post(m.ObjectMessage([m.StoredObject(rid, self, tags, description)]))
-    return PointerTensor(location, rid, tuple(self.shape), self.dtype, self.requires_grad,
-                         owner=getattr(location.network, "local_worker", None), tags=tags,
-                         description=description)
+    value = split.sendable(self, options.get("requires_grad", False))
+    location.post(m.ObjectMessage([m.StoredObject(rid, value, tags, description)]))
+    pointer = PointerTensor(location, rid, tuple(self.shape), self.dtype, value.requires_grad,
+                            owner=getattr(location.network, "local_worker", None), tags=tags,
+                            description=description)
+    if not options.get("garbage_collect_data", True):
+        pointer.garbage_collect_data = False
+    if options.get("requires_grad") and value is self:
+        split.link(pointer, self)
+    return pointer
 
 
 def tensor_get(self: torch.Tensor) -> torch.Tensor:
@@ -46,8 +56,10 @@ def tensor_get(self: torch.Tensor) -> torch.Tensor:
     return self
 
 
-def tensor_move(self: torch.Tensor, location: Any, **kwargs: Any):
-    return tensor_send(self, location, **kwargs)
+def tensor_move(self: torch.Tensor, location: Any, **pysyft: Any):
+    """A local tensor's move is its send (PySyft 0.2); `requires_grad` as in tensor_send."""
+    keywords.check("Tensor.move", pysyft, keywords.MOVE, honoured=("requires_grad",))
+    return tensor_send(self, location, **pysyft)
 
 
 def tensor_copy(self: torch.Tensor) -> torch.Tensor:

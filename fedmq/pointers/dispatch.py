@@ -17,6 +17,7 @@ import torch
 from fedmq import messages as m, ops, shapes
 from fedmq.errors import OpNotAllowedError, PointerError
 from fedmq.ids import new_id
+from fedmq.pointers import split
 
 
 #: the pointer class results are wrapped in (set by fedmq.pointers.tensor, which builds on this
@@ -230,6 +231,8 @@ def _remote_call(name: str, func: Callable, args: tuple, kwargs: dict, sync: boo
             param = registry.get(rid)
             if param is not None:
                 param._fedmq_has_grad = True
+        if split.has_links(location):  # split learning: gradients go back across moves
+            split.push_gradients(location, with_grad)
         return None
     if name in ("Tensor.to", "Tensor.cpu") and _to_is_noop(args, kwargs):
         return args[0]

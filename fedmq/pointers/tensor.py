@@ -17,7 +17,7 @@ import torch
 from fedmq import messages as m
 from fedmq.errors import PointerError
 from fedmq.ids import new_id
-from fedmq.pointers import dispatch
+from fedmq.pointers import dispatch, keywords, split
 from fedmq.pointers.ownership import OwnedRemote
 
 
@@ -98,8 +98,11 @@ class PointerTensor(OwnedRemote, torch.Tensor):
         elif not self.garbage_collect_data and self.attr is None:
             self._finalizer = weakref.finalize(self, self.location.release, self.id_at_location)
 
-    def get(self) -> Any:
-        """Fetch the object (deleting it remotely) and return it; this pointer is then spent."""
+    def get(self, **pysyft: Any) -> Any:
+        """Fetch the object (deleting it remotely) and return it; this pointer is then spent.
+        PySyft's keywords (user, reason, deregister_ptr, inplace) are accepted at their
+        defaults only (fedmq/pointers/keywords.py); others raise TypeError."""
+        keywords.check("PointerTensor.get", pysyft, keywords.GET)
         self._check_usable()
         if self.attr is not None:  # a gradient: copy it out, the parameter keeps it
             value = self.location.call(m.GetRequest([m.Ref(self.id_at_location, self.attr)],
@@ -110,28 +113,65 @@ class PointerTensor(OwnedRemote, torch.Tensor):
             self._consumed = True
         return materialize(value, self.owner, self.location.network)
 
-    def send(self, *locations: Any, **_ignored: Any) -> "PointerTensor":
-        """Send this pointer to another worker: returns a pointer to the pointer there."""
+    def send(self, *locations: Any, **pysyft: Any) -> "PointerTensor":
+        """Send this pointer to another worker: returns a pointer to the pointer there.
+        Keywords: PySyft's `send` ones (fedmq/pointers/keywords.py); `garbage_collect_data`
+        is honoured, `requires_grad=True` is refused (a pointer to a pointer has no
+        gradient: use `.move(worker, requires_grad=True)`), the others at defaults only."""
+        options = keywords.check("PointerTensor.send", pysyft, keywords.TENSOR_SEND,
+                                 honoured=("garbage_collect_data", "requires_grad"))
+        if options.get("requires_grad"):
+            raise TypeError("PointerTensor.send(): requires_grad=True is refused (sending a "
+                            "pointer makes a pointer to a pointer, which has no gradient); "
+                            "use ptr.move(worker, requires_grad=True) to move the value with "
+                            "its gradient link")
         location = one_location(locations)
         self._check_usable()
         rid = new_id()
         location.post(m.ObjectMessage([m.StoredObject(rid, self, sorted(self.tags),
                                                       self.description)]))
-        return PointerTensor(location, rid, self.shape_local, self.dtype_local,
-                             self.requires_grad_local, owner=self.owner)
+        pointer = PointerTensor(location, rid, self.shape_local, self.dtype_local,
+                                self.requires_grad_local, owner=self.owner)
+        if not options.get("garbage_collect_data", True):
+            pointer.garbage_collect_data = False
+        return pointer
 
-    def move(self, location: Any, **_ignored: Any) -> Any:
-        """Move the object to `location` worker to worker (it never passes through us)."""
+    def move(self, location: Any, **pysyft: Any) -> Any:
+        """Move the object to `location` worker to worker (it never passes through us).
+
+        `requires_grad=True` (PySyft 0.2, split learning): the source keeps its copy and its
+        autograd graph, the copy at `location` requires grad, and a backward there sends its
+        gradient back to the source's copy and backpropagates it there (fedmq/pointers/
+        split.py). Moving to this client then returns a local leaf whose gradient goes back
+        the same way. Raises TypeError for any other keyword (fedmq/pointers/keywords.py)."""
+        requires_grad = keywords.check("PointerTensor.move", pysyft, keywords.MOVE,
+                                       honoured=("requires_grad",)).get("requires_grad", False)
         self._check_usable()
         if location is self.location or getattr(location, "id", None) == self.location.id:
+            if requires_grad and not self.requires_grad_local:
+                self.requires_grad_(True)
             return self
         if location is getattr(self.location.network, "local_worker", None) or \
                 location is self.owner:
+            if requires_grad:
+                origin = self.copy()
+                return split.local_copy_with_hook(origin, self.get())
             return self.get()
-        self.location.call(m.ForwardObjects([self.id_at_location], location.id, keep=False))
+        origin = None
+        if requires_grad and not self.requires_grad_local:
+            self.requires_grad_(True)  # a leaf then (no graph upstream): nothing to link
+        elif requires_grad:
+            origin = PointerTensor(self.location, self.id_at_location, self.shape_local,
+                                   self.dtype_local, True,
+                                   owner=self.owner)  # owns the source's copy from now on
+        self.location.call(m.ForwardObjects([self.id_at_location], location.id,
+                                            keep=origin is not None))
         self._disown()
         self.location = location
+        self._wire_ref = None
         self._finalizer = weakref.finalize(self, location.release, self.id_at_location)
+        if origin is not None:
+            split.link(self, origin)
         return self
 
     def copy(self) -> "PointerTensor":
