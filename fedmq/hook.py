@@ -81,7 +81,7 @@ def tensor_describe(self: torch.Tensor, description: str) -> torch.Tensor:
 TENSOR_METHODS = {"send": tensor_send, "get": tensor_get, "move": tensor_move,
                   "copy": tensor_copy, "tag": tensor_tag, "describe": tensor_describe}
 MODULE_METHODS = {"send": module_ops.send, "get": module_ops.get, "move": module_ops.move,
-                  "copy": module_ops.copy_module}
+                  "copy": module_ops.copy_module, "location": module_ops.LOCATION}
 
 _installed = False
 

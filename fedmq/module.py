@@ -14,6 +14,7 @@ from torch import nn
 from fedmq import messages as m
 from fedmq.errors import PointerError
 from fedmq.ids import new_id
+from fedmq.pointers import keywords
 from fedmq.pointers.parameter import PendingGet, is_remote_tensor, make_remote, retarget
 
 
@@ -39,7 +40,20 @@ def location_of(module: nn.Module, tensors: list[torch.Tensor] | None = None) ->
     return loc
 
 
-def send(module: nn.Module, *locations: Any, **_ignored: Any) -> nn.Module:
+def send(module: nn.Module, *locations: Any, **pysyft: Any) -> nn.Module:
+    """Send the model's parameters and buffers to one worker (in one message), in place.
+    PySyft 0.2's keywords (`force_send` and the tensor send ones, fedmq/pointers/keywords.py):
+    `garbage_collect_data=False` is honoured (dropping the model leaves its tensors on the
+    worker); `requires_grad=True` is refused (a sent model's gradients stay with it on the
+    worker, `param.grad` points at them); the others are accepted at their defaults only.
+    Raises TypeError for any other keyword or value."""
+    options = keywords.check("Module.send", pysyft, keywords.MODULE_SEND,
+                             honoured=("garbage_collect_data", "requires_grad"))
+    if options.get("requires_grad"):
+        raise TypeError("Module.send(): requires_grad=True is refused (a sent model's "
+                        "gradients stay with it on the worker, and param.grad points at them; "
+                        "for split learning move the activations: "
+                        "a.move(worker, requires_grad=True))")
     if len(locations) != 1:
         raise NotImplementedError("a model is sent to one worker at a time; use .share() to "
                                   "split it across workers")
@@ -56,6 +70,8 @@ def send(module: nn.Module, *locations: Any, **_ignored: Any) -> nn.Module:
     owner = getattr(location.network, "local_worker", None)
     for t, rid in zip(tensors, ids):
         make_remote(t, location, rid, owner, has_grad=t.requires_grad and t.grad is not None)
+        if not options.get("garbage_collect_data", True):
+            t._fedmq_finalizer.detach()
     return module
 
 
@@ -87,8 +103,9 @@ def _pending(module: nn.Module, tensors: list[torch.Tensor] | None = None) -> Pe
     return None
 
 
-def move(module: nn.Module, destination: Any, **_ignored: Any) -> nn.Module:
-    """Move the model worker to worker; its data never passes through the caller."""
+def move(module: nn.Module, destination: Any) -> nn.Module:
+    """Move the model worker to worker; its data never passes through the caller. (PySyft
+    0.2's `module.move(destination)` took no keywords, so none are accepted.)"""
     location = location_of(module)
     if location is None:
         return send(module, destination)
@@ -110,3 +127,40 @@ def copy_module(module: nn.Module) -> nn.Module:
     if location_of(module) is not None:
         raise PointerError("copy() a model before sending it (this one is on a worker)")
     return copy.deepcopy(module)
+
+
+def _location(module: nn.Module) -> Any:
+    """PySyft 0.2's `model.location`: the worker holding the sent model. A model that is
+    home (never sent, or its `get()` called) has none: AttributeError, as PySyft raised.
+    An attribute, parameter, buffer or submodule of the model's own named `location` wins."""
+    own = module.__dict__
+    if "location" in own:
+        return own["location"]
+    for store in ("_parameters", "_buffers", "_modules"):
+        if "location" in own.get(store, ()):
+            return own[store]["location"]
+    tensors = module_tensors(module)
+    location = location_of(module, tensors)
+    if location is None or _pending(module, tensors) is not None:
+        raise AttributeError("Module has no attribute location, did you already send it to "
+                             "some location?")
+    return location
+
+
+def _set_location(module: nn.Module, value: Any) -> None:
+    module.__dict__["location"] = value  # a model's own attribute named `location`
+
+
+def _del_location(module: nn.Module) -> None:
+    try:
+        del module.__dict__["location"]
+    except KeyError:
+        raise AttributeError("location") from None
+
+
+class _Location(property):
+    """A property whose `__module__` says it is fedmq's (fedmq.hook re-installs its own)."""
+
+
+#: `nn.Module.location` (installed by fedmq.hook)
+LOCATION = _Location(_location, _set_location, _del_location)
