@@ -64,13 +64,17 @@ def send(module: nn.Module, *locations: Any, **pysyft: Any) -> nn.Module:
         pending.cancel()
     current = location_of(module, tensors)
     if current is not None:
-        return module if current is location else move(module, location)
-    ids = [new_id() for _ in tensors]
-    location.post(m.ObjectMessage([m.StoredObject(i, t) for i, t in zip(ids, tensors)]))
-    owner = getattr(location.network, "local_worker", None)
-    for t, rid in zip(tensors, ids):
-        make_remote(t, location, rid, owner, has_grad=t.requires_grad and t.grad is not None)
-        if not options.get("garbage_collect_data", True):
+        if current is not location:
+            move(module, location)
+    else:
+        ids = [new_id() for _ in tensors]
+        location.post(m.ObjectMessage([m.StoredObject(i, t) for i, t in zip(ids, tensors)]))
+        owner = getattr(location.network, "local_worker", None)
+        for t, rid in zip(tensors, ids):
+            make_remote(t, location, rid, owner,
+                        has_grad=t.requires_grad and t.grad is not None)
+    if not options.get("garbage_collect_data", True):
+        for t in tensors:  # dropping the model leaves its tensors on the worker
             t._fedmq_finalizer.detach()
     return module
 

@@ -405,3 +405,76 @@ def test_other_writes_over_rabbitmq(write, bob):
 def test_optimizer_pattern_over_rabbitmq(bob):
     run_optimizer_pattern(OPTIMIZERS[1][1], bob)
     run_optimizer_pattern(OPTIMIZERS[3][1], bob)
+
+
+# -- the seed's §10.2 loop (train remotely, average, cleanup) with a plain average --------------
+
+def run_s10_2_cleanup(bob, alice, epochs: int = 3) -> None:
+    """§10.2's train(): update each worker's model (optimizer built before send), average the
+    parameters (here in the clear: the encrypted average is issue 15's item 1), then the
+    listing's cleanup `param *= 0` / `model.get()` / `param.set_(new_param)`. The same loop in
+    plain PyTorch must give the same weights every epoch (before the fix the set_ was lost,
+    and the models never changed)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(6, 4, generator=g), torch.randn(6, generator=g)) for _ in range(2)]
+    compute_nodes = [bob, alice]
+
+    def make(seed):
+        torch.manual_seed(seed)
+        return nn.Linear(4, 1)
+
+    models, plain = [make(1), make(2)], [make(1), make(2)]
+    params = [list(mod.parameters()) for mod in models]
+    plain_params = [list(mod.parameters()) for mod in plain]
+    optimizers = [torch.optim.SGD(mod.parameters(), lr=0.1) for mod in models]
+    plain_optimizers = [torch.optim.SGD(mod.parameters(), lr=0.1) for mod in plain]
+    remote = [(d.send(w), t.send(w)) for (d, t), w in zip(batches, compute_nodes)]
+
+    def update(data, target, model, optimizer):
+        model.send(data.location)
+        optimizer.zero_grad()
+        loss = F.mse_loss(model(data).view(-1), target)
+        loss.backward()
+        optimizer.step()
+        return model
+
+    for _ in range(epochs):
+        for i in range(2):
+            models[i] = update(*remote[i], models[i], optimizers[i])
+            plain_optimizers[i].zero_grad()
+            F.mse_loss(plain[i](batches[i][0]).view(-1), batches[i][1]).backward()
+            plain_optimizers[i].step()
+        new_params = [(params[0][j].copy().get() + params[1][j].copy().get()) / 2
+                      for j in range(len(params[0]))]
+        plain_new = [(plain_params[0][j].detach() + plain_params[1][j].detach()) / 2
+                     for j in range(len(params[0]))]
+        with torch.no_grad():
+            for model in params:
+                for param in model:
+                    param *= 0
+            for model in models:
+                model.get()
+            for r in range(2):
+                for j in range(len(params[r])):
+                    params[r][j].set_(new_params[j])
+                    # (the set_ makes both models share one tensor; sending each model
+                    # copies it, so the plain twin gets a copy each)
+                    plain_params[r][j].set_(plain_new[j].clone())
+        for model, twin in zip(models, plain):
+            torch.testing.assert_close(model.weight.detach(), models[0].weight.detach())
+            for p, q in zip(model.parameters(), twin.parameters()):
+                torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
+    start = make(1).weight.detach()
+    assert not torch.equal(models[0].weight.detach(), start)  # it trained
+
+
+def test_s10_2_cleanup_trains(hook):
+    run_s10_2_cleanup(sy.VirtualWorker(hook, id="bob"), sy.VirtualWorker(hook, id="alice"))
+
+
+@pytest.mark.amqp
+@pytest.mark.parametrize("transport", ["amqp"])
+def test_s10_2_cleanup_trains_over_rabbitmq(bob, alice):
+    run_s10_2_cleanup(bob, alice)

@@ -201,3 +201,13 @@ def test_seed_pattern_model_send_data_location(bob):
     model = nn.Linear(2, 1)
     model.send(data.location)
     assert model.location is data.location is bob
+
+
+def test_model_garbage_collect_data_false_when_already_sent_and_after_move(bob, alice):
+    model = nn.Linear(2, 1).send(bob)
+    model.send(bob, garbage_collect_data=False)  # already there: the keyword still applies
+    model.move(alice)
+    assert alice.objects_count() == 2
+    del model
+    gc.collect()
+    assert alice.objects_count() == 2

@@ -155,11 +155,14 @@ def make_remote(t: torch.Tensor, location: Any, remote_id: int, owner: Any,
 
 
 def retarget(t: torch.Tensor, location: Any) -> None:
-    """`t`'s remote object moved to `location` under the same id."""
-    t._fedmq_finalizer.detach()
+    """`t`'s remote object moved to `location` under the same id (sent with
+    garbage_collect_data=False, it stays uncollected there too)."""
+    collected = t._fedmq_finalizer.detach() is not None
     t._fedmq_location._remote_params.pop(t._fedmq_id, None)
     t.__dict__.pop("_fedmq_grad_ptr", None)
     _attach(t, location, t._fedmq_id, t._fedmq_owner)
+    if not collected:
+        t._fedmq_finalizer.detach()
 
 
 def make_local(t: torch.Tensor, value: torch.Tensor) -> None:
