@@ -145,3 +145,10 @@ def test_refused_keyword_values(alice, bob):
     with pytest.raises(TypeError, match="requires_grad=True is refused"):
         ptr.send(bob, requires_grad=True)
     assert torch.equal(ptr.get(), torch.ones(2))  # refusals leave the pointer usable
+
+
+def test_move_home_with_requires_grad_of_a_value_without_graph(hook, alice):
+    x, _ = _data()
+    home = x.send(alice).move(hook.local_worker, requires_grad=True)
+    assert home.requires_grad and home.is_leaf and torch.equal(home.detach(), x)
+    assert alice.objects_count() == 0  # nothing left behind: there is no graph to go back to

@@ -27,8 +27,8 @@ from fedmq.pointers import dispatch
 from fedmq.pointers.dispatch import is_remote
 
 #: torch.optim modules whose foreach path gives bit-identical results to their loop on CPU.
-#: (NAdam's and RAdam's do not, so they keep the loop; Adagrad and ASGD create their state
-#: when constructed, so build them after `send`.)
+#: (NAdam's and RAdam's do not, so they keep the loop. Adagrad creates its state when
+#: constructed; colocate_state sends it with the model.)
 OPTIMIZER_MODULES = ("adadelta", "adam", "adamax", "adamw", "rmsprop", "rprop", "sgd")
 
 _installed = False

@@ -153,9 +153,11 @@ class PointerTensor(OwnedRemote, torch.Tensor):
             return self
         if location is getattr(self.location.network, "local_worker", None) or \
                 location is self.owner:
-            if requires_grad:
-                origin = self.copy()
+            if requires_grad and self.requires_grad_local:
+                origin = self.copy()  # a clone on the worker, in its autograd graph
                 return split.local_copy_with_hook(origin, self.get())
+            if requires_grad:  # no graph upstream: a local leaf that requires grad
+                return self.get().detach().requires_grad_(True)
             return self.get()
         origin = None
         if requires_grad and not self.requires_grad_local:
