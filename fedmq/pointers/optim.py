@@ -71,6 +71,11 @@ def _same_place(a: Any, b: Any) -> bool:
                       getattr(a, "engine", None) is getattr(b, "engine", None))
 
 
+def _shape(t: torch.Tensor) -> tuple:
+    meta = t.__dict__.get("_fedmq_meta")  # remote tensors: without a dispatch
+    return meta[0] if meta is not None else tuple(t.shape)
+
+
 def colocate_state(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
     """Put each parameter's per-element state (tensors of the parameter's shape) where the
     parameter is, before `optimizer.step()`; scalar state (Adam's `step`) stays local, as
@@ -88,9 +93,9 @@ def colocate_state(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) 
             if is_remote(p) and p.__dict__.get("_fedmq_pending") is not None:
                 p._fedmq_pending.carry_out()
             where = dispatch.location_of(p) if is_remote(p) else None
-            shape = tuple(p.shape)
+            shape = _shape(p)
             for key, value in st.items():
-                if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape \
+                if not isinstance(value, torch.Tensor) or _shape(value) != shape \
                         or (not shape and key == "step"):
                     continue
                 at = dispatch.location_of(value) if is_remote(value) else None
