@@ -47,3 +47,16 @@ class LocalStep:
     step: str
     args: list
     result_ids: list
+
+
+@record(93)
+@dataclass(slots=True)
+class ShareRequest:
+    """Split the sender's object `id` (an integer tensor on the receiving worker, the holder)
+    into additive shares in Z/2^64Z and store share i on worker `parties[i]` under `ids[i]`
+    (ids the sender chose): the holder keeps its own share if it is a party and sends every
+    other party its share directly (an `ObjectMessage`, worker to worker). The reply's value is
+    None: the sender never sees a share (fedmq.smpc.remote)."""
+    id: int
+    parties: list
+    ids: list
