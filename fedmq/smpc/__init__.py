@@ -3,7 +3,8 @@ additive sharing, with the fixes listed in /work/shared/reference/pysyft-0.2-not
 
 The modules, bottom to top (each imports only modules listed before it; the `layers` contract
 in pyproject.toml checks it):
-    messages.py         wire records 90-99 (Deal, DealRequest, LocalStep, ShareRequest)
+    messages.py         wire records 90-99 (Deal, DealRequest, LocalStep,
+                        ShareRequest, FixPrecision)
     ring.py             the ring Z/2^64Z: CSPRNG elements, additive/XOR splits, ring products
     dispatch.py         SmpcTensor, base of the two tensor types: size/dim/numel, and torch
                         functions on them (torch.add, F.linear, t - x, ...) -> their methods

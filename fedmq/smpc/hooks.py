@@ -5,8 +5,9 @@
   (parameters become FixedPrecisionTensors, so `model(x)` runs F.linear & co. through
   `__torch_function__` on fixed-point or shared values);
 * the `DealRequest` handler every worker answers when it is asked to be the crypto provider,
-  the `LocalStep` handler share holders run protocol rounds with, and the `ShareRequest`
-  handler a worker splits a value it holds with (remote.py: `ptr.fix_precision().share(...)`).
+  the `LocalStep` handler share holders run protocol rounds with, and the `FixPrecision` and
+  `ShareRequest` handlers a worker encodes and splits a value it holds with (remote.py:
+  `ptr.fix_precision().share(...)`).
 (Torch functions called on FixedPrecisionTensors or shared tensors: dispatch.py.)
 """
 from __future__ import annotations
@@ -21,10 +22,11 @@ from fedmq.smpc.additive import AdditiveSharingTensor, share_tensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor
 from fedmq.smpc import beaver as _beaver, comparison as _comparison  # noqa: F401 (their steps)
 from fedmq.smpc.local_steps import handle_local_step
-from fedmq.smpc.messages import Deal, DealRequest, LocalStep, ShareRequest
+from fedmq.smpc.messages import (Deal, DealRequest, FixPrecision, LocalStep,
+                                 ShareRequest)
 from fedmq.smpc.provider import handle_deal_request
-from fedmq.smpc.remote import (fix_precision_remote, handle_share_request, is_remote_value,
-                               share_remote)
+from fedmq.smpc.remote import (fix_precision_remote, handle_fix_precision, handle_share_request,
+                               is_remote_value, share_remote)
 
 
 # -- tensors --------------------------------------------------------------------------------------
@@ -113,8 +115,8 @@ def module_get_shared(self: nn.Module) -> nn.Module:
 EXTENSION = Extension(
     "smpc",
     handlers={DealRequest: handle_deal_request, LocalStep: handle_local_step,
-              ShareRequest: handle_share_request},
-    records=(Deal, DealRequest, LocalStep, ShareRequest),
+              ShareRequest: handle_share_request, FixPrecision: handle_fix_precision},
+    records=(Deal, DealRequest, LocalStep, ShareRequest, FixPrecision),
     tensor_methods={"fix_precision": tensor_fix_precision, "fix_prec": tensor_fix_precision,
                     "share": tensor_share},
     module_methods={"fix_precision": module_fix_precision, "fix_prec": module_fix_precision,

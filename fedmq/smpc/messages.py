@@ -60,3 +60,16 @@ class ShareRequest:
     id: int
     parties: list
     ids: list
+
+
+@record(94)
+@dataclass(slots=True)
+class FixPrecision:
+    """Encode the sender's object `id` (a tensor on the receiving worker) in fixed precision,
+    trunc(x * base**precision_fractional) as int64, and store it under `result_id` (an id the
+    sender chose). Posted: nothing comes back; a failure (NaN, a value that does not fit) is
+    recorded under `result_id` and raised at its next use (fedmq.smpc.remote)."""
+    id: int
+    result_id: int
+    base: int
+    precision_fractional: int

@@ -2,8 +2,8 @@
 as PySyft 0.2 did (seed §10.2: `params[i].copy().fix_precision().share(bob, alice,
 crypto_provider=james).get()`).
 
-    fix_precision_remote   the worker holding the value encodes it (a LocalStep, step
-                           "fix_precision"); returns a FixedPrecisionPointer, nothing comes back
+    fix_precision_remote   the worker holding the value encodes it (FixPrecision, record 94,
+                           posted); returns a FixedPrecisionPointer, nothing comes back
     share_remote           the holder splits the value (CSPRNG, ring.additive_split) and sends
                            each party its share itself (ShareRequest, record 93); returns a
                            SharedPointer. The client never sees a share.
@@ -12,7 +12,7 @@ crypto_provider=james).get()`).
                            `.share(...)` as above
     SharedPointer          a pointer to a shared value: `.get()` -> the value, still shared (a
                            FixedPrecisionTensor of an AdditiveSharingTensor, or the latter)
-    handle_share_request   the holder's handler of ShareRequest
+    handle_fix_precision, handle_share_request   the holder's handlers
 
 Where the shares are: the client chooses one id per party; the holder stores its own share (if
 it is a party) and sends every other party its share under that id in one `ObjectMessage`,
@@ -38,6 +38,7 @@ before anything is sent: `fix_precision()` them first.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -51,8 +52,7 @@ from fedmq.pointers import dispatch
 from fedmq.pointers.tensor import PointerTensor
 from fedmq.smpc.additive import AdditiveSharingTensor, _check_parties
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor, _check_params, encode
-from fedmq.smpc.local_steps import STEPS
-from fedmq.smpc.messages import LocalStep, ShareRequest
+from fedmq.smpc.messages import FixPrecision, ShareRequest
 from fedmq.smpc.ring import additive_split
 from fedmq.smpc.shares import make_pointer
 
@@ -62,16 +62,36 @@ MAX_PARTIES = 5
 
 # -- the worker side ----------------------------------------------------------------------------
 
-def _fix_precision_step(value: Any, base: Any, precision_fractional: Any) -> tuple:
-    """LocalStep "fix_precision" on the holder: trunc(value * base**precision_fractional) as
-    int64 (fixed_precision.encode; ValueError for NaN/inf or a value that does not fit)."""
+def _encoder(base: Any, precision_fractional: Any):
     scale = _check_params(base, precision_fractional)
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(f"fix_precision encodes a tensor, got {type(value).__name__}")
-    return (encode(value, scale),), ()
+
+    def fix_precision(value: Any) -> torch.Tensor:
+        if not isinstance(value, torch.Tensor) or getattr(type(value), "_fedmq_kind", None):
+            raise ValueError(f"fix_precision encodes a tensor stored here, not "
+                             f"{type(value).__name__}")
+        return encode(value, scale)
+    return fix_precision
 
 
-STEPS["fix_precision"] = _fix_precision_step
+def handle_fix_precision(session: Any, msg: FixPrecision) -> None:
+    """On the holder: trunc(x * base**precision_fractional) as int64 (fixed_precision.encode),
+    stored under the caller's `result_id`. The encoding is the value itself, re-encoded: it is
+    marked as the value is (raw if it is the owner's data, as a dtype conversion would be).
+    Raises ValueError for bad parameters, NaN/inf, a value that does not fit; the failure is
+    also recorded under `result_id`."""
+    if type(msg.id) is not int or type(msg.result_id) is not int:
+        raise ValueError("FixPrecision names a stored object and a result id (ints)")
+    try:
+        fn = _encoder(msg.base, msg.precision_fractional)
+    except ValueError as exc:
+        fn = functools.partial(_raise, exc)  # recorded under the result id like any failure
+    execute(fn, [m.Ref(msg.id)], None, [msg.result_id], session.store, session.id,
+            what="fix_precision")
+    return None
+
+
+def _raise(exc: Exception, *args: Any) -> None:
+    raise exc
 
 
 def _check_share_request(msg: ShareRequest) -> None:
@@ -115,8 +135,13 @@ def handle_share_request(session: Any, msg: ShareRequest) -> None:
     own_ids = [i for p, i in zip(msg.parties, msg.ids) if p == holder]
     # read and split as the principal (the view taints the message if the value is private);
     # the holder's own share is stored under the caller's id, marked like the value
-    shares = execute(_split(msg.parties, holder), [m.Ref(msg.id)], None, own_ids,
-                     session.store, holder, split=True, what="share")
+    try:
+        shares = execute(_split(msg.parties, holder), [m.Ref(msg.id)], None, own_ids,
+                         session.store, holder, split=True, what="share")
+    except Exception:
+        for i in own_ids:  # no failure is left under an id no pointer will own
+            session.store.delete(i)
+        raise
     acting = session.acting
     outgoing = [(p, i, s) for p, i, s in zip(msg.parties, msg.ids, shares) if p != holder]
     if acting is not None and acting.tainted:
@@ -172,7 +197,7 @@ def is_remote_value(t: Any) -> bool:
 def fix_precision_remote(t: torch.Tensor, base: int = 10, precision_fractional: int = 3
                          ) -> "FixedPrecisionPointer":
     """`ptr.fix_precision(base, precision_fractional)` for a tensor on a worker: that worker
-    encodes it (one pipelined LocalStep; errors such as NaN or overflow surface at the next
+    encodes it (one posted FixPrecision; errors such as NaN or overflow surface at the next
     use). Raises ValueError for a bad base/precision (checked here first)."""
     _check_params(base, precision_fractional)
     location, ref, owner = _remote_target(t)
@@ -180,7 +205,9 @@ def fix_precision_remote(t: torch.Tensor, base: int = 10, precision_fractional: 
     if dtype.is_complex:
         raise ValueError("complex tensors cannot be fixed-precision encoded")
     rid = new_id()
-    location.post(LocalStep("fix_precision", [ref, base, precision_fractional], [rid]))
+    if ref.attr is not None:
+        raise ValueError("a gradient cannot be encoded where it is: .copy() it first")
+    location.post(FixPrecision(ref.id, rid, base, precision_fractional))
     pointer = PointerTensor(location, rid, shape, torch.int64, False, owner=owner)
     return FixedPrecisionPointer(pointer, base, precision_fractional,
                                  dtype if dtype.is_floating_point else None)
