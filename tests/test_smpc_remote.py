@@ -141,6 +141,23 @@ def test_fix_precision_of_bad_values_fails_on_the_worker_at_the_next_use(bob):
     assert torch.equal(ptr.get(), torch.ones(2))  # bob kept serving
 
 
+def test_fix_precision_of_a_sent_parameter_and_after_a_deferred_get(bob, alice, provider):
+    model = torch.nn.Linear(3, 2)
+    weight = model.weight.detach().clone()
+    model.send(bob)
+    fp = model.weight.fix_precision()  # the parameter itself, on bob: encoded there
+    assert isinstance(fp, FixedPrecisionPointer) and fp.location is bob
+    assert torch.equal(fp.get().child, weight.fix_precision().child)
+    with pytest.raises(ValueError, match="fix_precision"):
+        model.weight.share(bob, alice, crypto_provider=provider)  # floats: encode first
+    shared = model.bias.fix_precision().share(bob, alice, crypto_provider=provider).get()
+    assert torch.allclose(shared.get().float_precision(), model.bias.copy().get(), atol=1e-3)
+    model.get()  # deferred until someone looks: fix_precision looks, and encodes locally
+    local = model.weight.fix_precision()
+    assert type(local) is FixedPrecisionTensor
+    assert torch.equal(local.child, weight.fix_precision().child)
+
+
 # -- share where the value lives -----------------------------------------------------------------
 
 def test_share_of_a_fixed_precision_pointer_is_the_locally_shared_value(bob, alice, provider):
