@@ -142,6 +142,25 @@ def test_fix_precision_of_bad_values_fails_on_the_worker_at_the_next_use(bob):
     assert torch.equal(ptr.get(), torch.ones(2))  # bob kept serving
 
 
+def test_fixed_point_arithmetic_runs_on_the_worker_as_it_does_locally(bob, alice):
+    torch.manual_seed(3)
+    x, y = torch.randn(3, 4), torch.randn(3, 4)
+    w = torch.randn(4, 2)
+    a, b, c = (t.send(bob).fix_precision() for t in (x, y, w))
+    fa, fb, fc = x.fix_precision(), y.fix_precision(), w.fix_precision()
+    for remote, local in [(a + b, fa + fb), (a - b, fa - fb), (a * b, fa * fb), (-a, -fa),
+                          (a * 3, fa * 3), (a * 0.25, fa * 0.25), (2.5 - a, 2.5 - fa),
+                          (a @ c, fa @ fc), (a.sum(), fa.sum())]:
+        assert isinstance(remote, FixedPrecisionPointer) and remote.location is bob
+        assert torch.equal(remote.get().child, local.child)  # bit for bit the local result
+    with pytest.raises(fedmq.PointerError, match="different workers"):
+        (a + torch.ones(3, 4).send(alice).fix_precision()).get()
+    with pytest.raises(TypeError, match="share it, or get\\(\\) it, first"):
+        a + y
+    with pytest.raises(ValueError, match="same base"):
+        a + y.send(bob).fix_precision(precision_fractional=4)
+
+
 def test_fix_precision_of_a_sent_parameter_and_after_a_deferred_get(bob, alice, provider):
     model = torch.nn.Linear(3, 2)
     weight = model.weight.detach().clone()

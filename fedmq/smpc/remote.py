@@ -265,7 +265,11 @@ class FixedPrecisionPointer:
                           (alias float_prec)
     share(*workers, crypto_provider=None) -> SharedPointer (the worker splits the encoding)
     copy()             -> a FixedPrecisionPointer to a copy on the worker
-    Torch operations on it are not defined (TypeError): share it, or get() it, first.
+    + - * @ neg sum    fixed-point arithmetic run on the worker, with another such pointer
+                       (same worker, same base and precision) or a Python number: products
+                       are rescaled there (truncation toward zero, as for local values)
+    Other operands (plain tensors, pointers to plain values) are refused (TypeError): share it,
+    or get() it, first.
     """
 
     def __init__(self, pointer: PointerTensor, base: int, precision_fractional: int,
@@ -333,6 +337,58 @@ class FixedPrecisionPointer:
 
     def copy(self) -> "FixedPrecisionPointer":
         return self._wrap(self.pointer.copy())
+
+    # -- fixed-point arithmetic on the worker (FixedPrecisionTensor's, on the pointer) ------------
+    def _fixed(self) -> FixedPrecisionTensor:
+        return FixedPrecisionTensor(self.pointer, self.base, self.precision_fractional,
+                                    self.float_dtype)
+
+    def _operand(self, other: Any) -> Any:
+        if isinstance(other, FixedPrecisionPointer):
+            if (other.base, other.precision_fractional) != (self.base,
+                                                            self.precision_fractional):
+                raise ValueError("both fixed-precision values need the same base and "
+                                 "precision_fractional")
+            return other._fixed()
+        if type(other) in (int, float, bool):
+            return other
+        raise TypeError(f"a pointer to a fixed-precision value combines with another one (on "
+                        f"the same worker) or a Python number, not {type(other).__name__}: "
+                        f"share it, or get() it, first")
+
+    def _apply(self, op: str, other: Any = None) -> "FixedPrecisionPointer":
+        fixed = self._fixed()
+        out = getattr(fixed, op)() if other is None else getattr(fixed, op)(self._operand(other))
+        return self._wrap(out.child)
+
+    def add(self, other: Any) -> "FixedPrecisionPointer":
+        return self._apply("add", other)
+
+    def sub(self, other: Any) -> "FixedPrecisionPointer":
+        return self._apply("sub", other)
+
+    def rsub(self, other: Any) -> "FixedPrecisionPointer":
+        return self._apply("rsub", other)
+
+    def mul(self, other: Any) -> "FixedPrecisionPointer":
+        """x * y, rescaled on the worker (truncation toward zero, as local values)."""
+        return self._apply("mul", other)
+
+    def matmul(self, other: Any) -> "FixedPrecisionPointer":
+        return self._apply("matmul", other)
+
+    def neg(self) -> "FixedPrecisionPointer":
+        return self._apply("neg")
+
+    def sum(self) -> "FixedPrecisionPointer":
+        return self._apply("sum")
+
+    __add__ = __radd__ = add
+    __sub__ = sub
+    __rsub__ = rsub
+    __mul__ = __rmul__ = mul
+    __matmul__ = matmul
+    __neg__ = neg
 
     def __repr__(self) -> str:
         return (f"{self.pointer.describe_pointer()}>FixedPrecisionTensor(base={self.base}, "
