@@ -20,6 +20,7 @@ import torch
 
 import fedmq
 from fedmq import engine as engine_mod, errors, messages as m, principals
+from fedmq.ids import new_id
 from fedmq.policy import Policy
 from fedmq.smpc import AdditiveSharingTensor, FixedPrecisionTensor
 from fedmq.smpc.messages import ShareRequest
@@ -269,6 +270,16 @@ def test_the_holder_refuses_malformed_requests_and_floats_itself(bob, alice):
     assert torch.equal(floats.get(), torch.tensor([1.5]))
 
 
+def test_a_party_that_cannot_be_reached_leaves_no_share_anywhere(hook):
+    bob, alice = fedmq.VirtualWorker(hook, id="bob"), fedmq.VirtualWorker(hook, id="alice")
+    ptr = torch.tensor([1, 2]).send(bob)
+    bob.flush()
+    for parties in (["bob", "nobody"], ["alice", "nobody"]):
+        with pytest.raises(errors.RemoteError, match="'nobody'"):
+            bob.call(ShareRequest(ptr.id_at_location, parties, [new_id(), new_id()]))
+    assert list(bob._objects) == [ptr.id_at_location] and alice._objects == {}
+
+
 # -- the trust boundary (in-process workers with closed policies, as in tests/security) ---------
 
 @pytest.fixture
@@ -334,6 +345,19 @@ def test_private_data_is_shared_only_among_peers_and_stays_private(lab):
     mine = own["bob"].search(["#data"])[0].fix_precision().share(
         own["bob"], own["carol"], crypto_provider=own["james"]).get()
     assert torch.equal(mine.get().float_precision(), data)
+
+
+def test_a_peer_that_releases_more_refuses_shares_of_private_data(lab):
+    workers, clients, data, data_id = lab
+    workers["carol"].worker.policy = Policy(owner="owner", grants={"scientist": {"sci"}},
+                                            release="all")
+    sci = clients["sci"]
+    fp = sci["bob"].search(["#data"])[0].fix_precision()
+    with pytest.raises(fedmq.AccessDeniedError, match="releases more"):
+        fp.share(sci["bob"], sci["carol"], crypto_provider=sci["james"])
+    assert workers["carol"].worker.store.total() == 0
+    sci["bob"].objects_count()
+    assert len(workers["bob"].worker.store.space("sci").entries) == 1  # the encoding only
 
 
 def test_release_derived_lets_a_scientist_aggregate_but_not_fetch_the_raw_data(lab):

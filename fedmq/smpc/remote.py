@@ -186,7 +186,9 @@ def _meta(t: torch.Tensor) -> tuple[tuple, torch.dtype]:
 
 
 def is_remote_value(t: Any) -> bool:
-    """Whether `t` is a pointer or a sent parameter/buffer whose data is on a worker now."""
+    """Whether `t` is a pointer or a sent parameter/buffer whose data is on a worker now. A
+    parameter whose `model.get()` was deferred is fetched first (someone looks at it now), and
+    is then local: False."""
     kind = getattr(type(t), "_fedmq_kind", None)
     if kind in ("parameter", "buffer") and t._fedmq_pending is not None:
         t._fedmq_pending.carry_out()  # `model.get()` was deferred: the value is here now
