@@ -43,7 +43,8 @@ def tensor_fix_precision(self: torch.Tensor, base: int = 10, precision_fractiona
     if is_remote_value(self):
         if _pysyft_options:
             raise TypeError(f"fix_precision() of a value on a worker takes base= and "
-                            f"precision_fractional= only, got {', '.join(sorted(_pysyft_options))}=")
+                            f"precision_fractional= only, got "
+                            f"{', '.join(sorted(_pysyft_options))}=")
         return fix_precision_remote(self, base, precision_fractional)
     return FixedPrecisionTensor.from_tensor(self, base, precision_fractional)
 

@@ -310,7 +310,7 @@ class FixedPrecisionPointer:
         return FixedPrecisionPointer(pointer, self.base, self.precision_fractional,
                                      self.float_dtype)
 
-    # -- the API ------------------------------------------------------------------------------------
+    # -- the API -----------------------------------------------------------------------------------
     def get(self) -> FixedPrecisionTensor:
         """Fetch the encoding (deleting it remotely): a local FixedPrecisionTensor."""
         return FixedPrecisionTensor(self.pointer.get(), self.base, self.precision_fractional,
