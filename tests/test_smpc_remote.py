@@ -11,6 +11,7 @@ against the `fedmq worker` services bob, alice and secure_worker over RabbitMQ.
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import re
 import time
@@ -473,10 +474,18 @@ def test_s10_2_runs_as_printed(request, worker_factory, transport):
     losses = [float(x) for x in re.findall(r"Test set: Average loss: (\d+\.\d{4})", out)]
     assert len(losses) == epochs and all(loss > 0 for loss in losses)
     assert re.fullmatch(r"Total \d+(\.\d+)? s", lines[-1])
-    # every round's shares were consumed: the parties hold only the data and the models
+    # every round's shares and encodings are gone once nothing points at them: the parties
+    # hold only their data (what fragment B left in module globals is dropped first)
+    for name in ("spdz_params", "param", "encrypted_param", "fixed_precision_param",
+                 "copy_of_parameter"):
+        ns.pop(name, None)
+    gc.collect()
     for worker in (ns["bob"], ns["alice"], ns["james"]):
         worker.flush()
     assert ns["james"].objects_count() == 0  # the crypto provider holds nothing
+    for worker in (ns["bob"], ns["alice"]):
+        left = worker._objects.values()
+        assert all(t.dtype == torch.float32 for t in left), [t.dtype for t in left]
 
 
 @pytest.mark.xfail(strict=True, reason="lost write after deferred get: helperD")
