@@ -3,7 +3,8 @@ additive sharing, with the fixes listed in /work/shared/reference/pysyft-0.2-not
 
 The modules, bottom to top (each imports only modules listed before it; the `layers` contract
 in pyproject.toml checks it):
-    messages.py         wire records 90-99 (Deal, DealRequest, LocalStep)
+    messages.py         wire records 90-99 (Deal, DealRequest, LocalStep,
+                        ShareRequest, FixPrecision)
     ring.py             the ring Z/2^64Z: CSPRNG elements, additive/XOR splits, ring products
     dispatch.py         SmpcTensor, base of the two tensor types: size/dim/numel, and torch
                         functions on them (torch.add, F.linear, t - x, ...) -> their methods
@@ -17,6 +18,8 @@ in pyproject.toml checks it):
     additive.py         AdditiveSharingTensor: share()/get(), linear ops per share; its
                         products, divisions and comparisons call the protocols above
     fixed_precision.py  FixedPrecisionTensor: fix_precision()/float_precision(), int64 ring
+    remote.py           pointers to encrypted values: ptr.fix_precision() / ptr.share() run
+                        where the value lives (the holder splits and sends the shares)
     hooks.py            the extension's table: methods TorchHook installs, worker handlers
 The protocols (truncation, beaver, comparison) take and return AdditiveSharingTensors but use
 only their methods, never the class. Independent of each other: messages, ring and dispatch;

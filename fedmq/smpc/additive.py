@@ -48,8 +48,8 @@ def share_tensor(tensor: torch.Tensor, *workers: Any, crypto_provider: Any = Non
                  **_pysyft_options: Any) -> "AdditiveSharingTensor":
     """`tensor.share(*workers, crypto_provider=None)`: additive shares, one per worker."""
     if isinstance(tensor, PointerTensor):
-        raise NotImplementedError("sharing a remote tensor is not supported yet: .get() it "
-                                  "first, or share it where it lives")
+        raise TypeError("share_tensor() splits a local tensor; a pointer is split by the "
+                        "worker holding it: call ptr.share(...) (fedmq.smpc.remote)")
     if tensor.is_floating_point() or tensor.is_complex():
         raise ValueError(f"cannot secret-share a {tensor.dtype} tensor: shares live in the "
                          f"integers mod 2**64. Encode it first with "

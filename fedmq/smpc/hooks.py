@@ -5,7 +5,9 @@
   (parameters become FixedPrecisionTensors, so `model(x)` runs F.linear & co. through
   `__torch_function__` on fixed-point or shared values);
 * the `DealRequest` handler every worker answers when it is asked to be the crypto provider,
-  and the `LocalStep` handler share holders run protocol rounds with.
+  the `LocalStep` handler share holders run protocol rounds with, and the `FixPrecision` and
+  `ShareRequest` handlers a worker encodes and splits a value it holds with (remote.py:
+  `ptr.fix_precision().share(...)`).
 (Torch functions called on FixedPrecisionTensors or shared tensors: dispatch.py.)
 """
 from __future__ import annotations
@@ -20,24 +22,43 @@ from fedmq.smpc.additive import AdditiveSharingTensor, share_tensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor
 from fedmq.smpc import beaver as _beaver, comparison as _comparison  # noqa: F401 (their steps)
 from fedmq.smpc.local_steps import handle_local_step
-from fedmq.smpc.messages import Deal, DealRequest, LocalStep
+from fedmq.smpc.messages import (Deal, DealRequest, FixPrecision, LocalStep,
+                                 ShareRequest)
 from fedmq.smpc.provider import handle_deal_request
+from fedmq.smpc.remote import (fix_precision_remote, handle_fix_precision, handle_share_request,
+                               is_remote_value, share_remote)
 
 
 # -- tensors --------------------------------------------------------------------------------------
 
 def tensor_fix_precision(self: torch.Tensor, base: int = 10, precision_fractional: int = 3,
-                         **_pysyft_options: Any) -> FixedPrecisionTensor:
-    """Encode as fixed point: trunc(x * base**precision_fractional) in int64."""
-    if getattr(type(self), "_fedmq_kind", None) is not None:
-        raise NotImplementedError("fix_precision() of a remote tensor is not supported yet: "
-                                  ".get() it first")
+                         **_pysyft_options: Any) -> Any:
+    """Encode as fixed point: trunc(x * base**precision_fractional) in int64.
+
+    A local tensor gives a FixedPrecisionTensor. A pointer (or a sent parameter) is encoded by
+    the worker holding it, and gives a FixedPrecisionPointer (fedmq.smpc.remote): `.get()` is a
+    FixedPrecisionTensor, `.float_precision()` decodes on the worker, `.share(...)` splits it
+    there. Raises ValueError for a bad base/precision, NaN/inf or a value that does not fit
+    (for a remote value: at its next use)."""
+    if is_remote_value(self):
+        if _pysyft_options:
+            raise TypeError(f"fix_precision() of a value on a worker takes base= and "
+                            f"precision_fractional= only, got "
+                            f"{', '.join(sorted(_pysyft_options))}=")
+        return fix_precision_remote(self, base, precision_fractional)
     return FixedPrecisionTensor.from_tensor(self, base, precision_fractional)
 
 
 def tensor_share(self: torch.Tensor, *workers: Any, crypto_provider: Any = None,
-                 **options: Any) -> AdditiveSharingTensor:
-    """Secret-share an integer tensor among 2-5 workers (floats: fix_precision() first)."""
+                 **options: Any) -> Any:
+    """Secret-share an integer tensor among 2-5 workers (floats: fix_precision() first).
+
+    A local tensor gives an AdditiveSharingTensor. A pointer (or a sent parameter) is split by
+    the worker holding it, which sends each party its share itself; it gives a SharedPointer
+    whose `.get()` is the AdditiveSharingTensor (fedmq.smpc.remote; the client never sees a
+    share)."""
+    if is_remote_value(self):
+        return share_remote(self, *workers, crypto_provider=crypto_provider, **options)
     return share_tensor(self, *workers, crypto_provider=crypto_provider, **options)
 
 
@@ -94,8 +115,9 @@ def module_get_shared(self: nn.Module) -> nn.Module:
 
 EXTENSION = Extension(
     "smpc",
-    handlers={DealRequest: handle_deal_request, LocalStep: handle_local_step},
-    records=(Deal, DealRequest, LocalStep),
+    handlers={DealRequest: handle_deal_request, LocalStep: handle_local_step,
+              ShareRequest: handle_share_request, FixPrecision: handle_fix_precision},
+    records=(Deal, DealRequest, LocalStep, ShareRequest, FixPrecision),
     tensor_methods={"fix_precision": tensor_fix_precision, "fix_prec": tensor_fix_precision,
                     "share": tensor_share},
     module_methods={"fix_precision": module_fix_precision, "fix_prec": module_fix_precision,

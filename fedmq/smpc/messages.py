@@ -47,3 +47,29 @@ class LocalStep:
     step: str
     args: list
     result_ids: list
+
+
+@record(93)
+@dataclass(slots=True)
+class ShareRequest:
+    """Split the sender's object `id` (an integer tensor on the receiving worker, the holder)
+    into additive shares in Z/2^64Z and store share i on worker `parties[i]` under `ids[i]`
+    (ids the sender chose): the holder keeps its own share if it is a party and sends every
+    other party its share directly (an `ObjectMessage`, worker to worker). The reply's value is
+    None: the sender never sees a share (fedmq.smpc.remote)."""
+    id: int
+    parties: list
+    ids: list
+
+
+@record(94)
+@dataclass(slots=True)
+class FixPrecision:
+    """Encode the sender's object `id` (a tensor on the receiving worker) in fixed precision,
+    trunc(x * base**precision_fractional) as int64, and store it under `result_id` (an id the
+    sender chose). Posted: nothing comes back; a failure (NaN, a value that does not fit) is
+    recorded under `result_id` and raised at its next use (fedmq.smpc.remote)."""
+    id: int
+    result_id: int
+    base: int
+    precision_fractional: int
