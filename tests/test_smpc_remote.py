@@ -488,10 +488,9 @@ def test_s10_2_runs_as_printed(request, worker_factory, transport):
         assert all(t.dtype == torch.float32 for t in left), [t.dtype for t in left]
 
 
-@pytest.mark.xfail(strict=True, reason="lost write after deferred get: helperD")
 def test_s10_2_cleanup_writes_the_average_into_both_models(request, worker_factory, transport):
     """C: `model.get()` then `param.set_(new)`: both models hold the average, so training
-    moves the test loss (today the write is lost and the loss stays constant)."""
+    moves the test loss (before the fix the write was lost and the loss stayed constant)."""
     out, ns = _run_whole(request, worker_factory, transport)
     losses = [float(x) for x in re.findall(r"Test set: Average loss: (\d+\.\d{4})", out)]
     assert losses[-1] < losses[0] - 1.0, losses
