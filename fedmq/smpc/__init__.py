@@ -17,6 +17,8 @@ in pyproject.toml checks it):
     additive.py         AdditiveSharingTensor: share()/get(), linear ops per share; its
                         products, divisions and comparisons call the protocols above
     fixed_precision.py  FixedPrecisionTensor: fix_precision()/float_precision(), int64 ring
+    autograd.py         AutogradTensor: gradients over fixed-precision (shared) values
+    optim.py            optimizer.fix_precision(): SGD steps on fixed-precision parameters
     hooks.py            the extension's table: methods TorchHook installs, worker handlers
 The protocols (truncation, beaver, comparison) take and return AdditiveSharingTensors but use
 only their methods, never the class. Independent of each other: messages, ring and dispatch;

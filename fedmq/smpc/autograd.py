@@ -1,0 +1,666 @@
+"""Autograd over fixed-precision (shared) tensors: PySyft 0.2's AutogradTensor.
+
+`x.fix_precision().share(bob, alice, crypto_provider=james, requires_grad=True)` (and
+`model.fix_precision().share(..., requires_grad=True)`) give an `AutogradTensor`: a
+`torch.Tensor` wrapper subclass with no storage whose `child` is a FixedPrecisionTensor (local or
+secret-shared). Every operation on it runs on the child through the child's public methods and,
+when an input requires a gradient (and `torch.is_grad_enabled()`), records a `GradFunc` node.
+`loss.backward()` walks the graph from a scalar loss in reverse topological order and leaves
+the gradients, fixed-precision tensors shared like the values, in `.grad` of the leaves that
+require one (a model's parameters, and data shared with `requires_grad=True`).
+
+As PySyft's AutogradTensor (syft/frameworks/torch/tensors/interpreters/autograd.py and
+gradients.py), the backward functions are written for the protocol, not derived from it: the
+Beaver product is never differentiated; d(a*b)/db = a is one more Beaver product. What each
+op's backward costs (shared operands):
+
+    add, sub, neg, sum, mean*, view/reshape/flatten/view_as, t/transpose, refresh   local
+    mul, matmul, linear      one Beaver product per input that needs a gradient
+    pow (public int n)       one product (n - 1 more for n > 2 in the forward)
+    relu                     one Beaver product with the forward's comparison mask [x >= 0]
+    div (public number)      one truncation (* mean: also one)
+
+Differentiable ops: add, sub, rsub, neg, mul, matmul/mm (2-D), F.linear, div and `/` by a
+public number, pow and `**` by a public int >= 1, square, sum, mean, view, reshape, view_as,
+flatten, t, transpose, F.relu/relu, refresh. Not differentiable (their results never require a
+gradient): comparisons (eq ne gt lt ge le), argmax, argmin. Anything else raises
+NotImplementedError naming the op.
+
+Precision: gradients are fixed point with the values' base and precision_fractional, and every
+product is rescaled by the truncation protocol (at most one unit in the last place off), so
+gradients match plaintext to about 10**-precision_fractional per product in the chain. A
+division by a public int d truncates as well: 1/64 at precision 3 is 0.015, as in PySyft.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from fedmq.smpc.additive import AdditiveSharingTensor, share_tensor
+from fedmq.smpc.fixed_precision import FixedPrecisionTensor, use_autograd_class
+
+
+# -- fixed-precision helpers (public methods of FixedPrecisionTensor only) ----------------------
+
+def _like(value: FixedPrecisionTensor, child: Any) -> FixedPrecisionTensor:
+    return FixedPrecisionTensor(child, value.base, value.precision_fractional, value.float_dtype)
+
+
+def _public(value: FixedPrecisionTensor, tensor: torch.Tensor) -> FixedPrecisionTensor:
+    """A public float tensor in `value`'s encoding (a local FixedPrecisionTensor)."""
+    return FixedPrecisionTensor.from_tensor(tensor.to(value.float_dtype), value.base,
+                                            value.precision_fractional)
+
+
+def _int_mul(a: Any, b: Any) -> Any:
+    """Product of two integer children (local int64 tensors or shared), no rescaling."""
+    if isinstance(a, AdditiveSharingTensor):
+        return a.mul(b)
+    if isinstance(b, AdditiveSharingTensor):
+        return b.mul(a)
+    return a * b
+
+
+def _nonneg_mask(child: Any) -> Any:
+    """[x >= 0] as 0/1 integers: shared (one comparison) if x is shared, else local."""
+    if isinstance(child, AdditiveSharingTensor):
+        return child.ge(0)
+    return (child >= 0).to(torch.int64)
+
+
+def _expand(grad: FixedPrecisionTensor, shape: torch.Size) -> FixedPrecisionTensor:
+    """Broadcast `grad` to `shape` (local on shares: adds a public zero tensor of `shape`)."""
+    if tuple(grad.shape) == tuple(shape):
+        return grad
+    return grad.add(torch.zeros(shape, dtype=grad.float_dtype))
+
+
+def _sum_to(grad: FixedPrecisionTensor, shape: torch.Size) -> FixedPrecisionTensor:
+    """Undo broadcasting: sum `grad` down to `shape` (what torch's autograd does)."""
+    shape = tuple(shape)
+    while grad.dim() > len(shape):
+        grad = grad.sum(0)
+    for d, size in enumerate(shape):
+        if size == 1 and grad.shape[d] != 1:
+            grad = grad.sum(d, keepdim=True)
+    return grad
+
+
+def _shape_of(value: Any) -> tuple:
+    return tuple(value.shape) if hasattr(value, "shape") else ()
+
+
+# -- graph nodes ----------------------------------------------------------------------------------
+
+class GradFunc:
+    """A node of the graph: `inputs` (AutogradTensors or public values, in the op's argument
+    order) and `gradient(grad)`, the gradients of the op's output with respect to each input
+    (None where none is needed), as fixed-precision tensors."""
+
+    def __init__(self, *inputs: Any) -> None:
+        self.inputs = inputs
+
+    def gradient(self, grad: FixedPrecisionTensor) -> tuple:
+        raise NotImplementedError(f"{type(self).__name__} has no gradient")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+def _child(value: Any) -> Any:
+    return value.child if isinstance(value, AutogradTensor) else value
+
+
+class AddBackward(GradFunc):
+    def gradient(self, grad):
+        a, b = self.inputs
+        return _sum_to(grad, _shape_of(a)), _sum_to(grad, _shape_of(b))
+
+
+class SubBackward(GradFunc):
+    def gradient(self, grad):
+        a, b = self.inputs
+        return _sum_to(grad, _shape_of(a)), _sum_to(grad.neg(), _shape_of(b))
+
+
+class NegBackward(GradFunc):
+    def gradient(self, grad):
+        return (grad.neg(),)
+
+
+class MulBackward(GradFunc):
+    """d(a*b)/da = b, d(a*b)/db = a: Beaver products of the gradient with the other operand
+    (the seed's MulBackward)."""
+
+    def __init__(self, a, b, a_child, b_child) -> None:
+        super().__init__(a, b)
+        self.a_child, self.b_child = a_child, b_child
+
+    def gradient(self, grad):
+        a, b = self.inputs
+        ga = _sum_to(grad.mul(self.b_child), _shape_of(a)) if _needs(a) else None
+        gb = _sum_to(grad.mul(self.a_child), _shape_of(b)) if _needs(b) else None
+        return ga, gb
+
+
+class MatmulBackward(GradFunc):
+    """(a @ b): da = grad @ b^T, db = a^T @ grad (2-D operands)."""
+
+    def __init__(self, a, b, a_child, b_child) -> None:
+        super().__init__(a, b)
+        self.a_child, self.b_child = a_child, b_child
+
+    def gradient(self, grad):
+        a, b = self.inputs
+        ga = grad.matmul(self.b_child.t()) if _needs(a) else None
+        gb = self.a_child.t().matmul(grad) if _needs(b) else None
+        return ga, gb
+
+
+class LinearBackward(GradFunc):
+    """F.linear(x, W, b) = x @ W^T + b: dx = grad @ W, dW = grad^T @ x, db = grad summed over
+    the batch (x: (*, in) flattened to 2-D)."""
+
+    def __init__(self, x, weight, bias, x_child, w_child) -> None:
+        super().__init__(x, weight, bias)
+        self.x_child, self.w_child = x_child, w_child
+
+    def gradient(self, grad):
+        x, weight, bias = self.inputs
+        g2 = grad.reshape(-1, grad.shape[-1])
+        gx = g2.matmul(self.w_child).reshape(*_shape_of(x)) if _needs(x) else None
+        gw = g2.t().matmul(self.x_child.reshape(-1, self.x_child.shape[-1])) \
+            if _needs(weight) else None
+        gb = g2.sum(0) if _needs(bias) else None
+        return gx, gw, gb
+
+
+class DivBackward(GradFunc):
+    def __init__(self, a, divisor) -> None:
+        super().__init__(a)
+        self.divisor = divisor
+
+    def gradient(self, grad):
+        return (grad.div(self.divisor),)
+
+
+class PowBackward(GradFunc):
+    """d(a**n)/da = n * a**(n-1) (n a public int >= 1)."""
+
+    def __init__(self, a, exponent, a_child) -> None:
+        super().__init__(a)
+        self.exponent, self.a_child = exponent, a_child
+
+    def gradient(self, grad):
+        n = self.exponent
+        if n == 1:
+            return (grad,)
+        base = self.a_child if n == 2 else self.a_child.pow(n - 1)
+        return (grad.mul(base.mul(n)),)
+
+
+class SumBackward(GradFunc):
+    def __init__(self, a, dim, keepdim) -> None:
+        super().__init__(a)
+        self.dim, self.keepdim = dim, keepdim
+
+    def gradient(self, grad):
+        shape = _shape_of(self.inputs[0])
+        if self.dim is not None and not self.keepdim:
+            dims = self.dim if isinstance(self.dim, (tuple, list)) else (self.dim,)
+            for d in sorted(d % len(shape) for d in dims):
+                grad = grad.unsqueeze(d)
+        return (_expand(grad, shape),)
+
+
+class ReshapeBackward(GradFunc):
+    def gradient(self, grad):
+        return (grad.reshape(*_shape_of(self.inputs[0])),)
+
+
+class TransposeBackward(GradFunc):
+    def __init__(self, a, d0, d1) -> None:
+        super().__init__(a)
+        self.d0, self.d1 = d0, d1
+
+    def gradient(self, grad):
+        return (grad.transpose(self.d0, self.d1),)
+
+
+class ReluBackward(GradFunc):
+    """relu(x) = x * [x >= 0]; its gradient is grad * [x >= 0], with the forward's mask."""
+
+    def __init__(self, a, mask) -> None:
+        super().__init__(a)
+        self.mask = mask
+
+    def gradient(self, grad):
+        return (_like(grad, _int_mul(grad.child, self.mask)),)
+
+
+class IdentityBackward(GradFunc):
+    """refresh(): the same value with new shares."""
+
+    def gradient(self, grad):
+        return (grad,)
+
+
+def _needs(value: Any) -> bool:
+    return isinstance(value, AutogradTensor) and value.requires_grad
+
+
+# -- metadata answered without dispatch ----------------------------------------------------------
+
+def _plain(func: Callable, args: tuple, kwargs: dict) -> Any:
+    with torch._C.DisableTorchFunctionSubclass():
+        return func(*args, **kwargs)
+
+
+_LOCAL: dict[Any, Callable] = {}
+for _attr in ("shape", "dtype", "device", "ndim", "is_leaf", "layout", "is_sparse", "is_cuda",
+              "is_meta", "is_quantized", "is_nested", "is_mkldnn", "is_cpu", "names",
+              "itemsize", "_version"):
+    if hasattr(torch.Tensor, _attr):
+        _LOCAL[getattr(torch.Tensor, _attr).__get__] = _plain
+for _fn in (torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.Tensor.nelement,
+            torch.Tensor.ndimension, torch.Tensor.is_floating_point, torch.Tensor.is_complex,
+            torch.Tensor.element_size, torch.Tensor.__len__, torch.Tensor.is_contiguous,
+            torch.Tensor.stride, torch.Tensor.get_device, torch.is_floating_point,
+            torch.is_complex, torch.numel, torch.Tensor.__hash__):
+    _LOCAL[_fn] = _plain
+
+
+# -- the tensor ---------------------------------------------------------------------------------
+
+class AutogradTensor(torch.Tensor):
+    """PySyft's AutogradTensor: wrapper > AutogradTensor > FixedPrecisionTensor [> shares].
+
+    `AutogradTensor(child, requires_grad=False)`: `child` a FixedPrecisionTensor (local or
+    shared). Shape and dtype (the child's float dtype) are real, storage there is none; `.grad`
+    is None or an AutogradTensor over a fixed-precision tensor shared like the value;
+    `.grad_fn` the GradFunc that made it (None for a leaf). Raises TypeError for another child.
+    """
+
+    _fedmq_autograd = True
+
+    @staticmethod
+    def __new__(cls, child: Any, requires_grad: bool = False,
+                grad_fn: GradFunc | None = None) -> "AutogradTensor":
+        if not isinstance(child, FixedPrecisionTensor):
+            raise TypeError(f"an AutogradTensor wraps a FixedPrecisionTensor (call "
+                            f".fix_precision() first), got {type(child).__name__}")
+        if requires_grad not in (True, False):
+            raise TypeError(f"requires_grad must be True or False, got {requires_grad!r}")
+        self = torch.Tensor._make_wrapper_subclass(cls, tuple(child.shape),
+                                                   dtype=child.float_dtype, device="cpu")
+        self.child = child
+        self._fedmq_requires_grad = bool(requires_grad)
+        self._fedmq_grad_fn = grad_fn
+        self._fedmq_grad = None
+        return self
+
+    # -- autograd state ------------------------------------------------------------------------
+    @property
+    def requires_grad(self) -> bool:
+        return self._fedmq_requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        self.requires_grad_(value)
+
+    def requires_grad_(self, requires_grad: bool = True) -> "AutogradTensor":
+        if requires_grad not in (True, False):
+            raise TypeError(f"requires_grad must be True or False, got {requires_grad!r}")
+        if not requires_grad and self._fedmq_grad_fn is not None:
+            raise RuntimeError("you can only change requires_grad flags of leaf variables: "
+                               "use .detach()")
+        self._fedmq_requires_grad = requires_grad
+        return self
+
+    @property
+    def grad_fn(self) -> GradFunc | None:
+        return self._fedmq_grad_fn
+
+    @property
+    def grad(self) -> "AutogradTensor | None":
+        return self._fedmq_grad
+
+    @grad.setter
+    def grad(self, value: Any) -> None:
+        if value is not None and not isinstance(value, AutogradTensor):
+            raise TypeError(f"the gradient of an AutogradTensor is an AutogradTensor or None, "
+                            f"got {type(value).__name__}")
+        self._fedmq_grad = value
+
+    @property
+    def data(self) -> "AutogradTensor":
+        return self.detach()
+
+    def detach(self) -> "AutogradTensor":
+        """The same value, outside the graph (requires_grad False)."""
+        return AutogradTensor(self.child)
+
+    @property
+    def is_shared(self) -> bool:
+        return self.child.is_shared
+
+    # -- torch functions ---------------------------------------------------------------------
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        local = _LOCAL.get(func)
+        if local is not None:
+            return local(func, args, kwargs)
+        if func is torch.Tensor.__repr__ or func is torch.Tensor.__format__:
+            return args[0].__repr__()
+        name = _FUNCTIONS.get(func)
+        if name is None:
+            raise NotImplementedError(
+                f"{getattr(func, '__name__', func)} is not supported on AutogradTensor "
+                f"(fedmq.smpc.autograd supports {', '.join(sorted(set(_FUNCTIONS.values())))}); "
+                f"an optimizer's step on shared parameters needs optimizer.fix_precision()")
+        first = next((a for a in args if isinstance(a, AutogradTensor)), None)
+        if first is not None and first is not args[0]:  # torch.add(t, x): a plain tensor first
+            if name in ("add", "mul"):
+                return getattr(first, name)(args[0], **kwargs)
+            if name in ("sub", "rsub") and len(args) == 2:
+                return first.rsub(args[0]) if name == "sub" else first.sub(args[0])
+            raise NotImplementedError(f"{name} with a plain tensor first is not supported")
+        if name == "relu":
+            return args[0].relu()
+        return getattr(args[0], name)(*args[1:], **kwargs)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise NotImplementedError(f"internal error: aten op {func} reached an AutogradTensor "
+                                  f"(it has no storage; its values are in .child)")
+
+    # -- recording ---------------------------------------------------------------------------
+    @staticmethod
+    def _result(child: FixedPrecisionTensor, node: Callable[[], GradFunc], *inputs: Any
+                ) -> "AutogradTensor":
+        if torch.is_grad_enabled() and any(_needs(i) for i in inputs):
+            return AutogradTensor(child, requires_grad=True, grad_fn=node())
+        return AutogradTensor(child)
+
+    # -- differentiable ops ------------------------------------------------------------------
+    def add(self, other: Any) -> "AutogradTensor":
+        out = self.child.add(_child(other))
+        return self._result(out, lambda: AddBackward(self, other), self, other)
+
+    def sub(self, other: Any) -> "AutogradTensor":
+        out = self.child.sub(_child(other))
+        return self._result(out, lambda: SubBackward(self, other), self, other)
+
+    def rsub(self, other: Any) -> "AutogradTensor":
+        out = self.child.rsub(_child(other))
+        return self._result(out, lambda: SubBackward(other, self), self, other)
+
+    def neg(self) -> "AutogradTensor":
+        return self._result(self.child.neg(), lambda: NegBackward(self), self)
+
+    def mul(self, other: Any) -> "AutogradTensor":
+        a, b = self.child, _child(other)
+        return self._result(a.mul(b), lambda: MulBackward(self, other, a, b), self, other)
+
+    def matmul(self, other: Any) -> "AutogradTensor":
+        a, b = self.child, _child(other)
+        if _needs(self) or _needs(other):
+            if a.dim() != 2 or len(_shape_of(b)) != 2:
+                raise NotImplementedError("matmul with gradients takes 2-D operands: reshape "
+                                          "them, or use F.linear")
+        return self._result(a.matmul(b), lambda: MatmulBackward(self, other, a, b),
+                            self, other)
+
+    mm = matmul
+
+    def rmatmul(self, other: Any) -> "AutogradTensor":
+        if isinstance(other, AutogradTensor):
+            return other.matmul(self)
+        return AutogradTensor(_public(self.child, other)).matmul(self)
+
+    def linear(self, weight: Any, bias: Any = None) -> "AutogradTensor":
+        x, w = self.child, _child(weight)
+        out = x.linear(w, _child(bias))
+        return self._result(out, lambda: LinearBackward(self, weight, bias, x, w),
+                            self, weight, bias)
+
+    def div(self, divisor: Any) -> "AutogradTensor":
+        """Division by a public non-zero number (int: truncation; float: times 1/d)."""
+        if isinstance(divisor, (AutogradTensor, FixedPrecisionTensor, torch.Tensor)):
+            raise ValueError("an AutogradTensor can be divided by a public number only")
+        return self._result(self.child.div(divisor), lambda: DivBackward(self, divisor), self)
+
+    def pow(self, exponent: int) -> "AutogradTensor":
+        if type(exponent) is not int or exponent < 1:
+            raise ValueError(f"an AutogradTensor can be raised to a public int >= 1 only, got "
+                             f"{exponent!r}")
+        a = self.child
+        out = a.mul(a) if exponent == 2 else a.pow(exponent)
+        return self._result(out, lambda: PowBackward(self, exponent, a), self)
+
+    def square(self) -> "AutogradTensor":
+        return self.pow(2)
+
+    def sum(self, dim=None, keepdim: bool = False) -> "AutogradTensor":
+        out = self.child.sum(dim, keepdim)
+        return self._result(out, lambda: SumBackward(self, dim, keepdim), self)
+
+    def mean(self, dim=None, keepdim: bool = False) -> "AutogradTensor":
+        count = self.numel() if dim is None else _count(self.child.shape, dim)
+        return self.sum(dim, keepdim).div(count)
+
+    def reshape(self, *shape) -> "AutogradTensor":
+        return self._result(self.child.reshape(*shape), lambda: ReshapeBackward(self), self)
+
+    def view(self, *shape) -> "AutogradTensor":
+        return self._result(self.child.view(*shape), lambda: ReshapeBackward(self), self)
+
+    def view_as(self, other: Any) -> "AutogradTensor":
+        return self.reshape(*other.shape)
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "AutogradTensor":
+        return self._result(self.child.flatten(start_dim, end_dim),
+                            lambda: ReshapeBackward(self), self)
+
+    def transpose(self, d0: int, d1: int) -> "AutogradTensor":
+        return self._result(self.child.transpose(d0, d1),
+                            lambda: TransposeBackward(self, d0, d1), self)
+
+    def t(self) -> "AutogradTensor":
+        """Transpose a 2-D value (0-D and 1-D values are returned as they are, as torch.t)."""
+        if self.dim() > 2:
+            raise ValueError(f"t() expects a tensor with <= 2 dimensions, got {self.dim()}")
+        return self.transpose(0, 1) if self.dim() == 2 else self
+
+    def relu(self, inplace: bool = False) -> "AutogradTensor":
+        """x * [x >= 0]: one comparison and one Beaver product; the mask is kept for
+        backward (gradient: grad * [x >= 0])."""
+        mask = _nonneg_mask(self.child.child)
+        out = _like(self.child, _int_mul(self.child.child, mask))
+        return self._result(out, lambda: ReluBackward(self, mask), self)
+
+    def refresh(self) -> "AutogradTensor":
+        """The same value with fresh shares: every party adds its share of a new random
+        sharing of zero (PySyft's `refresh`); local values are returned as a copy."""
+        child = self.child.child
+        if isinstance(child, AdditiveSharingTensor):
+            zero = share_tensor(torch.zeros(tuple(child.shape), dtype=torch.int64),
+                                *child.locations, crypto_provider=child.crypto_provider)
+            out = _like(self.child, child.add(zero))
+        else:
+            out = _like(self.child, child.clone())
+        return self._result(out, lambda: IdentityBackward(self), self)
+
+    # -- not differentiable ----------------------------------------------------------------------
+    def _constant(self, name: str, *args: Any, **kwargs: Any) -> "AutogradTensor":
+        return AutogradTensor(getattr(self.child, name)(*(_child(a) for a in args), **kwargs))
+
+    def eq(self, other): return self._constant("eq", other)
+    def ne(self, other): return self._constant("ne", other)
+    def gt(self, other): return self._constant("gt", other)
+    def lt(self, other): return self._constant("lt", other)
+    def ge(self, other): return self._constant("ge", other)
+    def le(self, other): return self._constant("le", other)
+
+    def argmax(self, dim=None, keepdim: bool = False) -> "AutogradTensor":
+        return self._constant("argmax", dim, keepdim=keepdim)
+
+    def argmin(self, dim=None, keepdim: bool = False) -> "AutogradTensor":
+        return self._constant("argmin", dim, keepdim=keepdim)
+
+    # -- backward ------------------------------------------------------------------------------
+    def backward(self, gradient: Any = None, retain_graph: Any = None,
+                 create_graph: bool = False, inputs: Any = None) -> None:
+        """Back-propagate from this value (a single element unless `gradient` is given:
+        a float tensor or a fixed-precision one of this shape) into `.grad` of every leaf
+        that requires a gradient, adding to what is there (zero_grad() clears it).
+        `create_graph`/`inputs` are refused (no higher-order gradients here)."""
+        if create_graph or inputs is not None:
+            raise NotImplementedError("backward(create_graph=True / inputs=...) is not "
+                                      "available on AutogradTensors")
+        if not self.requires_grad:
+            raise RuntimeError("element 0 of tensors does not require grad and does not have "
+                               "a grad_fn")
+        if gradient is None:
+            if self.numel() != 1:
+                raise RuntimeError("grad can be implicitly created only for scalar outputs")
+            gradient = _public(self.child, torch.ones(tuple(self.shape)))
+        elif isinstance(gradient, AutogradTensor):
+            gradient = gradient.child
+        elif isinstance(gradient, torch.Tensor):
+            gradient = _public(self.child, gradient)
+        order = _topological(self)
+        grads: dict[int, FixedPrecisionTensor] = {id(self): gradient}
+        for node in order:
+            grad = grads.pop(id(node), None)
+            if grad is None:
+                continue
+            if node.grad_fn is None:
+                node.grad = AutogradTensor(grad) if node.grad is None else \
+                    AutogradTensor(node.grad.child.add(grad))
+                continue
+            for inp, g in zip(node.grad_fn.inputs, node.grad_fn.gradient(grad)):
+                if g is None or not _needs(inp):
+                    continue
+                prev = grads.get(id(inp))
+                grads[id(inp)] = g if prev is None else prev.add(g)
+
+    # -- encoding and sharing ----------------------------------------------------------------
+    def get(self) -> "AutogradTensor":
+        """Reconstruct a shared child (deleting the shares); decode with float_precision()."""
+        return AutogradTensor(self.child.get(), requires_grad=self.requires_grad
+                              if self.grad_fn is None else False)
+
+    def virtual_get(self) -> "AutogradTensor":
+        return AutogradTensor(self.child.virtual_get())
+
+    def copy(self) -> "AutogradTensor":
+        return AutogradTensor(self.child.copy(), requires_grad=self.requires_grad
+                              if self.grad_fn is None else False)
+
+    def float_precision(self) -> torch.Tensor:
+        """Decode (the value must be local: .get() it first) into a plain float tensor."""
+        return self.child.float_precision()
+
+    float_prec = float_precision
+
+    def fix_precision(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError("this tensor is already in fixed precision")
+
+    fix_prec = fix_precision
+
+    def share(self, *workers: Any, crypto_provider: Any = None, requires_grad: Any = None,
+              **options: Any) -> "AutogradTensor":
+        """Share a local fixed-precision value: a new leaf (requires_grad: this one's, unless
+        given)."""
+        keep = self.requires_grad if requires_grad is None else requires_grad
+        shared = self.child.share(*workers, crypto_provider=crypto_provider, **options)
+        return AutogradTensor(shared, requires_grad=keep)
+
+    def item(self) -> Any:
+        raise ValueError("an AutogradTensor holds fixed-precision values: "
+                         ".get().float_precision().item()")
+
+    def __repr__(self, *args: Any, **kwargs: Any) -> str:
+        inner = repr(self.child).replace("(Wrapper)>", "", 1)
+        return f"(Wrapper)>AutogradTensor>{inner}"
+
+    def __format__(self, spec: str) -> str:
+        return self.__repr__()
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __bool__(self) -> bool:
+        return bool(self.child)
+
+    # -- operators ---------------------------------------------------------------------------
+    __add__ = __radd__ = add
+    __sub__ = sub
+    __rsub__ = rsub
+    __mul__ = __rmul__ = mul
+    __matmul__ = matmul
+    __rmatmul__ = rmatmul
+    __truediv__ = div
+    __pow__ = pow
+    __neg__ = neg
+    __gt__ = gt
+    __lt__ = lt
+    __ge__ = ge
+    __le__ = le
+    __eq__ = eq  # type: ignore[assignment]
+    __ne__ = ne  # type: ignore[assignment]
+
+    def __iadd__(self, other: Any) -> "AutogradTensor":
+        return self.add(other)  # a new value, as `correct += ...` in the seed's test loop
+
+
+def _count(shape: torch.Size, dim) -> int:
+    dims = dim if isinstance(dim, (tuple, list)) else (dim,)
+    n = 1
+    for d in dims:
+        n *= shape[d]
+    return n
+
+
+def _topological(root: AutogradTensor) -> list:
+    """Nodes reachable from `root` through grad_fn inputs, each after all nodes that use it
+    (iterative depth-first search, so deep graphs do not hit the recursion limit)."""
+    order: list = []
+    seen: set[int] = set()
+    stack: list = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        if node.grad_fn is not None:
+            for inp in node.grad_fn.inputs:
+                if _needs(inp) and id(inp) not in seen:
+                    stack.append((inp, False))
+    order.reverse()
+    return order
+
+
+#: torch functions on AutogradTensors -> the method of the same meaning
+_FUNCTIONS = {
+    torch.add: "add", torch.Tensor.add: "add", torch.sub: "sub", torch.Tensor.sub: "sub",
+    torch.mul: "mul", torch.Tensor.mul: "mul", torch.matmul: "matmul", torch.mm: "matmul",
+    torch.Tensor.matmul: "matmul", torch.Tensor.mm: "matmul", torch.div: "div",
+    torch.Tensor.div: "div", torch.true_divide: "div", torch.pow: "pow", torch.Tensor.pow: "pow",
+    torch.square: "square", torch.neg: "neg", torch.sum: "sum", torch.mean: "mean",
+    torch.reshape: "reshape", torch.flatten: "flatten", torch.t: "t",
+    torch.transpose: "transpose", torch.relu: "relu", F.relu: "relu", F.linear: "linear",
+    torch.eq: "eq", torch.ne: "ne", torch.gt: "gt", torch.lt: "lt", torch.ge: "ge",
+    torch.le: "le", torch.argmax: "argmax", torch.argmin: "argmin",
+    torch.Tensor.__radd__: "add", torch.Tensor.__rsub__: "rsub", torch.Tensor.__rmul__: "mul",
+}
+
+use_autograd_class(AutogradTensor)
