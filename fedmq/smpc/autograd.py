@@ -6,8 +6,10 @@
 secret-shared). Every operation on it runs on the child through the child's public methods and,
 when an input requires a gradient (and `torch.is_grad_enabled()`), records a `GradFunc` node.
 `loss.backward()` walks the graph from a scalar loss in reverse topological order and leaves
-the gradients, fixed-precision tensors shared like the values, in `.grad` of the leaves that
-require one (a model's parameters, and data shared with `requires_grad=True`).
+the gradients in `.grad` of the leaves that require one (a model's parameters, and data shared
+with `requires_grad=True`): fixed-precision tensors, shared wherever they depend on a shared
+value (one that depends on public values only, such as that of `x + y` for the public initial
+gradient of `backward()`, stays public).
 
 As PySyft's AutogradTensor (syft/frameworks/torch/tensors/interpreters/autograd.py and
 gradients.py), the backward functions are written for the protocol, not derived from it: the
@@ -247,6 +249,17 @@ class IdentityBackward(GradFunc):
         return (grad,)
 
 
+def _constant_operand(value: Any, like: FixedPrecisionTensor) -> "AutogradTensor":
+    """A FixedPrecisionTensor or a public float tensor as an AutogradTensor that needs no
+    gradient (encoded like `like`). Raises TypeError for anything else."""
+    if isinstance(value, FixedPrecisionTensor):
+        return AutogradTensor(value)
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return AutogradTensor(_public(like, value))
+    raise TypeError(f"cannot combine an AutogradTensor with a {type(value).__name__} first "
+                    f"operand: use a fixed-precision or a float tensor")
+
+
 def _needs(value: Any) -> bool:
     return isinstance(value, AutogradTensor) and value.requires_grad
 
@@ -356,18 +369,20 @@ class AutogradTensor(torch.Tensor):
         if func is torch.Tensor.__repr__ or func is torch.Tensor.__format__:
             return args[0].__repr__()
         name = _FUNCTIONS.get(func)
+        if func is torch.isfinite:  # how FixedPrecisionTensor's encoding sees an operand
+            raise TypeError("a FixedPrecisionTensor operator cannot take an AutogradTensor "
+                            "operand: put the AutogradTensor first (w * x), or share x with "
+                            "requires_grad=True too")
         if name is None:
             raise NotImplementedError(
                 f"{getattr(func, '__name__', func)} is not supported on AutogradTensor "
                 f"(fedmq.smpc.autograd supports {', '.join(sorted(set(_FUNCTIONS.values())))}); "
                 f"an optimizer's step on shared parameters needs optimizer.fix_precision()")
         first = next((a for a in args if isinstance(a, AutogradTensor)), None)
-        if first is not None and first is not args[0]:  # torch.add(t, x): a plain tensor first
-            if name in ("add", "mul"):
-                return getattr(first, name)(args[0], **kwargs)
-            if name in ("sub", "rsub") and len(args) == 2:
-                return first.rsub(args[0]) if name == "sub" else first.sub(args[0])
-            raise NotImplementedError(f"{name} with a plain tensor first is not supported")
+        if first is not None and first is not args[0]:
+            # F.linear(x, w) with x a FixedPrecisionTensor, torch.add(t, x) with t a float
+            # tensor: the first operand becomes a constant of the graph
+            args = (_constant_operand(args[0], first.child), *args[1:])
         if name == "relu":
             return args[0].relu()
         return getattr(args[0], name)(*args[1:], **kwargs)
