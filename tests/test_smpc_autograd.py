@@ -41,6 +41,8 @@ W = torch.randn(5, 4)
 BIAS = torch.randn(5)
 M = torch.randn(4, 2)
 PUBLIC = torch.randn(3, 4)
+IMG = torch.randn(2, 3, 7, 7)
+KERNEL = torch.randn(4, 3, 3, 3) / 3
 
 #: name -> (function of the inputs, the inputs): each function runs on torch tensors and on
 #: AutogradTensors alike
@@ -77,13 +79,18 @@ CASES = {
     "relu_method": (lambda a: a.relu(), (A,)),
     "torch_functions": (lambda a, b: torch.sum(torch.mul(torch.add(a, b), b)), (A, B)),
     "mse": (lambda a, b: ((a - b) ** 2).sum() / 3, (A, B)),
+    "conv2d": (lambda x, w, b: F.conv2d(x, w, b), (IMG, KERNEL, BIAS[:4])),
+    "conv2d_stride_padding": (lambda x, w: F.conv2d(x, w, stride=2, padding=1), (IMG, KERNEL)),
+    "conv2d_uneven": (lambda x, w, b: F.conv2d(x, w, b, stride=(2, 1), padding=(1, 0)),
+                      (IMG[:, :, :, :6], KERNEL, BIAS[:4])),
 }
 
 
 #: inputs whose gradient depends on secret values (so it must be shared when they are)
 SECRET_GRADIENTS = {"mul": (0, 1), "matmul": (0, 1), "mm": (0, 1), "linear": (0, 1),
                     "linear_no_bias": (0, 1), "pow2": (0,), "pow3": (0,), "square": (0,),
-                    "relu": (0,), "relu_method": (0,), "mse": (0, 1), "torch_functions": (0, 1)}
+                    "relu": (0,), "relu_method": (0,), "mse": (0, 1), "torch_functions": (0, 1),
+                    "conv2d": (0, 1), "conv2d_stride_padding": (0, 1), "conv2d_uneven": (0, 1)}
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["local", "shared"])

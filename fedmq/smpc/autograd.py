@@ -18,13 +18,14 @@ op's backward costs (shared operands):
 
     add, sub, neg, sum, mean*, view/reshape/flatten/view_as, t/transpose, refresh   local
     mul, matmul, linear      one Beaver product per input that needs a gradient
+    conv2d                   one Beaver conv2d per input that needs a gradient
     pow (public int n)       one product (n - 1 more for n > 2 in the forward)
     relu                     one Beaver product with the forward's comparison mask [x >= 0]
     div (public number)      one truncation (* mean: also one)
 
 Differentiable ops: add, sub, rsub, neg, mul, matmul/mm (2-D), F.linear, div and `/` by a
 public number, pow and `**` by a public int >= 1, square, sum, mean, view, reshape, view_as,
-flatten, t, transpose, F.relu/relu, refresh. Not differentiable (their results never require a
+flatten, t, transpose, F.relu/relu, F.conv2d (groups 1, dilation 1), refresh. Not differentiable (their results never require a
 gradient): comparisons (eq ne gt lt ge le), argmax, argmin. Anything else raises
 NotImplementedError naming the op.
 
@@ -92,6 +93,61 @@ def _sum_to(grad: FixedPrecisionTensor, shape: torch.Size) -> FixedPrecisionTens
 
 def _shape_of(value: Any) -> tuple:
     return tuple(value.shape) if hasattr(value, "shape") else ()
+
+
+def _pair(value: Any, what: str) -> tuple[int, int]:
+    if type(value) is int:
+        return value, value
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(type(v) is int
+                                                                     for v in value):
+        return tuple(value)
+    raise ValueError(f"conv2d with gradients takes an int or a pair of ints as {what}, got "
+                     f"{value!r}")
+
+
+def _flip(value: FixedPrecisionTensor, dims: tuple) -> FixedPrecisionTensor:
+    child = value.child
+    if isinstance(child, AdditiveSharingTensor):
+        return _like(value, child.map("torch.flip", list(dims)))
+    return _like(value, torch.flip(child, list(dims)))
+
+
+def _cat(values: list, dim: int) -> FixedPrecisionTensor:
+    children = [v.child for v in values]
+    if isinstance(children[0], AdditiveSharingTensor):
+        return _like(values[0], AdditiveSharingTensor.cat(children, dim))
+    return _like(values[0], torch.cat(children, dim))
+
+
+def _dilate(grad: FixedPrecisionTensor, stride: tuple, extra: tuple) -> FixedPrecisionTensor:
+    """Insert stride - 1 zero rows (columns) between the rows (columns) of the last two dims,
+    then `extra` zero rows (columns) at the end: what conv_transpose2d does to its input,
+    here with local ops on each share (zeros are the value times the public int 0)."""
+    for dim, s, e in ((2, stride[0], extra[0]), (3, stride[1], extra[1])):
+        if s > 1:
+            n = grad.shape[dim]
+            column = grad.unsqueeze(dim + 1)
+            grad = _cat([column] + [column.mul(0)] * (s - 1), dim + 1)
+            shape = list(grad.shape)
+            shape[dim:dim + 2] = [n * s]
+            index = [slice(None)] * len(shape)
+            index[dim] = slice(0, (n - 1) * s + 1)
+            grad = grad.reshape(*shape)[tuple(index)]
+        if e > 0:
+            index = [slice(None)] * grad.dim()
+            index[dim] = slice(0, 1)
+            zero = grad[tuple(index)].mul(0)
+            grad = _cat([grad] + [zero] * e, dim)
+    return grad
+
+
+def _conv(x: FixedPrecisionTensor, w: FixedPrecisionTensor, **kwargs: Any
+          ) -> FixedPrecisionTensor:
+    """conv2d of two fixed-precision values (a public input with a shared kernel is shared
+    first, among the kernel's parties: the protocol takes shared inputs)."""
+    if w.is_shared and not x.is_shared:
+        x = x.share(*w.child.locations, crypto_provider=w.child.crypto_provider)
+    return x.conv2d(w, None, **kwargs)
 
 
 # -- graph nodes ----------------------------------------------------------------------------------
@@ -240,6 +296,37 @@ class ReluBackward(GradFunc):
 
     def gradient(self, grad):
         return (_like(grad, _int_mul(grad.child, self.mask)),)
+
+
+class Conv2dBackward(GradFunc):
+    """conv2d(x, W, b) (groups 1, dilation 1), each gradient one conv2d protocol:
+    dx = conv2d(dilate(grad, stride), W^T flipped, padding k - 1 - p) (conv_transpose2d),
+    dW = conv2d(x^T, grad^T, padding p, dilation stride) cropped to the kernel, transposed
+    (the batch is the contracted dimension), db = grad summed over batch and positions."""
+
+    def __init__(self, x, weight, bias, x_child, w_child, stride, padding) -> None:
+        super().__init__(x, weight, bias)
+        self.x_child, self.w_child = x_child, w_child
+        self.stride, self.padding = stride, padding
+
+    def gradient(self, grad):
+        x, weight, bias = self.inputs
+        (s_h, s_w), (p_h, p_w) = self.stride, self.padding
+        _, _, k_h, k_w = self.w_child.shape
+        _, _, h, w = self.x_child.shape
+        gx = gw = gb = None
+        if _needs(x):
+            extra = ((h + 2 * p_h - k_h) % s_h, (w + 2 * p_w - k_w) % s_w)
+            kernel = _flip(self.w_child.transpose(0, 1), (2, 3))
+            gx = _conv(_dilate(grad, self.stride, extra), kernel,
+                       padding=(k_h - 1 - p_h, k_w - 1 - p_w))
+        if _needs(weight):
+            full = _conv(self.x_child.transpose(0, 1), grad.transpose(0, 1),
+                         padding=self.padding, dilation=self.stride)
+            gw = full[:, :, :k_h, :k_w].transpose(0, 1)
+        if _needs(bias):
+            gb = grad.sum(0).sum(1).sum(1)
+        return gx, gw, gb
 
 
 class IdentityBackward(GradFunc):
@@ -441,6 +528,25 @@ class AutogradTensor(torch.Tensor):
         out = x.linear(w, _child(bias))
         return self._result(out, lambda: LinearBackward(self, weight, bias, x, w),
                             self, weight, bias)
+
+    def conv2d(self, weight: Any, bias: Any = None, stride=1, padding=0, dilation=1,
+               groups: int = 1) -> "AutogradTensor":
+        """F.conv2d on fixed-precision values (the Beaver conv2d protocol when both are
+        shared). With gradients: groups 1, dilation 1, int paddings below the kernel size."""
+        x, w = self.child, _child(weight)
+        out = x.conv2d(w, _child(bias), stride=stride, padding=padding, dilation=dilation,
+                       groups=groups)
+        if not (torch.is_grad_enabled() and any(_needs(i) for i in (self, weight, bias))):
+            return AutogradTensor(out)
+        if groups != 1 or _pair(dilation, "dilation") != (1, 1):
+            raise NotImplementedError("conv2d with gradients takes groups=1 and dilation=1")
+        stride_, padding_ = _pair(stride, "stride"), _pair(padding, "padding")
+        k_h, k_w = w.shape[2], w.shape[3]
+        if padding_[0] >= k_h or padding_[1] >= k_w:
+            raise NotImplementedError("conv2d with gradients takes a padding below the "
+                                      "kernel size")
+        return self._result(out, lambda: Conv2dBackward(self, weight, bias, x, w, stride_,
+                                                        padding_), self, weight, bias)
 
     def div(self, divisor: Any) -> "AutogradTensor":
         """Division by a public non-zero number (int: truncation; float: times 1/d)."""
@@ -673,6 +779,7 @@ _FUNCTIONS = {
     torch.square: "square", torch.neg: "neg", torch.sum: "sum", torch.mean: "mean",
     torch.reshape: "reshape", torch.flatten: "flatten", torch.t: "t",
     torch.transpose: "transpose", torch.relu: "relu", F.relu: "relu", F.linear: "linear",
+    F.conv2d: "conv2d", torch.conv2d: "conv2d",
     torch.eq: "eq", torch.ne: "ne", torch.gt: "gt", torch.lt: "lt", torch.ge: "ge",
     torch.le: "le", torch.argmax: "argmax", torch.argmin: "argmin",
     torch.Tensor.__radd__: "add", torch.Tensor.__rsub__: "rsub", torch.Tensor.__rmul__: "mul",
