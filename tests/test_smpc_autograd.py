@@ -83,6 +83,10 @@ CASES = {
     "conv2d_stride_padding": (lambda x, w: F.conv2d(x, w, stride=2, padding=1), (IMG, KERNEL)),
     "conv2d_uneven": (lambda x, w, b: F.conv2d(x, w, b, stride=(2, 1), padding=(1, 0)),
                       (IMG[:, :, :, :6], KERNEL, BIAS[:4])),
+    "avg_pool2d": (lambda x: F.avg_pool2d(x, 2), (IMG,)),
+    "avg_pool2d_stride_padding": (lambda x: F.avg_pool2d(x, 3, stride=2, padding=1), (IMG,)),
+    "max_pool2d": (lambda x: F.max_pool2d(x, 2), (IMG,)),
+    "max_pool2d_relu": (lambda x: F.max_pool2d(F.relu(x), (2, 3)), (IMG,)),
 }
 
 
@@ -90,7 +94,8 @@ CASES = {
 SECRET_GRADIENTS = {"mul": (0, 1), "matmul": (0, 1), "mm": (0, 1), "linear": (0, 1),
                     "linear_no_bias": (0, 1), "pow2": (0,), "pow3": (0,), "square": (0,),
                     "relu": (0,), "relu_method": (0,), "mse": (0, 1), "torch_functions": (0, 1),
-                    "conv2d": (0, 1), "conv2d_stride_padding": (0, 1), "conv2d_uneven": (0, 1)}
+                    "conv2d": (0, 1), "conv2d_stride_padding": (0, 1), "conv2d_uneven": (0, 1),
+                    "max_pool2d": (0,), "max_pool2d_relu": (0,)}
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["local", "shared"])
@@ -318,3 +323,48 @@ def test_optimizers_that_cannot_run_on_shares_are_refused(parties):
     opt = optim.SGD(model.parameters(), lr=0.1).fix_precision()
     with pytest.raises(ValueError, match="closure"):
         opt.step(lambda: None)
+
+
+def test_conv_and_pooling_options_they_cannot_honour_are_refused(parties):
+    x = encrypt(torch.randn(1, 2, 6, 6), parties, shared=True)
+    w = encrypt(torch.randn(2, 1, 3, 3), parties, shared=True)
+    with pytest.raises(NotImplementedError, match="groups=1 and dilation=1"):
+        F.conv2d(x, w, groups=2)
+    with pytest.raises(NotImplementedError, match="padding below the kernel size"):
+        F.conv2d(x, encrypt(torch.randn(2, 2, 1, 1), parties, shared=True), padding=1)
+    with pytest.raises(NotImplementedError, match="non-overlapping windows"):
+        F.max_pool2d(x, 3, stride=1)
+    with pytest.raises(NotImplementedError, match="secret"):
+        F.max_pool2d(x, 2, return_indices=True)
+    with pytest.raises(NotImplementedError, match="ceil_mode=False"):
+        F.avg_pool2d(x, 2, ceil_mode=True)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 3 * 3, 2)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv(x)), 2)
+        x = F.avg_pool2d(x, 1)
+        return self.fc(x.flatten(1))
+
+
+def test_a_small_cnn_trains_on_shares_as_in_plaintext(parties):
+    workers, provider = parties
+    torch.manual_seed(7)
+    x, y = torch.randn(4, 1, 6, 6), torch.randn(4, 2)
+    plain = SmallCNN()
+    plain_losses = train_steps(plain, optim.SGD(plain.parameters(), lr=0.01), x, y, 3)
+    model = SmallCNN().fix_precision().share(*workers, crypto_provider=provider,
+                                             requires_grad=True)
+    opt = optim.SGD(model.parameters(), lr=0.01).fix_precision()
+    ex = x.fix_precision().share(*workers, crypto_provider=provider, requires_grad=True)
+    ey = y.fix_precision().share(*workers, crypto_provider=provider, requires_grad=True)
+    losses = train_steps(model, opt, ex, ey, 3)
+    assert all(abs(a - b) < 0.05 + 0.02 * b for a, b in zip(losses, plain_losses)), \
+        (losses, plain_losses)
+    assert losses[-1] < losses[0]

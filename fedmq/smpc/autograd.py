@@ -19,13 +19,16 @@ op's backward costs (shared operands):
     add, sub, neg, sum, mean*, view/reshape/flatten/view_as, t/transpose, refresh   local
     mul, matmul, linear      one Beaver product per input that needs a gradient
     conv2d                   one Beaver conv2d per input that needs a gradient
+    avg_pool2d               one truncation (the window sums are local)
+    max_pool2d               one batched equality test with the forward's argmax, one product
     pow (public int n)       one product (n - 1 more for n > 2 in the forward)
     relu                     one Beaver product with the forward's comparison mask [x >= 0]
     div (public number)      one truncation (* mean: also one)
 
 Differentiable ops: add, sub, rsub, neg, mul, matmul/mm (2-D), F.linear, div and `/` by a
 public number, pow and `**` by a public int >= 1, square, sum, mean, view, reshape, view_as,
-flatten, t, transpose, F.relu/relu, F.conv2d (groups 1, dilation 1), refresh. Not differentiable (their results never require a
+flatten, t, transpose, F.relu/relu, F.conv2d (groups 1, dilation 1), F.avg_pool2d,
+F.max_pool2d (non-overlapping windows), refresh. Not differentiable (their results never require a
 gradient): comparisons (eq ne gt lt ge le), argmax, argmin. Anything else raises
 NotImplementedError naming the op.
 
@@ -133,12 +136,30 @@ def _dilate(grad: FixedPrecisionTensor, stride: tuple, extra: tuple) -> FixedPre
             index = [slice(None)] * len(shape)
             index[dim] = slice(0, (n - 1) * s + 1)
             grad = grad.reshape(*shape)[tuple(index)]
-        if e > 0:
-            index = [slice(None)] * grad.dim()
-            index[dim] = slice(0, 1)
-            zero = grad[tuple(index)].mul(0)
-            grad = _cat([grad] + [zero] * e, dim)
+        grad = _pad_end(grad, dim, e)
     return grad
+
+
+def _pad_end(value: FixedPrecisionTensor, dim: int, count: int) -> FixedPrecisionTensor:
+    """`count` zero slices appended along `dim` (local on shares)."""
+    if count <= 0:
+        return value
+    index = [slice(None)] * value.dim()
+    index[dim] = slice(0, 1)
+    zero = value[tuple(index)].mul(0)
+    return _cat([value] + [zero] * count, dim)
+
+
+def _window_sum(value: FixedPrecisionTensor, kernel: tuple, **kwargs: Any
+                ) -> FixedPrecisionTensor:
+    """Sum over every kernel window, channel by channel: conv2d with a public kernel of
+    integer ones (local on each share, no rescaling)."""
+    channels = value.shape[1]
+    ones = torch.ones(channels, 1, *kernel, dtype=torch.int64)
+    child = value.child
+    if isinstance(child, AdditiveSharingTensor):
+        return _like(value, child.conv2d(ones, None, groups=channels, **kwargs))
+    return _like(value, F.conv2d(child, ones, None, groups=channels, **kwargs))
 
 
 def _conv(x: FixedPrecisionTensor, w: FixedPrecisionTensor, **kwargs: Any
@@ -327,6 +348,49 @@ class Conv2dBackward(GradFunc):
         if _needs(bias):
             gb = grad.sum(0).sum(1).sum(1)
         return gx, gw, gb
+
+
+class AvgPool2dBackward(GradFunc):
+    """Each input gets grad / divisor from every window it is in: a transposed window sum
+    (the dilated gradient summed over kernel windows), local on shares, and one truncation."""
+
+    def __init__(self, x, kernel, stride, padding, divisor) -> None:
+        super().__init__(x)
+        self.kernel, self.stride, self.padding, self.divisor = kernel, stride, padding, divisor
+
+    def gradient(self, grad):
+        (k_h, k_w), (s_h, s_w), (p_h, p_w) = self.kernel, self.stride, self.padding
+        _, _, h, w = _shape_of(self.inputs[0])
+        extra = ((h + 2 * p_h - k_h) % s_h, (w + 2 * p_w - k_w) % s_w)
+        spread = _window_sum(_dilate(grad, self.stride, extra), self.kernel,
+                             padding=(k_h - 1 - p_h, k_w - 1 - p_w))
+        return (spread.div(self.divisor),)
+
+
+class MaxPool2dBackward(GradFunc):
+    """The gradient goes to the position of each window's maximum: a one-hot mask
+    [index == j] (one batched equality test on the forward's shared argmax) times grad."""
+
+    def __init__(self, x, kernel, indices) -> None:
+        super().__init__(x)
+        self.kernel, self.indices = kernel, indices
+
+    def gradient(self, grad):
+        k_h, k_w = self.kernel
+        n, c, h, w = _shape_of(self.inputs[0])
+        idx = self.indices.child.unsqueeze(-1)  # index * scale, fixed point
+        positions = torch.arange(k_h * k_w, dtype=torch.int64) * self.indices.scale
+        if isinstance(idx, AdditiveSharingTensor):
+            mask = idx.eq(positions)
+        else:
+            mask = (idx == positions).to(torch.int64)
+        g = _expand(grad.unsqueeze(-1), tuple(mask.shape))
+        out_h, out_w = grad.shape[2], grad.shape[3]
+        spread = _like(grad, _int_mul(g.child, mask))
+        spread = spread.reshape(n, c, out_h, out_w, k_h, k_w).permute(0, 1, 2, 4, 3, 5)
+        spread = spread.reshape(n, c, out_h * k_h, out_w * k_w)
+        spread = _pad_end(_pad_end(spread, 2, h - out_h * k_h), 3, w - out_w * k_w)
+        return (spread,)
 
 
 class IdentityBackward(GradFunc):
@@ -547,6 +611,55 @@ class AutogradTensor(torch.Tensor):
                                       "kernel size")
         return self._result(out, lambda: Conv2dBackward(self, weight, bias, x, w, stride_,
                                                         padding_), self, weight, bias)
+
+    def avg_pool2d(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+                   count_include_pad: bool = True, divisor_override: int | None = None
+                   ) -> "AutogradTensor":
+        """F.avg_pool2d: window sums (a conv2d with a public kernel of ones, local on
+        shares) divided by the window size (one truncation). ceil_mode=True and
+        count_include_pad=False with padding are refused."""
+        kernel = _pair(kernel_size, "kernel_size")
+        stride_ = kernel if stride is None or stride == [] else _pair(stride, "stride")
+        padding_ = _pair(padding, "padding")
+        if ceil_mode or (not count_include_pad and padding_ != (0, 0)):
+            raise NotImplementedError("avg_pool2d on fixed-precision values takes "
+                                      "ceil_mode=False and counts the padding")
+        if padding_[0] * 2 > kernel[0] or padding_[1] * 2 > kernel[1]:
+            raise ValueError("pad should be at most half of effective kernel size")
+        divisor = divisor_override if divisor_override is not None else kernel[0] * kernel[1]
+        if type(divisor) is not int or divisor <= 0:
+            raise ValueError(f"divisor_override must be a positive int, got {divisor!r}")
+        out = _window_sum(self.child, kernel, stride=stride_, padding=padding_).div(divisor)
+        return self._result(out, lambda: AvgPool2dBackward(self, kernel, stride_, padding_,
+                                                           divisor), self)
+
+    def max_pool2d(self, kernel_size, stride=None, padding=0, dilation=1,
+                   ceil_mode: bool = False, return_indices: bool = False) -> "AutogradTensor":
+        """F.max_pool2d over non-overlapping windows (stride = kernel size, the default; no
+        padding, dilation 1, floor mode): the windows side by side, then the comparison
+        protocol's max with argmax, kept for backward. return_indices=True is refused (the
+        indices are secret)."""
+        kernel = _pair(kernel_size, "kernel_size")
+        stride_ = kernel if stride is None or stride == [] else _pair(stride, "stride")
+        if stride_ != kernel or _pair(padding, "padding") != (0, 0) or \
+                _pair(dilation, "dilation") != (1, 1) or ceil_mode:
+            raise NotImplementedError("max_pool2d on fixed-precision values takes "
+                                      "non-overlapping windows: stride = kernel_size, "
+                                      "padding 0, dilation 1, ceil_mode=False")
+        if return_indices:
+            raise NotImplementedError("max_pool2d(return_indices=True): the indices of shared "
+                                      "maxima are secret; use argmax on the values")
+        n, c, h, w = self.child.shape
+        k_h, k_w = kernel
+        out_h, out_w = h // k_h, w // k_w
+        x = self.child[:, :, :out_h * k_h, :out_w * k_w]
+        windows = x.reshape(n, c, out_h, k_h, out_w, k_w).permute(0, 1, 2, 4, 3, 5)
+        values, indices = windows.reshape(n, c, out_h, out_w, k_h * k_w).max(dim=-1)
+        return self._result(values, lambda: MaxPool2dBackward(self, kernel, indices), self)
+
+    def max_pool2d_with_indices(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("max_pool2d(return_indices=True): the indices of shared "
+                                  "maxima are secret; use argmax on the values")
 
     def div(self, divisor: Any) -> "AutogradTensor":
         """Division by a public non-zero number (int: truncation; float: times 1/d)."""
@@ -779,7 +892,8 @@ _FUNCTIONS = {
     torch.square: "square", torch.neg: "neg", torch.sum: "sum", torch.mean: "mean",
     torch.reshape: "reshape", torch.flatten: "flatten", torch.t: "t",
     torch.transpose: "transpose", torch.relu: "relu", F.relu: "relu", F.linear: "linear",
-    F.conv2d: "conv2d", torch.conv2d: "conv2d",
+    F.conv2d: "conv2d", torch.conv2d: "conv2d", F.avg_pool2d: "avg_pool2d",
+    F.max_pool2d: "max_pool2d", F.max_pool2d_with_indices: "max_pool2d_with_indices",
     torch.eq: "eq", torch.ne: "ne", torch.gt: "gt", torch.lt: "lt", torch.ge: "ge",
     torch.le: "le", torch.argmax: "argmax", torch.argmin: "argmin",
     torch.Tensor.__radd__: "add", torch.Tensor.__rsub__: "rsub", torch.Tensor.__rmul__: "mul",
