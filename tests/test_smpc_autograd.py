@@ -135,6 +135,18 @@ def test_scalar_loss_backward_accumulates_and_zero_grad_clears(parties):
     assert x.grad is None
 
 
+def test_the_graph_is_freed_unless_retained(parties):
+    x = encrypt(torch.tensor([1.0, -2.0]), parties, shared=True)
+    loss = (x * x).sum()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    assert torch.allclose(decode(x.grad.copy()), torch.tensor([4.0, -8.0]), atol=0.02)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        loss.backward()
+    with pytest.raises(NotImplementedError, match="create_graph"):
+        (x * x).sum().backward(create_graph=True)
+
+
 def test_a_value_used_twice_gets_both_gradients(parties):
     x = encrypt(torch.tensor([0.5, -1.5]), parties, shared=True)
     y = x * 2 + x * x  # dy/dx = 2 + 2x
@@ -323,6 +335,24 @@ def test_optimizers_that_cannot_run_on_shares_are_refused(parties):
     opt = optim.SGD(model.parameters(), lr=0.1).fix_precision()
     with pytest.raises(ValueError, match="closure"):
         opt.step(lambda: None)
+
+
+def test_fix_precision_also_converts_the_optimizer_in_place(parties):
+    """PySyft converted the optimizer itself: `opt.fix_precision()` alone is enough."""
+    workers, provider = parties
+    model = small_model().fix_precision().share(*workers, crypto_provider=provider,
+                                                requires_grad=True)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    opt.fix_precision()
+    before = model[2].bias.copy().get().float_precision()
+    x = torch.randn(2, 4).fix_precision().share(*workers, crypto_provider=provider,
+                                               requires_grad=True)
+    model(x).sum().backward()
+    opt.step()
+    after = model[2].bias.copy().get().float_precision()
+    assert torch.allclose(after, before - 0.1 * 2, atol=0.01)  # d(sum)/d(bias) = batch size
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_conv_and_pooling_options_they_cannot_honour_are_refused(parties):

@@ -178,11 +178,21 @@ class GradFunc:
     order) and `gradient(grad)`, the gradients of the op's output with respect to each input
     (None where none is needed), as fixed-precision tensors."""
 
+    #: set by backward(retain_graph=False): the node's saved values are dropped
+    released = False
+
     def __init__(self, *inputs: Any) -> None:
         self.inputs = inputs
 
     def gradient(self, grad: FixedPrecisionTensor) -> tuple:
         raise NotImplementedError(f"{type(self).__name__} has no gradient")
+
+    def release(self) -> None:
+        """Drop what was saved for backward (torch frees its graph the same way)."""
+        for name in list(vars(self)):
+            if name != "inputs":
+                setattr(self, name, None)
+        self.released = True
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
@@ -751,7 +761,9 @@ class AutogradTensor(torch.Tensor):
         """Back-propagate from this value (a single element unless `gradient` is given:
         a float tensor or a fixed-precision one of this shape) into `.grad` of every leaf
         that requires a gradient, adding to what is there (zero_grad() clears it).
-        `create_graph`/`inputs` are refused (no higher-order gradients here)."""
+        As torch, the graph is freed unless `retain_graph=True` (a second backward through
+        it raises RuntimeError). `create_graph`/`inputs` are refused (no higher-order
+        gradients here)."""
         if create_graph or inputs is not None:
             raise NotImplementedError("backward(create_graph=True / inputs=...) is not "
                                       "available on AutogradTensors")
@@ -776,11 +788,16 @@ class AutogradTensor(torch.Tensor):
                 node.grad = AutogradTensor(grad) if node.grad is None else \
                     AutogradTensor(node.grad.child.add(grad))
                 continue
+            if node.grad_fn.released:
+                raise RuntimeError("Trying to backward through the graph a second time: "
+                                   "specify retain_graph=True the first time")
             for inp, g in zip(node.grad_fn.inputs, node.grad_fn.gradient(grad)):
                 if g is None or not _needs(inp):
                     continue
                 prev = grads.get(id(inp))
                 grads[id(inp)] = g if prev is None else prev.add(g)
+            if not retain_graph:
+                node.grad_fn.release()
 
     # -- encoding and sharing ----------------------------------------------------------------
     def get(self) -> "AutogradTensor":

@@ -6,7 +6,9 @@ torch.optim.Optimizer by the SMPC extension) returns a `FixedPrecisionSGD` over 
 parameter groups: its `step()` computes each update with the parameters' fixed-point methods
 (shared values stay shared: a public-by-shared product is local on each share plus one
 truncation) and replaces each AutogradTensor's child in place, so the model sees the new weights;
-`zero_grad()` sets every `.grad` to None.
+`zero_grad()` sets every `.grad` to None. The torch optimizer's own `step` and `zero_grad` become
+these too (PySyft converted the optimizer in place), so calling `opt.fix_precision()` without
+using its result works as well.
 
 Supported: torch.optim.SGD with lr, momentum, dampening, weight_decay, nesterov and maximize
 (the update of torch.optim.SGD, step for step). The hyper-parameters are public, encoded with the
@@ -151,4 +153,9 @@ def optimizer_fix_precision(self: torch.optim.Optimizer, base: int | None = None
     """`optimizer.fix_precision()` (alias fix_prec): the optimizer for fixed-precision (shared)
     parameters; see the module docstring. Raises ValueError for an optimizer other than SGD,
     for options it cannot honour, or for parameters that are not fixed-precision."""
-    return FixedPrecisionSGD(self, base, precision_fractional)
+    fixed = FixedPrecisionSGD(self, base, precision_fractional)
+    # as PySyft's (which converted the optimizer in place): the original's step and zero_grad
+    # are the fixed-precision ones from now on, so `opt.fix_precision()` alone also works
+    self.step = fixed.step
+    self.zero_grad = fixed.zero_grad
+    return fixed
