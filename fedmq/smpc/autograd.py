@@ -28,9 +28,24 @@ op's backward costs (shared operands):
 Differentiable ops: add, sub, rsub, neg, mul, matmul/mm (2-D), F.linear, div and `/` by a
 public number, pow and `**` by a public int >= 1, square, sum, mean, view, reshape, view_as,
 flatten, t, transpose, F.relu/relu, F.conv2d (groups 1, dilation 1), F.avg_pool2d,
-F.max_pool2d (non-overlapping windows), refresh. Not differentiable (their results never require a
-gradient): comparisons (eq ne gt lt ge le), argmax, argmin. Anything else raises
-NotImplementedError naming the op.
+F.max_pool2d (non-overlapping windows), refresh. Not differentiable (their results never
+require a gradient): comparisons (eq ne gt lt ge le), argmax, argmin. Anything else raises
+NotImplementedError naming the op (softmax-based losses such as cross-entropy need exp and log
+approximations, which the fixed-precision layer below does not offer here).
+
+Operands: AutogradTensors, FixedPrecisionTensors and public numbers or float tensors (both
+constants of the graph). A torch function with a fixed-precision or float tensor first
+(`F.linear(x_fp, w)`, `torch.add(t, x)`) is handled here; a FixedPrecisionTensor *operator*
+with an AutogradTensor on the right (`x_fp * w`) raises TypeError: put the AutogradTensor first
+or give x requires_grad=True. `torch.no_grad()` records nothing; backward frees the graph
+unless `retain_graph=True`, as torch.
+
+Security (semi-honest, as the protocols below): the graph and the gradient functions live on
+the coordinator, which never holds a share; gradients of shared values are computed by the same
+protocols as the forward. `refresh()` adds a fresh additive sharing of zero that the
+coordinator deals (PySyft's refresh): each party's new share is uniform and independent of its
+old one, so a party cannot link the two; the coordinator, which knows the zero sharing, holds
+no share of the value.
 
 Precision: gradients are fixed point with the values' base and precision_fractional, and every
 product is rescaled by the truncation protocol (at most one unit in the last place off), so
