@@ -17,6 +17,7 @@ in pyproject.toml checks it):
     additive.py         AdditiveSharingTensor: share()/get(), linear ops per share; its
                         products, divisions and comparisons call the protocols above
     fixed_precision.py  FixedPrecisionTensor: fix_precision()/float_precision(), int64 ring
+    gradients.py        the graph's nodes (MulBackward, ...): each op's gradient on fixed point
     autograd.py         AutogradTensor: gradients over fixed-precision (shared) values
     optim.py            optimizer.fix_precision(): SGD steps on fixed-precision parameters
     hooks.py            the extension's table: methods TorchHook installs, worker handlers

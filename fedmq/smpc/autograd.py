@@ -12,7 +12,7 @@ value (one that depends on public values only, such as that of `x + y` for the p
 gradient of `backward()`, stays public).
 
 As PySyft's AutogradTensor (syft/frameworks/torch/tensors/interpreters/autograd.py and
-gradients.py), the backward functions are written for the protocol, not derived from it: the
+gradients.py; here autograd.py and gradients.py), the backward functions are written for the protocol, not derived from it: the
 Beaver product is never differentiated; d(a*b)/db = a is one more Beaver product. What each
 op's backward costs (shared operands):
 
@@ -61,368 +61,15 @@ import torch.nn.functional as F
 
 from fedmq.smpc.additive import AdditiveSharingTensor, share_tensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor, use_autograd_class
-
-
-# -- fixed-precision helpers (public methods of FixedPrecisionTensor only) ----------------------
-
-def _like(value: FixedPrecisionTensor, child: Any) -> FixedPrecisionTensor:
-    return FixedPrecisionTensor(child, value.base, value.precision_fractional, value.float_dtype)
-
-
-def _public(value: FixedPrecisionTensor, tensor: torch.Tensor) -> FixedPrecisionTensor:
-    """A public float tensor in `value`'s encoding (a local FixedPrecisionTensor)."""
-    return FixedPrecisionTensor.from_tensor(tensor.to(value.float_dtype), value.base,
-                                            value.precision_fractional)
-
-
-def _int_mul(a: Any, b: Any) -> Any:
-    """Product of two integer children (local int64 tensors or shared), no rescaling."""
-    if isinstance(a, AdditiveSharingTensor):
-        return a.mul(b)
-    if isinstance(b, AdditiveSharingTensor):
-        return b.mul(a)
-    return a * b
-
-
-def _nonneg_mask(child: Any) -> Any:
-    """[x >= 0] as 0/1 integers: shared (one comparison) if x is shared, else local."""
-    if isinstance(child, AdditiveSharingTensor):
-        return child.ge(0)
-    return (child >= 0).to(torch.int64)
-
-
-def _expand(grad: FixedPrecisionTensor, shape: torch.Size) -> FixedPrecisionTensor:
-    """Broadcast `grad` to `shape` (local on shares: adds a public zero tensor of `shape`)."""
-    if tuple(grad.shape) == tuple(shape):
-        return grad
-    return grad.add(torch.zeros(shape, dtype=grad.float_dtype))
-
-
-def _sum_to(grad: FixedPrecisionTensor, shape: torch.Size) -> FixedPrecisionTensor:
-    """Undo broadcasting: sum `grad` down to `shape` (what torch's autograd does)."""
-    shape = tuple(shape)
-    while grad.dim() > len(shape):
-        grad = grad.sum(0)
-    for d, size in enumerate(shape):
-        if size == 1 and grad.shape[d] != 1:
-            grad = grad.sum(d, keepdim=True)
-    return grad
-
-
-def _shape_of(value: Any) -> tuple:
-    return tuple(value.shape) if hasattr(value, "shape") else ()
-
-
-def _pair(value: Any, what: str) -> tuple[int, int]:
-    if type(value) is int:
-        return value, value
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(type(v) is int
-                                                                     for v in value):
-        return tuple(value)
-    raise ValueError(f"conv2d with gradients takes an int or a pair of ints as {what}, got "
-                     f"{value!r}")
-
-
-def _flip(value: FixedPrecisionTensor, dims: tuple) -> FixedPrecisionTensor:
-    child = value.child
-    if isinstance(child, AdditiveSharingTensor):
-        return _like(value, child.map("torch.flip", list(dims)))
-    return _like(value, torch.flip(child, list(dims)))
-
-
-def _cat(values: list, dim: int) -> FixedPrecisionTensor:
-    children = [v.child for v in values]
-    if isinstance(children[0], AdditiveSharingTensor):
-        return _like(values[0], AdditiveSharingTensor.cat(children, dim))
-    return _like(values[0], torch.cat(children, dim))
-
-
-def _dilate(grad: FixedPrecisionTensor, stride: tuple, extra: tuple) -> FixedPrecisionTensor:
-    """Insert stride - 1 zero rows (columns) between the rows (columns) of the last two dims,
-    then `extra` zero rows (columns) at the end: what conv_transpose2d does to its input,
-    here with local ops on each share (zeros are the value times the public int 0)."""
-    for dim, s, e in ((2, stride[0], extra[0]), (3, stride[1], extra[1])):
-        if s > 1:
-            n = grad.shape[dim]
-            column = grad.unsqueeze(dim + 1)
-            grad = _cat([column] + [column.mul(0)] * (s - 1), dim + 1)
-            shape = list(grad.shape)
-            shape[dim:dim + 2] = [n * s]
-            index = [slice(None)] * len(shape)
-            index[dim] = slice(0, (n - 1) * s + 1)
-            grad = grad.reshape(*shape)[tuple(index)]
-        grad = _pad_end(grad, dim, e)
-    return grad
-
-
-def _pad_end(value: FixedPrecisionTensor, dim: int, count: int) -> FixedPrecisionTensor:
-    """`count` zero slices appended along `dim` (local on shares)."""
-    if count <= 0:
-        return value
-    index = [slice(None)] * value.dim()
-    index[dim] = slice(0, 1)
-    zero = value[tuple(index)].mul(0)
-    return _cat([value] + [zero] * count, dim)
-
-
-def _window_sum(value: FixedPrecisionTensor, kernel: tuple, **kwargs: Any
-                ) -> FixedPrecisionTensor:
-    """Sum over every kernel window, channel by channel: conv2d with a public kernel of
-    integer ones (local on each share, no rescaling)."""
-    channels = value.shape[1]
-    ones = torch.ones(channels, 1, *kernel, dtype=torch.int64)
-    child = value.child
-    if isinstance(child, AdditiveSharingTensor):
-        return _like(value, child.conv2d(ones, None, groups=channels, **kwargs))
-    return _like(value, F.conv2d(child, ones, None, groups=channels, **kwargs))
-
-
-def _conv(x: FixedPrecisionTensor, w: FixedPrecisionTensor, **kwargs: Any
-          ) -> FixedPrecisionTensor:
-    """conv2d of two fixed-precision values (a public input with a shared kernel is shared
-    first, among the kernel's parties: the protocol takes shared inputs)."""
-    if w.is_shared and not x.is_shared:
-        x = x.share(*w.child.locations, crypto_provider=w.child.crypto_provider)
-    return x.conv2d(w, None, **kwargs)
-
-
-# -- graph nodes ----------------------------------------------------------------------------------
-
-class GradFunc:
-    """A node of the graph: `inputs` (AutogradTensors or public values, in the op's argument
-    order) and `gradient(grad)`, the gradients of the op's output with respect to each input
-    (None where none is needed), as fixed-precision tensors."""
-
-    #: set by backward(retain_graph=False): the node's saved values are dropped
-    released = False
-
-    def __init__(self, *inputs: Any) -> None:
-        self.inputs = inputs
-
-    def gradient(self, grad: FixedPrecisionTensor) -> tuple:
-        raise NotImplementedError(f"{type(self).__name__} has no gradient")
-
-    def release(self) -> None:
-        """Drop what was saved for backward (torch frees its graph the same way)."""
-        for name in list(vars(self)):
-            if name != "inputs":
-                setattr(self, name, None)
-        self.released = True
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__}>"
+from fedmq.smpc.gradients import (
+    AddBackward, AvgPool2dBackward, Conv2dBackward, DivBackward, GradFunc, IdentityBackward,
+    LinearBackward, MatmulBackward, MaxPool2dBackward, MulBackward, NegBackward, PowBackward,
+    ReluBackward, ReshapeBackward, SubBackward, SumBackward, TransposeBackward, int_mul, like,
+    needs_grad, nonneg_mask, pair, public_value, shape_of, window_sum)
 
 
 def _child(value: Any) -> Any:
     return value.child if isinstance(value, AutogradTensor) else value
-
-
-class AddBackward(GradFunc):
-    def gradient(self, grad):
-        a, b = self.inputs
-        return _sum_to(grad, _shape_of(a)), _sum_to(grad, _shape_of(b))
-
-
-class SubBackward(GradFunc):
-    def gradient(self, grad):
-        a, b = self.inputs
-        return _sum_to(grad, _shape_of(a)), _sum_to(grad.neg(), _shape_of(b))
-
-
-class NegBackward(GradFunc):
-    def gradient(self, grad):
-        return (grad.neg(),)
-
-
-class MulBackward(GradFunc):
-    """d(a*b)/da = b, d(a*b)/db = a: Beaver products of the gradient with the other operand
-    (the seed's MulBackward)."""
-
-    def __init__(self, a, b, a_child, b_child) -> None:
-        super().__init__(a, b)
-        self.a_child, self.b_child = a_child, b_child
-
-    def gradient(self, grad):
-        a, b = self.inputs
-        ga = _sum_to(grad.mul(self.b_child), _shape_of(a)) if _needs(a) else None
-        gb = _sum_to(grad.mul(self.a_child), _shape_of(b)) if _needs(b) else None
-        return ga, gb
-
-
-class MatmulBackward(GradFunc):
-    """(a @ b): da = grad @ b^T, db = a^T @ grad (2-D operands)."""
-
-    def __init__(self, a, b, a_child, b_child) -> None:
-        super().__init__(a, b)
-        self.a_child, self.b_child = a_child, b_child
-
-    def gradient(self, grad):
-        a, b = self.inputs
-        ga = grad.matmul(self.b_child.t()) if _needs(a) else None
-        gb = self.a_child.t().matmul(grad) if _needs(b) else None
-        return ga, gb
-
-
-class LinearBackward(GradFunc):
-    """F.linear(x, W, b) = x @ W^T + b: dx = grad @ W, dW = grad^T @ x, db = grad summed over
-    the batch (x: (*, in) flattened to 2-D)."""
-
-    def __init__(self, x, weight, bias, x_child, w_child) -> None:
-        super().__init__(x, weight, bias)
-        self.x_child, self.w_child = x_child, w_child
-
-    def gradient(self, grad):
-        x, weight, bias = self.inputs
-        g2 = grad.reshape(-1, grad.shape[-1])
-        gx = g2.matmul(self.w_child).reshape(*_shape_of(x)) if _needs(x) else None
-        gw = g2.t().matmul(self.x_child.reshape(-1, self.x_child.shape[-1])) \
-            if _needs(weight) else None
-        gb = g2.sum(0) if _needs(bias) else None
-        return gx, gw, gb
-
-
-class DivBackward(GradFunc):
-    def __init__(self, a, divisor) -> None:
-        super().__init__(a)
-        self.divisor = divisor
-
-    def gradient(self, grad):
-        return (grad.div(self.divisor),)
-
-
-class PowBackward(GradFunc):
-    """d(a**n)/da = n * a**(n-1) (n a public int >= 1)."""
-
-    def __init__(self, a, exponent, a_child) -> None:
-        super().__init__(a)
-        self.exponent, self.a_child = exponent, a_child
-
-    def gradient(self, grad):
-        n = self.exponent
-        if n == 1:
-            return (grad,)
-        base = self.a_child if n == 2 else self.a_child.pow(n - 1)
-        return (grad.mul(base.mul(n)),)
-
-
-class SumBackward(GradFunc):
-    def __init__(self, a, dim, keepdim) -> None:
-        super().__init__(a)
-        self.dim, self.keepdim = dim, keepdim
-
-    def gradient(self, grad):
-        shape = _shape_of(self.inputs[0])
-        if self.dim is not None and not self.keepdim:
-            dims = self.dim if isinstance(self.dim, (tuple, list)) else (self.dim,)
-            for d in sorted(d % len(shape) for d in dims):
-                grad = grad.unsqueeze(d)
-        return (_expand(grad, shape),)
-
-
-class ReshapeBackward(GradFunc):
-    def gradient(self, grad):
-        return (grad.reshape(*_shape_of(self.inputs[0])),)
-
-
-class TransposeBackward(GradFunc):
-    def __init__(self, a, d0, d1) -> None:
-        super().__init__(a)
-        self.d0, self.d1 = d0, d1
-
-    def gradient(self, grad):
-        return (grad.transpose(self.d0, self.d1),)
-
-
-class ReluBackward(GradFunc):
-    """relu(x) = x * [x >= 0]; its gradient is grad * [x >= 0], with the forward's mask."""
-
-    def __init__(self, a, mask) -> None:
-        super().__init__(a)
-        self.mask = mask
-
-    def gradient(self, grad):
-        return (_like(grad, _int_mul(grad.child, self.mask)),)
-
-
-class Conv2dBackward(GradFunc):
-    """conv2d(x, W, b) (groups 1, dilation 1), each gradient one conv2d protocol:
-    dx = conv2d(dilate(grad, stride), W^T flipped, padding k - 1 - p) (conv_transpose2d),
-    dW = conv2d(x^T, grad^T, padding p, dilation stride) cropped to the kernel, transposed
-    (the batch is the contracted dimension), db = grad summed over batch and positions."""
-
-    def __init__(self, x, weight, bias, x_child, w_child, stride, padding) -> None:
-        super().__init__(x, weight, bias)
-        self.x_child, self.w_child = x_child, w_child
-        self.stride, self.padding = stride, padding
-
-    def gradient(self, grad):
-        x, weight, bias = self.inputs
-        (s_h, s_w), (p_h, p_w) = self.stride, self.padding
-        _, _, k_h, k_w = self.w_child.shape
-        _, _, h, w = self.x_child.shape
-        gx = gw = gb = None
-        if _needs(x):
-            extra = ((h + 2 * p_h - k_h) % s_h, (w + 2 * p_w - k_w) % s_w)
-            kernel = _flip(self.w_child.transpose(0, 1), (2, 3))
-            gx = _conv(_dilate(grad, self.stride, extra), kernel,
-                       padding=(k_h - 1 - p_h, k_w - 1 - p_w))
-        if _needs(weight):
-            full = _conv(self.x_child.transpose(0, 1), grad.transpose(0, 1),
-                         padding=self.padding, dilation=self.stride)
-            gw = full[:, :, :k_h, :k_w].transpose(0, 1)
-        if _needs(bias):
-            gb = grad.sum(0).sum(1).sum(1)
-        return gx, gw, gb
-
-
-class AvgPool2dBackward(GradFunc):
-    """Each input gets grad / divisor from every window it is in: a transposed window sum
-    (the dilated gradient summed over kernel windows), local on shares, and one truncation."""
-
-    def __init__(self, x, kernel, stride, padding, divisor) -> None:
-        super().__init__(x)
-        self.kernel, self.stride, self.padding, self.divisor = kernel, stride, padding, divisor
-
-    def gradient(self, grad):
-        (k_h, k_w), (s_h, s_w), (p_h, p_w) = self.kernel, self.stride, self.padding
-        _, _, h, w = _shape_of(self.inputs[0])
-        extra = ((h + 2 * p_h - k_h) % s_h, (w + 2 * p_w - k_w) % s_w)
-        spread = _window_sum(_dilate(grad, self.stride, extra), self.kernel,
-                             padding=(k_h - 1 - p_h, k_w - 1 - p_w))
-        return (spread.div(self.divisor),)
-
-
-class MaxPool2dBackward(GradFunc):
-    """The gradient goes to the position of each window's maximum: a one-hot mask
-    [index == j] (one batched equality test on the forward's shared argmax) times grad."""
-
-    def __init__(self, x, kernel, indices) -> None:
-        super().__init__(x)
-        self.kernel, self.indices = kernel, indices
-
-    def gradient(self, grad):
-        k_h, k_w = self.kernel
-        n, c, h, w = _shape_of(self.inputs[0])
-        idx = self.indices.child.unsqueeze(-1)  # index * scale, fixed point
-        positions = torch.arange(k_h * k_w, dtype=torch.int64) * self.indices.scale
-        if isinstance(idx, AdditiveSharingTensor):
-            mask = idx.eq(positions)
-        else:
-            mask = (idx == positions).to(torch.int64)
-        g = _expand(grad.unsqueeze(-1), tuple(mask.shape))
-        out_h, out_w = grad.shape[2], grad.shape[3]
-        spread = _like(grad, _int_mul(g.child, mask))
-        spread = spread.reshape(n, c, out_h, out_w, k_h, k_w).permute(0, 1, 2, 4, 3, 5)
-        spread = spread.reshape(n, c, out_h * k_h, out_w * k_w)
-        spread = _pad_end(_pad_end(spread, 2, h - out_h * k_h), 3, w - out_w * k_w)
-        return (spread,)
-
-
-class IdentityBackward(GradFunc):
-    """refresh(): the same value with new shares."""
-
-    def gradient(self, grad):
-        return (grad,)
 
 
 def _constant_operand(value: Any, like: FixedPrecisionTensor) -> "AutogradTensor":
@@ -431,13 +78,9 @@ def _constant_operand(value: Any, like: FixedPrecisionTensor) -> "AutogradTensor
     if isinstance(value, FixedPrecisionTensor):
         return AutogradTensor(value)
     if isinstance(value, torch.Tensor) and value.is_floating_point():
-        return AutogradTensor(_public(like, value))
+        return AutogradTensor(public_value(like, value))
     raise TypeError(f"cannot combine an AutogradTensor with a {type(value).__name__} first "
                     f"operand: use a fixed-precision or a float tensor")
-
-
-def _needs(value: Any) -> bool:
-    return isinstance(value, AutogradTensor) and value.requires_grad
 
 
 # -- metadata answered without dispatch ----------------------------------------------------------
@@ -572,7 +215,7 @@ class AutogradTensor(torch.Tensor):
     @staticmethod
     def _result(child: FixedPrecisionTensor, node: Callable[[], GradFunc], *inputs: Any
                 ) -> "AutogradTensor":
-        if torch.is_grad_enabled() and any(_needs(i) for i in inputs):
+        if torch.is_grad_enabled() and any(needs_grad(i) for i in inputs):
             return AutogradTensor(child, requires_grad=True, grad_fn=node())
         return AutogradTensor(child)
 
@@ -598,8 +241,8 @@ class AutogradTensor(torch.Tensor):
 
     def matmul(self, other: Any) -> "AutogradTensor":
         a, b = self.child, _child(other)
-        if _needs(self) or _needs(other):
-            if a.dim() != 2 or len(_shape_of(b)) != 2:
+        if needs_grad(self) or needs_grad(other):
+            if a.dim() != 2 or len(shape_of(b)) != 2:
                 raise NotImplementedError("matmul with gradients takes 2-D operands: reshape "
                                           "them, or use F.linear")
         return self._result(a.matmul(b), lambda: MatmulBackward(self, other, a, b),
@@ -610,7 +253,7 @@ class AutogradTensor(torch.Tensor):
     def rmatmul(self, other: Any) -> "AutogradTensor":
         if isinstance(other, AutogradTensor):
             return other.matmul(self)
-        return AutogradTensor(_public(self.child, other)).matmul(self)
+        return AutogradTensor(public_value(self.child, other)).matmul(self)
 
     def linear(self, weight: Any, bias: Any = None) -> "AutogradTensor":
         x, w = self.child, _child(weight)
@@ -625,11 +268,11 @@ class AutogradTensor(torch.Tensor):
         x, w = self.child, _child(weight)
         out = x.conv2d(w, _child(bias), stride=stride, padding=padding, dilation=dilation,
                        groups=groups)
-        if not (torch.is_grad_enabled() and any(_needs(i) for i in (self, weight, bias))):
+        if not (torch.is_grad_enabled() and any(needs_grad(i) for i in (self, weight, bias))):
             return AutogradTensor(out)
-        if groups != 1 or _pair(dilation, "dilation") != (1, 1):
+        if groups != 1 or pair(dilation, "dilation") != (1, 1):
             raise NotImplementedError("conv2d with gradients takes groups=1 and dilation=1")
-        stride_, padding_ = _pair(stride, "stride"), _pair(padding, "padding")
+        stride_, padding_ = pair(stride, "stride"), pair(padding, "padding")
         k_h, k_w = w.shape[2], w.shape[3]
         if padding_[0] >= k_h or padding_[1] >= k_w:
             raise NotImplementedError("conv2d with gradients takes a padding below the "
@@ -643,9 +286,9 @@ class AutogradTensor(torch.Tensor):
         """F.avg_pool2d: window sums (a conv2d with a public kernel of ones, local on
         shares) divided by the window size (one truncation). ceil_mode=True and
         count_include_pad=False with padding are refused."""
-        kernel = _pair(kernel_size, "kernel_size")
-        stride_ = kernel if stride is None or stride == [] else _pair(stride, "stride")
-        padding_ = _pair(padding, "padding")
+        kernel = pair(kernel_size, "kernel_size")
+        stride_ = kernel if stride is None or stride == [] else pair(stride, "stride")
+        padding_ = pair(padding, "padding")
         if ceil_mode or (not count_include_pad and padding_ != (0, 0)):
             raise NotImplementedError("avg_pool2d on fixed-precision values takes "
                                       "ceil_mode=False and counts the padding")
@@ -654,7 +297,7 @@ class AutogradTensor(torch.Tensor):
         divisor = divisor_override if divisor_override is not None else kernel[0] * kernel[1]
         if type(divisor) is not int or divisor <= 0:
             raise ValueError(f"divisor_override must be a positive int, got {divisor!r}")
-        out = _window_sum(self.child, kernel, stride=stride_, padding=padding_).div(divisor)
+        out = window_sum(self.child, kernel, stride=stride_, padding=padding_).div(divisor)
         return self._result(out, lambda: AvgPool2dBackward(self, kernel, stride_, padding_,
                                                            divisor), self)
 
@@ -664,10 +307,10 @@ class AutogradTensor(torch.Tensor):
         padding, dilation 1, floor mode): the windows side by side, then the comparison
         protocol's max with argmax, kept for backward. return_indices=True is refused (the
         indices are secret)."""
-        kernel = _pair(kernel_size, "kernel_size")
-        stride_ = kernel if stride is None or stride == [] else _pair(stride, "stride")
-        if stride_ != kernel or _pair(padding, "padding") != (0, 0) or \
-                _pair(dilation, "dilation") != (1, 1) or ceil_mode:
+        kernel = pair(kernel_size, "kernel_size")
+        stride_ = kernel if stride is None or stride == [] else pair(stride, "stride")
+        if stride_ != kernel or pair(padding, "padding") != (0, 0) or \
+                pair(dilation, "dilation") != (1, 1) or ceil_mode:
             raise NotImplementedError("max_pool2d on fixed-precision values takes "
                                       "non-overlapping windows: stride = kernel_size, "
                                       "padding 0, dilation 1, ceil_mode=False")
@@ -737,8 +380,8 @@ class AutogradTensor(torch.Tensor):
     def relu(self, inplace: bool = False) -> "AutogradTensor":
         """x * [x >= 0]: one comparison and one Beaver product; the mask is kept for
         backward (gradient: grad * [x >= 0])."""
-        mask = _nonneg_mask(self.child.child)
-        out = _like(self.child, _int_mul(self.child.child, mask))
+        mask = nonneg_mask(self.child.child)
+        out = like(self.child, int_mul(self.child.child, mask))
         return self._result(out, lambda: ReluBackward(self, mask), self)
 
     def refresh(self) -> "AutogradTensor":
@@ -748,9 +391,9 @@ class AutogradTensor(torch.Tensor):
         if isinstance(child, AdditiveSharingTensor):
             zero = share_tensor(torch.zeros(tuple(child.shape), dtype=torch.int64),
                                 *child.locations, crypto_provider=child.crypto_provider)
-            out = _like(self.child, child.add(zero))
+            out = like(self.child, child.add(zero))
         else:
-            out = _like(self.child, child.clone())
+            out = like(self.child, child.clone())
         return self._result(out, lambda: IdentityBackward(self), self)
 
     # -- not differentiable ----------------------------------------------------------------------
@@ -788,11 +431,11 @@ class AutogradTensor(torch.Tensor):
         if gradient is None:
             if self.numel() != 1:
                 raise RuntimeError("grad can be implicitly created only for scalar outputs")
-            gradient = _public(self.child, torch.ones(tuple(self.shape)))
+            gradient = public_value(self.child, torch.ones(tuple(self.shape)))
         elif isinstance(gradient, AutogradTensor):
             gradient = gradient.child
         elif isinstance(gradient, torch.Tensor):
-            gradient = _public(self.child, gradient)
+            gradient = public_value(self.child, gradient)
         order = _topological(self)
         grads: dict[int, FixedPrecisionTensor] = {id(self): gradient}
         for node in order:
@@ -807,7 +450,7 @@ class AutogradTensor(torch.Tensor):
                 raise RuntimeError("Trying to backward through the graph a second time: "
                                    "specify retain_graph=True the first time")
             for inp, g in zip(node.grad_fn.inputs, node.grad_fn.gradient(grad)):
-                if g is None or not _needs(inp):
+                if g is None or not needs_grad(inp):
                     continue
                 prev = grads.get(id(inp))
                 grads[id(inp)] = g if prev is None else prev.add(g)
@@ -909,7 +552,7 @@ def _topological(root: AutogradTensor) -> list:
         stack.append((node, True))
         if node.grad_fn is not None:
             for inp in node.grad_fn.inputs:
-                if _needs(inp) and id(inp) not in seen:
+                if needs_grad(inp) and id(inp) not in seen:
                     stack.append((inp, False))
     order.reverse()
     return order

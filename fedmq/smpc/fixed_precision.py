@@ -216,16 +216,14 @@ class FixedPrecisionTensor(SmpcTensor):
         (fedmq.smpc.autograd's AutogradTensor, PySyft's), which records the gradient graph."""
         if self.is_shared:
             raise ValueError("this tensor is already shared")
+        if requires_grad not in (True, False):
+            raise TypeError(f"requires_grad must be True or False, got {requires_grad!r}")
+        if requires_grad and not _autograd_class:
+            raise RuntimeError("share(..., requires_grad=True) needs fedmq.smpc.autograd, "
+                               "which fedmq.TorchHook(torch) loads")
         shared = self._new(share_tensor(self.child, *workers, crypto_provider=crypto_provider,
                                         **options))
-        if requires_grad is True:
-            if not _autograd_class:
-                raise RuntimeError("share(..., requires_grad=True) needs fedmq.smpc.autograd, "
-                                   "which fedmq.TorchHook(torch) loads")
-            return _autograd_class[0](shared, requires_grad=True)
-        if requires_grad is not False:
-            raise TypeError(f"requires_grad must be True or False, got {requires_grad!r}")
-        return shared
+        return _autograd_class[0](shared, requires_grad=True) if requires_grad else shared
 
     def get(self) -> "FixedPrecisionTensor":
         """Reconstruct a shared child (deleting the shares); decode with .float_precision()."""
