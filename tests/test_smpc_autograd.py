@@ -79,6 +79,9 @@ CASES = {
     "relu_method": (lambda a: a.relu(), (A,)),
     "torch_functions": (lambda a, b: torch.sum(torch.mul(torch.add(a, b), b)), (A, B)),
     "mse": (lambda a, b: ((a - b) ** 2).sum() / 3, (A, B)),
+    "mse_loss": (lambda a, b: F.mse_loss(a, b), (A, B)),
+    "mse_loss_sum": (lambda a, b: nn.MSELoss(reduction="sum")(a, b), (A, B)),
+    "mse_loss_none": (lambda a, b: F.mse_loss(a, b, reduction="none"), (A, B)),
     "conv2d": (lambda x, w, b: F.conv2d(x, w, b), (IMG, KERNEL, BIAS[:4])),
     "conv2d_stride_padding": (lambda x, w: F.conv2d(x, w, stride=2, padding=1), (IMG, KERNEL)),
     "conv2d_uneven": (lambda x, w, b: F.conv2d(x, w, b, stride=(2, 1), padding=(1, 0)),
@@ -95,7 +98,8 @@ SECRET_GRADIENTS = {"mul": (0, 1), "matmul": (0, 1), "mm": (0, 1), "linear": (0,
                     "linear_no_bias": (0, 1), "pow2": (0,), "pow3": (0,), "square": (0,),
                     "relu": (0,), "relu_method": (0,), "mse": (0, 1), "torch_functions": (0, 1),
                     "conv2d": (0, 1), "conv2d_stride_padding": (0, 1), "conv2d_uneven": (0, 1),
-                    "max_pool2d": (0,), "max_pool2d_relu": (0,)}
+                    "max_pool2d": (0,), "max_pool2d_relu": (0,), "mse_loss": (0, 1),
+                    "mse_loss_sum": (0, 1), "mse_loss_none": (0, 1)}
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["local", "shared"])

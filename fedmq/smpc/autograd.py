@@ -28,7 +28,7 @@ op's backward costs (shared operands):
 Differentiable ops: add, sub, rsub, neg, mul, matmul/mm (2-D), F.linear, div and `/` by a
 public number, pow and `**` by a public int >= 1, square, sum, mean, view, reshape, view_as,
 flatten, t, transpose, F.relu/relu, F.conv2d (groups 1, dilation 1), F.avg_pool2d,
-F.max_pool2d (non-overlapping windows), refresh. Not differentiable (their results never
+F.max_pool2d (non-overlapping windows), F.mse_loss/nn.MSELoss, refresh. Not differentiable (their results never
 require a gradient): comparisons (eq ne gt lt ge le), argmax, argmin. Anything else raises
 NotImplementedError naming the op (softmax-based losses such as cross-entropy need exp and log
 approximations, which the fixed-precision layer below does not offer here).
@@ -384,6 +384,20 @@ class AutogradTensor(torch.Tensor):
         out = like(self.child, int_mul(self.child.child, mask))
         return self._result(out, lambda: ReluBackward(self, mask), self)
 
+    def mse_loss(self, target: Any, size_average: Any = None, reduce: Any = None,
+                 reduction: str = "mean", weight: Any = None) -> "AutogradTensor":
+        """F.mse_loss / nn.MSELoss: ((self - target) ** 2) averaged ("mean"), summed ("sum")
+        or kept ("none"). The legacy size_average/reduce and `weight` are refused."""
+        if size_average is not None or reduce is not None or weight is not None:
+            raise ValueError("mse_loss on fixed-precision values takes reduction= only (not "
+                             "size_average, reduce or weight)")
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        other = target if isinstance(target, AutogradTensor) else \
+            _constant_operand(target, self.child)
+        squares = self.sub(other).pow(2)
+        return squares if reduction == "none" else getattr(squares, reduction)()
+
     def refresh(self) -> "AutogradTensor":
         """The same value with fresh shares: every party adds its share of a new random
         sharing of zero (PySyft's `refresh`); local values are returned as a copy."""
@@ -567,7 +581,7 @@ _FUNCTIONS = {
     torch.square: "square", torch.neg: "neg", torch.sum: "sum", torch.mean: "mean",
     torch.reshape: "reshape", torch.flatten: "flatten", torch.t: "t",
     torch.transpose: "transpose", torch.relu: "relu", F.relu: "relu", F.linear: "linear",
-    F.conv2d: "conv2d", torch.conv2d: "conv2d", F.avg_pool2d: "avg_pool2d",
+    F.conv2d: "conv2d", torch.conv2d: "conv2d", F.mse_loss: "mse_loss", F.avg_pool2d: "avg_pool2d",
     F.max_pool2d: "max_pool2d", F.max_pool2d_with_indices: "max_pool2d_with_indices",
     torch.eq: "eq", torch.ne: "ne", torch.gt: "gt", torch.lt: "lt", torch.ge: "ge",
     torch.le: "le", torch.argmax: "argmax", torch.argmin: "argmin",
