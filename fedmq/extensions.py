@@ -30,6 +30,8 @@ class Extension:
     tensor_methods: dict[str, Callable] = field(default_factory=dict)
     module_methods: dict[str, Callable] = field(default_factory=dict)
     dataset_methods: dict[str, Callable] = field(default_factory=dict)
+    #: methods TorchHook adds to torch.optim.Optimizer (e.g. SMPC's `fix_precision`)
+    optimizer_methods: dict[str, Callable] = field(default_factory=dict)
     #: methods TorchHook adds to worker clients (VirtualWorker, AMQPClientWorker)
     worker_methods: dict[str, Callable] = field(default_factory=dict)
 

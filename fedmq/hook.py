@@ -88,8 +88,8 @@ _installed = False
 
 def install() -> None:
     """Load the extensions (fedmq.extensions) and add fedmq's methods and theirs to
-    torch.Tensor, nn.Module and Dataset (idempotent). Raises RuntimeError rather than replace a
-    method torch itself defines."""
+    torch.Tensor, nn.Module, Dataset and torch.optim.Optimizer (idempotent). Raises
+    RuntimeError rather than replace a method torch itself defines."""
     global _installed
     if _installed:
         return
@@ -98,6 +98,7 @@ def install() -> None:
     tables = ((torch.Tensor, [TENSOR_METHODS, *(e.tensor_methods for e in extensions)]),
               (nn.Module, [MODULE_METHODS, *(e.module_methods for e in extensions)]),
               (Dataset, [e.dataset_methods for e in extensions]),
+              (torch.optim.Optimizer, [e.optimizer_methods for e in extensions]),
               (WorkerClient, [e.worker_methods for e in extensions]))
     for cls, method_tables in tables:
         for methods in method_tables:

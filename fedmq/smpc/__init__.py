@@ -20,6 +20,9 @@ in pyproject.toml checks it):
     fixed_precision.py  FixedPrecisionTensor: fix_precision()/float_precision(), int64 ring
     remote.py           pointers to encrypted values: ptr.fix_precision() / ptr.share() run
                         where the value lives (the holder splits and sends the shares)
+    gradients.py        the graph's nodes (MulBackward, ...): each op's gradient on fixed point
+    autograd.py         AutogradTensor: gradients over fixed-precision (shared) values
+    optim.py            optimizer.fix_precision(): SGD steps on fixed-precision parameters
     hooks.py            the extension's table: methods TorchHook installs, worker handlers
 The protocols (truncation, beaver, comparison) take and return AdditiveSharingTensors but use
 only their methods, never the class. Independent of each other: messages, ring and dispatch;

@@ -46,7 +46,13 @@ def _check_parties(workers: tuple, crypto_provider: Any) -> list:
 
 def share_tensor(tensor: torch.Tensor, *workers: Any, crypto_provider: Any = None,
                  **_pysyft_options: Any) -> "AdditiveSharingTensor":
-    """`tensor.share(*workers, crypto_provider=None)`: additive shares, one per worker."""
+    """`tensor.share(*workers, crypto_provider=None)`: additive shares, one per worker.
+    `requires_grad=True` is refused here: integer tensors have no gradients (use
+    `x.fix_precision().share(..., requires_grad=True)`)."""
+    if _pysyft_options.pop("requires_grad", False) is not False:
+        raise ValueError("requires_grad=True needs a fixed-precision tensor (integer tensors "
+                         "have no gradients): x.fix_precision().share(*workers, "
+                         "crypto_provider=..., requires_grad=True)")
     if isinstance(tensor, PointerTensor):
         raise TypeError("share_tensor() splits a local tensor; a pointer is split by the "
                         "worker holding it: call ptr.share(...) (fedmq.smpc.remote)")

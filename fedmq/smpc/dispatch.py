@@ -60,6 +60,8 @@ class SmpcTensor:
 
 
 def torch_function_for(cls: type, func: Any, args: tuple, kwargs: dict) -> Any:
+    if any(getattr(type(a), "_fedmq_autograd", False) for a in args):
+        return NotImplemented  # an AutogradTensor operand: its __torch_function__ (autograd.py)
     name = _METHODS.get(func)
     if name is None:
         raise NotImplementedError(f"{getattr(func, '__name__', func)} is not supported on "

@@ -28,6 +28,14 @@ from fedmq.smpc.ring import FIELD
 
 _LIMIT = 1 << 63
 
+#: what `share(..., requires_grad=True)` wraps its result in: set by fedmq.smpc.autograd (a
+#: layer above, which builds on this module) with `use_autograd_class`
+_autograd_class: list = []
+
+
+def use_autograd_class(cls: type) -> None:
+    _autograd_class[:] = [cls]
+
 
 def _check_params(base: Any, precision_fractional: Any) -> int:
     if type(base) is not int or base < 2:
@@ -201,13 +209,21 @@ class FixedPrecisionTensor(SmpcTensor):
     fix_prec = fix_precision
 
     # -- sharing ---------------------------------------------------------------------------------------
-    def share(self, *workers: Any, crypto_provider: Any = None, **options: Any
-              ) -> "FixedPrecisionTensor":
-        """Secret-share the encoded values: `x.fix_precision().share(bob, alice, ...)`."""
+    def share(self, *workers: Any, crypto_provider: Any = None, requires_grad: bool = False,
+              **options: Any) -> Any:
+        """Secret-share the encoded values: `x.fix_precision().share(bob, alice, ...)`.
+        `requires_grad=True` wraps the result in the class set by `use_autograd_class`
+        (fedmq.smpc.autograd's AutogradTensor, PySyft's), which records the gradient graph."""
         if self.is_shared:
             raise ValueError("this tensor is already shared")
-        return self._new(share_tensor(self.child, *workers, crypto_provider=crypto_provider,
-                                      **options))
+        if requires_grad not in (True, False):
+            raise TypeError(f"requires_grad must be True or False, got {requires_grad!r}")
+        if requires_grad and not _autograd_class:
+            raise RuntimeError("share(..., requires_grad=True) needs fedmq.smpc.autograd, "
+                               "which fedmq.TorchHook(torch) loads")
+        shared = self._new(share_tensor(self.child, *workers, crypto_provider=crypto_provider,
+                                        **options))
+        return _autograd_class[0](shared, requires_grad=True) if requires_grad else shared
 
     def get(self) -> "FixedPrecisionTensor":
         """Reconstruct a shared child (deleting the shares); decode with .float_precision()."""

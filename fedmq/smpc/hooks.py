@@ -1,9 +1,11 @@
 """The SMPC extension: what `TorchHook(torch)` adds (declared in `EXTENSION`):
 
 * tensor methods `fix_precision`/`fix_prec` and `share`;
-* nn.Module methods `fix_precision`/`fix_prec`, `float_precision`/`float_prec`, `share`
-  (parameters become FixedPrecisionTensors, so `model(x)` runs F.linear & co. through
-  `__torch_function__` on fixed-point or shared values);
+* nn.Module methods `fix_precision`/`fix_prec`, `float_precision`/`float_prec`, `share`,
+  `get_shared` and `get` (parameters become FixedPrecisionTensors, so `model(x)` runs F.linear
+  & co. through `__torch_function__` on fixed-point or shared values; with
+  `requires_grad=True` AutogradTensors that `model.parameters()` returns, autograd.py);
+* the optimizer method `fix_precision`/`fix_prec` (optim.py);
 * the `DealRequest` handler every worker answers when it is asked to be the crypto provider,
   the `LocalStep` handler share holders run protocol rounds with, and the `FixPrecision` and
   `ShareRequest` handlers a worker encodes and splits a value it holds with (remote.py:
@@ -18,8 +20,11 @@ import torch
 from torch import nn
 
 from fedmq.extensions import Extension
+from fedmq import module as _module_ops
 from fedmq.smpc.additive import AdditiveSharingTensor, share_tensor
+from fedmq.smpc.autograd import AutogradTensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor
+from fedmq.smpc.optim import optimizer_fix_precision
 from fedmq.smpc import beaver as _beaver, comparison as _comparison  # noqa: F401 (their steps)
 from fedmq.smpc.local_steps import handle_local_step
 from fedmq.smpc.messages import (Deal, DealRequest, FixPrecision, LocalStep,
@@ -64,9 +69,39 @@ def tensor_share(self: torch.Tensor, *workers: Any, crypto_provider: Any = None,
 
 # -- modules -------------------------------------------------------------------------------------
 
+def _fixed_values(module: nn.Module):
+    """(module, name, value) for every parameter that fix_precision() encoded: a
+    FixedPrecisionTensor kept as a plain attribute, or an AutogradTensor kept in
+    `_parameters` (so `model.parameters()` returns it, for an optimizer)."""
+    for mod in module.modules():
+        for name in mod.__dict__.get("_fedmq_fixed", []):
+            value = mod._parameters.get(name)
+            if value is None:
+                value = mod.__dict__[name]
+            yield mod, name, value
+
+
+def _set_fixed(mod: nn.Module, name: str, value: Any) -> None:
+    if isinstance(value, AutogradTensor):
+        mod.__dict__.pop(name, None)
+        mod._parameters[name] = value  # what parameters() yields (nn.Module never checks)
+    else:
+        mod._parameters.pop(name, None)
+        object.__setattr__(mod, name, value)
+
+
 def module_fix_precision(self: nn.Module, base: int = 10, precision_fractional: int = 3,
-                         **_options: Any) -> nn.Module:
-    """Replace every parameter by a FixedPrecisionTensor (in place; returns the module)."""
+                         requires_grad: bool = False) -> nn.Module:
+    """Encode every parameter as fixed point (in place; returns the module).
+
+    Without `requires_grad` the parameters become FixedPrecisionTensor attributes (inference,
+    seed §11); with `requires_grad=True` they become AutogradTensor parameters that
+    `model.parameters()` returns, for local fixed-precision training. Raises ValueError for a
+    model that is already fixed-precision or a bad base/precision."""
+    if requires_grad not in (True, False):
+        raise TypeError(f"requires_grad must be True or False, got {requires_grad!r}")
+    if any(mod.__dict__.get("_fedmq_fixed") for mod in self.modules()):
+        raise ValueError("this model is already in fixed precision")
     for mod in self.modules():
         fixed = mod.__dict__.setdefault("_fedmq_fixed", [])
         for name, param in list(mod._parameters.items()):
@@ -74,41 +109,68 @@ def module_fix_precision(self: nn.Module, base: int = 10, precision_fractional: 
                 continue
             value = FixedPrecisionTensor.from_tensor(param.data, base, precision_fractional)
             del mod._parameters[name]
-            object.__setattr__(mod, name, value)
+            _set_fixed(mod, name, AutogradTensor(value, requires_grad=param.requires_grad)
+                       if requires_grad else value)
             fixed.append(name)
     return self
 
 
 def module_float_precision(self: nn.Module) -> nn.Module:
-    """Decode fixed-precision parameters back into nn.Parameters (they must be local)."""
+    """Decode fixed-precision parameters back into nn.Parameters (they must be local: call
+    model.get() first on a shared model; ValueError otherwise)."""
+    for mod, name, value in list(_fixed_values(self)):
+        if value.is_shared:
+            raise ValueError(f"parameter {name!r} is secret-shared: call model.get() first, "
+                             f"then model.float_precision()")
+    for mod, name, value in list(_fixed_values(self)):
+        requires_grad = value.requires_grad if isinstance(value, AutogradTensor) else True
+        mod.__dict__.pop(name, None)
+        mod._parameters.pop(name, None)
+        mod.register_parameter(name, nn.Parameter(value.float_precision(),
+                                                  requires_grad=requires_grad))
     for mod in self.modules():
-        for name in mod.__dict__.get("_fedmq_fixed", []):
-            value = mod.__dict__.pop(name)
-            mod.register_parameter(name, nn.Parameter(value.float_precision()))
         mod.__dict__["_fedmq_fixed"] = []
     return self
 
 
 def module_share(self: nn.Module, *workers: Any, crypto_provider: Any = None,
-                 **options: Any) -> nn.Module:
-    """Secret-share every (fixed-precision) parameter among `workers`."""
+                 requires_grad: bool = False, **options: Any) -> nn.Module:
+    """Secret-share every (fixed-precision) parameter among `workers`. `requires_grad=True`
+    makes them AutogradTensors that `model.parameters()` returns (encrypted training, seed
+    §12-13); parameters already made with fix_precision(requires_grad=True) stay so."""
+    if requires_grad not in (True, False):
+        raise TypeError(f"requires_grad must be True or False, got {requires_grad!r}")
     for mod in self.modules():
-        if any(p is not None for p in mod._parameters.values()):
+        fixed = mod.__dict__.get("_fedmq_fixed", [])
+        if any(p is not None and name not in fixed for name, p in mod._parameters.items()):
             raise ValueError("share() needs a fixed-precision model: call "
                              "model.fix_precision().share(...)")
-    for mod in self.modules():
-        for name in mod.__dict__.get("_fedmq_fixed", []):
-            value = mod.__dict__[name]
-            mod.__dict__[name] = value.share(*workers, crypto_provider=crypto_provider, **options)
+    for mod, name, value in list(_fixed_values(self)):
+        if isinstance(value, AutogradTensor):
+            shared = value.share(*workers, crypto_provider=crypto_provider,
+                                 requires_grad=value.requires_grad or requires_grad, **options)
+        else:
+            shared = value.share(*workers, crypto_provider=crypto_provider,
+                                 requires_grad=requires_grad, **options)
+        _set_fixed(mod, name, shared)
     return self
 
 
 def module_get_shared(self: nn.Module) -> nn.Module:
-    """Reconstruct shared fixed-precision parameters (deleting the shares)."""
-    for mod in self.modules():
-        for name in mod.__dict__.get("_fedmq_fixed", []):
-            mod.__dict__[name] = mod.__dict__[name].get()
+    """Reconstruct shared fixed-precision parameters (deleting the shares); a model with no
+    shared parameter is returned as it is."""
+    for mod, name, value in list(_fixed_values(self)):
+        if value.is_shared:
+            _set_fixed(mod, name, value.get())
     return self
+
+
+def module_get(self: nn.Module) -> nn.Module:
+    """`model.get()`: a model with secret-shared parameters is reconstructed here (as PySyft
+    0.2); any other model is fetched from where it was sent (fedmq.module.get)."""
+    if any(value.is_shared for _, _, value in _fixed_values(self)):
+        return module_get_shared(self)
+    return _module_ops.get(self)
 
 
 # -- the extension's table -----------------------------------------------------------------------
@@ -123,5 +185,7 @@ EXTENSION = Extension(
     module_methods={"fix_precision": module_fix_precision, "fix_prec": module_fix_precision,
                     "float_precision": module_float_precision,
                     "float_prec": module_float_precision, "share": module_share,
-                    "get_shared": module_get_shared},
+                    "get_shared": module_get_shared, "get": module_get},
+    optimizer_methods={"fix_precision": optimizer_fix_precision,
+                       "fix_prec": optimizer_fix_precision},
 )

@@ -1,0 +1,382 @@
+"""The gradient functions of fedmq.smpc.autograd (PySyft 0.2's gradients.py): one `GradFunc`
+node per differentiable op, holding the op's inputs and what its backward needs, and the
+fixed-precision helpers they share with the forward ops (built on FixedPrecisionTensor's and
+AdditiveSharingTensor's public methods only).
+
+A node's `gradient(grad)` takes the gradient of the op's output (a FixedPrecisionTensor, local
+or shared) and returns one gradient per input (None where none is needed). What each costs is
+listed in fedmq/smpc/autograd.py's docstring.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fedmq.smpc.additive import AdditiveSharingTensor
+from fedmq.smpc.fixed_precision import FixedPrecisionTensor
+
+
+def needs_grad(value: Any) -> bool:
+    """Whether `value` is an AutogradTensor (autograd.py) that requires a gradient."""
+    return getattr(type(value), "_fedmq_autograd", False) and value.requires_grad
+
+
+# -- fixed-precision helpers (public methods of FixedPrecisionTensor only) ----------------------
+
+def like(value: FixedPrecisionTensor, child: Any) -> FixedPrecisionTensor:
+    """A FixedPrecisionTensor of `child` with `value`'s encoding."""
+    return FixedPrecisionTensor(child, value.base, value.precision_fractional, value.float_dtype)
+
+
+def public_value(value: FixedPrecisionTensor, tensor: torch.Tensor) -> FixedPrecisionTensor:
+    """A public float tensor in `value`'s encoding (a local FixedPrecisionTensor)."""
+    return FixedPrecisionTensor.from_tensor(tensor.to(value.float_dtype), value.base,
+                                            value.precision_fractional)
+
+
+def int_mul(a: Any, b: Any) -> Any:
+    """Product of two integer children (local int64 tensors or shared), no rescaling."""
+    if isinstance(a, AdditiveSharingTensor):
+        return a.mul(b)
+    if isinstance(b, AdditiveSharingTensor):
+        return b.mul(a)
+    return a * b
+
+
+def nonneg_mask(child: Any) -> Any:
+    """[x >= 0] as 0/1 integers: shared (one comparison) if x is shared, else local."""
+    if isinstance(child, AdditiveSharingTensor):
+        return child.ge(0)
+    return (child >= 0).to(torch.int64)
+
+
+def expand_to(grad: FixedPrecisionTensor, shape: torch.Size) -> FixedPrecisionTensor:
+    """Broadcast `grad` to `shape` (local on shares: adds a public zero tensor of `shape`)."""
+    if tuple(grad.shape) == tuple(shape):
+        return grad
+    return grad.add(torch.zeros(shape, dtype=grad.float_dtype))
+
+
+def sum_to(grad: FixedPrecisionTensor, shape: torch.Size) -> FixedPrecisionTensor:
+    """Undo broadcasting: sum `grad` down to `shape` (what torch's autograd does)."""
+    shape = tuple(shape)
+    while grad.dim() > len(shape):
+        grad = grad.sum(0)
+    for d, size in enumerate(shape):
+        if size == 1 and grad.shape[d] != 1:
+            grad = grad.sum(d, keepdim=True)
+    return grad
+
+
+def shape_of(value: Any) -> tuple:
+    return tuple(value.shape) if hasattr(value, "shape") else ()
+
+
+def pair(value: Any, what: str) -> tuple[int, int]:
+    if type(value) is int:
+        return value, value
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(type(v) is int
+                                                                     for v in value):
+        return tuple(value)
+    raise ValueError(f"conv2d with gradients takes an int or a pair of ints as {what}, got "
+                     f"{value!r}")
+
+
+def _flip(value: FixedPrecisionTensor, dims: tuple) -> FixedPrecisionTensor:
+    child = value.child
+    if isinstance(child, AdditiveSharingTensor):
+        return like(value, child.map("torch.flip", list(dims)))
+    return like(value, torch.flip(child, list(dims)))
+
+
+def _cat(values: list, dim: int) -> FixedPrecisionTensor:
+    children = [v.child for v in values]
+    if isinstance(children[0], AdditiveSharingTensor):
+        return like(values[0], AdditiveSharingTensor.cat(children, dim))
+    return like(values[0], torch.cat(children, dim))
+
+
+def _dilate(grad: FixedPrecisionTensor, stride: tuple, extra: tuple) -> FixedPrecisionTensor:
+    """Insert stride - 1 zero rows (columns) between the rows (columns) of the last two dims,
+    then `extra` zero rows (columns) at the end: what conv_transpose2d does to its input,
+    here with local ops on each share (zeros are the value times the public int 0)."""
+    for dim, s, e in ((2, stride[0], extra[0]), (3, stride[1], extra[1])):
+        if s > 1:
+            n = grad.shape[dim]
+            column = grad.unsqueeze(dim + 1)
+            grad = _cat([column] + [column.mul(0)] * (s - 1), dim + 1)
+            shape = list(grad.shape)
+            shape[dim:dim + 2] = [n * s]
+            index = [slice(None)] * len(shape)
+            index[dim] = slice(0, (n - 1) * s + 1)
+            grad = grad.reshape(*shape)[tuple(index)]
+        grad = _pad_end(grad, dim, e)
+    return grad
+
+
+def _pad_end(value: FixedPrecisionTensor, dim: int, count: int) -> FixedPrecisionTensor:
+    """`count` zero slices appended along `dim` (local on shares)."""
+    if count <= 0:
+        return value
+    index = [slice(None)] * value.dim()
+    index[dim] = slice(0, 1)
+    zero = value[tuple(index)].mul(0)
+    return _cat([value] + [zero] * count, dim)
+
+
+def window_sum(value: FixedPrecisionTensor, kernel: tuple, **kwargs: Any
+                ) -> FixedPrecisionTensor:
+    """Sum over every kernel window, channel by channel: conv2d with a public kernel of
+    integer ones (local on each share, no rescaling)."""
+    channels = value.shape[1]
+    ones = torch.ones(channels, 1, *kernel, dtype=torch.int64)
+    child = value.child
+    if isinstance(child, AdditiveSharingTensor):
+        return like(value, child.conv2d(ones, None, groups=channels, **kwargs))
+    return like(value, F.conv2d(child, ones, None, groups=channels, **kwargs))
+
+
+def _conv(x: FixedPrecisionTensor, w: FixedPrecisionTensor, **kwargs: Any
+          ) -> FixedPrecisionTensor:
+    """conv2d of two fixed-precision values (a public input with a shared kernel is shared
+    first, among the kernel's parties: the protocol takes shared inputs)."""
+    if w.is_shared and not x.is_shared:
+        x = x.share(*w.child.locations, crypto_provider=w.child.crypto_provider)
+    return x.conv2d(w, None, **kwargs)
+
+
+# -- graph nodes ----------------------------------------------------------------------------------
+
+class GradFunc:
+    """A node of the graph: `inputs` (AutogradTensors or public values, in the op's argument
+    order) and `gradient(grad)`, the gradients of the op's output with respect to each input
+    (None where none is needed), as fixed-precision tensors."""
+
+    #: set by backward(retain_graph=False): the node's saved values are dropped
+    released = False
+
+    def __init__(self, *inputs: Any) -> None:
+        self.inputs = inputs
+
+    def gradient(self, grad: FixedPrecisionTensor) -> tuple:
+        raise NotImplementedError(f"{type(self).__name__} has no gradient")
+
+    def release(self) -> None:
+        """Drop what was saved for backward (torch frees its graph the same way)."""
+        for name in list(vars(self)):
+            if name != "inputs":
+                setattr(self, name, None)
+        self.released = True
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+class AddBackward(GradFunc):
+    def gradient(self, grad):
+        a, b = self.inputs
+        return sum_to(grad, shape_of(a)), sum_to(grad, shape_of(b))
+
+
+class SubBackward(GradFunc):
+    def gradient(self, grad):
+        a, b = self.inputs
+        return sum_to(grad, shape_of(a)), sum_to(grad.neg(), shape_of(b))
+
+
+class NegBackward(GradFunc):
+    def gradient(self, grad):
+        return (grad.neg(),)
+
+
+class MulBackward(GradFunc):
+    """d(a*b)/da = b, d(a*b)/db = a: Beaver products of the gradient with the other operand
+    (the seed's MulBackward)."""
+
+    def __init__(self, a, b, a_child, b_child) -> None:
+        super().__init__(a, b)
+        self.a_child, self.b_child = a_child, b_child
+
+    def gradient(self, grad):
+        a, b = self.inputs
+        ga = sum_to(grad.mul(self.b_child), shape_of(a)) if needs_grad(a) else None
+        gb = sum_to(grad.mul(self.a_child), shape_of(b)) if needs_grad(b) else None
+        return ga, gb
+
+
+class MatmulBackward(GradFunc):
+    """(a @ b): da = grad @ b^T, db = a^T @ grad (2-D operands)."""
+
+    def __init__(self, a, b, a_child, b_child) -> None:
+        super().__init__(a, b)
+        self.a_child, self.b_child = a_child, b_child
+
+    def gradient(self, grad):
+        a, b = self.inputs
+        ga = grad.matmul(self.b_child.t()) if needs_grad(a) else None
+        gb = self.a_child.t().matmul(grad) if needs_grad(b) else None
+        return ga, gb
+
+
+class LinearBackward(GradFunc):
+    """F.linear(x, W, b) = x @ W^T + b: dx = grad @ W, dW = grad^T @ x, db = grad summed over
+    the batch (x: (*, in) flattened to 2-D)."""
+
+    def __init__(self, x, weight, bias, x_child, w_child) -> None:
+        super().__init__(x, weight, bias)
+        self.x_child, self.w_child = x_child, w_child
+
+    def gradient(self, grad):
+        x, weight, bias = self.inputs
+        g2 = grad.reshape(-1, grad.shape[-1])
+        gx = g2.matmul(self.w_child).reshape(*shape_of(x)) if needs_grad(x) else None
+        gw = g2.t().matmul(self.x_child.reshape(-1, self.x_child.shape[-1])) \
+            if needs_grad(weight) else None
+        gb = g2.sum(0) if needs_grad(bias) else None
+        return gx, gw, gb
+
+
+class DivBackward(GradFunc):
+    def __init__(self, a, divisor) -> None:
+        super().__init__(a)
+        self.divisor = divisor
+
+    def gradient(self, grad):
+        return (grad.div(self.divisor),)
+
+
+class PowBackward(GradFunc):
+    """d(a**n)/da = n * a**(n-1) (n a public int >= 1)."""
+
+    def __init__(self, a, exponent, a_child) -> None:
+        super().__init__(a)
+        self.exponent, self.a_child = exponent, a_child
+
+    def gradient(self, grad):
+        n = self.exponent
+        if n == 1:
+            return (grad,)
+        base = self.a_child if n == 2 else self.a_child.pow(n - 1)
+        return (grad.mul(base.mul(n)),)
+
+
+class SumBackward(GradFunc):
+    def __init__(self, a, dim, keepdim) -> None:
+        super().__init__(a)
+        self.dim, self.keepdim = dim, keepdim
+
+    def gradient(self, grad):
+        shape = shape_of(self.inputs[0])
+        if self.dim is not None and not self.keepdim:
+            dims = self.dim if isinstance(self.dim, (tuple, list)) else (self.dim,)
+            for d in sorted(d % len(shape) for d in dims):
+                grad = grad.unsqueeze(d)
+        return (expand_to(grad, shape),)
+
+
+class ReshapeBackward(GradFunc):
+    def gradient(self, grad):
+        return (grad.reshape(*shape_of(self.inputs[0])),)
+
+
+class TransposeBackward(GradFunc):
+    def __init__(self, a, d0, d1) -> None:
+        super().__init__(a)
+        self.d0, self.d1 = d0, d1
+
+    def gradient(self, grad):
+        return (grad.transpose(self.d0, self.d1),)
+
+
+class ReluBackward(GradFunc):
+    """relu(x) = x * [x >= 0]; its gradient is grad * [x >= 0], with the forward's mask."""
+
+    def __init__(self, a, mask) -> None:
+        super().__init__(a)
+        self.mask = mask
+
+    def gradient(self, grad):
+        return (like(grad, int_mul(grad.child, self.mask)),)
+
+
+class Conv2dBackward(GradFunc):
+    """conv2d(x, W, b) (groups 1, dilation 1), each gradient one conv2d protocol:
+    dx = conv2d(dilate(grad, stride), W^T flipped, padding k - 1 - p) (conv_transpose2d),
+    dW = conv2d(x^T, grad^T, padding p, dilation stride) cropped to the kernel, transposed
+    (the batch is the contracted dimension), db = grad summed over batch and positions."""
+
+    def __init__(self, x, weight, bias, x_child, w_child, stride, padding) -> None:
+        super().__init__(x, weight, bias)
+        self.x_child, self.w_child = x_child, w_child
+        self.stride, self.padding = stride, padding
+
+    def gradient(self, grad):
+        x, weight, bias = self.inputs
+        (s_h, s_w), (p_h, p_w) = self.stride, self.padding
+        _, _, k_h, k_w = self.w_child.shape
+        _, _, h, w = self.x_child.shape
+        gx = gw = gb = None
+        if needs_grad(x):
+            extra = ((h + 2 * p_h - k_h) % s_h, (w + 2 * p_w - k_w) % s_w)
+            kernel = _flip(self.w_child.transpose(0, 1), (2, 3))
+            gx = _conv(_dilate(grad, self.stride, extra), kernel,
+                       padding=(k_h - 1 - p_h, k_w - 1 - p_w))
+        if needs_grad(weight):
+            full = _conv(self.x_child.transpose(0, 1), grad.transpose(0, 1),
+                         padding=self.padding, dilation=self.stride)
+            gw = full[:, :, :k_h, :k_w].transpose(0, 1)
+        if needs_grad(bias):
+            gb = grad.sum(0).sum(1).sum(1)
+        return gx, gw, gb
+
+
+class AvgPool2dBackward(GradFunc):
+    """Each input gets grad / divisor from every window it is in: a transposed window sum
+    (the dilated gradient summed over kernel windows), local on shares, and one truncation."""
+
+    def __init__(self, x, kernel, stride, padding, divisor) -> None:
+        super().__init__(x)
+        self.kernel, self.stride, self.padding, self.divisor = kernel, stride, padding, divisor
+
+    def gradient(self, grad):
+        (k_h, k_w), (s_h, s_w), (p_h, p_w) = self.kernel, self.stride, self.padding
+        _, _, h, w = shape_of(self.inputs[0])
+        extra = ((h + 2 * p_h - k_h) % s_h, (w + 2 * p_w - k_w) % s_w)
+        spread = window_sum(_dilate(grad, self.stride, extra), self.kernel,
+                             padding=(k_h - 1 - p_h, k_w - 1 - p_w))
+        return (spread.div(self.divisor),)
+
+
+class MaxPool2dBackward(GradFunc):
+    """The gradient goes to the position of each window's maximum: a one-hot mask
+    [index == j] (one batched equality test on the forward's shared argmax) times grad."""
+
+    def __init__(self, x, kernel, indices) -> None:
+        super().__init__(x)
+        self.kernel, self.indices = kernel, indices
+
+    def gradient(self, grad):
+        k_h, k_w = self.kernel
+        n, c, h, w = shape_of(self.inputs[0])
+        idx = self.indices.child.unsqueeze(-1)  # index * scale, fixed point
+        positions = torch.arange(k_h * k_w, dtype=torch.int64) * self.indices.scale
+        if isinstance(idx, AdditiveSharingTensor):
+            mask = idx.eq(positions)
+        else:
+            mask = (idx == positions).to(torch.int64)
+        g = expand_to(grad.unsqueeze(-1), tuple(mask.shape))
+        out_h, out_w = grad.shape[2], grad.shape[3]
+        spread = like(grad, int_mul(g.child, mask))
+        spread = spread.reshape(n, c, out_h, out_w, k_h, k_w).permute(0, 1, 2, 4, 3, 5)
+        spread = spread.reshape(n, c, out_h * k_h, out_w * k_w)
+        spread = _pad_end(_pad_end(spread, 2, h - out_h * k_h), 3, w - out_w * k_w)
+        return (spread,)
+
+
+class IdentityBackward(GradFunc):
+    """refresh(): the same value with new shares."""
+
+    def gradient(self, grad):
+        return (grad,)

@@ -1,0 +1,161 @@
+"""Fixed-precision optimizers: `optim.SGD(params=model.parameters(), lr=0.1).fix_precision()`.
+
+PySyft 0.2's `Optimizer.fix_precision()` encoded the hyper-parameters so that the update
+W <- W - lr * grad runs on fixed-point shares. Here `fix_precision()` (added to every
+torch.optim.Optimizer by the SMPC extension) returns a `FixedPrecisionSGD` over the same
+parameter groups: its `step()` computes each update with the parameters' fixed-point methods
+(shared values stay shared: a public-by-shared product is local on each share plus one
+truncation) and replaces each AutogradTensor's child in place, so the model sees the new weights;
+`zero_grad()` sets every `.grad` to None. The torch optimizer's own `step` and `zero_grad` become
+these too (PySyft converted the optimizer in place), so calling `opt.fix_precision()` without
+using its result works as well.
+
+Supported: torch.optim.SGD with lr, momentum, dampening, weight_decay, nesterov and maximize
+(the update of torch.optim.SGD, step for step). The hyper-parameters are public, encoded with the
+parameters' base and precision_fractional (an lr below 10**-precision_fractional encodes to 0
+and is refused). Adam, RMSprop and the others divide by a secret square root, which the
+fixed-point protocols here do not compute: they are refused with a ValueError, as are
+SGD's `foreach=True`, `fused=True` and `differentiable=True` (they choose torch kernels that do
+not exist for shares) and parameters that are not AutogradTensors.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fedmq.smpc.autograd import AutogradTensor
+from fedmq.smpc.fixed_precision import FixedPrecisionTensor
+
+_SGD_KEYS = {"lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach",
+             "differentiable", "fused", "params", "initial_lr"}
+
+
+def _encoding(params: list) -> tuple[int, int]:
+    encodings = {(p.child.base, p.child.precision_fractional) for p in params}
+    if len(encodings) != 1:
+        raise ValueError(f"the parameters use different fixed-point encodings {sorted(encodings)}"
+                         f": fix_precision() them with one base and precision_fractional")
+    return encodings.pop()
+
+
+class FixedPrecisionSGD:
+    """SGD on fixed-precision (shared) AutogradTensor parameters; see the module docstring.
+
+    `param_groups` are the torch optimizer's groups (same dicts, hyper-parameters as given,
+    floats); `encoded` holds each group's hyper-parameters as the integers the fixed-point
+    arithmetic uses (value * base**precision_fractional, truncated)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, base: int | None = None,
+                 precision_fractional: int | None = None) -> None:
+        if type(optimizer) is not torch.optim.SGD:
+            raise ValueError(f"fix_precision() supports torch.optim.SGD only, not "
+                             f"{type(optimizer).__name__}: its update divides by a secret "
+                             f"(a square root of gradient moments), which fixed-point shares "
+                             f"cannot compute here")
+        self.param_groups = optimizer.param_groups
+        self.state: dict[int, dict[str, Any]] = {}
+        params = [p for g in self.param_groups for p in g["params"]]
+        for p in params:
+            if not isinstance(p, AutogradTensor):
+                raise ValueError(f"fix_precision() needs fixed-precision parameters (model."
+                                 f"fix_precision().share(..., requires_grad=True)), got a "
+                                 f"{type(p).__name__}")
+        if not params:
+            raise ValueError("the optimizer has no parameters")
+        self.base, self.precision_fractional = _encoding(params)
+        if (base is not None and base != self.base) or \
+                (precision_fractional is not None and
+                 precision_fractional != self.precision_fractional):
+            raise ValueError(f"the parameters are encoded with base={self.base}, "
+                             f"precision_fractional={self.precision_fractional}; the "
+                             f"optimizer's hyper-parameters must use the same encoding")
+        self.scale = self.base ** self.precision_fractional
+        self.encoded = [self._check_group(g) for g in self.param_groups]
+
+    def _check_group(self, group: dict) -> dict:
+        unknown = set(group) - _SGD_KEYS
+        if unknown:
+            raise ValueError(f"fix_precision() does not know SGD option(s) {sorted(unknown)}")
+        for flag in ("foreach", "fused", "differentiable"):
+            if group.get(flag):
+                raise ValueError(f"SGD({flag}=True) is not available with fixed-precision "
+                                 f"parameters: leave it unset")
+        encoded = {}
+        for key in ("lr", "momentum", "dampening", "weight_decay"):
+            value = group.get(key, 0)
+            if isinstance(value, torch.Tensor):
+                value = float(value)
+            if value < 0:
+                raise ValueError(f"{key} must be >= 0, got {value}")
+            encoded[key] = int(value * self.scale)
+            if value and not encoded[key]:
+                raise ValueError(f"{key}={value} is 0 at precision_fractional="
+                                 f"{self.precision_fractional}: raise precision_fractional")
+        return encoded
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear every parameter's gradient (set_to_none=False is refused: a zero gradient
+        would be one more shared value per parameter for nothing)."""
+        if not set_to_none:
+            raise ValueError("zero_grad(set_to_none=False) is not available on fixed-precision "
+                             "parameters")
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    def _times(self, value: FixedPrecisionTensor, factor: float) -> FixedPrecisionTensor:
+        """value * a public hyper-parameter (1: the value itself)."""
+        return value if factor == 1 else value.mul(float(factor))
+
+    def step(self, closure: Any = None) -> None:
+        """W <- W - lr * d_p, with d_p as torch.optim.SGD computes it (weight decay, momentum
+        buffer, dampening, nesterov, maximize), on the parameters' fixed-point values."""
+        if closure is not None:
+            raise ValueError("step(closure) is not available on fixed-precision parameters")
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group.get("momentum", 0)
+            dampening, weight_decay = group.get("dampening", 0), group.get("weight_decay", 0)
+            nesterov, maximize = group.get("nesterov", False), group.get("maximize", False)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                value = p.child
+                d_p = p.grad.child
+                if maximize:
+                    d_p = d_p.neg()
+                if weight_decay:
+                    d_p = d_p.add(self._times(value, weight_decay))
+                if momentum:
+                    state = self.state.setdefault(id(p), {})
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = d_p
+                    else:
+                        buf = self._times(buf, momentum).add(self._times(d_p, 1 - dampening))
+                    state["momentum_buffer"] = buf
+                    d_p = d_p.add(self._times(buf, momentum)) if nesterov else buf
+                p.child = value.sub(self._times(d_p, lr))
+
+    def state_dict(self) -> dict:
+        raise ValueError("the state of a fixed-precision optimizer holds shared values: it "
+                         "cannot be saved as a state_dict")
+
+    def __repr__(self) -> str:
+        groups = ", ".join(f"lr={g['lr']}, momentum={g.get('momentum', 0)}"
+                           for g in self.param_groups)
+        return (f"FixedPrecisionSGD({groups}; base={self.base}, "
+                f"precision_fractional={self.precision_fractional})")
+
+
+def optimizer_fix_precision(self: torch.optim.Optimizer, base: int | None = None,
+                            precision_fractional: int | None = None) -> FixedPrecisionSGD:
+    """`optimizer.fix_precision()` (alias fix_prec): the optimizer for fixed-precision (shared)
+    parameters; see the module docstring. Raises ValueError for an optimizer other than SGD,
+    for options it cannot honour, or for parameters that are not fixed-precision."""
+    fixed = FixedPrecisionSGD(self, base, precision_fractional)
+    # as PySyft's (which converted the optimizer in place): the original's step and zero_grad
+    # are the fixed-precision ones from now on, so `opt.fix_precision()` alone also works
+    self.step = fixed.step
+    self.zero_grad = fixed.zero_grad
+    return fixed
