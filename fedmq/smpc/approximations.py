@@ -1,0 +1,202 @@
+"""Non-linear functions of fixed-point values by published approximations, as CrypTen computes
+them (Knott et al., "CrypTen: Secure Multi-Party Computation Meets Machine Learning",
+NeurIPS 2021, §3 and its crypten/common/functions/approximations.py): exp, reciprocal, log,
+sigmoid, tanh, softmax and log_softmax.
+
+Each function takes a FixedPrecisionTensor (child local or secret-shared) and uses only its
+methods (add, sub, mul, div by a public int, comparisons, max, sum, `_rescaled`), so the same
+code runs on local values (exact integer arithmetic, truncation toward zero) and on shared ones
+(Beaver products and ABY3 truncation, one protocol round each). The class is never imported:
+fixed_precision.py, above this module, calls these functions from its methods.
+
+Internal precision. Every function first re-encodes its input at `internal_precision(x)`
+fractional digits, the smallest >= the input's with base**digits >= 10**6 (6 digits in base
+10, 20 bits in base 2): a local, exact multiplication by a public integer. It computes there and
+truncates once back to the input's precision. At that scale a product must satisfy
+|x * y| < 2**63 / 10**12 ~ 9.2e6, which every intermediate value below respects on the stated
+ranges.
+
+Accuracy. On the range stated in each docstring the result is within `atol + rtol * |f(x)|`
+of the float64 function with atol = rtol = 1e-2 at the default precision (base 10, 3 digits);
+tests/test_smpc_approximations.py checks the edges of each range, local and shared.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+#: fixed-point values here are FixedPrecisionTensors (fixed_precision.py, built on this module)
+Fixed = Any
+
+#: the internal scale every function computes at (at least)
+INTERNAL_SCALE = 10 ** 6
+#: exp: squarings after the Taylor step (the input is divided by 2**EXP_ITERATIONS)
+EXP_ITERATIONS = 9
+#: reciprocal: Newton-Raphson iterations (CrypTen's `reciprocal_nr_iters`)
+RECIPROCAL_ITERATIONS = 10
+#: log: Householder iterations and their order (CrypTen's `log_iterations`, `log_order`)
+LOG_ITERATIONS = 2
+LOG_ORDER = 8
+
+
+def internal_precision(x: Fixed) -> int:
+    """The fractional digits (in x's base) the approximations compute with."""
+    digits = x.precision_fractional
+    while x.base ** digits < INTERNAL_SCALE:
+        digits += 1
+    return digits
+
+
+def _up(x: Fixed) -> Fixed:
+    return x._rescaled(internal_precision(x))
+
+
+# -- exp -------------------------------------------------------------------------------------------
+
+def _exp(y: Fixed, iterations: int = EXP_ITERATIONS) -> Fixed:
+    """exp at y's own precision (see `exp`)."""
+    u = y.div(2 ** iterations)
+    u3 = y.div(3 * 2 ** iterations)
+    # Taylor polynomial of degree 3 in Horner form: 1 + u (1 + u/2 (1 + u/3))
+    p = u3.add(1).mul(u).div(2).add(1).mul(u).add(1)
+    for _ in range(iterations):
+        p = p.mul(p)
+    return p
+
+
+def exp(x: Fixed, iterations: int = EXP_ITERATIONS) -> Fixed:
+    """e**x by scaling and squaring: exp(x) = p(x / 2**n) ** (2**n), with p the degree-3 Taylor
+    polynomial and n = `iterations` (9) squarings. This is CrypTen's limit approximation
+    (1 + x/2**n)**(2**n) with three Taylor terms instead of one, which removes its bias
+    (the limit form is e**x * e**(-x**2 / 2**(n+1)): 3% low at x = -4 with n = 8); method:
+    Moler and Van Loan, "Nineteen Dubious Ways to Compute the Exponential of a Matrix,
+    Twenty-Five Years Later", SIAM Review 45(1), 2003, §3.
+
+    Range: x in [-40, 10] (a softmax's shifted logits are in [-40, 0] for logits in
+    [-20, 20]); below -40 the result is at most 1e-3 off exp(x) ~ 0 down to -800, where the
+    polynomial turns negative. Above 10 the squarings leave the internal range (|x*y| < 9.2e6).
+    Cost: 2 divisions, 2 products and n squarings: 13 sequential products/truncations.
+    Returns a FixedPrecisionTensor of x's shape and precision.
+    """
+    return _exp(_up(x), iterations)._rescaled(x.precision_fractional)
+
+
+# -- reciprocal ------------------------------------------------------------------------------------
+
+def _reciprocal_pos(y: Fixed, iterations: int = RECIPROCAL_ITERATIONS) -> Fixed:
+    """1/y for y > 0 at y's precision: Newton-Raphson from CrypTen's initial guess."""
+    r = _exp(y.rsub(0.5)).mul(3).add(0.003)
+    for _ in range(iterations):
+        r = r.mul(y.mul(r).rsub(2))
+    return r
+
+
+def reciprocal(x: Fixed, all_pos: bool = False, iterations: int = RECIPROCAL_ITERATIONS
+               ) -> Fixed:
+    """1/x by Newton-Raphson, y <- y (2 - x y), from the initial guess y0 = 3 e**(0.5 - x) +
+    0.003 (CrypTen's; Knott et al. 2021, Appendix C.1), `iterations` (10) times; the error
+    squares at every step once |1 - x y| < 1. Negative x: s / (s x) with s = 1 - 2[x < 0] (one
+    comparison) unless `all_pos=True` promises x > 0.
+
+    Range: |x| in [0.1, 500] (the initial guess converges up to |x| ~ 600; at the default
+    3 digits an x near 0.1 is only known to 1%, which the result inherits). x = 0 is outside
+    the range (the result is then ~5000, not inf).
+    Returns a FixedPrecisionTensor of x's shape and precision.
+    """
+    y = _up(x)
+    if all_pos:
+        return _reciprocal_pos(y, iterations)._rescaled(x.precision_fractional)
+    sign = y.lt(0).mul(-2).add(1)  # 1 - 2 [y < 0]: one comparison
+    return _reciprocal_pos(y.mul(sign), iterations).mul(sign)._rescaled(x.precision_fractional)
+
+
+# -- log -------------------------------------------------------------------------------------------
+
+def _log(y: Fixed, iterations: int = LOG_ITERATIONS, order: int = LOG_ORDER) -> Fixed:
+    """log at y's precision (see `log`)."""
+    z = y.div(120).sub(_exp(y.mul(2).add(1).neg()).mul(20)).add(3)
+    for _ in range(iterations):
+        h = y.mul(_exp(z.neg())).rsub(1)
+        # z -= h + h**2/2 + ... + h**order/order  (the series of -log(1 - h))
+        power, series = h, h
+        for k in range(2, order + 1):
+            power = power.mul(h)
+            series = series.add(power.div(k))
+        z = z.sub(series)
+    return z
+
+
+def log(x: Fixed, iterations: int = LOG_ITERATIONS, order: int = LOG_ORDER) -> Fixed:
+    """Natural logarithm by Householder iterations of order `order` (8) on f(y) = 1 - x e**-y:
+    y <- y - sum_{k=1..order} h**k / k with h = 1 - x e**-y, `iterations` (2) times, from
+    CrypTen's initial guess y0 = x/120 - 20 e**(-2x - 1) + 3 (Knott et al. 2021, Appendix C.1;
+    Householder, "The Numerical Treatment of a Single Nonlinear Equation", 1970).
+
+    Range: x in [0.01, 100] (absolute error below 1e-2 there; outside it the initial guess is
+    too far for two iterations). x <= 0 is outside the domain (the result is meaningless).
+    Returns a FixedPrecisionTensor of x's shape and precision.
+    """
+    return _log(_up(x), iterations, order)._rescaled(x.precision_fractional)
+
+
+# -- sigmoid, tanh ----------------------------------------------------------------------------------
+
+def _sigmoid(y: Fixed) -> Fixed:
+    negative = y.lt(0)  # fixed-point 0/1
+    sign = negative.mul(-2).add(1)
+    # p = 1 / (1 + e**-|y|), in [1/2, 1]: the denominator is in [1, 2]
+    p = _reciprocal_pos(_exp(y.mul(sign).neg()).add(1))
+    return p.add(negative.mul(p.mul(-2).add(1)))  # p, or 1 - p where y < 0
+
+
+def sigmoid(x: Fixed) -> Fixed:
+    """1 / (1 + e**-x), computed as CrypTen's "reciprocal" method: p = 1 / (1 + e**-|x|) by
+    `exp` and Newton-Raphson `reciprocal` (denominator in [1, 2], never overflowing), then p
+    where x >= 0 and 1 - p where x < 0 (one comparison; Knott et al. 2021, Appendix C.1).
+
+    Range: x in [-100, 100] (anything whose |x| keeps e**-|x| in exp's range, up to ~800).
+    Returns a FixedPrecisionTensor of x's shape and precision, values in [0, 1].
+    """
+    return _sigmoid(_up(x))._rescaled(x.precision_fractional)
+
+
+def tanh(x: Fixed) -> Fixed:
+    """tanh(x) = 2 sigmoid(2x) - 1 (CrypTen's "reciprocal" method for tanh), with `sigmoid`.
+
+    Range: x in [-50, 50]. Returns a FixedPrecisionTensor of x's shape and precision, values in
+    [-1, 1].
+    """
+    return _sigmoid(_up(x).mul(2)).mul(2).sub(1)._rescaled(x.precision_fractional)
+
+
+# -- softmax, log_softmax -----------------------------------------------------------------------------
+
+def _shifted(x: Fixed, dim: int) -> Fixed:
+    """x - max(x, dim) (<= 0, 0 at the maximum): the stability shift, at internal precision."""
+    top = x.max(dim, keepdim=True).values
+    return _up(x.sub(top))
+
+
+def softmax(x: Fixed, dim: int) -> Fixed:
+    """e**(x - m) / sum(e**(x - m)) along `dim`, m = max(x, dim) (the max-subtraction that makes
+    the sum lie in [1, n] and every exponent <= 0; CrypTen's softmax), with `exp` and
+    `reciprocal` (all positive).
+
+    Range: logits in [-20, 20] (differences up to 40 along `dim`), at most 500 entries along
+    `dim` (the sum stays in the reciprocal's range). Cost: one max (log2 n comparison layers)
+    plus exp, a sum and a reciprocal.
+    Returns a FixedPrecisionTensor of x's shape and precision, rows summing to ~1.
+    """
+    e = _exp(_shifted(x, dim))
+    total = e.sum(dim, keepdim=True)
+    return e.mul(_reciprocal_pos(total))._rescaled(x.precision_fractional)
+
+
+def log_softmax(x: Fixed, dim: int) -> Fixed:
+    """(x - m) - log(sum(e**(x - m))) along `dim`, m = max(x, dim): the stable form, with
+    `exp` and `log` (the sum is in [1, n]).
+
+    Range: logits in [-20, 20], at most 100 entries along `dim` (log's range).
+    Returns a FixedPrecisionTensor of x's shape and precision (values <= 0).
+    """
+    z = _shifted(x, dim)
+    return z.sub(_log(_exp(z).sum(dim, keepdim=True)))._rescaled(x.precision_fractional)
