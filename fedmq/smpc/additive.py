@@ -31,7 +31,7 @@ class RingSize(int):
     tensor already is. int64 tensors hold Z/2^64Z in two's complement, so the seed's manual
     reconstruction `(s0 + s1 + s2) % x.child.field` returns the (wrapped) int64 sum unchanged
     (torch cannot compute a remainder by 2**64, which does not fit an int64). Other torch
-    operations with it raise TypeError."""
+    operations with it raise ValueError."""
 
     _MODS = (torch.remainder, torch.Tensor.remainder, torch.Tensor.__mod__, torch.fmod,
              torch.Tensor.fmod)
@@ -48,10 +48,12 @@ class RingSize(int):
                 isinstance(args[0], torch.Tensor) and isinstance(args[1], RingSize):
             if args[0].dtype not in (torch.int64, torch.int32, torch.int16, torch.int8,
                                      torch.uint8, torch.bool):
-                raise TypeError(f"tensor % field takes an integer tensor (ring elements), got "
+                raise ValueError(f"tensor % field takes an integer tensor (ring elements), got "
                                 f"{args[0].dtype}")
             return args[0].to(torch.int64).clone()
-        raise TypeError(f"{getattr(func, '__name__', func)} with the ring size 2**64: only "
+        # ValueError, not TypeError: torch turns a TypeError from `t + field` into
+        # NotImplemented and Python's own message would not say what is allowed
+        raise ValueError(f"{getattr(func, '__name__', func)} with the ring size 2**64: only "
                         f"`int64_tensor % field` is defined (the tensor, already a ring "
                         f"element); use int(field) for Python integer arithmetic")
 
