@@ -30,7 +30,7 @@ Fixed = Any
 #: the internal scale every function computes at (at least)
 INTERNAL_SCALE = 10 ** 6
 #: exp: squarings after the Taylor step (the input is divided by 2**EXP_ITERATIONS)
-EXP_ITERATIONS = 9
+EXP_ITERATIONS = 8
 #: reciprocal: Newton-Raphson iterations (CrypTen's `reciprocal_nr_iters`)
 RECIPROCAL_ITERATIONS = 10
 #: log: Householder iterations and their order (CrypTen's `log_iterations`, `log_order`)
@@ -55,9 +55,8 @@ def _up(x: Fixed) -> Fixed:
 def _exp(y: Fixed, iterations: int = EXP_ITERATIONS) -> Fixed:
     """exp at y's own precision (see `exp`)."""
     u = y.div(2 ** iterations)
-    u3 = y.div(3 * 2 ** iterations)
-    # Taylor polynomial of degree 3 in Horner form: 1 + u (1 + u/2 (1 + u/3))
-    p = u3.add(1).mul(u).div(2).add(1).mul(u).add(1)
+    # Taylor polynomial of degree 3: 1 + u + u**2 (3 + u) / 6 (the / 6 fused into the product)
+    p = u.mul(u)._mul_div(u.add(3), 6).add(u).add(1)
     for _ in range(iterations):
         p = p.mul(p)
     return p
@@ -65,16 +64,17 @@ def _exp(y: Fixed, iterations: int = EXP_ITERATIONS) -> Fixed:
 
 def exp(x: Fixed, iterations: int = EXP_ITERATIONS) -> Fixed:
     """e**x by scaling and squaring: exp(x) = p(x / 2**n) ** (2**n), with p the degree-3 Taylor
-    polynomial and n = `iterations` (9) squarings. This is CrypTen's limit approximation
+    polynomial and n = `iterations` (8) squarings. This is CrypTen's limit approximation
     (1 + x/2**n)**(2**n) with three Taylor terms instead of one, which removes its bias
     (the limit form is e**x * e**(-x**2 / 2**(n+1)): 3% low at x = -4 with n = 8); method:
     Moler and Van Loan, "Nineteen Dubious Ways to Compute the Exponential of a Matrix,
     Twenty-Five Years Later", SIAM Review 45(1), 2003, §3.
 
     Range: x in [-40, 10] (a softmax's shifted logits are in [-40, 0] for logits in
-    [-20, 20]); below -40 the result is at most 1e-3 off exp(x) ~ 0 down to -800, where the
-    polynomial turns negative. Above 10 the squarings leave the internal range (|x*y| < 9.2e6).
-    Cost: 2 divisions, 2 products and n squarings: 13 sequential products/truncations.
+    [-20, 20]); below -40 the result stays within 1e-3 of exp(x) ~ 0 down to about -700
+    (|p| < 1 there). Above 10 the squarings leave the internal range (|x*y| < 9.2e6).
+    Relative error ~ 2**n / internal scale (2.6e-4). Cost: one division, 2 products and n
+    squarings (shared: 21 rounds).
     Returns a FixedPrecisionTensor of x's shape and precision.
     """
     return _exp(_up(x), iterations)._rescaled(x.precision_fractional)
@@ -82,9 +82,17 @@ def exp(x: Fixed, iterations: int = EXP_ITERATIONS) -> Fixed:
 
 # -- reciprocal ------------------------------------------------------------------------------------
 
-def _reciprocal_pos(y: Fixed, iterations: int = RECIPROCAL_ITERATIONS) -> Fixed:
-    """1/y for y > 0 at y's precision: Newton-Raphson from CrypTen's initial guess."""
-    r = _exp(y.rsub(0.5)).mul(3).add(0.003)
+def _reciprocal_pos(y: Fixed, iterations: int = RECIPROCAL_ITERATIONS,
+                    one_to_two: bool = False) -> Fixed:
+    """1/y for y > 0 at y's precision: Newton-Raphson from CrypTen's initial guess, or, when
+    `one_to_two` promises y in [1, 2], from the minimax linear estimate 24/17 - 8/17 y
+    (relative error <= 1/17, so 3 iterations reach 1/17**8 ~ 1.4e-10; the classic start of
+    Newton-Raphson division, 48/17 - 32/17 d on [1/2, 1]: M. J. Flynn, "On Division by
+    Functional Iteration", IEEE Trans. Computers C-19(8), 1970)."""
+    if one_to_two:
+        r, iterations = y.mul(-8).add(24).div(17), 3
+    else:
+        r = _exp(y.rsub(0.5)).mul(3).add(0.003)
     for _ in range(iterations):
         r = r.mul(y.mul(r).rsub(2))
     return r
@@ -111,18 +119,45 @@ def reciprocal(x: Fixed, all_pos: bool = False, iterations: int = RECIPROCAL_ITE
 
 # -- log -------------------------------------------------------------------------------------------
 
+#: lcm(1, ..., 8): the series sum h**k / k is computed as sum (840 / k) h**k, then / 840
+_SERIES_DENOMINATOR = 840
+
+
+def _powers(h: Fixed, order: int) -> list:
+    """[h, h**2, ..., h**order] in ceil(log2(order)) products (each layer one stacked product)."""
+    powers = [h]
+    while len(powers) < order:
+        top = powers[-1]
+        n = min(len(powers), order - len(powers))
+        more = h.stack([top] * n, 0).mul(h.stack(powers[:n], 0))
+        powers += [more[i] for i in range(n)]
+    return powers
+
+
 def _log(y: Fixed, iterations: int = LOG_ITERATIONS, order: int = LOG_ORDER) -> Fixed:
     """log at y's precision (see `log`)."""
+    if _SERIES_DENOMINATOR % _lcm(order):
+        raise ValueError(f"log's order must be at most 8, got {order}")
     z = y.div(120).sub(_exp(y.mul(2).add(1).neg()).mul(20)).add(3)
     for _ in range(iterations):
         h = y.mul(_exp(z.neg())).rsub(1)
-        # z -= h + h**2/2 + ... + h**order/order  (the series of -log(1 - h))
-        power, series = h, h
-        for k in range(2, order + 1):
-            power = power.mul(h)
-            series = series.add(power.div(k))
-        z = z.sub(series)
+        # z -= h + h**2/2 + ... + h**order/order  (the series of -log(1 - h)), with integer
+        # coefficients and one division
+        series = z.mul(_SERIES_DENOMINATOR)
+        for k, power in enumerate(_powers(h, order), start=1):
+            series = series.sub(power.mul(_SERIES_DENOMINATOR // k))
+        z = series.div(_SERIES_DENOMINATOR)
     return z
+
+
+def _lcm(n: int) -> int:
+    out = 1
+    for k in range(2, n + 1):
+        a, b = out, k
+        while b:
+            a, b = b, a % b
+        out = out * k // a
+    return out
 
 
 def log(x: Fixed, iterations: int = LOG_ITERATIONS, order: int = LOG_ORDER) -> Fixed:
@@ -133,6 +168,8 @@ def log(x: Fixed, iterations: int = LOG_ITERATIONS, order: int = LOG_ORDER) -> F
 
     Range: x in [0.01, 100] (absolute error below 1e-2 there; outside it the initial guess is
     too far for two iterations). x <= 0 is outside the domain (the result is meaningless).
+    Cost (shared): 3 exps and, per iteration, h's powers in 3 stacked products and one
+    division for the series (integer coefficients 840/k): ~85 rounds.
     Returns a FixedPrecisionTensor of x's shape and precision.
     """
     return _log(_up(x), iterations, order)._rescaled(x.precision_fractional)
@@ -144,13 +181,14 @@ def _sigmoid(y: Fixed) -> Fixed:
     negative = y.lt(0)  # fixed-point 0/1
     sign = negative.mul(-2).add(1)
     # p = 1 / (1 + e**-|y|), in [1/2, 1]: the denominator is in [1, 2]
-    p = _reciprocal_pos(_exp(y.mul(sign).neg()).add(1))
+    p = _reciprocal_pos(_exp(y.mul(sign).neg()).add(1), one_to_two=True)
     return p.add(negative.mul(p.mul(-2).add(1)))  # p, or 1 - p where y < 0
 
 
 def sigmoid(x: Fixed) -> Fixed:
     """1 / (1 + e**-x), computed as CrypTen's "reciprocal" method: p = 1 / (1 + e**-|x|) by
-    `exp` and Newton-Raphson `reciprocal` (denominator in [1, 2], never overflowing), then p
+    `exp` and Newton-Raphson (denominator in [1, 2], never overflowing, so the linear initial
+    estimate of `_reciprocal_pos` and 3 iterations suffice), then p
     where x >= 0 and 1 - p where x < 0 (one comparison; Knott et al. 2021, Appendix C.1).
 
     Range: x in [-100, 100] (anything whose |x| keeps e**-|x| in exp's range, up to ~800).

@@ -358,6 +358,23 @@ class FixedPrecisionTensor(SmpcTensor):
             return self._new(_product("matmul", encode(other, 1), self.child, 1))
         return self._new(_product("matmul", self._other(other), self.child, self.scale))
 
+    def _mul_div(self, other: "FixedPrecisionTensor", k: int) -> "FixedPrecisionTensor":
+        """self * other / k, the division by the public positive int k fused into the
+        product's rescaling (one truncation by scale * k: no extra round when shared)."""
+        return self._new(_product("mul", self.child, self._other(other), self.scale * k))
+
+    @staticmethod
+    def stack(tensors: list, dim: int = 0) -> "FixedPrecisionTensor":
+        """torch.stack of fixed-precision tensors of one base and precision (all local or
+        all shared among the same parties)."""
+        first = tensors[0]
+        children = [first._other(t) if isinstance(t, FixedPrecisionTensor) else None
+                    for t in tensors]
+        if any(c is None for c in children) or len({_shared(c) for c in children}) != 1:
+            raise ValueError("stack takes fixed-precision tensors that are all local or all "
+                             "shared")
+        return first._new(_stack(children, dim))
+
     def _rescaled(self, precision_fractional: int) -> "FixedPrecisionTensor":
         """The same values with `precision_fractional` digits: more digits multiply the child
         by a public power of the base (exact, local), fewer truncate (shared: one round)."""
