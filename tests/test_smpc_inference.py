@@ -84,6 +84,15 @@ def parties(hook):
     return bob, alice, provider
 
 
+@pytest.fixture
+def any_parties(hook, factory):
+    """bob, alice and crypto_provider: in-process, or clients of worker services."""
+    if factory is None:
+        (bob, alice), provider = make_parties(hook, 2)
+        return bob, alice, provider
+    return tuple(factory(hook, id=i) for i in ("bob", "alice", "crypto_provider"))
+
+
 def _share(t, parties):
     bob, alice, provider = parties
     return t.fix_precision().share(bob, alice, crypto_provider=provider)
@@ -104,7 +113,8 @@ class ConvNet(nn.Module):
         return F.log_softmax(self.fc(x), dim=1)
 
 
-def test_conv_net_shared_matches_plaintext(parties):
+def test_conv_net_shared_matches_plaintext(any_parties):
+    parties = any_parties
     torch.manual_seed(4)
     model = ConvNet()
     x = torch.randn(3, 1, 12, 12)
@@ -182,7 +192,8 @@ def test_shapes_argmax_eq_sum_as_section_11(parties):
                        logits.fix_precision().float_precision().flatten())
 
 
-def test_argmax_and_max_ties_zeros_extremes_match_torch(parties):
+def test_argmax_and_max_ties_zeros_extremes_match_torch(any_parties):
+    parties = any_parties
     big = 1e9  # the fixed-point range at the default precision is |x| < 9.2e15; max(dim)
     # multiplies by an odd m >= the dim's size: |x| * m * 1000 < 2**63
     x = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0],
