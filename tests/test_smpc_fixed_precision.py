@@ -160,3 +160,20 @@ def test_view_as_reshape_as_flatten_and_in_place_operators(hook):
     total += x.sum()
     total += x.sum()
     assert total.float_precision().item() == 30.0
+
+
+def test_shared_products_at_the_edges_of_the_documented_range(hook):
+    """|x * y| < 1.8e7 for shared products at the default precision (the truncation's failure
+    probability below 1e-6 per element): products there, zeros and signs as torch."""
+    make = _fp_cases(hook)["shared"]
+    x = torch.tensor([4.2e3, -4.2e3, 1.8e7, 0.0, -0.0, 1e-3, -1e-3, 2.5])
+    y = torch.tensor([4.2e3, 4.2e3, -1.0, -5.0, 0.0, 1e3, 1e3, -4.0])
+    want = x.fix_precision().float_precision().double() * y.fix_precision().float_precision()
+    got = (make(x) * make(y)).get().float_precision().double()
+    assert torch.allclose(got, want, rtol=0, atol=1.01e-3), (got, want)
+    assert torch.equal(make(x).abs().get().float_precision(), x.abs())
+    assert torch.equal((-make(x)).get().float_precision(), -x)
+    assert make(torch.zeros(3)).sum().get().float_precision().item() == 0.0
+    m = torch.tensor([[2.9e3, -2.9e3], [1e-3, 0.0]])
+    got = (make(m) @ make(m)).get().float_precision().double()
+    assert torch.allclose(got, m.double() @ m.double(), atol=2e-3)

@@ -343,7 +343,9 @@ class AdditiveSharingTensor(SmpcTensor):
         torch, the index of the *first* maximum on ties (torch's documented choice): the
         tournament runs on m*x - i (i the index, m the smallest odd number >= the dim's size),
         whose maximum is unique, and x = (m*x - i + i) * m**-1 in Z/2^64Z (m is odd, hence
-        invertible), so the values cost nothing more. Range: |x| * m < 2**63."""
+        invertible), so the values cost nothing more. Range: |x| * m < 2**63.
+        (PySyft 0.2's argmax made a one-hot of *every* tied maximum by pairwise comparisons and
+        summed index * one-hot, so ties gave the sum of the tied indices, not an index.)"""
         if dim is None:
             return comparison.max_(self, None, keepdim)
         nd = self.dim()

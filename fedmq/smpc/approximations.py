@@ -14,7 +14,9 @@ fractional digits, the smallest >= the input's with base**digits >= 10**6 (6 dig
 10, 20 bits in base 2): a local, exact multiplication by a public integer. It computes there and
 truncates once back to the input's precision. At that scale a product must satisfy
 |x * y| < 2**63 / 10**12 ~ 9.2e6, which every intermediate value below respects on the stated
-ranges.
+ranges; on shared values each product's truncation fails with probability
+|x * y| * 10**12 / 2**64 (truncation.py), below 1e-6 for the |x * y| <= 20 of every function
+here except exp of large inputs (see exp).
 
 Accuracy. On the range stated in each docstring the result is within `atol + rtol * |f(x)|`
 of the float64 function with atol = rtol = 1e-2 at the default precision (base 10, 3 digits);
@@ -71,7 +73,9 @@ def exp(x: Fixed, iterations: int = EXP_ITERATIONS) -> Fixed:
     Twenty-Five Years Later", SIAM Review 45(1), 2003, §3.
 
     Range: x in [-40, 10] (a softmax's shifted logits are in [-40, 0] for logits in
-    [-20, 20]); below -40 the result stays within 1e-3 of exp(x) ~ 0 down to about -700
+    [-20, 20]). Shared: each squaring's truncation (truncation.py) fails with probability
+    ~ p**2 * 10**12 / 2**64 per element, so about e**x * 5.4e-8 overall: below 1e-5 for x <= 5,
+    1.2e-3 at x = 10 (and 2.7e-8 for the x <= 0 of a softmax); below -40 the result stays within 1e-3 of exp(x) ~ 0 down to about -700
     (|p| < 1 there). Above 10 the squarings leave the internal range (|x*y| < 9.2e6).
     Relative error ~ 2**n / internal scale (2.6e-4). Cost: one division, 2 products and n
     squarings (shared: 21 rounds).

@@ -15,7 +15,11 @@ Range: operands of a product must satisfy |x * y| * scale**2 < 2**63 (|x*y| < 9.
 default precision) before rescaling; for matmul/conv2d the bound holds for every output entry
 (a sum of products). On local values a product past it raises OverflowError (the int64 result
 would be wrong); on shared values it cannot be seen and the result is wrong, so keep inputs in
-range. More headroom: fewer fractional digits (`fix_precision(precision_fractional=2)`: 100x
+range. Shared products are rescaled by ABY3's probabilistic truncation (truncation.py), which
+fails (a result far off) with probability |x * y| * scale**2 / 2**64 per element: at the
+default precision that is below 1e-6 for |x * y| < 1.8e7 (below 1e-9 for |x * y| < 1.8e4),
+and about 1/2 at the ring's edge (|x * y| ~ 9e12), so the practical range of shared products
+is |x * y| < 1.8e7 (tested). More headroom: fewer fractional digits (`fix_precision(precision_fractional=2)`: 100x
 more range per factor) or a power-of-two base, whose scale can be chosen bit by bit
 (`fix_precision(base=2, precision_fractional=8)`, scale 256, ~15x the range of base 10's
 1000).
