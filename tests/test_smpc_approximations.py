@@ -106,3 +106,27 @@ def test_other_precisions(hook):
     _close(got.float_precision(), torch.exp(x.double()))
     _close(x.fix_precision(precision_fractional=5).sigmoid().float_precision(),
            torch.sigmoid(x.double()))
+
+
+@pytest.mark.parametrize("kind", ["local", "shared"])
+def test_division_by_fixed_precision_values(shared, kind):
+    """x / y, t / y and 1 / y with y fixed-point: x * reciprocal(y) at 6 digits, |y| in
+    [0.1, 500]; public divisors stay exact (int) or encoded reciprocals (float)."""
+    make = (lambda t: t.fix_precision()) if kind == "local" else shared
+
+    def dec(v):
+        return (v.get() if v.is_shared else v).float_precision().double()
+
+    x = torch.tensor([1.5, -2.0, 7.0, 0.0, 100.0])
+    y = torch.tensor([0.5, 4.0, -250.0, 3.0, 0.1])
+    t = torch.tensor([2.0, 3.0, 4.0, -1.0, 0.5])
+    _close(dec(make(x) / make(y)), x.double() / y.double())
+    _close(dec(t / make(y)), t.double() / y.double())
+    _close(dec(1 / make(y)), 1 / y.double())
+    _close(dec(torch.div(make(x), make(y))), x.double() / y.double())
+    _close(dec(make(x) / t), x.double() / t.double())
+    assert torch.equal(dec(make(x) / 2), torch.tensor([0.75, -1.0, 3.5, 0.0, 50.0]).double())
+    with pytest.raises(ValueError, match="by zero"):
+        make(x) / 0
+    with pytest.raises(ValueError, match="by zero"):
+        make(x) / torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0])

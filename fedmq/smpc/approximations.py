@@ -114,11 +114,21 @@ def reciprocal(x: Fixed, all_pos: bool = False, iterations: int = RECIPROCAL_ITE
     the range (the result is then ~5000, not inf).
     Returns a FixedPrecisionTensor of x's shape and precision.
     """
-    y = _up(x)
+    return _reciprocal(_up(x), all_pos, iterations)._rescaled(x.precision_fractional)
+
+
+def _reciprocal(y: Fixed, all_pos: bool, iterations: int) -> Fixed:
     if all_pos:
-        return _reciprocal_pos(y, iterations)._rescaled(x.precision_fractional)
+        return _reciprocal_pos(y, iterations)
     sign = y.lt(0).mul(-2).add(1)  # 1 - 2 [y < 0]: one comparison
-    return _reciprocal_pos(y.mul(sign), iterations).mul(sign)._rescaled(x.precision_fractional)
+    return _reciprocal_pos(y.mul(sign), iterations).mul(sign)
+
+
+def divide(x: Fixed, y: Fixed, iterations: int = RECIPROCAL_ITERATIONS) -> Fixed:
+    """x / y for a fixed-point y: x times `reciprocal(y)`, both at internal precision (so
+    1/y keeps 6 digits before the product). Range: |y| in [0.1, 500] (reciprocal's), and
+    |x / y| within the product range of the module docstring. Result at x's precision."""
+    return _up(x).mul(_reciprocal(_up(y), False, iterations))._rescaled(x.precision_fractional)
 
 
 # -- log -------------------------------------------------------------------------------------------

@@ -34,13 +34,15 @@ _METHODS = {
     torch.Tensor.__gt__: "gt", torch.Tensor.__lt__: "lt", torch.Tensor.__ge__: "ge",
     torch.Tensor.__le__: "le", torch.Tensor.__eq__: "eq", torch.Tensor.__ne__: "ne",
     F.linear: "linear", F.conv2d: "conv2d", torch.conv2d: "conv2d",
+    torch.div: "div", torch.Tensor.div: "div", torch.true_divide: "div",
+    torch.Tensor.__truediv__: "div", torch.Tensor.__rtruediv__: "rdiv",
     torch.exp: "exp", torch.log: "log", torch.reciprocal: "reciprocal",
     torch.sigmoid: "sigmoid", torch.tanh: "tanh", F.softmax: "softmax",
     F.log_softmax: "log_softmax", torch.softmax: "softmax", torch.log_softmax: "log_softmax",
     F.max_pool2d: "max_pool2d", F.avg_pool2d: "avg_pool2d", torch.max_pool2d: "max_pool2d",
 }
 #: with a plain value first and an SMPC value y second, func(t, y) == y.m(t) for m here
-_PLAIN_FIRST = {"add": "add", "mul": "mul", "sub": "rsub", "rsub": "sub",
+_PLAIN_FIRST = {"add": "add", "mul": "mul", "sub": "rsub", "rsub": "sub", "div": "rdiv",
                 "matmul": "rmatmul", "rmatmul": "matmul", "gt": "lt", "lt": "gt",
                 "ge": "le", "le": "ge", "eq": "eq", "ne": "ne"}
 #: functions of (input, weight, ...): a plain input is encoded like the SMPC weight

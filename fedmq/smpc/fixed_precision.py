@@ -392,15 +392,38 @@ class FixedPrecisionTensor(SmpcTensor):
     mm = matmul
 
     def div(self, other: Any) -> "FixedPrecisionTensor":
-        """Division by a public integer (truncation toward zero; shared: truncation.py)."""
-        if type(other) is int and other != 0:
+        """self / other.
+
+        * a public non-zero int: truncation toward zero (shared: truncation.py, one round);
+        * a public non-zero float or float tensor: times its reciprocal, encoded;
+        * a FixedPrecisionTensor (local or shared): times `other.reciprocal()`, Newton-Raphson
+          at 6 digits (approximations.divide: |other| in [0.1, 500], within 1e-2 there).
+        Zero divisors (public) raise ValueError."""
+        if type(other) is int:
+            if other == 0:
+                raise ValueError("division of a fixed-precision tensor by zero")
             if other < 0:
                 return self._new(_trunc(-self.child, -other))
             return self._new(_trunc(self.child, other))
-        if isinstance(other, float) and other != 0.0:
+        if isinstance(other, FixedPrecisionTensor):
+            self._other(other)  # same base and precision
+            return approximations.divide(self, other)
+        if isinstance(other, float) or (isinstance(other, torch.Tensor) and
+                                        other.is_floating_point()):
+            if not bool(torch.as_tensor(other).ne(0).all()):
+                raise ValueError("division of a fixed-precision tensor by zero")
             return self.mul(1.0 / other)
-        raise ValueError("fixed-precision tensors can be divided by a non-zero public number "
-                         "only (division by a secret value is not supported)")
+        if isinstance(other, torch.Tensor) and not other.is_complex():
+            return self.div(other.double())
+        raise ValueError(f"a fixed-precision tensor divides by a number, a tensor or another "
+                         f"fixed-precision tensor, got {type(other).__name__}")
+
+    def rdiv(self, other: Any) -> "FixedPrecisionTensor":
+        """other / self for a plain number or tensor `other` (approximations.divide: |self| in
+        [0.1, 500])."""
+        numerator = other if isinstance(other, FixedPrecisionTensor) else \
+            self.encode_like(torch.as_tensor(other, dtype=torch.float64))
+        return approximations.divide(numerator, self)
 
     def pow(self, exponent: int) -> "FixedPrecisionTensor":
         if type(exponent) is not int or exponent < 1:
@@ -558,6 +581,7 @@ class FixedPrecisionTensor(SmpcTensor):
     __matmul__ = matmul
     __rmatmul__ = rmatmul
     __truediv__ = div
+    __rtruediv__ = rdiv
     __iadd__ = add  # x += y rebinds x to a new tensor (children are never written in place)
     __isub__ = sub
     __imul__ = mul
