@@ -181,3 +181,5 @@ def test_reflected_operators_with_a_plain_tensor_on_the_left(parties):
         got = getattr(t, op)(shared).get()
         assert torch.equal(got, getattr(t, op)(x).long()), op
     assert torch.equal((t < shared).get(), (t < x).long())
+    with pytest.raises(ValueError, match="divided by a shared integer tensor"):
+        t / shared

@@ -123,6 +123,7 @@ def test_division_by_fixed_precision_values(shared, kind):
     _close(dec(make(x) / make(y)), x.double() / y.double())
     _close(dec(t / make(y)), t.double() / y.double())
     _close(dec(1 / make(y)), 1 / y.double())
+    assert (t / make(y)).float_dtype == torch.float32
     _close(dec(torch.div(make(x), make(y))), x.double() / y.double())
     _close(dec(make(x) / t), x.double() / t.double())
     assert torch.equal(dec(make(x) / 2), torch.tensor([0.75, -1.0, 3.5, 0.0, 50.0]).double())

@@ -270,6 +270,12 @@ class AdditiveSharingTensor(SmpcTensor):
             raise ValueError("a shared tensor can only be divided by a positive public int")
         return truncate(self, int(divisor))
 
+    def rdiv(self, other: Any) -> "AdditiveSharingTensor":
+        """`other / x` for a shared integer x: refused (integer sharing has no reciprocal)."""
+        raise ValueError("a value divided by a shared integer tensor: encode both with "
+                         "fix_precision() (fixed-point division, |divisor| in [0.1, 500]); a "
+                         "shared integer tensor divides by a positive public int only")
+
     def sum(self, dim=None, keepdim: bool = False) -> "AdditiveSharingTensor":
         if dim is None:
             return self.map("torch.sum")

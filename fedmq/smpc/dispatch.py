@@ -43,6 +43,7 @@ _METHODS = {
 }
 #: with a plain value first and an SMPC value y second, func(t, y) == y.m(t) for m here
 _PLAIN_FIRST = {"add": "add", "mul": "mul", "sub": "rsub", "rsub": "sub", "div": "rdiv",
+                "rdiv": "div",
                 "matmul": "rmatmul", "rmatmul": "matmul", "gt": "lt", "lt": "gt",
                 "ge": "le", "le": "ge", "eq": "eq", "ne": "ne"}
 #: functions of (input, weight, ...): a plain input is encoded like the SMPC weight

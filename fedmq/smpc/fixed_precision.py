@@ -422,7 +422,7 @@ class FixedPrecisionTensor(SmpcTensor):
         """other / self for a plain number or tensor `other` (approximations.divide: |self| in
         [0.1, 500])."""
         numerator = other if isinstance(other, FixedPrecisionTensor) else \
-            self.encode_like(torch.as_tensor(other, dtype=torch.float64))
+            self._new(encode(torch.as_tensor(other, dtype=torch.float64), self.scale))
         return approximations.divide(numerator, self)
 
     def pow(self, exponent: int) -> "FixedPrecisionTensor":
