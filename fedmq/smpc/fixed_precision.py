@@ -19,10 +19,10 @@ range. Shared products are rescaled by ABY3's probabilistic truncation (truncati
 fails (a result far off) with probability |x * y| * scale**2 / 2**64 per element: at the
 default precision that is below 1e-6 for |x * y| < 1.8e7 (below 1e-9 for |x * y| < 1.8e4),
 and about 1/2 at the ring's edge (|x * y| ~ 9e12), so the practical range of shared products
-is |x * y| < 1.8e7 (tested). More headroom: fewer fractional digits (`fix_precision(precision_fractional=2)`: 100x
-more range per factor) or a power-of-two base, whose scale can be chosen bit by bit
-(`fix_precision(base=2, precision_fractional=8)`, scale 256, ~15x the range of base 10's
-1000).
+is |x * y| < 1.8e7 (tested). More headroom: fewer fractional digits
+(`fix_precision(precision_fractional=2)`: 100x more range for products) or a power-of-two
+base, whose scale can be chosen bit by bit (`fix_precision(base=2, precision_fractional=8)`,
+scale 256: ~15x the range of base 10's 1000).
 
 Non-linear functions (exp, reciprocal, log, sigmoid, tanh, softmax, log_softmax) are
 approximations (approximations.py: methods, papers, ranges and accuracy in its docstrings).
@@ -149,14 +149,15 @@ def _check_local_product(op: str, a, b, scale: int, **kwargs) -> None:
             return
         exact = float(exact.abs().max())
     if abs(exact) >= float(_LIMIT):
-        scale2 = "" if scale == 1 else f" * scale**2 ({scale}**2)"
+        bound = "" if scale == 1 else \
+            f" Two fixed-point operands must satisfy |x * y| < 2**63 / {scale}**2 = " \
+            f"{float(_LIMIT) / scale ** 2:.3g} (matmul/conv2d: every output entry)."
         raise OverflowError(
-            f"fixed-precision {op} out of range: |x * y|{scale2} reaches {abs(exact):.3g}, past "
-            f"2**63 (the int64 ring), so the result would wrap around. Values must satisfy "
-            f"|x * y| < {float(_LIMIT) / scale ** 2:.3g} (for matmul/conv2d: every output "
-            f"entry before rescaling). For more headroom lower precision_fractional "
-            f"(fix_precision(precision_fractional=2)) or use a power-of-two base with fewer "
-            f"bits (fix_precision(base=2, precision_fractional=8))")
+            f"fixed-precision {op} out of range: the encoded product reaches {abs(exact):.3g}, "
+            f"past 2**63 (the int64 ring), so the result would wrap around.{bound} For more "
+            f"headroom lower precision_fractional (fix_precision(precision_fractional=2)) or "
+            f"use a power-of-two base with fewer bits (fix_precision(base=2, "
+            f"precision_fractional=8))")
 
 
 def _product(op: str, a, b, divisor: int, **kwargs):
@@ -385,8 +386,8 @@ class FixedPrecisionTensor(SmpcTensor):
         extra = precision_fractional - self.precision_fractional
         if extra == 0:
             return self
-        child = _mul(self.child, self.base ** extra) if extra > 0 else \
-            _trunc(self.child, self.base ** -extra)
+        child = _product("mul", self.child, self.base ** extra, 1) if extra > 0 else \
+            _trunc(self.child, self.base ** -extra)  # local: OverflowError past int64
         return FixedPrecisionTensor(child, self.base, precision_fractional, self.float_dtype)
 
     mm = matmul
