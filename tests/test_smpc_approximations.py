@@ -16,10 +16,10 @@ TOL = 1e-2
 CASES = {
     "exp": (torch.tensor([-40.0, -20.0, -5.0, -2.5, -1.0, -0.001, 0.0, 0.5, 1.0, 3.0, 7.5, 10.0]),
             torch.exp),  # shared: up to 5 (above, a truncation fails with probability ~1e-3)
-    "reciprocal": (torch.tensor([0.1, 0.15, 0.5, 1.0, 2.0, 7.0, 42.0, 250.0, 500.0, -0.1, -3.0,
-                                 -500.0]), torch.reciprocal),
-    "log": (torch.tensor([0.01, 0.02, 0.1, 0.5, 1.0, 2.0, 2.718, 10.0, 55.0, 100.0]),
-            torch.log),
+    "reciprocal": (torch.tensor([0.1, 0.125, 0.15, 0.5, 1.0, 2.0, 7.0, 42.0, 250.0, 512.0, 1000.0,
+                                 -0.1, -3.0, -1000.0]), torch.reciprocal),  # 0.125, 512: bands
+    "log": (torch.tensor([0.01, 0.02, 0.1, 0.5, 1.0, 2.0, 2.718, 10.0, 55.0, 100.0, 148.41,
+                          200.0]), torch.log),  # 148.41: a band edge of the initial guess
     "sigmoid": (torch.tensor([-100.0, -20.0, -4.0, -1.0, -0.01, 0.0, 0.01, 1.0, 4.0, 20.0,
                               100.0]), torch.sigmoid),
     "tanh": (torch.tensor([-50.0, -5.0, -1.0, -0.3, 0.0, 0.3, 1.0, 5.0, 50.0]), torch.tanh),

@@ -24,7 +24,10 @@ tests/test_smpc_approximations.py checks the edges of each range, local and shar
 """
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import torch
 
 #: fixed-point values here are FixedPrecisionTensors (fixed_precision.py, built on this module)
 Fixed = Any
@@ -33,11 +36,18 @@ Fixed = Any
 INTERNAL_SCALE = 10 ** 6
 #: exp: squarings after the Taylor step (the input is divided by 2**EXP_ITERATIONS)
 EXP_ITERATIONS = 8
-#: reciprocal: Newton-Raphson iterations (CrypTen's `reciprocal_nr_iters`)
-RECIPROCAL_ITERATIONS = 10
-#: log: Householder iterations and their order (CrypTen's `log_iterations`, `log_order`)
-LOG_ITERATIONS = 2
+#: reciprocal: Newton-Raphson iterations (CrypTen takes 10 from its exp-based guess; from the
+#: band guess below, |1 - x y0| <= 1/3 and 5 iterations leave (1/3)**32 ~ 5e-16)
+RECIPROCAL_ITERATIONS = 5
+#: reciprocal's initial guess: x's band [2**k, 2**(k+1)) for RECIPROCAL_LOW <= k < ..._HIGH
+RECIPROCAL_LOW, RECIPROCAL_HIGH = -4, 10
+#: log: Householder iterations and their order (CrypTen's `log_order`; CrypTen iterates twice
+#: from its exp-based guess, one iteration suffices from the band guess below)
+LOG_ITERATIONS = 1
 LOG_ORDER = 8
+#: log's initial guess: x's band [e**(LOG_LOW + k), e**(LOG_LOW + k + 1)), k < LOG_BANDS
+LOG_LOW = -4.605170185988091  # log(0.01)
+LOG_BANDS = 10
 
 
 def internal_precision(x: Fixed) -> int:
@@ -86,17 +96,33 @@ def exp(x: Fixed, iterations: int = EXP_ITERATIONS) -> Fixed:
 
 # -- reciprocal ------------------------------------------------------------------------------------
 
+def _reciprocal_guess(y: Fixed) -> Fixed:
+    """2 / (3 * 2**k) on the band [2**k, 2**(k+1)) that y is in (|1 - y y0| <= 1/3), for y in
+    [2**RECIPROCAL_LOW, 2**RECIPROCAL_HIGH): c_low + sum_k [y >= 2**k] (c_k - c_(k-1)), from
+    one batch of comparisons and one product by public constants."""
+    ks = list(range(RECIPROCAL_LOW + 1, RECIPROCAL_HIGH))
+    level = [2.0 / (3.0 * 2.0 ** k) for k in [RECIPROCAL_LOW] + ks]
+    steps = torch.tensor([b - a for a, b in zip(level, level[1:])], dtype=torch.float64)
+    thresholds = torch.tensor([2.0 ** k for k in ks], dtype=torch.float64)
+    n = len(ks)
+    stacked = y.stack([y] * n, 0)
+    shape = [n] + [1] * y.dim()
+    bands = stacked.ge(thresholds.reshape(shape).expand(tuple(stacked.shape)))
+    return bands.mul(steps.reshape(shape).expand(tuple(stacked.shape))).sum(0).add(level[0])
+
+
 def _reciprocal_pos(y: Fixed, iterations: int = RECIPROCAL_ITERATIONS,
                     one_to_two: bool = False) -> Fixed:
-    """1/y for y > 0 at y's precision: Newton-Raphson from CrypTen's initial guess, or, when
-    `one_to_two` promises y in [1, 2], from the minimax linear estimate 24/17 - 8/17 y
-    (relative error <= 1/17, so 3 iterations reach 1/17**8 ~ 1.4e-10; the classic start of
-    Newton-Raphson division, 48/17 - 32/17 d on [1/2, 1]: M. J. Flynn, "On Division by
+    """1/y for y > 0 at y's precision: Newton-Raphson r <- r (2 - y r) from the band guess
+    (`_reciprocal_guess`), or, when `one_to_two` promises y in [1, 2], from the minimax
+    linear estimate 24/17 - 8/17 y (relative error <= 1/17, so 3 iterations reach
+    1/17**8 ~ 1.4e-10). Both are the classic starts of Newton-Raphson division (a table
+    lookup on the leading bits; 48/17 - 32/17 d on [1/2, 1]: M. J. Flynn, "On Division by
     Functional Iteration", IEEE Trans. Computers C-19(8), 1970)."""
     if one_to_two:
         r, iterations = y.mul(-8).add(24).div(17), 3
     else:
-        r = _exp(y.rsub(0.5)).mul(3).add(0.003)
+        r = _reciprocal_guess(y)
     for _ in range(iterations):
         r = r.mul(y.mul(r).rsub(2))
     return r
@@ -104,14 +130,17 @@ def _reciprocal_pos(y: Fixed, iterations: int = RECIPROCAL_ITERATIONS,
 
 def reciprocal(x: Fixed, all_pos: bool = False, iterations: int = RECIPROCAL_ITERATIONS
                ) -> Fixed:
-    """1/x by Newton-Raphson, y <- y (2 - x y), from the initial guess y0 = 3 e**(0.5 - x) +
-    0.003 (CrypTen's; Knott et al. 2021, Appendix C.1), `iterations` (10) times; the error
-    squares at every step once |1 - x y| < 1. Negative x: s / (s x) with s = 1 - 2[x < 0] (one
-    comparison) unless `all_pos=True` promises x > 0.
+    """1/x by Newton-Raphson, y <- y (2 - x y), `iterations` (5) times; the relative error
+    squares at every step (CrypTen's method, Knott et al. 2021, Appendix C.1). CrypTen starts
+    from 3 e**(0.5 - x) + 0.003 and needs 10 iterations; here the start is 2 / (3 * 2**k) on
+    the band [2**k, 2**(k+1)) holding x (one batch of 13 comparisons: |1 - x y0| <= 1/3).
+    Negative x: s / (s x) with s = 1 - 2[x < 0] (one comparison) unless `all_pos=True`
+    promises x > 0.
 
-    Range: |x| in [0.1, 500] (the initial guess converges up to |x| ~ 600; at the default
-    3 digits an x near 0.1 is only known to 1%, which the result inherits). x = 0 is outside
-    the range (the result is then ~5000, not inf).
+    Range: |x| in [0.1, 1000] (the guess covers [1/16, 1024) with |1 - x y0| <= 1/3 and
+    converges a little beyond; at the default 3 digits an x near 0.1 is only known to 1%,
+    which the result inherits). x = 0 is outside the range (the result is then ~341, not inf).
+    Cost (shared): one comparison, one product and 5 iterations: ~29 rounds.
     Returns a FixedPrecisionTensor of x's shape and precision.
     """
     return _reciprocal(_up(x), all_pos, iterations)._rescaled(x.precision_fractional)
@@ -126,7 +155,7 @@ def _reciprocal(y: Fixed, all_pos: bool, iterations: int) -> Fixed:
 
 def divide(x: Fixed, y: Fixed, iterations: int = RECIPROCAL_ITERATIONS) -> Fixed:
     """x / y for a fixed-point y: x times `reciprocal(y)`, both at internal precision (so
-    1/y keeps 6 digits before the product). Range: |y| in [0.1, 500] (reciprocal's), and
+    1/y keeps 6 digits before the product). Range: |y| in [0.1, 1000] (reciprocal's), and
     |x / y| within the product range of the module docstring. Result at x's precision."""
     return _up(x).mul(_reciprocal(_up(y), False, iterations))._rescaled(x.precision_fractional)
 
@@ -148,11 +177,22 @@ def _powers(h: Fixed, order: int) -> list:
     return powers
 
 
+def _log_guess(y: Fixed) -> Fixed:
+    """LOG_LOW + 0.7 + #{k >= 1 : y >= e**(LOG_LOW + k)}: within (-0.3, 0.7] of log(y) for y in
+    [0.01, 219), from one batch of comparisons (all thresholds at once)."""
+    thresholds = torch.tensor([math.exp(LOG_LOW + k) for k in range(1, LOG_BANDS)],
+                              dtype=torch.float64)
+    n = len(thresholds)
+    stacked = y.stack([y] * n, 0)
+    bands = stacked.ge(thresholds.reshape([n] + [1] * y.dim()).expand(tuple(stacked.shape)))
+    return bands.sum(0).add(LOG_LOW + 0.7)
+
+
 def _log(y: Fixed, iterations: int = LOG_ITERATIONS, order: int = LOG_ORDER) -> Fixed:
     """log at y's precision (see `log`)."""
     if _SERIES_DENOMINATOR % _lcm(order):
         raise ValueError(f"log's order must be at most 8, got {order}")
-    z = y.div(120).sub(_exp(y.mul(2).add(1).neg()).mul(20)).add(3)
+    z = _log_guess(y)
     for _ in range(iterations):
         h = y.mul(_exp(z.neg())).rsub(1)
         # z -= h + h**2/2 + ... + h**order/order  (the series of -log(1 - h)), with integer
@@ -175,15 +215,20 @@ def _lcm(n: int) -> int:
 
 
 def log(x: Fixed, iterations: int = LOG_ITERATIONS, order: int = LOG_ORDER) -> Fixed:
-    """Natural logarithm by Householder iterations of order `order` (8) on f(y) = 1 - x e**-y:
-    y <- y - sum_{k=1..order} h**k / k with h = 1 - x e**-y, `iterations` (2) times, from
-    CrypTen's initial guess y0 = x/120 - 20 e**(-2x - 1) + 3 (Knott et al. 2021, Appendix C.1;
-    Householder, "The Numerical Treatment of a Single Nonlinear Equation", 1970).
+    """Natural logarithm by a Householder iteration of order `order` (8) on f(y) = 1 - x e**-y:
+    y <- y - sum_{k=1..order} h**k / k with h = 1 - x e**-y (the order-8 truncation of
+    y - (-log(1 - h)); CrypTen's method, Knott et al. 2021, Appendix C.1; Householder, "The
+    Numerical Treatment of a Single Nonlinear Equation", 1970). CrypTen starts two iterations
+    from y0 = x/120 - 20 e**(-2x - 1) + 3, which costs an exp; here y0 is piecewise constant,
+    LOG_LOW + 0.7 + #{k : x >= e**(LOG_LOW + k)} (one batch of 9 comparisons, log(x) in bands
+    of width 1), so |y0 - log x| <= 0.7 and one iteration leaves at most 4.3e-4 (float64; the
+    order-8 tail |h|**9 / (9 (1 - |h|)) with h = 1 - e**-0.7).
 
-    Range: x in [0.01, 100] (absolute error below 1e-2 there; outside it the initial guess is
-    too far for two iterations). x <= 0 is outside the domain (the result is meaningless).
-    Cost (shared): 3 exps and, per iteration, h's powers in 3 stacked products and one
-    division for the series (integer coefficients 840/k): ~85 rounds.
+    Range: x in [0.01, 200] (absolute error below 1e-2 there: at the default 3 digits
+    x = 0.01 is known to 10%, which log(x) inherits as 0.1 absolute; tests compare with the
+    log of the decoded input). x <= 0 is outside the domain (the result is meaningless).
+    Cost (shared): one comparison, one exp, a product, h's powers in 3 stacked products and
+    one division for the series (integer coefficients 840/k): ~40 rounds.
     Returns a FixedPrecisionTensor of x's shape and precision.
     """
     return _log(_up(x), iterations, order)._rescaled(x.precision_fractional)
@@ -233,7 +278,7 @@ def softmax(x: Fixed, dim: int) -> Fixed:
     the sum lie in [1, n] and every exponent <= 0; CrypTen's softmax), with `exp` and
     `reciprocal` (all positive).
 
-    Range: logits in [-20, 20] (differences up to 40 along `dim`), at most 500 entries along
+    Range: logits in [-20, 20] (differences up to 40 along `dim`), at most 1000 entries along
     `dim` (the sum stays in the reciprocal's range). Cost: one max (log2 n comparison layers)
     plus exp, a sum and a reciprocal.
     Returns a FixedPrecisionTensor of x's shape and precision, rows summing to ~1.
@@ -247,7 +292,7 @@ def log_softmax(x: Fixed, dim: int) -> Fixed:
     """(x - m) - log(sum(e**(x - m))) along `dim`, m = max(x, dim): the stable form, with
     `exp` and `log` (the sum is in [1, n]).
 
-    Range: logits in [-20, 20], at most 100 entries along `dim` (log's range).
+    Range: logits in [-20, 20], at most 200 entries along `dim` (log's range).
     Returns a FixedPrecisionTensor of x's shape and precision (values <= 0).
     """
     z = _shifted(x, dim)

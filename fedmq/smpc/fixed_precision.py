@@ -398,7 +398,7 @@ class FixedPrecisionTensor(SmpcTensor):
         * a public non-zero int: truncation toward zero (shared: truncation.py, one round);
         * a public non-zero float or float tensor: times its reciprocal, encoded;
         * a FixedPrecisionTensor (local or shared): times `other.reciprocal()`, Newton-Raphson
-          at 6 digits (approximations.divide: |other| in [0.1, 500], within 1e-2 there).
+          at 6 digits (approximations.divide: |other| in [0.1, 1000], within 1e-2 there).
         Zero divisors (public) raise ValueError."""
         if type(other) is int:
             if other == 0:
@@ -421,7 +421,7 @@ class FixedPrecisionTensor(SmpcTensor):
 
     def rdiv(self, other: Any) -> "FixedPrecisionTensor":
         """other / self for a plain number or tensor `other` (approximations.divide: |self| in
-        [0.1, 500])."""
+        [0.1, 1000])."""
         numerator = other if isinstance(other, FixedPrecisionTensor) else \
             self._new(encode(torch.as_tensor(other, dtype=torch.float64), self.scale))
         return approximations.divide(numerator, self)
