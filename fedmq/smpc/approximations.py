@@ -1,7 +1,11 @@
 """Non-linear functions of fixed-point values by published approximations, as CrypTen computes
 them (Knott et al., "CrypTen: Secure Multi-Party Computation Meets Machine Learning",
 NeurIPS 2021, §3 and its crypten/common/functions/approximations.py): exp, reciprocal, log,
-sigmoid, tanh, softmax and log_softmax.
+sigmoid, tanh, softmax and log_softmax. The iterations are CrypTen's (limit approximation for
+exp, Newton-Raphson for the reciprocal, Householder for log, reciprocal-based sigmoid/tanh,
+max-shifted softmax); where a cheaper start or base step keeps the accuracy with fewer rounds
+the docstring says so and why (exp: a degree-3 Taylor base step; reciprocal and log: initial
+guesses from one batch of comparisons instead of an exp).
 
 Each function takes a FixedPrecisionTensor (child local or secret-shared) and uses only its
 methods (add, sub, mul, div by a public int, comparisons, max, sum, `_rescaled`), so the same
