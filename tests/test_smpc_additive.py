@@ -145,3 +145,41 @@ def test_protocols_leave_no_intermediate_objects(parties):
         w.flush()
     assert [len(w._objects) for w in trio] == [2, 2, 2]  # x's and y's shares only
     assert len(provider._objects) == 0
+
+
+def test_manual_reconstruction_modulo_field(parties):
+    """§9.3: `(s0 + s1 + s2) % x.child.field` is the secret (the int64 sum already wraps
+    modulo 2**64; the field is an int 2**64 for which `int64_tensor % field` is that element)."""
+    workers, provider = parties
+    secret = torch.tensor([25, -7, 0, 2 ** 62, -(2 ** 63)])
+    x = secret.share(*workers[:3])
+    field = x.child.field
+    assert field == 2 ** 64 and isinstance(field, int) and field - 1 == 2 ** 64 - 1
+    s0, s1, s2 = (list(w._objects.values())[0] for w in workers[:3])
+    assert torch.equal((s0 + s1 + s2) % field, secret)
+    assert torch.equal(torch.remainder(s0 + s1 + s2, x.child.field), secret)
+    assert 25 % field == 25 and (-7) % field == 2 ** 64 - 7  # Python ints: exact
+    fp = torch.tensor([1.5]).fix_precision()
+    assert fp.field == 2 ** 64 and torch.equal(fp.child % fp.field, fp.child)
+    with pytest.raises(ValueError, match=r"only `int64_tensor % field` is defined"):
+        s0 + field
+    with pytest.raises(ValueError, match="integer tensor"):
+        torch.tensor([1.5]) % field
+
+
+def test_reflected_operators_with_a_plain_tensor_on_the_left(parties):
+    workers, provider = parties
+    x = torch.tensor([[3, -2], [0, 7]])
+    t = torch.tensor([[1, 5], [-4, 2]])
+    shared = x.share(*workers[:2], crypto_provider=provider)
+    assert torch.equal((t + shared).get(), t + x)
+    assert torch.equal((t - shared).get(), t - x)
+    assert torch.equal((t * shared).get(), t * x)
+    assert torch.equal((t @ shared).get(), t @ x)
+    assert torch.equal(torch.sub(t, shared).get(), t - x)
+    for op in ("lt", "gt", "le", "ge", "eq", "ne"):
+        got = getattr(t, op)(shared).get()
+        assert torch.equal(got, getattr(t, op)(x).long()), op
+    assert torch.equal((t < shared).get(), (t < x).long())
+    with pytest.raises(ValueError, match="divided by a shared integer tensor"):
+        t / shared

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import fedmq
@@ -100,3 +101,79 @@ def test_shared_fixed_precision_refuses_decoding_before_get(hook):
     with pytest.raises(ValueError, match=r"\.get\(\) first"):
         x.float_precision()
     assert x.get().float_precision().tolist() == [1.5]
+
+
+def _fp_cases(hook):
+    bob, alice = fedmq.VirtualWorker(hook, id="bob"), fedmq.VirtualWorker(hook, id="alice")
+    provider = fedmq.VirtualWorker(hook, id="crypto_provider")
+    return {"local": lambda t: t.fix_precision(),
+            "shared": lambda t: t.fix_precision().share(bob, alice, crypto_provider=provider)}
+
+
+@pytest.mark.parametrize("kind", ["local", "shared"])
+def test_reflected_operators_with_a_plain_tensor_on_the_left(hook, kind):
+    """t * x, t + x, t - x, t @ x and comparisons with t a plain tensor compute (#15)."""
+    make = _fp_cases(hook)[kind]
+    x = torch.tensor([[1.5, -2.25], [0.0, 4.0]])
+    t = torch.tensor([[2.0, 0.5], [-1.0, 3.0]])
+
+    def dec(v):
+        return (v.get() if v.is_shared else v).float_precision()
+
+    assert torch.allclose(dec(t * make(x)), t * x)
+    assert torch.allclose(dec(t + make(x)), t + x)
+    assert torch.allclose(dec(t - make(x)), t - x)
+    assert torch.allclose(dec(t @ make(x)), t @ x, atol=2e-3)
+    assert torch.allclose(dec(torch.mul(t, make(x))), t * x)
+    assert torch.allclose(dec(2 * make(x)), 2 * x) and torch.allclose(dec(1 - make(x)), 1 - x)
+    for op in ("lt", "gt", "le", "ge", "eq", "ne"):
+        assert torch.equal(dec(getattr(t, op)(make(x))), getattr(t, op)(x).float()), op
+    assert torch.equal(dec(t > make(x)), (t > x).float())
+    assert torch.allclose(dec(F.linear(t, make(x))), F.linear(t, x), atol=2e-3)
+
+
+def test_local_product_overflow_raises_with_the_range_and_the_way_out(hook):
+    big = torch.tensor([4e6]).fix_precision()  # 4e9 in the ring; squared 1.6e19 > 2**63
+    with pytest.raises(OverflowError, match=r"2\*\*63.*precision_fractional.*base=2"):
+        big * big
+    with pytest.raises(OverflowError, match="fixed-precision matmul out of range"):
+        torch.full((1, 4), 2e6).fix_precision() @ torch.full((4, 1), 2e6).fix_precision()
+    with pytest.raises(OverflowError, match="conv2d"):
+        F.conv2d(torch.full((1, 1, 2, 2), 3e6).fix_precision(),
+                 torch.full((1, 1, 2, 2), 3e6).fix_precision())
+    with pytest.raises(OverflowError):
+        torch.tensor([4e15]).fix_precision() * 4000
+    # the documented way out: fewer fractional digits give the headroom
+    ok = torch.tensor([4e6]).fix_precision(precision_fractional=2)
+    assert (ok * ok).float_precision().item() == pytest.approx(1.6e13)
+    # just inside the range: exact
+    edge = torch.tensor([3e6]).fix_precision()
+    assert (edge * edge).float_precision().item() == pytest.approx(9e12)
+
+
+def test_view_as_reshape_as_flatten_and_in_place_operators(hook):
+    x = torch.arange(6.0).fix_precision()
+    other = torch.zeros(2, 3)
+    assert x.view_as(other).shape == (2, 3) and x.reshape_as(other).shape == (2, 3)
+    assert x.view_as(other).flatten().shape == (6,)
+    total = 0
+    total += x.sum()
+    total += x.sum()
+    assert total.float_precision().item() == 30.0
+
+
+def test_shared_products_at_the_edges_of_the_documented_range(hook):
+    """|x * y| < 1.8e7 for shared products at the default precision (the truncation's failure
+    probability below 1e-6 per element): products there, zeros and signs as torch."""
+    make = _fp_cases(hook)["shared"]
+    x = torch.tensor([4.2e3, -4.2e3, 1.8e7, 0.0, -0.0, 1e-3, -1e-3, 2.5])
+    y = torch.tensor([4.2e3, 4.2e3, -1.0, -5.0, 0.0, 1e3, 1e3, -4.0])
+    want = x.fix_precision().float_precision().double() * y.fix_precision().float_precision()
+    got = (make(x) * make(y)).get().float_precision().double()
+    assert torch.allclose(got, want, rtol=0, atol=1.01e-3), (got, want)
+    assert torch.equal(make(x).abs().get().float_precision(), x.abs())
+    assert torch.equal((-make(x)).get().float_precision(), -x)
+    assert make(torch.zeros(3)).sum().get().float_precision().item() == 0.0
+    m = torch.tensor([[2.9e3, -2.9e3], [1e-3, 0.0]])
+    got = (make(m) @ make(m)).get().float_precision().double()
+    assert torch.allclose(got, m.double() @ m.double(), atol=2e-3)

@@ -17,6 +17,8 @@ in pyproject.toml checks it):
     comparison.py       < > <= >= ==, relu, abs, max/argmax/min (edaBits + BIT-LT + B2A)
     additive.py         AdditiveSharingTensor: share()/get(), linear ops per share; its
                         products, divisions and comparisons call the protocols above
+    approximations.py   exp, reciprocal, log, sigmoid, tanh, softmax, log_softmax of
+                        fixed-point values (CrypTen's published approximations), by methods only
     fixed_precision.py  FixedPrecisionTensor: fix_precision()/float_precision(), int64 ring
     remote.py           pointers to encrypted values: ptr.fix_precision() / ptr.share() run
                         where the value lives (the holder splits and sends the shares)

@@ -20,9 +20,46 @@ from fedmq.pointers.tensor import PointerTensor
 from fedmq.smpc import comparison, shares as _shares
 from fedmq.smpc.beaver import beaver_op
 from fedmq.smpc.dispatch import SmpcTensor
-from fedmq.smpc.ring import FIELD, INT64_MAX, INT64_MIN, additive_split
+from fedmq.smpc.ring import FIELD as _RING_SIZE, INT64_MAX, INT64_MIN, additive_split
 from fedmq.smpc.shares import open_shares, remote
 from fedmq.smpc.truncation import truncate
+
+
+class RingSize(int):
+    """The ring's size 2**64 as `x.child.field` gives it: an int equal to 2**64 (so Python
+    arithmetic on it is exact), for which `int64_tensor % field` is the ring element the
+    tensor already is. int64 tensors hold Z/2^64Z in two's complement, so the seed's manual
+    reconstruction `(s0 + s1 + s2) % x.child.field` returns the (wrapped) int64 sum unchanged
+    (torch cannot compute a remainder by 2**64, which does not fit an int64). Other torch
+    operations with it raise ValueError."""
+
+    _MODS = (torch.remainder, torch.Tensor.remainder, torch.Tensor.__mod__, torch.fmod,
+             torch.Tensor.fmod)
+
+    def __new__(cls) -> "RingSize":
+        return super().__new__(cls, _RING_SIZE)
+
+    def __repr__(self) -> str:
+        return "18446744073709551616"
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in cls._MODS and len(args) == 2 and not kwargs and \
+                isinstance(args[0], torch.Tensor) and isinstance(args[1], RingSize):
+            if args[0].dtype not in (torch.int64, torch.int32, torch.int16, torch.int8,
+                                     torch.uint8, torch.bool):
+                raise ValueError(f"tensor % field takes an integer tensor (ring elements), got "
+                                f"{args[0].dtype}")
+            return args[0].to(torch.int64).clone()
+        # ValueError, not TypeError: torch turns a TypeError from `t + field` into
+        # NotImplemented and Python's own message would not say what is allowed
+        raise ValueError(f"{getattr(func, '__name__', func)} with the ring size 2**64: only "
+                        f"`int64_tensor % field` is defined (the tensor, already a ring "
+                        f"element); use int(field) for Python integer arithmetic")
+
+
+#: the ring's size, 2**64 (`x.child.field`)
+FIELD = RingSize()
 
 
 def _check_parties(workers: tuple, crypto_provider: Any) -> list:
@@ -207,6 +244,23 @@ class AdditiveSharingTensor(SmpcTensor):
 
     mm = matmul
 
+    def rconv2d(self, input: Any, stride=1, padding=0, dilation=1, groups=1
+                ) -> "AdditiveSharingTensor":
+        """F.conv2d(input, self): a public input with this shared weight (linear in the
+        weight: each party convolves the input with its share)."""
+        pub = self._public(input)
+        return self._new([remote(s.location, "F.conv2d", pub, s, None, stride, padding,
+                                 dilation, groups) for s in self.shares])
+
+    def pad(self, pad: tuple, value: int = 0) -> "AdditiveSharingTensor":
+        """F.pad with a public int `value`: party 0 pads with it, the others with 0."""
+        return self._new([remote(s.location, "F.pad", s, list(pad), "constant",
+                                 int(value) if i == 0 else 0)
+                          for i, s in enumerate(self.shares)])
+
+    def expand(self, *shape) -> "AdditiveSharingTensor":
+        return self.map("Tensor.expand", tuple(_flat_shape(shape)))
+
     def conv2d(self, weight: Any, bias: Any = None, stride=1, padding=0, dilation=1,
                groups=1) -> "AdditiveSharingTensor":
         kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
@@ -221,6 +275,12 @@ class AdditiveSharingTensor(SmpcTensor):
         if not _is_public_int(divisor) or divisor <= 0:
             raise ValueError("a shared tensor can only be divided by a positive public int")
         return truncate(self, int(divisor))
+
+    def rdiv(self, other: Any) -> "AdditiveSharingTensor":
+        """`other / x` for a shared integer x: refused (integer sharing has no reciprocal)."""
+        raise ValueError("a value divided by a shared integer tensor: encode both with "
+                         "fix_precision() (fixed-point division, |divisor| in [0.1, 1000]); a "
+                         "shared integer tensor divides by a positive public int only")
 
     def sum(self, dim=None, keepdim: bool = False) -> "AdditiveSharingTensor":
         if dim is None:
@@ -291,18 +351,42 @@ class AdditiveSharingTensor(SmpcTensor):
         return comparison.ltz(self).mul(-2).add(1)
 
     def max(self, dim: int | None = None, keepdim: bool = False):
-        return comparison.max_(self, dim, keepdim)
+        """Without `dim`: the maximum, shape (1,) (PySyft). With `dim`: (values, indices) as
+        torch, the index of the *first* maximum on ties (torch's documented choice): the
+        tournament runs on m*x - i (i the index, m the smallest odd number >= the dim's size),
+        whose maximum is unique, and x = (m*x - i + i) * m**-1 in Z/2^64Z (m is odd, hence
+        invertible), so the values cost nothing more. Range: |x| * m < 2**63.
+        (PySyft 0.2's argmax made a one-hot of *every* tied maximum by pairwise comparisons and
+        summed index * one-hot, so ties gave the sum of the tied indices, not an index.)"""
+        if dim is None:
+            return comparison.max_(self, None, keepdim)
+        nd = self.dim()
+        if not -nd <= dim < nd:
+            raise IndexError(f"Dimension out of range (expected to be in range of "
+                             f"[{-nd}, {nd - 1}], but got {dim})")
+        dim %= nd
+        k = self.shape[dim]
+        m = k if k % 2 else k + 1
+        index = torch.arange(k).reshape([k if d == dim else 1 for d in range(nd)])
+        out = comparison.max_(self.mul(m).sub(index.expand(tuple(self.shape))), dim, keepdim)
+        values = out.values.add(out.indices).mul(pow(m, -1, _RING_SIZE) - _RING_SIZE
+                                                 if pow(m, -1, _RING_SIZE) > INT64_MAX
+                                                 else pow(m, -1, _RING_SIZE))
+        return comparison.MaxResult(values, out.indices)
 
     def min(self, dim: int | None = None, keepdim: bool = False):
-        out = comparison.max_(self.neg(), dim, keepdim)
+        """Minimum (first index on ties with `dim`, as torch)."""
+        out = self.neg().max(dim, keepdim)
         if dim is None:
             return out.neg()
         return type(out)(out.values.neg(), out.indices)
 
     def argmax(self, dim: int | None = None, keepdim: bool = False) -> "AdditiveSharingTensor":
+        """Index of the first maximum (torch's choice on ties); over all entries (flattened)
+        without `dim`."""
         if dim is None:
-            return comparison.max_(self.flatten(), 0, False).indices
-        return comparison.max_(self, dim, keepdim).indices
+            return self.flatten().max(0, False).indices
+        return self.max(dim, keepdim).indices
 
     def argmin(self, dim: int | None = None, keepdim: bool = False) -> "AdditiveSharingTensor":
         return self.neg().argmax(dim, keepdim)

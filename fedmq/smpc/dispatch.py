@@ -1,5 +1,8 @@
 """Torch functions on SMPC values: `torch.add(x, y)`, `F.linear(x, w)`, `t - x`, ... where x is a
 FixedPrecisionTensor or an AdditiveSharingTensor call x's method of the same meaning.
+A plain tensor or number on the left (`t * x`, `t - x`, `t @ x`, `t < x`, `torch.add(t, x)`)
+calls x's reflected method (`x.mul(t)`, `x.rsub(t)`, `x.rmatmul(t)`, `x.gt(t)`), and a plain
+input of F.linear/F.conv2d with a fixed-precision weight is encoded like the weight.
 
 Both classes derive from `SmpcTensor`, so a model whose parameters were made fixed-precision
 (and shared) runs F.linear & co. through `__torch_function__` on them. The table maps each
@@ -12,10 +15,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+#: torch function -> the method m such that func(x, y, ...) == x.m(y, ...) when x is SMPC
 _METHODS = {
     torch.add: "add", torch.Tensor.add: "add", torch.Tensor.__add__: "add",
     torch.Tensor.__radd__: "add", torch.sub: "sub", torch.Tensor.sub: "sub",
-    torch.Tensor.__sub__: "sub", torch.Tensor.__rsub__: "rsub",
+    torch.Tensor.__sub__: "sub", torch.Tensor.__rsub__: "rsub", torch.rsub: "rsub",
     torch.mul: "mul", torch.Tensor.mul: "mul", torch.Tensor.__mul__: "mul",
     torch.Tensor.__rmul__: "mul", torch.matmul: "matmul", torch.mm: "matmul",
     torch.Tensor.matmul: "matmul", torch.Tensor.mm: "matmul", torch.Tensor.__matmul__: "matmul",
@@ -25,16 +29,25 @@ _METHODS = {
     torch.argmax: "argmax", torch.argmin: "argmin", torch.t: "t", torch.reshape: "reshape",
     torch.flatten: "flatten", torch.transpose: "transpose", torch.unsqueeze: "unsqueeze",
     torch.squeeze: "squeeze", torch.gt: "gt", torch.lt: "lt", torch.ge: "ge", torch.le: "le",
-    torch.eq: "eq", torch.ne: "ne", torch.Tensor.__gt__: "lt", torch.Tensor.__lt__: "gt",
-    torch.Tensor.__ge__: "le", torch.Tensor.__le__: "ge", F.linear: "linear",
-    F.conv2d: "conv2d", torch.conv2d: "conv2d",
+    torch.eq: "eq", torch.ne: "ne", torch.Tensor.gt: "gt", torch.Tensor.lt: "lt",
+    torch.Tensor.ge: "ge", torch.Tensor.le: "le", torch.Tensor.eq: "eq", torch.Tensor.ne: "ne",
+    torch.Tensor.__gt__: "gt", torch.Tensor.__lt__: "lt", torch.Tensor.__ge__: "ge",
+    torch.Tensor.__le__: "le", torch.Tensor.__eq__: "eq", torch.Tensor.__ne__: "ne",
+    F.linear: "linear", F.conv2d: "conv2d", torch.conv2d: "conv2d",
+    torch.div: "div", torch.Tensor.div: "div", torch.true_divide: "div",
+    torch.Tensor.__truediv__: "div", torch.Tensor.__rtruediv__: "rdiv",
+    torch.exp: "exp", torch.log: "log", torch.reciprocal: "reciprocal",
+    torch.sigmoid: "sigmoid", torch.tanh: "tanh", F.softmax: "softmax",
+    F.log_softmax: "log_softmax", torch.softmax: "softmax", torch.log_softmax: "log_softmax",
+    F.max_pool2d: "max_pool2d", F.avg_pool2d: "avg_pool2d", torch.max_pool2d: "max_pool2d",
 }
-#: torch methods whose first argument is a plain tensor, so `self` is the second one
-_REFLECTED = {torch.Tensor.__add__, torch.Tensor.__radd__, torch.Tensor.__sub__,
-              torch.Tensor.__rsub__, torch.Tensor.__mul__, torch.Tensor.__rmul__,
-              torch.Tensor.__matmul__, torch.Tensor.__rmatmul__, torch.Tensor.__gt__,
-              torch.Tensor.__lt__, torch.Tensor.__ge__, torch.Tensor.__le__}
-_SWAP = {"sub": "rsub", "rsub": "sub", "matmul": "rmatmul", "rmatmul": "matmul"}
+#: with a plain value first and an SMPC value y second, func(t, y) == y.m(t) for m here
+_PLAIN_FIRST = {"add": "add", "mul": "mul", "sub": "rsub", "rsub": "sub", "div": "rdiv",
+                "rdiv": "div",
+                "matmul": "rmatmul", "rmatmul": "matmul", "gt": "lt", "lt": "gt",
+                "ge": "le", "le": "ge", "eq": "eq", "ne": "ne"}
+#: functions of (input, weight, ...): a plain input is encoded like the SMPC weight
+_LAYERS = ("linear", "conv2d")
 
 
 class SmpcTensor:
@@ -65,23 +78,29 @@ def torch_function_for(cls: type, func: Any, args: tuple, kwargs: dict) -> Any:
     name = _METHODS.get(func)
     if name is None:
         raise NotImplementedError(f"{getattr(func, '__name__', func)} is not supported on "
-                                  f"{cls.__name__} (fedmq.smpc.dispatch)")
-    if func in _REFLECTED and args and not isinstance(args[0], SmpcTensor):
-        # a plain tensor on the left: torch.Tensor.__sub__(t, x) means t - x
-        other, self = args[0], args[1]
-        if func in (torch.Tensor.__gt__, torch.Tensor.__lt__, torch.Tensor.__ge__,
-                    torch.Tensor.__le__):
-            return getattr(self, name)(other)  # t > x  ==  x < t (names already flipped)
-        if func in (torch.Tensor.__rsub__, torch.Tensor.__rmatmul__):
-            return getattr(self, name)(other)
-        return getattr(self, _SWAP.get(name, name))(other)
-    if func in (torch.Tensor.__gt__, torch.Tensor.__lt__, torch.Tensor.__ge__,
-                torch.Tensor.__le__):
-        name = {"lt": "gt", "gt": "lt", "le": "ge", "ge": "le"}[name]
-    if not isinstance(args[0], SmpcTensor):
-        raise NotImplementedError(f"{name} with a plain tensor first is not supported: put the "
-                                  f"fixed-precision or shared tensor first")
+                                  f"{cls.__name__} (fedmq.smpc.dispatch): supported are "
+                                  f"{sorted(set(_METHODS.values()))}")
+    if args and not isinstance(args[0], SmpcTensor):
+        return _plain_first(name, args, kwargs)
     if name == "relu":  # F.relu(x, inplace=False): a new value either way
         kwargs.pop("inplace", None)
         args = args[:1]
     return getattr(args[0], name)(*args[1:], **kwargs)
+
+
+def _plain_first(name: str, args: tuple, kwargs: dict) -> Any:
+    """func(t, x, ...) with a plain tensor or number t first and an SMPC value x second."""
+    if len(args) >= 2 and isinstance(args[1], SmpcTensor):
+        other, x = args[0], args[1]
+        if name in _PLAIN_FIRST and len(args) == 2 and not kwargs:
+            return getattr(x, _PLAIN_FIRST[name])(other)
+        if name in _LAYERS:
+            encode_like = getattr(x, "encode_like", None)
+            if encode_like is not None:  # a fixed-precision weight: encode the input alike
+                return getattr(encode_like(other), name)(x, *args[2:], **kwargs)
+            raise TypeError(f"F.{name} of a plain input with a shared integer weight: use "
+                            f"fixed-precision values (weight.fix_precision().share(...))")
+    raise TypeError(f"{name}({', '.join(type(a).__name__ for a in args)}): no SMPC value "
+                    f"where one is needed; {name} takes a FixedPrecisionTensor or "
+                    f"AdditiveSharingTensor first (or second, for {sorted(_PLAIN_FIRST)} and "
+                    f"{list(_LAYERS)})")

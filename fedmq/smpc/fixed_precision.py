@@ -12,7 +12,22 @@ The child is a local int64 tensor or, after `.share(...)`, an AdditiveSharingTen
 operation here works on either (shared products rescale with the truncation protocol of
 truncation.py, whose result may be one unit in the last place lower than PySyft's).
 Range: operands of a product must satisfy |x * y| * scale**2 < 2**63 (|x*y| < 9.2e12 at the
-default precision) before rescaling.
+default precision) before rescaling; for matmul/conv2d the bound holds for every output entry
+(a sum of products). On local values a product past it raises OverflowError (the int64 result
+would be wrong); on shared values it cannot be seen and the result is wrong, so keep inputs in
+range. Shared products are rescaled by ABY3's probabilistic truncation (truncation.py), which
+fails (a result far off) with probability |x * y| * scale**2 / 2**64 per element: at the
+default precision that is below 1e-6 for |x * y| < 1.8e7 (below 1e-9 for |x * y| < 1.8e4),
+and about 1/2 at the ring's edge (|x * y| ~ 9e12), so the practical range of shared products
+is |x * y| < 1.8e7 (tested). More headroom: fewer fractional digits
+(`fix_precision(precision_fractional=2)`: 100x more range for products) or a power-of-two
+base, whose scale can be chosen bit by bit (`fix_precision(base=2, precision_fractional=8)`,
+scale 256: ~15x the range of base 10's 1000).
+
+Non-linear functions (exp, reciprocal, log, sigmoid, tanh, softmax, log_softmax) are
+approximations (approximations.py: methods, papers, ranges and accuracy in its docstrings).
+Pooling (max_pool2d, avg_pool2d) stacks the windows and takes their max (comparison.py's
+tournament) or sum; argmax and max(dim) pick the first maximum on ties, as torch.
 """
 from __future__ import annotations
 
@@ -21,10 +36,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fedmq.smpc.additive import AdditiveSharingTensor, _count, share_tensor
+from fedmq.smpc import approximations
+from fedmq.smpc.additive import FIELD, AdditiveSharingTensor, _count, share_tensor
 from fedmq.smpc.comparison import MaxResult
 from fedmq.smpc.dispatch import SmpcTensor
-from fedmq.smpc.ring import FIELD
 
 _LIMIT = 1 << 63
 
@@ -125,21 +140,97 @@ def _matmul(a, b):
     return torch.matmul(a, b)
 
 
+def _check_local_product(op: str, a, b, scale: int, **kwargs) -> None:
+    """OverflowError if the int64 result of a op b (local values) left the ring's range."""
+    if _shared(a) or _shared(b):
+        return
+    da = a.double() if isinstance(a, torch.Tensor) else float(a)
+    db = b.double() if isinstance(b, torch.Tensor) else float(b)
+    if op == "mul":
+        exact = da * db
+    elif op == "matmul":
+        exact = torch.matmul(da, db)
+    else:
+        exact = F.conv2d(da, db, **kwargs)
+    if isinstance(exact, torch.Tensor):
+        if not exact.numel():
+            return
+        exact = float(exact.abs().max())
+    if abs(exact) >= float(_LIMIT):
+        bound = "" if scale == 1 else \
+            f" Two fixed-point operands must satisfy |x * y| < 2**63 / {scale}**2 = " \
+            f"{float(_LIMIT) / scale ** 2:.3g} (matmul/conv2d: every output entry)."
+        raise OverflowError(
+            f"fixed-precision {op} out of range: the encoded product reaches {abs(exact):.3g}, "
+            f"past 2**63 (the int64 ring), so the result would wrap around.{bound} For more "
+            f"headroom lower precision_fractional (fix_precision(precision_fractional=2)) or "
+            f"use a power-of-two base with fewer bits (fix_precision(base=2, "
+            f"precision_fractional=8))")
+
+
 def _product(op: str, a, b, divisor: int, **kwargs):
-    """a op b divided by `divisor`; fused into one protocol when both are shared."""
+    """a op b divided by `divisor`; fused into one protocol when both are shared.
+    Local operands: OverflowError if the product leaves the int64 range."""
     if _shared(a) and _shared(b):
         return a.product(op, b, divisor, **kwargs)
+    _check_local_product(op, a, b, divisor, **kwargs)
     if op == "mul":
         out = _mul(a, b)
     elif op == "matmul":
         out = _matmul(a, b)
     elif _shared(b):
-        raise NotImplementedError("conv2d of a public input with a shared weight")
+        out = b.rconv2d(a, **kwargs)
     elif _shared(a):
         out = a.conv2d(b, **kwargs)
     else:
         out = F.conv2d(a, b, **kwargs)
     return _trunc(out, divisor)
+
+
+def _pair(v) -> tuple:
+    return (int(v), int(v)) if isinstance(v, int) else tuple(int(i) for i in v)
+
+
+def _stack(parts: list, dim: int):
+    if _shared(parts[0]):
+        return AdditiveSharingTensor.stack(parts, dim=dim)
+    return torch.stack(parts, dim=dim)
+
+
+def _pool_windows(child, kernel_size, stride, padding, dilation, fill: int):
+    """The pooling windows of an N x C x H x W (or C x H x W) child as a new last dim of size
+    kh*kw: out[..., i, j, k] is the k-th entry of window (i, j)."""
+    if child.dim() not in (3, 4):
+        raise ValueError(f"pooling takes a C x H x W or N x C x H x W tensor, got shape "
+                         f"{tuple(child.shape)}")
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(kernel_size if stride is None or stride == [] or stride == () else stride)
+    ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
+    if min(kh, kw, sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"pooling needs positive kernel_size, stride and dilation and a "
+                         f"non-negative padding, got kernel_size={kernel_size}, "
+                         f"stride={stride}, padding={padding}, dilation={dilation}")
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(f"padding should be at most half of kernel size, got "
+                         f"padding={padding} and kernel_size={kernel_size} (as torch)")
+    if ph or pw:
+        child = child.pad((pw, pw, ph, ph), fill) if _shared(child) else \
+            F.pad(child, (pw, pw, ph, ph), value=fill)
+    H, W = child.shape[-2], child.shape[-1]
+    oh, ow = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"pooling window {kh}x{kw} (dilation {dh}x{dw}) larger than the "
+                         f"(padded) input {H}x{W}")
+    parts = [child[..., i * dh: i * dh + sh * (oh - 1) + 1: sh,
+                   j * dw: j * dw + sw * (ow - 1) + 1: sw]
+             for i in range(kh) for j in range(kw)]
+    return _stack(parts, -1), kh * kw
+
+
+#: what padded max pooling fills with (in the ring): below any value of the input (|x| must be
+#: under 2**40 / scale, 1.1e9 at the default precision)
+_POOL_FILL = -(1 << 40)
 
 
 def _trunc(v, divisor: int):
@@ -162,7 +253,10 @@ def _compare(op: str, a, b):
 
 
 class FixedPrecisionTensor(SmpcTensor):
-    """A fixed-point tensor: `child` holds trunc(x * base**precision_fractional) in int64."""
+    """A fixed-point tensor: `child` holds trunc(x * base**precision_fractional) in int64.
+
+    `field` is the ring's size 2**64 (additive.RingSize: an int, and `int64_tensor % field`
+    is the tensor itself, already a ring element)."""
 
     field = FIELD
 
@@ -180,6 +274,10 @@ class FixedPrecisionTensor(SmpcTensor):
         scale = _check_params(base, precision_fractional)
         dtype = tensor.dtype if tensor.is_floating_point() else None
         return cls(encode(tensor, scale), base, precision_fractional, dtype)
+
+    def encode_like(self, value: Any) -> "FixedPrecisionTensor":
+        """A plain tensor encoded with this tensor's base and precision (local)."""
+        return FixedPrecisionTensor.from_tensor(value, self.base, self.precision_fractional)
 
     def _new(self, child: Any) -> "FixedPrecisionTensor":
         return FixedPrecisionTensor(child, self.base, self.precision_fractional, self.float_dtype)
@@ -264,31 +362,85 @@ class FixedPrecisionTensor(SmpcTensor):
         return type(value) in (int, bool)
 
     def mul(self, other: Any) -> "FixedPrecisionTensor":
-        """x * y rescaled (truncation); times a public integer, no rescaling is needed."""
+        """x * y rescaled (truncation); times a public integer, no rescaling is needed.
+        Local values: OverflowError past the range in the module docstring."""
         if self._is_integer(other) and not isinstance(other, FixedPrecisionTensor):
-            return self._new(_mul(self.child, encode(other, 1)))
+            return self._new(_product("mul", self.child, encode(other, 1), 1))
         return self._new(_product("mul", self.child, self._other(other), self.scale))
 
     def matmul(self, other: Any) -> "FixedPrecisionTensor":
         if self._is_integer(other) and not isinstance(other, FixedPrecisionTensor):
-            return self._new(_matmul(self.child, encode(other, 1)))
+            return self._new(_product("matmul", self.child, encode(other, 1), 1))
         return self._new(_product("matmul", self.child, self._other(other), self.scale))
 
     def rmatmul(self, other: Any) -> "FixedPrecisionTensor":
-        return self._new(_trunc(_matmul(self._other(other), self.child), self.scale))
+        """other @ self (other a plain tensor or number on the left)."""
+        if self._is_integer(other) and not isinstance(other, FixedPrecisionTensor):
+            return self._new(_product("matmul", encode(other, 1), self.child, 1))
+        return self._new(_product("matmul", self._other(other), self.child, self.scale))
+
+    def _mul_div(self, other: "FixedPrecisionTensor", k: int) -> "FixedPrecisionTensor":
+        """self * other / k, the division by the public positive int k fused into the
+        product's rescaling (one truncation by scale * k: no extra round when shared)."""
+        return self._new(_product("mul", self.child, self._other(other), self.scale * k))
+
+    @staticmethod
+    def stack(tensors: list, dim: int = 0) -> "FixedPrecisionTensor":
+        """torch.stack of fixed-precision tensors of one base and precision (all local or
+        all shared among the same parties)."""
+        first = tensors[0]
+        children = [first._other(t) if isinstance(t, FixedPrecisionTensor) else None
+                    for t in tensors]
+        if any(c is None for c in children) or len({_shared(c) for c in children}) != 1:
+            raise ValueError("stack takes fixed-precision tensors that are all local or all "
+                             "shared")
+        return first._new(_stack(children, dim))
+
+    def _rescaled(self, precision_fractional: int) -> "FixedPrecisionTensor":
+        """The same values with `precision_fractional` digits: more digits multiply the child
+        by a public power of the base (exact, local), fewer truncate (shared: one round)."""
+        extra = precision_fractional - self.precision_fractional
+        if extra == 0:
+            return self
+        child = _product("mul", self.child, self.base ** extra, 1) if extra > 0 else \
+            _trunc(self.child, self.base ** -extra)  # local: OverflowError past int64
+        return FixedPrecisionTensor(child, self.base, precision_fractional, self.float_dtype)
 
     mm = matmul
 
     def div(self, other: Any) -> "FixedPrecisionTensor":
-        """Division by a public integer (truncation toward zero; shared: truncation.py)."""
-        if type(other) is int and other != 0:
+        """self / other.
+
+        * a public non-zero int: truncation toward zero (shared: truncation.py, one round);
+        * a public non-zero float or float tensor: times its reciprocal, encoded;
+        * a FixedPrecisionTensor (local or shared): times `other.reciprocal()`, Newton-Raphson
+          at 6 digits (approximations.divide: |other| in [0.1, 1000], within 1e-2 there).
+        Zero divisors (public) raise ValueError."""
+        if type(other) is int:
+            if other == 0:
+                raise ValueError("division of a fixed-precision tensor by zero")
             if other < 0:
                 return self._new(_trunc(-self.child, -other))
             return self._new(_trunc(self.child, other))
-        if isinstance(other, float) and other != 0.0:
+        if isinstance(other, FixedPrecisionTensor):
+            self._other(other)  # same base and precision
+            return approximations.divide(self, other)
+        if isinstance(other, float) or (isinstance(other, torch.Tensor) and
+                                        other.is_floating_point()):
+            if not bool(torch.as_tensor(other).ne(0).all()):
+                raise ValueError("division of a fixed-precision tensor by zero")
             return self.mul(1.0 / other)
-        raise ValueError("fixed-precision tensors can be divided by a non-zero public number "
-                         "only (division by a secret value is not supported)")
+        if isinstance(other, torch.Tensor) and not other.is_complex():
+            return self.div(other.double())
+        raise ValueError(f"a fixed-precision tensor divides by a number, a tensor or another "
+                         f"fixed-precision tensor, got {type(other).__name__}")
+
+    def rdiv(self, other: Any) -> "FixedPrecisionTensor":
+        """other / self for a plain number or tensor `other` (approximations.divide: |self| in
+        [0.1, 1000])."""
+        numerator = other if isinstance(other, FixedPrecisionTensor) else \
+            self._new(encode(torch.as_tensor(other, dtype=torch.float64), self.scale))
+        return approximations.divide(numerator, self)
 
     def pow(self, exponent: int) -> "FixedPrecisionTensor":
         if type(exponent) is not int or exponent < 1:
@@ -333,6 +485,67 @@ class FixedPrecisionTensor(SmpcTensor):
     def abs(self) -> "FixedPrecisionTensor":
         return self._new(self.child.abs())
 
+    def sign(self) -> "FixedPrecisionTensor":
+        """-1, 0 or 1 as torch.sign (fixed point; shared: two comparisons)."""
+        return self.gt(0).sub(self.lt(0))
+
+    # -- non-linear functions (approximations.py: method, paper and range of each) -----------------
+    def exp(self) -> "FixedPrecisionTensor":
+        return approximations.exp(self)
+
+    def reciprocal(self) -> "FixedPrecisionTensor":
+        return approximations.reciprocal(self)
+
+    def log(self) -> "FixedPrecisionTensor":
+        return approximations.log(self)
+
+    def sigmoid(self) -> "FixedPrecisionTensor":
+        return approximations.sigmoid(self)
+
+    def tanh(self) -> "FixedPrecisionTensor":
+        return approximations.tanh(self)
+
+    def softmax(self, dim: int, _stacklevel: int = 3, dtype=None) -> "FixedPrecisionTensor":
+        """Softmax along `dim` (approximations.softmax; torch's `dtype` must be None)."""
+        if dtype is not None:
+            raise ValueError("softmax of a fixed-precision tensor takes dtype=None only")
+        return approximations.softmax(self, _dim(dim, self))
+
+    def log_softmax(self, dim: int, _stacklevel: int = 3, dtype=None) -> "FixedPrecisionTensor":
+        """Log-softmax along `dim` (approximations.log_softmax; `dtype` must be None)."""
+        if dtype is not None:
+            raise ValueError("log_softmax of a fixed-precision tensor takes dtype=None only")
+        return approximations.log_softmax(self, _dim(dim, self))
+
+    # -- pooling (N x C x H x W or C x H x W, as torch) ---------------------------------------------
+    def max_pool2d(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                   return_indices=False) -> "FixedPrecisionTensor":
+        """F.max_pool2d: the max of each window (shared: comparison tournament over the
+        kh*kw window entries, log2(kh*kw) layers). ceil_mode and return_indices must be
+        False."""
+        if ceil_mode or return_indices:
+            raise ValueError("max_pool2d of a fixed-precision tensor takes ceil_mode=False and "
+                             "return_indices=False")
+        windows, _ = _pool_windows(self.child, kernel_size, stride, padding, dilation,
+                                   _POOL_FILL)
+        return self._new(windows.max(-1)[0])
+
+    def avg_pool2d(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                   count_include_pad=True, divisor_override=None) -> "FixedPrecisionTensor":
+        """F.avg_pool2d: each window's sum divided by kh*kw (or `divisor_override`), a public
+        division (shared: one truncation round). ceil_mode must be False, and
+        count_include_pad True when padding."""
+        if ceil_mode:
+            raise ValueError("avg_pool2d of a fixed-precision tensor takes ceil_mode=False")
+        if not count_include_pad and _pair(padding) != (0, 0):
+            raise ValueError("avg_pool2d of a fixed-precision tensor with padding takes "
+                             "count_include_pad=True")
+        windows, count = _pool_windows(self.child, kernel_size, stride, padding, 1, 0)
+        divisor = count if divisor_override is None else divisor_override
+        if type(divisor) is not int or divisor < 1:
+            raise ValueError(f"divisor_override must be a positive int, got {divisor!r}")
+        return self._new(_trunc(windows.sum(-1), divisor))
+
     def sum(self, dim=None, keepdim: bool = False) -> "FixedPrecisionTensor":
         if dim is None:
             return self._new(self.child.sum())
@@ -367,6 +580,9 @@ class FixedPrecisionTensor(SmpcTensor):
     def t(self): return self._new(self.child.t())
     def reshape(self, *shape): return self._new(self.child.reshape(*shape))
     def view(self, *shape): return self._new(self.child.view(*shape))
+    def view_as(self, other): return self.view(*other.shape)
+    def reshape_as(self, other): return self.reshape(*other.shape)
+    def expand(self, *shape): return self._new(self.child.expand(*shape))
     def flatten(self, start_dim=0, end_dim=-1): return self._new(self.child.flatten(start_dim, end_dim))
     def transpose(self, d0, d1): return self._new(self.child.transpose(d0, d1))
     def permute(self, *dims): return self._new(self.child.permute(*dims))
@@ -382,6 +598,10 @@ class FixedPrecisionTensor(SmpcTensor):
     __matmul__ = matmul
     __rmatmul__ = rmatmul
     __truediv__ = div
+    __rtruediv__ = rdiv
+    __iadd__ = add  # x += y rebinds x to a new tensor (children are never written in place)
+    __isub__ = sub
+    __imul__ = mul
     __neg__ = neg
     __abs__ = abs
     __pow__ = pow
@@ -401,3 +621,12 @@ class FixedPrecisionTensor(SmpcTensor):
     def __repr__(self) -> str:
         inner = repr(self.child)
         return f"(Wrapper)>FixedPrecisionTensor>{inner.replace('(Wrapper)>', '')}"
+
+
+def _dim(dim: Any, x: FixedPrecisionTensor) -> int:
+    if dim is None:
+        raise ValueError("softmax/log_softmax of a fixed-precision tensor need dim= (torch's "
+                         "implicit choice is deprecated)")
+    if type(dim) is not int or not -x.dim() <= dim < x.dim():
+        raise ValueError(f"dim must be an int in [-{x.dim()}, {x.dim() - 1}], got {dim!r}")
+    return dim

@@ -19,4 +19,4 @@ bills_share = list(bill._objects.values())[0]
 
 Q = x.child.field
 
-print((bobs_share + alices_share + bills_share))
+print((bobs_share + alices_share + bills_share) % Q)

@@ -1,0 +1,303 @@
+"""Non-linear functions of fixed-point values by published approximations, as CrypTen computes
+them (Knott et al., "CrypTen: Secure Multi-Party Computation Meets Machine Learning",
+NeurIPS 2021, §3 and its crypten/common/functions/approximations.py): exp, reciprocal, log,
+sigmoid, tanh, softmax and log_softmax. The iterations are CrypTen's (limit approximation for
+exp, Newton-Raphson for the reciprocal, Householder for log, reciprocal-based sigmoid/tanh,
+max-shifted softmax); where a cheaper start or base step keeps the accuracy with fewer rounds
+the docstring says so and why (exp: a degree-3 Taylor base step; reciprocal and log: initial
+guesses from one batch of comparisons instead of an exp).
+
+Each function takes a FixedPrecisionTensor (child local or secret-shared) and uses only its
+methods (add, sub, mul, div by a public int, comparisons, max, sum, `_rescaled`), so the same
+code runs on local values (exact integer arithmetic, truncation toward zero) and on shared ones
+(Beaver products and ABY3 truncation, one protocol round each). The class is never imported:
+fixed_precision.py, above this module, calls these functions from its methods.
+
+Internal precision. Every function first re-encodes its input at `internal_precision(x)`
+fractional digits, the smallest >= the input's with base**digits >= 10**6 (6 digits in base
+10, 20 bits in base 2): a local, exact multiplication by a public integer. It computes there and
+truncates once back to the input's precision. At that scale a product must satisfy
+|x * y| < 2**63 / 10**12 ~ 9.2e6, which every intermediate value below respects on the stated
+ranges; on shared values each product's truncation fails with probability
+|x * y| * 10**12 / 2**64 (truncation.py), below 1e-6 for the |x * y| <= 20 of every function
+here except exp of large inputs (see exp).
+
+Accuracy. On the range stated in each docstring the result is within `atol + rtol * |f(x)|`
+of the float64 function with atol = rtol = 1e-2 at the default precision (base 10, 3 digits);
+tests/test_smpc_approximations.py checks the edges of each range, local and shared.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+#: fixed-point values here are FixedPrecisionTensors (fixed_precision.py, built on this module)
+Fixed = Any
+
+#: the internal scale every function computes at (at least)
+INTERNAL_SCALE = 10 ** 6
+#: exp: squarings after the Taylor step (the input is divided by 2**EXP_ITERATIONS)
+EXP_ITERATIONS = 8
+#: reciprocal: Newton-Raphson iterations (CrypTen takes 10 from its exp-based guess; from the
+#: band guess below, |1 - x y0| <= 1/3 and 5 iterations leave (1/3)**32 ~ 5e-16)
+RECIPROCAL_ITERATIONS = 5
+#: reciprocal's initial guess: x's band [2**k, 2**(k+1)) for RECIPROCAL_LOW <= k < ..._HIGH
+RECIPROCAL_LOW, RECIPROCAL_HIGH = -4, 10
+#: log: Householder iterations and their order (CrypTen's `log_order`; CrypTen iterates twice
+#: from its exp-based guess, one iteration suffices from the band guess below)
+LOG_ITERATIONS = 1
+LOG_ORDER = 8
+#: log's initial guess: x's band [e**(LOG_LOW + k), e**(LOG_LOW + k + 1)), k < LOG_BANDS
+LOG_LOW = -4.605170185988091  # log(0.01)
+LOG_BANDS = 10
+
+
+def internal_precision(x: Fixed) -> int:
+    """The fractional digits (in x's base) the approximations compute with."""
+    digits = x.precision_fractional
+    while x.base ** digits < INTERNAL_SCALE:
+        digits += 1
+    return digits
+
+
+def _up(x: Fixed) -> Fixed:
+    return x._rescaled(internal_precision(x))
+
+
+# -- exp -------------------------------------------------------------------------------------------
+
+def _exp(y: Fixed, iterations: int = EXP_ITERATIONS) -> Fixed:
+    """exp at y's own precision (see `exp`)."""
+    u = y.div(2 ** iterations)
+    # Taylor polynomial of degree 3: 1 + u + u**2 (3 + u) / 6 (the / 6 fused into the product)
+    p = u.mul(u)._mul_div(u.add(3), 6).add(u).add(1)
+    for _ in range(iterations):
+        p = p.mul(p)
+    return p
+
+
+def exp(x: Fixed, iterations: int = EXP_ITERATIONS) -> Fixed:
+    """e**x by scaling and squaring: exp(x) = p(x / 2**n) ** (2**n), with p the degree-3 Taylor
+    polynomial and n = `iterations` (8) squarings. This is CrypTen's limit approximation
+    (1 + x/2**n)**(2**n) with three Taylor terms instead of one, which removes its bias
+    (the limit form is e**x * e**(-x**2 / 2**(n+1)): 3% low at x = -4 with n = 8); method:
+    Moler and Van Loan, "Nineteen Dubious Ways to Compute the Exponential of a Matrix,
+    Twenty-Five Years Later", SIAM Review 45(1), 2003, §3.
+
+    Range: x in [-40, 10] (a softmax's shifted logits are in [-40, 0] for logits in
+    [-20, 20]). Shared: each squaring's truncation (truncation.py) fails with probability
+    ~ p**2 * 10**12 / 2**64 per element, so about e**x * 5.4e-8 overall: below 1e-5 for x <= 5,
+    1.2e-3 at x = 10 (and 2.7e-8 for the x <= 0 of a softmax); below -40 the result stays within 1e-3 of exp(x) ~ 0 down to about -700
+    (|p| < 1 there). Above 10 the squarings leave the internal range (|x*y| < 9.2e6).
+    Relative error ~ 2**n / internal scale (2.6e-4). Cost: one division, 2 products and n
+    squarings (shared: 21 rounds).
+    Returns a FixedPrecisionTensor of x's shape and precision.
+    """
+    return _exp(_up(x), iterations)._rescaled(x.precision_fractional)
+
+
+# -- reciprocal ------------------------------------------------------------------------------------
+
+def _reciprocal_guess(y: Fixed) -> Fixed:
+    """2 / (3 * 2**k) on the band [2**k, 2**(k+1)) that y is in (|1 - y y0| <= 1/3), for y in
+    [2**RECIPROCAL_LOW, 2**RECIPROCAL_HIGH): c_low + sum_k [y >= 2**k] (c_k - c_(k-1)), from
+    one batch of comparisons and one product by public constants."""
+    ks = list(range(RECIPROCAL_LOW + 1, RECIPROCAL_HIGH))
+    level = [2.0 / (3.0 * 2.0 ** k) for k in [RECIPROCAL_LOW] + ks]
+    steps = torch.tensor([b - a for a, b in zip(level, level[1:])], dtype=torch.float64)
+    thresholds = torch.tensor([2.0 ** k for k in ks], dtype=torch.float64)
+    n = len(ks)
+    stacked = y.stack([y] * n, 0)
+    shape = [n] + [1] * y.dim()
+    bands = stacked.ge(thresholds.reshape(shape).expand(tuple(stacked.shape)))
+    return bands.mul(steps.reshape(shape).expand(tuple(stacked.shape))).sum(0).add(level[0])
+
+
+def _reciprocal_pos(y: Fixed, iterations: int = RECIPROCAL_ITERATIONS,
+                    one_to_two: bool = False) -> Fixed:
+    """1/y for y > 0 at y's precision: Newton-Raphson r <- r (2 - y r) from the band guess
+    (`_reciprocal_guess`), or, when `one_to_two` promises y in [1, 2], from the minimax
+    linear estimate 24/17 - 8/17 y (relative error <= 1/17, so 3 iterations reach
+    1/17**8 ~ 1.4e-10). Both are the classic starts of Newton-Raphson division (a table
+    lookup on the leading bits; 48/17 - 32/17 d on [1/2, 1]: M. J. Flynn, "On Division by
+    Functional Iteration", IEEE Trans. Computers C-19(8), 1970)."""
+    if one_to_two:
+        r, iterations = y.mul(-8).add(24).div(17), 3
+    else:
+        r = _reciprocal_guess(y)
+    for _ in range(iterations):
+        r = r.mul(y.mul(r).rsub(2))
+    return r
+
+
+def reciprocal(x: Fixed, all_pos: bool = False, iterations: int = RECIPROCAL_ITERATIONS
+               ) -> Fixed:
+    """1/x by Newton-Raphson, y <- y (2 - x y), `iterations` (5) times; the relative error
+    squares at every step (CrypTen's method, Knott et al. 2021, Appendix C.1). CrypTen starts
+    from 3 e**(0.5 - x) + 0.003 and needs 10 iterations; here the start is 2 / (3 * 2**k) on
+    the band [2**k, 2**(k+1)) holding x (one batch of 13 comparisons: |1 - x y0| <= 1/3).
+    Negative x: s / (s x) with s = 1 - 2[x < 0] (one comparison) unless `all_pos=True`
+    promises x > 0.
+
+    Range: |x| in [0.1, 1000] (the guess covers [1/16, 1024) with |1 - x y0| <= 1/3 and
+    converges a little beyond; at the default 3 digits an x near 0.1 is only known to 1%,
+    which the result inherits). x = 0 is outside the range (the result is then ~341, not inf).
+    Cost (shared): one comparison, one product and 5 iterations: ~29 rounds.
+    Returns a FixedPrecisionTensor of x's shape and precision.
+    """
+    return _reciprocal(_up(x), all_pos, iterations)._rescaled(x.precision_fractional)
+
+
+def _reciprocal(y: Fixed, all_pos: bool, iterations: int) -> Fixed:
+    if all_pos:
+        return _reciprocal_pos(y, iterations)
+    sign = y.lt(0).mul(-2).add(1)  # 1 - 2 [y < 0]: one comparison
+    return _reciprocal_pos(y.mul(sign), iterations).mul(sign)
+
+
+def divide(x: Fixed, y: Fixed, iterations: int = RECIPROCAL_ITERATIONS) -> Fixed:
+    """x / y for a fixed-point y: x times `reciprocal(y)`, both at internal precision (so
+    1/y keeps 6 digits before the product). Range: |y| in [0.1, 1000] (reciprocal's), and
+    |x / y| within the product range of the module docstring. Result at x's precision."""
+    return _up(x).mul(_reciprocal(_up(y), False, iterations))._rescaled(x.precision_fractional)
+
+
+# -- log -------------------------------------------------------------------------------------------
+
+#: lcm(1, ..., 8): the series sum h**k / k is computed as sum (840 / k) h**k, then / 840
+_SERIES_DENOMINATOR = 840
+
+
+def _powers(h: Fixed, order: int) -> list:
+    """[h, h**2, ..., h**order] in ceil(log2(order)) products (each layer one stacked product)."""
+    powers = [h]
+    while len(powers) < order:
+        top = powers[-1]
+        n = min(len(powers), order - len(powers))
+        more = h.stack([top] * n, 0).mul(h.stack(powers[:n], 0))
+        powers += [more[i] for i in range(n)]
+    return powers
+
+
+def _log_guess(y: Fixed) -> Fixed:
+    """LOG_LOW + 0.7 + #{k >= 1 : y >= e**(LOG_LOW + k)}: within (-0.3, 0.7] of log(y) for y in
+    [0.01, 219), from one batch of comparisons (all thresholds at once)."""
+    thresholds = torch.tensor([math.exp(LOG_LOW + k) for k in range(1, LOG_BANDS)],
+                              dtype=torch.float64)
+    n = len(thresholds)
+    stacked = y.stack([y] * n, 0)
+    bands = stacked.ge(thresholds.reshape([n] + [1] * y.dim()).expand(tuple(stacked.shape)))
+    return bands.sum(0).add(LOG_LOW + 0.7)
+
+
+def _log(y: Fixed, iterations: int = LOG_ITERATIONS, order: int = LOG_ORDER) -> Fixed:
+    """log at y's precision (see `log`)."""
+    if _SERIES_DENOMINATOR % _lcm(order):
+        raise ValueError(f"log's order must be at most 8, got {order}")
+    z = _log_guess(y)
+    for _ in range(iterations):
+        h = y.mul(_exp(z.neg())).rsub(1)
+        # z -= h + h**2/2 + ... + h**order/order  (the series of -log(1 - h)), with integer
+        # coefficients and one division
+        series = z.mul(_SERIES_DENOMINATOR)
+        for k, power in enumerate(_powers(h, order), start=1):
+            series = series.sub(power.mul(_SERIES_DENOMINATOR // k))
+        z = series.div(_SERIES_DENOMINATOR)
+    return z
+
+
+def _lcm(n: int) -> int:
+    out = 1
+    for k in range(2, n + 1):
+        a, b = out, k
+        while b:
+            a, b = b, a % b
+        out = out * k // a
+    return out
+
+
+def log(x: Fixed, iterations: int = LOG_ITERATIONS, order: int = LOG_ORDER) -> Fixed:
+    """Natural logarithm by a Householder iteration of order `order` (8) on f(y) = 1 - x e**-y:
+    y <- y - sum_{k=1..order} h**k / k with h = 1 - x e**-y (the order-8 truncation of
+    y - (-log(1 - h)); CrypTen's method, Knott et al. 2021, Appendix C.1; Householder, "The
+    Numerical Treatment of a Single Nonlinear Equation", 1970). CrypTen starts two iterations
+    from y0 = x/120 - 20 e**(-2x - 1) + 3, which costs an exp; here y0 is piecewise constant,
+    LOG_LOW + 0.7 + #{k : x >= e**(LOG_LOW + k)} (one batch of 9 comparisons, log(x) in bands
+    of width 1), so |y0 - log x| <= 0.7 and one iteration leaves at most 4.3e-4 (float64; the
+    order-8 tail |h|**9 / (9 (1 - |h|)) with h = 1 - e**-0.7).
+
+    Range: x in [0.01, 200] (absolute error below 1e-2 there: at the default 3 digits
+    x = 0.01 is known to 10%, which log(x) inherits as 0.1 absolute; tests compare with the
+    log of the decoded input). x <= 0 is outside the domain (the result is meaningless).
+    Cost (shared): one comparison, one exp, a product, h's powers in 3 stacked products and
+    one division for the series (integer coefficients 840/k): ~40 rounds.
+    Returns a FixedPrecisionTensor of x's shape and precision.
+    """
+    return _log(_up(x), iterations, order)._rescaled(x.precision_fractional)
+
+
+# -- sigmoid, tanh ----------------------------------------------------------------------------------
+
+def _sigmoid(y: Fixed) -> Fixed:
+    negative = y.lt(0)  # fixed-point 0/1
+    sign = negative.mul(-2).add(1)
+    # p = 1 / (1 + e**-|y|), in [1/2, 1]: the denominator is in [1, 2]
+    p = _reciprocal_pos(_exp(y.mul(sign).neg()).add(1), one_to_two=True)
+    return p.add(negative.mul(p.mul(-2).add(1)))  # p, or 1 - p where y < 0
+
+
+def sigmoid(x: Fixed) -> Fixed:
+    """1 / (1 + e**-x), computed as CrypTen's "reciprocal" method: p = 1 / (1 + e**-|x|) by
+    `exp` and Newton-Raphson (denominator in [1, 2], never overflowing, so the linear initial
+    estimate of `_reciprocal_pos` and 3 iterations suffice), then p
+    where x >= 0 and 1 - p where x < 0 (one comparison; Knott et al. 2021, Appendix C.1).
+
+    Range: x in [-100, 100] (anything whose |x| keeps e**-|x| in exp's range, up to ~800).
+    Returns a FixedPrecisionTensor of x's shape and precision, values in [0, 1].
+    """
+    return _sigmoid(_up(x))._rescaled(x.precision_fractional)
+
+
+def tanh(x: Fixed) -> Fixed:
+    """tanh(x) = 2 sigmoid(2x) - 1 (CrypTen's "reciprocal" method for tanh), with `sigmoid`.
+
+    Range: x in [-50, 50]. Returns a FixedPrecisionTensor of x's shape and precision, values in
+    [-1, 1].
+    """
+    return _sigmoid(_up(x).mul(2)).mul(2).sub(1)._rescaled(x.precision_fractional)
+
+
+# -- softmax, log_softmax -----------------------------------------------------------------------------
+
+def _shifted(x: Fixed, dim: int) -> Fixed:
+    """x - max(x, dim) (<= 0, 0 at the maximum): the stability shift, at internal precision."""
+    top = x.max(dim, keepdim=True).values
+    return _up(x.sub(top))
+
+
+def softmax(x: Fixed, dim: int) -> Fixed:
+    """e**(x - m) / sum(e**(x - m)) along `dim`, m = max(x, dim) (the max-subtraction that makes
+    the sum lie in [1, n] and every exponent <= 0; CrypTen's softmax), with `exp` and
+    `reciprocal` (all positive).
+
+    Range: logits in [-20, 20] (differences up to 40 along `dim`), at most 1000 entries along
+    `dim` (the sum stays in the reciprocal's range). Cost: one max (log2 n comparison layers)
+    plus exp, a sum and a reciprocal.
+    Returns a FixedPrecisionTensor of x's shape and precision, rows summing to ~1.
+    """
+    e = _exp(_shifted(x, dim))
+    total = e.sum(dim, keepdim=True)
+    return e.mul(_reciprocal_pos(total))._rescaled(x.precision_fractional)
+
+
+def log_softmax(x: Fixed, dim: int) -> Fixed:
+    """(x - m) - log(sum(e**(x - m))) along `dim`, m = max(x, dim): the stable form, with
+    `exp` and `log` (the sum is in [1, n]).
+
+    Range: logits in [-20, 20], at most 200 entries along `dim` (log's range).
+    Returns a FixedPrecisionTensor of x's shape and precision (values <= 0).
+    """
+    z = _shifted(x, dim)
+    return z.sub(_log(_exp(z).sum(dim, keepdim=True)))._rescaled(x.precision_fractional)
