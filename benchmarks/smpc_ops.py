@@ -36,7 +36,7 @@ import torch
 
 import fedmq as sy
 from fedmq.smpc.beaver import triple_params
-from fedmq.smpc.comparison import comparison_primitives
+from fedmq.smpc.comparison import comparison_primitives, max_primitives
 from fedmq.smpc.provider import primitive_store
 from fedmq.smpc.shares import _stats
 from fedmq.smpc.truncation import truncation_params
@@ -56,8 +56,8 @@ class Meter:
             server = w.worker  # the Worker behind the VirtualWorker client
             original = server.handle_frame
 
-            def handle_frame(frame, _o=original):
-                reply = _o(frame)
+            def handle_frame(frame, *args, _o=original):
+                reply = _o(frame, *args)
                 self.bytes += len(frame) + len(reply)
                 return reply
             server.handle_frame = handle_frame
@@ -82,13 +82,7 @@ def make_cases(parties, cp):
                 ("trunc", truncation_params(shape, 1000))]
 
     def prims_max(k):
-        out, size = [], k
-        while size > 1:
-            half = size // 2
-            out += comparison_primitives((half,)) + [("mul", triple_params("mul", (half,),
-                                                                           (half,)))]
-            size = half + size % 2
-        return out
+        return max_primitives((), k, with_indices=False)
 
     return [
         ("add 1000", lambda: s1000 + t1000, lambda: v1000 + w1000, []),
@@ -99,8 +93,7 @@ def make_cases(parties, cp):
           ("trunc", truncation_params((100, 100), 1000))]),
         ("gt 100x100", lambda: sm > sn, lambda: m > n, comparison_primitives((100, 100))),
         ("relu 100x100", lambda: sm.relu(), lambda: m.relu(),
-         comparison_primitives((100, 100)) + [("mul", triple_params("mul", (100, 100),
-                                                                     (100, 100)))]),
+         comparison_primitives((100, 100))[:-1] + [("bitmul", {"shape": [100, 100]})]),
         ("max 1000", lambda: s1000.max(), lambda: v1000.max(), prims_max(1000)),
     ]
 

@@ -37,6 +37,8 @@ KINDS = {
     "mul": ("a", "b", "c"), "matmul": ("a", "b", "c"), "conv2d": ("a", "b", "c"),
     "trunc": ("r", "r_div"), "edabit": ("r_arith", "r_xor"), "and": ("a", "b", "c"),
     "bit": ("b_xor", "b_arith"),
+    "or4": ("alpha", "alpha_products"), "select": ("r_xor", "a", "R", "Ra"),
+    "bitmul": ("b_xor", "b_arith", "a", "ab"),
 }
 
 
@@ -64,6 +66,26 @@ class CryptoProvider(abc.ABC):
     def random_bit(self, shape, n: int) -> list[list[torch.Tensor]]:
         """A random bit b shared XOR-wise (each share 0/1) and additively (B2A, CrypTen)."""
 
+    def or4_mask(self, shape, shift: int, n: int) -> list[list[torch.Tensor]]:
+        """A uniform word alpha, XOR-shared, with the AND of every subset (of 2 or more) of its
+        shifts alpha >> (k * shift), k = 0..3, XOR-shared: one opening ANDs four shifted words
+        (a 4-input Beaver triple over GF(2)^64, see `TrustedDealer.or4_mask`). Not abstract:
+        a provider written for fewer primitives refuses these with a clear error."""
+        raise ValueError(f"{type(self).__name__} does not deal 'or4' masks")
+
+    def selection(self, shape, group: int, width: int, n: int) -> list[list[torch.Tensor]]:
+        """What selecting the winner of groups of `group` compared values takes (max_,
+        comparison.py): random bits r (one per pair), XOR-shared; a uniform mask a of the
+        values; and, additively shared, R = the products of every subset of each element's
+        bits and R * a."""
+        raise ValueError(f"{type(self).__name__} does not deal 'select' primitives")
+
+    def bit_product(self, shape, n: int) -> list[list[torch.Tensor]]:
+        """A random bit b shared XOR-wise and additively, a uniform a and a * b, additively
+        shared: a bit-injection triple (the product of a secret bit and a value in one
+        opening, as CrypTen's B2A followed by a Beaver product, fused)."""
+        raise ValueError(f"{type(self).__name__} does not deal 'bitmul' primitives")
+
     def deal(self, deal: Deal) -> list[list[torch.Tensor]]:
         """Dispatch one `Deal` to the method generating it, after checking its parameters."""
         n = len(deal.parties)
@@ -83,6 +105,23 @@ class CryptoProvider(abc.ABC):
             return self.binary_triple(_check_shape(p.get("shape")), n)
         if deal.kind == "bit":
             return self.random_bit(_check_shape(p.get("shape")), n)
+        if deal.kind == "or4":
+            shift = p.get("shift")
+            if type(shift) is not int or not 1 <= shift <= 21:
+                raise ValueError(f"an or4 shift must be an int in [1, 21], got {shift!r}")
+            _check_shape(list(p.get("shape", [])) + [11])
+            return self.or4_mask(_check_shape(p.get("shape")), shift, n)
+        if deal.kind == "select":
+            group, width = p.get("group"), p.get("width")
+            if type(group) is not int or group not in (2, 3, 4):
+                raise ValueError(f"a selection group has 2, 3 or 4 elements, got {group!r}")
+            if type(width) is not int or width not in (1, 2):
+                raise ValueError(f"a selection width is 1 (values) or 2 (values and indices), "
+                                 f"got {width!r}")
+            _check_shape([width * 2] + list(p.get("shape", [])) + [group, 1 << (group - 1)])
+            return self.selection(_check_shape(p.get("shape")), group, width, n)
+        if deal.kind == "bitmul":
+            return self.bit_product(_check_shape(p.get("shape")), n)
         raise ValueError(f"unknown primitive kind {deal.kind!r} (known: {sorted(KINDS)})")
 
 
@@ -123,6 +162,54 @@ class TrustedDealer(CryptoProvider):
     def random_bit(self, shape, n):
         b = random_bits(shape)
         return _per_party(xor_split(b, n, bits_only=True), additive_split(b, n))
+
+    def or4_mask(self, shape, shift, n):
+        alpha = uniform(shape)
+        shifted = [alpha >> (k * shift) for k in range(4)]
+        products = []
+        for subset in OR4_SUBSETS:
+            word = None
+            for k in range(4):
+                if subset >> k & 1:
+                    word = shifted[k] if word is None else word & shifted[k]
+            products.append(word)
+        return _per_party(xor_split(alpha, n), xor_split(torch.stack(products), n))
+
+    def selection(self, shape, group, width, n):
+        pairs, members, _ = selection_layout(group)
+        shape = tuple(shape)
+        r = random_bits(shape + (len(pairs),))
+        a = uniform((width,) + shape + (group,))
+        subsets = 1 << (group - 1)
+        R = torch.ones(shape + (group, subsets - 1), dtype=torch.int64)
+        for i in range(group):
+            for s in range(1, subsets):
+                for t, pair in enumerate(members[i]):
+                    if s >> t & 1:
+                        R[..., i, s - 1] *= r[..., pair]
+        Ra = R.unsqueeze(0) * a.unsqueeze(-1)
+        return _per_party(xor_split(r, n, bits_only=True), additive_split(a, n),
+                          additive_split(R, n), additive_split(Ra, n))
+
+    def bit_product(self, shape, n):
+        b, a = random_bits(shape), uniform(shape)
+        return _per_party(xor_split(b, n, bits_only=True), additive_split(b, n),
+                          additive_split(a, n), additive_split(a * b, n))
+
+
+#: the subsets (bit masks over k = 0..3) of two or more of an or4 mask's shifts, in the order
+#: of `alpha_products`
+OR4_SUBSETS = tuple(s for s in range(16) if bin(s).count("1") >= 2)
+
+
+def selection_layout(group: int) -> tuple[list, list, list]:
+    """For a group of `group` values: the compared pairs (i, j), i < j, in order; for each
+    element i the indices of the pairs it is in (its "members", in pair order); and for each
+    such pair whether i is its first element (then i wins the pair when [x_i < x_j] is 0)."""
+    pairs = [(i, j) for i in range(group) for j in range(i + 1, group)]
+    members = [[p for p, pair in enumerate(pairs) if i in pair] for i in range(group)]
+    first = [[int(pairs[p][0] == i) for p in members[i]] for i in range(group)]
+    return pairs, members, first
 
 
 def _per_party(*split_values: list[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -254,6 +341,13 @@ def share_shapes(kind: str, params: dict) -> list[tuple]:
         c = shapes.op_spec(_PRODUCT_OPS[kind], (a, b), kwargs, aliases=False, strict=True)
         return [a.shape, b.shape, c.leaves[0].shape]
     shape = tuple(params["shape"])
+    if kind == "or4":
+        return [shape, (len(OR4_SUBSETS),) + shape]
+    if kind == "select":
+        g, w = params["group"], params["width"]
+        pairs = g * (g - 1) // 2
+        sub = (1 << (g - 1)) - 1
+        return [shape + (pairs,), (w,) + shape + (g,), shape + (g, sub), (w,) + shape + (g, sub)]
     return [shape] * len(KINDS[kind])
 
 
