@@ -20,10 +20,12 @@ from fedmq.client import call_all
 from fedmq.execution import check_release, execute
 from fedmq.ids import new_id
 from fedmq.smpc.messages import LocalStep
+from fedmq.smpc.ring import expand_shares
 from fedmq.smpc.shares import make_pointer, to_wire
 
-#: step name -> fn(*args) -> (tensors kept, tensors opened)
-STEPS: dict[str, Callable[..., tuple]] = {}
+#: step name -> fn(*args) -> (tensors kept, tensors opened); "prg_shares" is what the crypto
+#: provider sends a party to derive its shares from a dealt seed (provider.handle_deal_request)
+STEPS: dict[str, Callable[..., tuple]] = {"prg_shares": expand_shares}
 
 
 def handle_local_step(worker: Any, msg: LocalStep) -> list:

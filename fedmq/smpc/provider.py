@@ -25,9 +25,9 @@ import torch
 from fedmq import messages as m, shapes
 from fedmq.client import call_all
 from fedmq.ids import new_id
-from fedmq.smpc.messages import Deal, DealRequest
-from fedmq.smpc.ring import (PRODUCTS, additive_split, conv_args_of, random_bits, ring_op,
-                             uniform, xor_split)
+from fedmq.smpc.messages import Deal, DealRequest, LocalStep
+from fedmq.smpc.ring import (PRG, PRODUCTS, additive_split, conv_args_of, random_bits,
+                             ring_op, uniform, xor_split)
 from fedmq.smpc.shares import make_pointer
 
 #: largest number of elements one dealt tensor may have (a request is not a way to exhaust memory)
@@ -137,31 +137,43 @@ def _check_shape(shape) -> tuple:
 
 
 class TrustedDealer(CryptoProvider):
-    """Generates every primitive from the OS CSPRNG, in the clear, on the provider worker."""
+    """Generates every primitive from the OS-seeded CSPRNG (ring.py), in the clear, on the
+    provider worker. With `prgs` set (one `ring.PRG` per party but the last, what
+    `handle_deal_request` does), every party's shares but the last one's are drawn from that
+    party's PRG, so the party can derive them from the PRG's seed; the last party's shares are
+    the corrections (value minus the others')."""
+
+    prgs: list | None = None
+
+    def _add(self, value: torch.Tensor, n: int) -> list[torch.Tensor]:
+        return additive_split(value, n, self.prgs)
+
+    def _xor(self, value: torch.Tensor, n: int, bits_only: bool = False) -> list[torch.Tensor]:
+        return xor_split(value, n, bits_only, self.prgs)
 
     def triple(self, op, shape_a, shape_b, n, **op_kwargs):
         if op not in PRODUCTS:
             raise ValueError(f"no Beaver triple for op {op!r}")
         a, b = uniform(shape_a), uniform(shape_b)
         c = ring_op(op, a, b, conv_args_of(op_kwargs) if op == "conv2d" else None)
-        return _per_party(additive_split(a, n), additive_split(b, n), additive_split(c, n))
+        return _per_party(self._add(a, n), self._add(b, n), self._add(c, n))
 
     def truncation_pair(self, shape, divisor, n):
         r = uniform(shape)
         r_div = torch.div(r, divisor, rounding_mode="floor")
-        return _per_party(additive_split(r, n), additive_split(r_div, n))
+        return _per_party(self._add(r, n), self._add(r_div, n))
 
     def edabit(self, shape, n):
         r = uniform(shape)
-        return _per_party(additive_split(r, n), xor_split(r, n))
+        return _per_party(self._add(r, n), self._xor(r, n))
 
     def binary_triple(self, shape, n):
         a, b = uniform(shape), uniform(shape)
-        return _per_party(xor_split(a, n), xor_split(b, n), xor_split(a & b, n))
+        return _per_party(self._xor(a, n), self._xor(b, n), self._xor(a & b, n))
 
     def random_bit(self, shape, n):
         b = random_bits(shape)
-        return _per_party(xor_split(b, n, bits_only=True), additive_split(b, n))
+        return _per_party(self._xor(b, n, True), self._add(b, n))
 
     def or4_mask(self, shape, shift, n):
         alpha = uniform(shape)
@@ -173,7 +185,7 @@ class TrustedDealer(CryptoProvider):
                 if subset >> k & 1:
                     word = shifted[k] if word is None else word & shifted[k]
             products.append(word)
-        return _per_party(xor_split(alpha, n), xor_split(torch.stack(products), n))
+        return _per_party(self._xor(alpha, n), self._xor(torch.stack(products), n))
 
     def selection(self, shape, group, width, n):
         pairs, members, _ = selection_layout(group)
@@ -188,13 +200,13 @@ class TrustedDealer(CryptoProvider):
                     if s >> t & 1:
                         R[..., i, s - 1] *= r[..., pair]
         Ra = R.unsqueeze(0) * a.unsqueeze(-1)
-        return _per_party(xor_split(r, n, bits_only=True), additive_split(a, n),
-                          additive_split(R, n), additive_split(Ra, n))
+        return _per_party(self._xor(r, n, True), self._add(a, n),
+                          self._add(R, n), self._add(Ra, n))
 
     def bit_product(self, shape, n):
         b, a = random_bits(shape), uniform(shape)
-        return _per_party(xor_split(b, n, bits_only=True), additive_split(b, n),
-                          additive_split(a, n), additive_split(a * b, n))
+        return _per_party(self._xor(b, n, True), self._add(b, n),
+                          self._add(a, n), self._add(a * b, n))
 
 
 #: the subsets (bit masks over k = 0..3) of two or more of an or4 mask's shifts, in the order
@@ -222,13 +234,24 @@ def handle_deal_request(worker: Any, msg: DealRequest) -> None:
     1. Check the request: the provider is not a party, ids match the kind.
     2. Generate each primitive in the clear (the worker's `crypto_provider`, a CryptoProvider;
        by default a TrustedDealer) and split it into shares.
-    3. Send each party one ObjectMessage with all its shares, under the caller's ids.
+    3. Send each party one message with all its shares, under the caller's ids. With the
+       TrustedDealer, every party but the last of a deal gets a LocalStep "prg_shares" with a
+       fresh 32-byte seed and the shapes to draw (it derives its shares itself,
+       ring.expand_shares), and the last party an ObjectMessage with its shares (the value
+       minus the others': the correction). A custom dealer's shares all travel as tensors.
     The reply (to the coordinator) carries nothing but success.
+
+    Who sees what: the provider, every primitive in the clear and every share (it never sees a
+    party's input or an opened value); a party, its own seed and shares; the coordinator,
+    nothing but the ids it chose (the provider talks to the parties directly).
     """
     if worker.network is None:
         raise ValueError("this worker cannot reach other workers, so it cannot be a provider")
     outgoing: dict[str, list] = collections.defaultdict(list)
     dealer: CryptoProvider = getattr(worker, "crypto_provider", None) or TrustedDealer()
+    seeded = isinstance(dealer, TrustedDealer)
+    prgs: dict[str, PRG] = {}
+    seeded_ids: dict[str, list] = collections.defaultdict(list)
     for deal in msg.deals:
         if not isinstance(deal, Deal):
             raise ValueError("a DealRequest holds Deal records only")
@@ -242,11 +265,26 @@ def handle_deal_request(worker: Any, msg: DealRequest) -> None:
         if len(deal.ids) != len(deal.parties) or any(
                 len(ids) != len(names) for ids in deal.ids):
             raise ValueError(f"a {deal.kind!r} deal stores {len(names)} shares per party")
-        shares = dealer.deal(deal)
-        for party, ids, party_shares in zip(deal.parties, deal.ids, shares):
-            outgoing[party].extend(m.StoredObject(i, s) for i, s in zip(ids, party_shares))
-    call_all([(worker.network.client(party), m.ObjectMessage(objects))
-              for party, objects in outgoing.items()], sender=worker.id)
+        if seeded:
+            dealer.prgs = [prgs.setdefault(p, PRG()) for p in deal.parties[:-1]]
+        try:
+            shares = dealer.deal(deal)
+        finally:
+            if seeded:
+                dealer.prgs = None
+        last = len(deal.parties) - 1
+        for index, (party, ids, party_shares) in enumerate(zip(deal.parties, deal.ids,
+                                                                shares)):
+            if seeded and index < last:
+                seeded_ids[party].extend(ids)
+            else:
+                outgoing[party].extend(m.StoredObject(i, s) for i, s in zip(ids, party_shares))
+    calls = [(worker.network.client(party), LocalStep("prg_shares", [prg.seed, prg.draws],
+                                                      seeded_ids[party]))
+             for party, prg in prgs.items()]
+    calls += [(worker.network.client(party), m.ObjectMessage(objects))
+              for party, objects in outgoing.items()]
+    call_all(calls, sender=worker.id)
     return None
 
 
