@@ -1,0 +1,270 @@
+"""The fast SMPC paths (issue 15, item 5): PRG-seed dealing (every party but the last derives
+its shares from a seed; the primitives keep their relations), the fan-in-4 comparison, relu/abs
+with the product fused into B2A, and max/argmax by a tournament of groups of 4, against torch
+(ties, extremes, every size up to 17 and 1 000), their round counts, and the same over RabbitMQ
+worker services."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fedmq
+from fedmq import messages as m, serde
+from fedmq.errors import RemoteError
+from fedmq.smpc.comparison import comparison_primitives, max_levels, max_primitives
+from fedmq.smpc.messages import LocalStep
+from fedmq.smpc.provider import OR4_SUBSETS, primitive_store, selection_layout
+from fedmq.smpc.ring import PRG, expand_shares
+from fedmq.smpc.shares import _stats, open_shares
+from smpc_helpers import make_parties
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+@pytest.fixture
+def parties(hook):
+    return make_parties(hook)
+
+
+def deal(cp, workers, kind, params):
+    """A primitive dealt now, opened (every share name: (additive sum, XOR of the shares))."""
+    dealt = primitive_store(cp).deal_now(cp, workers, [(kind, params)])[0]
+    out = []
+    for pointers in dealt:
+        (added,) = open_shares([pointers], combine="add", delete=False)
+        (xored,) = open_shares([pointers], combine="xor")
+        out.append((added, xored))
+    return out
+
+
+# -- PRG-seed dealing ---------------------------------------------------------------------------
+
+def test_prg_is_deterministic_per_seed_and_records_its_draws():
+    seed = bytes(range(32))
+    a, b = PRG(seed), PRG(seed)
+    x = a.uniform((3, 4))
+    bits = a.bits((5,))
+    assert torch.equal(x, b.uniform((3, 4))) and torch.equal(bits, b.bits((5,)))
+    assert set(bits.tolist()) <= {0, 1}
+    assert a.draws == [[[3, 4], False], [[5], True]]
+    kept, opened = expand_shares(seed, a.draws)
+    assert torch.equal(kept[0], x) and torch.equal(kept[1], bits) and opened == ()
+    assert not torch.equal(PRG().uniform((4,)), PRG().uniform((4,)))  # fresh seeds differ
+    words = PRG().uniform((20000,))
+    for bit in (0, 31, 63):  # every bit position about half ones
+        assert abs(float(((words >> bit) & 1).float().mean()) - 0.5) < 0.02
+
+
+@pytest.mark.parametrize("seed, draws, match", [
+    (b"short", [[[2], False]], "32 bytes"),
+    ("x" * 32, [[[2], False]], "32 bytes"),
+    (bytes(32), [], "non-empty"),
+    (bytes(32), [[[2], 1]], "bits_only"),
+    (bytes(32), [[[-1], False]], "non-negative"),
+    (bytes(32), [[[1 << 14, 1 << 13], False]], "at most"),
+])
+def test_expand_shares_refuses_bad_input(seed, draws, match):
+    with pytest.raises(ValueError, match=match):
+        expand_shares(seed, draws)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_seeded_triples_keep_their_relations(parties, n):
+    workers, cp = parties
+    group = workers[:n]
+    (a, _), (b, _), (c, _) = deal(cp, group, "mul", {"a": [6, 5], "b": [6, 5]})
+    assert torch.equal(c, a * b)
+    (a, _), (b, _), (c, _) = deal(cp, group, "matmul", {"a": [4, 7], "b": [7, 3]})
+    assert torch.equal(c, a @ b) and c.shape == (4, 3)
+    (r, _), (r_div, _) = deal(cp, group, "trunc", {"shape": [50], "divisor": 1000})
+    assert torch.equal(r_div, torch.div(r, 1000, rounding_mode="floor"))
+    (r_arith, _), (_, r_xor) = deal(cp, group, "edabit", {"shape": [40]})
+    assert torch.equal(r_arith, r_xor)
+    (_, b_xor), (b_arith, _) = deal(cp, group, "bit", {"shape": [40]})
+    assert torch.equal(b_xor, b_arith) and set(b_xor.tolist()) <= {0, 1}
+
+
+def test_or4_select_and_bitmul_primitives_keep_their_relations(parties):
+    workers, cp = parties
+    group = workers[:3]
+    (_, alpha), (_, products) = deal(cp, group, "or4", {"shape": [30], "shift": 4})
+    assert products.shape == (len(OR4_SUBSETS), 30)
+    for index, subset in enumerate(OR4_SUBSETS):
+        expect = ~torch.zeros(30, dtype=torch.int64)
+        for k in range(4):
+            if subset >> k & 1:
+                expect = expect & (alpha >> (4 * k))
+        assert torch.equal(products[index], expect)
+    (_, r), (a, _), (R, _), (Ra, _) = deal(cp, group, "select",
+                                           {"shape": [5], "group": 4, "width": 2})
+    _, members, _ = selection_layout(4)
+    assert r.shape == (5, 6) and set(r.flatten().tolist()) <= {0, 1}
+    assert a.shape == (2, 5, 4) and R.shape == (5, 4, 7) and Ra.shape == (2, 5, 4, 7)
+    for i in range(4):
+        for s in range(1, 8):
+            expect = torch.ones(5, dtype=torch.int64)
+            for t, pair in enumerate(members[i]):
+                if s >> t & 1:
+                    expect = expect * r[:, pair]
+            assert torch.equal(R[:, i, s - 1], expect)
+    assert torch.equal(Ra, R.unsqueeze(0) * a.unsqueeze(-1))
+    (_, b_xor), (b_arith, _), (a, _), (ab, _) = deal(cp, group, "bitmul", {"shape": [25]})
+    assert torch.equal(b_xor, b_arith) and torch.equal(ab, a * b_arith)
+
+
+def test_seeded_dealing_sends_each_party_one_message_and_only_the_last_tensors(parties,
+                                                                             monkeypatch):
+    """The first parties get a prg_shares LocalStep (a 32-byte seed and shapes, no tensor),
+    the last an ObjectMessage; the coordinator sees neither."""
+    workers, cp = parties
+    seen = []
+    transport = cp.engine.transport
+    original = transport.send
+
+    def spy(worker_id, frame, **options):
+        seen.append((worker_id, serde.decode(frame)))
+        return original(worker_id, frame, **options)
+    monkeypatch.setattr(transport, "send", spy)
+    deal(cp, workers[:3], "mul", {"a": [100], "b": [100]})
+    from_provider = {wid: env.message for wid, env in seen if env.sender == "crypto_provider"}
+    assert sorted(from_provider) == ["alice", "bill", "bob"]
+    for party in ("bob", "alice"):
+        msg = from_provider[party]
+        assert isinstance(msg, LocalStep) and msg.step == "prg_shares"
+        seed, draws = msg.args
+        assert type(seed) is bytes and len(seed) == 32 and len(draws) == 3
+    assert isinstance(from_provider["bill"], m.ObjectMessage)
+    assert len(from_provider["bill"].objects) == 3
+    assert not any(isinstance(env.message, LocalStep) and env.message.step == "prg_shares"
+                   for wid, env in seen if env.sender != "crypto_provider")
+
+
+def test_a_party_refuses_a_bad_prg_shares_step(parties):
+    workers, _ = parties
+    with pytest.raises(RemoteError, match="32 bytes"):
+        workers[0].call(LocalStep("prg_shares", [b"x", [[[2], False]]], [fedmq.ids.new_id()]))
+
+
+# -- comparison, relu, abs -------------------------------------------------------------------
+
+EXTREMES = torch.tensor([0, -1, 1, INT64_MIN, INT64_MAX, INT64_MIN + 1, INT64_MAX - 1,
+                         1 << 62, -(1 << 62), (1 << 62) - 1, -(1 << 62) - 1, 1 << 40, -(1 << 40)])
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_ltz_relu_abs_on_extremes_and_random(parties, n):
+    workers, cp = parties
+    g = torch.Generator().manual_seed(n)
+    a = torch.cat([EXTREMES, torch.randint(INT64_MIN, INT64_MAX, (300,), generator=g)])
+    x = a.share(*workers[:n], crypto_provider=cp)
+    assert torch.equal((x < 0).get(), (a < 0).long())
+    small = torch.cat([torch.tensor([0, 1, -1, (1 << 61), -(1 << 61)]),
+                       torch.randint(-(1 << 40), 1 << 40, (200,), generator=g)])
+    y = small.share(*workers[:n], crypto_provider=cp)
+    assert torch.equal(y.relu().get(), small.clamp(min=0))
+    assert torch.equal(y.abs().get(), small.abs())
+
+
+def test_comparison_and_relu_take_5_rounds_and_one_provider_request(parties):
+    workers, cp = parties
+    x = torch.arange(-5, 5).share(*workers[:2], crypto_provider=cp)
+    for op, rounds in ((lambda: x > 0, 5), (lambda: x.relu(), 5), (lambda: x.abs(), 5)):
+        r0, d0 = _stats.rounds, primitive_store(cp).requests
+        op()
+        assert (_stats.rounds - r0, primitive_store(cp).requests - d0) == (rounds, 1)
+    assert len(comparison_primitives([3])) == 5
+
+
+# -- max / argmax ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", list(range(1, 18)) + [64, 65, 1000])
+def test_max_and_argmax_equal_torch_with_ties(parties, k):
+    workers, cp = parties
+    g = torch.Generator().manual_seed(k)
+    a = torch.randint(-3, 3, (3, k), generator=g)  # many ties
+    a[0] = 7  # a row of equal values: index 0, as torch
+    x = a.share(*workers[:2], crypto_provider=cp)
+    values, indices = x.max(dim=1)
+    ref = a.max(dim=1)
+    assert torch.equal(values.get(), ref.values) and torch.equal(indices.get(), ref.indices)
+    assert torch.equal(x.argmax(dim=1, keepdim=True).get(), a.argmax(dim=1, keepdim=True))
+    assert x.max().get().tolist() == [int(a.max())]
+    assert x.argmax().get().tolist() == int(a.argmax())
+    values, indices = x.min(dim=0)
+    ref = a.min(dim=0)
+    assert torch.equal(values.get(), ref.values) and torch.equal(indices.get(), ref.indices)
+
+
+def test_max_on_extremes_of_the_comparison_range(parties):
+    """Differences must fit in int64 (|values| < 2**62); at its edges, and with 3 parties."""
+    workers, cp = parties
+    top = (1 << 62) - 1
+    a = torch.tensor([[-top, top, top, 0, -top], [5, -top, 5, top - 1, top - 1]])
+    x = a.share(*workers[:3], crypto_provider=cp)
+    values, indices = x.max(dim=1)
+    ref = a.max(dim=1)
+    assert torch.equal(values.get(), ref.values) and torch.equal(indices.get(), ref.indices)
+    values, indices = x.min(dim=1)
+    ref = a.min(dim=1)
+    assert torch.equal(values.get(), ref.values) and torch.equal(indices.get(), ref.indices)
+
+
+def test_max_over_1000_takes_25_rounds_one_request_and_preprocesses(parties):
+    workers, cp = parties
+    pair = workers[:2]
+    assert [(k, g) for k, g, _ in max_levels(1000)] == [(1000, 4), (250, 4), (64, 4),
+                                                        (16, 4), (4, 4)]
+    assert [(k, g) for k, g, _ in max_levels(7)] == [(7, 4), (4, 4)]
+    assert [(k, g) for k, g, _ in max_levels(3)] == [(3, 3)]
+    a = torch.randn(1000).fix_prec().child
+    x = a.share(*pair, crypto_provider=cp)
+    r0, d0 = _stats.rounds, primitive_store(cp).requests
+    assert x.max().get().tolist() == [int(a.max())]
+    assert _stats.rounds - r0 == 25 + 1  # + the opening
+    assert primitive_store(cp).requests - d0 == 1
+    for kind, params in max_primitives((), 1000, with_indices=False):
+        primitive_store(cp).provide(cp, pair, kind, params)
+    before = (primitive_store(cp).requests, cp.message_count)
+    assert x.max().get().tolist() == [int(a.max())]
+    assert (primitive_store(cp).requests, cp.message_count) == before
+    assert len(primitive_store(cp)) == 0
+
+
+def test_fixed_precision_max_argmax_and_encrypted_mlp_argmax(parties):
+    workers, cp = parties
+    torch.manual_seed(4)
+    logits = torch.randn(50, 10)
+    s = logits.fix_precision().share(*workers[:2], crypto_provider=cp)
+    assert torch.equal(s.argmax(dim=1).get().float_precision().long(), logits.argmax(dim=1))
+    values, indices = s.max(dim=1)
+    assert torch.allclose(values.get().float_precision(), logits.max(dim=1).values, atol=1e-3)
+
+
+# -- over RabbitMQ worker services -----------------------------------------------------------
+
+@pytest.mark.amqp
+def test_fast_paths_over_worker_services(hook, worker_processes):
+    from worker_procs import AMQP_URL
+
+    bob, alice, provider = (fedmq.AMQPClientWorker(hook, id=i, url=AMQP_URL, timeout=60)
+                            for i in ("bob", "alice", "secure_worker"))
+    for worker in (bob, alice, provider):
+        worker.clear_objects()
+    try:
+        (a, _), (b, _), (c, _) = deal(provider, [bob, alice], "mul", {"a": [20], "b": [20]})
+        assert torch.equal(c, a * b)
+        g = torch.Generator().manual_seed(9)
+        v = torch.cat([EXTREMES, torch.randint(-(1 << 40), 1 << 40, (100,), generator=g)])
+        x = v.share(bob, alice, crypto_provider=provider)
+        assert torch.equal((x < 0).get(), (v < 0).long())
+        w = torch.randint(-4, 4, (4, 37), generator=g)
+        y = w.share(bob, alice, crypto_provider=provider)
+        assert torch.equal(y.relu().get(), w.clamp(min=0))
+        values, indices = y.max(dim=1)
+        ref = w.max(dim=1)
+        assert torch.equal(values.get(), ref.values) and torch.equal(indices.get(), ref.indices)
+        assert y.max().get().tolist() == [int(w.max())]
+    finally:
+        primitive_store(provider).clear()
+        for worker in (bob, alice):
+            worker.flush()
