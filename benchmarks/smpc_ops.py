@@ -107,15 +107,17 @@ def make_cases(parties, cp):
         ("relu 100x100", lambda: sm.relu(), lambda: m.relu(),
          comparison_primitives((100, 100))[:-1] + [("bitmul", {"shape": [100, 100]})]),
         ("max 1000", lambda: s1000.max(), lambda: v1000.max(), prims_max(1000)),
-        *mlp_cases(shared),
+        *mlp_cases(shared, cp),
     ]
 
 
-def mlp_cases(shared):
+def mlp_cases(shared, cp):
     """The primitives behind encrypted inference of a 784-500-10 MLP on a batch of 50 (two
     matmuls, relu, argmax) and one SGD step of 784-128-64-10 at batch 64 (MSE on one-hot,
     relu's derivative as a comparison bit, lr 0.02): issue 15's targets. Weights and data are
-    fixed-point shared; no primitives are dealt ahead (online = total)."""
+    fixed-point shared; no primitives are dealt ahead (online = total). Inference runs twice:
+    with the weights' Beaver masks cached (`PrimitiveStore.cache_operand`: their masked
+    opening is reused across batches) and without."""
     import torch.nn.functional as F
 
     x, sx = shared(50, 784)
@@ -123,8 +125,16 @@ def mlp_cases(shared):
     b1, sb1 = shared(500)
     w2, sw2 = shared(500, 10)
     b2, sb2 = shared(10)
+    _, cw1 = shared(784, 500)  # the same model's weights, with cached masks
+    _, cw2 = shared(500, 10)
+    cw1.child, cw2.child = sw1.child.copy(), sw2.child.copy()
+    for weight in (cw1, cw2):
+        primitive_store(cp).cache_operand(weight.child)
 
     def infer():
+        return ((sx @ cw1 + sb1).relu() @ cw2 + sb2).argmax(dim=1)
+
+    def infer_uncached():
         return ((sx @ sw1 + sb1).relu() @ sw2 + sb2).argmax(dim=1)
 
     def infer_plain():
@@ -162,6 +172,7 @@ def mlp_cases(shared):
             return [p - lr * p.grad for p in params]
 
     return [("mlp infer b50", infer, infer_plain, None),
+            ("mlp b50 uncached", infer_uncached, infer_plain, None),
             ("sgd step b64", sgd_step, sgd_plain, None)]
 
 

@@ -268,3 +268,58 @@ def test_fast_paths_over_worker_services(hook, worker_processes):
         primitive_store(provider).clear()
         for worker in (bob, alice):
             worker.flush()
+
+
+# -- the Beaver cache of a fixed operand ---------------------------------------------------------
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_cached_operand_products_are_exact_and_open_delta_once(parties, n, monkeypatch):
+    from smpc_helpers import assert_rescaled
+    workers, cp = parties
+    group = workers[:n]
+    store = primitive_store(cp)
+    g = torch.Generator().manual_seed(n)
+    w = torch.randint(-1000, 1000, (7, 5), generator=g)
+    sw = w.share(*group, crypto_provider=cp)
+    store.cache_operand(sw)
+    opened_sizes = []
+    import fedmq.smpc.beaver as beaver
+    original = beaver.run_steps
+
+    def spy(step, args, n_kept, shape, want_reply):
+        kept, opened = original(step, args, n_kept, shape, want_reply)
+        if step.startswith("beaver_mask"):
+            opened_sizes.append(len(opened[0]))
+        return kept, opened
+    monkeypatch.setattr(beaver, "run_steps", spy)
+    for _ in range(3):
+        x = torch.randint(-1000, 1000, (4, 7), generator=g)
+        assert torch.equal((x.share(*group, crypto_provider=cp) @ sw).get(), x @ w)
+    assert opened_sizes == [2, 1, 1]  # eps and delta once, then eps only
+    fw = torch.randn(7, 5, generator=g)
+    sfw = fw.fix_precision().share(*group, crypto_provider=cp)
+    store.cache_operand(sfw.child)
+    for _ in range(3):
+        fx = torch.randn(4, 7, generator=g)
+        got = (fx.fix_precision().share(*group, crypto_provider=cp) @ sfw).get()
+        assert_rescaled(got.child, fx.fix_precision().child @ fw.fix_precision().child, 1000)
+    store.uncache_operand(sw)
+    assert store.cached_mask(sw) is None and store.cached_mask(sfw.child) is not None
+    x = torch.randint(-1000, 1000, (4, 7), generator=g)
+    assert torch.equal((x.share(*group, crypto_provider=cp) @ sw).get(), x @ w)
+    assert opened_sizes[-1] == 2  # uncached: a plain Beaver product again
+    with pytest.raises(ValueError, match="2-d shared tensor"):
+        store.cache_operand(torch.zeros(3, 3))
+
+
+def test_cached_masks_are_the_same_per_handle_and_differ_across_handles(parties):
+    workers, cp = parties
+    pair = workers[:2]
+    (b1, _), = deal(cp, pair, "fixmask", {"shape": [6, 3], "handle": 11})
+    (b2, _), = deal(cp, pair, "fixmask", {"shape": [6, 3], "handle": 11})
+    (b3, _), = deal(cp, pair, "fixmask", {"shape": [6, 3], "handle": 12})
+    assert torch.equal(b1, b2) and not torch.equal(b1, b3)
+    (a, _), (c, _) = deal(cp, pair, "matmul_fixed", {"a": [4, 6], "b": [6, 3], "handle": 11})
+    assert torch.equal(c, a @ b1)
+    with pytest.raises(RemoteError, match="2-d matmul"):
+        deal(cp, pair, "matmul_fixed", {"a": [4, 5], "b": [6, 3], "handle": 11})

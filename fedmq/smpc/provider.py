@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import abc
 import collections
+import hashlib
+import os
 from typing import Any
 
 import torch
@@ -39,6 +41,7 @@ KINDS = {
     "bit": ("b_xor", "b_arith"),
     "or4": ("alpha", "alpha_products"), "select": ("r_xor", "a", "R", "Ra"),
     "bitmul": ("b_xor", "b_arith", "a", "ab"),
+    "fixmask": ("b",), "matmul_fixed": ("a", "c"),
 }
 
 
@@ -86,6 +89,15 @@ class CryptoProvider(abc.ABC):
         opening, as CrypTen's B2A followed by a Beaver product, fused)."""
         raise ValueError(f"{type(self).__name__} does not deal 'bitmul' primitives")
 
+    def fixed_mask(self, shape, handle: int, n: int) -> list[list[torch.Tensor]]:
+        """The mask b of a cached operand (a Beaver cache, `PrimitiveStore.cache_operand`):
+        the same uniform b every time for the same handle and shape."""
+        raise ValueError(f"{type(self).__name__} does not deal cached masks")
+
+    def fixed_triple(self, shape_a, shape_b, handle: int, n: int) -> list[list[torch.Tensor]]:
+        """A matmul triple (a, c = a @ b) for the cached mask b of `handle` (`fixed_mask`)."""
+        raise ValueError(f"{type(self).__name__} does not deal cached-mask triples")
+
     def deal(self, deal: Deal) -> list[list[torch.Tensor]]:
         """Dispatch one `Deal` to the method generating it, after checking its parameters."""
         n = len(deal.parties)
@@ -122,6 +134,17 @@ class CryptoProvider(abc.ABC):
             return self.selection(_check_shape(p.get("shape")), group, width, n)
         if deal.kind == "bitmul":
             return self.bit_product(_check_shape(p.get("shape")), n)
+        if deal.kind in ("fixmask", "matmul_fixed"):
+            handle = p.get("handle")
+            if type(handle) is not int or not 0 <= handle < 1 << 64:
+                raise ValueError(f"a cached mask's handle is an int in [0, 2**64), got "
+                                 f"{handle!r}")
+            if deal.kind == "fixmask":
+                return self.fixed_mask(_check_shape(p.get("shape")), handle, n)
+            a, b = _check_shape(p.get("a")), _check_shape(p.get("b"))
+            if len(a) != 2 or len(b) != 2 or a[1] != b[0]:
+                raise ValueError(f"a cached-mask triple is for a 2-d matmul, got {a} @ {b}")
+            return self.fixed_triple(a, b, handle, n)
         raise ValueError(f"unknown primitive kind {deal.kind!r} (known: {sorted(KINDS)})")
 
 
@@ -202,6 +225,26 @@ class TrustedDealer(CryptoProvider):
         Ra = R.unsqueeze(0) * a.unsqueeze(-1)
         return _per_party(self._xor(r, n, True), self._add(a, n),
                           self._add(R, n), self._add(Ra, n))
+
+    def fixed_mask(self, shape, handle, n):
+        return _per_party(self._add(self._cached_mask(shape, handle), n))
+
+    def fixed_triple(self, shape_a, shape_b, handle, n):
+        a = uniform(shape_a)
+        c = a @ self._cached_mask(shape_b, handle)
+        return _per_party(self._add(a, n), self._add(c, n))
+
+    #: the key cached masks derive from (one per provider process, never sent anywhere)
+    _mask_key: bytes | None = None
+
+    @classmethod
+    def _cached_mask(cls, shape, handle: int) -> torch.Tensor:
+        """b = AES-CTR stream of SHA-256(key, handle, shape): the same for the same handle and
+        shape in this process, uniform and unknown to anyone else (nothing kept per handle)."""
+        if TrustedDealer._mask_key is None:
+            TrustedDealer._mask_key = os.urandom(32)
+        digest = hashlib.sha256(TrustedDealer._mask_key + repr((handle, tuple(shape))).encode())
+        return PRG(digest.digest()).uniform(shape)
 
     def bit_product(self, shape, n):
         b, a = random_bits(shape), uniform(shape)
@@ -299,6 +342,8 @@ class PrimitiveStore:
 
     def __init__(self) -> None:
         self._pool: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
+        #: the Beaver cache: id(operand) -> its handle, mask shares and opened delta
+        self.cached: dict[int, dict] = {}
         #: round trips to providers and primitives dealt (for benchmarks)
         self.requests = 0
         self.dealt = 0
@@ -357,6 +402,30 @@ class PrimitiveStore:
                          enumerate(parties)] for si in range(len(KINDS[kind]))])
         return out
 
+    def cache_operand(self, tensor: Any) -> None:
+        """Reuse one Beaver mask for the shared right operand `tensor` of every matmul from now
+        on (a "Beaver cache", as SecretFlow SPU's for fixed operands): its masked opening
+        delta = tensor - b is opened once, at its first product, and each later product deals
+        and opens only the left operand's side (a, c = a @ b). For operands that do not change,
+        such as a model's weights during inference: the cache holds `tensor` itself, and an
+        operand whose shares changed under the same object must be dropped first
+        (`uncache_operand`), or its products would be wrong (and delta would reveal the
+        difference of the two values). Secure as the plain Beaver product otherwise: delta is
+        opened once, b is uniform, and every product gets a fresh a."""
+        if not hasattr(tensor, "shares") or len(tuple(tensor.shape)) != 2:
+            raise ValueError("cache_operand takes a 2-d shared tensor (an "
+                             "AdditiveSharingTensor: a fixed-precision tensor's .child)")
+        self.cached[id(tensor)] = {"tensor": tensor, "handle": new_id() & ((1 << 63) - 1),
+                                   "b": None, "delta": None}
+
+    def uncache_operand(self, tensor: Any) -> None:
+        self.cached.pop(id(tensor), None)
+
+    def cached_mask(self, tensor: Any) -> dict | None:
+        """The Beaver cache entry of `tensor` (see `cache_operand`), or None."""
+        entry = self.cached.get(id(tensor))
+        return entry if entry is not None and entry["tensor"] is tensor else None
+
     def __len__(self) -> int:
         return sum(len(q) for q in self._pool.values())
 
@@ -378,6 +447,9 @@ def share_shapes(kind: str, params: dict) -> list[tuple]:
                   if k in params} if kind == "conv2d" else {}
         c = shapes.op_spec(_PRODUCT_OPS[kind], (a, b), kwargs, aliases=False, strict=True)
         return [a.shape, b.shape, c.leaves[0].shape]
+    if kind == "matmul_fixed":
+        a, b = tuple(params["a"]), tuple(params["b"])
+        return [a, (a[0], b[1])]
     shape = tuple(params["shape"])
     if kind == "or4":
         return [shape, (len(OR4_SUBSETS),) + shape]
