@@ -49,6 +49,9 @@ def test_prg_is_deterministic_per_seed_and_records_its_draws():
     assert a.draws == [[[3, 4], False], [[5], True]]
     kept, opened = expand_shares(seed, a.draws)
     assert torch.equal(kept[0], x) and torch.equal(kept[1], bits) and opened == ()
+    given = torch.arange(3)
+    kept, _ = expand_shares(seed, a.draws, [1, -1, 0], [given])
+    assert torch.equal(kept[0], bits) and kept[1] is given and torch.equal(kept[2], x)
     assert not torch.equal(PRG().uniform((4,)), PRG().uniform((4,)))  # fresh seeds differ
     words = PRG().uniform((20000,))
     for bit in (0, 31, 63):  # every bit position about half ones
@@ -62,10 +65,15 @@ def test_prg_is_deterministic_per_seed_and_records_its_draws():
     (bytes(32), [[[2], 1]], "bits_only"),
     (bytes(32), [[[-1], False]], "non-negative"),
     (bytes(32), [[[1 << 14, 1 << 13], False]], "at most"),
+    (bytes(32), [[[2], False]], "layout"),
+    (bytes(32), [[[2], False]], "int64"),
 ])
 def test_expand_shares_refuses_bad_input(seed, draws, match):
+    layout, given = ([0, 1], []) if match == "layout" else (None, None)
+    if match == "int64":
+        layout, given = [0, -1], [torch.zeros(2)]
     with pytest.raises(ValueError, match=match):
-        expand_shares(seed, draws)
+        expand_shares(seed, draws, layout, given)
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -112,10 +120,12 @@ def test_or4_select_and_bitmul_primitives_keep_their_relations(parties):
     assert torch.equal(b_xor, b_arith) and torch.equal(ab, a * b_arith)
 
 
-def test_seeded_dealing_sends_each_party_one_message_and_only_the_last_tensors(parties,
-                                                                             monkeypatch):
-    """The first parties get a prg_shares LocalStep (a 32-byte seed and shapes, no tensor),
-    the last an ObjectMessage; the coordinator sees neither."""
+def test_seeded_dealing_sends_seeds_and_only_the_last_party_the_corrections(parties,
+                                                                           monkeypatch):
+    """Every party gets one prg_shares LocalStep: a 32-byte seed and the shapes to draw. A
+    triple's a and b are the sums of the parties' draws (no tensor sent); c = a * b is drawn
+    by the first parties and the last gets the correction, its only tensor. The coordinator
+    sees none of these messages' contents (it only sent the DealRequest)."""
     workers, cp = parties
     seen = []
     transport = cp.engine.transport
@@ -128,15 +138,16 @@ def test_seeded_dealing_sends_each_party_one_message_and_only_the_last_tensors(p
     deal(cp, workers[:3], "mul", {"a": [100], "b": [100]})
     from_provider = {wid: env.message for wid, env in seen if env.sender == "crypto_provider"}
     assert sorted(from_provider) == ["alice", "bill", "bob"]
-    for party in ("bob", "alice"):
+    for party, n_drawn in (("bob", 3), ("alice", 3), ("bill", 2)):
         msg = from_provider[party]
         assert isinstance(msg, LocalStep) and msg.step == "prg_shares"
-        seed, draws = msg.args
-        assert type(seed) is bytes and len(seed) == 32 and len(draws) == 3
-    assert isinstance(from_provider["bill"], m.ObjectMessage)
-    assert len(from_provider["bill"].objects) == 3
-    assert not any(isinstance(env.message, LocalStep) and env.message.step == "prg_shares"
-                   for wid, env in seen if env.sender != "crypto_provider")
+        seed, draws, layout, given = msg.args
+        assert type(seed) is bytes and len(seed) == 32 and len(draws) == n_drawn
+        assert len(given) == 3 - n_drawn and len(layout) == 3
+    assert from_provider["bill"].args[2] == [0, 1, -1]
+    assert len({msg.args[0] for msg in from_provider.values()}) == 3  # a seed per party
+    assert not any(isinstance(env.message, (LocalStep, m.ObjectMessage))
+                   for wid, env in seen if env.sender not in ("crypto_provider", "me"))
 
 
 def test_a_party_refuses_a_bad_prg_shares_step(parties):

@@ -174,32 +174,58 @@ class TrustedDealer(CryptoProvider):
     def _xor(self, value: torch.Tensor, n: int, bits_only: bool = False) -> list[torch.Tensor]:
         return xor_split(value, n, bits_only, self.prgs)
 
+    def _uniform_add(self, shape, n: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """A uniform value and its additive shares: with PRGs, every party's share is drawn
+        from its own PRG and the value is their sum (no correction to send)."""
+        if not self.prgs:
+            value = uniform(shape)
+            return value, additive_split(value, n)
+        shares = [prg.uniform(shape) for prg in self.prgs]
+        value = shares[0].clone()
+        for share in shares[1:]:
+            value += share
+        return value, shares
+
+    def _uniform_xor(self, shape, n: int, bits_only: bool = False
+                     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`_uniform_add` for XOR shares (of 0/1 bits if `bits_only`)."""
+        if not self.prgs:
+            value = random_bits(shape) if bits_only else uniform(shape)
+            return value, xor_split(value, n, bits_only)
+        shares = [prg.bits(shape) if bits_only else prg.uniform(shape) for prg in self.prgs]
+        value = shares[0].clone()
+        for share in shares[1:]:
+            value ^= share
+        return value, shares
+
     def triple(self, op, shape_a, shape_b, n, **op_kwargs):
         if op not in PRODUCTS:
             raise ValueError(f"no Beaver triple for op {op!r}")
-        a, b = uniform(shape_a), uniform(shape_b)
+        a, a_shares = self._uniform_add(shape_a, n)
+        b, b_shares = self._uniform_add(shape_b, n)
         c = ring_op(op, a, b, conv_args_of(op_kwargs) if op == "conv2d" else None)
-        return _per_party(self._add(a, n), self._add(b, n), self._add(c, n))
+        return _per_party(a_shares, b_shares, self._add(c, n))
 
     def truncation_pair(self, shape, divisor, n):
-        r = uniform(shape)
+        r, r_shares = self._uniform_add(shape, n)
         r_div = torch.div(r, divisor, rounding_mode="floor")
-        return _per_party(self._add(r, n), self._add(r_div, n))
+        return _per_party(r_shares, self._add(r_div, n))
 
     def edabit(self, shape, n):
-        r = uniform(shape)
-        return _per_party(self._add(r, n), self._xor(r, n))
+        r, r_shares = self._uniform_add(shape, n)
+        return _per_party(r_shares, self._xor(r, n))
 
     def binary_triple(self, shape, n):
-        a, b = uniform(shape), uniform(shape)
-        return _per_party(self._xor(a, n), self._xor(b, n), self._xor(a & b, n))
+        a, a_shares = self._uniform_xor(shape, n)
+        b, b_shares = self._uniform_xor(shape, n)
+        return _per_party(a_shares, b_shares, self._xor(a & b, n))
 
     def random_bit(self, shape, n):
-        b = random_bits(shape)
-        return _per_party(self._xor(b, n, True), self._add(b, n))
+        b, b_shares = self._uniform_xor(shape, n, True)
+        return _per_party(b_shares, self._add(b, n))
 
     def or4_mask(self, shape, shift, n):
-        alpha = uniform(shape)
+        alpha, alpha_shares = self._uniform_xor(shape, n)
         shifted = [alpha >> (k * shift) for k in range(4)]
         products = []
         for subset in OR4_SUBSETS:
@@ -208,13 +234,13 @@ class TrustedDealer(CryptoProvider):
                 if subset >> k & 1:
                     word = shifted[k] if word is None else word & shifted[k]
             products.append(word)
-        return _per_party(self._xor(alpha, n), self._xor(torch.stack(products), n))
+        return _per_party(alpha_shares, self._xor(torch.stack(products), n))
 
     def selection(self, shape, group, width, n):
         pairs, members, _ = selection_layout(group)
         shape = tuple(shape)
-        r = random_bits(shape + (len(pairs),))
-        a = uniform((width,) + shape + (group,))
+        r, r_shares = self._uniform_xor(shape + (len(pairs),), n, True)
+        a, a_shares = self._uniform_add((width,) + shape + (group,), n)
         subsets = 1 << (group - 1)
         R = torch.ones(shape + (group, subsets - 1), dtype=torch.int64)
         for i in range(group):
@@ -223,16 +249,15 @@ class TrustedDealer(CryptoProvider):
                     if s >> t & 1:
                         R[..., i, s - 1] *= r[..., pair]
         Ra = R.unsqueeze(0) * a.unsqueeze(-1)
-        return _per_party(self._xor(r, n, True), self._add(a, n),
-                          self._add(R, n), self._add(Ra, n))
+        return _per_party(r_shares, a_shares, self._add(R, n), self._add(Ra, n))
 
     def fixed_mask(self, shape, handle, n):
         return _per_party(self._add(self._cached_mask(shape, handle), n))
 
     def fixed_triple(self, shape_a, shape_b, handle, n):
-        a = uniform(shape_a)
+        a, a_shares = self._uniform_add(shape_a, n)
         c = a @ self._cached_mask(shape_b, handle)
-        return _per_party(self._add(a, n), self._add(c, n))
+        return _per_party(a_shares, self._add(c, n))
 
     #: the key cached masks derive from (one per provider process, never sent anywhere)
     _mask_key: bytes | None = None
@@ -247,9 +272,9 @@ class TrustedDealer(CryptoProvider):
         return PRG(digest.digest()).uniform(shape)
 
     def bit_product(self, shape, n):
-        b, a = random_bits(shape), uniform(shape)
-        return _per_party(self._xor(b, n, True), self._add(b, n),
-                          self._add(a, n), self._add(a * b, n))
+        b, b_shares = self._uniform_xor(shape, n, True)
+        a, a_shares = self._uniform_add(shape, n)
+        return _per_party(b_shares, self._add(b, n), a_shares, self._add(a * b, n))
 
 
 #: the subsets (bit masks over k = 0..3) of two or more of an or4 mask's shifts, in the order
@@ -278,10 +303,14 @@ def handle_deal_request(worker: Any, msg: DealRequest) -> None:
     2. Generate each primitive in the clear (the worker's `crypto_provider`, a CryptoProvider;
        by default a TrustedDealer) and split it into shares.
     3. Send each party one message with all its shares, under the caller's ids. With the
-       TrustedDealer, every party but the last of a deal gets a LocalStep "prg_shares" with a
-       fresh 32-byte seed and the shapes to draw (it derives its shares itself,
-       ring.expand_shares), and the last party an ObjectMessage with its shares (the value
-       minus the others': the correction). A custom dealer's shares all travel as tensors.
+       TrustedDealer, every party gets a LocalStep "prg_shares" with a fresh 32-byte seed and
+       the shapes to draw (it derives its shares itself, ring.expand_shares): a uniform value
+       (a triple's a and b, masks, random bits) is the sum (or XOR) of every party's draws, so
+       it costs no traffic; a value correlated with others (c = a op b, r / d, subset
+       products, ...) is drawn by every party but the last, which gets the correction (the
+       value minus the others' shares) inline in the same message (SPDZ2k's and CrypTen's
+       TTP "PRG seeds plus one correction"). A custom dealer's shares all travel as tensors
+       (one ObjectMessage per party).
     The reply (to the coordinator) carries nothing but success.
 
     Who sees what: the provider, every primitive in the clear and every share (it never sees a
@@ -295,6 +324,8 @@ def handle_deal_request(worker: Any, msg: DealRequest) -> None:
     seeded = isinstance(dealer, TrustedDealer)
     prgs: dict[str, PRG] = {}
     seeded_ids: dict[str, list] = collections.defaultdict(list)
+    layouts: dict[str, list] = collections.defaultdict(list)
+    given: dict[str, list] = collections.defaultdict(list)
     for deal in msg.deals:
         if not isinstance(deal, Deal):
             raise ValueError("a DealRequest holds Deal records only")
@@ -309,22 +340,26 @@ def handle_deal_request(worker: Any, msg: DealRequest) -> None:
                 len(ids) != len(names) for ids in deal.ids):
             raise ValueError(f"a {deal.kind!r} deal stores {len(names)} shares per party")
         if seeded:
-            dealer.prgs = [prgs.setdefault(p, PRG()) for p in deal.parties[:-1]]
+            dealer.prgs = [prgs.setdefault(p, PRG()) for p in deal.parties]
         try:
             shares = dealer.deal(deal)
         finally:
             if seeded:
                 dealer.prgs = None
-        last = len(deal.parties) - 1
-        for index, (party, ids, party_shares) in enumerate(zip(deal.parties, deal.ids,
-                                                                shares)):
-            if seeded and index < last:
-                seeded_ids[party].extend(ids)
-            else:
+        for party, ids, party_shares in zip(deal.parties, deal.ids, shares):
+            if not seeded:
                 outgoing[party].extend(m.StoredObject(i, s) for i, s in zip(ids, party_shares))
-    calls = [(worker.network.client(party), LocalStep("prg_shares", [prg.seed, prg.draws],
-                                                      seeded_ids[party]))
-             for party, prg in prgs.items()]
+                continue
+            seeded_ids[party].extend(ids)
+            for share in party_shares:
+                drawn = prgs[party].index.get(id(share))
+                if drawn is None:  # a correction: sent as it is
+                    given[party].append(share)
+                    drawn = -len(given[party])
+                layouts[party].append(drawn)
+    calls = [(worker.network.client(party), LocalStep(
+        "prg_shares", [prg.seed, prg.draws, layouts[party], given[party]], seeded_ids[party]))
+        for party, prg in prgs.items()]
     calls += [(worker.network.client(party), m.ObjectMessage(objects))
               for party, objects in outgoing.items()]
     call_all(calls, sender=worker.id)

@@ -55,25 +55,34 @@ class PRG:
                              f"of length {len(seed) if isinstance(seed, bytes) else '-'}")
         self._cipher = Cipher(algorithms.AES(self.seed), modes.CTR(bytes(16))).encryptor()
         self.draws: list = []
+        #: id(tensor returned) -> its draw's index, and the tensors (kept alive for the ids)
+        self.index: dict[int, int] = {}
+        self._outputs: list = []
+
+    def _record(self, out: torch.Tensor, bits_only: bool) -> torch.Tensor:
+        self.draws.append([list(out.shape), bits_only])
+        self.index[id(out)] = len(self.draws) - 1
+        self._outputs.append(out)
+        return out
 
     def uniform(self, shape) -> torch.Tensor:
         """Uniform int64 ring elements of `shape`, the next 8 * numel bytes of the stream."""
+        return self._record(self._words(shape), False)
+
+    def bits(self, shape) -> torch.Tensor:
+        """Uniform 0/1 int64 elements (the low bit of `uniform`'s words)."""
+        return self._record(self._words(shape) & 1, True)
+
+    def _words(self, shape) -> torch.Tensor:
         shape = tuple(int(s) for s in shape)
         n = 1
         for s in shape:
             n *= s
-        self.draws.append([list(shape), False])
         if n == 0:
             return torch.zeros(shape, dtype=torch.int64)
         buf = bytearray(8 * n)
         self._cipher.update_into(bytes(8 * n), buf)
         return torch.frombuffer(buf, dtype=torch.int64).reshape(shape)
-
-    def bits(self, shape) -> torch.Tensor:
-        """Uniform 0/1 int64 elements (the low bit of `uniform`'s words)."""
-        out = self.uniform(shape) & 1
-        self.draws[-1][1] = True
-        return out
 
 
 def uniform(shape) -> torch.Tensor:
@@ -113,14 +122,19 @@ def xor_split(value: torch.Tensor, n: int, bits_only: bool = False, prgs: list |
     return shares + [last]
 
 
-def expand_shares(seed: bytes, draws: list) -> tuple:
-    """A party's shares from a seed the crypto provider dealt: the tensors `PRG(seed)` draws
-    for `draws` ([shape, bits_only] each, in order), as a LocalStep ("prg_shares") returns
-    them (kept, opened). Raises ValueError on a bad seed or spec, or past MAX_EXPANDED
-    elements in all."""
-    if not isinstance(draws, list) or not draws:
+def expand_shares(seed: bytes, draws: list, layout: list | None = None,
+                  given: list | None = None) -> tuple:
+    """A party's shares from a seed the crypto provider dealt, as a LocalStep ("prg_shares")
+    returns them (kept, opened): `PRG(seed)` draws `draws` ([shape, bits_only] each, in
+    order); the shares are, in `layout` order, draw k for an entry k >= 0 and `given[-1 - k]`
+    (a correction the provider sent) for k < 0; without `layout`, every draw in order.
+    Raises ValueError on a bad seed, spec or layout, or past MAX_EXPANDED elements in all."""
+    if not isinstance(draws, list) or (not draws and not given):
         raise ValueError("prg_shares needs a non-empty list of [shape, bits_only] draws")
-    prg, total, out = PRG(seed), 0, []
+    given = list(given or [])
+    if not all(isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in given):
+        raise ValueError("prg_shares' given shares are int64 tensors")
+    prg, total, drawn = PRG(seed), 0, []
     for spec in draws:
         if (not isinstance(spec, (list, tuple)) or len(spec) != 2
                 or not isinstance(spec[0], (list, tuple)) or type(spec[1]) is not bool
@@ -133,8 +147,14 @@ def expand_shares(seed: bytes, draws: list) -> tuple:
         total += n
         if total > MAX_EXPANDED:
             raise ValueError(f"a seed expands to at most {MAX_EXPANDED} elements")
-        out.append(prg.bits(spec[0]) if spec[1] else prg.uniform(spec[0]))
-    return tuple(out), ()
+        drawn.append(prg.bits(spec[0]) if spec[1] else prg.uniform(spec[0]))
+    if layout is None:
+        return tuple(drawn) + tuple(given), ()
+    if not isinstance(layout, list) or not all(
+            type(k) is int and -len(given) <= k < len(drawn) for k in layout):
+        raise ValueError(f"a prg_shares layout holds draw indices (0..{len(drawn) - 1}) and "
+                         f"given ones (-1..-{len(given)}), got {layout!r}")
+    return tuple(drawn[k] if k >= 0 else given[-1 - k] for k in layout), ()
 
 
 def ring_op(op: str, x: torch.Tensor, y: torch.Tensor, conv_args: list | None = None
