@@ -13,8 +13,11 @@ The core is `ltz`, [x < 0] = MSB(x), by dealer-assisted bit decomposition of a m
   log-depth OR (AND gates by binary Beaver triples), as CrypTen packs its binary shares.
 * B2A of the result bit with a random bit shared both ways (CrypTen's `B2A_single_bit`).
 
-Cost: 8 rounds (1 opening of x + r, 6 AND layers, 1 B2A opening), one provider round trip for
-all the randomness (none if dealt ahead of time), 64-bit words only (no per-bit tensors).
+Cost: 4 rounds (the opening of x + r, with the first OR layer's masked input; two more OR
+layers, fan-in 4; the last OR layer with the B2A opening), one provider round trip for all the
+randomness (none if dealt ahead of time), 64-bit words only (no per-bit tensors). relu and abs
+fuse their product into the B2A (`bit_product`, 4 rounds); max/argmax is a tournament of groups
+of 4 with one-hot selection (`_tournament`, 4 rounds per level, 20 over 1 000 values).
 Security: semi-honest, provider not colluding; every opened value is uniformly masked.
 """
 from __future__ import annotations
@@ -81,15 +84,15 @@ def _rshift(t: torch.Tensor, s: int) -> torch.Tensor:
     return t >> s  # arithmetic shift: linear over XOR shares (each output bit is a fixed input bit)
 
 
-def _step_mask(x: torch.Tensor, r: torch.Tensor):
-    """Step 2: this party's share of c = x + r (to be opened)."""
-    return (), (x + r,)
+def _step_mask(x: torch.Tensor, r: torch.Tensor, r_xor: torch.Tensor, alpha: torch.Tensor):
+    """Step 2: this party's shares of c = x + r and of w = (r mod 2^63) ^ alpha (to be
+    opened; w does not depend on x, so the first OR layer's masked input
+    e ^ alpha = (c mod 2^63) ^ w needs no round of its own)."""
+    return (), (x + r, _first_or_mask(r_xor, alpha))
 
 
-def _step_start(r_xor: torch.Tensor, c, alpha: torch.Tensor):
-    """Step 3, then the masking of the first OR layer: e = (c ^ r) & (2^63-1), open e ^ alpha."""
-    e = (r_xor ^ c if c is not None else r_xor) & MASK63
-    return (), (e ^ alpha,)
+def _first_or_mask(r_xor: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    return (r_xor & MASK63) ^ alpha
 
 
 def _or4(z: torch.Tensor, alpha: torch.Tensor, products: torch.Tensor, shift: int,
@@ -143,9 +146,10 @@ def _step_b2a(b_arith, u, first: bool):
     return ((out + u) if first else out,), ()
 
 
-def _step_bitmul_mask(x: torch.Tensor, r: torch.Tensor, a: torch.Tensor):
+def _step_bitmul_mask(x: torch.Tensor, r: torch.Tensor, r_xor: torch.Tensor,
+                      alpha: torch.Tensor, a: torch.Tensor):
     """`_step_mask`, and this party's share of eps = x - a for the bit product."""
-    return (), (x + r, x - a)
+    return (), (x + r, _first_or_mask(r_xor, alpha), x - a)
 
 
 def _step_bitmul_finish(x, b_arith, ab, u, eps, first: bool, mode: int):
@@ -162,20 +166,19 @@ def _step_bitmul_finish(x, b_arith, ab, u, eps, first: bool, mode: int):
     return (out,), ()
 
 
-STEPS.update({"ltz_mask": _step_mask, "ltz_start": _step_start, "ltz_or": _step_or,
+STEPS.update({"ltz_mask": _step_mask, "ltz_or": _step_or,
               "ltz_finish": _step_finish, "b2a": _step_b2a, "bitmul_mask": _step_bitmul_mask,
               "bitmul_finish": _step_bitmul_finish})
 
 
-def _ltz_rounds(parties: list, c: torch.Tensor, r_xor: list, ors: list, b_xor: list,
-                shape) -> torch.Tensor:
-    """Steps 3-6's openings after c = x + r is public: 3 OR layers (fan-in 4, one round each)
-    and the opening of u = MSB(x) ^ b: four rounds, one LocalStep per party each. Returns u."""
+def _ltz_rounds(parties: list, c: torch.Tensor, w: torch.Tensor, r_xor: list, ors: list,
+                b_xor: list, shape) -> torch.Tensor:
+    """Steps 3-6's openings once c = x + r and w = (r mod 2^63) ^ alpha_1 are public: the
+    first OR layer's input z = e ^ alpha_1 = (c mod 2^63) ^ w is known at once, so three
+    rounds (one LocalStep per party each): OR layers 1 and 2 finished with the next one's
+    input opened, then layer 3 finished with u = MSB(x) ^ b opened. Returns u."""
     n = len(parties)
-    _, opened = run_steps("ltz_start", [(parties[i], (r_xor[i], c if i == 0 else None,
-                                                      ors[0][0][i])) for i in range(n)],
-                          0, shape, True)
-    z = combine(opened, 0, "xor")
+    z = (c & MASK63) ^ w
     for layer in range(len(_OR4_SHIFTS) - 1):
         alpha, products = ors[layer]
         _, opened = run_steps("ltz_or", [(parties[i], (z, alpha[i], products[i],
@@ -190,7 +193,7 @@ def _ltz_rounds(parties: list, c: torch.Tensor, r_xor: list, ors: list, b_xor: l
                                                        _OR4_SHIFTS[-1], i == 0, r_xor[i], not_c,
                                                        c_sign if i == 0 else None, b_xor[i]))
                                          for i in range(n)], 0, shape, True)
-    _stats.rounds += len(_OR4_SHIFTS) + 1
+    _stats.rounds += len(_OR4_SHIFTS)
     return combine(opened, 0, "xor")
 
 
@@ -199,11 +202,13 @@ def ltz(x: SharedTensor) -> SharedTensor:
 
     1. Get an edaBit ([r] additive, <r> XOR), three or4 masks and a double-shared random bit
        <b>/[b] from the provider (one request, or none if dealt ahead).
-    2. Open c = x + r (uniform). Then x = c - r, and
+    2. Open c = x + r (uniform), and w = (r mod 2^63) ^ alpha_1 (independent of x). Then
+       x = c - r, and
        MSB(x) = c_63 ^ r_63 ^ borrow, where borrow = [c mod 2^63 < r mod 2^63].
     3. <e> = (c ^ <r>) & (2^63 - 1): the bits where c and r differ (party 0 XORs c).
     4. Suffix-OR <f_j> = OR_{k>=j} e_k in 3 layers f = f | f>>s | f>>2s | f>>3s (s = 1, 4,
-       16): each layer one opening of f ^ alpha and a 4-input AND with the dealt subset
+       16): each layer one opening of f ^ alpha (the first one's is (c mod 2^63) ^ w, known
+       after step 2) and a 4-input AND with the dealt subset
        products of alpha's shifts (`_or4`; a fan-in-4 Beaver AND, as the multi-input AND
        gates of Damgård et al. TCC 2006 §5 built from correlated randomness).
     5. <d> = <f> ^ (<f> >> 1) marks the highest differing bit (at most one bit set). There
@@ -213,9 +218,10 @@ def ltz(x: SharedTensor) -> SharedTensor:
     6. B2A: open u = MSB(x) ^ b (one round, uniform bit), then
        [MSB(x)] = u + [b] - 2u[b] (party 0 adds u).
     Each round is one LocalStep message per party that finishes the previous round and
-    returns the next masked values: 5 rounds (c; three OR layers; u), the B2A posted.
-    What is seen: the coordinator and the parties see c = x + r, f ^ alpha (three times) and
-    u = MSB(x) ^ b, each uniform; the provider sees nothing of x.
+    returns the next masked values: 4 rounds (c and w; two OR layers; u), the B2A posted.
+    What is seen: the coordinator and the parties see c = x + r, w, f ^ alpha (twice) and
+    u = MSB(x) ^ b, each uniform (w and the first layer's e ^ alpha = (c mod 2^63) ^ w tell
+    nothing more than c does); the provider sees nothing of x.
     """
     provider = x._provider("comparison")
     parties = x.locations
@@ -224,10 +230,12 @@ def ltz(x: SharedTensor) -> SharedTensor:
     (r_arith, r_xor), ors, (b_xor, b_arith) = prims[0], prims[1:4], prims[4]
     n = len(parties)
 
-    _, opened = run_steps("ltz_mask", [(loc, (xs, ri)) for loc, xs, ri in
-                                       zip(parties, x.shares, r_arith)], 0, shape, True)
+    _, opened = run_steps("ltz_mask", [(parties[i], (x.shares[i], r_arith[i], r_xor[i],
+                                                     ors[0][0][i])) for i in range(n)],
+                          0, shape, True)
     _stats.rounds += 1
-    u = _ltz_rounds(parties, combine(opened, 0, "add"), r_xor, ors, b_xor, shape)
+    u = _ltz_rounds(parties, combine(opened, 0, "add"), combine(opened, 1, "xor"), r_xor, ors,
+                    b_xor, shape)
     kept, _ = run_steps("b2a", [(parties[i], (b_arith[i], u, i == 0)) for i in range(n)], 1,
                         shape, False)
     return x._new([k[0] for k in kept])
@@ -240,9 +248,9 @@ def bit_product(x: SharedTensor, mode: int) -> SharedTensor:
     The provider deals, with the comparison's randomness, a bit-injection triple: a random bit
     b (XOR- and additively shared), a uniform a and a * b. The first opening carries eps = x - a
     next to c = x + r; the last one opens u = MSB(x) ^ b as `ltz` does. Then MSB(x) = u + b - 2ub
-    and x b = eps b + a b, all local (`_step_bitmul_finish`). 5 rounds (relu was 9: ltz and a
+    and x b = eps b + a b, all local (`_step_bitmul_finish`). 4 rounds (relu was 9: ltz and a
     Beaver product); the result is exact, equal to x * ltz(x)'s.
-    What is seen: c, eps, f ^ alpha, u, each uniform (a, r, alpha, b uniform); the provider
+    What is seen: c, w, eps, f ^ alpha, u, each uniform (a, r, alpha, b uniform); the provider
     sees nothing of x.
     """
     provider = x._provider("comparison")
@@ -252,11 +260,12 @@ def bit_product(x: SharedTensor, mode: int) -> SharedTensor:
     prims = primitive_store(provider).take_many(provider, parties, wanted)
     (r_arith, r_xor), ors, (b_xor, b_arith, a, ab) = prims[0], prims[1:4], prims[4]
     n = len(parties)
-    _, opened = run_steps("bitmul_mask", [(parties[i], (x.shares[i], r_arith[i], a[i]))
+    _, opened = run_steps("bitmul_mask", [(parties[i], (x.shares[i], r_arith[i], r_xor[i],
+                                                        ors[0][0][i], a[i]))
                                           for i in range(n)], 0, shape, True)
     _stats.rounds += 1
-    c, eps = combine(opened, 0, "add"), combine(opened, 1, "add")
-    u = _ltz_rounds(parties, c, r_xor, ors, b_xor, shape)
+    c, eps = combine(opened, 0, "add"), combine(opened, 2, "add")
+    u = _ltz_rounds(parties, c, combine(opened, 1, "xor"), r_xor, ors, b_xor, shape)
     kept, _ = run_steps("bitmul_finish", [(parties[i], (x.shares[i], b_arith[i], ab[i], u, eps,
                                                         i == 0, mode)) for i in range(n)],
                         1, shape, False)
@@ -271,13 +280,13 @@ def eq(x: SharedTensor, y) -> SharedTensor:
 
 
 def relu(x: SharedTensor) -> SharedTensor:
-    """relu(x) = x * [x >= 0]: one comparison with the product fused in (`bit_product`, 5
+    """relu(x) = x * [x >= 0]: one comparison with the product fused in (`bit_product`, 4
     rounds)."""
     return bit_product(x, 1)
 
 
 def abs_(x: SharedTensor) -> SharedTensor:
-    """|x| = x * (1 - 2[x < 0]) (`bit_product`, 5 rounds)."""
+    """|x| = x * (1 - 2[x < 0]) (`bit_product`, 4 rounds)."""
     return bit_product(x, 2)
 
 
@@ -288,7 +297,7 @@ def _trivial_share(x: SharedTensor, value: torch.Tensor) -> SharedTensor:
 
 
 def max_(x: SharedTensor, dim: int | None = None, keepdim: bool = False):
-    """Maximum by a tournament of groups of 4 (`_tournament`): log4(k) levels of 5 rounds.
+    """Maximum by a tournament of groups of 4 (`_tournament`): log4(k) levels of 4 rounds.
 
     Without `dim`, the maximum of all elements as a shape-(1,) shared tensor (as PySyft);
     with `dim`, `(values, indices)` with torch's shapes, both shared; on ties the first index,
@@ -336,7 +345,7 @@ def max_primitives(lead, k: int, with_indices: bool) -> list:
     return out
 
 
-def _step_max_mask(v, r, a, start: int, first: bool, group: int):
+def _step_max_mask(v, r, r_xor, alpha, a, start: int, first: bool, group: int):
     """A level's first round: the stacked (values[, indices]) share V, shaped (w, ..., k)
     (`start` 1 or 2: built here from the values' share, party 0's indices 0..k-1 and the
     others' zeros; 0: v is V); its first k // group * group values as groups; this party's
@@ -357,7 +366,7 @@ def _step_max_mask(v, r, a, start: int, first: bool, group: int):
     i_idx = torch.tensor([p[0] for p in pairs])
     j_idx = torch.tensor([p[1] for p in pairs])
     d = X[0][..., i_idx] - X[0][..., j_idx]
-    return (V,), (d + r, X - a)
+    return (V,), (d + r, X - a, _first_or_mask(r_xor, alpha))
 
 
 def _step_max_select(V, u, eps, a, R, Ra, first: bool, group: int, split: bool):
@@ -398,14 +407,14 @@ def _tournament(x: SharedTensor, with_indices: bool):
     """Max (and argmax) over the last dimension by a tournament of groups of up to 4.
 
     Each level (`max_levels`), for every group, compares every pair at once (6 comparisons
-    for 4 values) and selects the winner with a one-hot vector, in 5 rounds of one LocalStep
-    per party: (1) open c = x_i - x_j + r (edaBit) and eps = X - a; (2-4) the three OR layers
-    of `ltz`; (5) open u = [x_i < x_j] ^ r' per pair; then each party computes its share of
-    the winner locally (`_step_max_select`). Over 1 000 values: 5 levels, 25 rounds (the
-    pairwise tournament took 10 levels of 9). The randomness of every level comes in one
+    for 4 values) and selects the winner with a one-hot vector, in 4 rounds of one LocalStep
+    per party: (1) open c = x_i - x_j + r (edaBit), eps = X - a and `ltz`'s w; (2-3) two OR
+    layers of `ltz`; (4) the last OR layer and the opening of u = [x_i < x_j] ^ r' per pair;
+    then each party computes its share of the winner locally (`_step_max_select`). Over
+    1 000 values: 5 levels, 20 rounds (the pairwise tournament took 10 levels of 9). The randomness of every level comes in one
     request to the provider (or none if dealt ahead, `max_primitives`).
-    What is seen: by the coordinator and the parties, c, eps, the OR layers' f ^ alpha and u,
-    each uniformly masked; by the provider, nothing of x.
+    What is seen: by the coordinator and the parties, c, eps, w, the OR layers' f ^ alpha and
+    u, each uniformly masked; by the provider, nothing of x.
     """
     k = x.shape[-1]
     if k == 0:
@@ -427,13 +436,15 @@ def _tournament(x: SharedTensor, with_indices: bool):
     for level, (size, g, m) in enumerate(levels):
         (r_arith, r_xor), ors = prims[5 * level], prims[5 * level + 1:5 * level + 4]
         sel_r, sel_a, sel_R, sel_Ra = prims[5 * level + 4]
-        kept, opened = run_steps("max_mask", [(parties[i], (V[i], r_arith[i], sel_a[i], start,
+        kept, opened = run_steps("max_mask", [(parties[i], (V[i], r_arith[i], r_xor[i],
+                                                            ors[0][0][i], sel_a[i], start,
                                                             i == 0, g)) for i in range(n)],
                                  1, (w,) + lead + (size,), True)
         V = [kk[0] for kk in kept]
         _stats.rounds += 1
         c, eps = combine(opened, 0, "add"), combine(opened, 1, "add")
-        u = _ltz_rounds(parties, c, r_xor, ors, sel_r, lead + (m, g * (g - 1) // 2))
+        u = _ltz_rounds(parties, c, combine(opened, 2, "xor"), r_xor, ors, sel_r,
+                        lead + (m, g * (g - 1) // 2))
         last = level == len(levels) - 1
         out_size = m + size - m * g
         kept, _ = run_steps("max_select", [(parties[i], (V[i], u, eps, sel_a[i], sel_R[i],
