@@ -400,7 +400,17 @@ def _step_max_select(V, u, eps, a, R, Ra, first: bool, group: int, split: bool):
     return (out,), ()
 
 
-STEPS.update({"max_mask": _step_max_mask, "max_select": _step_max_select})
+def _step_max_select_mask(select: list, mask: list):
+    """One level's selection (`_step_max_select` on `select`: V, u, eps, a, R, Ra, first,
+    group) and the next level's first round (`_step_max_mask` on its result and `mask`: r,
+    r_xor, alpha, a, first, group) in one message."""
+    (V,), _ = _step_max_select(*select, False)
+    r, r_xor, alpha, a, first, group = mask
+    return _step_max_mask(V, r, r_xor, alpha, a, 0, first, group)
+
+
+STEPS.update({"max_mask": _step_max_mask, "max_select": _step_max_select,
+              "max_select_mask": _step_max_select_mask})
 
 
 def _tournament(x: SharedTensor, with_indices: bool):
@@ -431,28 +441,27 @@ def _tournament(x: SharedTensor, with_indices: bool):
     prims = primitive_store(provider).take_many(provider, parties,
                                                 max_primitives(lead, k, with_indices))
     V = list(x.shares)
-    start = 2 if with_indices else 1
-    levels = max_levels(k)
-    for level, (size, g, m) in enumerate(levels):
+    pending = None  # the previous level's selection: run in one message with this level's mask
+    for level, (size, g, m) in enumerate(max_levels(k)):
         (r_arith, r_xor), ors = prims[5 * level], prims[5 * level + 1:5 * level + 4]
         sel_r, sel_a, sel_R, sel_Ra = prims[5 * level + 4]
-        kept, opened = run_steps("max_mask", [(parties[i], (V[i], r_arith[i], r_xor[i],
-                                                            ors[0][0][i], sel_a[i], start,
-                                                            i == 0, g)) for i in range(n)],
-                                 1, (w,) + lead + (size,), True)
+        mask = [(r_arith[i], r_xor[i], ors[0][0][i], sel_a[i]) for i in range(n)]
+        if pending is None:
+            args = [(parties[i], (V[i], *mask[i], 2 if with_indices else 1, i == 0, g))
+                    for i in range(n)]
+            kept, opened = run_steps("max_mask", args, 1, (w,) + lead + (size,), True)
+        else:
+            args = [(parties[i], ((V[i], *pending[i]), (*mask[i], i == 0, g)))
+                    for i in range(n)]
+            kept, opened = run_steps("max_select_mask", args, 1, (w,) + lead + (size,), True)
         V = [kk[0] for kk in kept]
         _stats.rounds += 1
         c, eps = combine(opened, 0, "add"), combine(opened, 1, "add")
         u = _ltz_rounds(parties, c, combine(opened, 2, "xor"), r_xor, ors, sel_r,
                         lead + (m, g * (g - 1) // 2))
-        last = level == len(levels) - 1
-        out_size = m + size - m * g
-        kept, _ = run_steps("max_select", [(parties[i], (V[i], u, eps, sel_a[i], sel_R[i],
-                                                         sel_Ra[i], i == 0, g, last))
-                                           for i in range(n)],
-                            w if last else 1, lead + (out_size,) if last
-                            else (w,) + lead + (out_size,), False)
-        V = [kk[0] for kk in kept] if not last else kept
-        start = 0
+        pending = [(u, eps, sel_a[i], sel_R[i], sel_Ra[i], i == 0, g) for i in range(n)]
+    kept, _ = run_steps("max_select", [(parties[i], (V[i], *pending[i], True))
+                                       for i in range(n)], w, lead + (1,), False)
+    V = kept
     values = x._new([kk[0] for kk in V])
     return values, (x._new([kk[1] for kk in V]) if with_indices else None)
