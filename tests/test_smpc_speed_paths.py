@@ -334,3 +334,12 @@ def test_cached_masks_are_the_same_per_handle_and_differ_across_handles(parties)
     assert torch.equal(c, a @ b1)
     with pytest.raises(RemoteError, match="2-d matmul"):
         deal(cp, pair, "matmul_fixed", {"a": [4, 5], "b": [6, 3], "handle": 11})
+    with pytest.raises(RemoteError, match="unknown cached mask handle 13"):
+        deal(cp, pair, "matmul_fixed", {"a": [4, 6], "b": [6, 3], "handle": 13})
+    for bad in ({"shape": None, "shift": 1}, {"shape": [3], "shift": 40}):
+        with pytest.raises(RemoteError, match="shape|shift"):
+            deal(cp, pair, "or4", bad)
+    for bad in ({"shape": "x", "group": 4, "width": 1}, {"shape": [3], "group": 5, "width": 1},
+                {"shape": [3], "group": 4, "width": 3}):
+        with pytest.raises(RemoteError, match="shape|group|width"):
+            deal(cp, pair, "select", bad)

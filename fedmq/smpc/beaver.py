@@ -136,17 +136,16 @@ def _cached_matmul(x: SharedTensor, y: SharedTensor, entry: dict, divisor: int,
     store = primitive_store(provider)
     parties = x.locations
     shape_a, shape_b = list(x.shape), list(y.shape)
-    wanted = [("matmul_fixed", {"a": shape_a, "b": shape_b, "handle": entry["handle"]})]
     first = entry["b"] is None
-    if first:
-        wanted.append(("fixmask", {"shape": shape_b, "handle": entry["handle"]}))
+    wanted = [("fixmask", {"shape": shape_b, "handle": entry["handle"]})] if first else []
+    wanted.append(("matmul_fixed", {"a": shape_a, "b": shape_b, "handle": entry["handle"]}))
     out_shape = (shape_a[0], shape_b[1])
     if divisor != 1:
         wanted.append(("trunc", truncation_params(out_shape, divisor)))
     prims = store.take_many(provider, parties, wanted)
-    a, c = prims[0]
+    a, c = prims[1] if first else prims[0]
     if first:
-        entry["b"] = prims[1][0]
+        entry["b"] = prims[0][0]
         _, opened = run_steps("beaver_mask", [(loc, (xs, ai, ys, bi)) for loc, xs, ai, ys, bi
                                               in zip(parties, x.shares, a, y.shares,
                                                      entry["b"])], 0, (), True)

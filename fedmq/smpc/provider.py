@@ -121,8 +121,9 @@ class CryptoProvider(abc.ABC):
             shift = p.get("shift")
             if type(shift) is not int or not 1 <= shift <= 21:
                 raise ValueError(f"an or4 shift must be an int in [1, 21], got {shift!r}")
-            _check_shape(list(p.get("shape", [])) + [11])
-            return self.or4_mask(_check_shape(p.get("shape")), shift, n)
+            shape = _check_shape(p.get("shape"))
+            _check_shape(list(shape) + [len(OR4_SUBSETS)])
+            return self.or4_mask(shape, shift, n)
         if deal.kind == "select":
             group, width = p.get("group"), p.get("width")
             if type(group) is not int or group not in (2, 3, 4):
@@ -130,8 +131,9 @@ class CryptoProvider(abc.ABC):
             if type(width) is not int or width not in (1, 2):
                 raise ValueError(f"a selection width is 1 (values) or 2 (values and indices), "
                                  f"got {width!r}")
-            _check_shape([width * 2] + list(p.get("shape", [])) + [group, 1 << (group - 1)])
-            return self.selection(_check_shape(p.get("shape")), group, width, n)
+            shape = _check_shape(p.get("shape"))
+            _check_shape([width * 2] + list(shape) + [group, 1 << (group - 1)])
+            return self.selection(shape, group, width, n)
         if deal.kind == "bitmul":
             return self.bit_product(_check_shape(p.get("shape")), n)
         if deal.kind in ("fixmask", "matmul_fixed"):
@@ -161,10 +163,11 @@ def _check_shape(shape) -> tuple:
 
 class TrustedDealer(CryptoProvider):
     """Generates every primitive from the OS-seeded CSPRNG (ring.py), in the clear, on the
-    provider worker. With `prgs` set (one `ring.PRG` per party but the last, what
-    `handle_deal_request` does), every party's shares but the last one's are drawn from that
-    party's PRG, so the party can derive them from the PRG's seed; the last party's shares are
-    the corrections (value minus the others')."""
+    provider worker. With `prgs` set (one `ring.PRG` per party, what `handle_deal_request`
+    does), a uniform value is the sum (or XOR) of one draw from each party's PRG, and a value
+    correlated with others is drawn from every party's PRG but the last one's, whose share is
+    the correction (the value minus the others'): each party derives its shares from its
+    PRG's seed, and only the corrections travel as tensors."""
 
     prgs: list | None = None
 
@@ -252,15 +255,22 @@ class TrustedDealer(CryptoProvider):
         return _per_party(r_shares, a_shares, self._add(R, n), self._add(Ra, n))
 
     def fixed_mask(self, shape, handle, n):
+        TrustedDealer._handles.add(handle)
         return _per_party(self._add(self._cached_mask(shape, handle), n))
 
     def fixed_triple(self, shape_a, shape_b, handle, n):
+        if handle not in TrustedDealer._handles:
+            raise ValueError(f"unknown cached mask handle {handle}: this provider never dealt "
+                             f"its mask (or was restarted since); drop the operand from the "
+                             f"cache (PrimitiveStore.uncache_operand) and cache it again")
         a, a_shares = self._uniform_add(shape_a, n)
         c = a @ self._cached_mask(shape_b, handle)
         return _per_party(a_shares, self._add(c, n))
 
-    #: the key cached masks derive from (one per provider process, never sent anywhere)
+    #: the key cached masks derive from (one per provider process, never sent anywhere), and
+    #: the handles whose masks this process dealt
     _mask_key: bytes | None = None
+    _handles: set = set()
 
     @classmethod
     def _cached_mask(cls, shape, handle: int) -> torch.Tensor:
