@@ -11,6 +11,13 @@ Ring products (`ring_op`) are torch's own int64 kernels, which wrap around mod 2
 
 Online cost per product: two LocalStep messages per party (mask; finish), i.e. two rounds with a
 truncation (open eps/delta; open z - r) and one without (the finish is pipelined).
+
+Beaver cache (`PrimitiveStore.cache_operand`, opt-in; SecretFlow SPU's "beaver cache"): for a
+right operand y of matmul that does not change (a model's weights at inference), its mask b
+and the opened delta = y - b are kept after the first product; every later product deals only
+(a, c = a @ b) for the provider's handle-derived b (`TrustedDealer._cached_mask`) and opens only
+eps = x - a: the weights' mask is neither dealt nor opened again (784x500 weights: 3 MB less
+dealt and 12 MB less opened per batch).
 """
 from __future__ import annotations
 
