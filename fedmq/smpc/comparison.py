@@ -28,11 +28,10 @@ import torch
 
 from fedmq.smpc.local_steps import STEPS, combine, run_steps
 from fedmq.smpc.provider import OR4_SUBSETS, primitive_store, selection_layout
-from fedmq.smpc.shares import SharedTensor, _stats, cat, open_shares, remote, stack
+from fedmq.smpc.shares import SharedTensor, _stats, open_shares, remote, stack
 
 MASK63 = (1 << 63) - 1
 SIGN_BIT = -(1 << 63)  # 0x8000000000000000 as int64
-_OR_SHIFTS = (1, 2, 4, 8, 16, 32)  # binary_and's suffix-OR (the reference form)
 _OR4_SHIFTS = (1, 4, 16)  # ltz's suffix-OR, fan-in 4: 4 * 4 * 4 = 64 bits in 3 layers
 _OR4_LAST = len(OR4_SUBSETS) - 1  # the subset {0, 1, 2, 3}
 _FOLD_SHIFTS = (32, 16, 8, 4, 2, 1)
@@ -421,8 +420,10 @@ def _tournament(x: SharedTensor, with_indices: bool):
     per party: (1) open c = x_i - x_j + r (edaBit), eps = X - a and `ltz`'s w; (2-3) two OR
     layers of `ltz`; (4) the last OR layer and the opening of u = [x_i < x_j] ^ r' per pair;
     then each party computes its share of the winner locally (`_step_max_select`). Over
-    1 000 values: 5 levels, 20 rounds (the pairwise tournament took 10 levels of 9). The randomness of every level comes in one
-    request to the provider (or none if dealt ahead, `max_primitives`).
+    1 000 values: 5 levels, 20 rounds (the pairwise tournament took 10 levels of 9). A
+    level's selection and the next level's round (1) go in one message
+    (`_step_max_select_mask`). The randomness of every level comes in one request to the
+    provider (or none if dealt ahead, `max_primitives`).
     What is seen: by the coordinator and the parties, c, eps, w, the OR layers' f ^ alpha and
     u, each uniformly masked; by the provider, nothing of x.
     """
