@@ -343,3 +343,29 @@ def test_cached_masks_are_the_same_per_handle_and_differ_across_handles(parties)
                 {"shape": [3], "group": 4, "width": 3}):
         with pytest.raises(RemoteError, match="shape|group|width"):
             deal(cp, pair, "select", bad)
+
+
+def test_recorded_primitives_preprocess_a_whole_step(parties):
+    """PrimitiveStore.record: one run of a step lists what it takes; dealt ahead with
+    `provide`, the next run needs no provider round trip and gives the same results."""
+    workers, cp = parties
+    pair = workers[:2]
+    store = primitive_store(cp)
+    torch.manual_seed(5)
+    x, w = torch.randn(6, 8), torch.randn(8, 4)
+    sx = x.fix_precision().share(*pair, crypto_provider=cp)
+    sw = w.fix_precision().share(*pair, crypto_provider=cp)
+
+    def step():
+        return (sx @ sw).relu().argmax(dim=1)
+    recorded = store.record()
+    first = step().get().float_precision().long()
+    assert store.stop_recording() is recorded and store.recorded is None
+    assert [kind for kind, _ in recorded][:2] == ["matmul", "trunc"] and len(recorded) > 5
+    for kind, params in recorded:
+        store.provide(cp, pair, kind, params)
+    before = (store.requests, cp.message_count)
+    assert torch.equal(step().get().float_precision().long(), first)
+    assert (store.requests, cp.message_count) == before and len(store) == 0
+    plain = torch.relu(x @ w)  # the chosen column is a maximum (up to fixed point's rounding)
+    assert bool((plain[torch.arange(6), first] >= plain.max(dim=1).values - 0.01).all())

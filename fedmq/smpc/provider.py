@@ -389,6 +389,8 @@ class PrimitiveStore:
         self._pool: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
         #: the Beaver cache: id(operand) -> its handle, mask shares and opened delta
         self.cached: dict[int, dict] = {}
+        #: while not None, every (kind, params) taken is appended (`record`)
+        self.recorded: list | None = None
         #: round trips to providers and primitives dealt (for benchmarks)
         self.requests = 0
         self.dealt = 0
@@ -406,7 +408,22 @@ class PrimitiveStore:
         dealt = self.deal_now(provider, parties, [(kind, params)] * n_instances)
         self._pool[self._key(provider, parties, kind, params)].extend(dealt)
 
+    def record(self) -> list:
+        """Start recording what is taken: returns the list every later `take`/`take_many`
+        appends its (kind, params) to, until `stop_recording`. Run one step of a computation
+        (a training step, an inference batch) while recording, then `provide` each entry for
+        the next steps: their online phase then has no provider round trip (preprocessing
+        learned from the computation itself)."""
+        self.recorded = []
+        return self.recorded
+
+    def stop_recording(self) -> list:
+        recorded, self.recorded = self.recorded or [], None
+        return recorded
+
     def take(self, provider: Any, parties: list, kind: str, params: dict) -> list:
+        if self.recorded is not None:
+            self.recorded.append((kind, params))
         pool = self._pool.get(self._key(provider, parties, kind, params))
         if pool:
             return pool.popleft()
@@ -414,6 +431,8 @@ class PrimitiveStore:
 
     def take_many(self, provider: Any, parties: list, wanted: list[tuple[str, dict]]) -> list:
         """Several primitives: stored ones first, the rest dealt in one request."""
+        if self.recorded is not None:
+            self.recorded.extend(wanted)
         out: list = [None] * len(wanted)
         missing = []
         for index, (kind, params) in enumerate(wanted):
