@@ -369,3 +369,23 @@ def test_recorded_primitives_preprocess_a_whole_step(parties):
     assert (store.requests, cp.message_count) == before and len(store) == 0
     plain = torch.relu(x @ w)  # the chosen column is a maximum (up to fixed point's rounding)
     assert bool((plain[torch.arange(6), first] >= plain.max(dim=1).values - 0.01).all())
+
+
+def test_prg_shares_is_refused_past_the_senders_quota_before_drawing(hook, monkeypatch):
+    """A short prg_shares message cannot make a party allocate past its sender's quota: the
+    quota is checked for everything the seed expands to before anything is drawn."""
+    from fedmq.policy import ANYONE, ROLES, Policy
+    from fedmq.smpc import ring
+    bob = fedmq.VirtualWorker(hook, id="qbob")
+    bob.worker.policy = Policy(owner="owner", grants={role: {ANYONE} for role in ROLES},
+                               release="all", max_bytes=1 << 20)
+    drawn = []
+    monkeypatch.setattr(ring.PRG, "_words", lambda self, shape: drawn.append(shape))
+    with pytest.raises(RemoteError, match="(?i)quota"):
+        bob.call(LocalStep("prg_shares", [bytes(32), [[[1 << 18], False]]],
+                           [fedmq.ids.new_id()]))
+    assert drawn == []
+    monkeypatch.undo()
+    ids = [fedmq.ids.new_id()]
+    bob.call(LocalStep("prg_shares", [bytes(32), [[[1 << 10], False]]], ids))  # within quota
+    assert bob.objects_count() == 2  # the refusal recorded under its id, and the tensor

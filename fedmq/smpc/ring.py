@@ -122,19 +122,10 @@ def xor_split(value: torch.Tensor, n: int, bits_only: bool = False, prgs: list |
     return shares + [last]
 
 
-def expand_shares(seed: bytes, draws: list, layout: list | None = None,
-                  given: list | None = None) -> tuple:
-    """A party's shares from a seed the crypto provider dealt, as a LocalStep ("prg_shares")
-    returns them (kept, opened): `PRG(seed)` draws `draws` ([shape, bits_only] each, in
-    order); the shares are, in `layout` order, draw k for an entry k >= 0 and `given[-1 - k]`
-    (a correction the provider sent) for k < 0; without `layout`, every draw in order.
-    Raises ValueError on a bad seed, spec or layout, or past MAX_EXPANDED elements in all."""
-    if not isinstance(draws, list) or (not draws and not given):
-        raise ValueError("prg_shares needs a non-empty list of [shape, bits_only] draws")
-    given = list(given or [])
-    if not all(isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in given):
-        raise ValueError("prg_shares' given shares are int64 tensors")
-    prg, total, drawn = PRG(seed), 0, []
+def draw_elements(draws: list) -> int:
+    """How many elements `draws` ([shape, bits_only] each) expand to; ValueError on a bad
+    spec or past MAX_EXPANDED (checked before anything is drawn)."""
+    total = 0
     for spec in draws:
         if (not isinstance(spec, (list, tuple)) or len(spec) != 2
                 or not isinstance(spec[0], (list, tuple)) or type(spec[1]) is not bool
@@ -147,7 +138,24 @@ def expand_shares(seed: bytes, draws: list, layout: list | None = None,
         total += n
         if total > MAX_EXPANDED:
             raise ValueError(f"a seed expands to at most {MAX_EXPANDED} elements")
-        drawn.append(prg.bits(spec[0]) if spec[1] else prg.uniform(spec[0]))
+    return total
+
+
+def expand_shares(seed: bytes, draws: list, layout: list | None = None,
+                  given: list | None = None) -> tuple:
+    """A party's shares from a seed the crypto provider dealt, as a LocalStep ("prg_shares")
+    returns them (kept, opened): `PRG(seed)` draws `draws` ([shape, bits_only] each, in
+    order); the shares are, in `layout` order, draw k for an entry k >= 0 and `given[-1 - k]`
+    (a correction the provider sent) for k < 0; without `layout`, every draw in order.
+    Raises ValueError on a bad seed, spec or layout, or past MAX_EXPANDED elements in all."""
+    if not isinstance(draws, list) or (not draws and not given):
+        raise ValueError("prg_shares needs a non-empty list of [shape, bits_only] draws")
+    given = list(given or [])
+    if not all(isinstance(t, torch.Tensor) and t.dtype == torch.int64 for t in given):
+        raise ValueError("prg_shares' given shares are int64 tensors")
+    draw_elements(draws)
+    prg = PRG(seed)
+    drawn = [prg.bits(spec[0]) if spec[1] else prg.uniform(spec[0]) for spec in draws]
     if layout is None:
         return tuple(drawn) + tuple(given), ()
     if not isinstance(layout, list) or not all(
