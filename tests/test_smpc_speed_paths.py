@@ -389,3 +389,19 @@ def test_prg_shares_is_refused_past_the_senders_quota_before_drawing(hook, monke
     ids = [fedmq.ids.new_id()]
     bob.call(LocalStep("prg_shares", [bytes(32), [[[1 << 10], False]]], ids))  # within quota
     assert bob.objects_count() == 2  # the refusal recorded under its id, and the tensor
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_max_argmax_over_every_dim_of_a_3d_tensor_with_ties(parties, n):
+    workers, cp = parties
+    g = torch.Generator().manual_seed(20 + n)
+    a = torch.randint(-2, 2, (3, 6, 5), generator=g)
+    x = a.share(*workers[:n], crypto_provider=cp)
+    for dim in (0, 1, 2, -1):
+        for keepdim in (False, True):
+            values, indices = x.max(dim=dim, keepdim=keepdim)
+            ref = a.max(dim=dim, keepdim=keepdim)
+            assert torch.equal(values.get(), ref.values)
+            assert torch.equal(indices.get(), ref.indices)
+            assert torch.equal(x.argmin(dim=dim, keepdim=keepdim).get(),
+                               a.argmin(dim=dim, keepdim=keepdim))
