@@ -20,10 +20,15 @@ party is asked at once (fedmq.client.call_all).
 With --amqp, a second table times the same ops with the parties and the provider as
 `fedmq worker` processes behind RabbitMQ (FEDMQ_AMQP_URL or --url).
 
-The last two rows are issue 15's end-to-end targets (the `target` column): the primitives of
-encrypted inference of a 784-500-10 MLP on a batch of 50 and of one SGD step of 784-128-64-10 at
-batch 64, dealt on demand. SPU: SecretFlow SPU 0.9.5 SEMI2K with one process per party (its
-simulator in brackets), measurements.md; CrypTen: TFP mode.
+A comparison (gt) is 4 rounds, relu 4 (the product fused into the comparison), max over 1 000
+values 20 (a tournament of groups of 4); every party but the last derives its dealt shares from
+a PRG seed (fedmq.smpc.provider.handle_deal_request).
+
+The last three rows are issue 15's end-to-end targets (the `target` column): the primitives of
+encrypted inference of a 784-500-10 MLP on a batch of 50 (with the weights' Beaver masks cached,
+and without) and of one SGD step of 784-128-64-10 at batch 64; their "online" figure deals
+ahead what one recorded run took (PrimitiveStore.record). SPU: SecretFlow SPU 0.9.5 SEMI2K with
+one process per party (its simulator in brackets), measurements.md; CrypTen: TFP mode.
 
 Run: python benchmarks/smpc_ops.py [--repeats 15] [--amqp]
 """
