@@ -21,8 +21,8 @@ With --amqp, a second table times the same ops with the parties and the provider
 `fedmq worker` processes behind RabbitMQ (FEDMQ_AMQP_URL or --url).
 
 A comparison (gt) is 4 rounds, relu 4 (the product fused into the comparison), max over 1 000
-values 20 (a tournament of groups of 4); every party but the last derives its dealt shares from
-a PRG seed (fedmq.smpc.provider.handle_deal_request).
+values 20 (a tournament of groups of 4); every party derives its dealt shares from a PRG seed,
+only the last also gets the corrections of correlated values (provider.handle_deal_request).
 
 The last three rows are issue 15's end-to-end targets (the `target` column): the primitives of
 encrypted inference of a 784-500-10 MLP on a batch of 50 (with the weights' Beaver masks cached,
