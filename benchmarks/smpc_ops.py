@@ -17,8 +17,18 @@ In-process parties exchange encoded frames through function calls, so these time
 over RabbitMQ each round adds one broker round trip (~0.5 ms quiet, measurements.md): every
 party is asked at once (fedmq.client.call_all).
 
-With --amqp, a second table times the same ops (max 1000 only with --repeats <= 5) with the
-parties and the provider as `fedmq worker` processes behind RabbitMQ (FEDMQ_AMQP_URL or --url).
+With --amqp, a second table times the same ops with the parties and the provider as
+`fedmq worker` processes behind RabbitMQ (FEDMQ_AMQP_URL or --url).
+
+A comparison (gt) is 4 rounds, relu 4 (the product fused into the comparison), max over 1 000
+values 20 (a tournament of groups of 4); every party derives its dealt shares from a PRG seed,
+only the last also gets the corrections of correlated values (provider.handle_deal_request).
+
+The last three rows are issue 15's end-to-end targets (the `target` column): the primitives of
+encrypted inference of a 784-500-10 MLP on a batch of 50 (with the weights' Beaver masks cached,
+and without) and of one SGD step of 784-128-64-10 at batch 64; their "online" figure deals
+ahead what one recorded run took (PrimitiveStore.record). SPU: SecretFlow SPU 0.9.5 SEMI2K with
+one process per party (its simulator in brackets), measurements.md; CrypTen: TFP mode.
 
 Run: python benchmarks/smpc_ops.py [--repeats 15] [--amqp]
 """
@@ -36,13 +46,20 @@ import torch
 
 import fedmq as sy
 from fedmq.smpc.beaver import triple_params
-from fedmq.smpc.comparison import comparison_primitives
+from fedmq.smpc.comparison import comparison_primitives, max_primitives
 from fedmq.smpc.provider import primitive_store
 from fedmq.smpc.shares import _stats
 from fedmq.smpc.truncation import truncation_params
 
 CRYPTEN_MS = {"mul 100x100": 2.5, "matmul 100x100": 3.1, "gt 100x100": 29.0,
-              "relu 100x100": 30.0, "max 1000": 221.0, "add 1000": 0.30}
+              "relu 100x100": 30.0, "max 1000": 221.0, "add 1000": 0.30,
+              "mlp infer b50": 277.0, "sgd step b64": 135.0}
+#: SecretFlow SPU 0.9.5 SEMI2K, one process per party (measurements.md; simulator in brackets)
+SPU_MS = {"mul 100x100": "6.8 (4.0)", "matmul 100x100": "6.3 (5.5)", "gt 100x100": "15.9 (12.4)",
+          "relu 100x100": "19.6 (14.8)", "max 1000": "58 (14.9)", "mlp infer b50": "163 (153)",
+          "sgd step b64": "106 (135)"}
+#: issue 15's targets (ms, 2 parties + provider, on a quiet machine)
+TARGET_MS = {"max 1000": 20.0, "mlp infer b50": 80.0, "sgd step b64": 100.0}
 
 
 class Meter:
@@ -56,8 +73,8 @@ class Meter:
             server = w.worker  # the Worker behind the VirtualWorker client
             original = server.handle_frame
 
-            def handle_frame(frame, _o=original):
-                reply = _o(frame)
+            def handle_frame(frame, *args, _o=original):
+                reply = _o(frame, *args)
                 self.bytes += len(frame) + len(reply)
                 return reply
             server.handle_frame = handle_frame
@@ -82,13 +99,7 @@ def make_cases(parties, cp):
                 ("trunc", truncation_params(shape, 1000))]
 
     def prims_max(k):
-        out, size = [], k
-        while size > 1:
-            half = size // 2
-            out += comparison_primitives((half,)) + [("mul", triple_params("mul", (half,),
-                                                                           (half,)))]
-            size = half + size % 2
-        return out
+        return max_primitives((), k, with_indices=False)
 
     return [
         ("add 1000", lambda: s1000 + t1000, lambda: v1000 + w1000, []),
@@ -99,15 +110,82 @@ def make_cases(parties, cp):
           ("trunc", truncation_params((100, 100), 1000))]),
         ("gt 100x100", lambda: sm > sn, lambda: m > n, comparison_primitives((100, 100))),
         ("relu 100x100", lambda: sm.relu(), lambda: m.relu(),
-         comparison_primitives((100, 100)) + [("mul", triple_params("mul", (100, 100),
-                                                                     (100, 100)))]),
+         comparison_primitives((100, 100))[:-1] + [("bitmul", {"shape": [100, 100]})]),
         ("max 1000", lambda: s1000.max(), lambda: v1000.max(), prims_max(1000)),
+        *mlp_cases(shared, cp),
     ]
 
 
+def mlp_cases(shared, cp):
+    """The primitives behind encrypted inference of a 784-500-10 MLP on a batch of 50 (two
+    matmuls, relu, argmax) and one SGD step of 784-128-64-10 at batch 64 (MSE on one-hot,
+    relu's derivative as a comparison bit, lr 0.02): issue 15's targets. Weights and data are
+    fixed-point shared; their preprocessing is recorded from one run (PrimitiveStore.record).
+    Inference runs twice:
+    with the weights' Beaver masks cached (`PrimitiveStore.cache_operand`: their masked
+    opening is reused across batches) and without."""
+    import torch.nn.functional as F
+
+    x, sx = shared(50, 784)
+    w1, sw1 = shared(784, 500)
+    b1, sb1 = shared(500)
+    w2, sw2 = shared(500, 10)
+    b2, sb2 = shared(10)
+    _, cw1 = shared(784, 500)  # the same model's weights, with cached masks
+    _, cw2 = shared(500, 10)
+    cw1.child, cw2.child = sw1.child.copy(), sw2.child.copy()
+    for weight in (cw1, cw2):
+        primitive_store(cp).cache_operand(weight.child)
+
+    def infer():
+        return ((sx @ cw1 + sb1).relu() @ cw2 + sb2).argmax(dim=1)
+
+    def infer_uncached():
+        return ((sx @ sw1 + sb1).relu() @ sw2 + sb2).argmax(dim=1)
+
+    def infer_plain():
+        return (F.relu(x @ w1 + b1) @ w2 + b2).argmax(dim=1)
+
+    xs, sxs = shared(64, 784)
+    onehot = F.one_hot(torch.randint(0, 10, (64,)), 10).float()
+    ys = onehot.fix_precision().share(*sx.child.locations, crypto_provider=sx.child.crypto_provider)
+    layers = [shared(784, 128), shared(128), shared(128, 64), shared(64), shared(64, 10),
+              shared(10)]
+    lr = 0.02
+
+    def sgd_step():
+        (_, v1), (_, c1), (_, v2), (_, c2), (_, v3), (_, c3) = layers
+        z1 = sxs @ v1 + c1
+        m1 = z1 > 0
+        h1 = z1 * m1
+        z2 = h1 @ v2 + c2
+        m2 = z2 > 0
+        h2 = z2 * m2
+        d3 = (h2 @ v3 + c3 - ys) * (2 / onehot.numel())
+        d2 = (d3 @ v3.t()) * m2
+        d1 = (d2 @ v2.t()) * m1
+        return [v3 - (h2.t() @ d3) * lr, c3 - d3.sum(0) * lr, v2 - (h1.t() @ d2) * lr,
+                c2 - d2.sum(0) * lr, v1 - (sxs.t() @ d1) * lr, c1 - d1.sum(0) * lr]
+
+    plain = [t for t, _ in layers]
+
+    def sgd_plain():
+        params = [p.clone().requires_grad_() for p in plain]
+        v1, c1, v2, c2, v3, c3 = params
+        out = F.relu(F.relu(xs @ v1 + c1) @ v2 + c2) @ v3 + c3
+        F.mse_loss(out, onehot).backward()
+        with torch.no_grad():
+            return [p - lr * p.grad for p in params]
+
+    return [("mlp infer b50", infer, infer_plain, None),
+            ("mlp b50 uncached", infer_uncached, infer_plain, None),
+            ("sgd step b64", sgd_step, sgd_plain, None)]
+
+
 def run_cases(cases, parties, cp, repeats: int, meter: "Meter | None") -> None:
-    header = (f"{'op':<16}{'online ms':>10}{'total ms':>10}{'torch ms':>10}{'ratio':>9}"
-              f"{'KB moved':>10}{'rounds':>7}{'deals':>6}{'CrypTen ms':>11}")
+    header = (f"{'op':<16}{'online ms':>10}{'total ms':>10}{'target':>7}{'torch ms':>10}"
+              f"{'ratio':>9}{'KB moved':>10}{'rounds':>7}{'deals':>6}{'SPU mp (sim)':>13}"
+              f"{'CrypTen ms':>11}")
     print(header)
     store = primitive_store(cp)   # the provider's primitives, in its hook's context
     flush_all = cp.context.flush_all  # sends every client's buffered commands (that context)
@@ -115,7 +193,11 @@ def run_cases(cases, parties, cp, repeats: int, meter: "Meter | None") -> None:
         secure(), flush_all()  # warm up (meta cache, allocator)
         online, total = [], []
         store.clear()
-        for kind, params in prims:  # preprocessing: every instance the repeats need, batched
+        if prims is None:  # what the op takes, recorded from one run of it
+            store.record()
+            secure(), flush_all()
+            prims = store.stop_recording()
+        for kind, params in prims:  # preprocessing: every instance the repeats need
             store.provide(cp, parties, kind, params, repeats)
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -139,8 +221,9 @@ def run_cases(cases, parties, cp, repeats: int, meter: "Meter | None") -> None:
         on, tot, pt = (statistics.median(x) * 1e3 for x in (online, total, ptimes))
         crypten = CRYPTEN_MS.get(name)
         kb = f"{moved / 1024:>10.1f}" if moved is not None else f"{'-':>10}"
-        print(f"{name:<16}{on:>10.2f}{tot:>10.2f}{pt:>10.4f}{on / pt:>9.0f}x{kb}"
-              f"{rounds:>7}{deals:>6}{crypten if crypten is not None else '-':>11}")
+        print(f"{name:<16}{on:>10.2f}{tot:>10.2f}{TARGET_MS.get(name, '-'):>7}{pt:>10.4f}"
+              f"{on / pt:>9.0f}x{kb}{rounds:>7}{deals:>6}{SPU_MS.get(name, '-'):>13}"
+              f"{crypten if crypten is not None else '-':>11}")
 
 
 def main() -> None:
@@ -180,7 +263,7 @@ def run_amqp(hook, url: str, repeats: int) -> None:
         for worker in (bob, alice, cp):
             worker.wait_until_served(120)  # the service is starting
         parties = [bob, alice]
-        cases = [c for c in make_cases(parties, cp) if c[0] != "max 1000" or repeats <= 5]
+        cases = make_cases(parties, cp)
         print(f"\nover RabbitMQ ({url.split('@')[-1]}): bob, alice and the provider are "
               f"`fedmq worker` processes; median of {repeats}; KB not metered")
         run_cases(cases, parties, cp, repeats, None)

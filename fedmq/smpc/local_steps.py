@@ -20,10 +20,24 @@ from fedmq.client import call_all
 from fedmq.execution import check_release, execute
 from fedmq.ids import new_id
 from fedmq.smpc.messages import LocalStep
+from fedmq.smpc.ring import draw_elements, expand_shares
 from fedmq.smpc.shares import make_pointer, to_wire
 
-#: step name -> fn(*args) -> (tensors kept, tensors opened)
-STEPS: dict[str, Callable[..., tuple]] = {}
+#: step name -> fn(*args) -> (tensors kept, tensors opened); "prg_shares" is what the crypto
+#: provider sends a party to derive its shares from a dealt seed (provider.handle_deal_request)
+STEPS: dict[str, Callable[..., tuple]] = {"prg_shares": expand_shares}
+
+
+def _prg_shares_within_quota(store: Any, seed: Any, draws: Any, layout: Any = None,
+                             given: Any = None) -> tuple:
+    """"prg_shares" on a share holder: the sender's quota is checked for everything the seed
+    expands to before any of it is drawn (a short message must not allocate past it)."""
+    if isinstance(draws, list):
+        n_objects = len(layout) if isinstance(layout, list) else len(draws)
+        check_room = getattr(store, "check_room", None)
+        if check_room is not None:
+            check_room(8 * draw_elements(draws), n_objects)
+    return expand_shares(seed, draws, layout, given)
 
 
 def handle_local_step(worker: Any, msg: LocalStep) -> list:
@@ -33,6 +47,8 @@ def handle_local_step(worker: Any, msg: LocalStep) -> list:
     op = msg.step if step is not None else None
     if step is None:  # fails inside execute, so the failure is recorded like any other
         step = functools.partial(_unknown_step, msg.step)
+    elif op == "prg_shares":
+        step = functools.partial(_prg_shares_within_quota, worker.store)
     opened = execute(step, msg.args, None, msg.result_ids, worker.store, worker.id, op=op,
                      split=True)
     # what a step opens leaves in the clear: from private data, only as the policy releases
