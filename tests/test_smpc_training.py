@@ -135,7 +135,7 @@ def plain_s13(net_class, n_train: int, n_test: int, epochs: int) -> tuple[list[f
 
 
 def test_s13_encrypted_mnist_training_reaches_plaintext_accuracy():
-    n_train, n_test, epochs = 320, 320, 4
+    n_train, n_test, epochs = 640, 640, 4
     out, ns = run_source("s13_mnist_encrypted_training.py", replace={
         "epochs = 10": f"epochs = {epochs}", "n_train_items = 640": f"n_train_items = {n_train}",
         "n_test_items = 640": f"n_test_items = {n_test}"})
