@@ -630,3 +630,48 @@ def _dim(dim: Any, x: FixedPrecisionTensor) -> int:
     if type(dim) is not int or not -x.dim() <= dim < x.dim():
         raise ValueError(f"dim must be an int in [-{x.dim()}, {x.dim() - 1}], got {dim!r}")
     return dim
+
+
+# -- an AutogradTensor operand (fedmq.smpc.autograd, a layer above) -----------------------------
+# `x_fp * w` with w an AutogradTensor: the FixedPrecisionTensor becomes a constant of w's graph
+# (the class registered by `use_autograd_class`, wrapping x without a gradient) and the same
+# method runs there, so the result tracks w's gradient, as `w * x_fp` does.
+
+def _lifting(name: str):
+    method = getattr(FixedPrecisionTensor, name)
+
+    def op(self: FixedPrecisionTensor, other: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(type(other), "_fedmq_autograd", False) and _autograd_class:
+            return getattr(_autograd_class[0](self), name)(other, *args, **kwargs)
+        return method(self, other, *args, **kwargs)
+
+    op.__name__, op.__qualname__, op.__doc__ = name, method.__qualname__, method.__doc__
+    return op
+
+
+def _check_matmul_operand(method):
+    def op(self: FixedPrecisionTensor, other: Any) -> Any:
+        if not isinstance(other, (torch.Tensor, FixedPrecisionTensor)):
+            raise TypeError(f"matmul takes tensors of at least one dimension (as torch.matmul), "
+                            f"got {type(other).__name__}: use * to scale by a number")
+        return method(self, other)
+
+    op.__name__, op.__qualname__, op.__doc__ = method.__name__, method.__qualname__, \
+        method.__doc__
+    return op
+
+
+FixedPrecisionTensor.matmul = FixedPrecisionTensor.mm = \
+    _check_matmul_operand(FixedPrecisionTensor.matmul)
+FixedPrecisionTensor.rmatmul = _check_matmul_operand(FixedPrecisionTensor.rmatmul)
+for _name, _operators in {"add": ("__add__", "__radd__", "__iadd__"),
+                          "sub": ("__sub__", "__isub__"), "rsub": ("__rsub__",),
+                          "mul": ("__mul__", "__rmul__", "__imul__"),
+                          "matmul": ("__matmul__", "mm"), "rmatmul": ("__rmatmul__",),
+                          "div": ("__truediv__",), "rdiv": ("__rtruediv__",),
+                          "gt": ("__gt__",), "lt": ("__lt__",), "ge": ("__ge__",),
+                          "le": ("__le__",), "eq": ("__eq__",), "ne": ("__ne__",)}.items():
+    _op = _lifting(_name)
+    for _attr in (_name, *_operators):
+        setattr(FixedPrecisionTensor, _attr, _op)
+del _name, _operators, _op, _attr
