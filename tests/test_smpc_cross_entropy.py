@@ -256,7 +256,7 @@ def test_tiny_mlp_learns_with_encrypted_cross_entropy(parties):
     and on shares (model, data and one-hot labels shared; §13's pattern with
     F.cross_entropy instead of the squared error): the encrypted losses follow the plaintext
     ones (within 1e-2; measured: within 3e-3, 0.975 -> 0.298 against 0.975 -> 0.296) and the
-    test accuracy is within 5 points of the plaintext model's (measured: both 98.3%).""""
+    test accuracy is within 5 points of the plaintext model's (measured: both 98.3%)."""
     workers, provider = parties
     data, labels = blobs(96, seed=1)
     test_data, test_labels = blobs(60, seed=2)
