@@ -75,14 +75,15 @@ def _child(value: Any) -> Any:
 
 
 def _constant_operand(value: Any, like: FixedPrecisionTensor) -> "AutogradTensor":
-    """A FixedPrecisionTensor or a public float tensor as an AutogradTensor that needs no
+    """A FixedPrecisionTensor or a public real tensor as an AutogradTensor that needs no
     gradient (encoded like `like`). Raises TypeError for anything else."""
     if isinstance(value, FixedPrecisionTensor):
         return AutogradTensor(value)
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
-        return AutogradTensor(public_value(like, value))
+    if isinstance(value, torch.Tensor) and not value.is_complex() and value.dtype != torch.bool:
+        return AutogradTensor(public_value(like, value))  # an integer tensor: its values
     raise TypeError(f"cannot combine an AutogradTensor with a {type(value).__name__} first "
-                    f"operand: use a fixed-precision or a float tensor")
+                    f"operand: use a fixed-precision tensor or a real (float or integer) "
+                    f"tensor")
 
 
 # -- metadata answered without dispatch ----------------------------------------------------------
@@ -648,6 +649,15 @@ class AutogradTensor(torch.Tensor):
 
     def __iadd__(self, other: Any) -> "AutogradTensor":
         return self.add(other)  # a new value, as `correct += ...` in the seed's test loop
+
+    def __isub__(self, other: Any) -> "AutogradTensor":
+        return self.sub(other)  # x -= y, x *= y, x /= y rebind x to a new value (as +=)
+
+    def __imul__(self, other: Any) -> "AutogradTensor":
+        return self.mul(other)
+
+    def __itruediv__(self, other: Any) -> "AutogradTensor":
+        return self.div(other)
 
 
 def _count(shape: torch.Size, dim) -> int:
