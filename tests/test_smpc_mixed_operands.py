@@ -175,3 +175,14 @@ def test_a_complex_first_operand_is_refused(parties):
     w = make("ag", B, parties)
     with pytest.raises(TypeError, match="real \\(float or integer\\) tensor"):
         torch.mul(torch.ones(2, 2, dtype=torch.complex64), w)
+
+
+def test_a_fixed_precision_method_without_lifting_names_the_fix(parties):
+    """FixedPrecisionTensor methods other than the operators' (conv2d here) do not hand an
+    AutogradTensor operand over: TypeError saying what to do (F.conv2d(x_fp, w) works)."""
+    x = torch.randn(1, 1, 4, 4).fix_precision()
+    w = AutogradTensor(torch.randn(1, 1, 3, 3).fix_precision(), requires_grad=True)
+    with pytest.raises(TypeError, match="put the AutogradTensor first"):
+        x.conv2d(w)
+    out = torch.nn.functional.conv2d(x, w)
+    assert isinstance(out, AutogradTensor) and out.requires_grad
