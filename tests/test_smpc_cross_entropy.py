@@ -289,3 +289,25 @@ def test_tiny_mlp_learns_with_encrypted_cross_entropy(parties):
         assert abs(got - want) <= 0.01 + 0.01 * want, (losses, plain_losses)
     assert plain_acc >= 0.9
     assert acc >= plain_acc - 0.05, (acc, plain_acc)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["local", "shared"])
+def test_evaluation_loss_on_fixed_precision_scores(shared, parties):
+    """The seed's test loop: `test_loss += F.nll_loss(output, target, reduction='sum')` with
+    output a FixedPrecisionTensor (a model shared without requires_grad): the loss's value,
+    no graph."""
+    workers, provider = parties
+    scores = F.log_softmax(LOGITS, 1).fix_precision()
+    logits = LOGITS.fix_precision()
+    if shared:
+        scores = scores.share(*workers, crypto_provider=provider)
+        logits = logits.share(*workers, crypto_provider=provider)
+    loss = F.nll_loss(scores, LABELS, reduction="sum")
+    ce = F.cross_entropy(logits, LABELS)
+    assert isinstance(loss, FixedPrecisionTensor) and isinstance(ce, FixedPrecisionTensor)
+    assert loss.is_shared == shared
+    want = F.nll_loss(F.log_softmax(LOGITS, 1), LABELS, reduction="sum")
+    assert abs(float(decode(loss)) - float(want)) <= 8 * ULP
+    assert abs(float(decode(ce)) - float(F.cross_entropy(LOGITS, LABELS))) <= 1e-2
+    with pytest.raises(TypeError, match="no SMPC value where one is needed"):
+        F.cross_entropy(LOGITS, F.one_hot(LABELS, 5).float().fix_precision())

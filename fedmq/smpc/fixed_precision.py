@@ -26,6 +26,9 @@ scale 256: ~15x the range of base 10's 1000).
 
 Non-linear functions (exp, reciprocal, log, sigmoid, tanh, softmax, log_softmax) are
 approximations (approximations.py: methods, papers, ranges and accuracy in its docstrings).
+F.cross_entropy and F.nll_loss of fixed-precision scores give the loss's value (no graph) through
+fedmq.smpc.autograd's, registered by `use_autograd_class`; so does an operator with an
+AutogradTensor operand (`x_fp * w`: x joins w's graph as a constant; see the module's end).
 Pooling (max_pool2d, avg_pool2d) stacks the windows and takes their max (comparison.py's
 tournament) or sum; argmax and max(dim) pick the first maximum on ties, as torch.
 """
@@ -675,3 +678,22 @@ for _name, _operators in {"add": ("__add__", "__radd__", "__iadd__"),
     for _attr in (_name, *_operators):
         setattr(FixedPrecisionTensor, _attr, _op)
 del _name, _operators, _op, _attr
+
+
+def _classification_loss(name: str):
+    def loss(self: FixedPrecisionTensor, target: Any, *args: Any, **kwargs: Any
+             ) -> FixedPrecisionTensor:
+        if not _autograd_class:
+            raise RuntimeError(f"{name} needs fedmq.smpc.autograd, which fedmq.TorchHook(torch) "
+                               f"loads")
+        return getattr(_autograd_class[0](self), name)(target, *args, **kwargs).child
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = (f"F.{name} of scores (N, C) without gradients (an evaluation loop's loss): "
+                    f"AutogradTensor.{name} (fedmq.smpc.autograd: targets, reductions, "
+                    f"precision and errors) on a constant, its value returned.")
+    return loss
+
+
+FixedPrecisionTensor.cross_entropy = _classification_loss("cross_entropy")
+FixedPrecisionTensor.nll_loss = _classification_loss("nll_loss")
