@@ -311,3 +311,29 @@ def test_evaluation_loss_on_fixed_precision_scores(shared, parties):
     assert abs(float(decode(ce)) - float(F.cross_entropy(LOGITS, LABELS))) <= 1e-2
     with pytest.raises(TypeError, match="no SMPC value where one is needed"):
         F.cross_entropy(LOGITS, F.one_hot(LABELS, 5).float().fix_precision())
+
+
+@pytest.mark.amqp
+def test_cross_entropy_step_with_worker_services(hook, worker_processes):
+    """One forward/backward of F.cross_entropy on logits shared between the `fedmq worker`
+    services bob and alice (crypto provider secure_worker) over RabbitMQ, with a shared
+    one-hot target: the same loss and gradient as torch's."""
+    import fedmq
+    from fedmq.smpc.provider import primitive_store
+    from worker_procs import AMQP_URL
+
+    bob, alice, provider = (fedmq.AMQPClientWorker(hook, id=i, url=AMQP_URL, timeout=60)
+                            for i in ("bob", "alice", "secure_worker"))
+    try:
+        for worker in (bob, alice, provider):
+            worker.clear_objects()
+        parties = ((bob, alice), provider)
+        want_loss, want_grad = torch_reference(lambda x, t: F.cross_entropy(x, t))
+        x = encrypt(LOGITS, parties, shared=True)
+        target = shared_one_hot(LABELS, 5, parties, shared=True)
+        loss = nn.CrossEntropyLoss()(x, target)
+        loss.backward()
+        assert abs(float(decode(loss)) - float(want_loss)) <= 1e-2
+        assert torch.allclose(decode(x.grad), want_grad, atol=2 * ULP, rtol=0)
+    finally:
+        primitive_store(provider).clear()
