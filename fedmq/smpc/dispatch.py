@@ -40,6 +40,7 @@ _METHODS = {
     torch.sigmoid: "sigmoid", torch.tanh: "tanh", F.softmax: "softmax",
     F.log_softmax: "log_softmax", torch.softmax: "softmax", torch.log_softmax: "log_softmax",
     F.max_pool2d: "max_pool2d", F.avg_pool2d: "avg_pool2d", torch.max_pool2d: "max_pool2d",
+    F.cross_entropy: "cross_entropy", F.nll_loss: "nll_loss",
 }
 #: with a plain value first and an SMPC value y second, func(t, y) == y.m(t) for m here
 _PLAIN_FIRST = {"add": "add", "mul": "mul", "sub": "rsub", "rsub": "sub", "div": "rdiv",

@@ -26,6 +26,9 @@ scale 256: ~15x the range of base 10's 1000).
 
 Non-linear functions (exp, reciprocal, log, sigmoid, tanh, softmax, log_softmax) are
 approximations (approximations.py: methods, papers, ranges and accuracy in its docstrings).
+F.cross_entropy and F.nll_loss of fixed-precision scores give the loss's value (no graph) through
+fedmq.smpc.autograd's, registered by `use_autograd_class`; so does an operator with an
+AutogradTensor operand (`x_fp * w`: x joins w's graph as a constant; see the module's end).
 Pooling (max_pool2d, avg_pool2d) stacks the windows and takes their max (comparison.py's
 tournament) or sum; argmax and max(dim) pick the first maximum on ties, as torch.
 """
@@ -630,3 +633,67 @@ def _dim(dim: Any, x: FixedPrecisionTensor) -> int:
     if type(dim) is not int or not -x.dim() <= dim < x.dim():
         raise ValueError(f"dim must be an int in [-{x.dim()}, {x.dim() - 1}], got {dim!r}")
     return dim
+
+
+# -- an AutogradTensor operand (fedmq.smpc.autograd, a layer above) -----------------------------
+# `x_fp * w` with w an AutogradTensor: the FixedPrecisionTensor becomes a constant of w's graph
+# (the class registered by `use_autograd_class`, wrapping x without a gradient) and the same
+# method runs there, so the result tracks w's gradient, as `w * x_fp` does.
+
+def _lifting(name: str):
+    method = getattr(FixedPrecisionTensor, name)
+
+    def op(self: FixedPrecisionTensor, other: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(type(other), "_fedmq_autograd", False) and _autograd_class:
+            return getattr(_autograd_class[0](self), name)(other, *args, **kwargs)
+        return method(self, other, *args, **kwargs)
+
+    op.__name__, op.__qualname__, op.__doc__ = name, method.__qualname__, method.__doc__
+    return op
+
+
+def _check_matmul_operand(method):
+    def op(self: FixedPrecisionTensor, other: Any) -> Any:
+        if not isinstance(other, (torch.Tensor, FixedPrecisionTensor)):
+            raise TypeError(f"matmul takes tensors of at least one dimension (as torch.matmul), "
+                            f"got {type(other).__name__}: use * to scale by a number")
+        return method(self, other)
+
+    op.__name__, op.__qualname__, op.__doc__ = method.__name__, method.__qualname__, \
+        method.__doc__
+    return op
+
+
+FixedPrecisionTensor.matmul = FixedPrecisionTensor.mm = \
+    _check_matmul_operand(FixedPrecisionTensor.matmul)
+FixedPrecisionTensor.rmatmul = _check_matmul_operand(FixedPrecisionTensor.rmatmul)
+for _name, _operators in {"add": ("__add__", "__radd__", "__iadd__"),
+                          "sub": ("__sub__", "__isub__"), "rsub": ("__rsub__",),
+                          "mul": ("__mul__", "__rmul__", "__imul__"),
+                          "matmul": ("__matmul__", "mm"), "rmatmul": ("__rmatmul__",),
+                          "div": ("__truediv__",), "rdiv": ("__rtruediv__",),
+                          "gt": ("__gt__",), "lt": ("__lt__",), "ge": ("__ge__",),
+                          "le": ("__le__",), "eq": ("__eq__",), "ne": ("__ne__",)}.items():
+    _op = _lifting(_name)
+    for _attr in (_name, *_operators):
+        setattr(FixedPrecisionTensor, _attr, _op)
+del _name, _operators, _op, _attr
+
+
+def _classification_loss(name: str):
+    def loss(self: FixedPrecisionTensor, target: Any, *args: Any, **kwargs: Any
+             ) -> FixedPrecisionTensor:
+        if not _autograd_class:
+            raise RuntimeError(f"{name} needs fedmq.smpc.autograd, which fedmq.TorchHook(torch) "
+                               f"loads")
+        return getattr(_autograd_class[0](self), name)(target, *args, **kwargs).child
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = (f"F.{name} of scores (N, C) without gradients (an evaluation loop's loss): "
+                    f"AutogradTensor.{name} (fedmq.smpc.autograd: targets, reductions, "
+                    f"precision and errors) on a constant, its value returned.")
+    return loss
+
+
+FixedPrecisionTensor.cross_entropy = _classification_loss("cross_entropy")
+FixedPrecisionTensor.nll_loss = _classification_loss("nll_loss")

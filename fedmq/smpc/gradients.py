@@ -380,3 +380,120 @@ class IdentityBackward(GradFunc):
 
     def gradient(self, grad):
         return (grad,)
+
+
+# -- non-linear functions: gradients from the forward's output (the approximation itself is
+#    never differentiated: d f(x) = f'(x) dx with f' written in terms of f(x)) ----------------
+
+class ExpBackward(GradFunc):
+    """d e**x = e**x dx: one product with the forward's output."""
+
+    def __init__(self, a, out) -> None:
+        super().__init__(a)
+        self.out = out
+
+    def gradient(self, grad):
+        return (grad.mul(self.out),)
+
+
+class SigmoidBackward(GradFunc):
+    """d sigmoid(x) = s (1 - s) dx, s the forward's output: two products."""
+
+    def __init__(self, a, out) -> None:
+        super().__init__(a)
+        self.out = out
+
+    def gradient(self, grad):
+        return (grad.mul(self.out.mul(self.out.rsub(1))),)
+
+
+class TanhBackward(GradFunc):
+    """d tanh(x) = (1 - t**2) dx, t the forward's output: two products."""
+
+    def __init__(self, a, out) -> None:
+        super().__init__(a)
+        self.out = out
+
+    def gradient(self, grad):
+        return (grad.mul(self.out.mul(self.out).rsub(1)),)
+
+
+class ReciprocalBackward(GradFunc):
+    """d (1/x) = -(1/x)**2 dx, 1/x the forward's output: two products."""
+
+    def __init__(self, a, out) -> None:
+        super().__init__(a)
+        self.out = out
+
+    def gradient(self, grad):
+        return (grad.mul(self.out.mul(self.out)).neg(),)
+
+
+class SoftmaxBackward(GradFunc):
+    """y = softmax(x, dim): dx = y * (grad - sum(grad * y, dim)), two products."""
+
+    def __init__(self, a, out, dim) -> None:
+        super().__init__(a)
+        self.out, self.dim = out, dim
+
+    def gradient(self, grad):
+        inner = grad.mul(self.out).sum(self.dim, keepdim=True)
+        return (self.out.mul(grad.sub(expand_to(inner, tuple(grad.shape)))),)
+
+
+class LogSoftmaxBackward(GradFunc):
+    """y = log_softmax(x, dim): dx = grad - softmax(x) * sum(grad, dim), softmax(x) = e**y
+    (exp of the forward's output, all <= 0: no max, no reciprocal) and one product."""
+
+    def __init__(self, a, out, dim) -> None:
+        super().__init__(a)
+        self.out, self.dim = out, dim
+
+    def gradient(self, grad):
+        total = expand_to(grad.sum(self.dim, keepdim=True), tuple(grad.shape))
+        return (grad.sub(self.out.exp().mul(total)),)
+
+
+def _per_sample(grad: FixedPrecisionTensor, shape: tuple) -> FixedPrecisionTensor:
+    """The loss's gradient (a scalar, or (N,) for reduction='none') broadcast to (N, C)."""
+    if grad.dim() == 1:
+        grad = grad.unsqueeze(1)
+    return expand_to(grad, shape)
+
+
+class NllLossBackward(GradFunc):
+    """loss = -sum(onehot * logp) / n (n = N for 'mean', 1 for 'sum' and 'none'):
+    d logp = -onehot * grad / n: local for a public one-hot, one product for a shared one
+    (the division by n fused into its truncation)."""
+
+    def __init__(self, logp, onehot, count) -> None:
+        super().__init__(logp)
+        self.onehot, self.count = onehot, count
+
+    def gradient(self, grad):
+        g = _per_sample(grad, shape_of(self.inputs[0]))
+        return (_scaled_product(self.onehot, g, self.count).neg(),)
+
+
+class CrossEntropyBackward(GradFunc):
+    """loss = nll_loss(log_softmax(x, 1), onehot): dx = (softmax(x) - onehot) * grad / n
+    (n = N for 'mean', else 1), softmax(x) = e**logp from the forward's log_softmax: one exp
+    and one product (the division by n fused into its truncation)."""
+
+    def __init__(self, x, logp, onehot, count) -> None:
+        super().__init__(x)
+        self.logp, self.onehot, self.count = logp, onehot, count
+
+    def gradient(self, grad):
+        g = _per_sample(grad, shape_of(self.inputs[0]))
+        diff = self.logp.exp().sub(self.onehot)
+        return (_scaled_product(diff, g, self.count),)
+
+
+def _scaled_product(a: Any, g: FixedPrecisionTensor, count: int) -> FixedPrecisionTensor:
+    """a * g / count, a a FixedPrecisionTensor or a public int64 0/1 tensor (exact: g times
+    0/1 integers, then one division)."""
+    if isinstance(a, torch.Tensor):
+        out = g.mul(a)
+        return out if count == 1 else out.div(count)
+    return a._mul_div(g, count) if count > 1 else a.mul(g)
