@@ -108,19 +108,45 @@ def _shared(v: Any) -> bool:
     return isinstance(v, AdditiveSharingTensor)
 
 
-def _add(a, b):
+def _range_error(op: str, reached: float, scale: int) -> OverflowError:
+    bound = "" if scale == 1 else f" (|result| < 2**63 / {scale} = {float(_LIMIT) / scale:.3g})"
+    return OverflowError(
+        f"fixed-precision {op} out of range: the encoded result reaches {reached:.3g}, past "
+        f"2**63 (the int64 ring), so it would wrap around. Results must stay in the encodable "
+        f"range{bound}; for more headroom lower precision_fractional "
+        f"(fix_precision(precision_fractional=2)) or rescale the data")
+
+
+def _check_local_sum(op: str, exact, scale: int) -> None:
+    """OverflowError if the float64 value `exact` of a local sum left int64's range (the int64
+    result wrapped; float64's rounding only matters within 2**-52 of the edge)."""
+    if isinstance(exact, torch.Tensor):
+        if not exact.numel():
+            return
+        exact = float(exact.abs().max())
+    if abs(exact) >= float(_LIMIT):
+        raise _range_error(op, abs(exact), scale)
+
+
+def _double(v):
+    return v.double() if isinstance(v, torch.Tensor) else float(v)
+
+
+def _add(a, b, scale: int = 1):
     if _shared(a):
         return a.add(b)
     if _shared(b):
         return b.add(a)
+    _check_local_sum("add", _double(a) + _double(b), scale)
     return a + b
 
 
-def _sub(a, b):
+def _sub(a, b, scale: int = 1):
     if _shared(a):
         return a.sub(b)
     if _shared(b):
         return b.rsub(a)
+    _check_local_sum("sub", _double(a) - _double(b), scale)
     return a - b
 
 
@@ -244,12 +270,32 @@ def _trunc(v, divisor: int):
 _FLIP = {"lt": "gt", "gt": "lt", "le": "ge", "ge": "le", "eq": "eq", "ne": "ne"}
 
 
-def _compare(op: str, a, b):
+def _compare(op: str, a, b, scale: int = 1):
     if _shared(a):
         return getattr(a, op)(b)
     if _shared(b):
         return getattr(b, _FLIP[op])(a)
+    _check_comparable(op, _double(a) - _double(b), scale, 1)
     return getattr(torch, op)(a, b).to(torch.int64)
+
+
+def _check_comparable(op: str, spread, scale: int, m: int) -> None:
+    """OverflowError if a local comparison's operands differ by |x - y| * scale * m >= 2**63:
+    the shared protocol (comparison.py) takes the sign of the ring element m (x - y), which
+    wraps there, so shared operands would give the inverted answer; local ones are checked
+    so that the two agree."""
+    if isinstance(spread, torch.Tensor):
+        if not spread.numel():
+            return
+        spread = float(spread.abs().max())
+    if abs(spread) * m >= float(_LIMIT):
+        what = "|x - y|" if m == 1 else f"max - min along the dim, times {m},"
+        raise OverflowError(
+            f"fixed-precision {op} out of range: {what} reaches {abs(spread) * m / scale:.3g}, "
+            f"past 2**63 / {scale} = {float(_LIMIT) / scale:.3g}: shared comparisons take the "
+            f"sign of x - y in the ring 2**64, which wraps there (the answer would be "
+            f"inverted). Keep compared values within that distance, or lower "
+            f"precision_fractional")
 
 
 class FixedPrecisionTensor(SmpcTensor):
@@ -344,13 +390,16 @@ class FixedPrecisionTensor(SmpcTensor):
         return encode(other, self.scale)
 
     def add(self, other: Any) -> "FixedPrecisionTensor":
-        return self._new(_add(self.child, self._other(other)))
+        """x + y. Local values: OverflowError if |x + y| reaches 2**63 / scale (9.2e15 at
+        the default precision); shared values wrap silently there (module docstring)."""
+        return self._new(_add(self.child, self._other(other), self.scale))
 
     def sub(self, other: Any) -> "FixedPrecisionTensor":
-        return self._new(_sub(self.child, self._other(other)))
+        """x - y (range as `add`)."""
+        return self._new(_sub(self.child, self._other(other), self.scale))
 
     def rsub(self, other: Any) -> "FixedPrecisionTensor":
-        return self._new(_sub(self._other(other), self.child))
+        return self._new(_sub(self._other(other), self.child, self.scale))
 
     def neg(self) -> "FixedPrecisionTensor":
         return self._new(-self.child)
@@ -470,7 +519,11 @@ class FixedPrecisionTensor(SmpcTensor):
 
     # -- comparisons (results are fixed-point 0/1, as PySyft) ---------------------------------------
     def _cmp(self, op: str, other: Any) -> "FixedPrecisionTensor":
-        return self._new(_mul(_compare(op, self.child, self._other(other)), self.scale))
+        """x op y as fixed-point 0/1. Range: |x - y| < 2**63 / scale (9.2e15 at the default
+        precision): shared comparisons take the sign of x - y in the ring, which wraps past
+        it (inverted answer); local values past it raise OverflowError."""
+        return self._new(_mul(_compare(op, self.child, self._other(other), self.scale),
+                              self.scale))
 
     def gt(self, other): return self._cmp("gt", other)
     def lt(self, other): return self._cmp("lt", other)
@@ -547,6 +600,13 @@ class FixedPrecisionTensor(SmpcTensor):
         return self._new(_trunc(windows.sum(-1), divisor))
 
     def sum(self, dim=None, keepdim: bool = False) -> "FixedPrecisionTensor":
+        """Sum (of all entries, or along `dim`). Local values: OverflowError if a sum reaches
+        2**63 / scale (partial sums may wrap: the ring's sum is exact when the total is in
+        range); shared values wrap silently there."""
+        if not self.is_shared:
+            exact = self.child.double().sum() if dim is None else \
+                self.child.double().sum(dim)
+            _check_local_sum("sum", exact, self.scale)
         if dim is None:
             return self._new(self.child.sum())
         return self._new(self.child.sum(dim, keepdim=keepdim))
@@ -556,24 +616,43 @@ class FixedPrecisionTensor(SmpcTensor):
         return self.sum(dim, keepdim).div(count)
 
     def max(self, dim: int | None = None, keepdim: bool = False):
+        """Without `dim`: the maximum, shape () as torch. With `dim`: (values, indices) as
+        torch (first index on ties). Range: shared max compares the ring elements
+        m * x - i (m the smallest odd number >= the dim's size k, i the index; m = 1 without
+        `dim`), so every two entries compared must satisfy |x_a - x_b| * m < 2**63 / scale
+        (9.2e15 / m at the default precision); past it the answer is wrong when shared, and
+        local values raise OverflowError. argmax/argmin without `dim` flatten (k = numel)."""
         return self._extreme("max", dim, keepdim)
 
     def min(self, dim: int | None = None, keepdim: bool = False):
         return self._extreme("min", dim, keepdim)
 
-    def _extreme(self, which: str, dim, keepdim: bool):
+    def _check_extreme(self, op: str, dim) -> None:
+        """Local values: OverflowError past the range of shared max/argmax (`max`)."""
+        if self.is_shared or not self.numel():
+            return
+        c = self.child.double()
         if dim is None:
-            if self.is_shared:
-                return self._new(getattr(self.child, which)())
-            return self._new(getattr(self.child, which)().reshape(1))
+            spread, k = c.max() - c.min(), (self.numel() if op.startswith("arg") else 1)
+        else:
+            spread, k = c.amax(dim) - c.amin(dim), self.shape[dim]
+        _check_comparable(op, spread, self.scale, k if k % 2 or k == 1 else k + 1)
+
+    def _extreme(self, which: str, dim, keepdim: bool):
+        self._check_extreme(which, dim)
+        if dim is None:
+            return self._new(getattr(self.child, which)())
         values, indices = getattr(self.child, which)(dim, keepdim=keepdim)
         return MaxResult(self._new(values), self._new(_mul(indices, self.scale)))
 
     def argmax(self, dim: int | None = None, keepdim: bool = False) -> "FixedPrecisionTensor":
-        """Indices of the maxima, fixed-point encoded (decode with float_precision())."""
+        """Indices of the maxima, fixed-point encoded (decode with float_precision()); range
+        as `max`."""
+        self._check_extreme("argmax", dim)
         return self._new(_mul(self.child.argmax(dim, keepdim=keepdim), self.scale))
 
     def argmin(self, dim: int | None = None, keepdim: bool = False) -> "FixedPrecisionTensor":
+        self._check_extreme("argmin", dim)
         return self._new(_mul(self.child.argmin(dim, keepdim=keepdim), self.scale))
 
     # shape manipulation
