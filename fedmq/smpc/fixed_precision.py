@@ -11,7 +11,13 @@ returns floats, so it is never used here). A value that cannot be embedded (|x| 
 The child is a local int64 tensor or, after `.share(...)`, an AdditiveSharingTensor: every
 operation here works on either (shared products rescale with the truncation protocol of
 truncation.py, whose result may be one unit in the last place lower than PySyft's).
-Range: operands of a product must satisfy |x * y| * scale**2 < 2**63 (|x*y| < 9.2e12 at the
+Range of values: every result must satisfy |x| * scale < 2**63 (|x| < 9.2e15 at the default
+precision): local add, sub and sum past it raise OverflowError; shared ones wrap around
+silently (the shares cannot tell). Comparisons (and relu, max, argmax) take the sign of x - y
+in the ring, so they need |x - y| < 2**63 / scale (max/argmax along a dim of size k:
+|x_a - x_b| * m < 2**63 / scale, m the smallest odd number >= k): local values past it raise
+OverflowError, shared ones give the inverted answer (see `max`).
+Range of products: operands of a product must satisfy |x * y| * scale**2 < 2**63 (|x*y| < 9.2e12 at the
 default precision) before rescaling; for matmul/conv2d the bound holds for every output entry
 (a sum of products). On local values a product past it raises OverflowError (the int64 result
 would be wrong); on shared values it cannot be seen and the result is wrong, so keep inputs in
