@@ -94,7 +94,7 @@ def test_max_argmax_min(parties):
     torch.manual_seed(2)
     a = torch.randint(-500, 500, (3, 5))
     x = share(a, parties)
-    assert x.max().get().tolist() == int(a.max())
+    assert x.max().get().tolist() == [int(a.max())]
     assert x.min().get().tolist() == [int(a.min())]
     for dim in (0, 1):
         for keepdim in (False, True):

@@ -351,8 +351,9 @@ class AdditiveSharingTensor(SmpcTensor):
         return comparison.ltz(self).mul(-2).add(1)
 
     def max(self, dim: int | None = None, keepdim: bool = False):
-        """Without `dim`: the maximum, shape () as torch (PySyft 0.2 returned shape (1,)).
-        With `dim`: (values, indices) as
+        """Without `dim`: the maximum, shape (1,) as PySyft 0.2 (the seed's §9.3 prints
+        `tensor([4])` for an integer shared tensor; FixedPrecisionTensor.max() reshapes to
+        torch's ()). With `dim`: (values, indices) as
         torch, the index of the *first* maximum on ties (torch's documented choice): the
         tournament runs on m*x - i (i the index, m the smallest odd number >= the dim's size),
         whose maximum is unique, and x = (m*x - i + i) * m**-1 in Z/2^64Z (m is odd, hence
@@ -362,7 +363,7 @@ class AdditiveSharingTensor(SmpcTensor):
         (PySyft 0.2's argmax made a one-hot of *every* tied maximum by pairwise comparisons and
         summed index * one-hot, so ties gave the sum of the tied indices, not an index.)"""
         if dim is None:
-            return comparison.max_(self, None, keepdim).reshape(())
+            return comparison.max_(self, None, keepdim)
         nd = self.dim()
         if not -nd <= dim < nd:
             raise IndexError(f"Dimension out of range (expected to be in range of "

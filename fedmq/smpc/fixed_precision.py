@@ -646,8 +646,8 @@ class FixedPrecisionTensor(SmpcTensor):
 
     def _extreme(self, which: str, dim, keepdim: bool):
         self._check_extreme(which, dim)
-        if dim is None:
-            return self._new(getattr(self.child, which)())
+        if dim is None:  # shape () as torch (a shared child's max has PySyft's shape (1,))
+            return self._new(getattr(self.child, which)().reshape(()))
         values, indices = getattr(self.child, which)(dim, keepdim=keepdim)
         return MaxResult(self._new(values), self._new(_mul(indices, self.scale)))
 
