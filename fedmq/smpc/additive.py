@@ -279,7 +279,7 @@ class AdditiveSharingTensor(SmpcTensor):
     def rdiv(self, other: Any) -> "AdditiveSharingTensor":
         """`other / x` for a shared integer x: refused (integer sharing has no reciprocal)."""
         raise ValueError("a value divided by a shared integer tensor: encode both with "
-                         "fix_precision() (fixed-point division, |divisor| in [0.1, 1000]); a "
+                         "fix_precision() (fixed-point division, |divisor| in [0.0078, 16384]); a "
                          "shared integer tensor divides by a positive public int only")
 
     def sum(self, dim=None, keepdim: bool = False) -> "AdditiveSharingTensor":

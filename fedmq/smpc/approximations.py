@@ -20,7 +20,14 @@ truncates once back to the input's precision. At that scale a product must satis
 |x * y| < 2**63 / 10**12 ~ 9.2e6, which every intermediate value below respects on the stated
 ranges; on shared values each product's truncation fails with probability
 |x * y| * 10**12 / 2**64 (truncation.py), below 1e-6 for the |x * y| <= 20 of every function
-here except exp of large inputs (see exp).
+here except exp of large inputs (see exp) and reciprocal of small ones (1/x up to 128: 7e-6).
+
+Ranges. Each function states its input range (the module's *_RANGE / *_BOUND constants);
+local inputs outside raise ValueError naming the range and a way out (`_check_range`), as
+local products past the ring raise OverflowError. Shared inputs cannot be checked: outside
+the range the result is wrong, as each docstring says. softmax and log_softmax use the
+public number of classes n to pick the initial-guess bands of the sum's reciprocal / log,
+so they hold for any n (CrypTen instead scales the sum by a public power of two).
 
 Accuracy. On the range stated in each docstring the result is within `atol + rtol * |f(x)|`
 of the float64 function with atol = rtol = 1e-2 at the default precision (base 10, 3 digits);

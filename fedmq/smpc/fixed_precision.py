@@ -469,7 +469,8 @@ class FixedPrecisionTensor(SmpcTensor):
         * a public non-zero int: truncation toward zero (shared: truncation.py, one round);
         * a public non-zero float or float tensor: times its reciprocal, encoded;
         * a FixedPrecisionTensor (local or shared): times `other.reciprocal()`, Newton-Raphson
-          at 6 digits (approximations.divide: |other| in [0.1, 1000], within 1e-2 there).
+          at 6 digits (approximations.divide: |other| in [0.0078, 16384], within 1e-2 there;
+          a local divisor outside raises ValueError).
         Zero divisors (public) raise ValueError."""
         if type(other) is int:
             if other == 0:
@@ -492,7 +493,7 @@ class FixedPrecisionTensor(SmpcTensor):
 
     def rdiv(self, other: Any) -> "FixedPrecisionTensor":
         """other / self for a plain number or tensor `other` (approximations.divide: |self| in
-        [0.1, 1000])."""
+        [0.0078, 16384]; a local divisor outside raises ValueError)."""
         numerator = other if isinstance(other, FixedPrecisionTensor) else \
             self._new(encode(torch.as_tensor(other, dtype=torch.float64), self.scale))
         return approximations.divide(numerator, self)
