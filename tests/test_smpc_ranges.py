@@ -209,3 +209,30 @@ def test_found_by_review_max_without_dim_has_torch_shape(shared):
         remote = getattr(shared(t), name)().get().float_precision()
         for got in (local, remote):
             assert got.shape == want.shape == torch.Size([]) and float(got) == float(want)
+
+
+# -- a public bound on the divisor decides the reciprocal's range ---------------------------------
+
+@pytest.mark.parametrize("mode", ["local", "shared"])
+def test_reciprocal_with_a_declared_bound(shared, mode):
+    """The divisor's declared (public) bound widens the range past 16384, up to 2**20, or
+    narrows it (fewer comparisons); local values above the bound raise."""
+    x = torch.tensor([0.5, 3.0, -20000.0, 5e5, 1e6])
+    fx = shared(x) if mode == "shared" else x.fix_precision()
+    got = fx.reciprocal(bound=1e6)
+    _close((got.get() if mode == "shared" else got).float_precision(), 1 / _decoded(x))
+    small = torch.tensor([0.5, 2.0, -9.5])
+    fs = shared(small) if mode == "shared" else small.fix_precision()
+    got = fs.reciprocal(bound=10)
+    _close((got.get() if mode == "shared" else got).float_precision(), 1 / _decoded(small))
+
+
+def test_reciprocal_bound_is_checked():
+    with pytest.raises(ValueError, match=r"\[0.0078125, 10\].*got 20"):
+        torch.tensor([20.0]).fix_precision().reciprocal(bound=10)
+    with pytest.raises(ValueError, match=r"\[0.5, 1e\+06\].*got 0.25"):
+        torch.tensor([0.25]).fix_precision().reciprocal(bound=1e6)  # the window moved up
+    with pytest.raises(ValueError, match=r"bound .* must be a number in"):
+        torch.tensor([2.0]).fix_precision().reciprocal(bound=2.0 ** 21)
+    with pytest.raises(ValueError, match=r"bound .* must be a number in"):
+        torch.tensor([2.0]).fix_precision().reciprocal(bound="10")

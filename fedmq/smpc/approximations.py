@@ -184,8 +184,30 @@ def _reciprocal_pos(y: Fixed, iterations: int = RECIPROCAL_ITERATIONS,
     return r
 
 
-def reciprocal(x: Fixed, all_pos: bool = False, iterations: int = RECIPROCAL_ITERATIONS
-               ) -> Fixed:
+#: the largest `bound` reciprocal accepts (1/x then keeps at least one unit at 6 digits)
+RECIPROCAL_MAX_BOUND = 2.0 ** 20
+
+
+def _reciprocal_bands(bound: Any) -> tuple:
+    """(low, high, shift): reciprocal's initial guess covers [2**low, 2**high) after x is
+    divided by the public 2**shift. Default: [2**-7, 2**14), no shift. With a public `bound`
+    on |x|: 2**high > bound when bound < 2**14 (fewer bands); above, the window moves up
+    (CrypTen's scaling by a public power of two): shift = high - 14, so |x| must be in
+    [2**(shift - 7), bound] (the guess's levels 2 / (3 * 2**k) need k <= 14 to keep 2 digits
+    at the internal 6)."""
+    if bound is None:
+        return RECIPROCAL_LOW, RECIPROCAL_HIGH, 0
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or \
+            not 2.0 ** RECIPROCAL_LOW < bound <= RECIPROCAL_MAX_BOUND:
+        raise ValueError(f"reciprocal's bound (a public upper bound on |x|) must be a number in "
+                         f"({2.0 ** RECIPROCAL_LOW:g}, {RECIPROCAL_MAX_BOUND:g}], got {bound!r}")
+    high = math.floor(math.log2(bound)) + 1
+    shift = max(0, high - RECIPROCAL_HIGH)
+    return RECIPROCAL_LOW, high - shift, shift
+
+
+def reciprocal(x: Fixed, all_pos: bool = False, iterations: int = RECIPROCAL_ITERATIONS,
+               bound: float | None = None) -> Fixed:
     """1/x by Newton-Raphson, y <- y (2 - x y), `iterations` (5) times; the relative error
     squares at every step (CrypTen's method, Knott et al. 2021, Appendix C.1). CrypTen starts
     from 3 e**(0.5 - x) + 0.003 and needs 10 iterations; here the start is 2 / (3 * 2**k) on
@@ -200,11 +222,19 @@ def reciprocal(x: Fixed, all_pos: bool = False, iterations: int = RECIPROCAL_ITE
     |1 - x y0| > 1/3 and converges slowly (below the range: too large)  or diverges (above: garbage). A larger x: divide it by a public power of two
     first, reciprocal(x / 2**k) / 2**k. On shared values each product's truncation fails with
     probability below 128 * 10**12 / 2**64 ~ 7e-6 per element (1/x <= 128).
+    A public `bound` on |x| (the divisor's declared bound, up to 2**20) replaces the upper end:
+    below 2**14 the guess's bands cover [2**-7, 2**(floor(log2 bound) + 1)) only (bound=10:
+    10 comparisons instead of 21); above, x is first divided by a public 2**s (CrypTen's
+    scaling) so the range becomes [2**(s - 7), bound], s = floor(log2 bound) + 1 - 14 (bound
+    1e6: [0.5, 1e6]). Local values outside raise.
     Cost (shared): one comparison, one product and 5 iterations: ~29 rounds.
     Returns a FixedPrecisionTensor of x's shape and precision.
     """
-    _check_range(x, "reciprocal", *RECIPROCAL_RANGE, _RECIPROCAL_WAY_OUT, magnitude=True)
-    return _reciprocal(_up(x), all_pos, iterations)._rescaled(x.precision_fractional)
+    low, high, shift = _reciprocal_bands(bound)
+    _check_range(x, "reciprocal", 2.0 ** (low + shift), bound or RECIPROCAL_RANGE[1],
+                 _RECIPROCAL_WAY_OUT, magnitude=True)
+    return _reciprocal(_up(x), all_pos, iterations, (low, high), shift
+                       )._rescaled(x.precision_fractional)
 
 
 _RECIPROCAL_WAY_OUT = ("For a larger |x| divide by a public power of two first: "
@@ -212,22 +242,30 @@ _RECIPROCAL_WAY_OUT = ("For a larger |x| divide by a public power of two first: 
                        "x / 2000.0 (exact, no approximation).")
 
 
-def _reciprocal(y: Fixed, all_pos: bool, iterations: int) -> Fixed:
+def _reciprocal(y: Fixed, all_pos: bool, iterations: int,
+                bands: tuple = (RECIPROCAL_LOW, RECIPROCAL_HIGH), shift: int = 0) -> Fixed:
+    if shift:  # 1/y = (1 / (y / 2**shift)) / 2**shift: two public divisions
+        return _reciprocal(y.div(2 ** shift), all_pos, iterations, bands).div(2 ** shift)
     if all_pos:
-        return _reciprocal_pos(y, iterations)
+        return _reciprocal_pos(y, iterations, bands=bands)
     sign = y.lt(0).mul(-2).add(1)  # 1 - 2 [y < 0]: one comparison
-    return _reciprocal_pos(y.mul(sign), iterations).mul(sign)
+    return _reciprocal_pos(y.mul(sign), iterations, bands=bands).mul(sign)
 
 
-def divide(x: Fixed, y: Fixed, iterations: int = RECIPROCAL_ITERATIONS) -> Fixed:
+def divide(x: Fixed, y: Fixed, iterations: int = RECIPROCAL_ITERATIONS,
+           bound: float | None = None) -> Fixed:
     """x / y for a fixed-point y: x times `reciprocal(y)`, both at internal precision (so
     1/y keeps 6 digits before the product). Range: |y| in RECIPROCAL_RANGE = [0.0078, 16384]
     (local y outside, 0 included: ValueError; shared: wrong, see `reciprocal`), and
-    |x / y| within the product range of the module docstring. Result at x's precision."""
-    _check_range(y, "division by a fixed-point tensor (its reciprocal)", *RECIPROCAL_RANGE,
+    |x / y| within the product range of the module docstring; `bound`: a public upper bound on
+    |y| (see `reciprocal`). Result at x's precision."""
+    low, high, shift = _reciprocal_bands(bound)
+    _check_range(y, "division by a fixed-point tensor (its reciprocal)", 2.0 ** (low + shift),
+                 bound or RECIPROCAL_RANGE[1],
                  _RECIPROCAL_WAY_OUT.replace("x / 2000.0", "x / 2000.0 or x / (y / 16) / 16"),
                  magnitude=True)
-    return _up(x).mul(_reciprocal(_up(y), False, iterations))._rescaled(x.precision_fractional)
+    return _up(x).mul(_reciprocal(_up(y), False, iterations, (low, high), shift)
+                      )._rescaled(x.precision_fractional)
 
 
 # -- log -------------------------------------------------------------------------------------------

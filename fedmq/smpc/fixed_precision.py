@@ -553,8 +553,10 @@ class FixedPrecisionTensor(SmpcTensor):
     def exp(self) -> "FixedPrecisionTensor":
         return approximations.exp(self)
 
-    def reciprocal(self) -> "FixedPrecisionTensor":
-        return approximations.reciprocal(self)
+    def reciprocal(self, bound: float | None = None) -> "FixedPrecisionTensor":
+        """1/x (approximations.reciprocal: |x| in [0.0078, 16384], or up to the public
+        `bound` on |x| when given, at most 2**20)."""
+        return approximations.reciprocal(self, bound=bound)
 
     def log(self) -> "FixedPrecisionTensor":
         return approximations.log(self)
