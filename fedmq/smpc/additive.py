@@ -279,7 +279,7 @@ class AdditiveSharingTensor(SmpcTensor):
     def rdiv(self, other: Any) -> "AdditiveSharingTensor":
         """`other / x` for a shared integer x: refused (integer sharing has no reciprocal)."""
         raise ValueError("a value divided by a shared integer tensor: encode both with "
-                         "fix_precision() (fixed-point division, |divisor| in [0.1, 1000]); a "
+                         "fix_precision() (fixed-point division, |divisor| in [0.0078, 16384]); a "
                          "shared integer tensor divides by a positive public int only")
 
     def sum(self, dim=None, keepdim: bool = False) -> "AdditiveSharingTensor":
@@ -351,11 +351,15 @@ class AdditiveSharingTensor(SmpcTensor):
         return comparison.ltz(self).mul(-2).add(1)
 
     def max(self, dim: int | None = None, keepdim: bool = False):
-        """Without `dim`: the maximum, shape (1,) (PySyft). With `dim`: (values, indices) as
+        """Without `dim`: the maximum, shape (1,) as PySyft 0.2 (the seed's §9.3 prints
+        `tensor([4])` for an integer shared tensor; FixedPrecisionTensor.max() reshapes to
+        torch's ()). With `dim`: (values, indices) as
         torch, the index of the *first* maximum on ties (torch's documented choice): the
         tournament runs on m*x - i (i the index, m the smallest odd number >= the dim's size),
         whose maximum is unique, and x = (m*x - i + i) * m**-1 in Z/2^64Z (m is odd, hence
-        invertible), so the values cost nothing more. Range: |x| * m < 2**63.
+        invertible), so the values cost nothing more. Range: every two entries must satisfy
+        |x_a - x_b| * m + k < 2**63 (without `dim`: |x_a - x_b| < 2**63), as the tournament
+        takes the sign of their difference in the ring; past it the result is wrong.
         (PySyft 0.2's argmax made a one-hot of *every* tied maximum by pairwise comparisons and
         summed index * one-hot, so ties gave the sum of the tied indices, not an index.)"""
         if dim is None:

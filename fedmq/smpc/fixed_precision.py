@@ -11,7 +11,13 @@ returns floats, so it is never used here). A value that cannot be embedded (|x| 
 The child is a local int64 tensor or, after `.share(...)`, an AdditiveSharingTensor: every
 operation here works on either (shared products rescale with the truncation protocol of
 truncation.py, whose result may be one unit in the last place lower than PySyft's).
-Range: operands of a product must satisfy |x * y| * scale**2 < 2**63 (|x*y| < 9.2e12 at the
+Range of values: every result must satisfy |x| * scale < 2**63 (|x| < 9.2e15 at the default
+precision): local add, sub and sum past it raise OverflowError; shared ones wrap around
+silently (the shares cannot tell). Comparisons (and relu, max, argmax) take the sign of x - y
+in the ring, so they need |x - y| < 2**63 / scale (max/argmax along a dim of size k:
+|x_a - x_b| * m < 2**63 / scale, m the smallest odd number >= k): local values past it raise
+OverflowError, shared ones give the inverted answer (see `max`).
+Range of products: operands of a product must satisfy |x * y| * scale**2 < 2**63 (|x*y| < 9.2e12 at the
 default precision) before rescaling; for matmul/conv2d the bound holds for every output entry
 (a sum of products). On local values a product past it raises OverflowError (the int64 result
 would be wrong); on shared values it cannot be seen and the result is wrong, so keep inputs in
@@ -111,19 +117,45 @@ def _shared(v: Any) -> bool:
     return isinstance(v, AdditiveSharingTensor)
 
 
-def _add(a, b):
+def _range_error(op: str, reached: float, scale: int) -> OverflowError:
+    bound = "" if scale == 1 else f" (|result| < 2**63 / {scale} = {float(_LIMIT) / scale:.3g})"
+    return OverflowError(
+        f"fixed-precision {op} out of range: the encoded result reaches {reached:.3g}, past "
+        f"2**63 (the int64 ring), so it would wrap around. Results must stay in the encodable "
+        f"range{bound}; for more headroom lower precision_fractional "
+        f"(fix_precision(precision_fractional=2)) or rescale the data")
+
+
+def _check_local_sum(op: str, exact, scale: int) -> None:
+    """OverflowError if the float64 value `exact` of a local sum left int64's range (the int64
+    result wrapped; float64's rounding only matters within 2**-52 of the edge)."""
+    if isinstance(exact, torch.Tensor):
+        if not exact.numel():
+            return
+        exact = float(exact.abs().max())
+    if abs(exact) >= float(_LIMIT):
+        raise _range_error(op, abs(exact), scale)
+
+
+def _double(v):
+    return v.double() if isinstance(v, torch.Tensor) else float(v)
+
+
+def _add(a, b, scale: int = 1):
     if _shared(a):
         return a.add(b)
     if _shared(b):
         return b.add(a)
+    _check_local_sum("add", _double(a) + _double(b), scale)
     return a + b
 
 
-def _sub(a, b):
+def _sub(a, b, scale: int = 1):
     if _shared(a):
         return a.sub(b)
     if _shared(b):
         return b.rsub(a)
+    _check_local_sum("sub", _double(a) - _double(b), scale)
     return a - b
 
 
@@ -247,12 +279,32 @@ def _trunc(v, divisor: int):
 _FLIP = {"lt": "gt", "gt": "lt", "le": "ge", "ge": "le", "eq": "eq", "ne": "ne"}
 
 
-def _compare(op: str, a, b):
+def _compare(op: str, a, b, scale: int = 1):
     if _shared(a):
         return getattr(a, op)(b)
     if _shared(b):
         return getattr(b, _FLIP[op])(a)
+    _check_comparable(op, _double(a) - _double(b), scale, 1)
     return getattr(torch, op)(a, b).to(torch.int64)
+
+
+def _check_comparable(op: str, spread, scale: int, m: int) -> None:
+    """OverflowError if a local comparison's operands differ by |x - y| * scale * m >= 2**63:
+    the shared protocol (comparison.py) takes the sign of the ring element m (x - y), which
+    wraps there, so shared operands would give the inverted answer; local ones are checked
+    so that the two agree."""
+    if isinstance(spread, torch.Tensor):
+        if not spread.numel():
+            return
+        spread = float(spread.abs().max())
+    if abs(spread) * m >= float(_LIMIT):
+        what = "|x - y|" if m == 1 else f"max - min along the dim, times {m},"
+        raise OverflowError(
+            f"fixed-precision {op} out of range: {what} reaches {abs(spread) * m / scale:.3g}, "
+            f"past 2**63 / {scale} = {float(_LIMIT) / scale:.3g}: shared comparisons take the "
+            f"sign of x - y in the ring 2**64, which wraps there (the answer would be "
+            f"inverted). Keep compared values within that distance, or lower "
+            f"precision_fractional")
 
 
 class FixedPrecisionTensor(SmpcTensor):
@@ -347,13 +399,16 @@ class FixedPrecisionTensor(SmpcTensor):
         return encode(other, self.scale)
 
     def add(self, other: Any) -> "FixedPrecisionTensor":
-        return self._new(_add(self.child, self._other(other)))
+        """x + y. Local values: OverflowError if |x + y| reaches 2**63 / scale (9.2e15 at
+        the default precision); shared values wrap silently there (module docstring)."""
+        return self._new(_add(self.child, self._other(other), self.scale))
 
     def sub(self, other: Any) -> "FixedPrecisionTensor":
-        return self._new(_sub(self.child, self._other(other)))
+        """x - y (range as `add`)."""
+        return self._new(_sub(self.child, self._other(other), self.scale))
 
     def rsub(self, other: Any) -> "FixedPrecisionTensor":
-        return self._new(_sub(self._other(other), self.child))
+        return self._new(_sub(self._other(other), self.child, self.scale))
 
     def neg(self) -> "FixedPrecisionTensor":
         return self._new(-self.child)
@@ -417,7 +472,8 @@ class FixedPrecisionTensor(SmpcTensor):
         * a public non-zero int: truncation toward zero (shared: truncation.py, one round);
         * a public non-zero float or float tensor: times its reciprocal, encoded;
         * a FixedPrecisionTensor (local or shared): times `other.reciprocal()`, Newton-Raphson
-          at 6 digits (approximations.divide: |other| in [0.1, 1000], within 1e-2 there).
+          at 6 digits (approximations.divide: |other| in [0.0078, 16384], within 1e-2 there;
+          a local divisor outside raises ValueError).
         Zero divisors (public) raise ValueError."""
         if type(other) is int:
             if other == 0:
@@ -440,7 +496,7 @@ class FixedPrecisionTensor(SmpcTensor):
 
     def rdiv(self, other: Any) -> "FixedPrecisionTensor":
         """other / self for a plain number or tensor `other` (approximations.divide: |self| in
-        [0.1, 1000])."""
+        [0.0078, 16384]; a local divisor outside raises ValueError)."""
         numerator = other if isinstance(other, FixedPrecisionTensor) else \
             self._new(encode(torch.as_tensor(other, dtype=torch.float64), self.scale))
         return approximations.divide(numerator, self)
@@ -473,7 +529,11 @@ class FixedPrecisionTensor(SmpcTensor):
 
     # -- comparisons (results are fixed-point 0/1, as PySyft) ---------------------------------------
     def _cmp(self, op: str, other: Any) -> "FixedPrecisionTensor":
-        return self._new(_mul(_compare(op, self.child, self._other(other)), self.scale))
+        """x op y as fixed-point 0/1. Range: |x - y| < 2**63 / scale (9.2e15 at the default
+        precision): shared comparisons take the sign of x - y in the ring, which wraps past
+        it (inverted answer); local values past it raise OverflowError."""
+        return self._new(_mul(_compare(op, self.child, self._other(other), self.scale),
+                              self.scale))
 
     def gt(self, other): return self._cmp("gt", other)
     def lt(self, other): return self._cmp("lt", other)
@@ -496,8 +556,10 @@ class FixedPrecisionTensor(SmpcTensor):
     def exp(self) -> "FixedPrecisionTensor":
         return approximations.exp(self)
 
-    def reciprocal(self) -> "FixedPrecisionTensor":
-        return approximations.reciprocal(self)
+    def reciprocal(self, bound: float | None = None) -> "FixedPrecisionTensor":
+        """1/x (approximations.reciprocal: |x| in [0.0078, 16384], or up to the public
+        `bound` on |x| when given, at most 2**20)."""
+        return approximations.reciprocal(self, bound=bound)
 
     def log(self) -> "FixedPrecisionTensor":
         return approximations.log(self)
@@ -550,6 +612,13 @@ class FixedPrecisionTensor(SmpcTensor):
         return self._new(_trunc(windows.sum(-1), divisor))
 
     def sum(self, dim=None, keepdim: bool = False) -> "FixedPrecisionTensor":
+        """Sum (of all entries, or along `dim`). Local values: OverflowError if a sum reaches
+        2**63 / scale (partial sums may wrap: the ring's sum is exact when the total is in
+        range); shared values wrap silently there."""
+        if not self.is_shared:
+            exact = self.child.double().sum() if dim is None else \
+                self.child.double().sum(dim)
+            _check_local_sum("sum", exact, self.scale)
         if dim is None:
             return self._new(self.child.sum())
         return self._new(self.child.sum(dim, keepdim=keepdim))
@@ -559,24 +628,43 @@ class FixedPrecisionTensor(SmpcTensor):
         return self.sum(dim, keepdim).div(count)
 
     def max(self, dim: int | None = None, keepdim: bool = False):
+        """Without `dim`: the maximum, shape () as torch. With `dim`: (values, indices) as
+        torch (first index on ties). Range: shared max compares the ring elements
+        m * x - i (m the smallest odd number >= the dim's size k, i the index; m = 1 without
+        `dim`), so every two entries compared must satisfy |x_a - x_b| * m < 2**63 / scale
+        (9.2e15 / m at the default precision); past it the answer is wrong when shared, and
+        local values raise OverflowError. argmax/argmin without `dim` flatten (k = numel)."""
         return self._extreme("max", dim, keepdim)
 
     def min(self, dim: int | None = None, keepdim: bool = False):
         return self._extreme("min", dim, keepdim)
 
-    def _extreme(self, which: str, dim, keepdim: bool):
+    def _check_extreme(self, op: str, dim) -> None:
+        """Local values: OverflowError past the range of shared max/argmax (`max`)."""
+        if self.is_shared or not self.numel():
+            return
+        c = self.child.double()
         if dim is None:
-            if self.is_shared:
-                return self._new(getattr(self.child, which)())
-            return self._new(getattr(self.child, which)().reshape(1))
+            spread, k = c.max() - c.min(), (self.numel() if op.startswith("arg") else 1)
+        else:
+            spread, k = c.amax(dim) - c.amin(dim), self.shape[dim]
+        _check_comparable(op, spread, self.scale, k if k % 2 or k == 1 else k + 1)
+
+    def _extreme(self, which: str, dim, keepdim: bool):
+        self._check_extreme(which, dim)
+        if dim is None:  # shape () as torch (a shared child's max has PySyft's shape (1,))
+            return self._new(getattr(self.child, which)().reshape(()))
         values, indices = getattr(self.child, which)(dim, keepdim=keepdim)
         return MaxResult(self._new(values), self._new(_mul(indices, self.scale)))
 
     def argmax(self, dim: int | None = None, keepdim: bool = False) -> "FixedPrecisionTensor":
-        """Indices of the maxima, fixed-point encoded (decode with float_precision())."""
+        """Indices of the maxima, fixed-point encoded (decode with float_precision()); range
+        as `max`."""
+        self._check_extreme("argmax", dim)
         return self._new(_mul(self.child.argmax(dim, keepdim=keepdim), self.scale))
 
     def argmin(self, dim: int | None = None, keepdim: bool = False) -> "FixedPrecisionTensor":
+        self._check_extreme("argmin", dim)
         return self._new(_mul(self.child.argmin(dim, keepdim=keepdim), self.scale))
 
     # shape manipulation

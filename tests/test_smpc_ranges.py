@@ -1,0 +1,238 @@
+"""The documented ranges of fixed-point SMPC (README "SMPC ranges", fedmq/smpc/approximations.py
+and fixed_precision.py docstrings): inside, local and shared results equal torch's (within
+1e-2 + 1e-2 |f(x)| for approximations); just outside, local values raise a clear error naming
+the range (shared values cannot be checked; their range is documented).
+
+Each case was found by review (R2: /work/R2/repro div_outside.py, softmax_wide.py,
+approx_edges*.py, overflow_field.py, extremes_cmp.py, exp_overflow_advice.py,
+small_shape_api.py; R1: s2_more.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smpc_helpers import make_parties
+
+TOL = 1e-2
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> None:
+    err = (got.double() - want.double()).abs()
+    bound = TOL + TOL * want.double().abs()
+    assert bool((err <= bound).all()), (got, want, err)
+
+
+@pytest.fixture
+def shared(hook):
+    (bob, alice), provider = make_parties(hook, 2)
+    return lambda t: t.fix_precision().share(bob, alice, crypto_provider=provider)
+
+
+def _decoded(t: torch.Tensor) -> torch.Tensor:
+    """What the default encoding keeps of t (the approximations see the encoded value)."""
+    return t.fix_precision().float_precision().double()
+
+
+# -- widened ranges: found by review (reciprocal(0.02) 52.6, x / 2000 = -2232, log(500) -20) ---
+
+RECIPROCAL = torch.tensor([0.008, 0.01, 0.02, 0.05, 0.09, 1100.0, 1500.0, 2000.0, 4000.0,
+                           16000.0, -0.02, -3000.0, -16000.0])
+LOG = torch.tensor([0.001, 0.005, 0.01, 0.011, 0.015, 0.03, 199.0, 250.0, 300.0, 500.0, 1000.0,
+                    5000.0, 12000.0, 24000.0])
+
+
+@pytest.mark.parametrize("mode", ["local", "shared"])
+def test_found_by_review_reciprocal_and_log_beyond_the_old_ranges(shared, mode):
+    for name, x in (("reciprocal", RECIPROCAL), ("log", LOG)):
+        fx = shared(x) if mode == "shared" else x.fix_precision()
+        got = getattr(fx, name)()
+        got = (got.get() if mode == "shared" else got).float_precision()
+        _close(got, getattr(torch, name)(_decoded(x)))
+
+
+@pytest.mark.parametrize("mode", ["local", "shared"])
+def test_found_by_review_division_by_large_fixed_point_divisors(shared, mode):
+    """x / y with y = 2000 gave -2232 (local and shared); now within range up to 16384."""
+    x = torch.tensor([1.0, -7.5, 3000.0, 1.0, 16000.0])
+    y = torch.tensor([2000.0, 1500.0, 4000.0, -16000.0, 0.01])
+    enc = (lambda t: shared(t)) if mode == "shared" else (lambda t: t.fix_precision())
+    got = enc(x) / enc(y)
+    got = (got.get() if mode == "shared" else got).float_precision()
+    _close(got, _decoded(x) / _decoded(y))
+
+
+@pytest.mark.parametrize("n", [1, 2, 10, 200, 1000, 2000])
+@pytest.mark.parametrize("mode", ["local", "shared"])
+def test_found_by_review_softmax_over_many_classes(shared, mode, n):
+    """log_softmax over 1000 equal logits gave +48824 and softmax over 2000 gave -2232: the
+    sum of exps (in [1, n]) left the reciprocal's and log's ranges. Now their initial
+    guesses use bands chosen from the public n: any number of classes."""
+    torch.manual_seed(n)
+    x = torch.cat([torch.zeros(1, n), torch.randn(1, n) * 5], 0)
+    fx = shared(x) if mode == "shared" else x.fix_precision()
+    for fn in ("softmax", "log_softmax"):
+        got = getattr(F, fn)(fx, dim=1)
+        got = (got.get() if mode == "shared" else got).float_precision()
+        _close(got, getattr(F, fn)(_decoded(x), dim=1))
+    if n == 1000:  # the random row's softmax sums to 1 (the equal row's entries, 0.001 each,
+        # are at the last digit and may truncate to 0 locally)
+        got = F.softmax(fx, dim=1)
+        got = (got.get() if mode == "shared" else got).float_precision()
+        assert abs(float(got[1].sum()) - 1) < 0.05
+
+
+@pytest.mark.parametrize("mode", ["local", "shared"])
+def test_found_by_review_sigmoid_tanh_exp_at_the_edges_of_their_ranges(shared, mode):
+    for name, x in (("sigmoid", torch.tensor([-600.0, -500.0, 500.0, 600.0])),
+                    ("tanh", torch.tensor([-300.0, -60.0, 100.0, 300.0])),
+                    ("exp", torch.tensor([-600.0, -300.0, -40.0, 0.0, 9.9]))):
+        fx = shared(x) if mode == "shared" else x.fix_precision()
+        got = getattr(fx, name)()
+        got = (got.get() if mode == "shared" else got).float_precision()
+        _close(got, getattr(torch, name)(x.double()))
+
+
+# -- local values outside a range: a clear ValueError naming the range and the way out -----------
+
+OUTSIDE = [
+    ("exp", [10.5], "[-600, 10]"), ("exp", [20.0], "[-600, 10]"), ("exp", [-601.0], "[-600, 10]"),
+    ("reciprocal", [0.0], "[0.0078125, 16384]"), ("reciprocal", [0.005], "[0.0078125, 16384]"),
+    ("reciprocal", [-20000.0], "[0.0078125, 16384]"), ("log", [0.0], "[0.001, 24000]"),
+    ("log", [-1.0], "[0.001, 24000]"), ("log", [30000.0], "[0.001, 24000]"),
+    ("sigmoid", [700.0], "[-600, 600]"), ("sigmoid", [-800.0], "[-600, 600]"),
+    ("tanh", [301.0], "[-300, 300]"),
+]
+
+
+@pytest.mark.parametrize("name, values, shown", OUTSIDE)
+def test_found_by_review_local_values_outside_a_range_raise(name, values, shown):
+    x = torch.tensor([1.0] + values).fix_precision()
+    with pytest.raises(ValueError) as err:
+        getattr(x, name)()
+    msg = str(err.value)
+    shown_value = float(_decoded(torch.tensor(values))[0])  # what the encoding kept
+    assert name in msg and shown in msg and f"got {shown_value:g}" in msg, msg
+
+
+def test_found_by_review_division_and_softmax_outside_their_ranges_raise():
+    with pytest.raises(ValueError, match=r"division .*\[0.0078125, 16384\].*got 20000"):
+        torch.tensor([1.0]).fix_precision() / torch.tensor([20000.0]).fix_precision()
+    with pytest.raises(ValueError, match=r"division .*got 0"):
+        torch.tensor([1.0]).fix_precision() / torch.tensor([0.0]).fix_precision()
+    for fn in (F.softmax, F.log_softmax):
+        with pytest.raises(ValueError, match=r"within 600 of their max"):
+            fn(torch.tensor([[0.0, 700.0]]).fix_precision(), dim=1)
+        fn(torch.tensor([[0.0, 599.0]]).fix_precision(), dim=1)  # inside: no error
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"precision_fractional": 2},
+                                    {"precision_fractional": 0},
+                                    {"base": 2, "precision_fractional": 8}])
+def test_found_by_review_exp_overflow_advice_is_true(kwargs):
+    """exp(20) advised a lower precision or base 2, which do not help (the approximations
+    compute at 6+ digits): the error now says so and gives the range and what does help."""
+    with pytest.raises(ValueError) as err:
+        torch.tensor([20.0]).fix_precision(**kwargs).exp()
+    msg = str(err.value)
+    assert "[-600, 10]" in msg and "does not help" in msg and "math.exp(c)" in msg, msg
+    # the advice works: exp(20) = exp(20 - 10) * e**10
+    x = torch.tensor([20.0]).fix_precision(**kwargs)
+    got = (x - 10).exp().mul(float(torch.tensor(10.0).exp())).float_precision()
+    assert abs(float(got) / float(torch.tensor(20.0).exp()) - 1) < 1e-2
+
+
+# -- local add/sub/sum overflow: found by review (9e15 + 9e15 gave -4.47e14) ----------------------
+
+@pytest.mark.parametrize("case", [
+    lambda: torch.tensor([9e15]).fix_precision() + torch.tensor([9e15]).fix_precision(),
+    lambda: torch.tensor([-9e15]).fix_precision() - torch.tensor([9e15]).fix_precision(),
+    lambda: torch.tensor([9e15]).fix_precision() + 9e15,
+    lambda: 9e15 - torch.tensor([-9e15]).fix_precision(),
+    lambda: torch.full((4,), 4e15).fix_precision().sum(),
+    lambda: torch.full((2, 4), 4e15).fix_precision().sum(1),
+    lambda: torch.full((4,), 4e15).fix_precision().mean(),
+    lambda: (lambda f: f + f + f)(torch.full((4,), 4e15).fix_precision()),
+    lambda: torch.full((1, 4), 3e6).fix_precision() @ torch.full((4, 1), 3e6).fix_precision(),
+    lambda: torch.tensor([4e6]).fix_precision() * torch.tensor([4e6]).fix_precision(),
+])
+def test_found_by_review_local_sums_past_the_ring_raise(case):
+    with pytest.raises(OverflowError, match=r"out of range.*2\*\*63"):
+        case()
+
+
+def test_local_sums_inside_the_ring_are_exact():
+    """The edge inside: 4e15 + 4e15 = 8e15 < 9.2e15, a sum whose partial sums wrap but whose
+    total is in range (the ring's sum is exact)."""
+    a = torch.tensor([4e15], dtype=torch.float64)
+    assert (a.fix_precision() + a.fix_precision()).float_precision().item() == 8e15
+    x = torch.tensor([9e15, 9e15, -9e15], dtype=torch.float64).fix_precision()
+    assert x.sum().float_precision().item() == 9e15
+
+
+# -- comparisons at the extremes: found by review (x > y inverted, argmax wrong at +-5e15) --------
+
+def test_found_by_review_local_comparisons_past_the_range_raise():
+    x = torch.tensor([-5e15, 5e15]).fix_precision()
+    y = torch.tensor([5e15, -5e15]).fix_precision()
+    for op in ("gt", "lt", "ge", "le", "eq", "ne"):
+        with pytest.raises(OverflowError, match=r"\|x - y\|.*9.22e\+15"):
+            getattr(x, op)(y)
+    m = torch.tensor([[-1.6e15, 1.6e15, 0.0]]).fix_precision()  # spread 3.2e15, times m = 3
+    for call in (lambda: m.argmax(1), lambda: m.max(1), lambda: m.min(1), lambda: m.argmax()):
+        with pytest.raises(OverflowError, match=r"times 3"):
+            call()
+
+
+def test_comparisons_at_the_edge_of_their_range_agree_local_and_shared(shared):
+    """|x - y| = 9e15 < 2**63 / 1000 and a spread of 3e15 over 3 entries (times m = 3: 9e15):
+    shared equals local equals torch."""
+    x = torch.tensor([4.5e15, -4.5e15, 1.0], dtype=torch.float64)
+    y = torch.tensor([-4.5e15, 4.5e15, 0.0], dtype=torch.float64)
+    want = (x > y).double()
+    assert torch.equal((x.fix_precision() > y.fix_precision()).float_precision().double(), want)
+    assert torch.equal((shared(x) > shared(y)).get().float_precision().double(), want)
+    m = torch.tensor([[-1.5e15, 1.5e15, 0.0], [1.5e15, 0.0, -1.5e15]], dtype=torch.float64)
+    for enc, dec in ((lambda t: t.fix_precision(), lambda r: r),
+                     (shared, lambda r: r.get())):
+        assert dec(enc(m).argmax(1)).float_precision().tolist() == [1.0, 0.0]
+        assert dec(enc(m).max(1).values).float_precision().tolist() == [1.5e15, 1.5e15]
+
+
+# -- shapes: found by review (x.max() had shape (1,)) ---------------------------------------------
+
+def test_found_by_review_max_without_dim_has_torch_shape(shared):
+    t = torch.tensor([[1.0, 3.0], [2.0, 0.0]])
+    for name in ("max", "min"):
+        want = getattr(t, name)()
+        local = getattr(t.fix_precision(), name)().float_precision()
+        remote = getattr(shared(t), name)().get().float_precision()
+        for got in (local, remote):
+            assert got.shape == want.shape == torch.Size([]) and float(got) == float(want)
+
+
+# -- a public bound on the divisor decides the reciprocal's range ---------------------------------
+
+@pytest.mark.parametrize("mode", ["local", "shared"])
+def test_reciprocal_with_a_declared_bound(shared, mode):
+    """The divisor's declared (public) bound widens the range past 16384, up to 2**20, or
+    narrows it (fewer comparisons); local values above the bound raise."""
+    x = torch.tensor([0.5, 3.0, -20000.0, 5e5, 1e6])
+    fx = shared(x) if mode == "shared" else x.fix_precision()
+    got = fx.reciprocal(bound=1e6)
+    _close((got.get() if mode == "shared" else got).float_precision(), 1 / _decoded(x))
+    small = torch.tensor([0.5, 2.0, -9.5])
+    fs = shared(small) if mode == "shared" else small.fix_precision()
+    got = fs.reciprocal(bound=10)
+    _close((got.get() if mode == "shared" else got).float_precision(), 1 / _decoded(small))
+
+
+def test_reciprocal_bound_is_checked():
+    with pytest.raises(ValueError, match=r"\[0.0078125, 10\].*got 20"):
+        torch.tensor([20.0]).fix_precision().reciprocal(bound=10)
+    with pytest.raises(ValueError, match=r"\[0.5, 1e\+06\].*got 0.25"):
+        torch.tensor([0.25]).fix_precision().reciprocal(bound=1e6)  # the window moved up
+    with pytest.raises(ValueError, match=r"bound .* must be a number in"):
+        torch.tensor([2.0]).fix_precision().reciprocal(bound=2.0 ** 21)
+    with pytest.raises(ValueError, match=r"bound .* must be a number in"):
+        torch.tensor([2.0]).fix_precision().reciprocal(bound="10")
