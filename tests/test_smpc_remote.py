@@ -137,8 +137,10 @@ def test_fix_precision_of_bad_values_fails_on_the_worker_at_the_next_use(bob):
     ptr = torch.ones(2).send(bob)
     with pytest.raises(ValueError, match="base must be"):
         ptr.fix_precision(base=1)
-    with pytest.raises(TypeError, match="base= and precision_fractional= only"):
-        ptr.fix_precision(dtype="long")
+    with pytest.raises(TypeError, match="dtype='int' is refused.*dtype='long' only"):
+        ptr.fix_precision(dtype="int")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'precison_fractional'"):
+        ptr.fix_precision(precison_fractional=5)
     with pytest.raises(ValueError, match="already in fixed precision"):
         ptr.fix_precision().fix_precision()
     assert torch.equal(ptr.get(), torch.ones(2))  # bob kept serving
@@ -237,6 +239,7 @@ def test_bad_share_requests_are_refused_before_anything_is_sent(bob, alice, prov
     with pytest.raises(ValueError, match="cannot secret-share a torch.float32.*fix_precision"):
         ptr.share(bob, alice, crypto_provider=provider)
     ints = torch.tensor([1, 2]).send(bob)
+    bools = torch.tensor([True]).send(bob)
     fp = ptr.fix_precision()
     for call, error, match in [
         (lambda: ints.share(bob, crypto_provider=provider), ValueError, "2 to 5 workers"),
@@ -247,12 +250,22 @@ def test_bad_share_requests_are_refused_before_anything_is_sent(bob, alice, prov
          "must not be the local worker"),
         (lambda: fp.share(bob.network.local_worker, alice, crypto_provider=provider),
          ValueError, "cannot hold a share"),
-        (lambda: fp.share(bob, alice, crypto_provider=provider, requires_grad=True), TypeError,
-         "requires_grad"),
+        (lambda: ints.share(bob, alice, crypto_provider=provider, requires_grad=True),
+         ValueError, "integer tensors have no gradients"),
+        (lambda: fp.share(bob, alice, crypto_provider=provider, field=2**32), TypeError,
+         "field=4294967296 is refused"),
+        (lambda: fp.share(bob, alice, crypto_provder=provider), TypeError,
+         "unexpected keyword argument 'crypto_provder'"),
+        (lambda: fp.share(bob, "alice", crypto_provider=provider), TypeError,
+         "got str 'alice' as party 2 of 2 \\(pass the worker object"),
+        (lambda: fp.share(bob, alice, crypto_provider="james"), TypeError,
+         "crypto_provider is a worker.*got str 'james'"),
+        (lambda: bools.share(bob, alice, crypto_provider=provider), ValueError,
+         "cannot secret-share a torch.bool tensor"),
     ]:
         with pytest.raises(error, match=match):
             call()
-    assert (bob.objects_count(), alice.objects_count()) == (before[0] + 2, before[1])
+    assert (bob.objects_count(), alice.objects_count()) == (before[0] + 3, before[1])
 
 
 def test_the_holder_refuses_malformed_requests_and_floats_itself(bob, alice):

@@ -48,9 +48,12 @@ from fedmq.client import call_all
 from fedmq.errors import AccessDeniedError, PointerError
 from fedmq.execution import execute
 from fedmq.ids import new_id
-from fedmq.pointers import dispatch
+from fedmq.pointers import dispatch, keywords as _pointer_keywords
 from fedmq.pointers.tensor import PointerTensor
-from fedmq.smpc.additive import AdditiveSharingTensor, _check_parties
+from fedmq.smpc import keywords
+from fedmq.smpc.additive import (AdditiveSharingTensor, _check_parties,
+                                  check_shareable_dtype)
+from fedmq.smpc.autograd import AutogradTensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor, _check_params, encode
 from fedmq.smpc.messages import FixPrecision, ShareRequest
 from fedmq.smpc.ring import additive_split
@@ -196,11 +199,15 @@ def is_remote_value(t: Any) -> bool:
     return kind in ("pointer", "parameter", "buffer")
 
 
-def fix_precision_remote(t: torch.Tensor, base: int = 10, precision_fractional: int = 3
-                         ) -> "FixedPrecisionPointer":
+def fix_precision_remote(t: torch.Tensor, base: int = 10, precision_fractional: int = 3,
+                         **pysyft: Any) -> "FixedPrecisionPointer":
     """`ptr.fix_precision(base, precision_fractional)` for a tensor on a worker: that worker
     encodes it (one posted FixPrecision; errors such as NaN or overflow surface at the next
-    use). Raises ValueError for a bad base/precision (checked here first)."""
+    use). PySyft's other keywords as for a local tensor (fedmq/smpc/keywords.py: accepted at
+    the values describing fedmq's encoding, TypeError otherwise). Raises ValueError for a bad
+    base/precision (checked here first)."""
+    keywords.check("fix_precision", pysyft, keywords.FIX_PRECISION,
+                   honoured=("base", "precision_fractional"))
     _check_params(base, precision_fractional)
     location, ref, owner = _remote_target(t)
     shape, dtype = _meta(t)
@@ -215,27 +222,30 @@ def fix_precision_remote(t: torch.Tensor, base: int = 10, precision_fractional: 
                                  dtype if dtype.is_floating_point else None)
 
 
-def _check_options(options: dict) -> None:
-    if options:
-        raise TypeError(f"share() of a value on a worker takes the parties and crypto_provider= "
-                        f"only, got {', '.join(sorted(options))}=")
+def _check_options(requires_grad: Any, options: dict) -> None:
+    keywords.check("share", options, keywords.SHARE,
+                   honoured=("crypto_provider", "requires_grad"))
+    if type(requires_grad) is not bool:
+        raise TypeError(f"share(): requires_grad must be True or False, got {requires_grad!r}")
 
 
 def share_remote(t: torch.Tensor, *workers: Any, crypto_provider: Any = None,
-                 **options: Any) -> "SharedPointer":
+                 requires_grad: bool = False, **options: Any) -> "SharedPointer":
     """`ptr.share(*workers, crypto_provider=...)` for an integer tensor on a worker: the holder
     splits it and sends the shares (see the module docstring). Returns a SharedPointer whose
-    `.get()` is an AdditiveSharingTensor. Raises ValueError for floats, for fewer than 2 or
-    more than 5 parties, repeated parties, the client's own worker as a party, a provider that
-    is a party; TypeError for other keywords; the holder's errors (not found, access denied)
-    as the worker raised them."""
-    _check_options(options)
+    `.get()` is an AdditiveSharingTensor. Raises ValueError for floats, bools, requires_grad=True
+    (integers have no gradient), fewer than 2 or more than 5 parties, repeated parties, the
+    client's own worker as a party, a provider that is a party; TypeError for what is not a
+    worker and for PySyft keywords at values fedmq cannot honour (fedmq/smpc/keywords.py);
+    ShareTimeout when a party or the holder did not answer in time (no share is left behind);
+    the holder's errors (not found, access denied) as the worker raised them."""
+    _check_options(requires_grad, options)
+    if requires_grad:
+        raise ValueError("requires_grad=True needs a fixed-precision value (integer tensors "
+                         "have no gradients): ptr.fix_precision().share(*workers, "
+                         "crypto_provider=..., requires_grad=True)")
     shape, dtype = _meta(t)
-    if dtype.is_floating_point or dtype.is_complex:
-        raise ValueError(f"cannot secret-share a {dtype} tensor: shares live in the integers "
-                         f"mod 2**64. Encode it where it is first with "
-                         f"ptr.fix_precision().share(...) and decode the result with "
-                         f".get().get().float_precision()")
+    check_shareable_dtype(dtype, remote=True)
     return SharedPointer(_share(t, shape, workers, crypto_provider), holder=_remote_target(t)[0])
 
 
@@ -311,8 +321,10 @@ class FixedPrecisionPointer:
                                      self.float_dtype)
 
     # -- the API -----------------------------------------------------------------------------------
-    def get(self) -> FixedPrecisionTensor:
-        """Fetch the encoding (deleting it remotely): a local FixedPrecisionTensor."""
+    def get(self, **pysyft: Any) -> FixedPrecisionTensor:
+        """Fetch the encoding (deleting it remotely): a local FixedPrecisionTensor. PySyft's
+        pointer keywords (user, reason, deregister_ptr, inplace) as PointerTensor.get."""
+        _pointer_keywords.check("FixedPrecisionPointer.get", pysyft, _pointer_keywords.GET)
         return FixedPrecisionTensor(self.pointer.get(), self.base, self.precision_fractional,
                                     self.float_dtype)
 
@@ -328,14 +340,19 @@ class FixedPrecisionPointer:
 
     fix_prec = fix_precision
 
-    def share(self, *workers: Any, crypto_provider: Any = None, **options: Any
-              ) -> "SharedPointer":
+    def share(self, *workers: Any, crypto_provider: Any = None, requires_grad: bool = False,
+              **options: Any) -> "SharedPointer":
         """Secret-share the encoding where it lives (see share_remote): `.get()` on the
-        result is a FixedPrecisionTensor whose child is an AdditiveSharingTensor."""
-        _check_options(options)
+        result is a FixedPrecisionTensor whose child is an AdditiveSharingTensor; with
+        `requires_grad=True` an AutogradTensor around it (a leaf that records gradients, as
+        for a local value). PySyft's keywords as share_remote."""
+        _check_options(requires_grad, options)
         shared = _share(self.pointer, tuple(self.shape), workers, crypto_provider)
-        return SharedPointer(FixedPrecisionTensor(shared, self.base, self.precision_fractional,
-                                                  self.float_dtype), holder=self.location)
+        value = FixedPrecisionTensor(shared, self.base, self.precision_fractional,
+                                     self.float_dtype)
+        if requires_grad:
+            value = AutogradTensor(value, requires_grad=True)
+        return SharedPointer(value, holder=self.location)
 
     def copy(self) -> "FixedPrecisionPointer":
         return self._wrap(self.pointer.copy())
@@ -397,6 +414,13 @@ class FixedPrecisionPointer:
                 f"precision_fractional={self.precision_fractional})")
 
 
+def _additive(value: Any) -> AdditiveSharingTensor:
+    """The AdditiveSharingTensor inside an AutogradTensor / FixedPrecisionTensor (or itself)."""
+    while not isinstance(value, AdditiveSharingTensor):
+        value = value.child
+    return value
+
+
 class SharedPointer:
     """A pointer to a value secret-shared where it lived (PySyft 0.2's pointer to an
     AdditiveSharingTensor): `holder` is the worker that split it; the shares are on the
@@ -418,8 +442,7 @@ class SharedPointer:
 
     @property
     def shared(self) -> AdditiveSharingTensor:
-        value = self._check()
-        return value.child
+        return _additive(self._check())
 
     @property
     def shape(self) -> torch.Size:
@@ -430,7 +453,11 @@ class SharedPointer:
             raise PointerError("this pointer to a shared value was already fetched with .get()")
         return self._value
 
-    def get(self) -> Any:
+    def get(self, **pysyft: Any) -> Any:
+        """The value, still shared (see the class); PySyft's pointer keywords (user, reason,
+        deregister_ptr, inplace) as PointerTensor.get: at their defaults only, else
+        TypeError."""
+        _pointer_keywords.check("SharedPointer.get", pysyft, _pointer_keywords.GET)
         value = self._check()
         self._value = None
         return value
@@ -438,7 +465,7 @@ class SharedPointer:
     def __repr__(self) -> str:
         if self._value is None:
             return "(Wrapper)>[SharedPointer | spent]"
-        ast = self._value.child
+        ast = _additive(self._value)
         owner = getattr(getattr(ast.shares[0], "owner", None), "id", None)
         parties = ", ".join(s.location.id for s in ast.shares)
         provider = getattr(ast.crypto_provider, "id", None)
