@@ -48,7 +48,8 @@ def test_pysyft_fix_precision_keywords_at_fedmqs_values_are_accepted(hook, keywo
 
 
 @pytest.mark.parametrize("keyword, value, accepted", [
-    ("dtype", "int", "dtype='long' only"), ("field", 2 ** 32, "field=None or 2\\*\\*64 only"),
+    ("dtype", "int", "dtype=None or 'long' only"),
+    ("field", 2 ** 32, "field=None or 2\\*\\*64 only"),
     ("field", 2 ** 62, "field=None or 2\\*\\*64 only"), ("kappa", 2, "kappa=1 only"),
     ("kappa", True, "kappa=1 only"), ("no_wrap", True, "no_wrap=False only"),
     ("storage", "crt", "storage='auto' or 'normal' only"),
@@ -94,7 +95,7 @@ def test_pysyft_share_keywords_at_fedmqs_values_are_accepted(hook, parties, keyw
 
 @pytest.mark.parametrize("keyword, value, accepted", [
     ("field", 2 ** 32, "field=None or 2\\*\\*64 only"), ("protocol", "fss", "protocol='snn'"),
-    ("protocol", "falcon", "protocol='snn'"), ("dtype", "int", "dtype='long' only"),
+    ("protocol", "falcon", "protocol='snn'"), ("dtype", "int", "dtype=None or 'long' only"),
     ("no_wrap", True, "no_wrap=False only")])
 def test_found_by_review_share_keywords_fedmq_cannot_honour_are_refused(
         hook, parties, keyword, value, accepted):

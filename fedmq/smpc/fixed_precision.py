@@ -318,8 +318,9 @@ class FixedPrecisionTensor(SmpcTensor):
               **options: Any) -> Any:
         """Secret-share the encoded values: `x.fix_precision().share(bob, alice, ...)`.
         PySyft's protocol="snn", field=2**64, dtype="long", no_wrap=False are accepted, other
-        values and keywords raise TypeError (additive.share_tensor). `requires_grad=True` wraps the result in the class set by `use_autograd_class`
-        (fedmq.smpc.autograd's AutogradTensor, PySyft's), which records the gradient graph."""
+        values and keywords raise TypeError (additive.share_tensor). `requires_grad=True`
+        wraps the result in the class set by `use_autograd_class` (fedmq.smpc.autograd's
+        AutogradTensor, PySyft's), which records the gradient graph."""
         if self.is_shared:
             raise ValueError("this tensor is already shared")
         if type(requires_grad) is not bool:
