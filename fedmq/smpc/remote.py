@@ -39,13 +39,14 @@ before anything is sent: `fix_precision()` them first.
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any
 
 import torch
 
-from fedmq import messages as m
+from fedmq import limits, messages as m
 from fedmq.client import call_all
-from fedmq.errors import AccessDeniedError, PointerError
+from fedmq.errors import AccessDeniedError, PointerError, ReplyTimeout, TransportError
 from fedmq.execution import execute
 from fedmq.ids import new_id
 from fedmq.pointers import dispatch, keywords as _pointer_keywords
@@ -158,8 +159,10 @@ def handle_share_request(session: Any, msg: ShareRequest) -> None:
                 f"{'is' if len(refused) == 1 else 'are'} not (the data owner grants it with "
                 f"--grant worker:{refused[0]})", worker=holder)
     try:
+        limits.check("ShareRequest")  # the client gave up (Cancel): send nothing
         call_all([(session.network.client(p), m.ObjectMessage([m.StoredObject(i, s)]))
                   for p, i, s in outgoing], sender=holder)
+        limits.check("ShareRequest")  # it gave up while a party was slow: take them back
     except Exception:
         # no party keeps a share of a value that was not shared whole
         for i in own_ids:
@@ -261,9 +264,92 @@ def _share(t: torch.Tensor, shape: tuple, workers: tuple, crypto_provider: Any
     if ref.attr is not None:
         raise ValueError("a gradient cannot be shared where it is: .copy() it first")
     ids = [new_id() for _ in parties]
-    location.call(ShareRequest(ref.id, [p.id for p in parties], ids))
+    msg_id = new_id()
+    try:
+        location.call(ShareRequest(ref.id, [p.id for p in parties], ids), msg_id=msg_id)
+    except TransportError as exc:  # no answer: the holder may still be at it
+        raise _give_up(location, parties, ids, msg_id, exc) from exc
     return AdditiveSharingTensor([make_pointer(p, i, shape) for p, i in zip(parties, ids)],
                                  crypto_provider)
+
+
+#: seconds the client waits, after a ShareRequest went unanswered, for the holder's answer to
+#: its Cancel and for the parties' answers to a probe (each at most the call's own timeout)
+GIVE_UP_SECONDS = 3.0
+
+
+class ShareTimeout(ReplyTimeout):
+    """`ptr.share(...)` got no answer in time: the holder, or a party the holder was sending
+    a share to, did not answer. The message says which; no share is left behind (the client
+    cancelled the request and deleted every share under the ids it chose)."""
+
+
+def _give_up(holder: Any, parties: list, ids: list, msg_id: int,
+             exc: Exception) -> ShareTimeout:
+    """Leave no share behind after an unanswered ShareRequest, in any failure order, and say
+    who did not answer.
+
+    1. `Cancel(msg_id)` to the holder, awaited: a request that has not started is refused when
+       it comes; a running one stops at its next check (before it sends, or once the parties
+       answered) and deletes its own share and, by a message after the share, each party's.
+    2. Then a DeleteObjects to every party (the holder too) for the id chosen for it: shares
+       stored by a request that finished meanwhile are all in place by then (the holder waits
+       for every party), so the deletes come after them.
+    3. A probe (ObjectsCount, answered at once by a worker service even while it runs
+       something else) to every party but the holder names the ones that do not answer."""
+    wait = GIVE_UP_SECONDS if holder.timeout is None else min(GIVE_UP_SECONDS, holder.timeout)
+    try:
+        running = holder.call(m.Cancel(msg_id), timeout=wait)
+        holder_state = ("it was still at it, waiting for the parties" if running else
+                        "it had not started or had just finished")
+    except Exception:  # noqa: BLE001 - a holder that does not answer is what we report
+        running, holder_state = None, (f"no answer to the Cancel within {wait} s either: it "
+                                       f"acts on it when it runs again")
+    for party, share_id in zip(parties, ids):
+        try:  # no reply asked: a stalled party must not fail the next call to it
+            party.engine.post_frame(party.id, party.engine.frame(
+                m.DeleteObjects([share_id]), sender=party.sender, to=party.id), "DeleteObjects")
+        except Exception:  # noqa: BLE001 - a party that cannot be reached stores nothing new
+            pass
+    others = [p for p in parties if p.id != holder.id]
+    silent = _silent(others, wait)
+    if silent:
+        who = (f"party {', '.join(map(repr, silent))} did not take "
+               f"{'its share' if len(silent) == 1 else 'their shares'} (no answer within "
+               f"{wait} s)")
+    elif running is None:
+        who = f"the holder {holder.id!r} itself does not answer"
+    elif running:
+        who = (f"the parties {', '.join(repr(p.id) for p in others)} answer now: one of them "
+               f"was slow to take its share")
+    else:
+        who = f"the holder {holder.id!r} was busy and had not got to it, or finished just then"
+    return ShareTimeout(
+        f"share(): worker {holder.id!r} holds the value and sends each party its share, and "
+        f"did not confirm within the call's timeout ({exc}); {who}. Told {holder.id!r} to "
+        f"stop ({holder_state}) and every party to drop the share it may get: no share is "
+        f"left behind")
+
+
+def _silent(workers: list, seconds: float) -> list:
+    """Ids of the `workers` that do not answer an ObjectsCount within `seconds` (all asked at
+    once)."""
+    started, silent = [], []
+    for w in workers:
+        try:
+            frame = w.engine.frame(m.ObjectsCount(), sender=w.sender, to=w.id)
+            started.append((w, w.engine.start_frame(w.id, frame, "ObjectsCount")))
+        except Exception:  # noqa: BLE001 - unreachable is silent
+            silent.append(w.id)
+    deadline = time.monotonic() + seconds
+    for w, call in started:
+        try:
+            reply = call.reply(max(0.05, deadline - time.monotonic()))
+            if reply.error is not None:
+                silent.append(w.id)
+        except Exception:  # noqa: BLE001 - no answer in time
+            silent.append(w.id)
+    return silent
 
 
 class FixedPrecisionPointer:
