@@ -273,6 +273,10 @@ def test_the_holder_refuses_malformed_requests_and_floats_itself(bob, alice):
     bob.flush()
     with pytest.raises(errors.RemoteError, match="cannot secret-share a torch.float32"):
         bob.call(ShareRequest(floats.id_at_location, ["bob", "alice"], [11, 12]))
+    bools = torch.tensor([True]).send(bob)
+    bob.flush()
+    with pytest.raises(errors.RemoteError, match="cannot secret-share a torch.bool tensor"):
+        bob.call(ShareRequest(bools.id_at_location, ["bob", "alice"], [11, 12]))
     for bad, match in [(ShareRequest(floats.id_at_location, ["bob"], [11]), "2 to 5"),
                        (ShareRequest(floats.id_at_location, ["bob", "bob"], [1, 2]), "distinct"),
                        (ShareRequest(floats.id_at_location, ["bob", "alice"], [1]), "one"),

@@ -21,6 +21,13 @@ pointer to the shared value therefore needs nothing more from anyone: `.get()` h
 client's pointers to the shares (no message), exactly the object
 `t.fix_precision().share(a, b, crypto_provider=c)` builds from a local tensor.
 
+A request the client gives up on (no answer within its timeout: the holder, or a party the
+holder is sending a share to, stalls) leaves no share behind, in any order of events: the
+ShareRequest goes with a msg_id, the client Cancels it (not started: refused when it comes;
+running: the holder stops before sending, or once the parties answered, and deletes its own
+share and, by a message after each party's share, theirs), then deletes every share under the
+ids it chose, and raises ShareTimeout naming the party that does not answer (or the holder).
+
 Trust boundary (fedmq.policy): the holder reads the value as the sending principal (a stranger
 cannot name another principal's object: "not found"), and shares of private data go only where
 the private value itself could go (`ForwardObjects`' gate): every party but the holder must be
@@ -120,6 +127,9 @@ def _split(parties: list, holder: str):
         if value.is_floating_point() or value.is_complex():
             raise ValueError(f"cannot secret-share a {value.dtype} tensor: shares live in the "
                              f"integers mod 2**64; encode it first with .fix_precision()")
+        if value.dtype == torch.bool:
+            raise ValueError("cannot secret-share a torch.bool tensor (shares are int64 ring "
+                             "elements): share t.long()")
         shares = additive_split(value.detach().to(torch.int64), len(parties))
         own = [s for p, s in zip(parties, shares) if p == holder]
         return own, shares
