@@ -80,14 +80,17 @@ class WorkerClient:
         self.restarted: tuple[int, int] | None = None
 
     # -- sending ---------------------------------------------------------------------------------
-    def call(self, message: Any, *, sender: str | None = None, timeout: float | None = None) -> Any:
-        """Send `message`, wait for the reply, return its value or raise the worker's error."""
-        frame, buffered = self._call_frame(message, sender)
+    def call(self, message: Any, *, sender: str | None = None, timeout: float | None = None,
+             msg_id: int = 0) -> Any:
+        """Send `message`, wait for the reply, return its value or raise the worker's error.
+        A nonzero `msg_id` (Envelope.msg_id) lets a later `m.Cancel(msg_id)` stop it."""
+        frame, buffered = self._call_frame(message, sender, msg_id)
         call = self.engine.start_frame(self.id, frame, type(message).__name__)
         reply = call.reply(self.timeout if timeout is None else timeout)
         return self._call_result(reply, message, buffered)
 
-    def _call_frame(self, message: Any, sender: str | None) -> tuple[bytes, list]:
+    def _call_frame(self, message: Any, sender: str | None, msg_id: int = 0
+                    ) -> tuple[bytes, list]:
         """The frame of a call: our own buffered commands ride in it, everyone else's go first."""
         if self._pending_gets and type(message) in _LOOKS_AT_STORE:
             self.carry_out_pending_gets()
@@ -97,7 +100,7 @@ class WorkerClient:
         self.context.flush_all()
         self._raise_async_error()
         wire = m.Batch(buffered + [message], reply_last=True) if buffered else message
-        return self._frame(wire, sender), buffered
+        return self._frame(wire, sender, msg_id), buffered
 
     def _call_result(self, reply: m.Reply, message: Any, buffered: list) -> Any:
         self._note_incarnation(reply)
@@ -197,9 +200,9 @@ class WorkerClient:
                          f"{type(message).__name__} posted to it earlier)")
             raise exc
 
-    def _frame(self, message: Any, sender: str | None) -> bytes:
+    def _frame(self, message: Any, sender: str | None, msg_id: int = 0) -> bytes:
         return self.engine.frame(message, sender=sender or self.sender,
-                                 release=self._take_pending(), to=self.id)
+                                 release=self._take_pending(), msg_id=msg_id, to=self.id)
 
     def _take_pending(self) -> list[int]:
         ids = []

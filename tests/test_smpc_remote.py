@@ -137,8 +137,10 @@ def test_fix_precision_of_bad_values_fails_on_the_worker_at_the_next_use(bob):
     ptr = torch.ones(2).send(bob)
     with pytest.raises(ValueError, match="base must be"):
         ptr.fix_precision(base=1)
-    with pytest.raises(TypeError, match="base= and precision_fractional= only"):
-        ptr.fix_precision(dtype="long")
+    with pytest.raises(TypeError, match="dtype='int' is refused.*dtype=None or 'long' only"):
+        ptr.fix_precision(dtype="int")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'precison_fractional'"):
+        ptr.fix_precision(precison_fractional=5)
     with pytest.raises(ValueError, match="already in fixed precision"):
         ptr.fix_precision().fix_precision()
     assert torch.equal(ptr.get(), torch.ones(2))  # bob kept serving
@@ -237,6 +239,7 @@ def test_bad_share_requests_are_refused_before_anything_is_sent(bob, alice, prov
     with pytest.raises(ValueError, match="cannot secret-share a torch.float32.*fix_precision"):
         ptr.share(bob, alice, crypto_provider=provider)
     ints = torch.tensor([1, 2]).send(bob)
+    bools = torch.tensor([True]).send(bob)
     fp = ptr.fix_precision()
     for call, error, match in [
         (lambda: ints.share(bob, crypto_provider=provider), ValueError, "2 to 5 workers"),
@@ -247,12 +250,22 @@ def test_bad_share_requests_are_refused_before_anything_is_sent(bob, alice, prov
          "must not be the local worker"),
         (lambda: fp.share(bob.network.local_worker, alice, crypto_provider=provider),
          ValueError, "cannot hold a share"),
-        (lambda: fp.share(bob, alice, crypto_provider=provider, requires_grad=True), TypeError,
-         "requires_grad"),
+        (lambda: ints.share(bob, alice, crypto_provider=provider, requires_grad=True),
+         ValueError, "integer tensors have no gradients"),
+        (lambda: fp.share(bob, alice, crypto_provider=provider, field=2**32), TypeError,
+         "field=4294967296 is refused"),
+        (lambda: fp.share(bob, alice, crypto_provder=provider), TypeError,
+         "unexpected keyword argument 'crypto_provder'"),
+        (lambda: fp.share(bob, "alice", crypto_provider=provider), TypeError,
+         "got str 'alice' as party 2 of 2 \\(pass the worker object"),
+        (lambda: fp.share(bob, alice, crypto_provider="james"), TypeError,
+         "crypto_provider is a worker.*got str 'james'"),
+        (lambda: bools.share(bob, alice, crypto_provider=provider), ValueError,
+         "cannot secret-share a torch.bool tensor"),
     ]:
         with pytest.raises(error, match=match):
             call()
-    assert (bob.objects_count(), alice.objects_count()) == (before[0] + 2, before[1])
+    assert (bob.objects_count(), alice.objects_count()) == (before[0] + 3, before[1])
 
 
 def test_the_holder_refuses_malformed_requests_and_floats_itself(bob, alice):
@@ -260,6 +273,10 @@ def test_the_holder_refuses_malformed_requests_and_floats_itself(bob, alice):
     bob.flush()
     with pytest.raises(errors.RemoteError, match="cannot secret-share a torch.float32"):
         bob.call(ShareRequest(floats.id_at_location, ["bob", "alice"], [11, 12]))
+    bools = torch.tensor([True]).send(bob)
+    bob.flush()
+    with pytest.raises(errors.RemoteError, match="cannot secret-share a torch.bool tensor"):
+        bob.call(ShareRequest(bools.id_at_location, ["bob", "alice"], [11, 12]))
     for bad, match in [(ShareRequest(floats.id_at_location, ["bob"], [11]), "2 to 5"),
                        (ShareRequest(floats.id_at_location, ["bob", "bob"], [1, 2]), "distinct"),
                        (ShareRequest(floats.id_at_location, ["bob", "alice"], [1]), "one"),
@@ -279,6 +296,126 @@ def test_a_party_that_cannot_be_reached_leaves_no_share_anywhere(hook):
         with pytest.raises(errors.RemoteError, match="'nobody'"):
             bob.call(ShareRequest(ptr.id_at_location, parties, [new_id(), new_id()]))
     assert list(bob._objects) == [ptr.id_at_location] and alice._objects == {}
+
+
+# -- a share request the client gave up on leaves no share behind ----------------------------------
+
+def _stores(*workers):
+    return [sorted(w._objects) for w in workers]
+
+
+def test_a_share_request_cancelled_before_it_runs_is_refused_and_stores_nothing(hook):
+    bob, alice = fedmq.VirtualWorker(hook, id="bob"), fedmq.VirtualWorker(hook, id="alice")
+    ptr = torch.tensor([1, 2]).send(bob)
+    bob.flush()
+    before = _stores(bob, alice)
+    msg_id = new_id()
+    assert bob.call(m.Cancel(msg_id)) is False  # not running: refused when it comes
+    with pytest.raises(errors.RemoteError, match="cancelled by its sender before it ran"):
+        bob.call(ShareRequest(ptr.id_at_location, ["bob", "alice"], [new_id(), new_id()]),
+                 msg_id=msg_id)
+    assert _stores(bob, alice) == before
+
+
+def test_a_share_request_cancelled_while_a_party_is_slow_takes_every_share_back(
+        hook, monkeypatch):
+    """Found by review (R1 a8_party_stalls.py): the client's Cancel comes while the holder waits
+    for a slow party, which took its share: the holder deletes its own and, after it, the
+    party's."""
+    from fedmq.smpc import remote
+    bob, alice = fedmq.VirtualWorker(hook, id="bob"), fedmq.VirtualWorker(hook, id="alice")
+    ptr = torch.tensor([1, 2]).send(bob)
+    bob.flush()
+    before = _stores(bob, alice)
+    msg_id = new_id()
+    send_shares = remote.call_all
+
+    def slow_party(calls, **kwargs):
+        out = send_shares(calls, **kwargs)
+        assert len(alice._objects) == 1  # alice took her share; then the client gives up
+        assert bob.worker.cancel(bob.engine.transport.principal, msg_id) is True
+        return out
+    monkeypatch.setattr(remote, "call_all", slow_party)
+    with pytest.raises(errors.RemoteError, match="cancelled by its sender"):
+        bob.call(ShareRequest(ptr.id_at_location, ["bob", "alice"], [new_id(), new_id()]),
+                 msg_id=msg_id)
+    assert _stores(bob, alice) == before
+
+
+def test_a_share_that_timed_out_after_the_holder_finished_is_deleted_and_explained(
+        hook, monkeypatch):
+    """The reply was lost or late: the holder finished, every share is in place, and the
+    client's deletes (after its Cancel was answered) take them all back."""
+    bob, alice = fedmq.VirtualWorker(hook, id="bob"), fedmq.VirtualWorker(hook, id="alice")
+    james = fedmq.VirtualWorker(hook, id="james")
+    fp = torch.tensor([1.5, -2.0]).send(bob).fix_precision()
+    bob.flush()
+    before = _stores(bob, alice)
+    call = type(bob).call
+
+    def reply_lost(self, message, **kwargs):
+        value = call(self, message, **kwargs)
+        if isinstance(message, ShareRequest):
+            assert len(alice._objects) == 1  # the shares were stored
+            raise errors.ReplyTimeout("worker 'bob' did not answer ShareRequest within 1 s")
+        return value
+    monkeypatch.setattr(type(bob), "call", reply_lost)
+    with pytest.raises(errors.ReplyTimeout, match="worker 'bob' holds the value and sends each "
+                       "party its share.*busy and had not got to it, or finished just then.*no "
+                       "share is left behind") as caught:
+        fp.share(bob, alice, crypto_provider=james)
+    assert type(caught.value).__name__ == "ShareTimeout"
+    assert _stores(bob, alice) == before
+
+
+def _wait_until(predicate, seconds):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.mark.amqp
+@pytest.mark.slow  # ~25 s: two timeouts
+@pytest.mark.parametrize("stalled", ["alice", "bob"])
+def test_a_stalled_party_or_holder_leaves_no_share_and_is_named(hook, worker_processes,
+                                                                stalled):
+    """Found by review (R1 a8_party_stalls.py, a5_holder_stalls.py): a worker that stalls
+    (SIGSTOP) longer than the client's timeout during ptr.share(...) left shares on the holder
+    and the party for ever, and the ReplyTimeout blamed the healthy holder."""
+    import signal
+    from worker_procs import AMQP_URL
+    bob, alice, provider = (fedmq.AMQPClientWorker(hook, id=i, url=AMQP_URL, timeout=4)
+                            for i in ("bob", "alice", "secure_worker"))
+    for w in (bob, alice, provider):
+        w.clear_objects()
+    x = torch.tensor([1.5, -2.25, 3.0]).send(bob)
+    fp = x.fix_precision()
+    bob.flush()
+    assert (bob.objects_count(), alice.objects_count()) == (2, 0)
+    proc = worker_processes.procs[stalled]
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(errors.ReplyTimeout) as caught:
+            fp.share(bob, alice, crypto_provider=provider)
+        time.sleep(2)  # stalled longer than the client waited
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    message = str(caught.value)
+    assert type(caught.value).__name__ == "ShareTimeout"
+    if stalled == "alice":
+        assert "party 'alice' did not take its share" in message
+    else:
+        assert "the holder 'bob' itself does not answer" in message
+    assert "no share is left behind" in message
+    # once the stalled worker runs again, the late share is dropped, and the holder's too
+    assert _wait_until(lambda: (bob.objects_count(), alice.objects_count()) == (2, 0), 15), \
+        (bob.objects_count(), alice.objects_count())
+    # and both still serve
+    shared = fp.share(bob, alice, crypto_provider=provider).get()
+    assert torch.allclose(shared.get().float_precision(), torch.tensor([1.5, -2.25, 3.0]))
 
 
 # -- the trust boundary (in-process workers with closed policies, as in tests/security) ---------

@@ -6,6 +6,8 @@ in pyproject.toml checks it):
     messages.py         wire records 90-99 (Deal, DealRequest, LocalStep,
                         ShareRequest, FixPrecision)
     ring.py             the ring Z/2^64Z: CSPRNG elements, additive/XOR splits, ring products
+    keywords.py         PySyft 0.2's fix_precision/share keywords: honoured or refused
+                        (TypeError naming what is accepted), never ignored
     dispatch.py         SmpcTensor, base of the two tensor types: size/dim/numel, and torch
                         functions on them (torch.add, F.linear, t - x, ...) -> their methods
     shares.py           the coordinator's pointers to shares: an op on every share (remote),
@@ -27,8 +29,8 @@ in pyproject.toml checks it):
     optim.py            optimizer.fix_precision(): SGD steps on fixed-precision parameters
     hooks.py            the extension's table: methods TorchHook installs, worker handlers
 The protocols (truncation, beaver, comparison) take and return AdditiveSharingTensors but use
-only their methods, never the class. Independent of each other: messages, ring and dispatch;
-local_steps and truncation; beaver and comparison.
+only their methods, never the class. Independent of each other: messages, ring, dispatch and
+keywords; local_steps and truncation; beaver and comparison.
 """
 from fedmq.smpc.additive import AdditiveSharingTensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor

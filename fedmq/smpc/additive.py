@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
+from fedmq.client import WorkerClient
 from fedmq.pointers.tensor import PointerTensor
-from fedmq.smpc import comparison, shares as _shares
+from fedmq.smpc import comparison, keywords, shares as _shares
 from fedmq.smpc.beaver import beaver_op
 from fedmq.smpc.dispatch import SmpcTensor
 from fedmq.smpc.ring import FIELD as _RING_SIZE, INT64_MAX, INT64_MIN, additive_split
@@ -62,15 +63,39 @@ class RingSize(int):
 FIELD = RingSize()
 
 
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor) or isinstance(value, SmpcTensor):
+        return f"a {type(value).__name__} of shape {tuple(value.shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
 def _check_parties(workers: tuple, crypto_provider: Any) -> list:
+    """The parties as a list (given one by one or as one list/tuple): 2 to 5 distinct workers
+    (VirtualWorker, AMQPClientWorker: objects, not their ids); the crypto provider, if any,
+    a worker that is none of them and not the local worker. Raises TypeError for something
+    that is not a worker, ValueError for a wrong count or a repeated worker."""
     if len(workers) == 1 and isinstance(workers[0], (list, tuple)):
         workers = tuple(workers[0])
+    for i, w in enumerate(workers):
+        if not isinstance(w, WorkerClient):
+            hint = (f" (pass the worker object, not its id: e.g. the VirtualWorker or "
+                    f"AMQPClientWorker named {w!r})" if isinstance(w, str) else "")
+            raise TypeError(f"share() takes the workers that hold the shares, got "
+                            f"{_describe(w)} as party {i + 1} of {len(workers)}{hint}")
     if not 2 <= len(workers) <= 5:
         raise ValueError(f"share() takes 2 to 5 workers, got {len(workers)}")
-    ids = [getattr(w, "id", None) for w in workers]
-    if None in ids or len(set(ids)) != len(ids):
-        raise ValueError("share() needs distinct workers")
+    ids = [w.id for w in workers]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise ValueError(f"share() needs distinct workers, got {', '.join(map(repr, ids))} "
+                         f"({', '.join(map(repr, repeated))} more than once)")
     if crypto_provider is not None:
+        if not isinstance(crypto_provider, WorkerClient):
+            hint = (f" (pass the worker object, not its id {crypto_provider!r})"
+                    if isinstance(crypto_provider, str) else "")
+            raise TypeError(f"share(): crypto_provider is a worker that is none of the "
+                            f"parties (or None), got {_describe(crypto_provider)}{hint}")
         if crypto_provider.id in ids:
             raise ValueError(f"the crypto provider {crypto_provider.id!r} must not be one of the "
                              f"share holders: it would see both its share and the triples")
@@ -82,28 +107,50 @@ def _check_parties(workers: tuple, crypto_provider: Any) -> list:
 
 
 def share_tensor(tensor: torch.Tensor, *workers: Any, crypto_provider: Any = None,
-                 **_pysyft_options: Any) -> "AdditiveSharingTensor":
-    """`tensor.share(*workers, crypto_provider=None)`: additive shares, one per worker.
-    `requires_grad=True` is refused here: integer tensors have no gradients (use
-    `x.fix_precision().share(..., requires_grad=True)`)."""
-    if _pysyft_options.pop("requires_grad", False) is not False:
+                 requires_grad: bool = False, **pysyft: Any) -> "AdditiveSharingTensor":
+    """`tensor.share(*workers, crypto_provider=None)`: additive shares of an integer tensor
+    (any integer dtype, as int64 ring elements: `.get()` gives int64), one per worker (2-5
+    distinct workers; the crypto provider, a worker that is none of them, deals the products'
+    and comparisons' randomness).
+
+    PySyft's keywords (fedmq/smpc/keywords.py): `protocol="snn"`, `field=2**64`,
+    `dtype="long"`, `no_wrap=False` are accepted (they describe what fedmq does), other values
+    and other keywords raise TypeError. `requires_grad=True` raises ValueError here: integer
+    tensors have no gradients (use `x.fix_precision().share(..., requires_grad=True)`).
+    Raises ValueError for floats (fix_precision() first) and bools (share `t.long()`), and for
+    bad parties (`_check_parties`)."""
+    keywords.check("share", pysyft, keywords.SHARE, honoured=("crypto_provider",
+                                                              "requires_grad"))
+    if type(requires_grad) is not bool:
+        raise TypeError(f"share(): requires_grad must be True or False, got {requires_grad!r}")
+    if requires_grad:
         raise ValueError("requires_grad=True needs a fixed-precision tensor (integer tensors "
                          "have no gradients): x.fix_precision().share(*workers, "
                          "crypto_provider=..., requires_grad=True)")
     if isinstance(tensor, PointerTensor):
         raise TypeError("share_tensor() splits a local tensor; a pointer is split by the "
                         "worker holding it: call ptr.share(...) (fedmq.smpc.remote)")
-    if tensor.is_floating_point() or tensor.is_complex():
-        raise ValueError(f"cannot secret-share a {tensor.dtype} tensor: shares live in the "
-                         f"integers mod 2**64. Encode it first with "
-                         f"tensor.fix_precision().share(...) and decode the result with "
-                         f".get().float_precision()")
-    if tensor.dtype == torch.bool:
-        tensor = tensor.long()
+    check_shareable_dtype(tensor.dtype)
     parties = _check_parties(workers, crypto_provider)
     shares = additive_split(tensor.detach().to(torch.int64), len(parties))
     pointers = [s.send(w) for s, w in zip(shares, parties)]
     return AdditiveSharingTensor(pointers, crypto_provider)
+
+
+def check_shareable_dtype(dtype: torch.dtype, remote: bool = False) -> None:
+    """Raise ValueError unless `dtype` is an integer dtype other than bool (what is secret-
+    shared: ring elements of Z/2^64Z)."""
+    get = ".get().get()" if remote else ".get()"
+    if dtype.is_floating_point or dtype.is_complex:
+        where = " where it is" if remote else ""
+        raise ValueError(f"cannot secret-share a {dtype} tensor: shares live in the "
+                         f"integers mod 2**64. Encode it{where} first with "
+                         f"{'ptr' if remote else 'tensor'}.fix_precision().share(...) and "
+                         f"decode the result with {get}.float_precision()")
+    if dtype == torch.bool:
+        raise ValueError(f"cannot secret-share a torch.bool tensor: shares are int64 ring "
+                         f"elements, and the value would come back as int64. Share "
+                         f"t.long() and turn the result back with {get}.bool()")
 
 
 def _is_public_int(value: Any) -> bool:

@@ -59,6 +59,12 @@ class SmpcTensor:
     def size(self, dim: int | None = None):
         return self.shape if dim is None else self.shape[dim]
 
+    @property
+    def requires_grad(self) -> bool:
+        """False: gradients are recorded by an AutogradTensor around the value
+        (`share(..., requires_grad=True)`), never by the value itself."""
+        return False
+
     def dim(self) -> int:
         return len(self.shape)
 

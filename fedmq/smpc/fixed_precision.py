@@ -45,7 +45,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fedmq.smpc import approximations
+from fedmq.smpc import approximations, keywords
 from fedmq.smpc.additive import FIELD, AdditiveSharingTensor, _count, share_tensor
 from fedmq.smpc.comparison import MaxResult
 from fedmq.smpc.dispatch import SmpcTensor
@@ -324,8 +324,15 @@ class FixedPrecisionTensor(SmpcTensor):
         self.float_dtype = float_dtype or torch.get_default_dtype()
 
     @classmethod
-    def from_tensor(cls, tensor: torch.Tensor, base: int = 10, precision_fractional: int = 3
-                    ) -> "FixedPrecisionTensor":
+    def from_tensor(cls, tensor: torch.Tensor, base: int = 10, precision_fractional: int = 3,
+                    **pysyft: Any) -> "FixedPrecisionTensor":
+        """`tensor.fix_precision(base, precision_fractional)`. PySyft's other keywords
+        (dtype="long", field=2**64, kappa=1, no_wrap=False, storage="auto", ...) are accepted
+        at the values that describe fedmq's encoding, anything else raises TypeError
+        (fedmq/smpc/keywords.py); ValueError for a bad base/precision, NaN/inf or a value
+        that does not fit."""
+        keywords.check("fix_precision", pysyft, keywords.FIX_PRECISION,
+                       honoured=("base", "precision_fractional"))
         scale = _check_params(base, precision_fractional)
         dtype = tensor.dtype if tensor.is_floating_point() else None
         return cls(encode(tensor, scale), base, precision_fractional, dtype)
@@ -365,12 +372,15 @@ class FixedPrecisionTensor(SmpcTensor):
     def share(self, *workers: Any, crypto_provider: Any = None, requires_grad: bool = False,
               **options: Any) -> Any:
         """Secret-share the encoded values: `x.fix_precision().share(bob, alice, ...)`.
-        `requires_grad=True` wraps the result in the class set by `use_autograd_class`
-        (fedmq.smpc.autograd's AutogradTensor, PySyft's), which records the gradient graph."""
+        PySyft's protocol="snn", field=2**64, dtype="long", no_wrap=False are accepted, other
+        values and keywords raise TypeError (additive.share_tensor). `requires_grad=True`
+        wraps the result in the class set by `use_autograd_class` (fedmq.smpc.autograd's
+        AutogradTensor, PySyft's), which records the gradient graph."""
         if self.is_shared:
             raise ValueError("this tensor is already shared")
-        if requires_grad not in (True, False):
-            raise TypeError(f"requires_grad must be True or False, got {requires_grad!r}")
+        if type(requires_grad) is not bool:
+            raise TypeError(f"share(): requires_grad must be True or False, got "
+                            f"{requires_grad!r}")
         if requires_grad and not _autograd_class:
             raise RuntimeError("share(..., requires_grad=True) needs fedmq.smpc.autograd, "
                                "which fedmq.TorchHook(torch) loads")

@@ -21,9 +21,10 @@ from torch import nn
 
 from fedmq.extensions import Extension
 from fedmq import module as _module_ops
-from fedmq.smpc.additive import AdditiveSharingTensor, share_tensor
+from fedmq.smpc import keywords as _keywords
+from fedmq.smpc.additive import AdditiveSharingTensor, _check_parties, share_tensor
 from fedmq.smpc.autograd import AutogradTensor
-from fedmq.smpc.fixed_precision import FixedPrecisionTensor
+from fedmq.smpc.fixed_precision import FixedPrecisionTensor, _check_params
 from fedmq.smpc.optim import optimizer_fix_precision
 from fedmq.smpc import beaver as _beaver, comparison as _comparison  # noqa: F401 (their steps)
 from fedmq.smpc.local_steps import handle_local_step
@@ -37,34 +38,38 @@ from fedmq.smpc.remote import (fix_precision_remote, handle_fix_precision, handl
 # -- tensors --------------------------------------------------------------------------------------
 
 def tensor_fix_precision(self: torch.Tensor, base: int = 10, precision_fractional: int = 3,
-                         **_pysyft_options: Any) -> Any:
+                         **pysyft: Any) -> Any:
     """Encode as fixed point: trunc(x * base**precision_fractional) in int64.
 
     A local tensor gives a FixedPrecisionTensor. A pointer (or a sent parameter) is encoded by
     the worker holding it, and gives a FixedPrecisionPointer (fedmq.smpc.remote): `.get()` is a
     FixedPrecisionTensor, `.float_precision()` decodes on the worker, `.share(...)` splits it
-    there. Raises ValueError for a bad base/precision, NaN/inf or a value that does not fit
-    (for a remote value: at its next use)."""
+    there. PySyft's other keywords (dtype="long", field=2**64, kappa=1, no_wrap=False,
+    storage="auto", field_type="int100") are accepted at those values only; other values and
+    unknown keywords (typos) raise TypeError naming what is accepted (fedmq/smpc/keywords.py).
+    Raises ValueError for a bad base/precision, NaN/inf or a value that does not fit (for a
+    remote value: at its next use)."""
     if is_remote_value(self):
-        if _pysyft_options:
-            raise TypeError(f"fix_precision() of a value on a worker takes base= and "
-                            f"precision_fractional= only, got "
-                            f"{', '.join(sorted(_pysyft_options))}=")
-        return fix_precision_remote(self, base, precision_fractional)
-    return FixedPrecisionTensor.from_tensor(self, base, precision_fractional)
+        return fix_precision_remote(self, base, precision_fractional, **pysyft)
+    return FixedPrecisionTensor.from_tensor(self, base, precision_fractional, **pysyft)
 
 
 def tensor_share(self: torch.Tensor, *workers: Any, crypto_provider: Any = None,
-                 **options: Any) -> Any:
-    """Secret-share an integer tensor among 2-5 workers (floats: fix_precision() first).
+                 requires_grad: bool = False, **pysyft: Any) -> Any:
+    """Secret-share an integer tensor among 2-5 workers (floats: fix_precision() first; bools:
+    share t.long()).
 
     A local tensor gives an AdditiveSharingTensor. A pointer (or a sent parameter) is split by
     the worker holding it, which sends each party its share itself; it gives a SharedPointer
     whose `.get()` is the AdditiveSharingTensor (fedmq.smpc.remote; the client never sees a
-    share)."""
+    share). PySyft's protocol="snn", field=2**64, dtype="long", no_wrap=False are accepted,
+    other values and keywords raise TypeError; requires_grad=True raises ValueError (integer
+    values have no gradient)."""
     if is_remote_value(self):
-        return share_remote(self, *workers, crypto_provider=crypto_provider, **options)
-    return share_tensor(self, *workers, crypto_provider=crypto_provider, **options)
+        return share_remote(self, *workers, crypto_provider=crypto_provider,
+                            requires_grad=requires_grad, **pysyft)
+    return share_tensor(self, *workers, crypto_provider=crypto_provider,
+                        requires_grad=requires_grad, **pysyft)
 
 
 # -- modules -------------------------------------------------------------------------------------
@@ -91,14 +96,18 @@ def _set_fixed(mod: nn.Module, name: str, value: Any) -> None:
 
 
 def module_fix_precision(self: nn.Module, base: int = 10, precision_fractional: int = 3,
-                         requires_grad: bool = False) -> nn.Module:
+                         requires_grad: bool = False, **pysyft: Any) -> nn.Module:
     """Encode every parameter as fixed point (in place; returns the module).
 
     Without `requires_grad` the parameters become FixedPrecisionTensor attributes (inference,
     seed §11); with `requires_grad=True` they become AutogradTensor parameters that
     `model.parameters()` returns, for local fixed-precision training. Raises ValueError for a
-    model that is already fixed-precision or a bad base/precision."""
-    if requires_grad not in (True, False):
+    model that is already fixed-precision or a bad base/precision; PySyft's other keywords as
+    tensor.fix_precision (TypeError, checked before any parameter is encoded)."""
+    _keywords.check("Module.fix_precision", pysyft, _keywords.FIX_PRECISION,
+                    honoured=("base", "precision_fractional", "requires_grad"))
+    _check_params(base, precision_fractional)
+    if type(requires_grad) is not bool:
         raise TypeError(f"requires_grad must be True or False, got {requires_grad!r}")
     if any(mod.__dict__.get("_fedmq_fixed") for mod in self.modules()):
         raise ValueError("this model is already in fixed precision")
@@ -137,9 +146,15 @@ def module_share(self: nn.Module, *workers: Any, crypto_provider: Any = None,
                  requires_grad: bool = False, **options: Any) -> nn.Module:
     """Secret-share every (fixed-precision) parameter among `workers`. `requires_grad=True`
     makes them AutogradTensors that `model.parameters()` returns (encrypted training, seed
-    §12-13); parameters already made with fix_precision(requires_grad=True) stay so."""
-    if requires_grad not in (True, False):
+    §12-13); parameters already made with fix_precision(requires_grad=True) stay so.
+    PySyft's protocol="snn", field=2**64, dtype="long", no_wrap=False are accepted; other
+    values, other keywords (TypeError) and bad parties are refused before any parameter is
+    shared."""
+    _keywords.check("Module.share", options, _keywords.SHARE,
+                    honoured=("crypto_provider", "requires_grad"))
+    if type(requires_grad) is not bool:
         raise TypeError(f"requires_grad must be True or False, got {requires_grad!r}")
+    _check_parties(workers, crypto_provider)
     for mod in self.modules():
         fixed = mod.__dict__.get("_fedmq_fixed", [])
         if any(p is not None and name not in fixed for name, p in mod._parameters.items()):

@@ -21,6 +21,13 @@ pointer to the shared value therefore needs nothing more from anyone: `.get()` h
 client's pointers to the shares (no message), exactly the object
 `t.fix_precision().share(a, b, crypto_provider=c)` builds from a local tensor.
 
+A request the client gives up on (no answer within its timeout: the holder, or a party the
+holder is sending a share to, stalls) leaves no share behind, in any order of events: the
+ShareRequest goes with a msg_id, the client Cancels it (not started: refused when it comes;
+running: the holder stops before sending, or once the parties answered, and deletes its own
+share and, by a message after each party's share, theirs), then deletes every share under the
+ids it chose, and raises ShareTimeout naming the party that does not answer (or the holder).
+
 Trust boundary (fedmq.policy): the holder reads the value as the sending principal (a stranger
 cannot name another principal's object: "not found"), and shares of private data go only where
 the private value itself could go (`ForwardObjects`' gate): every party but the holder must be
@@ -39,18 +46,22 @@ before anything is sent: `fix_precision()` them first.
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any
 
 import torch
 
-from fedmq import messages as m
+from fedmq import limits, messages as m
 from fedmq.client import call_all
-from fedmq.errors import AccessDeniedError, PointerError
+from fedmq.errors import AccessDeniedError, PointerError, ReplyTimeout, TransportError
 from fedmq.execution import execute
 from fedmq.ids import new_id
-from fedmq.pointers import dispatch
+from fedmq.pointers import dispatch, keywords as _pointer_keywords
 from fedmq.pointers.tensor import PointerTensor
-from fedmq.smpc.additive import AdditiveSharingTensor, _check_parties
+from fedmq.smpc import keywords
+from fedmq.smpc.additive import (AdditiveSharingTensor, _check_parties,
+                                  check_shareable_dtype)
+from fedmq.smpc.autograd import AutogradTensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor, _check_params, encode
 from fedmq.smpc.messages import FixPrecision, ShareRequest
 from fedmq.smpc.ring import additive_split
@@ -116,6 +127,9 @@ def _split(parties: list, holder: str):
         if value.is_floating_point() or value.is_complex():
             raise ValueError(f"cannot secret-share a {value.dtype} tensor: shares live in the "
                              f"integers mod 2**64; encode it first with .fix_precision()")
+        if value.dtype == torch.bool:
+            raise ValueError("cannot secret-share a torch.bool tensor (shares are int64 ring "
+                             "elements): share t.long()")
         shares = additive_split(value.detach().to(torch.int64), len(parties))
         own = [s for p, s in zip(parties, shares) if p == holder]
         return own, shares
@@ -155,8 +169,10 @@ def handle_share_request(session: Any, msg: ShareRequest) -> None:
                 f"{'is' if len(refused) == 1 else 'are'} not (the data owner grants it with "
                 f"--grant worker:{refused[0]})", worker=holder)
     try:
+        limits.check("ShareRequest")  # the client gave up (Cancel): send nothing
         call_all([(session.network.client(p), m.ObjectMessage([m.StoredObject(i, s)]))
                   for p, i, s in outgoing], sender=holder)
+        limits.check("ShareRequest")  # it gave up while a party was slow: take them back
     except Exception:
         # no party keeps a share of a value that was not shared whole
         for i in own_ids:
@@ -196,11 +212,15 @@ def is_remote_value(t: Any) -> bool:
     return kind in ("pointer", "parameter", "buffer")
 
 
-def fix_precision_remote(t: torch.Tensor, base: int = 10, precision_fractional: int = 3
-                         ) -> "FixedPrecisionPointer":
+def fix_precision_remote(t: torch.Tensor, base: int = 10, precision_fractional: int = 3,
+                         **pysyft: Any) -> "FixedPrecisionPointer":
     """`ptr.fix_precision(base, precision_fractional)` for a tensor on a worker: that worker
     encodes it (one posted FixPrecision; errors such as NaN or overflow surface at the next
-    use). Raises ValueError for a bad base/precision (checked here first)."""
+    use). PySyft's other keywords as for a local tensor (fedmq/smpc/keywords.py: accepted at
+    the values describing fedmq's encoding, TypeError otherwise). Raises ValueError for a bad
+    base/precision (checked here first)."""
+    keywords.check("fix_precision", pysyft, keywords.FIX_PRECISION,
+                   honoured=("base", "precision_fractional"))
     _check_params(base, precision_fractional)
     location, ref, owner = _remote_target(t)
     shape, dtype = _meta(t)
@@ -215,27 +235,30 @@ def fix_precision_remote(t: torch.Tensor, base: int = 10, precision_fractional: 
                                  dtype if dtype.is_floating_point else None)
 
 
-def _check_options(options: dict) -> None:
-    if options:
-        raise TypeError(f"share() of a value on a worker takes the parties and crypto_provider= "
-                        f"only, got {', '.join(sorted(options))}=")
+def _check_options(requires_grad: Any, options: dict) -> None:
+    keywords.check("share", options, keywords.SHARE,
+                   honoured=("crypto_provider", "requires_grad"))
+    if type(requires_grad) is not bool:
+        raise TypeError(f"share(): requires_grad must be True or False, got {requires_grad!r}")
 
 
 def share_remote(t: torch.Tensor, *workers: Any, crypto_provider: Any = None,
-                 **options: Any) -> "SharedPointer":
+                 requires_grad: bool = False, **options: Any) -> "SharedPointer":
     """`ptr.share(*workers, crypto_provider=...)` for an integer tensor on a worker: the holder
     splits it and sends the shares (see the module docstring). Returns a SharedPointer whose
-    `.get()` is an AdditiveSharingTensor. Raises ValueError for floats, for fewer than 2 or
-    more than 5 parties, repeated parties, the client's own worker as a party, a provider that
-    is a party; TypeError for other keywords; the holder's errors (not found, access denied)
-    as the worker raised them."""
-    _check_options(options)
+    `.get()` is an AdditiveSharingTensor. Raises ValueError for floats, bools, requires_grad=True
+    (integers have no gradient), fewer than 2 or more than 5 parties, repeated parties, the
+    client's own worker as a party, a provider that is a party; TypeError for what is not a
+    worker and for PySyft keywords at values fedmq cannot honour (fedmq/smpc/keywords.py);
+    ShareTimeout when a party or the holder did not answer in time (no share is left behind);
+    the holder's errors (not found, access denied) as the worker raised them."""
+    _check_options(requires_grad, options)
+    if requires_grad:
+        raise ValueError("requires_grad=True needs a fixed-precision value (integer tensors "
+                         "have no gradients): ptr.fix_precision().share(*workers, "
+                         "crypto_provider=..., requires_grad=True)")
     shape, dtype = _meta(t)
-    if dtype.is_floating_point or dtype.is_complex:
-        raise ValueError(f"cannot secret-share a {dtype} tensor: shares live in the integers "
-                         f"mod 2**64. Encode it where it is first with "
-                         f"ptr.fix_precision().share(...) and decode the result with "
-                         f".get().get().float_precision()")
+    check_shareable_dtype(dtype, remote=True)
     return SharedPointer(_share(t, shape, workers, crypto_provider), holder=_remote_target(t)[0])
 
 
@@ -251,9 +274,92 @@ def _share(t: torch.Tensor, shape: tuple, workers: tuple, crypto_provider: Any
     if ref.attr is not None:
         raise ValueError("a gradient cannot be shared where it is: .copy() it first")
     ids = [new_id() for _ in parties]
-    location.call(ShareRequest(ref.id, [p.id for p in parties], ids))
+    msg_id = new_id()
+    try:
+        location.call(ShareRequest(ref.id, [p.id for p in parties], ids), msg_id=msg_id)
+    except TransportError as exc:  # no answer: the holder may still be at it
+        raise _give_up(location, parties, ids, msg_id, exc) from exc
     return AdditiveSharingTensor([make_pointer(p, i, shape) for p, i in zip(parties, ids)],
                                  crypto_provider)
+
+
+#: seconds the client waits, after a ShareRequest went unanswered, for the holder's answer to
+#: its Cancel and for the parties' answers to a probe (each at most the call's own timeout)
+GIVE_UP_SECONDS = 3.0
+
+
+class ShareTimeout(ReplyTimeout):
+    """`ptr.share(...)` got no answer in time: the holder, or a party the holder was sending
+    a share to, did not answer. The message says which; no share is left behind (the client
+    cancelled the request and deleted every share under the ids it chose)."""
+
+
+def _give_up(holder: Any, parties: list, ids: list, msg_id: int,
+             exc: Exception) -> ShareTimeout:
+    """Leave no share behind after an unanswered ShareRequest, in any failure order, and say
+    who did not answer.
+
+    1. `Cancel(msg_id)` to the holder, awaited: a request that has not started is refused when
+       it comes; a running one stops at its next check (before it sends, or once the parties
+       answered) and deletes its own share and, by a message after the share, each party's.
+    2. Then a DeleteObjects to every party (the holder too) for the id chosen for it: shares
+       stored by a request that finished meanwhile are all in place by then (the holder waits
+       for every party), so the deletes come after them.
+    3. A probe (ObjectsCount, answered at once by a worker service even while it runs
+       something else) to every party but the holder names the ones that do not answer."""
+    wait = GIVE_UP_SECONDS if holder.timeout is None else min(GIVE_UP_SECONDS, holder.timeout)
+    try:
+        running = holder.call(m.Cancel(msg_id), timeout=wait)
+        holder_state = ("it was still at it, waiting for the parties" if running else
+                        "it had not started or had just finished")
+    except Exception:  # noqa: BLE001 - a holder that does not answer is what we report
+        running, holder_state = None, (f"no answer to the Cancel within {wait} s either: it "
+                                       f"acts on it when it runs again")
+    for party, share_id in zip(parties, ids):
+        try:  # no reply asked: a stalled party must not fail the next call to it
+            party.engine.post_frame(party.id, party.engine.frame(
+                m.DeleteObjects([share_id]), sender=party.sender, to=party.id), "DeleteObjects")
+        except Exception:  # noqa: BLE001 - a party that cannot be reached stores nothing new
+            pass
+    others = [p for p in parties if p.id != holder.id]
+    silent = _silent(others, wait)
+    if silent:
+        who = (f"party {', '.join(map(repr, silent))} did not take "
+               f"{'its share' if len(silent) == 1 else 'their shares'} (no answer within "
+               f"{wait} s)")
+    elif running is None:
+        who = f"the holder {holder.id!r} itself does not answer"
+    elif running:
+        who = (f"the parties {', '.join(repr(p.id) for p in others)} answer now: one of them "
+               f"was slow to take its share")
+    else:
+        who = f"the holder {holder.id!r} was busy and had not got to it, or finished just then"
+    return ShareTimeout(
+        f"share(): worker {holder.id!r} holds the value and sends each party its share, and "
+        f"did not confirm within the call's timeout ({exc}); {who}. Told {holder.id!r} to "
+        f"stop ({holder_state}) and every party to drop the share it may get: no share is "
+        f"left behind")
+
+
+def _silent(workers: list, seconds: float) -> list:
+    """Ids of the `workers` that do not answer an ObjectsCount within `seconds` (all asked at
+    once)."""
+    started, silent = [], []
+    for w in workers:
+        try:
+            frame = w.engine.frame(m.ObjectsCount(), sender=w.sender, to=w.id)
+            started.append((w, w.engine.start_frame(w.id, frame, "ObjectsCount")))
+        except Exception:  # noqa: BLE001 - unreachable is silent
+            silent.append(w.id)
+    deadline = time.monotonic() + seconds
+    for w, call in started:
+        try:
+            reply = call.reply(max(0.05, deadline - time.monotonic()))
+            if reply.error is not None:
+                silent.append(w.id)
+        except Exception:  # noqa: BLE001 - no answer in time
+            silent.append(w.id)
+    return silent
 
 
 class FixedPrecisionPointer:
@@ -311,8 +417,10 @@ class FixedPrecisionPointer:
                                      self.float_dtype)
 
     # -- the API -----------------------------------------------------------------------------------
-    def get(self) -> FixedPrecisionTensor:
-        """Fetch the encoding (deleting it remotely): a local FixedPrecisionTensor."""
+    def get(self, **pysyft: Any) -> FixedPrecisionTensor:
+        """Fetch the encoding (deleting it remotely): a local FixedPrecisionTensor. PySyft's
+        pointer keywords (user, reason, deregister_ptr, inplace) as PointerTensor.get."""
+        _pointer_keywords.check("FixedPrecisionPointer.get", pysyft, _pointer_keywords.GET)
         return FixedPrecisionTensor(self.pointer.get(), self.base, self.precision_fractional,
                                     self.float_dtype)
 
@@ -328,14 +436,19 @@ class FixedPrecisionPointer:
 
     fix_prec = fix_precision
 
-    def share(self, *workers: Any, crypto_provider: Any = None, **options: Any
-              ) -> "SharedPointer":
+    def share(self, *workers: Any, crypto_provider: Any = None, requires_grad: bool = False,
+              **options: Any) -> "SharedPointer":
         """Secret-share the encoding where it lives (see share_remote): `.get()` on the
-        result is a FixedPrecisionTensor whose child is an AdditiveSharingTensor."""
-        _check_options(options)
+        result is a FixedPrecisionTensor whose child is an AdditiveSharingTensor; with
+        `requires_grad=True` an AutogradTensor around it (a leaf that records gradients, as
+        for a local value). PySyft's keywords as share_remote."""
+        _check_options(requires_grad, options)
         shared = _share(self.pointer, tuple(self.shape), workers, crypto_provider)
-        return SharedPointer(FixedPrecisionTensor(shared, self.base, self.precision_fractional,
-                                                  self.float_dtype), holder=self.location)
+        value = FixedPrecisionTensor(shared, self.base, self.precision_fractional,
+                                     self.float_dtype)
+        if requires_grad:
+            value = AutogradTensor(value, requires_grad=True)
+        return SharedPointer(value, holder=self.location)
 
     def copy(self) -> "FixedPrecisionPointer":
         return self._wrap(self.pointer.copy())
@@ -397,6 +510,13 @@ class FixedPrecisionPointer:
                 f"precision_fractional={self.precision_fractional})")
 
 
+def _additive(value: Any) -> AdditiveSharingTensor:
+    """The AdditiveSharingTensor inside an AutogradTensor / FixedPrecisionTensor (or itself)."""
+    while not isinstance(value, AdditiveSharingTensor):
+        value = value.child
+    return value
+
+
 class SharedPointer:
     """A pointer to a value secret-shared where it lived (PySyft 0.2's pointer to an
     AdditiveSharingTensor): `holder` is the worker that split it; the shares are on the
@@ -418,8 +538,7 @@ class SharedPointer:
 
     @property
     def shared(self) -> AdditiveSharingTensor:
-        value = self._check()
-        return value.child
+        return _additive(self._check())
 
     @property
     def shape(self) -> torch.Size:
@@ -430,7 +549,11 @@ class SharedPointer:
             raise PointerError("this pointer to a shared value was already fetched with .get()")
         return self._value
 
-    def get(self) -> Any:
+    def get(self, **pysyft: Any) -> Any:
+        """The value, still shared (see the class); PySyft's pointer keywords (user, reason,
+        deregister_ptr, inplace) as PointerTensor.get: at their defaults only, else
+        TypeError."""
+        _pointer_keywords.check("SharedPointer.get", pysyft, _pointer_keywords.GET)
         value = self._check()
         self._value = None
         return value
@@ -438,7 +561,7 @@ class SharedPointer:
     def __repr__(self) -> str:
         if self._value is None:
             return "(Wrapper)>[SharedPointer | spent]"
-        ast = self._value.child
+        ast = _additive(self._value)
         owner = getattr(getattr(ast.shares[0], "owner", None), "id", None)
         parties = ", ".join(s.location.id for s in ast.shares)
         provider = getattr(ast.crypto_provider, "id", None)
