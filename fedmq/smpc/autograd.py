@@ -94,7 +94,7 @@ from fedmq.smpc.gradients import (
     MatmulBackward, MaxPool2dBackward, MulBackward, NegBackward, NllLossBackward, PowBackward,
     ReciprocalBackward, ReluBackward, ReshapeBackward, SigmoidBackward, SoftmaxBackward,
     SubBackward, SumBackward, TanhBackward, TransposeBackward, int_mul, like, needs_grad,
-    nonneg_mask, pair, public_value, shape_of, window_sum)
+    pair, positive_mask, public_value, settle, shape_of, window_sum)
 
 
 def _child(value: Any) -> Any:
@@ -438,9 +438,9 @@ class AutogradTensor(torch.Tensor):
         return self.transpose(0, 1) if self.dim() == 2 else self
 
     def relu(self, inplace: bool = False) -> "AutogradTensor":
-        """x * [x >= 0]: one comparison and one Beaver product; the mask is kept for
-        backward (gradient: grad * [x >= 0])."""
-        mask = nonneg_mask(self.child.child)
+        """x * [x > 0]: one comparison and one Beaver product; the mask is kept for
+        backward (gradient: grad * [x > 0], 0 at x = 0 as torch's)."""
+        mask = positive_mask(self.child.child)
         out = like(self.child, int_mul(self.child.child, mask))
         return self._result(out, lambda: ReluBackward(self, mask), self)
 
@@ -587,23 +587,28 @@ class AutogradTensor(torch.Tensor):
         elif isinstance(gradient, torch.Tensor):
             gradient = public_value(self.child, gradient)
         order = _topological(self)
-        grads: dict[int, FixedPrecisionTensor] = {id(self): gradient}
+        # each pending gradient is (g, k): its value is g / k, k a public int (gradients.py,
+        # `settle`: the 1/n of a mean is applied exactly, inside the next product)
+        grads: dict[int, tuple] = {id(self): (gradient, 1)}
         for node in order:
-            grad = grads.pop(id(node), None)
-            if grad is None:
+            entry = grads.pop(id(node), None)
+            if entry is None:
                 continue
+            grad, k = entry
             if node.grad_fn is None:
+                grad = settle(grad, k)
                 node.grad = AutogradTensor(grad) if node.grad is None else \
                     AutogradTensor(node.grad.child.add(grad))
                 continue
             if node.grad_fn.released:
                 raise RuntimeError("Trying to backward through the graph a second time: "
                                    "specify retain_graph=True the first time")
-            for inp, g in zip(node.grad_fn.inputs, node.grad_fn.gradient(grad)):
+            outs, k_out = node.grad_fn.gradient_div(grad, k)
+            for inp, g in zip(node.grad_fn.inputs, outs):
                 if g is None or not needs_grad(inp):
                     continue
                 prev = grads.get(id(inp))
-                grads[id(inp)] = g if prev is None else prev.add(g)
+                grads[id(inp)] = (g, k_out) if prev is None else _accumulate(prev, (g, k_out))
             if not retain_graph:
                 node.grad_fn.release()
 
@@ -685,6 +690,15 @@ class AutogradTensor(torch.Tensor):
 
     def __itruediv__(self, other: Any) -> "AutogradTensor":
         return self.div(other)
+
+
+def _accumulate(a: tuple, b: tuple) -> tuple:
+    """The sum of two pending gradients (g, k) (value g / k): exact when both wait for the
+    same k, else each divided first."""
+    (ga, ka), (gb, kb) = a, b
+    if ka == kb:
+        return ga.add(gb), ka
+    return settle(ga, ka).add(settle(gb, kb)), 1
 
 
 def _count(shape: torch.Size, dim) -> int:
