@@ -330,7 +330,8 @@ def test_optimizers_that_cannot_run_on_shares_are_refused(parties):
         optim.Adam(model.parameters(), lr=0.1).fix_precision()
     with pytest.raises(ValueError, match="foreach=True"):
         optim.SGD(model.parameters(), lr=0.1, foreach=True).fix_precision()
-    with pytest.raises(ValueError, match="is 0 at precision_fractional=3"):
+    with pytest.raises(ValueError, match=r"lr=0.0001 is 0.0 at base=10, precision_fractional=3"
+                                         r".*precision_fractional=4"):
         optim.SGD(model.parameters(), lr=0.0001).fix_precision()
     with pytest.raises(ValueError, match="same encoding"):
         optim.SGD(model.parameters(), lr=0.1).fix_precision(precision_fractional=4)
@@ -491,3 +492,46 @@ def test_relu_gradient_at_zero_is_zero_as_torch(parties):
         assert torch.equal(decode(y.copy()), F.relu(v))
         y.sum().backward()
         assert torch.equal(decode(x.grad), torch.tensor([0.0, 0.0, 1.0, 0.0]))
+
+
+@pytest.mark.parametrize("key, value, shown, needed", [
+    ("lr", 0.0019, "0.002", 4), ("lr", 0.00012, "0.0", 5), ("momentum", 0.9004, None, None),
+    ("momentum", 0.0015, "0.002", 4), ("weight_decay", 0.0007, "0.001", 4),
+    ("dampening", 0.0123, "0.012", 4)])
+def test_unrepresentable_hyper_parameters_are_refused(key, value, shown, needed, parties):
+    """Found by review: SGD(lr=0.0019).fix_precision() stepped with 0.001 while its repr
+    showed 0.0019. A hyper-parameter whose encoding is more than 1% off is refused, naming
+    the precision that represents it (0.9004 -> 0.9 is within 1%: accepted)."""
+    workers, provider = parties
+    model = small_model().fix_precision().share(*workers, crypto_provider=provider,
+                                                requires_grad=True)
+    options = {"lr": 0.1, key: value}
+    if key == "dampening":
+        options["momentum"] = 0.9
+    if shown is None:
+        optim.SGD(model.parameters(), **options).fix_precision()
+        return
+    with pytest.raises(ValueError, match=rf"{key}={value} is {shown} at base=10, "
+                                         rf"precision_fractional=3 .*precision_fractional="
+                                         rf"{needed}\)"):
+        optim.SGD(model.parameters(), **options).fix_precision()
+
+
+def test_a_learning_rate_changed_after_fix_precision_is_checked_and_used(parties):
+    """Found by review: the step used the requested lr truncated at 3 digits. A scheduler's
+    new lr is encoded (rounded) at the next step, and refused there if unrepresentable."""
+    workers, provider = parties
+    m = nn.Linear(1, 1, bias=False)
+    m.weight.data.fill_(1.0)
+    m.fix_precision().share(*workers, crypto_provider=provider, requires_grad=True)
+    opt = optim.SGD(m.parameters(), lr=0.1).fix_precision()
+    x = torch.tensor([[1.0]]).fix_precision().share(*workers, crypto_provider=provider)
+    opt.param_groups[0]["lr"] = 0.29  # as a scheduler would
+    opt.zero_grad()
+    m(x).sum().backward()
+    opt.step()
+    assert abs(m.weight.copy().get().float_precision().item() - 0.71) <= 1e-3
+    opt.param_groups[0]["lr"] = 0.0019
+    m(x).sum().backward()
+    with pytest.raises(ValueError, match="lr=0.0019 is 0.002"):
+        opt.step()
