@@ -535,3 +535,49 @@ def test_a_learning_rate_changed_after_fix_precision_is_checked_and_used(parties
     m(x).sum().backward()
     with pytest.raises(ValueError, match="lr=0.0019 is 0.002"):
         opt.step()
+
+
+SHAPE_CASES = {
+    "avg_pool2d_unbatched": (lambda x: F.avg_pool2d(x, 2), (torch.randn(2, 4, 4),)),
+    "max_pool2d_unbatched": (lambda x: F.max_pool2d(x, 2), (torch.randn(2, 4, 4),)),
+    "matmul_1d_2d": (lambda a, b: a @ b, (torch.randn(3), torch.randn(3, 4))),
+    "matmul_2d_1d": (lambda a, b: a @ b, (torch.randn(2, 3), torch.randn(3))),
+    "matmul_1d_1d": (lambda a, b: a @ b, (torch.randn(3), torch.randn(3))),
+    "matmul_3d_2d": (lambda a, b: torch.matmul(a, b), (torch.randn(2, 5, 3), torch.randn(3, 4))),
+    "index_int": (lambda x: x[0], (torch.randn(3, 4),)),
+    "index_slice": (lambda x: x[1:3], (torch.randn(4, 3),)),
+    "index_column": (lambda x: x[:, 2], (torch.randn(4, 3),)),
+    "index_negative_and_slice": (lambda x: x[-1, 1:], (torch.randn(4, 3, 2),)),
+}
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["local", "shared"])
+@pytest.mark.parametrize("name", sorted(SHAPE_CASES))
+def test_shapes_torch_accepts_have_torch_gradients(name, shared, parties):
+    """Found by review: avg/max pooling on unbatched (C, H, W) input, 1-D @ 2-D and
+    3-D @ 2-D matmul with gradients and x[0] indexing with gradients were refused."""
+    f, inputs = SHAPE_CASES[name]
+    ref = [t.clone().requires_grad_() for t in inputs]
+    out = f(*ref)
+    weights = torch.arange(out.numel(), dtype=torch.float32).reshape(out.shape) / 10
+    (out * weights).sum().backward()
+    enc = [encrypt(t, parties, shared) for t in inputs]
+    got = f(*enc)
+    assert tuple(got.shape) == tuple(out.shape)
+    assert (decode(got.copy()) - out.detach()).abs().max() <= 5e-3
+    (got * weights).sum().backward()
+    for e, r in zip(enc, ref):
+        assert (decode(e.grad) - r.grad).abs().max() <= 2e-3 * max(1.0, r.grad.abs().max())
+
+
+def test_shapes_that_have_no_gradient_yet_say_what_works(parties):
+    x = encrypt(torch.randn(4, 3), parties, shared=True)
+    for index in (torch.tensor([0, 1]), slice(None, None, 2), (Ellipsis, 0)):
+        with pytest.raises(NotImplementedError, match=r"ints and slices of step 1.*x\[0\]"):
+            x[index]
+    with pytest.raises(IndexError, match="index 4 is out of bounds for dimension 0"):
+        x[4]
+    with pytest.raises(NotImplementedError, match="1-D @ 2-D, 2-D @ 1-D, N-D @ 2-D"):
+        x.reshape(2, 2, 3) @ encrypt(torch.randn(2, 3, 1), parties, shared=True)
+    with torch.no_grad():  # without gradients, any index the shares take
+        assert tuple(x[torch.tensor([0, 1])].shape) == (2, 3)

@@ -90,11 +90,11 @@ from fedmq.smpc.additive import AdditiveSharingTensor, share_tensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor, use_autograd_class
 from fedmq.smpc.gradients import (
     AddBackward, AvgPool2dBackward, Conv2dBackward, CrossEntropyBackward, DivBackward,
-    ExpBackward, GradFunc, IdentityBackward, LinearBackward, LogSoftmaxBackward,
+    ExpBackward, GradFunc, IdentityBackward, IndexBackward, LinearBackward, LogSoftmaxBackward,
     MatmulBackward, MaxPool2dBackward, MulBackward, NegBackward, NllLossBackward, PowBackward,
     ReciprocalBackward, ReluBackward, ReshapeBackward, SigmoidBackward, SoftmaxBackward,
     SubBackward, SumBackward, TanhBackward, TransposeBackward, int_mul, like, needs_grad,
-    pair, positive_mask, public_value, settle, shape_of, window_sum)
+    basic_index, pair, positive_mask, public_value, settle, shape_of, window_sum)
 
 
 def _child(value: Any) -> Any:
@@ -272,14 +272,32 @@ class AutogradTensor(torch.Tensor):
     def matmul(self, other: Any) -> "AutogradTensor":
         _check_matmul_operand(other)
         a, b = self.child, _child(other)
-        if needs_grad(self) or needs_grad(other):
-            if a.dim() != 2 or len(shape_of(b)) != 2:
-                raise NotImplementedError("matmul with gradients takes 2-D operands: reshape "
-                                          "them, or use F.linear")
+        if (needs_grad(self) or needs_grad(other)) and (a.dim() != 2 or len(shape_of(b)) != 2):
+            return self._matmul_as_2d(other)
         return self._result(a.matmul(b), lambda: MatmulBackward(self, other, a, b),
                             self, other)
 
     mm = matmul
+
+    def _matmul_as_2d(self, other: Any) -> "AutogradTensor":
+        """torch.matmul's 1-D and batched-first-operand cases with gradients, as one 2-D
+        product between reshapes (which carry the gradients back): self (k,) or (*, n, k),
+        other (k,) or (k, m). A batched (3-D or more) second operand raises
+        NotImplementedError."""
+        b_dim = len(shape_of(other))
+        if b_dim > 2 or self.dim() == 0 or b_dim == 0:
+            raise NotImplementedError(
+                f"matmul with gradients takes a first operand of 1 or more dimensions and a "
+                f"1-D or 2-D second operand (shapes {tuple(self.shape)} @ "
+                f"{tuple(shape_of(other))}): 1-D @ 2-D, 2-D @ 1-D, N-D @ 2-D and 1-D @ 1-D "
+                f"work; loop over the batch of a batched second operand")
+        if self.shape[-1] != shape_of(other)[0]:
+            raise RuntimeError(f"matmul: shapes {tuple(self.shape)} and "
+                               f"{tuple(shape_of(other))} cannot be multiplied")
+        rhs = other.reshape(-1, 1) if b_dim == 1 else other
+        out = self.reshape(-1, self.shape[-1]).matmul(rhs)
+        shape = tuple(self.shape[:-1]) + ((shape_of(other)[-1],) if b_dim == 2 else ())
+        return out.reshape(*shape) if shape else out.reshape(1).sum()
 
     def rmatmul(self, other: Any) -> "AutogradTensor":
         _check_matmul_operand(other)
@@ -320,6 +338,10 @@ class AutogradTensor(torch.Tensor):
         """F.avg_pool2d: window sums (a conv2d with a public kernel of ones, local on
         shares) divided by the window size (one truncation). ceil_mode=True and
         count_include_pad=False with padding are refused."""
+        if self.dim() == 3:  # unbatched (C, H, W), as torch: a batch of one
+            out = self.reshape(1, *self.shape).avg_pool2d(
+                kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+            return out.reshape(*out.shape[1:])
         kernel = pair(kernel_size, "kernel_size")
         stride_ = kernel if stride is None or stride == [] else pair(stride, "stride")
         padding_ = pair(padding, "padding")
@@ -341,6 +363,10 @@ class AutogradTensor(torch.Tensor):
         padding, dilation 1, floor mode): the windows side by side, then the comparison
         protocol's max with argmax, kept for backward. return_indices=True is refused (the
         indices are secret)."""
+        if self.dim() == 3:  # unbatched (C, H, W), as torch: a batch of one
+            out = self.reshape(1, *self.shape).max_pool2d(kernel_size, stride, padding,
+                                                          dilation, ceil_mode, return_indices)
+            return out.reshape(*out.shape[1:])
         kernel = pair(kernel_size, "kernel_size")
         stride_ = kernel if stride is None or stride == [] else pair(stride, "stride")
         if stride_ != kernel or pair(padding, "padding") != (0, 0) or \
@@ -426,6 +452,17 @@ class AutogradTensor(torch.Tensor):
     def flatten(self, start_dim: int = 0, end_dim: int = -1) -> "AutogradTensor":
         return self._result(self.child.flatten(start_dim, end_dim),
                             lambda: ReshapeBackward(self), self)
+
+    def __getitem__(self, index: Any) -> "AutogradTensor":
+        """x[index]: with gradients for ints and step-1 slices (x[0], x[1:3], x[:, 2];
+        gradient: grad among zeros, local); any index the child takes when no gradient is
+        needed (NotImplementedError otherwise)."""
+        if isinstance(index, AutogradTensor):
+            raise TypeError("an AutogradTensor cannot index: use a public index")
+        if not (torch.is_grad_enabled() and self.requires_grad):
+            return AutogradTensor(self.child[index])
+        spans = basic_index(index, tuple(self.shape))
+        return self._result(self.child[index], lambda: IndexBackward(self, spans), self)
 
     def transpose(self, d0: int, d1: int) -> "AutogradTensor":
         return self._result(self.child.transpose(d0, d1),

@@ -358,6 +358,66 @@ class ReshapeBackward(GradFunc):
         return (grad.reshape(*shape_of(self.inputs[0])),)
 
 
+def basic_index(index: Any, shape: tuple) -> list:
+    """An index of ints and step-1 slices (x[0], x[1:3], x[:, 2]) as one (start, length) per
+    indexed dimension (length None for an int: the dimension is removed). Raises
+    NotImplementedError for other indices, IndexError for an int out of range."""
+    items = index if isinstance(index, tuple) else (index,)
+    simple = all(type(i) is int or (isinstance(i, slice) and i.step in (None, 1))
+                 for i in items)
+    if not simple or len(items) > len(shape):
+        raise NotImplementedError(
+            f"indexing with gradients takes ints and slices of step 1, one per leading "
+            f"dimension (x[0], x[1:3], x[:, 2]), got {index!r}: index a value that needs no "
+            f"gradient, or reshape first")
+    out = []
+    for d, i in enumerate(items):
+        n = shape[d]
+        if type(i) is int:
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of bounds for dimension {d} with size {n}")
+            out.append((i % n, None))
+        else:
+            start, stop, _ = i.indices(n)
+            out.append((start, max(stop - start, 0)))
+    return out
+
+
+def _zeros_along(value: FixedPrecisionTensor, dim: int, count: int) -> FixedPrecisionTensor:
+    """Zeros shaped as `value` but `count` long along `dim`, encoded and shared as `value`
+    (a zero slice of it, broadcast: local on shares)."""
+    index = [slice(None)] * value.dim()
+    index[dim] = slice(0, 1)
+    shape = list(value.shape)
+    shape[dim] = count
+    return expand_to(value[tuple(index)].mul(0), torch.Size(shape))
+
+
+class IndexBackward(GradFunc):
+    """x[index] for ints and step-1 slices: the gradient is grad placed at the indexed
+    positions among zeros (local on shares: zero slices concatenated around it)."""
+
+    keeps_divisor = True
+
+    def __init__(self, a, spans) -> None:
+        super().__init__(a)
+        self.spans = spans
+
+    def gradient(self, grad):
+        shape = shape_of(self.inputs[0])
+        for d, (_, length) in enumerate(self.spans):
+            if length is None:
+                grad = grad.unsqueeze(d)
+        for d, (start, length) in enumerate(self.spans):
+            after = shape[d] - start - (1 if length is None else length)
+            if grad.shape[d] == 0:
+                raise NotImplementedError("the gradient of an empty slice is not computed")
+            parts = ([_zeros_along(grad, d, start)] if start else []) + [grad] + \
+                ([_zeros_along(grad, d, after)] if after else [])
+            grad = _cat(parts, d) if len(parts) > 1 else grad
+        return (grad,)
+
+
 class TransposeBackward(GradFunc):
     keeps_divisor = True
 
