@@ -91,8 +91,8 @@ def test_s12_encrypted_training_matches_plaintext(factory):
     # in-process runs of the listing (after the exact-division and relu-mask fixes): per
     # iteration, |mean(got - plain)| <= 0.0023 and standard deviation <= 0.004 (the largest
     # at the near-zero losses of iterations 15-19); the worst |got - plain| of any iteration
-    # of any run was 0.0106 (the old bound 0.01 + 1% failed 1 run in 40); on 60 of them the mean of a run's
-    # 20 differences stayed in [-0.0015, 0.0027], and the last losses stayed <= 0.016.
+    # of any run was 0.0106 (the old bound 0.01 + 1% failed 1 run in 40); on 60 of them the
+    # mean of a run's 20 differences stayed in [-0.0015, 0.0027], the last losses <= 0.016.
     # The bounds below are about 6 standard deviations of the noisiest iteration (a chance
     # failure well under 1 in 1000 runs) and still catch a real divergence: a bias of the
     # whole trajectory (the mean difference) or a step off by more than 0.025.
