@@ -581,3 +581,38 @@ def test_shapes_that_have_no_gradient_yet_say_what_works(parties):
         x.reshape(2, 2, 3) @ encrypt(torch.randn(2, 3, 1), parties, shared=True)
     with torch.no_grad():  # without gradients, any index the shares take
         assert tuple(x[torch.tensor([0, 1])].shape) == (2, 3)
+
+
+def test_no_grad_runs_what_a_model_without_requires_grad_runs(parties):
+    """Found by review: a model shared with requires_grad=True (as §12-13) could not evaluate
+    §11's forward ending in F.log_softmax under torch.no_grad(), although the same model
+    without requires_grad could."""
+    workers, provider = parties
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(6, 5), nn.Linear(5, 4)
+
+        def forward(self, x):
+            return F.log_softmax(self.fc2(F.relu(self.fc1(x))), dim=1)
+
+    torch.manual_seed(3)
+    plain, x = Net(), torch.randn(3, 6)
+    want = plain(x).detach()
+    outputs = []
+    for requires_grad in (False, True):
+        model = Net()
+        model.load_state_dict(plain.state_dict())
+        model.fix_precision().share(*workers, crypto_provider=provider,
+                                    requires_grad=requires_grad)
+        data = x.fix_precision().share(*workers, crypto_provider=provider)
+        with torch.no_grad():
+            out = model(data)
+            extras = [F.softmax(out, dim=1), torch.exp(out), torch.sigmoid(out),
+                      F.cross_entropy(out, torch.tensor([0, 1, 2]))]
+        assert not getattr(out, "requires_grad", False)
+        outputs.append(out.get().float_precision())
+        assert all(e is not None for e in extras)
+    assert (outputs[0] - want).abs().max() <= 2e-2
+    assert (outputs[1] - want).abs().max() <= 2e-2

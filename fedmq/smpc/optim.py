@@ -11,16 +11,17 @@ these too (PySyft converted the optimizer in place), so calling `opt.fix_precisi
 using its result works as well.
 
 Supported: torch.optim.SGD with lr, momentum, dampening, weight_decay, nesterov and maximize
-(the update of torch.optim.SGD, step for step). The hyper-parameters are public, encoded with the
-parameters' base and precision_fractional, rounded to the nearest integer multiple of
+(the update of torch.optim.SGD, step for step). The hyper-parameters are public, encoded with
+the parameters' base and precision_fractional, rounded to the nearest integer multiple of
 base**-precision_fractional; one whose encoding differs from the requested value by more than
 `TOLERANCE` (1%, relative) is refused with a ValueError naming the precision_fractional that
 would represent it (at 3 digits lr=0.0019 would step with 0.002, lr=0.0004 with 0): checked at
 fix_precision() and again at every step (a scheduler may change lr). Each update multiplies by
-the encoded integer and truncates once (the same cost as a fixed-point product). Adam, RMSprop and the others divide by a secret square root, which the
-fixed-point protocols here do not compute: they are refused with a ValueError, as are
-SGD's `foreach=True`, `fused=True` and `differentiable=True` (they choose torch kernels that do
-not exist for shares) and parameters that are not AutogradTensors.
+the encoded integer and truncates once (the same cost as a fixed-point product). Adam, RMSprop
+and the others divide by a secret square root, which the fixed-point protocols here do not
+compute: they are refused with a ValueError, as are SGD's `foreach=True`, `fused=True` and
+`differentiable=True` (they choose torch kernels that do not exist for shares) and parameters
+that are not AutogradTensors.
 """
 from __future__ import annotations
 
