@@ -412,6 +412,7 @@ MEAN_LOSSES = {
     "sum_div_n": lambda x, y: (x ** 2).sum() / x.numel(),
     "mse_loss_mean": lambda x, y: F.mse_loss(x, y),
     "MSELoss": lambda x, y: nn.MSELoss()(x, y),
+    "two_divisors": lambda x, y: (x * x).mean() + (x * y).sum() / 7,  # pending 1/n and 1/7
     "seed_s13_loss": lambda x, y: ((x - y) ** 2).sum().refresh() / x.shape[0]
     if isinstance(x, AutogradTensor) else ((x - y) ** 2).sum() / x.shape[0],
 }
