@@ -434,7 +434,8 @@ def test_gradient_through_a_mean_divides_exactly(name, n, parties):
     xs = encrypt(x, parties, shared=True)
     ys = encrypt(y, parties, shared=True, requires_grad=False)
     MEAN_LOSSES[name](xs, ys).backward()
-    assert (decode(xs.grad) - xt.grad).abs().max() <= 2.5e-3
+    tolerance = 3.5e-3 if name == "two_divisors" else 2.5e-3  # x gets three truncations
+    assert (decode(xs.grad) - xt.grad).abs().max() <= tolerance
 
 
 def test_mean_reduced_gradients_reach_linear_and_conv_weights(parties):
