@@ -87,10 +87,22 @@ def test_s12_encrypted_training_matches_plaintext(factory):
     assert len(lines) == 20, out
     losses = [float(S12_LOSS.match(line).group(1)) for line in lines]
     plain = plain_s12_losses()
+    # The spread comes from the shared truncation's random last digit. Measured on 100
+    # in-process runs of the listing (after the exact-division and relu-mask fixes): per
+    # iteration, |mean(got - plain)| <= 0.0023 and standard deviation <= 0.004 (the largest
+    # at the near-zero losses of iterations 15-19); the worst |got - plain| of any iteration
+    # of any run was 0.0106 (the old bound 0.01 + 1% failed 1 run in 40); on 60 of them the
+    # mean of a run's 20 differences stayed in [-0.0015, 0.0027], the last losses <= 0.016.
+    # The bounds below are about 6 standard deviations of the noisiest iteration (a chance
+    # failure well under 1 in 1000 runs) and still catch a real divergence: a bias of the
+    # whole trajectory (the mean difference) or a step off by more than 0.025.
     for got, want in zip(losses, plain):
-        assert abs(got - want) <= 0.01 + 0.01 * want, (losses, plain)  # fixed point, 3 digits
-    assert losses[0] > 1.9 and losses[-1] < 0.02  # the loss decreases...
-    assert sum(b < a for a, b in zip(losses, losses[1:])) >= 15  # ...nearly every iteration
+        assert abs(got - want) <= 0.025 + 0.01 * want, (losses, plain)
+    assert abs(sum(g - w for g, w in zip(losses, plain)) / len(plain)) <= 0.008, (losses, plain)
+    assert losses[0] > 1.9 and max(losses[13:]) < 0.03  # the loss decreases: ...
+    # ... at every iteration while it is above the noise (plain losses from 1.95 to 0.012;
+    # after that, at most 0.0075 with noise of sd 0.004: their order is chance)
+    assert all(b < a for a, b in zip(losses[:14], losses[1:14])), losses
     # the model trained on shares: its parameters are shared AutogradTensors with gradients
     params = list(ns["model"].parameters())
     assert len(params) == 4 and all(p.is_shared and p.grad is not None for p in params)

@@ -12,18 +12,21 @@ value (one that depends on public values only, such as that of `x + y` for the p
 gradient of `backward()`, stays public).
 
 As PySyft's AutogradTensor (syft/frameworks/torch/tensors/interpreters/autograd.py and
-gradients.py; here autograd.py and gradients.py), the backward functions are written for the protocol, not derived from it: the
-Beaver product is never differentiated; d(a*b)/db = a is one more Beaver product. What each
-op's backward costs (shared operands):
+gradients.py; here autograd.py and gradients.py), the backward functions are written for the
+protocol, not derived from it: the Beaver product is never differentiated; d(a*b)/db = a is one
+more Beaver product. What each op's backward costs (shared operands):
 
-    add, sub, neg, sum, mean*, view/reshape/flatten/view_as, t/transpose, refresh   local
+    add, sub, neg, sum, view/reshape/flatten/view_as, t/transpose, refresh,
+    indexing (x[0], x[1:3], x[:, 2])                                               local
     mul, matmul, linear      one Beaver product per input that needs a gradient
     conv2d                   one Beaver conv2d per input that needs a gradient
-    avg_pool2d               one truncation (the window sums are local)
+    avg_pool2d               none of its own (window sums, local; the 1/k as div below)
     max_pool2d               one batched equality test with the forward's argmax, one product
     pow (public int n)       one product (n - 1 more for n > 2 in the forward)
-    relu                     one Beaver product with the forward's comparison mask [x >= 0]
-    div (public number)      one truncation (* mean: also one)
+    relu                     one Beaver product with the forward's comparison mask [x > 0]
+                             (gradient 0 at x = 0, as torch)
+    div (public int n), mean none of its own: the 1/n is fused into the next product's
+                             truncation (exact; see Precision); a public float: one truncation
     exp                      one product with the forward's output
     sigmoid, tanh            two products (s (1 - s), 1 - t**2 from the output)
     reciprocal               two products (-(1/x)**2 from the output)
@@ -34,17 +37,22 @@ op's backward costs (shared operands):
     cross_entropy            one exp of the forward's log_softmax and one product:
                              (softmax - onehot) * grad / N, the 1/N fused into the product
 
-Differentiable ops: add, sub, rsub, neg, mul, matmul/mm (2-D), F.linear, div and `/` (by a
-public number or tensor, or by a fixed-precision value: times its `reciprocal`), rdiv,
-pow and `**` by a public int >= 1, square, sum, mean, view, reshape, view_as,
-flatten, t, transpose, F.relu/relu, F.conv2d (groups 1, dilation 1), F.avg_pool2d,
-F.max_pool2d (non-overlapping windows), F.mse_loss/nn.MSELoss, exp, sigmoid, tanh,
-reciprocal, softmax, log_softmax (F., torch. and method forms), F.nll_loss/nn.NLLLoss,
+Differentiable ops: add, sub, rsub, neg, mul, matmul/mm/@ (2-D @ 2-D; 1-D or N-D @ 1-D or 2-D
+through reshapes, as torch.matmul; a batched second operand raises NotImplementedError),
+F.linear, indexing by ints and step-1 slices (other indices need no gradient), div and `/` (by a
+public number or tensor, or by a fixed-precision value: times its `reciprocal`), rdiv, pow and
+`**` by a public int >= 1, square, sum, mean, view, reshape, view_as, flatten, t, transpose,
+F.relu/relu, F.conv2d (groups 1, dilation 1), F.avg_pool2d, F.max_pool2d (non-overlapping
+windows; both on (N, C, H, W) and unbatched (C, H, W)), F.mse_loss/nn.MSELoss, exp, sigmoid,
+tanh, reciprocal, softmax, log_softmax (F., torch. and method forms), F.nll_loss/nn.NLLLoss,
 F.cross_entropy/nn.CrossEntropyLoss, refresh. The non-linear functions are computed by
 approximations.py (CrypTen's approximations; ranges there) and never differentiated through:
 each backward is the closed-form derivative written with the forward's output. Not
 differentiable (their results never require a gradient): comparisons (eq ne gt lt ge le),
-argmax, argmin. Anything else raises NotImplementedError naming the op.
+argmax, argmin. Anything else raises NotImplementedError naming the op. Under `torch.no_grad()`
+(or on values that require no gradient) every op above runs as on a FixedPrecisionTensor, the
+non-linear ones included (an evaluation loop ending in F.log_softmax on a model shared with
+requires_grad=True).
 
 Classification losses (`nll_loss`, `cross_entropy`): scores (N, C); the target is public class
 indices (int64, (N,)) or a one-hot / probability matrix (N, C), public or fixed-precision
@@ -76,8 +84,16 @@ no share of the value.
 
 Precision: gradients are fixed point with the values' base and precision_fractional, and every
 product is rescaled by the truncation protocol (at most one unit in the last place off), so
-gradients match plaintext to about 10**-precision_fractional per product in the chain. A
-division by a public int d truncates as well: 1/64 at precision 3 is 0.015, as in PySyft.
+gradients match plaintext to about 10**-precision_fractional per product in the chain.
+A division by a public int n (mean, `loss / batch_size`, F.mse_loss's and the classification
+losses' "mean", avg_pool2d's 1/k) is exact in the forward (the truncation protocol divides by
+n) and in the backward, where 1/n itself is not representable (at 3 digits 1/64 is 0.015, 4%
+low, and 1/n is 0 past n = 2000, which stopped training by a mean loss): the backward keeps the
+division pending beside the gradient (value = g / k, k a public int) through the ops linear in
+the gradient and fuses it into the next product's truncation (FixedPrecisionTensor.
+_product_div: one truncation by scale * k), or applies it by the truncation protocol at a
+leaf or before another op. The gradient of F.mse_loss (mean) over 3 000 values is then within
+1e-3 of torch's (gradients.py, `settle`).
 """
 from __future__ import annotations
 
@@ -90,11 +106,11 @@ from fedmq.smpc.additive import AdditiveSharingTensor, share_tensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor, use_autograd_class
 from fedmq.smpc.gradients import (
     AddBackward, AvgPool2dBackward, Conv2dBackward, CrossEntropyBackward, DivBackward,
-    ExpBackward, GradFunc, IdentityBackward, LinearBackward, LogSoftmaxBackward,
+    ExpBackward, GradFunc, IdentityBackward, IndexBackward, LinearBackward, LogSoftmaxBackward,
     MatmulBackward, MaxPool2dBackward, MulBackward, NegBackward, NllLossBackward, PowBackward,
     ReciprocalBackward, ReluBackward, ReshapeBackward, SigmoidBackward, SoftmaxBackward,
     SubBackward, SumBackward, TanhBackward, TransposeBackward, int_mul, like, needs_grad,
-    nonneg_mask, pair, public_value, shape_of, window_sum)
+    basic_index, pair, positive_mask, public_value, settle, shape_of, window_sum)
 
 
 def _child(value: Any) -> Any:
@@ -272,14 +288,32 @@ class AutogradTensor(torch.Tensor):
     def matmul(self, other: Any) -> "AutogradTensor":
         _check_matmul_operand(other)
         a, b = self.child, _child(other)
-        if needs_grad(self) or needs_grad(other):
-            if a.dim() != 2 or len(shape_of(b)) != 2:
-                raise NotImplementedError("matmul with gradients takes 2-D operands: reshape "
-                                          "them, or use F.linear")
+        if (needs_grad(self) or needs_grad(other)) and (a.dim() != 2 or len(shape_of(b)) != 2):
+            return self._matmul_as_2d(other)
         return self._result(a.matmul(b), lambda: MatmulBackward(self, other, a, b),
                             self, other)
 
     mm = matmul
+
+    def _matmul_as_2d(self, other: Any) -> "AutogradTensor":
+        """torch.matmul's 1-D and batched-first-operand cases with gradients, as one 2-D
+        product between reshapes (which carry the gradients back): self (k,) or (*, n, k),
+        other (k,) or (k, m). A batched (3-D or more) second operand raises
+        NotImplementedError."""
+        b_dim = len(shape_of(other))
+        if b_dim > 2 or self.dim() == 0 or b_dim == 0:
+            raise NotImplementedError(
+                f"matmul with gradients takes a first operand of 1 or more dimensions and a "
+                f"1-D or 2-D second operand (shapes {tuple(self.shape)} @ "
+                f"{tuple(shape_of(other))}): 1-D @ 2-D, 2-D @ 1-D, N-D @ 2-D and 1-D @ 1-D "
+                f"work; loop over the batch of a batched second operand")
+        if self.shape[-1] != shape_of(other)[0]:
+            raise RuntimeError(f"matmul: shapes {tuple(self.shape)} and "
+                               f"{tuple(shape_of(other))} cannot be multiplied")
+        rhs = other.reshape(-1, 1) if b_dim == 1 else other
+        out = self.reshape(-1, self.shape[-1]).matmul(rhs)
+        shape = tuple(self.shape[:-1]) + ((shape_of(other)[-1],) if b_dim == 2 else ())
+        return out.reshape(*shape) if shape else out.reshape(1).sum()
 
     def rmatmul(self, other: Any) -> "AutogradTensor":
         _check_matmul_operand(other)
@@ -320,6 +354,10 @@ class AutogradTensor(torch.Tensor):
         """F.avg_pool2d: window sums (a conv2d with a public kernel of ones, local on
         shares) divided by the window size (one truncation). ceil_mode=True and
         count_include_pad=False with padding are refused."""
+        if self.dim() == 3:  # unbatched (C, H, W), as torch: a batch of one
+            out = self.reshape(1, *self.shape).avg_pool2d(
+                kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+            return out.reshape(*out.shape[1:])
         kernel = pair(kernel_size, "kernel_size")
         stride_ = kernel if stride is None or stride == [] else pair(stride, "stride")
         padding_ = pair(padding, "padding")
@@ -341,6 +379,10 @@ class AutogradTensor(torch.Tensor):
         padding, dilation 1, floor mode): the windows side by side, then the comparison
         protocol's max with argmax, kept for backward. return_indices=True is refused (the
         indices are secret)."""
+        if self.dim() == 3:  # unbatched (C, H, W), as torch: a batch of one
+            out = self.reshape(1, *self.shape).max_pool2d(kernel_size, stride, padding,
+                                                          dilation, ceil_mode, return_indices)
+            return out.reshape(*out.shape[1:])
         kernel = pair(kernel_size, "kernel_size")
         stride_ = kernel if stride is None or stride == [] else pair(stride, "stride")
         if stride_ != kernel or pair(padding, "padding") != (0, 0) or \
@@ -427,6 +469,17 @@ class AutogradTensor(torch.Tensor):
         return self._result(self.child.flatten(start_dim, end_dim),
                             lambda: ReshapeBackward(self), self)
 
+    def __getitem__(self, index: Any) -> "AutogradTensor":
+        """x[index]: with gradients for ints and step-1 slices (x[0], x[1:3], x[:, 2];
+        gradient: grad among zeros, local); any index the child takes when no gradient is
+        needed (NotImplementedError otherwise)."""
+        if isinstance(index, AutogradTensor):
+            raise TypeError("an AutogradTensor cannot index: use a public index")
+        if not (torch.is_grad_enabled() and self.requires_grad):
+            return AutogradTensor(self.child[index])
+        spans = basic_index(index, tuple(self.shape))
+        return self._result(self.child[index], lambda: IndexBackward(self, spans), self)
+
     def transpose(self, d0: int, d1: int) -> "AutogradTensor":
         return self._result(self.child.transpose(d0, d1),
                             lambda: TransposeBackward(self, d0, d1), self)
@@ -438,9 +491,9 @@ class AutogradTensor(torch.Tensor):
         return self.transpose(0, 1) if self.dim() == 2 else self
 
     def relu(self, inplace: bool = False) -> "AutogradTensor":
-        """x * [x >= 0]: one comparison and one Beaver product; the mask is kept for
-        backward (gradient: grad * [x >= 0])."""
-        mask = nonneg_mask(self.child.child)
+        """x * [x > 0]: one comparison and one Beaver product; the mask is kept for
+        backward (gradient: grad * [x > 0], 0 at x = 0 as torch's)."""
+        mask = positive_mask(self.child.child)
         out = like(self.child, int_mul(self.child.child, mask))
         return self._result(out, lambda: ReluBackward(self, mask), self)
 
@@ -587,23 +640,28 @@ class AutogradTensor(torch.Tensor):
         elif isinstance(gradient, torch.Tensor):
             gradient = public_value(self.child, gradient)
         order = _topological(self)
-        grads: dict[int, FixedPrecisionTensor] = {id(self): gradient}
+        # each pending gradient is (g, k): its value is g / k, k a public int (gradients.py,
+        # `settle`: the 1/n of a mean is applied exactly, inside the next product)
+        grads: dict[int, tuple] = {id(self): (gradient, 1)}
         for node in order:
-            grad = grads.pop(id(node), None)
-            if grad is None:
+            entry = grads.pop(id(node), None)
+            if entry is None:
                 continue
+            grad, k = entry
             if node.grad_fn is None:
+                grad = settle(grad, k)
                 node.grad = AutogradTensor(grad) if node.grad is None else \
                     AutogradTensor(node.grad.child.add(grad))
                 continue
             if node.grad_fn.released:
                 raise RuntimeError("Trying to backward through the graph a second time: "
                                    "specify retain_graph=True the first time")
-            for inp, g in zip(node.grad_fn.inputs, node.grad_fn.gradient(grad)):
+            outs, k_out = node.grad_fn.gradient_div(grad, k)
+            for inp, g in zip(node.grad_fn.inputs, outs):
                 if g is None or not needs_grad(inp):
                     continue
                 prev = grads.get(id(inp))
-                grads[id(inp)] = g if prev is None else prev.add(g)
+                grads[id(inp)] = (g, k_out) if prev is None else _accumulate(prev, (g, k_out))
             if not retain_graph:
                 node.grad_fn.release()
 
@@ -685,6 +743,15 @@ class AutogradTensor(torch.Tensor):
 
     def __itruediv__(self, other: Any) -> "AutogradTensor":
         return self.div(other)
+
+
+def _accumulate(a: tuple, b: tuple) -> tuple:
+    """The sum of two pending gradients (g, k) (value g / k): exact when both wait for the
+    same k, else each divided first."""
+    (ga, ka), (gb, kb) = a, b
+    if ka == kb:
+        return ga.add(gb), ka
+    return settle(ga, ka).add(settle(gb, kb)), 1
 
 
 def _count(shape: torch.Size, dim) -> int:

@@ -723,6 +723,15 @@ class FixedPrecisionTensor(SmpcTensor):
         inner = repr(self.child)
         return f"(Wrapper)>FixedPrecisionTensor>{inner.replace('(Wrapper)>', '')}"
 
+    def _product_div(self, op: str, other: "FixedPrecisionTensor", k: int,
+                     **kwargs: Any) -> "FixedPrecisionTensor":
+        """self op other / k for op "mul", "matmul" or "conv2d" (conv2d keywords in kwargs),
+        the division by the public positive int k fused into the product's rescaling (one
+        truncation by scale * k, as `_mul_div`): autograd's backward uses it to apply the
+        exact 1/n of a mean or a division by n to the next product (gradients.py)."""
+        return self._new(_product(op, self.child, self._other(other), self.scale * k,
+                                  **kwargs))
+
 
 def _dim(dim: Any, x: FixedPrecisionTensor) -> int:
     if dim is None:

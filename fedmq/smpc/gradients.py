@@ -45,11 +45,42 @@ def int_mul(a: Any, b: Any) -> Any:
     return a * b
 
 
-def nonneg_mask(child: Any) -> Any:
-    """[x >= 0] as 0/1 integers: shared (one comparison) if x is shared, else local."""
+def positive_mask(child: Any) -> Any:
+    """[x > 0] as 0/1 integers: shared (one comparison) if x is shared, else local (relu's
+    mask: its gradient at exactly 0 is 0, as torch's)."""
     if isinstance(child, AdditiveSharingTensor):
-        return child.ge(0)
-    return (child >= 0).to(torch.int64)
+        return child.gt(0)
+    return (child > 0).to(torch.int64)
+
+
+# -- exact division by a public int in the backward ---------------------------------------------
+#
+# The gradient of a mean over n values (or of `y / n`, n a public int) is grad / n. Encoded at
+# the base-10 default of 3 digits, 1/n alone is 0.015 for n = 64 (4% low), 0.001 for n = 640
+# and 0 past n = 2000: training by a mean loss would stop. So the backward carries the division
+# as a pending public int k beside the gradient (the gradient's true value is grad / k): ops
+# linear in the gradient (add, sum, reshape, relu's and max pooling's masks) pass it on, a
+# division by an int multiplies it, and the next product divides by it inside its own
+# truncation (FixedPrecisionTensor._product_div: one truncation by scale * k), which is exact
+# to the last digit as the forward's `div(int)`. Anything else, and every leaf, applies it
+# first (`settle`: the truncation protocol's division by a public int).
+
+def settle(grad: FixedPrecisionTensor, k: int) -> FixedPrecisionTensor:
+    """grad / k for the public positive int k (exact: one truncation; none for k = 1)."""
+    return grad if k == 1 else grad.div(k)
+
+
+def product_div(a: Any, op: str, b: Any, k: int, **kwargs: Any) -> FixedPrecisionTensor:
+    """a op b / k (op "mul", "matmul" or "conv2d") for fixed-precision values or public
+    tensors / numbers (at least one fixed-precision), the 1/k fused into the product's
+    truncation (k = 1: the plain op)."""
+    if k == 1 and op != "conv2d":
+        return getattr(a, op)(b) if isinstance(a, FixedPrecisionTensor) else \
+            getattr(b, "r" + op if op == "matmul" else op)(a)
+    ref = a if isinstance(a, FixedPrecisionTensor) else b
+    a = a if isinstance(a, FixedPrecisionTensor) else public_value(ref, torch.as_tensor(a))
+    b = b if isinstance(b, FixedPrecisionTensor) else public_value(ref, torch.as_tensor(b))
+    return a._product_div(op, b, k, **kwargs)
 
 
 def expand_to(grad: FixedPrecisionTensor, shape: torch.Size) -> FixedPrecisionTensor:
@@ -138,13 +169,15 @@ def window_sum(value: FixedPrecisionTensor, kernel: tuple, **kwargs: Any
     return like(value, F.conv2d(child, ones, None, groups=channels, **kwargs))
 
 
-def _conv(x: FixedPrecisionTensor, w: FixedPrecisionTensor, **kwargs: Any
-          ) -> FixedPrecisionTensor:
-    """conv2d of two fixed-precision values (a public input with a shared kernel is shared
-    first, among the kernel's parties: the protocol takes shared inputs)."""
+def _conv(x: FixedPrecisionTensor, w: FixedPrecisionTensor, k: int = 1, stride=1,
+          padding=0, dilation=1) -> FixedPrecisionTensor:
+    """conv2d of two fixed-precision values divided by the public int k (fused into the
+    product's truncation; a public input with a shared kernel is shared first, among the
+    kernel's parties: the protocol takes shared inputs)."""
     if w.is_shared and not x.is_shared:
         x = x.share(*w.child.locations, crypto_provider=w.child.crypto_provider)
-    return x.conv2d(w, None, **kwargs)
+    return product_div(x, "conv2d", w, k, stride=stride, padding=padding, dilation=dilation,
+                       groups=1)
 
 
 # -- graph nodes ----------------------------------------------------------------------------------
@@ -160,8 +193,20 @@ class GradFunc:
     def __init__(self, *inputs: Any) -> None:
         self.inputs = inputs
 
+    #: the node's gradient is linear in grad with integer coefficients (a sum, a reshape,
+    #: a 0/1 mask): a pending division (see `settle`) passes through it unchanged
+    keeps_divisor = False
+
     def gradient(self, grad: FixedPrecisionTensor) -> tuple:
         raise NotImplementedError(f"{type(self).__name__} has no gradient")
+
+    def gradient_div(self, grad: FixedPrecisionTensor, k: int) -> tuple:
+        """The gradients of the inputs for the output's gradient grad / k (k a public
+        positive int), and the public int they are still to be divided by. Nodes that fuse
+        the division into a product override it."""
+        if k == 1 or self.keeps_divisor:
+            return self.gradient(grad), k
+        return self.gradient(settle(grad, k)), 1
 
     def release(self) -> None:
         """Drop what was saved for backward (torch frees its graph the same way)."""
@@ -175,18 +220,24 @@ class GradFunc:
 
 
 class AddBackward(GradFunc):
+    keeps_divisor = True
+
     def gradient(self, grad):
         a, b = self.inputs
         return sum_to(grad, shape_of(a)), sum_to(grad, shape_of(b))
 
 
 class SubBackward(GradFunc):
+    keeps_divisor = True
+
     def gradient(self, grad):
         a, b = self.inputs
         return sum_to(grad, shape_of(a)), sum_to(grad.neg(), shape_of(b))
 
 
 class NegBackward(GradFunc):
+    keeps_divisor = True
+
     def gradient(self, grad):
         return (grad.neg(),)
 
@@ -200,10 +251,15 @@ class MulBackward(GradFunc):
         self.a_child, self.b_child = a_child, b_child
 
     def gradient(self, grad):
+        return self.gradient_div(grad, 1)[0]
+
+    def gradient_div(self, grad, k):
         a, b = self.inputs
-        ga = sum_to(grad.mul(self.b_child), shape_of(a)) if needs_grad(a) else None
-        gb = sum_to(grad.mul(self.a_child), shape_of(b)) if needs_grad(b) else None
-        return ga, gb
+        ga = sum_to(product_div(grad, "mul", self.b_child, k), shape_of(a)) \
+            if needs_grad(a) else None
+        gb = sum_to(product_div(grad, "mul", self.a_child, k), shape_of(b)) \
+            if needs_grad(b) else None
+        return (ga, gb), 1
 
 
 class MatmulBackward(GradFunc):
@@ -214,10 +270,13 @@ class MatmulBackward(GradFunc):
         self.a_child, self.b_child = a_child, b_child
 
     def gradient(self, grad):
+        return self.gradient_div(grad, 1)[0]
+
+    def gradient_div(self, grad, k):
         a, b = self.inputs
-        ga = grad.matmul(self.b_child.t()) if needs_grad(a) else None
-        gb = self.a_child.t().matmul(grad) if needs_grad(b) else None
-        return ga, gb
+        ga = product_div(grad, "matmul", self.b_child.t(), k) if needs_grad(a) else None
+        gb = product_div(self.a_child.t(), "matmul", grad, k) if needs_grad(b) else None
+        return (ga, gb), 1
 
 
 class LinearBackward(GradFunc):
@@ -229,13 +288,17 @@ class LinearBackward(GradFunc):
         self.x_child, self.w_child = x_child, w_child
 
     def gradient(self, grad):
+        return self.gradient_div(grad, 1)[0]
+
+    def gradient_div(self, grad, k):
         x, weight, bias = self.inputs
         g2 = grad.reshape(-1, grad.shape[-1])
-        gx = g2.matmul(self.w_child).reshape(*shape_of(x)) if needs_grad(x) else None
-        gw = g2.t().matmul(self.x_child.reshape(-1, self.x_child.shape[-1])) \
-            if needs_grad(weight) else None
-        gb = g2.sum(0) if needs_grad(bias) else None
-        return gx, gw, gb
+        gx = product_div(g2, "matmul", self.w_child, k).reshape(*shape_of(x)) \
+            if needs_grad(x) else None
+        gw = product_div(g2.t(), "matmul", self.x_child.reshape(-1, self.x_child.shape[-1]),
+                         k) if needs_grad(weight) else None
+        gb = settle(g2.sum(0), k) if needs_grad(bias) else None
+        return (gx, gw, gb), 1
 
 
 class DivBackward(GradFunc):
@@ -246,6 +309,13 @@ class DivBackward(GradFunc):
     def gradient(self, grad):
         return (grad.div(self.divisor),)
 
+    def gradient_div(self, grad, k):
+        """A public int n: the pending division grows to k * |n| (exact, see `settle`)."""
+        n = self.divisor
+        if type(n) is int and n != 0:
+            return ((grad if n > 0 else grad.neg()),), k * abs(n)
+        return super().gradient_div(grad, k)
+
 
 class PowBackward(GradFunc):
     """d(a**n)/da = n * a**(n-1) (n a public int >= 1)."""
@@ -255,14 +325,19 @@ class PowBackward(GradFunc):
         self.exponent, self.a_child = exponent, a_child
 
     def gradient(self, grad):
+        return self.gradient_div(grad, 1)[0]
+
+    def gradient_div(self, grad, k):
         n = self.exponent
         if n == 1:
-            return (grad,)
+            return (grad,), k
         base = self.a_child if n == 2 else self.a_child.pow(n - 1)
-        return (grad.mul(base.mul(n)),)
+        return (product_div(grad, "mul", base.mul(n), k),), 1
 
 
 class SumBackward(GradFunc):
+    keeps_divisor = True
+
     def __init__(self, a, dim, keepdim) -> None:
         super().__init__(a)
         self.dim, self.keepdim = dim, keepdim
@@ -277,11 +352,75 @@ class SumBackward(GradFunc):
 
 
 class ReshapeBackward(GradFunc):
+    keeps_divisor = True
+
     def gradient(self, grad):
         return (grad.reshape(*shape_of(self.inputs[0])),)
 
 
+def basic_index(index: Any, shape: tuple) -> list:
+    """An index of ints and step-1 slices (x[0], x[1:3], x[:, 2]) as one (start, length) per
+    indexed dimension (length None for an int: the dimension is removed). Raises
+    NotImplementedError for other indices, IndexError for an int out of range."""
+    items = index if isinstance(index, tuple) else (index,)
+    simple = all(type(i) is int or (isinstance(i, slice) and i.step in (None, 1))
+                 for i in items)
+    if not simple or len(items) > len(shape):
+        raise NotImplementedError(
+            f"indexing with gradients takes ints and slices of step 1, one per leading "
+            f"dimension (x[0], x[1:3], x[:, 2]), got {index!r}: index a value that needs no "
+            f"gradient, or reshape first")
+    out = []
+    for d, i in enumerate(items):
+        n = shape[d]
+        if type(i) is int:
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of bounds for dimension {d} with size {n}")
+            out.append((i % n, None))
+        else:
+            start, stop, _ = i.indices(n)
+            out.append((start, max(stop - start, 0)))
+    return out
+
+
+def _zeros_along(value: FixedPrecisionTensor, dim: int, count: int) -> FixedPrecisionTensor:
+    """Zeros shaped as `value` but `count` long along `dim`, encoded and shared as `value`
+    (a zero slice of it, broadcast: local on shares)."""
+    index = [slice(None)] * value.dim()
+    index[dim] = slice(0, 1)
+    shape = list(value.shape)
+    shape[dim] = count
+    return expand_to(value[tuple(index)].mul(0), torch.Size(shape))
+
+
+class IndexBackward(GradFunc):
+    """x[index] for ints and step-1 slices: the gradient is grad placed at the indexed
+    positions among zeros (local on shares: zero slices concatenated around it)."""
+
+    keeps_divisor = True
+
+    def __init__(self, a, spans) -> None:
+        super().__init__(a)
+        self.spans = spans
+
+    def gradient(self, grad):
+        shape = shape_of(self.inputs[0])
+        for d, (_, length) in enumerate(self.spans):
+            if length is None:
+                grad = grad.unsqueeze(d)
+        for d, (start, length) in enumerate(self.spans):
+            after = shape[d] - start - (1 if length is None else length)
+            if grad.shape[d] == 0:
+                raise NotImplementedError("the gradient of an empty slice is not computed")
+            parts = ([_zeros_along(grad, d, start)] if start else []) + [grad] + \
+                ([_zeros_along(grad, d, after)] if after else [])
+            grad = _cat(parts, d) if len(parts) > 1 else grad
+        return (grad,)
+
+
 class TransposeBackward(GradFunc):
+    keeps_divisor = True
+
     def __init__(self, a, d0, d1) -> None:
         super().__init__(a)
         self.d0, self.d1 = d0, d1
@@ -291,7 +430,10 @@ class TransposeBackward(GradFunc):
 
 
 class ReluBackward(GradFunc):
-    """relu(x) = x * [x >= 0]; its gradient is grad * [x >= 0], with the forward's mask."""
+    """relu(x) = x * [x > 0]; its gradient is grad * [x > 0] (0 at x = 0, as torch), with
+    the forward's mask."""
+
+    keeps_divisor = True
 
     def __init__(self, a, mask) -> None:
         super().__init__(a)
@@ -313,6 +455,9 @@ class Conv2dBackward(GradFunc):
         self.stride, self.padding = stride, padding
 
     def gradient(self, grad):
+        return self.gradient_div(grad, 1)[0]
+
+    def gradient_div(self, grad, k):
         x, weight, bias = self.inputs
         (s_h, s_w), (p_h, p_w) = self.stride, self.padding
         _, _, k_h, k_w = self.w_child.shape
@@ -321,15 +466,15 @@ class Conv2dBackward(GradFunc):
         if needs_grad(x):
             extra = ((h + 2 * p_h - k_h) % s_h, (w + 2 * p_w - k_w) % s_w)
             kernel = _flip(self.w_child.transpose(0, 1), (2, 3))
-            gx = _conv(_dilate(grad, self.stride, extra), kernel,
+            gx = _conv(_dilate(grad, self.stride, extra), kernel, k,
                        padding=(k_h - 1 - p_h, k_w - 1 - p_w))
         if needs_grad(weight):
-            full = _conv(self.x_child.transpose(0, 1), grad.transpose(0, 1),
+            full = _conv(self.x_child.transpose(0, 1), grad.transpose(0, 1), k,
                          padding=self.padding, dilation=self.stride)
             gw = full[:, :, :k_h, :k_w].transpose(0, 1)
         if needs_grad(bias):
-            gb = grad.sum(0).sum(1).sum(1)
-        return gx, gw, gb
+            gb = settle(grad.sum(0).sum(1).sum(1), k)
+        return (gx, gw, gb), 1
 
 
 class AvgPool2dBackward(GradFunc):
@@ -341,17 +486,23 @@ class AvgPool2dBackward(GradFunc):
         self.kernel, self.stride, self.padding, self.divisor = kernel, stride, padding, divisor
 
     def gradient(self, grad):
+        return (settle(*self.gradient_div(grad, 1)[0], self.divisor),)
+
+    def gradient_div(self, grad, k):
+        """The window sums are exact; the 1/divisor joins the pending division."""
         (k_h, k_w), (s_h, s_w), (p_h, p_w) = self.kernel, self.stride, self.padding
         _, _, h, w = shape_of(self.inputs[0])
         extra = ((h + 2 * p_h - k_h) % s_h, (w + 2 * p_w - k_w) % s_w)
         spread = window_sum(_dilate(grad, self.stride, extra), self.kernel,
                              padding=(k_h - 1 - p_h, k_w - 1 - p_w))
-        return (spread.div(self.divisor),)
+        return (spread,), k * self.divisor
 
 
 class MaxPool2dBackward(GradFunc):
     """The gradient goes to the position of each window's maximum: a one-hot mask
     [index == j] (one batched equality test on the forward's shared argmax) times grad."""
+
+    keeps_divisor = True
 
     def __init__(self, x, kernel, indices) -> None:
         super().__init__(x)
@@ -377,6 +528,8 @@ class MaxPool2dBackward(GradFunc):
 
 class IdentityBackward(GradFunc):
     """refresh(): the same value with new shares."""
+
+    keeps_divisor = True
 
     def gradient(self, grad):
         return (grad,)
@@ -471,8 +624,11 @@ class NllLossBackward(GradFunc):
         self.onehot, self.count = onehot, count
 
     def gradient(self, grad):
+        return self.gradient_div(grad, 1)[0]
+
+    def gradient_div(self, grad, k):
         g = _per_sample(grad, shape_of(self.inputs[0]))
-        return (_scaled_product(self.onehot, g, self.count).neg(),)
+        return (_scaled_product(self.onehot, g, self.count * k).neg(),), 1
 
 
 class CrossEntropyBackward(GradFunc):
@@ -485,9 +641,12 @@ class CrossEntropyBackward(GradFunc):
         self.logp, self.onehot, self.count = logp, onehot, count
 
     def gradient(self, grad):
+        return self.gradient_div(grad, 1)[0]
+
+    def gradient_div(self, grad, k):
         g = _per_sample(grad, shape_of(self.inputs[0]))
         diff = self.logp.exp().sub(self.onehot)
-        return (_scaled_product(diff, g, self.count),)
+        return (_scaled_product(diff, g, self.count * k),), 1
 
 
 def _scaled_product(a: Any, g: FixedPrecisionTensor, count: int) -> FixedPrecisionTensor:

@@ -11,12 +11,17 @@ these too (PySyft converted the optimizer in place), so calling `opt.fix_precisi
 using its result works as well.
 
 Supported: torch.optim.SGD with lr, momentum, dampening, weight_decay, nesterov and maximize
-(the update of torch.optim.SGD, step for step). The hyper-parameters are public, encoded with the
-parameters' base and precision_fractional (an lr below 10**-precision_fractional encodes to 0
-and is refused). Adam, RMSprop and the others divide by a secret square root, which the
-fixed-point protocols here do not compute: they are refused with a ValueError, as are
-SGD's `foreach=True`, `fused=True` and `differentiable=True` (they choose torch kernels that do
-not exist for shares) and parameters that are not AutogradTensors.
+(the update of torch.optim.SGD, step for step). The hyper-parameters are public, encoded with
+the parameters' base and precision_fractional, rounded to the nearest integer multiple of
+base**-precision_fractional; one whose encoding differs from the requested value by more than
+`TOLERANCE` (1%, relative) is refused with a ValueError naming the precision_fractional that
+would represent it (at 3 digits lr=0.0019 would step with 0.002, lr=0.0004 with 0): checked at
+fix_precision() and again at every step (a scheduler may change lr). Each update multiplies by
+the encoded integer and truncates once (the same cost as a fixed-point product). Adam, RMSprop
+and the others divide by a secret square root, which the fixed-point protocols here do not
+compute: they are refused with a ValueError, as are SGD's `foreach=True`, `fused=True` and
+`differentiable=True` (they choose torch kernels that do not exist for shares) and parameters
+that are not AutogradTensors.
 """
 from __future__ import annotations
 
@@ -26,6 +31,9 @@ import torch
 
 from fedmq.smpc.autograd import AutogradTensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor
+
+#: the largest relative difference accepted between a hyper-parameter and its encoding
+TOLERANCE = 0.01
 
 _SGD_KEYS = {"lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach",
              "differentiable", "fused", "params", "initial_lr"}
@@ -88,11 +96,26 @@ class FixedPrecisionSGD:
                 value = float(value)
             if value < 0:
                 raise ValueError(f"{key} must be >= 0, got {value}")
-            encoded[key] = int(value * self.scale)
-            if value and not encoded[key]:
-                raise ValueError(f"{key}={value} is 0 at precision_fractional="
-                                 f"{self.precision_fractional}: raise precision_fractional")
+            encoded[key] = self._encode(key, float(value))
+        if not 0 <= encoded["dampening"] <= self.scale:
+            raise ValueError(f"dampening must be in [0, 1], got {group.get('dampening')}")
         return encoded
+
+    def _encode(self, key: str, value: float) -> int:
+        """round(value * scale); ValueError if that is more than TOLERANCE off `value`."""
+        encoded = round(value * self.scale)
+        if abs(encoded / self.scale - value) <= TOLERANCE * abs(value):
+            return encoded
+        needed = self.precision_fractional + 1
+        while needed < 18 and abs(round(value * self.base ** needed) / self.base ** needed
+                                  - value) > TOLERANCE * abs(value):
+            needed += 1
+        raise ValueError(
+            f"{key}={value} is {encoded / self.scale} at base={self.base}, precision_fractional="
+            f"{self.precision_fractional} ({abs(encoded / self.scale - value) / value:.0%} off; "
+            f"at most {TOLERANCE:.0%} is accepted): fix_precision(precision_fractional={needed}) "
+            f"the model, data and optimizer, or choose a {key} that is a multiple of "
+            f"{self.base}**-{self.precision_fractional}")
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear every parameter's gradient (set_to_none=False is refused: a zero gradient
@@ -104,18 +127,21 @@ class FixedPrecisionSGD:
             for p in group["params"]:
                 p.grad = None
 
-    def _times(self, value: FixedPrecisionTensor, factor: float) -> FixedPrecisionTensor:
-        """value * a public hyper-parameter (1: the value itself)."""
-        return value if factor == 1 else value.mul(float(factor))
+    def _times(self, value: FixedPrecisionTensor, factor: int) -> FixedPrecisionTensor:
+        """value * a public hyper-parameter given encoded (factor = hyper-parameter * scale):
+        a product by a public int (local on shares) and one truncation (scale: the value
+        itself)."""
+        return value if factor == self.scale else value.mul(factor).div(self.scale)
 
     def step(self, closure: Any = None) -> None:
         """W <- W - lr * d_p, with d_p as torch.optim.SGD computes it (weight decay, momentum
         buffer, dampening, nesterov, maximize), on the parameters' fixed-point values."""
         if closure is not None:
             raise ValueError("step(closure) is not available on fixed-precision parameters")
-        for group in self.param_groups:
-            lr, momentum = group["lr"], group.get("momentum", 0)
-            dampening, weight_decay = group.get("dampening", 0), group.get("weight_decay", 0)
+        self.encoded = [self._check_group(g) for g in self.param_groups]
+        for group, enc in zip(self.param_groups, self.encoded):
+            lr, momentum = enc["lr"], enc["momentum"]
+            dampening, weight_decay = enc["dampening"], enc["weight_decay"]
             nesterov, maximize = group.get("nesterov", False), group.get("maximize", False)
             for p in group["params"]:
                 if p.grad is None:
@@ -132,7 +158,8 @@ class FixedPrecisionSGD:
                     if buf is None:
                         buf = d_p
                     else:
-                        buf = self._times(buf, momentum).add(self._times(d_p, 1 - dampening))
+                        buf = self._times(buf, momentum).add(
+                            self._times(d_p, self.scale - dampening))
                     state["momentum_buffer"] = buf
                     d_p = d_p.add(self._times(buf, momentum)) if nesterov else buf
                 p.child = value.sub(self._times(d_p, lr))
