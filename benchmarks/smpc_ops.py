@@ -53,13 +53,14 @@ from fedmq.smpc.truncation import truncation_params
 
 CRYPTEN_MS = {"mul 100x100": 2.5, "matmul 100x100": 3.1, "gt 100x100": 29.0,
               "relu 100x100": 30.0, "max 1000": 221.0, "add 1000": 0.30,
-              "mlp infer b50": 277.0, "sgd step b64": 135.0}
+              "mlp infer b50": 277.0, "sgd step b64": 135.0, "sgd §13 autograd": 135.0}
 #: SecretFlow SPU 0.9.5 SEMI2K, one process per party (measurements.md; simulator in brackets)
 SPU_MS = {"mul 100x100": "6.8 (4.0)", "matmul 100x100": "6.3 (5.5)", "gt 100x100": "15.9 (12.4)",
           "relu 100x100": "19.6 (14.8)", "max 1000": "58 (14.9)", "mlp infer b50": "163 (153)",
-          "sgd step b64": "106 (135)"}
+          "sgd step b64": "106 (135)", "sgd §13 autograd": "106 (135)"}
 #: issue 15's targets (ms, 2 parties + provider, on a quiet machine)
-TARGET_MS = {"max 1000": 20.0, "mlp infer b50": 80.0, "sgd step b64": 100.0}
+TARGET_MS = {"max 1000": 20.0, "mlp infer b50": 80.0, "sgd step b64": 100.0,
+             "sgd §13 autograd": 100.0}
 
 
 class Meter:
@@ -161,7 +162,7 @@ def mlp_cases(shared, cp):
         z2 = h1 @ v2 + c2
         m2 = z2 > 0
         h2 = z2 * m2
-        d3 = (h2 @ v3 + c3 - ys) * (2 / onehot.numel())
+        d3 = ((h2 @ v3 + c3 - ys) * 2) / onehot.numel()  # exact division by a public int
         d2 = (d3 @ v3.t()) * m2
         d1 = (d2 @ v2.t()) * m1
         return [v3 - (h2.t() @ d3) * lr, c3 - d3.sum(0) * lr, v2 - (h1.t() @ d2) * lr,
@@ -177,9 +178,41 @@ def mlp_cases(shared, cp):
         with torch.no_grad():
             return [p - lr * p.grad for p in params]
 
+    # The same step as the notes' §13 writes it: a model shared with requires_grad=True, the
+    # loss `((output - target)**2).sum().refresh() / batch_size`, loss.backward() through the
+    # AutogradTensor graph (data shared with requires_grad=True too, so data.grad is computed,
+    # as in the notes), and optim.SGD(...).fix_precision().step().
+    from torch import nn, optim
+
+    parties, provider = sx.child.locations, sx.child.crypto_provider
+    net = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
+                        nn.Linear(64, 10))
+    net.fix_precision().share(*parties, crypto_provider=provider, requires_grad=True)
+    opt = optim.SGD(net.parameters(), lr=lr).fix_precision()
+    data = xs.fix_precision().share(*parties, crypto_provider=provider, requires_grad=True)
+    target = onehot.fix_precision().share(*parties, crypto_provider=provider, requires_grad=True)
+
+    def sgd_autograd():
+        opt.zero_grad()
+        output = net(data)
+        loss = ((output - target) ** 2).sum().refresh() / output.shape[0]
+        loss.backward()
+        opt.step()
+
+    plain_net = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
+                              nn.Linear(64, 10))
+    plain_opt = optim.SGD(plain_net.parameters(), lr=lr)
+
+    def sgd_autograd_plain():
+        plain_opt.zero_grad()
+        output = plain_net(xs)
+        (((output - onehot) ** 2).sum() / output.shape[0]).backward()
+        plain_opt.step()
+
     return [("mlp infer b50", infer, infer_plain, None),
             ("mlp b50 uncached", infer_uncached, infer_plain, None),
-            ("sgd step b64", sgd_step, sgd_plain, None)]
+            ("sgd step b64", sgd_step, sgd_plain, None),
+            ("sgd §13 autograd", sgd_autograd, sgd_autograd_plain, None)]
 
 
 def run_cases(cases, parties, cp, repeats: int, meter: "Meter | None") -> None:
