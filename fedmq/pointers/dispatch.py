@@ -232,7 +232,8 @@ def _remote_call(name: str, func: Callable, args: tuple, kwargs: dict, sync: boo
             if param is not None:
                 param._fedmq_has_grad = True
         if split.has_links(location):  # split learning: gradients go back across moves
-            split.push_gradients(location, with_grad)
+            split.push_gradients(location, with_grad, split.retain_graph_of(args, kwargs),
+                                args[0])
         return None
     if name in ("Tensor.to", "Tensor.cpu") and _to_is_noop(args, kwargs):
         return args[0]
@@ -245,8 +246,11 @@ def _remote_call(name: str, func: Callable, args: tuple, kwargs: dict, sync: boo
 
     result_ids = [None if type(leaf) is shapes.Alias else new_id() for leaf in spec.leaves]
     location.post(m.Command(name, wire_args, wire_kwargs, result_ids, grad))
-    return _wrap(spec.template, iter(result_ids), [v for _, v in distinct.values()], location,
-                 owner)
+    inputs = [v for _, v in distinct.values()]
+    result = _wrap(spec.template, iter(result_ids), inputs, location, owner)
+    if split.has_links(location):  # results of a linked copy keep its gradient link alive
+        split.inherit(result, inputs)
+    return result
 
 
 _UNHASHABLE = object()

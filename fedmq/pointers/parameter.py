@@ -93,25 +93,38 @@ class RemoteBuffer(torch.Tensor):
 
 
 class PendingGet:
-    """`model.get()`, deferred until someone looks (see module.get): the tensors of one model
-    that are to come home from `location` together, in one message."""
+    """`model.get()`: the GetRequest goes out at once (started, not awaited, so `get()` costs
+    no round trip) and its reply -- the model's values -- is kept here; the tensors become
+    local from that reply the first time anyone looks at them or at the worker's store (see
+    module.get). Once the reply is in, stopping or losing the worker loses nothing.
+
+    The request reads without deleting (`delete=False`): if the model is sent back to the same
+    worker before anyone looked (`cancel`), nothing has to travel again; when it is carried
+    out, the worker's copies are released (their ids ride along with the next message)."""
 
     def __init__(self, location: Any, tensors: list) -> None:
         self.location = location
         self.tensors = tensors
         for t in tensors:
             t._fedmq_pending = self
+        self._message = m.GetRequest([t._fedmq_id for t in tensors], delete=False)
+        frame, buffered = location._call_frame(self._message, None)
+        self._call = location.engine.start_frame(location.id, frame, "GetRequest")
+        self._buffered = buffered
         location._pending_gets[id(self)] = self
         dispatch.PendingGets.live += 1
 
     def carry_out(self) -> None:
-        """Fetch now (one GetRequest) and make every tensor local again."""
+        """Wait for the reply (if it is not in yet) and make every tensor local again."""
         if not self.tensors:
             return
         tensors, self.tensors = self.tensors, []
         self._unregister()
-        values = self.location.call(m.GetRequest([t._fedmq_id for t in tensors], delete=True))
+        call, self._call = self._call, None
+        reply = call.reply(self.location.timeout)
+        values = self.location._call_result(reply, self._message, self._buffered)
         for t, value in zip(tensors, values):
+            self.location.release(t._fedmq_id)
             make_local(t, value)
 
     def _unregister(self) -> None:
@@ -119,9 +132,11 @@ class PendingGet:
             dispatch.PendingGets.live -= 1
 
     def cancel(self) -> list:
-        """The model goes back out before anyone looked: keep it where it is."""
+        """The model goes back out before anyone looked: keep it where it is (the worker
+        kept its copies; the reply is dropped)."""
         tensors, self.tensors = self.tensors, []
         self._unregister()
+        self._call = None
         for t in tensors:
             t.__dict__.pop("_fedmq_pending", None)
         return tensors
