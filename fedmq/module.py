@@ -113,10 +113,13 @@ def move(module: nn.Module, destination: Any) -> nn.Module:
     location = location_of(module)
     if location is None:
         return send(module, destination)
-    if destination is location:
-        return module
     if destination is getattr(location.network, "local_worker", None):
         return get(module)
+    pending = _pending(module)
+    if pending is not None:  # get() called, not carried out: it goes worker to worker
+        pending.cancel()
+    if destination is location:
+        return module
     tensors = module_tensors(module)
     location.call(m.ForwardObjects([t._fedmq_id for t in tensors], destination.id))
     for t in tensors:

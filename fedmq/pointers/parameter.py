@@ -20,7 +20,7 @@ import torch
 
 from fedmq import messages as m
 from fedmq.errors import PointerError
-from fedmq.pointers import dispatch
+from fedmq.pointers import dispatch, optim
 
 
 def _grad_of(t: Any) -> Any:
@@ -107,7 +107,12 @@ class PendingGet:
         self.tensors = tensors
         for t in tensors:
             t._fedmq_pending = self
-        self._message = m.GetRequest([t._fedmq_id for t in tensors], delete=False)
+        #: optimizer state of these tensors on the same worker (Adam's averages, momentum,
+        #: LBFGS's history): it comes home in the same GetRequest
+        self.state = _optimizer_state(tensors, location)
+        self._message = m.GetRequest([t._fedmq_id for t in tensors] +
+                                     [dispatch.remote_id(p) for _, _, p in self.state],
+                                     delete=False)
         frame, buffered = location._call_frame(self._message, None)
         self._call = location.engine.start_frame(location.id, frame, "GetRequest")
         self._buffered = buffered
@@ -126,6 +131,13 @@ class PendingGet:
         for t, value in zip(tensors, values):
             self.location.release(t._fedmq_id)
             make_local(t, value)
+        state, self.state = self.state, []
+        for (container, key, pointer), value in zip(state, values[len(tensors):]):
+            if container[key] is pointer:  # (nobody replaced it since)
+                pointer._disown()
+                pointer._consumed = True
+                self.location.release(dispatch.remote_id(pointer))
+                container[key] = value
 
     def _unregister(self) -> None:
         if self.location._pending_gets.pop(id(self), None) is not None:
@@ -137,9 +149,27 @@ class PendingGet:
         tensors, self.tensors = self.tensors, []
         self._unregister()
         self._call = None
+        self.state = []
         for t in tensors:
             t.__dict__.pop("_fedmq_pending", None)
         return tensors
+
+
+def _optimizer_state(tensors: list, location: Any) -> list:
+    """(container, key, pointer) for the optimizer state on `location` of every tensor in
+    `tensors` (optimizers that stepped them register themselves: optim.colocate_state)."""
+    items: list = []
+    seen: set = set()
+    for t in tensors:
+        for optimizer in list(t.__dict__.get("_fedmq_optimizers", ())):
+            state = optimizer.state.get(t)
+            if not state:
+                continue
+            for item in optim.remote_state_items(state, location):
+                if id(item[2]) not in seen:
+                    seen.add(id(item[2]))
+                    items.append(item)
+    return items
 
 
 def _deepcopy_remote(t: torch.Tensor, memo: dict) -> torch.Tensor:
