@@ -197,7 +197,7 @@ def _carry_out_pending_gets(args: tuple, kwargs: dict) -> bool:
         else:
             pending = getattr(value, "_fedmq_pending", None)
             if pending is not None and is_remote(value):
-                pending.carry_out()
+                pending.carry_out(value)
                 done = True
     return done
 

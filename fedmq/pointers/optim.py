@@ -121,7 +121,7 @@ def colocate_state(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) 
             if not st:
                 continue
             if is_remote(p) and p.__dict__.get("_fedmq_pending") is not None:
-                p._fedmq_pending.carry_out()
+                p._fedmq_pending.carry_out(p)
             where = dispatch.location_of(p) if is_remote(p) else None
             if where is None:
                 for container, key, pointer in remote_state_items(st, None):

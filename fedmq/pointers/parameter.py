@@ -25,14 +25,14 @@ from fedmq.pointers import dispatch, optim
 
 def _grad_of(t: Any) -> Any:
     if t._fedmq_pending is not None:  # the model came home: its real gradient
-        t._fedmq_pending.carry_out()
+        t._fedmq_pending.carry_out(t)
         return t.grad
     return dispatch._grad_get(None, (t,), {})
 
 
 def _set_grad_of(t: Any, value: Any) -> None:
     if t._fedmq_pending is not None:
-        t._fedmq_pending.carry_out()
+        t._fedmq_pending.carry_out(t)
         t.grad = value
         return
     dispatch._grad_set(None, (t, value), {})
@@ -65,6 +65,43 @@ def _id_at_location_of(t: Any) -> int:
     return t._fedmq_id
 
 
+def _whole_model_only(verb: str, example: str):
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        pending = self.__dict__.get("_fedmq_pending")
+        if pending is not None:  # its model's get() was called: it is a local tensor now
+            pending.carry_out(self)
+            return getattr(self, verb)(*args, **kwargs)
+        kind = "parameter" if type(self) is RemoteParameter else "buffer"
+        where = self._fedmq_location.id
+        raise PointerError(
+            f"{kind}.{verb}(): this {kind} belongs to a model that was sent to {where!r}; "
+            f"{ {'send': 'sending', 'move': 'moving'}[verb]} it alone would split the model across workers. {verb.capitalize()} "
+            f"the whole model (model.{verb}({example})), or {verb} a copy of the {kind}: "
+            f"m.weight.copy().{verb}({example}) (a pointer; with requires_grad=True on move "
+            f"its gradient flows back into the {kind})")
+    method.__name__ = verb
+    method.__doc__ = (f"`{verb}` on a sent model's parameter or buffer: refused with "
+                      f"PointerError (it would split the model), unless the model's get() "
+                      f"was called (then the tensor is local and this is torch's {verb}).")
+    return method
+
+
+def _get_(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """`param.get()`: after the model's `get()`, the now local parameter itself; while the
+    model is on a worker, PointerError (fetching one parameter would split the model: call
+    model.get(), or param.copy().get() for its value)."""
+    pending = self.__dict__.get("_fedmq_pending")
+    if pending is not None:
+        pending.carry_out(self)
+        return self.get(*args, **kwargs)
+    kind = "parameter" if type(self) is RemoteParameter else "buffer"
+    raise PointerError(
+        f"{kind}.get(): this {kind} belongs to a model that was sent to "
+        f"{self._fedmq_location.id!r}; fetching it alone would split the model. Call "
+        f"model.get() to bring the whole model home, or m.weight.copy().get() for the value "
+        f"(the model stays on the worker)")
+
+
 class RemoteParameter(torch.nn.Parameter):
     _fedmq_kind = "parameter"
     _fedmq_pending = None  # a PendingGet while `model.get()` has not been carried out yet
@@ -73,6 +110,9 @@ class RemoteParameter(torch.nn.Parameter):
     #: (the same code `__torch_function__` would reach, without torch's dispatch around it)
     grad = property(_grad_of, _set_grad_of)
     set_ = _set_
+    send = _whole_model_only("send", "bob")
+    move = _whole_model_only("move", "bob")
+    get = _get_
     location = property(_location_of)
     id_at_location = property(_id_at_location_of)
 
@@ -85,6 +125,9 @@ class RemoteBuffer(torch.Tensor):
     _fedmq_pending = None
     __torch_function__ = classmethod(dispatch.torch_function)
     set_ = _set_
+    send = _whole_model_only("send", "bob")
+    move = _whole_model_only("move", "bob")
+    get = _get_
     location = property(_location_of)
     id_at_location = property(_id_at_location_of)
 
@@ -105,12 +148,20 @@ class PendingGet:
     def __init__(self, location: Any, tensors: list) -> None:
         self.location = location
         self.tensors = tensors
+        self._values: dict | None = None
+        #: while the get is pending this object holds the tensors, and it releases their
+        #: remote copies itself: no weak references to them (torch.utils.swap_tensors refuses
+        #: tensors that have one)
+        self._gc_data = []  # whether dropping each tensor deletes its remote copy
         for t in tensors:
             t._fedmq_pending = self
+            self._gc_data.append(t._fedmq_finalizer.detach() is not None)
+            location._remote_params.pop(t._fedmq_id, None)
         #: optimizer state of these tensors on the same worker (Adam's averages, momentum,
         #: LBFGS's history): it comes home in the same GetRequest
         self.state = _optimizer_state(tensors, location)
-        self._message = m.GetRequest([t._fedmq_id for t in tensors] +
+        self._ids = [t._fedmq_id for t in tensors]
+        self._message = m.GetRequest(self._ids +
                                      [dispatch.remote_id(p) for _, _, p in self.state],
                                      delete=False)
         frame, buffered = location._call_frame(self._message, None)
@@ -119,25 +170,32 @@ class PendingGet:
         location._pending_gets[id(self)] = self
         dispatch.PendingGets.live += 1
 
-    def carry_out(self) -> None:
-        """Wait for the reply (if it is not in yet) and make every tensor local again."""
-        if not self.tensors:
-            return
-        tensors, self.tensors = self.tensors, []
-        self._unregister()
-        call, self._call = self._call, None
-        reply = call.reply(self.location.timeout)
-        values = self.location._call_result(reply, self._message, self._buffered)
-        for t, value in zip(tensors, values):
-            self.location.release(t._fedmq_id)
-            make_local(t, value)
-        state, self.state = self.state, []
-        for (container, key, pointer), value in zip(state, values[len(tensors):]):
-            if container[key] is pointer:  # (nobody replaced it since)
-                pointer._disown()
-                pointer._consumed = True
-                self.location.release(dispatch.remote_id(pointer))
-                container[key] = value
+    def carry_out(self, touched: Any = None) -> None:
+        """Wait for the reply (if it is not in yet) and make every tensor local again.
+        `touched`: the tensor being used, if it may not be one of ours by identity (an
+        object whose contents `torch.utils.swap_tensors` exchanged with one of ours)."""
+        if self.tensors:
+            tensors, self.tensors = self.tensors, []
+            self._unregister()
+            call, self._call = self._call, None
+            reply = call.reply(self.location.timeout)
+            values = self.location._call_result(reply, self._message, self._buffered)
+            self._values = dict(zip(self._ids, values))
+            for rid in self._values:
+                self.location.release(rid)
+            for t in tensors:
+                if t.__dict__.get("_fedmq_pending") is self:  # (else swapped away)
+                    make_local(t, self._values[t._fedmq_id])
+            state, self.state = self.state, []
+            for (container, key, pointer), value in zip(state, values[len(tensors):]):
+                if container[key] is pointer:  # (nobody replaced it since)
+                    pointer._disown()
+                    pointer._consumed = True
+                    self.location.release(dispatch.remote_id(pointer))
+                    container[key] = value
+        if touched is not None and touched.__dict__.get("_fedmq_pending") is self \
+                and self._values is not None:
+            make_local(touched, self._values[touched._fedmq_id])
 
     def _unregister(self) -> None:
         if self.location._pending_gets.pop(id(self), None) is not None:
@@ -150,8 +208,11 @@ class PendingGet:
         self._unregister()
         self._call = None
         self.state = []
-        for t in tensors:
+        for t, gc_data in zip(tensors, self._gc_data):
             t.__dict__.pop("_fedmq_pending", None)
+            _attach(t, self.location, t._fedmq_id, t._fedmq_owner)
+            if not gc_data:  # sent with garbage_collect_data=False
+                t._fedmq_finalizer.detach()
         return tensors
 
 
@@ -174,7 +235,7 @@ def _optimizer_state(tensors: list, location: Any) -> list:
 
 def _deepcopy_remote(t: torch.Tensor, memo: dict) -> torch.Tensor:
     if t._fedmq_pending is not None:
-        t._fedmq_pending.carry_out()
+        t._fedmq_pending.carry_out(t)
         return copy.deepcopy(t, memo)
     raise PointerError("a tensor on a worker cannot be copied locally: .get() it first")
 
