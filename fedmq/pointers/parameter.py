@@ -136,10 +136,10 @@ class RemoteBuffer(torch.Tensor):
 
 
 class PendingGet:
-    """`model.get()`: the GetRequest goes out at once (started, not awaited, so `get()` costs
-    no round trip) and its reply -- the model's values -- is kept here; the tensors become
+    """`model.get()`: the GetRequest goes out at once and its reply -- the model's values and
+    their optimizer state -- is kept here (one round trip, as PySyft's get); the tensors become
     local from that reply the first time anyone looks at them or at the worker's store (see
-    module.get). Once the reply is in, stopping or losing the worker loses nothing.
+    module.get). Once get() returned, stopping or losing the worker loses nothing.
 
     The request reads without deleting (`delete=False`): if the model is sent back to the same
     worker before anyone looked (`cancel`), nothing has to travel again; when it is carried
@@ -165,7 +165,12 @@ class PendingGet:
                                      [dispatch.remote_id(p) for _, _, p in self.state],
                                      delete=False)
         frame, buffered = location._call_frame(self._message, None)
-        self._call = location.engine.start_frame(location.id, frame, "GetRequest")
+        call = location.engine.start_frame(location.id, frame, "GetRequest")
+        # The reply is awaited here: a worker service stopped with SIGTERM finishes only the
+        # message in hand and puts the others back in its queue, so a request still queued
+        # when get() returned would be lost with the worker's memory. Errors it reports are
+        # raised on first touch, where the values are used.
+        self._reply = call.reply(location.timeout)
         self._buffered = buffered
         location._pending_gets[id(self)] = self
         dispatch.PendingGets.live += 1
@@ -177,8 +182,7 @@ class PendingGet:
         if self.tensors:
             tensors, self.tensors = self.tensors, []
             self._unregister()
-            call, self._call = self._call, None
-            reply = call.reply(self.location.timeout)
+            reply, self._reply = self._reply, None
             values = self.location._call_result(reply, self._message, self._buffered)
             self._values = dict(zip(self._ids, values))
             for rid in self._values:
@@ -206,7 +210,7 @@ class PendingGet:
         kept its copies; the reply is dropped)."""
         tensors, self.tensors = self.tensors, []
         self._unregister()
-        self._call = None
+        self._reply = None
         self.state = []
         for t, gc_data in zip(tensors, self._gc_data):
             t.__dict__.pop("_fedmq_pending", None)
