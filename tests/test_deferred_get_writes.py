@@ -525,15 +525,18 @@ def test_found_by_review_get_then_worker_stops_loses_nothing(hook, worker_factor
     assert torch.load(tmp_path / "m.pt")["opt"]["state"][0]["exp_avg"].shape == (2, 3)
 
 
-def test_found_by_review_get_sends_its_request_at_once(vbob):
-    """found by review: get() issues the GetRequest itself (the reply is waited for on first
-    touch); the worker's copies are released once the model is touched."""
+def test_found_by_review_fetched_values_and_released_copies(vbob):
+    """The GetRequest reads without deleting (so a model sent straight back never travels);
+    the worker's copies are released once the model is touched."""
     model, _, twin, _ = _trained_on(vbob, lr=0.5)
-    before = vbob.engine.frames_sent[vbob.id]
     model.get()
-    assert vbob.engine.frames_sent[vbob.id] == before + 1
     assert model.weight.detach().equal(twin.weight.detach())
     assert vbob.objects_count() == 0  # released once touched (x was dropped too)
+    model.send(vbob)
+    model.get()
+    before = vbob.engine.frames_sent[vbob.id]
+    model.send(vbob)  # sent straight back: nothing travels
+    assert vbob.engine.frames_sent[vbob.id] == before and vbob.objects_count() == 2
 
 
 @pytest.mark.parametrize("opt_class,kwargs", [

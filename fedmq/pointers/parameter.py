@@ -136,10 +136,12 @@ class RemoteBuffer(torch.Tensor):
 
 
 class PendingGet:
-    """`model.get()`: the GetRequest goes out at once and its reply -- the model's values and
-    their optimizer state -- is kept here (one round trip, as PySyft's get); the tensors become
-    local from that reply the first time anyone looks at them or at the worker's store (see
-    module.get). Once get() returned, stopping or losing the worker loses nothing.
+    """`model.get()`: for a worker in another process (RabbitMQ) the GetRequest goes out at
+    once and its reply -- the model's values and their optimizer state -- is kept here (one
+    round trip, as PySyft's get), so once get() returned, stopping or losing the worker loses
+    nothing; for an in-process worker the request waits for the first touch. Either way the
+    tensors become local the first time anyone looks at them or at the worker's store (see
+    module.get).
 
     The request reads without deleting (`delete=False`): if the model is sent back to the same
     worker before anyone looked (`cancel`), nothing has to travel again; when it is carried
@@ -164,16 +166,22 @@ class PendingGet:
         self._message = m.GetRequest(self._ids +
                                      [dispatch.remote_id(p) for _, _, p in self.state],
                                      delete=False)
-        frame, buffered = location._call_frame(self._message, None)
-        call = location.engine.start_frame(location.id, frame, "GetRequest")
-        # The reply is awaited here: a worker service stopped with SIGTERM finishes only the
-        # message in hand and puts the others back in its queue, so a request still queued
-        # when get() returned would be lost with the worker's memory. Errors it reports are
-        # raised on first touch, where the values are used.
-        self._reply = call.reply(location.timeout)
-        self._buffered = buffered
+        self._reply = self._buffered = None
+        if location.engine.transport.pipelines:
+            # A worker in another process: the reply is awaited here. A worker service stopped
+            # with SIGTERM finishes only the message in hand and puts the others back in its
+            # queue, so a request still queued when get() returned would be lost with the
+            # worker's memory. Errors it reports are raised on first touch.
+            self._request()
+        # (an in-process worker cannot stop on its own: the request waits for the first touch,
+        # and a model sent back before that never travels)
         location._pending_gets[id(self)] = self
         dispatch.PendingGets.live += 1
+
+    def _request(self) -> None:
+        frame, self._buffered = self.location._call_frame(self._message, None)
+        call = self.location.engine.start_frame(self.location.id, frame, "GetRequest")
+        self._reply = call.reply(self.location.timeout)
 
     def carry_out(self, touched: Any = None) -> None:
         """Wait for the reply (if it is not in yet) and make every tensor local again.
@@ -182,6 +190,8 @@ class PendingGet:
         if self.tensors:
             tensors, self.tensors = self.tensors, []
             self._unregister()
+            if self._reply is None:
+                self._request()
             reply, self._reply = self._reply, None
             values = self.location._call_result(reply, self._message, self._buffered)
             self._values = dict(zip(self._ids, values))
