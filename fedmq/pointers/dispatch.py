@@ -233,7 +233,7 @@ def _remote_call(name: str, func: Callable, args: tuple, kwargs: dict, sync: boo
                 param._fedmq_has_grad = True
         if split.has_links(location):  # split learning: gradients go back across moves
             split.push_gradients(location, with_grad, split.retain_graph_of(args, kwargs),
-                                args[0])
+                                args[0], _pointer_class[0])
         return None
     if name in ("Tensor.to", "Tensor.cpu") and _to_is_noop(args, kwargs):
         return args[0]

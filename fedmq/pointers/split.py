@@ -124,19 +124,19 @@ def reachable(root: Any) -> set:
     return {p.id_at_location for p in linked if p.location is location}
 
 
-def push_gradients(location: Any, ids_with_grad: Any, retain_graph: bool = False,
-                   root: Any = None) -> None:
+def push_gradients(location: Any, ids_with_grad: Any, retain_graph: bool,
+                   root: Any, pointer_class: type) -> None:
     """Called by the dispatch after `root.backward()` ran on `location`: every linked copy
     that backward reached (the worker lists leaves with a gradient; only copies in root's
     graph count, a copy of an earlier batch keeps its old gradient) pushes what it gained."""
     links = location.__dict__.get(_LINKS)
     if not links:
         return
-    reached = reachable(root) if root is not None else None
+    reached = reachable(root)
     for rid in list(ids_with_grad or ()):
         entry = links.get(rid)
-        if entry is not None and (reached is None or rid in reached):
-            _push(location, entry, retain_graph)
+        if entry is not None and rid in reached:
+            _push(location, entry, retain_graph, pointer_class)
 
 
 def keep_of(pointer: Any) -> dict:
@@ -149,9 +149,8 @@ def set_keep(pointer: Any, keep: dict) -> None:
         pointer.__dict__[_KEEP] = keep
 
 
-def _push(location: Any, entry: _Link, retain_graph: bool) -> None:
-    from fedmq.pointers.dispatch import _pointer_class  # the class tensor.py registered
-    grad_pointer = _pointer_class[0](location, entry.rid, entry.shape, entry.dtype, False,
+def _push(location: Any, entry: _Link, retain_graph: bool, pointer_class: type) -> None:
+    grad_pointer = pointer_class(location, entry.rid, entry.shape, entry.dtype, False,
                                      owner=entry.owner, attr="grad", gc=False)
     origin = entry.origin
     if getattr(type(origin), "_fedmq_kind", None) is None:  # a local tensor of this graph
