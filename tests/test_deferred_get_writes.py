@@ -517,12 +517,14 @@ def test_found_by_review_get_then_worker_stops_loses_nothing(hook, worker_factor
     stoppable_service()
     worker = worker_factory(hook, id="fd_stoppable")
     model, opt, twin, _ = _trained_on(worker, torch.optim.Adam, lr=0.1)
+    opt_state = opt.state_dict()  # (an optimizer's state lives with its model's worker)
     model.get()
     assert worker_processes.stop("fd_stoppable") == 0  # SIGTERM, a normal shutdown
     torch.testing.assert_close(model.weight.detach(), twin.weight.detach())
     torch.testing.assert_close(model.bias.detach(), twin.bias.detach())
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "m.pt")
-    assert torch.load(tmp_path / "m.pt")["opt"]["state"][0]["exp_avg"].shape == (2, 3)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    assert torch.load(tmp_path / "m.pt")["weight"].equal(twin.weight.detach())
+    assert opt_state["state"][0]["exp_avg"].location.id == "fd_stoppable"
 
 
 def test_found_by_review_fetched_values_and_released_copies(vbob):
@@ -545,18 +547,20 @@ def test_found_by_review_fetched_values_and_released_copies(vbob):
     ids=["Adam", "SGD-momentum", "RMSprop", "Adagrad"])
 def test_found_by_review_optimizer_state_comes_home_with_the_model(opt_class, kwargs, vbob):
     """found by review: after model.get() the optimizer's state stayed remote until the next
-    step, so `torch.save(opt.state_dict())` raised PointerError (d5_optstate.py)."""
+    step, so `torch.save(opt.state_dict())` raised PointerError (d5_optstate.py). state_dict()
+    now brings home the state of parameters that came home."""
     model, opt, twin, twin_opt = _trained_on(vbob, opt_class, **kwargs)
     model.get()
-    model.weight.sum()  # the get is carried out: the state came with it
+    model.weight.sum()  # the get is carried out
+    mine, plain = opt.state_dict(), twin_opt.state_dict()
     for p in model.parameters():
         for key, value in opt.state[p].items():
             assert not hasattr(value, "location"), key
-    mine, plain = opt.state_dict(), twin_opt.state_dict()
     torch.save(mine, __import__("io").BytesIO())
     for index, st in plain["state"].items():
         for key, value in st.items():
             torch.testing.assert_close(mine["state"][index][key], value)
+    assert vbob.objects_count() == 0
 
 
 def test_found_by_review_state_dict_before_touch_brings_state_home(vbob):

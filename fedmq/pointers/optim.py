@@ -12,13 +12,14 @@ An optimizer's state (momentum buffers, Adam's averages, Adagrad's sums) lives w
 parameter lives: before every step a global pre-step hook (`colocate_state`) brings home the
 state of parameters that came home (`model.get()`), sends the state of parameters that were
 sent (`model.send(w)`, also state made at construction, as Adagrad's), and moves it worker to
-worker after `model.move(w)`. So an optimizer built before `send` keeps stepping the model
+worker after `model.move(w)`; `optimizer.state_dict()` first brings home the state of
+parameters that came home (state_dict pre-hook, registered at the first step), lists in the
+state (LBFGS's history) included. So an optimizer built before `send` keeps stepping the model
 wherever it is, with the same numbers as plain PyTorch (tests/test_deferred_get_writes.py).
 """
 from __future__ import annotations
 
 import importlib
-import weakref
 from typing import Any, Callable
 
 import torch
@@ -101,23 +102,21 @@ def colocate_state(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) 
     per-element state (tensors of its shape) sent or moved to its worker; scalar state
     (Adam's `step`) stays local, as torch keeps it on the CPU. A parameter whose model's
     `get()` is pending comes home now (the step needs it). One GetRequest per worker brings
-    state home. Also remembers the optimizer on each remote parameter, so that `model.get()`
-    fetches the state with the parameters (parameter.PendingGet)."""
+    state home. So `torch.save(opt.state_dict())` after `model.get()` saves local tensors,
+    and a local step after `get()` (LBFGS's history included) finds its state here; state of
+    parameters still on a worker stays there (state_dict() then holds pointers)."""
     if not dispatch.Sent.anything:
         return None
     if not optimizer.__dict__.get("_fedmq_state_dict_hook"):
         optimizer.register_state_dict_pre_hook(_colocate_before_state_dict)
         optimizer.__dict__["_fedmq_state_dict_hook"] = True
     state = optimizer.state
+    if not state:
+        return None
     fetch: dict[int, tuple[Any, list]] = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
-            if is_remote(p):
-                optims = p.__dict__.get("_fedmq_optimizers")
-                if optims is None:
-                    optims = p.__dict__["_fedmq_optimizers"] = weakref.WeakSet()
-                optims.add(optimizer)
-            st = state.get(p) if state else None
+            st = state.get(p)
             if not st:
                 continue
             if is_remote(p) and p.__dict__.get("_fedmq_pending") is not None:

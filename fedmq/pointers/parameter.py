@@ -20,7 +20,7 @@ import torch
 
 from fedmq import messages as m
 from fedmq.errors import PointerError
-from fedmq.pointers import dispatch, optim
+from fedmq.pointers import dispatch
 
 
 def _grad_of(t: Any) -> Any:
@@ -137,8 +137,7 @@ class RemoteBuffer(torch.Tensor):
 
 class PendingGet:
     """`model.get()`: for a worker in another process (RabbitMQ) the GetRequest goes out at
-    once and its reply -- the model's values and their optimizer state -- is kept here (one
-    round trip, as PySyft's get), so once get() returned, stopping or losing the worker loses
+    once and its reply -- the model's values -- is kept here (one round trip, as PySyft's get), so once get() returned, stopping or losing the worker loses
     nothing; for an in-process worker the request waits for the first touch. Either way the
     tensors become local the first time anyone looks at them or at the worker's store (see
     module.get).
@@ -159,13 +158,8 @@ class PendingGet:
             t._fedmq_pending = self
             self._gc_data.append(t._fedmq_finalizer.detach() is not None)
             location._remote_params.pop(t._fedmq_id, None)
-        #: optimizer state of these tensors on the same worker (Adam's averages, momentum,
-        #: LBFGS's history): it comes home in the same GetRequest
-        self.state = _optimizer_state(tensors, location)
         self._ids = [t._fedmq_id for t in tensors]
-        self._message = m.GetRequest(self._ids +
-                                     [dispatch.remote_id(p) for _, _, p in self.state],
-                                     delete=False)
+        self._message = m.GetRequest(self._ids, delete=False)
         self._reply = self._buffered = None
         if location.engine.transport.pipelines:
             # A worker in another process: the reply is awaited here. A worker service stopped
@@ -200,13 +194,6 @@ class PendingGet:
             for t in tensors:
                 if t.__dict__.get("_fedmq_pending") is self:  # (else swapped away)
                     make_local(t, self._values[t._fedmq_id])
-            state, self.state = self.state, []
-            for (container, key, pointer), value in zip(state, values[len(tensors):]):
-                if container[key] is pointer:  # (nobody replaced it since)
-                    pointer._disown()
-                    pointer._consumed = True
-                    self.location.release(dispatch.remote_id(pointer))
-                    container[key] = value
         if touched is not None and touched.__dict__.get("_fedmq_pending") is self \
                 and self._values is not None:
             make_local(touched, self._values[touched._fedmq_id])
@@ -221,30 +208,12 @@ class PendingGet:
         tensors, self.tensors = self.tensors, []
         self._unregister()
         self._reply = None
-        self.state = []
         for t, gc_data in zip(tensors, self._gc_data):
             t.__dict__.pop("_fedmq_pending", None)
             _attach(t, self.location, t._fedmq_id, t._fedmq_owner)
             if not gc_data:  # sent with garbage_collect_data=False
                 t._fedmq_finalizer.detach()
         return tensors
-
-
-def _optimizer_state(tensors: list, location: Any) -> list:
-    """(container, key, pointer) for the optimizer state on `location` of every tensor in
-    `tensors` (optimizers that stepped them register themselves: optim.colocate_state)."""
-    items: list = []
-    seen: set = set()
-    for t in tensors:
-        for optimizer in list(t.__dict__.get("_fedmq_optimizers", ())):
-            state = optimizer.state.get(t)
-            if not state:
-                continue
-            for item in optim.remote_state_items(state, location):
-                if id(item[2]) not in seen:
-                    seen.add(id(item[2]))
-                    items.append(item)
-    return items
 
 
 def _deepcopy_remote(t: torch.Tensor, memo: dict) -> torch.Tensor:
