@@ -290,3 +290,17 @@ def test_found_by_review_links_do_not_leak_without_backward(alice, bob):
         del out
     gc.collect()
     assert (alice.objects_count(), bob.objects_count()) == start
+
+
+def test_found_by_review_link_survives_a_data_dependent_op(alice, bob):
+    """A loss computed through an op whose result shape depends on the data (answered by
+    the worker, not the shape engine) still reaches the moved copy's link."""
+    (p1, p2), (q1, q2) = _two_parts()
+    x, y = _data(outputs=4)
+    out = q2(torch.relu(q1(x)))
+    out.masked_select(out > 0).sum().backward()
+    p1.send(alice)
+    p2.send(bob)
+    out = p2(torch.relu(p1(x.send(alice))).move(bob, requires_grad=True))
+    out.masked_select(out > 0).sum().backward()
+    _assert_grads((p1, p2), (q1, q2))

@@ -242,7 +242,10 @@ def _remote_call(name: str, func: Callable, args: tuple, kwargs: dict, sync: boo
         func, name, args, kwargs, key=tuple(key) if key[-1] is not _UNHASHABLE else None)
     if spec is None:
         value = location.call(m.Command(name, wire_args, wire_kwargs, [], grad, reply=True))
-        return m.adopt_all(value, owner=owner, network=location.network)
+        result = m.adopt_all(value, owner=owner, network=location.network)
+        if split.has_links(location):  # results of a linked copy keep its gradient link alive
+            split.inherit(result, [v for _, v in distinct.values()])
+        return result
 
     result_ids = [None if type(leaf) is shapes.Alias else new_id() for leaf in spec.leaves]
     location.post(m.Command(name, wire_args, wire_kwargs, result_ids, grad))
