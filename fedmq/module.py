@@ -80,10 +80,14 @@ def send(module: nn.Module, *locations: Any, **pysyft: Any) -> nn.Module:
 
 
 def get(module: nn.Module) -> nn.Module:
-    """Bring the model home. Carried out lazily, like a non-blocking device copy: the
-    parameters arrive (in one message) the first time anything looks at them or at the
-    worker's store; if the model is sent out again before that, nothing travels at all (a
-    `send` to the same worker), or it goes worker to worker (a `send` elsewhere)."""
+    """Bring the model home. From a worker in another process (RabbitMQ) the values arrive
+    before get() returns (one GetRequest, one round trip), so stopping that worker afterwards
+    loses nothing; from an in-process worker they are fetched the first time anything looks
+    at them. Either way the tensors turn local on first touch (parameter.PendingGet), and if
+    the model is sent out again before that, nothing travels again (a `send` to the same
+    worker: the worker kept its copies), or it goes worker to worker (a `send` or `move`
+    elsewhere). The optimizer's state stays on the worker until `optimizer.state_dict()` or
+    a local step (fedmq/pointers/optim.py)."""
     tensors = module_tensors(module)
     location = location_of(module, tensors)
     if location is None or _pending(module, tensors) is not None:
@@ -113,10 +117,13 @@ def move(module: nn.Module, destination: Any) -> nn.Module:
     location = location_of(module)
     if location is None:
         return send(module, destination)
-    if destination is location:
-        return module
     if destination is getattr(location.network, "local_worker", None):
         return get(module)
+    pending = _pending(module)
+    if pending is not None:  # get() called, not carried out: it goes worker to worker
+        pending.cancel()
+    if destination is location:
+        return module
     tensors = module_tensors(module)
     location.call(m.ForwardObjects([t._fedmq_id for t in tensors], destination.id))
     for t in tensors:

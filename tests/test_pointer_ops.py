@@ -136,3 +136,43 @@ def test_equality_with_what_torch_does_not_compare_is_identity(bob):
     assert [x, None, x].count(None) == 1
     assert (x == 1).get().tolist() == [True, False]
     assert (x != torch.tensor([1.0, 3.0]).send(bob)).get().tolist() == [False, True]
+
+
+# -- found by review: the pointer API on a sent model's parameter ---------------------------------
+
+@pytest.mark.parametrize("call", ["move", "move_rg", "send", "get"])
+def test_found_by_review_param_pointer_methods_refuse_clearly(call, hook, alice, bob):
+    """found by review: `m.weight.move(bob)` / `.send(bob)` failed with an obscure SerdeError
+    about resolve_conj, and `m.weight.get()` silently returned the still-remote parameter
+    (sp6_param_move.py, sp7_param_ptr_api.py). They now refuse with a PointerError naming
+    the fix, and leave the model usable."""
+    from torch import nn
+    from fedmq.errors import PointerError
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    w0 = model.weight.detach().clone()
+    model.send(alice)
+    pending = model.weight * 2
+    fn = {"move": lambda: model.weight.move(bob),
+          "move_rg": lambda: model.weight.move(bob, requires_grad=True),
+          "send": lambda: model.weight.send(bob),
+          "get": lambda: model.weight.get()}[call]
+    with pytest.raises(PointerError, match=r"model\.(move|send|get)\(.*copy\(\)"):
+        fn()
+    assert torch.equal(pending.get(), w0 * 2)
+    assert model.weight.copy().move(bob).location is bob  # the alternative the error names
+    model.get()
+    assert torch.equal(model.weight.detach(), w0)
+    assert model.weight.get() is model.weight  # home: a local tensor's get()
+
+
+def test_found_by_review_param_copy_moved_with_requires_grad_trains_the_param(hook, alice, bob):
+    from torch import nn
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    twin = nn.Linear(2, 1)
+    twin.load_state_dict(model.state_dict())
+    model.send(alice)
+    (model.weight.copy().move(bob, requires_grad=True) * 3).sum().backward()
+    (twin.weight * 3).sum().backward()
+    assert torch.equal(model.weight.grad.copy().get(), twin.weight.grad)

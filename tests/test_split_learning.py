@@ -152,3 +152,155 @@ def test_move_home_with_requires_grad_of_a_value_without_graph(hook, alice):
     home = x.send(alice).move(hook.local_worker, requires_grad=True)
     assert home.requires_grad and home.is_leaf and torch.equal(home.detach(), x)
     assert alice.objects_count() == 0  # nothing left behind: there is no graph to go back to
+
+
+# -- found by review ------------------------------------------------------------------------------
+
+def _third(hook, worker_factory):
+    if worker_factory is None:
+        return sy.VirtualWorker(hook, id="secure_worker")
+    return worker_factory(hook, id="secure_worker")
+
+
+def _two_parts():
+    part1, part2, _ = _parts()
+    return (part1, part2), tuple(_copies((part1, part2)))
+
+
+def _part1_grad(part):
+    g = part.weight.grad
+    return g.copy().get() if hasattr(g, "location") else g
+
+
+def _backward_twice(x, y, p1, p2, remote):
+    h = torch.relu(p1(x))
+    if remote:
+        h = h.move(remote, requires_grad=True)
+    loss = ((p2(h) - y) ** 2).mean()
+    loss.backward(retain_graph=True)
+    loss.backward()
+
+
+def _two_losses(x, y, p1, p2, remote):
+    h = torch.relu(p1(x))
+    if remote:
+        h = h.move(remote, requires_grad=True)
+    out = p2(h)
+    ((out - y) ** 2).mean().backward(retain_graph=True)
+    out.sum().backward()
+
+
+def _moved_twice(x, y, p1, p2, remote):
+    h = torch.relu(p1(x))
+    first = h.move(remote, requires_grad=True) if remote else h
+    second = h.move(remote, requires_grad=True) if remote else h
+    ((p2(first) - y) ** 2).mean().backward(retain_graph=True)
+    p2(second).sum().backward()
+
+
+@pytest.mark.parametrize("case", [_backward_twice, _two_losses, _moved_twice],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_found_by_review_second_backward_through_a_moved_activation(case, alice, bob):
+    """found by review: a second backward through a moved activation (retain_graph=True, two
+    losses, one activation moved twice) silently dropped its gradient (sp1_split.py,
+    sp2_two_moves.py, a6_amqp_misc.py): the gradient link was used once."""
+    (p1, p2), (q1, q2) = _two_parts()
+    x, y = _data(outputs=4)
+    case(x, y, q1, q2, None)
+    p1.send(alice)
+    p2.send(bob)
+    case(x.send(alice), y.send(bob), p1, p2, bob)
+    _assert_grads((p1, p2), (q1, q2))
+
+
+def test_found_by_review_second_backward_without_retain_graph_raises(alice, bob):
+    """Where torch raises (the graph upstream was freed by the first backward), so do we:
+    never a silently missing gradient."""
+    (p1, p2), (q1, q2) = _two_parts()
+    x, y = _data(outputs=4)
+    h = torch.relu(q1(x))
+    q2(h).sum().backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        q2(h).sum().backward()
+    p1.send(alice)
+    p2.send(bob)
+    h = torch.relu(p1(x.send(alice))).move(bob, requires_grad=True)
+    p2(h).sum().backward()
+    with pytest.raises(sy.errors.RemoteExecutionError, match="backward through the graph"):
+        p2(h).sum().backward()
+
+
+def test_found_by_review_three_workers_and_batches(hook, worker_factory, alice, bob):
+    """alice -> bob -> a third worker, two batches with retain_graph: gradients equal plain
+    PyTorch's (links of the first batch do not fire again in the second)."""
+    carol = _third(hook, worker_factory)
+    (p1, p2), (q1, q2) = _two_parts()
+    x, y = _data(outputs=4)
+    p1.send(alice)
+    p2.send(bob)
+    xa, yc = x.send(alice), y.send(carol)
+    for _ in range(2):
+        out = q2(torch.relu(q1(x)))
+        loss = ((out - y) ** 2).mean()
+        loss.backward(retain_graph=True)
+        loss.backward()
+        o = p2(torch.relu(p1(xa)).move(bob, requires_grad=True)).move(carol, requires_grad=True)
+        rloss = ((o - yc) ** 2).mean()
+        rloss.backward(retain_graph=True)
+        rloss.backward()
+    _assert_grads((p1, p2), (q1, q2))
+
+
+def test_found_by_review_move_home_backward_twice(hook, alice):
+    """found by review (minor 6): `move(me, requires_grad=True)` and retain_graph: the second
+    backward failed on the worker (its graph had been freed by the first)."""
+    (p1, p2), (q1, q2) = _two_parts()
+    x, y = _data(outputs=4)
+    _backward_twice(x, y, q1, q2, None)
+    p1.send(alice)
+    h = torch.relu(p1(x.send(alice))).move(hook.local_worker, requires_grad=True)
+    loss = ((p2(h) - y) ** 2).mean()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    _assert_grads((p1, p2), (q1, q2))
+
+
+def test_found_by_review_links_do_not_leak_without_backward(alice, bob):
+    """found by review: forwards through move(..., requires_grad=True) that are never
+    backpropagated (evaluation, a skipped batch) kept both copies alive on the workers
+    (sp3_link_leak.py); the link now dies with the last pointer that reaches the copy."""
+    import gc
+    (p1, p2), _ = _two_parts()
+    p1.send(alice)
+    p2.send(bob)
+    x = torch.randn(8, 6).send(alice)
+    gc.collect()
+    start = alice.objects_count(), bob.objects_count()
+    for _ in range(20):
+        out = p2(torch.relu(p1(x)).move(bob, requires_grad=True))
+        pred = out.argmax(1)
+        del out, pred
+    with torch.no_grad():
+        for _ in range(5):
+            out = p2(torch.relu(p1(x)).move(bob, requires_grad=True))
+            del out
+    for _ in range(5):
+        out = p2(torch.relu(p1(x)).move(bob, requires_grad=True))
+        out.sum().backward()
+        del out
+    gc.collect()
+    assert (alice.objects_count(), bob.objects_count()) == start
+
+
+def test_found_by_review_link_survives_a_data_dependent_op(alice, bob):
+    """A loss computed through an op whose result shape depends on the data (answered by
+    the worker, not the shape engine) still reaches the moved copy's link."""
+    (p1, p2), (q1, q2) = _two_parts()
+    x, y = _data(outputs=4)
+    out = q2(torch.relu(q1(x)))
+    out.masked_select(out > 0).sum().backward()
+    p1.send(alice)
+    p2.send(bob)
+    out = p2(torch.relu(p1(x.send(alice))).move(bob, requires_grad=True))
+    out.masked_select(out > 0).sum().backward()
+    _assert_grads((p1, p2), (q1, q2))

@@ -197,7 +197,7 @@ def _carry_out_pending_gets(args: tuple, kwargs: dict) -> bool:
         else:
             pending = getattr(value, "_fedmq_pending", None)
             if pending is not None and is_remote(value):
-                pending.carry_out()
+                pending.carry_out(value)
                 done = True
     return done
 
@@ -232,7 +232,8 @@ def _remote_call(name: str, func: Callable, args: tuple, kwargs: dict, sync: boo
             if param is not None:
                 param._fedmq_has_grad = True
         if split.has_links(location):  # split learning: gradients go back across moves
-            split.push_gradients(location, with_grad)
+            split.push_gradients(location, with_grad, split.retain_graph_of(args, kwargs),
+                                args[0], _pointer_class[0])
         return None
     if name in ("Tensor.to", "Tensor.cpu") and _to_is_noop(args, kwargs):
         return args[0]
@@ -241,12 +242,18 @@ def _remote_call(name: str, func: Callable, args: tuple, kwargs: dict, sync: boo
         func, name, args, kwargs, key=tuple(key) if key[-1] is not _UNHASHABLE else None)
     if spec is None:
         value = location.call(m.Command(name, wire_args, wire_kwargs, [], grad, reply=True))
-        return m.adopt_all(value, owner=owner, network=location.network)
+        result = m.adopt_all(value, owner=owner, network=location.network)
+        if split.has_links(location):  # results of a linked copy keep its gradient link alive
+            split.inherit(result, [v for _, v in distinct.values()])
+        return result
 
     result_ids = [None if type(leaf) is shapes.Alias else new_id() for leaf in spec.leaves]
     location.post(m.Command(name, wire_args, wire_kwargs, result_ids, grad))
-    return _wrap(spec.template, iter(result_ids), [v for _, v in distinct.values()], location,
-                 owner)
+    inputs = [v for _, v in distinct.values()]
+    result = _wrap(spec.template, iter(result_ids), inputs, location, owner)
+    if split.has_links(location):  # results of a linked copy keep its gradient link alive
+        split.inherit(result, inputs)
+    return result
 
 
 _UNHASHABLE = object()

@@ -12,7 +12,9 @@ An optimizer's state (momentum buffers, Adam's averages, Adagrad's sums) lives w
 parameter lives: before every step a global pre-step hook (`colocate_state`) brings home the
 state of parameters that came home (`model.get()`), sends the state of parameters that were
 sent (`model.send(w)`, also state made at construction, as Adagrad's), and moves it worker to
-worker after `model.move(w)`. So an optimizer built before `send` keeps stepping the model
+worker after `model.move(w)`; `optimizer.state_dict()` first brings home the state of
+parameters that came home (state_dict pre-hook, registered at the first step), lists in the
+state (LBFGS's history) included. So an optimizer built before `send` keeps stepping the model
 wherever it is, with the same numbers as plain PyTorch (tests/test_deferred_get_writes.py).
 """
 from __future__ import annotations
@@ -76,14 +78,41 @@ def _shape(t: torch.Tensor) -> tuple:
     return meta[0] if meta is not None else tuple(t.shape)
 
 
+def remote_state_items(state: dict, location: Any) -> list:
+    """(container, key, pointer) for every remote tensor in one parameter's optimizer state
+    that lives on `location` (any worker if None): values, and items of list values
+    (LBFGS's `old_dirs`, `old_stps`, `ro`, `al`)."""
+    items = []
+    for key, value in state.items():
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                if is_remote(item) and (location is None or
+                                        _same_place(dispatch.location_of(item), location)):
+                    items.append((value, index, item))
+        elif is_remote(value) and (location is None or
+                                   _same_place(dispatch.location_of(value), location)):
+            items.append((state, key, value))
+    return items
+
+
 def colocate_state(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-    """Put each parameter's per-element state (tensors of the parameter's shape) where the
-    parameter is, before `optimizer.step()`; scalar state (Adam's `step`) stays local, as
-    torch keeps it on the CPU. A parameter whose model's `get()` is pending comes home now
-    (the step needs it). One GetRequest per worker brings state home."""
-    if not dispatch.Sent.anything or not optimizer.state:
+    """Put each parameter's optimizer state where the parameter is, before
+    `optimizer.step()` and `optimizer.state_dict()`. A parameter at home gets all its state
+    home (tensors of any shape, and tensors in lists: LBFGS); a remote parameter gets its
+    per-element state (tensors of its shape) sent or moved to its worker; scalar state
+    (Adam's `step`) stays local, as torch keeps it on the CPU. A parameter whose model's
+    `get()` is pending comes home now (the step needs it). One GetRequest per worker brings
+    state home. So `torch.save(opt.state_dict())` after `model.get()` saves local tensors,
+    and a local step after `get()` (LBFGS's history included) finds its state here; state of
+    parameters still on a worker stays there (state_dict() then holds pointers)."""
+    if not dispatch.Sent.anything:
         return None
+    if not optimizer.__dict__.get("_fedmq_state_dict_hook"):
+        optimizer.register_state_dict_pre_hook(_colocate_before_state_dict)
+        optimizer.__dict__["_fedmq_state_dict_hook"] = True
     state = optimizer.state
+    if not state:
+        return None
     fetch: dict[int, tuple[Any, list]] = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -91,8 +120,13 @@ def colocate_state(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) 
             if not st:
                 continue
             if is_remote(p) and p.__dict__.get("_fedmq_pending") is not None:
-                p._fedmq_pending.carry_out()
+                p._fedmq_pending.carry_out(p)
             where = dispatch.location_of(p) if is_remote(p) else None
+            if where is None:
+                for container, key, pointer in remote_state_items(st, None):
+                    at = dispatch.location_of(pointer)
+                    fetch.setdefault(id(at), (at, []))[1].append((container, key, pointer))
+                continue
             shape = _shape(p)
             for key, value in st.items():
                 if not isinstance(value, torch.Tensor) or _shape(value) != shape \
@@ -101,20 +135,22 @@ def colocate_state(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) 
                 at = dispatch.location_of(value) if is_remote(value) else None
                 if _same_place(at, where):
                     continue
-                if where is None:
-                    fetch.setdefault(id(at), (at, []))[1].append((st, key, value))
-                elif at is None:
+                if at is None:
                     st[key] = value.send(where)
                 else:
                     st[key] = value.move(where)
     for at, items in fetch.values():
         values = at.call(m.GetRequest([dispatch.remote_id(v) for _, _, v in items],
                                       delete=True))
-        for (st, key, pointer), value in zip(items, values):
+        for (container, key, pointer), value in zip(items, values):
             pointer._disown()
             pointer._consumed = True
-            st[key] = value
+            container[key] = value
     return None
+
+
+def _colocate_before_state_dict(optimizer: torch.optim.Optimizer) -> None:
+    colocate_state(optimizer, (), {})
 
 
 def _keep_nesterov_on_the_loop() -> None:

@@ -25,14 +25,14 @@ from fedmq.pointers import dispatch
 
 def _grad_of(t: Any) -> Any:
     if t._fedmq_pending is not None:  # the model came home: its real gradient
-        t._fedmq_pending.carry_out()
+        t._fedmq_pending.carry_out(t)
         return t.grad
     return dispatch._grad_get(None, (t,), {})
 
 
 def _set_grad_of(t: Any, value: Any) -> None:
     if t._fedmq_pending is not None:
-        t._fedmq_pending.carry_out()
+        t._fedmq_pending.carry_out(t)
         t.grad = value
         return
     dispatch._grad_set(None, (t, value), {})
@@ -65,6 +65,43 @@ def _id_at_location_of(t: Any) -> int:
     return t._fedmq_id
 
 
+def _whole_model_only(verb: str, example: str):
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        pending = self.__dict__.get("_fedmq_pending")
+        if pending is not None:  # its model's get() was called: it is a local tensor now
+            pending.carry_out(self)
+            return getattr(self, verb)(*args, **kwargs)
+        kind = "parameter" if type(self) is RemoteParameter else "buffer"
+        where = self._fedmq_location.id
+        raise PointerError(
+            f"{kind}.{verb}(): this {kind} belongs to a model that was sent to {where!r}; "
+            f"{ {'send': 'sending', 'move': 'moving'}[verb]} it alone would split the model across workers. {verb.capitalize()} "
+            f"the whole model (model.{verb}({example})), or {verb} a copy of the {kind}: "
+            f"m.weight.copy().{verb}({example}) (a pointer; with requires_grad=True on move "
+            f"its gradient flows back into the {kind})")
+    method.__name__ = verb
+    method.__doc__ = (f"`{verb}` on a sent model's parameter or buffer: refused with "
+                      f"PointerError (it would split the model), unless the model's get() "
+                      f"was called (then the tensor is local and this is torch's {verb}).")
+    return method
+
+
+def _get_(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """`param.get()`: after the model's `get()`, the now local parameter itself; while the
+    model is on a worker, PointerError (fetching one parameter would split the model: call
+    model.get(), or param.copy().get() for its value)."""
+    pending = self.__dict__.get("_fedmq_pending")
+    if pending is not None:
+        pending.carry_out(self)
+        return self.get(*args, **kwargs)
+    kind = "parameter" if type(self) is RemoteParameter else "buffer"
+    raise PointerError(
+        f"{kind}.get(): this {kind} belongs to a model that was sent to "
+        f"{self._fedmq_location.id!r}; fetching it alone would split the model. Call "
+        f"model.get() to bring the whole model home, or m.weight.copy().get() for the value "
+        f"(the model stays on the worker)")
+
+
 class RemoteParameter(torch.nn.Parameter):
     _fedmq_kind = "parameter"
     _fedmq_pending = None  # a PendingGet while `model.get()` has not been carried out yet
@@ -73,6 +110,9 @@ class RemoteParameter(torch.nn.Parameter):
     #: (the same code `__torch_function__` would reach, without torch's dispatch around it)
     grad = property(_grad_of, _set_grad_of)
     set_ = _set_
+    send = _whole_model_only("send", "bob")
+    move = _whole_model_only("move", "bob")
+    get = _get_
     location = property(_location_of)
     id_at_location = property(_id_at_location_of)
 
@@ -85,6 +125,9 @@ class RemoteBuffer(torch.Tensor):
     _fedmq_pending = None
     __torch_function__ = classmethod(dispatch.torch_function)
     set_ = _set_
+    send = _whole_model_only("send", "bob")
+    move = _whole_model_only("move", "bob")
+    get = _get_
     location = property(_location_of)
     id_at_location = property(_id_at_location_of)
 
@@ -93,43 +136,89 @@ class RemoteBuffer(torch.Tensor):
 
 
 class PendingGet:
-    """`model.get()`, deferred until someone looks (see module.get): the tensors of one model
-    that are to come home from `location` together, in one message."""
+    """`model.get()`: for a worker in another process (RabbitMQ) the GetRequest goes out at
+    once and its reply -- the model's values -- is kept here (one round trip, as PySyft's get), so once get() returned, stopping or losing the worker loses
+    nothing; for an in-process worker the request waits for the first touch. Either way the
+    tensors become local the first time anyone looks at them or at the worker's store (see
+    module.get).
+
+    The request reads without deleting (`delete=False`): if the model is sent back to the same
+    worker before anyone looked (`cancel`), nothing has to travel again; when it is carried
+    out, the worker's copies are released (their ids ride along with the next message)."""
 
     def __init__(self, location: Any, tensors: list) -> None:
         self.location = location
         self.tensors = tensors
+        self._values: dict | None = None
+        #: while the get is pending this object holds the tensors, and it releases their
+        #: remote copies itself: no weak references to them (torch.utils.swap_tensors refuses
+        #: tensors that have one)
+        self._gc_data = []  # whether dropping each tensor deletes its remote copy
         for t in tensors:
             t._fedmq_pending = self
+            self._gc_data.append(t._fedmq_finalizer.detach() is not None)
+            location._remote_params.pop(t._fedmq_id, None)
+        self._ids = [t._fedmq_id for t in tensors]
+        self._message = m.GetRequest(self._ids, delete=False)
+        self._reply = self._buffered = None
+        if location.engine.transport.pipelines:
+            # A worker in another process: the reply is awaited here. A worker service stopped
+            # with SIGTERM finishes only the message in hand and puts the others back in its
+            # queue, so a request still queued when get() returned would be lost with the
+            # worker's memory. Errors it reports are raised on first touch.
+            self._request()
+        # (an in-process worker cannot stop on its own: the request waits for the first touch,
+        # and a model sent back before that never travels)
         location._pending_gets[id(self)] = self
         dispatch.PendingGets.live += 1
 
-    def carry_out(self) -> None:
-        """Fetch now (one GetRequest) and make every tensor local again."""
-        if not self.tensors:
-            return
-        tensors, self.tensors = self.tensors, []
-        self._unregister()
-        values = self.location.call(m.GetRequest([t._fedmq_id for t in tensors], delete=True))
-        for t, value in zip(tensors, values):
-            make_local(t, value)
+    def _request(self) -> None:
+        frame, self._buffered = self.location._call_frame(self._message, None)
+        call = self.location.engine.start_frame(self.location.id, frame, "GetRequest")
+        self._reply = call.reply(self.location.timeout)
+
+    def carry_out(self, touched: Any = None) -> None:
+        """Wait for the reply (if it is not in yet) and make every tensor local again.
+        `touched`: the tensor being used, if it may not be one of ours by identity (an
+        object whose contents `torch.utils.swap_tensors` exchanged with one of ours)."""
+        if self.tensors:
+            tensors, self.tensors = self.tensors, []
+            self._unregister()
+            if self._reply is None:
+                self._request()
+            reply, self._reply = self._reply, None
+            values = self.location._call_result(reply, self._message, self._buffered)
+            self._values = dict(zip(self._ids, values))
+            for rid in self._values:
+                self.location.release(rid)
+            for t in tensors:
+                if t.__dict__.get("_fedmq_pending") is self:  # (else swapped away)
+                    make_local(t, self._values[t._fedmq_id])
+        if touched is not None and touched.__dict__.get("_fedmq_pending") is self \
+                and self._values is not None:
+            make_local(touched, self._values[touched._fedmq_id])
 
     def _unregister(self) -> None:
         if self.location._pending_gets.pop(id(self), None) is not None:
             dispatch.PendingGets.live -= 1
 
     def cancel(self) -> list:
-        """The model goes back out before anyone looked: keep it where it is."""
+        """The model goes back out before anyone looked: keep it where it is (the worker
+        kept its copies; the reply is dropped)."""
         tensors, self.tensors = self.tensors, []
         self._unregister()
-        for t in tensors:
+        self._reply = None
+        for t, gc_data in zip(tensors, self._gc_data):
             t.__dict__.pop("_fedmq_pending", None)
+            _attach(t, self.location, t._fedmq_id, t._fedmq_owner)
+            if not gc_data:  # sent with garbage_collect_data=False
+                t._fedmq_finalizer.detach()
         return tensors
 
 
 def _deepcopy_remote(t: torch.Tensor, memo: dict) -> torch.Tensor:
     if t._fedmq_pending is not None:
-        t._fedmq_pending.carry_out()
+        t._fedmq_pending.carry_out(t)
         return copy.deepcopy(t, memo)
     raise PointerError("a tensor on a worker cannot be copied locally: .get() it first")
 

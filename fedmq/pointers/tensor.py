@@ -166,6 +166,7 @@ class PointerTensor(OwnedRemote, torch.Tensor):
             origin = PointerTensor(self.location, self.id_at_location, self.shape_local,
                                    self.dtype_local, True,
                                    owner=self.owner)  # owns the source's copy from now on
+            split.set_keep(origin, split.keep_of(self))  # links upstream of the source
         self.location.call(m.ForwardObjects([self.id_at_location], location.id,
                                             keep=origin is not None))
         self._disown()
