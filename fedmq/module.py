@@ -173,5 +173,7 @@ class _Location(property):
     """A property whose `__module__` says it is fedmq's (fedmq.hook re-installs its own)."""
 
 
-#: `nn.Module.location` (installed by fedmq.hook)
-LOCATION = _Location(_location, _set_location, _del_location)
+#: `nn.Module.location` (installed by fedmq.hook). TorchScript compiles every property of a
+#: module it traces or scripts (torch.jit.frontend.get_class_properties) unless its getter is
+#: marked unused: this one is Python-side bookkeeping, never part of a model's computation.
+LOCATION = _Location(torch.jit.unused(_location), _set_location, _del_location)

@@ -211,3 +211,17 @@ def test_model_garbage_collect_data_false_when_already_sent_and_after_move(bob, 
     del model
     gc.collect()
     assert alice.objects_count() == 2
+
+
+def test_models_still_trace_and_script_with_the_location_property(bob):
+    """`nn.Module.location` is a property fedmq installs; TorchScript compiles every property of
+    a module it traces or scripts, and this one (Python bookkeeping) failed to compile: every
+    torch.jit.trace / torch.jit.script of a model broke once the hook was loaded."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    x = torch.randn(2, 1, 6, 6)
+    traced = torch.jit.trace(model, x)
+    scripted = torch.jit.script(model)
+    assert torch.equal(traced(x), model(x)) and torch.equal(scripted(x), model(x))
+    model.send(bob)
+    assert model.location is bob  # the property still works for Python
+    model.get()
