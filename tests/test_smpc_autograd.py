@@ -618,3 +618,40 @@ def test_no_grad_runs_what_a_model_without_requires_grad_runs(parties):
         assert all(e is not None for e in extras)
     assert (outputs[0] - want).abs().max() <= 2e-2
     assert (outputs[1] - want).abs().max() <= 2e-2
+
+
+def test_a_step_after_a_gradient_was_fetched_changes_nothing_and_says_why():
+    """Found by review: `m.bias.grad.get()` (as the notes read `loss.get()`) deletes the
+    gradient's shares; the next `opt.step()` updated the weight, then failed on the bias with
+    "already used by .get()": a half-updated model and no hint. Now it refuses before any
+    update and names `.copy().get()`; reading with `.copy().get()` leaves the step working."""
+    import fedmq as sy
+    from fedmq.errors import PointerError
+
+    hook = sy.TorchHook(torch)
+    alice, bob, james = (sy.VirtualWorker(hook, id=f"fg-{n}") for n in ("alice", "bob", "james"))
+    torch.manual_seed(0)
+    x = torch.randn(4, 6)
+    model = nn.Linear(6, 3).fix_precision().share(alice, bob, crypto_provider=james,
+                                                  requires_grad=True)
+    data = x.fix_precision().share(alice, bob, crypto_provider=james, requires_grad=True)
+    opt = optim.SGD(model.parameters(), lr=0.1).fix_precision()
+
+    def values():
+        return [p.copy().get().float_precision() for p in (model.weight, model.bias)]
+
+    opt.zero_grad()
+    (model(data) ** 2).sum().backward()
+    model.bias.grad.copy().get()  # reading a copy consumes nothing
+    before = values()
+    opt.step()
+    assert not torch.equal(values()[0], before[0])
+    opt.zero_grad()
+    (model(data) ** 2).sum().backward()
+    model.bias.grad.get()
+    before = values()
+    with pytest.raises(PointerError, match=r"gradient of a parameter of shape \(3,\).*"
+                                           r"nothing was updated.*\.copy\(\)\.get\(\)"):
+        opt.step()
+    after = values()
+    assert all(torch.equal(a, b) for a, b in zip(before, after))

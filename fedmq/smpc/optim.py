@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from fedmq.errors import PointerError
+from fedmq.smpc.additive import AdditiveSharingTensor
 from fedmq.smpc.autograd import AutogradTensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor
 
@@ -139,6 +141,7 @@ class FixedPrecisionSGD:
         if closure is not None:
             raise ValueError("step(closure) is not available on fixed-precision parameters")
         self.encoded = [self._check_group(g) for g in self.param_groups]
+        self._check_nothing_fetched()  # before any parameter changes: all or none are updated
         for group, enc in zip(self.param_groups, self.encoded):
             lr, momentum = enc["lr"], enc["momentum"]
             dampening, weight_decay = enc["dampening"], enc["weight_decay"]
@@ -164,6 +167,19 @@ class FixedPrecisionSGD:
                     d_p = d_p.add(self._times(buf, momentum)) if nesterov else buf
                 p.child = value.sub(self._times(d_p, lr))
 
+    def _check_nothing_fetched(self) -> None:
+        """PointerError if a parameter's or gradient's shares were consumed by `.get()` (which
+        reconstructs and deletes them, as PySyft's did): found by review, a step after
+        `param.grad.get()` updated the parameters before it and then failed on that one."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                for what, value in (("parameter", p), ("gradient", p.grad)):
+                    if value is not None and _fetched(value):
+                        raise PointerError(
+                            f"the {what} of a parameter of shape {tuple(p.shape)} was fetched "
+                            f"with .get(), which deletes its shares; nothing was updated. Read "
+                            f"a shared value without consuming it with .copy().get()")
+
     def state_dict(self) -> dict:
         raise ValueError("the state of a fixed-precision optimizer holds shared values: it "
                          "cannot be saved as a state_dict")
@@ -173,6 +189,15 @@ class FixedPrecisionSGD:
                            for g in self.param_groups)
         return (f"FixedPrecisionSGD({groups}; base={self.base}, "
                 f"precision_fractional={self.precision_fractional})")
+
+
+def _fetched(value: Any) -> bool:
+    """Whether the shares under `value` (AutogradTensor > FixedPrecisionTensor >
+    AdditiveSharingTensor) were consumed by a `.get()`."""
+    child = getattr(value, "child", None)
+    while child is not None and not isinstance(child, AdditiveSharingTensor):
+        child = getattr(child, "child", None)
+    return child is not None and any(getattr(s, "_consumed", False) for s in child.shares)
 
 
 def optimizer_fix_precision(self: torch.optim.Optimizer, base: int | None = None,
