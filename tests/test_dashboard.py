@@ -239,7 +239,10 @@ def test_page_follows_a_real_run(browser, dash_workers, dashboard, tmp_path):
         return (page["round"] == f"{ROUNDS} / {ROUNDS}" and shown is not None
                 and abs(float(shown.group(1)) - accuracy) < 0.006
                 and set(TRAIN) <= set(page["workers"]))
-    page = _wait_page(browser, shows_the_run)
+    # each worker's consumer count comes from the management API, whose statistics lag (a
+    # fresh run once read 0 consumers for a live worker): wait for it as for the queues below
+    page = _wait_page(browser, lambda page: shows_the_run(page) and all(
+        page["workers"][w][9:10] == ["1"] for w in TRAIN))
     assert page["status"] == "finished"
     assert browser.find_element("id", "run").text == "dash-run"
     for worker in TRAIN:  # worker, last fit, step, when, samples, loss, update acc., fit s,
