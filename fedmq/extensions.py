@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from fedmq.worker import register_handler
+from fedmq.worker import register_handler, register_light
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,9 @@ class Extension:
     name: str
     #: message type -> handler(worker, message) -> reply value, answered by every worker
     handlers: dict[type, Callable[[Any, Any], Any]] = field(default_factory=dict)
+    #: message type -> fn(message) -> the values it reads, or None: when those are small, a
+    #: service may handle it on its event loop (fedmq.worker.register_light)
+    light: dict[type, Callable[[Any], Any]] = field(default_factory=dict)
     #: wire records this extension adds (their codes are registered when they are defined)
     records: tuple[type, ...] = ()
     #: methods TorchHook adds to torch.Tensor, nn.Module and torch.utils.data.Dataset
@@ -58,6 +61,8 @@ def load_extensions(names: tuple[str, ...] | None = None) -> dict[str, Extension
             extension = importlib.import_module(BUILTIN[name]).EXTENSION
             for message_type, handler in extension.handlers.items():
                 register_handler(message_type, handler)
+            for message_type, values in extension.light.items():
+                register_light(message_type, values)
             _loaded[name] = extension
         return dict(_loaded)
 

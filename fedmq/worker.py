@@ -11,6 +11,8 @@ import secrets
 import threading
 from typing import Any, Callable, NamedTuple, Protocol
 
+import torch
+
 from fedmq import errors, limits, messages as m, principals, serde
 from fedmq.dataset_info import describe_datasets
 from fedmq.execution import earlier_failure, error_info, resolve, run_command
@@ -55,6 +57,22 @@ def register_handler(message_type: type, handler: Callable[["Session", Any], Any
     if message_type in EXTRA_HANDLERS:
         raise RuntimeError(f"{message_type.__name__} already has a handler")
     EXTRA_HANDLERS[message_type] = handler
+
+
+#: message types extensions let a service handle on its event loop when small:
+#: {type: fn(message) -> the values it reads (Refs, inline tensors, numbers), or None if it
+#: is never light}; see Worker._is_light
+LIGHT_EXTRAS: dict[type, Callable[[Any], "tuple | list | None"]] = {}
+
+
+def register_light(message_type: type, values: Callable[[Any], "tuple | list | None"]) -> None:
+    """Let a service run `message_type` on its event loop (two thread switches fewer per call)
+    when the values `values(message)` returns (Refs to stored tensors, inline tensors, numbers)
+    hold at most LIGHT_ELEMENTS elements in all: for a message whose handler is local tensor
+    work proportional to its inputs, like an SMPC protocol round."""
+    if LIGHT_EXTRAS.get(message_type, values) is not values:
+        raise RuntimeError(f"{message_type.__name__} already has a light check")
+    LIGHT_EXTRAS[message_type] = values
 
 
 class Failure(str):
@@ -413,6 +431,11 @@ class Worker:
                 stored = tuple(m.Ref(i) if type(i) is int else i for i in item.ids
                                if i not in made)
                 budget = self._light_budget(store, stored, budget, missing_ok=True)
+            elif kind in LIGHT_EXTRAS:
+                values = LIGHT_EXTRAS[kind](item)
+                if values is None:
+                    return False
+                budget = self._light_budget(store, values, budget, tensors=True)
             elif kind not in LIGHT_TYPES:
                 return False
             if budget < 0:
@@ -420,10 +443,10 @@ class Worker:
         return True
 
     def _light_budget(self, store: Any, values: tuple | list, budget: int,
-                      missing_ok: bool = False) -> int:
-        """`budget` less the elements of every stored tensor `values` refer to; -1 for a large
-        literal, an id not stored (`missing_ok`: it fails quickly), or anything else that makes
-        the cost unknown."""
+                      missing_ok: bool = False, tensors: bool = False) -> int:
+        """`budget` less the elements of every stored tensor `values` refer to (and, with
+        `tensors`, of every inline tensor); -1 for a large literal, an id not stored
+        (`missing_ok`: it fails quickly), or anything else that makes the cost unknown."""
         for value in values:
             kind = type(value)
             if kind is m.Ref:
@@ -440,7 +463,9 @@ class Worker:
                 if value > LIGHT_LITERAL:
                     return -1
             elif kind is tuple or kind is list:
-                budget = self._light_budget(store, value, budget, missing_ok)
+                budget = self._light_budget(store, value, budget, missing_ok, tensors)
+            elif tensors and kind is torch.Tensor:
+                budget -= value.numel()
             elif kind is not float and kind is not bool and value is not None and \
                     kind is not str:
                 return -1

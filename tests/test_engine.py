@@ -449,6 +449,35 @@ def test_release_ids_of_the_wrong_type_are_refused_not_raised():
     assert failed and "expected an Envelope" not in serde_decode(garbage).error.message
 
 
+def test_small_smpc_rounds_are_light_and_large_or_unknown_ones_are_not():
+    """A protocol round (LocalStep) on small shares runs on the service's event loop (two
+    thread switches fewer per round over RabbitMQ); a large one, a deal ("prg_shares", sized
+    by ints), a convolution's product or an unknown step do not."""
+    from fedmq.extensions import load_extensions
+    from fedmq.smpc.messages import LocalStep
+    from fedmq.worker import LIGHT_ELEMENTS
+    load_extensions()
+    worker = Worker("bob")
+    worker.store.put(1, torch.ones(100, dtype=torch.long))
+    worker.store.put(2, torch.ones(LIGHT_ELEMENTS, dtype=torch.long))
+
+    def light(step, args):
+        return worker.is_light(m.Envelope(m.WIRE_VERSION, "me", LocalStep(step, args, [9])))
+
+    public = torch.ones(100, dtype=torch.long)
+    assert light("ltz_or", [m.Ref(1), public, 3])
+    assert light("beaver_mask", [m.Ref(1), m.Ref(1), m.Ref(1), m.Ref(1)])
+    assert not light("ltz_or", [m.Ref(2), public])              # over the element budget
+    assert not light("ltz_or", [m.Ref(1), torch.ones(LIGHT_ELEMENTS)])  # an inline tensor too
+    assert not light("ltz_or", [m.Ref(1), 10**9])                # a large literal
+    assert not light("ltz_or", [m.Ref(77)])                      # nothing stored under 77
+    assert not light("prg_shares", [b"seed", [[100]], [0], []])
+    assert not light("beaver_finish", ["conv2d", m.Ref(1), m.Ref(1), m.Ref(1)])
+    assert not light("no_such_step", [m.Ref(1)])
+    assert not light(["ltz_or"], [m.Ref(1)])
+    assert not light("ltz_or", {"a": m.Ref(1)})
+
+
 def test_a_batch_using_what_it_made_itself_is_not_light():
     worker = Worker("bob")
     worker.store.put(1, torch.ones(1))

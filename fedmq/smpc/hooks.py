@@ -27,7 +27,7 @@ from fedmq.smpc.autograd import AutogradTensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor, _check_params
 from fedmq.smpc.optim import optimizer_fix_precision
 from fedmq.smpc import beaver as _beaver, comparison as _comparison  # noqa: F401 (their steps)
-from fedmq.smpc.local_steps import handle_local_step
+from fedmq.smpc.local_steps import handle_local_step, local_step_values
 from fedmq.smpc.messages import (Deal, DealRequest, FixPrecision, LocalStep,
                                  ShareRequest)
 from fedmq.smpc.provider import handle_deal_request
@@ -194,6 +194,7 @@ EXTENSION = Extension(
     "smpc",
     handlers={DealRequest: handle_deal_request, LocalStep: handle_local_step,
               ShareRequest: handle_share_request, FixPrecision: handle_fix_precision},
+    light={LocalStep: local_step_values},
     records=(Deal, DealRequest, LocalStep, ShareRequest, FixPrecision),
     tensor_methods={"fix_precision": tensor_fix_precision, "fix_prec": tensor_fix_precision,
                     "share": tensor_share},

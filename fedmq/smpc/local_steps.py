@@ -57,6 +57,20 @@ def handle_local_step(worker: Any, msg: LocalStep) -> list:
     return list(opened)
 
 
+def local_step_values(msg: LocalStep) -> list | None:
+    """What a round reads (its Refs and inline tensors), for a service deciding whether it may
+    run it on its event loop (fedmq.worker.register_light): a round's work is elementwise or a
+    product over those. "prg_shares" is never light (its draws are sized by ints, and a crypto
+    provider's deal can be large); nor is an unknown step (its error comes from the op thread),
+    nor a convolution's product (its work grows with the kernel, not only the elements)."""
+    if not isinstance(msg.step, str) or msg.step not in STEPS or msg.step == "prg_shares":
+        return None
+    args = msg.args
+    if not isinstance(args, list) or any(type(a) is str and a == "conv2d" for a in args):
+        return None
+    return args
+
+
 def _unknown_step(name: Any, *args: Any) -> tuple:
     raise ValueError(f"unknown SMPC step {name!r}")
 
