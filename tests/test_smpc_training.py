@@ -3,8 +3,9 @@ written, against the same loops in plain PyTorch.
 
 §12 runs twice (the `transport` fixture): in-process, and with every `sy.VirtualWorker(...)` a
 client of a `fedmq worker` service over RabbitMQ (bob and alice are the session's services,
-james is started here). §13 runs in-process on a short run (fewer samples and epochs than the
-listing's 640/640/10; examples/seed_s13_encrypted_mnist.py runs the full one).
+james is started here). §13 runs in-process and over RabbitMQ (worker1, worker2 and
+crypto_provider as services) on a short run (fewer epochs than the listing's 640/640/10;
+examples/seed_s13_encrypted_mnist.py runs the full one).
 """
 from __future__ import annotations
 
@@ -146,9 +147,32 @@ def plain_s13(net_class, n_train: int, n_test: int, epochs: int) -> tuple[list[f
     return losses, correct
 
 
-def test_s13_encrypted_mnist_training_reaches_plaintext_accuracy():
-    n_train, n_test, epochs = 640, 640, 4
-    out, ns = run_source("s13_mnist_encrypted_training.py", replace={
+S13_SERVICES = ("worker1", "worker2", "crypto_provider")
+
+
+@pytest.fixture
+def s13_services(worker_processes):
+    for worker_id in S13_SERVICES:
+        worker_processes.start(worker_id, wait=False)
+    for worker_id in S13_SERVICES:
+        worker_processes.wait_consuming(worker_id, worker_processes.procs[worker_id])
+    yield
+    for worker_id in S13_SERVICES:
+        worker_processes.stop(worker_id)
+        delete_queue(f"fedmq.worker.{worker_id}")
+
+
+@pytest.mark.parametrize("transport", ["local", pytest.param("amqp", marks=pytest.mark.amqp)])
+def test_s13_encrypted_mnist_training_reaches_plaintext_accuracy(request, transport):
+    """The listing as written (fewer samples and epochs in-process: 640/640/4; over RabbitMQ,
+    with worker1, worker2 and crypto_provider as `fedmq worker` services: 640/640/2), against
+    the same loop in plain PyTorch from the same weights and batches."""
+    n_train, n_test, epochs = 640, 640, (4 if transport == "local" else 2)
+    factory = None
+    if transport == "amqp":
+        request.getfixturevalue("s13_services")
+        factory = request.getfixturevalue("worker_factory")
+    out, ns = run_source("s13_mnist_encrypted_training.py", factory, replace={
         "epochs = 10": f"epochs = {epochs}", "n_train_items = 640": f"n_train_items = {n_train}",
         "n_test_items = 640": f"n_test_items = {n_test}"})
     losses = [float(x) for x in S13_LOSS.findall(out)]
