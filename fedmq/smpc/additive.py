@@ -19,11 +19,13 @@ import torch
 from fedmq.client import WorkerClient
 from fedmq.pointers.tensor import PointerTensor
 from fedmq.smpc import comparison, keywords, shares as _shares
-from fedmq.smpc.beaver import beaver_op
+from fedmq.smpc.beaver import beaver_finish, beaver_op, triple_params
 from fedmq.smpc.dispatch import SmpcTensor
+from fedmq.smpc.provider import primitive_store, share_shapes
 from fedmq.smpc.ring import FIELD as _RING_SIZE, INT64_MAX, INT64_MIN, additive_split
 from fedmq.smpc.shares import open_shares, remote
-from fedmq.smpc.truncation import truncate
+from fedmq.smpc.truncation import (EXACT_MAX_DIVISOR, exact_mode, exact_wanted, truncate,
+                                   truncate_exact_finish)
 
 
 class RingSize(int):
@@ -272,6 +274,8 @@ class AdditiveSharingTensor(SmpcTensor):
         `divisor`: one fused Beaver product + truncation when `other` is shared too (what
         fixed-point products use), else a local product and `div`."""
         if isinstance(other, AdditiveSharingTensor):
+            if divisor != 1 and exact_mode() and divisor <= EXACT_MAX_DIVISOR:
+                return _exact_product(op, self, other, divisor, **kwargs)
             return beaver_op(op, self, other, divisor, **kwargs)
         if op == "conv2d":
             out = self.map("F.conv2d", self._public(other), None, **kwargs)
@@ -475,6 +479,20 @@ class AdditiveSharingTensor(SmpcTensor):
         provider = getattr(self.crypto_provider, "id", None)
         lines.append(f"\t*crypto provider: {provider}*")
         return "\n".join(lines)
+
+
+def _exact_product(op: str, x: AdditiveSharingTensor, y: AdditiveSharingTensor, divisor: int,
+                   **kwargs: Any) -> AdditiveSharingTensor:
+    """x op y / divisor in exact mode (truncation.exact_truncation, what the approximations
+    run under): the Beaver product, then `truncate_exact` (never wraps for a product below
+    ~2**62), the triple, pairs and bit dealt in one request; two rounds, as the fused ABY3
+    product. The Beaver cache is not used here (elementwise products of the approximations)."""
+    x._same_parties(y)
+    provider = x._provider(f"{op} of two shared tensors")
+    params = triple_params(op, x.shape, y.shape, **kwargs)
+    wanted = [(op, params)] + exact_wanted(share_shapes(op, params)[2], divisor)
+    (a, b, c), *dealt = primitive_store(provider).take_many(provider, x.locations, wanted)
+    return truncate_exact_finish(beaver_finish(op, x, y, a, b, c, **kwargs), divisor, *dealt)
 
 
 def _flat_shape(shape: tuple) -> list:

@@ -17,10 +17,14 @@ Internal precision. Every function first re-encodes its input at `internal_preci
 fractional digits, the smallest >= the input's with base**digits >= 10**6 (6 digits in base
 10, 20 bits in base 2): a local, exact multiplication by a public integer. It computes there and
 truncates once back to the input's precision. At that scale a product must satisfy
-|x * y| < 2**63 / 10**12 ~ 9.2e6, which every intermediate value below respects on the stated
-ranges; on shared values each product's truncation fails with probability
-|x * y| * 10**12 / 2**64 (truncation.py), below 1e-6 for the |x * y| <= 20 of every function
-here except exp of large inputs (see exp) and reciprocal of small ones (1/x up to 128: 7e-6).
+|x * y| < 2**62 / 10**12 ~ 4.6e6, which every intermediate value below respects on the stated
+ranges. On shared values every function runs under `truncation.exact_truncation()`: each
+truncation (a product's rescaling, a public division) is `truncate_exact`, which is exact
+(ABY3's result, without its wraparound) for every value below 2**62 / 10**6, so inside the ranges a
+shared result has no failure probability. (The ABY3 truncation used elsewhere wraps with
+probability |x * y| * 10**12 / 2**64: a quotient of 1.6e6 failed 9% of the time, exp(10)
+1.2e-3, reciprocal(16000) 8.7e-4 per element; found by review.) It costs the same rounds
+and one random bit more per element from the dealer.
 
 Ranges. Each function states its input range (the module's *_RANGE / *_BOUND constants);
 local inputs outside raise ValueError naming the range and a way out (`_check_range`), as
@@ -35,10 +39,13 @@ tests/test_smpc_approximations.py checks the edges of each range, local and shar
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
+
+from fedmq.smpc.truncation import exact_truncation
 
 #: fixed-point values here are FixedPrecisionTensors (fixed_precision.py, built on this module)
 Fixed = Any
@@ -70,6 +77,17 @@ LOG_RANGE = (0.001, 24000.0)
 SIGMOID_BOUND, TANH_BOUND = 600.0, 300.0
 #: softmax / log_softmax: the largest spread max - min of the logits along dim (exp's range)
 SOFTMAX_SPREAD = 600.0
+
+
+def _exact(fn: Callable) -> Callable:
+    """Run `fn` with every shared truncation exact (truncation.exact_truncation): at 6
+    digits a product is rescaled from |value| * 10**12, which the ABY3 truncation wraps with
+    probability |value| * 10**12 / 2**64 (x / y = 1.6e6: 9% per element)."""
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with exact_truncation():
+            return fn(*args, **kwargs)
+    return run
 
 
 def internal_precision(x: Fixed) -> int:
@@ -117,6 +135,7 @@ def _exp(y: Fixed, iterations: int = EXP_ITERATIONS) -> Fixed:
     return p
 
 
+@_exact
 def exp(x: Fixed, iterations: int = EXP_ITERATIONS) -> Fixed:
     """e**x by scaling and squaring: exp(x) = p(x / 2**n) ** (2**n), with p the degree-3 Taylor
     polynomial and n = `iterations` (8) squarings. This is CrypTen's limit approximation
@@ -127,10 +146,9 @@ def exp(x: Fixed, iterations: int = EXP_ITERATIONS) -> Fixed:
 
     Range: x in EXP_RANGE = [-600, 10], whatever x's base and precision (the squarings run
     at 6 fractional digits). Local values outside raise ValueError. Shared values cannot be
-    checked: above 10 a squaring's truncation (truncation.py) fails with probability
-    ~ p**2 * 10**12 / 2**64 per element, about e**x * 5.4e-8 overall (below 1e-5 for x <= 5,
-    1.2e-3 at x = 10, 2.4e-2 at 13), and past x = 16 the squarings leave the internal
-    range (|x*y| < 9.2e6): the result is then garbage; below about -640 the Taylor step's
+    checked: inside the range every truncation is exact (module docstring); up to x = 15 the
+    result is still right, and past x = 15.3 the last squaring leaves the internal range
+    (|x*y| < 4.6e6): the result is then garbage; below about -640 the Taylor step's
     |p| exceeds 1 and the squarings blow up (between -600 and -40 the result is within 1e-3
     of exp(x) ~ 0). For larger x take out a public constant c: exp(x - c) * e**c.
     Relative error ~ 2**n / internal scale (2.6e-4). Cost: one division, 2 products and n
@@ -206,6 +224,7 @@ def _reciprocal_bands(bound: Any) -> tuple:
     return RECIPROCAL_LOW, high - shift, shift
 
 
+@_exact
 def reciprocal(x: Fixed, all_pos: bool = False, iterations: int = RECIPROCAL_ITERATIONS,
                bound: float | None = None) -> Fixed:
     """1/x by Newton-Raphson, y <- y (2 - x y), `iterations` (5) times; the relative error
@@ -220,8 +239,8 @@ def reciprocal(x: Fixed, all_pos: bool = False, iterations: int = RECIPROCAL_ITE
     it is the reciprocal of the encoded x). Local values outside (0 included) raise
     ValueError. Shared values cannot be checked: outside, Newton-Raphson starts with
     |1 - x y0| > 1/3 and converges slowly (below the range: too large)  or diverges (above: garbage). A larger x: divide it by a public power of two
-    first, reciprocal(x / 2**k) / 2**k. On shared values each product's truncation fails with
-    probability below 128 * 10**12 / 2**64 ~ 7e-6 per element (1/x <= 128).
+    first, reciprocal(x / 2**k) / 2**k. On shared values every truncation is exact (module
+    docstring): inside the range there is no failure probability.
     A public `bound` on |x| (the divisor's declared bound, up to 2**20) replaces the upper end:
     below 2**14 the guess's bands cover [2**-7, 2**(floor(log2 bound) + 1)) only (bound=10:
     10 comparisons instead of 21); above, x is first divided by a public 2**s (CrypTen's
@@ -252,13 +271,16 @@ def _reciprocal(y: Fixed, all_pos: bool, iterations: int,
     return _reciprocal_pos(y.mul(sign), iterations, bands=bands).mul(sign)
 
 
+@_exact
 def divide(x: Fixed, y: Fixed, iterations: int = RECIPROCAL_ITERATIONS,
            bound: float | None = None) -> Fixed:
     """x / y for a fixed-point y: x times `reciprocal(y)`, both at internal precision (so
     1/y keeps 6 digits before the product). Range: |y| in RECIPROCAL_RANGE = [0.0078, 16384]
     (local y outside, 0 included: ValueError; shared: wrong, see `reciprocal`), and
-    |x / y| within the product range of the module docstring; `bound`: a public upper bound on
-    |y| (see `reciprocal`). Result at x's precision."""
+    |x / y| < 4.6e6 (the product range of the module docstring: x at 6 digits times 1/y at 6
+    digits is |x / y| * 10**12 before rescaling, which must stay below 2**62; shared values
+    are then exact, local ones raise OverflowError past 9.2e6); `bound`: a public upper bound
+    on |y| (see `reciprocal`). Result at x's precision."""
     low, high, shift = _reciprocal_bands(bound)
     _check_range(y, "division by a fixed-point tensor (its reciprocal)", 2.0 ** (low + shift),
                  bound or RECIPROCAL_RANGE[1],
@@ -327,6 +349,7 @@ def _lcm(n: int) -> int:
     return out
 
 
+@_exact
 def log(x: Fixed, iterations: int = LOG_ITERATIONS, order: int = LOG_ORDER) -> Fixed:
     """Natural logarithm by a Householder iteration of order `order` (8) on f(y) = 1 - x e**-y:
     y <- y - sum_{k=1..order} h**k / k with h = 1 - x e**-y (the order-8 truncation of
@@ -363,6 +386,7 @@ def _sigmoid(y: Fixed) -> Fixed:
     return p.add(negative.mul(p.mul(-2).add(1)))  # p, or 1 - p where y < 0
 
 
+@_exact
 def sigmoid(x: Fixed) -> Fixed:
     """1 / (1 + e**-x), computed as CrypTen's "reciprocal" method: p = 1 / (1 + e**-|x|) by
     `exp` and Newton-Raphson (denominator in [1, 2], never overflowing, so the linear initial
@@ -380,6 +404,7 @@ def sigmoid(x: Fixed) -> Fixed:
     return _sigmoid(_up(x))._rescaled(x.precision_fractional)
 
 
+@_exact
 def tanh(x: Fixed) -> Fixed:
     """tanh(x) = 2 sigmoid(2x) - 1 (CrypTen's "reciprocal" method for tanh), with `sigmoid`.
 
@@ -418,6 +443,7 @@ def _log_sum_bands(n: int) -> tuple:
     return -0.3, int(math.log(max(n, 1)) + 0.3) + 1
 
 
+@_exact
 def softmax(x: Fixed, dim: int) -> Fixed:
     """e**(x - m) / sum(e**(x - m)) along `dim`, m = max(x, dim) (the max-subtraction that makes
     the sum lie in [1, n] and every exponent <= 0; CrypTen's softmax), with `exp` and
@@ -440,6 +466,7 @@ def softmax(x: Fixed, dim: int) -> Fixed:
     return e.mul(_reciprocal_pos(total, bands=bands))._rescaled(x.precision_fractional)
 
 
+@_exact
 def log_softmax(x: Fixed, dim: int) -> Fixed:
     """(x - m) - log(sum(e**(x - m))) along `dim`, m = max(x, dim): the stable form, with
     `exp` and `log` (the sum is in [1, n]).

@@ -482,8 +482,9 @@ class FixedPrecisionTensor(SmpcTensor):
         * a public non-zero int: truncation toward zero (shared: truncation.py, one round);
         * a public non-zero float or float tensor: times its reciprocal, encoded;
         * a FixedPrecisionTensor (local or shared): times `other.reciprocal()`, Newton-Raphson
-          at 6 digits (approximations.divide: |other| in [0.0078, 16384], within 1e-2 there;
-          a local divisor outside raises ValueError).
+          at 6 digits (approximations.divide: |other| in [0.0078, 16384] and
+          |self / other| < 4.6e6, within 1e-2 there, exact truncations on shares; a local
+          divisor outside raises ValueError).
         Zero divisors (public) raise ValueError."""
         if type(other) is int:
             if other == 0:
