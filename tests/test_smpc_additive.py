@@ -183,3 +183,19 @@ def test_reflected_operators_with_a_plain_tensor_on_the_left(parties):
     assert torch.equal((t < shared).get(), (t < x).long())
     with pytest.raises(ValueError, match="divided by a shared integer tensor"):
         t / shared
+
+
+def test_found_by_review_true_division_of_integer_shares_is_refused(parties):
+    """`x.share(...) / 2` returned random integers (floor or one more: [1, -2, 3, 0, -1, 2]
+    one run, [2, -2, 4, 1, 0, 3] the next) where torch gives 1.5, -2, 3.5, ...: now a
+    TypeError naming fix_precision() and //; x // d stays within 1 unit of floor(x / d)."""
+    workers, provider = parties
+    x = torch.tensor([3, -4, 7, 1, -1, 5, 1000, -999])
+    shared = x.share(*workers[:2], crypto_provider=provider)
+    with pytest.raises(TypeError, match=r"fix_precision\(\).*//"):
+        shared / 2
+    for d in (2, 3, 7):
+        got = (x.share(*workers[:2], crypto_provider=provider) // d).get()
+        assert ((got - torch.div(x, d, rounding_mode="floor")).abs() <= 1).all(), (d, got)
+    got = (x.float().fix_precision().share(*workers[:2], crypto_provider=provider) / 2)
+    assert torch.allclose(got.get().float_precision(), x / 2)

@@ -464,10 +464,16 @@ class AdditiveSharingTensor(SmpcTensor):
     __abs__ = abs
 
     def __floordiv__(self, other: int) -> "AdditiveSharingTensor":
+        """x // d for a public positive int d: floor(x / d) or one more (2-party probabilistic
+        truncation, as ABY3 and CrypTen: each result is exact to 1 unit, not bit-exact)."""
         return self.div(other)
 
-    def __truediv__(self, other: int) -> "AdditiveSharingTensor":
-        return self.div(other)
+    def __truediv__(self, other: Any) -> "AdditiveSharingTensor":
+        """Refused: integer shares cannot hold x / d's fraction (torch would return floats)."""
+        raise TypeError("x / d on integer shares: their true quotient is not an integer. "
+                        "Encode first, x.fix_precision().share(...) / d (fixed point, exact to "
+                        "its last digit), or floor-divide integer shares, x // d (exact to 1 "
+                        "unit)")
 
     def __bool__(self) -> bool:
         raise ValueError("the truth value of a shared tensor is secret: .get() it first")
