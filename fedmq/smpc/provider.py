@@ -10,6 +10,15 @@ coordinator sees neither (it chooses ids and receives openings of uniformly mask
     TrustedDealer         the CSPRNG implementation a provider worker runs
     handle_deal_request   the worker handler: generate, then ObjectMessage each party its shares
     PrimitiveStore        coordinator side: deal on demand or ahead of time (preprocessing)
+    DealTimeout           the provider did not confirm a deal in time (no share is left behind)
+
+A deal that fails leaves no share behind (nobody would own it): the provider checks the whole
+request (and the principal's room on it) before generating anything; if sending to a party
+fails, or the coordinator cancels it meanwhile, it deletes what it sent to every party and
+reports the error naming that party. The coordinator sends each DealRequest with a msg_id; when
+no answer comes in time it Cancels it, deletes every id it chose on every party, probes the
+parties, and raises DealTimeout naming the provider or the party that stalled (the approach of
+remote.py's ShareTimeout, sharing its helpers `give_up`, `post_delete`, `silent_workers`).
 
 Randomness comes from the operating system's CSPRNG (`os.urandom`, ring.py), never from torch's
 Mersenne Twister (PySyft drew shares from `torch.random_`, issue #2708 / notes C3).
@@ -19,13 +28,17 @@ from __future__ import annotations
 import abc
 import collections
 import hashlib
+import math
 import os
+import time
 from typing import Any
 
 import torch
 
-from fedmq import messages as m, shapes
+from fedmq import limits, messages as m, shapes
 from fedmq.client import call_all
+from fedmq.errors import (QuotaExceededError, RemoteError, RemoteExecutionError, ReplyTimeout,
+                          TransportError, remote_error_from)
 from fedmq.ids import new_id
 from fedmq.smpc.messages import Deal, DealRequest, LocalStep
 from fedmq.smpc.ring import (PRG, PRODUCTS, additive_split, conv_args_of, random_bits,
@@ -309,7 +322,11 @@ def _per_party(*split_values: list[torch.Tensor]) -> list[list[torch.Tensor]]:
 def handle_deal_request(worker: Any, msg: DealRequest) -> None:
     """On the provider: generate every deal and send each party its shares directly.
 
-    1. Check the request: the provider is not a party, ids match the kind.
+    1. Check the request: the provider is not a party, ids match the kind, every share is at
+       most MAX_ELEMENTS elements, and what the request makes here (every primitive in the
+       clear and every party's shares) fits the principal's room on this worker
+       (QuotaExceededError before anything is generated: one request cannot exhaust it; each
+       party checks its own quota for its shares when they come).
     2. Generate each primitive in the clear (the worker's `crypto_provider`, a CryptoProvider;
        by default a TrustedDealer) and split it into shares.
     3. Send each party one message with all its shares, under the caller's ids. With the
@@ -321,6 +338,10 @@ def handle_deal_request(worker: Any, msg: DealRequest) -> None:
        value minus the others' shares) inline in the same message (SPDZ2k's and CrypTen's
        TTP "PRG seeds plus one correction"). A custom dealer's shares all travel as tensors
        (one ObjectMessage per party).
+    4. All or nothing (`_send_or_take_back`): if a party refuses or does not answer, or the
+       coordinator cancels the request before or while the parties take their shares, every
+       party is told to delete every id of the request (a party that stalled or was restarted
+       gets the delete after its shares, in its queue) and the error names the party.
     The reply (to the coordinator) carries nothing but success.
 
     Who sees what: the provider, every primitive in the clear and every share (it never sees a
@@ -329,6 +350,7 @@ def handle_deal_request(worker: Any, msg: DealRequest) -> None:
     """
     if worker.network is None:
         raise ValueError("this worker cannot reach other workers, so it cannot be a provider")
+    _check_request(worker, msg)
     outgoing: dict[str, list] = collections.defaultdict(list)
     dealer: CryptoProvider = getattr(worker, "crypto_provider", None) or TrustedDealer()
     seeded = isinstance(dealer, TrustedDealer)
@@ -337,18 +359,6 @@ def handle_deal_request(worker: Any, msg: DealRequest) -> None:
     layouts: dict[str, list] = collections.defaultdict(list)
     given: dict[str, list] = collections.defaultdict(list)
     for deal in msg.deals:
-        if not isinstance(deal, Deal):
-            raise ValueError("a DealRequest holds Deal records only")
-        if worker.id in deal.parties:
-            raise ValueError(f"the crypto provider {worker.id!r} cannot hold shares itself")
-        if len(set(deal.parties)) != len(deal.parties) or len(deal.parties) < 2:
-            raise ValueError("a deal needs at least two distinct parties")
-        names = KINDS.get(deal.kind)
-        if names is None:
-            raise ValueError(f"unknown primitive kind {deal.kind!r}")
-        if len(deal.ids) != len(deal.parties) or any(
-                len(ids) != len(names) for ids in deal.ids):
-            raise ValueError(f"a {deal.kind!r} deal stores {len(names)} shares per party")
         if seeded:
             dealer.prgs = [prgs.setdefault(p, PRG()) for p in deal.parties]
         try:
@@ -367,13 +377,168 @@ def handle_deal_request(worker: Any, msg: DealRequest) -> None:
                     given[party].append(share)
                     drawn = -len(given[party])
                 layouts[party].append(drawn)
-    calls = [(worker.network.client(party), LocalStep(
+    calls = [(party, LocalStep(
         "prg_shares", [prg.seed, prg.draws, layouts[party], given[party]], seeded_ids[party]))
         for party, prg in prgs.items()]
-    calls += [(worker.network.client(party), m.ObjectMessage(objects))
-              for party, objects in outgoing.items()]
-    call_all(calls, sender=worker.id)
+    calls += [(party, m.ObjectMessage(objects)) for party, objects in outgoing.items()]
+    _send_or_take_back(worker, calls, msg.deals)
     return None
+
+
+def _check_request(worker: Any, msg: DealRequest) -> None:
+    """Step 1 of `handle_deal_request`: ValueError for a malformed request or a share over
+    MAX_ELEMENTS, QuotaExceededError when the request would make more bytes here than the
+    principal's room (fedmq.limits.op_limit: its quota less what it stores, and the worker's
+    --max-op-bytes). Nothing is generated before this passes."""
+    if not isinstance(msg.deals, list):
+        raise ValueError("a DealRequest holds a list of Deal records")
+    room = limits.op_limit(worker.store, limits.current())
+    elements = 0
+    for deal in msg.deals:
+        if not isinstance(deal, Deal):
+            raise ValueError("a DealRequest holds Deal records only")
+        if not isinstance(deal.parties, list):
+            raise ValueError("a deal's parties are a list of worker ids")
+        if worker.id in deal.parties:
+            raise ValueError(f"the crypto provider {worker.id!r} cannot hold shares itself")
+        if len(set(deal.parties)) != len(deal.parties) or len(deal.parties) < 2:
+            raise ValueError("a deal needs at least two distinct parties")
+        names = KINDS.get(deal.kind)
+        if names is None:
+            raise ValueError(f"unknown primitive kind {deal.kind!r}")
+        if not isinstance(deal.ids, list) or len(deal.ids) != len(deal.parties) or any(
+                not isinstance(ids, list) or len(ids) != len(names) for ids in deal.ids):
+            raise ValueError(f"a {deal.kind!r} deal stores {len(names)} shares per party")
+        if room is not None or deal.kind in _PRODUCT_OPS:  # (the dealer bounds the others)
+            # the clear values and every party's shares
+            elements += _deal_elements(deal) * (len(deal.parties) + 1)
+    if room is not None and 8 * elements > room:
+        raise QuotaExceededError(
+            f"this DealRequest makes {8 * elements} bytes of primitives and shares on the crypto "
+            f"provider {worker.id!r}, more than principal {worker.store.principal!r} may use "
+            f"there ({room} bytes: its quota, --max-bytes, less what it stores, or the "
+            f"worker's --max-op-bytes): deal fewer primitives at once", worker=worker.id,
+            op="DealRequest")
+
+
+def _deal_elements(deal: Deal) -> int:
+    """The elements of one party's shares of `deal` (ValueError for a share over MAX_ELEMENTS);
+    0 when its parameters do not say (the dealer then refuses them with its own error). Cheap:
+    a Beaver triple's product shape is computed here, not by the shape engine."""
+    params = deal.params if isinstance(deal.params, dict) else {}
+    try:
+        if deal.kind in ("mul", "matmul"):
+            a, b = tuple(params["a"]), tuple(params["b"])
+            sizes = [a, b, _broadcast(a, b) if deal.kind == "mul" else _matmul_shape(a, b)]
+        elif deal.kind == "conv2d" and _conv2d_shape(params) is not None:
+            sizes = [tuple(params["a"]), tuple(params["b"]), _conv2d_shape(params)]
+        else:  # the shape engine (~0.1 ms): kinds off the hot path
+            sizes = share_shapes(deal.kind, params)
+    except Exception:  # noqa: BLE001 - malformed: the dealer says what is wrong
+        return 0
+    total = 0
+    for size in sizes:
+        n = math.prod(size)
+        if n > MAX_ELEMENTS:
+            raise ValueError(f"a dealt tensor may have at most {MAX_ELEMENTS} elements, got "
+                             f"{n} (a {deal.kind!r} share of shape {tuple(size)})")
+        total += n
+    return total
+
+
+def _broadcast(a: tuple, b: tuple) -> tuple:
+    """torch.broadcast_shapes(a, b) for int shapes (ValueError if they do not broadcast)."""
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
+    out = []
+    for x, y in zip(a, b):
+        if x != y and 1 not in (x, y):
+            raise ValueError(f"shapes {a} and {b} do not broadcast")
+        out.append(y if x == 1 else x)
+    return tuple(out)
+
+
+def _matmul_shape(a: tuple, b: tuple) -> tuple:
+    """The shape of torch.matmul(a, b) for int shapes (ValueError if they do not match)."""
+    if not a or not b:
+        raise ValueError("matmul of a 0-d tensor")
+    a2 = (1,) + a if len(a) == 1 else a
+    b2 = b + (1,) if len(b) == 1 else b
+    if a2[-1] != b2[-2]:
+        raise ValueError(f"matmul shapes {a} and {b} do not match")
+    out = _broadcast(a2[:-2], b2[:-2]) + (a2[-2], b2[-1])
+    if len(a) == 1:
+        out = out[:-2] + out[-1:]
+    if len(b) == 1:
+        out = out[:-1]
+    return out
+
+
+def _conv2d_shape(params: dict) -> tuple | None:
+    """The shape of F.conv2d(a, b, ...) for a batched input and int (or pair) stride, padding
+    and dilation (ValueError if they do not fit); None for anything else (the shape engine
+    sizes it)."""
+    a, b = params.get("a"), params.get("b")
+    if not isinstance(a, list) or not isinstance(b, list) or len(a) != 4 or len(b) != 4:
+        return None
+    pairs = []
+    for key, default in (("stride", 1), ("padding", 0), ("dilation", 1)):
+        value = params.get(key, default)
+        value = [value, value] if type(value) is int else value
+        if not isinstance(value, (list, tuple)) or len(value) != 2 or \
+                not all(type(v) is int for v in value):
+            return None
+        pairs.append(value)
+    (s_h, s_w), (p_h, p_w), (d_h, d_w) = pairs
+    out_h = (a[2] + 2 * p_h - d_h * (b[2] - 1) - 1) // s_h + 1
+    out_w = (a[3] + 2 * p_w - d_w * (b[3] - 1) - 1) // s_w + 1
+    if out_h < 0 or out_w < 0:
+        raise ValueError("the kernel is larger than the padded input")
+    return (a[0], b[0], out_h, out_w)
+
+
+def _send_or_take_back(worker: Any, calls: list, deals: list) -> None:
+    """Step 4 of `handle_deal_request`: send every party its shares (`calls`: (party id,
+    message) pairs) and wait for them all; on any failure (a party that cannot be reached,
+    refuses or does not answer; the coordinator's Cancel before or while they took them)
+    delete every id of the request on every party, then raise an error naming the
+    party (a party's RemoteError keeps its code; anything else is a RemoteExecutionError)."""
+    try:
+        limits.check("DealRequest")  # the coordinator gave up: send nothing
+        call_all([(worker.network.client(p), msg) for p, msg in calls], sender=worker.id)
+        limits.check("DealRequest")  # it gave up while a party was slow: take them back
+    except Exception as exc:
+        for party, ids in _ids_by_party(deals).items():
+            try:  # after the shares in every queue (a party that stalled or died gets it too)
+                post_delete(worker.network.client(party), ids, sender=worker.id)
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+        raise _deal_failed(worker, exc) from exc
+
+
+def _deal_failed(worker: Any, exc: Exception) -> RemoteError:
+    """The error a failed send of shares is reported with: the provider's own (a Cancel, its
+    time limit) as it is; a party's RemoteError with its code (QuotaExceededError stays one)
+    and a message naming the party; anything else (no answer, gone) a RemoteExecutionError."""
+    if isinstance(exc, RemoteError) and exc.worker == worker.id:  # cancelled, time limit
+        return exc
+    who = getattr(exc, "worker", None) or getattr(exc, "worker_id", None)
+    what = exc.remote_message if isinstance(exc, RemoteError) else f"{type(exc).__name__}: {exc}"
+    text = (f"the crypto provider {worker.id!r} could not deal to "
+            f"{f'party {who!r}' if who else 'the parties'}: {what}; it deleted every share of "
+            f"this request on every party")
+    if isinstance(exc, RemoteError):
+        return remote_error_from(exc.code, text, worker.id, exc.op)
+    return RemoteExecutionError(text, worker=worker.id, op="DealRequest")
+
+
+def _ids_by_party(deals: list) -> dict[str, list]:
+    """party id -> every id the `deals` store on it."""
+    out: dict[str, list] = collections.defaultdict(list)
+    for deal in deals:
+        for party, ids in zip(deal.parties, deal.ids):
+            out[party].extend(ids)
+    return out
 
 
 class PrimitiveStore:
@@ -449,14 +614,20 @@ class PrimitiveStore:
 
     def deal_now(self, provider: Any, parties: list, wanted: list[tuple[str, dict]]) -> list:
         """Deal `wanted` in one request; each result is a list (one per share name) of lists
-        (one pointer per party)."""
+        (one pointer per party). On any failure no share is left behind (`_given_up`): raises
+        DealTimeout when the provider did not answer in time (naming who stalled), else the
+        provider's error (naming the party it could not deal to)."""
         deals, metas = [], []
         for kind, params in wanted:
             names = KINDS[kind]
             ids = [[new_id() for _ in names] for _ in parties]
             deals.append(Deal(kind, [p.id for p in parties], ids, dict(params)))
             metas.append((kind, params, ids))
-        provider.call(DealRequest(deals))
+        msg_id = new_id()
+        try:
+            provider.call(DealRequest(deals), msg_id=msg_id)
+        except Exception as exc:
+            raise _given_up(provider, parties, deals, msg_id, exc) from exc
         self.requests += 1
         self.dealt += len(deals)
         out = []
@@ -529,3 +700,116 @@ def primitive_store(provider: Any) -> PrimitiveStore:
     """The store of primitives dealt by `provider`, kept in the context of the hook that holds
     the provider's client (PySyft's crypto_store, one per hook rather than one per process)."""
     return provider.context.state("smpc.primitives", PrimitiveStore)
+
+
+# -- a request nobody answered: leave no share behind, say who stalled ----------------------------
+
+#: seconds a coordinator waits, after a request went unanswered, for the answer to its Cancel
+#: and for the parties' answers to a probe (each at most the call's own timeout)
+GIVE_UP_SECONDS = 3.0
+
+
+class DealTimeout(ReplyTimeout):
+    """The crypto provider did not confirm a DealRequest in time: the provider, or a party it
+    was sending shares to, did not answer. The message says which; no share is left behind
+    (the coordinator cancelled the request and deleted every id it chose on every party)."""
+
+
+def _given_up(provider: Any, parties: list, deals: list, msg_id: int,
+              exc: Exception) -> Exception:
+    """What `deal_now` raises after `provider.call` failed with `exc`, once every id of
+    `deals` was deleted on every party (the provider deletes what it sent when it fails; this
+    covers a provider that could not). A transport failure (no answer) goes through `give_up`
+    (Cancel first, then the deletes) and becomes a DealTimeout naming who did not answer; any
+    other error (the provider's or a party's refusal, which names it) is `exc` itself."""
+    by_party = _ids_by_party(deals)
+    targets = [(p, by_party.get(p.id, [])) for p in parties]
+    if not isinstance(exc, TransportError):
+        for party, ids in targets:
+            post_delete(party, ids)
+        return exc
+    running, state, silent, wait = give_up(provider, targets, msg_id)
+    if silent:
+        who = (f"party {', '.join(map(repr, silent))} did not take "
+               f"{'its shares' if len(silent) == 1 else 'their shares'} (no answer within "
+               f"{wait} s)")
+    elif running is None:
+        who = f"the crypto provider {provider.id!r} itself does not answer"
+    elif running:
+        who = (f"the parties {', '.join(repr(p.id) for p in parties)} answer now: one of "
+               f"them was slow to take its shares")
+    else:
+        who = (f"the crypto provider {provider.id!r} was busy and had not got to it, or "
+               f"finished just then")
+    return DealTimeout(
+        f"deal: the crypto provider {provider.id!r} deals primitives to the parties and did "
+        f"not confirm within the call's timeout ({exc}); {who}. Told {provider.id!r} to stop "
+        f"({state}) and every party to drop the shares it may get: no share is left behind")
+
+
+def give_up(requester: Any, targets: list[tuple[Any, list]], msg_id: int
+            ) -> tuple[bool | None, str, list, float]:
+    """Leave nothing behind after a request `msg_id` to `requester` (which sends the parties
+    objects under ids the caller chose) went unanswered, in any failure order; shared by
+    `deal_now` and remote.py's `share()`.
+
+    1. `Cancel(msg_id)` to the requester, awaited: a request that has not started is refused
+       when it comes; a running one stops at its next check (before it sends, or once the
+       parties answered) and deletes what it stored and, by a message after it, what it sent.
+    2. Then a DeleteObjects to every party in `targets` ((party client, ids) pairs) for its
+       ids: objects stored by a request that finished meanwhile are all in place by then (the
+       requester waits for every party), so the deletes come after them in every queue.
+    3. A probe (ObjectsCount, answered at once by a worker service even while it runs
+       something else) to every party but the requester names the ones that do not answer.
+    Returns (True if it was running / False if not or just finished / None if the Cancel got
+    no answer, a phrase saying so, the ids of the silent parties, the seconds waited)."""
+    wait = GIVE_UP_SECONDS if requester.timeout is None else min(GIVE_UP_SECONDS,
+                                                                  requester.timeout)
+    try:
+        running = requester.call(m.Cancel(msg_id), timeout=wait)
+        state = ("it was still at it, waiting for the parties" if running else
+                 "it had not started or had just finished")
+    except Exception:  # noqa: BLE001 - a requester that does not answer is what we report
+        running, state = None, (f"no answer to the Cancel within {wait} s either: it acts "
+                                f"on it when it runs again")
+    for party, ids in targets:
+        post_delete(party, ids)
+    others = [p for p, _ in targets if p.id != requester.id]
+    return running, state, silent_workers(others, wait), wait
+
+
+def post_delete(party: Any, ids: list, sender: str | None = None) -> None:
+    """DeleteObjects(ids) to `party` (a client), posted now as a frame of its own with no reply
+    asked: a stalled or dead party must not fail the next call to it (as an unanswered post
+    would), and it comes after whatever was sent to it before. Errors are ignored: a party
+    that cannot be reached stores nothing new. `sender`: the sending worker's id (default: the
+    client's)."""
+    if not ids:
+        return
+    try:
+        party.engine.post_frame(party.id, party.engine.frame(
+            m.DeleteObjects(list(ids)), sender=sender or party.sender, to=party.id),
+            "DeleteObjects")
+    except Exception:  # noqa: BLE001 - see the docstring
+        pass
+
+
+def silent_workers(workers: list, seconds: float) -> list:
+    """Ids of the `workers` that do not answer an ObjectsCount within `seconds` (all asked at
+    once)."""
+    started, silent = [], []
+    for w in workers:
+        try:
+            frame = w.engine.frame(m.ObjectsCount(), sender=w.sender, to=w.id)
+            started.append((w, w.engine.start_frame(w.id, frame, "ObjectsCount")))
+        except Exception:  # noqa: BLE001 - unreachable is silent
+            silent.append(w.id)
+    deadline = time.monotonic() + seconds
+    for w, call in started:
+        try:
+            reply = call.reply(max(0.05, deadline - time.monotonic()))
+            if reply.error is not None:
+                silent.append(w.id)
+        except Exception:  # noqa: BLE001 - no answer in time
+            silent.append(w.id)
+    return silent

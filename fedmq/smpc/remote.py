@@ -46,7 +46,6 @@ before anything is sent: `fix_precision()` them first.
 from __future__ import annotations
 
 import functools
-import time
 from typing import Any
 
 import torch
@@ -64,6 +63,7 @@ from fedmq.smpc.additive import (AdditiveSharingTensor, _check_parties,
 from fedmq.smpc.autograd import AutogradTensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor, _check_params, encode
 from fedmq.smpc.messages import FixPrecision, ShareRequest
+from fedmq.smpc.provider import give_up, post_delete
 from fedmq.smpc.ring import additive_split
 from fedmq.smpc.shares import make_pointer
 
@@ -178,8 +178,8 @@ def handle_share_request(session: Any, msg: ShareRequest) -> None:
         for i in own_ids:
             session.store.delete(i)
         for p, i, _ in outgoing:
-            try:
-                session.network.client(p).post(m.DeleteObjects([i]), sender=holder)
+            try:  # no reply asked: a party that died must not fail the next call to it
+                post_delete(session.network.client(p), [i], sender=holder)
             except Exception:  # noqa: BLE001 - the first error is the one to report
                 pass
         raise
@@ -283,11 +283,6 @@ def _share(t: torch.Tensor, shape: tuple, workers: tuple, crypto_provider: Any
                                  crypto_provider)
 
 
-#: seconds the client waits, after a ShareRequest went unanswered, for the holder's answer to
-#: its Cancel and for the parties' answers to a probe (each at most the call's own timeout)
-GIVE_UP_SECONDS = 3.0
-
-
 class ShareTimeout(ReplyTimeout):
     """`ptr.share(...)` got no answer in time: the holder, or a party the holder was sending
     a share to, did not answer. The message says which; no share is left behind (the client
@@ -297,32 +292,12 @@ class ShareTimeout(ReplyTimeout):
 def _give_up(holder: Any, parties: list, ids: list, msg_id: int,
              exc: Exception) -> ShareTimeout:
     """Leave no share behind after an unanswered ShareRequest, in any failure order, and say
-    who did not answer.
-
-    1. `Cancel(msg_id)` to the holder, awaited: a request that has not started is refused when
-       it comes; a running one stops at its next check (before it sends, or once the parties
-       answered) and deletes its own share and, by a message after the share, each party's.
-    2. Then a DeleteObjects to every party (the holder too) for the id chosen for it: shares
-       stored by a request that finished meanwhile are all in place by then (the holder waits
-       for every party), so the deletes come after them.
-    3. A probe (ObjectsCount, answered at once by a worker service even while it runs
-       something else) to every party but the holder names the ones that do not answer."""
-    wait = GIVE_UP_SECONDS if holder.timeout is None else min(GIVE_UP_SECONDS, holder.timeout)
-    try:
-        running = holder.call(m.Cancel(msg_id), timeout=wait)
-        holder_state = ("it was still at it, waiting for the parties" if running else
-                        "it had not started or had just finished")
-    except Exception:  # noqa: BLE001 - a holder that does not answer is what we report
-        running, holder_state = None, (f"no answer to the Cancel within {wait} s either: it "
-                                       f"acts on it when it runs again")
-    for party, share_id in zip(parties, ids):
-        try:  # no reply asked: a stalled party must not fail the next call to it
-            party.engine.post_frame(party.id, party.engine.frame(
-                m.DeleteObjects([share_id]), sender=party.sender, to=party.id), "DeleteObjects")
-        except Exception:  # noqa: BLE001 - a party that cannot be reached stores nothing new
-            pass
+    who did not answer (provider.give_up, shared with the crypto provider's deals): Cancel
+    the request on the holder, delete every party's share (the holder's too) after it, and
+    probe the parties but the holder."""
+    running, holder_state, silent, wait = give_up(
+        holder, [(p, [i]) for p, i in zip(parties, ids)], msg_id)
     others = [p for p in parties if p.id != holder.id]
-    silent = _silent(others, wait)
     if silent:
         who = (f"party {', '.join(map(repr, silent))} did not take "
                f"{'its share' if len(silent) == 1 else 'their shares'} (no answer within "
@@ -339,27 +314,6 @@ def _give_up(holder: Any, parties: list, ids: list, msg_id: int,
         f"did not confirm within the call's timeout ({exc}); {who}. Told {holder.id!r} to "
         f"stop ({holder_state}) and every party to drop the share it may get: no share is "
         f"left behind")
-
-
-def _silent(workers: list, seconds: float) -> list:
-    """Ids of the `workers` that do not answer an ObjectsCount within `seconds` (all asked at
-    once)."""
-    started, silent = [], []
-    for w in workers:
-        try:
-            frame = w.engine.frame(m.ObjectsCount(), sender=w.sender, to=w.id)
-            started.append((w, w.engine.start_frame(w.id, frame, "ObjectsCount")))
-        except Exception:  # noqa: BLE001 - unreachable is silent
-            silent.append(w.id)
-    deadline = time.monotonic() + seconds
-    for w, call in started:
-        try:
-            reply = call.reply(max(0.05, deadline - time.monotonic()))
-            if reply.error is not None:
-                silent.append(w.id)
-        except Exception:  # noqa: BLE001 - no answer in time
-            silent.append(w.id)
-    return silent
 
 
 class FixedPrecisionPointer:
