@@ -45,8 +45,9 @@ def call_all(calls: list[tuple["WorkerClient", Any]], *, sender: str | None = No
     values in order; raises the first error (after all replies)."""
     started = []
     for client, message in calls:
-        frame, buffered = client._call_frame(message, sender)
-        call = client.engine.start_frame(client.id, frame, type(message).__name__)
+        with client.context.send_lock:
+            frame, buffered = client._call_frame(message, sender)
+            call = client.engine.start_frame(client.id, frame, type(message).__name__)
         started.append((call, functools.partial(client._call_result, message=message,
                                                 buffered=buffered)))
     if timeout is None:
@@ -84,8 +85,9 @@ class WorkerClient:
              msg_id: int = 0) -> Any:
         """Send `message`, wait for the reply, return its value or raise the worker's error.
         A nonzero `msg_id` (Envelope.msg_id) lets a later `m.Cancel(msg_id)` stop it."""
-        frame, buffered = self._call_frame(message, sender, msg_id)
-        call = self.engine.start_frame(self.id, frame, type(message).__name__)
+        with self.context.send_lock:  # the frame goes out before another thread's
+            frame, buffered = self._call_frame(message, sender, msg_id)
+            call = self.engine.start_frame(self.id, frame, type(message).__name__)
         reply = call.reply(self.timeout if timeout is None else timeout)
         return self._call_result(reply, message, buffered)
 
@@ -135,15 +137,16 @@ class WorkerClient:
 
     def post(self, message: Any, *, sender: str | None = None) -> None:
         """Send a message whose result stays on the worker, without waiting for it."""
-        if type(message) is m.Command:
-            self._buffer.append(message)
-            if len(self._buffer) == 1:
-                self.context.mark_dirty(self)
-            if len(self._buffer) >= MAX_BATCH:
-                self._send_buffer()
-            return
-        self.context.flush_all()
-        self._send_now(message, sender)
+        with self.context.send_lock:
+            if type(message) is m.Command:
+                self._buffer.append(message)
+                if len(self._buffer) == 1:
+                    self.context.mark_dirty(self)
+                if len(self._buffer) >= MAX_BATCH:
+                    self._send_buffer()
+                return
+            self.context.flush_all()
+            self._send_now(message, sender)
 
     def carry_out_pending_gets(self) -> None:
         """Finish every deferred `model.get()` from this worker (before anyone looks at it)."""
@@ -152,18 +155,19 @@ class WorkerClient:
 
     def flush(self) -> None:
         """Send buffered commands and pending deletes now."""
-        self.context.flush_all()
-        ids = self._take_pending()
-        if ids:
-            self.engine.post_frame(self.id, self.engine.frame(m.DeleteObjects(ids),
-                                                              sender=self.sender, to=self.id),
-                                   "DeleteObjects")
+        with self.context.send_lock:
+            self.context.flush_all()
+            ids = self._take_pending()
+            if ids:
+                self.engine.post_frame(self.id, self.engine.frame(
+                    m.DeleteObjects(ids), sender=self.sender, to=self.id), "DeleteObjects")
 
     def _send_buffer(self) -> None:
-        commands, self._buffer = self._buffer, []
-        self.context.mark_clean(self)
-        if commands:
-            self._send_now(commands[0] if len(commands) == 1 else m.Batch(commands), None)
+        with self.context.send_lock:
+            commands, self._buffer = self._buffer, []
+            self.context.mark_clean(self)
+            if commands:
+                self._send_now(commands[0] if len(commands) == 1 else m.Batch(commands), None)
 
     def _send_now(self, message: Any, sender: str | None) -> None:
         def on_reply(reply: Any) -> None:

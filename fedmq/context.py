@@ -59,6 +59,11 @@ class Context:
         self.network = LocalNetwork(self)
         self._dirty: dict[int, Any] = {}
         self._dirty_lock = threading.Lock()
+        #: held while a frame is built from buffered commands and sent (fedmq.client), so
+        #: threads sharing this context cannot split a buffer from its send, nor send a call
+        #: before the commands it reads (reentrant: an in-process worker handles a frame in
+        #: the sending thread, and may send frames of its own)
+        self.send_lock = threading.RLock()
         self._state: dict[str, Any] = {}
         self._state_lock = threading.Lock()
 
@@ -74,12 +79,13 @@ class Context:
 
     def flush_all(self) -> None:
         """Send every client's buffered commands (repeats while flushing produces more)."""
-        while self._dirty:
-            with self._dirty_lock:
-                clients = list(self._dirty.values())
-                self._dirty.clear()
-            for client in clients:
-                client._send_buffer()
+        with self.send_lock:
+            while self._dirty:
+                with self._dirty_lock:
+                    clients = list(self._dirty.values())
+                    self._dirty.clear()
+                for client in clients:
+                    client._send_buffer()
 
     # -- extension state -------------------------------------------------------------------------
     def state(self, key: str, make: Callable[[], Any]) -> Any:

@@ -110,12 +110,13 @@ def _grad_set(func: Callable, args: tuple, kwargs: dict) -> None:
 def clear_remote_grad(location: Any, remote_id: int) -> None:
     """`grad = None` on the worker. Consecutive clears (an optimizer's `zero_grad()`) join one
     buffered `fedmq.clear_grads` Command instead of one Command per parameter."""
-    buffer = location._buffer
-    last = buffer[-1] if buffer else None
-    if last is not None and last.op == "fedmq.clear_grads":
-        last.args[0].append(m.Ref(remote_id))
-    else:
-        location.post(m.Command("fedmq.clear_grads", ([m.Ref(remote_id)],), {}, []))
+    with location.context.send_lock:  # the buffer's last command is not sent meanwhile
+        buffer = location._buffer
+        last = buffer[-1] if buffer else None
+        if last is not None and last.op == "fedmq.clear_grads":
+            last.args[0].append(m.Ref(remote_id))
+        else:
+            location.post(m.Command("fedmq.clear_grads", ([m.Ref(remote_id)],), {}, []))
 
 
 _LOCAL: dict[Any, Callable[[Callable, tuple, dict], Any]] = {}

@@ -173,8 +173,9 @@ class PendingGet:
         dispatch.PendingGets.live += 1
 
     def _request(self) -> None:
-        frame, self._buffered = self.location._call_frame(self._message, None)
-        call = self.location.engine.start_frame(self.location.id, frame, "GetRequest")
+        with self.location.context.send_lock:
+            frame, self._buffered = self.location._call_frame(self._message, None)
+            call = self.location.engine.start_frame(self.location.id, frame, "GetRequest")
         self._reply = call.reply(self.location.timeout)
 
     def carry_out(self, touched: Any = None) -> None:
