@@ -15,14 +15,16 @@ def _hook(hook):
     return hook
 
 
-def test_encoding_truncates_toward_zero_in_int64():
-    x = torch.tensor([1.2345, -1.2345, 0.0005, -0.0009, 3.0])
+def test_encoding_rounds_to_nearest_in_int64():
+    # round to nearest (PySyft truncated toward zero: float32 0.01 became 0.009); float32
+    # 1.2345 is 1.23450005, -0.0009 is -0.00090000004
+    x = torch.tensor([1.2345, -1.2345, 0.0004, -0.0009, 3.0])
     fp = x.fix_precision()
     assert fp.child.dtype == torch.int64
-    assert fp.child.tolist() == [1234, -1234, 0, 0, 3000]
+    assert fp.child.tolist() == [1235, -1235, 0, -1, 3000]
     assert fp.field == 2 ** 64
-    assert torch.allclose(fp.float_precision(), torch.tensor([1.234, -1.234, 0, 0, 3.0]))
-    assert x.fix_prec(base=2, precision_fractional=8).child.tolist()[0] == int(1.2345 * 256)
+    assert torch.allclose(fp.float_precision(), torch.tensor([1.235, -1.235, 0, -0.001, 3.0]))
+    assert x.fix_prec(base=2, precision_fractional=8).child.tolist()[0] == round(1.2345 * 256)
     assert torch.tensor([3, -4]).fix_prec().child.tolist() == [3000, -4000]
     assert fp.float_prec().dtype == torch.float32
     assert torch.tensor([1.5], dtype=torch.float64).fix_prec().float_prec().dtype == torch.float64

@@ -408,8 +408,10 @@ class AutogradTensor(torch.Tensor):
     def div(self, divisor: Any) -> "AutogradTensor":
         """self / divisor.
 
-        * a public non-zero number (int: one truncation; float: times 1/d) or float tensor
-          (times 1/d, encoded; zeros raise ValueError): gradient grad / divisor;
+        * a public non-zero number (int, or a float with an integer value: one truncation;
+          another float: times 1/d to 7 significant digits, FixedPrecisionTensor.times_public)
+          or real tensor (times 1/d, the same way; zeros raise ValueError): gradient
+          grad / divisor, computed the same way (gradients.DivBackward, MulBackward);
         * an AutogradTensor or FixedPrecisionTensor (local or shared): self * (1/divisor) with
           `reciprocal` (approximations.reciprocal: |divisor| in [0.1, 1000]), so both
           operands get gradients (d(a/b) = da / b - a db / b**2) through MulBackward and

@@ -1,8 +1,9 @@
 """Fixed-point encoding (PySyft 0.2's FixedPrecisionTensor) in the ring Z/2^64Z.
 
 `t.fix_precision(base=10, precision_fractional=3)` (alias `fix_prec`) stores
-trunc(t * base**precision_fractional) as int64 (truncation toward zero, as PySyft's
-`(x * base**pf).long()`); `.float_precision()` (alias `float_prec`) decodes. Arithmetic uses
+round(t * base**precision_fractional) as int64 (to nearest, as CrypTen and SPU: PySyft's
+`(x * base**pf).long()` truncated, encoding float32 0.01 as 0.009); `.float_precision()` (alias
+`float_prec`) decodes. Arithmetic uses
 int64's native wraparound (the ring 2**64); products are rescaled by truncating toward zero
 with `torch.div(..., rounding_mode="trunc")` (torch 1.4's `/` on ints truncated; modern `/`
 returns floats, so it is never used here). A value that cannot be embedded (|x| * scale at least
@@ -28,7 +29,22 @@ and about 1/2 at the ring's edge (|x * y| ~ 9e12), so the practical range of sha
 is |x * y| < 1.8e7 (tested). More headroom: fewer fractional digits
 (`fix_precision(precision_fractional=2)`: 100x more range for products) or a power-of-two
 base, whose scale can be chosen bit by bit (`fix_precision(base=2, precision_fractional=8)`,
-scale 256: ~15x the range of base 10's 1000).
+scale 256: ~15x the range of base 10's 1000). Shared products need scale**2 below
+`truncation.exact_bound(scale)` (about 2**62: base 10 up to 9 fractional digits, base 2 up to
+31 bits), else they raise ValueError (`PRODUCT_LIMIT`); at a scale**2 above 2**32 (base 10: 5
+digits and more) their rescaling uses the exact truncation (`truncate_exact`: at 9 digits the
+probabilistic one failed for 1.5 * 2 one time in six), so |x * y| < 2**62 / scale**2 there.
+
+Public numbers and tensors (`x * c`, `x / c`, c a float, a float tensor, an integer tensor
+divisor; not Python ints, which stay exact and cost nothing but one truncation for `/`) are
+applied as x_int * m / 10**s with m = round(c * 10**s) of at most 7 significant digits (s per
+call from the largest |c|, the same for a whole tensor c: `_public_factor`), not encoded at the
+tensor's precision (1/3000 at 3 digits is 0): the result is within one unit in the last place
+plus a relative 5e-7 of |x| * max|c| (for max|c| < 1e-10, where 10**s stops at 10**16, plus
+|x_int| / 2e16 units in the last place). Local values: exact integer arithmetic, truncated toward
+zero (OverflowError only if the result leaves the encodable range). Shared values: the product
+is local on the shares and the division by 10**s is one exact truncation (`truncate_exact`),
+for |x| * scale * max(10**7, |c|) < 2**62 (|x| < 4.6e8 at the default precision).
 
 Non-linear functions (exp, reciprocal, log, sigmoid, tanh, softmax, log_softmax) are
 approximations (approximations.py: methods, papers, ranges and accuracy in its docstrings).
@@ -40,6 +56,7 @@ tournament) or sum; argmax and max(dim) pick the first maximum on ties, as torch
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -49,6 +66,7 @@ from fedmq.smpc import approximations, keywords
 from fedmq.smpc.additive import FIELD, AdditiveSharingTensor, _count, share_tensor
 from fedmq.smpc.comparison import MaxResult
 from fedmq.smpc.dispatch import SmpcTensor
+from fedmq.smpc.truncation import EXACT_MAX_DIVISOR, exact_bound, exact_truncation
 
 _LIMIT = 1 << 63
 
@@ -79,7 +97,9 @@ def _embed_error(biggest: Any, scale: int) -> ValueError:
 
 
 def encode(value: Any, scale: int) -> Any:
-    """trunc(value * scale) as int64 (tensors) or int (Python numbers), or ValueError."""
+    """round(value * scale) (to nearest, ties to even: torch.round) as int64 (tensors) or int
+    (Python numbers), or ValueError. Rounding, not truncation: float32 0.01 is 0.0099999998,
+    which truncation would encode as 0.009 (a 10% error; PySyft's `.long()` truncated)."""
     if isinstance(value, torch.Tensor):
         if value.is_complex():
             raise ValueError("complex tensors cannot be fixed-precision encoded")
@@ -87,7 +107,7 @@ def encode(value: Any, scale: int) -> Any:
             value = value.detach()
             if not bool(torch.isfinite(value).all()):
                 raise ValueError("NaN or infinite values cannot be fixed-precision encoded")
-            up = torch.trunc(value.double() * scale)
+            up = torch.round(value.double() * scale)
             if up.numel() and float(up.abs().max()) >= float(_LIMIT):
                 raise _embed_error(float(value.abs().max()), scale)
             return up.to(torch.int64)
@@ -104,7 +124,7 @@ def encode(value: Any, scale: int) -> Any:
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError("NaN or infinite values cannot be fixed-precision encoded")
-        up = int(value * scale)
+        up = round(value * scale)
         if abs(up) >= _LIMIT:
             raise _embed_error(value, scale)
         return up
@@ -276,6 +296,92 @@ def _trunc(v, divisor: int):
     return torch.div(v, divisor, rounding_mode="trunc")
 
 
+# -- products by public numbers and tensors (module docstring) ----------------------------------
+
+#: significant digits of m in a public factor m / 10**s
+_FACTOR_DIGITS = 7
+#: shared products whose scale**2 is above this rescale with the exact truncation
+_EXACT_PRODUCT_SCALE2 = 1 << 32
+
+
+def _is_public_real(value: Any) -> bool:
+    """A Python float or a plain real (non-integer) torch tensor: what `_public_factor` takes
+    for a product (integers keep their exact path)."""
+    if isinstance(value, float):
+        return True
+    return isinstance(value, torch.Tensor) and type(value) in (torch.Tensor, torch.nn.Parameter) \
+        and value.is_floating_point()
+
+
+def _public_factor(value: Any, k: int = 1, scale: int = 1) -> tuple[Any, int]:
+    """(m, d) with m / d = value / k to 7 significant digits of max|value|: m = round(value *
+    10**s) (int for a Python number, int64 tensor of value's shape for a tensor), d = 10**s * k
+    (k a public positive int, e.g. a mean's count folded in). s is the smallest that gives m 7
+    digits (trailing decimal zeros dropped: 0.5 is 5 / 10, 3.0 is 3 / 1), at most what keeps
+    d <= truncation.EXACT_MAX_DIVISOR. ValueError for NaN or infinite values; OverflowError if
+    |value| reaches 2**62 (x_int * value, the encoded result, leaves int64 for any x_int != 0)."""
+    c = torch.as_tensor(value, dtype=torch.float64).detach()
+    if not bool(torch.isfinite(c).all()):
+        raise ValueError("a fixed-precision tensor cannot be multiplied or divided by NaN or "
+                         "infinite values")
+    number = not isinstance(value, torch.Tensor)
+    cmax = float(c.abs().max()) if c.numel() else 0.0
+    if cmax == 0.0:
+        return (0 if number else torch.zeros(c.shape, dtype=torch.int64)), 1
+    if cmax >= float(1 << 62):
+        raise _range_error("product by a public number", cmax, scale)
+    s_cap = 0
+    while 10 ** (s_cap + 1) * k <= EXACT_MAX_DIVISOR:
+        s_cap += 1
+    s = min(max(_FACTOR_DIGITS - 1 - math.floor(math.log10(cmax)), 0), s_cap)
+    while s > 0 and round(cmax * 10 ** s) >= 10 ** _FACTOR_DIGITS:
+        s -= 1
+    m = torch.round(c * 10 ** s).to(torch.int64)
+    while s > 0 and not bool(torch.remainder(m, 10).any()):
+        m, s = torch.div(m, 10, rounding_mode="trunc"), s - 1
+    return (int(m) if number else m), 10 ** s * k
+
+
+def _times_public(child: Any, m: Any, divisor: int, scale: int) -> Any:
+    """child * m / divisor for a public int or int64 tensor m (broadcast) and a public positive
+    int divisor. Shared child: a local product on the shares and one exact truncation
+    (`truncate_exact`, range in the module docstring). Local child: `_local_times`."""
+    if not _shared(child):
+        return _local_times(child, m, divisor, scale)
+    out = child.mul(m)
+    if divisor == 1:
+        return out
+    with exact_truncation():
+        return out.div(divisor)
+
+
+def _local_times(x: torch.Tensor, m: Any, divisor: int, scale: int) -> torch.Tensor:
+    """trunc(x * m / divisor) exactly (x, m int64, m an int or a tensor broadcasting with x):
+    int64 where |x * m| < 2**62, Python integers for the entries past it (values beyond
+    4.6e8 at the default precision). OverflowError if a result leaves int64."""
+    exact = x.double() * (m.double() if isinstance(m, torch.Tensor) else float(m))
+    out = torch.div(x * m, divisor, rounding_mode="trunc") if divisor != 1 else x * m
+    if not exact.numel():
+        return out
+    big = exact.abs() >= float(1 << 62)
+    if not bool(big.any()):
+        return out
+    reached = float(exact.abs().max()) / divisor
+    if reached >= float(_LIMIT) * (1 + 1e-9):
+        raise _range_error("product by a public number", reached, scale)
+    xs, ms = torch.broadcast_tensors(x, torch.as_tensor(m, dtype=torch.int64))
+    values = []
+    for a, b in zip(xs[big].tolist(), ms[big].tolist()):
+        q = abs(a * b) // divisor
+        q = q if a * b >= 0 else -q
+        if abs(q) >= _LIMIT:
+            raise _range_error("product by a public number", float(abs(q)), scale)
+        values.append(q)
+    out = out.clone()
+    out[big] = torch.tensor(values, dtype=torch.int64)
+    return out
+
+
 _FLIP = {"lt": "gt", "gt": "lt", "le": "ge", "ge": "le", "eq": "eq", "ne": "ne"}
 
 
@@ -308,7 +414,7 @@ def _check_comparable(op: str, spread, scale: int, m: int) -> None:
 
 
 class FixedPrecisionTensor(SmpcTensor):
-    """A fixed-point tensor: `child` holds trunc(x * base**precision_fractional) in int64.
+    """A fixed-point tensor: `child` holds round(x * base**precision_fractional) in int64.
 
     `field` is the ring's size 2**64 (additive.RingSize: an int, and `int64_tensor % field`
     is the tensor itself, already a ring element)."""
@@ -430,27 +536,71 @@ class FixedPrecisionTensor(SmpcTensor):
         return type(value) in (int, bool)
 
     def mul(self, other: Any) -> "FixedPrecisionTensor":
-        """x * y rescaled (truncation); times a public integer, no rescaling is needed.
-        Local values: OverflowError past the range in the module docstring."""
-        if self._is_integer(other) and not isinstance(other, FixedPrecisionTensor):
+        """x * y rescaled (truncation); times a public integer, no rescaling is needed; times a
+        public float or float tensor, x * m / 10**s (`times_public`: 7 significant digits).
+        Local values: OverflowError past the range in the module docstring; shared products
+        of two fixed-point values: ValueError past `PRODUCT_LIMIT`."""
+        if isinstance(other, FixedPrecisionTensor):
+            return self._fixed_product("mul", self.child, self._other(other))
+        if self._is_integer(other):
             return self._new(_product("mul", self.child, encode(other, 1), 1))
-        return self._new(_product("mul", self.child, self._other(other), self.scale))
+        if _is_public_real(other):
+            return self.times_public(other)
+        return self._fixed_product("mul", self.child, self._other(other))
+
+    def times_public(self, value: Any, k: int = 1) -> "FixedPrecisionTensor":
+        """self * value / k for a public real number or tensor `value` (broadcast) and a
+        public positive int k, to 7 significant digits of max|value| and one unit in the last
+        place (module docstring: x * m / (10**s * k), `_public_factor`). Shared: a local
+        product and one exact truncation (none when 10**s * k = 1). Errors: ValueError for
+        NaN/inf, OverflowError for a local result out of range."""
+        m, d = _public_factor(value, k, self.scale)
+        return self._new(_times_public(self.child, m, d, self.scale))
+
+    def _fixed_product(self, op: str, a: Any, b: Any, k: int = 1,
+                       **kwargs: Any) -> "FixedPrecisionTensor":
+        """a op b / (scale * k) for two children encoded at this scale (op "mul", "matmul",
+        "conv2d"). Shared: ValueError past `PRODUCT_LIMIT`; exact truncation for a scale**2
+        above 2**32 (module docstring)."""
+        if not (_shared(a) or _shared(b)):
+            return self._new(_product(op, a, b, self.scale * k, **kwargs))
+        self._check_shared_product(op)
+        if self.scale ** 2 <= _EXACT_PRODUCT_SCALE2:
+            return self._new(_product(op, a, b, self.scale * k, **kwargs))
+        with exact_truncation():
+            return self._new(_product(op, a, b, self.scale * k, **kwargs))
+
+    def _check_shared_product(self, op: str) -> None:
+        """ValueError if a shared product at this precision cannot be rescaled: its encoded
+        value |x * y| * scale**2 must stay below `truncation.exact_bound(scale)` (~2**62), so
+        scale**2 past it leaves no room even for |x * y| = 1 (PRODUCT_LIMIT)."""
+        if self.scale ** 2 <= exact_bound(self.scale):
+            return
+        most = _max_product_digits(self.base)
+        raise ValueError(
+            f"shared {op} at base={self.base}, precision_fractional={self.precision_fractional}"
+            f" is out of the ring's range: a product of two fixed-point values is encoded at "
+            f"scale**2 = {self.base}**{2 * self.precision_fractional} = "
+            f"{float(self.scale ** 2):.3g}, past 2**62 ~ 4.6e18 (the signed ring 2**64 with "
+            f"the truncation's margin), so even 1 * 1 would wrap around. Lower the precision: "
+            f"fix_precision(base={self.base}, precision_fractional={most}) at most (the "
+            f"default is 3), then share")
 
     def matmul(self, other: Any) -> "FixedPrecisionTensor":
         if self._is_integer(other) and not isinstance(other, FixedPrecisionTensor):
             return self._new(_product("matmul", self.child, encode(other, 1), 1))
-        return self._new(_product("matmul", self.child, self._other(other), self.scale))
+        return self._fixed_product("matmul", self.child, self._other(other))
 
     def rmatmul(self, other: Any) -> "FixedPrecisionTensor":
         """other @ self (other a plain tensor or number on the left)."""
         if self._is_integer(other) and not isinstance(other, FixedPrecisionTensor):
             return self._new(_product("matmul", encode(other, 1), self.child, 1))
-        return self._new(_product("matmul", self._other(other), self.child, self.scale))
+        return self._fixed_product("matmul", self._other(other), self.child)
 
     def _mul_div(self, other: "FixedPrecisionTensor", k: int) -> "FixedPrecisionTensor":
         """self * other / k, the division by the public positive int k fused into the
         product's rescaling (one truncation by scale * k: no extra round when shared)."""
-        return self._new(_product("mul", self.child, self._other(other), self.scale * k))
+        return self._fixed_product("mul", self.child, self._other(other), k)
 
     @staticmethod
     def stack(tensors: list, dim: int = 0) -> "FixedPrecisionTensor":
@@ -479,8 +629,11 @@ class FixedPrecisionTensor(SmpcTensor):
     def div(self, other: Any) -> "FixedPrecisionTensor":
         """self / other.
 
-        * a public non-zero int: truncation toward zero (shared: truncation.py, one round);
-        * a public non-zero float or float tensor: times its reciprocal, encoded;
+        * a public non-zero int (or a float with an integer value): truncation toward zero
+          (shared: truncation.py, one round);
+        * a public non-zero float or real tensor: `times_public` of its reciprocal (computed in
+          float64), 7 significant digits (not the reciprocal encoded at this precision: 1/3000
+          at 3 digits is 0);
         * a FixedPrecisionTensor (local or shared): times `other.reciprocal()`, Newton-Raphson
           at 6 digits (approximations.divide: |other| in [0.0078, 16384] and
           |self / other| < 4.6e6, within 1e-2 there, exact truncations on shares; a local
@@ -492,22 +645,27 @@ class FixedPrecisionTensor(SmpcTensor):
             if other < 0:
                 return self._new(_trunc(-self.child, -other))
             return self._new(_trunc(self.child, other))
+        if isinstance(other, float) and other.is_integer() and 0 < abs(other) < 2 ** 53:
+            return self.div(int(other))
         if isinstance(other, FixedPrecisionTensor):
             self._other(other)  # same base and precision
+            if self.is_shared or other.is_shared:
+                self._check_shared_product("division")
             return approximations.divide(self, other)
         if isinstance(other, float) or (isinstance(other, torch.Tensor) and
-                                        other.is_floating_point()):
+                                        not other.is_complex()):
             if not bool(torch.as_tensor(other).ne(0).all()):
                 raise ValueError("division of a fixed-precision tensor by zero")
-            return self.mul(1.0 / other)
-        if isinstance(other, torch.Tensor) and not other.is_complex():
-            return self.div(other.double())
+            inverse = 1.0 / other if isinstance(other, float) else 1.0 / other.double()
+            return self.times_public(inverse)
         raise ValueError(f"a fixed-precision tensor divides by a number, a tensor or another "
                          f"fixed-precision tensor, got {type(other).__name__}")
 
     def rdiv(self, other: Any) -> "FixedPrecisionTensor":
         """other / self for a plain number or tensor `other` (approximations.divide: |self| in
         [0.0078, 16384]; a local divisor outside raises ValueError)."""
+        if self.is_shared or (isinstance(other, FixedPrecisionTensor) and other.is_shared):
+            self._check_shared_product("division")
         numerator = other if isinstance(other, FixedPrecisionTensor) else \
             self._new(encode(torch.as_tensor(other, dtype=torch.float64), self.scale))
         return approximations.divide(numerator, self)
@@ -530,8 +688,7 @@ class FixedPrecisionTensor(SmpcTensor):
     def conv2d(self, weight: Any, bias: Any = None, stride=1, padding=0, dilation=1,
                groups=1) -> "FixedPrecisionTensor":
         kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-        out = self._new(_product("conv2d", self.child, self._other(weight), self.scale,
-                                 **kwargs))
+        out = self._fixed_product("conv2d", self.child, self._other(weight), **kwargs)
         if bias is not None:
             b = bias if isinstance(bias, FixedPrecisionTensor) else \
                 FixedPrecisionTensor.from_tensor(bias, self.base, self.precision_fractional)
@@ -730,8 +887,21 @@ class FixedPrecisionTensor(SmpcTensor):
         the division by the public positive int k fused into the product's rescaling (one
         truncation by scale * k, as `_mul_div`): autograd's backward uses it to apply the
         exact 1/n of a mean or a division by n to the next product (gradients.py)."""
-        return self._new(_product(op, self.child, self._other(other), self.scale * k,
-                                  **kwargs))
+        return self._fixed_product(op, self.child, self._other(other), k, **kwargs)
+
+
+def _max_product_digits(base: int) -> int:
+    """The most fractional digits in `base` at which shared products work (PRODUCT_LIMIT)."""
+    digits = 0
+    while base ** (2 * (digits + 1)) <= exact_bound(base ** (digits + 1)):
+        digits += 1
+    return digits
+
+
+#: shared products (mul, matmul, conv2d, division by a fixed-point value) need
+#: base**(2 * precision_fractional) <= truncation.exact_bound(base**precision_fractional)
+#: (~2**62): base -> the largest precision_fractional (10: 9, 2: 30, 16: 7)
+PRODUCT_LIMIT = {b: _max_product_digits(b) for b in (2, 10, 16)}
 
 
 def _dim(dim: Any, x: FixedPrecisionTensor) -> int:

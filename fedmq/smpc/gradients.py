@@ -255,11 +255,20 @@ class MulBackward(GradFunc):
 
     def gradient_div(self, grad, k):
         a, b = self.inputs
-        ga = sum_to(product_div(grad, "mul", self.b_child, k), shape_of(a)) \
-            if needs_grad(a) else None
-        gb = sum_to(product_div(grad, "mul", self.a_child, k), shape_of(b)) \
-            if needs_grad(b) else None
+        ga = sum_to(_times(grad, self.b_child, k), shape_of(a)) if needs_grad(a) else None
+        gb = sum_to(_times(grad, self.a_child, k), shape_of(b)) if needs_grad(b) else None
         return (ga, gb), 1
+
+
+def _times(grad: FixedPrecisionTensor, other: Any, k: int) -> FixedPrecisionTensor:
+    """grad * other / k: a fixed-point `other` through `product_div` (one fused truncation),
+    a public number or tensor through `times_public` (7 significant digits, not encoded at
+    grad's precision, where 0.0004 would be 0; a Python int with k = 1: exact, no round)."""
+    if isinstance(other, FixedPrecisionTensor):
+        return product_div(grad, "mul", other, k)
+    if k == 1:
+        return grad.mul(other)
+    return grad.times_public(other, k)
 
 
 class MatmulBackward(GradFunc):
@@ -302,19 +311,26 @@ class LinearBackward(GradFunc):
 
 
 class DivBackward(GradFunc):
+    """d(a / n)/da = 1 / n for a public non-zero number n."""
+
     def __init__(self, a, divisor) -> None:
         super().__init__(a)
         self.divisor = divisor
 
     def gradient(self, grad):
-        return (grad.div(self.divisor),)
+        (g,), k = self.gradient_div(grad, 1)
+        return (settle(g, k),)
 
     def gradient_div(self, grad, k):
-        """A public int n: the pending division grows to k * |n| (exact, see `settle`)."""
+        """A public int n (or a float with an integer value, as `loss / 64.0`): the pending
+        division grows to k * |n| (exact, see `settle`); another float: grad * (1 / n) / k in
+        one truncation (`times_public`, 7 significant digits of 1 / n)."""
         n = self.divisor
+        if isinstance(n, float) and n.is_integer() and 0 < abs(n) < 2 ** 53:
+            n = int(n)
         if type(n) is int and n != 0:
             return ((grad if n > 0 else grad.neg()),), k * abs(n)
-        return super().gradient_div(grad, k)
+        return (grad.times_public(1.0 / n, k),), 1
 
 
 class PowBackward(GradFunc):

@@ -85,7 +85,7 @@ def _encoder(base: Any, precision_fractional: Any):
 
 
 def handle_fix_precision(session: Any, msg: FixPrecision) -> None:
-    """On the holder: trunc(x * base**precision_fractional) as int64 (fixed_precision.encode),
+    """On the holder: round(x * base**precision_fractional) as int64 (fixed_precision.encode),
     stored under the caller's `result_id`. The encoding is the value itself, re-encoded: it is
     marked as the value is (raw if it is the owner's data, as a dtype conversion would be).
     Raises ValueError for bad parameters, NaN/inf, a value that does not fit; the failure is
