@@ -45,9 +45,11 @@ public number or tensor, or by a fixed-precision value: times its `reciprocal`),
 F.relu/relu, F.conv2d (groups 1, dilation 1), F.avg_pool2d, F.max_pool2d (non-overlapping
 windows; both on (N, C, H, W) and unbatched (C, H, W)), F.mse_loss/nn.MSELoss, exp, sigmoid,
 tanh, reciprocal, softmax, log_softmax (F., torch. and method forms), F.nll_loss/nn.NLLLoss,
-F.cross_entropy/nn.CrossEntropyLoss, refresh. The non-linear functions are computed by
-approximations.py (CrypTen's approximations; ranges there) and never differentiated through:
-each backward is the closed-form derivative written with the forward's output. Not
+F.cross_entropy/nn.CrossEntropyLoss, refresh, F.batch_norm/nn.BatchNorm* in eval mode with
+public running statistics and F.dropout/nn.Dropout in eval mode (the identity; layers.py). The
+non-linear functions are computed by approximations.py (CrypTen's approximations; ranges there)
+and never differentiated through: each backward is the closed-form derivative written with
+the forward's output. Not
 differentiable (their results never require a gradient): comparisons (eq ne gt lt ge le),
 argmax, argmin. Anything else raises NotImplementedError naming the op. Under `torch.no_grad()`
 (or on values that require no gradient) every op above runs as on a FixedPrecisionTensor, the

@@ -88,8 +88,7 @@ def _mark_replaced(value: Any) -> None:
     except (AttributeError, TypeError):  # a value that takes no attribute: nothing to mark
         return
     if not _STEP_HOOK:
-        _STEP_HOOK.append(register_optimizer_step_pre_hook(
-            _refuse_replaced))
+        _STEP_HOOK.append(register_optimizer_step_pre_hook(_refuse_replaced))
 
 
 def _refuse_replaced(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
@@ -101,6 +100,7 @@ def _refuse_replaced(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict
         for p in group["params"]:
             if getattr(p, "_fedmq_replaced", False):
                 raise ValueError(replaced_message(type(optimizer).__name__))
+
 
 def _fixed_values(module: nn.Module):
     """(module, name, value) for every parameter that fix_precision() encoded: a
