@@ -3,6 +3,8 @@ additive sharing, with the fixes listed in /work/shared/reference/pysyft-0.2-not
 
 The modules, bottom to top (each imports only modules listed before it; the `layers` contract
 in pyproject.toml checks it):
+    layers.py           F.dropout / F.batch_norm in eval mode on fixed-point values (by
+                        their methods only; dispatch.py and autograd.py route to them)
     messages.py         wire records 90-99 (Deal, DealRequest, LocalStep,
                         ShareRequest, FixPrecision)
     ring.py             the ring Z/2^64Z: CSPRNG elements, additive/XOR splits, ring products
@@ -31,7 +33,7 @@ in pyproject.toml checks it):
     hooks.py            the extension's table: methods TorchHook installs, worker handlers
 The protocols (truncation, beaver, comparison) take and return AdditiveSharingTensors but use
 only their methods, never the class. Independent of each other: messages, ring, dispatch and
-keywords; local_steps and truncation; beaver and comparison.
+keywords (dispatch uses layers); local_steps and truncation; beaver and comparison.
 """
 from fedmq.smpc.additive import AdditiveSharingTensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor

@@ -159,6 +159,13 @@ def _is_public_int(value: Any) -> bool:
     return type(value) is int or type(value) is bool
 
 
+def _is_mask(index: Any) -> bool:
+    """A boolean tensor or list of bools used as an index."""
+    if isinstance(index, torch.Tensor):
+        return index.dtype == torch.bool
+    return isinstance(index, list) and bool(index) and all(type(i) is bool for i in index)
+
+
 class AdditiveSharingTensor(SmpcTensor):
     """A tensor secret-shared among 2-5 workers: `shares[i]` is a pointer to party i's share.
 
@@ -314,6 +321,10 @@ class AdditiveSharingTensor(SmpcTensor):
 
     def conv2d(self, weight: Any, bias: Any = None, stride=1, padding=0, dilation=1,
                groups=1) -> "AdditiveSharingTensor":
+        if self.dim() == 3:  # unbatched (C, H, W), as torch: a batch of one, (C_out, H', W')
+            out = self.reshape(1, *self.shape).conv2d(weight, bias, stride, padding, dilation,
+                                                      groups)
+            return out.reshape(*out.shape[1:])
         kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
         out = self.product("conv2d", weight, **kwargs)
         if bias is not None:
@@ -367,6 +378,12 @@ class AdditiveSharingTensor(SmpcTensor):
         return self.map("torch.squeeze", *dim)
 
     def __getitem__(self, index: Any) -> "AdditiveSharingTensor":
+        """x[index]; TypeError for a boolean mask (found by review: a meta-tensor error)."""
+        if any(_is_mask(i) for i in (index if isinstance(index, tuple) else (index,))):
+            raise TypeError("a shared tensor cannot be indexed with a boolean mask (the "
+                            "shape of the result would depend on the mask's values): index "
+                            "with the mask's positions, x[mask.nonzero(as_tuple=True)] (same "
+                            "result, as torch)")
         return self.map("Tensor.__getitem__", index)
 
     cat = staticmethod(_shares.cat)      # each party joins its own shares (shares.py)

@@ -45,9 +45,11 @@ public number or tensor, or by a fixed-precision value: times its `reciprocal`),
 F.relu/relu, F.conv2d (groups 1, dilation 1), F.avg_pool2d, F.max_pool2d (non-overlapping
 windows; both on (N, C, H, W) and unbatched (C, H, W)), F.mse_loss/nn.MSELoss, exp, sigmoid,
 tanh, reciprocal, softmax, log_softmax (F., torch. and method forms), F.nll_loss/nn.NLLLoss,
-F.cross_entropy/nn.CrossEntropyLoss, refresh. The non-linear functions are computed by
-approximations.py (CrypTen's approximations; ranges there) and never differentiated through:
-each backward is the closed-form derivative written with the forward's output. Not
+F.cross_entropy/nn.CrossEntropyLoss, refresh, F.batch_norm/nn.BatchNorm* in eval mode with
+public running statistics and F.dropout/nn.Dropout in eval mode (the identity; layers.py). The
+non-linear functions are computed by approximations.py (CrypTen's approximations; ranges there)
+and never differentiated through: each backward is the closed-form derivative written with
+the forward's output. Not
 differentiable (their results never require a gradient): comparisons (eq ne gt lt ge le),
 argmax, argmin. Anything else raises NotImplementedError naming the op. Under `torch.no_grad()`
 (or on values that require no gradient) every op above runs as on a FixedPrecisionTensor, the
@@ -104,6 +106,7 @@ import torch.nn.functional as F
 
 from fedmq.smpc.additive import AdditiveSharingTensor, share_tensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor, use_autograd_class
+from fedmq.smpc.layers import LAYERS
 from fedmq.smpc.gradients import (
     AddBackward, AvgPool2dBackward, Conv2dBackward, CrossEntropyBackward, DivBackward,
     ExpBackward, GradFunc, IdentityBackward, IndexBackward, LinearBackward, LogSoftmaxBackward,
@@ -233,6 +236,9 @@ class AutogradTensor(torch.Tensor):
             return local(func, args, kwargs)
         if func is torch.Tensor.__repr__ or func is torch.Tensor.__format__:
             return args[0].__repr__()
+        layer = LAYERS.get(func)  # F.dropout, F.batch_norm in eval mode (layers.py)
+        if layer is not None:
+            return layer(*args, **kwargs)
         name = _FUNCTIONS.get(func)
         if func is torch.isfinite:  # how FixedPrecisionTensor's encoding sees an operand
             raise TypeError("this FixedPrecisionTensor method cannot take an AutogradTensor "
@@ -332,7 +338,12 @@ class AutogradTensor(torch.Tensor):
     def conv2d(self, weight: Any, bias: Any = None, stride=1, padding=0, dilation=1,
                groups: int = 1) -> "AutogradTensor":
         """F.conv2d on fixed-precision values (the Beaver conv2d protocol when both are
-        shared). With gradients: groups 1, dilation 1, int paddings below the kernel size."""
+        shared). With gradients: groups 1, dilation 1, int paddings below the kernel size.
+        An unbatched (C, H, W) input gives (C_out, H', W'), as torch (found by review)."""
+        if self.dim() == 3:  # a batch of one, through reshape (differentiable)
+            out = self.reshape(1, *self.shape).conv2d(weight, bias, stride, padding, dilation,
+                                                      groups)
+            return out.reshape(*out.shape[1:])
         x, w = self.child, _child(weight)
         out = x.conv2d(w, _child(bias), stride=stride, padding=padding, dilation=dilation,
                        groups=groups)

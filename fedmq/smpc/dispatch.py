@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fedmq.smpc.layers import LAYERS
+
 #: torch function -> the method m such that func(x, y, ...) == x.m(y, ...) when x is SMPC
 _METHODS = {
     torch.add: "add", torch.Tensor.add: "add", torch.Tensor.__add__: "add",
@@ -82,6 +84,9 @@ class SmpcTensor:
 def torch_function_for(cls: type, func: Any, args: tuple, kwargs: dict) -> Any:
     if any(getattr(type(a), "_fedmq_autograd", False) for a in args):
         return NotImplemented  # an AutogradTensor operand: its __torch_function__ (autograd.py)
+    layer = LAYERS.get(func)  # F.dropout, F.batch_norm in eval mode (layers.py)
+    if layer is not None:
+        return layer(*args, **kwargs)
     name = _METHODS.get(func)
     if name is None:
         raise NotImplementedError(f"{getattr(func, '__name__', func)} is not supported on "

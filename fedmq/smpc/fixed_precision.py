@@ -463,6 +463,11 @@ class FixedPrecisionTensor(SmpcTensor):
     def float_precision(self) -> torch.Tensor:
         """Decode: child / base**precision_fractional as a float tensor."""
         if self.is_shared:
+            if getattr(self, "_fedmq_via_shared_pointer", False):  # remote.SharedPointer.get
+                raise ValueError("this fixed-precision tensor is still secret-shared: the "
+                                 ".get() of ptr.fix_precision().share(...) hands over the "
+                                 "shared value, one more .get() reconstructs it: "
+                                 "ptr.get().get().float_precision()")
             raise ValueError("this fixed-precision tensor is secret-shared: call .get() first, "
                              "then .float_precision()")
         return (self.child.double() / self.scale).to(self.float_dtype)
@@ -687,6 +692,10 @@ class FixedPrecisionTensor(SmpcTensor):
 
     def conv2d(self, weight: Any, bias: Any = None, stride=1, padding=0, dilation=1,
                groups=1) -> "FixedPrecisionTensor":
+        if self.dim() == 3:  # unbatched (C, H, W), as torch: a batch of one, (C_out, H', W')
+            out = self.reshape(1, *self.shape).conv2d(weight, bias, stride, padding, dilation,
+                                                      groups)
+            return out.reshape(*out.shape[1:])
         kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
         out = self._fixed_product("conv2d", self.child, self._other(weight), **kwargs)
         if bias is not None:

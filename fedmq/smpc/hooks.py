@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from fedmq.extensions import Extension
 from fedmq import module as _module_ops
@@ -25,7 +26,7 @@ from fedmq.smpc import keywords as _keywords
 from fedmq.smpc.additive import AdditiveSharingTensor, _check_parties, share_tensor
 from fedmq.smpc.autograd import AutogradTensor
 from fedmq.smpc.fixed_precision import FixedPrecisionTensor, _check_params
-from fedmq.smpc.optim import optimizer_fix_precision
+from fedmq.smpc.optim import optimizer_fix_precision, replaced_message
 from fedmq.smpc import beaver as _beaver, comparison as _comparison  # noqa: F401 (their steps)
 from fedmq.smpc.local_steps import handle_local_step, local_step_values
 from fedmq.smpc.messages import (Deal, DealRequest, FixPrecision, LocalStep,
@@ -74,6 +75,33 @@ def tensor_share(self: torch.Tensor, *workers: Any, crypto_provider: Any = None,
 
 # -- modules -------------------------------------------------------------------------------------
 
+_STEP_HOOK: list = []  # the global optimizer step pre-hook's handle, once installed
+
+
+def _mark_replaced(value: Any) -> None:
+    """Mark a parameter that fix_precision()/share()/float_precision() replaced (an
+    nn.Parameter or AutogradTensor no longer in the model), and install the optimizer check
+    (`_refuse_replaced`) the first time: an optimizer built before the change still holds it,
+    and its step() would update it, not the model (found by review: training did nothing)."""
+    try:
+        value._fedmq_replaced = True
+    except (AttributeError, TypeError):  # a value that takes no attribute: nothing to mark
+        return
+    if not _STEP_HOOK:
+        _STEP_HOOK.append(register_optimizer_step_pre_hook(_refuse_replaced))
+
+
+def _refuse_replaced(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    """Global torch optimizer step pre-hook: ValueError (before anything is updated) if the
+    optimizer holds a parameter a model's fix_precision()/share()/float_precision() replaced.
+    Installed only once a model was converted, so plain PyTorch training never runs it;
+    its cost is one attribute look-up per parameter per step."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if getattr(p, "_fedmq_replaced", False):
+                raise ValueError(replaced_message(type(optimizer).__name__))
+
+
 def _fixed_values(module: nn.Module):
     """(module, name, value) for every parameter that fix_precision() encoded: a
     FixedPrecisionTensor kept as a plain attribute, or an AutogradTensor kept in
@@ -95,6 +123,49 @@ def _set_fixed(mod: nn.Module, name: str, value: Any) -> None:
         object.__setattr__(mod, name, value)
 
 
+def _refuse_sent(module: nn.Module, what: str) -> None:
+    """ValueError if the model was sent to a worker (its parameters are there; found by
+    review: fix_precision() then use failed with an unrelated TypeError). A model whose
+    get() is pending is fetched first (it is local)."""
+    if _module_ops._pending(module) is not None:
+        _module_ops.fetch(module)
+        return
+    location = _module_ops.location_of(module)
+    if location is not None:
+        raise ValueError(
+            f"this model was sent to {getattr(location, 'id', location)!r}: its parameters "
+            f"are there, and {what} encodes a local model (a fixed-precision or shared model "
+            f"is not sent either). Bring it back first with model.get(), then "
+            f"model.fix_precision().share(...)")
+
+
+def module_send(self: nn.Module, *locations: Any, **pysyft: Any) -> nn.Module:
+    """`model.send(worker)` (fedmq.module.send) for a plain model; a fixed-precision or
+    secret-shared model is refused with a ValueError (found by review: a SerdeError about
+    resolve_conj): its shares stay with their parties."""
+    _refuse_fixed(self, "sent")
+    return _module_ops.send(self, *locations, **pysyft)
+
+
+def module_move(self: nn.Module, destination: Any) -> nn.Module:
+    """`model.move(worker)` (fedmq.module.move); fixed-precision models as module_send."""
+    _refuse_fixed(self, "moved")
+    return _module_ops.move(self, destination)
+
+
+def _refuse_fixed(module: nn.Module, what: str) -> None:
+    values = [value for _, _, value in _fixed_values(module)]
+    if any(value.is_shared for value in values):
+        raise ValueError(
+            f"a secret-shared model cannot be {what}: its shares stay with the parties that "
+            f"hold them (each worker has only its own share). Use it where it is "
+            f"(model(x.fix_precision().share(...))), or reconstruct it here with model.get()"
+            f".float_precision() and send the plain model")
+    if values:
+        raise ValueError(f"a fixed-precision model cannot be {what}: call "
+                         f"model.float_precision() first, and send the plain model")
+
+
 def module_fix_precision(self: nn.Module, base: int = 10, precision_fractional: int = 3,
                          requires_grad: bool = False, **pysyft: Any) -> nn.Module:
     """Encode every parameter as fixed point (in place; returns the module).
@@ -111,6 +182,7 @@ def module_fix_precision(self: nn.Module, base: int = 10, precision_fractional: 
         raise TypeError(f"requires_grad must be True or False, got {requires_grad!r}")
     if any(mod.__dict__.get("_fedmq_fixed") for mod in self.modules()):
         raise ValueError("this model is already in fixed precision")
+    _refuse_sent(self, "fix_precision()")
     for mod in self.modules():
         fixed = mod.__dict__.setdefault("_fedmq_fixed", [])
         for name, param in list(mod._parameters.items()):
@@ -118,6 +190,7 @@ def module_fix_precision(self: nn.Module, base: int = 10, precision_fractional: 
                 continue
             value = FixedPrecisionTensor.from_tensor(param.data, base, precision_fractional)
             del mod._parameters[name]
+            _mark_replaced(param)
             _set_fixed(mod, name, AutogradTensor(value, requires_grad=param.requires_grad)
                        if requires_grad else value)
             fixed.append(name)
@@ -133,6 +206,7 @@ def module_float_precision(self: nn.Module) -> nn.Module:
                              f"then model.float_precision()")
     for mod, name, value in list(_fixed_values(self)):
         requires_grad = value.requires_grad if isinstance(value, AutogradTensor) else True
+        _mark_replaced(value)
         mod.__dict__.pop(name, None)
         mod._parameters.pop(name, None)
         mod.register_parameter(name, nn.Parameter(value.float_precision(),
@@ -155,6 +229,7 @@ def module_share(self: nn.Module, *workers: Any, crypto_provider: Any = None,
     if type(requires_grad) is not bool:
         raise TypeError(f"requires_grad must be True or False, got {requires_grad!r}")
     _check_parties(workers, crypto_provider)
+    _refuse_sent(self, "share()")
     for mod in self.modules():
         fixed = mod.__dict__.get("_fedmq_fixed", [])
         if any(p is not None and name not in fixed for name, p in mod._parameters.items()):
@@ -167,6 +242,7 @@ def module_share(self: nn.Module, *workers: Any, crypto_provider: Any = None,
         else:
             shared = value.share(*workers, crypto_provider=crypto_provider,
                                  requires_grad=requires_grad, **options)
+        _mark_replaced(value)
         _set_fixed(mod, name, shared)
     return self
 
@@ -201,7 +277,8 @@ EXTENSION = Extension(
     module_methods={"fix_precision": module_fix_precision, "fix_prec": module_fix_precision,
                     "float_precision": module_float_precision,
                     "float_prec": module_float_precision, "share": module_share,
-                    "get_shared": module_get_shared, "get": module_get},
+                    "get_shared": module_get_shared, "get": module_get,
+                    "send": module_send, "move": module_move},
     optimizer_methods={"fix_precision": optimizer_fix_precision,
                        "fix_prec": optimizer_fix_precision},
 )

@@ -66,6 +66,7 @@ class FixedPrecisionSGD:
         self.param_groups = optimizer.param_groups
         self.state: dict[int, dict[str, Any]] = {}
         params = [p for g in self.param_groups for p in g["params"]]
+        _check_not_replaced(params, type(optimizer).__name__)
         for p in params:
             if not isinstance(p, AutogradTensor):
                 raise ValueError(f"fix_precision() needs fixed-precision parameters (model."
@@ -141,6 +142,7 @@ class FixedPrecisionSGD:
         if closure is not None:
             raise ValueError("step(closure) is not available on fixed-precision parameters")
         self.encoded = [self._check_group(g) for g in self.param_groups]
+        _check_not_replaced([p for g in self.param_groups for p in g["params"]], "optimizer")
         self._check_nothing_fetched()  # before any parameter changes: all or none are updated
         for group, enc in zip(self.param_groups, self.encoded):
             lr, momentum = enc["lr"], enc["momentum"]
@@ -189,6 +191,20 @@ class FixedPrecisionSGD:
                            for g in self.param_groups)
         return (f"FixedPrecisionSGD({groups}; base={self.base}, "
                 f"precision_fractional={self.precision_fractional})")
+
+
+def replaced_message(optimizer: str) -> str:
+    """The error for an optimizer built before its model's parameters were replaced."""
+    return (f"this {optimizer} was built before model.fix_precision()/.share()/"
+            f".float_precision() replaced the model's parameters: it holds the old ones and "
+            f"would train nothing. Build the optimizer after sharing, from the new parameters: "
+            f"opt = optim.SGD(model.parameters(), lr=...).fix_precision()")
+
+
+def _check_not_replaced(params: list, optimizer: str) -> None:
+    """ValueError if a parameter was replaced in its model (marked by fedmq.smpc.hooks)."""
+    if any(getattr(p, "_fedmq_replaced", False) for p in params):
+        raise ValueError(replaced_message(optimizer))
 
 
 def _fetched(value: Any) -> bool:

@@ -510,6 +510,9 @@ class SharedPointer:
         _pointer_keywords.check("SharedPointer.get", pysyft, _pointer_keywords.GET)
         value = self._check()
         self._value = None
+        for v in (value, getattr(value, "child", None)):  # its float_precision() says .get()
+            if isinstance(v, FixedPrecisionTensor):
+                v._fedmq_via_shared_pointer = True
         return value
 
     def __repr__(self) -> str:
