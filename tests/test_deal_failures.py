@@ -24,6 +24,7 @@ from fedmq.ids import new_id
 from fedmq.policy import ANYONE, ROLES, Policy
 from fedmq.smpc.messages import Deal, DealRequest
 from fedmq.smpc.provider import DealTimeout, MAX_ELEMENTS, primitive_store
+from worker_procs import wait_until
 
 
 def _stores(*workers):
@@ -161,16 +162,8 @@ IDS = ("df_bob", "df_alice", "df_provider")
 
 @pytest.fixture(scope="module")
 def services(worker_processes):
-    from worker_procs import delete_queue
-    for worker_id in IDS:
-        worker_processes.start(worker_id, wait=False)
-    for worker_id in IDS:
-        worker_processes.wait_consuming(worker_id, worker_processes.procs[worker_id])
-    yield worker_processes
-    for worker_id in IDS:
-        if worker_id in worker_processes.procs:
-            worker_processes.stop(worker_id)
-        delete_queue(f"fedmq.worker.{worker_id}")
+    with worker_processes.running(*IDS):
+        yield worker_processes
 
 
 def _clients(hook, timeout):
@@ -179,15 +172,6 @@ def _clients(hook, timeout):
     for w in workers:
         w.clear_objects()
     return workers
-
-
-def _wait_until(predicate, seconds):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
 
 
 def _counts(*workers):
@@ -212,7 +196,7 @@ def test_found_by_review_a_stalled_provider_leaves_no_share_when_it_resumes(hook
     finally:
         proc.send_signal(signal.SIGCONT)
     time.sleep(3)  # the provider has run again: whatever it did, nothing stays
-    assert _wait_until(lambda: _counts(bob, alice) == [0, 0], 10), _counts(bob, alice)
+    assert wait_until(lambda: _counts(bob, alice) == [0, 0], 10), _counts(bob, alice)
     assert type(caught.value) is DealTimeout
     message = str(caught.value)
     assert "the crypto provider 'df_provider' itself does not answer" in message, message
@@ -237,9 +221,9 @@ def test_found_by_review_a_party_killed_mid_deal_leaves_no_share_anywhere(hook, 
             store.deal_now(provider, [bob, alice], WANTED)
     finally:
         services.kill("df_alice")
-    assert _wait_until(lambda: bob.objects_count() == 0, 10), bob.objects_count()
+    assert wait_until(lambda: bob.objects_count() == 0, 10), bob.objects_count()
     services.start("df_alice", fresh=False)  # its queue kept the shares, and the deletes
-    assert _wait_until(lambda: _counts(bob, alice) == [0, 0], 15), _counts(bob, alice)
+    assert wait_until(lambda: _counts(bob, alice) == [0, 0], 15), _counts(bob, alice)
     time.sleep(1)
     assert _counts(bob, alice) == [0, 0]
     message = str(caught.value)

@@ -20,7 +20,6 @@ from torch import nn
 from fedmq.data import mnist5k
 from listings import run_listing
 from smpc_helpers import make_parties
-from worker_procs import delete_queue
 
 #: services the §11 listing needs besides the session's bob and alice
 EXTRA_SERVICES = ("client", "crypto_provider")
@@ -28,14 +27,8 @@ EXTRA_SERVICES = ("client", "crypto_provider")
 
 @pytest.fixture(scope="module")
 def inference_services(worker_processes):
-    for worker_id in EXTRA_SERVICES:
-        worker_processes.start(worker_id, wait=False)
-    for worker_id in EXTRA_SERVICES:
-        worker_processes.wait_consuming(worker_id, worker_processes.procs[worker_id])
-    yield
-    for worker_id in EXTRA_SERVICES:
-        worker_processes.stop(worker_id)
-        delete_queue(f"fedmq.worker.{worker_id}")
+    with worker_processes.running(*EXTRA_SERVICES):
+        yield
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import re
 import pytest
 
 from listings import run_listing
-from worker_procs import delete_queue
 
 #: services the §9 listings need besides the session's bob and alice
 EXTRA_SERVICES = ("crypto_provider", "bill")
@@ -19,14 +18,8 @@ EXTRA_SERVICES = ("crypto_provider", "bill")
 
 @pytest.fixture(scope="module")
 def smpc_services(worker_processes):
-    for worker_id in EXTRA_SERVICES:
-        worker_processes.start(worker_id, wait=False)
-    for worker_id in EXTRA_SERVICES:
-        worker_processes.wait_consuming(worker_id, worker_processes.procs[worker_id])
-    yield
-    for worker_id in EXTRA_SERVICES:
-        worker_processes.stop(worker_id)
-        delete_queue(f"fedmq.worker.{worker_id}")
+    with worker_processes.running(*EXTRA_SERVICES):
+        yield
 
 
 @pytest.fixture

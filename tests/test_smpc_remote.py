@@ -27,7 +27,7 @@ from fedmq.smpc import AdditiveSharingTensor, FixedPrecisionTensor
 from fedmq.smpc.messages import ShareRequest
 from fedmq.smpc.remote import FixedPrecisionPointer, SharedPointer
 from listings import SEED_DIR
-from worker_procs import delete_queue
+from worker_procs import delete_queue, wait_until
 
 
 @pytest.fixture
@@ -368,15 +368,6 @@ def test_a_share_that_timed_out_after_the_holder_finished_is_deleted_and_explain
     assert _stores(bob, alice) == before
 
 
-def _wait_until(predicate, seconds):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
-
-
 @pytest.mark.amqp
 @pytest.mark.slow  # ~25 s: two timeouts
 @pytest.mark.parametrize("stalled", ["alice", "bob"])
@@ -411,7 +402,7 @@ def test_a_stalled_party_or_holder_leaves_no_share_and_is_named(hook, worker_pro
         assert "the holder 'bob' itself does not answer" in message
     assert "no share is left behind" in message
     # once the stalled worker runs again, the late share is dropped, and the holder's too
-    assert _wait_until(lambda: (bob.objects_count(), alice.objects_count()) == (2, 0), 15), \
+    assert wait_until(lambda: (bob.objects_count(), alice.objects_count()) == (2, 0), 15), \
         (bob.objects_count(), alice.objects_count())
     # and both still serve
     shared = fp.share(bob, alice, crypto_provider=provider).get()

@@ -152,14 +152,8 @@ S13_SERVICES = ("worker1", "worker2", "crypto_provider")
 
 @pytest.fixture
 def s13_services(worker_processes):
-    for worker_id in S13_SERVICES:
-        worker_processes.start(worker_id, wait=False)
-    for worker_id in S13_SERVICES:
-        worker_processes.wait_consuming(worker_id, worker_processes.procs[worker_id])
-    yield
-    for worker_id in S13_SERVICES:
-        worker_processes.stop(worker_id)
-        delete_queue(f"fedmq.worker.{worker_id}")
+    with worker_processes.running(*S13_SERVICES):
+        yield
 
 
 @pytest.mark.parametrize("transport", ["local", pytest.param("amqp", marks=pytest.mark.amqp)])

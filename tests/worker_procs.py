@@ -4,6 +4,7 @@ AMQP_URL is read when this module is first imported, which tests/conftest.py mak
 happens after pytest_configure pointed FEDMQ_AMQP_URL at the run's vhost."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -158,6 +159,22 @@ class WorkerProcesses:
             proc.kill()
             return proc.wait()
 
+    @contextlib.contextmanager
+    def running(self, *worker_ids: str):
+        """Start `worker_ids` at once and wait for each to consume; on exit stop those still
+        running and delete their queues (a fixture's services leave nothing behind)."""
+        for worker_id in worker_ids:
+            self.start(worker_id, wait=False)
+        for worker_id in worker_ids:
+            self.wait_consuming(worker_id, self.procs[worker_id])
+        try:
+            yield self
+        finally:
+            for worker_id in worker_ids:
+                if worker_id in self.procs:
+                    self.stop(worker_id)
+                delete_queue(f"fedmq.worker.{worker_id}", self.url)
+
     def kill(self, worker_id: str) -> None:
         self.stop(worker_id, signal.SIGKILL)
 
@@ -216,6 +233,16 @@ class RawClient:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def wait_until(predicate, seconds: float, interval: float = 0.2) -> bool:
+    """Poll `predicate()` until it is true (True) or `seconds` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 def envelope(message) -> bytes:
