@@ -82,13 +82,17 @@ class WorkerClient:
 
     # -- sending ---------------------------------------------------------------------------------
     def call(self, message: Any, *, sender: str | None = None, timeout: float | None = None,
-             msg_id: int = 0) -> Any:
+             msg_id: int = 0, expires: bool = False) -> Any:
         """Send `message`, wait for the reply, return its value or raise the worker's error.
-        A nonzero `msg_id` (Envelope.msg_id) lets a later `m.Cancel(msg_id)` stop it."""
+        A nonzero `msg_id` (Envelope.msg_id) lets a later `m.Cancel(msg_id)` stop it. With
+        `expires`, a broker drops the message if it is still queued when the wait ends (a
+        request nobody waits for any more, which a worker restarted later must not run)."""
+        timeout = self.timeout if timeout is None else timeout
         with self.context.send_lock:  # the frame goes out before another thread's
             frame, buffered = self._call_frame(message, sender, msg_id)
-            call = self.engine.start_frame(self.id, frame, type(message).__name__)
-        reply = call.reply(self.timeout if timeout is None else timeout)
+            call = self.engine.start_frame(self.id, frame, type(message).__name__,
+                                           timeout if expires else None)
+        reply = call.reply(timeout)
         return self._call_result(reply, message, buffered)
 
     def _call_frame(self, message: Any, sender: str | None, msg_id: int = 0

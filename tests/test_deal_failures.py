@@ -232,3 +232,24 @@ def test_found_by_review_a_party_killed_mid_deal_leaves_no_share_anywhere(hook, 
     dealt = store.deal_now(provider, [bob, alice], WANTED)  # all serve again
     assert _counts(bob, alice) == [5, 5]
     del dealt
+
+
+@pytest.mark.amqp
+@pytest.mark.slow  # ~15 s: a timeout, a kill and a restart
+def test_found_by_review_a_provider_restarted_after_the_give_up_deals_nothing(hook, services):
+    """The provider is killed; a deal fails (nobody consumes its queue) and the caller deletes
+    every id on the parties; the provider is restarted under the same id: its durable queue
+    still held the DealRequest, which the new process dealt (60 objects left on each party
+    in the review's run). The request now expires with the caller's wait."""
+    bob, alice, provider = _clients(hook, 4)
+    store = primitive_store(provider)
+    services.kill("df_provider")
+    with pytest.raises((DealTimeout, errors.WorkerNotFoundError, errors.ReplyTimeout)):
+        store.deal_now(provider, [bob, alice], WANTED)
+    time.sleep(4.5)  # past the caller's 4 s wait: the request has expired
+    services.start("df_provider", fresh=False)  # the same queue, with what it still holds
+    time.sleep(2)
+    assert _counts(bob, alice) == [0, 0]
+    dealt = store.deal_now(provider, [bob, alice], WANTED)  # it serves again
+    assert _counts(bob, alice) == [5, 5]
+    del dealt

@@ -625,7 +625,9 @@ class PrimitiveStore:
             metas.append((kind, params, ids))
         msg_id = new_id()
         try:
-            provider.call(DealRequest(deals), msg_id=msg_id)
+            # expires: a provider restarted after the caller gave up (and deleted every id on
+            # the parties) must not find the request in its durable queue and deal it
+            provider.call(DealRequest(deals), msg_id=msg_id, expires=True)
         except Exception as exc:
             raise _given_up(provider, parties, deals, msg_id, exc) from exc
         self.requests += 1

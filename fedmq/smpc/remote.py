@@ -276,7 +276,8 @@ def _share(t: torch.Tensor, shape: tuple, workers: tuple, crypto_provider: Any
     ids = [new_id() for _ in parties]
     msg_id = new_id()
     try:
-        location.call(ShareRequest(ref.id, [p.id for p in parties], ids), msg_id=msg_id)
+        location.call(ShareRequest(ref.id, [p.id for p in parties], ids), msg_id=msg_id,
+                      expires=True)  # a holder restarted after the give-up must not run it
     except TransportError as exc:  # no answer: the holder may still be at it
         raise _give_up(location, parties, ids, msg_id, exc) from exc
     return AdditiveSharingTensor([make_pointer(p, i, shape) for p, i in zip(parties, ids)],
