@@ -199,3 +199,10 @@ def test_found_by_review_true_division_of_integer_shares_is_refused(parties):
         assert ((got - torch.div(x, d, rounding_mode="floor")).abs() <= 1).all(), (d, got)
     got = (x.float().fix_precision().share(*workers[:2], crypto_provider=provider) / 2)
     assert torch.allclose(got.get().float_precision(), x / 2)
+    # the mean of integer shares lost its fraction the same way ([7, -7, 100, -1] -> 25)
+    with pytest.raises(TypeError, match=r"fix_precision\(\)"):
+        x.share(*workers[:2], crypto_provider=provider).mean()
+    with pytest.raises(TypeError, match=r"fix_precision\(\)"):
+        torch.mean(x.share(*workers[:2], crypto_provider=provider))
+    fixed = x.float().fix_precision().share(*workers[:2], crypto_provider=provider)
+    assert abs(fixed.mean().get().float_precision().item() - x.float().mean().item()) < 1e-3

@@ -350,8 +350,11 @@ class AdditiveSharingTensor(SmpcTensor):
         return self.map("torch.sum", dim, keepdim=keepdim)
 
     def mean(self, dim=None, keepdim: bool = False) -> "AdditiveSharingTensor":
-        count = self.numel() if dim is None else _count(self.shape, dim)
-        return self.sum(dim, keepdim).div(count)
+        """Refused, as torch refuses the mean of an integer tensor (its fraction would be
+        lost, as x / d's is): fix_precision() before sharing, or sum() // count."""
+        raise TypeError("mean() of integer shares: their mean is not an integer (torch refuses "
+                        "it on integer tensors too). Encode first, x.fix_precision().share(...)"
+                        ".mean(), or floor it yourself: x.sum() // x.numel() (exact to 1 unit)")
 
     # shape manipulation: local on every share
     def reshape(self, *shape) -> "AdditiveSharingTensor":
