@@ -206,3 +206,20 @@ def test_found_by_review_true_division_of_integer_shares_is_refused(parties):
         torch.mean(x.share(*workers[:2], crypto_provider=provider))
     fixed = x.float().fix_precision().share(*workers[:2], crypto_provider=provider)
     assert abs(fixed.mean().get().float_precision().item() - x.float().mean().item()) < 1e-3
+
+
+def test_found_by_review_clear_errors_for_huge_divisors_and_pointer_arithmetic(hook, parties):
+    """x / 10**30 on shares raised the crypto provider's internal message; `ptr * 0.5` on a
+    pointer to a shared value a bare 'unsupported operand'."""
+    workers, provider = parties
+    shared = torch.tensor([5, -3]).share(*workers[:2], crypto_provider=provider)
+    with pytest.raises(ValueError, match=r"below 2\*\*62"):
+        shared // 10 ** 30
+    holder = fedmq.VirtualWorker(hook, id="holder")
+    ptr = torch.tensor([1.5]).send(holder).fix_precision().share(
+        *workers[:2], crypto_provider=provider)
+    for op in (lambda p: p * 0.5, lambda p: 0.5 * p, lambda p: p + p, lambda p: p @ p,
+               lambda p: p / 2, lambda p: -p, lambda p: p > 0):
+        with pytest.raises(TypeError, match=r"\.get\(\) it first"):
+            op(ptr)
+    assert abs(ptr.get().get().float_precision().item() - 1.5) < 1e-3

@@ -336,6 +336,10 @@ class AdditiveSharingTensor(SmpcTensor):
         """Division by a public positive int (probabilistic truncation, truncation.py)."""
         if not _is_public_int(divisor) or divisor <= 0:
             raise ValueError("a shared tensor can only be divided by a positive public int")
+        if divisor >= 2 ** 62:  # the truncation's divisors (found by review: the provider's
+            # internal message came back for x / 10**30)
+            raise ValueError(f"a shared tensor's divisor must be below 2**62, got {divisor}: "
+                             f"every value in the ring (|x| < 2**63) divided by it is 0 or -1")
         return truncate(self, int(divisor))
 
     def rdiv(self, other: Any) -> "AdditiveSharingTensor":

@@ -525,3 +525,12 @@ class SharedPointer:
         provider = getattr(ast.crypto_provider, "id", None)
         return (f"(Wrapper)>[SharedPointer | {owner}:{self.id} -> {self.holder.id}: shared "
                 f"among {parties}]\n\t*crypto provider: {provider}*")
+
+    def _no_arithmetic(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise TypeError("arithmetic on a pointer to a shared value: .get() it first (the value "
+                        "stays shared; no share comes to this client), e.g. "
+                        "`ptr.get() * 0.5` or `ptr.get() + other.get()`")
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _no_arithmetic
+    __matmul__ = __rmatmul__ = __truediv__ = __rtruediv__ = __floordiv__ = _no_arithmetic
+    __neg__ = __gt__ = __lt__ = __ge__ = __le__ = _no_arithmetic
