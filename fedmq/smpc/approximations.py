@@ -14,11 +14,17 @@ code runs on local values (exact integer arithmetic, truncation toward zero) and
 fixed_precision.py, above this module, calls these functions from its methods.
 
 Internal precision. Every function first re-encodes its input at `internal_precision(x)`
-fractional digits, the smallest >= the input's with base**digits >= 10**6 (6 digits in base
-10, 20 bits in base 2): a local, exact multiplication by a public integer. It computes there and
-truncates once back to the input's precision. At that scale a product must satisfy
-|x * y| < 2**62 / 10**12 ~ 4.6e6, which every intermediate value below respects on the stated
-ranges. On shared values every function runs under `truncation.exact_truncation()`: each
+fractional digits, the smallest with base**digits >= 10**6 (6 digits in base 10, 20 bits in
+base 2) whatever the input's precision: a local, exact multiplication by a public integer for
+an input with fewer digits, one truncation (exact on shares, `truncate_exact`: one more round)
+for an input with more (base 10 with 7-9 digits, base 2 with 21-31 bits). It computes there and
+converts the result back to the input's precision once (a truncation, or a local
+multiplication by a public integer). At that scale a product must satisfy
+|x * y| < 2**62 / 10**12 ~ 4.6e6 (2**62 / 2**40 ~ 4.2e6 in base 2), which every intermediate
+value below respects on the stated ranges. (Computing at the input's own precision when it
+had more digits overflowed the ring: at 9 digits shared exp(2.5) gave -6.26, reciprocal(7)
+1.83, and local values raised OverflowError; found by review.)
+On shared values every function runs under `truncation.exact_truncation()`: each
 truncation (a product's rescaling, a public division) is `truncate_exact`, which is exact
 (ABY3's result, without its wraparound) for every value below 2**62 / 10**6, so inside the ranges a
 shared result has no failure probability. (The ABY3 truncation used elsewhere wraps with
@@ -91,14 +97,20 @@ def _exact(fn: Callable) -> Callable:
 
 
 def internal_precision(x: Fixed) -> int:
-    """The fractional digits (in x's base) the approximations compute with."""
-    digits = x.precision_fractional
+    """The fractional digits (in x's base) the approximations compute with: the smallest with
+    base**digits >= INTERNAL_SCALE (6 in base 10, 20 bits in base 2), whatever x's own
+    precision (a product at that scale stays below 2**62 for |x * y| < 4.2e6)."""
+    digits = 0
     while x.base ** digits < INTERNAL_SCALE:
         digits += 1
     return digits
 
 
 def _up(x: Fixed) -> Fixed:
+    """x at `internal_precision(x)`: a local multiplication by a public power of the base when
+    x has fewer digits, an (exact, on shares: `truncate_exact`) truncation when it has more
+    (base 10 with 7-9 digits, base 2 with 21-31 bits: computing at x's own scale overflowed
+    the ring, found by review)."""
     return x._rescaled(internal_precision(x))
 
 
@@ -277,10 +289,14 @@ def divide(x: Fixed, y: Fixed, iterations: int = RECIPROCAL_ITERATIONS,
     """x / y for a fixed-point y: x times `reciprocal(y)`, both at internal precision (so
     1/y keeps 6 digits before the product). Range: |y| in RECIPROCAL_RANGE = [0.0078, 16384]
     (local y outside, 0 included: ValueError; shared: wrong, see `reciprocal`), and
-    |x / y| < 4.6e6 (the product range of the module docstring: x at 6 digits times 1/y at 6
-    digits is |x / y| * 10**12 before rescaling, which must stay below 2**62; shared values
-    are then exact, local ones raise OverflowError past 9.2e6); `bound`: a public upper bound
-    on |y| (see `reciprocal`). Result at x's precision."""
+    |x / y| < 4.6e6 (4.2e6 in base 2; the product range of the module docstring: x at 6
+    digits times 1/y at 6 digits is |x / y| * 10**12 before rescaling, which must stay
+    below 2**62; shared values are then exact, local ones raise OverflowError past 9.2e6);
+    `bound`: a public upper bound on |y| (see `reciprocal`). An x with more digits than the
+    internal precision is first truncated to it (`_up`), which on shares is exact only for
+    |x| * x.scale < 2**62: a shared x must then satisfy |x| < 2**62 / scale (4.6e9 at 9
+    digits, 2.1e9 at 31 bits; half the encoding's range; 4e9 at 31 bits failed 45% of the
+    time). Result at x's precision."""
     low, high, shift = _reciprocal_bands(bound)
     _check_range(y, "division by a fixed-point tensor (its reciprocal)", 2.0 ** (low + shift),
                  bound or RECIPROCAL_RANGE[1],
