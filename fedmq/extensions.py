@@ -45,6 +45,7 @@ BUILTIN = {
     "plans": "fedmq.plans.hooks",
     "smpc": "fedmq.smpc.hooks",
     "fl": "fedmq.fl.hooks",
+    "secagg": "fedmq.secagg.hooks",
 }
 
 _loaded: dict[str, Extension] = {}

@@ -63,6 +63,8 @@ class RoundRecord:
     correct: int | None = None
     total: int | None = None
     time: float = 0.0  # Unix time the round ended
+    #: differential privacy: epsilon spent so far, at the run's delta (None without DP)
+    epsilon: float | None = None
 
     def as_json(self) -> dict:
         return dataclasses.asdict(self)
