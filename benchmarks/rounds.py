@@ -49,6 +49,7 @@ from fedmq.fl.connections import AMQPRoundConnection, InProcessConnection
 from fedmq.fl.training import batch_indices
 from fedmq.fl.coordinator import Coordinator, TrainConfig, initial_weights, worker_seed
 from fedmq.fl.launch import WorkerLauncher, thread_env
+from fedmq.fl.secure import make_private_rounds
 from fedmq.models import MODELS
 
 WORKERS = {"alice": "0-3", "bob": "4-6", "charlie": "7-9"}
@@ -144,8 +145,10 @@ def plain_rounds(data: dict, model: str, rounds: int, batch_size: int, num_batch
 
 # -- fedmq: the coordinator over a connection ------------------------------------------------
 
-async def coordinated(name: str, connection, workers: list[str], config: TrainConfig) -> Run:
-    coordinator = Coordinator(connection, workers, config, echo=lambda line: None)
+async def coordinated(name: str, connection, workers: list[str], config: TrainConfig,
+                      privacy: str | None = None) -> Run:
+    coordinator = Coordinator(connection, workers, config, echo=lambda line: None,
+                              privacy=make_private_rounds(privacy, seed=config.seed))
     started = time.perf_counter()
     try:
         history = await coordinator.run()
@@ -161,18 +164,21 @@ async def coordinated(name: str, connection, workers: list[str], config: TrainCo
                [max(f) for f in fits], wall, workers=len(workers), weights=coordinator.weights)
 
 
-def run_in_process(name: str, workers: dict, config: TrainConfig) -> Run:
-    return asyncio.run(coordinated(name, InProcessConnection(workers), list(workers), config))
+def run_in_process(name: str, workers: dict, config: TrainConfig,
+                   privacy: str | None = None) -> Run:
+    return asyncio.run(coordinated(name, InProcessConnection(workers), list(workers), config,
+                                   privacy))
 
 
-def run_over_amqp(name: str, url: str, worker_ids: list[str], config: TrainConfig) -> Run:
+def run_over_amqp(name: str, url: str, worker_ids: list[str], config: TrainConfig,
+                  privacy: str | None = None) -> Run:
     async def go() -> Run:
         connection = await AMQPRoundConnection.connect(url)
         probe = Coordinator(connection, worker_ids, config, echo=lambda line: None)
         missing = await probe.wait_for_workers(60)
         if missing:
             raise RuntimeError(f"workers not answering: {missing[:5]}")
-        return await coordinated(name, connection, worker_ids, config)
+        return await coordinated(name, connection, worker_ids, config, privacy)
     return asyncio.run(go())
 
 
@@ -318,7 +324,17 @@ def main() -> None:
                         help="torch threads per worker process (OMP_NUM_THREADS; 0: the "
                              "cores split between the worker processes, as `fedmq train "
                              "--launch` does)")
+    parser.add_argument("--secure-aggregation", default=None, choices=["secagg+"],
+                        help="[5]: the §14 round (3 workers) and the wide round (50 workers) "
+                             "with this secure aggregation against plain FedAvg, same "
+                             "transport, same run (issue 16: <= 1.3x; <= 2 ms per worker)")
+    parser.add_argument("--only-secure", action="store_true",
+                        help="run section [5] only (needs --secure-aggregation)")
     args = parser.parse_args()
+    if args.only_secure:
+        if not args.secure_aggregation:
+            parser.error("--only-secure needs --secure-aggregation")
+        return secure_main(args)
     from fedmq import runtime
     runtime.tune_malloc()  # as the worker services do; plain and in-process runs alike
     print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
@@ -402,6 +418,64 @@ def main() -> None:
     for _, label, ratio in plan_results:
         print(f"  acceptance (§14 round, model as a plan / by name <= 1.1, {label}): "
               f"{ratio:.3f} -> {'met' if ratio <= 1.1 else 'NOT met'}")
+
+
+def secure_main(args: argparse.Namespace) -> None:
+    """[5] secure aggregation against plain FedAvg: each secure run right after its FedAvg
+    run on the same transport; the acceptance figures of issue 16."""
+    from fedmq import runtime
+    runtime.tune_malloc()
+    method = args.secure_aggregation
+    seed_data, wide_data = partitions(), iid_parts(args.wide_workers)
+    plain_rounds(seed_data, "seed-cnn", 3, 32, 10)  # warm-up
+    pairs: list[tuple[str, Run, Run]] = []
+
+    def pair(label: str, run) -> None:
+        base = run("fedavg", None)
+        print(line(base))
+        secure = run(method, method)
+        print(line(secure, base))
+        pairs.append((label, base, secure))
+
+    print(f"[5] {method} against plain FedAvg; round 1 left out of medians")
+    print(f"  §14 round in-process, 3 workers, seed CNN, {args.rounds} rounds")
+    pair("s14 in-process", lambda name, privacy: run_in_process(
+        name, in_process_workers(seed_data), seed_config(args.rounds), privacy))
+    print(f"  {args.wide_workers} workers in-process, mnist-logreg, {args.wide_rounds} rounds")
+    pair("wide in-process", lambda name, privacy: run_in_process(
+        name, in_process_workers(wide_data), tiny_config(args.wide_rounds), privacy))
+    if args.url:
+        with tempfile.TemporaryDirectory() as logs:
+            with launched(args.url, logs, len(WORKERS), args.worker_threads) as launcher:
+                for worker_id, labels in WORKERS.items():
+                    launcher.start(worker_id, DATASET, labels)
+                launcher.wait_consuming()
+                print(f"  §14 round over RabbitMQ, 3 worker processes, {args.rounds} rounds")
+                pair("s14 rabbitmq", lambda name, privacy: run_over_amqp(
+                    name, args.url, list(WORKERS), seed_config(args.rounds), privacy))
+            ids = list(wide_data)
+            per = -(-len(ids) // args.wide_processes)
+            with launched(args.url, logs, args.wide_processes, args.worker_threads) as launcher:
+                for p, first in enumerate(range(0, len(ids), per)):
+                    launcher.start_group(f"group{p}", ids[first:first + per], DATASET,
+                                         iid_parts=len(ids), first_part=first)
+                launcher.wait_consuming()
+                print(f"  {len(ids)} workers over RabbitMQ in {args.wide_processes} processes, "
+                      f"{args.wide_rounds} rounds")
+                pair("wide rabbitmq", lambda name, privacy: run_over_amqp(
+                    name, args.url, ids, tiny_config(args.wide_rounds), privacy))
+    print(f"\n=== {method} vs FedAvg: median ms per round ===")
+    for label, base, secure in pairs:
+        ratio = secure.median / base.median
+        per_worker = (secure.median - base.median) / secure.workers * 1e3
+        if label.startswith("s14"):
+            verdict = f"ratio {ratio:.2f} (target <= 1.3: {'met' if ratio <= 1.3 else 'NOT met'})"
+        else:
+            verdict = (f"+{per_worker:.2f} ms per worker (target <= 2: "
+                       f"{'met' if per_worker <= 2 else 'NOT met'})")
+        print(f"  {label:<16} fedavg {base.median * 1e3:8.1f}  {method} "
+              f"{secure.median * 1e3:8.1f}  {verdict}; max |w - w_fedavg| "
+              f"{max_diff(secure.weights, base.weights):.1e}")
 
 
 def summary(results: list[Result]) -> None:

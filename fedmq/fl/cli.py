@@ -214,7 +214,93 @@ def check_args(args: argparse.Namespace) -> dict[str, str | None]:
                          f"{args.stop_after_failed_rounds}")
     if args.resume and args.overwrite:
         raise UsageError("--resume continues a run and --overwrite replaces it: give one")
+    check_privacy_args(args, workers)
     return workers
+
+
+def parse_secure_aggregation(text: str | None) -> tuple[str | None, list[str]]:
+    """(method, aggregators) from --secure-aggregation: "secagg+", "additive:agg1,agg2[,...]"
+    or None; UsageError otherwise."""
+    if not text:
+        return None, []
+    method, _, rest = text.partition(":")
+    if method == "secagg+" and not rest:
+        return method, []
+    if method == "additive":
+        aggregators = [a.strip() for a in rest.split(",") if a.strip()]
+        if not 2 <= len(aggregators) <= 5 or len(set(aggregators)) != len(aggregators):
+            raise UsageError(f"--secure-aggregation additive:AGG1,AGG2[,...] names 2 to 5 "
+                             f"distinct aggregator workers, got {text!r}")
+        for a in aggregators:
+            try:
+                check_worker_id(a, "--secure-aggregation")
+            except CliUsageError as exc:
+                raise UsageError(str(exc)) from None
+        return method, aggregators
+    raise UsageError(f"--secure-aggregation is secagg+ or additive:AGG1,AGG2[,...], got "
+                     f"{text!r}")
+
+
+def check_privacy_args(args: argparse.Namespace, workers: dict) -> None:
+    """--secure-aggregation, --sa-*, --dp and its numbers (UsageError naming the option)."""
+    method, aggregators = parse_secure_aggregation(args.secure_aggregation)
+    clash = [a for a in aggregators if a in workers or a == args.testing]
+    if clash:
+        raise UsageError(f"--secure-aggregation: aggregator {clash[0]} is also a training or "
+                         f"the testing worker; aggregators hold no data of the run")
+    sa_options = (("--sa-threshold", args.sa_threshold), ("--sa-neighbours", args.sa_neighbours))
+    for option, value in sa_options:
+        if value is not None and method != "secagg+":
+            raise UsageError(f"{option} is for --secure-aggregation secagg+")
+    n = len(workers)
+    if args.sa_threshold is not None and not 2 <= args.sa_threshold <= n:
+        raise UsageError(f"--sa-threshold must be from 2 to the number of workers ({n}), got "
+                         f"{args.sa_threshold}")
+    if args.sa_neighbours is not None and not 1 <= args.sa_neighbours <= max(n - 1, 1):
+        raise UsageError(f"--sa-neighbours must be from 1 to {max(n - 1, 1)}, got "
+                         f"{args.sa_neighbours}")
+    if method and n < 2:
+        raise UsageError("--secure-aggregation needs at least 2 workers (with one, the sum is "
+                         "its update)")
+    if method and args.strategy in ("fedasync", "fedbuff"):
+        raise UsageError(f"--secure-aggregation sums a round's updates; --strategy "
+                         f"{args.strategy} has no rounds")
+    if args.dp is not None and args.strategy in ("fedasync", "fedbuff"):
+        raise UsageError(f"--dp accounts rounds; --strategy {args.strategy} has no rounds")
+    if args.dp is None:
+        for option, value in (("--noise-multiplier", args.noise_multiplier),
+                              ("--max-grad-norm", args.max_grad_norm),
+                              ("--dp-delta", args.dp_delta)):
+            if value is not None:
+                raise UsageError(f"{option} is for a --dp run (--dp central or --dp local)")
+        return
+    try:
+        dp_config(args)
+    except ValueError as exc:
+        raise UsageError(f"--dp: {exc}") from None
+
+
+def dp_config(args: argparse.Namespace):
+    """The run's DPConfig (fedmq.privacy.config) or None; ValueError for a bad value."""
+    if args.dp is None:
+        return None
+    from fedmq.privacy.config import DPConfig
+
+    return DPConfig(mode=args.dp, noise_multiplier=(1.0 if args.noise_multiplier is None
+                                                    else args.noise_multiplier),
+                    max_grad_norm=1.0 if args.max_grad_norm is None else args.max_grad_norm,
+                    delta=1e-5 if args.dp_delta is None else args.dp_delta,
+                    accountant=args.dp_accountant)
+
+
+def make_privacy(args: argparse.Namespace, workers: dict):
+    """The run's fedmq.fl.secure.PrivateRounds, or None for a plain run."""
+    from fedmq.fl.secure import make_private_rounds
+
+    method, aggregators = parse_secure_aggregation(args.secure_aggregation)
+    return make_private_rounds(method, aggregators, threshold=args.sa_threshold,
+                               neighbours=args.sa_neighbours, seed=args.seed,
+                               dp=dp_config(args))
 
 
 def in_process_workers(workers: dict, dataset: str, testing: str | None) -> dict:
@@ -332,7 +418,13 @@ def prepare(args: argparse.Namespace, workers: dict[str, str | None]) -> tuple:
     if isinstance(wanted, int) and wanted > len(workers):
         raise UsageError(f"--strategy-arg min_fit_workers={wanted}: the run has "
                          f"{len(workers)} worker{'s' * (len(workers) != 1)} (--workers)")
-    return source, strategy, config_from(args)
+    privacy = make_privacy(args, workers)
+    if privacy is not None:
+        try:
+            privacy.check_strategy(strategy)
+        except ValueError as exc:
+            raise UsageError(f"--strategy {args.strategy}: {exc}") from None
+    return source, strategy, config_from(args), privacy
 
 
 async def train(args: argparse.Namespace, workers: dict[str, str | None],
@@ -343,7 +435,7 @@ async def train(args: argparse.Namespace, workers: dict[str, str | None],
     from fedmq.plans import module_plan
     from fedmq.strategy import AsyncStrategy
 
-    source, strategy, config = prepared
+    source, strategy, config, privacy = prepared
     testing = args.testing or None
     if source.user is not None:  # what a data owner reviews and allows
         print(f"model plan {source.user.digest} ({module_plan.describe(source.user.plan, 300)})"
@@ -367,7 +459,7 @@ async def train(args: argparse.Namespace, workers: dict[str, str | None],
         coordinator = Coordinator(connection, list(workers), config, testing=testing,
                                   strategy=strategy, run_dir=run_dir, overwrite=args.overwrite,
                                   max_failed_rounds=args.stop_after_failed_rounds or None,
-                                  progress=args.progress)
+                                  progress=args.progress, privacy=privacy)
     args._coordinator = coordinator  # what an interrupt reports
     try:
         if args.url:
@@ -587,6 +679,31 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
                         "0 never (default %(default)s)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="frames above this many bytes travel in chunks (default 64 MiB)")
+    g = p.add_argument_group("privacy (issue 16: secure aggregation, differential privacy)")
+    g.add_argument("--secure-aggregation", default=None, metavar="METHOD",
+                   help="the coordinator learns only the round's sum: secagg+ (SecAgg+, Bell "
+                        "et al. 2020) or additive:AGG1,AGG2[,...] (additive shares summed by "
+                        "aggregator workers, the seed's §10 way); default: none")
+    g.add_argument("--sa-threshold", type=int, default=None, metavar="T",
+                   help="secagg+: shares needed to unmask a worker (default: a majority of "
+                        "its neighbourhood); up to the others can drop after masking")
+    g.add_argument("--sa-neighbours", type=int, default=None, metavar="K",
+                   help="secagg+: neighbours per worker (default: all up to 8 workers, "
+                        "then about 2 log2 n)")
+    g.add_argument("--dp", default=None, choices=["central", "local"],
+                   help="differential privacy: central (DP-FedAvg: clipped updates, Gaussian "
+                        "noise on the aggregate; distributed among the workers with "
+                        "--secure-aggregation) or local (DP-SGD on each worker, Opacus); "
+                        "default: none")
+    g.add_argument("--noise-multiplier", type=float, default=None, metavar="Z",
+                   help="--dp: noise std / clipping norm (default 1.0)")
+    g.add_argument("--max-grad-norm", type=float, default=None, metavar="C",
+                   help="--dp: L2 clipping norm of an update (central) or a per-sample "
+                        "gradient (local) (default 1.0)")
+    g.add_argument("--dp-delta", type=float, default=None, metavar="DELTA",
+                   help="--dp: the delta epsilon is reported at (default 1e-5)")
+    g.add_argument("--dp-accountant", default="rdp", choices=["rdp", "prv"],
+                   help="--dp: Opacus' accountant (default: %(default)s)")
     p.add_argument("--log-level", default="warning",
                    choices=["debug", "info", "warning", "error"],
                    help="(default %(default)s)")

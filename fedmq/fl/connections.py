@@ -30,7 +30,7 @@ SENDER = "coordinator"
 
 def InProcessConnection(workers: Mapping[str, Any]) -> RequestEngine:
     """A request engine over workers in this process (anything with `handle_frame`)."""
-    load_extensions(("fl",))
+    load_extensions(("fl", "secagg"))
     engine = RequestEngine(LocalTransport(workers), sender=SENDER, timeout=None)
     engine.events = EventLog()
     return engine

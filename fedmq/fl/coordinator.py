@@ -38,7 +38,9 @@ from fedmq.fl.base import CANCEL_WAIT, CoordinatorBase, cancel_fit, wait_for_wor
 from fedmq.fl.config import TrainConfig, initial_model, initial_weights
 from fedmq.fl.messages import EvaluateRes, FitRes
 from fedmq.fl.reporters import ConsoleReporter, Reporter, accuracy_line, bucket_line
+from fedmq.fl.secure import PrivateRounds
 from fedmq.ids import new_id
+from fedmq.secagg.base import SecureAggregationError
 from fedmq.strategy import (AsyncStrategy, EvaluateIns, FedAvg, FitIns, FitResult, RoundFailed, Strategy,
                             UpdateRejected, worker_seed)
 
@@ -111,7 +113,8 @@ class Coordinator(CoordinatorBase):
                  echo: Callable[[str], None] | None = None,
                  reporters: Iterable[Reporter] | None = None,
                  extra_reporters: Iterable[Reporter] = (), overwrite: bool = False,
-                 max_failed_rounds: int | None = None, progress: str = "auto") -> None:
+                 max_failed_rounds: int | None = None, progress: str = "auto",
+                 privacy: PrivateRounds | None = None) -> None:
         if isinstance(strategy, AsyncStrategy):
             raise TypeError(f"{type(strategy).__name__} runs without rounds: use "
                             f"fedmq.fl.async_coordinator.AsyncCoordinator")
@@ -121,6 +124,10 @@ class Coordinator(CoordinatorBase):
                          reporters=reporters, extra_reporters=extra_reporters,
                          overwrite=overwrite, progress=progress)
         self.history: list[RoundRecord] = []
+        #: secure aggregation and differential privacy (fedmq.fl.secure), None for neither
+        self.privacy = privacy
+        if privacy is not None:
+            privacy.check_strategy(self.strategy)
         #: stop with RunFailed after this many rounds in a row with no worker trained
         self.max_failed_rounds = max_failed_rounds
 
@@ -134,7 +141,8 @@ class Coordinator(CoordinatorBase):
         return {"round": record.round, "lr": self.lr, "lr0": self.config.lr,
                 "weights": self.weights,
                 "strategy": self.strategy.state_dict(), "seed": self.config.seed,
-                "model": self.config.model}
+                "model": self.config.model,
+                "privacy": self.privacy.state_dict() if self.privacy is not None else {}}
 
     # -- the run ----------------------------------------------------------------------------
     async def run(self, resume: bool = False, until: int | None = None) -> list[RoundRecord]:
@@ -165,6 +173,8 @@ class Coordinator(CoordinatorBase):
         state = self.load_checkpoint(resume)
         self.start_model(state)
         self.lr = float(state["lr"]) if state is not None else self.config.lr
+        if state is not None and self.privacy is not None:
+            self.privacy.load_state_dict(state.get("privacy") or {})
         if state is not None and state.get("lr0") and state["lr0"] != self.config.lr:
             # resumed with another --lr: the same schedule from the new initial rate
             self.lr *= self.config.lr / float(state["lr0"])
@@ -198,6 +208,23 @@ class Coordinator(CoordinatorBase):
         update_evals: dict[str, asyncio.Task] = {}
         fit_seconds: dict[str, float] = {}
         cancels: list[asyncio.Task] = []  # Cancels of Fits the round gave up on
+        privacy = self.privacy
+        secure = privacy is not None and privacy.secure
+        protected: dict[str, FitRes] = {}  # secure rounds: each worker's protected update
+        fit_metrics: dict[str, dict] = {}
+        if privacy is not None and todo:
+            entries: dict[str, dict] = {}
+            if secure:
+                try:
+                    entries = await privacy.begin(round, chosen, self.secure_request, deadline)
+                except SecureAggregationError as exc:
+                    failed["*"] = str(exc)
+                    todo = []
+                for worker_id in chosen:
+                    if todo and worker_id not in entries:
+                        failed[worker_id] = "dropped out of the secure aggregation set-up"
+                todo = [(w, ins) for w, ins in todo if w in entries]
+            todo = [(w, privacy.fit_ins(ins, entries.get(w), len(chosen))) for w, ins in todo]
 
         async def fit_one(worker_id: str, ins: FitIns) -> None:
             msg_id = new_id()  # what a Cancel names, if the deadline passes
@@ -213,8 +240,15 @@ class Coordinator(CoordinatorBase):
                     raise ValueError(f"reply for round {res.round} discarded")
                 if res.status != "ok":
                     raise ValueError(f"worker skipped the round ({res.status})")
-                results.add(FitResult(worker_id, res.weights, res.num_examples, res.loss,
-                                      round, res.metrics))
+                fit_metrics[worker_id] = res.metrics if isinstance(res.metrics, dict) else {}
+                if secure:  # its update is protected: only the sum will be known
+                    protected[worker_id] = res
+                else:
+                    result = FitResult(worker_id, res.weights, res.num_examples, res.loss,
+                                       round, res.metrics)
+                    if privacy is not None:
+                        result = privacy.clip_result(global_weights, result, self.trainable)
+                    results.add(result)
                 fit_seconds[worker_id] = float(res.metrics.get("fit_seconds", float("nan")))
             except asyncio.CancelledError:
                 failed.setdefault(worker_id, "missed the round deadline")
@@ -231,7 +265,7 @@ class Coordinator(CoordinatorBase):
             else:
                 self.report("on_fit_result", round, worker_id,
                             {"loss": res.loss, "samples": res.num_examples})
-                if evaluate_now and cfg.evaluate_updates:
+                if evaluate_now and cfg.evaluate_updates and not secure:
                     update_evals[worker_id] = asyncio.ensure_future(
                         self.evaluate(round, res.weights))
                 return
@@ -248,12 +282,16 @@ class Coordinator(CoordinatorBase):
                 pass
         if cancels:  # sent before the round goes on (the replies are not waited for long)
             await asyncio.wait(cancels, timeout=CANCEL_WAIT)
+        if secure and protected:
+            await self.unmask(round, global_weights, protected, results, failed, deadline)
         for worker_id in chosen:
             if worker_id not in results.losses and worker_id not in failed:
                 failed[worker_id] = "missed the round deadline"
         status = "ok"
         try:
             self.weights = self.strategy.aggregate_fit(round, results, failed)
+            if privacy is not None:
+                self.weights = privacy.add_noise(self.weights, self.trainable, len(chosen))
         except RoundFailed as exc:
             status = "failed"
             log.warning("%s; the global model is unchanged", exc)
@@ -266,12 +304,41 @@ class Coordinator(CoordinatorBase):
                 if samples else float("nan"))
         record = RoundRecord(round=round, seconds=0.0, lr=self.lr, status=status, loss=loss,
                              workers=workers, failed=failed)
+        if privacy is not None:  # what this round spent (the sampled workers took part)
+            record.epsilon = privacy.account(
+                len(chosen), len(self.workers),
+                {w: fit_metrics.get(w, {}) for w in chosen if w in results.losses})
         if evaluate_now:
             await self.report_evaluations(round, chosen, update_evals, record)
         record.seconds = time.monotonic() - started
         record.time = time.time()
         self.report("on_round_end", record)
         return record
+
+    async def secure_request(self, worker_id: str, message: Any, timeout: float) -> Any:
+        """One request of a secure-aggregation stage (fedmq.secagg.base.Request)."""
+        timeout = max(float(timeout), 0.001)
+        return await self.connection.arequest(worker_id, message, timeout=timeout,
+                                              expiration=timeout)
+
+    async def unmask(self, round: int, global_weights: dict, protected: dict[str, FitRes],
+                     results: Any, failed: dict[str, str], deadline: float) -> None:
+        """A secure round's last stages: the contributors' mean folded into `results` (one
+        result, FitAggregate.add_mean); a worker whose update could not be counted, or the
+        whole round ("*"), recorded in `failed`."""
+        try:
+            mean, contributors = await self.privacy.finish(
+                round, global_weights, protected, self.secure_request,
+                max(deadline, time.time() + self.config.round_timeout / 4))
+            results.add_mean(mean, {w: protected[w].loss for w in contributors},
+                             {w: int(protected[w].num_examples) for w in contributors})
+        except (SecureAggregationError, UpdateRejected) as exc:
+            failed["*"] = f"{type(exc).__name__}: {exc}"
+            log.warning("round %d: secure aggregation failed: %s", round, exc)
+            return
+        for worker_id in protected:
+            if worker_id not in contributors:
+                failed[worker_id] = "its update could not be unmasked"
 
     async def evaluate(self, round: int, weights: dict) -> EvaluateRes | Exception:
         """The testing worker's evaluation of `weights` (an exception is returned)."""

@@ -11,16 +11,23 @@ from typing import Any
 
 from fedmq.execution import execute
 from fedmq.extensions import Extension
-from fedmq.fl import train_config, training
+from fedmq.fl import secure_fit, train_config, training
 from fedmq.fl.messages import Evaluate, EvaluateRes, Fit, FitRes
 
 
 def fit(session: Any, msg: Fit) -> FitRes:
-    """Train on the worker's own data (training.fit); the reply carries the update. Only a
+    """Train on the worker's own data (training.fit); the reply carries the update, or, in a
+    securely aggregated round, only what its method makes of it (secure_fit). Only a
     principal granted `coordinator` (or the data owner) may ask (AccessDeniedError)."""
     session.require("coordinator", "send Fit")
     owner = session.as_owner()
-    return execute(training.fit, (owner, msg), None, None, owner.store, session.id)
+    res = execute(training.fit, (owner, msg), None, None, owner.store, session.id)
+    if res.status != "ok" or not isinstance(msg.config, dict) or \
+            "secure_aggregation" not in msg.config:
+        return res
+    # secure aggregation: the update leaves only encoded and protected (fedmq.fl.secure_fit)
+    return execute(secure_fit.protect_result, (session, msg, res), None, None, owner.store,
+                   session.id)
 
 
 def evaluate(session: Any, msg: Evaluate) -> EvaluateRes:

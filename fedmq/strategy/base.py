@@ -245,6 +245,27 @@ class FitAggregate:
         self.samples[result.worker_id] = result.num_examples
         self._keep(result)
 
+    def add_mean(self, weights: Weights, losses: Mapping[str, float],
+                 samples: Mapping[str, int]) -> None:
+        """Fold in the mean update of several workers at once (secure aggregation: the
+        coordinator holds only their aggregate, fedmq.fl.secure): as one result weighted by
+        their total examples, while each worker's loss and sample count is recorded as its own
+        (so `count`, `loss()` and the round's record are as if they had come one by one).
+        UpdateRejected as `add`."""
+        total = int(sum(samples.values()))
+        if not samples or total <= 0:
+            raise UpdateRejected(f"round {self.round}: an aggregate of no examples")
+        clash = [w for w in samples if w in self.samples]
+        if clash:
+            raise UpdateRejected(f"round {self.round}: a second result from {clash[0]}")
+        loss = sum(losses[w] * samples[w] for w in samples) / total
+        pseudo = "\x00aggregate"
+        self.add(FitResult(pseudo, weights, total, loss, self.round))
+        del self.losses[pseudo], self.samples[pseudo]
+        self.losses.update({w: float(losses[w]) for w in samples})
+        self.samples.update({w: int(samples[w]) for w in samples})
+        self.count += len(samples) - 1
+
     def _keep(self, result: FitResult) -> None:
         self.results.append(FitResult(result.worker_id,
                                       {n: result.weights[n] for n in self.layout.parameters},
@@ -299,6 +320,11 @@ class Strategy(abc.ABC):
     """Base class: uniform sampling with `fraction_fit`, the `min_fit_workers` rule,
     `accept_failures`, buffers as described in the module docstring. Subclasses implement
     `aggregate_parameters` (and may override `begin_fit`, `fit_config`)."""
+
+    #: whether the strategy needs only the (weighted) mean of the updates, so that it composes
+    #: with secure aggregation (FedAvg, FedProx, FedOpt, FedAvgM); the robust ones need each
+    #: update and refuse it
+    aggregates_mean: bool = False
 
     def __init__(self, *, fraction_fit: float = 1.0, min_fit_workers: int = 1,
                  min_available_workers: int = 1, accept_failures: bool = True) -> None:

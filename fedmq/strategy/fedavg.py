@@ -7,6 +7,8 @@ from fedmq.strategy.base import FitAggregate, RunningAverage, Strategy, Weights
 
 
 class FedAvg(Strategy):
+    aggregates_mean = True
+
     def begin_fit(self, round: int, parameters: Weights) -> FitAggregate:
         return RunningAverage(round, parameters, self.layout(parameters))
 

@@ -32,6 +32,8 @@ from fedmq.strategy.fedavg import average_of
 class FedOpt(Strategy):
     """The shared machinery; subclasses define `_second_moment`. The server step moves the
     trainable parameters only; buffers take the round's aggregate (base module docstring)."""
+    aggregates_mean = True
+
 
     def __init__(self, *, eta: float = 1e-1, eta_l: float = 1e-1, beta_1: float = 0.0,
                  beta_2: float = 0.0, tau: float = 1e-9, **base: Any) -> None:
@@ -157,6 +159,8 @@ class FedAvgM(Strategy):
     """FedAvg with server momentum: m ← β·m + Δ, w ← w + η·m, Δ = avg(w_i) − w (Flower's
     defaults: server_learning_rate=1.0, server_momentum=0.0, which is FedAvg). Trainable
     parameters only; m (float64) lives in `state_dict()`."""
+    aggregates_mean = True
+
 
     def __init__(self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.0,
                  **base: Any) -> None:

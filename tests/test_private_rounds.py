@@ -1,0 +1,270 @@
+"""Private rounds (issue 16) through the coordinator on in-process workers: secure aggregation
+(SecAgg+, additive sharing) gives FedAvg's model within the quantization error while the
+coordinator never holds an update; workers dropping at each stage; differential privacy
+(central, distributed, local) and its accountant; what does not compose is refused."""
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+import torch
+
+from fedmq import serde
+from fedmq.fl.connections import InProcessConnection
+from fedmq.fl.coordinator import Coordinator, TrainConfig
+from fedmq.fl.messages import Fit, FitRes
+from fedmq.fl.secure import PrivateRounds, make_private_rounds
+from fedmq.secagg import quantize
+from fedmq.strategy import FedAvg
+from fedmq.strategy.robust import FedMedian
+
+from fl_helpers import data_worker
+
+#: the quantization step of an update element, and what a few rounds of training on slightly
+#: different weights may make of it
+TOLERANCE = 1e-5
+
+
+def small_config(**changes) -> TrainConfig:
+    base = dict(rounds=2, batch_size=8, num_batches=2, lr=0.05, eval_every=0,
+                round_timeout=60, seed=3, model="mnist-logreg")
+    return TrainConfig(**(base | changes))
+
+
+def make_workers(n: int = 3, sizes: list[int] | None = None) -> dict:
+    sizes = sizes or [48] * n
+    return {f"w{i}": data_worker(f"w{i}", n=sizes[i], seed=i + 1) for i in range(n)}
+
+
+def run(privacy, workers=None, cfg=None, strategy=None, until=None):
+    workers = workers if workers is not None else make_workers()
+    train = [w for w in workers if not w.startswith("agg")]
+    coord = Coordinator(InProcessConnection(workers), train, cfg or small_config(),
+                        echo=lambda line: None, privacy=privacy, strategy=strategy)
+    history = asyncio.run(coord.run(until=until))
+    return coord, history
+
+
+def max_diff(a: dict, b: dict) -> float:
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+class Capture:
+    """An in-process worker whose replies (what the coordinator receives) are all kept."""
+
+    def __init__(self, worker, frames: list) -> None:
+        self.worker, self.frames, self.id = worker, frames, worker.id
+
+    def handle_frame(self, frame: bytes, login: str | None = None) -> bytes:
+        reply = self.worker.handle_frame(frame, login)
+        self.frames.append(bytes(reply))
+        return reply
+
+    def __getattr__(self, name):
+        return getattr(self.worker, name)
+
+
+class FailOn:
+    """An in-process worker that answers messages of type `kind` with an error (a worker that
+    died at that stage, as far as the coordinator can tell)."""
+
+    def __init__(self, worker, kind: str) -> None:
+        self.worker, self.kind, self.id = worker, kind, worker.id
+
+    def handle_frame(self, frame: bytes, login: str | None = None) -> bytes:
+        msg = serde.decode(frame).message
+        if type(msg).__name__ == self.kind:
+            raise ConnectionError(f"{self.id} is gone")
+        return self.worker.handle_frame(frame, login)
+
+    def __getattr__(self, name):
+        return getattr(self.worker, name)
+
+
+def tensors_in(value, out: list) -> list:
+    if isinstance(value, torch.Tensor):
+        out.append(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            tensors_in(v, out)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            tensors_in(v, out)
+    elif hasattr(value, "__dataclass_fields__"):
+        for name in value.__dataclass_fields__:
+            tensors_in(getattr(value, name), out)
+    return out
+
+
+# -- secure aggregation gives FedAvg's model ---------------------------------------------------
+
+def test_secaggplus_rounds_equal_fedavg_within_quantization():
+    plain, _ = run(None)
+    secure, history = run(make_private_rounds("secagg+", seed=3))
+    assert all(r.status == "ok" and not r.failed for r in history)
+    assert all(set(r.workers) == {"w0", "w1", "w2"} for r in history)
+    assert max_diff(plain.weights, secure.weights) < TOLERANCE
+
+
+def test_secaggplus_weights_by_examples_like_fedavg():
+    sizes = [16, 48, 96]
+    plain, _ = run(None, make_workers(sizes=sizes), small_config(rounds=1))
+    secure, history = run(make_private_rounds("secagg+", seed=3), make_workers(sizes=sizes),
+                          small_config(rounds=1))
+    assert history[0].status == "ok"
+    assert {w: v["samples"] for w, v in history[0].workers.items()} == \
+        {w: v["samples"] for w, v in plain.history[0].workers.items()}
+    assert max_diff(plain.weights, secure.weights) < TOLERANCE
+
+
+def test_coordinator_never_holds_an_update():
+    """Every frame the coordinator receives kept: no float tensor in them equals any worker's
+    trained weights (which plain FedAvg receives), and each int64 vector it gets is
+    uncorrelated with the worker's encoded update."""
+    plain_frames: list = []
+    ws = {k: Capture(w, plain_frames) for k, w in make_workers().items()}
+    run(None, ws, small_config(rounds=1))
+    plain_weights = [t for f in plain_frames for v in [serde.decode(f).message]
+                     for t in tensors_in(getattr(v, "value", v), []) if t.is_floating_point()]
+    assert plain_weights  # FedAvg receives the updates
+    frames: list = []
+    ws = {k: Capture(w, frames) for k, w in make_workers().items()}
+    coord, history = run(make_private_rounds("secagg+", seed=3), ws, small_config(rounds=1))
+    assert history[0].status == "ok"
+    received = [t for f in frames for v in [serde.decode(f).message]
+                for t in tensors_in(getattr(v, "value", v), [])]
+    for t in received:
+        for w in plain_weights:
+            assert not (t.shape == w.shape and torch.allclose(t.double(), w.double())), \
+                "the coordinator received a worker's weights"
+    masked = [t for t in received if t.dtype == torch.int64 and t.numel() > 1000]
+    assert len(masked) == 3
+    # what a worker encodes: its update, in the ring; the masked vector looks uniform
+    for y in masked:
+        top = (y.double() / 2.0 ** 63)
+        assert abs(float(top.mean())) < 0.1 and float(top.abs().mean()) > 0.3
+
+
+# -- workers dropping out --------------------------------------------------------------------
+
+def test_worker_dropping_after_masking_is_still_counted():
+    ws = make_workers()
+    ws["w1"] = FailOn(ws["w1"], "SecAggUnmask")
+    plain, _ = run(None, make_workers(), small_config(rounds=1))
+    secure, history = run(make_private_rounds("secagg+", seed=3), ws, small_config(rounds=1))
+    assert history[0].status == "ok", history[0].failed
+    assert set(history[0].workers) == {"w0", "w1", "w2"}
+    assert max_diff(plain.weights, secure.weights) < TOLERANCE
+
+
+def test_worker_dropping_before_masking_is_left_out():
+    ws = make_workers()
+    ws["w2"] = FailOn(ws["w2"], "Fit")
+    two = make_workers()
+    del two["w2"]
+    plain, _ = run(None, two, small_config(rounds=1))
+    secure, history = run(make_private_rounds("secagg+", seed=3), ws, small_config(rounds=1))
+    record = history[0]
+    assert record.status == "ok", record.failed
+    assert set(record.workers) == {"w0", "w1"} and "w2" in record.failed
+    assert max_diff(plain.weights, secure.weights) < TOLERANCE
+
+
+def test_too_many_dropouts_fail_the_round_and_keep_the_model():
+    ws = make_workers()
+    ws["w1"] = FailOn(ws["w1"], "Fit")
+    ws["w2"] = FailOn(ws["w2"], "Fit")
+    coord, history = run(make_private_rounds("secagg+", seed=3), ws, small_config(rounds=1))
+    assert history[0].status == "failed"
+    from fedmq.fl.config import initial_weights
+    assert max_diff(coord.weights, initial_weights("mnist-logreg", 3)) == 0
+
+
+# -- what does not compose -------------------------------------------------------------------
+
+def test_strategies_needing_each_update_are_refused():
+    with pytest.raises(ValueError, match="FedMedian needs every worker's update"):
+        Coordinator(InProcessConnection(make_workers()), ["w0", "w1", "w2"], small_config(),
+                    strategy=FedMedian(), privacy=make_private_rounds("secagg+"),
+                    echo=lambda line: None)
+
+
+# -- differential privacy ----------------------------------------------------------------------
+
+def dp(mode: str, z: float, c: float, **kw):
+    from fedmq.privacy.config import DPConfig
+    return DPConfig(mode=mode, noise_multiplier=z, max_grad_norm=c, **kw)
+
+
+def update_norm(new: dict, old: dict, names=None) -> float:
+    names = names or [n for n in new if new[n].is_floating_point()]
+    return float(torch.cat([(new[n].double() - old[n].double()).reshape(-1)
+                            for n in names]).norm())
+
+
+def test_central_dp_without_noise_or_clipping_is_fedavg_bitwise():
+    plain, _ = run(None)
+    coord, history = run(PrivateRounds(dp=dp("central", 0.0, math.inf)))
+    assert all(r.status == "ok" for r in history)
+    assert max_diff(plain.weights, coord.weights) == 0
+
+
+def test_central_dp_clips_each_update_and_adds_the_noise():
+    from fedmq.fl.config import initial_weights
+    start = initial_weights("mnist-logreg", 3)
+    clipped, _ = run(PrivateRounds(dp=dp("central", 0.0, 0.05)), cfg=small_config(rounds=1))
+    assert update_norm(clipped.weights, start) <= 0.05 + 1e-6  # a mean of clipped updates
+    plain, _ = run(None, cfg=small_config(rounds=1))
+    assert update_norm(plain.weights, start) > 0.1  # so the clipping did cut
+    noisy, _ = run(PrivateRounds(dp=dp("central", 1.0, 0.05)), cfg=small_config(rounds=1))
+    # noise of std z*C/m = 0.05/3 per element on the 7 850 trainable entries
+    residual = torch.cat([(noisy.weights[n].double() - clipped.weights[n].double()).reshape(-1)
+                          for n in noisy.weights])
+    assert float(residual.std()) == pytest.approx(0.05 / 3, rel=0.1)
+
+
+def test_central_dp_epsilon_is_the_accountants_every_round():
+    from fedmq.privacy.accountant import CentralAccountant
+    coord, history = run(PrivateRounds(dp=dp("central", 1.1, 1.0, delta=1e-5)),
+                         cfg=small_config(rounds=3))
+    reference = CentralAccountant(1.1, 1e-5)
+    for record in history:
+        reference.step(1.0)  # every worker sampled
+        assert record.epsilon == pytest.approx(reference.epsilon(), rel=1e-9)
+    assert history[0].epsilon < history[1].epsilon < history[2].epsilon
+
+
+def test_distributed_dp_with_secaggplus():
+    from fedmq.fl.config import initial_weights
+    start = initial_weights("mnist-logreg", 3)
+    plain, _ = run(None, cfg=small_config(rounds=1))
+    exact, history = run(make_private_rounds("secagg+", seed=3,
+                                             dp=dp("central", 0.0, math.inf)),
+                         cfg=small_config(rounds=1))
+    assert history[0].status == "ok"
+    assert max_diff(plain.weights, exact.weights) < TOLERANCE  # equal sizes: equal weights
+    clipped, _ = run(make_private_rounds("secagg+", seed=3, dp=dp("central", 0.0, 0.05)),
+                     cfg=small_config(rounds=1))
+    assert update_norm(clipped.weights, start) <= 0.05 + 1e-4
+    noisy, history = run(make_private_rounds("secagg+", seed=3, dp=dp("central", 1.0, 0.05)),
+                         cfg=small_config(rounds=1))
+    assert history[0].epsilon is not None and history[0].epsilon < math.inf
+    residual = torch.cat([(noisy.weights[n].double() - clipped.weights[n].double()).reshape(-1)
+                          for n in noisy.weights])
+    # each of the 3 workers adds std z*C/sqrt(2) (calibrated for the 2 contributors SecAgg+
+    # needs at least): on the mean, std z*C*sqrt(3)/(3*sqrt(2)) >= the central z*C/3
+    assert float(residual.std()) == pytest.approx(0.05 * math.sqrt(3) / (3 * math.sqrt(2)),
+                                                  rel=0.1)
+
+
+def test_local_dp_epsilon_is_the_accountants_for_each_worker():
+    from fedmq.privacy.accountant import LocalAccountants
+    cfg = small_config(rounds=2, batch_size=8, num_batches=3)
+    coord, history = run(PrivateRounds(dp=dp("local", 1.0, 1.0, delta=1e-5)), cfg=cfg)
+    assert all(r.status == "ok" for r in history), history[0].failed
+    reference = LocalAccountants(1.0, 1e-5)
+    for record in history:
+        for worker in record.workers:
+            reference.step(worker, 8 / 48, 3)
+        assert record.epsilon == pytest.approx(reference.max_epsilon(), rel=1e-9)
