@@ -1,0 +1,95 @@
+"""The key material of SecAgg+ (Bell et al., CCS 2020, after Bonawitz et al., CCS 2017):
+
+    KeyPair.generate()      an X25519 pair (RFC 7748), raw 32-byte public and private keys
+    agree(sk, pk, info)     KA.agree: HKDF-SHA256 (RFC 5869) of the X25519 shared secret, 32 bytes;
+                            symmetric (agree(a_sk, b_pk) == agree(b_sk, a_pk))
+    seal / open_sealed      AE.enc / AE.dec: ChaCha20-Poly1305 (RFC 8439) with a random
+                            12-byte nonce prefixed; the associated data binds the context
+                            (session, round, sender, receiver), so a ciphertext replayed in
+                            another context, or altered by the relay, is refused
+    associated_data         that binding, unambiguously encoded
+
+Nothing here is persisted; keys live in a round's worker state only.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import (Encoding, NoEncryption, PrivateFormat,
+                                                          PublicFormat)
+
+#: bytes of an X25519 key (public or private) and of a derived key
+KEY_BYTES = 32
+NONCE_BYTES = 12
+#: HKDF `info` labels: one key for the AEAD channel (c keys), one for the pairwise mask seed
+#: (s keys)
+INFO_ENCRYPTION = b"fedmq secagg+ v1 encryption"
+INFO_MASK = b"fedmq secagg+ v1 pairwise mask"
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """An X25519 key pair as raw bytes (`sk`, `pk`: 32 bytes each)."""
+    sk: bytes
+    pk: bytes
+
+    @classmethod
+    def generate(cls) -> "KeyPair":
+        key = X25519PrivateKey.generate()
+        return cls(key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()),
+                   key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def check_public_key(pk: object, what: str = "public key") -> bytes:
+    """`pk` if it is 32 raw bytes, else ValueError naming `what`."""
+    if type(pk) is not bytes or len(pk) != KEY_BYTES:
+        raise ValueError(f"{what} must be {KEY_BYTES} raw bytes (X25519)")
+    return pk
+
+
+def agree(sk: bytes, pk: bytes, info: bytes, salt: bytes | None = None) -> bytes:
+    """HKDF-SHA256(X25519(sk, pk), salt, info) -> 32 bytes. ValueError for a malformed key or
+    a low-order public key (an all-zero shared secret)."""
+    check_public_key(pk)
+    try:
+        shared = X25519PrivateKey.from_private_bytes(sk).exchange(
+            X25519PublicKey.from_public_bytes(pk))
+    except ValueError as exc:  # low-order point
+        raise ValueError(f"key agreement failed: {exc}") from None
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=salt, info=info).derive(shared)
+
+
+def _field(value: bytes) -> bytes:
+    return struct.pack(">I", len(value)) + value
+
+
+def associated_data(session: str, round: int, sender: str, receiver: str) -> bytes:
+    """The AEAD associated data of a share ciphertext: length-prefixed UTF-8 fields."""
+    return b"".join(_field(part) for part in (
+        b"fedmq secagg+ shares", session.encode(), str(round).encode(), sender.encode(),
+        receiver.encode()))
+
+
+def seal(key: bytes, plaintext: bytes, ad: bytes) -> bytes:
+    """nonce (12 random bytes) + ChaCha20-Poly1305(key, nonce, plaintext, ad)."""
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + ChaCha20Poly1305(key).encrypt(nonce, plaintext, ad)
+
+
+def open_sealed(key: bytes, ciphertext: bytes, ad: bytes) -> bytes:
+    """The plaintext of `seal`'s output; ValueError if it was altered, is for another
+    context (ad) or key, or is malformed."""
+    if type(ciphertext) is not bytes or len(ciphertext) < NONCE_BYTES + 16:
+        raise ValueError("malformed ciphertext")
+    try:
+        return ChaCha20Poly1305(key).decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:],
+                                             ad)
+    except InvalidTag:
+        raise ValueError("ciphertext failed authentication") from None

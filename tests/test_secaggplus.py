@@ -1,0 +1,468 @@
+"""SecAgg+ (fedmq.secagg.secaggplus): Shamir, the graph, the full protocol through real
+in-process workers (frames encoded and handled by `Worker.handle_frame`), dropouts, attacks
+on what the coordinator holds, cost, and a round over RabbitMQ with real worker processes."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+import time
+import types
+
+import pytest
+import torch
+
+import fedmq
+from fedmq.engine import RequestEngine
+from fedmq.extensions import load_extensions
+from fedmq.policy import Policy
+from fedmq.secagg import keys, secaggplus, shamir
+from fedmq.secagg.base import SecureAggregationError
+from fedmq.secagg.messages import (SecAggEncryptedShares, SecAggSetup, SecAggShareKeys,
+                                   SecAggUnmask, SecAggUnmaskShares)
+from fedmq.secagg.secaggplus import SecAggPlus, protect
+from fedmq.smpc.ring import uniform
+from fedmq.transport.local import LocalTransport
+from fedmq.worker import Worker
+
+load_extensions()
+
+POLICY = Policy(owner="owner", grants={"coordinator": {"coord"}}, release="none")
+
+
+def ring_sum(vectors) -> torch.Tensor:
+    """Element-wise sum mod 2^64, computed with Python ints (the reference)."""
+    vectors = list(vectors)
+    out = [sum(col) % (1 << 64) for col in zip(*(v.tolist() for v in vectors))]
+    return torch.tensor([c - (1 << 64) if c >= 1 << 63 else c for c in out], dtype=torch.int64)
+
+
+class World:
+    """n in-process workers granting `coordinator` to principal "coord", and the request
+    engine the coordinator uses (`principal` its login); every reply it receives is kept."""
+
+    def __init__(self, n: int, principal: str = "coord") -> None:
+        self.ids = [f"w{i:02d}" for i in range(n)]
+        self.workers = {w: Worker(w, policy=POLICY) for w in self.ids}
+        self.transport = LocalTransport(self.workers, principal=principal)
+        self.engine = RequestEngine(self.transport, sender="coordinator", timeout=None)
+        self.kept: list = []  # (worker, message sent, reply) for every reply received
+        self.silent: dict = {}  # message type -> workers that do not answer it
+
+    async def request(self, worker: str, message, timeout: float):
+        if worker in self.silent.get(type(message), ()):
+            raise TimeoutError(f"{worker} is gone")
+        reply = await self.engine.arequest(worker, message, timeout=timeout)
+        self.kept.append((worker, message, reply))
+        return reply
+
+    def session(self, worker: str):
+        """The worker's Session for a message from "coord" (what the Fit's protect gets)."""
+        return self.workers[worker].session(types.SimpleNamespace(), "coord")
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def secure_round(world: World, agg: SecAggPlus, xs: dict, round: int = 1,
+                 silent_in_fit=(), tamper=None, protected_out=None):
+    async def run():
+        deadline = time.time() + 60
+        entries = await agg.begin_round(round, world.ids, world.request, deadline)
+        if tamper:
+            tamper(entries)
+        protected = {}
+        for w, entry in entries.items():
+            if w not in silent_in_fit:
+                protected[w] = protect(world.session(w), entry, xs[w])
+        if protected_out is not None:
+            protected_out.update(protected)
+        return await agg.end_round(round, protected, world.request, deadline)
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def make_world():
+    made = []
+
+    def make(n, principal="coord"):
+        made.append(World(n, principal))
+        return made[-1]
+    yield make
+    for world in made:
+        world.close()
+
+
+def vectors(ids, length=257, seed=0):
+    torch.manual_seed(seed)
+    return {w: uniform((length,)) for w in ids}
+
+
+# -- Shamir ------------------------------------------------------------------------------------
+
+def test_shamir_any_t_of_n_reconstruct_and_t_minus_1_do_not():
+    rng = random.Random(3)
+    for n, t in [(2, 2), (3, 2), (5, 3), (15, 9)]:
+        secret = int.from_bytes(rng.randbytes(32), "big")
+        shares = shamir.split(secret, list(range(1, n + 1)), t)
+        for _ in range(5):
+            chosen = rng.sample(sorted(shares), t)
+            assert shamir.reconstruct({x: shares[x] for x in chosen}) == secret
+            fewer = rng.sample(sorted(shares), t - 1)
+            assert shamir.reconstruct({x: shares[x] for x in fewer}) != secret
+        assert all(shamir.from_bytes(shamir.to_bytes(y)) == y for y in shares.values())
+    with pytest.raises(ValueError):
+        shamir.split(shamir.PRIME, [1, 2], 2)
+    with pytest.raises(ValueError):
+        shamir.from_bytes(b"\xff" * shamir.SHARE_BYTES)
+
+
+def test_key_agreement_is_symmetric_and_the_aead_binds_its_context():
+    a, b = keys.KeyPair.generate(), keys.KeyPair.generate()
+    k = keys.agree(a.sk, b.pk, keys.INFO_MASK)
+    assert k == keys.agree(b.sk, a.pk, keys.INFO_MASK) and len(k) == 32
+    assert k != keys.agree(a.sk, b.pk, keys.INFO_ENCRYPTION)
+    ad = keys.associated_data("s", 1, "alice", "bob")
+    sealed = keys.seal(k, b"hello", ad)
+    assert keys.open_sealed(k, sealed, ad) == b"hello"
+    with pytest.raises(ValueError, match="authentication"):
+        keys.open_sealed(k, sealed, keys.associated_data("s", 1, "bob", "alice"))
+    with pytest.raises(ValueError):
+        keys.agree(a.sk, bytes(32), keys.INFO_MASK)  # low-order point
+
+
+@pytest.mark.parametrize("n", [2, 3, 9, 12, 50, 200])
+def test_harary_graph_is_symmetric_with_the_papers_degree(n):
+    k = SecAggPlus().degree(n)
+    log2 = (n - 1).bit_length()  # ceil(log2 n)
+    assert k == (n - 1 if n <= 8 else min(n - 1, 2 * log2 + 2)) and (k % 2 == 0 or k == n - 1)
+    order, nbrs = secaggplus.graph([f"w{i}" for i in range(n)], b"s" * 32, 4, k)
+    assert sorted(order) == sorted(f"w{i}" for i in range(n))
+    for u, near in nbrs.items():
+        assert u not in near and len(near) == min(n - 1, k)
+        assert all(u in nbrs[v] for v in near)
+    if n == 50:
+        assert k == 14  # 2 * ceil(log2 50) + 2
+    assert secaggplus.graph(list(reversed(order)), b"s" * 32, 4, k) == (order, nbrs)
+    if n > 3:  # another round, another permutation
+        assert secaggplus.graph(order, b"s" * 32, 5, k)[0] != order
+
+
+# -- the protocol ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [2, 3, 5, 12])
+def test_secure_sum_equals_the_plain_ring_sum(make_world, n):
+    world = make_world(n)
+    xs = vectors(world.ids, seed=n)
+    total, contributors = secure_round(world, SecAggPlus(), xs)
+    assert contributors == sorted(world.ids)
+    assert torch.equal(total, ring_sum(xs.values()))
+
+
+def test_two_rounds_of_one_session(make_world):
+    world = make_world(5)
+    agg = SecAggPlus(threshold=3)
+    for round in (1, 2):
+        xs = vectors(world.ids, seed=round)
+        total, _ = secure_round(world, agg, xs, round=round)
+        assert torch.equal(total, ring_sum(xs.values()))
+
+
+def test_a_worker_that_drops_after_share_keys_is_left_out_exactly(make_world):
+    world = make_world(5)
+    xs = vectors(world.ids)
+    gone = world.ids[2]
+    total, contributors = secure_round(world, SecAggPlus(), xs, silent_in_fit={gone})
+    assert contributors == sorted(set(world.ids) - {gone})
+    assert torch.equal(total, ring_sum(xs[w] for w in contributors))
+
+
+def test_a_worker_silent_at_unmasking_is_still_in_the_sum(make_world):
+    world = make_world(5)
+    xs = vectors(world.ids)
+    world.silent[SecAggUnmask] = {world.ids[1]}
+    total, contributors = secure_round(world, SecAggPlus(), xs, silent_in_fit={world.ids[3]})
+    assert world.ids[1] in contributors and world.ids[3] not in contributors
+    assert torch.equal(total, ring_sum(xs[w] for w in contributors))
+
+
+def test_a_worker_silent_in_stage_0_or_1_does_not_train(make_world):
+    world = make_world(6)
+    world.silent[SecAggSetup] = {world.ids[0]}
+    world.silent[SecAggShareKeys] = {world.ids[1]}
+    xs = vectors(world.ids)
+    total, contributors = secure_round(world, SecAggPlus(), xs)
+    assert contributors == world.ids[2:]
+    assert torch.equal(total, ring_sum(xs[w] for w in contributors))
+
+
+def test_too_many_drops_fail_the_round(make_world):
+    world = make_world(5)  # k = 4, t = 3
+    xs = vectors(world.ids)
+    with pytest.raises(SecureAggregationError, match="fewer than the threshold 3"):
+        secure_round(world, SecAggPlus(), xs, silent_in_fit=set(world.ids[:3]))
+    world.silent[SecAggUnmask] = set(world.ids[:3])  # y arrived, too few shares
+    with pytest.raises(SecureAggregationError, match="shares of b"):
+        secure_round(world, SecAggPlus(), xs)
+    world.silent = {SecAggSetup: set(world.ids[:3])}
+    with pytest.raises(SecureAggregationError, match="advertised keys"):
+        secure_round(world, SecAggPlus(), xs)
+
+
+# -- attacks: what the coordinator holds -------------------------------------------------------
+
+def test_the_coordinator_cannot_recover_any_single_input(make_world):
+    world = make_world(5)
+    gone = world.ids[4]
+    torch.manual_seed(1)
+    xs = {w: torch.randint(-1000, 1000, (4096,), dtype=torch.int64) for w in world.ids}
+    protected: dict = {}
+    secure_round(world, SecAggPlus(), xs, silent_in_fit={gone}, protected_out=protected)
+    for u, sent in protected.items():
+        y, x = sent["masked"], xs[u]
+        assert not torch.equal(y, x) and bool((y != x).all())
+        assert abs(float(torch.corrcoef(torch.stack([y.double(), x.double()]))[0, 1])) < 0.1
+        assert 0.45 < float((y < 0).double().mean()) < 0.55  # the top bit looks uniform
+        assert float(y.double().abs().mean()) > 2 ** 60  # x is small; y spans the ring
+    # every share the coordinator received, by whose secret and which kind
+    held: dict = {}
+    for worker, message, reply in world.kept:
+        if isinstance(reply, SecAggUnmaskShares):
+            for v in reply.shares:
+                kind = "b" if v in message.survivors else "s"
+                held.setdefault((v, kind), set()).add(worker)
+        if isinstance(reply, SecAggEncryptedShares):  # relayed, never readable
+            assert all(len(c) == 12 + 2 * shamir.SHARE_BYTES + 16
+                       for c in reply.ciphertexts.values())
+    t = secaggplus.default_threshold(4)
+    for u in protected:  # a survivor: b_u only, never its s^SK
+        assert len(held.get((u, "s"), ())) == 0 and len(held[(u, "b")]) >= t
+    assert len(held.get((gone, "b"), ())) < t and len(held[(gone, "s")]) >= t
+
+
+def test_workers_refuse_to_reveal_both_shares_of_one_worker(make_world):
+    world = make_world(4)
+    agg = SecAggPlus()
+    xs = vectors(world.ids)
+
+    async def attack():
+        deadline = time.time() + 30
+        entries = await agg.begin_round(1, world.ids, world.request, deadline)
+        for w, entry in entries.items():
+            protect(world.session(w), entry, xs[w])
+        a, b, c, d = world.ids
+        with pytest.raises(ValueError, match="out of order"):  # a second masked input
+            protect(world.session(a), entries[a], xs[a] + 1)
+        # ask a for both shares of b: b's b-share and s^SK share
+        with pytest.raises(Exception, match="both as survivors and dropped"):
+            await world.request(a, SecAggUnmask(agg.session, 1, [a, b, c], [b]), 5)
+        with pytest.raises(Exception, match="listed as dropped"):
+            await world.request(a, SecAggUnmask(agg.session, 1, [b, c, d], [a]), 5)
+        with pytest.raises(Exception, match="fewer than the threshold"):
+            await world.request(a, SecAggUnmask(agg.session, 1, [a], [b, c, d]), 5)
+        with pytest.raises(Exception, match="not neighbours"):
+            await world.request(a, SecAggUnmask(agg.session, 1, [a, b, c, "zed"], []), 5)
+        first = await world.request(a, SecAggUnmask(agg.session, 1, [a, b, c], [d]), 5)
+        assert set(first.shares) == {a, b, c, d}
+        # then d's self-mask share: refused (the sets changed)
+        with pytest.raises(Exception, match="different survivors"):
+            await world.request(a, SecAggUnmask(agg.session, 1, [a, b, c, d], []), 5)
+        again = await world.request(a, SecAggUnmask(agg.session, 1, [a, b, c], [d]), 5)
+        assert again.shares == first.shares
+    asyncio.run(attack())
+
+
+def test_a_tampered_ciphertext_is_refused_naming_its_sender(make_world):
+    world = make_world(3)
+    xs = vectors(world.ids)
+    a, b, _ = world.ids
+
+    def tamper(entries):
+        ct = bytearray(entries[a]["ciphertexts"][b])
+        ct[20] ^= 1
+        entries[a]["ciphertexts"][b] = bytes(ct)
+
+    with pytest.raises(ValueError, match=f"the shares from '{b}' were refused"):
+        secure_round(world, SecAggPlus(), xs, tamper=tamper)
+
+    def swap(entries):  # a ciphertext meant for someone else, relayed to a
+        entries[a]["ciphertexts"][b] = entries[world.ids[2]]["ciphertexts"][b]
+
+    with pytest.raises(ValueError, match=f"from '{b}' were refused"):
+        secure_round(world, SecAggPlus(), xs, tamper=swap)
+
+
+def test_stages_out_of_order_or_replayed_are_refused(make_world):
+    world = make_world(3)
+    agg = SecAggPlus()
+    a = world.ids[0]
+    order, nbrs = secaggplus.graph(world.ids, agg.seed, 1, 2)
+
+    async def run():
+        setup = SecAggSetup(agg.session, 1, order, nbrs[a], 2, 0)
+        with pytest.raises(Exception, match="no such round"):
+            await world.request(a, SecAggShareKeys(agg.session, 1, {}), 5)
+        await world.request(a, setup, 5)
+        with pytest.raises(Exception, match="stage 0 replayed"):
+            await world.request(a, setup, 5)
+        with pytest.raises(Exception, match="out of order"):
+            await world.request(a, SecAggUnmask(agg.session, 1, order, []), 5)
+        pks = {}
+        for w in nbrs[a]:
+            r = await world.request(w, SecAggSetup(agg.session, 1, order, nbrs[w], 2, 0), 5)
+            pks[w] = [r.c_pk, r.s_pk]
+        await world.request(a, SecAggShareKeys(agg.session, 1, pks), 5)
+        with pytest.raises(Exception, match="out of order"):
+            await world.request(a, SecAggShareKeys(agg.session, 1, pks), 5)
+        with pytest.raises(Exception, match="stage 0 replayed"):  # an older round
+            await world.request(a, SecAggSetup(agg.session, 0, order, nbrs[a], 2, 0), 5)
+    asyncio.run(run())
+
+
+def test_bad_setups_are_refused(make_world):
+    world = make_world(3)
+    a, b, c = world.ids
+
+    async def run():
+        for bad, says in [(SecAggSetup("s1", 1, [a, b, c], [b, c], 4, 0), "threshold"),
+                          (SecAggSetup("s2", 1, [b, c], [b], 2, 0), "must be in the round"),
+                          (SecAggSetup("s3", 1, [a, b, c], [a, b], 2, 0), "must be in the round"),
+                          (SecAggSetup("", 1, [a, b, c], [b, c], 2, 0), "non-empty str"),
+                          (SecAggSetup("s4", 1, [a, b, c], [b, c], 2, 1 << 40), "length")]:
+            with pytest.raises(Exception, match=says):
+                await world.request(a, bad, 5)
+    asyncio.run(run())
+
+
+def test_a_stranger_is_refused(make_world):
+    world = make_world(3, principal="mallory")
+    with pytest.raises(fedmq.AccessDeniedError, match="may not send SecAggSetup"):
+        asyncio.run(world.request(world.ids[0], SecAggSetup("s", 1, world.ids, world.ids[1:],
+                                                            2, 0), 5))
+    with pytest.raises(fedmq.AccessDeniedError, match="may not send SecAggUnmask"):
+        asyncio.run(world.request(world.ids[0], SecAggUnmask("s", 1, world.ids, []), 5))
+
+
+def test_worker_state_is_bounded(make_world):
+    world = make_world(2)
+    agg = SecAggPlus()
+    for round in range(1, 8):
+        secure_round(world, agg, vectors(world.ids, length=3), round=round)
+    mine = [k for k in secaggplus._STATES if k[2] == agg.session]
+    assert sorted({k[3] for k in mine}) == [5, 6, 7]  # KEEP_ROUNDS = 3
+    assert len(secaggplus._STATES) <= secaggplus.MAX_STATES
+
+
+# -- cost --------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n,length", [(3, 431080), (50, 7850)])
+def test_cost(make_world, n, length, capsys):
+    world = make_world(n)
+    agg = SecAggPlus()
+    xs = vectors(world.ids, length=length)
+    times = {}
+
+    async def run():
+        deadline = time.time() + 120
+        start = time.perf_counter()
+        entries = await agg.begin_round(1, world.ids, world.request, deadline)
+        times["begin_round"] = time.perf_counter() - start
+        protected = {}
+        start = time.perf_counter()
+        for w, entry in entries.items():
+            protected[w] = protect(world.session(w), entry, xs[w])
+        times["protect per worker"] = (time.perf_counter() - start) / n
+        start = time.perf_counter()
+        total, _ = await agg.end_round(1, protected, world.request, deadline)
+        times["end_round"] = time.perf_counter() - start
+        return total
+    total = asyncio.run(run())
+    expected = functools.reduce(torch.add, xs.values())
+    assert torch.equal(total, expected)
+    with capsys.disabled():
+        print(f"\nSecAgg+ cost n={n} L={length}: " +
+              ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in times.items()))
+
+
+# -- over RabbitMQ -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def probe_workers(tmp_path_factory):
+    """Three real worker processes (`fedmq worker` plus the test-only ProtectProbe handler,
+    tests/secagg_probe.py, standing in for the Fit's call of `protect`)."""
+    import pathlib
+    import subprocess
+    import sys
+
+    from worker_procs import AMQP_URL, WorkerProcesses, delete_queue, purge
+
+    class ProbeProcesses(WorkerProcesses):
+        def start(self, worker_id, *extra, wait=True, fresh=True):
+            if fresh:
+                purge(f"fedmq.worker.{worker_id}", self.url)
+            log = open(self.log_dir / f"{worker_id}.log", "a")
+            script = pathlib.Path(__file__).with_name("secagg_probe.py")
+            proc = subprocess.Popen(
+                [sys.executable, str(script), "worker", "--id", worker_id, "--url", self.url,
+                 "--state-dir", str(self.log_dir / "state"), *extra],
+                stdout=log, stderr=subprocess.STDOUT,
+                env=dict(__import__("os").environ, PYTHONUNBUFFERED="1"))
+            self.procs[worker_id] = proc
+            self.started.add(worker_id)
+            if wait:
+                self.wait_consuming(worker_id, proc)
+            return proc
+
+    procs = ProbeProcesses(tmp_path_factory.mktemp("secagg-workers"), AMQP_URL)
+    ids = ["sa-alice", "sa-bob", "sa-charlie"]
+    for w in ids:
+        procs.start(w, wait=False)
+    for w in ids:
+        procs.wait_consuming(w, procs.procs[w])
+    yield procs, ids
+    procs.stop_all()
+    for w in ids:
+        delete_queue(f"fedmq.worker.{w}", AMQP_URL)
+
+
+def amqp_round(ids, length, seed, after_masking=None):
+    from fedmq.fl.connections import AMQPRoundConnection
+    from secagg_probe import ProtectProbe
+    from worker_procs import AMQP_URL
+
+    async def run():
+        conn = await AMQPRoundConnection.connect(AMQP_URL)
+        try:
+            async def request(worker, message, timeout):
+                return await conn.arequest(worker, message, timeout=timeout)
+            agg = SecAggPlus(length=length)
+            deadline = time.time() + 30
+            entries = await agg.begin_round(1, ids, request, deadline)
+            assert sorted(entries) == sorted(ids)
+            replies = await asyncio.gather(*(request(w, ProtectProbe(e, length, seed), 30)
+                                             for w, e in entries.items()))
+            protected = dict(zip(entries, replies))
+            if after_masking:
+                await asyncio.to_thread(after_masking)
+            return await agg.end_round(1, protected, request, time.time() + 10)
+        finally:
+            await conn.aclose()
+    return asyncio.run(run())
+
+
+@pytest.mark.amqp
+@pytest.mark.slow
+def test_secure_sum_over_rabbitmq_with_real_workers(probe_workers):
+    from secagg_probe import probe_vector
+
+    procs, ids = probe_workers
+    total, contributors = amqp_round(ids, 10_000, seed=1)
+    assert contributors == sorted(ids)
+    assert torch.equal(total, ring_sum(probe_vector(w, 10_000, 1) for w in ids))
+    # one worker killed (SIGKILL) after it sent its masked input: still in the exact sum
+    victim = ids[1]
+    total, contributors = amqp_round(ids, 10_000, seed=2,
+                                     after_masking=lambda: procs.kill(victim))
+    assert contributors == sorted(ids)
+    assert torch.equal(total, ring_sum(probe_vector(w, 10_000, 2) for w in ids))
