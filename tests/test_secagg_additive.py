@@ -416,3 +416,94 @@ def test_aggregator_memory_is_bounded_and_sessions_expire():
     assert store.bytes_held() == 8
     with pytest.raises(ValueError, match="over"):
         store.held(("a", 1), ["w1"])
+
+
+# -- over RabbitMQ: real `fedmq worker` processes, each logged in as its own broker user -------
+
+FIT_CONFIG = {"batch_size": 32, "num_batches": 2, "optimizer": "sgd",
+              "optimizer_args": {"lr": 0.05}, "loss": "nll", "seed": 7}
+
+
+@pytest.mark.amqp
+def test_over_rabbitmq_three_workers_two_aggregators_sum_exact(role_users, tmp_path):
+    """3 training workers and 2 aggregators, real processes, each its own broker user (so an
+    aggregator keys shares by the broker-checked user id); the coordinator drives a round
+    with real Fits (tests/secagg_fit_worker.py runs `protect` inside them): the sum of the
+    aggregators' sums is exactly the sum of the workers' ring vectors, which the coordinator
+    never receives; it cannot ask an aggregator twice."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    from fedmq.fl.connections import AMQPRoundConnection
+    from fedmq.fl.coordinator import initial_weights
+    from fedmq.fl.messages import Fit
+    from secagg_fit_worker import update_vector
+    from worker_procs import WorkerProcesses
+
+    users = {who: role_users.add(f"sa-{who}", "worker") for who in (*TRAINERS, *AGGS)}
+    coord, _, coord_url = role_users.add("sa-coord", "coordinator")
+    ids = {who: users[who][0] for who in users}
+    procs = WorkerProcesses(tmp_path)
+    launcher = pathlib.Path(__file__).with_name("secagg_fit_worker.py")
+
+    def start(who: str, *extra: str) -> None:
+        worker_id, _, url = users[who]
+        log = open(tmp_path / f"{worker_id}.log", "a")
+        procs.procs[worker_id] = subprocess.Popen(
+            [sys.executable, str(launcher), "worker", "--id", worker_id, "--url", url,
+             "--state-dir", str(tmp_path / "state"), "--grant", f"coordinator:{coord}", *extra],
+            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        procs.started.add(worker_id)
+
+    labels = {"alice": "0-3", "bob": "4-6", "charlie": "7-9"}
+    try:
+        for a in AGGS:
+            start(a)
+        for w in TRAINERS:
+            start(w, "--dataset", "mnist5k", "--labels", labels[w],
+                  *(f"--grant=worker:{ids[a]}" for a in AGGS))
+        for who in (*AGGS, *TRAINERS):
+            procs.wait_consuming(ids[who], procs.procs[ids[who]])
+
+        async def scenario():
+            conn = await AMQPRoundConnection.connect(coord_url)
+            replies: list = []
+
+            async def request(worker_id, message, timeout):
+                value = await conn.arequest(worker_id, message, timeout=timeout)
+                replies.append(value)
+                return value
+            try:
+                driver = AdditiveAggregation([ids[a] for a in AGGS])
+                trainers = [ids[w] for w in TRAINERS]
+                weights = initial_weights("seed-cnn", seed=1)
+                entries = await driver.begin_round(1, trainers, request, deadline(120))
+                results = await asyncio.gather(*(conn.arequest(w, Fit(
+                    1, "seed-cnn", weights, dict(FIT_CONFIG, secure_aggregation=entries[w])),
+                    timeout=120) for w in trainers))
+                total, contributors = await driver.end_round(
+                    1, {w: {} for w in trainers}, request, deadline(60))
+                sid = entries[trainers[0]]["session"]
+                with pytest.raises(RemoteError, match="over"):
+                    await conn.arequest(ids["agg1"], AggregateShares(sid, 1, trainers),
+                                        timeout=30)
+                return weights, results, total, contributors, replies
+            finally:
+                await conn.aclose()
+
+        weights, results, total, contributors, replies = asyncio.run(scenario())
+    finally:
+        logs = {who: procs.log(ids[who]) for who in ids}
+        procs.stop_all(delete_queues=True)
+    assert all(r.status == "ok" for r in results), logs
+    vectors = [update_vector(weights, r.weights, r.num_examples) for r in results]
+    assert contributors == sorted(ids[w] for w in TRAINERS)
+    assert total.shape == vectors[0].shape == (431080,)
+    assert torch.equal(total, vectors[0] + vectors[1] + vectors[2])
+    # the coordinator's replies: probes, held lists, two sums, never a vector or a share
+    sums = [r.total for r in replies if isinstance(r, AggregateResult) and r.total is not None]
+    assert len(sums) == 2
+    assert not any(torch.equal(s, v) for s in sums for v in vectors)
+    assert not any(isinstance(r, torch.Tensor) for r in replies)
