@@ -82,6 +82,11 @@ class FailOn:
         return getattr(self.worker, name)
 
 
+def reply_of(frame: bytes):
+    decoded = serde.decode(frame)
+    return getattr(decoded, "message", decoded)
+
+
 def tensors_in(value, out: list) -> list:
     if isinstance(value, torch.Tensor):
         out.append(value)
@@ -125,14 +130,14 @@ def test_coordinator_never_holds_an_update():
     plain_frames: list = []
     ws = {k: Capture(w, plain_frames) for k, w in make_workers().items()}
     run(None, ws, small_config(rounds=1))
-    plain_weights = [t for f in plain_frames for v in [serde.decode(f).message]
+    plain_weights = [t for f in plain_frames for v in [reply_of(f)]
                      for t in tensors_in(getattr(v, "value", v), []) if t.is_floating_point()]
     assert plain_weights  # FedAvg receives the updates
     frames: list = []
     ws = {k: Capture(w, frames) for k, w in make_workers().items()}
     coord, history = run(make_private_rounds("secagg+", seed=3), ws, small_config(rounds=1))
     assert history[0].status == "ok"
-    received = [t for f in frames for v in [serde.decode(f).message]
+    received = [t for f in frames for v in [reply_of(f)]
                 for t in tensors_in(getattr(v, "value", v), [])]
     for t in received:
         for w in plain_weights:

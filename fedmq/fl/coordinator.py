@@ -216,7 +216,8 @@ class Coordinator(CoordinatorBase):
             entries: dict[str, dict] = {}
             if secure:
                 try:
-                    entries = await privacy.begin(round, chosen, self.secure_request, deadline)
+                    entries = await privacy.begin(round, chosen, self.secure_request, deadline,
+                                                  global_weights)
                 except SecureAggregationError as exc:
                     failed["*"] = str(exc)
                     todo = []

@@ -26,6 +26,7 @@ worker's batches and batch fraction, and the largest epsilon over the workers is
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -82,10 +83,12 @@ class PrivateRounds:
                              f"FedProx, FedAdam, FedYogi, FedAdagrad or FedAvgM")
 
     # -- before training -----------------------------------------------------------------------
-    async def begin(self, round: int, workers: list[str], request: Request,
-                    deadline: float) -> dict[str, dict]:
+    async def begin(self, round: int, workers: list[str], request: Request, deadline: float,
+                    global_weights: dict) -> dict[str, dict]:
         """worker -> its method entry, for the workers that may train (secure rounds only).
         Raises SecureAggregationError."""
+        if hasattr(self.aggregator, "length"):  # SecAgg+ fixes the vectors' length in stage 0
+            self.aggregator.length = sum(t.numel() for t in global_weights.values())
         return await self.aggregator.begin_round(round, workers, request, deadline)
 
     def fit_ins(self, ins: FitIns, entry: dict | None, sampled: int) -> FitIns:
@@ -112,8 +115,7 @@ class PrivateRounds:
     def noise_floor(self, sampled: int) -> int:
         """The fewest contributors a secure round accepts: distributed noise is calibrated
         so that even they carry the central noise."""
-        floor = self.min_contributors or getattr(self.aggregator, "min_contributors", None) \
-            or 2
+        floor = self.min_contributors or self.aggregator.fewest_contributors(sampled)
         return max(1, min(int(floor), sampled))
 
     # -- after training ------------------------------------------------------------------------
@@ -197,7 +199,9 @@ def make_private_rounds(method: str | None, aggregators: list[str] | None = None
     aggregator: SecureAggregator | None = None
     if method == "secagg+":
         from fedmq.secagg.secaggplus import SecAggPlus
-        aggregator = SecAggPlus(threshold=threshold, neighbours=neighbours, seed=seed)
+        # the neighbour graph's permutation: from the run's seed (reproducible), or random
+        graph_seed = None if seed is None else hashlib.sha256(f"secagg+ {seed}".encode()).digest()
+        aggregator = SecAggPlus(threshold=threshold, neighbours=neighbours, seed=graph_seed)
     elif method == "additive":
         from fedmq.secagg.additive import AdditiveAggregation
         aggregator = AdditiveAggregation(list(aggregators or []))

@@ -45,6 +45,11 @@ class SecureAggregator(abc.ABC):
         out: they do not train this round). Raises SecureAggregationError when too few are
         left to aggregate securely."""
 
+    def fewest_contributors(self, workers: int) -> int:
+        """The fewest contributors a round of `workers` sampled workers may be summed over
+        (distributed DP noise is calibrated for them)."""
+        return 2
+
     @abc.abstractmethod
     async def end_round(self, round: int, protected: dict[str, dict], request: Request,
                         deadline: float) -> tuple[torch.Tensor, list[str]]:

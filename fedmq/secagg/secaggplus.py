@@ -400,6 +400,11 @@ class SecAggPlus(SecureAggregator):
         k = default_degree(n) if self.neighbours is None else min(n - 1, self.neighbours)
         return k if k >= n - 1 else k + (k % 2)
 
+    def fewest_contributors(self, workers: int) -> int:
+        """t for a round of `workers`: unmasking needs t survivors in a neighbourhood."""
+        k = self.degree(workers)
+        return max(2, min(k + 1, self.threshold or default_threshold(k)))
+
     async def begin_round(self, round: int, workers: list[str], request: Request,
                           deadline: float) -> dict[str, dict]:
         """Stages 0 (AdvertiseKeys) and 1 (ShareKeys). Returns worker -> its Fit config entry
@@ -408,7 +413,7 @@ class SecAggPlus(SecureAggregator):
         if len(set(workers)) < 2:
             raise SecureAggregationError("SecAgg+ needs at least 2 workers")
         k = self.degree(len(set(workers)))
-        t = max(2, min(k + 1, self.threshold or default_threshold(k)))
+        t = self.fewest_contributors(len(set(workers)))
         order, nbrs = graph(workers, self.seed, round, k)
         # Stage 0: AdvertiseKeys
         replies = await _gather(request, {
