@@ -3,7 +3,10 @@ loss, accuracy, per-worker loss and samples, failed workers; an asynchronous run
 version) and `metrics.png`, drawn with matplotlib's Agg backend from `plot_series`: test
 accuracy; training loss, each worker's and the test loss; red x markers on the step axis where
 Fits failed, with their number; and, when the records carry an `epsilon` (differential
-privacy), a panel of its value per step. The figure is titled with the run's name."""
+privacy), a panel of its value per step and one of test accuracy against epsilon (the
+privacy/utility trade-off). The figure is titled with the run's name. An infinite epsilon
+(noise multiplier 0) is written to metrics.jsonl as null, as NaN is (strict JSON), and so is
+not plotted."""
 from __future__ import annotations
 
 import json
@@ -91,7 +94,9 @@ def plot_series(records: list[dict], x: str = "round") -> dict:
         loss: (xs, training losses)              accuracy: (xs, percent) of evaluated steps
         test_loss: (xs, losses) of evaluated steps   workers: {worker: (xs, losses)}
         failed: [(x, failed Fits)] for steps with a failed Fit or status "failed"
-        epsilon: (xs, values) of records with an `epsilon`, or None when none has one"""
+        epsilon: (xs, values) of records with an `epsilon`, or None when none has one
+        accuracy_epsilon: (epsilons, percent) of evaluated records with an `epsilon`, or None
+            when none has both (the accuracy/epsilon trade-off)"""
     xs = [r[x] for r in records]
     evaluated = [r for r in records if r.get("accuracy") is not None]
     workers: dict[str, tuple[list, list]] = {}
@@ -107,6 +112,7 @@ def plot_series(records: list[dict], x: str = "round") -> dict:
             failed.append((r[x], n))
         previous = r
     with_eps = [r for r in records if r.get("epsilon") is not None]
+    traded = [r for r in with_eps if r.get("accuracy") is not None]
     return {
         "loss": (xs, [r.get("loss") for r in records]),
         "accuracy": ([r[x] for r in evaluated], [100 * r["accuracy"] for r in evaluated]),
@@ -115,6 +121,8 @@ def plot_series(records: list[dict], x: str = "round") -> dict:
         "failed": failed,
         "epsilon": ([r[x] for r in with_eps], [r["epsilon"] for r in with_eps])
         if with_eps else None,
+        "accuracy_epsilon": ([r["epsilon"] for r in traded],
+                             [100 * r["accuracy"] for r in traded]) if traded else None,
     }
 
 
@@ -131,17 +139,16 @@ def _mark_failures(ax, failed: list[tuple]) -> None:
                     textcoords="offset points", ha="center", color="red", fontsize=8)
 
 
-def plot(records: list[dict], path: str | pathlib.Path, x: str = "round",
-         title: str | None = None) -> pathlib.Path:
-    """`plot_series(records, x)` drawn into the PNG `path`, titled `title` (the run's name):
-    accuracy, losses and failed Fits per step, and an epsilon panel when there is one. The
-    title is also the PNG's "Title" text. Needs matplotlib (ImportError otherwise)."""
+def figure(records: list[dict], x: str = "round", title: str | None = None) -> Any:
+    """The matplotlib Figure `plot` saves (see there); its axes, left to right: "Test
+    accuracy", "Loss", and with an epsilon "Privacy budget spent (epsilon)" and "Accuracy
+    against epsilon". Close it with matplotlib.pyplot.close. Needs matplotlib."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     series = plot_series(records, x)
-    panels = 3 if series["epsilon"] else 2
+    panels = 2 + (series["epsilon"] is not None) + (series["accuracy_epsilon"] is not None)
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.3))
     ax_acc, ax_loss = axes[0], axes[1]
     ax_acc.plot(*series["accuracy"], "o-", label="federated model (test)")
@@ -154,7 +161,7 @@ def plot(records: list[dict], path: str | pathlib.Path, x: str = "round",
     ax_loss.set(xlabel=x, ylabel="loss", title="Loss")
     from matplotlib.ticker import MaxNLocator
     steps = [r[x] for r in records if isinstance(r.get(x), (int, float))]
-    for ax in axes:
+    for ax in axes[:3 if series["epsilon"] else 2]:  # the panels whose x axis is the step
         if steps:  # every step on the axis, failed ones too (they have no point of their own)
             ax.set_xlim(min(steps) - 0.5, max(steps) + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
@@ -169,11 +176,36 @@ def plot(records: list[dict], path: str | pathlib.Path, x: str = "round",
         ax_eps.plot(*series["epsilon"], ".-", color="purple")
         ax_eps.set(xlabel=x, ylabel="epsilon", title="Privacy budget spent (epsilon)")
         ax_eps.grid(True, alpha=0.3)
+    if series["accuracy_epsilon"]:
+        ax_trade = axes[-1]
+        eps, acc = series["accuracy_epsilon"]
+        ax_trade.plot(eps, acc, "o-", color="purple")
+        for e, a, r in zip(eps, acc, [r for r in records if r.get("epsilon") is not None
+                                      and r.get("accuracy") is not None]):
+            ax_trade.annotate(str(r.get(x, "")), (e, a), xytext=(3, 3), fontsize=7,
+                              textcoords="offset points")  # which step each point is
+        ax_trade.set(xlabel="epsilon (privacy spent)", ylabel="test accuracy (%)",
+                     title="Accuracy against epsilon")
+        ax_trade.grid(True, alpha=0.3)
     if title:
         fig.suptitle(title)
     with warnings.catch_warnings():  # a crowded legend: the layout is kept as it is
         warnings.simplefilter("ignore", UserWarning)
         fig.tight_layout()
-    fig.savefig(path, dpi=80, metadata={"Title": title} if title else None)
-    plt.close(fig)
+    return fig
+
+
+def plot(records: list[dict], path: str | pathlib.Path, x: str = "round",
+         title: str | None = None) -> pathlib.Path:
+    """`plot_series(records, x)` drawn into the PNG `path`, titled `title` (the run's name):
+    accuracy, losses and failed Fits per step, and with an epsilon (differential privacy) a
+    panel of epsilon per step and one of accuracy against epsilon (`figure`). The title is
+    also the PNG's "Title" text. Needs matplotlib (ImportError otherwise)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(records, x, title)
+    try:
+        fig.savefig(path, dpi=80, metadata={"Title": title} if title else None)
+    finally:
+        plt.close(fig)
     return pathlib.Path(path)

@@ -1,7 +1,7 @@
 """A live progress bar for a federated run (rich.progress), as a reporter
 (fedmq.fl.reporters): steps done / total (rounds; for the asynchronous coordinator updates
 received / `max_updates`, with the current version), elapsed time and ETA, the last accuracy
-and training loss, and the failed Fits so far.
+and training loss, epsilon (under differential privacy) and the failed Fits so far.
 
 Modes (`fedmq train --progress`):
     bar    a live bar at the bottom of the terminal; the console reporter's lines (the seed's
@@ -33,11 +33,15 @@ def wants_bar(mode: str, console: Any) -> bool:
     return mode == "bar"
 
 
-def status_text(accuracy: float | None, loss: float | None, failed: int) -> str:
-    """The bar's right-hand text: "accuracy 91.20% · loss 0.2345 · 1 failed Fit"."""
+def status_text(accuracy: float | None, loss: float | None, failed: int,
+                epsilon: float | None = None) -> str:
+    """The bar's right-hand text: "accuracy 91.20% · ε=1.23 · loss 0.2345 · 1 failed Fit"
+    (ε: differential privacy's epsilon spent so far, when the run has one)."""
     parts = []
     if accuracy is not None:
         parts.append(f"accuracy {100 * accuracy:.2f}%")
+    if epsilon is not None:
+        parts.append(f"ε={epsilon:.2f}")
     if loss is not None and loss == loss:  # not NaN (a round nobody trained in)
         parts.append(f"loss {loss:.4f}")
     parts.append(f"{failed} failed Fit{'' if failed == 1 else 's'}")
@@ -59,6 +63,7 @@ class ProgressReporter(Reporter):
         self.accuracy: float | None = None
         self.loss: float | None = None
         self.failed = 0  # failed Fits in this run
+        self.epsilon: float | None = None  # differential privacy: spent so far
         self._step_failed: set[str] = set()  # workers whose Fit failed in the current round
         self._start_at = 0
         self._handlers: list[tuple[logging.StreamHandler, Any]] = []
@@ -132,7 +137,7 @@ class ProgressReporter(Reporter):
 
     # -- updates --------------------------------------------------------------------------
     def status(self) -> str:
-        return status_text(self.accuracy, self.loss, self.failed)
+        return status_text(self.accuracy, self.loss, self.failed, self.epsilon)
 
     def update(self, **fields: Any) -> None:
         if self.progress is not None:
@@ -158,6 +163,8 @@ class ProgressReporter(Reporter):
             self.failed += len(set(failed) - {"*"} - self._step_failed)
             self._step_failed = set()
         self.loss = record.loss
+        if getattr(record, "epsilon", None) is not None:
+            self.epsilon = record.epsilon
         if record.accuracy is not None:
             self.accuracy = record.accuracy
         if self.asynchronous:

@@ -43,6 +43,13 @@ def bucket_line(name: str, res: EvaluateRes, buckets: list) -> str:
     return f"{name}: Percentage numbers {', '.join(parts)}"
 
 
+def epsilon_text(record: Any) -> str:
+    """", ε=1.23" for a record with an `epsilon` (differential privacy: spent so far at the
+    run's delta; "ε=inf" without noise), "" without one."""
+    epsilon = getattr(record, "epsilon", None)
+    return "" if epsilon is None else f", ε={epsilon:.2f}"
+
+
 def accuracy_line(name: str, res: EvaluateRes) -> str:
     return (f"{name}: Average loss: {res.loss:.4f}, Accuracy: {res.correct}/{res.num_examples} "
             f"({100 * res.accuracy:.2f}%)")
@@ -76,7 +83,7 @@ class Reporter:
 class ConsoleReporter(Reporter):
     """The seed's lines for rounds, through the coordinator's `echo`: "Training round r/R",
     "Evaluating models", per model "Percentage numbers ..." and "Average loss ...", and a
-    progress line per round unless `progress_lines` is False (a live progress bar shows it:
+    progress line per round (with "ε=..." under differential privacy) unless `progress_lines` is False (a live progress bar shows it:
     fedmq.fl.progress)."""
 
     def __init__(self, progress_lines: bool = True) -> None:
@@ -122,6 +129,7 @@ class ConsoleReporter(Reporter):
                 f"lr {record.lr:.4f}, {record.seconds:.2f} s")
         if record.accuracy is not None:
             line += f", accuracy {100 * record.accuracy:.2f}%"
+        line += epsilon_text(record)
         if record.failed:
             line += "; failed: " + ", ".join(f"{w} ({why})" for w, why in record.failed.items())
         return line
@@ -166,7 +174,7 @@ class AsyncConsoleReporter(ConsoleReporter):
                 f"{record.dropped} dropped, {record.seconds:.2f} s")
         if record.accuracy is not None:
             line += f", accuracy {100 * record.accuracy:.2f}%"
-        return line
+        return line + epsilon_text(record)
 
 
 class EventReporter(Reporter):

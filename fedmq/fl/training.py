@@ -28,6 +28,7 @@ from fedmq.fl.proximal import proximal_term
 from fedmq.ops import rng
 from fedmq.plans import module_plan
 from fedmq.plans.messages import ModelPlanRecord
+from fedmq.privacy import DPConfig, local as local_dp
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 OPTIMIZER_ARGS = {"lr", "momentum", "dampening", "weight_decay", "nesterov", "betas", "eps",
@@ -319,6 +320,18 @@ def _dataset(config: dict, worker_id: str = "?") -> str | None:
     return key
 
 
+def _dp(config: dict, worker_id: str) -> DPConfig | None:
+    """The Fit's `dp` settings (fedmq.privacy.DPConfig.as_dict), or None; a bad value is
+    refused as the other config errors are."""
+    values = config.get("dp")
+    if values is None:
+        return None
+    try:
+        return DPConfig.from_dict(values)
+    except (ValueError, TypeError) as exc:
+        raise _fail(worker_id, str(exc)) from None
+
+
 def fit(worker: Any, msg: Fit) -> FitRes:
     """Train on the worker's own data; answer with the new weights, samples seen, mean loss.
     Between two batches the message's budget is checked (fedmq.limits): past the worker's
@@ -328,14 +341,26 @@ def fit(worker: Any, msg: Fit) -> FitRes:
     Randomness: batches are shuffled by a generator seeded with `config["seed"]`, and a model
     plan's dropout draws from one seeded with `seed + 1` (fedmq.ops.rng.drawing_from), so a
     round is reproducible. A model plan traced for one batch size only (`batch_generic`
-    False) trains on full batches (the short last batch of each pass is skipped)."""
+    False) trains on full batches (the short last batch of each pass is skipped).
+
+    Local differential privacy (`config["dp"]`, fedmq.privacy.DPConfig.as_dict() with mode
+    "local"): DP-SGD through Opacus (fedmq.privacy.local: per-sample clipping to
+    max_grad_norm, Gaussian noise of std noise_multiplier * max_grad_norm from OS entropy, not
+    the seed); FedProx's proximal gradient is added after the noise. The metrics then carry
+    "dp_sample_rate" (batch_size / examples, at most 1) and "dp_steps" (the batches trained),
+    for the coordinator's accountant. A model plan or a model Opacus cannot train (BatchNorm)
+    is refused with the reason. Mode "central" changes nothing here (the coordinator clips
+    and adds the noise)."""
     if msg.deadline and time.time() > msg.deadline:  # the round is over: do not train on it
         return FitRes(msg.round, worker.id, {}, 0, float("nan"), status="expired")
     config = msg.config if isinstance(msg.config, dict) else {}
+    dp = _dp(config, worker.id)
+    private = dp is not None and dp.mode == "local"
     data, target = find_data(worker, "train", _dataset(config, worker.id))
     if not len(data):
         raise _fail(worker.id, f"worker {worker.id} holds no training samples")
-    model = build_model(msg.model, msg.weights, worker.id, _owner(worker), _policy(worker))
+    model = net = build_model(msg.model, msg.weights, worker.id, _owner(worker),
+                              _policy(worker))
     batch_size = _int(config, "batch_size", 32, worker.id)
     fixed = not getattr(model, "batch_generic", True)
     drop_last = fixed or _flag(config, "drop_last", False, worker.id)
@@ -358,7 +383,13 @@ def fit(worker: Any, msg: Fit) -> FitRes:
     global_weights = ({k: v.detach().clone() for k, v in model.state_dict().items()}
                       if mu else None)
     optimizer = make_optimizer(config, model.parameters(), worker.id)
-    loss_fn = loss_function(config, worker.id, model)
+    if private:  # DP-SGD: `model` is Opacus' wrapper, `net` the model it trains
+        try:
+            model, optimizer = local_dp.make_private(net, optimizer, dp.noise_multiplier,
+                                                     dp.max_grad_norm, batch_size)
+        except ValueError as exc:
+            raise _fail(worker.id, str(exc)) from None
+    loss_fn = loss_function(config, worker.id, net)
     seed = _seed(config, worker.id)
     generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
@@ -372,16 +403,22 @@ def fit(worker: Any, msg: Fit) -> FitRes:
             optimizer.zero_grad()
             loss = loss_fn(model(data[index]), target[index])
             objective = loss
-            if global_weights is not None:  # FedProx (Li et al., 2020): stay near the global
-                objective = loss + proximal_term(model, global_weights, mu)
+            if global_weights is not None and not private:  # FedProx (Li et al., 2020)
+                objective = loss + proximal_term(net, global_weights, mu)
             objective.backward()
-            optimizer.step()
+            if private:
+                local_dp.step(optimizer, None if global_weights is None else
+                              lambda: proximal_term(net, global_weights, mu))
+            else:
+                optimizer.step()
             total_loss += loss.item() * len(index)
             seen += len(index)
-    weights = {name: t.detach() for name, t in model.state_dict().items()}
-    return FitRes(msg.round, worker.id, weights, seen, total_loss / seen,
-                  metrics={"fit_seconds": time.perf_counter() - started,
-                           "num_batches": num_batches})
+    weights = {name: t.detach() for name, t in net.state_dict().items()}
+    metrics = {"fit_seconds": time.perf_counter() - started, "num_batches": num_batches}
+    if private:
+        metrics |= {"dp_sample_rate": local_dp.sample_rate(batch_size, len(data)),
+                    "dp_steps": num_batches}
+    return FitRes(msg.round, worker.id, weights, seen, total_loss / seen, metrics=metrics)
 
 
 def _padded(x: torch.Tensor, size: int) -> torch.Tensor:
