@@ -123,6 +123,8 @@ class _RoundState:
     #: the neighbours whose ciphertexts arrived in stage 2 (the pairwise masks it added)
     masked_with: list = field(default_factory=list)
     unmasked: tuple | None = None   # (survivors, dropped, reply) of stage 3
+    #: v -> the AEAD key of the channel with v (stage 1, reused in stage 2, then dropped)
+    channels: dict = field(default_factory=dict)
 
     def x(self, worker: str) -> int:
         """The Shamir point of `worker`: its place in the round's list, from 1."""
@@ -248,7 +250,8 @@ def share_keys(session: Any, msg: SecAggShareKeys) -> SecAggEncryptedShares:
         if w == me:
             state.held[me] = pair
             continue
-        channel = _channel_key(state.c.sk, pks[w][0], msg.session, msg.round)
+        channel = state.channels[w] = _channel_key(state.c.sk, pks[w][0], msg.session,
+                                                   msg.round)
         out[w] = keys.seal(channel, pair[0] + pair[1],
                            keys.associated_data(msg.session, msg.round, me, w))
     return SecAggEncryptedShares(out)
@@ -283,7 +286,8 @@ def protect(session: Any, entry: dict, vector: torch.Tensor) -> dict:
         if v not in state.public_keys:
             raise ValueError(f"SecAgg+: a ciphertext from {v!r}, which shared no keys with "
                              f"{me!r} in stage 1")
-        channel = _channel_key(state.c.sk, state.public_keys[v][0], sa_session, round)
+        channel = state.channels.get(v) or _channel_key(state.c.sk, state.public_keys[v][0],
+                                                        sa_session, round)
         try:
             plain = keys.open_sealed(channel, ciphertext,
                                      keys.associated_data(sa_session, round, v, me))
@@ -301,7 +305,7 @@ def protect(session: Any, entry: dict, vector: torch.Tensor) -> dict:
             y -= _mask(seed, state.length)
     state.masked_with = sorted(ciphertexts)
     # the secrets are no longer needed: only shares stay (stage 3)
-    state.b, state.s = None, None
+    state.b, state.s, state.channels = None, None, {}
     return {"masked": y}
 
 
