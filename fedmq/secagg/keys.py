@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -36,15 +36,18 @@ INFO_MASK = b"fedmq secagg+ v1 pairwise mask"
 
 @dataclass(frozen=True)
 class KeyPair:
-    """An X25519 key pair as raw bytes (`sk`, `pk`: 32 bytes each)."""
+    """An X25519 key pair as raw bytes (`sk`, `pk`: 32 bytes each), with the private key
+    object (`private`: what `agree` takes without loading the bytes again, which costs as
+    much as the agreement itself)."""
     sk: bytes
     pk: bytes
+    private: X25519PrivateKey | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def generate(cls) -> "KeyPair":
         key = X25519PrivateKey.generate()
         return cls(key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()),
-                   key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+                   key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw), key)
 
 
 def check_public_key(pk: object, what: str = "public key") -> bytes:
@@ -54,12 +57,20 @@ def check_public_key(pk: object, what: str = "public key") -> bytes:
     return pk
 
 
-def agree(sk: bytes, pk: bytes, info: bytes, salt: bytes | None = None) -> bytes:
-    """HKDF-SHA256(X25519(sk, pk), salt, info) -> 32 bytes. ValueError for a malformed key or
-    a low-order public key (an all-zero shared secret)."""
+def private_key(sk: bytes) -> X25519PrivateKey:
+    """The X25519 private key object of raw bytes `sk` (ValueError if not 32 bytes)."""
+    return X25519PrivateKey.from_private_bytes(sk)
+
+
+def agree(sk: "bytes | X25519PrivateKey", pk: bytes, info: bytes,
+          salt: bytes | None = None) -> bytes:
+    """HKDF-SHA256(X25519(sk, pk), salt, info) -> 32 bytes; `sk` raw bytes or a private key
+    object (`KeyPair.private`, `private_key`). ValueError for a malformed key or a low-order
+    public key (an all-zero shared secret)."""
     check_public_key(pk)
     try:
-        shared = X25519PrivateKey.from_private_bytes(sk).exchange(
+        key = sk if isinstance(sk, X25519PrivateKey) else X25519PrivateKey.from_private_bytes(sk)
+        shared = key.exchange(
             X25519PublicKey.from_public_bytes(pk))
     except ValueError as exc:  # low-order point
         raise ValueError(f"key agreement failed: {exc}") from None

@@ -92,13 +92,13 @@ def _mask(seed: bytes, length: int) -> torch.Tensor:
     return PRG(seed).uniform((length,))
 
 
-def _pairwise_seed(s_sk: bytes, s_pk: bytes, session: str, round: int) -> bytes:
+def _pairwise_seed(s_sk: Any, s_pk: bytes, session: str, round: int) -> bytes:
     """s_uv = KA.agree(s_u^SK, s_v^PK), bound to (session, round)."""
     return keys.agree(s_sk, s_pk, keys.INFO_MASK,
                       salt=keys.associated_data(session, round, "", ""))
 
 
-def _channel_key(c_sk: bytes, c_pk: bytes, session: str, round: int) -> bytes:
+def _channel_key(c_sk: Any, c_pk: bytes, session: str, round: int) -> bytes:
     return keys.agree(c_sk, c_pk, keys.INFO_ENCRYPTION,
                       salt=keys.associated_data(session, round, "", ""))
 
@@ -250,8 +250,8 @@ def share_keys(session: Any, msg: SecAggShareKeys) -> SecAggEncryptedShares:
         if w == me:
             state.held[me] = pair
             continue
-        channel = state.channels[w] = _channel_key(state.c.sk, pks[w][0], msg.session,
-                                                   msg.round)
+        channel = state.channels[w] = _channel_key(state.c.private or state.c.sk, pks[w][0],
+                                                   msg.session, msg.round)
         out[w] = keys.seal(channel, pair[0] + pair[1],
                            keys.associated_data(msg.session, msg.round, me, w))
     return SecAggEncryptedShares(out)
@@ -286,7 +286,8 @@ def protect(session: Any, entry: dict, vector: torch.Tensor) -> dict:
         if v not in state.public_keys:
             raise ValueError(f"SecAgg+: a ciphertext from {v!r}, which shared no keys with "
                              f"{me!r} in stage 1")
-        channel = state.channels.get(v) or _channel_key(state.c.sk, state.public_keys[v][0],
+        channel = state.channels.get(v) or _channel_key(state.c.private or state.c.sk,
+                                                        state.public_keys[v][0],
                                                         sa_session, round)
         try:
             plain = keys.open_sealed(channel, ciphertext,
@@ -298,7 +299,8 @@ def protect(session: Any, entry: dict, vector: torch.Tensor) -> dict:
         state.held[v] = (plain[:shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES:])
     y = vector.detach().clone() + _mask(state.b, state.length)
     for v in sorted(ciphertexts):
-        seed = _pairwise_seed(state.s.sk, state.public_keys[v][1], sa_session, round)
+        seed = _pairwise_seed(state.s.private or state.s.sk, state.public_keys[v][1],
+                              sa_session, round)
         if v > me:
             y += _mask(seed, state.length)
         else:
@@ -504,7 +506,11 @@ class SecAggPlus(SecureAggregator):
             total -= _mask(b_u.to_bytes(SEED_BYTES, "big"), length)
         for v in sorted(dropped):
             secret = _reconstruct(s_shares[v], t, f"s^SK of {v!r}", round)
-            s_sk = secret.to_bytes(keys.KEY_BYTES, "big")
+            try:  # loaded once for all its neighbours
+                s_sk = keys.private_key(secret.to_bytes(keys.KEY_BYTES, "big"))
+            except (ValueError, OverflowError):
+                raise SecureAggregationError(f"SecAgg+ round {round}: the shares of s^SK of "
+                                             f"{v!r} do not make a key") from None
             for w in u3:
                 if v not in state.masked_with[w]:
                     continue
