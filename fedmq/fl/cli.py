@@ -248,6 +248,16 @@ def check_privacy_args(args: argparse.Namespace, workers: dict) -> None:
     if clash:
         raise UsageError(f"--secure-aggregation: aggregator {clash[0]} is also a training or "
                          f"the testing worker; aggregators hold no data of the run")
+    if method == "additive" and args.launch:
+        # every launched service logs in as the --url's user: one principal, and an aggregator
+        # keeps one share per principal (fedmq.secagg.additive), so it would refuse the second
+        # worker's share (tests/test_private_rounds_cli.py shows it over RabbitMQ)
+        raise UsageError("--secure-aggregation additive with --launch: the launched services "
+                         "would all log in as the --url's user, and an aggregator keeps one "
+                         "share per broker user; give each service its own broker user "
+                         "(fedmq broker add-user), start them with `fedmq worker` (training "
+                         "workers with --grant worker:AGG for each aggregator) and run "
+                         "without --launch")
     sa_options = (("--sa-threshold", args.sa_threshold), ("--sa-neighbours", args.sa_neighbours))
     for option, value in sa_options:
         if value is not None and method != "secagg+":
@@ -303,8 +313,10 @@ def make_privacy(args: argparse.Namespace, workers: dict):
                                dp=dp_config(args))
 
 
-def in_process_workers(workers: dict, dataset: str, testing: str | None) -> dict:
-    """Workers in this process, each holding its labels' partition of `dataset`."""
+def in_process_workers(workers: dict, dataset: str, testing: str | None,
+                       aggregators: list[str] | tuple = ()) -> dict:
+    """Workers in this process, each holding its labels' partition of `dataset`, and the
+    `aggregators` of `--secure-aggregation additive:...` holding no data (aggregator_workers)."""
     from fedmq.extensions import load_extensions
     from fedmq.service import build_worker
 
@@ -315,6 +327,38 @@ def in_process_workers(workers: dict, dataset: str, testing: str | None) -> dict
     if testing:
         built[testing] = build_worker(argparse.Namespace(id=testing, dataset=dataset,
                                                          labels=None, testing=True))
+    if aggregators:
+        built.update(aggregator_workers([built[w] for w in workers], list(aggregators)))
+    return built
+
+
+def aggregator_workers(trainers: list, aggregators: list[str]) -> dict:
+    """In-process additive-sharing aggregators (fedmq.secagg.additive) for the Worker objects
+    `trainers`: each aggregator holds no data and grants `coordinator` only to this process's
+    coordinator (fedmq.principals.LOCAL, the in-process connection's principal); each trainer
+    grants `worker` to the aggregators only (its policy otherwise the in-process open one) and
+    gets a network of its own that reaches them as itself (principal: its id), as each
+    `fedmq worker` service has a broker login of its own, so an aggregator keeps one share per
+    training worker. Returns {aggregator id: Worker}."""
+    import dataclasses
+
+    from fedmq.client import WorkerClient
+    from fedmq.context import Context
+    from fedmq.policy import Policy
+    from fedmq.principals import LOCAL
+    from fedmq.worker import Worker
+
+    built = {a: Worker(a, policy=Policy(owner=a, grants={"coordinator": {LOCAL}},
+                                        release="none"))
+             for a in aggregators}
+    for trainer in trainers:
+        trainer.policy = dataclasses.replace(
+            trainer.policy, grants={**trainer.policy.grants, "worker": frozenset(aggregators)})
+        context = Context(sender=trainer.id, principal=trainer.id)
+        for a, worker in built.items():
+            context.transport.add(worker)
+            context.network.add(WorkerClient(a, context.engine, context.network))
+        trainer.network = context.network
     return built
 
 
@@ -445,8 +489,9 @@ async def train(args: argparse.Namespace, workers: dict[str, str | None],
         connection = await AMQPRoundConnection.connect(args.url, chunk_size=args.chunk_size)
     else:
         try:
+            _, aggregators = parse_secure_aggregation(args.secure_aggregation)
             connection = InProcessConnection(in_process_workers(workers, args.dataset,
-                                                                testing))
+                                                                testing, aggregators))
         except ValueError as exc:  # a dataset or labels the data cannot serve
             raise UsageError(str(exc)) from None
     if isinstance(strategy, AsyncStrategy):  # fedasync, fedbuff: no rounds
@@ -524,10 +569,7 @@ def run_train(args: argparse.Namespace) -> int:
             from fedmq.fl.launch import WorkerLauncher, thread_env
 
             launcher = WorkerLauncher(args.url, run_dir / "logs", env=thread_env(len(workers)))
-            for worker_id, labels in workers.items():
-                launcher.start(worker_id, args.dataset, labels)
-            if args.testing:
-                launcher.start(args.testing, args.dataset, testing=True)
+            launch_services(launcher, args, workers)
             print(f"Started worker services {', '.join(launcher.procs)} (logs in "
                   f"{run_dir}/logs)", flush=True)
             def say(line: str) -> None:
@@ -553,6 +595,21 @@ def run_train(args: argparse.Namespace) -> int:
             launcher.stop_all()
         if not args.resume and code is None or code == 2:
             runs.release(run_dir)  # stopped before its first round: the name is free again
+
+
+def launch_services(launcher, args: argparse.Namespace, workers: dict) -> None:
+    """Start the run's worker services with `launcher` (fedmq.fl.launch.WorkerLauncher): the
+    training workers with their labels, the testing worker, and the aggregators of
+    `--secure-aggregation additive:...` holding no data, each training worker granting every
+    aggregator `worker` (its shares go to peers only, fedmq.secagg.additive)."""
+    _, aggregators = parse_secure_aggregation(args.secure_aggregation)
+    for a in aggregators:
+        launcher.start(a, None)
+    grants = [f"worker:{a}" for a in aggregators]
+    for worker_id, labels in workers.items():
+        launcher.start(worker_id, args.dataset, labels, grants=grants)
+    if args.testing:
+        launcher.start(args.testing, args.dataset, testing=True)
 
 
 def interrupted_line(args: argparse.Namespace, run_dir: pathlib.Path) -> str:

@@ -1,6 +1,8 @@
 """Worker service processes for a run over RabbitMQ (`fedmq train --url ... --launch`, and
 `make demo BROKER=...`): one `fedmq worker --id ... --dataset ... --labels ...` per data owner
-plus the testing worker, logging to files in the run folder, stopped (SIGTERM) at the end.
+plus the testing worker (and for additive-sharing aggregation each aggregator, holding no data,
+the data owners granting it `worker`), logging to files in the run folder, stopped (SIGTERM) at
+the end.
 `start_group` starts one process hosting several ids (`fedmq worker --ids a,b,c`), for runs
 with many workers (benchmarks/rounds.py: 50 workers in a few processes).
 
@@ -77,11 +79,17 @@ class WorkerLauncher:
         self._supervisor: threading.Thread | None = None
         self._stopping = threading.Event()
 
-    def start(self, worker_id: str, dataset: str, labels: str | None = None,
-              testing: bool = False) -> subprocess.Popen:
+    def start(self, worker_id: str, dataset: str | None, labels: str | None = None,
+              testing: bool = False, grants: list[str] | tuple = ()) -> subprocess.Popen:
+        """`fedmq worker --id worker_id` serving `dataset` (its `labels`, or the test set),
+        or no data at all with dataset None (an aggregator of `--secure-aggregation
+        additive:...`); `grants` are its `--grant ROLE:PRINCIPAL` options."""
         args = [sys.executable, "-m", "fedmq.cli", "worker", "--id", worker_id, "--url",
-                self.url, "--dataset", dataset]
-        args += ["--testing"] if testing else (["--labels", labels] if labels else [])
+                self.url]
+        if dataset is not None:
+            args += ["--dataset", dataset]
+            args += ["--testing"] if testing else (["--labels", labels] if labels else [])
+        args += [f"--grant={grant}" for grant in grants]
         return self._spawn(worker_id, [worker_id], args)
 
     def start_group(self, name: str, worker_ids: list[str], dataset: str,
