@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import fedmq
-from fedmq import messages as m, principals
+from fedmq import messages as m, principals, serde
 from fedmq.engine import RequestEngine
 from fedmq.errors import AccessDeniedError, RemoteError
 from fedmq.policy import Policy
@@ -420,90 +420,77 @@ def test_aggregator_memory_is_bounded_and_sessions_expire():
 
 # -- over RabbitMQ: real `fedmq worker` processes, each logged in as its own broker user -------
 
-FIT_CONFIG = {"batch_size": 32, "num_batches": 2, "optimizer": "sgd",
-              "optimizer_args": {"lr": 0.05}, "loss": "nll", "seed": 7}
-
-
 @pytest.mark.amqp
 def test_over_rabbitmq_three_workers_two_aggregators_sum_exact(role_users, tmp_path):
     """3 training workers and 2 aggregators, real processes, each its own broker user (so an
-    aggregator keys shares by the broker-checked user id); the coordinator drives a round
-    with real Fits (tests/secagg_fit_worker.py runs `protect` inside them): the sum of the
-    aggregators' sums is exactly the sum of the workers' ring vectors, which the coordinator
-    never receives; it cannot ask an aggregator twice."""
-    import os
-    import pathlib
-    import subprocess
-    import sys
-
+    aggregator keys shares by the broker-checked user id); the real coordinator runs an
+    additive round (Fit protects the update): the sum of the aggregators' sums is exactly the
+    sum of the workers' encoded updates (from a plain FedAvg round of the same config), the
+    model is FedAvg's within the quantization error, the coordinator never receives a vector
+    or a share, and it cannot ask an aggregator twice."""
+    from fedmq.fl.config import initial_weights
     from fedmq.fl.connections import AMQPRoundConnection
-    from fedmq.fl.coordinator import initial_weights
-    from fedmq.fl.messages import Fit
-    from secagg_fit_worker import update_vector
-    from worker_procs import WorkerProcesses
+    from fedmq.fl.messages import FitRes
+    from fedmq.fl.secure import make_private_rounds
+    from fedmq.secagg import quantize
+    from private_amqp import AdditiveServices, config, max_diff, rounds, summary
 
-    users = {who: role_users.add(f"sa-{who}", "worker") for who in (*TRAINERS, *AGGS)}
-    coord, _, coord_url = role_users.add("sa-coord", "coordinator")
-    ids = {who: users[who][0] for who in users}
-    procs = WorkerProcesses(tmp_path)
-    launcher = pathlib.Path(__file__).with_name("secagg_fit_worker.py")
+    services = AdditiveServices(role_users, tmp_path, "sa")
+    cfg = config(rounds=1)
+    privacy = make_private_rounds("additive", services.aggregators)
+    driver = privacy.aggregator
+    begin_round, end_round = driver.begin_round, driver.end_round
+    seen: dict = {}
 
-    def start(who: str, *extra: str) -> None:
-        worker_id, _, url = users[who]
-        log = open(tmp_path / f"{worker_id}.log", "a")
-        procs.procs[worker_id] = subprocess.Popen(
-            [sys.executable, str(launcher), "worker", "--id", worker_id, "--url", url,
-             "--state-dir", str(tmp_path / "state"), "--grant", f"coordinator:{coord}", *extra],
-            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        procs.started.add(worker_id)
+    async def keep_entries(*args, **kwargs):
+        seen["entries"] = await begin_round(*args, **kwargs)
+        return seen["entries"]
 
-    labels = {"alice": "0-3", "bob": "4-6", "charlie": "7-9"}
+    async def keep_total(*args, **kwargs):
+        seen["total"], seen["contributors"] = await end_round(*args, **kwargs)
+        return seen["total"], seen["contributors"]
+    driver.begin_round, driver.end_round = keep_entries, keep_total
+
+    async def ask_again():
+        conn = await AMQPRoundConnection.connect(services.coord_url)
+        sid = next(iter(seen["entries"].values()))["session"]
+        try:
+            with pytest.raises(RemoteError, match="over"):
+                await conn.arequest(services.ids["agg1"],
+                                    AggregateShares(sid, 1, services.trainers), timeout=30)
+        finally:
+            await conn.aclose()
+    plain_frames: list = []
+    frames: list = []
     try:
-        for a in AGGS:
-            start(a)
-        for w in TRAINERS:
-            start(w, "--dataset", "mnist5k", "--labels", labels[w],
-                  *(f"--grant=worker:{ids[a]}" for a in AGGS))
-        for who in (*AGGS, *TRAINERS):
-            procs.wait_consuming(ids[who], procs.procs[ids[who]])
-
-        async def scenario():
-            conn = await AMQPRoundConnection.connect(coord_url)
-            replies: list = []
-
-            async def request(worker_id, message, timeout):
-                value = await conn.arequest(worker_id, message, timeout=timeout)
-                replies.append(value)
-                return value
-            try:
-                driver = AdditiveAggregation([ids[a] for a in AGGS])
-                trainers = [ids[w] for w in TRAINERS]
-                weights = initial_weights("seed-cnn", seed=1)
-                entries = await driver.begin_round(1, trainers, request, deadline(120))
-                results = await asyncio.gather(*(conn.arequest(w, Fit(
-                    1, "seed-cnn", weights, dict(FIT_CONFIG, secure_aggregation=entries[w])),
-                    timeout=120) for w in trainers))
-                total, contributors = await driver.end_round(
-                    1, {w: {} for w in trainers}, request, deadline(60))
-                sid = entries[trainers[0]]["session"]
-                with pytest.raises(RemoteError, match="over"):
-                    await conn.arequest(ids["agg1"], AggregateShares(sid, 1, trainers),
-                                        timeout=30)
-                return weights, results, total, contributors, replies
-            finally:
-                await conn.aclose()
-
-        weights, results, total, contributors, replies = asyncio.run(scenario())
+        services.start_all()
+        plain, plain_weights, _ = rounds(cfg, services.trainers, url=services.coord_url,
+                                         received=plain_frames)
+        records, weights, _ = rounds(cfg, services.trainers, privacy, url=services.coord_url,
+                                     received=frames)
+        asyncio.run(ask_again())
     finally:
-        logs = {who: procs.log(ids[who]) for who in ids}
-        procs.stop_all(delete_queues=True)
-    assert all(r.status == "ok" for r in results), logs
-    vectors = [update_vector(weights, r.weights, r.num_examples) for r in results]
-    assert contributors == sorted(ids[w] for w in TRAINERS)
-    assert total.shape == vectors[0].shape == (431080,)
+        logs = services.logs()
+        services.stop_all()
+    assert plain[0].status == records[0].status == "ok", (summary(plain + records), logs)
+    assert sorted(records[0].workers) == sorted(services.trainers)
+    start = initial_weights(cfg.model, cfg.seed)
+    names = list(start)
+    fits = [v for v in (getattr(serde.decode(f), "value", None) for f in plain_frames)
+            if isinstance(v, FitRes)]
+    vectors = [quantize.encode(quantize.flatten(r.weights, names) -
+                               quantize.flatten(start, names), r.num_examples)[0] for r in fits]
+    assert len(vectors) == 3 and seen["contributors"] == sorted(services.trainers)
+    total = seen["total"]
+    assert total.shape == vectors[0].shape == (7850,)
     assert torch.equal(total, vectors[0] + vectors[1] + vectors[2])
+    assert max_diff(plain_weights[0], weights[0]) < 1e-5
     # the coordinator's replies: probes, held lists, two sums, never a vector or a share
+    replies = [getattr(serde.decode(f), "value", None) for f in frames]
     sums = [r.total for r in replies if isinstance(r, AggregateResult) and r.total is not None]
-    assert len(sums) == 2
+    assert len(sums) == 2 and torch.equal(sums[0] + sums[1], total)
     assert not any(torch.equal(s, v) for s in sums for v in vectors)
-    assert not any(isinstance(r, torch.Tensor) for r in replies)
+    carried = [r.weights for r in replies if isinstance(r, FitRes)]
+    assert len(carried) == 3 and all(not isinstance(c, torch.Tensor) and
+                                     not any(isinstance(v, torch.Tensor) for v in c.values())
+                                     for c in carried), carried

@@ -388,81 +388,69 @@ def test_cost(make_world, n, length, capsys):
 # -- over RabbitMQ -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def probe_workers(tmp_path_factory):
-    """Three real worker processes (`fedmq worker` plus the test-only ProtectProbe handler,
-    tests/secagg_probe.py, standing in for the Fit's call of `protect`)."""
-    import pathlib
-    import subprocess
-    import sys
+def secagg_workers(tmp_path_factory):
+    """Three real `fedmq worker` processes on mnist5k (the seed's labels)."""
+    from private_amqp import LABELS
+    from worker_procs import WorkerProcesses
 
-    from worker_procs import AMQP_URL, WorkerProcesses, delete_queue, purge
-
-    class ProbeProcesses(WorkerProcesses):
-        def start(self, worker_id, *extra, wait=True, fresh=True):
-            if fresh:
-                purge(f"fedmq.worker.{worker_id}", self.url)
-            log = open(self.log_dir / f"{worker_id}.log", "a")
-            script = pathlib.Path(__file__).with_name("secagg_probe.py")
-            proc = subprocess.Popen(
-                [sys.executable, str(script), "worker", "--id", worker_id, "--url", self.url,
-                 "--state-dir", str(self.log_dir / "state"), *extra],
-                stdout=log, stderr=subprocess.STDOUT,
-                env=dict(__import__("os").environ, PYTHONUNBUFFERED="1"))
-            self.procs[worker_id] = proc
-            self.started.add(worker_id)
-            if wait:
-                self.wait_consuming(worker_id, proc)
-            return proc
-
-    procs = ProbeProcesses(tmp_path_factory.mktemp("secagg-workers"), AMQP_URL)
-    ids = ["sa-alice", "sa-bob", "sa-charlie"]
+    procs = WorkerProcesses(tmp_path_factory.mktemp("secagg-workers"))
+    ids = {f"sa-{who}": labels for who, labels in LABELS.items()}
+    for w, labels in ids.items():
+        procs.start(w, "--dataset", "mnist5k", "--labels", labels, wait=False)
     for w in ids:
-        procs.start(w, wait=False)
-    for w in ids:
-        procs.wait_consuming(w, procs.procs[w])
+        procs.wait_consuming(w, procs.procs[w], timeout=120)
     yield procs, ids
-    procs.stop_all()
-    for w in ids:
-        delete_queue(f"fedmq.worker.{w}", AMQP_URL)
-
-
-def amqp_round(ids, length, seed, after_masking=None):
-    from fedmq.fl.connections import AMQPRoundConnection
-    from secagg_probe import ProtectProbe
-    from worker_procs import AMQP_URL
-
-    async def run():
-        conn = await AMQPRoundConnection.connect(AMQP_URL)
-        try:
-            async def request(worker, message, timeout):
-                return await conn.arequest(worker, message, timeout=timeout)
-            agg = SecAggPlus(length=length)
-            deadline = time.time() + 30
-            entries = await agg.begin_round(1, ids, request, deadline)
-            assert sorted(entries) == sorted(ids)
-            replies = await asyncio.gather(*(request(w, ProtectProbe(e, length, seed), 30)
-                                             for w, e in entries.items()))
-            protected = dict(zip(entries, replies))
-            if after_masking:
-                await asyncio.to_thread(after_masking)
-            return await agg.end_round(1, protected, request, time.time() + 10)
-        finally:
-            await conn.aclose()
-    return asyncio.run(run())
+    procs.stop_all(delete_queues=True)
 
 
 @pytest.mark.amqp
 @pytest.mark.slow
-def test_secure_sum_over_rabbitmq_with_real_workers(probe_workers):
-    from secagg_probe import probe_vector
+def test_secure_sum_over_rabbitmq_with_real_workers(secagg_workers):
+    """Real rounds (the coordinator, Fit protecting the update): the unmasked sum is exactly
+    the ring sum of the workers' encoded updates (from plain FedAvg rounds of the same config),
+    so the model is FedAvg's; a worker SIGKILLed after it sent its masked input (round 2,
+    before unmasking) is still in the exact sum."""
+    from fedmq.fl.config import initial_weights
+    from fedmq.fl.messages import FitRes
+    from fedmq.fl.secure import make_private_rounds
+    from fedmq.secagg import quantize
+    from private_amqp import config, max_diff, rounds, summary
 
-    procs, ids = probe_workers
-    total, contributors = amqp_round(ids, 10_000, seed=1)
-    assert contributors == sorted(ids)
-    assert torch.equal(total, ring_sum(probe_vector(w, 10_000, 1) for w in ids))
-    # one worker killed (SIGKILL) after it sent its masked input: still in the exact sum
-    victim = ids[1]
-    total, contributors = amqp_round(ids, 10_000, seed=2,
-                                     after_masking=lambda: procs.kill(victim))
-    assert contributors == sorted(ids)
-    assert torch.equal(total, ring_sum(probe_vector(w, 10_000, 2) for w in ids))
+    procs, ids = secagg_workers
+    workers = list(ids)
+    victim = workers[1]
+    cfg = config(rounds=2)
+    plain_frames: list = []
+    plain, plain_weights, _ = rounds(cfg, workers, received=plain_frames)
+    privacy = make_private_rounds("secagg+", seed=cfg.seed)
+    driver = privacy.aggregator
+    end_round = driver.end_round
+    totals: dict = {}
+
+    async def kill_then_unmask(round, protected, request, deadline):
+        if round == 2:  # its masked input has arrived; unmasking has not begun
+            await asyncio.to_thread(procs.kill, victim)
+        totals[round] = await end_round(round, protected, request, deadline)
+        return totals[round]
+    driver.end_round = kill_then_unmask
+    try:
+        records, weights, _ = rounds(cfg, workers, privacy)
+    finally:
+        if victim not in procs.procs:
+            procs.start(victim, "--dataset", "mnist5k", "--labels", ids[victim])
+    assert all(r.status == "ok" and sorted(r.workers) == sorted(workers) and not r.failed
+               for r in plain + records), summary(plain + records)
+    fits = [v for v in (getattr(fedmq.serde.decode(f), "value", None) for f in plain_frames)
+            if isinstance(v, FitRes)]
+    assert len(fits) == 6
+    # round 1: from the same global weights, the unmasked sum is the plain updates' ring sum
+    start = initial_weights("mnist-logreg", cfg.seed)
+    names = list(start)
+    vectors = [quantize.encode(quantize.flatten(r.weights, names) -
+                               quantize.flatten(start, names), r.num_examples)[0]
+               for r in fits if r.round == 1]
+    assert torch.equal(totals[1][0], ring_sum(vectors))
+    # round 2 (the victim killed before unmasking): all three counted, FedAvg's model
+    assert totals[1][1] == totals[2][1] == sorted(workers)
+    for round in (1, 2):
+        assert max_diff(plain_weights[round - 1], weights[round - 1]) < 1e-5
