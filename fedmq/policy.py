@@ -70,6 +70,9 @@ class Policy:
         loss or its metrics. None: every plan when `release` is "derived" or "all", and none
         but the built-in models under "none" (the owner reviews a model and allows it by
         digest).
+    require_secure_aggregation: a principal other than the owner gets this worker's update
+        only securely aggregated (fedmq.secagg: a `Fit` without it is refused), so a
+        coordinator that leaves it out learns nothing it would not from the others' sum.
     """
     owner: str = LOCAL
     grants: Mapping[str, frozenset] = field(default_factory=dict)
@@ -80,6 +83,7 @@ class Policy:
     max_op_bytes: int | None = None
     max_op_seconds: float | None = None
     models: frozenset | None = None
+    require_secure_aggregation: bool = False
 
     def __post_init__(self) -> None:
         if self.release not in RELEASES:
@@ -117,7 +121,9 @@ class Policy:
 
     @classmethod
     def from_options(cls, owner: str, grants: Iterable[str] = (), release: str = "none",
-                     models: Iterable[str] | None = None, **limits: int | None) -> "Policy":
+                     models: Iterable[str] | None = None,
+                     require_secure_aggregation: bool = False,
+                     **limits: int | None) -> "Policy":
         """A policy from `fedmq worker` options: `grants` are "ROLE:PRINCIPAL" strings.
         Raises ValueError naming the bad item."""
         table: dict[str, set] = {}
@@ -128,7 +134,8 @@ class Policy:
                                  f"{', '.join(ROLES)}")
             table.setdefault(role, set()).add(principal)
         return cls(owner=owner, grants=table, release=release,
-                   models=frozenset(models) if models else None, **limits)
+                   models=frozenset(models) if models else None,
+                   require_secure_aggregation=bool(require_secure_aggregation), **limits)
 
     @property
     def is_open(self) -> bool:

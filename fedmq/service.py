@@ -1015,11 +1015,13 @@ def service_policy(url: str, grants: list[str] | tuple = (), release: str = "non
                    max_frame_bytes: int | None = DEFAULT_MAX_FRAME_BYTES,
                    max_op_bytes: int | None = -1,
                    max_op_seconds: float | None = DEFAULT_MAX_OP_SECONDS,
-                   models: list[str] | None = None) -> Policy:
+                   models: list[str] | None = None,
+                   require_secure_aggregation: bool = False) -> Policy:
     """A worker service's policy: the data owner is `owner` or the broker user of `url`;
     `grants` are "ROLE:PRINCIPAL"; quotas and limits of 0 or None mean no limit. Bytes a frame
     (`max_frame_bytes`), bytes of one op's results (`max_op_bytes`, -1: as `max_bytes`),
-    seconds a message (`max_op_seconds`), the model plans others may run (`models`): see
+    seconds a message (`max_op_seconds`), the model plans others may run (`models`), whether
+    its updates leave only securely aggregated (`require_secure_aggregation`): see
     fedmq.policy.Policy. Raises ValueError."""
     if max_op_bytes == -1:
         max_op_bytes = max_bytes
@@ -1028,6 +1030,7 @@ def service_policy(url: str, grants: list[str] | tuple = (), release: str = "non
         raise ValueError("with ?auth=external the URL names no user: give the data owner's "
                          "principal with --owner")
     return Policy.from_options(owner, grants, release, models=models or None,
+                               require_secure_aggregation=require_secure_aggregation,
                                max_bytes=max_bytes or None, max_objects=max_objects or None,
                                max_frame_bytes=max_frame_bytes or None,
                                max_op_bytes=max_op_bytes or None,
@@ -1041,7 +1044,9 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
                               args.max_objects, max_frame_bytes=args.max_frame_bytes,
                               max_op_bytes=args.max_op_bytes,
                               max_op_seconds=args.max_op_seconds,
-                              models=getattr(args, "allow_model", None))
+                              models=getattr(args, "allow_model", None),
+                              require_secure_aggregation=getattr(
+                                  args, "require_secure_aggregation", False))
     except ValueError as exc:
         print(f"fedmq worker: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -1116,6 +1121,10 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                         help="what private values may leave in the clear: none (only Fit/"
                              "Evaluate replies to coordinators), derived (values computed from "
                              "the data, to scientists), all; default %(default)s")
+    access.add_argument("--require-secure-aggregation", action="store_true",
+                        help="answer a coordinator's Fit only in a securely aggregated round "
+                             "(fedmq train --secure-aggregation ...): the update never leaves "
+                             "in the clear, whatever the coordinator asks (default: off)")
     access.add_argument("--allow-model", action="append", default=[],
                         metavar="sha256:DIGEST|any",
                         help="a model plan (by the digest a refused Fit names) that principals "

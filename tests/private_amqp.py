@@ -98,6 +98,8 @@ class AdditiveServices:
         if who in LABELS:
             extra += ["--dataset", "mnist5k", "--labels", LABELS[who],
                       *(f"--grant=worker:{self.ids[a]}" for a in self.AGGS)]
+        else:  # an aggregator takes shares from the trainers only
+            extra += [f"--grant=worker:{self.ids[t]}" for t in LABELS]
         self.procs.start(worker_id, *extra, wait=wait, fresh=fresh)
 
     def start_all(self) -> None:

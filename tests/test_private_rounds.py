@@ -273,3 +273,58 @@ def test_local_dp_epsilon_is_the_accountants_for_each_worker():
         for worker in record.workers:
             reference.step(worker, 8 / 48, 3)
         assert record.epsilon == pytest.approx(reference.max_epsilon(), rel=1e-9)
+
+
+# -- the data owner's side ---------------------------------------------------------------------
+
+def test_a_worker_can_require_secure_aggregation():
+    """`fedmq worker --require-secure-aggregation`: a coordinator that leaves secure
+    aggregation out gets a refusal, not the update; with it, the round runs."""
+    import dataclasses
+
+    from fedmq.engine import RequestEngine
+    from fedmq.fl.coordinator import RunRefused
+    from fedmq.transport.local import LocalTransport
+
+    def strict_workers():
+        ws = make_workers()
+        for w in ws.values():
+            w.policy = dataclasses.replace(w.policy, require_secure_aggregation=True)
+        return ws
+
+    def engine(ws):  # a coordinator that is not the workers' owner
+        return RequestEngine(LocalTransport(ws, principal="coord"), sender="coordinator",
+                             timeout=None)
+
+    ws = strict_workers()
+    coord = Coordinator(engine(ws), list(ws), small_config(rounds=1), echo=lambda line: None)
+    with pytest.raises(RunRefused, match="require-secure-aggregation"):
+        asyncio.run(coord.run())
+    ws = strict_workers()
+    coord = Coordinator(engine(ws), list(ws), small_config(rounds=1), echo=lambda line: None,
+                        privacy=make_private_rounds("secagg+", seed=3))
+    history = asyncio.run(coord.run())
+    assert history[0].status == "ok" and len(history[0].workers) == 3
+
+
+def test_dp_refuses_models_whose_buffers_it_cannot_cover():
+    """Found by review: central DP clipped and noised the trainable parameters only, and let
+    BatchNorm's running statistics (computed from the data) through as they were."""
+    weights = {"w": torch.zeros(3), "bn.running_mean": torch.zeros(3),
+               "bn.num_batches_tracked": torch.tensor(0)}
+    rounds = PrivateRounds(dp=dp("central", 1.0, 1.0))
+    with pytest.raises(ValueError, match="running statistics"):
+        rounds.check_model(weights, {"w"})
+    rounds.check_model({"w": torch.zeros(3), "n": torch.tensor(0)}, {"w"})  # ints are counts
+    PrivateRounds().check_model(weights, {"w"})  # no DP: nothing to cover
+
+
+def test_central_dp_noise_covers_the_largest_weight():
+    """Found by review: the sample-weighted mean moves by C*n_i/N for worker i, more than the
+    C/m the noise was sized for when the workers' example counts differ."""
+    rounds = PrivateRounds(dp=dp("central", 1.0, 0.5))
+    weights = {"w": torch.zeros(200_000, dtype=torch.float64)}
+    noisy = rounds.add_noise(weights, {"w"}, {"a": 8, "b": 8, "c": 160})
+    assert float(noisy["w"].std()) == pytest.approx(0.5 * 160 / 176, rel=0.02)
+    equal = rounds.add_noise(weights, {"w"}, {"a": 8, "b": 8, "c": 8})
+    assert float(equal["w"].std()) == pytest.approx(0.5 / 3, rel=0.02)

@@ -70,7 +70,8 @@ def fed():
     additive._STORES.clear()
     hooks = {w: fedmq.TorchHook(torch, principal=w) for w in (*TRAINERS, "aggs")}
     aggs = {a: fedmq.VirtualWorker(hooks["aggs"], id=a, policy=Policy(
-        owner=a, grants={"coordinator": {COORD}}, release="none")) for a in AGGS}
+        owner=a, grants={"coordinator": {COORD}, "worker": set(TRAINERS)}, release="none"))
+        for a in AGGS}
     trainers = {w: fedmq.VirtualWorker(hooks[w], id=w, policy=Policy(
         owner=w, grants={"coordinator": {COORD}, "worker": set(AGGS)}, release="none"))
         for w in TRAINERS}
@@ -242,6 +243,18 @@ def test_a_worker_sends_two_shares_for_one_session_refused(fed):
     assert torch.equal(total, vectors["bob"] + vectors["charlie"])
 
 
+def test_found_by_review_a_stranger_cannot_fill_an_aggregator(fed):
+    """Found by review: any principal could store shares on an aggregator (64 made-up
+    sessions held it for an hour, and the next real round failed). A share now needs the
+    `worker` role the aggregator's owner grants the training workers."""
+    hooks, aggs, trainers, engines = fed
+    frame = serde_frame(AggregatorShare("m" * 32, 1, torch.arange(5)))
+    for sender in ("mallory", COORD):
+        reply = aggs["agg1"].worker.handle_frame(frame, sender)
+        assert "--grant worker:" in fedmq.serde.decode(reply).error.message
+    assert ("m" * 32, 1) not in store_of("agg1")._open
+
+
 def test_sender_is_the_authenticated_principal_not_a_field(fed):
     """A share sent by bob lands under bob, whatever its envelope claims (sender, on_behalf):
     a peer claiming to act for alice is refused (a share is not delegable)."""
@@ -250,14 +263,13 @@ def test_sender_is_the_authenticated_principal_not_a_field(fed):
     bob = hooks["bob"].network.client("agg1")
     bob.call(AggregatorShare(sid, 1, torch.arange(5)), sender="alice")
     assert sorted(store_of("agg1")._open[(sid, 1)].shares) == ["bob"]
-    # on behalf of alice: bob is no peer of agg1, and even a peer may only store objects
+    # on behalf of alice: bob is a peer of agg1 (it sends it shares), and a peer may only
+    # store objects on someone's behalf; a stranger may not act on behalf of anyone
     frame = serde_frame(AggregatorShare(sid, 1, torch.arange(5)), on_behalf="alice")
     reply = aggs["agg1"].worker.handle_frame(frame, "bob")
-    assert "may not act on behalf" in fedmq.serde.decode(reply).error.message
-    aggs["agg1"].worker.policy = Policy(owner="agg1", grants={"coordinator": {COORD},
-                                                              "worker": {"bob"}})
-    reply = aggs["agg1"].worker.handle_frame(frame, "bob")
     assert "peer worker may only store objects" in fedmq.serde.decode(reply).error.message
+    reply = aggs["agg1"].worker.handle_frame(frame, "mallory")
+    assert "may not act on behalf" in fedmq.serde.decode(reply).error.message
     assert sorted(store_of("agg1")._open[(sid, 1)].shares) == ["bob"]
 
 

@@ -339,7 +339,8 @@ def aggregator_workers(trainers: list, aggregators: list[str]) -> dict:
     grants `worker` to the aggregators only (its policy otherwise the in-process open one) and
     gets a network of its own that reaches them as itself (principal: its id), as each
     `fedmq worker` service has a broker login of its own, so an aggregator keeps one share per
-    training worker. Returns {aggregator id: Worker}."""
+    training worker; each aggregator grants the trainers `worker` (it takes shares from them
+    only). Returns {aggregator id: Worker}."""
     import dataclasses
 
     from fedmq.client import WorkerClient
@@ -348,9 +349,9 @@ def aggregator_workers(trainers: list, aggregators: list[str]) -> dict:
     from fedmq.principals import LOCAL
     from fedmq.worker import Worker
 
-    built = {a: Worker(a, policy=Policy(owner=a, grants={"coordinator": {LOCAL}},
-                                        release="none"))
-             for a in aggregators}
+    built = {a: Worker(a, policy=Policy(owner=a, grants={
+        "coordinator": {LOCAL}, "worker": {trainer.id for trainer in trainers}},
+        release="none")) for a in aggregators}
     for trainer in trainers:
         trainer.policy = dataclasses.replace(
             trainer.policy, grants={**trainer.policy.grants, "worker": frozenset(aggregators)})
@@ -370,6 +371,10 @@ def run_options(args: argparse.Namespace) -> dict:
     options["workers"] = ",".join(f"{w}:{labels}" if labels else w
                                   for w, labels in parse_workers(args.workers).items())
     options["batches"] = config_fields(args)["num_batches"]
+    dp = dp_config(args) if getattr(args, "dp", None) else None
+    if dp is not None:  # the defaults a DP run took, so spelling them out on resume agrees
+        options.update(noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
+                       dp_delta=dp.delta)
     return options
 
 
@@ -468,6 +473,19 @@ def prepare(args: argparse.Namespace, workers: dict[str, str | None]) -> tuple:
             privacy.check_strategy(strategy)
         except ValueError as exc:
             raise UsageError(f"--strategy {args.strategy}: {exc}") from None
+    if privacy is not None and privacy.dp is not None:
+        if privacy.dp.mode == "local" and source.user is not None:
+            raise UsageError(f"--dp local trains each worker with Opacus, which needs the "
+                             f"model's modules; --model {args.model} runs on the workers as a "
+                             f"model plan (an op list): use --dp central")
+        from fedmq.fl.config import initial_model
+        weights, trainable = ((source.initial_weights(), source.trainable)
+                              if source.user is not None
+                              else initial_model(args.model, args.seed))
+        try:
+            privacy.check_model(weights, set(trainable))
+        except ValueError as exc:
+            raise UsageError(f"--model {args.model}: {exc}") from None
     return source, strategy, config_from(args), privacy
 
 
@@ -506,6 +524,8 @@ async def train(args: argparse.Namespace, workers: dict[str, str | None],
                                   max_failed_rounds=args.stop_after_failed_rounds or None,
                                   progress=args.progress, privacy=privacy)
     args._coordinator = coordinator  # what an interrupt reports
+    if privacy is not None:
+        print(f"Private rounds: {privacy.describe(len(workers))}", flush=True)
     try:
         if args.url:
             missing = await coordinator.wait_for_workers(args.wait_workers)
@@ -604,7 +624,7 @@ def launch_services(launcher, args: argparse.Namespace, workers: dict) -> None:
     aggregator `worker` (its shares go to peers only, fedmq.secagg.additive)."""
     _, aggregators = parse_secure_aggregation(args.secure_aggregation)
     for a in aggregators:
-        launcher.start(a, None)
+        launcher.start(a, None, grants=[f"worker:{w}" for w in workers])
     grants = [f"worker:{a}" for a in aggregators]
     for worker_id, labels in workers.items():
         launcher.start(worker_id, args.dataset, labels, grants=grants)

@@ -178,6 +178,8 @@ class Coordinator(CoordinatorBase):
         if state is not None and state.get("lr0") and state["lr0"] != self.config.lr:
             # resumed with another --lr: the same schedule from the new initial rate
             self.lr *= self.config.lr / float(state["lr0"])
+        if self.privacy is not None:  # ValueError: DP cannot cover this model
+            self.privacy.check_model(self.weights, self.trainable)
         self.report("on_prepare", state["round"] if state is not None else None)
         return state["round"] + 1 if state is not None else 1
 
@@ -222,8 +224,10 @@ class Coordinator(CoordinatorBase):
                     failed["*"] = str(exc)
                     todo = []
                 for worker_id in chosen:
-                    if todo and worker_id not in entries:
-                        failed[worker_id] = "dropped out of the secure aggregation set-up"
+                    if worker_id not in entries:
+                        failed[worker_id] = ("dropped out of the secure aggregation set-up"
+                                             if todo else "not asked: the secure aggregation "
+                                                          "set-up failed")
                 todo = [(w, ins) for w, ins in todo if w in entries]
             todo = [(w, privacy.fit_ins(ins, entries.get(w), len(chosen))) for w, ins in todo]
 
@@ -292,7 +296,8 @@ class Coordinator(CoordinatorBase):
         try:
             self.weights = self.strategy.aggregate_fit(round, results, failed)
             if privacy is not None:
-                self.weights = privacy.add_noise(self.weights, self.trainable, len(chosen))
+                self.weights = privacy.add_noise(self.weights, self.trainable,
+                                                 dict(results.samples))
         except RoundFailed as exc:
             status = "failed"
             log.warning("%s; the global model is unchanged", exc)

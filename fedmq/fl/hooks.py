@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedmq import errors
 from fedmq.execution import execute
 from fedmq.extensions import Extension
 from fedmq.fl import secure_fit, train_config, training
@@ -20,6 +21,13 @@ def fit(session: Any, msg: Fit) -> FitRes:
     securely aggregated round, only what its method makes of it (secure_fit). Only a
     principal granted `coordinator` (or the data owner) may ask (AccessDeniedError)."""
     session.require("coordinator", "send Fit")
+    secure = isinstance(msg.config, dict) and "secure_aggregation" in msg.config
+    if not secure and session.policy.require_secure_aggregation and \
+            session.principal != session.policy.owner:
+        raise errors.AccessDeniedError(
+            f"worker {session.id!r} trains only in securely aggregated rounds (its owner "
+            f"started it with --require-secure-aggregation): run fedmq train "
+            f"--secure-aggregation secagg+", worker=session.id)
     owner = session.as_owner()
     res = execute(training.fit, (owner, msg), None, None, owner.store, session.id)
     if res.status != "ok" or not isinstance(msg.config, dict) or \

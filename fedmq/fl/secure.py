@@ -58,9 +58,22 @@ class PrivateRounds:
             self.accountant = kind(dp.noise_multiplier, dp.delta, kind=dp.accountant)
 
     def __repr__(self) -> str:
+        return self.describe()
+
+    def describe(self, workers: int | None = None) -> str:
+        """One line: the method (with SecAgg+'s neighbours k and threshold t for a round of
+        `workers`, additive's aggregators), the DP mechanism and its numbers."""
         parts = []
         if self.aggregator is not None:
-            parts.append(f"secure aggregation {self.aggregator.name}")
+            detail = ""
+            degree = getattr(self.aggregator, "degree", None)
+            if workers and degree is not None:
+                detail = (f" (k={degree(workers)} neighbours, threshold "
+                          f"t={self.aggregator.fewest_contributors(workers)}, of {workers} "
+                          f"workers)")
+            elif getattr(self.aggregator, "aggregators", None):
+                detail = f" (aggregators {', '.join(self.aggregator.aggregators)})"
+            parts.append(f"secure aggregation {self.aggregator.name}{detail}")
         if self.dp is not None:
             parts.append(f"{self.dp.mode} DP (z={self.dp.noise_multiplier}, "
                          f"C={self.dp.max_grad_norm}, delta={self.dp.delta})")
@@ -130,6 +143,10 @@ class PrivateRounds:
             raise SecureAggregationError(f"round {round}: no contributor left")
         weight = (sum(int(protected[w].num_examples) for w in contributors)
                   if not self.central else len(contributors))
+        if weight > quantize.MAX_WEIGHT_SUM:  # the ring sum may have wrapped: not a mean
+            raise SecureAggregationError(
+                f"round {round}: {weight} examples in the sum, more than the "
+                f"{quantize.MAX_WEIGHT_SUM} the encoding holds (fedmq.secagg.quantize)")
         names = list(global_weights)
         mean_update = quantize.decode(total, weight, self.frac_bits)
         base = quantize.flatten(global_weights, names)
@@ -150,13 +167,36 @@ class PrivateRounds:
         return FitResult(result.worker_id, {**result.weights, **new}, result.num_examples,
                          result.loss, result.round, result.metrics)
 
-    def add_noise(self, weights: dict, trainable: set[str] | None, sampled: int) -> dict:
-        """Central DP without secure aggregation: Gaussian noise of std z*C/sampled on the
-        trainable float entries of the aggregate."""
-        if not self.central or self.secure or not self.dp.noise_multiplier or sampled <= 0:
+    def check_model(self, weights: dict, trainable: set[str] | None) -> None:
+        """ValueError when differential privacy cannot cover the model: float entries outside
+        its trainable parameters (BatchNorm's running statistics) change with the data but
+        are neither clipped nor noised, as Opacus refuses them too."""
+        if self.dp is None or trainable is None:
+            return
+        outside = [n for n, t in weights.items() if t.is_floating_point() and n not in trainable]
+        if outside:
+            raise ValueError(
+                f"--dp covers a model's trainable parameters only, and this one has float "
+                f"buffers or frozen parameters ({', '.join(outside[:3])}"
+                f"{', ...' if len(outside) > 3 else ''}): BatchNorm's running statistics are "
+                f"computed from the data outside the clipped, noised update; use GroupNorm or "
+                f"LayerNorm")
+
+    def add_noise(self, weights: dict, trainable: set[str] | None,
+                  samples: dict[str, int]) -> dict:
+        """Central DP without secure aggregation: Gaussian noise on the trainable float
+        entries of the aggregate, of std z*C*max(n_i)/sum(n_i) (`samples`: the examples of
+        each worker averaged): the most one worker's clipped update can move the
+        sample-weighted mean, so z stays the noise multiplier the accountant is told (z*C/m
+        with equal counts, Flower's fixed clipping)."""
+        if not self.central or self.secure or not self.dp.noise_multiplier or not samples:
             return weights
         from fedmq.privacy import central
-        std = central.central_std(self.dp.noise_multiplier, self.dp.max_grad_norm, sampled)
+        total = sum(samples.values())
+        if total <= 0:
+            return weights
+        std = central.central_std(self.dp.noise_multiplier, self.dp.max_grad_norm,
+                                  1) * max(samples.values()) / total
         out = dict(weights)
         for name in _noised(weights, trainable):
             t = weights[name]

@@ -3,8 +3,8 @@
 ring Z_2^64 (fedmq.secagg.quantize: clipped element-wise, 2**frac_bits fixed point, times the
 worker's weight) and handed to the round's method, whose answer replaces the weights in the
 FitRes: SecAgg+ sends back the masked vector, additive sharing nothing (the shares went to the
-aggregators). With distributed differential privacy the update is first clipped to an L2 norm
-and the worker adds its part of the Gaussian noise (fedmq.privacy.central).
+aggregators). With distributed differential privacy the update's float entries are first clipped to an L2
+norm and the worker adds its part of the Gaussian noise (fedmq.privacy.central).
 
 What still travels in the clear, as in Flower's SecAgg+: the number of examples (FedAvg's
 weight), the mean training loss and the timing metrics.
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 from typing import Any
+
+import torch
 
 from fedmq.fl.messages import Fit, FitRes
 from fedmq.secagg import additive, quantize, secaggplus
@@ -59,12 +61,18 @@ def protect_result(session: Any, msg: Fit, res: FitRes) -> FitRes:
     if set(res.weights) != set(names):
         raise ValueError("the trained weights do not match the global model's entries")
     update = quantize.flatten(res.weights, names) - quantize.flatten(msg.weights, names)
-    if secure["dp_clip"]:
+    if secure["dp_clip"] or secure["dp_noise_std"]:
+        # distributed DP: the float entries are clipped and noised; integer buffers (a
+        # BatchNorm's batch count) are counts of the configured batches, passed exactly
         from fedmq.privacy import central
-        update, _ = central.clip_update(update, float(secure["dp_clip"]))
-    if secure["dp_noise_std"]:
-        from fedmq.privacy import central
-        update = update + central.noise(update.numel(), float(secure["dp_noise_std"]))
+        floats = torch.cat([torch.full((msg.weights[n].numel(),),
+                                       msg.weights[n].is_floating_point()) for n in names])
+        part = update[floats]
+        if secure["dp_clip"]:
+            part, _ = central.clip_update(part, float(secure["dp_clip"]))
+        if secure["dp_noise_std"]:
+            part = part + central.noise(part.numel(), float(secure["dp_noise_std"]))
+        update[floats] = part
     weight = int(res.num_examples) if secure["weighted"] else 1
     vector, clipped = quantize.encode(update, weight, float(secure["clip"]),
                                       secure["frac_bits"])

@@ -217,8 +217,11 @@ def _check_key(msg: Any) -> tuple:
 
 def handle_share(session: Any, msg: AggregatorShare) -> None:
     """On an aggregator: store the sender's share (sender: the message's authenticated
-    principal). ValueError for a malformed message, a second share from the same sender, a
-    finished session; QuotaExceededError past the aggregator's bounds."""
+    principal, which the aggregator's owner granted `worker`: AccessDeniedError for anyone
+    else, so a stranger cannot fill its sessions). ValueError for a malformed message, a
+    second share from the same sender, a finished session; QuotaExceededError past the
+    aggregator's bounds."""
+    session.require("worker", "send an aggregator share")
     key = _check_key(msg)
     share = msg.share
     if type(share) is not torch.Tensor or share.dtype != torch.int64 or share.dim() != 1:
@@ -231,7 +234,9 @@ def handle_share(session: Any, msg: AggregatorShare) -> None:
 
 def handle_drop(session: Any, msg: DropShare) -> bool:
     """On an aggregator: forget the sender's own share for (session, round); whether one was
-    held. ValueError for a malformed message."""
+    held. AccessDeniedError for a principal not granted `worker`, ValueError for a malformed
+    message."""
+    session.require("worker", "drop an aggregator share")
     return store_of(session.id).drop(_check_key(msg), session.principal)
 
 
