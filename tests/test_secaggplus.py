@@ -454,3 +454,130 @@ def test_secure_sum_over_rabbitmq_with_real_workers(secagg_workers):
     assert totals[1][1] == totals[2][1] == sorted(workers)
     for round in (1, 2):
         assert max_diff(plain_weights[round - 1], weights[round - 1]) < 1e-5
+
+
+# -- review findings (a coordinator that deviates) ---------------------------------------------
+
+def test_found_by_review_withheld_ciphertexts_make_the_worker_refuse_to_mask(make_world):
+    """r02: a coordinator relaying fewer than t-1 ciphertexts to u (so fewer than t holders of
+    u's shares) could unmask y_u from b_u alone; u refuses stage 2 (Bell et al. Fig. 2: abort
+    when |U2| < t) and leaves the round; with t-1 it masks."""
+    world = make_world(5)  # complete graph, k = 4, t = 3
+    agg = SecAggPlus()
+    xs = vectors(world.ids, length=16)
+    t = secaggplus.default_threshold(4)
+
+    async def run():
+        entries = await agg.begin_round(1, world.ids, world.request, time.time() + 30)
+        target, short, enough = sorted(entries)[:3]
+        assert all(len(e["ciphertexts"]) == 4 for e in entries.values())
+        entries[target]["ciphertexts"] = {}
+        kept = sorted(entries[short]["ciphertexts"])[:t - 2]
+        entries[short]["ciphertexts"] = {v: entries[short]["ciphertexts"][v] for v in kept}
+        kept = sorted(entries[enough]["ciphertexts"])[:t - 1]
+        entries[enough]["ciphertexts"] = {v: entries[enough]["ciphertexts"][v] for v in kept}
+        for u, got in [(target, 0), (short, t - 2)]:
+            with pytest.raises(ValueError, match=f"shares from {got} neighbours reached "
+                                                 f"'{u}'.*fewer than the threshold {t}"):
+                protect(world.session(u), entries[u], xs[u])
+            state = secaggplus._STATES[(u, "coord", agg.session, 1)]
+            assert state.b is None and state.s is None and state.held == {}
+            with pytest.raises(ValueError, match="refused stage 2"):  # it left the round
+                protect(world.session(u), entries[u], xs[u])
+            with pytest.raises(Exception, match="refused stage 2"):
+                await world.request(u, SecAggUnmask(agg.session, 1, sorted(entries), []), 5)
+        y = protect(world.session(enough), entries[enough], xs[enough])["masked"]
+        assert y.shape == (16,) and not torch.equal(y, xs[enough])
+    asyncio.run(run())
+
+
+def test_found_by_review_a_threshold_below_a_majority_of_the_holders_is_refused(make_world):
+    """r03: with t <= (k+1)/2 two disjoint groups of t holders could reveal b_v and s_v^SK;
+    workers refuse such a SecAggSetup and the coordinator refuses such a configuration."""
+    world = make_world(5)  # k = 4: 5 holders, t from 3 to 5
+    a = world.ids[0]
+
+    async def setups():
+        for t in (2, 6):
+            with pytest.raises(Exception, match=r"threshold must be in \[3, 5\].*strict "
+                                                r"majority of the 5"):
+                await world.request(a, SecAggSetup(f"maj{t}", 1, world.ids, world.ids[1:],
+                                                   t, 0), 5)
+        reply = await world.request(a, SecAggSetup("maj3", 1, world.ids, world.ids[1:], 3, 0), 5)
+        assert len(reply.c_pk) == keys.KEY_BYTES
+        # k = 1 (2 holders): only t = 2; k = 3 (4 holders): t = 3 or 4
+        with pytest.raises(Exception, match=r"\[3, 4\]"):
+            await world.request(a, SecAggSetup("maj-k3", 1, world.ids, world.ids[1:4], 2, 0), 5)
+    asyncio.run(setups())
+    with pytest.raises(SecureAggregationError, match="from 3 to 5"):
+        secure_round(world, SecAggPlus(threshold=2), vectors(world.ids))
+    assert not [m for _, m, _ in world.kept if isinstance(m, SecAggSetup) and m.threshold == 2]
+    xs = vectors(world.ids)
+    total, _ = secure_round(world, SecAggPlus(threshold=5), xs)
+    assert torch.equal(total, ring_sum(xs.values()))
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 9, 20, 50])
+def test_found_by_review_check_threshold_allows_exactly_a_strict_majority(n):
+    """r03/r20: check_threshold(n) accepts exactly the t with (k+1)/2 < t <= k+1 for the
+    round's k (reference: the definition), never clamping (20 of 20 workers: k = 12)."""
+    k = SecAggPlus().degree(n)
+    SecAggPlus().check_threshold(n)  # the default always suits
+    for t in range(2, n + 3):
+        agg = SecAggPlus(threshold=t)
+        if 2 * t > k + 1 and t <= k + 1:
+            agg.check_threshold(n)
+            assert agg.fewest_contributors(n) == t
+        else:
+            with pytest.raises(ValueError, match=f"from {(k + 1) // 2 + 1} to {k + 1}"):
+                agg.check_threshold(n)
+    if n == 20:
+        assert k == 12
+        with pytest.raises(ValueError, match="threshold 20 does not suit 20 workers"):
+            SecAggPlus(threshold=20).check_threshold(20)
+    with pytest.raises(ValueError, match="at least 2 workers"):
+        SecAggPlus().check_threshold(1)
+
+
+def test_found_by_review_huge_setups_are_refused_and_shamir_points_are_a_dict(make_world):
+    """r07: a setup listing more than MAX_WORKERS workers or MAX_NEIGHBOURS neighbours is
+    refused; at the caps, ShareKeys stays cheap (x() is a dict look-up)."""
+    assert secaggplus.MAX_WORKERS == 10_000 and secaggplus.MAX_NEIGHBOURS == 1_024
+    world = make_world(1)
+    a = world.ids[0]
+    others = [f"x{i:05d}" for i in range(secaggplus.MAX_WORKERS)]
+
+    async def run():
+        with pytest.raises(Exception, match="at most 10000 workers in a round, got 10001"):
+            await world.request(a, SecAggSetup("big1", 1, [a, *others], others[:4], 4, 0), 5)
+        k = secaggplus.MAX_NEIGHBOURS
+        ids = [a, *others[:-1]]  # 10 000 workers
+        with pytest.raises(Exception, match="at most 1024 neighbours, got 1025"):
+            await world.request(a, SecAggSetup("big2", 1, ids, ids[1:k + 2], k // 2 + 1, 0), 5)
+        await world.request(a, SecAggSetup("big3", 1, ids, ids[1:k + 1], k // 2 + 1, 0), 5)
+        pks = {v: [keys.KeyPair.generate().pk, keys.KeyPair.generate().pk]
+               for v in ids[1:k + 1]}
+        start = time.perf_counter()
+        reply = await world.request(a, SecAggShareKeys("big3", 1, pks), 60)
+        assert len(reply.ciphertexts) == k and time.perf_counter() - start < 10
+    asyncio.run(run())
+    state = secaggplus._STATES[(a, "coord", "big3", 1)]
+    assert state.points == {w: state.workers.index(w) + 1 for w in state.workers}
+    assert state.x(state.workers[-1]) == secaggplus.MAX_WORKERS
+
+
+def test_found_by_review_a_worker_short_of_shares_is_not_asked_to_mask(make_world):
+    """r02, coordinator side: a worker whose neighbours all dropped in stage 1 got no
+    ciphertexts; it would refuse stage 2, so it gets no Fit entry, and the others' round
+    still sums exactly (no s^SK is needed for it: no survivor masked with it)."""
+    world = make_world(12)
+    agg = SecAggPlus(neighbours=4)  # k = 4, t = 3
+    order, nbrs = secaggplus.graph(world.ids, agg.seed, 1, 4)
+    lonely = order[0]
+    world.silent[SecAggShareKeys] = set(nbrs[lonely])
+    xs = vectors(world.ids)
+    seen: dict = {}
+    total, contributors = secure_round(world, agg, xs, tamper=seen.update)
+    assert lonely not in seen and not set(nbrs[lonely]) & set(seen)
+    assert contributors == sorted(set(world.ids) - {lonely, *nbrs[lonely]}) == sorted(seen)
+    assert torch.equal(total, ring_sum(xs[w] for w in contributors))

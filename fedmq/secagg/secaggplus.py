@@ -18,6 +18,24 @@ Stages, as the paper numbers them (Fig. 2 / Bonawitz et al. 2017, Fig. 4):
 Coordinator: `SecAggPlus` (fedmq.secagg.base.SecureAggregator). Worker: HANDLERS (stages 0, 1,
 3) and `protect` (stage 2). Worker state is in memory only (`_STATES`), bounded, never
 persisted: a restarted worker simply drops out of its round.
+
+Threat model: the paper's semi-honest server (it follows the protocol; workers may drop out
+at any stage), with authenticated workers (only a principal holding `coordinator` drives the
+stages). The sum of at least t inputs is all it learns. Beyond that, each worker checks what
+a deviating coordinator could exploit cheaply:
+
+- stage 0: t must be a strict majority of its k+1 share holders (t > (k+1)/2,
+  `lowest_threshold`), so no two disjoint groups of t holders exist, one to reveal b_v and
+  the other s_v^SK; at most MAX_WORKERS workers and MAX_NEIGHBOURS neighbours (bounded CPU);
+- stage 2: it masks only when ciphertexts from at least t-1 neighbours arrived (t holders of
+  its shares, itself included; the paper aborts when |U2| < t): withholding them would leave
+  y_u masked by b_u alone, which its neighbours reveal when u survives;
+- stage 3: never both shares of one worker, one answer per round, at least t survivors.
+
+Not covered (the paper's malicious-server setting, its ConsistencyCheck round with signed
+survivor lists, is not implemented): a coordinator that lies consistently about who dropped,
+e.g. names u's masking neighbours as dropped to their holders while u survives, can still
+unmask u's input.
 """
 from __future__ import annotations
 
@@ -49,8 +67,12 @@ MAX_STATES = 256
 STATE_TTL = 3600.0
 #: bytes of the self-mask seed b_u
 SEED_BYTES = 32
-#: workers one round may have at most (a bound on what a worker accepts from the network)
-MAX_WORKERS = 100_000
+#: workers a SecAggSetup may list, and neighbours it may give one worker, at most (bounds on
+#: what a worker accepts from the network: stage 1 costs O(k * t) Shamir work, k neighbours)
+MAX_WORKERS = 10_000
+MAX_NEIGHBOURS = 1_024
+#: the stage of a worker that refused stage 2: it neither masks nor unmasks in this round
+ABORTED = 4
 
 
 # -- the graph -------------------------------------------------------------------------------
@@ -65,8 +87,15 @@ def default_degree(n: int) -> int:
 
 
 def default_threshold(k: int) -> int:
-    """t for k neighbours (k+1 share holders): a majority, (k+1)//2 + 1, in [2, k+1]."""
-    return max(2, min(k + 1, (k + 1) // 2 + 1))
+    """t for k neighbours (k+1 share holders): the smallest strict majority, (k+1)//2 + 1."""
+    return lowest_threshold(k)
+
+
+def lowest_threshold(k: int) -> int:
+    """The smallest t a worker with k neighbours accepts: a strict majority of its k+1 share
+    holders (t > (k+1)/2), so that two disjoint groups of t holders cannot exist (one would
+    reveal b_v, the other s_v^SK). The largest is k+1."""
+    return (k + 1) // 2 + 1
 
 
 def graph(workers: list[str], seed: bytes, round: int, k: int) -> tuple[list[str], dict]:
@@ -125,10 +154,16 @@ class _RoundState:
     unmasked: tuple | None = None   # (survivors, dropped, reply) of stage 3
     #: v -> the AEAD key of the channel with v (stage 1, reused in stage 2, then dropped)
     channels: dict = field(default_factory=dict)
+    #: worker -> its Shamir point (built once: x() is O(1))
+    points: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.points = {w: i for i, w in enumerate(self.workers, 1)}
 
     def x(self, worker: str) -> int:
-        """The Shamir point of `worker`: its place in the round's list, from 1."""
-        return self.workers.index(worker) + 1
+        """The Shamir point of `worker`: its place in the round's list, from 1. KeyError for
+        a worker not in the round."""
+        return self.points[worker]
 
 
 _STATES: "OrderedDict[tuple, _RoundState]" = OrderedDict()
@@ -165,6 +200,9 @@ def _state(session: Any, sa_session: Any, round: Any, stage: int) -> tuple[tuple
     if state is None:
         raise ValueError(f"SecAgg+ session {sa_session!r} round {round}: no such round on "
                          f"worker {session.id!r} (not set up, forgotten, or the worker restarted)")
+    if state.stage == ABORTED:
+        raise ValueError(f"SecAgg+ session {sa_session!r} round {round}: this worker refused "
+                         f"stage 2 (MaskedInputCollection) and left the round")
     if state.stage != stage:
         raise ValueError(f"SecAgg+ session {sa_session!r} round {round}: stage {stage + 1} "
                          f"out of order (this worker is past stage {state.stage})")
@@ -173,14 +211,22 @@ def _state(session: Any, sa_session: Any, round: Any, stage: int) -> tuple[tuple
 
 def advertise_keys(session: Any, msg: SecAggSetup) -> SecAggPublicKeys:
     """Stage 0, AdvertiseKeys: fresh (c_u, s_u) X25519 pairs for this round; replies their
-    public halves. ValueError for a bad setup or a replayed/old round; AccessDeniedError
-    unless the sender holds `coordinator`."""
+    public halves. ValueError for a bad setup (more than MAX_WORKERS workers or
+    MAX_NEIGHBOURS neighbours, a threshold t outside [(k+1)//2 + 1, k+1] for k neighbours:
+    t must be a strict majority of the k+1 share holders) or a replayed/old round;
+    AccessDeniedError unless the sender holds `coordinator`."""
     session.require("coordinator", "send SecAggSetup")
     _check_session(msg.session, msg.round)
     me = session.id
     workers, neighbours = msg.workers, msg.neighbours
+    if not (isinstance(workers, list) and isinstance(neighbours, list)):
+        raise ValueError("SecAggSetup.workers and .neighbours are lists of worker ids")
     if len(workers) > MAX_WORKERS:
-        raise ValueError(f"SecAggSetup: at most {MAX_WORKERS} workers in a round")
+        raise ValueError(f"SecAggSetup: at most {MAX_WORKERS} workers in a round, got "
+                         f"{len(workers)}")
+    if len(neighbours) > MAX_NEIGHBOURS:
+        raise ValueError(f"SecAggSetup: at most {MAX_NEIGHBOURS} neighbours, got "
+                         f"{len(neighbours)}")
     if not all(type(w) is str for w in [*workers, *neighbours]) \
             or len(set(workers)) != len(workers):
         raise ValueError("SecAggSetup.workers are distinct worker ids")
@@ -188,8 +234,10 @@ def advertise_keys(session: Any, msg: SecAggSetup) -> SecAggPublicKeys:
             or len(set(neighbours)) != len(neighbours) or not neighbours:
         raise ValueError(f"SecAggSetup: worker {me!r} must be in the round, and its neighbours "
                          f"(others in the round, at least one) distinct")
-    if type(msg.threshold) is not int or not 2 <= msg.threshold <= len(neighbours) + 1:
-        raise ValueError(f"SecAggSetup.threshold must be in [2, {len(neighbours) + 1}], got "
+    k = len(neighbours)
+    if type(msg.threshold) is not int or not lowest_threshold(k) <= msg.threshold <= k + 1:
+        raise ValueError(f"SecAggSetup.threshold must be in [{lowest_threshold(k)}, {k + 1}] "
+                         f"(a strict majority of the {k + 1} share holders), got "
                          f"{msg.threshold!r}")
     if type(msg.length) is not int or not 0 <= msg.length <= MAX_EXPANDED:
         raise ValueError(f"SecAggSetup.length must be in [0, {MAX_EXPANDED}]")
@@ -225,8 +273,9 @@ def share_keys(session: Any, msg: SecAggShareKeys) -> SecAggEncryptedShares:
     if type(msg.public_keys) is not dict:
         raise ValueError("SecAggShareKeys.public_keys is {neighbour: [c_pk, s_pk]}")
     pks = {}
+    neighbours = set(state.neighbours)
     for v, pair in msg.public_keys.items():
-        if v not in state.neighbours:
+        if v not in neighbours:
             raise ValueError(f"SecAggShareKeys: {v!r} is not a neighbour of {me!r}")
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise ValueError(f"SecAggShareKeys: the keys of {v!r} are [c_pk, s_pk]")
@@ -262,8 +311,11 @@ def protect(session: Any, entry: dict, vector: torch.Tensor) -> dict:
     shares in `entry["ciphertexts"]` ({sender: ciphertext}, from neighbours that shared keys)
     and returns {"masked": y}, y = x + PRG(b_u) + sum_{v>u} PRG(s_uv) - sum_{v<u} PRG(s_uv)
     mod 2^64 (int64, shape (L,)). `vector`: int64, shape (L,). ValueError naming the sender of
-    a forged/altered ciphertext, for a sender that is no neighbour, a wrong vector, or a stage
-    out of order."""
+    a forged/altered ciphertext, for a sender that is no neighbour, for ciphertexts from fewer
+    than t-1 neighbours (fewer than t holders of this worker's shares, itself included: the
+    paper's stage 2 aborts when |U2| < t), a wrong vector, or a stage out of order. After any
+    refusal the worker has left the round: its secrets are dropped, it neither masks nor
+    unmasks again in it."""
     if not isinstance(entry, dict):
         raise ValueError("the secure_aggregation entry is a dict")
     me = session.id
@@ -276,6 +328,17 @@ def protect(session: Any, entry: dict, vector: torch.Tensor) -> dict:
     with _LOCK:
         key, state = _state(session, sa_session, round, 1)
         state.stage = 2
+    try:
+        return _mask_input(me, state, sa_session, round, ciphertexts, vector)
+    except BaseException:
+        state.stage = ABORTED
+        state.b, state.s, state.channels, state.held = None, None, {}, {}
+        raise
+
+
+def _mask_input(me: str, state: _RoundState, sa_session: str, round: int, ciphertexts: dict,
+                vector: torch.Tensor) -> dict:
+    """The body of `protect` (stage 2), once the state has moved to stage 2."""
     if state.length and vector.numel() != state.length:
         raise ValueError(f"SecAgg+: the vector has {vector.numel()} elements, the round "
                          f"{state.length}")
@@ -297,6 +360,11 @@ def protect(session: Any, entry: dict, vector: torch.Tensor) -> dict:
         if len(plain) != 2 * shamir.SHARE_BYTES:
             raise ValueError(f"SecAgg+: the shares from {v!r} are malformed")
         state.held[v] = (plain[:shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES:])
+    if len(ciphertexts) + 1 < state.threshold:  # Bell et al. Fig. 2 / Bonawitz et al. Round 2
+        raise ValueError(f"SecAgg+: shares from {len(ciphertexts)} neighbours reached "
+                         f"{me!r}, so {len(ciphertexts) + 1} hold its shares, fewer than the "
+                         f"threshold {state.threshold}: it refuses to mask (its input could "
+                         f"be unmasked from its self-mask alone)")
     y = vector.detach().clone() + _mask(state.b, state.length)
     for v in sorted(ciphertexts):
         seed = _pairwise_seed(state.s.private or state.s.sk, state.public_keys[v][1],
@@ -382,10 +450,12 @@ async def _gather(request: Request, messages: dict[str, Any], deadline: float) -
 
 
 class SecAggPlus(SecureAggregator):
-    """The coordinator of SecAgg+ (see the module docstring). `threshold`: t (default: a
-    majority of each worker's k+1 holders; clamped to [2, k+1]); `neighbours`: k (default
-    `default_degree`); `seed`: 32 bytes seeding the graph's permutation (random if None);
-    `length`: the vectors' elements (0: not fixed in advance; end_round checks they agree)."""
+    """The coordinator of SecAgg+ (see the module docstring). `threshold`: t (default: the
+    smallest strict majority of each worker's k+1 holders; a t given here must be a strict
+    majority and at most k+1 for each round's k, never clamped: see `check_threshold`);
+    `neighbours`: k (default `default_degree`); `seed`: 32 bytes seeding the graph's
+    permutation (random if None); `length`: the vectors' elements (0: not fixed in advance;
+    end_round checks they agree)."""
 
     name = "secagg+"
 
@@ -407,17 +477,39 @@ class SecAggPlus(SecureAggregator):
         return k if k >= n - 1 else k + (k % 2)
 
     def fewest_contributors(self, workers: int) -> int:
-        """t for a round of `workers`: unmasking needs t survivors in a neighbourhood."""
-        k = self.degree(workers)
-        return max(2, min(k + 1, self.threshold or default_threshold(k)))
+        """t for a round of `workers`: unmasking needs t survivors in a neighbourhood (the
+        configured threshold as given; `begin_round` refuses one out of range)."""
+        return self.threshold or default_threshold(self.degree(workers))
+
+    def check_threshold(self, n_workers: int) -> None:
+        """ValueError, naming the allowed range, unless the configured threshold t suits a
+        round of `n_workers`: lowest_threshold(k) <= t <= k+1 for k = degree(n_workers), a
+        strict majority of each worker's k+1 share holders (what workers accept). No-op
+        when no threshold is configured (the default always suits)."""
+        if type(n_workers) is not int or n_workers < 2:
+            raise ValueError(f"SecAgg+ needs at least 2 workers, got {n_workers!r}")
+        if self.threshold is None:
+            return
+        k = self.degree(n_workers)
+        low, high = lowest_threshold(k), k + 1
+        if not low <= self.threshold <= high:
+            raise ValueError(f"SecAgg+ threshold {self.threshold} does not suit {n_workers} "
+                             f"workers ({k} neighbours each, {k + 1} share holders): it must "
+                             f"be from {low} to {high} (a strict majority of the holders)")
 
     async def begin_round(self, round: int, workers: list[str], request: Request,
                           deadline: float) -> dict[str, dict]:
         """Stages 0 (AdvertiseKeys) and 1 (ShareKeys). Returns worker -> its Fit config entry
         {"session", "round", "ciphertexts": {sender: bytes}} for the workers that finished
-        stage 1. SecureAggregationError when fewer than t remain."""
+        stage 1 and got ciphertexts from at least t-1 neighbours (the others would refuse to
+        mask). SecureAggregationError when fewer than t remain, or when the configured
+        threshold does not suit this round's number of workers (`check_threshold`)."""
         if len(set(workers)) < 2:
             raise SecureAggregationError("SecAgg+ needs at least 2 workers")
+        try:
+            self.check_threshold(len(set(workers)))
+        except ValueError as exc:
+            raise SecureAggregationError(f"SecAgg+ round {round}: {exc}") from None
         k = self.degree(len(set(workers)))
         t = self.fewest_contributors(len(set(workers)))
         order, nbrs = graph(workers, self.seed, round, k)
@@ -449,7 +541,11 @@ class SecAggPlus(SecureAggregator):
         for u in u2:
             got = {v: sent[v][u] for v in nbrs[u] if v in sent}
             masked_with[u] = sorted(got)
-            entries[u] = {"session": self.session, "round": round, "ciphertexts": got}
+            if len(got) + 1 >= t:  # else u refuses stage 2: it does not train (a dropout)
+                entries[u] = {"session": self.session, "round": round, "ciphertexts": got}
+        if len(entries) < t:
+            raise SecureAggregationError(f"SecAgg+ round {round}: {len(entries)} workers got "
+                                         f"enough shares to mask, fewer than the threshold {t}")
         self._rounds[round] = _Round(order, nbrs, t, self.length, pks, u2, masked_with)
         for old in [r for r in self._rounds if r <= round - KEEP_ROUNDS]:
             del self._rounds[old]
@@ -481,17 +577,20 @@ class SecAggPlus(SecureAggregator):
             raise SecureAggregationError(f"SecAgg+ round {round}: {len(u3)} masked inputs, "
                                          f"fewer than the threshold {t}")
         length = next(iter(ys.values())).numel()
-        alive, dropped = set(u3), set(state.shared) - set(u3)
+        alive = set(u3)
+        # the dropped workers some survivor added a pairwise mask with (only their s^SK is needed)
+        dropped = {v for w in u3 for v in state.masked_with[w]} & (set(state.shared) - alive)
         requests = {u: SecAggUnmask(self.session, round,
                                     sorted({u, *state.masked_with[u]} & alive),
                                     sorted(set(state.masked_with[u]) & dropped)) for u in u3}
         replies = await _gather(request, requests, deadline)
         b_shares: dict[str, dict] = {u: {} for u in u3}
         s_shares: dict[str, dict] = {v: {} for v in dropped}
+        points = {w: i for i, w in enumerate(state.workers, 1)}
         for u, reply in replies.items():
             if not isinstance(reply, SecAggUnmaskShares) or not isinstance(reply.shares, dict):
                 continue
-            x = state.workers.index(u) + 1
+            x = points[u]
             try:
                 for v in requests[u].survivors:
                     b_shares[v][x] = shamir.from_bytes(reply.shares.get(v))
