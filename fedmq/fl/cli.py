@@ -473,6 +473,12 @@ def prepare(args: argparse.Namespace, workers: dict[str, str | None]) -> tuple:
             privacy.check_strategy(strategy)
         except ValueError as exc:
             raise UsageError(f"--strategy {args.strategy}: {exc}") from None
+    check = getattr(privacy.aggregator if privacy is not None else None, "check_threshold", None)
+    if check is not None:  # SecAgg+: t a strict majority of each worker's k+1 share holders
+        try:
+            check(len(workers))
+        except ValueError as exc:
+            raise UsageError(f"--sa-threshold: {exc}") from None
     if privacy is not None and privacy.dp is not None:
         if privacy.dp.mode == "local" and source.user is not None:
             raise UsageError(f"--dp local trains each worker with Opacus, which needs the "
