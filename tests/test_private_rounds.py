@@ -328,3 +328,30 @@ def test_central_dp_noise_covers_the_largest_weight():
     assert float(noisy["w"].std()) == pytest.approx(0.5 * 160 / 176, rel=0.02)
     equal = rounds.add_noise(weights, {"w"}, {"a": 8, "b": 8, "c": 8})
     assert float(equal["w"].std()) == pytest.approx(0.5 / 3, rel=0.02)
+
+
+def test_found_by_review_fedadam_composes_within_the_quantization():
+    """Found by review: at 24 fractional bits FedAdam's normalised step turned the rounding
+    of tiny mean updates into whole steps (1.2e-4 off plain FedAdam after one round)."""
+    from fedmq.strategy.fedopt import FedAdam
+    sizes = [5, 48, 200]
+    plain, _ = run(None, make_workers(sizes=sizes), small_config(rounds=1), FedAdam())
+    secure, history = run(make_private_rounds("secagg+", seed=3), make_workers(sizes=sizes),
+                          small_config(rounds=1), FedAdam())
+    assert history[0].status == "ok"
+    assert max_diff(plain.weights, secure.weights) < 1e-6
+
+
+def test_found_by_review_resume_agrees_with_spelled_out_dp_defaults():
+    """Found by review: a DP run started without --noise-multiplier recorded None, so
+    resuming it with `--noise-multiplier 1.0` (its default) was refused as a change."""
+    import argparse
+
+    from fedmq.fl import cli
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    cli.add_train_command(sub)
+    implicit = parser.parse_args(["train", "--dp", "central"])
+    explicit = parser.parse_args(["train", "--dp", "central", "--noise-multiplier", "1.0",
+                                  "--max-grad-norm", "1", "--dp-delta", "1e-5"])
+    assert cli.run_options(implicit) == cli.run_options(explicit)
