@@ -26,6 +26,23 @@ def data_worker(worker_id: str, n: int = 64, labels=range(10), split: str = "tra
     return worker
 
 
+def tensors_in(value, out: list) -> list:
+    """Every tensor in `value` (nested dicts, lists, tuples and records), appended to `out`:
+    what a frame a coordinator received carries."""
+    if isinstance(value, torch.Tensor):
+        out.append(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            tensors_in(v, out)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            tensors_in(v, out)
+    elif hasattr(value, "__dataclass_fields__"):
+        for name in value.__dataclass_fields__:
+            tensors_in(getattr(value, name), out)
+    return out
+
+
 async def rounds_with_faults(url: str, train: list[str], testing: str, cfg, run_dir,
                              faults: dict, *, delay: float | None = 0.2,
                              wait_after_failure: bool = False):

@@ -19,7 +19,7 @@ from fedmq.secagg import quantize
 from fedmq.strategy import FedAvg
 from fedmq.strategy.robust import FedMedian
 
-from fl_helpers import data_worker
+from fl_helpers import data_worker, tensors_in
 
 #: the quantization step of an update element, and what a few rounds of training on slightly
 #: different weights may make of it
@@ -85,21 +85,6 @@ class FailOn:
 def reply_of(frame: bytes):
     decoded = serde.decode(frame)
     return getattr(decoded, "message", decoded)
-
-
-def tensors_in(value, out: list) -> list:
-    if isinstance(value, torch.Tensor):
-        out.append(value)
-    elif isinstance(value, dict):
-        for v in value.values():
-            tensors_in(v, out)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            tensors_in(v, out)
-    elif hasattr(value, "__dataclass_fields__"):
-        for name in value.__dataclass_fields__:
-            tensors_in(getattr(value, name), out)
-    return out
 
 
 # -- secure aggregation gives FedAvg's model ---------------------------------------------------

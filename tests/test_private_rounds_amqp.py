@@ -16,6 +16,7 @@ from fedmq.fl.coordinator import TrainConfig
 from fedmq.fl.secure import make_private_rounds
 from fedmq.secagg import quantize
 
+from fl_helpers import tensors_in
 from private_amqp import (AdditiveServices, config, max_diff, rounds, run_rounds,
                           summary)
 
@@ -151,21 +152,6 @@ def reply_values(frames: list[bytes]) -> list:
     for frame in frames:
         decoded = serde.decode(frame)
         tensors_in(getattr(decoded, "value", decoded), out)
-    return out
-
-
-def tensors_in(value, out: list) -> list:
-    if isinstance(value, torch.Tensor):
-        out.append(value)
-    elif isinstance(value, dict):
-        for v in value.values():
-            tensors_in(v, out)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            tensors_in(v, out)
-    elif hasattr(value, "__dataclass_fields__"):
-        for name in value.__dataclass_fields__:
-            tensors_in(getattr(value, name), out)
     return out
 
 

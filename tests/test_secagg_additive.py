@@ -111,6 +111,20 @@ def begin(driver, request, round_=1, workers=TRAINERS):
     return run(driver.begin_round(round_, list(workers), request, deadline()))
 
 
+def protected_round(fed, seed: int):
+    """Round 1 begun by a coordinator (its requests recorded) and every trainer's vector
+    (`ring_vectors(seed)`) protected as its Fit does: (request, driver, entries, session,
+    vectors)."""
+    hooks, aggs, trainers, engines = fed
+    request = Recorder(engines[COORD])
+    driver = AdditiveAggregation(list(AGGS))
+    entries = begin(driver, request)
+    vectors = dict(zip(TRAINERS, ring_vectors(seed)))
+    for w in TRAINERS:
+        fit_protect(trainers[w].worker, entries[w], vectors[w])
+    return request, driver, entries, entries["alice"]["session"], vectors
+
+
 def test_three_workers_two_aggregators_sum_exact_and_coordinator_never_holds_a_share(fed):
     hooks, aggs, trainers, engines = fed
     request = Recorder(engines[COORD])
@@ -178,13 +192,7 @@ def test_shares_are_uniform_and_split_exactly(fed):
 
 def test_coordinator_asks_for_a_single_contributor_refused(fed):
     hooks, aggs, trainers, engines = fed
-    request = Recorder(engines[COORD])
-    driver = AdditiveAggregation(list(AGGS))
-    entries = begin(driver, request)
-    sid = entries["alice"]["session"]
-    vectors = dict(zip(TRAINERS, ring_vectors(2)))
-    for w in TRAINERS:
-        fit_protect(trainers[w].worker, entries[w], vectors[w])
+    request, driver, entries, sid, vectors = protected_round(fed, 2)
     with pytest.raises(RemoteError, match="at least 2 workers"):
         engines[COORD].request("agg1", AggregateShares(sid, 1, ["alice"]))
     # the driver refuses too, before asking anyone
@@ -196,13 +204,7 @@ def test_coordinator_asks_for_a_single_contributor_refused(fed):
 
 def test_coordinator_asks_twice_differencing_refused(fed):
     hooks, aggs, trainers, engines = fed
-    request = Recorder(engines[COORD])
-    driver = AdditiveAggregation(list(AGGS))
-    entries = begin(driver, request)
-    sid = entries["alice"]["session"]
-    vectors = dict(zip(TRAINERS, ring_vectors(3)))
-    for w in TRAINERS:
-        fit_protect(trainers[w].worker, entries[w], vectors[w])
+    request, driver, entries, sid, vectors = protected_round(fed, 3)
     coord = engines[COORD]
     first = coord.request("agg1", AggregateShares(sid, 1, sorted(TRAINERS)))
     assert first.total is not None
@@ -294,13 +296,7 @@ def test_aggregator_sums_only_listed_workers(fed):
 
 def test_a_stranger_without_the_coordinator_role_cannot_ask_for_sums(fed):
     hooks, aggs, trainers, engines = fed
-    request = Recorder(engines[COORD])
-    driver = AdditiveAggregation(list(AGGS))
-    entries = begin(driver, request)
-    sid = entries["alice"]["session"]
-    vectors = dict(zip(TRAINERS, ring_vectors(6)))
-    for w in TRAINERS:
-        fit_protect(trainers[w].worker, entries[w], vectors[w])
+    request, driver, entries, sid, vectors = protected_round(fed, 6)
     for reveal in (True, False):
         with pytest.raises(AccessDeniedError, match="--grant coordinator:mallory"):
             engines["mallory"].request("agg1", AggregateShares(sid, 1, sorted(TRAINERS),
@@ -338,13 +334,7 @@ def test_an_aggregator_missing_a_share_the_driver_sums_the_intersection(fed):
     """alice's FitRes 'arrived' but agg2 lost her share (say it restarted): the driver asks
     which workers every aggregator holds and sums over those."""
     hooks, aggs, trainers, engines = fed
-    request = Recorder(engines[COORD])
-    driver = AdditiveAggregation(list(AGGS))
-    entries = begin(driver, request)
-    sid = entries["alice"]["session"]
-    vectors = dict(zip(TRAINERS, ring_vectors(8)))
-    for w in TRAINERS:
-        fit_protect(trainers[w].worker, entries[w], vectors[w])
+    request, driver, entries, sid, vectors = protected_round(fed, 8)
     assert store_of("agg2").drop((sid, 1), "alice")
     total, contributors = run(driver.end_round(1, {w: {} for w in TRAINERS}, request,
                                                deadline()))
