@@ -28,6 +28,8 @@ Built on that (each declares what it adds in its hooks.py `EXTENSION` table):
     smpc/                fix_precision, share, Beaver products, comparisons (crypto provider)
     fl/, strategy/       federated rounds: Fit/Evaluate on the workers, the asyncio
                          coordinator (`fedmq train`), FedAvg/FedProx/FedAdam/.../FedBuff
+    secagg/, privacy/    private rounds: SecAgg+ and additive-sharing aggregation, DP-FedAvg
+                         and DP-SGD (Opacus) with an accountant
 """
 import importlib
 import sys

@@ -3,6 +3,9 @@
     messages.py     Fit / FitRes / Evaluate / EvaluateRes wire records (codes 100-109)
     training.py     the worker side: local SGD on the worker's own data, evaluation
     hooks.py        registers the Fit/Evaluate handlers with every Worker
+    secure_fit.py   the worker side of a private round: its update encoded and protected
+    secure.py       the coordinator side: secure aggregation (fedmq.secagg) and differential
+                    privacy (fedmq.privacy) in a round, the accountant's epsilon
     connections.py  how the coordinator reaches workers: in-process or RabbitMQ (aio-pika)
     config.py       TrainConfig (a run's settings) and the initial model
     reporters.py    printed lines, checkpoints, metrics/plot, events: hooks beside the loops

@@ -22,7 +22,10 @@ class Fit:
     `config` (plain values only): batch_size, num_batches or epochs, optimizer ("sgd",
     "adam", "adamw"), optimizer_args (lr, momentum, ...), loss ("nll", "cross_entropy"),
     seed (the worker's shuffling), dataset (which partition, if it holds several),
-    proximal_mu (FedProx: adds mu/2 * ||w - w_global||^2 to the loss).
+    proximal_mu (FedProx: adds mu/2 * ||w - w_global||^2 to the loss), dp (local
+    differential privacy: {"mode": "local", "noise_multiplier", "max_grad_norm", ...}, DP-SGD
+    through Opacus), secure_aggregation (the round's method and its entry: the reply carries
+    the protected update instead of the weights, fedmq.fl.secure_fit).
     `deadline` is a Unix time after which the round is over: a worker that only gets the
     message later (it was down, or busy) answers `FitRes(status="expired")` without training.
     """
