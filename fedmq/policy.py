@@ -71,8 +71,9 @@ class Policy:
         but the built-in models under "none" (the owner reviews a model and allows it by
         digest).
     require_secure_aggregation: a principal other than the owner gets this worker's update
-        only securely aggregated (fedmq.secagg: a `Fit` without it is refused), so a
-        coordinator that leaves it out learns nothing it would not from the others' sum.
+        only securely aggregated (fedmq.secagg: a `Fit` without it is refused): a
+        coordinator cannot simply ask for it in the clear (one that deviates from the
+        protocol, inventing SecAgg+ neighbours whose keys it holds, still can; README).
     """
     owner: str = LOCAL
     grants: Mapping[str, frozenset] = field(default_factory=dict)

@@ -1123,8 +1123,10 @@ def add_worker_command(sub: argparse._SubParsersAction) -> None:
                              "the data, to scientists), all; default %(default)s")
     access.add_argument("--require-secure-aggregation", action="store_true",
                         help="answer a coordinator's Fit only in a securely aggregated round "
-                             "(fedmq train --secure-aggregation ...): the update never leaves "
-                             "in the clear, whatever the coordinator asks (default: off)")
+                             "(fedmq train --secure-aggregation ...): a coordinator cannot just "
+                             "ask for the update in the clear (one that deviates from the "
+                             "protocol still can: see the README, Private rounds; default: "
+                             "off)")
     access.add_argument("--allow-model", action="append", default=[],
                         metavar="sha256:DIGEST|any",
                         help="a model plan (by the digest a refused Fit names) that principals "

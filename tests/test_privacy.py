@@ -529,3 +529,17 @@ def test_local_dp_fit_on_a_worker_process_over_rabbitmq(tmp_path):
     assert 0 < good.metrics["dp_sample_rate"] < 0.01  # 16 of a few thousand images
     assert plain.status == "ok" and "dp_steps" not in plain.metrics
     assert difference(good.weights, plain.weights) > 1e-3
+
+
+def test_found_by_review_local_dp_keeps_its_sampling_and_loss_from_the_coordinator(alice,
+                                                                                   weights):
+    """Found by review: under --dp local the coordinator read exact losses (how many samples
+    of a batch were not label 0, from crafted weights) and chose the batches through the
+    Fit's seed or `shuffle: false`, which the accountant's subsampling assumes it cannot."""
+    config = dict(CONFIG, dp=local(1.0, 1.0))
+    res = call(alice, Fit(1, "seed-cnn", weights, config))
+    assert math.isnan(res.loss)
+    with pytest.raises(Exception, match="shuffle false"):
+        call(alice, Fit(1, "seed-cnn", weights, dict(config, shuffle=False)))
+    plain = call(alice, Fit(1, "seed-cnn", weights, dict(CONFIG)))
+    assert not math.isnan(plain.loss)

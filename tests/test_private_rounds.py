@@ -304,15 +304,25 @@ def test_dp_refuses_models_whose_buffers_it_cannot_cover():
     PrivateRounds().check_model(weights, {"w"})  # no DP: nothing to cover
 
 
-def test_central_dp_noise_covers_the_largest_weight():
-    """Found by review: the sample-weighted mean moves by C*n_i/N for worker i, more than the
-    C/m the noise was sized for when the workers' example counts differ."""
-    rounds = PrivateRounds(dp=dp("central", 1.0, 0.5))
-    weights = {"w": torch.zeros(200_000, dtype=torch.float64)}
-    noisy = rounds.add_noise(weights, {"w"}, {"a": 8, "b": 8, "c": 160})
-    assert float(noisy["w"].std()) == pytest.approx(0.5 * 160 / 176, rel=0.02)
-    equal = rounds.add_noise(weights, {"w"}, {"a": 8, "b": 8, "c": 8})
-    assert float(equal["w"].std()) == pytest.approx(0.5 / 3, rel=0.02)
+def test_found_by_review_central_dp_divides_by_the_workers_sampled():
+    """Found by review (twice): the noise z*C/m assumed each worker moves the mean by C/m,
+    but the mean was sample-weighted (C*n_i/N), then divided by whoever answered (one worker
+    less moves it by up to 2C/m). DP-FedAvg's estimator divides the sum of the clipped
+    updates by the m workers sampled, whatever their sizes and whoever answered."""
+    from fedmq.strategy import FitResult
+    rounds = PrivateRounds(dp=dp("central", 0.0, 0.5))
+    g = {"w": torch.zeros(4, dtype=torch.float64)}
+    ones = {w: FitResult(w, {"w": torch.full((4,), 0.1, dtype=torch.float64)}, n, 1.0, 1)
+            for w, n in (("a", 8), ("b", 8), ("c", 160))}
+    mean = rounds.dp_mean(g, ones, 3, {"w"})
+    assert torch.allclose(mean["w"], torch.full((4,), 0.1, dtype=torch.float64))
+    two = rounds.dp_mean(g, {w: ones[w] for w in ("a", "b")}, 3, {"w"})  # c did not answer
+    assert torch.allclose(two["w"], torch.full((4,), 0.2 / 3, dtype=torch.float64))
+    noisy = PrivateRounds(dp=dp("central", 1.0, 0.5)).dp_mean(
+        {"w": torch.zeros(200_000, dtype=torch.float64)},
+        {w: FitResult(w, {"w": torch.zeros(200_000, dtype=torch.float64)}, n, 1.0, 1)
+         for w, n in (("a", 8), ("b", 8), ("c", 160))}, 3, {"w"})
+    assert float(noisy["w"].std()) == pytest.approx(0.5 / 3, rel=0.02)
 
 
 def test_found_by_review_fedadam_composes_within_the_quantization():

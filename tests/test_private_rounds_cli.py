@@ -239,6 +239,11 @@ def test_resumed_dp_run_continues_the_epsilon_count(runs, central):
     (["--dp", "central", "--noise-multiplier", "-1"], "--dp"),
     (["--secure-aggregation", "foo"], "--secure-aggregation"),
     (["--secure-aggregation", "additive:onlyone"], "--secure-aggregation"),
+    # found by review: a threshold that suits the run's workers but not the round's sample
+    (["--secure-aggregation", "secagg+", "--sa-threshold", "3", "--strategy-arg",
+      "fraction_fit=0.5"], "--sa-threshold"),
+    (["--dp", "local", "--model", "fedmq.models:SeedCNN", "--input-shape", "1,28,28"],
+     "--dp local"),
     (["--url", "amqp://guest:guest@127.0.0.1:5672/", "--launch", "--secure-aggregation",
       "additive:agg1,agg2"], "--secure-aggregation additive with --launch"),
 ])

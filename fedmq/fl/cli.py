@@ -475,10 +475,18 @@ def prepare(args: argparse.Namespace, workers: dict[str, str | None]) -> tuple:
             raise UsageError(f"--strategy {args.strategy}: {exc}") from None
     check = getattr(privacy.aggregator if privacy is not None else None, "check_threshold", None)
     if check is not None:  # SecAgg+: t a strict majority of each worker's k+1 share holders
+        import random
+
+        try:  # as many workers as the strategy samples each round
+            sampled = len(strategy.sample(list(workers), 1, random.Random(0)))
+        except Exception:  # noqa: BLE001 - the strategy says why when the run starts
+            sampled = len(workers)
         try:
-            check(len(workers))
+            check(sampled)
         except ValueError as exc:
-            raise UsageError(f"--sa-threshold: {exc}") from None
+            raise UsageError(f"--sa-threshold: {exc}"
+                             + (f" ({sampled} sampled per round)"
+                                if sampled != len(workers) else "")) from None
     if privacy is not None and privacy.dp is not None:
         if privacy.dp.mode == "local" and source.user is not None:
             raise UsageError(f"--dp local trains each worker with Opacus, which needs the "

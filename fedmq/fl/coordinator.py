@@ -42,7 +42,7 @@ from fedmq.fl.secure import PrivateRounds
 from fedmq.ids import new_id
 from fedmq.secagg.base import SecureAggregationError
 from fedmq.strategy import (AsyncStrategy, EvaluateIns, FedAvg, FitIns, FitResult, RoundFailed, Strategy,
-                            UpdateRejected, worker_seed)
+                            UpdateRejected, check_result, worker_seed)
 
 log = logging.getLogger("fedmq.fl")
 
@@ -213,6 +213,8 @@ class Coordinator(CoordinatorBase):
         privacy = self.privacy
         secure = privacy is not None and privacy.secure
         protected: dict[str, FitRes] = {}  # secure rounds: each worker's protected update
+        central_dp = privacy is not None and privacy.central and not secure
+        clipped: dict[str, FitResult] = {}  # central DP: each worker's clipped result
         fit_metrics: dict[str, dict] = {}
         if privacy is not None and todo:
             entries: dict[str, dict] = {}
@@ -246,13 +248,15 @@ class Coordinator(CoordinatorBase):
                 if res.status != "ok":
                     raise ValueError(f"worker skipped the round ({res.status})")
                 fit_metrics[worker_id] = res.metrics if isinstance(res.metrics, dict) else {}
+                result = FitResult(worker_id, res.weights, res.num_examples, res.loss,
+                                   round, res.metrics)
                 if secure:  # its update is protected: only the sum will be known
                     protected[worker_id] = res
+                elif central_dp:  # clipped now, averaged with the noise once all are in
+                    check_result(global_weights, result)
+                    clipped[worker_id] = privacy.clip_result(global_weights, result,
+                                                             self.trainable)
                 else:
-                    result = FitResult(worker_id, res.weights, res.num_examples, res.loss,
-                                       round, res.metrics)
-                    if privacy is not None:
-                        result = privacy.clip_result(global_weights, result, self.trainable)
                     results.add(result)
                 fit_seconds[worker_id] = float(res.metrics.get("fit_seconds", float("nan")))
             except asyncio.CancelledError:
@@ -288,16 +292,19 @@ class Coordinator(CoordinatorBase):
         if cancels:  # sent before the round goes on (the replies are not waited for long)
             await asyncio.wait(cancels, timeout=CANCEL_WAIT)
         if secure and protected:
-            await self.unmask(round, global_weights, protected, results, failed, deadline)
+            await self.unmask(round, global_weights, protected, results, failed, deadline,
+                              len(chosen))
+        if clipped:  # DP-FedAvg: the noised mean over the sampled workers, as one result
+            results.add_mean(privacy.dp_mean(global_weights, clipped, len(chosen),
+                                             self.trainable),
+                             {w: r.loss for w, r in clipped.items()},
+                             {w: int(r.num_examples) for w, r in clipped.items()})
         for worker_id in chosen:
             if worker_id not in results.losses and worker_id not in failed:
                 failed[worker_id] = "missed the round deadline"
         status = "ok"
         try:
             self.weights = self.strategy.aggregate_fit(round, results, failed)
-            if privacy is not None:
-                self.weights = privacy.add_noise(self.weights, self.trainable,
-                                                 dict(results.samples))
         except RoundFailed as exc:
             status = "failed"
             log.warning("%s; the global model is unchanged", exc)
@@ -328,14 +335,15 @@ class Coordinator(CoordinatorBase):
                                               expiration=timeout)
 
     async def unmask(self, round: int, global_weights: dict, protected: dict[str, FitRes],
-                     results: Any, failed: dict[str, str], deadline: float) -> None:
+                     results: Any, failed: dict[str, str], deadline: float,
+                     sampled: int) -> None:
         """A secure round's last stages: the contributors' mean folded into `results` (one
         result, FitAggregate.add_mean); a worker whose update could not be counted, or the
         whole round ("*"), recorded in `failed`."""
         try:
             mean, contributors = await self.privacy.finish(
                 round, global_weights, protected, self.secure_request,
-                max(deadline, time.time() + self.config.round_timeout / 4))
+                max(deadline, time.time() + self.config.round_timeout / 4), sampled)
             results.add_mean(mean, {w: protected[w].loss for w in contributors},
                              {w: int(protected[w].num_examples) for w in contributors})
         except (SecureAggregationError, UpdateRejected) as exc:

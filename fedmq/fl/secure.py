@@ -85,7 +85,10 @@ class PrivateRounds:
 
     @property
     def central(self) -> bool:
-        return self.dp is not None and self.dp.mode == "central"
+        """Central DP that does something: a finite clipping norm or noise (with neither,
+        DP-FedAvg is plain FedAvg, and the run takes FedAvg's sample-weighted mean, bitwise)."""
+        return self.dp is not None and self.dp.mode == "central" and (
+            bool(self.dp.noise_multiplier) or math.isfinite(self.dp.max_grad_norm))
 
     def check_strategy(self, strategy: Strategy) -> None:
         """ValueError when `strategy` needs each update (FedMedian, Krum, ...) and the run
@@ -133,16 +136,19 @@ class PrivateRounds:
 
     # -- after training ------------------------------------------------------------------------
     async def finish(self, round: int, global_weights: dict, protected: dict[str, Any],
-                     request: Request, deadline: float) -> tuple[dict, list[str]]:
+                     request: Request, deadline: float,
+                     sampled: int | None = None) -> tuple[dict, list[str]]:
         """(the contributors' mean weights, the contributors), from their protected FitRes
-        (`protected`: worker -> FitRes). Raises SecureAggregationError."""
+        (`protected`: worker -> FitRes). The sample-weighted mean; with central DP the sum of
+        the (clipped, noised) updates over `sampled`, the workers sampled, whoever answered
+        (DP-FedAvg's fixed denominator, see `dp_mean`). Raises SecureAggregationError."""
         carried = {w: res.weights for w, res in protected.items()}
         total, contributors = await self.aggregator.end_round(round, carried, request,
                                                               deadline)
         if not contributors:
             raise SecureAggregationError(f"round {round}: no contributor left")
         weight = (sum(int(protected[w].num_examples) for w in contributors)
-                  if not self.central else len(contributors))
+                  if not self.central else max(int(sampled or len(contributors)), 1))
         if weight > quantize.MAX_WEIGHT_SUM:  # the ring sum may have wrapped: not a mean
             raise SecureAggregationError(
                 f"round {round}: {weight} examples in the sum, more than the "
@@ -156,7 +162,7 @@ class PrivateRounds:
                     trainable: set[str] | None) -> FitResult:
         """Central DP without secure aggregation: the result with its update (trainable
         float entries) clipped to L2 norm C on the coordinator."""
-        if not self.central or not math.isfinite(self.dp.max_grad_norm):
+        if not math.isfinite(self.dp.max_grad_norm):
             return result
         from fedmq.privacy import central
         names = _noised(global_weights, trainable)
@@ -182,26 +188,34 @@ class PrivateRounds:
                 f"computed from the data outside the clipped, noised update; use GroupNorm or "
                 f"LayerNorm")
 
-    def add_noise(self, weights: dict, trainable: set[str] | None,
-                  samples: dict[str, int]) -> dict:
-        """Central DP without secure aggregation: Gaussian noise on the trainable float
-        entries of the aggregate, of std z*C*max(n_i)/sum(n_i) (`samples`: the examples of
-        each worker averaged): the most one worker's clipped update can move the
-        sample-weighted mean, so z stays the noise multiplier the accountant is told (z*C/m
-        with equal counts, Flower's fixed clipping)."""
-        if not self.central or self.secure or not self.dp.noise_multiplier or not samples:
-            return weights
+    def dp_mean(self, global_weights: dict, results: dict[str, FitResult], sampled: int,
+                trainable: set[str] | None) -> dict:
+        """Central DP without secure aggregation: DP-FedAvg's fixed-denominator estimator
+        (McMahan et al. 2018) of the round's results (each already clipped, `clip_result`):
+        global + (sum of the clipped updates) / m + N(0, (z*C/m)^2) on the trainable float
+        entries, m the workers sampled, whoever answered. Dividing by m, not by who
+        contributed, keeps one worker's influence at C/m with it or without it, which is what
+        the accountant's z assumes. Integer entries: the sample-weighted mean, rounded."""
         from fedmq.privacy import central
-        total = sum(samples.values())
-        if total <= 0:
-            return weights
-        std = central.central_std(self.dp.noise_multiplier, self.dp.max_grad_norm,
-                                  1) * max(samples.values()) / total
-        out = dict(weights)
-        for name in _noised(weights, trainable):
-            t = weights[name]
-            out[name] = (t.to(torch.float64) +
-                         central.noise(t.numel(), std).reshape(t.shape)).to(t.dtype)
+        m = max(int(sampled), 1)
+        noised = set(_noised(global_weights, trainable))
+        total = sum(int(r.num_examples) for r in results.values()) or 1
+        std = (central.central_std(self.dp.noise_multiplier, self.dp.max_grad_norm, m)
+               if self.dp.noise_multiplier else 0.0)
+        out = {}
+        for name, g in global_weights.items():
+            base = g.detach().to(torch.float64)
+            if name in noised:
+                value = base + sum(r.weights[name].to(torch.float64) - base
+                                   for r in results.values()) / m
+                if std:
+                    value = value + central.noise(g.numel(), std).reshape(g.shape)
+            else:
+                value = sum(r.weights[name].to(torch.float64) * int(r.num_examples)
+                            for r in results.values()) / total
+                if not g.is_floating_point():
+                    value = value.round()
+            out[name] = value.to(g.dtype)
         return out
 
     def account(self, sampled: int, population: int, metrics: dict[str, dict]) -> float | None:
@@ -210,7 +224,7 @@ class PrivateRounds:
         fraction there)."""
         if self.dp is None:
             return None
-        if self.central:
+        if self.dp.mode == "central":
             if sampled:
                 self.accountant.step(sampled / max(population, sampled))
             return self.accountant.epsilon()

@@ -19,6 +19,7 @@ The Fit config's "secure_aggregation" entry (made by fedmq.fl.secure on the coor
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -29,6 +30,7 @@ from fedmq.secagg import additive, quantize, secaggplus
 
 #: method name -> the worker side: protect(session, entry, int64 vector) -> FitRes weights
 PROTECT = {"secagg+": secaggplus.protect, "additive": additive.protect}
+log = logging.getLogger("fedmq.fl")
 KEYS = {"method", "entry", "clip", "frac_bits", "weighted", "dp_clip", "dp_noise_std"}
 
 
@@ -76,8 +78,9 @@ def protect_result(session: Any, msg: Fit, res: FitRes) -> FitRes:
     weight = int(res.num_examples) if secure["weighted"] else 1
     vector, clipped = quantize.encode(update, weight, float(secure["clip"]),
                                       secure["frac_bits"])
+    if clipped:  # logged here, never sent: per worker, it would tell about the update
+        log.warning("worker %s: %d update elements beyond the secure aggregation's clip %g "
+                    "were clipped", res.worker, clipped, float(secure["clip"]))
     carried = PROTECT[secure["method"]](session, secure["entry"], vector)
-    metrics = dict(res.metrics)
-    metrics["sa_clipped"] = clipped
     return FitRes(res.round, res.worker, carried, res.num_examples, res.loss, res.status,
-                  metrics)
+                  dict(res.metrics))

@@ -28,7 +28,7 @@ from fedmq.fl.proximal import proximal_term
 from fedmq.ops import rng
 from fedmq.plans import module_plan
 from fedmq.plans.messages import ModelPlanRecord
-from fedmq.privacy import DPConfig, local as local_dp
+from fedmq.privacy import DPConfig, central as central_dp, local as local_dp
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 OPTIMIZER_ARGS = {"lr", "momentum", "dampening", "weight_decay", "nesterov", "betas", "eps",
@@ -348,7 +348,10 @@ def fit(worker: Any, msg: Fit) -> FitRes:
     max_grad_norm, Gaussian noise of std noise_multiplier * max_grad_norm from OS entropy, not
     the seed); FedProx's proximal gradient is added after the noise. The metrics then carry
     "dp_sample_rate" (batch_size / examples, at most 1) and "dp_steps" (the batches trained),
-    for the coordinator's accountant. A model plan or a model Opacus cannot train (BatchNorm)
+    for the coordinator's accountant. What the accountant's subsampling assumes is kept from
+    the coordinator when there is noise: the batches are drawn from OS entropy, not from the
+    seed it chose (`shuffle` false is refused), and the reply's training loss, computed from
+    the data without noise, is withheld (NaN). A model plan or a model Opacus cannot train (BatchNorm)
     is refused with the reason. Mode "central" changes nothing here (the coordinator clips
     and adds the noise)."""
     if msg.deadline and time.time() > msg.deadline:  # the round is over: do not train on it
@@ -392,6 +395,12 @@ def fit(worker: Any, msg: Fit) -> FitRes:
     loss_fn = loss_function(config, worker.id, net)
     seed = _seed(config, worker.id)
     generator = torch.Generator().manual_seed(seed)
+    secret = private and dp.noise_multiplier > 0  # (without noise there is no guarantee)
+    if secret:  # the batches a DP-SGD step samples are secret to the worker
+        if not shuffle:
+            raise _fail(worker.id, "--dp local samples its batches at random: shuffle false "
+                                   "would let the sender choose them")
+        generator = central_dp.secure_generator()
     started = time.perf_counter()
     model.train()
     total_loss, seen = 0.0, 0
@@ -418,7 +427,9 @@ def fit(worker: Any, msg: Fit) -> FitRes:
     if private:
         metrics |= {"dp_sample_rate": local_dp.sample_rate(batch_size, len(data)),
                     "dp_steps": num_batches}
-    return FitRes(msg.round, worker.id, weights, seen, total_loss / seen, metrics=metrics)
+    # under local DP the exact training loss would be a release of the data without noise
+    loss = float("nan") if secret else total_loss / seen
+    return FitRes(msg.round, worker.id, weights, seen, loss, metrics=metrics)
 
 
 def _padded(x: torch.Tensor, size: int) -> torch.Tensor:
