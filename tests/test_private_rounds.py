@@ -350,3 +350,29 @@ def test_found_by_review_resume_agrees_with_spelled_out_dp_defaults():
     explicit = parser.parse_args(["train", "--dp", "central", "--noise-multiplier", "1.0",
                                   "--max-grad-norm", "1", "--dp-delta", "1e-5"])
     assert cli.run_options(implicit) == cli.run_options(explicit)
+
+
+def test_a_secure_reply_with_a_bad_example_count_is_dropped_not_fatal():
+    """A FitRes whose num_examples (FedAvg's weight, sent in the clear) is not a positive
+    int is that worker's failure; the round sums the others."""
+    class BadCount:
+        def __init__(self, worker) -> None:
+            self.worker, self.id = worker, worker.id
+
+        def handle_frame(self, frame: bytes, login: str | None = None) -> bytes:
+            reply = self.worker.handle_frame(frame, login)
+            decoded = serde.decode(reply)
+            if isinstance(getattr(decoded, "value", None), FitRes):
+                decoded.value.num_examples = -5
+                return serde.encode(decoded)
+            return reply
+
+        def __getattr__(self, name):
+            return getattr(self.worker, name)
+
+    ws = make_workers()
+    ws["w0"] = BadCount(ws["w0"])
+    coord, history = run(make_private_rounds("secagg+", seed=3), ws, small_config(rounds=1))
+    record = history[0]
+    assert record.status == "ok", record.failed
+    assert "num_examples" in record.failed["w0"] and set(record.workers) == {"w1", "w2"}

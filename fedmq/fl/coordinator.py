@@ -251,6 +251,10 @@ class Coordinator(CoordinatorBase):
                 result = FitResult(worker_id, res.weights, res.num_examples, res.loss,
                                    round, res.metrics)
                 if secure:  # its update is protected: only the sum will be known
+                    n = res.num_examples  # FedAvg's weight, in the clear
+                    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+                        raise UpdateRejected(f"update from {worker_id}: num_examples must "
+                                             f"be a positive int, got {n!r}")
                     protected[worker_id] = res
                 elif central_dp:  # clipped now, averaged with the noise once all are in
                     check_result(global_weights, result)
@@ -295,10 +299,13 @@ class Coordinator(CoordinatorBase):
             await self.unmask(round, global_weights, protected, results, failed, deadline,
                               len(chosen))
         if clipped:  # DP-FedAvg: the noised mean over the sampled workers, as one result
-            results.add_mean(privacy.dp_mean(global_weights, clipped, len(chosen),
-                                             self.trainable),
-                             {w: r.loss for w, r in clipped.items()},
-                             {w: int(r.num_examples) for w, r in clipped.items()})
+            try:
+                results.add_mean(privacy.dp_mean(global_weights, clipped, len(chosen),
+                                                 self.trainable),
+                                 {w: r.loss for w, r in clipped.items()},
+                                 {w: int(r.num_examples) for w, r in clipped.items()})
+            except UpdateRejected as exc:
+                failed["*"] = f"{type(exc).__name__}: {exc}"
         for worker_id in chosen:
             if worker_id not in results.losses and worker_id not in failed:
                 failed[worker_id] = "missed the round deadline"

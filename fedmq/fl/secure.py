@@ -154,6 +154,9 @@ class PrivateRounds:
                 f"round {round}: {weight} examples in the sum, more than the "
                 f"{quantize.MAX_WEIGHT_SUM} the encoding holds (fedmq.secagg.quantize)")
         names = list(global_weights)
+        if not isinstance(total, torch.Tensor) or total.dtype != torch.int64 or \
+                total.numel() != sum(t.numel() for t in global_weights.values()):
+            raise SecureAggregationError(f"round {round}: the sum does not match the model")
         mean_update = quantize.decode(total, weight, self.frac_bits)
         base = quantize.flatten(global_weights, names)
         return quantize.unflatten(base + mean_update, global_weights, names), contributors
