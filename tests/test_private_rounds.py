@@ -376,3 +376,32 @@ def test_a_secure_reply_with_a_bad_example_count_is_dropped_not_fatal():
     record = history[0]
     assert record.status == "ok", record.failed
     assert "num_examples" in record.failed["w0"] and set(record.workers) == {"w1", "w2"}
+
+
+def test_a_worker_hanging_in_the_set_up_leaves_the_others_time_to_train():
+    """A worker that never answers a SecAgg+ set-up stage drops out when a quarter of the
+    round has passed, not at the round's deadline (which would leave no time for Fits)."""
+    import time as clock
+
+    class Hang:
+        def __init__(self, worker) -> None:
+            self.worker, self.id = worker, worker.id
+
+        def handle_frame(self, frame: bytes, login: str | None = None) -> bytes:
+            if type(serde.decode(frame).message).__name__ == "SecAggSetup":
+                clock.sleep(3.0)
+                raise ConnectionError("hung")
+            return self.worker.handle_frame(frame, login)
+
+        def __getattr__(self, name):
+            return getattr(self.worker, name)
+
+    ws = make_workers(4)
+    ws["w3"] = Hang(ws["w3"])
+    started = clock.monotonic()
+    coord, history = run(make_private_rounds("secagg+", seed=3), ws,
+                         small_config(rounds=1, round_timeout=8))
+    record = history[0]
+    assert record.status == "ok", record.failed
+    assert set(record.workers) == {"w0", "w1", "w2"} and "set-up" in record.failed["w3"]
+    assert clock.monotonic() - started < 8

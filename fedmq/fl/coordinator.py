@@ -220,7 +220,10 @@ class Coordinator(CoordinatorBase):
             entries: dict[str, dict] = {}
             if secure:
                 try:
-                    entries = await privacy.begin(round, chosen, self.secure_request, deadline,
+                    # the set-up stages may take a quarter of the round: a worker that hangs
+                    # there drops out, and the others still have the time to train
+                    entries = await privacy.begin(round, chosen, self.secure_request,
+                                                  time.time() + cfg.round_timeout / 4,
                                                   global_weights)
                 except SecureAggregationError as exc:
                     failed["*"] = str(exc)
