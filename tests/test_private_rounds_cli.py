@@ -290,15 +290,17 @@ def test_launched_services_sharing_guest_cannot_aggregate_additively(tmp_path):
     from fedmq.fl.secure import make_private_rounds
 
     url = os.environ["FEDMQ_AMQP_URL"]
-    ids = {"alice": "0-3", "bob": "4-6", "charlie": "7-9"}
-    args = argparse.Namespace(secure_aggregation="additive:agg1,agg2", dataset="mnist5k",
-                              testing="")
+    # ids of their own: the session's shared services already serve alice, bob, ...
+    ids = {"lg-alice": "0-3", "lg-bob": "4-6", "lg-charlie": "7-9"}
+    args = argparse.Namespace(secure_aggregation="additive:lg-agg1,lg-agg2",
+                              dataset="mnist5k", testing="")
     launcher = WorkerLauncher(url, tmp_path / "logs", env=thread_env(1, 1))
     try:
         launch_services(launcher, args, ids)
-        assert set(launcher.procs) == {"agg1", "agg2", *ids}
-        assert "--dataset" not in launcher.args["agg1"]
-        assert launcher.args["alice"][-2:] == ["--grant=worker:agg1", "--grant=worker:agg2"]
+        assert set(launcher.procs) == {"lg-agg1", "lg-agg2", *ids}
+        assert "--dataset" not in launcher.args["lg-agg1"]
+        assert launcher.args["lg-alice"][-2:] == ["--grant=worker:lg-agg1",
+                                                  "--grant=worker:lg-agg2"]
         launcher.wait_consuming(timeout=180)
 
         async def one_round():
@@ -307,7 +309,8 @@ def test_launched_services_sharing_guest_cannot_aggregate_additively(tmp_path):
                 cfg = TrainConfig(rounds=1, model="mnist-logreg", batch_size=8, num_batches=1,
                                   eval_every=0, round_timeout=60, seed=1)
                 coord = Coordinator(conn, list(ids), cfg, echo=lambda line: None,
-                                    privacy=make_private_rounds("additive", ["agg1", "agg2"]))
+                                    privacy=make_private_rounds("additive",
+                                                                ["lg-agg1", "lg-agg2"]))
                 return await coord.run()
             finally:
                 await conn.aclose()

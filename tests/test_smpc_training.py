@@ -20,7 +20,9 @@ from fedmq.data import mnist5k
 from listings import SEED_DIR
 from worker_procs import delete_queue
 
-S12_LOSS = re.compile(r"^tensor\((-?\d+\.\d+)\)$")
+#: a printed loss: `tensor(0.1234)`, also `tensor(0.)` (a loss of exactly 0 after the fixed
+#: point's truncation, which torch prints without decimals) and `tensor(1.0000e-03)`
+S12_LOSS = re.compile(r"^tensor\((-?\d+\.\d*(?:e[-+]\d+)?)\)$")
 S13_LOSS = re.compile(r"Loss: (-?\d+\.\d+)")
 S13_ACCURACY = re.compile(r"Test set: Accuracy: (\d+)\.0/(\d+) ")
 
