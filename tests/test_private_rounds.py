@@ -380,7 +380,9 @@ def test_a_secure_reply_with_a_bad_example_count_is_dropped_not_fatal():
 
 def test_a_worker_hanging_in_the_set_up_leaves_the_others_time_to_train():
     """A worker that never answers a SecAgg+ set-up stage drops out when a quarter of the
-    round has passed, not at the round's deadline (which would leave no time for Fits)."""
+    round has passed, not at the round's deadline (which would leave no time for Fits); the
+    first stage takes half of that, so the second still has time (it failed the round once,
+    under load, when the hanging worker used up both stages' time)."""
     import time as clock
 
     class Hang:

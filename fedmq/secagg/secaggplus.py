@@ -513,10 +513,11 @@ class SecAggPlus(SecureAggregator):
         k = self.degree(len(set(workers)))
         t = self.fewest_contributors(len(set(workers)))
         order, nbrs = graph(workers, self.seed, round, k)
-        # Stage 0: AdvertiseKeys
+        # Stage 0: AdvertiseKeys (half the time left: a worker that hangs here must not leave
+        # stage 1 no time at all)
         replies = await _gather(request, {
             u: SecAggSetup(self.session, round, order, nbrs[u], t, self.length) for u in order
-        }, deadline)
+        }, time.time() + max(deadline - time.time(), 0.0) / 2)
         pks = {u: (r.c_pk, r.s_pk) for u, r in replies.items()
                if isinstance(r, SecAggPublicKeys) and type(r.c_pk) is bytes
                and type(r.s_pk) is bytes and len(r.c_pk) == len(r.s_pk) == keys.KEY_BYTES}
