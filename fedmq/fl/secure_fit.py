@@ -27,6 +27,7 @@ import torch
 
 from fedmq.fl.messages import Fit, FitRes
 from fedmq.secagg import additive, quantize, secaggplus
+from fedmq.secagg.base import COMPUTE_LOCK
 
 #: method name -> the worker side: protect(session, entry, int64 vector) -> FitRes weights
 PROTECT = {"secagg+": secaggplus.protect, "additive": additive.protect}
@@ -62,6 +63,16 @@ def protect_result(session: Any, msg: Fit, res: FitRes) -> FitRes:
     names = list(msg.weights)
     if set(res.weights) != set(names):
         raise ValueError("the trained weights do not match the global model's entries")
+    with COMPUTE_LOCK:
+        vector = _encode(secure, msg, res, names)
+    carried = PROTECT[secure["method"]](session, secure["entry"], vector)
+    return FitRes(res.round, res.worker, carried, res.num_examples, res.loss, res.status,
+                  dict(res.metrics))
+
+
+def _encode(secure: dict, msg: Fit, res: FitRes, names: list[str]) -> torch.Tensor:
+    """The worker's update as an int64 ring vector (shape (L,)): DP-clipped and noised when
+    the round asks, then encoded (fedmq.secagg.quantize)."""
     update = quantize.flatten(res.weights, names) - quantize.flatten(msg.weights, names)
     if secure["dp_clip"] or secure["dp_noise_std"]:
         # distributed DP: the float entries are clipped and noised; integer buffers (a
@@ -81,6 +92,4 @@ def protect_result(session: Any, msg: Fit, res: FitRes) -> FitRes:
     if clipped:  # logged here, never sent: per worker, it would tell about the update
         log.warning("worker %s: %d update elements beyond the secure aggregation's clip %g "
                     "were clipped", res.worker, clipped, float(secure["clip"]))
-    carried = PROTECT[secure["method"]](session, secure["entry"], vector)
-    return FitRes(res.round, res.worker, carried, res.num_examples, res.loss, res.status,
-                  dict(res.metrics))
+    return vector

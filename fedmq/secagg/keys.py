@@ -13,6 +13,7 @@ Nothing here is persisted; keys live in a round's worker state only.
 """
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from dataclasses import dataclass, field
@@ -81,26 +82,45 @@ def _field(value: bytes) -> bytes:
     return struct.pack(">I", len(value)) + value
 
 
+@functools.lru_cache(maxsize=256)
+def _context(session: str, round: int) -> bytes:
+    return b"".join(_field(part) for part in (b"fedmq secagg+ shares", session.encode(),
+                                              str(round).encode()))
+
+
+def session_salt(session: str) -> bytes:
+    """The HKDF salt of a channel key, which serves every round of `session`."""
+    return _field(b"fedmq secagg+ channel") + _field(session.encode())
+
+
 def associated_data(session: str, round: int, sender: str, receiver: str) -> bytes:
     """The AEAD associated data of a share ciphertext: length-prefixed UTF-8 fields."""
-    return b"".join(_field(part) for part in (
-        b"fedmq secagg+ shares", session.encode(), str(round).encode(), sender.encode(),
-        receiver.encode()))
+    return _context(session, round) + _field(sender.encode()) + _field(receiver.encode())
 
 
-def seal(key: bytes, plaintext: bytes, ad: bytes) -> bytes:
-    """nonce (12 random bytes) + ChaCha20-Poly1305(key, nonce, plaintext, ad)."""
+def aead(key: bytes) -> ChaCha20Poly1305:
+    """The AEAD of a 32-byte key, to pass to `seal`/`open_sealed` in place of the key when it
+    serves many messages."""
+    return ChaCha20Poly1305(key)
+
+
+def seal(key: "bytes | ChaCha20Poly1305", plaintext: bytes, ad: bytes) -> bytes:
+    """nonce (12 random bytes) + ChaCha20-Poly1305(key, nonce, plaintext, ad); `key` the
+    32 raw bytes or its `aead`."""
     nonce = os.urandom(NONCE_BYTES)
-    return nonce + ChaCha20Poly1305(key).encrypt(nonce, plaintext, ad)
+    return nonce + _aead(key).encrypt(nonce, plaintext, ad)
 
 
-def open_sealed(key: bytes, ciphertext: bytes, ad: bytes) -> bytes:
+def _aead(key: "bytes | ChaCha20Poly1305") -> ChaCha20Poly1305:
+    return key if isinstance(key, ChaCha20Poly1305) else ChaCha20Poly1305(key)
+
+
+def open_sealed(key: "bytes | ChaCha20Poly1305", ciphertext: bytes, ad: bytes) -> bytes:
     """The plaintext of `seal`'s output; ValueError if it was altered, is for another
     context (ad) or key, or is malformed."""
     if type(ciphertext) is not bytes or len(ciphertext) < NONCE_BYTES + 16:
         raise ValueError("malformed ciphertext")
     try:
-        return ChaCha20Poly1305(key).decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:],
-                                             ad)
+        return _aead(key).decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:], ad)
     except InvalidTag:
         raise ValueError("ciphertext failed authentication") from None

@@ -58,16 +58,23 @@ class SecAggEncryptedShares:
 @dataclass(slots=True)
 class SecAggUnmask:
     """Stage 3 (Unmasking), coordinator -> worker: its neighbours (and itself) that sent a
-    masked input (`survivors`) and those that shared keys but did not (`dropped`)."""
+    masked input (`survivors`) and those that shared keys but did not (`dropped`).
+    Optionally the next round's stages 0 and 1 (its keys were made ahead, in this round's
+    Fit): `next_setup`, a SecAggSetup, and `next_keys`, {neighbour: [c_pk, s_pk]} there."""
     session: str
     round: int
     survivors: list
     dropped: list
+    next_setup: Any = None
+    next_keys: Any = None
 
 
 @record(115)
 @dataclass(slots=True)
 class SecAggUnmaskShares:
     """Stage 3 reply: {worker: Shamir share (66 bytes)}: of b for a survivor, of s^SK for a
-    dropped worker."""
+    dropped worker. With a `next_setup` asked: `next_ciphertexts`, the next round's stage 1
+    reply ({neighbour: ciphertext}), or `next_refused`, why this worker refused it (str)."""
     shares: dict
+    next_ciphertexts: Any = None
+    next_refused: Any = None

@@ -5,7 +5,9 @@ The round's workers form a Harary graph H(n, k) on a ring permuted by (session s
 (`graph`); each worker's secrets are Shamir-shared (t of k+1) among its neighbours and itself.
 Stages, as the paper numbers them (Fig. 2 / Bonawitz et al. 2017, Fig. 4):
 
-    0 AdvertiseKeys          worker u draws (c_u^SK, c_u^PK) and (s_u^SK, s_u^PK), X25519
+    0 AdvertiseKeys          worker u draws (s_u^SK, s_u^PK) and advertises it with its
+                             channel pair (c_u^SK, c_u^PK), X25519; c_u is drawn once per
+                             session (see below), s_u every round
     1 ShareKeys              u draws b_u, shares s_u^SK and b_u among its holders, AEAD-encrypts
                              each neighbour's pair under KA(c_u^SK, c_v^PK); the coordinator
                              relays the ciphertexts, which it cannot open
@@ -16,8 +18,18 @@ Stages, as the paper numbers them (Fig. 2 / Bonawitz et al. 2017, Fig. 4):
                              removes the masks and keeps the sum
 
 Coordinator: `SecAggPlus` (fedmq.secagg.base.SecureAggregator). Worker: HANDLERS (stages 0, 1,
-3) and `protect` (stage 2). Worker state is in memory only (`_STATES`), bounded, never
-persisted: a restarted worker simply drops out of its round.
+3) and `protect` (stage 2). Worker state is in memory only (`_STATES`, `_CHANNELS`), bounded,
+never persisted: a restarted worker simply drops out of its round.
+
+Cost: the X25519 agreements dominate a worker's CPU (about 35 us each). s_u must be fresh every
+round (s_u^SK is revealed when u drops), but c_u^SK never leaves the worker, so a worker keeps
+one channel pair per session and agrees the AEAD key with each neighbour's c_v^PK once
+(`_Channels`): each ciphertext stays bound to its round by the AEAD's associated data
+(session, round, sender, receiver) under a random nonce. What this gives up is forward
+secrecy across rounds: whoever later steals c_u^SK can read the shares u received in earlier
+rounds of the session (one share per sender, fewer than t of any secret unless t holders are
+robbed). With `SecAggPlus(ahead=True)` (default) the next round's stages 0 and 1 travel in
+this round's Fit and Unmask messages (see `SecAggPlus`).
 
 Threat model: the paper's semi-honest server (it follows the protocol; workers may drop out
 at any stage), with authenticated workers (only a principal holding `coordinator` drives the
@@ -41,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 import os
 import random
@@ -53,7 +66,7 @@ from typing import Any
 import torch
 
 from fedmq.secagg import keys, shamir
-from fedmq.secagg.base import Request, SecureAggregationError, SecureAggregator
+from fedmq.secagg.base import COMPUTE_LOCK, Request, SecureAggregationError, SecureAggregator
 from fedmq.secagg.messages import (SecAggEncryptedShares, SecAggPublicKeys, SecAggSetup,
                                    SecAggShareKeys, SecAggUnmask, SecAggUnmaskShares)
 from fedmq.smpc.ring import MAX_EXPANDED, PRG
@@ -71,8 +84,14 @@ SEED_BYTES = 32
 #: what a worker accepts from the network: stage 1 costs O(k * t) Shamir work, k neighbours)
 MAX_WORKERS = 10_000
 MAX_NEIGHBOURS = 1_024
+#: channel keys a worker keeps per session (one per neighbour's c_v^PK), at most
+MAX_CHANNEL_KEYS = 4 * 1024
 #: the stage of a worker that refused stage 2: it neither masks nor unmasks in this round
 ABORTED = 4
+#: the stage of a round whose keys were made ahead (`_advertise_ahead`), awaiting its setup
+AHEAD = -1
+
+log = logging.getLogger("fedmq.secagg")
 
 
 # -- the graph -------------------------------------------------------------------------------
@@ -116,9 +135,26 @@ def graph(workers: list[str], seed: bytes, round: int, k: int) -> tuple[list[str
     return order, out
 
 
-def _mask(seed: bytes, length: int) -> torch.Tensor:
-    """PRG(seed) expanded to `length` uniform int64 ring elements (AES-256-CTR)."""
-    return PRG(seed).uniform((length,))
+class _Masks:
+    """Adds PRG(seed) streams into the int64 vector `total` (shape (L,)) in place, mod 2^64:
+    each stream is `PRG(seed).uniform((L,))` (fedmq.smpc.ring: AES-256-CTR keyed by the
+    32-byte seed, zero counter), expanded into one reused buffer."""
+
+    def __init__(self, total: torch.Tensor) -> None:
+        self.total = total
+        n = 8 * total.numel()
+        self._zeros, self._buf = bytes(n), bytearray(n)
+        self._stream = torch.frombuffer(self._buf, dtype=torch.int64) if n else None
+
+    def add(self, seed: bytes, sign: int = 1) -> None:
+        """total += sign * PRG(seed) (sign +1 or -1)."""
+        if self._stream is None:
+            return
+        PRG(seed).stream_into(self._zeros, self._buf)
+        if sign > 0:
+            self.total.add_(self._stream)
+        else:
+            self.total.sub_(self._stream)
 
 
 def _pairwise_seed(s_sk: Any, s_pk: bytes, session: str, round: int) -> bytes:
@@ -127,9 +163,24 @@ def _pairwise_seed(s_sk: Any, s_pk: bytes, session: str, round: int) -> bytes:
                       salt=keys.associated_data(session, round, "", ""))
 
 
-def _channel_key(c_sk: Any, c_pk: bytes, session: str, round: int) -> bytes:
-    return keys.agree(c_sk, c_pk, keys.INFO_ENCRYPTION,
-                      salt=keys.associated_data(session, round, "", ""))
+@dataclass
+class _Channels:
+    """A worker's channel key pair c_u for one SecAgg+ session, and the AEAD key it agreed
+    with each neighbour's c_v^PK (KA(c_u^SK, c_v^PK), bound to the session; kept as its
+    `keys.aead`), at most MAX_CHANNEL_KEYS of them (the oldest forgotten)."""
+    pair: keys.KeyPair
+    agreed: "OrderedDict[bytes, Any]" = field(default_factory=OrderedDict)
+
+    def key(self, c_pk: bytes, session: str) -> Any:
+        """The AEAD of the channel with the holder of `c_pk` (ValueError for a bad key)."""
+        found = self.agreed.get(c_pk)
+        if found is None:
+            found = keys.aead(keys.agree(self.pair.private or self.pair.sk, c_pk,
+                                         keys.INFO_ENCRYPTION, salt=keys.session_salt(session)))
+            self.agreed[c_pk] = found
+            while len(self.agreed) > MAX_CHANNEL_KEYS:
+                self.agreed.popitem(last=False)
+        return found
 
 
 # -- worker side -----------------------------------------------------------------------------
@@ -141,7 +192,7 @@ class _RoundState:
     neighbours: list
     threshold: int
     length: int
-    c: keys.KeyPair
+    c: "_Channels"              # the session's channel pair c_u and its agreed keys
     s: keys.KeyPair | None
     created: float = field(default_factory=time.monotonic)
     stage: int = 0
@@ -152,8 +203,10 @@ class _RoundState:
     #: the neighbours whose ciphertexts arrived in stage 2 (the pairwise masks it added)
     masked_with: list = field(default_factory=list)
     unmasked: tuple | None = None   # (survivors, dropped, reply) of stage 3
-    #: v -> the AEAD key of the channel with v (stage 1, reused in stage 2, then dropped)
+    #: v -> the AEAD of the channel with v (stage 1, reused in stage 2, then dropped)
     channels: dict = field(default_factory=dict)
+    #: v -> the pairwise mask seed s_uv (agreed in stage 1, expanded in stage 2, dropped)
+    seeds: dict = field(default_factory=dict)
     #: worker -> its Shamir point (built once: x() is O(1))
     points: dict = field(default_factory=dict)
 
@@ -167,6 +220,8 @@ class _RoundState:
 
 
 _STATES: "OrderedDict[tuple, _RoundState]" = OrderedDict()
+#: (worker, principal, session) -> its channel pair (most recently used last)
+_CHANNELS: "OrderedDict[tuple, _Channels]" = OrderedDict()
 #: (worker, principal, session) -> the last round set up (older setups are replays)
 _LAST_ROUND: dict = {}
 _LOCK = threading.Lock()
@@ -209,15 +264,9 @@ def _state(session: Any, sa_session: Any, round: Any, stage: int) -> tuple[tuple
     return key, state
 
 
-def advertise_keys(session: Any, msg: SecAggSetup) -> SecAggPublicKeys:
-    """Stage 0, AdvertiseKeys: fresh (c_u, s_u) X25519 pairs for this round; replies their
-    public halves. ValueError for a bad setup (more than MAX_WORKERS workers or
-    MAX_NEIGHBOURS neighbours, a threshold t outside [(k+1)//2 + 1, k+1] for k neighbours:
-    t must be a strict majority of the k+1 share holders) or a replayed/old round;
-    AccessDeniedError unless the sender holds `coordinator`."""
-    session.require("coordinator", "send SecAggSetup")
+def _check_setup(me: str, msg: SecAggSetup) -> None:
+    """ValueError unless `msg` is a setup this worker accepts (see `advertise_keys`)."""
     _check_session(msg.session, msg.round)
-    me = session.id
     workers, neighbours = msg.workers, msg.neighbours
     if not (isinstance(workers, list) and isinstance(neighbours, list)):
         raise ValueError("SecAggSetup.workers and .neighbours are lists of worker ids")
@@ -241,23 +290,78 @@ def advertise_keys(session: Any, msg: SecAggSetup) -> SecAggPublicKeys:
                          f"{msg.threshold!r}")
     if type(msg.length) is not int or not 0 <= msg.length <= MAX_EXPANDED:
         raise ValueError(f"SecAggSetup.length must be in [0, {MAX_EXPANDED}]")
+
+
+def _open_state(key: tuple, state: "_RoundState") -> None:
+    """Keeps `state` under `key` (worker, principal, session, round), refusing a round not
+    newer than the last one this worker set up in the session (a replay). Call with _LOCK."""
+    last = _LAST_ROUND.get(key[:3])
+    if key in _STATES or (last is not None and key[3] <= last):
+        raise ValueError(f"SecAgg+ session {key[2]!r} round {key[3]}: stage 0 replayed (this "
+                         f"worker already set up round {last})")
+    _LAST_ROUND.pop(key[:3], None)
+    _LAST_ROUND[key[:3]] = key[3]  # newest last: the oldest sessions are forgotten
+    while len(_LAST_ROUND) > 4 * MAX_STATES:
+        del _LAST_ROUND[next(iter(_LAST_ROUND))]
+    for old in [k for k in _STATES if k[:3] == key[:3] and k[3] <= key[3] - KEEP_ROUNDS]:
+        del _STATES[old]
+    _STATES[key] = state
+    _forget_old()
+
+
+def _channels(key: tuple) -> _Channels:
+    """The channel pair of (worker, principal, session) `key[:3]`, drawn on first use. Call
+    with _LOCK."""
+    found = _CHANNELS.get(key[:3])
+    if found is None:
+        found = _CHANNELS[key[:3]] = _Channels(keys.KeyPair.generate())
+        while len(_CHANNELS) > MAX_STATES:
+            _CHANNELS.popitem(last=False)
+    else:
+        _CHANNELS.move_to_end(key[:3])
+    return found
+
+
+def _set_up(state: "_RoundState", msg: SecAggSetup) -> None:
+    state.workers, state.neighbours = list(msg.workers), sorted(msg.neighbours)
+    state.threshold, state.length = msg.threshold, msg.length
+    state.points = {w: i for i, w in enumerate(state.workers, 1)}
+
+
+def advertise_keys(session: Any, msg: SecAggSetup) -> SecAggPublicKeys:
+    """Stage 0, AdvertiseKeys: fresh (c_u, s_u) X25519 pairs for this round; replies their
+    public halves. ValueError for a bad setup (more than MAX_WORKERS workers or
+    MAX_NEIGHBOURS neighbours, a threshold t outside [(k+1)//2 + 1, k+1] for k neighbours:
+    t must be a strict majority of the k+1 share holders) or a replayed/old round;
+    AccessDeniedError unless the sender holds `coordinator`."""
+    session.require("coordinator", "send SecAggSetup")
+    me = session.id
+    _check_setup(me, msg)
     key = (me, _principal(session), msg.session, msg.round)
+    s = keys.KeyPair.generate()
     with _LOCK:
-        last = _LAST_ROUND.get(key[:3])
-        if key in _STATES or (last is not None and msg.round <= last):
-            raise ValueError(f"SecAgg+ session {msg.session!r} round {msg.round}: stage 0 "
-                             f"replayed (this worker already set up round {last})")
-        _LAST_ROUND.pop(key[:3], None)
-        _LAST_ROUND[key[:3]] = msg.round  # newest last: the oldest sessions are forgotten
-        while len(_LAST_ROUND) > 4 * MAX_STATES:
-            del _LAST_ROUND[next(iter(_LAST_ROUND))]
-        for old in [k for k in _STATES if k[:3] == key[:3] and k[3] <= msg.round - KEEP_ROUNDS]:
-            del _STATES[old]
-        state = _RoundState(list(workers), sorted(neighbours), msg.threshold, msg.length,
-                            keys.KeyPair.generate(), keys.KeyPair.generate())
-        _STATES[key] = state
-        _forget_old()
-    return SecAggPublicKeys(state.c.pk, state.s.pk)
+        state = _RoundState([], [], 0, 0, _channels(key), s)
+        _set_up(state, msg)
+        _open_state(key, state)
+    return SecAggPublicKeys(state.c.pair.pk, state.s.pk)
+
+
+def _advertise_ahead(session: Any, sa_session: str, round: Any) -> torch.Tensor | None:
+    """Stage 0 of a later round `round`, done ahead (inside this round's Fit, asked by the
+    entry's "prepare"): fresh key pairs kept in a state that waits for its setup, which
+    comes with the next Unmask (`_share_ahead`). Returns c_pk + s_pk as a uint8 tensor of
+    shape (64,), or None (logged) if the round is not newer than every round set up."""
+    try:
+        _check_session(sa_session, round)
+        key = (session.id, _principal(session), sa_session, round)
+        s = keys.KeyPair.generate()
+        with _LOCK:
+            state = _RoundState([], [], 0, 0, _channels(key), s, stage=AHEAD)
+            _open_state(key, state)
+    except ValueError as exc:
+        log.warning("worker %s: SecAgg+ keys for a later round not made: %s", session.id, exc)
+        return None
+    return torch.frombuffer(bytearray(state.c.pair.pk + state.s.pk), dtype=torch.uint8)
 
 
 def share_keys(session: Any, msg: SecAggShareKeys) -> SecAggEncryptedShares:
@@ -266,22 +370,32 @@ def share_keys(session: Any, msg: SecAggShareKeys) -> SecAggEncryptedShares:
     neighbour's pair AEAD-encrypted for it. ValueError for keys of non-neighbours, malformed
     keys, too few holders, a stage out of order or replayed."""
     session.require("coordinator", "send SecAggShareKeys")
-    me = session.id
     with _LOCK:
         key, state = _state(session, msg.session, msg.round, 0)
         state.stage = 1  # a replay now fails, whatever follows
-    if type(msg.public_keys) is not dict:
+    with COMPUTE_LOCK:
+        return SecAggEncryptedShares(_share(session.id, state, msg.session, msg.round,
+                                            msg.public_keys))
+
+
+def _share(me: str, state: "_RoundState", sa_session: str, round: int,
+           public_keys: Any) -> dict:
+    """The body of stage 1 (the state already moved to it): {neighbour: ciphertext}. Also
+    agrees the pairwise mask seeds s_uv with every neighbour here, so that stage 2 (inside
+    the Fit) only expands them."""
+    if type(public_keys) is not dict:
         raise ValueError("SecAggShareKeys.public_keys is {neighbour: [c_pk, s_pk]}")
     pks = {}
     neighbours = set(state.neighbours)
-    for v, pair in msg.public_keys.items():
+    for v, pair in public_keys.items():
         if v not in neighbours:
             raise ValueError(f"SecAggShareKeys: {v!r} is not a neighbour of {me!r}")
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise ValueError(f"SecAggShareKeys: the keys of {v!r} are [c_pk, s_pk]")
         c_pk = keys.check_public_key(pair[0], f"c_pk of {v!r}")
         s_pk = keys.check_public_key(pair[1], f"s_pk of {v!r}")
-        if c_pk in (state.c.pk, state.s.pk) or s_pk in (state.c.pk, state.s.pk):
+        own = (state.c.pair.pk, state.s.pk)
+        if c_pk in own or s_pk in own:
             raise ValueError(f"SecAggShareKeys: {v!r} advertises this worker's own key")
         pks[v] = (c_pk, s_pk)
     holders = [me, *sorted(pks)]
@@ -299,11 +413,12 @@ def share_keys(session: Any, msg: SecAggShareKeys) -> SecAggEncryptedShares:
         if w == me:
             state.held[me] = pair
             continue
-        channel = state.channels[w] = _channel_key(state.c.private or state.c.sk, pks[w][0],
-                                                   msg.session, msg.round)
+        channel = state.channels[w] = state.c.key(pks[w][0], sa_session)
         out[w] = keys.seal(channel, pair[0] + pair[1],
-                           keys.associated_data(msg.session, msg.round, me, w))
-    return SecAggEncryptedShares(out)
+                           keys.associated_data(sa_session, round, me, w))
+        state.seeds[w] = _pairwise_seed(state.s.private or state.s.sk, pks[w][1], sa_session,
+                                        round)
+    return out
 
 
 def protect(session: Any, entry: dict, vector: torch.Tensor) -> dict:
@@ -325,15 +440,25 @@ def protect(session: Any, entry: dict, vector: torch.Tensor) -> dict:
         raise ValueError("the secure_aggregation entry's ciphertexts are {sender: bytes}")
     if not (isinstance(vector, torch.Tensor) and vector.dtype == torch.int64 and vector.dim() == 1):
         raise ValueError("SecAgg+ masks an int64 vector of shape (L,)")
+    ahead = entry.get("prepare")
+    if ahead is not None and (type(ahead) is not int or type(round) is not int
+                              or ahead <= round):
+        raise ValueError("the secure_aggregation entry's prepare is a later round (an int)")
     with _LOCK:
         key, state = _state(session, sa_session, round, 1)
         state.stage = 2
     try:
-        return _mask_input(me, state, sa_session, round, ciphertexts, vector)
+        with COMPUTE_LOCK:
+            out = _mask_input(me, state, sa_session, round, ciphertexts, vector)
     except BaseException:
         state.stage = ABORTED
-        state.b, state.s, state.channels, state.held = None, None, {}, {}
+        state.b, state.s, state.channels, state.held, state.seeds = None, None, {}, {}, {}
         raise
+    if ahead is not None:
+        next_keys = _advertise_ahead(session, sa_session, ahead)
+        if next_keys is not None:
+            out["next_keys"] = next_keys
+    return out
 
 
 def _mask_input(me: str, state: _RoundState, sa_session: str, round: int, ciphertexts: dict,
@@ -349,9 +474,7 @@ def _mask_input(me: str, state: _RoundState, sa_session: str, round: int, cipher
         if v not in state.public_keys:
             raise ValueError(f"SecAgg+: a ciphertext from {v!r}, which shared no keys with "
                              f"{me!r} in stage 1")
-        channel = state.channels.get(v) or _channel_key(state.c.private or state.c.sk,
-                                                        state.public_keys[v][0],
-                                                        sa_session, round)
+        channel = state.channels.get(v) or state.c.key(state.public_keys[v][0], sa_session)
         try:
             plain = keys.open_sealed(channel, ciphertext,
                                      keys.associated_data(sa_session, round, v, me))
@@ -365,17 +488,16 @@ def _mask_input(me: str, state: _RoundState, sa_session: str, round: int, cipher
                          f"{me!r}, so {len(ciphertexts) + 1} hold its shares, fewer than the "
                          f"threshold {state.threshold}: it refuses to mask (its input could "
                          f"be unmasked from its self-mask alone)")
-    y = vector.detach().clone() + _mask(state.b, state.length)
+    y = vector.detach().clone()
+    masks = _Masks(y)
+    masks.add(state.b)
     for v in sorted(ciphertexts):
-        seed = _pairwise_seed(state.s.private or state.s.sk, state.public_keys[v][1],
-                              sa_session, round)
-        if v > me:
-            y += _mask(seed, state.length)
-        else:
-            y -= _mask(seed, state.length)
+        seed = state.seeds.get(v) or _pairwise_seed(state.s.private or state.s.sk,
+                                                    state.public_keys[v][1], sa_session, round)
+        masks.add(seed, 1 if v > me else -1)
     state.masked_with = sorted(ciphertexts)
     # the secrets are no longer needed: only shares stay (stage 3)
-    state.b, state.s, state.channels = None, None, {}
+    state.b, state.s, state.channels, state.seeds = None, None, {}, {}
     return {"masked": y}
 
 
@@ -383,7 +505,12 @@ def unmask(session: Any, msg: SecAggUnmask) -> SecAggUnmaskShares:
     """Stage 3, Unmasking: shares of b_v for each v in `survivors` and of s_v^SK for each v in
     `dropped`. ValueError if the lists overlap, name this worker as dropped, hold fewer than t
     survivors, name a worker whose shares it does not hold (no neighbour in stage 1), differ
-    from an earlier Unmask of this round, or if this worker sent no masked input."""
+    from an earlier Unmask of this round, or if this worker sent no masked input.
+
+    With `next_setup` (a SecAggSetup of a later round whose keys this worker made ahead, in
+    this round's Fit) and `next_keys` (its neighbours' keys there), it also runs that round's
+    stage 1 (`share_keys`): the reply's `next_ciphertexts`, or `next_refused` (why not; the
+    shares of this round are sent either way)."""
     session.require("coordinator", "send SecAggUnmask")
     me = session.id
     survivors, dropped = msg.survivors, msg.dropped
@@ -418,16 +545,44 @@ def unmask(session: Any, msg: SecAggUnmask) -> SecAggUnmaskShares:
                              f"stage 1")
         shares = {v: state.held[v][1] for v in sorted(s_set)}
         shares.update({v: state.held[v][0] for v in sorted(d_set)})
-        reply = SecAggUnmaskShares(shares)
         state.stage = 3
+    reply = SecAggUnmaskShares(shares)
+    if msg.next_setup is not None:
+        try:
+            reply.next_ciphertexts = _share_ahead(session, msg.session, msg.next_setup,
+                                                  msg.next_keys)
+        except ValueError as exc:
+            log.warning("worker %s: SecAgg+ stage 1 of a later round refused: %s", me, exc)
+            reply.next_refused = str(exc)
+    with _LOCK:
         state.unmasked = (sorted(survivors), sorted(dropped), reply)
-        return reply
+    return reply
+
+
+def _share_ahead(session: Any, sa_session: str, setup: Any, public_keys: Any) -> dict:
+    """Stage 1 of the later round `setup` names, whose keys this worker made ahead: checks
+    the setup as stage 0 does (`advertise_keys`), then shares as `share_keys` does."""
+    me = session.id
+    if not isinstance(setup, SecAggSetup) or setup.session != sa_session:
+        raise ValueError("SecAggUnmask.next_setup is a SecAggSetup of the same session")
+    _check_setup(me, setup)
+    with _LOCK:
+        key = (me, _principal(session), setup.session, setup.round)
+        state = _STATES.get(key)
+        if state is None or state.stage != AHEAD:
+            raise ValueError(f"SecAgg+ session {setup.session!r} round {setup.round}: no keys "
+                             f"made ahead on worker {me!r}")
+        _set_up(state, setup)
+        state.stage = 1
+    with COMPUTE_LOCK:
+        return _share(me, state, setup.session, setup.round, public_keys)
 
 
 # -- coordinator side ------------------------------------------------------------------------
 
 @dataclass
 class _Round:
+    seq: int                   # the protocol round (what the messages carry)
     workers: list
     neighbours: dict
     threshold: int
@@ -435,6 +590,15 @@ class _Round:
     public_keys: dict          # U1: worker -> (c_pk, s_pk)
     shared: list               # U2: workers whose stage 1 ciphertexts were relayed
     masked_with: dict          # u -> neighbours whose ciphertexts u got (its pairwise masks)
+    ahead: int | None = None   # the protocol round whose keys the Fits make ahead
+
+
+@dataclass
+class _Prepared:
+    """A later round's stages 0 and 1, run ahead (keys in the Fits, shares in the Unmask)."""
+    workers: frozenset         # the workers it was set up for
+    entries: dict              # worker -> its Fit entry
+    round: _Round
 
 
 async def _gather(request: Request, messages: dict[str, Any], deadline: float) -> dict:
@@ -455,12 +619,22 @@ class SecAggPlus(SecureAggregator):
     majority and at most k+1 for each round's k, never clamped: see `check_threshold`);
     `neighbours`: k (default `default_degree`); `seed`: 32 bytes seeding the graph's
     permutation (random if None); `length`: the vectors' elements (0: not fixed in advance;
-    end_round checks they agree)."""
+    end_round checks they agree).
+
+    `ahead` (default True): run the next round's stages 0 and 1 inside this round's
+    messages, so that a steady run costs one message per worker more than plain FedAvg, not
+    three: each Fit also makes the worker's key pairs of the next protocol round (its reply
+    carries their public halves), and each Unmask also carries that round's setup and the
+    neighbours' keys (its reply, the ShareKeys ciphertexts). The next `begin_round` uses
+    them when its workers are exactly the survivors they were made for; otherwise (the
+    first round, a dropout, another sample) it runs stages 0 and 1 itself, as a new protocol
+    round. Messages carry protocol rounds (`_Round.seq`), which only grow within a session;
+    the FL round is the coordinator's key."""
 
     name = "secagg+"
 
     def __init__(self, threshold: int | None = None, neighbours: int | None = None,
-                 seed: bytes | None = None, length: int = 0) -> None:
+                 seed: bytes | None = None, length: int = 0, ahead: bool = True) -> None:
         if threshold is not None and (type(threshold) is not int or threshold < 2):
             raise ValueError(f"threshold must be an int >= 2, got {threshold!r}")
         if neighbours is not None and (type(neighbours) is not int or neighbours < 1):
@@ -470,7 +644,10 @@ class SecAggPlus(SecureAggregator):
         self.seed = os.urandom(32) if seed is None else bytes(seed)
         self.length = length
         self.session = os.urandom(12).hex()
+        self.ahead = bool(ahead)
         self._rounds: dict[int, _Round] = {}
+        self._seq = 0  # the last protocol round used or reserved
+        self._prepared: _Prepared | None = None
 
     def degree(self, n: int) -> int:
         k = default_degree(n) if self.neighbours is None else min(n - 1, self.neighbours)
@@ -497,26 +674,49 @@ class SecAggPlus(SecureAggregator):
                              f"workers ({k} neighbours each, {k + 1} share holders): it must "
                              f"be from {low} to {high} (a strict majority of the holders)")
 
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
     async def begin_round(self, round: int, workers: list[str], request: Request,
                           deadline: float) -> dict[str, dict]:
-        """Stages 0 (AdvertiseKeys) and 1 (ShareKeys). Returns worker -> its Fit config entry
-        {"session", "round", "ciphertexts": {sender: bytes}} for the workers that finished
-        stage 1 and got ciphertexts from at least t-1 neighbours (the others would refuse to
-        mask). SecureAggregationError when fewer than t remain, or when the configured
-        threshold does not suit this round's number of workers (`check_threshold`)."""
+        """Stages 0 (AdvertiseKeys) and 1 (ShareKeys), or the ones run ahead for exactly these
+        `workers` in the last round's messages (no message then). Returns worker -> its Fit
+        config entry {"session", "round", "ciphertexts": {sender: bytes}[, "prepare"]} for
+        the workers that finished stage 1 and got ciphertexts from at least t-1 neighbours
+        (the others would refuse to mask). SecureAggregationError when fewer than t remain,
+        or when the configured threshold does not suit this round's number of workers
+        (`check_threshold`)."""
         if len(set(workers)) < 2:
             raise SecureAggregationError("SecAgg+ needs at least 2 workers")
         try:
             self.check_threshold(len(set(workers)))
         except ValueError as exc:
             raise SecureAggregationError(f"SecAgg+ round {round}: {exc}") from None
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared.workers == frozenset(workers):
+            state, entries = prepared.round, prepared.entries
+        else:
+            state, entries = await self._set_up(round, workers, request, deadline)
+        if self.ahead:
+            state.ahead = self._next_seq()
+            entries = {u: {**entry, "prepare": state.ahead} for u, entry in entries.items()}
+        self._rounds[round] = state
+        for old in [r for r in self._rounds if r <= round - KEEP_ROUNDS]:
+            del self._rounds[old]
+        return entries
+
+    async def _set_up(self, round: int, workers: list[str], request: Request,
+                      deadline: float) -> tuple[_Round, dict]:
+        """Stages 0 and 1 as messages of their own, in a new protocol round."""
+        seq = self._next_seq()
         k = self.degree(len(set(workers)))
         t = self.fewest_contributors(len(set(workers)))
-        order, nbrs = graph(workers, self.seed, round, k)
+        order, nbrs = graph(workers, self.seed, seq, k)
         # Stage 0: AdvertiseKeys (half the time left: a worker that hangs here must not leave
         # stage 1 no time at all)
         replies = await _gather(request, {
-            u: SecAggSetup(self.session, round, order, nbrs[u], t, self.length) for u in order
+            u: SecAggSetup(self.session, seq, order, nbrs[u], t, self.length) for u in order
         }, time.time() + max(deadline - time.time(), 0.0) / 2)
         pks = {u: (r.c_pk, r.s_pk) for u, r in replies.items()
                if isinstance(r, SecAggPublicKeys) and type(r.c_pk) is bytes
@@ -527,37 +727,64 @@ class SecAggPlus(SecureAggregator):
                                          f"keys, fewer than the threshold {t}")
         # Stage 1: ShareKeys
         replies = await _gather(request, {
-            u: SecAggShareKeys(self.session, round,
+            u: SecAggShareKeys(self.session, seq,
                                {v: list(pks[v]) for v in nbrs[u] if v in u1}) for u in u1
         }, deadline)
         sent = {u: r.ciphertexts for u, r in replies.items()
-                if isinstance(r, SecAggEncryptedShares) and isinstance(r.ciphertexts, dict)
-                and set(r.ciphertexts) == {v for v in nbrs[u] if v in u1}
-                and all(type(c) is bytes for c in r.ciphertexts.values())}
+                if isinstance(r, SecAggEncryptedShares)}
+        state, entries = self._shared(seq, order, nbrs, t, pks, u1, sent)
+        if len(state.shared) < t:
+            raise SecureAggregationError(f"SecAgg+ round {round}: {len(state.shared)} workers "
+                                         f"shared keys, fewer than the threshold {t}")
+        if len(entries) < t:
+            raise SecureAggregationError(f"SecAgg+ round {round}: {len(entries)} workers got "
+                                         f"enough shares to mask, fewer than the threshold {t}")
+        return state, entries
+
+    def _shared(self, seq: int, order: list, nbrs: dict, t: int, pks: dict, u1: list,
+                sent: dict) -> tuple[_Round, dict]:
+        """After stage 1: the round's state and the Fit entries, from the ciphertexts `sent`
+        (worker -> its stage 1 reply's {neighbour: ciphertext}; malformed ones drop out)."""
+        sent = {u: c for u, c in sent.items()
+                if isinstance(c, dict) and set(c) == {v for v in nbrs[u] if v in u1}
+                and all(type(x) is bytes for x in c.values())}
         u2 = [u for u in u1 if u in sent]
-        if len(u2) < t:
-            raise SecureAggregationError(f"SecAgg+ round {round}: {len(u2)} workers shared "
-                                         f"keys, fewer than the threshold {t}")
         entries, masked_with = {}, {}
         for u in u2:
             got = {v: sent[v][u] for v in nbrs[u] if v in sent}
             masked_with[u] = sorted(got)
             if len(got) + 1 >= t:  # else u refuses stage 2: it does not train (a dropout)
-                entries[u] = {"session": self.session, "round": round, "ciphertexts": got}
-        if len(entries) < t:
-            raise SecureAggregationError(f"SecAgg+ round {round}: {len(entries)} workers got "
-                                         f"enough shares to mask, fewer than the threshold {t}")
-        self._rounds[round] = _Round(order, nbrs, t, self.length, pks, u2, masked_with)
-        for old in [r for r in self._rounds if r <= round - KEEP_ROUNDS]:
-            del self._rounds[old]
-        return entries
+                entries[u] = {"session": self.session, "round": seq, "ciphertexts": got}
+        return _Round(seq, order, nbrs, t, self.length, pks, u2, masked_with), entries
+
+    def _ahead_setup(self, state: _Round, protected: dict, survivors: list) -> tuple | None:
+        """(order, neighbours, t, public keys) of the next protocol round, for the survivors
+        whose Fit made its keys (None: not enough of them, or not asked)."""
+        if state.ahead is None:
+            return None
+        pks = {}
+        for u in survivors:
+            made = protected[u].get("next_keys")
+            if isinstance(made, torch.Tensor) and made.dtype == torch.uint8 \
+                    and made.shape == (2 * keys.KEY_BYTES,):
+                raw = bytes(made.tolist())
+                pks[u] = (raw[:keys.KEY_BYTES], raw[keys.KEY_BYTES:])
+        try:
+            self.check_threshold(len(pks))
+        except ValueError:
+            return None
+        k, t = self.degree(len(pks)), self.fewest_contributors(len(pks))
+        order, nbrs = graph(list(pks), self.seed, state.ahead, k)
+        return order, nbrs, t, pks
 
     async def end_round(self, round: int, protected: dict[str, dict], request: Request,
                         deadline: float) -> tuple[torch.Tensor, list[str]]:
         """Stage 3 (Unmasking): asks each worker that sent y for its shares, reconstructs the
         survivors' b_u and the dropped workers' s_v^SK (t shares each, checked against the
         others), removes the masks. Returns (the int64 sum of the survivors' x, the survivors,
-        sorted). SecureAggregationError when fewer than t masked inputs or shares arrive."""
+        sorted). SecureAggregationError when fewer than t masked inputs or shares arrive.
+        With `ahead`, the Unmask messages also run the next protocol round's stages 0-1 for
+        the survivors whose Fit made its keys (kept for the next `begin_round`)."""
         state = self._rounds.pop(round, None)
         if state is None:
             raise SecureAggregationError(f"SecAgg+ round {round} was not begun")
@@ -581,10 +808,24 @@ class SecAggPlus(SecureAggregator):
         alive = set(u3)
         # the dropped workers some survivor added a pairwise mask with (only their s^SK is needed)
         dropped = {v for w in u3 for v in state.masked_with[w]} & (set(state.shared) - alive)
-        requests = {u: SecAggUnmask(self.session, round,
+        requests = {u: SecAggUnmask(self.session, state.seq,
                                     sorted({u, *state.masked_with[u]} & alive),
                                     sorted(set(state.masked_with[u]) & dropped)) for u in u3}
+        ahead = self._ahead_setup(state, protected, u3)
+        if ahead is not None:
+            order, nbrs, t_next, pks = ahead
+            for u in order:
+                requests[u].next_setup = SecAggSetup(self.session, state.ahead, order, nbrs[u],
+                                                     t_next, self.length)
+                requests[u].next_keys = {v: list(pks[v]) for v in nbrs[u]}
         replies = await _gather(request, requests, deadline)
+        prepared = None
+        if ahead is not None:
+            nstate, nentries = self._shared(state.ahead, order, nbrs, t_next, pks, order, {
+                u: r.next_ciphertexts for u, r in replies.items()
+                if isinstance(r, SecAggUnmaskShares)})
+            if len(nstate.shared) >= t_next and len(nentries) >= t_next:
+                prepared = _Prepared(frozenset(order), nentries, nstate)
         b_shares: dict[str, dict] = {u: {} for u in u3}
         s_shares: dict[str, dict] = {v: {} for v in dropped}
         points = {w: i for i, w in enumerate(state.workers, 1)}
@@ -600,10 +841,11 @@ class SecAggPlus(SecureAggregator):
             except ValueError:
                 continue  # a malformed reply: this worker's shares are not used
         total = torch.zeros(length, dtype=torch.int64)
+        masks = _Masks(total)
         for u in u3:
             total += ys[u]
             b_u = _reconstruct(b_shares[u], t, f"b of {u!r}", round)
-            total -= _mask(b_u.to_bytes(SEED_BYTES, "big"), length)
+            masks.add(b_u.to_bytes(SEED_BYTES, "big"), -1)
         for v in sorted(dropped):
             secret = _reconstruct(s_shares[v], t, f"s^SK of {v!r}", round)
             try:  # loaded once for all its neighbours
@@ -614,12 +856,10 @@ class SecAggPlus(SecureAggregator):
             for w in u3:
                 if v not in state.masked_with[w]:
                     continue
-                seed = _pairwise_seed(s_sk, state.public_keys[w][1], self.session, round)
+                seed = _pairwise_seed(s_sk, state.public_keys[w][1], self.session, state.seq)
                 # w added +PRG(s_wv) when v > w, -PRG(s_wv) when v < w
-                if v > w:
-                    total -= _mask(seed, length)
-                else:
-                    total += _mask(seed, length)
+                masks.add(seed, -1 if v > w else 1)
+        self._prepared = prepared
         return total, u3
 
 

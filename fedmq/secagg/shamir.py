@@ -10,6 +10,7 @@ interpolating t-1 of them gives an unrelated value. Python ints throughout (no f
 """
 from __future__ import annotations
 
+import functools
 import secrets
 
 #: the field's prime, 2**521 - 1
@@ -47,15 +48,33 @@ def reconstruct(shares: dict[int, int]) -> int:
     if not all(type(x) is int and 0 < x < PRIME and type(y) is int and 0 <= y < PRIME
                for x, y in shares.items()):
         raise ValueError("shares are {x: y} with x in [1, p) and y in [0, p)")
-    total = 0
-    for i, yi in shares.items():
+    lambdas = _lagrange_at_zero(tuple(sorted(shares)))
+    return sum(shares[x] * lam for x, lam in lambdas) % PRIME
+
+
+@functools.lru_cache(maxsize=1024)
+def _lagrange_at_zero(xs: tuple) -> tuple:
+    """((x_i, lambda_i), ...): the Lagrange coefficients at 0 of the points `xs` in GF(p),
+    lambda_i = prod_{j != i} x_j / (x_j - x_i), with one field inversion for all of them
+    (Montgomery's trick). Cached: holder sets repeat."""
+    nums, dens = [], []
+    for i in xs:
         num, den = 1, 1
-        for j in shares:
+        for j in xs:
             if j != i:
                 num = num * j % PRIME
                 den = den * (j - i) % PRIME
-        total = (total + yi * num * pow(den, -1, PRIME)) % PRIME
-    return total
+        nums.append(num)
+        dens.append(den)
+    prefix = [1]
+    for d in dens:
+        prefix.append(prefix[-1] * d % PRIME)
+    inverse = pow(prefix[-1], -1, PRIME)  # of the product of all denominators
+    out = [0] * len(xs)
+    for k in range(len(xs) - 1, -1, -1):  # inverse of dens[k], then drop it from `inverse`
+        out[k] = (xs[k], nums[k] * inverse * prefix[k] % PRIME)
+        inverse = inverse * dens[k] % PRIME
+    return tuple(out)
 
 
 def to_bytes(y: int) -> bytes:

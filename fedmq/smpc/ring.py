@@ -73,6 +73,12 @@ class PRG:
         """Uniform 0/1 int64 elements (the low bit of `uniform`'s words)."""
         return self._record(self._words(shape) & 1, True)
 
+    def stream_into(self, zeros: bytes, buf: bytearray) -> None:
+        """The next len(zeros) bytes of the stream into `buf` (a bytearray at least that long;
+        `zeros`: that many zero bytes, reusable), unrecorded: for callers that add many
+        streams into one tensor through one buffer (fedmq.secagg.secaggplus)."""
+        self._cipher.update_into(zeros, buf)
+
     def _words(self, shape) -> torch.Tensor:
         shape = tuple(int(s) for s in shape)
         n = 1
