@@ -167,6 +167,9 @@ def test_too_many_dropouts_fail_the_round_and_keep_the_model():
     ws["w2"] = FailOn(ws["w2"], "Fit")
     coord, history = run(make_private_rounds("secagg+", seed=3), ws, small_config(rounds=1))
     assert history[0].status == "failed"
+    # found by review: w0 answered in time; the round, not w0, failed to count it
+    assert "SecureAggregationError" in history[0].failed["*"]
+    assert "could not be unmasked" in history[0].failed["w0"]
     from fedmq.fl.config import initial_weights
     assert max_diff(coord.weights, initial_weights("mnist-logreg", 3)) == 0
 

@@ -359,6 +359,9 @@ class Coordinator(CoordinatorBase):
         except (SecureAggregationError, UpdateRejected) as exc:
             failed["*"] = f"{type(exc).__name__}: {exc}"
             log.warning("round %d: secure aggregation failed: %s", round, exc)
+            for worker_id in protected:  # they answered in time: the round could not count them
+                failed[worker_id] = "its update could not be unmasked (the secure aggregation " \
+                                    "failed)"
             return
         for worker_id in protected:
             if worker_id not in contributors:

@@ -98,29 +98,19 @@ def associated_data(session: str, round: int, sender: str, receiver: str) -> byt
     return _context(session, round) + _field(sender.encode()) + _field(receiver.encode())
 
 
-def aead(key: bytes) -> ChaCha20Poly1305:
-    """The AEAD of a 32-byte key, to pass to `seal`/`open_sealed` in place of the key when it
-    serves many messages."""
-    return ChaCha20Poly1305(key)
-
-
-def seal(key: "bytes | ChaCha20Poly1305", plaintext: bytes, ad: bytes) -> bytes:
-    """nonce (12 random bytes) + ChaCha20-Poly1305(key, nonce, plaintext, ad); `key` the
-    32 raw bytes or its `aead`."""
+def seal(key: bytes, plaintext: bytes, ad: bytes) -> bytes:
+    """nonce (12 random bytes) + ChaCha20-Poly1305(key, nonce, plaintext, ad)."""
     nonce = os.urandom(NONCE_BYTES)
-    return nonce + _aead(key).encrypt(nonce, plaintext, ad)
+    return nonce + ChaCha20Poly1305(key).encrypt(nonce, plaintext, ad)
 
 
-def _aead(key: "bytes | ChaCha20Poly1305") -> ChaCha20Poly1305:
-    return key if isinstance(key, ChaCha20Poly1305) else ChaCha20Poly1305(key)
-
-
-def open_sealed(key: "bytes | ChaCha20Poly1305", ciphertext: bytes, ad: bytes) -> bytes:
+def open_sealed(key: bytes, ciphertext: bytes, ad: bytes) -> bytes:
     """The plaintext of `seal`'s output; ValueError if it was altered, is for another
     context (ad) or key, or is malformed."""
     if type(ciphertext) is not bytes or len(ciphertext) < NONCE_BYTES + 16:
         raise ValueError("malformed ciphertext")
     try:
-        return _aead(key).decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:], ad)
+        return ChaCha20Poly1305(key).decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:],
+                                             ad)
     except InvalidTag:
         raise ValueError("ciphertext failed authentication") from None

@@ -24,7 +24,7 @@ never persisted: a restarted worker simply drops out of its round.
 Cost: the X25519 agreements dominate a worker's CPU (about 35 us each). s_u must be fresh every
 round (s_u^SK is revealed when u drops), but c_u^SK never leaves the worker, so a worker keeps
 one channel pair per session and agrees the AEAD key with each neighbour's c_v^PK once
-(`_Channels`): each ciphertext stays bound to its round by the AEAD's associated data
+(`_channel`): each ciphertext stays bound to its round by the AEAD's associated data
 (session, round, sender, receiver) under a random nonce. What this gives up is forward
 secrecy across rounds: whoever later steals c_u^SK can read the shares u received in earlier
 rounds of the session (one share per sender, fewer than t of any secret unless t holders are
@@ -75,8 +75,10 @@ from fedmq.smpc.ring import MAX_EXPANDED, PRG
 COMPLETE_UP_TO = 8
 #: rounds of one session a worker keeps state for (older ones are forgotten)
 KEEP_ROUNDS = 3
-#: states a worker keeps at most, and for how long (seconds)
-MAX_STATES = 256
+#: round states one worker (for one principal) keeps at most, all the workers of a process
+#: at most, and for how long (seconds); the oldest go first
+MAX_STATES_PER_WORKER = 16
+MAX_STATES = 8192
 STATE_TTL = 3600.0
 #: bytes of the self-mask seed b_u
 SEED_BYTES = 32
@@ -84,8 +86,15 @@ SEED_BYTES = 32
 #: what a worker accepts from the network: stage 1 costs O(k * t) Shamir work, k neighbours)
 MAX_WORKERS = 10_000
 MAX_NEIGHBOURS = 1_024
-#: channel keys a worker keeps per session (one per neighbour's c_v^PK), at most
-MAX_CHANNEL_KEYS = 4 * 1024
+#: channel pairs (one per worker, principal and session) and agreed channel keys (32 bytes
+#: each, one per neighbour and its c_v^PK) a process keeps at most, the least recently used
+#: forgotten (a forgotten key is agreed again; a forgotten pair leaves its rounds)
+MAX_CHANNEL_PAIRS = 4096
+MAX_CHANNEL_KEYS = 16384
+#: vectors of at most this many elements get their masks summed ahead, in stage 1, within a
+#: budget of PREMASK_BUDGET bytes for the whole process (beyond it, stage 2 sums them)
+PREMASK_ELEMENTS = 1 << 16
+PREMASK_BUDGET = 64 << 20
 #: the stage of a worker that refused stage 2: it neither masks nor unmasks in this round
 ABORTED = 4
 #: the stage of a round whose keys were made ahead (`_advertise_ahead`), awaiting its setup
@@ -163,26 +172,6 @@ def _pairwise_seed(s_sk: Any, s_pk: bytes, session: str, round: int) -> bytes:
                       salt=keys.associated_data(session, round, "", ""))
 
 
-@dataclass
-class _Channels:
-    """A worker's channel key pair c_u for one SecAgg+ session, and the AEAD key it agreed
-    with each neighbour's c_v^PK (KA(c_u^SK, c_v^PK), bound to the session; kept as its
-    `keys.aead`), at most MAX_CHANNEL_KEYS of them (the oldest forgotten)."""
-    pair: keys.KeyPair
-    agreed: "OrderedDict[bytes, Any]" = field(default_factory=OrderedDict)
-
-    def key(self, c_pk: bytes, session: str) -> Any:
-        """The AEAD of the channel with the holder of `c_pk` (ValueError for a bad key)."""
-        found = self.agreed.get(c_pk)
-        if found is None:
-            found = keys.aead(keys.agree(self.pair.private or self.pair.sk, c_pk,
-                                         keys.INFO_ENCRYPTION, salt=keys.session_salt(session)))
-            self.agreed[c_pk] = found
-            while len(self.agreed) > MAX_CHANNEL_KEYS:
-                self.agreed.popitem(last=False)
-        return found
-
-
 # -- worker side -----------------------------------------------------------------------------
 
 @dataclass
@@ -192,7 +181,7 @@ class _RoundState:
     neighbours: list
     threshold: int
     length: int
-    c: "_Channels"              # the session's channel pair c_u and its agreed keys
+    c: keys.KeyPair             # the session's channel pair c_u (`_channel_pair`)
     s: keys.KeyPair | None
     created: float = field(default_factory=time.monotonic)
     stage: int = 0
@@ -203,10 +192,15 @@ class _RoundState:
     #: the neighbours whose ciphertexts arrived in stage 2 (the pairwise masks it added)
     masked_with: list = field(default_factory=list)
     unmasked: tuple | None = None   # (survivors, dropped, reply) of stage 3
-    #: v -> the AEAD of the channel with v (stage 1, reused in stage 2, then dropped)
+    #: v -> the AEAD key of the channel with v (stage 1, reused in stage 2, then dropped)
     channels: dict = field(default_factory=dict)
     #: v -> the pairwise mask seed s_uv (agreed in stage 1, expanded in stage 2, dropped)
     seeds: dict = field(default_factory=dict)
+    #: PRG(b_u) + sum_v +-PRG(s_uv) over every neighbour of stage 1, summed there when the
+    #: length is known and small (PREMASK_ELEMENTS), so that stage 2 (the Fit) only adds it
+    premask: torch.Tensor | None = None
+    #: its key in _STATES (worker, principal, session, round), set when kept
+    key: tuple = ()
     #: worker -> its Shamir point (built once: x() is O(1))
     points: dict = field(default_factory=dict)
 
@@ -220,8 +214,12 @@ class _RoundState:
 
 
 _STATES: "OrderedDict[tuple, _RoundState]" = OrderedDict()
-#: (worker, principal, session) -> its channel pair (most recently used last)
-_CHANNELS: "OrderedDict[tuple, _Channels]" = OrderedDict()
+#: (worker, principal, session) -> (its channel pair, last use), most recently used last
+_CHANNELS: "OrderedDict[tuple, tuple]" = OrderedDict()
+#: (worker, principal, session, neighbour, c_v^PK) -> the agreed AEAD key, LRU
+_CHANNEL_KEYS: "OrderedDict[tuple, bytes]" = OrderedDict()
+#: bytes of the premasks kept (PREMASK_BUDGET)
+_PREMASK_BYTES = [0]
 #: (worker, principal, session) -> the last round set up (older setups are replays)
 _LAST_ROUND: dict = {}
 _LOCK = threading.Lock()
@@ -239,12 +237,34 @@ def _check_session(value: Any, round: Any) -> None:
         raise ValueError(f"a SecAgg+ round is an int >= 0, got {round!r}")
 
 
-def _forget_old() -> None:
+def _drop_premask(state: "_RoundState") -> None:
+    """Releases the state's premask from the budget. Call with _LOCK."""
+    if state.premask is not None:
+        _PREMASK_BYTES[0] -= 8 * state.premask.numel()
+        state.premask = None
+
+
+def _evict(key: tuple) -> None:
+    """Forgets the state under `key`. Call with _LOCK."""
+    state = _STATES.pop(key, None)
+    if state is not None:
+        _drop_premask(state)
+
+
+def _forget_old(worker: tuple) -> None:
+    """Forgets states older than STATE_TTL, then the oldest of `worker` (worker, principal)
+    beyond MAX_STATES_PER_WORKER, then the oldest of all beyond MAX_STATES; and channel pairs
+    unused for STATE_TTL. Call with _LOCK."""
     now = time.monotonic()
     for key in [k for k, s in _STATES.items() if now - s.created > STATE_TTL]:
-        del _STATES[key]
+        _evict(key)
+    mine = [k for k in _STATES if k[:2] == worker]
+    for key in mine[:max(0, len(mine) - MAX_STATES_PER_WORKER)]:
+        _evict(key)
     while len(_STATES) > MAX_STATES:
-        _STATES.popitem(last=False)
+        _evict(next(iter(_STATES)))
+    while _CHANNELS and now - next(iter(_CHANNELS.values()))[1] > STATE_TTL:
+        _CHANNELS.popitem(last=False)
 
 
 def _state(session: Any, sa_session: Any, round: Any, stage: int) -> tuple[tuple, _RoundState]:
@@ -304,22 +324,40 @@ def _open_state(key: tuple, state: "_RoundState") -> None:
     while len(_LAST_ROUND) > 4 * MAX_STATES:
         del _LAST_ROUND[next(iter(_LAST_ROUND))]
     for old in [k for k in _STATES if k[:3] == key[:3] and k[3] <= key[3] - KEEP_ROUNDS]:
-        del _STATES[old]
+        _evict(old)
+    state.key = key
     _STATES[key] = state
-    _forget_old()
+    _forget_old(key[:2])
 
 
-def _channels(key: tuple) -> _Channels:
-    """The channel pair of (worker, principal, session) `key[:3]`, drawn on first use. Call
-    with _LOCK."""
-    found = _CHANNELS.get(key[:3])
-    if found is None:
-        found = _CHANNELS[key[:3]] = _Channels(keys.KeyPair.generate())
-        while len(_CHANNELS) > MAX_STATES:
-            _CHANNELS.popitem(last=False)
-    else:
-        _CHANNELS.move_to_end(key[:3])
-    return found
+def _channel_pair(key: tuple) -> keys.KeyPair:
+    """The channel pair c_u of (worker, principal, session) `key[:3]`, drawn on first use.
+    Call with _LOCK."""
+    found = _CHANNELS.pop(key[:3], None)
+    pair = found[0] if found is not None else keys.KeyPair.generate()
+    _CHANNELS[key[:3]] = (pair, time.monotonic())  # most recently used last
+    while len(_CHANNELS) > MAX_CHANNEL_PAIRS:
+        _CHANNELS.popitem(last=False)
+    return pair
+
+
+def _channel(state: "_RoundState", v: str, c_pk: bytes) -> bytes:
+    """The AEAD key (32 bytes) of this worker's channel with neighbour `v` (public key `c_pk`)
+    in the state's session: KA(c_u^SK, c_v^PK) bound to the session, agreed once and kept
+    (LRU, MAX_CHANNEL_KEYS). ValueError for a bad key."""
+    lookup = (*state.key[:3], v, c_pk)
+    with _LOCK:
+        agreed = _CHANNEL_KEYS.get(lookup)
+        if agreed is not None:
+            _CHANNEL_KEYS.move_to_end(lookup)
+    if agreed is None:
+        agreed = keys.agree(state.c.private or state.c.sk, c_pk, keys.INFO_ENCRYPTION,
+                            salt=keys.session_salt(state.key[2]))
+        with _LOCK:
+            _CHANNEL_KEYS[lookup] = agreed
+            while len(_CHANNEL_KEYS) > MAX_CHANNEL_KEYS:
+                _CHANNEL_KEYS.popitem(last=False)
+    return agreed
 
 
 def _set_up(state: "_RoundState", msg: SecAggSetup) -> None:
@@ -340,10 +378,10 @@ def advertise_keys(session: Any, msg: SecAggSetup) -> SecAggPublicKeys:
     key = (me, _principal(session), msg.session, msg.round)
     s = keys.KeyPair.generate()
     with _LOCK:
-        state = _RoundState([], [], 0, 0, _channels(key), s)
+        state = _RoundState([], [], 0, 0, _channel_pair(key), s)
         _set_up(state, msg)
         _open_state(key, state)
-    return SecAggPublicKeys(state.c.pair.pk, state.s.pk)
+    return SecAggPublicKeys(state.c.pk, state.s.pk)
 
 
 def _advertise_ahead(session: Any, sa_session: str, round: Any) -> torch.Tensor | None:
@@ -356,12 +394,12 @@ def _advertise_ahead(session: Any, sa_session: str, round: Any) -> torch.Tensor 
         key = (session.id, _principal(session), sa_session, round)
         s = keys.KeyPair.generate()
         with _LOCK:
-            state = _RoundState([], [], 0, 0, _channels(key), s, stage=AHEAD)
+            state = _RoundState([], [], 0, 0, _channel_pair(key), s, stage=AHEAD)
             _open_state(key, state)
     except ValueError as exc:
         log.warning("worker %s: SecAgg+ keys for a later round not made: %s", session.id, exc)
         return None
-    return torch.frombuffer(bytearray(state.c.pair.pk + state.s.pk), dtype=torch.uint8)
+    return torch.frombuffer(bytearray(state.c.pk + state.s.pk), dtype=torch.uint8)
 
 
 def share_keys(session: Any, msg: SecAggShareKeys) -> SecAggEncryptedShares:
@@ -394,7 +432,7 @@ def _share(me: str, state: "_RoundState", sa_session: str, round: int,
             raise ValueError(f"SecAggShareKeys: the keys of {v!r} are [c_pk, s_pk]")
         c_pk = keys.check_public_key(pair[0], f"c_pk of {v!r}")
         s_pk = keys.check_public_key(pair[1], f"s_pk of {v!r}")
-        own = (state.c.pair.pk, state.s.pk)
+        own = (state.c.pk, state.s.pk)
         if c_pk in own or s_pk in own:
             raise ValueError(f"SecAggShareKeys: {v!r} advertises this worker's own key")
         pks[v] = (c_pk, s_pk)
@@ -413,11 +451,25 @@ def _share(me: str, state: "_RoundState", sa_session: str, round: int,
         if w == me:
             state.held[me] = pair
             continue
-        channel = state.channels[w] = state.c.key(pks[w][0], sa_session)
+        channel = state.channels[w] = _channel(state, w, pks[w][0])
         out[w] = keys.seal(channel, pair[0] + pair[1],
                            keys.associated_data(sa_session, round, me, w))
         state.seeds[w] = _pairwise_seed(state.s.private or state.s.sk, pks[w][1], sa_session,
                                         round)
+    if 0 < state.length <= PREMASK_ELEMENTS:
+        with _LOCK:
+            room = _PREMASK_BYTES[0] + 8 * state.length <= PREMASK_BUDGET
+            _PREMASK_BYTES[0] += 8 * state.length if room else 0
+        if room:
+            premask = torch.zeros(state.length, dtype=torch.int64)
+            masks = _Masks(premask)
+            masks.add(state.b)
+            for v in sorted(pks):
+                masks.add(state.seeds[v], 1 if v > me else -1)
+            with _LOCK:
+                state.premask = premask
+                if _STATES.get(state.key) is not state or state.stage != 1:
+                    _drop_premask(state)  # forgotten (or moved on) meanwhile
     return out
 
 
@@ -442,8 +494,9 @@ def protect(session: Any, entry: dict, vector: torch.Tensor) -> dict:
         raise ValueError("SecAgg+ masks an int64 vector of shape (L,)")
     ahead = entry.get("prepare")
     if ahead is not None and (type(ahead) is not int or type(round) is not int
-                              or ahead <= round):
-        raise ValueError("the secure_aggregation entry's prepare is a later round (an int)")
+                              or ahead != round + 1):
+        raise ValueError("the secure_aggregation entry's prepare is the next protocol round "
+                         "(this round + 1)")
     with _LOCK:
         key, state = _state(session, sa_session, round, 1)
         state.stage = 2
@@ -453,6 +506,8 @@ def protect(session: Any, entry: dict, vector: torch.Tensor) -> dict:
     except BaseException:
         state.stage = ABORTED
         state.b, state.s, state.channels, state.held, state.seeds = None, None, {}, {}, {}
+        with _LOCK:
+            _drop_premask(state)
         raise
     if ahead is not None:
         next_keys = _advertise_ahead(session, sa_session, ahead)
@@ -474,7 +529,7 @@ def _mask_input(me: str, state: _RoundState, sa_session: str, round: int, cipher
         if v not in state.public_keys:
             raise ValueError(f"SecAgg+: a ciphertext from {v!r}, which shared no keys with "
                              f"{me!r} in stage 1")
-        channel = state.channels.get(v) or state.c.key(state.public_keys[v][0], sa_session)
+        channel = state.channels.get(v) or _channel(state, v, state.public_keys[v][0])
         try:
             plain = keys.open_sealed(channel, ciphertext,
                                      keys.associated_data(sa_session, round, v, me))
@@ -490,14 +545,25 @@ def _mask_input(me: str, state: _RoundState, sa_session: str, round: int, cipher
                          f"be unmasked from its self-mask alone)")
     y = vector.detach().clone()
     masks = _Masks(y)
-    masks.add(state.b)
-    for v in sorted(ciphertexts):
-        seed = state.seeds.get(v) or _pairwise_seed(state.s.private or state.s.sk,
-                                                    state.public_keys[v][1], sa_session, round)
-        masks.add(seed, 1 if v > me else -1)
+    premask = state.premask
+    if premask is not None and premask.numel() == y.numel():
+        # summed in stage 1 over every neighbour there: take out those whose shares did
+        # not arrive (no mask with them)
+        y.add_(premask)
+        for v in sorted(set(state.public_keys) - set(ciphertexts)):
+            masks.add(state.seeds[v], -1 if v > me else 1)
+    else:
+        masks.add(state.b)
+        for v in sorted(ciphertexts):
+            seed = state.seeds.get(v) or _pairwise_seed(state.s.private or state.s.sk,
+                                                        state.public_keys[v][1], sa_session,
+                                                        round)
+            masks.add(seed, 1 if v > me else -1)
     state.masked_with = sorted(ciphertexts)
     # the secrets are no longer needed: only shares stay (stage 3)
     state.b, state.s, state.channels, state.seeds = None, None, {}, {}
+    with _LOCK:
+        _drop_premask(state)
     return {"masked": y}
 
 
@@ -626,9 +692,10 @@ class SecAggPlus(SecureAggregator):
     three: each Fit also makes the worker's key pairs of the next protocol round (its reply
     carries their public halves), and each Unmask also carries that round's setup and the
     neighbours' keys (its reply, the ShareKeys ciphertexts). The next `begin_round` uses
-    them when its workers are exactly the survivors they were made for; otherwise (the
-    first round, a dropout, another sample) it runs stages 0 and 1 itself, as a new protocol
-    round. Messages carry protocol rounds (`_Round.seq`), which only grow within a session;
+    them when its workers are exactly the survivors they were made for and every one of
+    them finished that stage 1; otherwise (the first round, a dropout, a worker silent at
+    unmasking, another sample) it runs stages 0 and 1 itself, as a new protocol round, so
+    that no worker sits a round out for the shortcut. Messages carry protocol rounds (`_Round.seq`), which only grow within a session;
     the FL round is the coordinator's key."""
 
     name = "secagg+"
@@ -694,12 +761,14 @@ class SecAggPlus(SecureAggregator):
         except ValueError as exc:
             raise SecureAggregationError(f"SecAgg+ round {round}: {exc}") from None
         prepared, self._prepared = self._prepared, None
-        if prepared is not None and prepared.workers == frozenset(workers):
+        if prepared is not None and prepared.workers == frozenset(workers) \
+                and set(prepared.entries) == prepared.workers:
             state, entries = prepared.round, prepared.entries
         else:
             state, entries = await self._set_up(round, workers, request, deadline)
-        if self.ahead:
-            state.ahead = self._next_seq()
+        if self.ahead:  # workers accept only the next protocol round
+            state.ahead = state.seq + 1
+            self._seq = max(self._seq, state.ahead)
             entries = {u: {**entry, "prepare": state.ahead} for u, entry in entries.items()}
         self._rounds[round] = state
         for old in [r for r in self._rounds if r <= round - KEEP_ROUNDS]:
@@ -723,8 +792,10 @@ class SecAggPlus(SecureAggregator):
                and type(r.s_pk) is bytes and len(r.c_pk) == len(r.s_pk) == keys.KEY_BYTES}
         u1 = [u for u in order if u in pks and sum(v in pks for v in nbrs[u]) + 1 >= t]
         if len(u1) < t:
-            raise SecureAggregationError(f"SecAgg+ round {round}: {len(u1)} workers advertised "
-                                         f"keys, fewer than the threshold {t}")
+            raise SecureAggregationError(
+                f"SecAgg+ round {round}: {len(pks)} of {len(order)} workers advertised keys, "
+                f"{len(u1)} of them with at least t-1 = {t - 1} neighbours that did: fewer "
+                f"than the threshold {t}")
         # Stage 1: ShareKeys
         replies = await _gather(request, {
             u: SecAggShareKeys(self.session, seq,
