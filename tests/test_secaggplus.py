@@ -549,12 +549,12 @@ def test_found_by_review_huge_setups_are_refused_and_shamir_points_are_a_dict(ma
     world = make_world(1)
     a = world.ids[0]
     others = [f"x{i:05d}" for i in range(secaggplus.MAX_WORKERS)]
+    k, ids = secaggplus.MAX_NEIGHBOURS, []
 
     async def run():
         with pytest.raises(Exception, match="at most 10000 workers in a round, got 10001"):
             await world.request(a, SecAggSetup("big1", 1, [a, *others], others[:4], 4, 0), 5)
-        k = secaggplus.MAX_NEIGHBOURS
-        ids = [a, *others[:-1]]  # 10 000 workers
+        ids[:] = [a, *others[:-1]]  # 10 000 workers
         with pytest.raises(Exception, match="at most 1024 neighbours, got 1025"):
             await world.request(a, SecAggSetup("big2", 1, ids, ids[1:k + 2], k // 2 + 1, 0), 5)
         await world.request(a, SecAggSetup("big3", 1, ids, ids[1:k + 1], k // 2 + 1, 0), 5)
@@ -565,8 +565,9 @@ def test_found_by_review_huge_setups_are_refused_and_shamir_points_are_a_dict(ma
         assert len(reply.ciphertexts) == k and time.perf_counter() - start < 10
     asyncio.run(run())
     state = secaggplus._STATES[(a, "coord", "big3", 1)]
-    assert state.points == {w: state.workers.index(w) + 1 for w in state.workers}
-    assert state.x(state.workers[-1]) == secaggplus.MAX_WORKERS
+    # found by review (second pass): only the holders' points are kept, not the round's list
+    assert state.points == {w: ids.index(w) + 1 for w in ids[:k + 1]} and not state.workers
+    assert state.x(ids[k]) == k + 1
 
 
 def test_found_by_review_a_worker_short_of_shares_is_not_asked_to_mask(make_world):
@@ -775,3 +776,61 @@ def test_premasks_stay_within_their_budget_and_are_released(make_world, monkeypa
     # other tests' rounds set up ahead may be forgotten meanwhile, freeing budget: at least 3
     # a round fit, and the budget left some out
     assert seen.count(True) >= 6 and seen.count(False) >= 1
+
+
+def test_found_by_review_a_worker_whose_channel_pair_was_forgotten_agrees_anew(make_world):
+    """Agreed channel keys are kept under both ends' public keys: when a worker's channel pair
+    is forgotten (the process's LRU of pairs, or its TTL) and drawn anew, it does not reuse
+    the keys agreed with the old one (its neighbours would refuse its shares, every round)."""
+    world = make_world(4)
+    agg = SecAggPlus(length=16)
+    for round in range(1, 6):
+        if round == 3:
+            for key in [k for k in secaggplus._CHANNELS if k[0] == world.ids[0]]:
+                del secaggplus._CHANNELS[key]
+        xs = vectors(world.ids, length=16, seed=round)
+        total, contributors = secure_round(world, agg, xs, round=round)
+        assert contributors == world.ids and torch.equal(total, ring_sum(xs.values())), round
+
+
+def test_found_by_review_a_round_in_progress_outlives_the_ttl_between_its_stages(make_world,
+                                                                                monkeypatch):
+    """The TTL counts from a state's last use, not its creation: a round set up ahead (in the
+    previous round's messages), then trained for longer than the TTL in all, keeps its state
+    while each gap between its stages is shorter."""
+    monkeypatch.setattr(secaggplus, "STATE_TTL", 0.6)
+    world = make_world(3)
+    agg = SecAggPlus(length=8)
+
+    async def one(round, xs):
+        entries = await agg.begin_round(round, world.ids, world.request, time.time() + 30)
+        await asyncio.sleep(0.4)  # training
+        protected = {u: protect(world.session(u), e, xs[u]) for u, e in entries.items()}
+        await asyncio.sleep(0.4)
+        return await agg.end_round(round, protected, world.request, time.time() + 30)
+    for round in (1, 2, 3):
+        xs = vectors(world.ids, length=8, seed=round)
+        total, contributors = asyncio.run(one(round, xs))
+        assert contributors == world.ids and torch.equal(total, ring_sum(xs.values()))
+
+
+def test_found_by_review_setups_with_long_ids_are_refused(make_world):
+    world = make_world(2)
+    a, b = world.ids
+    with pytest.raises(Exception, match="1-256 characters"):
+        asyncio.run(world.request(a, SecAggSetup("long", 1, [a, b, "x" * 257], [b], 2, 0), 5))
+
+
+def test_found_by_review_premasks_of_setups_never_used_are_released(make_world):
+    """A round set up ahead but not used (the coordinator set up anew) gives its premask back
+    to the budget as soon as the worker sets up a newer round of the session."""
+    world = make_world(4)
+    agg = SecAggPlus(length=32)
+    world.silent[SecAggUnmask] = {world.ids[1]}  # round 2's setup made ahead lacks its shares
+    secure_round(world, agg, vectors(world.ids, length=32), round=1)
+    world.silent[SecAggUnmask] = set()
+    secure_round(world, agg, vectors(world.ids, length=32, seed=2), round=2)  # set up anew
+    stale = [st for k, st in secaggplus._STATES.items()
+             if k[2] == agg.session and st.stage <= 1 and st.stage != secaggplus.AHEAD
+             and k[3] < max(kk[3] for kk in secaggplus._STATES if kk[2] == agg.session) - 1]
+    assert stale and all(st.premask is None for st in stale)

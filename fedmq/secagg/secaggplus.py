@@ -76,10 +76,13 @@ COMPLETE_UP_TO = 8
 #: rounds of one session a worker keeps state for (older ones are forgotten)
 KEEP_ROUNDS = 3
 #: round states one worker (for one principal) keeps at most, all the workers of a process
-#: at most, and for how long (seconds); the oldest go first
+#: at most, and for how long unused (seconds: a day, so that no round in progress, however
+#: long its training, is forgotten); the oldest go first
 MAX_STATES_PER_WORKER = 16
 MAX_STATES = 8192
-STATE_TTL = 3600.0
+STATE_TTL = 24 * 3600.0
+#: characters of a worker id in a SecAggSetup, at most
+MAX_ID_CHARS = 256
 #: bytes of the self-mask seed b_u
 SEED_BYTES = 32
 #: workers a SecAggSetup may list, and neighbours it may give one worker, at most (bounds on
@@ -176,14 +179,15 @@ def _pairwise_seed(s_sk: Any, s_pk: bytes, session: str, round: int) -> bytes:
 
 @dataclass
 class _RoundState:
-    """What a worker keeps for one round (in memory only)."""
+    """What a worker keeps for one round (in memory only). `workers` is not kept (only the
+    holders' `points`)."""
     workers: list
     neighbours: list
     threshold: int
     length: int
     c: keys.KeyPair             # the session's channel pair c_u (`_channel_pair`)
     s: keys.KeyPair | None
-    created: float = field(default_factory=time.monotonic)
+    used: float = field(default_factory=time.monotonic)   # last stage it served
     stage: int = 0
     public_keys: dict = field(default_factory=dict)   # v -> (c_pk, s_pk), stage 1
     b: bytes | None = None
@@ -256,7 +260,7 @@ def _forget_old(worker: tuple) -> None:
     beyond MAX_STATES_PER_WORKER, then the oldest of all beyond MAX_STATES; and channel pairs
     unused for STATE_TTL. Call with _LOCK."""
     now = time.monotonic()
-    for key in [k for k, s in _STATES.items() if now - s.created > STATE_TTL]:
+    for key in [k for k, s in _STATES.items() if now - s.used > STATE_TTL]:
         _evict(key)
     mine = [k for k in _STATES if k[:2] == worker]
     for key in mine[:max(0, len(mine) - MAX_STATES_PER_WORKER)]:
@@ -281,6 +285,7 @@ def _state(session: Any, sa_session: Any, round: Any, stage: int) -> tuple[tuple
     if state.stage != stage:
         raise ValueError(f"SecAgg+ session {sa_session!r} round {round}: stage {stage + 1} "
                          f"out of order (this worker is past stage {state.stage})")
+    state.used = time.monotonic()
     return key, state
 
 
@@ -296,9 +301,10 @@ def _check_setup(me: str, msg: SecAggSetup) -> None:
     if len(neighbours) > MAX_NEIGHBOURS:
         raise ValueError(f"SecAggSetup: at most {MAX_NEIGHBOURS} neighbours, got "
                          f"{len(neighbours)}")
-    if not all(type(w) is str for w in [*workers, *neighbours]) \
+    if not all(type(w) is str and 0 < len(w) <= MAX_ID_CHARS for w in [*workers, *neighbours]) \
             or len(set(workers)) != len(workers):
-        raise ValueError("SecAggSetup.workers are distinct worker ids")
+        raise ValueError(f"SecAggSetup.workers are distinct worker ids (1-{MAX_ID_CHARS} "
+                         f"characters)")
     if me not in workers or me in neighbours or not set(neighbours) <= set(workers) \
             or len(set(neighbours)) != len(neighbours) or not neighbours:
         raise ValueError(f"SecAggSetup: worker {me!r} must be in the round, and its neighbours "
@@ -325,6 +331,9 @@ def _open_state(key: tuple, state: "_RoundState") -> None:
         del _LAST_ROUND[next(iter(_LAST_ROUND))]
     for old in [k for k in _STATES if k[:3] == key[:3] and k[3] <= key[3] - KEEP_ROUNDS]:
         _evict(old)
+    for old, kept in _STATES.items():  # set up but never used (the coordinator set up anew)
+        if old[:3] == key[:3] and old[3] < key[3] and kept.stage <= 1:
+            _drop_premask(kept)
     state.key = key
     _STATES[key] = state
     _forget_old(key[:2])
@@ -345,7 +354,7 @@ def _channel(state: "_RoundState", v: str, c_pk: bytes) -> bytes:
     """The AEAD key (32 bytes) of this worker's channel with neighbour `v` (public key `c_pk`)
     in the state's session: KA(c_u^SK, c_v^PK) bound to the session, agreed once and kept
     (LRU, MAX_CHANNEL_KEYS). ValueError for a bad key."""
-    lookup = (*state.key[:3], v, c_pk)
+    lookup = (*state.key[:3], state.c.pk, v, c_pk)  # both ends' keys: either may change
     with _LOCK:
         agreed = _CHANNEL_KEYS.get(lookup)
         if agreed is not None:
@@ -360,10 +369,13 @@ def _channel(state: "_RoundState", v: str, c_pk: bytes) -> bytes:
     return agreed
 
 
-def _set_up(state: "_RoundState", msg: SecAggSetup) -> None:
-    state.workers, state.neighbours = list(msg.workers), sorted(msg.neighbours)
+def _set_up(state: "_RoundState", me: str, msg: SecAggSetup) -> None:
+    """The checked setup into `state`: of the round's workers it keeps only the Shamir points
+    of its share holders (itself and its neighbours), O(k) whatever the round's size."""
+    state.neighbours = sorted(msg.neighbours)
     state.threshold, state.length = msg.threshold, msg.length
-    state.points = {w: i for i, w in enumerate(state.workers, 1)}
+    holders = {me, *msg.neighbours}
+    state.points = {w: i for i, w in enumerate(msg.workers, 1) if w in holders}
 
 
 def advertise_keys(session: Any, msg: SecAggSetup) -> SecAggPublicKeys:
@@ -379,7 +391,7 @@ def advertise_keys(session: Any, msg: SecAggSetup) -> SecAggPublicKeys:
     s = keys.KeyPair.generate()
     with _LOCK:
         state = _RoundState([], [], 0, 0, _channel_pair(key), s)
-        _set_up(state, msg)
+        _set_up(state, me, msg)
         _open_state(key, state)
     return SecAggPublicKeys(state.c.pk, state.s.pk)
 
@@ -638,8 +650,9 @@ def _share_ahead(session: Any, sa_session: str, setup: Any, public_keys: Any) ->
         if state is None or state.stage != AHEAD:
             raise ValueError(f"SecAgg+ session {setup.session!r} round {setup.round}: no keys "
                              f"made ahead on worker {me!r}")
-        _set_up(state, setup)
+        _set_up(state, me, setup)
         state.stage = 1
+        state.used = time.monotonic()
     with COMPUTE_LOCK:
         return _share(me, state, setup.session, setup.round, public_keys)
 
