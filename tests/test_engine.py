@@ -233,6 +233,29 @@ def test_a_call_to_a_worker_nobody_runs_fails_at_once_and_leaves_no_entry():
 
 
 @pytest.mark.amqp
+def test_calls_travel_transient_and_posted_frames_persistent():
+    """A call's reply can only reach the caller's connection (direct reply-to): its frame is
+    transient (delivery mode 1; no disk write at the broker, and not run for nobody after a
+    broker restart). A posted frame, which nobody waits on, is persistent (2) by default, and
+    transient with persistent=False."""
+    engine = amqp_engine(f"fedmq-test-{secrets.token_hex(4)}", timeout=0.5)
+    silent = SilentWorker(f"silent-{secrets.token_hex(3)}")
+    try:
+        with pytest.raises(ReplyTimeout):
+            engine.request(silent.id, m.ObjectsCount())
+        engine.post(silent.id, m.DeleteObjects([]))
+        engine.transport.persistent = False
+        engine.post(silent.id, m.DeleteObjects([]))
+        deadline = time.monotonic() + 10
+        while len(silent.delivery_modes) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert silent.delivery_modes == [1, 2, 1]
+    finally:
+        engine.close()
+        silent.stop()
+
+
+@pytest.mark.amqp
 def test_a_worker_that_never_answers_times_out_and_leaves_no_entry():
     engine = amqp_engine(f"fedmq-test-{secrets.token_hex(4)}", timeout=0.5)
     silent = SilentWorker(f"silent-{secrets.token_hex(3)}")

@@ -83,6 +83,7 @@ class SilentWorker:
 
         self.id = worker_id
         self.received: list[bytes] = []
+        self.delivery_modes: list[int | None] = []  # of each message received, in order
         self._conn, ch = _channel(url)
         queue = f"fedmq.worker.{worker_id}"
         ch.exchange_declare("fedmq.commands", "direct", durable=True)
@@ -94,6 +95,7 @@ class SilentWorker:
         self._thread.start()
 
     def _on_message(self, ch, method, props, body) -> None:
+        self.delivery_modes.append(props.delivery_mode)
         self.received.append(body)
 
     def stop(self) -> None:

@@ -18,13 +18,15 @@ from fedmq.serde import record
 class SecAggSetup:
     """Stage 0 (AdvertiseKeys), coordinator -> worker: the round's `workers` (ring order),
     this worker's `neighbours` in the graph, the Shamir `threshold`, and the vector `length`
-    (int64 elements; 0: whatever the worker's vector has)."""
+    (int64 elements; 0: whatever the worker's vector has). With `prepare` (round + 1) the
+    worker also makes its keys of that next protocol round (SecAggPublicKeys.next_keys)."""
     session: str
     round: int
     workers: list
     neighbours: list
     threshold: int
     length: int
+    prepare: Any = None
 
 
 @record(111)
@@ -32,9 +34,11 @@ class SecAggSetup:
 class SecAggPublicKeys:
     """Stage 0 reply: the worker's X25519 public keys, `c_pk` (encryption) and `s_pk`
     (masking), 32 raw bytes each (typed Any for serde's generic field test, which has no
-    bytes sample; the coordinator checks both are 32-byte `bytes`)."""
+    bytes sample; the coordinator checks both are 32-byte `bytes`). With a `prepare` asked:
+    `next_keys`, c_pk + s_pk of the next protocol round (64 bytes; None if not made)."""
     c_pk: Any
     s_pk: Any
+    next_keys: Any = None
 
 
 @record(112)
@@ -58,23 +62,16 @@ class SecAggEncryptedShares:
 @dataclass(slots=True)
 class SecAggUnmask:
     """Stage 3 (Unmasking), coordinator -> worker: its neighbours (and itself) that sent a
-    masked input (`survivors`) and those that shared keys but did not (`dropped`).
-    Optionally the next round's stages 0 and 1 (its keys were made ahead, in this round's
-    Fit): `next_setup`, a SecAggSetup, and `next_keys`, {neighbour: [c_pk, s_pk]} there."""
+    masked input (`survivors`) and those that shared keys but did not (`dropped`)."""
     session: str
     round: int
     survivors: list
     dropped: list
-    next_setup: Any = None
-    next_keys: Any = None
 
 
 @record(115)
 @dataclass(slots=True)
 class SecAggUnmaskShares:
     """Stage 3 reply: {worker: Shamir share (66 bytes)}: of b for a survivor, of s^SK for a
-    dropped worker. With a `next_setup` asked: `next_ciphertexts`, the next round's stage 1
-    reply ({neighbour: ciphertext}), or `next_refused`, why this worker refused it (str)."""
+    dropped worker."""
     shares: dict
-    next_ciphertexts: Any = None
-    next_refused: Any = None

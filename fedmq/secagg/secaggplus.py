@@ -98,6 +98,9 @@ MAX_CHANNEL_KEYS = 16384
 #: budget of PREMASK_BUDGET bytes for the whole process (beyond it, stage 2 sums them)
 PREMASK_ELEMENTS = 1 << 16
 PREMASK_BUDGET = 64 << 20
+#: seconds the first wave of stage 3 requests (`unmask_plan`) is waited for, at most, before
+#: the other workers are asked for the shares still missing
+UNMASK_WAVE_WAIT = 2.0
 #: the stage of a worker that refused stage 2: it neither masks nor unmasks in this round
 ABORTED = 4
 #: the stage of a round whose keys were made ahead (`_advertise_ahead`), awaiting its setup
@@ -162,7 +165,7 @@ class _Masks:
         """total += sign * PRG(seed) (sign +1 or -1)."""
         if self._stream is None:
             return
-        PRG(seed).stream_into(self._zeros, self._buf)
+        PRG.expand_into(seed, self._zeros, self._buf)
         if sign > 0:
             self.total.add_(self._stream)
         else:
@@ -171,8 +174,7 @@ class _Masks:
 
 def _pairwise_seed(s_sk: Any, s_pk: bytes, session: str, round: int) -> bytes:
     """s_uv = KA.agree(s_u^SK, s_v^PK), bound to (session, round)."""
-    return keys.agree(s_sk, s_pk, keys.INFO_MASK,
-                      salt=keys.associated_data(session, round, "", ""))
+    return keys.agree(s_sk, s_pk, keys.INFO_MASK, salt=keys.mask_salt(session, round))
 
 
 # -- worker side -----------------------------------------------------------------------------
@@ -217,7 +219,11 @@ class _RoundState:
         return self.points[worker]
 
 
+#: (worker, principal, session, round) -> its state, least recently used first
 _STATES: "OrderedDict[tuple, _RoundState]" = OrderedDict()
+#: (worker, principal) -> {its keys in _STATES: None}, oldest set up first (so that bounds
+#: and a new round's clean-up look at one worker's states, not at every worker's)
+_BY_WORKER: dict[tuple, dict] = {}
 #: (worker, principal, session) -> (its channel pair, last use), most recently used last
 _CHANNELS: "OrderedDict[tuple, tuple]" = OrderedDict()
 #: (worker, principal, session, neighbour, c_v^PK) -> the agreed AEAD key, LRU
@@ -251,20 +257,36 @@ def _drop_premask(state: "_RoundState") -> None:
 def _evict(key: tuple) -> None:
     """Forgets the state under `key`. Call with _LOCK."""
     state = _STATES.pop(key, None)
+    mine = _BY_WORKER.get(key[:2])
+    if mine is not None:
+        mine.pop(key, None)
+        if not mine:
+            del _BY_WORKER[key[:2]]
     if state is not None:
         _drop_premask(state)
 
 
+def _touch(key: tuple, state: "_RoundState") -> None:
+    """Marks the state used now (the TTL counts from here; _STATES stays in order of use).
+    Call with _LOCK."""
+    state.used = time.monotonic()
+    if _STATES.get(key) is state:
+        _STATES.move_to_end(key)
+
+
 def _forget_old(worker: tuple) -> None:
-    """Forgets states older than STATE_TTL, then the oldest of `worker` (worker, principal)
-    beyond MAX_STATES_PER_WORKER, then the oldest of all beyond MAX_STATES; and channel pairs
-    unused for STATE_TTL. Call with _LOCK."""
+    """Forgets states unused for STATE_TTL, then the oldest of `worker` (worker, principal)
+    beyond MAX_STATES_PER_WORKER, then the least recently used of all beyond MAX_STATES; and
+    channel pairs unused for STATE_TTL. O(what it forgets). Call with _LOCK."""
     now = time.monotonic()
-    for key in [k for k, s in _STATES.items() if now - s.used > STATE_TTL]:
+    while _STATES:
+        key, state = next(iter(_STATES.items()))
+        if now - state.used <= STATE_TTL:
+            break
         _evict(key)
-    mine = [k for k in _STATES if k[:2] == worker]
-    for key in mine[:max(0, len(mine) - MAX_STATES_PER_WORKER)]:
-        _evict(key)
+    mine = _BY_WORKER.get(worker, {})
+    while len(mine) > MAX_STATES_PER_WORKER:
+        _evict(next(iter(mine)))
     while len(_STATES) > MAX_STATES:
         _evict(next(iter(_STATES)))
     while _CHANNELS and now - next(iter(_CHANNELS.values()))[1] > STATE_TTL:
@@ -285,7 +307,7 @@ def _state(session: Any, sa_session: Any, round: Any, stage: int) -> tuple[tuple
     if state.stage != stage:
         raise ValueError(f"SecAgg+ session {sa_session!r} round {round}: stage {stage + 1} "
                          f"out of order (this worker is past stage {state.stage})")
-    state.used = time.monotonic()
+    _touch(key, state)
     return key, state
 
 
@@ -329,14 +351,24 @@ def _open_state(key: tuple, state: "_RoundState") -> None:
     _LAST_ROUND[key[:3]] = key[3]  # newest last: the oldest sessions are forgotten
     while len(_LAST_ROUND) > 4 * MAX_STATES:
         del _LAST_ROUND[next(iter(_LAST_ROUND))]
-    for old in [k for k in _STATES if k[:3] == key[:3] and k[3] <= key[3] - KEEP_ROUNDS]:
+    mine = _BY_WORKER.setdefault(key[:2], {})
+    for old in [k for k in mine if k[2] == key[2] and k[3] <= key[3] - KEEP_ROUNDS]:
         _evict(old)
-    for old, kept in _STATES.items():  # set up but never used (the coordinator set up anew)
-        if old[:3] == key[:3] and old[3] < key[3] and kept.stage <= 1:
-            _drop_premask(kept)
     state.key = key
+    state.used = time.monotonic()
     _STATES[key] = state
+    _BY_WORKER.setdefault(key[:2], {})[key] = None
     _forget_old(key[:2])
+
+
+def _release_unused(key: tuple) -> None:
+    """Round `key` moves to stage 1: the premasks of the worker's older rounds of the session
+    still before stage 2 are released (set up but never used: the coordinator set up anew).
+    Call with _LOCK."""
+    for old in _BY_WORKER.get(key[:2], ()):
+        kept = _STATES[old]
+        if old[2] == key[2] and old[3] < key[3] and kept.stage <= 1:
+            _drop_premask(kept)
 
 
 def _channel_pair(key: tuple) -> keys.KeyPair:
@@ -387,20 +419,26 @@ def advertise_keys(session: Any, msg: SecAggSetup) -> SecAggPublicKeys:
     session.require("coordinator", "send SecAggSetup")
     me = session.id
     _check_setup(me, msg)
+    if msg.prepare is not None and (type(msg.prepare) is not int
+                                    or msg.prepare != msg.round + 1):
+        raise ValueError("SecAggSetup.prepare is the next protocol round (round + 1)")
     key = (me, _principal(session), msg.session, msg.round)
     s = keys.KeyPair.generate()
     with _LOCK:
         state = _RoundState([], [], 0, 0, _channel_pair(key), s)
         _set_up(state, me, msg)
         _open_state(key, state)
-    return SecAggPublicKeys(state.c.pk, state.s.pk)
+    reply = SecAggPublicKeys(state.c.pk, state.s.pk)
+    if msg.prepare is not None:
+        reply.next_keys = _advertise_ahead(session, msg.session, msg.prepare)
+    return reply
 
 
-def _advertise_ahead(session: Any, sa_session: str, round: Any) -> torch.Tensor | None:
-    """Stage 0 of a later round `round`, done ahead (inside this round's Fit, asked by the
+def _advertise_ahead(session: Any, sa_session: str, round: Any) -> bytes | None:
+    """Stage 0 of a later round `round`, done ahead (asked by a SecAggSetup's or a Fit
     entry's "prepare"): fresh key pairs kept in a state that waits for its setup, which
-    comes with the next Unmask (`_share_ahead`). Returns c_pk + s_pk as a uint8 tensor of
-    shape (64,), or None (logged) if the round is not newer than every round set up."""
+    comes in a later Fit (`_share_ahead`). Returns c_pk + s_pk (64 bytes), or None (logged)
+    if the round is not newer than every round set up."""
     try:
         _check_session(sa_session, round)
         key = (session.id, _principal(session), sa_session, round)
@@ -411,7 +449,7 @@ def _advertise_ahead(session: Any, sa_session: str, round: Any) -> torch.Tensor 
     except ValueError as exc:
         log.warning("worker %s: SecAgg+ keys for a later round not made: %s", session.id, exc)
         return None
-    return torch.frombuffer(bytearray(state.c.pk + state.s.pk), dtype=torch.uint8)
+    return state.c.pk + state.s.pk
 
 
 def share_keys(session: Any, msg: SecAggShareKeys) -> SecAggEncryptedShares:
@@ -423,6 +461,7 @@ def share_keys(session: Any, msg: SecAggShareKeys) -> SecAggEncryptedShares:
     with _LOCK:
         key, state = _state(session, msg.session, msg.round, 0)
         state.stage = 1  # a replay now fails, whatever follows
+        _release_unused(key)
     with COMPUTE_LOCK:
         return SecAggEncryptedShares(_share(session.id, state, msg.session, msg.round,
                                             msg.public_keys))
@@ -494,7 +533,16 @@ def protect(session: Any, entry: dict, vector: torch.Tensor) -> dict:
     than t-1 neighbours (fewer than t holders of this worker's shares, itself included: the
     paper's stage 2 aborts when |U2| < t), a wrong vector, or a stage out of order. After any
     refusal the worker has left the round: its secrets are dropped, it neither masks nor
-    unmasks again in it."""
+    unmasks again in it.
+
+    The next protocol rounds, run ahead (`SecAggPlus(ahead=True)`), once y is made:
+    - `entry["share"]`, the next round's setup (round + 1, whose keys this worker made
+      ahead) as {"round", "workers", "neighbours", "threshold", "length", "keys":
+      {neighbour: c_pk + s_pk (64 bytes)}}: its stage 1 (`share_keys`), whose ciphertexts
+      the reply carries as "next_ciphertexts" ({neighbour: bytes}), or "next_refused" (why
+      not; y is sent either way);
+    - `entry["prepare"]` (round + 2): that round's keys (`_advertise_ahead`), carried as
+      "next_keys" (c_pk + s_pk, 64 bytes)."""
     if not isinstance(entry, dict):
         raise ValueError("the secure_aggregation entry is a dict")
     me = session.id
@@ -504,11 +552,13 @@ def protect(session: Any, entry: dict, vector: torch.Tensor) -> dict:
         raise ValueError("the secure_aggregation entry's ciphertexts are {sender: bytes}")
     if not (isinstance(vector, torch.Tensor) and vector.dtype == torch.int64 and vector.dim() == 1):
         raise ValueError("SecAgg+ masks an int64 vector of shape (L,)")
-    ahead = entry.get("prepare")
+    ahead, share = entry.get("prepare"), entry.get("share")
     if ahead is not None and (type(ahead) is not int or type(round) is not int
-                              or ahead != round + 1):
-        raise ValueError("the secure_aggregation entry's prepare is the next protocol round "
-                         "(this round + 1)")
+                              or ahead != round + 2):
+        raise ValueError("the secure_aggregation entry's prepare is the protocol round after "
+                         "next (this round + 2)")
+    if share is not None and not isinstance(share, dict):
+        raise ValueError("the secure_aggregation entry's share is a dict")
     with _LOCK:
         key, state = _state(session, sa_session, round, 1)
         state.stage = 2
@@ -521,11 +571,42 @@ def protect(session: Any, entry: dict, vector: torch.Tensor) -> dict:
         with _LOCK:
             _drop_premask(state)
         raise
+    if share is not None:
+        try:
+            setup, public_keys = _next_setup(sa_session, round, share)
+            out["next_ciphertexts"] = _share_ahead(session, sa_session, setup, public_keys)
+        except ValueError as exc:
+            log.warning("worker %s: SecAgg+ stage 1 of a later round refused: %s", me, exc)
+            out["next_refused"] = str(exc)
     if ahead is not None:
         next_keys = _advertise_ahead(session, sa_session, ahead)
         if next_keys is not None:
             out["next_keys"] = next_keys
     return out
+
+
+#: the fields of a Fit entry's "share" (the next protocol round's setup)
+SHARE_FIELDS = frozenset({"round", "workers", "neighbours", "threshold", "length", "keys"})
+
+
+def _next_setup(sa_session: str, round: int, share: dict) -> tuple[SecAggSetup, dict]:
+    """(the SecAggSetup a Fit entry's "share" describes, its neighbours' keys as
+    {neighbour: [c_pk, s_pk]}). ValueError unless its fields are SHARE_FIELDS, its round is
+    `round` + 1 and its keys 64 bytes each; the rest is checked as stages 0 and 1 do."""
+    if set(share) != SHARE_FIELDS:
+        raise ValueError(f"the secure_aggregation entry's share has the fields "
+                         f"{sorted(SHARE_FIELDS)}")
+    if type(share["round"]) is not int or share["round"] != round + 1:
+        raise ValueError("the secure_aggregation entry's share is of the next protocol round "
+                         "(this round + 1)")
+    made = share["keys"]
+    if type(made) is not dict or not all(type(k) is bytes and len(k) == 2 * keys.KEY_BYTES
+                                         for k in made.values()):
+        raise ValueError("the secure_aggregation entry's share keys are {neighbour: c_pk + "
+                         "s_pk (64 bytes)}")
+    return (SecAggSetup(sa_session, share["round"], share["workers"], share["neighbours"],
+                        share["threshold"], share["length"]),
+            {v: [k[:keys.KEY_BYTES], k[keys.KEY_BYTES:]] for v, k in made.items()})
 
 
 def _mask_input(me: str, state: _RoundState, sa_session: str, round: int, ciphertexts: dict,
@@ -583,12 +664,7 @@ def unmask(session: Any, msg: SecAggUnmask) -> SecAggUnmaskShares:
     """Stage 3, Unmasking: shares of b_v for each v in `survivors` and of s_v^SK for each v in
     `dropped`. ValueError if the lists overlap, name this worker as dropped, hold fewer than t
     survivors, name a worker whose shares it does not hold (no neighbour in stage 1), differ
-    from an earlier Unmask of this round, or if this worker sent no masked input.
-
-    With `next_setup` (a SecAggSetup of a later round whose keys this worker made ahead, in
-    this round's Fit) and `next_keys` (its neighbours' keys there), it also runs that round's
-    stage 1 (`share_keys`): the reply's `next_ciphertexts`, or `next_refused` (why not; the
-    shares of this round are sent either way)."""
+    from an earlier Unmask of this round, or if this worker sent no masked input."""
     session.require("coordinator", "send SecAggUnmask")
     me = session.id
     survivors, dropped = msg.survivors, msg.dropped
@@ -624,25 +700,15 @@ def unmask(session: Any, msg: SecAggUnmask) -> SecAggUnmaskShares:
         shares = {v: state.held[v][1] for v in sorted(s_set)}
         shares.update({v: state.held[v][0] for v in sorted(d_set)})
         state.stage = 3
-    reply = SecAggUnmaskShares(shares)
-    if msg.next_setup is not None:
-        try:
-            reply.next_ciphertexts = _share_ahead(session, msg.session, msg.next_setup,
-                                                  msg.next_keys)
-        except ValueError as exc:
-            log.warning("worker %s: SecAgg+ stage 1 of a later round refused: %s", me, exc)
-            reply.next_refused = str(exc)
-    with _LOCK:
+        reply = SecAggUnmaskShares(shares)
         state.unmasked = (sorted(survivors), sorted(dropped), reply)
     return reply
 
 
-def _share_ahead(session: Any, sa_session: str, setup: Any, public_keys: Any) -> dict:
+def _share_ahead(session: Any, sa_session: str, setup: SecAggSetup, public_keys: Any) -> dict:
     """Stage 1 of the later round `setup` names, whose keys this worker made ahead: checks
     the setup as stage 0 does (`advertise_keys`), then shares as `share_keys` does."""
     me = session.id
-    if not isinstance(setup, SecAggSetup) or setup.session != sa_session:
-        raise ValueError("SecAggUnmask.next_setup is a SecAggSetup of the same session")
     _check_setup(me, setup)
     with _LOCK:
         key = (me, _principal(session), setup.session, setup.round)
@@ -652,7 +718,8 @@ def _share_ahead(session: Any, sa_session: str, setup: Any, public_keys: Any) ->
                              f"made ahead on worker {me!r}")
         _set_up(state, me, setup)
         state.stage = 1
-        state.used = time.monotonic()
+        _touch(key, state)
+        _release_unused(key)
     with COMPUTE_LOCK:
         return _share(me, state, setup.session, setup.round, public_keys)
 
@@ -669,12 +736,14 @@ class _Round:
     public_keys: dict          # U1: worker -> (c_pk, s_pk)
     shared: list               # U2: workers whose stage 1 ciphertexts were relayed
     masked_with: dict          # u -> neighbours whose ciphertexts u got (its pairwise masks)
-    ahead: int | None = None   # the protocol round whose keys the Fits make ahead
+    #: the next protocol round's (order, neighbours, t, public keys), shared in this round's
+    #: Fits (None: not run ahead)
+    next_setup: tuple | None = None
 
 
 @dataclass
 class _Prepared:
-    """A later round's stages 0 and 1, run ahead (keys in the Fits, shares in the Unmask)."""
+    """A later round's stages 0 and 1, run ahead (keys in one Fit, shares in the next)."""
     workers: frozenset         # the workers it was set up for
     entries: dict              # worker -> its Fit entry
     round: _Round
@@ -692,6 +761,76 @@ async def _gather(request: Request, messages: dict[str, Any], deadline: float) -
     return {w: r for w, r in zip(names, replies) if not isinstance(r, BaseException)}
 
 
+class _Asking:
+    """Stage 3 requests in flight: `ask` sends more, `wait` hands each reply to `take`
+    (worker, reply) as it comes, until every request has ended or `deadline` (epoch
+    seconds), or, with `done`, until done() holds (the rest keep running for a later wait;
+    errors and timeouts are drops)."""
+
+    def __init__(self, request: Request, deadline: float) -> None:
+        self.request, self.deadline = request, deadline
+        self.running: dict[asyncio.Future, str] = {}
+
+    def ask(self, messages: dict[str, Any]) -> None:
+        for worker, message in messages.items():
+            task = asyncio.ensure_future(self.request(
+                worker, message, max(0.001, self.deadline - time.time())))
+            self.running[task] = worker
+
+    async def wait(self, until: float, take: Any, done: Any = None) -> None:
+        while self.running and not (done is not None and done()):
+            finished, _ = await asyncio.wait(list(self.running), timeout=max(
+                0.0, until - time.time()), return_when=asyncio.FIRST_COMPLETED)
+            if not finished:
+                return
+            for task in finished:
+                worker = self.running.pop(task)
+                if not task.cancelled() and task.exception() is None:
+                    take(worker, task.result())
+
+    def cancel(self) -> None:
+        for task in self.running:
+            task.cancel()
+        self.running.clear()
+
+
+def _public_keys(made: Any) -> tuple[bytes, bytes] | None:
+    """(c_pk, s_pk) from a worker's 64 bytes of keys made ahead; None if malformed."""
+    if type(made) is not bytes or len(made) != 2 * keys.KEY_BYTES:
+        return None
+    return made[:keys.KEY_BYTES], made[keys.KEY_BYTES:]
+
+
+def unmask_plan(targets: dict, t: int) -> list:
+    """Whom to ask for their shares in stage 3: a small set of askable workers such that each
+    target (a worker whose b or s^SK is to be rebuilt) gets t + 1 shares from it (t + 1: two
+    t-subsets must agree, `_reconstruct`), or as many as it has holders. `targets`: target ->
+    the askable workers holding one of its shares. Greedy set multicover (the worker that
+    still covers the most targets first; ties to the earliest in `targets`' order): for
+    SecAgg+'s ring graphs, a little over (t + 1) / (k + 1) of the workers instead of all."""
+    need = {v: min(t + 1, len(holders)) for v, holders in targets.items()}
+    covers: dict[str, list] = {}
+    for v, holders in targets.items():
+        for u in holders:
+            covers.setdefault(u, []).append(v)
+    order = {u: i for i, u in enumerate(covers)}
+    gain = {u: sum(need[v] > 0 for v in vs) for u, vs in covers.items()}
+    chosen = []
+    while gain:
+        best = max(gain, key=lambda u: (gain[u], -order[u]))
+        if gain[best] == 0:
+            break
+        del gain[best]
+        chosen.append(best)
+        for v in covers[best]:
+            need[v] -= 1
+            if need[v] == 0:  # covered: no longer a gain for its other holders
+                for u in targets[v]:
+                    if u in gain:
+                        gain[u] -= 1
+    return chosen
+
+
 class SecAggPlus(SecureAggregator):
     """The coordinator of SecAgg+ (see the module docstring). `threshold`: t (default: the
     smallest strict majority of each worker's k+1 holders; a t given here must be a strict
@@ -700,16 +839,16 @@ class SecAggPlus(SecureAggregator):
     permutation (random if None); `length`: the vectors' elements (0: not fixed in advance;
     end_round checks they agree).
 
-    `ahead` (default True): run the next round's stages 0 and 1 inside this round's
-    messages, so that a steady run costs one message per worker more than plain FedAvg, not
-    three: each Fit also makes the worker's key pairs of the next protocol round (its reply
-    carries their public halves), and each Unmask also carries that round's setup and the
-    neighbours' keys (its reply, the ShareKeys ciphertexts). The next `begin_round` uses
-    them when its workers are exactly the survivors they were made for and every one of
-    them finished that stage 1; otherwise (the first round, a dropout, a worker silent at
-    unmasking, another sample) it runs stages 0 and 1 itself, as a new protocol round, so
-    that no worker sits a round out for the shortcut. Messages carry protocol rounds (`_Round.seq`), which only grow within a session;
-    the FL round is the coordinator's key."""
+    `ahead` (default True): the next protocol rounds' stages 0 and 1 travel inside the Fits,
+    so that a steady run costs one stage 3 message more than plain FedAvg, and only to the
+    workers whose shares it needs (`unmask_plan`): the Fit of protocol round r carries round
+    r+1's setup (the worker's reply: its stage 1 ciphertexts there) and asks for round r+2's
+    keys (the reply: their public halves). The first round's stage 0 makes round r+1's keys
+    too. The next `begin_round` uses round r+1 when its workers are exactly those it was set
+    up for and every one of them shared there; otherwise (the first round, a dropout, another
+    sample) it runs stages 0 and 1 itself, as a new protocol round, so that no worker sits a
+    round out for the shortcut. Messages carry protocol rounds (`_Round.seq`), which only
+    grow within a session; the FL round is the coordinator's key."""
 
     name = "secagg+"
 
@@ -728,6 +867,8 @@ class SecAggPlus(SecureAggregator):
         self._rounds: dict[int, _Round] = {}
         self._seq = 0  # the last protocol round used or reserved
         self._prepared: _Prepared | None = None
+        #: (protocol round, {worker: (c_pk, s_pk)}): the keys workers made ahead for it
+        self._next_keys: tuple[int, dict] | None = None
 
     def degree(self, n: int) -> int:
         k = default_degree(n) if self.neighbours is None else min(n - 1, self.neighbours)
@@ -761,12 +902,12 @@ class SecAggPlus(SecureAggregator):
     async def begin_round(self, round: int, workers: list[str], request: Request,
                           deadline: float) -> dict[str, dict]:
         """Stages 0 (AdvertiseKeys) and 1 (ShareKeys), or the ones run ahead for exactly these
-        `workers` in the last round's messages (no message then). Returns worker -> its Fit
-        config entry {"session", "round", "ciphertexts": {sender: bytes}[, "prepare"]} for
-        the workers that finished stage 1 and got ciphertexts from at least t-1 neighbours
-        (the others would refuse to mask). SecureAggregationError when fewer than t remain,
-        or when the configured threshold does not suit this round's number of workers
-        (`check_threshold`)."""
+        `workers` in the last round's Fits (no message then). Returns worker -> its Fit
+        config entry {"session", "round", "ciphertexts": {sender: bytes}[, "share",
+        "prepare"]} (see `protect`) for the workers that finished stage 1 and got ciphertexts
+        from at least t-1 neighbours (the others would refuse to mask).
+        SecureAggregationError when fewer than t remain, or when the configured threshold
+        does not suit this round's number of workers (`check_threshold`)."""
         if len(set(workers)) < 2:
             raise SecureAggregationError("SecAgg+ needs at least 2 workers")
         try:
@@ -779,26 +920,52 @@ class SecAggPlus(SecureAggregator):
             state, entries = prepared.round, prepared.entries
         else:
             state, entries = await self._set_up(round, workers, request, deadline)
-        if self.ahead:  # workers accept only the next protocol round
-            state.ahead = state.seq + 1
-            self._seq = max(self._seq, state.ahead)
-            entries = {u: {**entry, "prepare": state.ahead} for u, entry in entries.items()}
+        if self.ahead:
+            entries = self._run_ahead(state, entries)
         self._rounds[round] = state
         for old in [r for r in self._rounds if r <= round - KEEP_ROUNDS]:
             del self._rounds[old]
         return entries
 
+    def _run_ahead(self, state: _Round, entries: dict) -> dict:
+        """The Fit entries with the next protocol rounds run ahead: round seq+1's setup for the
+        workers that made its keys (all of this round's workers, or none: a partial graph
+        could not serve the next round), and round seq+2's keys asked."""
+        made, self._next_keys = self._next_keys, None
+        self._seq = max(self._seq, state.seq + 2)  # reserved: a fresh set-up comes after
+        pks = made[1] if made is not None and made[0] == state.seq + 1 else {}
+        ahead = {u: {**entry, "prepare": state.seq + 2} for u, entry in entries.items()}
+        if set(pks) != set(entries):
+            return ahead
+        try:
+            self.check_threshold(len(pks))
+        except ValueError:
+            return ahead
+        k, t = self.degree(len(pks)), self.fewest_contributors(len(pks))
+        order, nbrs = graph(list(pks), self.seed, state.seq + 1, k)
+        state.next_setup = (order, nbrs, t, pks)
+        for u in order:
+            ahead[u]["share"] = {"round": state.seq + 1, "workers": order,
+                                 "neighbours": nbrs[u], "threshold": t,
+                                 "length": self.length,
+                                 "keys": {v: pks[v][0] + pks[v][1] for v in nbrs[u]}}
+        return ahead
+
     async def _set_up(self, round: int, workers: list[str], request: Request,
                       deadline: float) -> tuple[_Round, dict]:
-        """Stages 0 and 1 as messages of their own, in a new protocol round."""
+        """Stages 0 and 1 as messages of their own, in a new protocol round (whose stage 0
+        also makes the keys of the one after, when run ahead)."""
         seq = self._next_seq()
+        if self.ahead:
+            self._seq += 1  # reserved: its keys come with stage 0
         k = self.degree(len(set(workers)))
         t = self.fewest_contributors(len(set(workers)))
         order, nbrs = graph(workers, self.seed, seq, k)
         # Stage 0: AdvertiseKeys (half the time left: a worker that hangs here must not leave
         # stage 1 no time at all)
         replies = await _gather(request, {
-            u: SecAggSetup(self.session, seq, order, nbrs[u], t, self.length) for u in order
+            u: SecAggSetup(self.session, seq, order, nbrs[u], t, self.length,
+                           seq + 1 if self.ahead else None) for u in order
         }, time.time() + max(deadline - time.time(), 0.0) / 2)
         pks = {u: (r.c_pk, r.s_pk) for u, r in replies.items()
                if isinstance(r, SecAggPublicKeys) and type(r.c_pk) is bytes
@@ -809,6 +976,9 @@ class SecAggPlus(SecureAggregator):
                 f"SecAgg+ round {round}: {len(pks)} of {len(order)} workers advertised keys, "
                 f"{len(u1)} of them with at least t-1 = {t - 1} neighbours that did: fewer "
                 f"than the threshold {t}")
+        if self.ahead:
+            made = {u: _public_keys(replies[u].next_keys) for u in pks}
+            self._next_keys = (seq + 1, {u: pk for u, pk in made.items() if pk is not None})
         # Stage 1: ShareKeys
         replies = await _gather(request, {
             u: SecAggShareKeys(self.session, seq,
@@ -841,34 +1011,33 @@ class SecAggPlus(SecureAggregator):
                 entries[u] = {"session": self.session, "round": seq, "ciphertexts": got}
         return _Round(seq, order, nbrs, t, self.length, pks, u2, masked_with), entries
 
-    def _ahead_setup(self, state: _Round, protected: dict, survivors: list) -> tuple | None:
-        """(order, neighbours, t, public keys) of the next protocol round, for the survivors
-        whose Fit made its keys (None: not enough of them, or not asked)."""
-        if state.ahead is None:
+    def _collect_ahead(self, state: _Round, protected: dict) -> _Prepared | None:
+        """From this round's Fits: the keys made for protocol round seq+2 (kept for the next
+        `begin_round`), and round seq+1 set up (None: not run ahead, or too few shared)."""
+        if not self.ahead:
             return None
-        pks = {}
-        for u in survivors:
-            made = protected[u].get("next_keys")
-            if isinstance(made, torch.Tensor) and made.dtype == torch.uint8 \
-                    and made.shape == (2 * keys.KEY_BYTES,):
-                raw = bytes(made.tolist())
-                pks[u] = (raw[:keys.KEY_BYTES], raw[keys.KEY_BYTES:])
-        try:
-            self.check_threshold(len(pks))
-        except ValueError:
+        made = {u: _public_keys(r.get("next_keys")) for u, r in protected.items()
+                if isinstance(r, dict)}
+        self._next_keys = (state.seq + 2, {u: pk for u, pk in made.items() if pk is not None})
+        if state.next_setup is None:
             return None
-        k, t = self.degree(len(pks)), self.fewest_contributors(len(pks))
-        order, nbrs = graph(list(pks), self.seed, state.ahead, k)
-        return order, nbrs, t, pks
+        order, nbrs, t, pks = state.next_setup
+        sent = {u: protected[u].get("next_ciphertexts") for u in order
+                if isinstance(protected.get(u), dict)}
+        nstate, entries = self._shared(state.seq + 1, order, nbrs, t, pks, order, sent)
+        if len(nstate.shared) < t or len(entries) < t:
+            return None
+        return _Prepared(frozenset(order), entries, nstate)
 
     async def end_round(self, round: int, protected: dict[str, dict], request: Request,
                         deadline: float) -> tuple[torch.Tensor, list[str]]:
-        """Stage 3 (Unmasking): asks each worker that sent y for its shares, reconstructs the
-        survivors' b_u and the dropped workers' s_v^SK (t shares each, checked against the
-        others), removes the masks. Returns (the int64 sum of the survivors' x, the survivors,
-        sorted). SecureAggregationError when fewer than t masked inputs or shares arrive.
-        With `ahead`, the Unmask messages also run the next protocol round's stages 0-1 for
-        the survivors whose Fit made its keys (kept for the next `begin_round`)."""
+        """Stage 3 (Unmasking): asks the workers that sent y for their shares, first only
+        those `unmask_plan` picks, then, if shares are still missing (a worker silent or
+        refusing), every other one; reconstructs the survivors' b_u and the dropped workers'
+        s_v^SK (t shares each, checked against the others), removes the masks. Returns (the
+        int64 sum of the survivors' x, the survivors, sorted). SecureAggregationError when
+        fewer than t masked inputs or shares arrive. With `ahead`, keeps what the Fits ran
+        ahead for the next `begin_round`."""
         state = self._rounds.pop(round, None)
         if state is None:
             raise SecureAggregationError(f"SecAgg+ round {round} was not begun")
@@ -885,6 +1054,7 @@ class SecAggPlus(SecureAggregator):
             common = max(lengths, key=lambda n: sum(y.numel() == n for y in ys.values()))
             ys = {u: y for u, y in ys.items() if y.numel() == common}
         u3 = sorted(ys)
+        prepared = self._collect_ahead(state, protected)
         if len(u3) < t:
             raise SecureAggregationError(f"SecAgg+ round {round}: {len(u3)} masked inputs, "
                                          f"fewer than the threshold {t}")
@@ -895,35 +1065,42 @@ class SecAggPlus(SecureAggregator):
         requests = {u: SecAggUnmask(self.session, state.seq,
                                     sorted({u, *state.masked_with[u]} & alive),
                                     sorted(set(state.masked_with[u]) & dropped)) for u in u3}
-        ahead = self._ahead_setup(state, protected, u3)
-        if ahead is not None:
-            order, nbrs, t_next, pks = ahead
-            for u in order:
-                requests[u].next_setup = SecAggSetup(self.session, state.ahead, order, nbrs[u],
-                                                     t_next, self.length)
-                requests[u].next_keys = {v: list(pks[v]) for v in nbrs[u]}
-        replies = await _gather(request, requests, deadline)
-        prepared = None
-        if ahead is not None:
-            nstate, nentries = self._shared(state.ahead, order, nbrs, t_next, pks, order, {
-                u: r.next_ciphertexts for u, r in replies.items()
-                if isinstance(r, SecAggUnmaskShares)})
-            if len(nstate.shared) >= t_next and len(nentries) >= t_next:
-                prepared = _Prepared(frozenset(order), nentries, nstate)
+        targets: dict[str, list] = {v: [] for v in [*u3, *sorted(dropped)]}
+        for u in u3:
+            for v in [*requests[u].survivors, *requests[u].dropped]:
+                targets[v].append(u)
         b_shares: dict[str, dict] = {u: {} for u in u3}
         s_shares: dict[str, dict] = {v: {} for v in dropped}
         points = {w: i for i, w in enumerate(state.workers, 1)}
-        for u, reply in replies.items():
+
+        def take(u: str, reply: Any) -> None:
             if not isinstance(reply, SecAggUnmaskShares) or not isinstance(reply.shares, dict):
-                continue
-            x = points[u]
+                return
             try:
-                for v in requests[u].survivors:
-                    b_shares[v][x] = shamir.from_bytes(reply.shares.get(v))
-                for v in requests[u].dropped:
-                    s_shares[v][x] = shamir.from_bytes(reply.shares.get(v))
+                got = ([(b_shares[v], shamir.from_bytes(reply.shares.get(v)))
+                        for v in requests[u].survivors]
+                       + [(s_shares[v], shamir.from_bytes(reply.shares.get(v)))
+                          for v in requests[u].dropped])
             except ValueError:
-                continue  # a malformed reply: this worker's shares are not used
+                return  # a malformed reply: this worker's shares are not used
+            for held, share in got:
+                held[points[u]] = share
+
+        def enough() -> bool:
+            return all(len(b_shares[v]) >= min(t + 1, len(targets[v])) for v in u3) and \
+                all(len(s_shares[v]) >= min(t + 1, len(targets[v])) for v in dropped)
+
+        first = unmask_plan(targets, t)
+        asked = _Asking(request, deadline)
+        asked.ask({u: requests[u] for u in first})
+        # the first wave, for at most UNMASK_WAVE_WAIT (or half the time left): a worker
+        # silent there must not leave the others no time to stand in for it
+        await asked.wait(time.time() + min(UNMASK_WAVE_WAIT,
+                                           max(deadline - time.time(), 0.0) / 2), take)
+        if not enough():
+            asked.ask({u: requests[u] for u in u3 if u not in set(first)})
+        await asked.wait(deadline, take, enough)
+        asked.cancel()  # shares no longer needed (or too late)
         total = torch.zeros(length, dtype=torch.int64)
         masks = _Masks(total)
         for u in u3:

@@ -58,14 +58,16 @@ def _lagrange_at_zero(xs: tuple) -> tuple:
     lambda_i = prod_{j != i} x_j / (x_j - x_i), with one field inversion for all of them
     (Montgomery's trick). Cached: holder sets repeat."""
     nums, dens = [], []
+    step = PRIME if len(xs) > 32 else None  # a few small points: reduced once at the end
     for i in xs:
         num, den = 1, 1
         for j in xs:
             if j != i:
-                num = num * j % PRIME
-                den = den * (j - i) % PRIME
-        nums.append(num)
-        dens.append(den)
+                num, den = num * j, den * (j - i)
+                if step is not None:
+                    num, den = num % step, den % step
+        nums.append(num % PRIME)
+        dens.append(den % PRIME)
     prefix = [1]
     for d in dens:
         prefix.append(prefix[-1] * d % PRIME)

@@ -42,6 +42,10 @@ SEED_BYTES = 32
 MAX_EXPANDED = 1 << 26
 
 
+#: the counter block every stream starts from (a seed is used for one stream)
+_CTR_ZERO = modes.CTR(bytes(16))
+
+
 class PRG:
     """A stream of uniform int64 words: AES-256-CTR keyed by `seed` (32 bytes; a fresh one
     from `os.urandom` if None). Deterministic for a given seed: the party holding the seed and
@@ -78,6 +82,14 @@ class PRG:
         `zeros`: that many zero bytes, reusable), unrecorded: for callers that add many
         streams into one tensor through one buffer (fedmq.secagg.secaggplus)."""
         self._cipher.update_into(zeros, buf)
+
+    @staticmethod
+    def expand_into(seed: bytes, zeros: bytes, buf: bytearray) -> None:
+        """`PRG(seed).stream_into(zeros, buf)` without the PRG: the first len(zeros) bytes
+        of the stream of `seed` (32 bytes; ValueError otherwise) into `buf`."""
+        if type(seed) is not bytes or len(seed) != SEED_BYTES:
+            raise ValueError(f"a PRG seed is {SEED_BYTES} bytes")
+        Cipher(algorithms.AES(seed), _CTR_ZERO).encryptor().update_into(zeros, buf)
 
     def _words(self, shape) -> torch.Tensor:
         shape = tuple(int(s) for s in shape)

@@ -21,9 +21,12 @@ Features:
   consumed again, and the engine fails every caller still waiting (their replies are lost);
 * frames larger than `chunk_size` (default 64 MiB, under RabbitMQ's 128 MiB max_message_size)
   travel as numbered chunks and are reassembled on arrival;
-* frames to workers are persistent and published with publisher confirms (a broker restart
-  keeps those waiting in a worker's durable queue; `persistent=False` for transient frames
-  without confirms). A posted frame (no reply awaited) that could not be published, or whose
+* posted frames (no reply awaited) to workers are persistent, and everything is published
+  with publisher confirms (a broker restart keeps posted frames waiting in a worker's durable
+  queue; `persistent=False` for transient frames without confirms). A call's frame (its
+  caller awaits the reply) is transient: the reply is addressed to the caller's connection
+  (direct reply-to), so after a broker restart nobody waits for it, and the worker should not
+  run it for nobody (persisting it only cost the broker a disk write per call). A posted frame (no reply awaited) that could not be published, or whose
   confirm was lost with the connection, is published again, in order, once the connection is
   back (the worker runs a message id once); one the broker refused, or that waited longer than
   RECONNECT_WAIT, is reported to the engine, which raises it at the next call to that worker;
@@ -576,9 +579,10 @@ class AMQPTransport(Transport):
         #: the AMQP `user_id` of everything this transport publishes: its login, which the
         #: broker checks (a message with another user_id is refused)
         self.user_id = login_of(url)
-        #: frames to workers are published persistent (delivery mode 2): one waiting in a
-        #: worker's durable queue survives a broker restart. False: transient, for callers
-        #: that prefer speed (benchmarks/transport.py prints the difference)
+        #: posted frames to workers are published persistent (delivery mode 2): one waiting in
+        #: a worker's durable queue survives a broker restart. False: transient, for callers
+        #: that prefer speed (benchmarks/transport.py prints the difference). Calls are
+        #: transient either way (`_messages`)
         self.persistent = persistent
         self.chunk_size = check_chunk_size(chunk_size)
         #: publisher confirms (default: with persistent frames): the broker acks each message
@@ -923,7 +927,8 @@ class AMQPTransport(Transport):
         A `posted` frame waits out a lost connection and is published again if its confirm
         was lost; a call's frame fails at once (its caller is told, and may try again)."""
         self._enqueue((self.commands, worker_id,
-                       self._messages(frame, correlation_id, message_type, expiration), posted))
+                       self._messages(frame, correlation_id, message_type, expiration, posted),
+                       posted))
 
     async def asend(self, worker_id: str, frame: bytes | bytearray, *,
                     correlation_id: str | None, message_type: str = "message",
@@ -932,13 +937,17 @@ class AMQPTransport(Transport):
                   expiration=expiration, posted=posted)
 
     def _messages(self, frame: bytes | bytearray, correlation_id: str | None,
-                  message_type: str, expiration: float | None) -> list:
+                  message_type: str, expiration: float | None, posted: bool = True) -> list:
+        """The frame's messages. A call (a reply awaited: `correlation_id`, not `posted`) is
+        transient whatever `persistent` says: its reply can only reach this connection."""
+        call = bool(correlation_id) and not posted
         return chunk_messages(frame, self.chunk_size, expiration=expiration,
                               reply_to=REPLY_TO if correlation_id else None,
                               correlation_id=correlation_id or None, message_type=message_type,
                               message_id=f"{self._id_prefix}{next(self._message_ids):x}",
                               content_type=FRAME_CONTENT_TYPE,
-                              delivery_mode=self._delivery_mode, user_id=self.user_id)
+                              delivery_mode=1 if call else self._delivery_mode,
+                              user_id=self.user_id)
 
     def publish_event(self, routing_key: str, body: bytes) -> None:
         """Publish a JSON event on `fedmq.events`, in order, on a channel of its own: a broker
