@@ -66,7 +66,10 @@ class World:
 
 
 def secure_round(world: World, agg: SecAggPlus, xs: dict, round: int = 1,
-                 silent_in_fit=(), tamper=None, protected_out=None):
+                 silent_in_fit=(), tamper=None, protected_out=None, early=False):
+    """One round as the coordinator runs it; `early`: each masked input is handed to
+    `agg.masked` as it arrives (the coordinator's Fit loop), the event loop turning between
+    arrivals so that the Unmasks sent early are answered during the Fits."""
     async def run():
         deadline = time.time() + 60
         entries = await agg.begin_round(round, world.ids, world.request, deadline)
@@ -76,6 +79,9 @@ def secure_round(world: World, agg: SecAggPlus, xs: dict, round: int = 1,
         for w, entry in entries.items():
             if w not in silent_in_fit:
                 protected[w] = protect(world.session(w), entry, xs[w])
+                if early:
+                    agg.masked(round, w, protected[w], world.request, deadline)
+                    await asyncio.sleep(0.001)
         if protected_out is not None:
             protected_out.update(protected)
         return await agg.end_round(round, protected, world.request, deadline)
@@ -716,6 +722,100 @@ def test_a_replayed_or_foreign_next_setup_is_refused(make_world):
     assert contributors == world.ids and torch.equal(total, ring_sum(xs.values()))
     assert "next protocol round" in got[w]["next_refused"]
     assert all("has the fields" in got[u]["next_refused"] for u in world.ids[1:])
+
+
+def _unmasks(world, since):
+    return [(w, m) for w, m, _ in world.kept[since:] if isinstance(m, SecAggUnmask)]
+
+
+def test_unmask_asks_only_the_workers_whose_shares_it_needs(make_world):
+    """Stage 3 asks a covering subset (each b_u from t+1 holders), not every worker: 50
+    workers (k=14, t=8) are asked about 31 times, and every sum is exact."""
+    world = make_world(50)
+    agg = SecAggPlus(length=16)
+    for round in (1, 2, 3):
+        xs = vectors(world.ids, length=16, seed=round)
+        since = len(world.kept)
+        total, contributors = secure_round(world, agg, xs, round=round)
+        assert contributors == world.ids and torch.equal(total, ring_sum(xs.values()))
+        asked = [w for w, _ in _unmasks(world, since)]
+        assert len(asked) == len(set(asked)) and 27 <= len(asked) <= 36, len(asked)
+
+
+def test_unmask_plan_covers_every_target_t_plus_one_times():
+    rng = random.Random(5)
+    ids = [f"w{i}" for i in range(60)]
+    for k in (4, 10, 14, 59):
+        t = secaggplus.default_threshold(k)
+        order, nbrs = secaggplus.graph(ids, b"p" * 32, rng.randrange(100), k)
+        targets = {v: [v, *nbrs[v]] for v in order}
+        for asked in ((), tuple(rng.sample(ids, 5))):
+            plan = secaggplus.unmask_plan(targets, t, asked)
+            assert not set(plan) & set(asked) and len(plan) == len(set(plan))
+            chosen = {*plan, *asked}
+            assert all(sum(u in chosen for u in holders) >= min(t + 1, len(holders))
+                       for holders in targets.values())
+            if k < 59 and not asked:
+                assert len(plan) < len(ids)  # not everyone
+    # a target with fewer holders than t+1 gets all of them
+    assert sorted(secaggplus.unmask_plan({"a": ["a", "b"], "b": ["b"]}, 3)) == ["a", "b"]
+
+
+@pytest.mark.parametrize("silent", ["none", "fit", "unmask"])
+def test_unmasks_sent_during_the_fits_keep_every_sum_exact(make_world, silent):
+    """`masked` sends a worker's Unmask as soon as its closed neighbourhood has masked (all
+    survivors, nobody dropped): with nobody silent, every Unmask of the round goes out
+    during the Fits and end_round sends none; a worker silent in the Fit holds back only
+    its neighbours' (end_round asks them, with it dropped); one silent at unmasking is
+    stood in for. The lists sent early are the lists end_round would send."""
+    world = make_world(20)
+    agg = SecAggPlus(length=32)
+    quiet = world.ids[7]
+    secure_round(world, agg, vectors(world.ids, length=32), round=1)
+    for round in (2, 3):
+        xs = vectors(world.ids, length=32, seed=round)
+        world.silent[SecAggUnmask] = {quiet} if silent == "unmask" else set()
+        early_sent = []
+        real = agg.masked
+
+        def spy(*args):
+            before = len(agg._rounds[args[0]].asking.sent) if agg._rounds.get(args[0]) \
+                and agg._rounds[args[0]].asking else 0
+            real(*args)
+            st = agg._rounds[args[0]]
+            early_sent.extend(list(st.asking.sent)[before:] if st.asking else [])
+        agg.masked = spy
+        since = len(world.kept)
+        total, contributors = secure_round(
+            world, agg, xs, round=round, early=True,
+            silent_in_fit={quiet} if silent == "fit" else ())
+        agg.masked = real
+        assert torch.equal(total, ring_sum(xs[w] for w in contributors))
+        assert contributors == (sorted(set(world.ids) - {quiet}) if silent == "fit"
+                                else world.ids)
+        sent = _unmasks(world, since)
+        assert len({w for w, _ in sent}) == len(sent)  # nobody asked twice
+        if silent == "none":
+            assert early_sent and set(early_sent) == {w for w, _ in sent}
+        if silent == "fit":  # nobody whose neighbourhood holds the quiet one went early
+            state_nbrs = {w for w, m in sent if quiet in m.dropped}
+            assert state_nbrs and not state_nbrs & set(early_sent)
+            assert all(not m.dropped for w, m in sent if w in early_sent)
+        world.silent[SecAggUnmask] = set()
+
+
+def test_the_unmask_is_light_and_the_setups_are_not():
+    """A service answers SecAggUnmask on its event loop (dict lookups only), not the
+    stages that compute (key agreements, masks)."""
+    from fedmq import messages as m
+    load_extensions(("secagg",))
+    worker = Worker("w", policy=POLICY)
+
+    def env(message):
+        return m.Envelope(m.WIRE_VERSION, "coord", message)
+    assert worker.is_light(env(SecAggUnmask("s", 1, ["w"], [])))
+    assert not worker.is_light(env(SecAggSetup("s", 1, ["w", "v"], ["v"], 2, 0)))
+    assert not worker.is_light(env(SecAggShareKeys("s", 1, {})))
 
 
 def test_found_by_review_many_workers_in_one_process_keep_their_states(make_world):

@@ -259,6 +259,11 @@ class Coordinator(CoordinatorBase):
                         raise UpdateRejected(f"update from {worker_id}: num_examples must "
                                              f"be a positive int, got {n!r}")
                     protected[worker_id] = res
+                    try:  # the method may start unmasking the settled workers now
+                        privacy.masked(round, worker_id, res, self.secure_request, deadline)
+                    except Exception:  # noqa: BLE001 - end_round judges the update
+                        log.exception("round %d: early secure aggregation step for %s failed",
+                                      round, worker_id)
                 elif central_dp:  # clipped now, averaged with the noise once all are in
                     check_result(global_weights, result)
                     clipped[worker_id] = privacy.clip_result(global_weights, result,

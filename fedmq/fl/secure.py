@@ -134,6 +134,13 @@ class PrivateRounds:
         floor = self.min_contributors or self.aggregator.fewest_contributors(sampled)
         return max(1, min(int(floor), sampled))
 
+    def masked(self, round: int, worker: str, res: Any, request: Request,
+               deadline: float) -> None:
+        """A worker's protected FitRes `res` arrived: the method may start its last stages
+        (SecureAggregator.masked)."""
+        if self.aggregator is not None:
+            self.aggregator.masked(round, worker, res.weights, request, deadline)
+
     # -- after training ------------------------------------------------------------------------
     async def finish(self, round: int, global_weights: dict, protected: dict[str, Any],
                      request: Request, deadline: float,

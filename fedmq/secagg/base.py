@@ -6,7 +6,9 @@ The coordinator (fedmq.fl.secure) runs a round as:
         # the stages before training (SecAgg+: advertise keys, share keys); returns, for each
         # worker that may train, the `secure_aggregation` entry its Fit config carries
     ... every worker trains; on the worker, `protect(session, entry, vector)` turns its int64
-        ring vector into what its FitRes carries instead of weights ...
+        ring vector into what its FitRes carries instead of weights; as each FitRes arrives:
+    aggregator.masked(round, worker, carried, request, deadline)
+        # may start the last stages early (SecAgg+: the Unmask of settled workers) ...
     total, contributors = await aggregator.end_round(round, protected, request, deadline)
         # `protected`: worker -> the dict its FitRes carried, for the workers that answered;
         # returns the ring sum of the vectors of `contributors` (SecAgg+: unmasking)
@@ -58,6 +60,13 @@ class SecureAggregator(abc.ABC):
         """The fewest contributors a round of `workers` sampled workers may be summed over
         (distributed DP noise is calibrated for them)."""
         return 2
+
+    def masked(self, round: int, worker: str, carried: dict, request: Request,
+               deadline: float) -> None:
+        """A protected update of `round` arrived (`carried`: the dict its FitRes carried)
+        before the round's end: a method may start its last stages for the workers whose part
+        is settled (SecAgg+ sends the Unmask of a worker whose neighbours have all masked).
+        Never raises for a bad update (end_round judges it). Default: nothing."""
 
     @abc.abstractmethod
     async def end_round(self, round: int, protected: dict[str, dict], request: Request,

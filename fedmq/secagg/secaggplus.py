@@ -52,6 +52,7 @@ unmask u's input.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import math
@@ -739,6 +740,13 @@ class _Round:
     #: the next protocol round's (order, neighbours, t, public keys), shared in this round's
     #: Fits (None: not run ahead)
     next_setup: tuple | None = None
+    #: stage 3 started early (`SecAggPlus.masked`): the workers whose masked input arrived,
+    #: the requests in flight, for each worker the first wave plans to ask how many of its
+    #: closed neighbourhood are still to arrive, and who waits on whom
+    arrived: set = field(default_factory=set)
+    asking: Any = None
+    waiting: dict = field(default_factory=dict)
+    waits_on: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -762,34 +770,42 @@ async def _gather(request: Request, messages: dict[str, Any], deadline: float) -
 
 
 class _Asking:
-    """Stage 3 requests in flight: `ask` sends more, `wait` hands each reply to `take`
-    (worker, reply) as it comes, until every request has ended or `deadline` (epoch
-    seconds), or, with `done`, until done() holds (the rest keep running for a later wait;
-    errors and timeouts are drops)."""
+    """Stage 3 requests in flight: `ask` sends more (`sent`: worker -> the message it was
+    asked), `wait` hands each reply to `take` (worker, reply) as it comes, until every
+    request has ended or `until` (epoch seconds), or, with `done`, until done() holds (the
+    rest keep running for a later wait). Errors and timeouts are drops; replies that came
+    before a wait are handed to it."""
 
     def __init__(self, request: Request, deadline: float) -> None:
         self.request, self.deadline = request, deadline
-        self.running: dict[asyncio.Future, str] = {}
+        self.sent: dict[str, Any] = {}
+        self.running: set[asyncio.Future] = set()
+        self.answered: list[tuple[str, Any]] = []
 
     def ask(self, messages: dict[str, Any]) -> None:
         for worker, message in messages.items():
+            self.sent[worker] = message
             task = asyncio.ensure_future(self.request(
                 worker, message, max(0.001, self.deadline - time.time())))
-            self.running[task] = worker
+            task.add_done_callback(functools.partial(self._done, worker))
+            self.running.add(task)
+
+    def _done(self, worker: str, task: asyncio.Future) -> None:
+        self.running.discard(task)
+        if not task.cancelled() and task.exception() is None:
+            self.answered.append((worker, task.result()))
 
     async def wait(self, until: float, take: Any, done: Any = None) -> None:
-        while self.running and not (done is not None and done()):
-            finished, _ = await asyncio.wait(list(self.running), timeout=max(
-                0.0, until - time.time()), return_when=asyncio.FIRST_COMPLETED)
-            if not finished:
+        while True:
+            while self.answered:
+                take(*self.answered.pop(0))
+            if not self.running or (done is not None and done()) or time.time() >= until:
                 return
-            for task in finished:
-                worker = self.running.pop(task)
-                if not task.cancelled() and task.exception() is None:
-                    take(worker, task.result())
+            await asyncio.wait(list(self.running), timeout=max(0.0, until - time.time()),
+                               return_when=asyncio.FIRST_COMPLETED)
 
     def cancel(self) -> None:
-        for task in self.running:
+        for task in list(self.running):
             task.cancel()
         self.running.clear()
 
@@ -801,18 +817,22 @@ def _public_keys(made: Any) -> tuple[bytes, bytes] | None:
     return made[:keys.KEY_BYTES], made[keys.KEY_BYTES:]
 
 
-def unmask_plan(targets: dict, t: int) -> list:
+def unmask_plan(targets: dict, t: int, asked: Any = ()) -> list:
     """Whom to ask for their shares in stage 3: a small set of askable workers such that each
     target (a worker whose b or s^SK is to be rebuilt) gets t + 1 shares from it (t + 1: two
     t-subsets must agree, `_reconstruct`), or as many as it has holders. `targets`: target ->
-    the askable workers holding one of its shares. Greedy set multicover (the worker that
-    still covers the most targets first; ties to the earliest in `targets`' order): for
-    SecAgg+'s ring graphs, a little over (t + 1) / (k + 1) of the workers instead of all."""
+    the askable workers holding one of its shares; `asked`: workers asked already (counted,
+    not returned). Greedy set multicover (the worker that still covers the most targets
+    first; ties to the earliest in `targets`' order): for SecAgg+'s ring graphs, a little
+    over (t + 1) / (k + 1) of the workers instead of all."""
     need = {v: min(t + 1, len(holders)) for v, holders in targets.items()}
     covers: dict[str, list] = {}
     for v, holders in targets.items():
         for u in holders:
             covers.setdefault(u, []).append(v)
+    for u in asked:
+        for v in covers.pop(u, ()):
+            need[v] -= 1
     order = {u: i for i, u in enumerate(covers)}
     gain = {u: sum(need[v] > 0 for v in vs) for u, vs in covers.items()}
     chosen = []
@@ -829,6 +849,17 @@ def unmask_plan(targets: dict, t: int) -> list:
                     if u in gain:
                         gain[u] -= 1
     return chosen
+
+
+def _holders(state: "_Round", alive: Any) -> dict:
+    """target -> the workers of `alive` holding one of its shares (itself included), for
+    every worker of `alive` and every worker of the round's U2 some survivor masked with."""
+    targets: dict[str, list] = {}
+    for u in alive:
+        targets.setdefault(u, []).append(u)
+        for v in state.masked_with[u]:
+            targets.setdefault(v, []).append(u)
+    return targets
 
 
 class SecAggPlus(SecureAggregator):
@@ -1029,6 +1060,41 @@ class SecAggPlus(SecureAggregator):
             return None
         return _Prepared(frozenset(order), entries, nstate)
 
+    @staticmethod
+    def _valid_y(state: _Round, carried: Any) -> torch.Tensor | None:
+        """The masked input `carried` holds (int64, shape (L,)), None if it holds none."""
+        y = carried.get("masked") if isinstance(carried, dict) else None
+        if isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.dim() == 1 \
+                and (not state.length or y.numel() == state.length):
+            return y
+        return None
+
+    def masked(self, round: int, worker: str, carried: dict, request: Request,
+               deadline: float) -> None:
+        """Stage 3 started during the Fits: once a worker's whole closed neighbourhood (itself
+        and the neighbours it masked with) has sent valid masked inputs, nobody there can be
+        declared dropped any more, so its Unmask (all of them survivors, nobody dropped) is
+        sent now, if the first wave (`unmask_plan`, for the case where nobody drops) asks it.
+        Only with the vector length fixed in advance (`length`: end_round keeps every valid
+        input then)."""
+        state = self._rounds.get(round)
+        if state is None or not state.length or worker in state.arrived \
+                or worker not in state.masked_with or self._valid_y(state, carried) is None:
+            return
+        if state.asking is None:
+            state.asking = _Asking(request, deadline)
+            for u in unmask_plan(_holders(state, state.shared), state.threshold):
+                closed = {u, *state.masked_with[u]}
+                state.waiting[u] = len(closed)
+                for w in closed:
+                    state.waits_on.setdefault(w, []).append(u)
+        state.arrived.add(worker)
+        for u in state.waits_on.get(worker, ()):
+            state.waiting[u] -= 1
+            if state.waiting[u] == 0:
+                state.asking.ask({u: SecAggUnmask(self.session, state.seq,
+                                                  sorted({u, *state.masked_with[u]}), [])})
+
     async def end_round(self, round: int, protected: dict[str, dict], request: Request,
                         deadline: float) -> tuple[torch.Tensor, list[str]]:
         """Stage 3 (Unmasking): asks the workers that sent y for their shares, first only
@@ -1041,13 +1107,21 @@ class SecAggPlus(SecureAggregator):
         state = self._rounds.pop(round, None)
         if state is None:
             raise SecureAggregationError(f"SecAgg+ round {round} was not begun")
+        asked = state.asking or _Asking(request, deadline)
+        try:
+            return await self._unmask(round, state, protected, asked, deadline)
+        finally:
+            asked.cancel()  # shares no longer needed (or too late)
+
+    async def _unmask(self, round: int, state: _Round, protected: dict, asked: _Asking,
+                      deadline: float) -> tuple[torch.Tensor, list[str]]:
+        """The body of end_round; `asked` holds the Unmasks `masked` sent early."""
         t = state.threshold
+        asked.deadline = max(asked.deadline, deadline)
         ys = {}
         for u in state.shared:
-            y = (protected.get(u) or {}).get("masked") if isinstance(protected.get(u), dict) \
-                else None
-            if isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.dim() == 1 \
-                    and (not state.length or y.numel() == state.length):
+            y = self._valid_y(state, protected.get(u))
+            if y is not None:
                 ys[u] = y
         lengths = {y.numel() for y in ys.values()}
         if len(lengths) > 1:  # no length fixed in advance: keep the most common one
@@ -1065,10 +1139,12 @@ class SecAggPlus(SecureAggregator):
         requests = {u: SecAggUnmask(self.session, state.seq,
                                     sorted({u, *state.masked_with[u]} & alive),
                                     sorted(set(state.masked_with[u]) & dropped)) for u in u3}
-        targets: dict[str, list] = {v: [] for v in [*u3, *sorted(dropped)]}
-        for u in u3:
-            for v in [*requests[u].survivors, *requests[u].dropped]:
-                targets[v].append(u)
+        for u, sent in asked.sent.items():  # early (`masked`): the same lists, or a bug
+            if u not in requests or (sent.survivors, sent.dropped) != (
+                    requests[u].survivors, requests[u].dropped):
+                raise SecureAggregationError(f"SecAgg+ round {round}: the Unmask sent early to "
+                                             f"{u!r} does not match the survivors")
+        targets = _holders(state, u3)
         b_shares: dict[str, dict] = {u: {} for u in u3}
         s_shares: dict[str, dict] = {v: {} for v in dropped}
         points = {w: i for i, w in enumerate(state.workers, 1)}
@@ -1090,17 +1166,14 @@ class SecAggPlus(SecureAggregator):
             return all(len(b_shares[v]) >= min(t + 1, len(targets[v])) for v in u3) and \
                 all(len(s_shares[v]) >= min(t + 1, len(targets[v])) for v in dropped)
 
-        first = unmask_plan(targets, t)
-        asked = _Asking(request, deadline)
-        asked.ask({u: requests[u] for u in first})
+        asked.ask({u: requests[u] for u in unmask_plan(targets, t, asked.sent)})
         # the first wave, for at most UNMASK_WAVE_WAIT (or half the time left): a worker
         # silent there must not leave the others no time to stand in for it
         await asked.wait(time.time() + min(UNMASK_WAVE_WAIT,
                                            max(deadline - time.time(), 0.0) / 2), take)
         if not enough():
-            asked.ask({u: requests[u] for u in u3 if u not in set(first)})
+            asked.ask({u: requests[u] for u in u3 if u not in asked.sent})
         await asked.wait(deadline, take, enough)
-        asked.cancel()  # shares no longer needed (or too late)
         total = torch.zeros(length, dtype=torch.int64)
         masks = _Masks(total)
         for u in u3:
@@ -1142,6 +1215,8 @@ def _reconstruct(shares: dict, t: int, what: str, round: int) -> int:
 #: message type -> worker handler(session, message)
 HANDLERS: dict = {SecAggSetup: advertise_keys, SecAggShareKeys: share_keys,
                   SecAggUnmask: unmask}
+#: message type -> the values it reads (none: a light message, fedmq.worker.register_light)
+LIGHT: dict = {SecAggUnmask: lambda message: ()}
 #: wire records (codes 110-117)
 RECORDS: tuple = (SecAggSetup, SecAggPublicKeys, SecAggShareKeys, SecAggEncryptedShares,
                   SecAggUnmask, SecAggUnmaskShares)
