@@ -668,7 +668,9 @@ class WorkerService:
         the AMQP `type` the sender gave) and who sent it (`x-fedmq-user-id`: its AMQP user_id,
         which the copy cannot carry) and when (`x-fedmq-dead-at`), so the dead-letter queue
         explains itself (`fedmq dead-letters`, the management UI); the copy has no
-        `expiration` (a per-message TTL would drop it from there). Then the original is acked.
+        `expiration` (a per-message TTL would drop it from there) and is persistent (it
+        outlives a broker restart, whatever the original was: a call travels transient).
+        Then the original is acked.
         If the copy cannot be published, the original is rejected to the same place by the
         broker instead (without the explanation)."""
         for msg in messages:
@@ -681,6 +683,7 @@ class WorkerService:
                                                                   None) or msg.type or "?",
                                   "x-fedmq-dead-at": datetime.datetime.now(datetime.timezone.utc)}
             properties.expiration = None  # a copy must not expire out of the dead-letter queue
+            properties.delivery_mode = 2  # nor vanish with a broker restart
             if msg.user_id:  # the sender; the copy is this worker's (the broker refuses any
                 # other user_id than the publishing connection's, closing the channel)
                 properties.headers["x-fedmq-user-id"] = msg.user_id

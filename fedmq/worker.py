@@ -205,6 +205,19 @@ class Worker:
             return envelope.reply, envelope.reason
         return self.respond(envelope, login)
 
+    def light_reply(self, frame: bytes | bytearray, login: str | None = None
+                    ) -> tuple[bytes | None, Any]:
+        """For a caller that may answer quick messages on its own thread (the in-process
+        transport's event loop, as a service's): (the encoded reply, None) for a frame that
+        cannot be decoded or that `is_light` calls quick and local, handled here and now;
+        else (None, its decoded envelope), for `respond` on the worker's own thread."""
+        envelope = self.decode_frame(frame)
+        if type(envelope) is Undecodable:
+            return envelope.reply, None
+        if self.is_light(envelope, login):
+            return self.respond(envelope, login)[0], None
+        return None, envelope
+
     def decode_frame(self, frame: bytes | bytearray) -> Any:
         """The frame's Envelope, or `Undecodable` holding the encoded error reply: for bytes
         that are no fedmq frame ("serde_error"), and, without reading them, for a frame larger

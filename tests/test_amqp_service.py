@@ -68,6 +68,8 @@ def test_bad_messages_get_an_error_reply_and_are_dead_lettered(procs, name, body
         assert headers["x-fedmq-error"].startswith(reply.error.code)  # it explains itself
         assert headers["x-fedmq-worker"] == "svc_bad"
         assert headers["x-fedmq-message-type"] == message_type
+        # a call travels transient; its copy is persistent (it outlives a broker restart)
+        assert raw.dead_letter_modes[msg_id] == 2
         # ... and the worker answers the next request
         assert raw.call("svc_bad", envelope(m.ObjectsCount())).value == 0
     finally:

@@ -234,7 +234,9 @@ def test_too_many_drops_fail_the_round(make_world):
     with pytest.raises(SecureAggregationError, match="fewer than the threshold 3"):
         secure_round(world, SecAggPlus(), xs, silent_in_fit=set(world.ids[:3]))
     world.silent[SecAggUnmask] = set(world.ids[:3])  # y arrived, too few shares
-    with pytest.raises(SecureAggregationError, match="shares of b"):
+    with pytest.raises(SecureAggregationError, match="fewer than t = 3 shares of the secrets "
+                                                     "of 5 workers.*3 of the 5 workers asked "
+                                                     "refused or did not answer.*is gone"):
         secure_round(world, SecAggPlus(), xs)
     world.silent = {SecAggSetup: set(world.ids[:3])}
     with pytest.raises(SecureAggregationError, match="advertised keys"):
@@ -757,6 +759,13 @@ def test_unmask_plan_covers_every_target_t_plus_one_times():
                        for holders in targets.values())
             if k < 59 and not asked:
                 assert len(plan) < len(ids)  # not everyone
+    # a large round (the plan is O(sum of holders): 4 000 workers, k = 26)
+    many = [f"w{i}" for i in range(4000)]
+    order, nbrs = secaggplus.graph(many, b"q" * 32, 1, 26)
+    targets = {v: [v, *nbrs[v]] for v in order}
+    plan = set(secaggplus.unmask_plan(targets, 14))
+    assert all(sum(u in plan for u in holders) >= 15 for holders in targets.values())
+    assert len(plan) < 3000
     # a target with fewer holders than t+1 gets all of them
     assert sorted(secaggplus.unmask_plan({"a": ["a", "b"], "b": ["b"]}, 3)) == ["a", "b"]
 
@@ -802,6 +811,58 @@ def test_unmasks_sent_during_the_fits_keep_every_sum_exact(make_world, silent):
             assert state_nbrs and not state_nbrs & set(early_sent)
             assert all(not m.dropped for w, m in sent if w in early_sent)
         world.silent[SecAggUnmask] = set()
+
+
+@pytest.mark.parametrize("sessions", [6, 12])
+def test_found_by_review_concurrent_sessions_keep_the_rounds_they_are_unmasking(make_world,
+                                                                               sessions):
+    """Several SecAgg+ sessions on the same workers (one coordinator principal's concurrent
+    trainings), rounds interleaved: every session's begin_round, every Fit, then every
+    end_round. Each holds up to 3 states per worker; beyond MAX_STATES_PER_WORKER what can
+    be set up again by messages (keys made ahead, rounds shared but not masked) is forgotten
+    before a round awaiting stage 3: every round of every session sums exactly."""
+    world = make_world(4)
+    aggs = [SecAggPlus(length=8) for _ in range(sessions)]
+
+    async def interleaved(round, xs):
+        deadline = time.time() + 30
+        entries = [await a.begin_round(round, world.ids, world.request, deadline)
+                   for a in aggs]
+        protected = [{w: protect(world.session(w), entry, xs[w]) for w, entry in e.items()}
+                     for e in entries]
+        return [await a.end_round(round, p, world.request, deadline)
+                for a, p in zip(aggs, protected)]
+    for round in (1, 2, 3):
+        xs = vectors(world.ids, length=8, seed=round)
+        for total, contributors in asyncio.run(interleaved(round, xs)):
+            assert contributors == world.ids and torch.equal(total, ring_sum(xs.values()))
+    assert all(len(secaggplus._BY_WORKER[(w, "coord")]) <= secaggplus.MAX_STATES_PER_WORKER
+               for w in world.ids)
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_found_by_review_a_hung_holder_in_a_small_round_costs_two_graces_not_the_deadline(
+        make_world, monkeypatch, n):
+    """With 3 or 4 workers every holder is in the first wave and t+1 shares need them all:
+    one that never answers stage 3 holds the round for the first wave's grace and the
+    second's, then t shares do (no cross-check), not until the deadline."""
+    monkeypatch.setattr(secaggplus, "UNMASK_WAVE_WAIT", 0.3)
+    world = make_world(n)
+    agg = SecAggPlus(length=8)
+    hung = world.ids[1]
+    real = world.request
+
+    async def hangs(worker, message, timeout):
+        if worker == hung and isinstance(message, SecAggUnmask):
+            await asyncio.sleep(timeout)
+            raise TimeoutError(f"{worker} hung")
+        return await real(worker, message, timeout)
+    world.request = hangs
+    xs = vectors(world.ids, length=8)
+    started = time.monotonic()
+    total, contributors = secure_round(world, agg, xs)  # its deadline: 60 s
+    assert time.monotonic() - started < 5
+    assert contributors == world.ids and torch.equal(total, ring_sum(xs.values()))
 
 
 def test_the_unmask_is_light_and_the_setups_are_not():

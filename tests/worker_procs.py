@@ -223,13 +223,19 @@ class RawClient:
                             headers=headers)
         return self.reply(corr, timeout)
 
+    #: message id -> the AMQP delivery mode of its dead-letter copy (`dead_lettered`)
+    dead_letter_modes: dict
+
     def dead_lettered(self, message_id: str, timeout: float = 10) -> dict | None:
+        if not hasattr(self, "dead_letter_modes"):
+            self.dead_letter_modes = {}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             method, props, body = self.ch.basic_get(DEAD_LETTER_QUEUE, auto_ack=True)
             if method is None:
                 time.sleep(0.1)
             elif props.message_id == message_id:
+                self.dead_letter_modes[message_id] = props.delivery_mode
                 return props.headers or {}
         return None
 

@@ -28,8 +28,10 @@ one channel pair per session and agrees the AEAD key with each neighbour's c_v^P
 (session, round, sender, receiver) under a random nonce. What this gives up is forward
 secrecy across rounds: whoever later steals c_u^SK can read the shares u received in earlier
 rounds of the session (one share per sender, fewer than t of any secret unless t holders are
-robbed). With `SecAggPlus(ahead=True)` (default) the next round's stages 0 and 1 travel in
-this round's Fit and Unmask messages (see `SecAggPlus`).
+robbed). With `SecAggPlus(ahead=True)` (default) the next protocol rounds' stages 0 and 1
+travel inside this round's Fits (see `SecAggPlus`), stage 3 asks only the workers whose
+shares it needs (`unmask_plan`), and a worker's Unmask goes out during the Fits once its
+closed neighbourhood has masked (`SecAggPlus.masked`).
 
 Threat model: the paper's semi-honest server (it follows the protocol; workers may drop out
 at any stage), with authenticated workers (only a principal holding `coordinator` drives the
@@ -79,7 +81,7 @@ KEEP_ROUNDS = 3
 #: round states one worker (for one principal) keeps at most, all the workers of a process
 #: at most, and for how long unused (seconds: a day, so that no round in progress, however
 #: long its training, is forgotten); the oldest go first
-MAX_STATES_PER_WORKER = 16
+MAX_STATES_PER_WORKER = 32
 MAX_STATES = 8192
 STATE_TTL = 24 * 3600.0
 #: characters of a worker id in a SecAggSetup, at most
@@ -275,10 +277,15 @@ def _touch(key: tuple, state: "_RoundState") -> None:
         _STATES.move_to_end(key)
 
 
-def _forget_old(worker: tuple) -> None:
-    """Forgets states unused for STATE_TTL, then the oldest of `worker` (worker, principal)
-    beyond MAX_STATES_PER_WORKER, then the least recently used of all beyond MAX_STATES; and
-    channel pairs unused for STATE_TTL. O(what it forgets). Call with _LOCK."""
+#: stage -> the order in which a worker's states beyond MAX_STATES_PER_WORKER are forgotten
+_EVICTION_RANK = {ABORTED: 0, 3: 0, AHEAD: 1, 1: 2}
+
+
+def _forget_old(worker: tuple, keep: tuple = ()) -> None:
+    """Forgets states unused for STATE_TTL, then those of `worker` (worker, principal) beyond
+    MAX_STATES_PER_WORKER (the least useful first, never `keep`), then the least recently
+    used of all beyond MAX_STATES; and channel pairs unused for STATE_TTL. Call with
+    _LOCK."""
     now = time.monotonic()
     while _STATES:
         key, state = next(iter(_STATES.items()))
@@ -286,8 +293,15 @@ def _forget_old(worker: tuple) -> None:
             break
         _evict(key)
     mine = _BY_WORKER.get(worker, {})
-    while len(mine) > MAX_STATES_PER_WORKER:
-        _evict(next(iter(mine)))
+    if len(mine) > MAX_STATES_PER_WORKER:
+        # rounds finished (unmasked, or refused) go first, then what a coordinator can set up
+        # again by messages (keys made ahead, then rounds shared but not yet masked), rounds
+        # in the middle of a stage exchange or masked and awaiting stage 3 last; each class
+        # least recently used first; never the state just opened
+        ranked = sorted((k for k in mine if k != keep),
+                        key=lambda k: (_EVICTION_RANK.get(_STATES[k].stage, 3), _STATES[k].used))
+        for key in ranked[:len(mine) - MAX_STATES_PER_WORKER]:
+            _evict(key)
     while len(_STATES) > MAX_STATES:
         _evict(next(iter(_STATES)))
     while _CHANNELS and now - next(iter(_CHANNELS.values()))[1] > STATE_TTL:
@@ -359,7 +373,7 @@ def _open_state(key: tuple, state: "_RoundState") -> None:
     state.used = time.monotonic()
     _STATES[key] = state
     _BY_WORKER.setdefault(key[:2], {})[key] = None
-    _forget_old(key[:2])
+    _forget_old(key[:2], keep=key)
 
 
 def _release_unused(key: tuple) -> None:
@@ -781,6 +795,7 @@ class _Asking:
         self.sent: dict[str, Any] = {}
         self.running: set[asyncio.Future] = set()
         self.answered: list[tuple[str, Any]] = []
+        self.refused: dict[str, str] = {}  # worker -> its error (or timeout)
 
     def ask(self, messages: dict[str, Any]) -> None:
         for worker, message in messages.items():
@@ -792,8 +807,13 @@ class _Asking:
 
     def _done(self, worker: str, task: asyncio.Future) -> None:
         self.running.discard(task)
-        if not task.cancelled() and task.exception() is None:
+        if task.cancelled():
+            return
+        if task.exception() is None:
             self.answered.append((worker, task.result()))
+        else:
+            error = task.exception()
+            self.refused[worker] = f"{type(error).__name__}: {error}"[:300]
 
     async def wait(self, until: float, take: Any, done: Any = None) -> None:
         while True:
@@ -823,8 +843,9 @@ def unmask_plan(targets: dict, t: int, asked: Any = ()) -> list:
     t-subsets must agree, `_reconstruct`), or as many as it has holders. `targets`: target ->
     the askable workers holding one of its shares; `asked`: workers asked already (counted,
     not returned). Greedy set multicover (the worker that still covers the most targets
-    first; ties to the earliest in `targets`' order): for SecAgg+'s ring graphs, a little
-    over (t + 1) / (k + 1) of the workers instead of all."""
+    first; ties to the earliest in `targets`' order), O(sum of the holders) with a bucket
+    queue of gains: for SecAgg+'s ring graphs, a little over (t + 1) / (k + 1) of the workers
+    instead of all."""
     need = {v: min(t + 1, len(holders)) for v, holders in targets.items()}
     covers: dict[str, list] = {}
     for v, holders in targets.items():
@@ -833,13 +854,18 @@ def unmask_plan(targets: dict, t: int, asked: Any = ()) -> list:
     for u in asked:
         for v in covers.pop(u, ()):
             need[v] -= 1
-    order = {u: i for i, u in enumerate(covers)}
     gain = {u: sum(need[v] > 0 for v in vs) for u, vs in covers.items()}
+    buckets: list[dict] = [{} for _ in range(max(gain.values(), default=0) + 1)]
+    for u, g in gain.items():  # in `targets`' order: ties go to the earliest
+        buckets[g][u] = None
     chosen = []
-    while gain:
-        best = max(gain, key=lambda u: (gain[u], -order[u]))
-        if gain[best] == 0:
-            break
+    top = len(buckets) - 1
+    while top > 0:
+        if not buckets[top]:
+            top -= 1
+            continue
+        best = next(iter(buckets[top]))
+        del buckets[top][best]
         del gain[best]
         chosen.append(best)
         for v in covers[best]:
@@ -847,7 +873,9 @@ def unmask_plan(targets: dict, t: int, asked: Any = ()) -> list:
             if need[v] == 0:  # covered: no longer a gain for its other holders
                 for u in targets[v]:
                     if u in gain:
+                        del buckets[gain[u]][u]
                         gain[u] -= 1
+                        buckets[gain[u]][u] = None
     return chosen
 
 
@@ -1162,18 +1190,30 @@ class SecAggPlus(SecureAggregator):
             for held, share in got:
                 held[points[u]] = share
 
-        def enough() -> bool:
-            return all(len(b_shares[v]) >= min(t + 1, len(targets[v])) for v in u3) and \
-                all(len(s_shares[v]) >= min(t + 1, len(targets[v])) for v in dropped)
+        def enough(extra: int = 1) -> bool:
+            return all(len(b_shares[v]) >= min(t + extra, len(targets[v])) for v in u3) and \
+                all(len(s_shares[v]) >= min(t + extra, len(targets[v])) for v in dropped)
+
+        def grace() -> float:  # UNMASK_WAVE_WAIT, or half the time left
+            return time.time() + min(UNMASK_WAVE_WAIT, max(deadline - time.time(), 0.0) / 2)
 
         asked.ask({u: requests[u] for u in unmask_plan(targets, t, asked.sent)})
-        # the first wave, for at most UNMASK_WAVE_WAIT (or half the time left): a worker
-        # silent there must not leave the others no time to stand in for it
-        await asked.wait(time.time() + min(UNMASK_WAVE_WAIT,
-                                           max(deadline - time.time(), 0.0) / 2), take)
+        # the first wave, for a grace: a worker silent there must not leave the others no
+        # time to stand in for it; then the others, for t + 1 shares of everything (two
+        # t-subsets checked against each other) for another grace; then t shares will do
+        await asked.wait(grace(), take)
         if not enough():
             asked.ask({u: requests[u] for u in u3 if u not in asked.sent})
-        await asked.wait(deadline, take, enough)
+        await asked.wait(grace(), take, enough)
+        await asked.wait(deadline, take, functools.partial(enough, 0))
+        if not enough(0):
+            why = "".join(f"; {w!r}: {reason}" for w, reason in list(asked.refused.items())[:3])
+            short = sorted([v for v in u3 if len(b_shares[v]) < t]
+                           + [v for v in dropped if len(s_shares[v]) < t])
+            raise SecureAggregationError(
+                f"SecAgg+ round {round}: fewer than t = {t} shares of the secrets of "
+                f"{len(short)} workers (e.g. {short[0]!r}); {len(asked.refused)} of the "
+                f"{len(asked.sent)} workers asked refused or did not answer stage 3{why}")
         total = torch.zeros(length, dtype=torch.int64)
         masks = _Masks(total)
         for u in u3:
