@@ -205,6 +205,11 @@ class Worker:
             return envelope.reply, envelope.reason
         return self.respond(envelope, login)
 
+    #: the handle_frame `light_reply` stands in for (fedmq.transport.local: a subclass that
+    #: overrides handle_frame, or an instance whose handle_frame is replaced, is not answered
+    #: through light_reply)
+    LIGHT_OF = handle_frame
+
     def light_reply(self, frame: bytes | bytearray, login: str | None = None
                     ) -> tuple[bytes | None, Any]:
         """For a caller that may answer quick messages on its own thread (the in-process

@@ -410,3 +410,93 @@ def test_a_worker_hanging_in_the_set_up_leaves_the_others_time_to_train():
     assert record.status == "ok", record.failed
     assert set(record.workers) == {"w0", "w1", "w2"} and "set-up" in record.failed["w3"]
     assert clock.monotonic() - started < 8
+
+
+class _Slow:
+    """A worker whose Fit ends `fit_left` seconds before its round's deadline (the round's
+    start is `start[0]`, `timeout` long) and whose stage 3 answers take `unmask` seconds."""
+
+    def __init__(self, worker, start: list, timeout: float, fit_left: float,
+                 unmask: float) -> None:
+        self.worker, self.id = worker, worker.id
+        self.start, self.timeout, self.fit_left, self.unmask = start, timeout, fit_left, unmask
+
+    def handle_frame(self, frame: bytes, login: str | None = None) -> bytes:
+        import time as clock
+        kind = type(serde.decode(frame).message).__name__
+        if kind == "SecAggUnmask":
+            clock.sleep(self.unmask)
+        reply = self.worker.handle_frame(frame, login)
+        if kind == "Fit":
+            clock.sleep(max(0.0, self.start[0] + self.timeout - self.fit_left - clock.time()))
+        return reply
+
+    def __getattr__(self, name):
+        return getattr(self.worker, name)
+
+
+def test_found_by_review_unmasks_sent_early_that_time_out_are_asked_again():
+    """Unmasks sent during the Fits (SecAggPlus.masked) carry the Fits' deadline; stage 3
+    gets a later one. Fits that end 0.15 s before their deadline with workers that take
+    0.3 s to answer stage 3: the early requests time out, and stage 3 asks those workers
+    again under its own deadline (it once failed the round, every worker alive)."""
+    import time as clock
+    timeout, start = 6.0, [0.0]
+
+    class Timed(Coordinator):
+        async def run_round(self, round):
+            start[0] = clock.time()
+            return await super().run_round(round)
+    ws = {w: _Slow(x, start, timeout, 0.15, 0.3) for w, x in make_workers(4).items()}
+    coord = Timed(InProcessConnection(ws), list(ws), small_config(rounds=1,
+                                                                  round_timeout=timeout),
+                  echo=lambda line: None, privacy=make_private_rounds("secagg+", seed=3))
+    record = asyncio.run(coord.run())[0]
+    assert record.status == "ok" and sorted(record.workers) == sorted(ws), record.failed
+
+
+def test_found_by_review_a_run_cancelled_during_the_fits_stops_its_early_unmasks():
+    """A run cancelled while Unmasks sent early are in flight (one worker still training,
+    one hanging in stage 3) leaves no request of the round running: the coordinator
+    abandons the round (SecureAggregator.abandon)."""
+    import threading
+    import time as clock
+    unmasking = threading.Event()
+
+    class Worker_:
+        def __init__(self, worker, fit: float, unmask: float) -> None:
+            self.worker, self.id, self.fit, self.unmask = worker, worker.id, fit, unmask
+
+        def handle_frame(self, frame: bytes, login: str | None = None) -> bytes:
+            kind = type(serde.decode(frame).message).__name__
+            if kind == "SecAggUnmask":
+                unmasking.set()
+                clock.sleep(self.unmask)
+            reply = self.worker.handle_frame(frame, login)
+            if kind == "Fit":
+                clock.sleep(self.fit)
+            return reply
+
+        def __getattr__(self, name):
+            return getattr(self.worker, name)
+    ws = make_workers(20)
+    ws = {w: Worker_(x, 3.0 if w == "w0" else 0.0, 2.0) for w, x in ws.items()}
+    privacy = make_private_rounds("secagg+", seed=3)
+    coord = Coordinator(InProcessConnection(ws), list(ws), small_config(rounds=1,
+                                                                        round_timeout=30),
+                        echo=lambda line: None, privacy=privacy)
+
+    async def main():
+        task = asyncio.ensure_future(coord.run())
+        while not unmasking.is_set():
+            await asyncio.sleep(0.01)
+        requests = [t for t in asyncio.all_tasks() if "secure_request" in repr(t.get_coro())]
+        assert requests  # sent during the Fits (w0 still trains)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert all(t.done() for t in requests)
+        assert not privacy.aggregator._rounds
+    asyncio.run(main())

@@ -301,8 +301,14 @@ class Coordinator(CoordinatorBase):
                 await asyncio.wait_for(fits, timeout=cfg.round_timeout)
             except (asyncio.TimeoutError, TimeoutError):
                 pass
+            except BaseException:  # the run is cancelled: the method's early steps stop too
+                if secure:
+                    privacy.abandon(round)
+                raise
         if cancels:  # sent before the round goes on (the replies are not waited for long)
             await asyncio.wait(cancels, timeout=CANCEL_WAIT)
+        if secure and not protected:  # nothing to unmask
+            privacy.abandon(round)
         if secure and protected:
             await self.unmask(round, global_weights, protected, results, failed, deadline,
                               len(chosen))

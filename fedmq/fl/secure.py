@@ -141,6 +141,11 @@ class PrivateRounds:
         if self.aggregator is not None:
             self.aggregator.masked(round, worker, res.weights, request, deadline)
 
+    def abandon(self, round: int) -> None:
+        """The secure round `round` will not be finished (SecureAggregator.abandon)."""
+        if self.aggregator is not None:
+            self.aggregator.abandon(round)
+
     # -- after training ------------------------------------------------------------------------
     async def finish(self, round: int, global_weights: dict, protected: dict[str, Any],
                      request: Request, deadline: float,

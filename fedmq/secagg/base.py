@@ -68,6 +68,10 @@ class SecureAggregator(abc.ABC):
         is settled (SecAgg+ sends the Unmask of a worker whose neighbours have all masked).
         Never raises for a bad update (end_round judges it). Default: nothing."""
 
+    def abandon(self, round: int) -> None:
+        """`round` will not be ended (its run was cancelled, or failed before unmasking):
+        forget it and stop what `masked` started. Default: nothing."""
+
     @abc.abstractmethod
     async def end_round(self, round: int, protected: dict[str, dict], request: Request,
                         deadline: float) -> tuple[torch.Tensor, list[str]]:

@@ -11,7 +11,8 @@
                             another context, or altered by the relay, is refused
     associated_data         that binding, unambiguously encoded
 
-Nothing here is persisted; keys live in a round's worker state only.
+Nothing here is persisted; keys live in the workers' memory only (round states, the channel keys
+of `fedmq.secagg.secaggplus`, and here the last 4 096 channel keys' AEADs, `_aead`).
 """
 from __future__ import annotations
 
@@ -119,10 +120,14 @@ def mask_salt(session: str, round: int) -> bytes:
     return associated_data(session, round, "", "")
 
 
+#: the AEAD of a channel key (one per neighbour, used every round: built once)
+_aead = functools.lru_cache(maxsize=4096)(ChaCha20Poly1305)
+
+
 def seal(key: bytes, plaintext: bytes, ad: bytes) -> bytes:
     """nonce (12 random bytes) + ChaCha20-Poly1305(key, nonce, plaintext, ad)."""
     nonce = os.urandom(NONCE_BYTES)
-    return nonce + ChaCha20Poly1305(key).encrypt(nonce, plaintext, ad)
+    return nonce + _aead(key).encrypt(nonce, plaintext, ad)
 
 
 def open_sealed(key: bytes, ciphertext: bytes, ad: bytes) -> bytes:
@@ -131,7 +136,6 @@ def open_sealed(key: bytes, ciphertext: bytes, ad: bytes) -> bytes:
     if type(ciphertext) is not bytes or len(ciphertext) < NONCE_BYTES + 16:
         raise ValueError("malformed ciphertext")
     try:
-        return ChaCha20Poly1305(key).decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:],
-                                             ad)
+        return _aead(key).decrypt(ciphertext[:NONCE_BYTES], ciphertext[NONCE_BYTES:], ad)
     except InvalidTag:
         raise ValueError("ciphertext failed authentication") from None

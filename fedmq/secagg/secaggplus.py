@@ -66,6 +66,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedmq.secagg import keys, shamir
@@ -154,15 +155,18 @@ def graph(workers: list[str], seed: bytes, round: int, k: int) -> tuple[list[str
 
 
 class _Masks:
-    """Adds PRG(seed) streams into the int64 vector `total` (shape (L,)) in place, mod 2^64:
-    each stream is `PRG(seed).uniform((L,))` (fedmq.smpc.ring: AES-256-CTR keyed by the
-    32-byte seed, zero counter), expanded into one reused buffer."""
+    """Adds PRG(seed) streams into the int64 vector `total` (shape (L,), contiguous, on the
+    CPU) in place, mod 2^64: each stream is `PRG(seed).uniform((L,))` (fedmq.smpc.ring:
+    AES-256-CTR keyed by the 32-byte seed, zero counter), expanded into one reused buffer and
+    added through numpy views of both (int64 arrays wrap as the ring does; a third of a
+    torch call's overhead, which counts at 15 masks per worker per round)."""
 
     def __init__(self, total: torch.Tensor) -> None:
         self.total = total
         n = 8 * total.numel()
         self._zeros, self._buf = bytes(n), bytearray(n)
-        self._stream = torch.frombuffer(self._buf, dtype=torch.int64) if n else None
+        self._stream = np.frombuffer(self._buf, dtype=np.int64) if n else None
+        self._total = total.numpy() if n else None
 
     def add(self, seed: bytes, sign: int = 1) -> None:
         """total += sign * PRG(seed) (sign +1 or -1)."""
@@ -170,9 +174,9 @@ class _Masks:
             return
         PRG.expand_into(seed, self._zeros, self._buf)
         if sign > 0:
-            self.total.add_(self._stream)
+            np.add(self._total, self._stream, out=self._total)
         else:
-            self.total.sub_(self._stream)
+            np.subtract(self._total, self._stream, out=self._total)
 
 
 def _pairwise_seed(s_sk: Any, s_pk: bytes, session: str, round: int) -> bytes:
@@ -784,32 +788,40 @@ async def _gather(request: Request, messages: dict[str, Any], deadline: float) -
 
 
 class _Asking:
-    """Stage 3 requests in flight: `ask` sends more (`sent`: worker -> the message it was
-    asked), `wait` hands each reply to `take` (worker, reply) as it comes, until every
-    request has ended or `until` (epoch seconds), or, with `done`, until done() holds (the
-    rest keep running for a later wait). Errors and timeouts are drops; replies that came
-    before a wait are handed to it."""
+    """Stage 3 requests in flight: `ask` sends (`sent`: worker -> the message it was asked;
+    asking a worker again sends the same message, which it answers again alike), `wait`
+    hands each reply to `take` (worker, reply) as it comes, until every request has ended or
+    `until` (epoch seconds), or, with `done`, until done() holds (the rest keep running for a
+    later wait). `counted()`: the workers whose request is running or answered; one that
+    failed (an error, a timeout: `refused`, why) may be asked again. Replies that came before
+    a wait are handed to it."""
 
     def __init__(self, request: Request, deadline: float) -> None:
         self.request, self.deadline = request, deadline
         self.sent: dict[str, Any] = {}
-        self.running: set[asyncio.Future] = set()
+        self.running: dict[asyncio.Future, str] = {}
         self.answered: list[tuple[str, Any]] = []
+        self.ok: set[str] = set()
         self.refused: dict[str, str] = {}  # worker -> its error (or timeout)
 
     def ask(self, messages: dict[str, Any]) -> None:
         for worker, message in messages.items():
             self.sent[worker] = message
+            self.refused.pop(worker, None)
             task = asyncio.ensure_future(self.request(
                 worker, message, max(0.001, self.deadline - time.time())))
-            task.add_done_callback(functools.partial(self._done, worker))
-            self.running.add(task)
+            self.running[task] = worker
+            task.add_done_callback(self._done)
 
-    def _done(self, worker: str, task: asyncio.Future) -> None:
-        self.running.discard(task)
-        if task.cancelled():
+    def counted(self) -> set:
+        return {*self.running.values(), *self.ok}
+
+    def _done(self, task: asyncio.Future) -> None:
+        worker = self.running.pop(task, None)
+        if worker is None or task.cancelled():
             return
         if task.exception() is None:
+            self.ok.add(worker)
             self.answered.append((worker, task.result()))
         else:
             error = task.exception()
@@ -983,8 +995,15 @@ class SecAggPlus(SecureAggregator):
             entries = self._run_ahead(state, entries)
         self._rounds[round] = state
         for old in [r for r in self._rounds if r <= round - KEEP_ROUNDS]:
-            del self._rounds[old]
+            self.abandon(old)
         return entries
+
+    def abandon(self, round: int) -> None:
+        """Forget `round` (one that will not be ended: its run was cancelled, or it is too
+        old), cancelling the Unmasks `masked` sent for it."""
+        state = self._rounds.pop(round, None)
+        if state is not None and state.asking is not None:
+            state.asking.cancel()
 
     def _run_ahead(self, state: _Round, entries: dict) -> dict:
         """The Fit entries with the next protocol rounds run ahead: round seq+1's setup for the
@@ -1197,13 +1216,16 @@ class SecAggPlus(SecureAggregator):
         def grace() -> float:  # UNMASK_WAVE_WAIT, or half the time left
             return time.time() + min(UNMASK_WAVE_WAIT, max(deadline - time.time(), 0.0) / 2)
 
-        asked.ask({u: requests[u] for u in unmask_plan(targets, t, asked.sent)})
+        # those asked early count while their request runs or once answered; one whose early
+        # request failed (its deadline was the Fits') is asked again like any other
+        asked.ask({u: requests[u] for u in unmask_plan(targets, t, asked.counted())})
         # the first wave, for a grace: a worker silent there must not leave the others no
         # time to stand in for it; then the others, for t + 1 shares of everything (two
         # t-subsets checked against each other) for another grace; then t shares will do
         await asked.wait(grace(), take)
         if not enough():
-            asked.ask({u: requests[u] for u in u3 if u not in asked.sent})
+            counted = asked.counted()
+            asked.ask({u: requests[u] for u in u3 if u not in counted})
         await asked.wait(grace(), take, enough)
         await asked.wait(deadline, take, functools.partial(enough, 0))
         if not enough(0):

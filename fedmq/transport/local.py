@@ -36,6 +36,21 @@ class FrameHandler(Protocol):
     def handle_frame(self, frame: bytes, login: str | None = None) -> bytes: ...
 
 
+def _light_reply(worker: Any) -> Any:
+    """The handler's `light_reply` (called as light_reply(worker, frame, login)), or None
+    when its light messages must go through its `handle_frame` too: a handler opts in by its
+    class defining light_reply, whose class attribute LIGHT_OF names the handle_frame it
+    stands in for; a wrapper that delegates the rest (an instrumented or faulty worker in a
+    test), a subclass that overrides handle_frame, or an instance whose handle_frame was
+    replaced is always called through handle_frame."""
+    cls = type(worker)
+    light = getattr(cls, "light_reply", None)
+    if light is None or getattr(cls, "handle_frame", None) is not getattr(cls, "LIGHT_OF", None) \
+            or "handle_frame" in getattr(worker, "__dict__", ()):
+        return None
+    return light
+
+
 class LocalTransport(Transport):
     name = "local"
     pipelines = False
@@ -51,6 +66,7 @@ class LocalTransport(Transport):
         #: worker id -> frames handed to its thread and not finished (`asend` answers a light
         #: one on the loop only when none is, so that frames keep their order)
         self._queued: dict[str, int] = {}
+        self._queued_lock = threading.Lock()
         for worker_id, worker in (workers or {}).items():
             self.add(worker, worker_id)
 
@@ -95,16 +111,9 @@ class LocalTransport(Transport):
             reply = self._control(worker, frame)
             if reply is not None:
                 return reply
-        executor = self._executors.get(worker_id)
-        if executor is None:
-            executor = self._executors[worker_id] = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix=f"fedmq-{worker_id}")
         loop = asyncio.get_running_loop()
         login = self._login()
-        # a handler opts in by its class defining light_reply (and respond): one that wraps a
-        # worker's handle_frame and delegates the rest (an instrumented or faulty worker in a
-        # test) is always called through handle_frame
-        light = getattr(type(worker), "light_reply", None)
+        light = _light_reply(worker)
         lock = self._locks[worker_id]
         if light is not None and len(frame) <= INLINE_FRAME and \
                 not self._queued.get(worker_id) and lock.acquire(blocking=False):
@@ -114,17 +123,27 @@ class LocalTransport(Transport):
                 lock.release()
             if reply is not None:
                 return reply
-            return await self._on_thread(loop, executor, worker_id, self._respond_locked,
-                                         envelope, login)
-        return await self._on_thread(loop, executor, worker_id, self._handle_locked, frame,
-                                     login)
+            return await self._on_thread(loop, worker_id, self._respond_locked, envelope, login)
+        return await self._on_thread(loop, worker_id, self._handle_locked, frame, login)
 
-    async def _on_thread(self, loop: asyncio.AbstractEventLoop, executor: Any, worker_id: str,
-                         fn: Any, arg: Any, login: str) -> bytes:
-        self._queued[worker_id] = self._queued.get(worker_id, 0) + 1
-        try:
-            return await loop.run_in_executor(executor, fn, worker_id, arg, login)
-        finally:
+    async def _on_thread(self, loop: asyncio.AbstractEventLoop, worker_id: str, fn: Any,
+                         arg: Any, login: str) -> bytes:
+        """`fn(worker_id, arg, login)` on the worker's thread (made on first use); counted in
+        `_queued` until it has run, or was cancelled before it started (not merely until its
+        caller stops waiting: a frame still queued must keep its place ahead of a light
+        one)."""
+        executor = self._executors.get(worker_id)
+        if executor is None:
+            executor = self._executors[worker_id] = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"fedmq-{worker_id}")
+        with self._queued_lock:
+            self._queued[worker_id] = self._queued.get(worker_id, 0) + 1
+        job = executor.submit(fn, worker_id, arg, login)
+        job.add_done_callback(lambda _: self._unqueue(worker_id))
+        return await asyncio.wrap_future(job, loop=loop)
+
+    def _unqueue(self, worker_id: str) -> None:
+        with self._queued_lock:
             self._queued[worker_id] -= 1
 
     def _handle_locked(self, worker_id: str, frame: Any, login: str) -> bytes:
