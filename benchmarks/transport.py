@@ -7,10 +7,11 @@ Both sides are separate processes talking through the broker on loopback:
 Figures:
 1. round trip of one remote op plus its get (`(x + 1).get()`: the op and the get ride in one
    frame, the value comes back in one reply), vs the raw RPC round trip of a 200 B message
-   (median and p99); fedmq publishes persistent frames with publisher confirms by default
-   (they survive a broker restart while waiting in a queue, and what a dropped connection
-   left unconfirmed is published again), and the same is measured with transient frames
-   without confirms (`persistent=False`), what durability costs;
+   (median and p99); fedmq publishes with publisher confirms by default, posted frames
+   persistent (they survive a broker restart while waiting in a queue, and what a dropped
+   connection left unconfirmed is published again) and calls transient (their reply can
+   only reach the caller's connection), and the same is measured without confirms
+   (`persistent=False`), what they cost;
 2. pipelined remote ops per second (`y = y + 1` N times, then one `.get()`), vs raw one-way
    messages per second (publish N messages of 200 B, consumer counts them);
 3. the seed CNN's 1.7 MB state: `model.send(w)` + an eager get, vs raw publish of the same
@@ -209,10 +210,11 @@ def main() -> None:
               f"(p99 {pct(fed_rtt, 0.99) * 1e3:6.2f})  raw {statistics.median(raw_rtt) * 1e3:6.2f}"
               f" ms (p99 {pct(raw_rtt, 0.99) * 1e3:6.2f})  ratio {rtt_ratio:.2f}x  "
               f"[target <= 1.3x; aio-pika quiet: 0.56 ms]")
-        print(f"   transient frames fedmq {statistics.median(fast_rtt) * 1e3:6.2f} ms "
+        print(f"   no confirms     fedmq {statistics.median(fast_rtt) * 1e3:6.2f} ms "
               f"(p99 {pct(fast_rtt, 0.99) * 1e3:6.2f})  ratio "
               f"{statistics.median(fast_rtt) / statistics.median(raw_rtt):.2f}x  "
-              f"(persistent costs {statistics.median(fed_rtt) / statistics.median(fast_rtt):.2f}x)")
+              f"(confirms cost {statistics.median(fed_rtt) / statistics.median(fast_rtt):.2f}x; "
+              f"a call travels transient either way)")
         print(f"2. throughput      fedmq {fed_rate:8.0f} pipelined ops/s   raw {raw_rate:8.0f} "
               f"msg/s   fedmq/raw {fed_rate / raw_rate:.0%}  [target >= 50%; aio-pika: ~4 000/s]")
         print(f"3. {state_bytes / 1e6:.2f} MB state   fedmq {fed_bw:6.0f} MB/s (send+get "
