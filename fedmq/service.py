@@ -58,6 +58,7 @@ from fedmq.extensions import load_extensions
 from fedmq.health import DEFAULT_INTERVAL, HEALTH_FILE_ENV, HealthFile, beat_text
 from fedmq.ids import new_id
 from fedmq.runtime import tune_malloc
+from fedmq.transport.base import INLINE_FRAME
 from fedmq.transport.amqp import (BINDING_PROBE, CHUNK_SIZE, COMMANDS_EXCHANGE,
                                   DEAD_LETTER_EXCHANGE, FRAME_CONTENT_TYPE, QUEUE_TYPES,
                                   AMQPTransport, ChunkAssembler, ChunkError, Delivery,
@@ -67,7 +68,7 @@ from fedmq.transport.amqp import (BINDING_PROBE, CHUNK_SIZE, COMMANDS_EXCHANGE,
                                   worker_queue_arguments)
 from fedmq.errors import TransportError
 from fedmq.policy import RELEASES, Policy
-from fedmq.worker import Undecodable, Worker
+from fedmq.worker import Worker
 from fedmq.workers.amqp import DEFAULT_URL, AMQPNetwork
 
 log = logging.getLogger("fedmq.service")
@@ -157,8 +158,6 @@ class HandledIds:
             self._set.discard(self._order.popleft())
 
 
-#: frames up to this size may be decoded on the event loop and, if light, handled there
-INLINE_FRAME = 256 * 1024
 #: AMQP's largest prefetch count (a short)
 MAX_PREFETCH = 65535
 #: an inline message slower than this (seconds) pauses inline handling for INLINE_PAUSE seconds
@@ -708,14 +707,11 @@ class WorkerService:
         if len(frame) > INLINE_FRAME or loop.time() < self._inline_paused_until:
             return await self._op_thread.run(
                 functools.partial(self.worker.handle_frame_checked, login=login), frame)
-        envelope = self.worker.decode_frame(frame)
-        if type(envelope) is Undecodable:
-            return envelope.reply, envelope.reason
-        if not self.worker.is_light(envelope, login):
+        started = loop.time()
+        result, envelope = self.worker.light_reply(frame, login)
+        if result is None:
             return await self._op_thread.run(
                 functools.partial(self.worker.respond, login=login), envelope)
-        started = loop.time()
-        result = self.worker.respond(envelope, login)
         took = loop.time() - started
         if took > INLINE_LIMIT:
             self._inline_paused_until = loop.time() + INLINE_PAUSE

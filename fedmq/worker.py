@@ -211,16 +211,17 @@ class Worker:
     LIGHT_OF = handle_frame
 
     def light_reply(self, frame: bytes | bytearray, login: str | None = None
-                    ) -> tuple[bytes | None, Any]:
-        """For a caller that may answer quick messages on its own thread (the in-process
-        transport's event loop, as a service's): (the encoded reply, None) for a frame that
-        cannot be decoded or that `is_light` calls quick and local, handled here and now;
-        else (None, its decoded envelope), for `respond` on the worker's own thread."""
+                    ) -> tuple[tuple[bytes, str | None] | None, Any]:
+        """For a caller that may answer quick messages on its own thread (a service's event
+        loop, the in-process transport's caller): (`respond`'s (encoded reply, why it
+        failed), None) for a frame that cannot be decoded or that `is_light` calls quick and
+        local, handled here and now; else (None, its decoded envelope), for `respond` on the
+        worker's own thread."""
         envelope = self.decode_frame(frame)
         if type(envelope) is Undecodable:
-            return envelope.reply, None
+            return (envelope.reply, envelope.reason), None
         if self.is_light(envelope, login):
-            return self.respond(envelope, login)[0], None
+            return self.respond(envelope, login), None
         return None, envelope
 
     def decode_frame(self, frame: bytes | bytearray) -> Any:

@@ -777,14 +777,13 @@ class _Prepared:
 
 async def _gather(request: Request, messages: dict[str, Any], deadline: float) -> dict:
     """worker -> reply for those that answered before `deadline` (errors are drops)."""
-    async def one(worker: str, message: Any) -> Any:
-        try:
-            return await request(worker, message, max(0.001, deadline - time.time()))
-        except Exception as exc:  # a timeout or the worker's error: it drops out
-            return exc
-    names = list(messages)
-    replies = await asyncio.gather(*(one(w, messages[w]) for w in names))
-    return {w: r for w, r in zip(names, replies) if not isinstance(r, BaseException)}
+    asked, replies = _Asking(request, deadline), {}
+    asked.ask(messages)
+    try:
+        await asked.wait(deadline, replies.__setitem__)
+    finally:
+        asked.cancel()
+    return replies
 
 
 class _Asking:

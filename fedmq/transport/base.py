@@ -17,6 +17,11 @@ from __future__ import annotations
 import abc
 from typing import Protocol
 
+#: frames up to this size may be decoded on the event loop of whoever receives them (a
+#: service, the in-process transport's caller) and, when the worker calls them light
+#: (`Worker.light_reply`), answered there
+INLINE_FRAME = 256 * 1024
+
 
 class ReplySink(Protocol):
     """Where a pipelining transport delivers what comes back (the request engine)."""

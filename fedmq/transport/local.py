@@ -20,11 +20,7 @@ from typing import Any, Mapping, Protocol
 
 from fedmq import principals
 from fedmq.errors import TransportError
-from fedmq.transport.base import Transport
-
-#: frames up to this size are decoded on the caller's loop by `asend`, and answered there if
-#: light (as fedmq.service.INLINE_FRAME)
-INLINE_FRAME = 256 * 1024
+from fedmq.transport.base import INLINE_FRAME, Transport
 
 
 class FrameHandler(Protocol):
@@ -122,7 +118,7 @@ class LocalTransport(Transport):
             finally:
                 lock.release()
             if reply is not None:
-                return reply
+                return reply[0]
             return await self._on_thread(loop, worker_id, self._respond_locked, envelope, login)
         return await self._on_thread(loop, worker_id, self._handle_locked, frame, login)
 
