@@ -500,3 +500,29 @@ def test_found_by_review_a_run_cancelled_during_the_fits_stops_its_early_unmasks
         assert all(t.done() for t in requests)
         assert not privacy.aggregator._rounds
     asyncio.run(main())
+
+
+def test_encode_is_the_documented_formula_and_refuses_non_finite_updates():
+    """quantize.encode = weight * round(clamp(update, -clip, clip) * 2**f) (int64), the count
+    of clipped elements; flatten casts every entry to float64 in the model's order."""
+    torch.manual_seed(3)
+    update = torch.randn(1000, dtype=torch.float64) * 3
+    update[:7] = torch.tensor([70.0, -65.0, 64.0, -64.0, 1e9, 0.0, -0.0], dtype=torch.float64)
+    for weight in (0, 1, 5):
+        for clip, f in ((64.0, 32), (2.0, 10), (1e6, 0)):
+            got, clipped = quantize.encode(update, weight, clip, f)
+            want = torch.round(update.clamp(-clip, clip) * 2.0 ** f).to(torch.int64) * weight
+            assert got.dtype == torch.int64 and torch.equal(got, want)
+            assert clipped == int((update.abs() > clip).sum())
+    assert torch.equal(quantize.encode(update.float(), 2)[0],
+                       quantize.encode(update.float().double(), 2)[0])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = update.clone()
+        broken[500] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            quantize.encode(broken, 1)
+    weights = {"a": torch.ones(2, 3, dtype=torch.float32), "b": torch.arange(4),
+               "c": torch.full((5,), 0.5, dtype=torch.float16)}
+    flat = quantize.flatten(weights, ["c", "a", "b"])
+    assert flat.dtype == torch.float64 and flat.tolist() == [0.5] * 5 + [1.0] * 6 + [0, 1, 2, 3]
+    assert quantize.flatten(weights, ["a"]).tolist() == [1.0] * 6

@@ -265,8 +265,10 @@ def test_the_coordinator_cannot_recover_any_single_input(make_world):
             for v in reply.shares:
                 kind = "b" if v in message.survivors else "s"
                 held.setdefault((v, kind), set()).add(worker)
-        if isinstance(reply, SecAggEncryptedShares):  # relayed, never readable
-            assert all(len(c) == 12 + 2 * shamir.SHARE_BYTES + 16
+        if isinstance(reply, SecAggEncryptedShares):  # relayed, never readable (the shares,
+            # and the pairwise seed of an edge the sender agreed)
+            assert all(len(c) - 12 - 16 in (2 * shamir.SHARE_BYTES,
+                                            2 * shamir.SHARE_BYTES + secaggplus.SEED_BYTES)
                        for c in reply.ciphertexts.values())
     t = secaggplus.default_threshold(4)
     for u in protected:  # a survivor: b_u only, never its s^SK
@@ -1030,3 +1032,76 @@ def test_found_by_review_premasks_of_setups_never_used_are_released(make_world):
     assert secaggplus._PREMASK_BYTES[0] == sum(st.premask.numel() * 8 for st in
                                                secaggplus._STATES.values()
                                                if st.premask is not None)
+
+
+# -- one X25519 agreement per edge (`agrees`) ------------------------------------------------
+
+def test_agrees_picks_exactly_one_end_of_every_edge_and_splits_a_ring_evenly():
+    for a in range(1, 40):
+        for b in range(1, 40):
+            if a != b:
+                assert secaggplus.agrees(a, b) != secaggplus.agrees(b, a)
+    for n, k in ((50, 14), (9, 4), (200, 16)):
+        order, nbrs = secaggplus.graph([f"w{i}" for i in range(n)], b"s", 3, k)
+        points = {w: i for i, w in enumerate(order, 1)}
+        counts = [sum(secaggplus.agrees(points[u], points[v]) for v in nbrs[u]) for u in order]
+        assert sum(counts) == n * k // 2  # every edge once
+        assert max(counts) - min(counts) <= 2 and abs(sum(counts) / n - k / 2) < 1e-9
+
+
+def _count_mask_agreements(monkeypatch):
+    calls = []
+    agree = keys.agree
+
+    def counted(sk, pk, info, salt=None):
+        if info == keys.INFO_MASK:
+            calls.append(pk)
+        return agree(sk, pk, info, salt)
+    monkeypatch.setattr(keys, "agree", counted)
+    return calls
+
+
+@pytest.mark.parametrize("premask", [True, False])
+def test_each_pairwise_seed_is_agreed_by_one_end_and_handed_to_the_other(make_world,
+                                                                       monkeypatch, premask):
+    """Stage 1 agrees the seeds of the edges a worker `agrees` and seals each into the
+    ciphertext to the other end; stage 2 takes the handed seeds: over rounds run ahead, the
+    workers agree n*k/2 seeds per round (one per edge, not two), and every sum is exact."""
+    if not premask:
+        monkeypatch.setattr(secaggplus, "PREMASK_ELEMENTS", 0)
+    calls = _count_mask_agreements(monkeypatch)
+    world = make_world(12)
+    agg = SecAggPlus(neighbours=6, length=97)
+    for round in range(1, 5):
+        xs = vectors(world.ids, length=97, seed=round)
+        before = len(calls)
+        total, contributors = secure_round(world, agg, xs, round=round)
+        assert contributors == world.ids and torch.equal(total, ring_sum(xs.values()))
+        if round > 1:  # stage 1 of this round ran in the last round's Fits: one per edge
+            assert len(calls) - before == 12 * 6 // 2, round
+
+
+@pytest.mark.parametrize("rule", ["both ends", "neither end"])
+def test_ends_that_disagree_on_who_agrees_still_mask_exactly(make_world, monkeypatch, rule):
+    """The two ends of an edge decide from their Shamir points, which a coordinator could
+    give them differently: when both agree the seed (each hands it over) or neither does (the
+    receiver agrees it in stage 2), the masks still cancel: KA is symmetric."""
+    monkeypatch.setattr(secaggplus, "agrees", lambda a, b: rule == "both ends")
+    world = make_world(6)
+    agg = SecAggPlus(length=64)
+    for round in (1, 2):
+        xs = vectors(world.ids, length=64, seed=round)
+        total, contributors = secure_round(world, agg, xs, round=round,
+                                           silent_in_fit={world.ids[3]})
+        assert world.ids[3] not in contributors
+        assert torch.equal(total, ring_sum(xs[w] for w in contributors))
+
+
+def test_a_share_ciphertext_of_a_wrong_length_is_refused(make_world, monkeypatch):
+    """A ciphertext whose plaintext is neither the two shares nor the shares and a seed is
+    refused in stage 2, naming its sender."""
+    world = make_world(3)
+    seal = keys.seal
+    monkeypatch.setattr(keys, "seal", lambda key, plain, ad: seal(key, plain + b"\0" * 5, ad))
+    with pytest.raises(ValueError, match="the shares from '.*' are malformed"):
+        secure_round(world, SecAggPlus(), vectors(world.ids))

@@ -16,6 +16,8 @@ were), at most 2**22 examples in a round's sum.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 FRAC_BITS = 32
@@ -41,7 +43,10 @@ def flatten(weights: dict, names: list[str]) -> torch.Tensor:
     """The float64 vector of `weights[name]` for `names`, in that order (shape (n,))."""
     if not names:
         return torch.zeros(0, dtype=torch.float64)
-    return torch.cat([weights[n].detach().reshape(-1).to(torch.float64) for n in names])
+    parts = [weights[n].detach().reshape(-1) for n in names]
+    if all(p.dtype == parts[0].dtype for p in parts):  # one cast of the whole vector
+        return torch.cat(parts).to(torch.float64)
+    return torch.cat([p.to(torch.float64) for p in parts])
 
 
 def unflatten(vector: torch.Tensor, like: dict, names: list[str]) -> dict:
@@ -67,11 +72,15 @@ def encode(update: torch.Tensor, weight: int, clip: float = CLIP,
         raise ValueError(f"weight must be an int in [0, {MAX_WEIGHT_SUM}], got {weight!r}")
     check_range(clip, frac_bits)
     update = update.detach().to(torch.float64).reshape(-1)
-    if not bool(torch.isfinite(update).all()):
+    peak = float(update.abs().max()) if update.numel() else 0.0  # NaN and inf carry through
+    if not math.isfinite(peak):
         raise ValueError("the update holds NaN or infinite values")
-    clipped = int((update.abs() > clip).sum())
-    q = torch.round(update.clamp(-clip, clip) * 2.0 ** frac_bits).to(torch.int64)
-    return q * weight, clipped
+    clipped = 0
+    if peak > clip:
+        clipped = int((update.abs() > clip).sum())
+        update = update.clamp(-clip, clip)
+    q = (update * 2.0 ** frac_bits).round_().to(torch.int64)
+    return (q.mul_(weight) if weight != 1 else q), clipped
 
 
 def decode(total: torch.Tensor, weight_sum: int, frac_bits: int = FRAC_BITS) -> torch.Tensor:

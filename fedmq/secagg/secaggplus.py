@@ -9,8 +9,9 @@ Stages, as the paper numbers them (Fig. 2 / Bonawitz et al. 2017, Fig. 4):
                              channel pair (c_u^SK, c_u^PK), X25519; c_u is drawn once per
                              session (see below), s_u every round
     1 ShareKeys              u draws b_u, shares s_u^SK and b_u among its holders, AEAD-encrypts
-                             each neighbour's pair under KA(c_u^SK, c_v^PK); the coordinator
-                             relays the ciphertexts, which it cannot open
+                             each neighbour's pair under KA(c_u^SK, c_v^PK) (with s_uv for the
+                             edges u agrees, see Cost); the coordinator relays the ciphertexts,
+                             which it cannot open
     2 MaskedInputCollection  inside the Fit (`protect`): y_u = x_u + PRG(b_u)
                              + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv)   (mod 2^64)
     3 Unmasking              each survivor sends shares of b_v for surviving neighbours and of
@@ -21,14 +22,18 @@ Coordinator: `SecAggPlus` (fedmq.secagg.base.SecureAggregator). Worker: HANDLERS
 3) and `protect` (stage 2). Worker state is in memory only (`_STATES`, `_CHANNELS`), bounded,
 never persisted: a restarted worker simply drops out of its round.
 
-Cost: the X25519 agreements dominate a worker's CPU (about 35 us each). s_u must be fresh every
-round (s_u^SK is revealed when u drops), but c_u^SK never leaves the worker, so a worker keeps
-one channel pair per session and agrees the AEAD key with each neighbour's c_v^PK once
-(`_channel`): each ciphertext stays bound to its round by the AEAD's associated data
-(session, round, sender, receiver) under a random nonce. What this gives up is forward
-secrecy across rounds: whoever later steals c_u^SK can read the shares u received in earlier
-rounds of the session (one share per sender, fewer than t of any secret unless t holders are
-robbed). With `SecAggPlus(ahead=True)` (default) the next protocol rounds' stages 0 and 1
+Cost: the X25519 agreements dominate a worker's CPU (35 to 60 us each, as the machine goes).
+s_u must be fresh every round (s_u^SK is revealed when u drops), but c_u^SK never leaves the
+worker, so a worker keeps one channel pair per session and agrees the AEAD key with each
+neighbour's c_v^PK once (`_channel`): each ciphertext stays bound to its round by the AEAD's
+associated data (session, round, sender, receiver) under a random nonce. And the pairwise
+seed s_uv = KA(s_u^SK, s_v^PK) = KA(s_v^SK, s_u^PK) is agreed by one end of the edge only
+(`agrees`), which appends it to its stage 1 ciphertext for the other end: k/2 agreements per
+worker and round instead of k, the same seed bytes, and the paper's dropout recovery (the
+coordinator rebuilds s_v^SK of a dropped v and agrees s_vw with each survivor w). What this
+gives up is forward secrecy across rounds: whoever later steals c_u^SK can read the shares
+and seeds u received in earlier rounds of the session (one share per sender, fewer than t of
+any secret unless t holders are robbed). With `SecAggPlus(ahead=True)` (default) the next protocol rounds' stages 0 and 1
 travel inside this round's Fits (see `SecAggPlus`), stage 3 asks only the workers whose
 shares it needs (`unmask_plan`), and a worker's Unmask goes out during the Fits once its
 closed neighbourhood has masked (`SecAggPlus.masked`).
@@ -184,6 +189,15 @@ def _pairwise_seed(s_sk: Any, s_pk: bytes, session: str, round: int) -> bytes:
     return keys.agree(s_sk, s_pk, keys.INFO_MASK, salt=keys.mask_salt(session, round))
 
 
+def agrees(x_u: int, x_v: int) -> bool:
+    """Whether the worker at Shamir point `x_u` agrees the pairwise seed of its edge with the
+    worker at `x_v` (and hands it over in its stage 1 ciphertext), rather than `x_v`: a
+    balanced tournament, exactly one end of every edge (u agrees when x_u < x_v and x_u + x_v
+    is odd, or x_u > x_v and x_u + x_v is even): on a Harary ring each worker agrees k/2 of
+    its k edges, on a complete graph (n-1)/2 or so."""
+    return (x_u < x_v) == ((x_u + x_v) % 2 == 1)
+
+
 # -- worker side -----------------------------------------------------------------------------
 
 @dataclass
@@ -207,10 +221,12 @@ class _RoundState:
     unmasked: tuple | None = None   # (survivors, dropped, reply) of stage 3
     #: v -> the AEAD key of the channel with v (stage 1, reused in stage 2, then dropped)
     channels: dict = field(default_factory=dict)
-    #: v -> the pairwise mask seed s_uv (agreed in stage 1, expanded in stage 2, dropped)
+    #: v -> the pairwise mask seed s_uv this worker agreed (stage 1, `agrees`), expanded in
+    #: stage 2, then dropped
     seeds: dict = field(default_factory=dict)
-    #: PRG(b_u) + sum_v +-PRG(s_uv) over every neighbour of stage 1, summed there when the
-    #: length is known and small (PREMASK_ELEMENTS), so that stage 2 (the Fit) only adds it
+    #: PRG(b_u) + sum_v +-PRG(s_uv) over the seeds of `seeds`, summed in stage 1 when the
+    #: length is known and small (PREMASK_ELEMENTS), so that stage 2 (the Fit) adds it and
+    #: only expands the seeds its neighbours handed over
     premask: torch.Tensor | None = None
     #: its key in _STATES (worker, principal, session, round), set when kept
     key: tuple = ()
@@ -474,7 +490,8 @@ def _advertise_ahead(session: Any, sa_session: str, round: Any) -> bytes | None:
 def share_keys(session: Any, msg: SecAggShareKeys) -> SecAggEncryptedShares:
     """Stage 1, ShareKeys: draws b_u, Shamir-shares s_u^SK and b_u (t of the holders: this
     worker and its neighbours in `public_keys`), keeps its own shares and replies each
-    neighbour's pair AEAD-encrypted for it. ValueError for keys of non-neighbours, malformed
+    neighbour's pair AEAD-encrypted for it (with their pairwise seed, for the edges this
+    worker `agrees`). ValueError for keys of non-neighbours, malformed
     keys, too few holders, a stage out of order or replayed."""
     session.require("coordinator", "send SecAggShareKeys")
     with _LOCK:
@@ -488,9 +505,12 @@ def share_keys(session: Any, msg: SecAggShareKeys) -> SecAggEncryptedShares:
 
 def _share(me: str, state: "_RoundState", sa_session: str, round: int,
            public_keys: Any) -> dict:
-    """The body of stage 1 (the state already moved to it): {neighbour: ciphertext}. Also
-    agrees the pairwise mask seeds s_uv with every neighbour here, so that stage 2 (inside
-    the Fit) only expands them."""
+    """The body of stage 1 (the state already moved to it): {neighbour: ciphertext}, each
+    the AEAD of (share of s_u^SK, share of b_u), followed, for the edges this worker agrees
+    (`agrees`: one end of each), by their pairwise mask seed s_uv: one X25519 agreement per
+    edge instead of two. A seed the other end would have agreed is the same bytes
+    (KA(s_u^SK, s_v^PK) = KA(s_v^SK, s_u^PK)); it travels where the coordinator cannot read
+    it, and dropout recovery is the paper's (s^SK of the dropped end, from its shares)."""
     if type(public_keys) is not dict:
         raise ValueError("SecAggShareKeys.public_keys is {neighbour: [c_pk, s_pk]}")
     pks = {}
@@ -522,10 +542,12 @@ def _share(me: str, state: "_RoundState", sa_session: str, round: int,
             state.held[me] = pair
             continue
         channel = state.channels[w] = _channel(state, w, pks[w][0])
-        out[w] = keys.seal(channel, pair[0] + pair[1],
-                           keys.associated_data(sa_session, round, me, w))
-        state.seeds[w] = _pairwise_seed(state.s.private or state.s.sk, pks[w][1], sa_session,
-                                        round)
+        plain = pair[0] + pair[1]
+        if agrees(state.x(me), state.x(w)):
+            seed = state.seeds[w] = _pairwise_seed(state.s.private or state.s.sk, pks[w][1],
+                                                   sa_session, round)
+            plain += seed
+        out[w] = keys.seal(channel, plain, keys.associated_data(sa_session, round, me, w))
     if 0 < state.length <= PREMASK_ELEMENTS:
         with _LOCK:
             room = _PREMASK_BYTES[0] + 8 * state.length <= PREMASK_BUDGET
@@ -534,7 +556,7 @@ def _share(me: str, state: "_RoundState", sa_session: str, round: int,
             premask = torch.zeros(state.length, dtype=torch.int64)
             masks = _Masks(premask)
             masks.add(state.b)
-            for v in sorted(pks):
+            for v in sorted(state.seeds):
                 masks.add(state.seeds[v], 1 if v > me else -1)
             with _LOCK:
                 state.premask = premask
@@ -637,6 +659,8 @@ def _mask_input(me: str, state: _RoundState, sa_session: str, round: int, cipher
     if vector.numel() > MAX_EXPANDED:
         raise ValueError(f"SecAgg+: at most {MAX_EXPANDED} elements")
     state.length = vector.numel()
+    handed = {}  # v -> the seed s_uv v agreed and handed over
+    pair = 2 * shamir.SHARE_BYTES
     for v, ciphertext in ciphertexts.items():
         if v not in state.public_keys:
             raise ValueError(f"SecAgg+: a ciphertext from {v!r}, which shared no keys with "
@@ -647,9 +671,11 @@ def _mask_input(me: str, state: _RoundState, sa_session: str, round: int, cipher
                                      keys.associated_data(sa_session, round, v, me))
         except ValueError as exc:
             raise ValueError(f"SecAgg+: the shares from {v!r} were refused: {exc}") from None
-        if len(plain) != 2 * shamir.SHARE_BYTES:
+        if len(plain) not in (pair, pair + SEED_BYTES):
             raise ValueError(f"SecAgg+: the shares from {v!r} are malformed")
-        state.held[v] = (plain[:shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES:])
+        state.held[v] = (plain[:shamir.SHARE_BYTES], plain[shamir.SHARE_BYTES:pair])
+        if len(plain) > pair and v not in state.seeds:
+            handed[v] = plain[pair:]  # s_uv, agreed by v
     if len(ciphertexts) + 1 < state.threshold:  # Bell et al. Fig. 2 / Bonawitz et al. Round 2
         raise ValueError(f"SecAgg+: shares from {len(ciphertexts)} neighbours reached "
                          f"{me!r}, so {len(ciphertexts) + 1} hold its shares, fewer than the "
@@ -659,18 +685,21 @@ def _mask_input(me: str, state: _RoundState, sa_session: str, round: int, cipher
     masks = _Masks(y)
     premask = state.premask
     if premask is not None and premask.numel() == y.numel():
-        # summed in stage 1 over every neighbour there: take out those whose shares did
-        # not arrive (no mask with them)
+        # summed in stage 1 over the seeds agreed there: take out those of neighbours whose
+        # shares did not arrive (no mask with them)
         y.add_(premask)
-        for v in sorted(set(state.public_keys) - set(ciphertexts)):
+        for v in sorted(set(state.seeds) - set(ciphertexts)):
             masks.add(state.seeds[v], -1 if v > me else 1)
+        summed = set(state.seeds)
     else:
         masks.add(state.b)
-        for v in sorted(ciphertexts):
-            seed = state.seeds.get(v) or _pairwise_seed(state.s.private or state.s.sk,
-                                                        state.public_keys[v][1], sa_session,
-                                                        round)
-            masks.add(seed, 1 if v > me else -1)
+        summed = set()
+    for v in sorted(set(ciphertexts) - summed):
+        # handed over by v (`agrees`), else agreed here (v did not: a setup whose points
+        # differ at the two ends; the same bytes either way)
+        seed = state.seeds.get(v) or handed.get(v) or _pairwise_seed(
+            state.s.private or state.s.sk, state.public_keys[v][1], sa_session, round)
+        masks.add(seed, 1 if v > me else -1)
     state.masked_with = sorted(ciphertexts)
     # the secrets are no longer needed: only shares stay (stage 3)
     state.b, state.s, state.channels, state.seeds = None, None, {}, {}

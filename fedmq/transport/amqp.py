@@ -982,9 +982,11 @@ class AMQPTransport(Transport):
                 if channel is None or channel.is_closed:
                     channel = await self.connection.channel(publisher_confirms=True)
                     exchange = await channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
+                # not mandatory: an event nobody subscribed to is dropped by the broker
+                # (mandatory, each one came back as a basic.return: 50 per round of 50 workers)
                 await exchange.publish(aio_pika.Message(
                     body, content_type="application/json", user_id=self.user_id),
-                    routing_key=routing_key)
+                    routing_key=routing_key, mandatory=False)
             except aiormq.exceptions.ChannelAccessRefused as exc:
                 self._events_refused = True
                 log.warning("fedmq: events are not published: the broker refused them on %s "
