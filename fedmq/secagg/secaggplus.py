@@ -30,10 +30,20 @@ associated data (session, round, sender, receiver) under a random nonce. And the
 seed s_uv = KA(s_u^SK, s_v^PK) = KA(s_v^SK, s_u^PK) is agreed by one end of the edge only
 (`agrees`), which appends it to its stage 1 ciphertext for the other end: k/2 agreements per
 worker and round instead of k, the same seed bytes, and the paper's dropout recovery (the
-coordinator rebuilds s_v^SK of a dropped v and agrees s_vw with each survivor w). What this
-gives up is forward secrecy across rounds: whoever later steals c_u^SK can read the shares
-and seeds u received in earlier rounds of the session (one share per sender, fewer than t of
-any secret unless t holders are robbed). With `SecAggPlus(ahead=True)` (default) the next protocol rounds' stages 0 and 1
+coordinator rebuilds s_v^SK of a dropped v and agrees s_vw with each survivor w).
+
+What the session-long channel pair gives up is forward secrecy within the session: c_u^SK
+opens every ciphertext u sent or received in the session's rounds (the AEAD key is the same
+both ways). So whoever steals it from u's memory while the session lasts, and also holds the
+coordinator's frames, gets u's outgoing shares of its own s_u^SK and b_u, and with them u's
+inputs of those rounds; of any other worker v, only the one share of v's secrets and the one
+pairwise seed s_uv that v sent u (fewer than t shares, one of v's k seeds), so no other
+input. This was so before seeds travelled (the outgoing shares alone suffice). Such a thief
+reads u's training data from the same memory, and its updates follow from the data and the
+global models the coordinator sent. With fresh channel pairs every round (the paper), each
+worker would agree k channel keys more per round.
+
+With `SecAggPlus(ahead=True)` (default) the next protocol rounds' stages 0 and 1
 travel inside this round's Fits (see `SecAggPlus`), stage 3 asks only the workers whose
 shares it needs (`unmask_plan`), and a worker's Unmask goes out during the Fits once its
 closed neighbourhood has masked (`SecAggPlus.masked`).
@@ -299,6 +309,10 @@ def _touch(key: tuple, state: "_RoundState") -> None:
 
 #: stage -> the order in which a worker's states beyond MAX_STATES_PER_WORKER are forgotten
 _EVICTION_RANK = {ABORTED: 0, 3: 0, AHEAD: 1, 1: 2}
+#: seconds a session of a worker may stay idle while another of its sessions is active before
+#: its states count as left over (a finished run's last round, never unmasked there, and the
+#: rounds it set up ahead): beyond MAX_STATES_PER_WORKER they are forgotten first
+STALE_SESSION = 60.0
 
 
 def _forget_old(worker: tuple, keep: tuple = ()) -> None:
@@ -314,12 +328,22 @@ def _forget_old(worker: tuple, keep: tuple = ()) -> None:
         _evict(key)
     mine = _BY_WORKER.get(worker, {})
     if len(mine) > MAX_STATES_PER_WORKER:
-        # rounds finished (unmasked, or refused) go first, then what a coordinator can set up
-        # again by messages (keys made ahead, then rounds shared but not yet masked), rounds
-        # in the middle of a stage exchange or masked and awaiting stage 3 last; each class
-        # least recently used first; never the state just opened
-        ranked = sorted((k for k in mine if k != keep),
-                        key=lambda k: (_EVICTION_RANK.get(_STATES[k].stage, 3), _STATES[k].used))
+        # by session: those idle for STALE_SESSION while another was active go first (runs
+        # that ended), the most recently active one last (successive runs never push out the
+        # live one); within that, rounds finished (unmasked, or refused), then what a
+        # coordinator can set up again by messages (keys made ahead, then rounds shared but
+        # not yet masked), rounds in the middle of a stage exchange or masked and awaiting
+        # stage 3 last; each class least recently used first; never the state just opened
+        active: dict = {}
+        for k in mine:
+            active[k[2]] = max(active.get(k[2], 0.0), _STATES[k].used)
+        newest = max(active.values())
+
+        def rank(k: tuple) -> tuple:
+            last = active[k[2]]
+            return (last >= newest, last >= newest - STALE_SESSION,
+                    _EVICTION_RANK.get(_STATES[k].stage, 3), _STATES[k].used)
+        ranked = sorted((k for k in mine if k != keep), key=rank)
         for key in ranked[:len(mine) - MAX_STATES_PER_WORKER]:
             _evict(key)
     while len(_STATES) > MAX_STATES:
