@@ -54,7 +54,8 @@ class SecAggShareKeys:
 @record(113)
 @dataclass(slots=True)
 class SecAggEncryptedShares:
-    """Stage 1 reply: {neighbour: AEAD ciphertext of (share of s^SK, share of b)}."""
+    """Stage 1 reply: {neighbour: AEAD ciphertext of (share of s^SK, share of b), followed by
+    the pairwise seed s_uv when the sender agrees that edge (`secaggplus.agrees`)}."""
     ciphertexts: dict
 
 

@@ -515,8 +515,8 @@ def share_keys(session: Any, msg: SecAggShareKeys) -> SecAggEncryptedShares:
     """Stage 1, ShareKeys: draws b_u, Shamir-shares s_u^SK and b_u (t of the holders: this
     worker and its neighbours in `public_keys`), keeps its own shares and replies each
     neighbour's pair AEAD-encrypted for it (with their pairwise seed, for the edges this
-    worker `agrees`). ValueError for keys of non-neighbours, malformed
-    keys, too few holders, a stage out of order or replayed."""
+    worker `agrees`). ValueError for keys of non-neighbours, malformed keys, too few holders,
+    a stage out of order or replayed."""
     session.require("coordinator", "send SecAggShareKeys")
     with _LOCK:
         key, state = _state(session, msg.session, msg.round, 0)
