@@ -15,7 +15,7 @@ from fedmq.fl.connections import InProcessConnection
 from fedmq.fl.coordinator import Coordinator, TrainConfig
 from fedmq.fl.messages import Fit, FitRes
 from fedmq.fl.secure import PrivateRounds, make_private_rounds
-from fedmq.secagg import quantize
+from fedmq.secagg import quantize, secaggplus
 from fedmq.strategy import FedAvg
 from fedmq.strategy.robust import FedMedian
 
@@ -95,6 +95,10 @@ def test_secaggplus_rounds_equal_fedavg_within_quantization():
     assert all(r.status == "ok" and not r.failed for r in history)
     assert all(set(r.workers) == {"w0", "w1", "w2"} for r in history)
     assert max_diff(plain.weights, secure.weights) < TOLERANCE
+    # the run ended its session (SecAggEnd): the workers keep nothing of it
+    session = secure.privacy.aggregator.session
+    assert not [key for key in secaggplus._STATES if key[2] == session]
+    assert not [key for key in secaggplus._CHANNELS if key[2] == session]
 
 
 def test_secaggplus_weights_by_examples_like_fedavg():

@@ -1107,16 +1107,31 @@ def test_a_share_ciphertext_of_a_wrong_length_is_refused(make_world, monkeypatch
         secure_round(world, SecAggPlus(), vectors(world.ids))
 
 
-@pytest.mark.parametrize("stale", [True, False])
-def test_found_by_review_successive_runs_do_not_push_out_the_live_rounds(make_world,
-                                                                          monkeypatch, stale):
+def _end(world, agg):
+    asyncio.run(agg.end_session(world.request, time.time() + 10))
+
+
+def _held(session):
+    return [key for key in secaggplus._STATES if key[2] == session]
+
+
+def _fresh(world):
+    """The world's workers as freshly started processes (earlier tests' runs left states
+    under the same worker ids)."""
+    with secaggplus._LOCK:
+        for key in [k for k in secaggplus._STATES if k[0] in world.workers]:
+            secaggplus._evict(key)
+
+
+@pytest.mark.parametrize("ended", [True, False])
+def test_found_by_review_successive_runs_do_not_push_out_the_live_rounds(make_world, ended):
     """Each finished run leaves states on a worker (its last round, never unmasked there, and
-    the rounds it set up ahead). With 45 runs one after the other, whether within
-    STALE_SESSION of each other or not, every round of every run keeps all its workers (the
-    reviewer saw a worker fail every other round from run 31 on: "no such round")."""
-    if stale:
-        monkeypatch.setattr(secaggplus, "STALE_SESSION", 0.0, raising=False)
+    the rounds it set up ahead), unless its coordinator ends the session (SecAggEnd, as
+    `Coordinator.run` does). With 45 runs one after the other, ended or not (a coordinator
+    that crashed), every round of every run keeps all its workers (the reviewer saw a worker
+    fail every other round from run 31 on: "no such round")."""
     world = make_world(5)
+    _fresh(world)
     for run in range(1, 46):
         agg = SecAggPlus(length=33)
         for round in range(1, 4):
@@ -1124,8 +1139,71 @@ def test_found_by_review_successive_runs_do_not_push_out_the_live_rounds(make_wo
             total, contributors = secure_round(world, agg, xs, round=round)
             assert contributors == world.ids, (run, round)
             assert torch.equal(total, ring_sum(xs.values()))
-    assert max(len(keys) for keys in secaggplus._BY_WORKER.values()) <= \
+        if ended:
+            _end(world, agg)
+            assert _held(agg.session) == []
+    assert max((len(keys) for keys in secaggplus._BY_WORKER.values()), default=0) <= \
         secaggplus.MAX_STATES_PER_WORKER
+
+
+@pytest.mark.parametrize("ended", [True, False])
+def test_found_by_review_a_slow_round_survives_many_short_runs_meanwhile(make_world, ended):
+    """A run whose training is slow (its round set up, not yet masked: two minutes) while 12
+    short runs of the same principal start and finish on the same workers: its round keeps
+    every worker when the short runs end their sessions, as `Coordinator.run` does (a rule
+    that ranked sessions idle for a minute as left over lost the slow round on every
+    worker). Runs that never end theirs (a coordinator's crash) leave states that compete
+    with it beyond MAX_STATES_PER_WORKER; with no idle time it still keeps every worker."""
+    world = make_world(4)
+    _fresh(world)
+    slow = SecAggPlus(length=8)
+    for round in (1, 2, 3):
+        xs = vectors(world.ids, length=8, seed=round)
+        deadline = time.time() + 60
+        entries = asyncio.run(slow.begin_round(round, world.ids, world.request, deadline))
+        for key in _held(slow.session) if ended else ():  # it trains for two minutes
+            secaggplus._STATES[key].used -= 120.0
+        for _ in range(12):  # while the slow run trains
+            fast = SecAggPlus(length=8)
+            for r in (1, 2):
+                total, contributors = secure_round(world, fast, vectors(world.ids, 8, r),
+                                                   round=r)
+                assert contributors == world.ids
+            if ended:
+                _end(world, fast)
+        protected = {w: protect(world.session(w), entry, xs[w]) for w, entry in entries.items()}
+        total, contributors = asyncio.run(slow.end_round(round, protected, world.request,
+                                                         deadline))
+        assert contributors == world.ids and torch.equal(total, ring_sum(xs.values()))
+
+
+def test_ending_a_session_frees_its_states_on_every_worker_and_only_them(make_world):
+    """SecAggEnd (from `SecAggPlus.end_session`): every worker forgets its states of the
+    session and its channel pair, not those of another session; a stranger may not end a
+    session, and a malformed one is refused."""
+    world = make_world(5)
+    a, b = SecAggPlus(length=16), SecAggPlus(length=16)
+    for agg in (a, b):
+        for round in (1, 2):
+            secure_round(world, agg, vectors(world.ids, 16, round), round=round)
+    assert _held(a.session) and _held(b.session)
+    _end(world, a)
+    assert _held(a.session) == [] and _held(b.session)
+    assert not any(key[2] == a.session for key in secaggplus._CHANNELS)
+    assert not any(key[2] == a.session for key in secaggplus._CHANNEL_KEYS)
+    total, contributors = secure_round(world, b, vectors(world.ids, 16, 3), round=3)
+    assert contributors == world.ids  # b goes on
+    stranger = World(5, principal="mallory")
+    stranger.workers, stranger.transport = world.workers, LocalTransport(world.workers,
+                                                                          principal="mallory")
+    stranger.engine = RequestEngine(stranger.transport, sender="mallory", timeout=None)
+    with pytest.raises(fedmq.errors.AccessDeniedError):
+        asyncio.run(stranger.engine.arequest(world.ids[0], secaggplus.SecAggEnd(b.session),
+                                             timeout=10))
+    with pytest.raises(fedmq.errors.RemoteError, match="session"):
+        asyncio.run(world.engine.arequest(world.ids[0], secaggplus.SecAggEnd(""), timeout=10))
+    assert _held(b.session)
+    stranger.transport.close()
 
 
 def test_a_stolen_channel_key_exposes_its_own_worker_only(make_world):

@@ -45,6 +45,9 @@ from fedmq.strategy import (AsyncStrategy, EvaluateIns, FedAvg, FitIns, FitResul
                             UpdateRejected, check_result, worker_seed)
 
 log = logging.getLogger("fedmq.fl")
+#: seconds the end of a run waits, at most, for the workers to confirm they freed what its
+#: secure aggregation left them (SecAggEnd)
+END_SESSION_WAIT = 2.0
 
 __all__ = ["CANCEL_WAIT", "Coordinator", "RoundRecord", "TrainConfig", "accuracy_line",
            "bucket_line", "cancel_fit", "initial_model", "initial_weights", "wait_for_workers",
@@ -162,6 +165,9 @@ class Coordinator(CoordinatorBase):
                 failed_in_a_row = 0 if record.workers else failed_in_a_row + 1
                 if self.max_failed_rounds and failed_in_a_row >= self.max_failed_rounds:
                     break
+        if self.privacy is not None:  # the workers free what the secure rounds left them
+            await self.privacy.end_session(self.secure_request, time.time() + min(
+                END_SESSION_WAIT, self.config.round_timeout))
         if refused:
             raise RunRefused(refused)
         if self.max_failed_rounds and failed_in_a_row >= self.max_failed_rounds:

@@ -146,6 +146,12 @@ class PrivateRounds:
         if self.aggregator is not None:
             self.aggregator.abandon(round)
 
+    async def end_session(self, request: Request, deadline: float) -> None:
+        """The run is over: the workers may free what the method keeps for it
+        (SecureAggregator.end_session; best effort by `deadline`)."""
+        if self.aggregator is not None:
+            await self.aggregator.end_session(request, deadline)
+
     # -- after training ------------------------------------------------------------------------
     async def finish(self, round: int, global_weights: dict, protected: dict[str, Any],
                      request: Request, deadline: float,

@@ -72,6 +72,11 @@ class SecureAggregator(abc.ABC):
         """`round` will not be ended (its run was cancelled, or failed before unmasking):
         forget it and stop what `masked` started. Default: nothing."""
 
+    async def end_session(self, request: Request, deadline: float) -> None:
+        """The run is over: tell the workers to free what they keep for it (best effort, by
+        `deadline`: a worker that does not answer frees it later by itself). Default:
+        nothing."""
+
     @abc.abstractmethod
     async def end_round(self, round: int, protected: dict[str, dict], request: Request,
                         deadline: float) -> tuple[torch.Tensor, list[str]]:

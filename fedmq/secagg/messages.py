@@ -76,3 +76,18 @@ class SecAggUnmaskShares:
     """Stage 3 reply: {worker: Shamir share (66 bytes)}: of b for a survivor, of s^SK for a
     dropped worker."""
     shares: dict
+
+
+@record(116)
+@dataclass(slots=True)
+class SecAggEnd:
+    """Coordinator -> worker, once its run is over: forget every state of `session` (its
+    rounds, set up ahead or never unmasked there, and its channel pair)."""
+    session: str
+
+
+@record(117)
+@dataclass(slots=True)
+class SecAggEnded:
+    """SecAggEnd's reply: how many round states the worker forgot."""
+    forgotten: int

@@ -86,8 +86,9 @@ import torch
 
 from fedmq.secagg import keys, shamir
 from fedmq.secagg.base import COMPUTE_LOCK, Request, SecureAggregationError, SecureAggregator
-from fedmq.secagg.messages import (SecAggEncryptedShares, SecAggPublicKeys, SecAggSetup,
-                                   SecAggShareKeys, SecAggUnmask, SecAggUnmaskShares)
+from fedmq.secagg.messages import (SecAggEncryptedShares, SecAggEnd, SecAggEnded,
+                                   SecAggPublicKeys, SecAggSetup, SecAggShareKeys, SecAggUnmask,
+                                   SecAggUnmaskShares)
 from fedmq.smpc.ring import MAX_EXPANDED, PRG
 
 #: a round's graph is complete up to this many workers
@@ -309,10 +310,6 @@ def _touch(key: tuple, state: "_RoundState") -> None:
 
 #: stage -> the order in which a worker's states beyond MAX_STATES_PER_WORKER are forgotten
 _EVICTION_RANK = {ABORTED: 0, 3: 0, AHEAD: 1, 1: 2}
-#: seconds a session of a worker may stay idle while another of its sessions is active before
-#: its states count as left over (a finished run's last round, never unmasked there, and the
-#: rounds it set up ahead): beyond MAX_STATES_PER_WORKER they are forgotten first
-STALE_SESSION = 60.0
 
 
 def _forget_old(worker: tuple, keep: tuple = ()) -> None:
@@ -328,22 +325,16 @@ def _forget_old(worker: tuple, keep: tuple = ()) -> None:
         _evict(key)
     mine = _BY_WORKER.get(worker, {})
     if len(mine) > MAX_STATES_PER_WORKER:
-        # by session: those idle for STALE_SESSION while another was active go first (runs
-        # that ended), the most recently active one last (successive runs never push out the
-        # live one); within that, rounds finished (unmasked, or refused), then what a
-        # coordinator can set up again by messages (keys made ahead, then rounds shared but
-        # not yet masked), rounds in the middle of a stage exchange or masked and awaiting
-        # stage 3 last; each class least recently used first; never the state just opened
-        active: dict = {}
-        for k in mine:
-            active[k[2]] = max(active.get(k[2], 0.0), _STATES[k].used)
-        newest = max(active.values())
-
-        def rank(k: tuple) -> tuple:
-            last = active[k[2]]
-            return (last >= newest, last >= newest - STALE_SESSION,
-                    _EVICTION_RANK.get(_STATES[k].stage, 3), _STATES[k].used)
-        ranked = sorted((k for k in mine if k != keep), key=rank)
+        # the most recently active session's states last (runs that ended without SecAggEnd,
+        # a coordinator's crash, never push out the live one); otherwise rounds finished
+        # (unmasked, or refused) go first, then what a coordinator can set up again by
+        # messages (keys made ahead, then rounds shared but not yet masked), rounds in the
+        # middle of a stage exchange or masked and awaiting stage 3 last; each class least
+        # recently used first; never the state just opened
+        newest = max(mine, key=lambda k: _STATES[k].used)[2]
+        ranked = sorted((k for k in mine if k != keep),
+                        key=lambda k: (k[2] == newest, _EVICTION_RANK.get(_STATES[k].stage, 3),
+                                       _STATES[k].used))
         for key in ranked[:len(mine) - MAX_STATES_PER_WORKER]:
             _evict(key)
     while len(_STATES) > MAX_STATES:
@@ -777,6 +768,24 @@ def unmask(session: Any, msg: SecAggUnmask) -> SecAggUnmaskShares:
     return reply
 
 
+def end_session(session: Any, msg: SecAggEnd) -> SecAggEnded:
+    """The run of SecAgg+ session `msg.session` is over: this worker forgets its states of
+    it (whatever their stage) and its channel pair and keys. Only a principal holding
+    `coordinator` may ask, and only for its own sessions (states are kept per principal).
+    ValueError for a malformed session."""
+    session.require("coordinator", "send SecAggEnd")
+    _check_session(msg.session, 0)
+    me, principal = session.id, _principal(session)
+    with _LOCK:
+        ended = [key for key in _BY_WORKER.get((me, principal), ()) if key[2] == msg.session]
+        for key in ended:
+            _evict(key)
+        _CHANNELS.pop((me, principal, msg.session), None)
+        for key in [k for k in _CHANNEL_KEYS if k[:3] == (me, principal, msg.session)]:
+            del _CHANNEL_KEYS[key]
+    return SecAggEnded(len(ended))
+
+
 def _share_ahead(session: Any, sa_session: str, setup: SecAggSetup, public_keys: Any) -> dict:
     """Stage 1 of the later round `setup` names, whose keys this worker made ahead: checks
     the setup as stage 0 does (`advertise_keys`), then shares as `share_keys` does."""
@@ -988,6 +997,7 @@ class SecAggPlus(SecureAggregator):
         self.session = os.urandom(12).hex()
         self.ahead = bool(ahead)
         self._rounds: dict[int, _Round] = {}
+        self._seen: set = set()  # every worker a round of this session was begun with
         self._seq = 0  # the last protocol round used or reserved
         self._prepared: _Prepared | None = None
         #: (protocol round, {worker: (c_pk, s_pk)}): the keys workers made ahead for it
@@ -1046,9 +1056,26 @@ class SecAggPlus(SecureAggregator):
         if self.ahead:
             entries = self._run_ahead(state, entries)
         self._rounds[round] = state
+        self._seen.update(workers)
         for old in [r for r in self._rounds if r <= round - KEEP_ROUNDS]:
             self.abandon(old)
         return entries
+
+    async def end_session(self, request: Request, deadline: float) -> None:
+        """The run is over: every worker this session ever set up is told to forget its states
+        of it (SecAggEnd: its last round, never unmasked there, the rounds set up ahead, its
+        channel pair), by `deadline`; one that does not answer forgets them when they are the
+        oldest beyond its bounds (MAX_STATES_PER_WORKER), or after STATE_TTL."""
+        for round in list(self._rounds):
+            self.abandon(round)
+        self._prepared, self._next_keys = None, None
+        workers, self._seen = sorted(self._seen), set()
+        if workers:
+            replies = await _gather(request, {w: SecAggEnd(self.session) for w in workers},
+                                    deadline)
+            if len(replies) < len(workers):
+                log.info("SecAgg+ session %s: %d of %d workers did not confirm its end",
+                         self.session, len(workers) - len(replies), len(workers))
 
     def abandon(self, round: int) -> None:
         """Forget `round` (one that will not be ended: its run was cancelled, or it is too
@@ -1328,9 +1355,9 @@ def _reconstruct(shares: dict, t: int, what: str, round: int) -> int:
 
 #: message type -> worker handler(session, message)
 HANDLERS: dict = {SecAggSetup: advertise_keys, SecAggShareKeys: share_keys,
-                  SecAggUnmask: unmask}
+                  SecAggUnmask: unmask, SecAggEnd: end_session}
 #: message type -> the values it reads (none: a light message, fedmq.worker.register_light)
-LIGHT: dict = {SecAggUnmask: lambda message: ()}
+LIGHT: dict = {SecAggUnmask: lambda message: (), SecAggEnd: lambda message: ()}
 #: wire records (codes 110-117)
 RECORDS: tuple = (SecAggSetup, SecAggPublicKeys, SecAggShareKeys, SecAggEncryptedShares,
-                  SecAggUnmask, SecAggUnmaskShares)
+                  SecAggUnmask, SecAggUnmaskShares, SecAggEnd, SecAggEnded)
