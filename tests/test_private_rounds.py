@@ -530,3 +530,28 @@ def test_encode_is_the_documented_formula_and_refuses_non_finite_updates():
     flat = quantize.flatten(weights, ["c", "a", "b"])
     assert flat.dtype == torch.float64 and flat.tolist() == [0.5] * 5 + [1.0] * 6 + [0, 1, 2, 3]
     assert quantize.flatten(weights, ["a"]).tolist() == [1.0] * 6
+
+
+@pytest.mark.parametrize("how", ["raises", "cancelled"])
+def test_found_by_review_a_run_that_fails_or_is_cancelled_still_ends_its_session(how):
+    """The end of the SecAgg+ session (SecAggEnd) is sent however the run stops: a round that
+    raises, or the run's task cancelled (Ctrl-C): the workers keep nothing of it."""
+    workers = make_workers()
+    privacy = make_private_rounds("secagg+", seed=3)
+    coordinator = Coordinator(InProcessConnection(workers), list(workers),
+                              small_config(rounds=3), echo=lambda line: None, privacy=privacy)
+    real = coordinator.run_round
+
+    async def second_round_stops(round):
+        if round == 2:
+            if how == "raises":
+                raise RuntimeError("a round failed")
+            asyncio.current_task().cancel()
+            await asyncio.sleep(1)
+        return await real(round)
+    coordinator.run_round = second_round_stops
+    with pytest.raises(RuntimeError if how == "raises" else asyncio.CancelledError):
+        asyncio.run(coordinator.run())
+    session = privacy.aggregator.session
+    assert not [key for key in secaggplus._STATES if key[2] == session]
+    assert not [key for key in secaggplus._CHANNELS if key[2] == session]

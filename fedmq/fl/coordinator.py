@@ -155,19 +155,22 @@ class Coordinator(CoordinatorBase):
         last = self.config.rounds if until is None else min(until, self.config.rounds)
         refused: dict[str, str] = {}
         failed_in_a_row = 0
-        with self.running():
-            for round in range(start, last + 1):
-                record = await self.run_round(round)
-                self.end_round(record)
-                refused = refusals(record)
-                if refused:  # the workers will refuse every round alike: stop, say why once
-                    break
-                failed_in_a_row = 0 if record.workers else failed_in_a_row + 1
-                if self.max_failed_rounds and failed_in_a_row >= self.max_failed_rounds:
-                    break
-        if self.privacy is not None:  # the workers free what the secure rounds left them
-            await self.privacy.end_session(self.secure_request, time.time() + min(
-                END_SESSION_WAIT, self.config.round_timeout))
+        try:
+            with self.running():
+                for round in range(start, last + 1):
+                    record = await self.run_round(round)
+                    self.end_round(record)
+                    refused = refusals(record)
+                    if refused:  # the workers will refuse every round alike: say why once
+                        break
+                    failed_in_a_row = 0 if record.workers else failed_in_a_row + 1
+                    if self.max_failed_rounds and failed_in_a_row >= self.max_failed_rounds:
+                        break
+        finally:  # ended, failed or cancelled: the workers free what the secure rounds left
+            if self.privacy is not None:
+                await asyncio.shield(self.privacy.end_session(
+                    self.secure_request, time.time() + min(END_SESSION_WAIT,
+                                                           self.config.round_timeout)))
         if refused:
             raise RunRefused(refused)
         if self.max_failed_rounds and failed_in_a_row >= self.max_failed_rounds:
