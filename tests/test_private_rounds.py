@@ -96,7 +96,7 @@ def test_secaggplus_rounds_equal_fedavg_within_quantization():
     assert all(set(r.workers) == {"w0", "w1", "w2"} for r in history)
     assert max_diff(plain.weights, secure.weights) < TOLERANCE
     # the run ended its session (SecAggEnd): the workers keep nothing of it
-    session = secure.privacy.aggregator.session
+    session, = secure.privacy.aggregator.ended_sessions
     assert not [key for key in secaggplus._STATES if key[2] == session]
     assert not [key for key in secaggplus._CHANNELS if key[2] == session]
 
@@ -552,6 +552,6 @@ def test_found_by_review_a_run_that_fails_or_is_cancelled_still_ends_its_session
     coordinator.run_round = second_round_stops
     with pytest.raises(RuntimeError if how == "raises" else asyncio.CancelledError):
         asyncio.run(coordinator.run())
-    session = privacy.aggregator.session
+    session, = privacy.aggregator.ended_sessions
     assert not [key for key in secaggplus._STATES if key[2] == session]
     assert not [key for key in secaggplus._CHANNELS if key[2] == session]

@@ -1108,7 +1108,11 @@ def test_a_share_ciphertext_of_a_wrong_length_is_refused(make_world, monkeypatch
 
 
 def _end(world, agg):
+    """Ends `agg`'s session on the world's workers; returns it (`agg` draws a new one)."""
+    session = agg.session
     asyncio.run(agg.end_session(world.request, time.time() + 10))
+    assert agg.session != session and agg.ended_sessions[-1] == session
+    return session
 
 
 def _held(session):
@@ -1140,8 +1144,7 @@ def test_found_by_review_successive_runs_do_not_push_out_the_live_rounds(make_wo
             assert contributors == world.ids, (run, round)
             assert torch.equal(total, ring_sum(xs.values()))
         if ended:
-            _end(world, agg)
-            assert _held(agg.session) == []
+            assert _held(_end(world, agg)) == []
     assert max((len(keys) for keys in secaggplus._BY_WORKER.values()), default=0) <= \
         secaggplus.MAX_STATES_PER_WORKER
 
@@ -1187,10 +1190,10 @@ def test_ending_a_session_frees_its_states_on_every_worker_and_only_them(make_wo
         for round in (1, 2):
             secure_round(world, agg, vectors(world.ids, 16, round), round=round)
     assert _held(a.session) and _held(b.session)
-    _end(world, a)
-    assert _held(a.session) == [] and _held(b.session)
-    assert not any(key[2] == a.session for key in secaggplus._CHANNELS)
-    assert not any(key[2] == a.session for key in secaggplus._CHANNEL_KEYS)
+    ended = _end(world, a)
+    assert _held(ended) == [] and _held(b.session)
+    assert not any(key[2] == ended for key in secaggplus._CHANNELS)
+    assert not any(key[2] == ended for key in secaggplus._CHANNEL_KEYS)
     total, contributors = secure_round(world, b, vectors(world.ids, 16, 3), round=3)
     assert contributors == world.ids  # b goes on
     stranger = World(5, principal="mallory")
@@ -1204,6 +1207,74 @@ def test_ending_a_session_frees_its_states_on_every_worker_and_only_them(make_wo
         asyncio.run(world.engine.arequest(world.ids[0], secaggplus.SecAggEnd(""), timeout=10))
     assert _held(b.session)
     stranger.transport.close()
+
+
+@pytest.mark.parametrize("stage", ["_mask_input", "_share"])
+def test_found_by_review_a_fit_that_outlives_its_session_sets_nothing_up_again(make_world,
+                                                                              monkeypatch,
+                                                                              stage):
+    """SecAggEnd is light: a worker answers it while its Fit is still masking (stage 2) or
+    sharing the next round's keys ahead (its stage 1). That Fit then makes no keys ahead for
+    the ended session, no channel pair and keeps no channel key (the reviewers saw all three
+    come back, held by nothing that would end them); a setup of the ended session is
+    refused; the aggregator's next run draws a new session and runs as before."""
+    world = make_world(4)
+    _fresh(world)
+    agg = SecAggPlus(length=8)
+    xs = vectors(world.ids, 8, 1)
+    entries = asyncio.run(agg.begin_round(1, world.ids, world.request, time.time() + 60))
+    assert all("prepare" in entry and "share" in entry for entry in entries.values())
+    session = agg.session
+    real = getattr(secaggplus, stage)
+
+    def ended_meanwhile(me, *args):
+        ended = asyncio.run(world.engine.arequest(me, secaggplus.SecAggEnd(session),
+                                                  timeout=10))
+        assert isinstance(ended, secaggplus.SecAggEnded)
+        return real(me, *args)
+    monkeypatch.setattr(secaggplus, stage, ended_meanwhile)
+    for w, entry in entries.items():
+        out = protect(world.session(w), entry, xs[w])
+        assert "next_keys" not in out
+    monkeypatch.undo()
+    assert _held(session) == []
+    assert not any(key[2] == session for key in secaggplus._CHANNELS)
+    assert not any(key[2] == session for key in secaggplus._CHANNEL_KEYS)
+    order, nbrs = secaggplus.graph(world.ids, agg.seed, 9, 2)
+    with pytest.raises(fedmq.errors.RemoteError, match="has ended"):
+        asyncio.run(world.request(world.ids[0], SecAggSetup(session, 9, order,
+                                                             nbrs[world.ids[0]], 2, 0), 5))
+    assert _held(session) == []
+    asyncio.run(agg.end_session(world.request, time.time() + 10))
+    assert agg.ended_sessions[0] == session and agg.session != session
+    for round in (1, 2):
+        xs = vectors(world.ids, 8, round)
+        total, contributors = secure_round(world, agg, xs, round=round)
+        assert contributors == world.ids and torch.equal(total, ring_sum(xs.values()))
+
+
+def test_found_by_review_ended_sessions_are_kept_per_principal(make_world, monkeypatch):
+    """A worker remembers the sessions each principal ended apart: another principal
+    (granted `coordinator` too) ending many sessions of its own does not make the worker
+    forget one that "coord" ended, nor can it end coord's session (states are per
+    principal)."""
+    monkeypatch.setattr(secaggplus, "ENDED_PER_PRINCIPAL", 8)
+    world = make_world(3)
+    _fresh(world)
+    agg = SecAggPlus(length=8)
+    secure_round(world, agg, vectors(world.ids, 8, 1), round=1)
+    ended = _end(world, agg)
+    me = world.ids[0]
+    other = types.SimpleNamespace(id=me, principal="mallory", acting=None,
+                                  require=lambda *args: None)
+    for i in range(50):
+        secaggplus.end_session(other, secaggplus.SecAggEnd(f"made-up-{i}"))
+    with secaggplus._LOCK:
+        assert secaggplus._ended((me, "coord", ended))
+        assert not secaggplus._ended((me, "mallory", "made-up-0"))  # its own, bounded
+        assert secaggplus._ended((me, "mallory", "made-up-49"))
+    total, contributors = secure_round(world, agg, vectors(world.ids, 8, 2), round=2)
+    assert contributors == world.ids
 
 
 def test_a_stolen_channel_key_exposes_its_own_worker_only(make_world):

@@ -266,6 +266,18 @@ _CHANNEL_KEYS: "OrderedDict[tuple, bytes]" = OrderedDict()
 _PREMASK_BYTES = [0]
 #: (worker, principal, session) -> the last round set up (older setups are replays)
 _LAST_ROUND: dict = {}
+#: (worker, principal) -> the sessions it ended here (SecAggEnd), oldest first, at most
+#: ENDED_PER_PRINCIPAL each: none of their rounds is set up again (a Fit still running when
+#: its session ended would otherwise make keys ahead for it, a channel pair and channel keys,
+#: that nothing would end); kept per principal, so one cannot push out another's
+_ENDED: OrderedDict = OrderedDict()
+ENDED_PER_PRINCIPAL = 1024
+
+
+def _ended(key: tuple) -> bool:
+    """Whether the session of `key` (worker, principal, session, ...) has ended here. Call
+    with _LOCK."""
+    return key[2] in _ENDED.get(key[:2], ())
 _LOCK = threading.Lock()
 
 
@@ -423,7 +435,10 @@ def _release_unused(key: tuple) -> None:
 
 def _channel_pair(key: tuple) -> keys.KeyPair:
     """The channel pair c_u of (worker, principal, session) `key[:3]`, drawn on first use.
-    Call with _LOCK."""
+    ValueError if that session has ended here (`end_session`). Call with _LOCK."""
+    if _ended(key):
+        raise ValueError(f"SecAgg+ session {key[2]!r} has ended on worker {key[0]!r} "
+                         f"(SecAggEnd): none of its rounds is set up again")
     found = _CHANNELS.pop(key[:3], None)
     pair = found[0] if found is not None else keys.KeyPair.generate()
     _CHANNELS[key[:3]] = (pair, time.monotonic())  # most recently used last
@@ -445,6 +460,8 @@ def _channel(state: "_RoundState", v: str, c_pk: bytes) -> bytes:
         agreed = keys.agree(state.c.private or state.c.sk, c_pk, keys.INFO_ENCRYPTION,
                             salt=keys.session_salt(state.key[2]))
         with _LOCK:
+            if _ended(state.key):  # the session ended while this worker was agreeing
+                return agreed
             _CHANNEL_KEYS[lookup] = agreed
             while len(_CHANNEL_KEYS) > MAX_CHANNEL_KEYS:
                 _CHANNEL_KEYS.popitem(last=False)
@@ -772,11 +789,20 @@ def end_session(session: Any, msg: SecAggEnd) -> SecAggEnded:
     """The run of SecAgg+ session `msg.session` is over: this worker forgets its states of
     it (whatever their stage) and its channel pair and keys. Only a principal holding
     `coordinator` may ask, and only for its own sessions (states are kept per principal).
-    ValueError for a malformed session."""
+    From then on the session sets up no round here (a Fit of it still running, or arriving
+    late, makes no keys ahead). ValueError for a malformed session."""
     session.require("coordinator", "send SecAggEnd")
     _check_session(msg.session, 0)
     me, principal = session.id, _principal(session)
     with _LOCK:
+        mine = _ENDED.pop((me, principal), None) or OrderedDict()
+        _ENDED[(me, principal)] = mine  # the most recently ending principals last
+        mine.pop(msg.session, None)
+        mine[msg.session] = None
+        while len(mine) > ENDED_PER_PRINCIPAL:
+            mine.popitem(last=False)
+        while len(_ENDED) > MAX_STATES:
+            _ENDED.popitem(last=False)
         ended = [key for key in _BY_WORKER.get((me, principal), ()) if key[2] == msg.session]
         for key in ended:
             _evict(key)
@@ -995,6 +1021,8 @@ class SecAggPlus(SecureAggregator):
         self.seed = os.urandom(32) if seed is None else bytes(seed)
         self.length = length
         self.session = os.urandom(12).hex()
+        #: the sessions `end_session` ended, oldest first (each run of a coordinator is one)
+        self.ended_sessions: list[str] = []
         self.ahead = bool(ahead)
         self._rounds: dict[int, _Round] = {}
         self._seen: set = set()  # every worker a round of this session was begun with
@@ -1065,17 +1093,21 @@ class SecAggPlus(SecureAggregator):
         """The run is over: every worker this session ever set up is told to forget its states
         of it (SecAggEnd: its last round, never unmasked there, the rounds set up ahead, its
         channel pair), by `deadline`; one that does not answer forgets them when they are the
-        oldest beyond its bounds (MAX_STATES_PER_WORKER), or after STATE_TTL."""
+        oldest beyond its bounds (MAX_STATES_PER_WORKER), or after STATE_TTL. Workers set
+        up no round of an ended session again: a later run of this aggregator draws a new
+        session."""
         for round in list(self._rounds):
             self.abandon(round)
         self._prepared, self._next_keys = None, None
         workers, self._seen = sorted(self._seen), set()
+        ended, self.session = self.session, os.urandom(12).hex()
+        self.ended_sessions.append(ended)
         if workers:
-            replies = await _gather(request, {w: SecAggEnd(self.session) for w in workers},
+            replies = await _gather(request, {w: SecAggEnd(ended) for w in workers},
                                     deadline)
             if len(replies) < len(workers):
                 log.info("SecAgg+ session %s: %d of %d workers did not confirm its end",
-                         self.session, len(workers) - len(replies), len(workers))
+                         ended, len(workers) - len(replies), len(workers))
 
     def abandon(self, round: int) -> None:
         """Forget `round` (one that will not be ended: its run was cancelled, or it is too
