@@ -908,6 +908,8 @@ def test_found_by_review_channel_keys_and_states_stay_bounded(make_world, monkey
             secaggplus.share_keys(session, SecAggShareKeys(f"s{s}", rnd, {
                 v: [keys.KeyPair.generate().pk, keys.KeyPair.generate().pk] for v in others}))
             assert len(secaggplus._CHANNEL_KEYS) <= 50
+            assert sum(map(len, secaggplus._KEYS_OF.values())) == \
+                len(secaggplus._CHANNEL_KEYS)  # the index of end_session, as bounded
             assert sum(k[0] == me for k in secaggplus._STATES) <= 4
 
 
@@ -1194,6 +1196,8 @@ def test_ending_a_session_frees_its_states_on_every_worker_and_only_them(make_wo
     assert _held(ended) == [] and _held(b.session)
     assert not any(key[2] == ended for key in secaggplus._CHANNELS)
     assert not any(key[2] == ended for key in secaggplus._CHANNEL_KEYS)
+    assert not any(key[2] == ended for key in secaggplus._KEYS_OF)
+    assert any(key[2] == b.session for key in secaggplus._KEYS_OF)
     total, contributors = secure_round(world, b, vectors(world.ids, 16, 3), round=3)
     assert contributors == world.ids  # b goes on
     stranger = World(5, principal="mallory")

@@ -262,6 +262,9 @@ _BY_WORKER: dict[tuple, dict] = {}
 _CHANNELS: "OrderedDict[tuple, tuple]" = OrderedDict()
 #: (worker, principal, session, neighbour, c_v^PK) -> the agreed AEAD key, LRU
 _CHANNEL_KEYS: "OrderedDict[tuple, bytes]" = OrderedDict()
+#: (worker, principal, session) -> its keys in _CHANNEL_KEYS (`end_session` drops them
+#: without a scan of every worker's)
+_KEYS_OF: dict[tuple, set] = {}
 #: bytes of the premasks kept (PREMASK_BUDGET)
 _PREMASK_BYTES = [0]
 #: (worker, principal, session) -> the last round set up (older setups are replays)
@@ -463,8 +466,14 @@ def _channel(state: "_RoundState", v: str, c_pk: bytes) -> bytes:
             if _ended(state.key):  # the session ended while this worker was agreeing
                 return agreed
             _CHANNEL_KEYS[lookup] = agreed
+            _KEYS_OF.setdefault(lookup[:3], set()).add(lookup)
             while len(_CHANNEL_KEYS) > MAX_CHANNEL_KEYS:
-                _CHANNEL_KEYS.popitem(last=False)
+                old, _ = _CHANNEL_KEYS.popitem(last=False)
+                of = _KEYS_OF.get(old[:3])
+                if of is not None:
+                    of.discard(old)
+                    if not of:
+                        del _KEYS_OF[old[:3]]
     return agreed
 
 
@@ -807,8 +816,8 @@ def end_session(session: Any, msg: SecAggEnd) -> SecAggEnded:
         for key in ended:
             _evict(key)
         _CHANNELS.pop((me, principal, msg.session), None)
-        for key in [k for k in _CHANNEL_KEYS if k[:3] == (me, principal, msg.session)]:
-            del _CHANNEL_KEYS[key]
+        for key in _KEYS_OF.pop((me, principal, msg.session), ()):
+            _CHANNEL_KEYS.pop(key, None)
     return SecAggEnded(len(ended))
 
 
