@@ -304,6 +304,30 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path):
     assert "Resuming after round 2" in resumed.stdout
 
 
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_found_by_review_sigterm_stops_a_run_as_ctrl_c_does(tmp_path, sigint):
+    """SIGTERM (docker stop, systemd) ends a run as Ctrl-C does: the round in flight is
+    cancelled (a SecAgg+ session ended), one line says how to resume, exit 143 (before, it
+    died silently, its session left on the workers), also when SIGINT is ignored (a job
+    started in the background)."""
+    handler = signal.SIG_DFL if sigint == "default" else signal.SIG_IGN
+    argv = [sys.executable, "-m", "fedmq", "train", "--runs-dir", str(tmp_path), "--name", "tt",
+            "--rounds", "30", "--batches", "3", "--eval-every", "0", "--batch-size", "16",
+            "--secure-aggregation", "secagg+"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                          handler))
+    for line in proc.stdout:
+        if "Training round 3/30" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "interrupted after round 2" in lines[0] and lines[0].endswith("--resume")
+
+
 # -- the Python API ---------------------------------------------------------------------------
 
 @pytest.mark.amqp

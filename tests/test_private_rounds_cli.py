@@ -239,6 +239,8 @@ def test_resumed_dp_run_continues_the_epsilon_count(runs, central):
     (["--dp", "central", "--noise-multiplier", "-1"], "--dp"),
     (["--secure-aggregation", "foo"], "--secure-aggregation"),
     (["--secure-aggregation", "additive:onlyone"], "--secure-aggregation"),
+    # found by review: an empty method (a script's empty variable) ran unprotected rounds
+    (["--secure-aggregation", ""], "--secure-aggregation"),
     # found by review: a threshold that suits the run's workers but not the round's sample
     (["--secure-aggregation", "secagg+", "--sa-threshold", "3", "--strategy-arg",
       "fraction_fit=0.5"], "--sa-threshold"),
@@ -262,8 +264,9 @@ def test_help_lists_the_privacy_options_with_their_defaults():
     assert "privacy (issue 16" in text
     text = text[text.index("privacy (issue 16"):]  # the group, past the usage line
     for option, default in (("--secure-aggregation METHOD", "default: none"),
-                            ("--sa-threshold T", "default: a majority"),
-                            ("--sa-neighbours K", "default: all up to 8 workers"),
+                            ("--sa-threshold T", "default: the smallest strict majority"),
+                            ("--sa-neighbours K", "default: all of them up to 8 workers, "
+                                                  "then 2*ceil(log2 n)+2"),
                             ("--dp {central,local}", "default: none"),
                             ("--noise-multiplier Z", "default 1.0"),
                             ("--max-grad-norm C", "default 1.0"),

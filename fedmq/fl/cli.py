@@ -24,7 +24,9 @@ import logging
 import math
 import os
 import pathlib
+import signal
 import sys
+import threading
 import time
 
 from fedmq.cli_options import UsageError as CliUsageError, check_amqp_url, check_worker_id
@@ -220,8 +222,9 @@ def check_args(args: argparse.Namespace) -> dict[str, str | None]:
 
 def parse_secure_aggregation(text: str | None) -> tuple[str | None, list[str]]:
     """(method, aggregators) from --secure-aggregation: "secagg+", "additive:agg1,agg2[,...]"
-    or None; UsageError otherwise."""
-    if not text:
+    or None (the option not given); UsageError otherwise, an empty text included (a script
+    passing an empty variable must not get an unprotected run)."""
+    if text is None:
         return None, []
     method, _, rest = text.partition(":")
     if method == "secagg+" and not rest:
@@ -598,6 +601,8 @@ def run_train(args: argparse.Namespace) -> int:
         return 2
     launcher = None
     code = None
+    terminated: list[int] = []
+    previous = _stop_on_sigterm(terminated)
     try:
         if args.launch:
             from fedmq.fl.launch import WorkerLauncher, thread_env
@@ -617,7 +622,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"\nfedmq train: {interrupted_line(args, run_dir)}", file=sys.stderr)
-        return 130
+        return 143 if terminated else 130
     except Exception as exc:  # noqa: BLE001 - broker problems: one line, not a traceback
         from fedmq.errors import TransportError
         if not isinstance(exc, TransportError):
@@ -625,10 +630,29 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"fedmq train: {exc}", file=sys.stderr)
         return 2
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if launcher is not None:
             launcher.stop_all()
         if not args.resume and code is None or code == 2:
             runs.release(run_dir)  # stopped before its first round: the name is free again
+
+
+def _stop_on_sigterm(terminated: list) -> object | None:
+    """SIGTERM (docker stop, systemd, kill) stops a run as Ctrl-C does: the round in flight is
+    cancelled, the SecAgg+ session ended, and the resume line printed (exit 143). Returns the
+    handler it replaced (None off the main thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        terminated.append(signum)
+        interrupt = signal.getsignal(signal.SIGINT)  # asyncio.run's own while a run is on
+        if callable(interrupt):
+            interrupt(signal.SIGINT, frame)
+        else:  # SIGINT ignored (a background job): stop all the same
+            raise KeyboardInterrupt
+    return signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def launch_services(launcher, args: argparse.Namespace, workers: dict) -> None:
@@ -776,11 +800,12 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
                         "et al. 2020) or additive:AGG1,AGG2[,...] (additive shares summed by "
                         "aggregator workers, the seed's §10 way); default: none")
     g.add_argument("--sa-threshold", type=int, default=None, metavar="T",
-                   help="secagg+: shares needed to unmask a worker (default: a majority of "
-                        "its neighbourhood); up to the others can drop after masking")
+                   help="secagg+: shares needed to unmask a worker (default: the smallest "
+                        "strict majority of its k+1 share holders, the lowest allowed); a "
+                        "round is unmasked while t of each neighbourhood remain")
     g.add_argument("--sa-neighbours", type=int, default=None, metavar="K",
-                   help="secagg+: neighbours per worker (default: all up to 8 workers, "
-                        "then about 2 log2 n)")
+                   help="secagg+: neighbours per worker (default: all of them up to 8 "
+                        "workers, then 2*ceil(log2 n)+2 rounded up to even, at most n-1)")
     g.add_argument("--dp", default=None, choices=["central", "local"],
                    help="differential privacy: central (DP-FedAvg: clipped updates, Gaussian "
                         "noise on the aggregate; distributed among the workers with "
