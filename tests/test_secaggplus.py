@@ -1317,3 +1317,14 @@ def test_a_stolen_channel_key_exposes_its_own_worker_only(make_world):
     assert all(len(shares) == 1 < t for shares in others.values())  # one share of each v
     assert set(seeds) <= set(setup[u].neighbours)  # only the seeds of u's own edges
     assert all(len(setup[v].neighbours) >= 2 for v in others)  # v keeps a seed unknown to it
+
+
+def test_found_by_review_a_round_nobody_sets_up_says_why(make_world):
+    """A coordinator whose principal the workers do not grant `coordinator` learns why its
+    round failed from the error itself, not only from the workers' logs ("0 of 3 workers
+    advertised keys" said nothing of the refusals)."""
+    world = make_world(3, principal="mallory")
+    with pytest.raises(SecureAggregationError, match="0 of 3 workers advertised keys.*"
+                                                     "AccessDenied.*mallory"):
+        asyncio.run(SecAggPlus(length=8).begin_round(1, world.ids, world.request,
+                                                     time.time() + 10))

@@ -872,15 +872,24 @@ class _Prepared:
     round: _Round
 
 
-async def _gather(request: Request, messages: dict[str, Any], deadline: float) -> dict:
-    """worker -> reply for those that answered before `deadline` (errors are drops)."""
+async def _gather(request: Request, messages: dict[str, Any], deadline: float,
+                  refused: dict | None = None) -> dict:
+    """worker -> reply for those that answered before `deadline` (errors are drops; with
+    `refused`, worker -> why is added to it for each)."""
     asked, replies = _Asking(request, deadline), {}
     asked.ask(messages)
     try:
         await asked.wait(deadline, replies.__setitem__)
     finally:
         asked.cancel()
+        if refused is not None:
+            refused.update(asked.refused)
     return replies
+
+
+def _why(refused: dict) -> str:
+    """"; 'w1': reason; ..." for the first 3 workers of `refused` (worker -> why)."""
+    return "".join(f"; {w!r}: {reason}" for w, reason in list(refused.items())[:3])
 
 
 class _Asking:
@@ -1161,10 +1170,11 @@ class SecAggPlus(SecureAggregator):
         order, nbrs = graph(workers, self.seed, seq, k)
         # Stage 0: AdvertiseKeys (half the time left: a worker that hangs here must not leave
         # stage 1 no time at all)
+        refused: dict[str, str] = {}
         replies = await _gather(request, {
             u: SecAggSetup(self.session, seq, order, nbrs[u], t, self.length,
                            seq + 1 if self.ahead else None) for u in order
-        }, time.time() + max(deadline - time.time(), 0.0) / 2)
+        }, time.time() + max(deadline - time.time(), 0.0) / 2, refused)
         pks = {u: (r.c_pk, r.s_pk) for u, r in replies.items()
                if isinstance(r, SecAggPublicKeys) and type(r.c_pk) is bytes
                and type(r.s_pk) is bytes and len(r.c_pk) == len(r.s_pk) == keys.KEY_BYTES}
@@ -1173,7 +1183,7 @@ class SecAggPlus(SecureAggregator):
             raise SecureAggregationError(
                 f"SecAgg+ round {round}: {len(pks)} of {len(order)} workers advertised keys, "
                 f"{len(u1)} of them with at least t-1 = {t - 1} neighbours that did: fewer "
-                f"than the threshold {t}")
+                f"than the threshold {t}{_why(refused)}")
         if self.ahead:
             made = {u: _public_keys(replies[u].next_keys) for u in pks}
             self._next_keys = (seq + 1, {u: pk for u, pk in made.items() if pk is not None})
@@ -1181,13 +1191,14 @@ class SecAggPlus(SecureAggregator):
         replies = await _gather(request, {
             u: SecAggShareKeys(self.session, seq,
                                {v: list(pks[v]) for v in nbrs[u] if v in u1}) for u in u1
-        }, deadline)
+        }, deadline, refused)
         sent = {u: r.ciphertexts for u, r in replies.items()
                 if isinstance(r, SecAggEncryptedShares)}
         state, entries = self._shared(seq, order, nbrs, t, pks, u1, sent)
         if len(state.shared) < t:
             raise SecureAggregationError(f"SecAgg+ round {round}: {len(state.shared)} workers "
-                                         f"shared keys, fewer than the threshold {t}")
+                                         f"shared keys, fewer than the threshold {t}"
+                                         f"{_why(refused)}")
         if len(entries) < t:
             raise SecureAggregationError(f"SecAgg+ round {round}: {len(entries)} workers got "
                                          f"enough shares to mask, fewer than the threshold {t}")
@@ -1349,7 +1360,7 @@ class SecAggPlus(SecureAggregator):
         await asked.wait(grace(), take, enough)
         await asked.wait(deadline, take, functools.partial(enough, 0))
         if not enough(0):
-            why = "".join(f"; {w!r}: {reason}" for w, reason in list(asked.refused.items())[:3])
+            why = _why(asked.refused)
             short = sorted([v for v in u3 if len(b_shares[v]) < t]
                            + [v for v in dropped if len(s_shares[v]) < t])
             raise SecureAggregationError(
