@@ -209,13 +209,19 @@ def test_a_worker_that_drops_after_share_keys_is_left_out_exactly(make_world):
     assert torch.equal(total, ring_sum(xs[w] for w in contributors))
 
 
-def test_a_worker_silent_at_unmasking_is_still_in_the_sum(make_world):
+def test_a_worker_silent_at_unmasking_is_still_in_the_sum(make_world, caplog):
     world = make_world(5)
     xs = vectors(world.ids)
     world.silent[SecAggUnmask] = {world.ids[1]}
-    total, contributors = secure_round(world, SecAggPlus(), xs, silent_in_fit={world.ids[3]})
+    with caplog.at_level("WARNING", logger="fedmq"):
+        total, contributors = secure_round(world, SecAggPlus(), xs,
+                                           silent_in_fit={world.ids[3]})
     assert world.ids[1] in contributors and world.ids[3] not in contributors
     assert torch.equal(total, ring_sum(xs[w] for w in contributors))
+    # found by review: the round said nothing of either (right, but silent)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert f"did not answer stage 3 (e.g. {world.ids[1]!r}" in said
+    assert f"dropped after sharing keys (e.g. {world.ids[3]!r})" in said
 
 
 def test_a_worker_silent_in_stage_0_or_1_does_not_train(make_world):

@@ -1387,6 +1387,15 @@ class SecAggPlus(SecureAggregator):
                 # w added +PRG(s_wv) when v > w, -PRG(s_wv) when v < w
                 masks.add(seed, -1 if v > w else 1)
         self._prepared = prepared
+        silent = sorted(set(asked.refused) - asked.ok)
+        if silent or dropped:  # right either way, but the operator should know
+            log.warning("SecAgg+ round %d: %s%s", round,
+                        f"{len(silent)} workers did not answer stage 3 (e.g. {silent[0]!r}: "
+                        f"{asked.refused[silent[0]]}); their masked inputs are counted, "
+                        f"unmasked from their neighbours' shares" if silent else "",
+                        f"{'; ' if silent else ''}{len(dropped)} workers dropped after sharing "
+                        f"keys (e.g. {sorted(dropped)[0]!r}): their pairwise masks were "
+                        f"removed from their neighbours' shares" if dropped else "")
         return total, u3
 
 
