@@ -7,9 +7,9 @@ provider, provider -> parties; requests and replies), communication rounds of th
 (openings), provider round trips, and plain torch's time on the same data. Each op runs twice:
 "online" with its primitives dealt ahead of time (PrimitiveStore.provide, the preprocessing
 phase) and "total" with them dealt on demand (one provider round trip per op). A fixed-point
-mul/matmul is a Beaver product with the ABY3 rescaling fused in: 2 rounds online (open eps and
-delta; open z - r), each one LocalStep message per party; both parties compute in this process,
-so their CPU time adds up.
+mul/matmul is a Beaver product rescaled by SecureML's local truncation (two parties): 1 round
+online (open eps and delta; the finish and the rescaling are pipelined), one LocalStep message
+per party; both parties compute in this process, so their CPU time adds up.
 
 CrypTen 0.4.1 figures (measurements.md; 2 processes, gloo, 16-bit fixed point, TFP mode,
 median; the brief quotes mul 2.5, matmul 3.1, gt 29, relu 30, max 221 ms).

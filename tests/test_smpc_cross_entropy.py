@@ -183,8 +183,9 @@ def test_cross_entropy_range_at_default_precision(scale, parties):
 
 
 def test_nll_loss_of_public_indices_is_local(parties):
-    """With public class indices the loss and its gradient use no protocol round beyond the
-    mean's truncation: nll_loss picks -logp[i, t_i] with public 0/1 integers."""
+    """With public class indices the loss and its gradient use no protocol round (the mean's
+    truncation is local between two parties): nll_loss picks -logp[i, t_i] with public 0/1
+    integers."""
     from fedmq.smpc.shares import _stats
     logp = encrypt(F.log_softmax(LOGITS, 1), parties, shared=True)
     want = F.nll_loss(F.log_softmax(LOGITS, 1), LABELS, reduction="sum")
@@ -197,9 +198,9 @@ def test_nll_loss_of_public_indices_is_local(parties):
     assert torch.equal(decode(logp.grad), -onehot)
     before = _stats.rounds
     F.nll_loss(logp, LABELS).backward()
-    # "mean": the forward's truncation; the gradient -onehot / N depends on public values only
-    # and is computed locally (public)
-    assert _stats.rounds - before == 1
+    # "mean": the forward's truncation, local between two parties (SecureML); the gradient
+    # -onehot / N depends on public values only and is computed locally (public)
+    assert _stats.rounds - before == 0
     assert torch.allclose(decode(logp.grad), -onehot * (1 + 1 / 8), atol=ULP)
 
 

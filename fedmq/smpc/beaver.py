@@ -10,14 +10,16 @@ truncation, z - r, masked by the uniform r).
 Ring products (`ring_op`) are torch's own int64 kernels, which wrap around mod 2^64 (ring.py).
 
 Online cost per product: two LocalStep messages per party (mask; finish), i.e. two rounds with a
-truncation (open eps/delta; open z - r) and one without (the finish is pipelined).
+truncation (open eps/delta; open z - r) and one without (the finish is pipelined). Two parties
+rescale locally (truncation.truncate_local, SecureML): one round, the finish and the rescaling
+pipelined, no truncation pair dealt.
 
 Beaver cache (`PrimitiveStore.cache_operand`, opt-in; SecretFlow SPU's "beaver cache"): for a
 right operand y of matmul that does not change (a model's weights at inference), its mask b
 and the opened delta = y - b are kept after the first product; every later product deals only
 (a, c = a @ b) for the provider's handle-derived b (`TrustedDealer._cached_mask`) and opens only
-eps = x - a: the weights' mask is neither dealt nor opened again (784x500 weights: 3 MB less
-dealt and 12 MB less opened per batch).
+eps = x - a: the weights' mask is neither dealt nor opened again, and each party keeps the
+opened delta (784x500 weights: 3 MB less dealt and 18 MB less sent per batch).
 """
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ import torch
 from fedmq.smpc.local_steps import STEPS, combine, run_steps
 from fedmq.smpc.provider import primitive_store, share_shapes
 from fedmq.smpc.ring import PRODUCTS, conv_args_of, ring_op
-from fedmq.smpc.shares import SharedTensor, _stats
-from fedmq.smpc.truncation import finish_truncation, truncation_params
+from fedmq.smpc.shares import SharedTensor, _stats, remote
+from fedmq.smpc.truncation import (finish_truncation, local_truncation, truncate_local,
+                                   truncation_params)
 
 
 # -- each party's local steps (LocalStep messages, local_steps.py) -------------------------------
@@ -83,7 +86,8 @@ def beaver_op(op: str, x: SharedTensor, y: SharedTensor, divisor: int = 1,
        eps op delta; this is x op y because op is bilinear:
        (eps + a) op (delta + b) = eps op delta + eps op b + a op delta + a op b.
     5. If dividing: the parties open z - r in the same message (one more round) and keep
-       [r / d] (party 0 adds the public part): truncation.py.
+       [r / d] (party 0 adds the public part): truncation.py. Two parties truncate their
+       shares of z locally instead (`truncate_local`: no round, no pair dealt).
     """
     if op not in PRODUCTS:
         raise ValueError(f"no Beaver product for op {op!r} (known: {PRODUCTS})")
@@ -95,11 +99,14 @@ def beaver_op(op: str, x: SharedTensor, y: SharedTensor, divisor: int = 1,
         return _cached_matmul(x, y, entry, divisor, provider)
     params = triple_params(op, x.shape, y.shape, **kwargs)
     wanted = [(op, params)]
-    if divisor != 1:
+    local = divisor != 1 and local_truncation(x)
+    if divisor != 1 and not local:
         out_shape = share_shapes(op, params)[2]
         wanted.append(("trunc", truncation_params(out_shape, divisor)))
     prims = primitive_store(provider).take_many(provider, x.locations, wanted)
     a, b, c = prims[0]
+    if local:
+        return truncate_local(beaver_finish(op, x, y, a, b, c, **kwargs), divisor)
     return beaver_finish(op, x, y, a, b, c, trunc_pair=prims[1] if divisor != 1 else None,
                          divisor=divisor, **kwargs)
 
@@ -138,7 +145,8 @@ def _cached_matmul(x: SharedTensor, y: SharedTensor, entry: dict, divisor: int,
     """x @ y with y's Beaver mask b cached (`PrimitiveStore.cache_operand`): a triple
     (a, c = a @ b) for the cached b, dealt in one request (with b's shares and a truncation
     pair, if needed); delta = y - b opened at the first product only (with eps, in the same
-    round); then steps 4-5 of `beaver_op` as usual. The provider derives b from the cache's
+    round) and kept by every party (later finishes name it); then steps 4-5 of `beaver_op`
+    as usual. The provider derives b from the cache's
     handle each time (`TrustedDealer._cached_mask`); it sees neither x nor y."""
     store = primitive_store(provider)
     parties = x.locations
@@ -147,7 +155,8 @@ def _cached_matmul(x: SharedTensor, y: SharedTensor, entry: dict, divisor: int,
     wanted = [("fixmask", {"shape": shape_b, "handle": entry["handle"]})] if first else []
     wanted.append(("matmul_fixed", {"a": shape_a, "b": shape_b, "handle": entry["handle"]}))
     out_shape = (shape_a[0], shape_b[1])
-    if divisor != 1:
+    local = divisor != 1 and local_truncation(x)
+    if divisor != 1 and not local:
         wanted.append(("trunc", truncation_params(out_shape, divisor)))
     prims = store.take_many(provider, parties, wanted)
     a, c = prims[1] if first else prims[0]
@@ -156,20 +165,24 @@ def _cached_matmul(x: SharedTensor, y: SharedTensor, entry: dict, divisor: int,
         _, opened = run_steps("beaver_mask", [(loc, (xs, ai, ys, bi)) for loc, xs, ai, ys, bi
                                               in zip(parties, x.shares, a, y.shares,
                                                      entry["b"])], 0, (), True)
-        entry["delta"] = combine(opened, 1, "add")
+        # each party keeps the opened delta (one copy sent, with this product's finish): later
+        # products name it instead of carrying it (784x500 weights: 3 MB per party per batch)
+        delta = combine(opened, 1, "add")
+        entry["delta"] = [remote(loc, "torch.clone", delta) for loc in parties]
     else:
         _, opened = run_steps("beaver_mask_x", [(loc, (xs, ai)) for loc, xs, ai
                                                 in zip(parties, x.shares, a)], 0, (), True)
     eps = combine(opened, 0, "add")
     _stats.rounds += 1
     b, delta = entry["b"], entry["delta"]
-    trunc_pair = prims[-1] if divisor != 1 else None
+    trunc_pair = prims[-1] if divisor != 1 and not local else None
     r = trunc_pair[0] if trunc_pair is not None else [None] * len(parties)
-    args = [(loc, ("matmul", ai, bi, ci, eps, delta, i == 0, ri, None))
-            for i, (loc, ai, bi, ci, ri) in enumerate(zip(parties, a, b, c, r))]
+    args = [(loc, ("matmul", ai, bi, ci, eps, di, i == 0, ri, None))
+            for i, (loc, ai, bi, ci, di, ri) in enumerate(zip(parties, a, b, c, delta, r))]
     if trunc_pair is None:
         kept, _ = run_steps("beaver_finish", args, 1, out_shape, False)
-        return x._new([k[0] for k in kept])
+        out = x._new([k[0] for k in kept])
+        return truncate_local(out, divisor) if local else out
     _, opened = run_steps("beaver_finish", args, 0, out_shape, True)
     _stats.rounds += 1
     return finish_truncation(x, divisor, combine(opened, 0, "add"), trunc_pair[1])

@@ -139,8 +139,19 @@ def _step_finish(z, alpha, products, shift: int, first: bool, r_xor, not_c, c_si
     return (), ((w & 1) ^ b_xor,)
 
 
+def _step_finish_bit(z, alpha, products, shift: int, first: bool, r_xor, c, b_xor):
+    """`_step_finish` from the opened c itself (not ~c and c's sign bit: one word per element
+    less to party 0), opening u = MSB(x) ^ b as one byte per element (uint8), not an int64
+    word (7 bytes less each way). The steps that read u take either dtype."""
+    c_sign = c & SIGN_BIT if first else None
+    (), (u,) = _step_finish(z, alpha, products, shift, first, r_xor, (~c) & MASK63, c_sign,
+                            b_xor)
+    return (), ((u & 1).to(torch.uint8),)
+
+
 def _step_b2a(b_arith, u, first: bool):
     """Step 6: this party's share of u + [b] - 2u[b]."""
+    u = u.long()
     out = b_arith * (1 - 2 * u)
     return ((out + u) if first else out,), ()
 
@@ -157,6 +168,7 @@ def _step_bitmul_finish(x, b_arith, ab, u, eps, first: bool, mode: int):
     beta = u' + (1 - 2u') b with u' = u (or 1 - u), and x b = eps [b] + [a b]."""
     if mode not in (0, 1, 2):
         raise ValueError(f"bit product mode is 0, 1 or 2, got {mode!r}")
+    u = u.long()
     up = 1 - u if mode == 1 else u
     xb = eps * b_arith + ab
     out = up * x + (1 - 2 * up) * xb
@@ -165,9 +177,9 @@ def _step_bitmul_finish(x, b_arith, ab, u, eps, first: bool, mode: int):
     return (out,), ()
 
 
-STEPS.update({"ltz_mask": _step_mask, "ltz_or": _step_or,
-              "ltz_finish": _step_finish, "b2a": _step_b2a, "bitmul_mask": _step_bitmul_mask,
-              "bitmul_finish": _step_bitmul_finish})
+STEPS.update({"ltz_mask": _step_mask, "ltz_or": _step_or, "ltz_finish": _step_finish,
+              "ltz_finish_bit": _step_finish_bit, "b2a": _step_b2a,
+              "bitmul_mask": _step_bitmul_mask, "bitmul_finish": _step_bitmul_finish})
 
 
 def _ltz_rounds(parties: list, c: torch.Tensor, w: torch.Tensor, r_xor: list, ors: list,
@@ -186,12 +198,10 @@ def _ltz_rounds(parties: list, c: torch.Tensor, w: torch.Tensor, r_xor: list, or
                                          for i in range(n)], 0, shape, True)
         z = combine(opened, 0, "xor")
     alpha, products = ors[-1]
-    not_c = (~c) & MASK63
-    c_sign = c & SIGN_BIT
-    _, opened = run_steps("ltz_finish", [(parties[i], (z, alpha[i], products[i],
-                                                       _OR4_SHIFTS[-1], i == 0, r_xor[i], not_c,
-                                                       c_sign if i == 0 else None, b_xor[i]))
-                                         for i in range(n)], 0, shape, True)
+    _, opened = run_steps("ltz_finish_bit",
+                          [(parties[i], (z, alpha[i], products[i], _OR4_SHIFTS[-1], i == 0,
+                                         r_xor[i], c, b_xor[i])) for i in range(n)],
+                          0, shape, True)
     _stats.rounds += len(_OR4_SHIFTS)
     return combine(opened, 0, "xor")
 
@@ -380,7 +390,7 @@ def _step_max_select(V, u, eps, a, R, Ra, first: bool, group: int, split: bool):
     S = {}). The values left over after the groups are appended unchanged."""
     _, members, firsts = selection_layout(group)
     members_t, firsts_t = torch.tensor(members), torch.tensor(firsts)
-    up = u[..., members_t] ^ firsts_t          # (..., m, g, g-1)
+    up = u.long()[..., members_t] ^ firsts_t          # (..., m, g, g-1)
     sign = 1 - 2 * up
     coefs = []
     for subset in range(1 << (group - 1)):

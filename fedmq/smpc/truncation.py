@@ -4,7 +4,10 @@ Machine Learning", CCS 2018, §5.1.1, Π_trunc2; CrypTen's TTP mode uses the sam
 
 It rescales fixed-point products (divisor base**precision_fractional) and computes `mean` and
 public division, for any number of parties (PySyft divided each share locally, which is only
-right for two parties and not always then: #2706, notes C1).
+right for two parties and not always then: #2706, notes C1). Two parties use SecureML's local
+truncation instead (`truncate_local`: no round, nothing dealt; CrypTen and SPU's SEMI2K do the
+same for two parties), with the same guarantee and failure probability; exact mode below is
+unchanged.
 
 Guarantee. With x the shared value and d the divisor, the result is ceil(x/d) or ceil(x/d) - 1:
 exact when d divides x, otherwise x/d rounded up or down at random, without bias (E = x/d),
@@ -76,10 +79,40 @@ def truncate(x: SharedTensor, divisor: int) -> SharedTensor:
         return x.copy()
     if exact_mode() and divisor <= EXACT_MAX_DIVISOR:
         return truncate_exact(x, divisor)
+    if local_truncation(x):
+        return truncate_local(x, divisor)
     provider = x._provider("division (and fixed-point rescaling)")
     r, r_div = primitive_store(provider).take(provider, x.locations, "trunc",
                                               truncation_params(x.shape, divisor))
     return truncate_finish(x, divisor, r, r_div)
+
+
+def local_truncation(x: SharedTensor) -> bool:
+    """True when `x`'s rescaling is `truncate_local`'s: two parties, outside exact mode."""
+    return x.n_parties == 2 and not exact_mode()
+
+
+def truncate_local(x: SharedTensor, divisor: int) -> SharedTensor:
+    """[x / divisor] for two parties with no round and nothing dealt: SecureML's local
+    truncation (Mohassel & Zhang, "SecureML", S&P 2017, Theorem 1; what CrypTen and SPU's
+    SEMI2K do for two parties). Party 0 keeps floor(x_0 / d), party 1 ceil(x_1 / d) =
+    -floor(-x_1 / d).
+
+    Guarantee: as ABY3's above. If x_0 + x_1 = x holds as integers (no wrap), x_0 = q d + r_0
+    and x = k d + s: floor(x_0/d) + ceil((x - x_0)/d) = k + [r_0 < s], so floor(x/d) or one
+    more, exact when d divides x, E = x/d when x_0 is uniform mod d. The sum wraps only when
+    x_0 falls within |x| of the int64 boundary: probability |x| / 2**64 for the uniform shares
+    every protocol here leaves (dealt Beaver and comparison outputs, `share()`), less for the
+    smaller shares a truncation leaves. Three pipelined Commands (no reply awaited).
+    ValueError for other than two parties."""
+    if x.n_parties != 2:
+        raise ValueError(f"the local truncation is for two parties, not {x.n_parties}")
+    (s0, s1), d = x.shares, int(divisor)
+    z0 = remote(s0.location, "torch.div", s0, d, rounding_mode="floor")
+    loc = s1.location
+    z1 = remote(loc, "torch.neg", remote(loc, "torch.div", remote(loc, "torch.neg", s1), d,
+                                         rounding_mode="floor"))
+    return x._new([z0, z1])
 
 
 def truncate_finish(x: SharedTensor, divisor: int, r: list, r_div: list
