@@ -169,3 +169,32 @@ def test_comparison_opens_its_bit_as_one_byte(parties):
                            STEPS["bitmul_finish"](xs, b, ab, u8.long(), eps, True, mode)[0][0])
     assert "ltz_finish" in STEPS  # the int64 opening stays, for coordinators that name it
     assert [kind for kind, _ in comparison_primitives((3,))][0] == "edabit"
+
+
+def test_small_public_factors_rescale_locally_between_two_parties(parties):
+    """x * 0.02 (2 / 100) and x / 50.0 between two parties: no round, nothing dealt, within
+    one unit of the exact result; a factor with more digits (x * 0.0123457, m = 123457) keeps
+    the exact truncation (one round); three parties always do."""
+    workers, cp = parties
+    torch.manual_seed(9)
+    x = torch.cat([torch.randn(2000) * 100, torch.tensor([0.0, 0.001, -0.001, 1e5, -1e5])])
+    enc = x.fix_prec().child
+    for factor, m, d in ((0.02, 2, 100), (0.5, 5, 10), (3.2, 32, 10), ("/ 50.0", 2, 100)):
+        shared = x.fix_prec().share(*workers[:2], crypto_provider=cp)
+        before = (_stats.rounds, primitive_store(cp).requests)
+        out = shared / 50.0 if factor == "/ 50.0" else shared * factor
+        assert (_stats.rounds, primitive_store(cp).requests) == before, factor
+        got = out.get().child
+        exact = enc * m
+        floor = torch.div(exact, d, rounding_mode="floor")
+        assert bool(((got == floor) | (got == floor + 1)).all()), factor
+    shared = x.fix_prec().share(*workers[:2], crypto_provider=cp)
+    before = _stats.rounds
+    out = shared * 0.0123457
+    assert _stats.rounds - before == 1
+    assert torch.allclose(out.get().float_prec(), x * 0.0123457, atol=2e-3)
+    shared = x.fix_prec().share(*workers[:3], crypto_provider=cp)
+    before = _stats.rounds
+    out = shared * 0.02
+    assert _stats.rounds - before == 1
+    assert torch.allclose(out.get().float_prec(), x * 0.02, atol=2e-3)
