@@ -18,7 +18,9 @@ over RabbitMQ each round adds one broker round trip (~0.5 ms quiet, measurements
 party is asked at once (fedmq.client.call_all).
 
 With --amqp, a second table times the same ops with the parties and the provider as
-`fedmq worker` processes behind RabbitMQ (FEDMQ_AMQP_URL or --url).
+`fedmq worker` processes behind RabbitMQ (FEDMQ_AMQP_URL or --url), and adds the CPU time
+each process (this coordinator, bob, alice, the provider and, when it runs here, the broker)
+spent per op in the online loop: on 2 cores their sum over 2 bounds the wall time from below.
 
 A comparison (gt) is 4 rounds, relu 4 (the product fused into the comparison), max over 1 000
 values 20 (a tournament of groups of 4); every party derives its dealt shares from a PRG seed,
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -215,10 +218,31 @@ def mlp_cases(shared, cp):
             ("sgd §13 autograd", sgd_autograd, sgd_autograd_plain, None)]
 
 
-def run_cases(cases, parties, cp, repeats: int, meter: "Meter | None") -> None:
+def _cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system) of process `pid` (None: this one, every thread), in seconds;
+    NaN when it cannot be read (a broker run by another user on another machine)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def run_cases(cases, parties, cp, repeats: int, meter: "Meter | None",
+              processes: "dict[str, int | None] | None" = None) -> None:
+    """One table row per case. With `processes` (label -> pid; None for this process), also
+    the CPU milliseconds each used per op in the online loop (where the time goes when the
+    parties are services: on 2 cores the sum over processes bounds the wall time from
+    below at half of it)."""
     header = (f"{'op':<16}{'online ms':>10}{'total ms':>10}{'target':>7}{'torch ms':>10}"
               f"{'ratio':>9}{'KB moved':>10}{'rounds':>7}{'deals':>6}{'SPU mp (sim)':>13}"
               f"{'CrypTen ms':>11}")
+    if processes:
+        header += "  CPU ms/op online: " + " / ".join(processes)
     print(header)
     store = primitive_store(cp)   # the provider's primitives, in its hook's context
     flush_all = cp.context.flush_all  # sends every client's buffered commands (that context)
@@ -232,11 +256,14 @@ def run_cases(cases, parties, cp, repeats: int, meter: "Meter | None") -> None:
             prims = store.stop_recording()
         for kind, params in prims:  # preprocessing: every instance the repeats need
             store.provide(cp, parties, kind, params, repeats)
+        cpu0 = {k: _cpu_seconds(pid) for k, pid in (processes or {}).items()}
         for _ in range(repeats):
             t0 = time.perf_counter()
             secure()
             flush_all()
             online.append(time.perf_counter() - t0)
+        cpu = " / ".join(f"{(_cpu_seconds(pid) - cpu0[k]) * 1e3 / repeats:.0f}"
+                         for k, pid in (processes or {}).items())
         for _ in range(repeats):
             store.clear()
             b0, r0, d0 = meter.bytes if meter else 0, _stats.rounds, store.requests
@@ -256,7 +283,7 @@ def run_cases(cases, parties, cp, repeats: int, meter: "Meter | None") -> None:
         kb = f"{moved / 1024:>10.1f}" if moved is not None else f"{'-':>10}"
         print(f"{name:<16}{on:>10.2f}{tot:>10.2f}{TARGET_MS.get(name, '-'):>7}{pt:>10.4f}"
               f"{on / pt:>9.0f}x{kb}{rounds:>7}{deals:>6}{SPU_MS.get(name, '-'):>13}"
-              f"{crypten if crypten is not None else '-':>11}")
+              f"{crypten if crypten is not None else '-':>11}" + (f"  {cpu}" if cpu else ""))
 
 
 def main() -> None:
@@ -299,7 +326,12 @@ def run_amqp(hook, url: str, repeats: int) -> None:
         cases = make_cases(parties, cp)
         print(f"\nover RabbitMQ ({url.split('@')[-1]}): bob, alice and the provider are "
               f"`fedmq worker` processes; median of {repeats}; KB not metered")
-        run_cases(cases, parties, cp, repeats, None)
+        processes = {"coordinator": None, "bob": procs[0].pid, "alice": procs[1].pid,
+                     "provider": procs[2].pid}
+        broker = _broker_pid()
+        if broker is not None:
+            processes["broker"] = broker
+        run_cases(cases, parties, cp, repeats, None, processes)
     finally:
         for proc in procs:
             proc.terminate()
@@ -307,6 +339,16 @@ def run_amqp(hook, url: str, repeats: int) -> None:
             proc.wait(30)
         for i in ids:
             _delete_queue(url, f"fedmq.worker.{i}")
+
+
+def _broker_pid() -> int | None:
+    """The local RabbitMQ node's Erlang VM (beam.smp), if there is exactly one; else None."""
+    try:
+        out = subprocess.run(["pgrep", "-x", "beam.smp"], capture_output=True, text=True,
+                             timeout=10).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return int(out[0]) if len(out) == 1 else None
 
 
 def _delete_queue(url: str, queue: str) -> None:
