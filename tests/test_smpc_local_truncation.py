@@ -198,3 +198,29 @@ def test_small_public_factors_rescale_locally_between_two_parties(parties):
     out = shared * 0.02
     assert _stats.rounds - before == 1
     assert torch.allclose(out.get().float_prec(), x * 0.02, atol=2e-3)
+
+
+def test_found_by_review_comparisons_fall_back_for_workers_of_an_older_fedmq(parties,
+                                                                            monkeypatch):
+    """Found by review: a coordinator of this version failed every comparison (max, relu,
+    >, training) on workers of the previous one ("unknown SMPC step 'ltz_finish_bit'"). It
+    now asks those parties again with the int64 "ltz_finish" they know (the step keeps
+    nothing, so asking again opens the same value), and keeps doing so for that party set."""
+    from fedmq.smpc import comparison
+    workers, cp = parties
+    pair = workers[:2]
+    monkeypatch.setattr(comparison, "_INT64_FINISH", set())
+    monkeypatch.delitem(STEPS, "ltz_finish_bit")  # the workers run an older fedmq
+    torch.manual_seed(2)
+    x, y = torch.randn(30), torch.randn(30)
+    x[:4] = y[:4]
+    sx, sy = (t.fix_prec().share(*pair, crypto_provider=cp) for t in (x, y))
+    assert torch.equal((sx > sy).get().float_prec(), (x > y).float())
+    assert comparison._INT64_FINISH == {frozenset(w.id for w in pair)}
+    assert torch.allclose(sx.relu().get().float_prec(), x.relu(), atol=1e-3)
+    assert torch.allclose(sx.max().get().float_prec(), x.max(), atol=1e-3)
+    z = torch.randn(5)
+    other = z.fix_prec().share(*workers[2:4], crypto_provider=cp)
+    assert torch.allclose(other.relu().get().float_prec(), z.relu(), atol=1e-3)
+    assert comparison._INT64_FINISH == {frozenset(w.id for w in pair),
+                                        frozenset(w.id for w in workers[2:4])}

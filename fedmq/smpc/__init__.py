@@ -16,8 +16,9 @@ in pyproject.toml checks it):
                         openings (open_shares), cat/stack, the round counter
     provider.py         the crypto provider (abc), its worker handler, the primitive store
     local_steps.py      protocol rounds: one LocalStep message per party, its allowlist
-    truncation.py       division by a public int / fixed-point rescaling (ABY3 pairs; an exact
-                        variant for the approximations, truncate_exact)
+    truncation.py       division by a public int / fixed-point rescaling (two parties: local,
+                        SecureML; more: ABY3 pairs; an exact variant for the approximations,
+                        truncate_exact)
     beaver.py           products (mul, matmul, conv2d) with Beaver triples, fused truncation
     comparison.py       < > <= >= ==, relu, abs, max/argmax/min (edaBits + BIT-LT + B2A)
     additive.py         AdditiveSharingTensor: share()/get(), linear ops per share; its

@@ -488,8 +488,9 @@ class AdditiveSharingTensor(SmpcTensor):
     __abs__ = abs
 
     def __floordiv__(self, other: int) -> "AdditiveSharingTensor":
-        """x // d for a public positive int d: floor(x / d) or one more (2-party probabilistic
-        truncation, as ABY3 and CrypTen: each result is exact to 1 unit, not bit-exact)."""
+        """x // d for a public positive int d: floor(x / d) or one more, exact when d divides x
+        (probabilistic truncation: SecureML's local one between two parties, as CrypTen and
+        SPU; ABY3's with more; each result is exact to 1 unit, not bit-exact)."""
         return self.div(other)
 
     def __truediv__(self, other: Any) -> "AdditiveSharingTensor":

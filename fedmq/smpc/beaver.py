@@ -1,6 +1,7 @@
 """Products of shared tensors with Beaver triples (Beaver, "Efficient Multiparty Protocols
 Using Circuit Randomization", CRYPTO 1991; the SPDZ form of Damgård et al., CRYPTO 2012),
-optionally fused with the ABY3 truncation that rescales fixed-point products (truncation.py).
+optionally followed by the truncation that rescales fixed-point products (truncation.py):
+SecureML's local one between two parties, ABY3's (fused into the finish) with more.
 
 Works for any bilinear op (elementwise `mul`, `matmul`, `conv2d`) and any number of parties.
 The triple comes from the crypto provider, which sends each party its shares directly; the
@@ -75,7 +76,7 @@ def triple_params(op: str, x_shape, y_shape, **kwargs: Any) -> dict:
 def beaver_op(op: str, x: SharedTensor, y: SharedTensor, divisor: int = 1,
               **kwargs: Any) -> SharedTensor:
     """[z] = [x] op [y] for a bilinear `op` ("mul", "matmul" or "conv2d"), divided by the
-    public `divisor` (ABY3 truncation, fused) when it is not 1.
+    public `divisor` when it is not 1 (two parties: local truncation; more: ABY3's, fused).
 
     1. Get a triple [a], [b], [c] = [a op b] with a, b shaped like x, y (and a truncation pair
        [r], [r / d] if dividing): from the primitive store if dealt ahead of time, else dealt

@@ -26,6 +26,7 @@ from collections import namedtuple
 
 import torch
 
+from fedmq.errors import RemoteError
 from fedmq.smpc.local_steps import STEPS, combine, run_steps
 from fedmq.smpc.provider import OR4_SUBSETS, primitive_store, selection_layout
 from fedmq.smpc.shares import SharedTensor, _stats, open_shares, remote, stack
@@ -198,12 +199,33 @@ def _ltz_rounds(parties: list, c: torch.Tensor, w: torch.Tensor, r_xor: list, or
                                          for i in range(n)], 0, shape, True)
         z = combine(opened, 0, "xor")
     alpha, products = ors[-1]
-    _, opened = run_steps("ltz_finish_bit",
-                          [(parties[i], (z, alpha[i], products[i], _OR4_SHIFTS[-1], i == 0,
-                                         r_xor[i], c, b_xor[i])) for i in range(n)],
-                          0, shape, True)
+    key = frozenset(p.id for p in parties)
+    if key not in _INT64_FINISH:
+        try:
+            _, opened = run_steps("ltz_finish_bit",
+                                  [(parties[i], (z, alpha[i], products[i], _OR4_SHIFTS[-1],
+                                                 i == 0, r_xor[i], c, b_xor[i]))
+                                   for i in range(n)], 0, shape, True)
+        except RemoteError as exc:
+            if "unknown SMPC step 'ltz_finish_bit'" not in str(exc):
+                raise
+            # a worker of an older fedmq (no ltz_finish_bit): the step keeps nothing and
+            # opens a function of its arguments only, so asking again with the int64 step
+            # opens the same value; these parties get that step from now on
+            _INT64_FINISH.add(key)
+    if key in _INT64_FINISH:
+        not_c, c_sign = (~c) & MASK63, c & SIGN_BIT
+        _, opened = run_steps("ltz_finish", [(parties[i], (z, alpha[i], products[i],
+                                                           _OR4_SHIFTS[-1], i == 0, r_xor[i],
+                                                           not_c, c_sign if i == 0 else None,
+                                                           b_xor[i])) for i in range(n)],
+                              0, shape, True)
     _stats.rounds += len(_OR4_SHIFTS)
     return combine(opened, 0, "xor")
+
+
+#: party sets (worker ids) with a worker of an older fedmq, which has no "ltz_finish_bit"
+_INT64_FINISH: set = set()
 
 
 def ltz(x: SharedTensor) -> SharedTensor:

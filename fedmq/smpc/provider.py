@@ -648,7 +648,8 @@ class PrimitiveStore:
         operand whose shares changed under the same object must be dropped first
         (`uncache_operand`), or its products would be wrong (and delta would reveal the
         difference of the two values). Secure as the plain Beaver product otherwise: delta is
-        opened once, b is uniform, and every product gets a fresh a."""
+        opened once, b is uniform, and every product gets a fresh a. Each party keeps its share
+        of b and the opened delta (two objects the size of `tensor`) until `uncache_operand`."""
         if not hasattr(tensor, "shares") or len(tuple(tensor.shape)) != 2:
             raise ValueError("cache_operand takes a 2-d shared tensor (an "
                              "AdditiveSharingTensor: a fixed-precision tensor's .child)")

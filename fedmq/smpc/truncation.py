@@ -24,7 +24,8 @@ exact_truncation():` every truncation (and every shared product's rescaling, add
 no failure probability at all), gives the same result as ABY3's (floor(x/d) or one more,
 unbiased) in the same one round, and costs a second pair and a random bit from the dealer; its
 privacy is statistical (opened value within 0.34 d / 2**63 of uniform: 2**-44 for d = 10**6).
-Outside exact mode nothing changes (products in the hot path keep the fused ABY3 truncation).
+Outside exact mode nothing changes (products in the hot path keep their truncation: local
+between two parties, the fused ABY3 one with more).
 """
 from __future__ import annotations
 
