@@ -109,7 +109,9 @@ def test_worker_killed_during_training_is_left_out(trainers):
     the round is the plain FedAvg round of the other two."""
     victim = "pr-charlie"
     others = [w for w in TRAIN if w != victim]
-    cfg = config(rounds=1, num_batches=10000, round_timeout=12)  # seconds of training
+    # seconds of training (10 000 batches took 1.1-3 s, too short on a fast machine for the
+    # check below: 30 000 take 3-9 s; the round's deadline leaves room for a slow one)
+    cfg = config(rounds=1, num_batches=30000, round_timeout=30)
     started = time.monotonic()
     plain, plain_weights, _ = rounds(cfg, others)
     fit_seconds = time.monotonic() - started
