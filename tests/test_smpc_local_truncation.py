@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmq.smpc.comparison import comparison_primitives
 from fedmq.smpc.local_steps import STEPS
 from fedmq.smpc.provider import primitive_store
 from fedmq.smpc.shares import _stats
@@ -168,7 +167,6 @@ def test_comparison_opens_its_bit_as_one_byte(parties):
         assert torch.equal(STEPS["bitmul_finish"](xs, b, ab, u8, eps, True, mode)[0][0],
                            STEPS["bitmul_finish"](xs, b, ab, u8.long(), eps, True, mode)[0][0])
     assert "ltz_finish" in STEPS  # the int64 opening stays, for coordinators that name it
-    assert [kind for kind, _ in comparison_primitives((3,))][0] == "edabit"
 
 
 def test_small_public_factors_rescale_locally_between_two_parties(parties):

@@ -147,8 +147,8 @@ def _cached_matmul(x: SharedTensor, y: SharedTensor, entry: dict, divisor: int,
     (a, c = a @ b) for the cached b, dealt in one request (with b's shares and a truncation
     pair, if needed); delta = y - b opened at the first product only (with eps, in the same
     round) and kept by every party (later finishes name it); then steps 4-5 of `beaver_op`
-    as usual. The provider derives b from the cache's
-    handle each time (`TrustedDealer._cached_mask`); it sees neither x nor y."""
+    as usual. The provider derives b from the cache's handle each time
+    (`TrustedDealer._cached_mask`); it sees neither x nor y."""
     store = primitive_store(provider)
     parties = x.locations
     shape_a, shape_b = list(x.shape), list(y.shape)

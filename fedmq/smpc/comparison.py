@@ -412,7 +412,7 @@ def _step_max_select(V, u, eps, a, R, Ra, first: bool, group: int, split: bool):
     S = {}). The values left over after the groups are appended unchanged."""
     _, members, firsts = selection_layout(group)
     members_t, firsts_t = torch.tensor(members), torch.tensor(firsts)
-    up = u.long()[..., members_t] ^ firsts_t          # (..., m, g, g-1)
+    up = u.long()[..., members_t] ^ firsts_t   # (..., m, g, g-1)
     sign = 1 - 2 * up
     coefs = []
     for subset in range(1 << (group - 1)):

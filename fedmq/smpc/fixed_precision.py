@@ -26,8 +26,7 @@ range. Shared products are rescaled by probabilistic truncation (truncation.py: 
 one between two parties, ABY3's with more), which fails (a result far off) with probability
 |x * y| * scale**2 / 2**64 per element: at the default precision that is below 1e-6 for
 |x * y| < 1.8e7 (below 1e-9 for |x * y| < 1.8e4), and about 1/2 at the ring's edge
-(|x * y| ~ 9e12), so the practical range of shared products
-is |x * y| < 1.8e7 (tested). More headroom: fewer fractional digits
+(|x * y| ~ 9e12), so the practical range of shared products is |x * y| < 1.8e7 (tested). More headroom: fewer fractional digits
 (`fix_precision(precision_fractional=2)`: 100x more range for products) or a power-of-two
 base, whose scale can be chosen bit by bit (`fix_precision(base=2, precision_fractional=8)`,
 scale 256: ~15x the range of base 10's 1000). Shared products need scale**2 below
